@@ -1,0 +1,246 @@
+//! Merkle trees as in RFC 9162 (Certificate Transparency 2.0), section 2.1:
+//! leaf hash `SHA-256(0x00 ‖ data)`, node hash `SHA-256(0x01 ‖ left ‖ right)`,
+//! the root of an empty tree `SHA-256("")`, and a tree of `n` leaves split at
+//! the largest power of two smaller than `n`.
+//!
+//! [`RootBuilder`] computes a root in one pass without allocation (a stack of
+//! at most 64 perfect subtrees); [`inclusion_proof`] and [`verify_inclusion`]
+//! produce and check audit paths.
+
+use crate::crypto::sha256;
+use crate::{Error, Hash, Misuse};
+
+/// Longest audit path: trees have fewer than 2^64 leaves.
+pub const MAX_PROOF_LEN: usize = 64;
+
+/// `SHA-256(0x00 ‖ data)`.
+pub fn leaf_hash(data: &[u8]) -> Hash {
+    sha256(&[&[0x00], data])
+}
+
+/// `SHA-256(0x01 ‖ left ‖ right)`.
+pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    sha256(&[&[0x01], left, right])
+}
+
+/// Root of the empty tree, `SHA-256("")`.
+pub fn empty_root() -> Hash {
+    sha256(&[])
+}
+
+/// Computes a Merkle root from leaves pushed one at a time, without allocation.
+#[derive(Clone, Debug)]
+pub struct RootBuilder {
+    /// Roots of perfect subtrees, largest first; `levels[i]` is the height of `stack[i]`.
+    stack: [Hash; MAX_PROOF_LEN],
+    levels: [u8; MAX_PROOF_LEN],
+    depth: usize,
+    count: u64,
+}
+
+impl Default for RootBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RootBuilder {
+    /// An empty builder.
+    pub const fn new() -> Self {
+        RootBuilder {
+            stack: [[0; 32]; MAX_PROOF_LEN],
+            levels: [0; MAX_PROOF_LEN],
+            depth: 0,
+            count: 0,
+        }
+    }
+
+    /// Number of leaves pushed.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether no leaf was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Adds a leaf's data.
+    pub fn push_leaf(&mut self, data: &[u8]) {
+        self.push_leaf_hash(leaf_hash(data));
+    }
+
+    /// Adds an already hashed leaf.
+    pub fn push_leaf_hash(&mut self, mut h: Hash) {
+        let mut level = 0u8;
+        // Merge equal-height subtrees, as binary addition carries.
+        while self.depth > 0 && self.levels[self.depth - 1] == level {
+            self.depth -= 1;
+            h = node_hash(&self.stack[self.depth], &h);
+            level += 1;
+        }
+        // 2^64 leaves cannot be pushed, so the stack never overflows.
+        if let (Some(slot), Some(lvl)) = (self.stack.get_mut(self.depth), self.levels.get_mut(self.depth)) {
+            *slot = h;
+            *lvl = level;
+            self.depth += 1;
+        }
+        self.count += 1;
+    }
+
+    /// The root over the leaves pushed so far.
+    pub fn root(&self) -> Hash {
+        if self.depth == 0 {
+            return empty_root();
+        }
+        // RFC 9162 splits at the largest power of two: fold the smaller subtrees
+        // from the right into the larger ones on their left.
+        let mut acc = self.stack[self.depth - 1];
+        for i in (0..self.depth - 1).rev() {
+            acc = node_hash(&self.stack[i], &acc);
+        }
+        acc
+    }
+}
+
+/// Root over already hashed leaves.
+pub fn root_of_hashes(leaves: &[Hash]) -> Hash {
+    let mut b = RootBuilder::new();
+    for l in leaves {
+        b.push_leaf_hash(*l);
+    }
+    b.root()
+}
+
+/// Largest power of two strictly smaller than `n` (`n ≥ 2`).
+fn split_point(n: usize) -> usize {
+    let k = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+    if k == n {
+        k / 2
+    } else {
+        k
+    }
+}
+
+/// Writes the audit path of leaf `index` among `leaves` into `out` (deepest
+/// sibling first, as RFC 9162 orders it) and returns its length.
+pub fn inclusion_proof(leaves: &[Hash], index: usize, out: &mut [Hash]) -> Result<usize, Error> {
+    if index >= leaves.len() {
+        return Err(Misuse::InvalidArgument.into());
+    }
+    // First pass: the path length, so the second pass can fill from the top down.
+    let mut len = 0;
+    let (mut lo, mut hi, mut m) = (0usize, leaves.len(), index);
+    while hi - lo > 1 {
+        let k = split_point(hi - lo);
+        if m < k {
+            hi = lo + k;
+        } else {
+            lo += k;
+            m -= k;
+        }
+        len += 1;
+    }
+    let out = out.get_mut(..len).ok_or(Misuse::BufferTooSmall)?;
+    let (mut lo, mut hi, mut m, mut pos) = (0usize, leaves.len(), index, len);
+    while hi - lo > 1 {
+        let k = split_point(hi - lo);
+        pos -= 1;
+        if m < k {
+            out[pos] = root_of_hashes(&leaves[lo + k..hi]);
+            hi = lo + k;
+        } else {
+            out[pos] = root_of_hashes(&leaves[lo..lo + k]);
+            lo += k;
+            m -= k;
+        }
+    }
+    Ok(len)
+}
+
+/// Checks that `leaf` sits at `index` of a tree of `tree_size` leaves with `root`
+/// (RFC 9162 section 2.1.3.2).
+pub fn verify_inclusion(leaf: &Hash, index: u64, tree_size: u64, proof: &[Hash], root: &Hash) -> bool {
+    if index >= tree_size {
+        return false;
+    }
+    let (mut fnode, mut snode) = (index, tree_size - 1);
+    let mut r = *leaf;
+    for p in proof {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            r = node_hash(p, &r);
+            while fnode & 1 == 0 && fnode != 0 {
+                fnode >>= 1;
+                snode >>= 1;
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    snode == 0 && crate::crypto::ct_eq(&r, root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The RFC's recursive definition, as the reference.
+    fn reference_root(leaves: &[Hash]) -> Hash {
+        match leaves.len() {
+            0 => empty_root(),
+            1 => leaves[0],
+            n => {
+                let k = split_point(n);
+                node_hash(&reference_root(&leaves[..k]), &reference_root(&leaves[k..]))
+            }
+        }
+    }
+
+    fn leaves(n: usize) -> [Hash; 70] {
+        let mut out = [[0u8; 32]; 70];
+        for (i, l) in out.iter_mut().enumerate().take(n) {
+            *l = leaf_hash(&[i as u8]);
+        }
+        out
+    }
+
+    #[test]
+    fn streaming_root_matches_the_recursive_definition_for_every_size() {
+        for n in 0..70 {
+            let l = leaves(n);
+            assert_eq!(root_of_hashes(&l[..n]), reference_root(&l[..n]), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn every_inclusion_proof_verifies_and_a_wrong_index_does_not() {
+        for n in 1..40 {
+            let l = leaves(n);
+            let root = root_of_hashes(&l[..n]);
+            for i in 0..n {
+                let mut path = [[0u8; 32]; MAX_PROOF_LEN];
+                let len = inclusion_proof(&l[..n], i, &mut path).unwrap();
+                assert!(verify_inclusion(&l[i], i as u64, n as u64, &path[..len], &root), "n={n} i={i}");
+                if n > 1 {
+                    let j = (i + 1) % n;
+                    assert!(!verify_inclusion(&l[i], j as u64, n as u64, &path[..len], &root));
+                }
+                let other_root = node_hash(&root, &root);
+                assert!(!verify_inclusion(&l[i], i as u64, n as u64, &path[..len], &other_root));
+            }
+        }
+    }
+
+    #[test]
+    fn proof_for_out_of_range_index_is_misuse() {
+        let l = leaves(3);
+        let mut path = [[0u8; 32]; 4];
+        assert!(inclusion_proof(&l[..3], 3, &mut path).is_err());
+        assert!(!verify_inclusion(&l[0], 3, 3, &[], &l[0]));
+    }
+}

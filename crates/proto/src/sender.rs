@@ -1,0 +1,434 @@
+//! The meter-side sender: a bounded backlog of readings, one sealed frame in
+//! flight at a time (stop-and-wait), retransmission with exponential backoff
+//! and random jitter, and authenticated ACKs that also synchronise the clock.
+//!
+//! ## Driving it
+//! 1. `push_reading` whenever a measurement interval ends.
+//! 2. Loop `poll_transmit(now, entropy, buf)` until it returns `Ok(None)`,
+//!    sending each frame it writes.
+//! 3. `handle_ack(now, bytes)` for every frame received from the relay.
+//! 4. Sleep until `poll_timeout()` or the next input, then go to 2.
+//!
+//! `entropy` is any fresh random `u32` (hardware RNG, seeded simulator RNG);
+//! it only jitters timers.
+//!
+//! ## Exactly once
+//! Readings carry consecutive sequence numbers. A frame that exhausts its
+//! retries puts its readings back at the front of the backlog, and a later
+//! frame (with a new counter) carries them again; if the relay did receive the
+//! first frame and only its ACK was lost, the relay recognises the sequence
+//! numbers and does not deliver them twice.
+
+use crate::crypto::{CryptoProvider, MeterKeys, MeterSecret};
+use crate::wire::ack::{AckPacket, FLAG_DUPLICATE};
+use crate::wire::reading::Reading;
+use crate::wire::uplink::{self, UplinkHeader, MAX_LEN, MAX_READINGS};
+use crate::{Duration, Error, Instant, Misuse, Rejected};
+
+/// Tunables of the sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SenderConfig {
+    /// This meter's id.
+    pub meter_id: u32,
+    /// Key id of the meter secret.
+    pub key_id: u8,
+    /// Readings per frame, 1 to 6.
+    pub max_readings_per_frame: usize,
+    /// Wait for an ACK after the first transmission; doubles with each retry.
+    pub ack_timeout: Duration,
+    /// Upper bound of the doubled timeout.
+    pub max_backoff: Duration,
+    /// Retransmissions of a frame after its first transmission.
+    pub max_retries: u8,
+    /// Pause after a frame exhausted its retries, before the next frame.
+    pub retry_holdoff: Duration,
+}
+
+impl SenderConfig {
+    /// Sensible defaults for ESP-NOW to a relay that ACKs after a journal commit.
+    pub const fn new(meter_id: u32, key_id: u8) -> Self {
+        SenderConfig {
+            meter_id,
+            key_id,
+            max_readings_per_frame: MAX_READINGS,
+            ack_timeout: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            max_retries: 5,
+            retry_holdoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Counters for rates; never reset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    /// Readings pushed.
+    pub readings_queued: u64,
+    /// Readings dropped because the backlog was full (oldest first).
+    pub readings_dropped: u64,
+    /// Readings confirmed by an ACK.
+    pub readings_acked: u64,
+    /// Distinct frames built.
+    pub frames_built: u64,
+    /// Transmissions, first tries and retries.
+    pub transmissions: u64,
+    /// Retransmissions only.
+    pub retransmissions: u64,
+    /// Frames given up after `max_retries`; their readings went back to the backlog.
+    pub frames_abandoned: u64,
+    /// ACKs accepted.
+    pub acks_accepted: u64,
+    /// ACKs refused (malformed, bad tag, unexpected).
+    pub acks_rejected: u64,
+}
+
+/// What a push did to the backlog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued with this sequence number.
+    Queued {
+        /// The reading's sequence number.
+        seq: u32,
+    },
+    /// Queued, and the oldest reading (with `dropped_seq`) was dropped to make room.
+    QueuedDroppedOldest {
+        /// The new reading's sequence number.
+        seq: u32,
+        /// The dropped reading's sequence number.
+        dropped_seq: u32,
+    },
+}
+
+/// A confirmed frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Acked {
+    /// The frame's counter.
+    pub counter: u32,
+    /// Sequence number of its first reading.
+    pub first_seq: u32,
+    /// Number of readings it carried.
+    pub readings: usize,
+    /// From the first transmission to the ACK.
+    pub round_trip: Duration,
+    /// The relay had accepted the frame before (a previous ACK was lost).
+    pub duplicate: bool,
+    /// The relay's channel, 0 when not stated.
+    pub channel: u8,
+    /// The relay that confirmed.
+    pub relay_id: u32,
+}
+
+struct InFlight {
+    frame: [u8; MAX_LEN],
+    len: usize,
+    counter: u32,
+    first_seq: u32,
+    readings: [Reading; MAX_READINGS],
+    count: usize,
+    transmissions: u8,
+    first_sent: Instant,
+    deadline: Instant,
+}
+
+/// A fixed-capacity ring of readings with consecutive sequence numbers.
+struct Backlog<const N: usize> {
+    items: [Reading; N],
+    head: usize,
+    len: usize,
+}
+
+impl<const N: usize> Backlog<N> {
+    fn pop_front(&mut self) -> Option<Reading> {
+        if self.len == 0 {
+            return None;
+        }
+        let r = self.items[self.head];
+        self.head = (self.head + 1) % N;
+        self.len -= 1;
+        Some(r)
+    }
+    fn push_back(&mut self, r: Reading) -> bool {
+        if self.len == N {
+            return false;
+        }
+        self.items[(self.head + self.len) % N] = r;
+        self.len += 1;
+        true
+    }
+    fn push_front(&mut self, r: Reading) -> bool {
+        if self.len == N {
+            return false;
+        }
+        self.head = (self.head + N - 1) % N;
+        self.items[self.head] = r;
+        self.len += 1;
+        true
+    }
+}
+
+/// The meter-side state machine; `N` is the backlog capacity in readings.
+pub struct Sender<C: CryptoProvider, const N: usize> {
+    provider: C,
+    keys: MeterKeys<C>,
+    cfg: SenderConfig,
+    epoch: u32,
+    next_counter: u32,
+    backlog: Backlog<N>,
+    /// Sequence number of the backlog's front (or of the next reading when empty).
+    backlog_seq: u32,
+    in_flight: Option<InFlight>,
+    next_frame_at: Instant,
+    clock_offset_ms: Option<i64>,
+    stats: SenderStats,
+}
+
+impl<C: CryptoProvider, const N: usize> Sender<C, N> {
+    /// A sender for a freshly booted meter: `boot_epoch` must be larger than any
+    /// epoch used before with this key (persist it), counters start at 0, and
+    /// reading sequence numbers at `first_seq`.
+    pub fn new(
+        provider: C,
+        cfg: SenderConfig,
+        secret: &MeterSecret,
+        boot_epoch: u32,
+        first_seq: u32,
+    ) -> Result<Self, Error> {
+        if N == 0 || cfg.max_readings_per_frame == 0 || cfg.max_readings_per_frame > MAX_READINGS {
+            return Err(Misuse::InvalidArgument.into());
+        }
+        let keys = MeterKeys::new(&provider, cfg.key_id, secret);
+        Ok(Sender {
+            provider,
+            keys,
+            cfg,
+            epoch: boot_epoch,
+            next_counter: 0,
+            backlog: Backlog {
+                items: [Reading::default(); N],
+                head: 0,
+                len: 0,
+            },
+            backlog_seq: first_seq,
+            in_flight: None,
+            next_frame_at: Instant::ZERO,
+            clock_offset_ms: None,
+            stats: SenderStats::default(),
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &SenderStats {
+        &self.stats
+    }
+    /// The configuration.
+    pub fn config(&self) -> &SenderConfig {
+        &self.cfg
+    }
+    /// The boot epoch in use.
+    pub fn boot_epoch(&self) -> u32 {
+        self.epoch
+    }
+    /// The counter the next new frame will use.
+    pub fn next_counter(&self) -> u32 {
+        self.next_counter
+    }
+    /// Readings waiting, not counting those in flight.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len
+    }
+    /// Readings in the frame in flight.
+    pub fn in_flight_len(&self) -> usize {
+        self.in_flight.as_ref().map_or(0, |f| f.count)
+    }
+    /// Readings not yet confirmed (backlog and in flight).
+    pub fn unconfirmed(&self) -> usize {
+        self.backlog.len + self.in_flight_len()
+    }
+    /// Sequence number the next pushed reading gets.
+    pub fn next_seq(&self) -> u32 {
+        self.backlog_seq.wrapping_add(self.backlog.len as u32)
+    }
+
+    /// The relay's wall clock as estimated from the last ACK (Unix ms), if any ACK arrived.
+    pub fn wall_clock_ms(&self, now: Instant) -> Option<u64> {
+        let off = self.clock_offset_ms?;
+        let t = i128::from(now.as_millis()) + i128::from(off);
+        u64::try_from(t).ok()
+    }
+
+    /// Queues a reading. When the backlog is full the oldest waiting reading is
+    /// dropped and counted.
+    pub fn push_reading(&mut self, reading: Reading) -> PushOutcome {
+        self.stats.readings_queued += 1;
+        let mut dropped = None;
+        if self.backlog.len == N {
+            self.backlog.pop_front();
+            dropped = Some(self.backlog_seq);
+            self.backlog_seq = self.backlog_seq.wrapping_add(1);
+            self.stats.readings_dropped += 1;
+        }
+        let seq = self.next_seq();
+        // Cannot fail: room was made above.
+        let _ = self.backlog.push_back(reading);
+        match dropped {
+            None => PushOutcome::Queued { seq },
+            Some(dropped_seq) => PushOutcome::QueuedDroppedOldest { seq, dropped_seq },
+        }
+    }
+
+    fn timeout_after(&self, transmissions: u8, entropy: u32) -> Duration {
+        let base = self
+            .cfg
+            .ack_timeout
+            .saturating_shl(u32::from(transmissions.saturating_sub(1)))
+            .min(self.cfg.max_backoff);
+        let jitter = u64::from(entropy) % (base.as_micros() / 2 + 1);
+        base + Duration::from_micros(jitter)
+    }
+
+    /// Writes the next frame to send into `buf`, if one is due: a retransmission
+    /// whose ACK timed out, or a new frame from the backlog. Returns its length.
+    pub fn poll_transmit(&mut self, now: Instant, entropy: u32, buf: &mut [u8]) -> Result<Option<usize>, Error> {
+        if let Some(f) = &self.in_flight {
+            if now < f.deadline {
+                return Ok(None);
+            }
+            if f.transmissions > self.cfg.max_retries {
+                self.abandon(now, entropy);
+            } else {
+                let out = buf.get_mut(..f.len).ok_or(Misuse::BufferTooSmall)?;
+                let timeout = self.timeout_after(f.transmissions + 1, entropy);
+                let Some(f) = self.in_flight.as_mut() else {
+                    return Ok(None);
+                };
+                out.copy_from_slice(&f.frame[..f.len]);
+                f.transmissions += 1;
+                f.deadline = now + timeout;
+                self.stats.transmissions += 1;
+                self.stats.retransmissions += 1;
+                return Ok(Some(f.len));
+            }
+        }
+        if self.in_flight.is_some() || self.backlog.len == 0 || now < self.next_frame_at {
+            return Ok(None);
+        }
+        self.build_frame(now, entropy, buf).map(Some)
+    }
+
+    fn build_frame(&mut self, now: Instant, entropy: u32, buf: &mut [u8]) -> Result<usize, Error> {
+        if self.next_counter == u32::MAX {
+            return Err(Misuse::CounterExhausted.into());
+        }
+        let count = self.backlog.len.min(self.cfg.max_readings_per_frame);
+        let len = uplink::frame_len(count);
+        if buf.len() < len {
+            return Err(Misuse::BufferTooSmall.into());
+        }
+        let mut readings = [Reading::default(); MAX_READINGS];
+        for r in readings.iter_mut().take(count) {
+            *r = self.backlog.pop_front().unwrap_or_default();
+        }
+        let first_seq = self.backlog_seq;
+        self.backlog_seq = self.backlog_seq.wrapping_add(count as u32);
+        let header = UplinkHeader {
+            key_id: self.cfg.key_id,
+            meter_id: self.cfg.meter_id,
+            boot_epoch: self.epoch,
+            counter: self.next_counter,
+        };
+        let mut frame = [0u8; MAX_LEN];
+        let len = uplink::seal(&self.provider, &self.keys, &header, first_seq, &readings[..count], &mut frame)?;
+        buf[..len].copy_from_slice(&frame[..len]);
+        self.next_counter += 1;
+        self.stats.frames_built += 1;
+        self.stats.transmissions += 1;
+        self.in_flight = Some(InFlight {
+            frame,
+            len,
+            counter: header.counter,
+            first_seq,
+            readings,
+            count,
+            transmissions: 1,
+            first_sent: now,
+            deadline: now + self.timeout_after(1, entropy),
+        });
+        Ok(len)
+    }
+
+    /// Gives up the frame in flight: its readings return to the front of the
+    /// backlog (or are dropped and counted if it filled up meanwhile).
+    fn abandon(&mut self, now: Instant, entropy: u32) {
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        self.stats.frames_abandoned += 1;
+        for i in (0..f.count).rev() {
+            if self.backlog.push_front(f.readings[i]) {
+                self.backlog_seq = self.backlog_seq.wrapping_sub(1);
+            } else {
+                // The backlog is full of newer readings: these are the oldest, drop them.
+                self.stats.readings_dropped += (i + 1) as u64;
+                break;
+            }
+        }
+        let jitter = u64::from(entropy) % (self.cfg.retry_holdoff.as_micros() / 2 + 1);
+        self.next_frame_at = now + self.cfg.retry_holdoff + Duration::from_micros(jitter);
+    }
+
+    /// When the sender next needs `poll_transmit` called without other input.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.in_flight {
+            Some(f) => Some(f.deadline),
+            None if self.backlog.len > 0 => Some(self.next_frame_at),
+            None => None,
+        }
+    }
+
+    /// Processes bytes received from the relay. A matching, authentic ACK
+    /// confirms the frame in flight and synchronises the clock.
+    pub fn handle_ack(&mut self, now: Instant, bytes: &[u8]) -> Result<Acked, Error> {
+        let res = self.check_ack(bytes);
+        let ack = match res {
+            Ok(a) => a,
+            Err(e) => {
+                self.stats.acks_rejected += 1;
+                return Err(e);
+            }
+        };
+        let Some(f) = self.in_flight.take() else {
+            self.stats.acks_rejected += 1;
+            return Err(Rejected::UnexpectedAck.into());
+        };
+        self.stats.acks_accepted += 1;
+        self.stats.readings_acked += f.count as u64;
+        let now_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
+        let relay_ms = i64::try_from(ack.relay_time_ms).unwrap_or(i64::MAX);
+        self.clock_offset_ms = Some(relay_ms.saturating_sub(now_ms));
+        Ok(Acked {
+            counter: f.counter,
+            first_seq: f.first_seq,
+            readings: f.count,
+            round_trip: now - f.first_sent,
+            duplicate: ack.flags & FLAG_DUPLICATE != 0,
+            channel: ack.channel,
+            relay_id: ack.relay_id,
+        })
+    }
+
+    fn check_ack(&self, bytes: &[u8]) -> Result<crate::wire::AckRepr, Error> {
+        let p = AckPacket::new_checked(bytes)?;
+        if p.meter_id() != self.cfg.meter_id {
+            return Err(Rejected::UnexpectedAck.into());
+        }
+        let ack = p.verify(&self.provider, &self.keys.ack)?;
+        let matches = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| ack.key_id == self.cfg.key_id && ack.boot_epoch == self.epoch && ack.counter == f.counter);
+        if !matches {
+            return Err(Rejected::UnexpectedAck.into());
+        }
+        Ok(ack)
+    }
+}
