@@ -40,6 +40,10 @@ pub enum Malformed {
     BadLeafFraming,
     /// A block declares more leaves than the protocol allows.
     TooManyLeaves,
+    /// An enumerated field holds a value this version does not define.
+    UnknownValue,
+    /// A checksum (serial framing CRC) does not match.
+    BadChecksum,
 }
 
 /// Why a leaf (a sealed uplink frame inside a block) was refused.
@@ -174,6 +178,8 @@ impl fmt::Display for Malformed {
             Malformed::NonZeroReserved => f.write_str("reserved field is not zero"),
             Malformed::BadLeafFraming => f.write_str("leaf framing does not match block length"),
             Malformed::TooManyLeaves => f.write_str("too many leaves"),
+            Malformed::UnknownValue => f.write_str("field value not defined by this version"),
+            Malformed::BadChecksum => f.write_str("checksum mismatch"),
         }
     }
 }

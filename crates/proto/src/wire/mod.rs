@@ -7,11 +7,14 @@
 pub mod ack;
 pub mod block;
 pub mod reading;
+pub mod receipt;
+pub mod serial;
 pub mod uplink;
 
 pub use ack::{AckPacket, AckRepr};
 pub use block::{BlockHeaderRepr, BlockPacket, LeafIter};
 pub use reading::Reading;
+pub use receipt::{ReceiptRepr, ReceiptStatus};
 pub use uplink::{UplinkHeader, UplinkPacket};
 
 /// A byte range inside a message.
@@ -23,6 +26,9 @@ pub const TYPE_UPLINK: u8 = 0x01;
 pub const TYPE_ACK: u8 = 0x02;
 /// Message type byte of a block header.
 pub const TYPE_BLOCK: u8 = 0x03;
+
+/// Message type byte of a commit receipt.
+pub const TYPE_RECEIPT: u8 = 0x04;
 
 /// Largest ESP-NOW payload (v1.0 frames); every uplink and ACK fits.
 pub const ESPNOW_MAX_PAYLOAD: usize = 250;
