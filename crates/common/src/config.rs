@@ -1,0 +1,172 @@
+//! Configuration files: TOML, overridable by environment variables, with
+//! errors that name the file and the field.
+//!
+//! An override `GRIDPOW_RELAY__MQTT__BROKER=mqtts://h:8883` sets `mqtt.broker`
+//! of a config loaded with prefix `GRIDPOW_RELAY`: after the prefix, `__`
+//! separates nested keys, and keys are lower-cased. Values parse as TOML
+//! (numbers, booleans, arrays) and fall back to strings.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// Parser message with line and column.
+        message: String,
+    },
+    /// A field is missing or has a wrong type or value.
+    #[error("{path}: field `{field}`: {message}")]
+    Invalid {
+        /// The file (or the environment variable that overrode it).
+        path: PathBuf,
+        /// Dotted field path.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// An invalid-field error.
+    pub fn invalid(path: &Path, field: &str, message: String) -> Self {
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message,
+        }
+    }
+
+    /// An IO error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Reads `path` as TOML into `T`, applying environment overrides under `env_prefix`.
+pub fn load_toml<T: DeserializeOwned>(path: &Path, env_prefix: Option<&str>) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
+    parse_toml(&text, path, env_prefix, std::env::vars())
+}
+
+/// Parses TOML text (named `path` in errors) into `T` with overrides from `vars`.
+pub fn parse_toml<T: DeserializeOwned>(
+    text: &str,
+    path: &Path,
+    env_prefix: Option<&str>,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
+    let mut value: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut overridden = Vec::new();
+    if let Some(prefix) = env_prefix {
+        let lead = format!("{prefix}__");
+        for (k, v) in vars {
+            let Some(rest) = k.strip_prefix(&lead) else { continue };
+            let keys: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            set_path(&mut value, &keys, parse_env_value(&v));
+            overridden.push((keys.join("."), k));
+        }
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let from_env = overridden.iter().find(|(f, _)| *f == field).map(|(_, var)| var.clone());
+        ConfigError::Invalid {
+            path: match from_env {
+                Some(var) => PathBuf::from(format!("{} (overridden by ${var})", path.display())),
+                None => path.to_path_buf(),
+            },
+            field,
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+fn parse_env_value(v: &str) -> toml::Value {
+    // Parse as a TOML value by wrapping it in a one-key document.
+    toml::from_str::<toml::Table>(&format!("v = {v}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(v.to_string()))
+}
+
+fn set_path(root: &mut toml::Value, keys: &[String], v: toml::Value) {
+    let Some((last, parents)) = keys.split_last() else { return };
+    let mut cur = root;
+    for k in parents {
+        let toml::Value::Table(t) = cur else { return };
+        cur = t.entry(k.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    }
+    if let toml::Value::Table(t) = cur {
+        t.insert(last.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Cfg {
+        name: String,
+        mqtt: Mqtt,
+    }
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Mqtt {
+        port: u16,
+        #[serde(default)]
+        tls: bool,
+    }
+
+    #[test]
+    fn environment_overrides_nested_fields() {
+        let vars = vec![
+            ("GRIDPOW_X__MQTT__PORT".to_string(), "8883".to_string()),
+            ("GRIDPOW_X__MQTT__TLS".to_string(), "true".to_string()),
+            ("OTHER".to_string(), "1".to_string()),
+        ];
+        let c: Cfg = parse_toml("name = \"a\"\n[mqtt]\nport = 1883\n", Path::new("x.toml"), Some("GRIDPOW_X"), vars).unwrap();
+        assert_eq!(c, Cfg { name: "a".into(), mqtt: Mqtt { port: 8883, tls: true } });
+    }
+
+    #[test]
+    fn wrong_field_type_names_file_and_field() {
+        let e = parse_toml::<Cfg>("name = \"a\"\n[mqtt]\nport = \"high\"\n", Path::new("relay.toml"), None, vec![]).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("relay.toml") && s.contains("mqtt.port"), "{s}");
+    }
+
+    #[test]
+    fn bad_override_names_the_variable() {
+        let vars = vec![("GRIDPOW_X__MQTT__PORT".to_string(), "99999".to_string())];
+        let e = parse_toml::<Cfg>("name = \"a\"\n[mqtt]\nport = 1\n", Path::new("x.toml"), Some("GRIDPOW_X"), vars).unwrap_err();
+        assert!(e.to_string().contains("$GRIDPOW_X__MQTT__PORT"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let e = parse_toml::<Cfg>("name = ", Path::new("s.toml"), None, vec![]).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }) && e.to_string().contains("s.toml"));
+    }
+}

@@ -1,0 +1,498 @@
+//! The key directory that `gridpow keys init` creates and every service reads.
+//!
+//! ```text
+//! DIR/site.toml            0600  site secrets by key id (meter keys derive from these)
+//! DIR/meters.toml                meter registry (no secrets)
+//! DIR/relays.toml                relay registry with public keys
+//! DIR/relays/<id>.key      0600  relay Ed25519 signing key (hex seed)
+//! DIR/server.key           0600  grid server Ed25519 key that signs commit receipts
+//! DIR/server.pub                 its public key (relays verify receipts with it)
+//! DIR/meters/<id>.toml     0600  what a meter is flashed with (written by add-meter)
+//! DIR/tls/ca.pem, ca.key   CA for MQTT TLS (ca.key 0600)
+//! DIR/tls/broker.pem/.key  broker certificate (localhost, 127.0.0.1 and given names)
+//! DIR/tls/<client>.pem/.key  client certificates (relay-<id>, server-<n>) for mTLS
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use gridpow_proto::crypto::{derive_meter_secret, MeterSecret, SiteSecret};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{load_toml, ConfigError};
+use crate::registry::{MeterRecord, MeterRegistry, RelayRecord, RelayRegistry};
+
+/// Why a key directory operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A file is missing, unreadable or malformed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A key file does not hold a valid key.
+    #[error("{path}: {message}")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Certificate generation failed.
+    #[error("certificate generation: {0}")]
+    Cert(#[from] rcgen::Error),
+    /// The directory already holds keys and `init` would overwrite them.
+    #[error("{0} already holds a site secret; refusing to overwrite it (use another directory)")]
+    AlreadyInitialised(PathBuf),
+    /// A request that cannot be honoured.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> KeyError {
+    KeyError::Config(ConfigError::io(path, e))
+}
+
+/// Writes `data` to `path`, creating parent directories; `secret` files get mode 0600.
+/// Writes to a temporary file and renames, so a crash never leaves half a key.
+pub fn write_file(path: &Path, data: &[u8], secret: bool) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(if secret { 0o600 } else { 0o644 });
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// `site.toml`: the site secrets by key id.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SiteFile {
+    /// Key id new meters get.
+    current_key_id: u8,
+    #[serde(rename = "key")]
+    keys: Vec<SiteKeyEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SiteKeyEntry {
+    id: u8,
+    secret: String,
+}
+
+/// The site secrets, by key id.
+#[derive(Clone)]
+pub struct SiteKeyring {
+    /// Key id new meters are provisioned with.
+    pub current_key_id: u8,
+    secrets: BTreeMap<u8, SiteSecret>,
+}
+
+impl SiteKeyring {
+    /// A keyring with one secret.
+    pub fn single(key_id: u8, secret: SiteSecret) -> Self {
+        SiteKeyring {
+            current_key_id: key_id,
+            secrets: BTreeMap::from([(key_id, secret)]),
+        }
+    }
+
+    /// The secret of meter `meter_id` under `key_id`, if that key id exists.
+    pub fn meter_secret(&self, meter_id: u32, key_id: u8) -> Option<MeterSecret> {
+        self.secrets.get(&key_id).map(|s| derive_meter_secret(s, key_id, meter_id))
+    }
+
+    /// Key ids present.
+    pub fn key_ids(&self) -> impl Iterator<Item = u8> + '_ {
+        self.secrets.keys().copied()
+    }
+}
+
+impl std::fmt::Debug for SiteKeyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteKeyring")
+            .field("current_key_id", &self.current_key_id)
+            .field("key_ids", &self.secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// What a meter is flashed with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterProvisioning {
+    /// Meter id.
+    pub meter_id: u32,
+    /// Key id.
+    pub key_id: u8,
+    /// The 32-byte meter secret, hex (AEAD key ‖ ACK key). SECRET.
+    pub meter_secret: String,
+    /// The relay's MAC, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_mac: Option<String>,
+    /// Wi-Fi channel of the relay (1–14).
+    pub channel: u8,
+    /// Reporting interval in seconds.
+    pub interval_s: u32,
+}
+
+/// Options of `keys init`.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Relays to create signing keys and client certificates for.
+    pub relay_ids: Vec<u32>,
+    /// Extra DNS names or IP addresses for the broker certificate.
+    pub broker_names: Vec<String>,
+    /// Number of grid-server client certificates (server-1 … server-N).
+    pub servers: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            relay_ids: vec![1],
+            broker_names: Vec::new(),
+            servers: 1,
+        }
+    }
+}
+
+/// Paths to a TLS identity.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// PEM certificate.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// A key directory.
+#[derive(Clone, Debug)]
+pub struct KeyDir {
+    root: PathBuf,
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b
+}
+
+impl KeyDir {
+    /// Opens an existing or future key directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        KeyDir { root: root.into() }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of `site.toml`.
+    pub fn site_path(&self) -> PathBuf {
+        self.root.join("site.toml")
+    }
+    /// Path of `meters.toml`.
+    pub fn meters_path(&self) -> PathBuf {
+        self.root.join("meters.toml")
+    }
+    /// Path of `relays.toml`.
+    pub fn relays_path(&self) -> PathBuf {
+        self.root.join("relays.toml")
+    }
+    /// Path of relay `id`'s signing key.
+    pub fn relay_key_path(&self, id: u32) -> PathBuf {
+        self.root.join("relays").join(format!("{id}.key"))
+    }
+    /// Path of the server's receipt signing key.
+    pub fn server_key_path(&self) -> PathBuf {
+        self.root.join("server.key")
+    }
+    /// Path of the server's public key.
+    pub fn server_pub_path(&self) -> PathBuf {
+        self.root.join("server.pub")
+    }
+    /// Path of the CA certificate.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.root.join("tls").join("ca.pem")
+    }
+    /// The broker's TLS identity.
+    pub fn broker_tls(&self) -> TlsFiles {
+        self.tls_files("broker")
+    }
+    /// A client's TLS identity (`relay-<id>`, `server-<n>`).
+    pub fn tls_files(&self, name: &str) -> TlsFiles {
+        let d = self.root.join("tls");
+        TlsFiles {
+            cert: d.join(format!("{name}.pem")),
+            key: d.join(format!("{name}.key")),
+        }
+    }
+    /// Whether `init` ran here.
+    pub fn is_initialised(&self) -> bool {
+        self.site_path().exists()
+    }
+
+    /// Creates a new key directory: site secret, registries, relay and server
+    /// keys, CA, broker and client certificates. Refuses to overwrite a site secret.
+    pub fn init(&self, opts: &InitOptions) -> Result<(), KeyError> {
+        if self.is_initialised() {
+            return Err(KeyError::AlreadyInitialised(self.root.clone()));
+        }
+        std::fs::create_dir_all(&self.root).map_err(|e| io_err(&self.root, e))?;
+        let site = SiteFile {
+            current_key_id: 1,
+            keys: vec![SiteKeyEntry {
+                id: 1,
+                secret: hex::encode(random_bytes::<32>()),
+            }],
+        };
+        let text = toml::to_string_pretty(&site).map_err(|e| KeyError::Invalid(e.to_string()))?;
+        let text = format!("# gridpow site secrets. SECRET: every meter key derives from these.\n{text}");
+        write_file(&self.site_path(), text.as_bytes(), true).map_err(|e| io_err(&self.site_path(), e))?;
+        if !self.meters_path().exists() {
+            MeterRegistry::default().save(&self.meters_path())?;
+        }
+        let server_key = SigningKey::from_bytes(&random_bytes::<32>());
+        write_file(&self.server_key_path(), hex::encode(server_key.to_bytes()).as_bytes(), true)
+            .map_err(|e| io_err(&self.server_key_path(), e))?;
+        write_file(&self.server_pub_path(), hex::encode(server_key.verifying_key().to_bytes()).as_bytes(), false)
+            .map_err(|e| io_err(&self.server_pub_path(), e))?;
+        self.create_ca(&opts.broker_names)?;
+        for &id in &opts.relay_ids {
+            self.add_relay(id)?;
+        }
+        for n in 1..=opts.servers {
+            self.issue_client_cert(&format!("server-{n}"))?;
+        }
+        Ok(())
+    }
+
+    fn create_ca(&self, broker_names: &[String]) -> Result<(), KeyError> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "gridpow site CA");
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        let ca = self.ca_cert_path();
+        write_file(&ca, cert.pem().as_bytes(), false).map_err(|e| io_err(&ca, e))?;
+        let ca_key = ca.with_file_name("ca.key");
+        write_file(&ca_key, key.serialize_pem().as_bytes(), true).map_err(|e| io_err(&ca_key, e))?;
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        names.extend(broker_names.iter().cloned());
+        self.issue_cert("broker", names, false)?;
+        Ok(())
+    }
+
+    fn issue_cert(&self, name: &str, sans: Vec<String>, client: bool) -> Result<TlsFiles, KeyError> {
+        let ca_path = self.ca_cert_path();
+        let ca_pem = std::fs::read_to_string(&ca_path).map_err(|e| io_err(&ca_path, e))?;
+        let ca_key_path = ca_path.with_file_name("ca.key");
+        let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(|e| io_err(&ca_key_path, e))?;
+        let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem)?;
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+        let mut params = rcgen::CertificateParams::new(sans)?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        let files = self.tls_files(name);
+        write_file(&files.cert, cert.pem().as_bytes(), false).map_err(|e| io_err(&files.cert, e))?;
+        write_file(&files.key, key.serialize_pem().as_bytes(), true).map_err(|e| io_err(&files.key, e))?;
+        Ok(files)
+    }
+
+    /// Issues a client certificate with common name `name` (used as the MQTT
+    /// username by brokers configured with `use_identity_as_username`).
+    pub fn issue_client_cert(&self, name: &str) -> Result<TlsFiles, KeyError> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(KeyError::Invalid(format!("client name {name:?} must be letters, digits, - or _")));
+        }
+        self.issue_cert(name, Vec::new(), true)
+    }
+
+    /// Creates relay `id`: signing key, registry entry, client certificate.
+    pub fn add_relay(&self, id: u32) -> Result<VerifyingKey, KeyError> {
+        let path = self.relay_key_path(id);
+        let key = if path.exists() {
+            self.relay_signing_key(id)?
+        } else {
+            let k = SigningKey::from_bytes(&random_bytes::<32>());
+            write_file(&path, hex::encode(k.to_bytes()).as_bytes(), true).map_err(|e| io_err(&path, e))?;
+            k
+        };
+        let mut reg = if self.relays_path().exists() {
+            RelayRegistry::load(&self.relays_path())?
+        } else {
+            RelayRegistry::default()
+        };
+        reg.upsert(RelayRecord {
+            id,
+            public_key: hex::encode(key.verifying_key().to_bytes()),
+            label: None,
+        });
+        reg.save(&self.relays_path())?;
+        self.issue_client_cert(&format!("relay-{id}"))?;
+        Ok(key.verifying_key())
+    }
+
+    /// Registers meter `id` and writes its provisioning file `meters/<id>.toml`.
+    pub fn add_meter(&self, id: u32, mac: Option<gridpow_proto::MacAddr>, channel: u8, interval_s: u32) -> Result<MeterProvisioning, KeyError> {
+        let site = self.site()?;
+        let mut reg = self.meters()?;
+        let key_id = site.current_key_id;
+        reg.upsert(MeterRecord {
+            id,
+            key_id,
+            mac: mac.map(|m| crate::format_mac(&m)),
+            label: None,
+        });
+        reg.save(&self.meters_path())?;
+        let secret = site
+            .meter_secret(id, key_id)
+            .ok_or_else(|| KeyError::Invalid(format!("site.toml has no key id {key_id}")))?;
+        let prov = MeterProvisioning {
+            meter_id: id,
+            key_id,
+            meter_secret: hex::encode(secret.0),
+            relay_mac: None,
+            channel,
+            interval_s,
+        };
+        let path = self.root.join("meters").join(format!("{id}.toml"));
+        let text = toml::to_string_pretty(&prov).map_err(|e| KeyError::Invalid(e.to_string()))?;
+        let text = format!("# gridpow meter {id} provisioning. SECRET: flash it, then delete this copy.\n{text}");
+        write_file(&path, text.as_bytes(), true).map_err(|e| io_err(&path, e))?;
+        Ok(prov)
+    }
+
+    /// Registers many meters at once (ids with optional MACs); writes the registry once.
+    pub fn add_meters(&self, meters: &[(u32, Option<gridpow_proto::MacAddr>)]) -> Result<usize, KeyError> {
+        let site = self.site()?;
+        let mut reg = self.meters()?;
+        for &(id, mac) in meters {
+            reg.upsert(MeterRecord {
+                id,
+                key_id: site.current_key_id,
+                mac: mac.map(|m| crate::format_mac(&m)),
+                label: None,
+            });
+        }
+        reg.save(&self.meters_path())?;
+        Ok(meters.len())
+    }
+
+    /// The site keyring.
+    pub fn site(&self) -> Result<SiteKeyring, KeyError> {
+        let path = self.site_path();
+        let f: SiteFile = load_toml(&path, None)?;
+        let mut secrets = BTreeMap::new();
+        for (i, k) in f.keys.iter().enumerate() {
+            let bytes: [u8; 32] = hex::decode(&k.secret)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| ConfigError::invalid(&path, &format!("key[{i}].secret"), "not 64 hex digits".into()))?;
+            secrets.insert(k.id, SiteSecret(bytes));
+        }
+        if !secrets.contains_key(&f.current_key_id) {
+            return Err(ConfigError::invalid(&path, "current_key_id", format!("no [[key]] with id {}", f.current_key_id)).into());
+        }
+        Ok(SiteKeyring {
+            current_key_id: f.current_key_id,
+            secrets,
+        })
+    }
+
+    /// The meter registry.
+    pub fn meters(&self) -> Result<MeterRegistry, KeyError> {
+        Ok(MeterRegistry::load(&self.meters_path())?)
+    }
+
+    /// The relay registry.
+    pub fn relays(&self) -> Result<RelayRegistry, KeyError> {
+        Ok(RelayRegistry::load(&self.relays_path())?)
+    }
+
+    /// Relay `id`'s signing key.
+    pub fn relay_signing_key(&self, id: u32) -> Result<SigningKey, KeyError> {
+        read_signing_key(&self.relay_key_path(id))
+    }
+
+    /// The server's receipt signing key.
+    pub fn server_signing_key(&self) -> Result<SigningKey, KeyError> {
+        read_signing_key(&self.server_key_path())
+    }
+
+    /// The server's receipt verifying key.
+    pub fn server_verifying_key(&self) -> Result<VerifyingKey, KeyError> {
+        let path = self.server_pub_path();
+        let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+        let bytes: [u8; 32] = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| KeyError::BadKey { path: path.clone(), message: "not 64 hex digits".into() })?;
+        VerifyingKey::from_bytes(&bytes).map_err(|e| KeyError::BadKey { path, message: e.to_string() })
+    }
+}
+
+fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| KeyError::BadKey { path: path.to_path_buf(), message: "not 64 hex digits".into() })?;
+    Ok(SigningKey::from_bytes(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_creates_keys_certificates_and_refuses_to_run_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let kd = KeyDir::new(dir.path().join("keys"));
+        kd.init(&InitOptions::default()).unwrap();
+        assert!(kd.ca_cert_path().exists() && kd.broker_tls().key.exists());
+        assert!(kd.tls_files("relay-1").cert.exists() && kd.tls_files("server-1").cert.exists());
+        let relay = kd.relay_signing_key(1).unwrap();
+        assert_eq!(kd.relays().unwrap().get(1).unwrap().verifying_key(), Some(relay.verifying_key()));
+        assert_eq!(kd.server_signing_key().unwrap().verifying_key(), kd.server_verifying_key().unwrap());
+        assert!(matches!(kd.init(&InitOptions::default()), Err(KeyError::AlreadyInitialised(_))));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for p in [kd.site_path(), kd.relay_key_path(1), kd.server_key_path(), kd.broker_tls().key] {
+                let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", p.display());
+            }
+        }
+    }
+
+    #[test]
+    fn added_meter_gets_the_secret_the_site_derives() {
+        let dir = tempfile::tempdir().unwrap();
+        let kd = KeyDir::new(dir.path());
+        kd.init(&InitOptions { relay_ids: vec![], ..InitOptions::default() }).unwrap();
+        let prov = kd.add_meter(17, Some([2, 0, 0, 0, 0, 17]), 1, 10).unwrap();
+        let site = kd.site().unwrap();
+        assert_eq!(prov.meter_secret, hex::encode(site.meter_secret(17, prov.key_id).unwrap().0));
+        assert_eq!(kd.meters().unwrap().get(17).unwrap().mac.as_deref(), Some("02:00:00:00:00:11"));
+    }
+}

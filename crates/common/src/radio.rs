@@ -1,0 +1,285 @@
+//! Radio adapters: what stands in for ESP-NOW on a Linux host.
+//!
+//! - [`Medium`]: an in-process air shared by the demo's meters and relay, with
+//!   injectable loss.
+//! - [`UdpAir`]: frames as UDP datagrams between processes (`gridpow meters`
+//!   and `gridpow relay`), with injectable loss.
+//!
+//! A port may own many MAC addresses (a fleet of virtual meters is one port).
+//! The serial bridge to an ESP32 lives with the relay.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use gridpow_proto::MacAddr;
+use rand::{Rng, SeedableRng};
+
+/// A frame on the air.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RadioFrame {
+    /// Sender's MAC.
+    pub src: MacAddr,
+    /// Addressee's MAC.
+    pub dst: MacAddr,
+    /// ESP-NOW payload (at most 250 bytes).
+    pub data: Vec<u8>,
+}
+
+/// Why a radio operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RadioError {
+    /// The socket or device failed.
+    #[error("radio I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The other side of the medium is gone.
+    #[error("radio medium closed")]
+    Closed,
+    /// The payload exceeds 250 bytes.
+    #[error("payload of {0} bytes exceeds the 250-byte ESP-NOW limit")]
+    TooLong(usize),
+    /// No route to the destination MAC is known yet.
+    #[error("no route to {0}")]
+    NoRoute(String),
+}
+
+/// A radio as the relay and the virtual meters use it.
+pub trait RadioPort: Send {
+    /// Sends `data` from `src` to `dst`. Loss on the air is not an error.
+    fn send(&mut self, src: MacAddr, dst: MacAddr, data: &[u8]) -> Result<(), RadioError>;
+    /// Waits up to `timeout` for a frame addressed to one of this port's MACs.
+    fn recv(&mut self, timeout: Duration) -> Result<Option<RadioFrame>, RadioError>;
+}
+
+/// Counters of a medium.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MediumStats {
+    /// Frames offered.
+    pub sent: u64,
+    /// Frames dropped by injected loss.
+    pub lost: u64,
+    /// Frames to a MAC nobody owns.
+    pub unroutable: u64,
+}
+
+struct MediumInner {
+    routes: HashMap<MacAddr, Sender<RadioFrame>>,
+    loss: f64,
+    rng: rand::rngs::StdRng,
+    stats: MediumStats,
+}
+
+/// An in-process air. Clone it freely; all clones are the same medium.
+#[derive(Clone)]
+pub struct Medium {
+    inner: Arc<Mutex<MediumInner>>,
+}
+
+impl Medium {
+    /// A medium that drops each frame with probability `loss` (seeded, so runs repeat).
+    pub fn new(loss: f64, seed: u64) -> Self {
+        Medium {
+            inner: Arc::new(Mutex::new(MediumInner {
+                routes: HashMap::new(),
+                loss: loss.clamp(0.0, 1.0),
+                rng: rand::rngs::StdRng::seed_from_u64(seed),
+                stats: MediumStats::default(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MediumInner> {
+        // A panicking holder cannot leave the routing table inconsistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A port receiving frames addressed to any of `macs`.
+    pub fn port(&self, macs: &[MacAddr]) -> InProcPort {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut inner = self.lock();
+        for m in macs {
+            inner.routes.insert(*m, tx.clone());
+        }
+        InProcPort {
+            medium: self.clone(),
+            rx,
+        }
+    }
+
+    /// Changes the loss probability.
+    pub fn set_loss(&self, loss: f64) {
+        self.lock().loss = loss.clamp(0.0, 1.0);
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MediumStats {
+        self.lock().stats
+    }
+}
+
+/// One endpoint of a [`Medium`].
+pub struct InProcPort {
+    medium: Medium,
+    rx: Receiver<RadioFrame>,
+}
+
+impl RadioPort for InProcPort {
+    fn send(&mut self, src: MacAddr, dst: MacAddr, data: &[u8]) -> Result<(), RadioError> {
+        if data.len() > gridpow_proto::wire::ESPNOW_MAX_PAYLOAD {
+            return Err(RadioError::TooLong(data.len()));
+        }
+        let mut inner = self.medium.lock();
+        inner.stats.sent += 1;
+        let loss = inner.loss;
+        if loss > 0.0 && inner.rng.gen_bool(loss) {
+            inner.stats.lost += 1;
+            return Ok(());
+        }
+        match inner.routes.get(&dst) {
+            Some(tx) => {
+                // A receiver that went away is like a radio switched off: the frame is lost.
+                let _ = tx.send(RadioFrame { src, dst, data: data.to_vec() });
+            }
+            None => inner.stats.unroutable += 1,
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self, timeout: Duration) -> Result<Option<RadioFrame>, RadioError> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(f) => Ok(Some(f)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(RadioError::Closed),
+        }
+    }
+}
+
+/// Magic prefix of a UDP air datagram: `"GPA1" ‖ src MAC ‖ dst MAC ‖ payload`.
+pub const UDP_MAGIC: &[u8; 4] = b"GPA1";
+const UDP_HEADER: usize = 16;
+
+/// Frames as UDP datagrams. The relay binds a known address; meters send to it
+/// and the relay answers to whatever address a MAC was last heard from.
+pub struct UdpAir {
+    socket: UdpSocket,
+    peers: HashMap<MacAddr, SocketAddr>,
+    default_peer: Option<SocketAddr>,
+    loss: f64,
+    rng: rand::rngs::StdRng,
+    /// Datagrams dropped because they were not gridpow air frames.
+    pub malformed: u64,
+    buf: Vec<u8>,
+}
+
+impl UdpAir {
+    /// Binds `local`; frames to unknown MACs go to `default_peer`. Each sent frame is
+    /// dropped with probability `loss`.
+    pub fn bind(local: SocketAddr, default_peer: Option<SocketAddr>, loss: f64, seed: u64) -> Result<Self, RadioError> {
+        let socket = UdpSocket::bind(local)?;
+        Ok(UdpAir {
+            socket,
+            peers: HashMap::new(),
+            default_peer,
+            loss: loss.clamp(0.0, 1.0),
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            malformed: 0,
+            buf: vec![0; 2048],
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, RadioError> {
+        Ok(self.socket.local_addr()?)
+    }
+}
+
+impl RadioPort for UdpAir {
+    fn send(&mut self, src: MacAddr, dst: MacAddr, data: &[u8]) -> Result<(), RadioError> {
+        if data.len() > gridpow_proto::wire::ESPNOW_MAX_PAYLOAD {
+            return Err(RadioError::TooLong(data.len()));
+        }
+        let to = self
+            .peers
+            .get(&dst)
+            .copied()
+            .or(self.default_peer)
+            .ok_or_else(|| RadioError::NoRoute(crate::format_mac(&dst)))?;
+        if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
+            return Ok(());
+        }
+        let mut d = Vec::with_capacity(UDP_HEADER + data.len());
+        d.extend_from_slice(UDP_MAGIC);
+        d.extend_from_slice(&src);
+        d.extend_from_slice(&dst);
+        d.extend_from_slice(data);
+        match self.socket.send_to(&d, to) {
+            Ok(_) => Ok(()),
+            // The peer's port is closed (ICMP refused): like a radio nobody listens to.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn recv(&mut self, timeout: Duration) -> Result<Option<RadioFrame>, RadioError> {
+        self.socket.set_read_timeout(Some(timeout.max(Duration::from_micros(1))))?;
+        loop {
+            let (n, from) = match self.socket.recv_from(&mut self.buf) {
+                Ok(x) => x,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let d = &self.buf[..n];
+            if n < UDP_HEADER || &d[..4] != UDP_MAGIC || n - UDP_HEADER > gridpow_proto::wire::ESPNOW_MAX_PAYLOAD {
+                self.malformed += 1;
+                continue;
+            }
+            let mut src = [0u8; 6];
+            src.copy_from_slice(&d[4..10]);
+            let mut dst = [0u8; 6];
+            dst.copy_from_slice(&d[10..16]);
+            self.peers.insert(src, from);
+            return Ok(Some(RadioFrame { src, dst, data: d[UDP_HEADER..].to_vec() }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_process_medium_routes_by_mac_and_drops_with_the_set_loss() {
+        let m = Medium::new(0.0, 1);
+        let mut a = m.port(&[[1; 6]]);
+        let mut b = m.port(&[[2; 6], [3; 6]]);
+        a.send([1; 6], [3; 6], b"hi").unwrap();
+        let f = b.recv(Duration::from_millis(100)).unwrap().unwrap();
+        assert_eq!((f.src, f.dst, f.data.as_slice()), ([1; 6], [3; 6], &b"hi"[..]));
+        a.send([1; 6], [9; 6], b"nobody").unwrap();
+        assert_eq!(m.stats().unroutable, 1);
+        m.set_loss(0.5);
+        for _ in 0..1000 {
+            a.send([1; 6], [2; 6], b"x").unwrap();
+        }
+        let lost = m.stats().lost;
+        assert!((400..600).contains(&lost), "lost {lost} of 1000");
+    }
+
+    #[test]
+    fn udp_air_learns_the_return_route_from_received_frames() {
+        let mut relay = UdpAir::bind("127.0.0.1:0".parse().unwrap(), None, 0.0, 1).unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        let mut meters = UdpAir::bind("127.0.0.1:0".parse().unwrap(), Some(relay_addr), 0.0, 2).unwrap();
+        assert!(matches!(relay.send([9; 6], [5; 6], b"ack"), Err(RadioError::NoRoute(_))));
+        meters.send([5; 6], [9; 6], b"uplink").unwrap();
+        let f = relay.recv(Duration::from_secs(2)).unwrap().unwrap();
+        assert_eq!(f.data, b"uplink");
+        relay.send([9; 6], [5; 6], b"ack").unwrap();
+        let back = meters.recv(Duration::from_secs(2)).unwrap().unwrap();
+        assert_eq!((back.src, back.data.as_slice()), ([9; 6], &b"ack"[..]));
+        assert!(matches!(relay.send([9; 6], [5; 6], &[0u8; 251]), Err(RadioError::TooLong(251))));
+    }
+}
