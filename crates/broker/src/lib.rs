@@ -98,7 +98,10 @@ pub struct EmbeddedBroker {
 
 /// Starts rumqttd with TLS from the key directory, bounded memory and round-robin
 /// shared subscriptions, on a thread of its own.
-pub fn start_embedded(keys: &KeyDir, opts: &EmbeddedOptions) -> Result<EmbeddedBroker, BrokerError> {
+pub fn start_embedded(
+    keys: &KeyDir,
+    opts: &EmbeddedOptions,
+) -> Result<EmbeddedBroker, BrokerError> {
     let pick = |addr: SocketAddr| -> Result<SocketAddr, BrokerError> {
         if addr.port() != 0 {
             return Ok(addr);
@@ -119,7 +122,10 @@ pub fn start_embedded(keys: &KeyDir, opts: &EmbeddedOptions) -> Result<EmbeddedB
     if !tls.validate_paths() {
         return Err(BrokerError::Io {
             context: format!("broker TLS files under {}", keys.root().display()),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "run `gridpow keys init` first"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "run `gridpow keys init` first",
+            ),
         });
     }
     let connections = rumqttd::ConnectionSettings {
@@ -148,8 +154,14 @@ pub fn start_embedded(keys: &KeyDir, opts: &EmbeddedOptions) -> Result<EmbeddedB
             initialized_filters: None,
             shared_subscriptions_strategy: rumqttd::Strategy::RoundRobin,
         },
-        v4: Some(HashMap::from([("1".to_string(), server("gridpow-v4", v4_addr))])),
-        v5: Some(HashMap::from([("1".to_string(), server("gridpow-v5", v5_addr))])),
+        v4: Some(HashMap::from([(
+            "1".to_string(),
+            server("gridpow-v4", v4_addr),
+        )])),
+        v5: Some(HashMap::from([(
+            "1".to_string(),
+            server("gridpow-v5", v5_addr),
+        )])),
         ws: None,
         cluster: None,
         console: None,
@@ -168,7 +180,11 @@ pub fn start_embedded(keys: &KeyDir, opts: &EmbeddedOptions) -> Result<EmbeddedB
         .map_err(io("spawning the broker thread"))?;
     for addr in [v4_addr, v5_addr] {
         if !wait_listening(addr, Duration::from_secs(10)) {
-            return Err(BrokerError::NotReady { addr, secs: 10, log: String::new() });
+            return Err(BrokerError::NotReady {
+                addr,
+                secs: 10,
+                log: String::new(),
+            });
         }
     }
     Ok(EmbeddedBroker { v4_addr, v5_addr })
@@ -224,12 +240,20 @@ impl Mosquitto {
             conf.push_str(&format!("acl_file {}\n", acl.display()));
         }
         if let Some(p) = &opts.persistence_dir {
-            conf.push_str(&format!("persistence true\npersistence_location {}/\nautosave_interval 1\n", p.display()));
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                p.display()
+            ));
         }
         let conf_path = dir.path().join("mosquitto.conf");
         std::fs::write(&conf_path, conf).map_err(io("writing mosquitto.conf"))?;
         let child = spawn_mosquitto(&conf_path, dir.path())?;
-        let mut m = Mosquitto { child, port, dir, conf: conf_path };
+        let mut m = Mosquitto {
+            child,
+            port,
+            dir,
+            conf: conf_path,
+        };
         m.wait_ready()?;
         Ok(m)
     }
@@ -239,12 +263,17 @@ impl Mosquitto {
         if wait_listening(addr, Duration::from_secs(10)) {
             return Ok(());
         }
-        Err(BrokerError::NotReady { addr, secs: 10, log: format!(": {}", self.log()) })
+        Err(BrokerError::NotReady {
+            addr,
+            secs: 10,
+            log: format!(": {}", self.log()),
+        })
     }
 
     /// The broker's log so far (its log file and what it printed before opening it).
     pub fn log(&self) -> String {
-        let read = |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
         format!("{}{}", read("stderr.log"), read("mosquitto.log"))
     }
 
@@ -263,11 +292,16 @@ impl Mosquitto {
 }
 
 fn spawn_mosquitto(conf: &Path, dir: &Path) -> Result<Child, BrokerError> {
-    let stderr = std::fs::File::create(dir.join("stderr.log")).map_err(io("creating the broker's stderr log"))?;
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or_else(|| BrokerError::Missing("mosquitto".into()))?;
+    let stderr = std::fs::File::create(dir.join("stderr.log"))
+        .map_err(io("creating the broker's stderr log"))?;
+    let bin = [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .ok_or_else(|| BrokerError::Missing("mosquitto".into()))?;
     Command::new(bin)
         .arg("-c")
         .arg(conf)

@@ -10,7 +10,14 @@ fn embedded_broker_and_private_mosquitto_listen_with_tls() {
     keys.init(&InitOptions::default()).unwrap();
     let b = start_embedded(&keys, &EmbeddedOptions::default()).unwrap();
     assert_ne!(b.v4_addr.port(), b.v5_addr.port());
-    let mut m = Mosquitto::start(&keys, &MosquittoOptions { require_certificate: true, ..Default::default() }).unwrap();
+    let mut m = Mosquitto::start(
+        &keys,
+        &MosquittoOptions {
+            require_certificate: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let port = m.port;
     m.restart().unwrap();
     assert_eq!(m.port, port);

@@ -62,7 +62,10 @@ impl ConfigError {
 }
 
 /// Reads `path` as TOML into `T`, applying environment overrides under `env_prefix`.
-pub fn load_toml<T: DeserializeOwned>(path: &Path, env_prefix: Option<&str>) -> Result<T, ConfigError> {
+pub fn load_toml<T: DeserializeOwned>(
+    path: &Path,
+    env_prefix: Option<&str>,
+) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
     parse_toml(&text, path, env_prefix, std::env::vars())
 }
@@ -82,7 +85,9 @@ pub fn parse_toml<T: DeserializeOwned>(
     if let Some(prefix) = env_prefix {
         let lead = format!("{prefix}__");
         for (k, v) in vars {
-            let Some(rest) = k.strip_prefix(&lead) else { continue };
+            let Some(rest) = k.strip_prefix(&lead) else {
+                continue;
+            };
             let keys: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
             set_path(&mut value, &keys, parse_env_value(&v));
             overridden.push((keys.join("."), k));
@@ -90,7 +95,10 @@ pub fn parse_toml<T: DeserializeOwned>(
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
-        let from_env = overridden.iter().find(|(f, _)| *f == field).map(|(_, var)| var.clone());
+        let from_env = overridden
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, var)| var.clone());
         ConfigError::Invalid {
             path: match from_env {
                 Some(var) => PathBuf::from(format!("{} (overridden by ${var})", path.display())),
@@ -111,11 +119,15 @@ fn parse_env_value(v: &str) -> toml::Value {
 }
 
 fn set_path(root: &mut toml::Value, keys: &[String], v: toml::Value) {
-    let Some((last, parents)) = keys.split_last() else { return };
+    let Some((last, parents)) = keys.split_last() else {
+        return;
+    };
     let mut cur = root;
     for k in parents {
         let toml::Value::Table(t) = cur else { return };
-        cur = t.entry(k.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = t
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
     }
     if let toml::Value::Table(t) = cur {
         t.insert(last.clone(), v);
@@ -146,13 +158,34 @@ mod tests {
             ("GRIDPOW_X__MQTT__TLS".to_string(), "true".to_string()),
             ("OTHER".to_string(), "1".to_string()),
         ];
-        let c: Cfg = parse_toml("name = \"a\"\n[mqtt]\nport = 1883\n", Path::new("x.toml"), Some("GRIDPOW_X"), vars).unwrap();
-        assert_eq!(c, Cfg { name: "a".into(), mqtt: Mqtt { port: 8883, tls: true } });
+        let c: Cfg = parse_toml(
+            "name = \"a\"\n[mqtt]\nport = 1883\n",
+            Path::new("x.toml"),
+            Some("GRIDPOW_X"),
+            vars,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Cfg {
+                name: "a".into(),
+                mqtt: Mqtt {
+                    port: 8883,
+                    tls: true
+                }
+            }
+        );
     }
 
     #[test]
     fn wrong_field_type_names_file_and_field() {
-        let e = parse_toml::<Cfg>("name = \"a\"\n[mqtt]\nport = \"high\"\n", Path::new("relay.toml"), None, vec![]).unwrap_err();
+        let e = parse_toml::<Cfg>(
+            "name = \"a\"\n[mqtt]\nport = \"high\"\n",
+            Path::new("relay.toml"),
+            None,
+            vec![],
+        )
+        .unwrap_err();
         let s = e.to_string();
         assert!(s.contains("relay.toml") && s.contains("mqtt.port"), "{s}");
     }
@@ -160,7 +193,13 @@ mod tests {
     #[test]
     fn bad_override_names_the_variable() {
         let vars = vec![("GRIDPOW_X__MQTT__PORT".to_string(), "99999".to_string())];
-        let e = parse_toml::<Cfg>("name = \"a\"\n[mqtt]\nport = 1\n", Path::new("x.toml"), Some("GRIDPOW_X"), vars).unwrap_err();
+        let e = parse_toml::<Cfg>(
+            "name = \"a\"\n[mqtt]\nport = 1\n",
+            Path::new("x.toml"),
+            Some("GRIDPOW_X"),
+            vars,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("$GRIDPOW_X__MQTT__PORT"), "{e}");
     }
 

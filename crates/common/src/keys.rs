@@ -110,7 +110,9 @@ impl SiteKeyring {
 
     /// The secret of meter `meter_id` under `key_id`, if that key id exists.
     pub fn meter_secret(&self, meter_id: u32, key_id: u8) -> Option<MeterSecret> {
-        self.secrets.get(&key_id).map(|s| derive_meter_secret(s, key_id, meter_id))
+        self.secrets
+            .get(&key_id)
+            .map(|s| derive_meter_secret(s, key_id, meter_id))
     }
 
     /// Key ids present.
@@ -259,16 +261,26 @@ impl KeyDir {
             }],
         };
         let text = toml::to_string_pretty(&site).map_err(|e| KeyError::Invalid(e.to_string()))?;
-        let text = format!("# gridpow site secrets. SECRET: every meter key derives from these.\n{text}");
-        write_file(&self.site_path(), text.as_bytes(), true).map_err(|e| io_err(&self.site_path(), e))?;
+        let text =
+            format!("# gridpow site secrets. SECRET: every meter key derives from these.\n{text}");
+        write_file(&self.site_path(), text.as_bytes(), true)
+            .map_err(|e| io_err(&self.site_path(), e))?;
         if !self.meters_path().exists() {
             MeterRegistry::default().save(&self.meters_path())?;
         }
         let server_key = SigningKey::from_bytes(&random_bytes::<32>());
-        write_file(&self.server_key_path(), hex::encode(server_key.to_bytes()).as_bytes(), true)
-            .map_err(|e| io_err(&self.server_key_path(), e))?;
-        write_file(&self.server_pub_path(), hex::encode(server_key.verifying_key().to_bytes()).as_bytes(), false)
-            .map_err(|e| io_err(&self.server_pub_path(), e))?;
+        write_file(
+            &self.server_key_path(),
+            hex::encode(server_key.to_bytes()).as_bytes(),
+            true,
+        )
+        .map_err(|e| io_err(&self.server_key_path(), e))?;
+        write_file(
+            &self.server_pub_path(),
+            hex::encode(server_key.verifying_key().to_bytes()).as_bytes(),
+            false,
+        )
+        .map_err(|e| io_err(&self.server_pub_path(), e))?;
         self.create_ca(&opts.broker_names)?;
         for &id in &opts.relay_ids {
             self.add_relay(id)?;
@@ -282,29 +294,43 @@ impl KeyDir {
     fn create_ca(&self, broker_names: &[String]) -> Result<(), KeyError> {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "gridpow site CA");
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "gridpow site CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
         let key = rcgen::KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
         let ca = self.ca_cert_path();
         write_file(&ca, cert.pem().as_bytes(), false).map_err(|e| io_err(&ca, e))?;
         let ca_key = ca.with_file_name("ca.key");
-        write_file(&ca_key, key.serialize_pem().as_bytes(), true).map_err(|e| io_err(&ca_key, e))?;
+        write_file(&ca_key, key.serialize_pem().as_bytes(), true)
+            .map_err(|e| io_err(&ca_key, e))?;
         let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
         names.extend(broker_names.iter().cloned());
         self.issue_cert("broker", names, false)?;
         Ok(())
     }
 
-    fn issue_cert(&self, name: &str, sans: Vec<String>, client: bool) -> Result<TlsFiles, KeyError> {
+    fn issue_cert(
+        &self,
+        name: &str,
+        sans: Vec<String>,
+        client: bool,
+    ) -> Result<TlsFiles, KeyError> {
         let ca_path = self.ca_cert_path();
         let ca_pem = std::fs::read_to_string(&ca_path).map_err(|e| io_err(&ca_path, e))?;
         let ca_key_path = ca_path.with_file_name("ca.key");
-        let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(|e| io_err(&ca_key_path, e))?;
+        let ca_key_pem =
+            std::fs::read_to_string(&ca_key_path).map_err(|e| io_err(&ca_key_path, e))?;
         let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem)?;
         let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
         let mut params = rcgen::CertificateParams::new(sans)?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
         params.extended_key_usages = vec![if client {
             rcgen::ExtendedKeyUsagePurpose::ClientAuth
         } else {
@@ -313,16 +339,24 @@ impl KeyDir {
         let key = rcgen::KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
         let files = self.tls_files(name);
-        write_file(&files.cert, cert.pem().as_bytes(), false).map_err(|e| io_err(&files.cert, e))?;
-        write_file(&files.key, key.serialize_pem().as_bytes(), true).map_err(|e| io_err(&files.key, e))?;
+        write_file(&files.cert, cert.pem().as_bytes(), false)
+            .map_err(|e| io_err(&files.cert, e))?;
+        write_file(&files.key, key.serialize_pem().as_bytes(), true)
+            .map_err(|e| io_err(&files.key, e))?;
         Ok(files)
     }
 
     /// Issues a client certificate with common name `name` (used as the MQTT
     /// username by brokers configured with `use_identity_as_username`).
     pub fn issue_client_cert(&self, name: &str) -> Result<TlsFiles, KeyError> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(KeyError::Invalid(format!("client name {name:?} must be letters, digits, - or _")));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(KeyError::Invalid(format!(
+                "client name {name:?} must be letters, digits, - or _"
+            )));
         }
         self.issue_cert(name, Vec::new(), true)
     }
@@ -334,7 +368,8 @@ impl KeyDir {
             self.relay_signing_key(id)?
         } else {
             let k = SigningKey::from_bytes(&random_bytes::<32>());
-            write_file(&path, hex::encode(k.to_bytes()).as_bytes(), true).map_err(|e| io_err(&path, e))?;
+            write_file(&path, hex::encode(k.to_bytes()).as_bytes(), true)
+                .map_err(|e| io_err(&path, e))?;
             k
         };
         let mut reg = if self.relays_path().exists() {
@@ -353,7 +388,13 @@ impl KeyDir {
     }
 
     /// Registers meter `id` and writes its provisioning file `meters/<id>.toml`.
-    pub fn add_meter(&self, id: u32, mac: Option<gridpow_proto::MacAddr>, channel: u8, interval_s: u32) -> Result<MeterProvisioning, KeyError> {
+    pub fn add_meter(
+        &self,
+        id: u32,
+        mac: Option<gridpow_proto::MacAddr>,
+        channel: u8,
+        interval_s: u32,
+    ) -> Result<MeterProvisioning, KeyError> {
         let site = self.site()?;
         let mut reg = self.meters()?;
         let key_id = site.current_key_id;
@@ -377,13 +418,18 @@ impl KeyDir {
         };
         let path = self.root.join("meters").join(format!("{id}.toml"));
         let text = toml::to_string_pretty(&prov).map_err(|e| KeyError::Invalid(e.to_string()))?;
-        let text = format!("# gridpow meter {id} provisioning. SECRET: flash it, then delete this copy.\n{text}");
+        let text = format!(
+            "# gridpow meter {id} provisioning. SECRET: flash it, then delete this copy.\n{text}"
+        );
         write_file(&path, text.as_bytes(), true).map_err(|e| io_err(&path, e))?;
         Ok(prov)
     }
 
     /// Registers many meters at once (ids with optional MACs); writes the registry once.
-    pub fn add_meters(&self, meters: &[(u32, Option<gridpow_proto::MacAddr>)]) -> Result<usize, KeyError> {
+    pub fn add_meters(
+        &self,
+        meters: &[(u32, Option<gridpow_proto::MacAddr>)],
+    ) -> Result<usize, KeyError> {
         let site = self.site()?;
         let mut reg = self.meters()?;
         for &(id, mac) in meters {
@@ -407,11 +453,22 @@ impl KeyDir {
             let bytes: [u8; 32] = hex::decode(&k.secret)
                 .ok()
                 .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| ConfigError::invalid(&path, &format!("key[{i}].secret"), "not 64 hex digits".into()))?;
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        &path,
+                        &format!("key[{i}].secret"),
+                        "not 64 hex digits".into(),
+                    )
+                })?;
             secrets.insert(k.id, SiteSecret(bytes));
         }
         if !secrets.contains_key(&f.current_key_id) {
-            return Err(ConfigError::invalid(&path, "current_key_id", format!("no [[key]] with id {}", f.current_key_id)).into());
+            return Err(ConfigError::invalid(
+                &path,
+                "current_key_id",
+                format!("no [[key]] with id {}", f.current_key_id),
+            )
+            .into());
         }
         Ok(SiteKeyring {
             current_key_id: f.current_key_id,
@@ -446,8 +503,14 @@ impl KeyDir {
         let bytes: [u8; 32] = hex::decode(text.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| KeyError::BadKey { path: path.clone(), message: "not 64 hex digits".into() })?;
-        VerifyingKey::from_bytes(&bytes).map_err(|e| KeyError::BadKey { path, message: e.to_string() })
+            .ok_or_else(|| KeyError::BadKey {
+                path: path.clone(),
+                message: "not 64 hex digits".into(),
+            })?;
+        VerifyingKey::from_bytes(&bytes).map_err(|e| KeyError::BadKey {
+            path,
+            message: e.to_string(),
+        })
     }
 }
 
@@ -456,7 +519,10 @@ fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     let bytes: [u8; 32] = hex::decode(text.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| KeyError::BadKey { path: path.to_path_buf(), message: "not 64 hex digits".into() })?;
+        .ok_or_else(|| KeyError::BadKey {
+            path: path.to_path_buf(),
+            message: "not 64 hex digits".into(),
+        })?;
     Ok(SigningKey::from_bytes(&bytes))
 }
 
@@ -472,13 +538,27 @@ mod tests {
         assert!(kd.ca_cert_path().exists() && kd.broker_tls().key.exists());
         assert!(kd.tls_files("relay-1").cert.exists() && kd.tls_files("server-1").cert.exists());
         let relay = kd.relay_signing_key(1).unwrap();
-        assert_eq!(kd.relays().unwrap().get(1).unwrap().verifying_key(), Some(relay.verifying_key()));
-        assert_eq!(kd.server_signing_key().unwrap().verifying_key(), kd.server_verifying_key().unwrap());
-        assert!(matches!(kd.init(&InitOptions::default()), Err(KeyError::AlreadyInitialised(_))));
+        assert_eq!(
+            kd.relays().unwrap().get(1).unwrap().verifying_key(),
+            Some(relay.verifying_key())
+        );
+        assert_eq!(
+            kd.server_signing_key().unwrap().verifying_key(),
+            kd.server_verifying_key().unwrap()
+        );
+        assert!(matches!(
+            kd.init(&InitOptions::default()),
+            Err(KeyError::AlreadyInitialised(_))
+        ));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            for p in [kd.site_path(), kd.relay_key_path(1), kd.server_key_path(), kd.broker_tls().key] {
+            for p in [
+                kd.site_path(),
+                kd.relay_key_path(1),
+                kd.server_key_path(),
+                kd.broker_tls().key,
+            ] {
                 let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
                 assert_eq!(mode, 0o600, "{}", p.display());
             }
@@ -489,10 +569,20 @@ mod tests {
     fn added_meter_gets_the_secret_the_site_derives() {
         let dir = tempfile::tempdir().unwrap();
         let kd = KeyDir::new(dir.path());
-        kd.init(&InitOptions { relay_ids: vec![], ..InitOptions::default() }).unwrap();
+        kd.init(&InitOptions {
+            relay_ids: vec![],
+            ..InitOptions::default()
+        })
+        .unwrap();
         let prov = kd.add_meter(17, Some([2, 0, 0, 0, 0, 17]), 1, 10).unwrap();
         let site = kd.site().unwrap();
-        assert_eq!(prov.meter_secret, hex::encode(site.meter_secret(17, prov.key_id).unwrap().0));
-        assert_eq!(kd.meters().unwrap().get(17).unwrap().mac.as_deref(), Some("02:00:00:00:00:11"));
+        assert_eq!(
+            prov.meter_secret,
+            hex::encode(site.meter_secret(17, prov.key_id).unwrap().0)
+        );
+        assert_eq!(
+            kd.meters().unwrap().get(17).unwrap().mac.as_deref(),
+            Some("02:00:00:00:00:11")
+        );
     }
 }

@@ -55,7 +55,10 @@ impl MonoClock {
 
 /// Formats a MAC address as `AA:BB:CC:DD:EE:FF`.
 pub fn format_mac(mac: &gridpow_proto::MacAddr) -> String {
-    mac.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Parses `AA:BB:CC:DD:EE:FF` (or with `-`).

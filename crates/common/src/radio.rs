@@ -140,7 +140,11 @@ impl RadioPort for InProcPort {
         match inner.routes.get(&dst) {
             Some(tx) => {
                 // A receiver that went away is like a radio switched off: the frame is lost.
-                let _ = tx.send(RadioFrame { src, dst, data: data.to_vec() });
+                let _ = tx.send(RadioFrame {
+                    src,
+                    dst,
+                    data: data.to_vec(),
+                });
             }
             None => inner.stats.unroutable += 1,
         }
@@ -176,7 +180,12 @@ pub struct UdpAir {
 impl UdpAir {
     /// Binds `local`; frames to unknown MACs go to `default_peer`. Each sent frame is
     /// dropped with probability `loss`.
-    pub fn bind(local: SocketAddr, default_peer: Option<SocketAddr>, loss: f64, seed: u64) -> Result<Self, RadioError> {
+    pub fn bind(
+        local: SocketAddr,
+        default_peer: Option<SocketAddr>,
+        loss: f64,
+        seed: u64,
+    ) -> Result<Self, RadioError> {
         let socket = UdpSocket::bind(local)?;
         Ok(UdpAir {
             socket,
@@ -223,16 +232,27 @@ impl RadioPort for UdpAir {
     }
 
     fn recv(&mut self, timeout: Duration) -> Result<Option<RadioFrame>, RadioError> {
-        self.socket.set_read_timeout(Some(timeout.max(Duration::from_micros(1))))?;
+        self.socket
+            .set_read_timeout(Some(timeout.max(Duration::from_micros(1))))?;
         loop {
             let (n, from) = match self.socket.recv_from(&mut self.buf) {
                 Ok(x) => x,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return Ok(None),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
                 Err(e) => return Err(e.into()),
             };
             let d = &self.buf[..n];
-            if n < UDP_HEADER || &d[..4] != UDP_MAGIC || n - UDP_HEADER > gridpow_proto::wire::ESPNOW_MAX_PAYLOAD {
+            if n < UDP_HEADER
+                || &d[..4] != UDP_MAGIC
+                || n - UDP_HEADER > gridpow_proto::wire::ESPNOW_MAX_PAYLOAD
+            {
                 self.malformed += 1;
                 continue;
             }
@@ -241,7 +261,11 @@ impl RadioPort for UdpAir {
             let mut dst = [0u8; 6];
             dst.copy_from_slice(&d[10..16]);
             self.peers.insert(src, from);
-            return Ok(Some(RadioFrame { src, dst, data: d[UDP_HEADER..].to_vec() }));
+            return Ok(Some(RadioFrame {
+                src,
+                dst,
+                data: d[UDP_HEADER..].to_vec(),
+            }));
         }
     }
 }
@@ -257,7 +281,10 @@ mod tests {
         let mut b = m.port(&[[2; 6], [3; 6]]);
         a.send([1; 6], [3; 6], b"hi").unwrap();
         let f = b.recv(Duration::from_millis(100)).unwrap().unwrap();
-        assert_eq!((f.src, f.dst, f.data.as_slice()), ([1; 6], [3; 6], &b"hi"[..]));
+        assert_eq!(
+            (f.src, f.dst, f.data.as_slice()),
+            ([1; 6], [3; 6], &b"hi"[..])
+        );
         a.send([1; 6], [9; 6], b"nobody").unwrap();
         assert_eq!(m.stats().unroutable, 1);
         m.set_loss(0.5);
@@ -272,14 +299,21 @@ mod tests {
     fn udp_air_learns_the_return_route_from_received_frames() {
         let mut relay = UdpAir::bind("127.0.0.1:0".parse().unwrap(), None, 0.0, 1).unwrap();
         let relay_addr = relay.local_addr().unwrap();
-        let mut meters = UdpAir::bind("127.0.0.1:0".parse().unwrap(), Some(relay_addr), 0.0, 2).unwrap();
-        assert!(matches!(relay.send([9; 6], [5; 6], b"ack"), Err(RadioError::NoRoute(_))));
+        let mut meters =
+            UdpAir::bind("127.0.0.1:0".parse().unwrap(), Some(relay_addr), 0.0, 2).unwrap();
+        assert!(matches!(
+            relay.send([9; 6], [5; 6], b"ack"),
+            Err(RadioError::NoRoute(_))
+        ));
         meters.send([5; 6], [9; 6], b"uplink").unwrap();
         let f = relay.recv(Duration::from_secs(2)).unwrap().unwrap();
         assert_eq!(f.data, b"uplink");
         relay.send([9; 6], [5; 6], b"ack").unwrap();
         let back = meters.recv(Duration::from_secs(2)).unwrap().unwrap();
         assert_eq!((back.src, back.data.as_slice()), ([9; 6], &b"ack"[..]));
-        assert!(matches!(relay.send([9; 6], [5; 6], &[0u8; 251]), Err(RadioError::TooLong(251))));
+        assert!(matches!(
+            relay.send([9; 6], [5; 6], &[0u8; 251]),
+            Err(RadioError::TooLong(251))
+        ));
     }
 }

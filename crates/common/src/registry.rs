@@ -51,11 +51,19 @@ impl MeterRegistry {
         let mut seen = BTreeMap::new();
         for (i, m) in self.meters.iter().enumerate() {
             if seen.insert(m.id, i).is_some() {
-                return Err(ConfigError::invalid(path, &format!("meter[{i}].id"), format!("meter id {} appears twice", m.id)));
+                return Err(ConfigError::invalid(
+                    path,
+                    &format!("meter[{i}].id"),
+                    format!("meter id {} appears twice", m.id),
+                ));
             }
             if let Some(mac) = &m.mac {
                 if crate::parse_mac(mac).is_none() {
-                    return Err(ConfigError::invalid(path, &format!("meter[{i}].mac"), format!("{mac:?} is not a MAC address like AA:BB:CC:DD:EE:FF")));
+                    return Err(ConfigError::invalid(
+                        path,
+                        &format!("meter[{i}].mac"),
+                        format!("{mac:?} is not a MAC address like AA:BB:CC:DD:EE:FF"),
+                    ));
                 }
             }
         }
@@ -64,7 +72,8 @@ impl MeterRegistry {
 
     /// Writes `path` (no secrets inside, so default permissions).
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
-        let text = toml::to_string_pretty(self).map_err(|e| ConfigError::invalid(path, "", e.to_string()))?;
+        let text = toml::to_string_pretty(self)
+            .map_err(|e| ConfigError::invalid(path, "", e.to_string()))?;
         crate::keys::write_file(path, text.as_bytes(), false).map_err(|e| ConfigError::io(path, e))
     }
 
@@ -116,7 +125,11 @@ impl RelayRegistry {
         let reg: RelayRegistry = load_toml(path, None)?;
         for (i, r) in reg.relays.iter().enumerate() {
             if r.verifying_key().is_none() {
-                return Err(ConfigError::invalid(path, &format!("relay[{i}].public_key"), "not a 64-hex-digit Ed25519 public key".into()));
+                return Err(ConfigError::invalid(
+                    path,
+                    &format!("relay[{i}].public_key"),
+                    "not a 64-hex-digit Ed25519 public key".into(),
+                ));
             }
         }
         Ok(reg)
@@ -124,7 +137,8 @@ impl RelayRegistry {
 
     /// Writes `path`.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
-        let text = toml::to_string_pretty(self).map_err(|e| ConfigError::invalid(path, "", e.to_string()))?;
+        let text = toml::to_string_pretty(self)
+            .map_err(|e| ConfigError::invalid(path, "", e.to_string()))?;
         crate::keys::write_file(path, text.as_bytes(), false).map_err(|e| ConfigError::io(path, e))
     }
 
@@ -150,9 +164,16 @@ mod tests {
     fn duplicate_meter_ids_are_refused_naming_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("meters.toml");
-        std::fs::write(&p, "[[meter]]\nid = 1\nkey_id = 1\n[[meter]]\nid = 1\nkey_id = 1\n").unwrap();
+        std::fs::write(
+            &p,
+            "[[meter]]\nid = 1\nkey_id = 1\n[[meter]]\nid = 1\nkey_id = 1\n",
+        )
+        .unwrap();
         let e = MeterRegistry::load(&p).unwrap_err().to_string();
-        assert!(e.contains("meter[1].id") && e.contains("meters.toml"), "{e}");
+        assert!(
+            e.contains("meter[1].id") && e.contains("meters.toml"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -160,8 +181,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("meters.toml");
         let mut r = MeterRegistry::default();
-        r.upsert(MeterRecord { id: 5, key_id: 1, mac: Some("02:00:00:00:00:05".into()), label: None });
-        r.upsert(MeterRecord { id: 2, key_id: 1, mac: None, label: Some("flat 2".into()) });
+        r.upsert(MeterRecord {
+            id: 5,
+            key_id: 1,
+            mac: Some("02:00:00:00:00:05".into()),
+            label: None,
+        });
+        r.upsert(MeterRecord {
+            id: 2,
+            key_id: 1,
+            mac: None,
+            label: Some("flat 2".into()),
+        });
         r.save(&p).unwrap();
         let back = MeterRegistry::load(&p).unwrap();
         assert_eq!(back, r);

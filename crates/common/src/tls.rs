@@ -30,23 +30,38 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Reads all certificates of a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError::File { path: path.to_path_buf(), message: e.to_string() })?
+        .map_err(|e| TlsError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?
         .collect();
-    let certs = certs.map_err(|e| TlsError::File { path: path.to_path_buf(), message: e.to_string() })?;
+    let certs = certs.map_err(|e| TlsError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     if certs.is_empty() {
-        return Err(TlsError::File { path: path.to_path_buf(), message: "no certificate in file".into() });
+        return Err(TlsError::File {
+            path: path.to_path_buf(),
+            message: "no certificate in file".into(),
+        });
     }
     Ok(certs)
 }
 
 /// Reads a private key from a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File { path: path.to_path_buf(), message: e.to_string() })
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// A client configuration trusting only `ca` and, if given, presenting a client
 /// certificate (mutual TLS).
-pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in load_certs(ca)? {
         roots.add(c)?;

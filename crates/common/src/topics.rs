@@ -46,6 +46,9 @@ mod tests {
         assert_eq!(relay_of_blocks_topic(&blocks(42)), Some(42));
         assert_eq!(relay_of_blocks_topic(&status(42)), None);
         assert_eq!(relay_of_blocks_topic("gridpow/v1/relays/x/blocks"), None);
-        assert_eq!(shared_blocks(), "$share/gridpow-servers/gridpow/v1/relays/+/blocks");
+        assert_eq!(
+            shared_blocks(),
+            "$share/gridpow-servers/gridpow/v1/relays/+/blocks"
+        );
     }
 }

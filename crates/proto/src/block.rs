@@ -13,8 +13,8 @@ use crate::crypto::{CryptoProvider, MeterKeys};
 use crate::merkle::RootBuilder;
 use crate::pow::check_work;
 use crate::wire::block::{
-    signing_message, BlockHeaderRepr, BlockPacket, HEADER_LEN, LEAF_PREFIX_LEN, LEAVES_OFFSET, MAX_LEAVES,
-    SIGNATURE_LEN,
+    signing_message, BlockHeaderRepr, BlockPacket, HEADER_LEN, LEAF_PREFIX_LEN, LEAVES_OFFSET,
+    MAX_LEAVES, SIGNATURE_LEN,
 };
 use crate::wire::uplink::{OpenedBody, UplinkPacket, MAX_BODY_LEN};
 use crate::wire::ESPNOW_MAX_PAYLOAD;
@@ -81,7 +81,14 @@ impl<'a> BlockBuilder<'a> {
     }
 
     /// The header to solve: everything but the nonce (which is 0).
-    pub fn header(&self, relay_id: u32, height: u64, prev_hash: Hash, time_ms: u64, difficulty: u8) -> BlockHeaderRepr {
+    pub fn header(
+        &self,
+        relay_id: u32,
+        height: u64,
+        prev_hash: Hash,
+        time_ms: u64,
+        difficulty: u8,
+    ) -> BlockHeaderRepr {
         BlockHeaderRepr {
             difficulty,
             relay_id,
@@ -198,7 +205,9 @@ where
         let mk = keys
             .meter_keys(frame.meter_id(), frame.key_id())
             .ok_or(fail(LeafFault::UnknownMeter))?;
-        let body = frame.open(provider, mk, &mut scratch).map_err(|_| fail(LeafFault::BadTag))?;
+        let body = frame
+            .open(provider, mk, &mut scratch)
+            .map_err(|_| fail(LeafFault::BadTag))?;
         on_leaf(&VerifiedLeaf { index, frame, body }).map_err(fail)?;
     }
     Ok(VerifiedBlock { header, hash })

@@ -208,10 +208,16 @@ impl fmt::Display for Rejected {
             Rejected::UnexpectedAck => f.write_str("ACK does not match the frame in flight"),
             Rejected::BadSignature => f.write_str("relay signature does not verify"),
             Rejected::InsufficientWork { required, actual } => {
-                write!(f, "proof of work has {actual} leading zero bits, {required} required")
+                write!(
+                    f,
+                    "proof of work has {actual} leading zero bits, {required} required"
+                )
             }
             Rejected::DifficultyTooLow { required, claimed } => {
-                write!(f, "block difficulty {claimed} below the required {required}")
+                write!(
+                    f,
+                    "block difficulty {claimed} below the required {required}"
+                )
             }
             Rejected::MerkleRootMismatch => f.write_str("Merkle root does not match the leaves"),
             Rejected::WrongRelay => f.write_str("block from an unexpected relay"),
@@ -227,7 +233,9 @@ impl fmt::Display for Misuse {
         match self {
             Misuse::BufferTooSmall => f.write_str("output buffer too small"),
             Misuse::InvalidArgument => f.write_str("argument out of range"),
-            Misuse::CounterExhausted => f.write_str("frame counter exhausted; start a new boot epoch"),
+            Misuse::CounterExhausted => {
+                f.write_str("frame counter exhausted; start a new boot epoch")
+            }
         }
     }
 }

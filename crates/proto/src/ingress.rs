@@ -93,7 +93,8 @@ impl<C: CryptoProvider, const N: usize> FixedMeterTable<C, N> {
     }
 
     fn position(&self, meter_id: u32) -> Result<usize, usize> {
-        self.entries[..self.len].binary_search_by_key(&meter_id, |e| e.as_ref().map_or(u32::MAX, |e| e.meter_id))
+        self.entries[..self.len]
+            .binary_search_by_key(&meter_id, |e| e.as_ref().map_or(u32::MAX, |e| e.meter_id))
     }
 
     /// Adds or replaces a meter.
@@ -118,7 +119,10 @@ impl<C: CryptoProvider, const N: usize> FixedMeterTable<C, N> {
 
 impl<C: CryptoProvider, const N: usize> MeterTable<C> for FixedMeterTable<C, N> {
     fn mac_allowed(&self, mac: &MacAddr) -> bool {
-        self.entries[..self.len].iter().flatten().any(|e| e.mac.as_ref() == Some(mac))
+        self.entries[..self.len]
+            .iter()
+            .flatten()
+            .any(|e| e.mac.as_ref() == Some(mac))
     }
     fn get(&self, meter_id: u32) -> Option<&MeterEntry<C>> {
         let i = self.position(meter_id).ok()?;
@@ -260,8 +264,12 @@ impl<C: CryptoProvider, T: MeterTable<C>> Ingress<C, T> {
         if let Err(e) = &res {
             let counter = match e {
                 Error::Malformed(_) => &mut self.stats.rejected_malformed,
-                Error::Rejected(Rejected::MacNotAllowed | Rejected::MacMismatch) => &mut self.stats.rejected_mac,
-                Error::Rejected(Rejected::UnknownMeter | Rejected::UnknownKeyId) => &mut self.stats.rejected_unknown,
+                Error::Rejected(Rejected::MacNotAllowed | Rejected::MacMismatch) => {
+                    &mut self.stats.rejected_mac
+                }
+                Error::Rejected(Rejected::UnknownMeter | Rejected::UnknownKeyId) => {
+                    &mut self.stats.rejected_unknown
+                }
                 Error::Rejected(Rejected::BadTag) => &mut self.stats.rejected_tag,
                 _ => &mut self.stats.rejected_replay,
             };
@@ -275,7 +283,10 @@ impl<C: CryptoProvider, T: MeterTable<C>> Ingress<C, T> {
             return Err(Rejected::MacNotAllowed.into());
         }
         let packet = UplinkPacket::new_checked(frame)?;
-        let entry = self.table.get_mut(packet.meter_id()).ok_or(Rejected::UnknownMeter)?;
+        let entry = self
+            .table
+            .get_mut(packet.meter_id())
+            .ok_or(Rejected::UnknownMeter)?;
         if entry.mac.is_some_and(|m| &m != src) {
             return Err(Rejected::MacMismatch.into());
         }
@@ -310,7 +321,10 @@ impl<C: CryptoProvider, T: MeterTable<C>> Ingress<C, T> {
         info.first_new = first_new_index(entry.delivered, epoch, first_seq, count);
         let end = first_seq.wrapping_add(u32::from(count));
         if info.first_new < count {
-            entry.delivered = Some(DeliveredMark { epoch, next_seq: end });
+            entry.delivered = Some(DeliveredMark {
+                epoch,
+                next_seq: end,
+            });
         }
         self.stats.frames_accepted += 1;
         self.stats.readings_delivered += u64::from(info.new_readings());
@@ -327,12 +341,24 @@ impl<C: CryptoProvider, T: MeterTable<C>> Ingress<C, T> {
     }
 
     /// Writes the ACK for a frame that passed, stating the relay's wall clock.
-    pub fn emit_ack(&self, verdict: &Verdict, relay_time_ms: u64, out: &mut [u8]) -> Result<usize, Error> {
+    pub fn emit_ack(
+        &self,
+        verdict: &Verdict,
+        relay_time_ms: u64,
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
         let info = verdict.info();
-        let entry = self.table.get(info.meter_id).ok_or(Rejected::UnknownMeter)?;
+        let entry = self
+            .table
+            .get(info.meter_id)
+            .ok_or(Rejected::UnknownMeter)?;
         let ack = AckRepr {
             key_id: info.key_id,
-            flags: if matches!(verdict, Verdict::Duplicate(_)) { FLAG_DUPLICATE } else { 0 },
+            flags: if matches!(verdict, Verdict::Duplicate(_)) {
+                FLAG_DUPLICATE
+            } else {
+                0
+            },
             meter_id: info.meter_id,
             boot_epoch: info.boot_epoch,
             counter: info.counter,

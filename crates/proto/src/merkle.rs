@@ -80,7 +80,10 @@ impl RootBuilder {
             level += 1;
         }
         // 2^64 leaves cannot be pushed, so the stack never overflows.
-        if let (Some(slot), Some(lvl)) = (self.stack.get_mut(self.depth), self.levels.get_mut(self.depth)) {
+        if let (Some(slot), Some(lvl)) = (
+            self.stack.get_mut(self.depth),
+            self.levels.get_mut(self.depth),
+        ) {
             *slot = h;
             *lvl = level;
             self.depth += 1;
@@ -160,7 +163,13 @@ pub fn inclusion_proof(leaves: &[Hash], index: usize, out: &mut [Hash]) -> Resul
 
 /// Checks that `leaf` sits at `index` of a tree of `tree_size` leaves with `root`
 /// (RFC 9162 section 2.1.3.2).
-pub fn verify_inclusion(leaf: &Hash, index: u64, tree_size: u64, proof: &[Hash], root: &Hash) -> bool {
+pub fn verify_inclusion(
+    leaf: &Hash,
+    index: u64,
+    tree_size: u64,
+    proof: &[Hash],
+    root: &Hash,
+) -> bool {
     if index >= tree_size {
         return false;
     }
@@ -225,13 +234,28 @@ mod tests {
             for i in 0..n {
                 let mut path = [[0u8; 32]; MAX_PROOF_LEN];
                 let len = inclusion_proof(&l[..n], i, &mut path).unwrap();
-                assert!(verify_inclusion(&l[i], i as u64, n as u64, &path[..len], &root), "n={n} i={i}");
+                assert!(
+                    verify_inclusion(&l[i], i as u64, n as u64, &path[..len], &root),
+                    "n={n} i={i}"
+                );
                 if n > 1 {
                     let j = (i + 1) % n;
-                    assert!(!verify_inclusion(&l[i], j as u64, n as u64, &path[..len], &root));
+                    assert!(!verify_inclusion(
+                        &l[i],
+                        j as u64,
+                        n as u64,
+                        &path[..len],
+                        &root
+                    ));
                 }
                 let other_root = node_hash(&root, &root);
-                assert!(!verify_inclusion(&l[i], i as u64, n as u64, &path[..len], &other_root));
+                assert!(!verify_inclusion(
+                    &l[i],
+                    i as u64,
+                    n as u64,
+                    &path[..len],
+                    &other_root
+                ));
             }
         }
     }

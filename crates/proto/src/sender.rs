@@ -288,7 +288,12 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
 
     /// Writes the next frame to send into `buf`, if one is due: a retransmission
     /// whose ACK timed out, or a new frame from the backlog. Returns its length.
-    pub fn poll_transmit(&mut self, now: Instant, entropy: u32, buf: &mut [u8]) -> Result<Option<usize>, Error> {
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        entropy: u32,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, Error> {
         if let Some(f) = &self.in_flight {
             if now < f.deadline {
                 return Ok(None);
@@ -337,7 +342,14 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
             counter: self.next_counter,
         };
         let mut frame = [0u8; MAX_LEN];
-        let len = uplink::seal(&self.provider, &self.keys, &header, first_seq, &readings[..count], &mut frame)?;
+        let len = uplink::seal(
+            &self.provider,
+            &self.keys,
+            &header,
+            first_seq,
+            &readings[..count],
+            &mut frame,
+        )?;
         buf[..len].copy_from_slice(&frame[..len]);
         self.next_counter += 1;
         self.stats.frames_built += 1;
@@ -422,10 +434,11 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
             return Err(Rejected::UnexpectedAck.into());
         }
         let ack = p.verify(&self.provider, &self.keys.ack)?;
-        let matches = self
-            .in_flight
-            .as_ref()
-            .is_some_and(|f| ack.key_id == self.cfg.key_id && ack.boot_epoch == self.epoch && ack.counter == f.counter);
+        let matches = self.in_flight.as_ref().is_some_and(|f| {
+            ack.key_id == self.cfg.key_id
+                && ack.boot_epoch == self.epoch
+                && ack.counter == f.counter
+        });
         if !matches {
             return Err(Rejected::UnexpectedAck.into());
         }

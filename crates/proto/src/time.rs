@@ -126,7 +126,10 @@ mod tests {
         let late = Instant::from_micros(u64::MAX - 1);
         assert_eq!((late + Duration::from_secs(5)).as_micros(), u64::MAX);
         assert_eq!(Instant::ZERO - late, Duration::ZERO);
-        assert_eq!(Duration::from_micros(3).saturating_shl(70).as_micros(), u64::MAX);
+        assert_eq!(
+            Duration::from_micros(3).saturating_shl(70).as_micros(),
+            u64::MAX
+        );
         assert_eq!(Duration::from_micros(3).saturating_shl(2).as_micros(), 12);
     }
 }

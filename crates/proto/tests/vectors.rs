@@ -7,8 +7,12 @@ use std::path::PathBuf;
 
 use ed25519_dalek::SigningKey;
 use gridpow_proto::block::{verify_block, BlockBuilder, KeyLookup, VerifyPolicy};
-use gridpow_proto::crypto::{derive_meter_secret, CryptoProvider, MeterKeys, MeterSecret, RustCrypto, SiteSecret};
-use gridpow_proto::merkle::{inclusion_proof, leaf_hash, root_of_hashes, verify_inclusion, MAX_PROOF_LEN};
+use gridpow_proto::crypto::{
+    derive_meter_secret, CryptoProvider, MeterKeys, MeterSecret, RustCrypto, SiteSecret,
+};
+use gridpow_proto::merkle::{
+    inclusion_proof, leaf_hash, root_of_hashes, verify_inclusion, MAX_PROOF_LEN,
+};
 use gridpow_proto::pow::{leading_zero_bits, PowSolver};
 use gridpow_proto::wire::ack::{AckPacket, AckRepr, FLAG_DUPLICATE};
 use gridpow_proto::wire::block::BlockHeaderRepr;
@@ -30,9 +34,13 @@ fn check(name: &str, v: &Value) {
         std::fs::write(&path, text).expect("write vector");
         return;
     }
-    let stored = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run with GRIDPOW_REGEN_VECTORS=1)", path.display()));
+    let stored = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with GRIDPOW_REGEN_VECTORS=1)", path.display()));
     let stored: Value = serde_json::from_str(&stored).expect("vector file is JSON");
-    assert_eq!(&stored, v, "{name} differs from what this implementation produces");
+    assert_eq!(
+        &stored, v,
+        "{name} differs from what this implementation produces"
+    );
 }
 
 fn h(b: &[u8]) -> String {
@@ -49,9 +57,36 @@ fn site() -> SiteSecret {
 
 fn readings() -> [Reading; 3] {
     [
-        Reading { timestamp_ms: 1_767_225_600_000, voltage_cv: 23_012, current_ma: 4_350, active_power_dw: 9_510, power_factor_e4: 9_500, frequency_mhz: 50_012, energy_mwh: 1_234_567_890, flags: 0 },
-        Reading { timestamp_ms: 1_767_225_610_000, voltage_cv: 22_987, current_ma: 12_020, active_power_dw: 27_010, power_factor_e4: 9_776, frequency_mhz: 49_990, energy_mwh: 1_234_575_393, flags: 0 },
-        Reading { timestamp_ms: 1_767_225_620_000, voltage_cv: 23_101, current_ma: 0, active_power_dw: -1_200, power_factor_e4: -10_000, frequency_mhz: 50_001, energy_mwh: 1_234_575_393, flags: Reading::FLAG_RESTARTED },
+        Reading {
+            timestamp_ms: 1_767_225_600_000,
+            voltage_cv: 23_012,
+            current_ma: 4_350,
+            active_power_dw: 9_510,
+            power_factor_e4: 9_500,
+            frequency_mhz: 50_012,
+            energy_mwh: 1_234_567_890,
+            flags: 0,
+        },
+        Reading {
+            timestamp_ms: 1_767_225_610_000,
+            voltage_cv: 22_987,
+            current_ma: 12_020,
+            active_power_dw: 27_010,
+            power_factor_e4: 9_776,
+            frequency_mhz: 49_990,
+            energy_mwh: 1_234_575_393,
+            flags: 0,
+        },
+        Reading {
+            timestamp_ms: 1_767_225_620_000,
+            voltage_cv: 23_101,
+            current_ma: 0,
+            active_power_dw: -1_200,
+            power_factor_e4: -10_000,
+            frequency_mhz: 50_001,
+            energy_mwh: 1_234_575_393,
+            flags: Reading::FLAG_RESTARTED,
+        },
     ]
 }
 
@@ -73,7 +108,12 @@ fn meter_secret() -> MeterSecret {
 
 fn sealed_frame(counter: u32, first_seq: u32, rs: &[Reading]) -> Vec<u8> {
     let keys = MeterKeys::new(&RustCrypto, KEY_ID, &meter_secret());
-    let header = UplinkHeader { key_id: KEY_ID, meter_id: METER_ID, boot_epoch: 7, counter };
+    let header = UplinkHeader {
+        key_id: KEY_ID,
+        meter_id: METER_ID,
+        boot_epoch: 7,
+        counter,
+    };
     let mut buf = [0u8; 250];
     let n = uplink::seal(&RustCrypto, &keys, &header, first_seq, rs, &mut buf).expect("seal");
     buf[..n].to_vec()
@@ -96,7 +136,12 @@ fn key_derivation_vector_matches() {
 fn sealed_uplink_vector_matches_and_opens() {
     let rs = readings();
     let frame = sealed_frame(5, 100, &rs);
-    let header = UplinkHeader { key_id: KEY_ID, meter_id: METER_ID, boot_epoch: 7, counter: 5 };
+    let header = UplinkHeader {
+        key_id: KEY_ID,
+        meter_id: METER_ID,
+        boot_epoch: 7,
+        counter: 5,
+    };
     let mut plaintext = 100u32.to_le_bytes().to_vec();
     for r in &rs {
         plaintext.extend_from_slice(&r.to_bytes());
@@ -107,7 +152,10 @@ fn sealed_uplink_vector_matches_and_opens() {
     let mut scratch = [0u8; MAX_BODY_LEN];
     let body = p.open(&RustCrypto, &keys, &mut scratch).expect("opens");
     assert_eq!(body.first_seq(), 100);
-    assert_eq!(body.readings().map(|(_, r)| r).collect::<Vec<_>>(), rs.to_vec());
+    assert_eq!(
+        body.readings().map(|(_, r)| r).collect::<Vec<_>>(),
+        rs.to_vec()
+    );
     check(
         "uplink.json",
         &json!({
@@ -123,10 +171,21 @@ fn sealed_uplink_vector_matches_and_opens() {
 
 #[test]
 fn ack_vector_matches_and_verifies() {
-    let repr = AckRepr { key_id: KEY_ID, flags: FLAG_DUPLICATE, meter_id: METER_ID, boot_epoch: 7, counter: 5, relay_time_ms: 1_767_225_600_123, relay_id: 3, channel: 6 };
+    let repr = AckRepr {
+        key_id: KEY_ID,
+        flags: FLAG_DUPLICATE,
+        meter_id: METER_ID,
+        boot_epoch: 7,
+        counter: 5,
+        relay_time_ms: 1_767_225_600_123,
+        relay_id: 3,
+        channel: 6,
+    };
     let mut buf = [0u8; 48];
-    repr.emit(&RustCrypto, &meter_secret().ack_key(), &mut buf).expect("emit");
-    let back = AckPacket::new_checked(&buf[..]).and_then(|p| Ok(p.verify(&RustCrypto, &meter_secret().ack_key())));
+    repr.emit(&RustCrypto, &meter_secret().ack_key(), &mut buf)
+        .expect("emit");
+    let back =
+        AckPacket::new_checked(&buf[..]).map(|p| p.verify(&RustCrypto, &meter_secret().ack_key()));
     assert_eq!(back, Ok(Ok(repr)));
     check(
         "ack.json",
@@ -189,14 +248,23 @@ fn merkle_vectors_match_and_proofs_verify() {
         let index = n / 2;
         let mut path = [[0u8; 32]; MAX_PROOF_LEN];
         let len = inclusion_proof(&hashes, index, &mut path).expect("proof");
-        assert!(verify_inclusion(&hashes[index], index as u64, n as u64, &path[..len], &root));
+        assert!(verify_inclusion(
+            &hashes[index],
+            index as u64,
+            n as u64,
+            &path[..len],
+            &root
+        ));
         cases.push(json!({
             "leaves": n, "leaf_data": "ASCII \"leaf-<i>\" for i in 0..leaves",
             "root": h(&root),
             "proof_index": index, "proof": path[..len].iter().map(|p| h(p)).collect::<Vec<_>>(),
         }));
     }
-    check("merkle.json", &json!({ "description": "RFC 9162: leaf = SHA-256(0x00 || data), node = SHA-256(0x01 || l || r)", "cases": cases }));
+    check(
+        "merkle.json",
+        &json!({ "description": "RFC 9162: leaf = SHA-256(0x00 || data), node = SHA-256(0x01 || l || r)", "cases": cases }),
+    );
 }
 
 struct OneMeter(MeterKeys<RustCrypto>);
@@ -213,7 +281,11 @@ fn relay_key() -> SigningKey {
 /// A signed block of three frames at difficulty 8 (the vector that other implementations verify).
 pub fn signed_block() -> (Vec<u8>, BlockHeaderRepr, Vec<Vec<u8>>) {
     let rs = readings();
-    let frames = vec![sealed_frame(5, 100, &rs[..1]), sealed_frame(6, 101, &rs[1..]), sealed_frame(7, 103, &rs)];
+    let frames = vec![
+        sealed_frame(5, 100, &rs[..1]),
+        sealed_frame(6, 101, &rs[1..]),
+        sealed_frame(7, 103, &rs),
+    ];
     let mut buf = vec![0u8; 4096];
     let mut b = BlockBuilder::new(&mut buf).expect("buffer");
     for f in &frames {
@@ -235,8 +307,19 @@ pub fn signed_block() -> (Vec<u8>, BlockHeaderRepr, Vec<Vec<u8>>) {
 fn signed_block_vector_matches_and_verifies() {
     let (block, hd, frames) = signed_block();
     let keys = OneMeter(MeterKeys::new(&RustCrypto, KEY_ID, &meter_secret()));
-    let policy = VerifyPolicy { relay_id: 3, min_difficulty: 8 };
-    let v = verify_block(&RustCrypto, &block, &relay_key().verifying_key(), &policy, &keys, |_| Ok(())).expect("verifies");
+    let policy = VerifyPolicy {
+        relay_id: 3,
+        min_difficulty: 8,
+    };
+    let v = verify_block(
+        &RustCrypto,
+        &block,
+        &relay_key().verifying_key(),
+        &policy,
+        &keys,
+        |_| Ok(()),
+    )
+    .expect("verifies");
     assert_eq!(v.header, hd);
     check(
         "block.json",
@@ -253,15 +336,33 @@ fn signed_block_vector_matches_and_verifies() {
 #[test]
 fn receipt_and_serial_vectors_match() {
     let server = SigningKey::from_bytes(&[0x3c; 32]);
-    let r = ReceiptRepr { status: ReceiptStatus::Stored, relay_id: 3, height: 0, block_hash: [0x44; 32], server_id: 1, time_ms: 1_767_225_650_000 };
+    let r = ReceiptRepr {
+        status: ReceiptStatus::Stored,
+        relay_id: 3,
+        height: 0,
+        block_hash: [0x44; 32],
+        server_id: 1,
+        time_ms: 1_767_225_650_000,
+    };
     let bytes = r.to_signed_bytes(&server);
-    assert_eq!(ReceiptRepr::parse_verified(&bytes, &server.verifying_key()), Ok(r));
+    assert_eq!(
+        ReceiptRepr::parse_verified(&bytes, &server.verifying_key()),
+        Ok(r)
+    );
     let data = [0u8, 1, 2, 0, 250];
-    let m = SerialRepr { kind: SerialKind::AirRx, mac: [0x02, 0x67, 0x70, 0, 0x10, 0x92], rssi: -57, data: &data };
+    let m = SerialRepr {
+        kind: SerialKind::AirRx,
+        mac: [0x02, 0x67, 0x70, 0, 0x10, 0x92],
+        rssi: -57,
+        data: &data,
+    };
     let mut enc = [0u8; MAX_ENCODED];
     let n = m.emit(&mut enc).expect("encode");
     let mut dec = SerialDecoder::new();
-    let decoded = enc[..n].iter().filter_map(|&b| dec.push(b).map(|r| r.map(|x| x.data.to_vec()))).next();
+    let decoded = enc[..n]
+        .iter()
+        .filter_map(|&b| dec.push(b).map(|r| r.map(|x| x.data.to_vec())))
+        .next();
     assert_eq!(decoded, Some(Ok(data.to_vec())));
     check(
         "receipt.json",
@@ -287,5 +388,8 @@ fn provider_is_deterministic() {
     let k = RustCrypto.aead_key(&[9; 16]);
     let mut a = *b"same";
     let mut b = *b"same";
-    assert_eq!(RustCrypto.aead_seal(&k, &[1; 13], b"", &mut a), RustCrypto.aead_seal(&k, &[1; 13], b"", &mut b));
+    assert_eq!(
+        RustCrypto.aead_seal(&k, &[1; 13], b"", &mut a),
+        RustCrypto.aead_seal(&k, &[1; 13], b"", &mut b)
+    );
 }

@@ -90,7 +90,11 @@ impl<T: AsRef<[u8]>> AckPacket<T> {
     }
 
     /// Verifies the tag with the meter's ACK key and returns the contents.
-    pub fn verify<C: CryptoProvider>(&self, provider: &C, ack_key: &[u8; 16]) -> Result<AckRepr, Rejected> {
+    pub fn verify<C: CryptoProvider>(
+        &self,
+        provider: &C,
+        ack_key: &[u8; 16],
+    ) -> Result<AckRepr, Rejected> {
         let b = self.buffer.as_ref();
         let mac = provider.hmac_sha256(ack_key, &[&b[field::AUTHENTICATED]]);
         if !ct_eq(&mac[..ACK_TAG_LEN], &b[field::TAG]) {
@@ -122,7 +126,12 @@ impl AckRepr {
     }
 
     /// Writes the ACK, tagged with `ack_key`, and returns its length.
-    pub fn emit<C: CryptoProvider>(&self, provider: &C, ack_key: &[u8; 16], out: &mut [u8]) -> Result<usize, Error> {
+    pub fn emit<C: CryptoProvider>(
+        &self,
+        provider: &C,
+        ack_key: &[u8; 16],
+        out: &mut [u8],
+    ) -> Result<usize, Error> {
         if self.flags & !KNOWN_FLAGS != 0 {
             return Err(Misuse::InvalidArgument.into());
         }
@@ -180,9 +189,9 @@ mod tests {
             for bit in 0..8 {
                 let mut b = buf;
                 b[i] ^= 1 << bit;
-                let res = AckPacket::new_checked(&b[..]).map_err(Error::from).and_then(|p| {
-                    p.verify(&RustCrypto, &[3; 16]).map_err(Error::from)
-                });
+                let res = AckPacket::new_checked(&b[..])
+                    .map_err(Error::from)
+                    .and_then(|p| p.verify(&RustCrypto, &[3; 16]).map_err(Error::from));
                 assert!(res.is_err(), "byte {i} bit {bit} accepted");
             }
         }

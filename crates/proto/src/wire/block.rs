@@ -221,7 +221,10 @@ pub struct LeafIter<'a> {
 impl<'a> Iterator for LeafIter<'a> {
     type Item = &'a [u8];
     fn next(&mut self) -> Option<&'a [u8]> {
-        let len = usize::from(u16::from_le_bytes([*self.rest.first()?, *self.rest.get(1)?]));
+        let len = usize::from(u16::from_le_bytes([
+            *self.rest.first()?,
+            *self.rest.get(1)?,
+        ]));
         let leaf = self.rest.get(LEAF_PREFIX_LEN..LEAF_PREFIX_LEN + len)?;
         self.rest = &self.rest[LEAF_PREFIX_LEN + len..];
         Some(leaf)
@@ -274,7 +277,13 @@ mod tests {
         );
         let mut longer = [0u8; LEAVES_OFFSET + 2 + 3 + 2 + 1 + 1];
         longer[..block.len()].copy_from_slice(&block);
-        assert_eq!(BlockPacket::new_checked(&longer[..]).unwrap_err(), Malformed::BadLeafFraming);
-        assert_eq!(BlockPacket::new_checked(&block[..50]).unwrap_err(), Malformed::TooShort);
+        assert_eq!(
+            BlockPacket::new_checked(&longer[..]).unwrap_err(),
+            Malformed::BadLeafFraming
+        );
+        assert_eq!(
+            BlockPacket::new_checked(&block[..50]).unwrap_err(),
+            Malformed::TooShort
+        );
     }
 }

@@ -103,12 +103,18 @@ impl ReceiptRepr {
     }
 
     /// Parses a receipt and checks its signature against `server_key`.
-    pub fn parse_verified(bytes: &[u8], server_key: &VerifyingKey) -> Result<ReceiptRepr, crate::Error> {
+    pub fn parse_verified(
+        bytes: &[u8],
+        server_key: &VerifyingKey,
+    ) -> Result<ReceiptRepr, crate::Error> {
         let repr = Self::parse_unverified(bytes)?;
         let mut sig = [0u8; 64];
         sig.copy_from_slice(&bytes[field::SIGNATURE]);
         server_key
-            .verify_strict(&signing_message(&repr.signed_bytes()), &Signature::from_bytes(&sig))
+            .verify_strict(
+                &signing_message(&repr.signed_bytes()),
+                &Signature::from_bytes(&sig),
+            )
             .map_err(|_| Rejected::BadSignature)?;
         Ok(repr)
     }
@@ -168,7 +174,10 @@ mod tests {
         for i in 0..RECEIPT_LEN {
             let mut t = b;
             t[i] ^= 0x01;
-            assert!(ReceiptRepr::parse_verified(&t, &key.verifying_key()).is_err(), "byte {i}");
+            assert!(
+                ReceiptRepr::parse_verified(&t, &key.verifying_key()).is_err(),
+                "byte {i}"
+            );
         }
     }
 }

@@ -56,7 +56,11 @@ const fn crc32_table() -> [u32; 256] {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         t[i] = c;
@@ -226,7 +230,10 @@ impl SerialDecoder {
         if overflow {
             return Some(Err(Malformed::TooLong));
         }
-        Some(cobs_decode_in_place(&mut self.buf[..len]).and_then(|n| SerialRepr::parse(&self.buf[..n])))
+        Some(
+            cobs_decode_in_place(&mut self.buf[..len])
+                .and_then(|n| SerialRepr::parse(&self.buf[..n])),
+        )
     }
 }
 
@@ -242,7 +249,12 @@ mod tests {
     #[test]
     fn encoded_message_decodes_byte_by_byte_after_garbage() {
         let data = [0u8, 1, 0, 0, 255, 7];
-        let m = SerialRepr { kind: SerialKind::AirRx, mac: [1, 0, 3, 4, 5, 0], rssi: -60, data: &data };
+        let m = SerialRepr {
+            kind: SerialKind::AirRx,
+            mac: [1, 0, 3, 4, 5, 0],
+            rssi: -60,
+            data: &data,
+        };
         let mut out = [0u8; MAX_ENCODED];
         let n = m.emit(&mut out).unwrap();
         assert!(!out[..n - 1].contains(&0));
@@ -257,13 +269,26 @@ mod tests {
                 got = Some(r.map(|r| (r.kind, r.mac, r.rssi, r.data.to_vec_fixed())));
             }
         }
-        assert_eq!(got, Some(Ok((SerialKind::AirRx, [1, 0, 3, 4, 5, 0], -60, data.to_vec_fixed()))));
+        assert_eq!(
+            got,
+            Some(Ok((
+                SerialKind::AirRx,
+                [1, 0, 3, 4, 5, 0],
+                -60,
+                data.to_vec_fixed()
+            )))
+        );
     }
 
     #[test]
     fn long_runs_without_zero_round_trip() {
         let data = [0xabu8; 250];
-        let m = SerialRepr { kind: SerialKind::AirTx, mac: [0xff; 6], rssi: 0, data: &data };
+        let m = SerialRepr {
+            kind: SerialKind::AirTx,
+            mac: [0xff; 6],
+            rssi: 0,
+            data: &data,
+        };
         let mut out = [0u8; MAX_ENCODED];
         let n = m.emit(&mut out).unwrap();
         let mut d = SerialDecoder::new();
@@ -278,7 +303,12 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_fails_the_crc() {
-        let m = SerialRepr { kind: SerialKind::Hello, mac: [1; 6], rssi: 0, data: b"gridpow bridge" };
+        let m = SerialRepr {
+            kind: SerialKind::Hello,
+            mac: [1; 6],
+            rssi: 0,
+            data: b"gridpow bridge",
+        };
         let mut out = [0u8; MAX_ENCODED];
         let n = m.emit(&mut out).unwrap();
         out[5] ^= 0x40;

@@ -45,6 +45,11 @@ pub const MAX_LEN: usize = OVERHEAD + MAX_READINGS * Reading::LEN;
 /// Largest body plaintext.
 pub const MAX_BODY_LEN: usize = 4 + MAX_READINGS * Reading::LEN;
 
+// Six readings is the most that fits one ESP-NOW payload.
+const _: () = assert!(
+    MAX_LEN <= super::ESPNOW_MAX_PAYLOAD && frame_len(MAX_READINGS + 1) > super::ESPNOW_MAX_PAYLOAD
+);
+
 /// Length of a frame carrying `n` readings.
 pub const fn frame_len(n: usize) -> usize {
     OVERHEAD + n * Reading::LEN
@@ -200,7 +205,8 @@ impl<'a> OpenedBody<'a> {
     pub fn from_plaintext(body: &'a [u8]) -> Option<Self> {
         let readings = body.len().checked_sub(field::BODY_READINGS)?;
         let n = readings / Reading::LEN;
-        (readings % Reading::LEN == 0 && (1..=MAX_READINGS).contains(&n)).then_some(OpenedBody { body })
+        (readings % Reading::LEN == 0 && (1..=MAX_READINGS).contains(&n))
+            .then_some(OpenedBody { body })
     }
 
     /// Sequence number of the first reading; the others follow consecutively.
@@ -292,7 +298,12 @@ mod tests {
 
     #[test]
     fn sealed_frame_opens_to_the_same_readings() {
-        let h = UplinkHeader { key_id: 1, meter_id: 7, boot_epoch: 3, counter: 9 };
+        let h = UplinkHeader {
+            key_id: 1,
+            meter_id: 7,
+            boot_epoch: 3,
+            counter: 9,
+        };
         let rs = [reading(0), reading(1), reading(2)];
         let mut buf = [0u8; 250];
         let n = seal(&RustCrypto, &keys(), &h, 100, &rs, &mut buf).unwrap();
@@ -311,33 +322,55 @@ mod tests {
     }
 
     #[test]
-    fn largest_frame_fits_in_one_espnow_payload() {
-        assert!(MAX_LEN <= super::super::ESPNOW_MAX_PAYLOAD);
-        assert!(frame_len(MAX_READINGS + 1) > super::super::ESPNOW_MAX_PAYLOAD);
-    }
-
-    #[test]
     fn frames_of_wrong_length_version_or_type_are_malformed() {
-        let h = UplinkHeader { key_id: 1, meter_id: 7, boot_epoch: 3, counter: 9 };
+        let h = UplinkHeader {
+            key_id: 1,
+            meter_id: 7,
+            boot_epoch: 3,
+            counter: 9,
+        };
         let mut buf = [0u8; 250];
         let n = seal(&RustCrypto, &keys(), &h, 0, &[reading(0)], &mut buf).unwrap();
-        assert_eq!(UplinkPacket::new_checked(&buf[..n - 1]).unwrap_err(), Malformed::TooShort);
-        assert_eq!(UplinkPacket::new_checked(&buf[..n + 1]).unwrap_err(), Malformed::BadReadingCount);
+        assert_eq!(
+            UplinkPacket::new_checked(&buf[..n - 1]).unwrap_err(),
+            Malformed::TooShort
+        );
+        assert_eq!(
+            UplinkPacket::new_checked(&buf[..n + 1]).unwrap_err(),
+            Malformed::BadReadingCount
+        );
         let mut v = buf;
         v[0] = 2;
-        assert_eq!(UplinkPacket::new_checked(&v[..n]).unwrap_err(), Malformed::UnsupportedVersion(2));
+        assert_eq!(
+            UplinkPacket::new_checked(&v[..n]).unwrap_err(),
+            Malformed::UnsupportedVersion(2)
+        );
         let mut t = buf;
         t[1] = 9;
-        assert_eq!(UplinkPacket::new_checked(&t[..n]).unwrap_err(), Malformed::WrongType(9));
+        assert_eq!(
+            UplinkPacket::new_checked(&t[..n]).unwrap_err(),
+            Malformed::WrongType(9)
+        );
         let mut f = buf;
         f[3] = 1;
-        assert_eq!(UplinkPacket::new_checked(&f[..n]).unwrap_err(), Malformed::NonZeroReserved);
-        assert_eq!(UplinkPacket::new_checked(&buf[..0]).unwrap_err(), Malformed::TooShort);
+        assert_eq!(
+            UplinkPacket::new_checked(&f[..n]).unwrap_err(),
+            Malformed::NonZeroReserved
+        );
+        assert_eq!(
+            UplinkPacket::new_checked(&buf[..0]).unwrap_err(),
+            Malformed::TooShort
+        );
     }
 
     #[test]
     fn sealing_refuses_zero_or_seven_readings_and_small_buffers() {
-        let h = UplinkHeader { key_id: 1, meter_id: 7, boot_epoch: 3, counter: 9 };
+        let h = UplinkHeader {
+            key_id: 1,
+            meter_id: 7,
+            boot_epoch: 3,
+            counter: 9,
+        };
         let mut buf = [0u8; 250];
         assert!(seal(&RustCrypto, &keys(), &h, 0, &[], &mut buf).is_err());
         assert!(seal(&RustCrypto, &keys(), &h, 0, &[reading(0); 7], &mut buf).is_err());
