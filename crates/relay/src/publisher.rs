@@ -1,0 +1,394 @@
+//! Publishing over MQTT: two tokio tasks.
+//!
+//! - The **network task** polls rumqttc's event loop (which reconnects when
+//!   polled after an error), verifies receipts (server signature, relay id)
+//!   and reports connection changes.
+//! - The **outbox task** mirrors the unconfirmed blocks and publishes them
+//!   QoS 1 in height order, at most `max_inflight_blocks` awaiting receipts
+//!   at once. A block is published again after every reconnect and whenever
+//!   its receipt is `republish_after_s` late, until its receipt arrives; a
+//!   broker that drops messages (queue limits, restarts without persistence)
+//!   therefore costs time, never data.
+//!
+//! The session is persistent (clean session off), the status topic is
+//! retained, and the last will marks the relay offline.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+use ed25519_dalek::VerifyingKey;
+use gridpow_common::topics;
+use gridpow_proto::wire::{ReceiptRepr, ReceiptStatus};
+use gridpow_proto::Hash;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::chain::ChainEvent;
+use crate::config::RelayConfig;
+use crate::stats::{add, Shared};
+use crate::RelayError;
+
+/// Block bytes kept in memory for republishing; beyond this they are read
+/// back from the outbox file when needed.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// Commands to the outbox task.
+#[derive(Debug)]
+pub(crate) enum PubCmd {
+    /// A block sealed (or found in the outbox at start) that awaits its receipt.
+    Block {
+        height: u64,
+        hash: Hash,
+        bytes: Option<Bytes>,
+        path: PathBuf,
+    },
+    /// Publish the offline status, disconnect, then answer.
+    Shutdown(oneshot::Sender<()>),
+}
+
+#[derive(Debug)]
+enum NetEvent {
+    Connected,
+    Disconnected,
+    Receipt(ReceiptRepr),
+}
+
+struct Pending {
+    hash: Hash,
+    bytes: Option<Bytes>,
+    path: PathBuf,
+    last_sent: Option<Instant>,
+    published: bool,
+}
+
+/// The relay's status message (retained; also the last will, with "offline").
+pub fn status_json(relay_id: u32, online: bool, height: Option<u64>, time_ms: u64) -> String {
+    serde_json::json!({
+        "relay_id": relay_id,
+        "state": if online { "online" } else { "offline" },
+        "height": height,
+        "time_ms": time_ms,
+    })
+    .to_string()
+}
+
+/// MQTT options from the configuration: TLS with the site CA (and the relay's
+/// client certificate when present), persistent session, last will.
+pub(crate) fn mqtt_options(
+    cfg: &RelayConfig,
+    height: Option<u64>,
+) -> Result<MqttOptions, RelayError> {
+    let mut o = MqttOptions::new(cfg.client_id(), cfg.mqtt.host.clone(), cfg.mqtt.port);
+    o.set_clean_session(false);
+    o.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s.max(5)));
+    let max_block = gridpow_proto::wire::block::block_len(
+        cfg.block.max_frames,
+        cfg.block.max_frames * gridpow_proto::wire::uplink::MAX_LEN,
+    );
+    let max_packet = (max_block + 4096).max(1 << 20);
+    o.set_max_packet_size(max_packet, max_packet);
+    let inflight = (cfg.mqtt.max_inflight_blocks + 16).min(u16::MAX as usize) as u16;
+    o.set_inflight(inflight);
+    o.set_request_channel_capacity(cfg.mqtt.max_inflight_blocks * 2 + 16);
+    o.set_last_will(LastWill::new(
+        topics::status(cfg.relay_id),
+        status_json(cfg.relay_id, false, height, gridpow_common::wall_ms()),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if cfg.mqtt.tls {
+        let (ca, cert, key) = cfg.tls_paths();
+        let identity = (cert.exists() && key.exists()).then_some((cert.as_path(), key.as_path()));
+        if identity.is_none() {
+            tracing::warn!(cert = %cert.display(), "no client certificate; connecting without mutual TLS");
+        }
+        let tls = gridpow_common::tls::client_config(&ca, identity)?;
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
+    Ok(o)
+}
+
+/// Spawns the network and outbox tasks on the current tokio runtime.
+pub(crate) fn spawn(
+    cfg: &RelayConfig,
+    options: MqttOptions,
+    server_key: VerifyingKey,
+    chain_tx: Sender<ChainEvent>,
+    cmds: mpsc::UnboundedReceiver<PubCmd>,
+    shared: Arc<Shared>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let cap = options.request_channel_capacity();
+    let (client, eventloop) = AsyncClient::new(options, cap);
+    let (net_tx, net_rx) = mpsc::unbounded_channel();
+    let net = tokio::spawn(network_task(
+        eventloop,
+        cfg.relay_id,
+        server_key,
+        net_tx,
+        shared.clone(),
+    ));
+    let outbox = OutboxTask {
+        relay_id: cfg.relay_id,
+        client,
+        blocks_topic: topics::blocks(cfg.relay_id),
+        status_topic: topics::status(cfg.relay_id),
+        receipts_topic: topics::receipts(cfg.relay_id),
+        window: cfg.mqtt.max_inflight_blocks,
+        republish_after: Duration::from_secs(cfg.mqtt.republish_after_s.max(1)),
+        pending: BTreeMap::new(),
+        cached: 0,
+        connected: false,
+        chain_tx,
+        shared,
+        status_height: None,
+        status_sent: None,
+    };
+    let out = tokio::spawn(outbox.run(cmds, net_rx));
+    vec![net, out]
+}
+
+async fn network_task(
+    mut eventloop: EventLoop,
+    relay_id: u32,
+    server_key: VerifyingKey,
+    net_tx: mpsc::UnboundedSender<NetEvent>,
+    shared: Arc<Shared>,
+) {
+    let receipts_topic = topics::receipts(relay_id);
+    let mut backoff = Duration::from_millis(100);
+    let mut logged_down = false;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                if ack.code == ConnectReturnCode::Success {
+                    backoff = Duration::from_millis(100);
+                    logged_down = false;
+                    add(&shared.mqtt_connects, 1);
+                    shared.mqtt_connected.store(true, Ordering::Relaxed);
+                    tracing::info!(
+                        session_present = ack.session_present,
+                        "connected to the broker"
+                    );
+                    let _ = net_tx.send(NetEvent::Connected);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.topic != receipts_topic {
+                    continue;
+                }
+                match ReceiptRepr::parse_verified(&p.payload, &server_key) {
+                    Ok(r) if r.relay_id == relay_id => {
+                        let _ = net_tx.send(NetEvent::Receipt(r));
+                    }
+                    Ok(r) => {
+                        add(&shared.receipts_rejected, 1);
+                        tracing::warn!(
+                            relay = r.relay_id,
+                            "receipt for another relay on our topic"
+                        );
+                    }
+                    Err(e) => {
+                        add(&shared.receipts_rejected, 1);
+                        tracing::warn!(error = %e, "receipt refused");
+                    }
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                shared.mqtt_connected.store(false, Ordering::Relaxed);
+                let _ = net_tx.send(NetEvent::Disconnected);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if shared.mqtt_connected.swap(false, Ordering::Relaxed) || !logged_down {
+                    tracing::warn!(error = %e, "broker connection lost; reconnecting");
+                    logged_down = true;
+                }
+                let _ = net_tx.send(NetEvent::Disconnected);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+struct OutboxTask {
+    relay_id: u32,
+    client: AsyncClient,
+    blocks_topic: String,
+    status_topic: String,
+    receipts_topic: String,
+    window: usize,
+    republish_after: Duration,
+    pending: BTreeMap<u64, Pending>,
+    cached: usize,
+    connected: bool,
+    chain_tx: Sender<ChainEvent>,
+    shared: Arc<Shared>,
+    status_height: Option<u64>,
+    status_sent: Option<Instant>,
+}
+
+impl OutboxTask {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::UnboundedReceiver<PubCmd>,
+        mut net: mpsc::UnboundedReceiver<NetEvent>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(PubCmd::Block { height, hash, bytes, path }) => {
+                        let bytes = bytes.filter(|b| self.cached + b.len() <= CACHE_BYTES);
+                        self.cached += bytes.as_ref().map_or(0, |b| b.len());
+                        self.pending.insert(height, Pending { hash, bytes, path, last_sent: None, published: false });
+                        self.pump();
+                    }
+                    Some(PubCmd::Shutdown(done)) => {
+                        self.goodbye(&mut net).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                },
+                ev = net.recv() => match ev {
+                    Some(NetEvent::Connected) => {
+                        self.connected = true;
+                        if let Err(e) = self.client.try_subscribe(self.receipts_topic.clone(), QoS::AtLeastOnce) {
+                            tracing::warn!(error = %e, "receipt subscription not queued");
+                        }
+                        self.publish_status(true);
+                        // A new connection may have lost whatever was in flight: send the window again.
+                        for p in self.pending.values_mut() {
+                            p.last_sent = None;
+                        }
+                        self.pump();
+                    }
+                    Some(NetEvent::Disconnected) => self.connected = false,
+                    Some(NetEvent::Receipt(r)) => {
+                        self.on_receipt(&r);
+                        self.pump();
+                    }
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    self.pump();
+                    let head = self.shared.head().map(|(h, _)| h);
+                    let stale = self.status_sent.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+                    if self.connected && head != self.status_height && stale {
+                        self.publish_status(true);
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_status(&mut self, online: bool) {
+        let height = self.shared.head().map(|(h, _)| h);
+        let msg = status_json(self.relay_id, online, height, gridpow_common::wall_ms());
+        if self
+            .client
+            .try_publish(self.status_topic.clone(), QoS::AtLeastOnce, true, msg)
+            .is_ok()
+        {
+            self.status_height = height;
+            self.status_sent = Some(Instant::now());
+        }
+    }
+
+    fn on_receipt(&mut self, r: &ReceiptRepr) {
+        let matches = self
+            .pending
+            .get(&r.height)
+            .is_some_and(|p| p.hash == r.block_hash);
+        if !matches {
+            // A repeated receipt (QoS 1 redelivery, two servers) or one for a
+            // block we no longer hold; harmless either way.
+            tracing::debug!(height = r.height, "receipt for no waiting block");
+            return;
+        }
+        if let Some(p) = self.pending.remove(&r.height) {
+            self.cached -= p.bytes.as_ref().map_or(0, |b| b.len());
+        }
+        if r.status == ReceiptStatus::Quarantined {
+            add(&self.shared.blocks_quarantined, 1);
+            tracing::error!(height = r.height, "the server quarantined our block");
+        }
+        let _ = self.chain_tx.send(ChainEvent::Receipt {
+            height: r.height,
+            hash: r.block_hash,
+        });
+    }
+
+    /// Publishes the blocks of the window that are due.
+    fn pump(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        for (&height, p) in self.pending.iter_mut().take(self.window) {
+            if p.last_sent
+                .is_some_and(|t| now.duration_since(t) < self.republish_after)
+            {
+                continue;
+            }
+            let bytes = match &p.bytes {
+                Some(b) => b.clone(),
+                None => match crate::outbox::read_block_file(&p.path) {
+                    Ok(b) => Bytes::from(b),
+                    Err(e) => {
+                        // Confirmed and removed meanwhile, or unreadable: nothing to send.
+                        tracing::warn!(error = %e, height, "outbox block not readable");
+                        gone.push(height);
+                        continue;
+                    }
+                },
+            };
+            match self
+                .client
+                .try_publish(self.blocks_topic.clone(), QoS::AtLeastOnce, false, bytes)
+            {
+                Ok(()) => {
+                    p.last_sent = Some(now);
+                    if p.published {
+                        add(&self.shared.blocks_republished, 1);
+                    } else {
+                        p.published = true;
+                        add(&self.shared.blocks_published, 1);
+                    }
+                }
+                // The request queue is full: try again at the next tick.
+                Err(_) => break,
+            }
+        }
+        for h in gone {
+            self.pending.remove(&h);
+        }
+    }
+
+    async fn goodbye(&mut self, net: &mut mpsc::UnboundedReceiver<NetEvent>) {
+        if self.connected {
+            self.publish_status(false);
+            let _ = self.client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(ev) = net.recv().await {
+                    if matches!(ev, NetEvent::Disconnected) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}

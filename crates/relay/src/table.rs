@@ -1,0 +1,106 @@
+//! The relay's meter table: a hash map of [`MeterEntry`] built from the key
+//! directory (site secrets and the meter registry, with MAC bindings).
+
+use std::collections::{HashMap, HashSet};
+
+use gridpow_common::keys::KeyDir;
+use gridpow_proto::crypto::{MeterKeys, RustCrypto};
+use gridpow_proto::ingress::{MeterEntry, MeterTable};
+use gridpow_proto::MacAddr;
+
+use crate::snapshot::IngressSnapshot;
+use crate::RelayError;
+
+/// Meter entries by id, with the set of registered MACs.
+#[derive(Default)]
+pub struct HashMeterTable {
+    entries: HashMap<u32, MeterEntry<RustCrypto>>,
+    macs: HashSet<MacAddr>,
+}
+
+impl HashMeterTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every meter of the registry in `keys`, with its key derived from the site secret.
+    pub fn from_key_dir(keys: &KeyDir) -> Result<Self, RelayError> {
+        let mut t = HashMeterTable::new();
+        t.load_from(keys)?;
+        Ok(t)
+    }
+
+    /// Adds meters of the registry not yet in the table (and refreshes MAC
+    /// bindings and keys of known ones, keeping their replay state). Returns how many are new.
+    pub fn load_from(&mut self, keys: &KeyDir) -> Result<usize, RelayError> {
+        let site = keys.site()?;
+        let registry = keys.meters()?;
+        let mut added = 0;
+        for rec in &registry.meters {
+            let Some(secret) = site.meter_secret(rec.id, rec.key_id) else {
+                tracing::warn!(
+                    meter = rec.id,
+                    key_id = rec.key_id,
+                    "meter names a key id the site does not have; skipped"
+                );
+                continue;
+            };
+            let keys = MeterKeys::new(&RustCrypto, rec.key_id, &secret);
+            let mac = rec.mac_bytes();
+            match self.entries.get_mut(&rec.id) {
+                Some(e) => {
+                    e.keys = keys;
+                    e.mac = mac;
+                }
+                None => {
+                    self.entries
+                        .insert(rec.id, MeterEntry::new(rec.id, mac, keys));
+                    added += 1;
+                }
+            }
+        }
+        self.macs = self.entries.values().filter_map(|e| e.mac).collect();
+        Ok(added)
+    }
+
+    /// Adds one meter (tests, tools).
+    pub fn insert(&mut self, entry: MeterEntry<RustCrypto>) {
+        if let Some(m) = entry.mac {
+            self.macs.insert(m);
+        }
+        self.entries.insert(entry.meter_id, entry);
+    }
+
+    /// Restores replay windows and delivered marks from a recovered state.
+    pub fn restore(&mut self, state: &IngressSnapshot) {
+        for (id, s) in &state.meters {
+            if let Some(e) = self.entries.get_mut(id) {
+                e.window = s.window;
+                e.delivered = s.delivered;
+            }
+        }
+    }
+
+    /// Number of meters.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no meter is known.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl MeterTable<RustCrypto> for HashMeterTable {
+    fn mac_allowed(&self, mac: &MacAddr) -> bool {
+        self.macs.contains(mac)
+    }
+    fn get(&self, meter_id: u32) -> Option<&MeterEntry<RustCrypto>> {
+        self.entries.get(&meter_id)
+    }
+    fn get_mut(&mut self, meter_id: u32) -> Option<&mut MeterEntry<RustCrypto>> {
+        self.entries.get_mut(&meter_id)
+    }
+}

@@ -1,0 +1,70 @@
+//! The broker dies (SIGKILL, no persistence: every session, subscription and
+//! queued message is gone) while the relay publishes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use gridpow_broker::{Mosquitto, MosquittoOptions};
+use gridpow_common::radio::Medium;
+use gridpow_meters::{read_truth, Fleet};
+use gridpow_relay::Relay;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarts_during_publishing_cost_time_but_no_reading() {
+    let seed = common::seed("broker_restarts_during_publishing_cost_time_but_no_reading");
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = common::site(dir.path(), 16);
+    let mut broker = Mosquitto::start(
+        &keys,
+        &MosquittoOptions {
+            require_certificate: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let server = common::TestServer::start(&keys, broker.port);
+
+    let medium = Medium::new(0.1, seed);
+    let rcfg = common::relay_config(&keys, &dir.path().join("relay"), broker.port);
+    let fcfg = common::fleet_config(&keys, dir.path(), seed);
+    let macs: Vec<_> = Fleet::meter_macs(&fcfg)
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    let relay = Relay::start(rcfg.clone(), Box::new(medium.port(&[rcfg.mac()])))
+        .await
+        .unwrap();
+    let fleet = Fleet::start(fcfg.clone(), Box::new(medium.port(&macs))).unwrap();
+
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::task::block_in_place(|| broker.restart()).unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fleet.stop_generating();
+    let drained = tokio::task::block_in_place(|| fleet.wait_drained(Duration::from_secs(60)));
+    let fs = fleet.shutdown().unwrap();
+    assert!(drained, "meters still hold unconfirmed readings: {fs:?}");
+    assert!(
+        relay.drain(Duration::from_secs(60)).await,
+        "relay did not drain: {:?}",
+        relay.stats()
+    );
+    let rs = relay.stats();
+    relay.shutdown().await;
+
+    let truth = read_truth(fcfg.truth_file.as_ref().unwrap()).unwrap();
+    let (blocks, readings) = common::check_ledger(&server.ledger.lock().unwrap(), &truth);
+    assert!(rs.mqtt_connects >= 3, "{rs:?}");
+    assert_eq!((rs.outbox_len, rs.blocks_confirmed), (0, rs.blocks_sealed));
+    eprintln!(
+        "{readings} readings in {blocks} blocks across 2 broker restarts; connects {}, republished {}; {:.1} s",
+        rs.mqtt_connects,
+        rs.blocks_republished,
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -1,0 +1,115 @@
+//! Crash recovery: the relay is stopped as by kill -9 (no graceful step at
+//! all) while meters keep sending, then started again on the same data
+//! directory.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use gridpow_broker::{Mosquitto, MosquittoOptions};
+use gridpow_common::radio::Medium;
+use gridpow_meters::{read_truth, Fleet};
+use gridpow_relay::Relay;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_killed_twice_resumes_its_chain_and_loses_or_repeats_nothing() {
+    let seed = common::seed("relay_killed_twice_resumes_its_chain_and_loses_or_repeats_nothing");
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = common::site(dir.path(), 20);
+    let broker = Mosquitto::start(
+        &keys,
+        &MosquittoOptions {
+            require_certificate: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let server = common::TestServer::start(&keys, broker.port);
+    // First life: the server stores blocks but sends no receipts, so the
+    // outbox holds unconfirmed blocks when the relay dies.
+    server.send_receipts.store(false, Ordering::Relaxed);
+
+    let medium = Medium::new(0.2, seed);
+    let rcfg = common::relay_config(&keys, &dir.path().join("relay"), broker.port);
+    let fcfg = common::fleet_config(&keys, dir.path(), seed);
+    let macs: Vec<_> = Fleet::meter_macs(&fcfg)
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    let relay = Relay::start(rcfg.clone(), Box::new(medium.port(&[rcfg.mac()])))
+        .await
+        .unwrap();
+    let fleet = Fleet::start(fcfg.clone(), Box::new(medium.port(&macs))).unwrap();
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let first = relay.stats();
+    tokio::task::block_in_place(|| relay.abort());
+    assert!(first.blocks_sealed > 0 && first.outbox_len > 0, "{first:?}");
+    let h1 = first.chain_height.unwrap();
+
+    // Second life: receipts flow; killed again after compaction had a chance.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.send_receipts.store(true, Ordering::Relaxed);
+    let relay = Relay::start(rcfg.clone(), Box::new(medium.port(&[rcfg.mac()])))
+        .await
+        .unwrap();
+    let second_start = relay.stats();
+    assert!(second_start.journal_replayed > 0, "{second_start:?}");
+    assert!(
+        second_start.chain_height >= Some(h1),
+        "chain went back: {second_start:?} after {first:?}"
+    );
+    assert!(
+        relay
+            .wait_until(Duration::from_secs(20), |s| s.blocks_confirmed
+                >= first.outbox_len)
+            .await,
+        "unconfirmed blocks of the first life were not republished and confirmed: {:?}",
+        relay.stats()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = relay.stats();
+    tokio::task::block_in_place(|| relay.abort());
+    assert!(second.chain_height > Some(h1), "{second:?}");
+
+    // Third life: drain everything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let relay = Relay::start(rcfg.clone(), Box::new(medium.port(&[rcfg.mac()])))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fleet.stop_generating();
+    let drained = tokio::task::block_in_place(|| fleet.wait_drained(Duration::from_secs(60)));
+    let fs = fleet.shutdown().unwrap();
+    assert!(drained, "meters still hold unconfirmed readings: {fs:?}");
+    assert!(
+        relay.drain(Duration::from_secs(60)).await,
+        "relay did not drain: {:?}",
+        relay.stats()
+    );
+    let third = relay.stats();
+    relay.shutdown().await;
+
+    let truth = read_truth(fcfg.truth_file.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        (fs.dropped, fs.acknowledged, truth.len() as u64),
+        (0, fs.generated, fs.generated),
+        "{fs:?}"
+    );
+    let (blocks, readings) = common::check_ledger(&server.ledger.lock().unwrap(), &truth);
+    assert!(third.chain_height > second.chain_height);
+    eprintln!(
+        "{readings} readings in {blocks} blocks over three lives; heights {:?} / {:?} / {:?}; replayed {} / {}; compacted {}; {:.1} s",
+        first.chain_height,
+        second.chain_height,
+        third.chain_height,
+        second_start.journal_replayed,
+        third.journal_replayed,
+        second.journal_segments_compacted,
+        started.elapsed().as_secs_f64()
+    );
+}

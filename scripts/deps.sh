@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs (as root, with apt) or explains what gridpow's tests need beyond Rust:
+# Mosquitto (private broker instances), PostgreSQL server binaries (private
+# instances), Chromium (dashboard test), Python's `cryptography` (independent
+# vector check), and the riscv32 targets (no_std builds of the core).
+set -euo pipefail
+
+missing_pkgs=()
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "$2" ] || missing_pkgs+=("$3"); }
+need mosquitto /usr/sbin/mosquitto mosquitto
+need chromium /usr/bin/chromium chromium
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing_pkgs+=(postgresql)
+fi
+
+if [ ${#missing_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "deps: installing ${missing_pkgs[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >/dev/null
+  else
+    echo "deps: missing ${missing_pkgs[*]}; install them with: sudo apt-get install ${missing_pkgs[*]}" >&2
+    exit 1
+  fi
+fi
+
+if ! python3 -c 'import cryptography' 2>/dev/null; then
+  echo "deps: installing the Python package cryptography" >&2
+  python3 -m pip install --quiet cryptography 2>/dev/null || python3 -m pip install --quiet --user cryptography || {
+    echo "deps: could not install Python's cryptography; run: python3 -m pip install cryptography" >&2; exit 1; }
+fi
+
+for t in riscv32imc-unknown-none-elf riscv32imac-unknown-none-elf; do
+  rustup target list --installed 2>/dev/null | grep -qx "$t" || rustup target add "$t" >/dev/null
+done

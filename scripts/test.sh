@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test of gridpow: the Rust workspace (unit, integration, property,
+# simulator, real Mosquitto/PostgreSQL/Chromium tests), the no_std builds of the
+# core for ESP32-C3/C6, and the independent Python check of the test vectors.
+# Installs missing system packages when run as root on Debian, else says what to install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh
+
+echo "== cargo test (workspace)" >&2
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast --cargo-profile ci "$@"
+  cargo test --workspace --doc --profile ci
+else
+  cargo test --workspace --no-fail-fast --profile ci "$@"
+fi
+
+echo "== no_std core for ESP32-C3 (riscv32imc) and ESP32-C6 (riscv32imac)" >&2
+for t in riscv32imc-unknown-none-elf riscv32imac-unknown-none-elf; do
+  cargo build -q -p gridpow-proto -p gridpow-metering --no-default-features --target "$t"
+  cargo build -q -p gridpow-proto -p gridpow-metering --target "$t"
+done
+
+echo "== test vectors, independent Python implementation" >&2
+python3 test-vectors/verify.py | tail -1
