@@ -1,0 +1,263 @@
+//! `gridpow demo`: the whole stack in one process with no external service.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use gridpow_broker::{start_embedded, EmbeddedOptions};
+use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_common::radio::Medium;
+use gridpow_meters::{Fleet, FleetConfig, MeterSelection};
+use gridpow_relay::{Relay, RelayConfig};
+use gridpow_server::{Server, ServerConfig};
+use serde::Serialize;
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Number of virtual meters.
+    #[arg(long, default_value_t = 50)]
+    meters: u32,
+    /// Stop by itself after this many seconds, drain the pipeline and print a summary.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Where keys, the database and the relay's journal live (created on first run).
+    #[arg(long, default_value = "gridpow-data")]
+    data_dir: PathBuf,
+    /// Address of the dashboard and HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Seconds between readings of each meter.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Frame loss on the simulated air (0–0.9), to exercise ACK and retransmission.
+    #[arg(long, default_value_t = 0.05)]
+    loss: f64,
+    /// Proof-of-work difficulty in leading zero bits.
+    #[arg(long, default_value_t = 16)]
+    difficulty: u8,
+    /// Print the final summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The final summary.
+#[derive(Debug, Serialize)]
+struct Summary {
+    generated: u64,
+    acknowledged: u64,
+    stored: u64,
+    lost: u64,
+    dropped: u64,
+    blocks: u64,
+    retransmissions: u64,
+    frames_duplicate: u64,
+    blocks_rejected: u64,
+    seconds: f64,
+    ledger_verified: bool,
+    dashboard: String,
+}
+
+pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    if !(0.0..=0.9).contains(&a.loss) {
+        anyhow::bail!("--loss must be between 0 and 0.9");
+    }
+    if a.meters == 0 {
+        anyhow::bail!("--meters must be at least 1");
+    }
+    if !(a.interval > 0.0) {
+        anyhow::bail!("--interval must be positive");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(demo(a))
+}
+
+fn progress(quiet: bool, msg: std::fmt::Arguments<'_>) {
+    if !quiet {
+        eprintln!("{msg}");
+    }
+}
+
+async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let q = false;
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating {}", a.data_dir.display()))?;
+    let keys = KeyDir::new(a.data_dir.join("keys"));
+    if !keys.is_initialised() {
+        progress(
+            q,
+            format_args!(
+                "first run: creating keys and certificates in {}",
+                keys.root().display()
+            ),
+        );
+        keys.init(&InitOptions::default())?;
+    }
+    let registered = keys.meters()?;
+    let missing: Vec<(u32, Option<gridpow_proto::MacAddr>)> = (1..=a.meters)
+        .filter(|id| registered.get(*id).is_none())
+        .map(|id| (id, None))
+        .collect();
+    if !missing.is_empty() {
+        keys.add_meters(&missing)?;
+    }
+
+    let broker = start_embedded(&keys, &EmbeddedOptions::default())?;
+    progress(
+        q,
+        format_args!(
+            "embedded MQTT broker (TLS, client certificates required) on {} and {}",
+            broker.v4_addr, broker.v5_addr
+        ),
+    );
+
+    let db_path = a.data_dir.join("gridpow.db");
+    let mut scfg = ServerConfig {
+        keys_dir: keys.root().to_path_buf(),
+        db: db_path.to_string_lossy().into_owned(),
+        min_difficulty: a.difficulty,
+        ..ServerConfig::default()
+    };
+    scfg.mqtt.host = broker.v5_addr.ip().to_string();
+    scfg.mqtt.port = broker.v5_addr.port();
+    scfg.http.listen = a.http;
+    scfg.plausibility.expected_interval_s = a.interval.ceil().max(1.0) as u64;
+    let server = Server::start(scfg)
+        .await
+        .context("starting the grid server")?;
+    let dashboard = format!("http://{}/", server.http_addr());
+    let stored_before = server.stats().readings_stored;
+
+    let medium = Medium::new(a.loss, 0x6772_6964);
+    let mut rcfg = RelayConfig::new(1, keys.root(), a.data_dir.join("relay-1"));
+    rcfg.difficulty = a.difficulty;
+    rcfg.mqtt.host = broker.v4_addr.ip().to_string();
+    rcfg.mqtt.port = broker.v4_addr.port();
+    let relay_port = medium.port(&[rcfg.mac()]);
+    let relay = Relay::start(rcfg, Box::new(relay_port))
+        .await
+        .context("starting the relay")?;
+
+    let mut fcfg = FleetConfig::new(keys.root(), a.data_dir.join("meters"));
+    fcfg.meters = MeterSelection::Range {
+        from: 1,
+        to: a.meters,
+    };
+    fcfg.interval_s = a.interval;
+    let macs: Vec<_> = Fleet::meter_macs(&fcfg)?
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    let fleet = Fleet::start(fcfg, Box::new(medium.port(&macs)))?;
+
+    progress(
+        q,
+        format_args!(
+            "{} virtual meters reporting every {} s over a simulated air with {:.0} % loss",
+            a.meters,
+            a.interval,
+            a.loss * 100.0
+        ),
+    );
+    progress(q, format_args!("dashboard: {dashboard}"));
+    match a.duration {
+        Some(d) => progress(
+            q,
+            format_args!("running for {d} s, then draining and verifying"),
+        ),
+        None => progress(q, format_args!("press Ctrl-C to stop")),
+    }
+
+    let deadline = a.duration.map(|d| started + Duration::from_secs(d));
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {
+                let (f, r, s) = (fleet.stats(), relay.stats(), server.stats());
+                progress(q, format_args!(
+                    "[{:>4.0} s] generated {} · acknowledged {} · stored {} · blocks {} · retransmissions {} · outbox {}",
+                    started.elapsed().as_secs_f64(), f.generated, f.acknowledged, s.readings_stored - stored_before,
+                    r.blocks_sealed, f.retransmissions, r.outbox_len,
+                ));
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+            }
+        }
+    }
+
+    progress(q, format_args!("draining: meters stop measuring, outstanding readings are acknowledged, sealed, stored"));
+    fleet.stop_generating();
+    let drained = tokio::task::spawn_blocking({
+        let f = fleet;
+        move || {
+            let ok = f.wait_drained(Duration::from_secs(60));
+            (ok, f)
+        }
+    })
+    .await?;
+    let (meters_drained, fleet) = drained;
+    let relay_drained = relay.drain(Duration::from_secs(60)).await;
+    let fstats = fleet.shutdown()?;
+    // The server commits before it sends the receipt that empties the relay's outbox;
+    // wait a moment for its counters to catch up.
+    let want = fstats.acknowledged;
+    let wait_until = Instant::now() + Duration::from_secs(30);
+    while server.stats().readings_stored - stored_before < want && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rstats = relay.stats();
+    let sstats = server.stats();
+    relay.shutdown().await;
+    server.shutdown().await;
+
+    let stored = sstats.readings_stored - stored_before;
+    let ledger = gridpow_server::verify_ledger(&db_path.to_string_lossy(), &keys);
+    if let Err(e) = &ledger {
+        eprintln!("ledger verification FAILED: {e}");
+    }
+    let summary = Summary {
+        generated: fstats.generated,
+        acknowledged: fstats.acknowledged,
+        stored,
+        lost: fstats.generated.saturating_sub(stored),
+        dropped: fstats.dropped,
+        blocks: rstats.blocks_sealed,
+        retransmissions: fstats.retransmissions,
+        frames_duplicate: rstats.frames_duplicate,
+        blocks_rejected: sstats.blocks_rejected,
+        seconds: started.elapsed().as_secs_f64(),
+        ledger_verified: ledger.is_ok(),
+        dashboard,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("readings generated     {}", summary.generated);
+        println!("readings acknowledged  {}", summary.acknowledged);
+        println!("readings stored        {}", summary.stored);
+        println!("readings lost          {}", summary.lost);
+        println!("blocks sealed          {}", summary.blocks);
+        println!("retransmissions        {}", summary.retransmissions);
+        println!(
+            "ledger verified        {}",
+            if summary.ledger_verified { "yes" } else { "NO" }
+        );
+    }
+    if !meters_drained || !relay_drained {
+        eprintln!("warning: the pipeline did not drain completely within the time allowed");
+    }
+    let ok = summary.lost == 0 && summary.ledger_verified;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

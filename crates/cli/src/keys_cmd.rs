@@ -1,0 +1,212 @@
+//! `gridpow keys …`: key directory management.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_common::{format_mac, parse_mac};
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key directory: site secret, relay and server keys, CA and TLS certificates, registries.
+    Init {
+        /// The key directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Relay ids to create keys and client certificates for (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        relays: Vec<u32>,
+        /// Number of grid-server client certificates (server-1 … server-N).
+        #[arg(long, default_value_t = 1)]
+        servers: u32,
+        /// Extra DNS names or IPs for the broker certificate (repeatable).
+        #[arg(long = "broker-name")]
+        broker_names: Vec<String>,
+    },
+    /// Register one meter and write what it must be flashed with (`meters/<id>.toml`).
+    AddMeter {
+        /// The key directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Meter id.
+        #[arg(long)]
+        id: u32,
+        /// The meter's MAC (AA:BB:CC:DD:EE:FF), to bind it.
+        #[arg(long)]
+        mac: Option<String>,
+        /// The relay's Wi-Fi channel, written to the provisioning file.
+        #[arg(long, default_value_t = 1)]
+        channel: u8,
+        /// Reporting interval in seconds.
+        #[arg(long, default_value_t = 10)]
+        interval: u32,
+    },
+    /// Register many meters: from a CSV file with columns `id,mac` (mac may be empty), or an id range.
+    AddMeters {
+        /// The key directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// CSV file (header `id,mac`).
+        #[arg(long, conflicts_with = "range")]
+        csv: Option<PathBuf>,
+        /// Inclusive id range such as `1-500`.
+        #[arg(long)]
+        range: Option<String>,
+    },
+    /// Create keys and a client certificate for another relay.
+    AddRelay {
+        /// The key directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Relay id.
+        #[arg(long)]
+        id: u32,
+    },
+    /// Issue an MQTT client certificate (CN = name, used as broker username with mTLS).
+    IssueClient {
+        /// The key directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Client name, e.g. server-2.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        KeysCommand::Init {
+            dir,
+            relays,
+            servers,
+            broker_names,
+        } => {
+            let kd = KeyDir::new(&dir);
+            kd.init(&InitOptions {
+                relay_ids: relays.clone(),
+                broker_names,
+                servers,
+            })?;
+            println!("created key directory {}", dir.display());
+            println!(
+                "  site secret      {} (0600, SECRET)",
+                kd.site_path().display()
+            );
+            for id in &relays {
+                println!(
+                    "  relay {id} key      {} (0600)",
+                    kd.relay_key_path(*id).display()
+                );
+            }
+            println!(
+                "  server key       {} (0600)",
+                kd.server_key_path().display()
+            );
+            println!("  TLS CA           {}", kd.ca_cert_path().display());
+            println!(
+                "  meter registry   {} (add meters with `gridpow keys add-meter`)",
+                kd.meters_path().display()
+            );
+        }
+        KeysCommand::AddMeter {
+            dir,
+            id,
+            mac,
+            channel,
+            interval,
+        } => {
+            let kd = KeyDir::new(&dir);
+            let mac = match mac {
+                Some(m) => Some(parse_mac(&m).with_context(|| {
+                    format!("--mac {m:?} is not a MAC address like AA:BB:CC:DD:EE:FF")
+                })?),
+                None => None,
+            };
+            let prov = kd.add_meter(id, mac, channel, interval)?;
+            let path = dir.join("meters").join(format!("{id}.toml"));
+            println!("meter {id} registered (key id {})", prov.key_id);
+            if let Some(m) = mac {
+                println!("  bound to MAC {}", format_mac(&m));
+            }
+            println!(
+                "  flash this file to the meter, then delete it: {} (0600, SECRET)",
+                path.display()
+            );
+            println!("  it holds: meter_id, key_id, meter_secret (32 bytes hex), channel {channel}, interval {interval} s");
+            println!("  see docs/hardware.md, \"Provisioning\"");
+        }
+        KeysCommand::AddMeters { dir, csv, range } => {
+            let kd = KeyDir::new(&dir);
+            let meters = match (csv, range) {
+                (Some(path), None) => read_csv(&path)?,
+                (None, Some(r)) => {
+                    let (a, b) = r
+                        .split_once('-')
+                        .with_context(|| format!("--range {r:?} must look like 1-500"))?;
+                    let (a, b): (u32, u32) = (a.trim().parse()?, b.trim().parse()?);
+                    if a > b {
+                        bail!("--range {r:?}: first id is larger than the last");
+                    }
+                    (a..=b).map(|id| (id, None)).collect()
+                }
+                _ => bail!("give --csv FILE or --range A-B"),
+            };
+            let n = kd.add_meters(&meters)?;
+            println!("registered {n} meters in {}", kd.meters_path().display());
+            println!("meter secrets derive from the site secret; write a meter's flash file with `gridpow keys add-meter --id N`");
+        }
+        KeysCommand::AddRelay { dir, id } => {
+            let kd = KeyDir::new(&dir);
+            let pk = kd.add_relay(id)?;
+            println!(
+                "relay {id}: key {} (public {})",
+                kd.relay_key_path(id).display(),
+                hex_string(&pk.to_bytes())
+            );
+        }
+        KeysCommand::IssueClient { dir, name } => {
+            let kd = KeyDir::new(&dir);
+            let files = kd.issue_client_cert(&name)?;
+            println!(
+                "client certificate {} and key {} (0600)",
+                files.cert.display(),
+                files.key.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex_string(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<(u32, Option<gridpow_proto::MacAddr>)>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_path(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut out = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.with_context(|| format!("{}:{line}: not valid CSV", path.display()))?;
+        let id: u32 =
+            rec.get(0).unwrap_or("").parse().with_context(|| {
+                format!("{}:{line}: column id is not a meter id", path.display())
+            })?;
+        let mac = match rec.get(1).filter(|s| !s.is_empty()) {
+            Some(m) => Some(parse_mac(m).with_context(|| {
+                format!(
+                    "{}:{line}: column mac {m:?} is not a MAC address",
+                    path.display()
+                )
+            })?),
+            None => None,
+        };
+        out.push((id, mac));
+    }
+    Ok(out)
+}

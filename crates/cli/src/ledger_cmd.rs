@@ -1,0 +1,58 @@
+//! `gridpow verify-ledger`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use gridpow_common::keys::KeyDir;
+
+#[derive(Args, Debug)]
+pub struct VerifyLedgerArgs {
+    /// A demo data directory (uses DIR/gridpow.db and DIR/keys).
+    #[arg(long, conflicts_with = "db")]
+    data_dir: Option<PathBuf>,
+    /// The database: a SQLite path or URL.
+    #[arg(long)]
+    db: Option<String>,
+    /// The key directory (default: DATA_DIR/keys, or ./keys with --db).
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: VerifyLedgerArgs) -> anyhow::Result<ExitCode> {
+    let (db, keys) = match (&a.data_dir, &a.db) {
+        (Some(d), _) => (
+            d.join("gridpow.db").to_string_lossy().into_owned(),
+            a.keys.clone().unwrap_or_else(|| d.join("keys")),
+        ),
+        (None, Some(db)) => (
+            db.clone(),
+            a.keys.clone().unwrap_or_else(|| PathBuf::from("keys")),
+        ),
+        (None, None) => {
+            let d = crate::default_data_dir();
+            (
+                d.join("gridpow.db").to_string_lossy().into_owned(),
+                a.keys.clone().unwrap_or_else(|| d.join("keys")),
+            )
+        }
+    };
+    let keys = KeyDir::new(keys);
+    match gridpow_server::verify_ledger(&db, &keys) {
+        Ok(report) => {
+            if a.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("ledger OK: {report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("LEDGER INVALID: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! `gridpow`: the command line of the gridpow stack.
+//!
+//! Flags are parsed into plain data here, validated into configurations by
+//! each subcommand's module, and the libraries do the work.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod keys_cmd;
+mod ledger_cmd;
+mod services;
+
+/// gridpow: smart-meter readings from ESP32 meters to a verified database, sealed end to end.
+#[derive(Parser, Debug)]
+#[command(name = "gridpow", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing syntax, e.g. `info`, `gridpow_relay=debug`); also `RUST_LOG`.
+    #[arg(
+        long,
+        global = true,
+        env = "GRIDPOW_LOG",
+        default_value = "warn,rumqttd=off"
+    )]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run everything on one machine: embedded TLS broker, relay, grid server on SQLite, virtual meters, dashboard.
+    Demo(demo::DemoArgs),
+    /// Create and manage keys, certificates and the meter registry.
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
+    /// Run a relay (cluster head): radio ingress, journal, blocks with PoW, MQTT publishing.
+    Relay(services::ConfigArg),
+    /// Run a grid server: verify blocks, store readings, HTTP API and dashboard.
+    Server(services::ConfigArg),
+    /// Run virtual meters that send over UDP air to a relay.
+    Meters(services::ConfigArg),
+    /// Re-verify the whole stored ledger offline (signatures, PoW, Merkle roots, chain, meter tags).
+    VerifyLedger(ledger_cmd::VerifyLedgerArgs),
+    /// Print a commented example configuration with every default.
+    ExampleConfig {
+        /// Which one: relay, server or meters.
+        #[arg(value_enum)]
+        kind: services::ConfigKind,
+    },
+}
+
+fn init_logging(filter: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Keys(k) => keys_cmd::run(k),
+        Command::Relay(a) => services::run_relay(&a.config),
+        Command::Server(a) => services::run_server(&a.config),
+        Command::Meters(a) => services::run_meters(&a.config),
+        Command::VerifyLedger(a) => ledger_cmd::run(a),
+        Command::ExampleConfig { kind } => services::example_config(kind),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Directory default used by several commands.
+pub(crate) fn default_data_dir() -> PathBuf {
+    PathBuf::from("gridpow-data")
+}
