@@ -1,0 +1,197 @@
+//! The `gridpow` binary end to end: keys, the demo's summary, and the offline
+//! ledger check catching a single altered byte.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn gridpow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gridpow"))
+        .args(args)
+        .output()
+        .expect("gridpow runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn keys_init_and_add_meter_write_secret_files_with_mode_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let k = keys.to_str().unwrap();
+    let o = gridpow(&["keys", "init", "--dir", k, "--relays", "1,2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = gridpow(&[
+        "keys",
+        "add-meter",
+        "--dir",
+        k,
+        "--id",
+        "7",
+        "--mac",
+        "aa:bb:cc:dd:ee:07",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("meters/7.toml"));
+    use std::os::unix::fs::PermissionsExt;
+    for f in [
+        "site.toml",
+        "relays/1.key",
+        "relays/2.key",
+        "server.key",
+        "meters/7.toml",
+        "tls/ca.key",
+        "tls/relay-2.key",
+    ] {
+        let mode = std::fs::metadata(keys.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let reg = std::fs::read_to_string(keys.join("meters.toml")).unwrap();
+    assert!(reg.contains("AA:BB:CC:DD:EE:07"), "{reg}");
+    // Running init again must not overwrite the site secret.
+    let o = gridpow(&["keys", "init", "--dir", k]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("refusing to overwrite"), "{}", text(&o));
+}
+
+#[test]
+fn bulk_meter_import_names_the_bad_csv_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let k = keys.to_str().unwrap();
+    assert!(gridpow(&["keys", "init", "--dir", k]).status.success());
+    let csv = dir.path().join("meters.csv");
+    std::fs::write(&csv, "id,mac\n1,02:00:00:00:00:01\n2,\n3,not-a-mac\n").unwrap();
+    let o = gridpow(&[
+        "keys",
+        "add-meters",
+        "--dir",
+        k,
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("meters.csv:4"), "{}", text(&o));
+    std::fs::write(&csv, "id,mac\n1,02:00:00:00:00:01\n2,\n").unwrap();
+    let o = gridpow(&[
+        "keys",
+        "add-meters",
+        "--dir",
+        k,
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = gridpow(&["keys", "add-meters", "--dir", k, "--range", "3-40"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(keys.join("meters.toml"))
+            .unwrap()
+            .matches("[[meter]]")
+            .count(),
+        40
+    );
+}
+
+#[test]
+fn broken_config_names_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(&cfg, "relay_id = 1\ndifficulty = \"hard\"\n").unwrap();
+    let o = gridpow(&["relay", "--config", cfg.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("relay.toml") && t.contains("difficulty"), "{t}");
+    let o = gridpow(&[
+        "server",
+        "--config",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("missing.toml"), "{}", text(&o));
+}
+
+#[test]
+fn example_configs_parse_back() {
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["relay", "server", "meters"] {
+        let o = gridpow(&["example-config", kind]);
+        assert!(o.status.success(), "{}", text(&o));
+        let p = dir.path().join(format!("{kind}.toml"));
+        std::fs::write(&p, &o.stdout).unwrap();
+        let v: toml::Value = toml::from_str(&String::from_utf8_lossy(&o.stdout)).unwrap();
+        assert!(v.as_table().is_some_and(|t| !t.is_empty()), "{kind}");
+    }
+}
+
+fn alter_one_byte_of_a_stored_reading(db: &Path) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let n = c.execute("UPDATE readings SET power_dw = power_dw + 1 WHERE id = (SELECT id FROM readings ORDER BY id LIMIT 1 OFFSET 5)", []).unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn demo_stores_every_reading_once_and_the_ledger_detects_one_altered_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let d = data.to_str().unwrap();
+    let o = gridpow(&[
+        "demo",
+        "--meters",
+        "12",
+        "--duration",
+        "8",
+        "--loss",
+        "0.25",
+        "--data-dir",
+        d,
+        "--http",
+        "127.0.0.1:0",
+        "--difficulty",
+        "12",
+        "--json",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    let s: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {out}"));
+    let n = |k: &str| {
+        s[k].as_u64()
+            .unwrap_or_else(|| panic!("{k} missing in {s}"))
+    };
+    assert!(n("generated") >= 12 * 6, "{s}");
+    assert_eq!(n("lost"), 0, "{s}");
+    assert_eq!(n("stored"), n("generated"), "{s}");
+    assert_eq!(n("acknowledged"), n("generated"), "{s}");
+    assert!(n("blocks") >= 2, "{s}");
+    assert!(
+        n("retransmissions") > 0,
+        "25 % loss must cause retransmissions: {s}"
+    );
+    // Each reading is in the database exactly once.
+    let db = data.join("gridpow.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let (rows, distinct): (i64, i64) = c
+            .query_row("SELECT COUNT(*), (SELECT COUNT(*) FROM (SELECT DISTINCT meter_id, epoch, seq FROM readings)) FROM readings", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!(rows as u64, n("stored"));
+        assert_eq!(rows, distinct);
+    }
+    let o = gridpow(&["verify-ledger", "--data-dir", d]);
+    assert!(o.status.success(), "{}", text(&o));
+    alter_one_byte_of_a_stored_reading(&db);
+    let o = gridpow(&["verify-ledger", "--data-dir", d]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("LEDGER INVALID") && t.contains("block"), "{t}");
+}
