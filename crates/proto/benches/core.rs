@@ -21,9 +21,23 @@ fn hashing(c: &mut Criterion) {
     let block = [0x5au8; 64];
     g.bench_function("compress256", |b| {
         let mut state = [0u32; 8];
-        b.iter(|| sha2::block_api::compress256(black_box(&mut state), core::slice::from_ref(black_box(&block))))
+        b.iter(|| {
+            sha2::block_api::compress256(
+                black_box(&mut state),
+                core::slice::from_ref(black_box(&block)),
+            )
+        })
     });
-    let header = BlockHeaderRepr { difficulty: 255, relay_id: 1, height: 1, prev_hash: [1; 32], merkle_root: [2; 32], leaf_count: 1, time_ms: 0, nonce: 0 };
+    let header = BlockHeaderRepr {
+        difficulty: 255,
+        relay_id: 1,
+        height: 1,
+        prev_hash: [1; 32],
+        merkle_root: [2; 32],
+        leaf_count: 1,
+        time_ms: 0,
+        nonce: 0,
+    };
     g.bench_function("pow_try", |b| {
         let mut s = PowSolver::new(&header, 0, 1);
         b.iter(|| black_box(s.solve_for(1)))
@@ -41,8 +55,21 @@ fn sealing(c: &mut Criterion) {
             let mut counter = 0u32;
             b.iter(|| {
                 counter += 1;
-                let h = UplinkHeader { key_id: 1, meter_id: 1, boot_epoch: 1, counter };
-                uplink::seal(&RustCrypto, &keys, &h, 0, &[Reading::default(); 6][..n], &mut out).expect("seal")
+                let h = UplinkHeader {
+                    key_id: 1,
+                    meter_id: 1,
+                    boot_epoch: 1,
+                    counter,
+                };
+                uplink::seal(
+                    &RustCrypto,
+                    &keys,
+                    &h,
+                    0,
+                    &[Reading::default(); 6][..n],
+                    &mut out,
+                )
+                .expect("seal")
             })
         });
     }
@@ -52,13 +79,25 @@ fn sealing(c: &mut Criterion) {
 fn verification(c: &mut Criterion) {
     let ring = common::keyring(64);
     let vk = common::relay_key().verifying_key();
-    let policy = VerifyPolicy { relay_id: 1, min_difficulty: 12 };
+    let policy = VerifyPolicy {
+        relay_id: 1,
+        min_difficulty: 12,
+    };
     let mut g = c.benchmark_group("verify_block");
     for (readings, per_frame) in [(64usize, 1usize), (64, 6), (256, 1), (256, 6)] {
         let block = common::block(readings, per_frame, &ring);
         g.throughput(Throughput::Elements(readings as u64));
         g.bench_function(format!("{readings}_readings_{per_frame}_per_frame"), |b| {
-            b.iter_batched(|| (), |_| verify_block(&RustCrypto, black_box(&block), &vk, &policy, &ring, |_| Ok(())).expect("valid"), BatchSize::SmallInput)
+            b.iter_batched(
+                || (),
+                |_| {
+                    verify_block(&RustCrypto, black_box(&block), &vk, &policy, &ring, |_| {
+                        Ok(())
+                    })
+                    .expect("valid")
+                },
+                BatchSize::SmallInput,
+            )
         });
     }
     g.finish();

@@ -30,35 +30,60 @@ fn rate(budget: Duration, batch: u64, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let budget = Duration::from_millis(std::env::var("GRIDPOW_BENCH_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(1500));
+    let budget = Duration::from_millis(
+        std::env::var("GRIDPOW_BENCH_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1500),
+    );
     let block = [0x5au8; 64];
     let mut state = [0u32; 8];
-    let header = BlockHeaderRepr { difficulty: 255, relay_id: 1, height: 1, prev_hash: [1; 32], merkle_root: [2; 32], leaf_count: 1, time_ms: 0, nonce: 0 };
+    let header = BlockHeaderRepr {
+        difficulty: 255,
+        relay_id: 1,
+        height: 1,
+        prev_hash: [1; 32],
+        merkle_root: [2; 32],
+        leaf_count: 1,
+        time_ms: 0,
+        nonce: 0,
+    };
     let mut solver = PowSolver::new(&header, 0, 1);
     // Interleave baseline and candidate twice to even out frequency scaling.
     let mut sha = 0.0;
     let mut pow = 0.0;
     for _ in 0..2 {
         sha += rate(budget / 2, 10_000, || {
-            sha2::block_api::compress256(black_box(&mut state), core::slice::from_ref(black_box(&block)))
+            sha2::block_api::compress256(
+                black_box(&mut state),
+                core::slice::from_ref(black_box(&block)),
+            )
         });
         // One call tries 10 000 nonces (difficulty 255 never succeeds), as a solver thread does.
-        pow += 10_000.0 * rate(budget / 2, 1, || {
-            black_box(solver.solve_for(10_000));
-        });
+        pow += 10_000.0
+            * rate(budget / 2, 1, || {
+                black_box(solver.solve_for(10_000));
+            });
     }
     let (sha, pow) = (sha / 2.0, pow / 2.0);
 
     let ring = common::keyring(64);
     let vk = common::relay_key().verifying_key();
-    let policy = VerifyPolicy { relay_id: 1, min_difficulty: 12 };
+    let policy = VerifyPolicy {
+        relay_id: 1,
+        min_difficulty: 12,
+    };
     let mut verify = serde_json::Map::new();
     for (readings, per_frame) in [(64usize, 1usize), (64, 6), (256, 1), (256, 6)] {
         let b = common::block(readings, per_frame, &ring);
         let blocks_per_s = rate(budget, 10, || {
-            verify_block(&RustCrypto, black_box(&b), &vk, &policy, &ring, |_| Ok(())).expect("valid");
+            verify_block(&RustCrypto, black_box(&b), &vk, &policy, &ring, |_| Ok(()))
+                .expect("valid");
         });
-        verify.insert(format!("readings_per_s_{readings}r_{per_frame}pf"), serde_json::json!(blocks_per_s * readings as f64));
+        verify.insert(
+            format!("readings_per_s_{readings}r_{per_frame}pf"),
+            serde_json::json!(blocks_per_s * readings as f64),
+        );
     }
     // Where verification time goes, per block component.
     let msg = [7u8; 48];

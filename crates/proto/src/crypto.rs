@@ -3,7 +3,8 @@
 //! - Per-meter secrets come from the site secret with HKDF-SHA256
 //!   ([`derive_meter_secret`]); a meter is flashed with its 32-byte
 //!   [`MeterSecret`] only, never the site secret.
-//! - Uplink bodies are sealed with AES-128-CCM (16-byte tag, 13-byte nonce).
+//! - Uplink bodies are sealed with AES-128-CCM (16-byte tag, 13-byte nonce),
+//!   implemented in [`ccm`] over any AES block function.
 //! - ACKs carry an HMAC-SHA256 tag truncated to 16 bytes under a separate key,
 //!   so re-sending an ACK with a fresh relay time never reuses an AEAD nonce.
 //!
@@ -12,6 +13,8 @@
 
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
+
+pub mod ccm;
 
 use crate::Hash;
 
@@ -169,54 +172,92 @@ pub use soft::RustCrypto;
 
 #[cfg(feature = "rustcrypto")]
 mod soft {
-    use super::{CryptoProvider, NONCE_LEN, TAG_LEN};
+    use super::{ccm, CryptoProvider, NONCE_LEN, TAG_LEN};
+    use aes::cipher::{
+        array::Array, consts::U16, BlockCipherEncBackend, BlockCipherEncClosure,
+        BlockCipherEncrypt, BlockSizeUser, KeyInit,
+    };
     use aes::Aes128;
-    use ccm::aead::{AeadInOut, KeyInit};
-    use ccm::consts::{U13, U16};
-    use ccm::Ccm;
     use hmac::{Hmac, Mac};
     use sha2::Sha256;
 
-    type Aes128Ccm = Ccm<Aes128, U16, U13>;
-
-    /// The software provider: RustCrypto's `aes`, `ccm`, `hmac` and `sha2`
-    /// (AES-NI and SHA-NI are used when the CPU has them).
+    /// The software provider: RustCrypto's `aes` (AES-NI when the CPU has it)
+    /// under this crate's CCM, `hmac` and `sha2`.
     #[derive(Clone, Copy, Debug, Default)]
     pub struct RustCrypto;
 
-    impl CryptoProvider for RustCrypto {
-        type AeadKey = Aes128Ccm;
+    /// Runs a whole CCM operation inside one call of the AES backend.
+    struct CcmJob<'a> {
+        nonce: &'a [u8; NONCE_LEN],
+        aad: &'a [u8],
+        buf: &'a mut [u8],
+        tag: Option<&'a [u8; TAG_LEN]>,
+        out: &'a mut Option<[u8; TAG_LEN]>,
+    }
 
-        fn aead_key(&self, key: &[u8; 16]) -> Aes128Ccm {
-            Aes128Ccm::new(key.into())
+    impl BlockSizeUser for CcmJob<'_> {
+        type BlockSize = U16;
+    }
+
+    impl BlockCipherEncClosure for CcmJob<'_> {
+        fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
+            let mut enc = |b: &mut [u8; 16]| {
+                let block: &mut Array<u8, U16> = b.into();
+                backend.encrypt_block(block.into());
+            };
+            *self.out = match self.tag {
+                None => ccm::seal_with(&mut enc, self.nonce, self.aad, self.buf),
+                Some(tag) => {
+                    ccm::open_with(&mut enc, self.nonce, self.aad, self.buf, tag).then_some(*tag)
+                }
+            };
+        }
+    }
+
+    impl CryptoProvider for RustCrypto {
+        type AeadKey = Aes128;
+
+        fn aead_key(&self, key: &[u8; 16]) -> Aes128 {
+            Aes128::new(key.into())
         }
 
         fn aead_seal(
             &self,
-            key: &Aes128Ccm,
+            key: &Aes128,
             nonce: &[u8; NONCE_LEN],
             aad: &[u8],
             in_out: &mut [u8],
         ) -> [u8; TAG_LEN] {
-            // CCM with L = 2 refuses messages over 64 KiB; frames are at most 250 bytes,
-            // so failure is impossible here and is mapped to an all-zero tag that never verifies
-            // against a real seal.
-            match key.encrypt_inout_detached(nonce.into(), aad, in_out.into()) {
-                Ok(tag) => tag.into(),
-                Err(_) => [0; TAG_LEN],
-            }
+            let mut out = None;
+            key.encrypt_with_backend(CcmJob {
+                nonce,
+                aad,
+                buf: in_out,
+                tag: None,
+                out: &mut out,
+            });
+            // Only messages over 64 KiB fail; frames are at most 250 bytes. An all-zero
+            // tag never verifies against a real seal.
+            out.unwrap_or([0; TAG_LEN])
         }
 
         fn aead_open(
             &self,
-            key: &Aes128Ccm,
+            key: &Aes128,
             nonce: &[u8; NONCE_LEN],
             aad: &[u8],
             in_out: &mut [u8],
             tag: &[u8; TAG_LEN],
         ) -> bool {
-            key.decrypt_inout_detached(nonce.into(), aad, in_out.into(), tag.into())
-                .is_ok()
+            let mut out = None;
+            key.encrypt_with_backend(CcmJob {
+                nonce,
+                aad,
+                buf: in_out,
+                tag: Some(tag),
+                out: &mut out,
+            });
+            out.is_some()
         }
 
         fn hmac_sha256(&self, key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
@@ -263,5 +304,17 @@ mod tests {
         assert!(!p.aead_open(&key, &nonce, b"aad", &mut bad, &tag));
         let mut wrong_aad = buf;
         assert!(!p.aead_open(&key, &nonce, b"aae", &mut wrong_aad, &tag));
+        assert_eq!(wrong_aad, [0; 24], "failed opens leave no plaintext behind");
+    }
+
+    // Lengths 0..=250 and random inputs are cross-checked against the `ccm` crate
+    // in tests/ccm_crosscheck.rs.
+    #[test]
+    fn empty_message_and_empty_aad_still_authenticate() {
+        let p = RustCrypto;
+        let key = p.aead_key(&[7; 16]);
+        let tag = p.aead_seal(&key, &[1; NONCE_LEN], b"", &mut []);
+        assert!(p.aead_open(&key, &[1; NONCE_LEN], b"", &mut [], &tag));
+        assert!(!p.aead_open(&key, &[2; NONCE_LEN], b"", &mut [], &tag));
     }
 }
