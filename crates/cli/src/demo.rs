@@ -67,7 +67,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     if a.meters == 0 {
         anyhow::bail!("--meters must be at least 1");
     }
-    if !(a.interval > 0.0) {
+    if a.interval.is_nan() || a.interval <= 0.0 {
         anyhow::bail!("--interval must be positive");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

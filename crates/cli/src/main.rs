@@ -44,6 +44,8 @@ enum Command {
     Meters(services::ConfigArg),
     /// Re-verify the whole stored ledger offline (signatures, PoW, Merkle roots, chain, meter tags).
     VerifyLedger(ledger_cmd::VerifyLedgerArgs),
+    /// Simulate the radio channel with thousands of meters (scalability study).
+    Sim(gridpow_sim::SimArgs),
     /// Print a commented example configuration with every default.
     ExampleConfig {
         /// Which one: relay, server or meters.
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Server(a) => services::run_server(&a.config),
         Command::Meters(a) => services::run_meters(&a.config),
         Command::VerifyLedger(a) => ledger_cmd::run(a),
+        Command::Sim(a) => gridpow_sim::run_cli(a).map(|()| ExitCode::SUCCESS),
         Command::ExampleConfig { kind } => services::example_config(kind),
     };
     match result {

@@ -1,0 +1,105 @@
+//! The relay's meter registry for the simulator: a `Vec` indexed by meter id,
+//! O(1) per lookup, implementing the protocol core's [`MeterTable`].
+
+use gridpow_proto::crypto::RustCrypto;
+use gridpow_proto::ingress::{MeterEntry, MeterTable};
+use gridpow_proto::MacAddr;
+
+/// The MAC address the simulator gives meter `id`: locally administered, then
+/// the id in big-endian.
+pub fn meter_mac(id: u32) -> MacAddr {
+    let b = id.to_be_bytes();
+    [0x02, 0x47, b[0], b[1], b[2], b[3]]
+}
+
+/// The meter id encoded in a simulator MAC address, if it is a meter's.
+pub fn mac_meter(mac: &MacAddr) -> Option<u32> {
+    (mac[0] == 0x02 && mac[1] == 0x47).then(|| u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]))
+}
+
+/// The meters of one relay: ids `offset, offset + stride, offset + 2·stride, …`
+/// (meter `m` belongs to relay `m % relays`), stored densely.
+pub struct StridedMeterTable {
+    stride: u32,
+    offset: u32,
+    entries: Vec<MeterEntry<RustCrypto>>,
+}
+
+impl StridedMeterTable {
+    /// An empty table for the meters `offset + k·stride`.
+    pub fn new(stride: u32, offset: u32, capacity: usize) -> Self {
+        StridedMeterTable {
+            stride: stride.max(1),
+            offset,
+            entries: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Appends the next meter; returns `false` if its id is not the next one of
+    /// this table's sequence.
+    pub fn push(&mut self, entry: MeterEntry<RustCrypto>) -> bool {
+        let expected = u64::from(self.offset) + self.entries.len() as u64 * u64::from(self.stride);
+        if u64::from(entry.meter_id) != expected {
+            return false;
+        }
+        self.entries.push(entry);
+        true
+    }
+
+    /// Number of meters.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn index(&self, meter_id: u32) -> Option<usize> {
+        let rel = meter_id.checked_sub(self.offset)?;
+        (rel % self.stride == 0).then_some((rel / self.stride) as usize)
+    }
+}
+
+impl MeterTable<RustCrypto> for StridedMeterTable {
+    fn mac_allowed(&self, mac: &MacAddr) -> bool {
+        mac_meter(mac).is_some_and(|id| self.get(id).is_some_and(|e| e.mac.as_ref() == Some(mac)))
+    }
+    fn get(&self, meter_id: u32) -> Option<&MeterEntry<RustCrypto>> {
+        self.entries.get(self.index(meter_id)?)
+    }
+    fn get_mut(&mut self, meter_id: u32) -> Option<&mut MeterEntry<RustCrypto>> {
+        let i = self.index(meter_id)?;
+        self.entries.get_mut(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridpow_proto::crypto::{MeterKeys, MeterSecret};
+
+    fn entry(id: u32) -> MeterEntry<RustCrypto> {
+        MeterEntry::new(
+            id,
+            Some(meter_mac(id)),
+            MeterKeys::new(&RustCrypto, 1, &MeterSecret([1; 32])),
+        )
+    }
+
+    #[test]
+    fn strided_table_finds_only_its_own_meters() {
+        let mut t = StridedMeterTable::new(3, 1, 4);
+        assert!(t.push(entry(1)));
+        assert!(t.push(entry(4)));
+        assert!(!t.push(entry(8)));
+        assert_eq!(t.get(4).map(|e| e.meter_id), Some(4));
+        assert!(t.get(2).is_none());
+        assert!(t.get(7).is_none());
+        assert!(t.get(0).is_none());
+        assert!(t.mac_allowed(&meter_mac(1)));
+        assert!(!t.mac_allowed(&meter_mac(2)));
+        assert_eq!(mac_meter(&meter_mac(0xdead_beef)), Some(0xdead_beef));
+    }
+}

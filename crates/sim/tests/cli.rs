@@ -1,0 +1,77 @@
+//! The command line: `--json` prints one object with the classical ALOHA
+//! figures, and bad flags are refused with a message.
+
+mod common;
+
+use std::process::Command;
+
+fn sim() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gridpow-sim"))
+}
+
+#[test]
+fn json_output_is_one_object_with_the_classical_figures() {
+    let seed = common::seed().to_string();
+    let out = sim()
+        .args([
+            "--meters",
+            "50",
+            "--interval",
+            "5",
+            "--duration",
+            "20",
+            "--mac",
+            "aloha",
+            "--poisson",
+        ])
+        .args(["--max-retries", "0", "--json", "--seed", &seed])
+        .output()
+        .expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "seed {seed}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(stdout.trim().lines().count(), 1, "seed {seed}: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    for key in [
+        "offered_load",
+        "throughput",
+        "delivery_ratio",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "uplinks_simulated",
+    ] {
+        assert!(
+            v.get(key).is_some_and(|x| x.is_number()),
+            "seed {seed}: missing {key}"
+        );
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&seed),
+        "the seed is printed"
+    );
+}
+
+#[test]
+fn the_seed_comes_from_the_environment_when_no_flag_gives_it() {
+    let out = sim()
+        .args(["--meters", "5", "--duration", "10", "--json"])
+        .env("GRIDPOW_SIM_SEED", "12345")
+        .output()
+        .expect("the binary runs");
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["seed"], 12345);
+}
+
+#[test]
+fn out_of_range_flags_are_refused_with_a_reason() {
+    let out = sim()
+        .args(["--meters", "10", "--loss", "1.5"])
+        .output()
+        .expect("the binary runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loss"));
+}
