@@ -1,4 +1,5 @@
 //! The `gridpow` binary end to end: keys, the demo's summary, and the offline
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 //! ledger check catching a single altered byte.
 
 use std::path::Path;
