@@ -1,6 +1,6 @@
 //! The `gridpow` binary end to end: keys, the demo's summary, and the offline
-#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 //! ledger check catching a single altered byte.
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 use std::path::Path;
 use std::process::{Command, Output};
