@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use gridpow_broker::{Mosquitto, MosquittoOptions};
