@@ -245,6 +245,57 @@ impl Mosquitto {
                 p.display()
             ));
         }
+        Self::launch(conf, dir, port)
+    }
+
+    /// Starts Mosquitto from a production configuration file such as
+    /// `docs/deploy/mosquitto.conf`, rewritten only to run privately: its
+    /// `/etc/mosquitto/gridpow/` paths point into the key directory and at
+    /// `acl`, its listener moves to a free port on 127.0.0.1, persistence to a
+    /// temporary directory. Every security setting stays as shipped.
+    pub fn start_from_config(
+        keys: &KeyDir,
+        config: &Path,
+        acl: &Path,
+    ) -> Result<Mosquitto, BrokerError> {
+        let dir = tempfile::tempdir().map_err(io("creating a temporary directory"))?;
+        let port = free_port()?;
+        let text =
+            std::fs::read_to_string(config).map_err(io(format!("reading {}", config.display())))?;
+        let tls = keys.broker_tls();
+        let mut conf = format!(
+            "# Rewritten from {} for a private test instance.\nuser root\nlog_dest file {}\nlog_type all\n",
+            config.display(),
+            dir.path().join("mosquitto.log").display()
+        );
+        for line in text.lines() {
+            let l = line.trim();
+            let rewritten = if l.starts_with("listener ") {
+                format!("listener {port} 127.0.0.1")
+            } else if l.starts_with("persistence_location ") {
+                format!("persistence_location {}/", dir.path().display())
+            } else {
+                line.replace(
+                    "/etc/mosquitto/gridpow/tls/ca.pem",
+                    &keys.ca_cert_path().to_string_lossy(),
+                )
+                .replace(
+                    "/etc/mosquitto/gridpow/tls/broker.pem",
+                    &tls.cert.to_string_lossy(),
+                )
+                .replace(
+                    "/etc/mosquitto/gridpow/tls/broker.key",
+                    &tls.key.to_string_lossy(),
+                )
+                .replace("/etc/mosquitto/gridpow/acl", &acl.to_string_lossy())
+            };
+            conf.push_str(&rewritten);
+            conf.push('\n');
+        }
+        Self::launch(conf, dir, port)
+    }
+
+    fn launch(conf: String, dir: tempfile::TempDir, port: u16) -> Result<Mosquitto, BrokerError> {
         let conf_path = dir.path().join("mosquitto.conf");
         std::fs::write(&conf_path, conf).map_err(io("writing mosquitto.conf"))?;
         let child = spawn_mosquitto(&conf_path, dir.path())?;

@@ -64,6 +64,15 @@ pub enum KeysCommand {
         #[arg(long)]
         id: u32,
     },
+    /// Write a Mosquitto ACL file: each relay may publish only its own topics, servers read blocks and publish receipts.
+    Acl {
+        /// The key directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Issue an MQTT client certificate (CN = name, used as broker username with mTLS).
     IssueClient {
         /// The key directory.
@@ -165,6 +174,17 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 kd.relay_key_path(id).display(),
                 hex_string(&pk.to_bytes())
             );
+        }
+        KeysCommand::Acl { dir, out } => {
+            let acl = KeyDir::new(&dir).mosquitto_acl()?;
+            match out {
+                Some(p) => {
+                    gridpow_common::keys::write_file(&p, acl.as_bytes(), false)
+                        .with_context(|| format!("writing {}", p.display()))?;
+                    println!("wrote {}", p.display());
+                }
+                None => print!("{acl}"),
+            }
         }
         KeysCommand::IssueClient { dir, name } => {
             let kd = KeyDir::new(&dir);
