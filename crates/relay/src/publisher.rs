@@ -68,7 +68,12 @@ struct Pending {
     path: PathBuf,
     last_sent: Option<Instant>,
     published: bool,
+    /// Quarantined receipts received for it (retries back off).
+    quarantined: u32,
 }
+
+/// First wait before offering a quarantined block again; doubles up to 64×.
+const QUARANTINE_RETRY: Duration = Duration::from_secs(30);
 
 /// The relay's status message (retained; also the last will, with "offline").
 pub fn status_json(relay_id: u32, online: bool, height: Option<u64>, time_ms: u64) -> String {
@@ -251,7 +256,7 @@ impl OutboxTask {
                     Some(PubCmd::Block { height, hash, bytes, path }) => {
                         let bytes = bytes.filter(|b| self.cached + b.len() <= CACHE_BYTES);
                         self.cached += bytes.as_ref().map_or(0, |b| b.len());
-                        self.pending.insert(height, Pending { hash, bytes, path, last_sent: None, published: false });
+                        self.pending.insert(height, Pending { hash, bytes, path, last_sent: None, published: false, quarantined: 0 });
                         self.pump();
                     }
                     Some(PubCmd::Shutdown(done)) => {
@@ -317,12 +322,24 @@ impl OutboxTask {
             tracing::debug!(height = r.height, "receipt for no waiting block");
             return;
         }
+        if r.status == ReceiptStatus::Quarantined {
+            // Not stored: keep the block and offer it again later. A quarantine can
+            // be cured (a meter registered late), and a receipt for a forged copy
+            // with our header must not make us forget the genuine block.
+            add(&self.shared.blocks_quarantined, 1);
+            tracing::error!(
+                height = r.height,
+                "the server quarantined our block; keeping it and retrying later"
+            );
+            if let Some(p) = self.pending.get_mut(&r.height) {
+                p.quarantined += 1;
+                let backoff = QUARANTINE_RETRY.saturating_mul(1 << p.quarantined.min(6));
+                p.last_sent = Some(Instant::now() + backoff.saturating_sub(self.republish_after));
+            }
+            return;
+        }
         if let Some(p) = self.pending.remove(&r.height) {
             self.cached -= p.bytes.as_ref().map_or(0, |b| b.len());
-        }
-        if r.status == ReceiptStatus::Quarantined {
-            add(&self.shared.blocks_quarantined, 1);
-            tracing::error!(height = r.height, "the server quarantined our block");
         }
         let _ = self.chain_tx.send(ChainEvent::Receipt {
             height: r.height,

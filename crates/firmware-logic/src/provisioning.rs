@@ -1,0 +1,738 @@
+//! Binary provisioning blobs: what `espflash write-bin` puts into the
+//! `gp_config` flash partition of a meter or a relay.
+//!
+//! Secrets and site settings never live in the firmware source or image: the
+//! same image runs on every meter, and each board gets its own blob. The blob
+//! is a fixed little-endian layout ending in a CRC-32 (IEEE, as zlib's), so a
+//! blank (all `0xFF`) or half-written partition is refused rather than used.
+//!
+//! ## Meter blob (128 bytes, magic `GPWM`)
+//!
+//! ```text
+//! offset size field
+//! 0      4    magic "GPWM"
+//! 4      1    layout version = 1
+//! 5      1    flags: bit 0 relay MAC present; others 0
+//! 6      2    blob length = 128 (u16)
+//! 8      4    meter_id (u32)
+//! 12     1    key_id
+//! 13     1    channel 1–14 (the relay's radio channel)
+//! 14     2    nominal line frequency in Hz (50 or 60)
+//! 16     4    interval_s: seconds per reading, ≥ 1
+//! 20     4    min_epoch: the boot epoch never goes below this (u32; see below)
+//! 24     6    relay MAC (zeros when absent: broadcast until the first ACK)
+//! 30     2    reserved = 0
+//! 32     32   meter secret (uplink key ‖ ACK key). SECRET
+//! 64     4    voltage gain, V per ADC code (f32; 0 = firmware default)
+//! 68     4    voltage noise offset, codes (f32)
+//! 72     4    current gain, A per ADC code (f32; 0 = firmware default)
+//! 76     4    current noise offset, codes (f32)
+//! 80     4    phase correction, samples (f32; positive delays the voltage)
+//! 84     4    active-power offset, codes² (f32)
+//! 88     4    sample rate per channel, Hz (u32; 0 = firmware default 4000)
+//! 92     4    energy checkpoint period, s (u32; 0 = firmware default 300)
+//! 96     28   reserved = 0
+//! 124    4    CRC-32 of bytes 0..124 (u32)
+//! ```
+//!
+//! `min_epoch` protects nonce uniqueness when the state partition was erased
+//! (for example by `espflash erase-flash`) but the meter keeps its key: the
+//! key derives deterministically from the site secret and the meter id, so the
+//! provisioning tool must then write a `min_epoch` above every epoch the
+//! meter used (the relay's replay window knows the last one).
+//!
+//! ## Relay blob (magic `GPWR`)
+//!
+//! ```text
+//! offset size field
+//! 0      4    magic "GPWR"
+//! 4      1    layout version = 1
+//! 5      1    mode: 1 bridge, 2 standalone
+//! 6      2    blob length = 256 + 44·n + 4 (u16)
+//! 8      4    relay_id (u32)
+//! 12     1    channel 1–14 (the access point's channel in standalone mode)
+//! 13     1    PoW difficulty (standalone)
+//! 14     1    n: number of meter entries (standalone), ≤ MAX_RELAY_METERS
+//! 15     1    flags: bit 0 require registered MACs; others 0
+//! 16     32   Ed25519 signing key seed (standalone; zeros in bridge mode). SECRET
+//! 48     32   grid server's Ed25519 public key (verifies commit receipts)
+//! 80     4    block interval, s (u32; 0 = firmware default 10)
+//! 84     2    MQTT broker port (u16; 0 = 8883)
+//! 86     2    reserved = 0
+//! 88     33   Wi-Fi SSID: length (1) ‖ 32 bytes
+//! 121    65   Wi-Fi passphrase: length (1) ‖ 64 bytes. SECRET
+//! 186    65   MQTT broker host name: length (1) ‖ 64 bytes
+//! 251    5    reserved = 0
+//! 256    44·n meter entries: meter_id u32 ‖ key_id u8 ‖ flags u8 (bit 0 MAC
+//!             present) ‖ MAC (6) ‖ meter secret (32)
+//! end    4    CRC-32 of everything before it
+//! ```
+
+use gridpow_proto::crypto::MeterSecret;
+use gridpow_proto::wire::serial::crc32;
+use gridpow_proto::MacAddr;
+
+/// Why a blob was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BlobError {
+    /// The region is erased (all `0xFF`): nothing was flashed.
+    Blank,
+    /// The magic is not the expected one (a blob for the other device kind?).
+    BadMagic,
+    /// A layout version this firmware does not know.
+    UnsupportedVersion(u8),
+    /// The length field does not match the layout or the buffer.
+    BadLength,
+    /// The CRC does not match: a damaged or half-written blob.
+    BadChecksum,
+    /// A reserved byte or flag bit is not zero.
+    NonZeroReserved,
+    /// A field is out of range (which one, for the log).
+    InvalidField(&'static str),
+    /// The output buffer is too small.
+    BufferTooSmall,
+}
+
+impl core::fmt::Display for BlobError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BlobError::Blank => f.write_str("configuration region is blank"),
+            BlobError::BadMagic => f.write_str("configuration magic does not match"),
+            BlobError::UnsupportedVersion(v) => write!(f, "configuration layout {v} unknown"),
+            BlobError::BadLength => f.write_str("configuration length is wrong"),
+            BlobError::BadChecksum => f.write_str("configuration CRC does not match"),
+            BlobError::NonZeroReserved => f.write_str("configuration reserved bytes are not zero"),
+            BlobError::InvalidField(n) => write!(f, "configuration field {n} is out of range"),
+            BlobError::BufferTooSmall => f.write_str("buffer too small for the configuration"),
+        }
+    }
+}
+
+/// Layout version of both blobs.
+pub const LAYOUT_VERSION: u8 = 1;
+/// Magic of a meter blob.
+pub const METER_MAGIC: [u8; 4] = *b"GPWM";
+/// Magic of a relay blob.
+pub const RELAY_MAGIC: [u8; 4] = *b"GPWR";
+/// Length of a meter blob.
+pub const METER_BLOB_LEN: usize = 128;
+/// Fixed part of a relay blob.
+pub const RELAY_HEADER_LEN: usize = 256;
+/// One meter entry in a relay blob.
+pub const RELAY_METER_ENTRY_LEN: usize = 44;
+/// Most meters a relay blob lists (the blob then fills most of a 4 KiB sector).
+pub const MAX_RELAY_METERS: usize = 64;
+/// Largest relay blob.
+pub const MAX_RELAY_BLOB_LEN: usize =
+    RELAY_HEADER_LEN + MAX_RELAY_METERS * RELAY_METER_ENTRY_LEN + 4;
+
+/// Default sample rate per channel.
+pub const DEFAULT_SAMPLE_RATE_HZ: u32 = 4000;
+/// Default energy checkpoint period.
+pub const DEFAULT_CHECKPOINT_S: u32 = 300;
+/// Default voltage gain for the documented ZMPT101B wiring (V per code), used
+/// until the meter is calibrated (`docs/hardware.md`).
+pub const DEFAULT_VOLTAGE_GAIN: f32 = 0.397;
+/// Default current gain for an ACS712-20A behind the documented 1:1 divider
+/// (A per code), used until the meter is calibrated.
+pub const DEFAULT_CURRENT_GAIN: f32 = 0.0122;
+
+fn get<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&b[at..at + N]);
+    a
+}
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(get(b, at))
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(get(b, at))
+}
+fn f32_at(b: &[u8], at: usize) -> f32 {
+    f32::from_le_bytes(get(b, at))
+}
+
+/// Checks blankness, magic, version, length and CRC of a blob occupying
+/// `b[..len]` where `len` comes from the blob's length field.
+fn check_envelope(b: &[u8], magic: [u8; 4], min_len: usize) -> Result<usize, BlobError> {
+    if b.len() >= 8 && b[..8].iter().all(|&x| x == 0xff) {
+        return Err(BlobError::Blank);
+    }
+    if b.get(0..4) != Some(&magic[..]) {
+        return Err(BlobError::BadMagic);
+    }
+    if b.len() < min_len {
+        return Err(BlobError::BadLength);
+    }
+    if b[4] != LAYOUT_VERSION {
+        return Err(BlobError::UnsupportedVersion(b[4]));
+    }
+    let len = usize::from(u16_at(b, 6));
+    if len < min_len || len > b.len() {
+        return Err(BlobError::BadLength);
+    }
+    let (body, crc) = b[..len].split_at(len - 4);
+    if crc32(body).to_le_bytes() != crc {
+        return Err(BlobError::BadChecksum);
+    }
+    Ok(len)
+}
+
+fn valid_channel(c: u8) -> bool {
+    (1..=14).contains(&c)
+}
+
+/// Metering calibration as stored in the blob (zeros select defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct StoredCalibration {
+    /// V per code; 0 selects [`DEFAULT_VOLTAGE_GAIN`].
+    pub voltage_gain: f32,
+    /// Voltage noise offset, codes.
+    pub voltage_offset_codes: f32,
+    /// A per code; 0 selects [`DEFAULT_CURRENT_GAIN`].
+    pub current_gain: f32,
+    /// Current noise offset, codes.
+    pub current_offset_codes: f32,
+    /// Phase correction in samples (positive delays the voltage channel).
+    pub phase_samples: f32,
+    /// Active-power offset in codes².
+    pub power_offset_codes: f32,
+}
+
+impl StoredCalibration {
+    /// The metering crate's calibration, with defaults for zero gains.
+    pub fn to_calibration(&self) -> gridpow_metering::Calibration {
+        let or = |g: f32, d: f32| if g == 0.0 { d } else { g };
+        gridpow_metering::Calibration {
+            voltage: gridpow_metering::ChannelCalibration {
+                gain: or(self.voltage_gain, DEFAULT_VOLTAGE_GAIN),
+                offset_codes: self.voltage_offset_codes,
+            },
+            current: gridpow_metering::ChannelCalibration {
+                gain: or(self.current_gain, DEFAULT_CURRENT_GAIN),
+                offset_codes: self.current_offset_codes,
+            },
+            phase: gridpow_metering::PhaseCorrection::Samples(self.phase_samples),
+            power_offset_codes: self.power_offset_codes,
+        }
+    }
+}
+
+/// A meter's configuration, decoded from its blob.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeterConfig {
+    /// Meter id.
+    pub meter_id: u32,
+    /// Key id of the meter secret.
+    pub key_id: u8,
+    /// Radio channel (1–14).
+    pub channel: u8,
+    /// Nominal line frequency, 50 or 60 Hz.
+    pub nominal_hz: u16,
+    /// Seconds per reading.
+    pub interval_s: u32,
+    /// Lowest boot epoch the meter may use.
+    pub min_epoch: u32,
+    /// The relay's MAC; `None` sends to broadcast until an ACK names the relay.
+    pub relay_mac: Option<MacAddr>,
+    /// The meter secret.
+    pub secret: MeterSecret,
+    /// Calibration.
+    pub calibration: StoredCalibration,
+    /// Samples per second per channel (0 = default).
+    pub sample_rate_hz: u32,
+    /// Energy checkpoint period in seconds (0 = default).
+    pub checkpoint_s: u32,
+}
+
+impl MeterConfig {
+    /// A configuration with defaults for everything but identity and key.
+    pub fn new(
+        meter_id: u32,
+        key_id: u8,
+        secret: MeterSecret,
+        channel: u8,
+        interval_s: u32,
+    ) -> Self {
+        MeterConfig {
+            meter_id,
+            key_id,
+            channel,
+            nominal_hz: 50,
+            interval_s,
+            min_epoch: 0,
+            relay_mac: None,
+            secret,
+            calibration: StoredCalibration::default(),
+            sample_rate_hz: 0,
+            checkpoint_s: 0,
+        }
+    }
+
+    /// The sample rate in use.
+    pub fn effective_sample_rate_hz(&self) -> u32 {
+        if self.sample_rate_hz == 0 {
+            DEFAULT_SAMPLE_RATE_HZ
+        } else {
+            self.sample_rate_hz
+        }
+    }
+
+    /// The energy checkpoint period in use.
+    pub fn effective_checkpoint_s(&self) -> u32 {
+        if self.checkpoint_s == 0 {
+            DEFAULT_CHECKPOINT_S
+        } else {
+            self.checkpoint_s
+        }
+    }
+
+    /// Decodes and validates a meter blob (extra bytes after it are ignored,
+    /// so the whole partition can be passed).
+    pub fn decode(b: &[u8]) -> Result<MeterConfig, BlobError> {
+        let len = check_envelope(b, METER_MAGIC, METER_BLOB_LEN)?;
+        if len != METER_BLOB_LEN {
+            return Err(BlobError::BadLength);
+        }
+        let flags = b[5];
+        if flags & !1 != 0 || b[30..32] != [0, 0] || b[96..124].iter().any(|&x| x != 0) {
+            return Err(BlobError::NonZeroReserved);
+        }
+        let channel = b[13];
+        if !valid_channel(channel) {
+            return Err(BlobError::InvalidField("channel"));
+        }
+        let nominal_hz = u16_at(b, 14);
+        if nominal_hz != 50 && nominal_hz != 60 {
+            return Err(BlobError::InvalidField("nominal frequency"));
+        }
+        let interval_s = u32_at(b, 16);
+        if interval_s == 0 {
+            return Err(BlobError::InvalidField("interval"));
+        }
+        let calibration = StoredCalibration {
+            voltage_gain: f32_at(b, 64),
+            voltage_offset_codes: f32_at(b, 68),
+            current_gain: f32_at(b, 72),
+            current_offset_codes: f32_at(b, 76),
+            phase_samples: f32_at(b, 80),
+            power_offset_codes: f32_at(b, 84),
+        };
+        if calibration.to_calibration().validate().is_err() {
+            return Err(BlobError::InvalidField("calibration"));
+        }
+        let sample_rate_hz = u32_at(b, 88);
+        if sample_rate_hz != 0 && !(2000..=20_000).contains(&sample_rate_hz) {
+            return Err(BlobError::InvalidField("sample rate"));
+        }
+        Ok(MeterConfig {
+            meter_id: u32_at(b, 8),
+            key_id: b[12],
+            channel,
+            nominal_hz,
+            interval_s,
+            min_epoch: u32_at(b, 20),
+            relay_mac: (flags & 1 != 0).then(|| get(b, 24)),
+            secret: MeterSecret(get(b, 32)),
+            calibration,
+            sample_rate_hz,
+            checkpoint_s: u32_at(b, 92),
+        })
+    }
+
+    /// Encodes the blob.
+    pub fn encode(&self) -> [u8; METER_BLOB_LEN] {
+        let mut b = [0u8; METER_BLOB_LEN];
+        b[0..4].copy_from_slice(&METER_MAGIC);
+        b[4] = LAYOUT_VERSION;
+        b[5] = u8::from(self.relay_mac.is_some());
+        b[6..8].copy_from_slice(&(METER_BLOB_LEN as u16).to_le_bytes());
+        b[8..12].copy_from_slice(&self.meter_id.to_le_bytes());
+        b[12] = self.key_id;
+        b[13] = self.channel;
+        b[14..16].copy_from_slice(&self.nominal_hz.to_le_bytes());
+        b[16..20].copy_from_slice(&self.interval_s.to_le_bytes());
+        b[20..24].copy_from_slice(&self.min_epoch.to_le_bytes());
+        b[24..30].copy_from_slice(&self.relay_mac.unwrap_or([0; 6]));
+        b[32..64].copy_from_slice(&self.secret.0);
+        let c = &self.calibration;
+        let floats = [
+            c.voltage_gain,
+            c.voltage_offset_codes,
+            c.current_gain,
+            c.current_offset_codes,
+            c.phase_samples,
+            c.power_offset_codes,
+        ];
+        for (i, v) in floats.iter().enumerate() {
+            b[64 + 4 * i..68 + 4 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        b[88..92].copy_from_slice(&self.sample_rate_hz.to_le_bytes());
+        b[92..96].copy_from_slice(&self.checkpoint_s.to_le_bytes());
+        let crc = crc32(&b[..124]);
+        b[124..128].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+}
+
+/// What the relay firmware does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayMode {
+    /// ESP-NOW ⇄ USB-serial bridge to the Linux relay.
+    Bridge = 1,
+    /// Ingress, blocks, PoW and signing on the ESP32 itself.
+    Standalone = 2,
+}
+
+/// A meter a standalone relay accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayMeter {
+    /// Meter id.
+    pub meter_id: u32,
+    /// Key id.
+    pub key_id: u8,
+    /// Registered MAC, if any.
+    pub mac: Option<MacAddr>,
+    /// The meter secret.
+    pub secret: MeterSecret,
+}
+
+/// A short string field (SSID, passphrase, host name) stored inline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ShortStr<const N: usize> {
+    len: u8,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> ShortStr<N> {
+    /// An empty string.
+    pub const EMPTY: Self = ShortStr {
+        len: 0,
+        bytes: [0; N],
+    };
+
+    /// `s` if it fits.
+    pub fn new(s: &str) -> Option<Self> {
+        if s.len() > N {
+            return None;
+        }
+        let mut bytes = [0u8; N];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Some(ShortStr {
+            len: s.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The text (empty if it is not UTF-8, which decoding refuses anyway).
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+
+    fn decode(b: &[u8], field: &'static str) -> Result<Self, BlobError> {
+        let len = usize::from(b[0]);
+        if len > N {
+            return Err(BlobError::InvalidField(field));
+        }
+        let text = &b[1..1 + len];
+        if core::str::from_utf8(text).is_err() || b[1 + len..1 + N].iter().any(|&x| x != 0) {
+            return Err(BlobError::InvalidField(field));
+        }
+        let mut bytes = [0u8; N];
+        bytes[..len].copy_from_slice(text);
+        Ok(ShortStr { len: b[0], bytes })
+    }
+
+    fn encode(&self, out: &mut [u8]) {
+        out[0] = self.len;
+        out[1..1 + N].copy_from_slice(&self.bytes);
+    }
+}
+
+impl<const N: usize> core::fmt::Debug for ShortStr<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// A relay's configuration, decoded from its blob. Meter entries are read
+/// with [`RelayConfig::meter`] straight from the blob bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelayConfig {
+    /// Bridge or standalone.
+    pub mode: RelayMode,
+    /// Relay id.
+    pub relay_id: u32,
+    /// Radio channel.
+    pub channel: u8,
+    /// PoW difficulty (standalone).
+    pub difficulty: u8,
+    /// Refuse frames from MACs not registered.
+    pub require_registered_mac: bool,
+    /// Ed25519 signing key seed (standalone).
+    pub signing_seed: [u8; 32],
+    /// The grid server's receipt key.
+    pub server_public_key: [u8; 32],
+    /// Seconds between blocks (0 = default).
+    pub block_interval_s: u32,
+    /// MQTT broker port (0 = 8883).
+    pub broker_port: u16,
+    /// Wi-Fi SSID.
+    pub wifi_ssid: ShortStr<32>,
+    /// Wi-Fi passphrase.
+    pub wifi_password: ShortStr<64>,
+    /// MQTT broker host.
+    pub broker_host: ShortStr<64>,
+    /// Number of meter entries.
+    pub meter_count: usize,
+}
+
+impl RelayConfig {
+    /// A bridge-mode configuration.
+    pub fn bridge(relay_id: u32, channel: u8) -> Self {
+        RelayConfig {
+            mode: RelayMode::Bridge,
+            relay_id,
+            channel,
+            difficulty: 0,
+            require_registered_mac: false,
+            signing_seed: [0; 32],
+            server_public_key: [0; 32],
+            block_interval_s: 0,
+            broker_port: 0,
+            wifi_ssid: ShortStr::EMPTY,
+            wifi_password: ShortStr::EMPTY,
+            broker_host: ShortStr::EMPTY,
+            meter_count: 0,
+        }
+    }
+
+    /// Seconds between blocks in use.
+    pub fn effective_block_interval_s(&self) -> u32 {
+        if self.block_interval_s == 0 {
+            10
+        } else {
+            self.block_interval_s
+        }
+    }
+
+    /// Decodes and validates a relay blob (trailing bytes are ignored).
+    pub fn decode(b: &[u8]) -> Result<RelayConfig, BlobError> {
+        let len = check_envelope(b, RELAY_MAGIC, RELAY_HEADER_LEN + 4)?;
+        let n = usize::from(b[14]);
+        if n > MAX_RELAY_METERS || len != RELAY_HEADER_LEN + n * RELAY_METER_ENTRY_LEN + 4 {
+            return Err(BlobError::BadLength);
+        }
+        let mode = match b[5] {
+            1 => RelayMode::Bridge,
+            2 => RelayMode::Standalone,
+            _ => return Err(BlobError::InvalidField("mode")),
+        };
+        if b[15] & !1 != 0 || b[86..88] != [0, 0] || b[251..256].iter().any(|&x| x != 0) {
+            return Err(BlobError::NonZeroReserved);
+        }
+        let channel = b[12];
+        if !valid_channel(channel) {
+            return Err(BlobError::InvalidField("channel"));
+        }
+        for i in 0..n {
+            let e = RELAY_HEADER_LEN + i * RELAY_METER_ENTRY_LEN;
+            if b[e + 5] & !1 != 0 {
+                return Err(BlobError::NonZeroReserved);
+            }
+        }
+        Ok(RelayConfig {
+            mode,
+            relay_id: u32_at(b, 8),
+            channel,
+            difficulty: b[13],
+            require_registered_mac: b[15] & 1 != 0,
+            signing_seed: get(b, 16),
+            server_public_key: get(b, 48),
+            block_interval_s: u32_at(b, 80),
+            broker_port: u16_at(b, 84),
+            wifi_ssid: ShortStr::decode(&b[88..121], "wifi ssid")?,
+            wifi_password: ShortStr::decode(&b[121..186], "wifi password")?,
+            broker_host: ShortStr::decode(&b[186..251], "broker host")?,
+            meter_count: n,
+        })
+    }
+
+    /// Meter entry `i` of a blob that [`RelayConfig::decode`] accepted.
+    pub fn meter(&self, blob: &[u8], i: usize) -> Option<RelayMeter> {
+        if i >= self.meter_count {
+            return None;
+        }
+        let e = RELAY_HEADER_LEN + i * RELAY_METER_ENTRY_LEN;
+        let b = blob.get(e..e + RELAY_METER_ENTRY_LEN)?;
+        Some(RelayMeter {
+            meter_id: u32_at(b, 0),
+            key_id: b[4],
+            mac: (b[5] & 1 != 0).then(|| get(b, 6)),
+            secret: MeterSecret(get(b, 12)),
+        })
+    }
+
+    /// Encodes the blob with `meters` into `out`; returns its length.
+    pub fn encode_into(&self, meters: &[RelayMeter], out: &mut [u8]) -> Result<usize, BlobError> {
+        if meters.len() > MAX_RELAY_METERS {
+            return Err(BlobError::InvalidField("meter count"));
+        }
+        let len = RELAY_HEADER_LEN + meters.len() * RELAY_METER_ENTRY_LEN + 4;
+        let b = out.get_mut(..len).ok_or(BlobError::BufferTooSmall)?;
+        b.fill(0);
+        b[0..4].copy_from_slice(&RELAY_MAGIC);
+        b[4] = LAYOUT_VERSION;
+        b[5] = self.mode as u8;
+        b[6..8].copy_from_slice(&(len as u16).to_le_bytes());
+        b[8..12].copy_from_slice(&self.relay_id.to_le_bytes());
+        b[12] = self.channel;
+        b[13] = self.difficulty;
+        b[14] = meters.len() as u8;
+        b[15] = u8::from(self.require_registered_mac);
+        b[16..48].copy_from_slice(&self.signing_seed);
+        b[48..80].copy_from_slice(&self.server_public_key);
+        b[80..84].copy_from_slice(&self.block_interval_s.to_le_bytes());
+        b[84..86].copy_from_slice(&self.broker_port.to_le_bytes());
+        self.wifi_ssid.encode(&mut b[88..121]);
+        self.wifi_password.encode(&mut b[121..186]);
+        self.broker_host.encode(&mut b[186..251]);
+        for (i, m) in meters.iter().enumerate() {
+            let e = RELAY_HEADER_LEN + i * RELAY_METER_ENTRY_LEN;
+            b[e..e + 4].copy_from_slice(&m.meter_id.to_le_bytes());
+            b[e + 4] = m.key_id;
+            b[e + 5] = u8::from(m.mac.is_some());
+            b[e + 6..e + 12].copy_from_slice(&m.mac.unwrap_or([0; 6]));
+            b[e + 12..e + 44].copy_from_slice(&m.secret.0);
+        }
+        let crc = crc32(&b[..len - 4]);
+        b[len - 4..len].copy_from_slice(&crc.to_le_bytes());
+        Ok(len)
+    }
+}
+
+/// Host side (`std` feature): the blob `gridpow keys add-meter` should write
+/// next to `meters/<id>.toml`, for `espflash write-bin 0x200000 <id>.bin`.
+#[cfg(feature = "std")]
+pub fn encode_provisioning(config: &MeterConfig) -> std::vec::Vec<u8> {
+    config.encode().to_vec()
+}
+
+/// Host side (`std` feature): a relay blob.
+#[cfg(feature = "std")]
+pub fn encode_relay_provisioning(
+    config: &RelayConfig,
+    meters: &[RelayMeter],
+) -> Result<std::vec::Vec<u8>, BlobError> {
+    let mut out = std::vec![0u8; MAX_RELAY_BLOB_LEN];
+    let n = config.encode_into(meters, &mut out)?;
+    out.truncate(n);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meter() -> MeterConfig {
+        let mut c = MeterConfig::new(4242, 1, MeterSecret([7; 32]), 6, 10);
+        c.relay_mac = Some([0x24, 0x6f, 0x28, 1, 2, 3]);
+        c.calibration.voltage_gain = 0.25;
+        c.min_epoch = 9;
+        c
+    }
+
+    #[test]
+    fn meter_blob_round_trips() {
+        let c = meter();
+        assert_eq!(MeterConfig::decode(&c.encode()), Ok(c));
+    }
+
+    /// A known-answer blob, so a second encoder (the CLI, a Python tool) can
+    /// check itself byte for byte.
+    #[test]
+    fn meter_blob_matches_the_golden_bytes() {
+        let secret = "214c0539eb95d2e33a609cdb21b27047872ecbe6d44e3249051690591236615b";
+        let mut s = [0u8; 32];
+        for (i, b) in s.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&secret[2 * i..2 * i + 2], 16).unwrap();
+        }
+        let mut c = MeterConfig::new(42, 1, MeterSecret(s), 6, 10);
+        c.calibration.voltage_gain = 0.33;
+        let golden = "4750574d010080002a000000010632000a000000000000000000000000000000\
+                      214c0539eb95d2e33a609cdb21b27047872ecbe6d44e3249051690591236615b\
+                      c3f5a83e00000000000000000000000000000000000000000000000000000000\
+                      0000000000000000000000000000000000000000000000000000000042057eb9";
+        let mut hex = [0u8; 2 * METER_BLOB_LEN];
+        for (i, b) in c.encode().iter().enumerate() {
+            let d = b"0123456789abcdef";
+            hex[2 * i] = d[usize::from(b >> 4)];
+            hex[2 * i + 1] = d[usize::from(b & 15)];
+        }
+        assert_eq!(core::str::from_utf8(&hex).unwrap(), golden);
+    }
+
+    #[test]
+    fn every_flipped_byte_of_a_meter_blob_is_refused() {
+        let b = meter().encode();
+        for i in 0..b.len() {
+            let mut t = b;
+            t[i] ^= 0x10;
+            assert!(MeterConfig::decode(&t).is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn blank_region_is_reported_as_blank() {
+        assert_eq!(MeterConfig::decode(&[0xff; 4096]), Err(BlobError::Blank));
+        assert_eq!(RelayConfig::decode(&[0xff; 4096]), Err(BlobError::Blank));
+    }
+
+    #[test]
+    fn meter_blob_with_trailing_erased_flash_decodes() {
+        let mut region = [0xffu8; 4096];
+        region[..METER_BLOB_LEN].copy_from_slice(&meter().encode());
+        assert_eq!(MeterConfig::decode(&region), Ok(meter()));
+    }
+
+    #[test]
+    fn relay_blob_round_trips_with_meters() {
+        let mut c = RelayConfig::bridge(3, 11);
+        c.mode = RelayMode::Standalone;
+        c.difficulty = 16;
+        c.wifi_ssid = ShortStr::new("site-ap").unwrap();
+        c.broker_host = ShortStr::new("broker.example").unwrap();
+        let meters = [
+            RelayMeter {
+                meter_id: 1,
+                key_id: 1,
+                mac: None,
+                secret: MeterSecret([1; 32]),
+            },
+            RelayMeter {
+                meter_id: 2,
+                key_id: 1,
+                mac: Some([2; 6]),
+                secret: MeterSecret([2; 32]),
+            },
+        ];
+        let mut buf = [0u8; MAX_RELAY_BLOB_LEN];
+        let n = c.encode_into(&meters, &mut buf).unwrap();
+        c.meter_count = 2;
+        let d = RelayConfig::decode(&buf[..n]).unwrap();
+        assert_eq!(d, c);
+        assert_eq!(d.meter(&buf, 1), Some(meters[1].clone()));
+        assert_eq!(d.meter(&buf, 2), None);
+        buf[n - 1] ^= 1;
+        assert_eq!(RelayConfig::decode(&buf[..n]), Err(BlobError::BadChecksum));
+    }
+
+    #[test]
+    fn a_meter_blob_is_not_a_relay_blob() {
+        assert_eq!(
+            RelayConfig::decode(&meter().encode()),
+            Err(BlobError::BadMagic)
+        );
+    }
+}

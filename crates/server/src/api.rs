@@ -1,0 +1,337 @@
+//! The HTTP API (`/api/v1/…`), `/metrics`, `/healthz` and the dashboard at `/`.
+//!
+//! Queries run on blocking threads against read-only database connections
+//! (SQLite in WAL mode lets them read while the writer commits).
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use gridpow_common::keys::KeyDir;
+use gridpow_proto::merkle::{inclusion_proof, leaf_hash, verify_inclusion, MAX_PROOF_LEN};
+use gridpow_proto::wire::block::signing_message;
+use gridpow_proto::wire::BlockPacket;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Shared;
+use crate::store::{open_reader, Store, StoreError, StoredReading};
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+const READERS_KEPT: usize = 4;
+
+/// What the handlers share.
+pub(crate) struct ApiState {
+    db: String,
+    keys: KeyDir,
+    shared: Arc<Shared>,
+    readers: Mutex<Vec<Box<dyn Store>>>,
+}
+
+impl ApiState {
+    pub(crate) fn new(db: String, keys: KeyDir, shared: Arc<Shared>) -> Arc<Self> {
+        Arc::new(ApiState {
+            db,
+            keys,
+            shared,
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Runs `f` with a reader on a blocking thread.
+    async fn query<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = me.readers.lock().ok().and_then(|mut p| p.pop());
+            let mut store = match pooled {
+                Some(s) => s,
+                None => open_reader(&me.db)?,
+            };
+            let result = f(&mut *store);
+            if let Ok(mut pool) = me.readers.lock() {
+                if pool.len() < READERS_KEPT {
+                    pool.push(store);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?
+        .map_err(ApiError::from)
+    }
+}
+
+/// An API error as JSON `{"error": "..."}` with a status code.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    NotFound(String),
+    BadRequest(String),
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, msg) = match self {
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "API request failed.");
+                (StatusCode::INTERNAL_SERVER_ERROR, m)
+            }
+        };
+        (code, Json(serde_json::json!({ "error": msg }))).into_response()
+    }
+}
+
+pub(crate) fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/stats", get(stats))
+        .route("/api/v1/meters", get(meters))
+        .route("/api/v1/meters/{id}/readings", get(meter_readings))
+        .route("/api/v1/relays", get(relays))
+        .route("/api/v1/blocks", get(blocks))
+        .route("/api/v1/readings/{reading_id}/proof", get(proof))
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/quarantine", get(quarantine))
+        .with_state(state)
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+async fn healthz(State(s): State<Arc<ApiState>>) -> Json<serde_json::Value> {
+    let connected = s
+        .shared
+        .mqtt_connected
+        .load(std::sync::atomic::Ordering::Relaxed);
+    Json(serde_json::json!({ "status": "ok", "mqtt_connected": connected }))
+}
+
+async fn metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.shared.prometheus(),
+    )
+}
+
+async fn stats(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    Json(s.shared.stats())
+}
+
+async fn meters(State(s): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(s.query(|st| st.meters()).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadingsQuery {
+    from: Option<u64>,
+    to: Option<u64>,
+    format: Option<String>,
+    limit: Option<usize>,
+}
+
+const CSV_HEADER: &str = "reading_id,meter_id,epoch,seq,timestamp_ms,voltage_v,current_a,active_power_w,power_factor,frequency_hz,energy_mwh,flags,block_id,leaf\n";
+
+fn csv(rows: &[StoredReading]) -> String {
+    let mut out = String::with_capacity(CSV_HEADER.len() + rows.len() * 96);
+    out.push_str(CSV_HEADER);
+    for r in rows {
+        let g = &r.reading;
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{:.2},{:.3},{:.1},{:.4},{:.3},{},{},{},{}",
+            r.id,
+            r.meter_id,
+            r.epoch,
+            r.seq,
+            g.timestamp_ms,
+            g.voltage_v(),
+            g.current_a(),
+            g.active_power_w(),
+            g.power_factor(),
+            g.frequency_hz(),
+            g.energy_mwh,
+            g.flags,
+            r.block_id,
+            r.leaf
+        );
+    }
+    out
+}
+
+async fn meter_readings(
+    State(s): State<Arc<ApiState>>,
+    Path(id): Path<u32>,
+    Query(q): Query<ReadingsQuery>,
+) -> Result<Response, ApiError> {
+    let from = q.from.unwrap_or(0);
+    let to = q.to.unwrap_or(u64::MAX);
+    if from > to {
+        return Err(ApiError::BadRequest(format!(
+            "from ({from}) is after to ({to})"
+        )));
+    }
+    let limit = q.limit.unwrap_or(10_000).clamp(1, 1_000_000);
+    let format = q.format.as_deref().unwrap_or("json");
+    if format != "json" && format != "csv" {
+        return Err(ApiError::BadRequest(format!(
+            "format must be json or csv, not {format:?}"
+        )));
+    }
+    let rows = s
+        .query(move |st| st.meter_readings(id, from, to, limit))
+        .await?;
+    if format == "csv" {
+        let headers = [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"meter-{id}.csv\""),
+            ),
+        ];
+        return Ok((headers, csv(&rows)).into_response());
+    }
+    Ok(Json(serde_json::json!({ "meter_id": id, "from": from, "to": to, "count": rows.len(), "readings": rows }))
+        .into_response())
+}
+
+async fn relays(State(s): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(s.query(|st| st.relays()).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct BlocksQuery {
+    relay: Option<u32>,
+    limit: Option<usize>,
+}
+
+async fn blocks(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<BlocksQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    Ok(Json(s.query(move |st| st.blocks(q.relay, limit)).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+async fn alerts(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<LimitQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    Ok(Json(s.query(move |st| st.alerts(limit)).await?))
+}
+
+async fn quarantine(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<LimitQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    Ok(Json(s.query(move |st| st.quarantine(limit)).await?))
+}
+
+/// An RFC 9162 inclusion proof of the frame that carried a reading.
+#[derive(Debug, Serialize)]
+struct Proof {
+    reading: StoredReading,
+    relay_id: u32,
+    height: u64,
+    block_id: i64,
+    block_hash: String,
+    header_hex: String,
+    /// The sealed frame (leaf) as stored, hex.
+    frame_hex: String,
+    leaf_hash: String,
+    leaf_index: u32,
+    tree_size: u32,
+    audit_path: Vec<String>,
+    merkle_root: String,
+    /// The audit path leads from the leaf hash to the header's Merkle root.
+    verified: bool,
+    /// The relay's signature over the header verifies with its registered key.
+    signature_verified: bool,
+}
+
+async fn proof(
+    State(s): State<Arc<ApiState>>,
+    Path(reading_id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    let found = s.query(move |st| st.reading_with_block(reading_id)).await?;
+    let Some((reading, block)) = found else {
+        return Err(ApiError::NotFound(format!("no reading {reading_id}")));
+    };
+    let packet = BlockPacket::new_checked(&block.raw[..]).map_err(|e| {
+        ApiError::Internal(format!("stored block {} does not parse: {e}", block.id))
+    })?;
+    let header = *packet.header();
+    let hashes: Vec<_> = packet.leaves().map(leaf_hash).collect();
+    let index = reading.leaf as usize;
+    let frame = packet.leaves().nth(index).ok_or_else(|| {
+        ApiError::Internal(format!(
+            "reading {reading_id} names leaf {index} of a {}-leaf block",
+            hashes.len()
+        ))
+    })?;
+    let mut path = [[0u8; 32]; MAX_PROOF_LEN];
+    let len = inclusion_proof(&hashes, index, &mut path)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let verified = verify_inclusion(
+        &hashes[index],
+        index as u64,
+        hashes.len() as u64,
+        &path[..len],
+        &header.merkle_root,
+    ) && header.hash() == block.hash;
+    let keys = s.keys.clone();
+    let relay_id = header.relay_id;
+    let relay_key =
+        tokio::task::spawn_blocking(move || keys.relays().ok()?.get(relay_id)?.verifying_key())
+            .await
+            .ok()
+            .flatten();
+    let sig = ed25519_dalek::Signature::from_bytes(&packet.signature());
+    let signature_verified = relay_key.is_some_and(|k| {
+        k.verify_strict(&signing_message(&header.hash()), &sig)
+            .is_ok()
+    });
+    Ok(Json(Proof {
+        reading,
+        relay_id: block.relay_id,
+        height: block.height,
+        block_id: block.id,
+        block_hash: hex::encode(block.hash),
+        header_hex: hex::encode(packet.header_bytes()),
+        frame_hex: hex::encode(frame),
+        leaf_hash: hex::encode(hashes[index]),
+        leaf_index: reading.leaf,
+        tree_size: hashes.len() as u32,
+        audit_path: path[..len].iter().map(hex::encode).collect(),
+        merkle_root: hex::encode(header.merkle_root),
+        verified,
+        signature_verified,
+    }))
+}

@@ -1,0 +1,361 @@
+//! The grid server's configuration (`server.toml`), every field with a default
+//! except where noted.
+//!
+//! ```toml
+//! keys_dir = "keys"            # written by `gridpow keys init`
+//! db = "data/gridpow.db"       # SQLite file or sqlite://path (postgres://… later)
+//! server_id = 1                # stated in commit receipts
+//! min_difficulty = 16          # least PoW accepted
+//!
+//! [mqtt]
+//! host = "localhost"
+//! port = 8883
+//! tls = true                   # ca/cert/key default to keys_dir/tls/{ca,server-<id>}.pem/.key
+//! shared_subscription = true   # $share/gridpow-servers/…; false: plain subscription
+//! session_expiry_s = 3600      # persistent session: unacknowledged blocks are redelivered
+//! receive_maximum = 128        # blocks in flight from the broker
+//!
+//! [http]
+//! listen = "127.0.0.1:8080"
+//!
+//! [plausibility]
+//! nominal_voltage_v = 230.0
+//! voltage_tolerance = 0.10     # ±10 % of nominal
+//! power_tolerance = 0.05       # |P − V·I·PF| ≤ 5 % of V·I …
+//! power_slack_w = 5.0          # … plus 5 W
+//! expected_interval_s = 10
+//! silent_after_intervals = 5
+//!
+//! [ingest]
+//! max_batch_readings = 50000   # readings per database transaction
+//! max_batch_blocks = 256       # blocks per database transaction
+//! ```
+//! Every field can be overridden from the environment with the prefix
+//! `GRIDPOW_SERVER`, e.g. `GRIDPOW_SERVER__MQTT__PORT=8884`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use gridpow_common::config::load_toml;
+pub use gridpow_common::config::ConfigError;
+use serde::{Deserialize, Serialize};
+
+/// Environment prefix of server overrides.
+pub const ENV_PREFIX: &str = "GRIDPOW_SERVER";
+
+/// The whole server configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The key directory (site secrets, meter and relay registries, server signing key, TLS files).
+    pub keys_dir: PathBuf,
+    /// The database: a SQLite file path, or `sqlite://path`. (`postgres://…` comes with issue 6.)
+    pub db: String,
+    /// This server's id, stated in every commit receipt.
+    pub server_id: u32,
+    /// Least proof-of-work difficulty (leading zero bits) a block must claim and meet.
+    pub min_difficulty: u8,
+    /// The broker connection.
+    pub mqtt: MqttConfig,
+    /// The HTTP API and dashboard.
+    pub http: HttpConfig,
+    /// Plausibility rules for readings (what cryptography cannot catch).
+    pub plausibility: PlausibilityConfig,
+    /// Batching of database transactions.
+    pub ingest: IngestConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            keys_dir: PathBuf::from("keys"),
+            db: "gridpow.db".into(),
+            server_id: 1,
+            min_difficulty: 16,
+            mqtt: MqttConfig::default(),
+            http: HttpConfig::default(),
+            plausibility: PlausibilityConfig::default(),
+            ingest: IngestConfig::default(),
+        }
+    }
+}
+
+/// The MQTT connection (MQTT 5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// TLS (the default). Without it the connection is plaintext: tests only.
+    pub tls: bool,
+    /// CA certificate; default `keys_dir/tls/ca.pem`.
+    pub ca: Option<PathBuf>,
+    /// Client certificate; default `keys_dir/tls/server-<server_id>.pem`.
+    pub cert: Option<PathBuf>,
+    /// Client key; default `keys_dir/tls/server-<server_id>.key`.
+    pub key: Option<PathBuf>,
+    /// MQTT client id; default `gridpow-server-<server_id>` (stable: the session is persistent).
+    pub client_id: Option<String>,
+    /// Subscribe with the MQTT 5 shared subscription `$share/gridpow-servers/…`
+    /// so several servers share the load; `false` subscribes to every block.
+    pub shared_subscription: bool,
+    /// Keep-alive interval in seconds.
+    pub keep_alive_s: u64,
+    /// How long the broker keeps the session (and unacknowledged blocks) after a
+    /// disconnect, in seconds; 0 = a clean session each time.
+    pub session_expiry_s: u32,
+    /// Most unacknowledged blocks the broker may send at once (MQTT 5 receive maximum).
+    pub receive_maximum: u16,
+    /// Largest MQTT packet accepted, bytes (a block of 65 535 full frames is ~16 MiB).
+    pub max_packet_bytes: u32,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            host: "localhost".into(),
+            port: 8883,
+            tls: true,
+            ca: None,
+            cert: None,
+            key: None,
+            client_id: None,
+            shared_subscription: true,
+            keep_alive_s: 30,
+            session_expiry_s: 3600,
+            receive_maximum: 128,
+            max_packet_bytes: 20 << 20,
+        }
+    }
+}
+
+/// The HTTP server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on (port 0 picks a free one; see `ServerHandle::http_addr`).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// Plausibility rules: physics the meter's tag cannot vouch for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlausibilityConfig {
+    /// Nominal line voltage, volts.
+    pub nominal_voltage_v: f64,
+    /// Allowed relative deviation from nominal (0.10 = ±10 %).
+    pub voltage_tolerance: f64,
+    /// Allowed |P − V·I·PF| as a fraction of the apparent power V·I …
+    pub power_tolerance: f64,
+    /// … plus this absolute slack, watts (covers rounding at small loads).
+    pub power_slack_w: f64,
+    /// The meters' reporting interval, seconds.
+    pub expected_interval_s: u64,
+    /// A meter is reported silent after this many intervals without a reading.
+    pub silent_after_intervals: u32,
+}
+
+impl Default for PlausibilityConfig {
+    fn default() -> Self {
+        PlausibilityConfig {
+            nominal_voltage_v: 230.0,
+            voltage_tolerance: 0.10,
+            power_tolerance: 0.05,
+            power_slack_w: 5.0,
+            expected_interval_s: 10,
+            silent_after_intervals: 5,
+        }
+    }
+}
+
+impl PlausibilityConfig {
+    /// Milliseconds of silence after which a meter is reported.
+    pub fn silent_after_ms(&self) -> u64 {
+        self.expected_interval_s
+            .saturating_mul(u64::from(self.silent_after_intervals))
+            .saturating_mul(1000)
+    }
+}
+
+/// How blocks are grouped into database transactions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Close a transaction once it holds this many readings.
+    pub max_batch_readings: usize,
+    /// Close a transaction once it holds this many blocks (or rejected messages).
+    pub max_batch_blocks: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_batch_readings: 50_000,
+            max_batch_blocks: 256,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads `path` (TOML) with overrides from `GRIDPOW_SERVER__…` variables and validates it.
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let cfg: ServerConfig = load_toml(path, Some(ENV_PREFIX))?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Checks values serde cannot; `path` names the file in errors.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |field: &str, msg: &str| Err(ConfigError::invalid(path, field, msg.to_string()));
+        if self.db.trim().is_empty() {
+            return bad("db", "must name a SQLite file or a database URL");
+        }
+        if crate::store::DbUrl::parse(&self.db).is_err() {
+            return bad(
+                "db",
+                "unsupported database URL (use a file path or sqlite://path)",
+            );
+        }
+        if self.min_difficulty > 64 {
+            return bad(
+                "min_difficulty",
+                "above 64 leading zero bits no relay could ever meet",
+            );
+        }
+        if self.mqtt.receive_maximum == 0 {
+            return bad("mqtt.receive_maximum", "must be at least 1");
+        }
+        if self.mqtt.max_packet_bytes < 4096 {
+            return bad("mqtt.max_packet_bytes", "must be at least 4096");
+        }
+        let p = &self.plausibility;
+        if p.nominal_voltage_v.is_nan() || p.nominal_voltage_v <= 0.0 {
+            return bad("plausibility.nominal_voltage_v", "must be positive");
+        }
+        if !(0.0..1.0).contains(&p.voltage_tolerance) {
+            return bad("plausibility.voltage_tolerance", "must be in [0, 1)");
+        }
+        if p.power_tolerance.is_nan()
+            || p.power_tolerance < 0.0
+            || p.power_slack_w.is_nan()
+            || p.power_slack_w < 0.0
+        {
+            return bad(
+                "plausibility.power_tolerance",
+                "tolerances must not be negative",
+            );
+        }
+        if p.expected_interval_s == 0 || p.silent_after_intervals == 0 {
+            return bad(
+                "plausibility.expected_interval_s",
+                "interval and silent_after_intervals must be positive",
+            );
+        }
+        if self.ingest.max_batch_readings == 0 || self.ingest.max_batch_blocks == 0 {
+            return bad("ingest.max_batch_readings", "batch limits must be positive");
+        }
+        Ok(())
+    }
+
+    /// The CA certificate the broker's certificate must chain to.
+    pub fn ca_path(&self) -> PathBuf {
+        self.mqtt
+            .ca
+            .clone()
+            .unwrap_or_else(|| self.keys_dir.join("tls").join("ca.pem"))
+    }
+
+    /// The client certificate and key presented to the broker.
+    pub fn client_identity(&self) -> (PathBuf, PathBuf) {
+        let name = format!("server-{}", self.server_id);
+        let d = self.keys_dir.join("tls");
+        (
+            self.mqtt
+                .cert
+                .clone()
+                .unwrap_or_else(|| d.join(format!("{name}.pem"))),
+            self.mqtt
+                .key
+                .clone()
+                .unwrap_or_else(|| d.join(format!("{name}.key"))),
+        )
+    }
+
+    /// The MQTT client id.
+    pub fn client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("gridpow-server-{}", self.server_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridpow_common::config::parse_toml;
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c: ServerConfig =
+            parse_toml("", Path::new("server.toml"), Some(ENV_PREFIX), vec![]).unwrap();
+        assert_eq!(c, ServerConfig::default());
+        assert_eq!(c.http.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert!(c.mqtt.tls && c.mqtt.shared_subscription);
+        assert_eq!(c.ca_path(), Path::new("keys/tls/ca.pem"));
+        assert_eq!(c.client_identity().0, Path::new("keys/tls/server-1.pem"));
+        assert_eq!(c.plausibility.silent_after_ms(), 50_000);
+    }
+
+    #[test]
+    fn environment_overrides_nested_fields_and_errors_name_the_field() {
+        let vars = vec![("GRIDPOW_SERVER__MQTT__PORT".to_string(), "8884".to_string())];
+        let c: ServerConfig = parse_toml(
+            "db = \"x.db\"\n[mqtt]\nport = 1\n",
+            Path::new("s.toml"),
+            Some(ENV_PREFIX),
+            vars,
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.port, 8884);
+        let e = parse_toml::<ServerConfig>(
+            "[http]\nlisten = \"nowhere\"\n",
+            Path::new("s.toml"),
+            None,
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("s.toml") && e.contains("http.listen"), "{e}");
+        let e = parse_toml::<ServerConfig>("colour = 1\n", Path::new("s.toml"), None, vec![])
+            .unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn validation_refuses_impossible_values_naming_the_field() {
+        let mut c = ServerConfig::default();
+        c.plausibility.voltage_tolerance = 1.5;
+        let e = c.validate(Path::new("s.toml")).unwrap_err().to_string();
+        assert!(e.contains("plausibility.voltage_tolerance"), "{e}");
+        let c = ServerConfig {
+            db: "mysql://x".into(),
+            ..ServerConfig::default()
+        };
+        assert!(c
+            .validate(Path::new("s.toml"))
+            .unwrap_err()
+            .to_string()
+            .contains("`db`"));
+    }
+}

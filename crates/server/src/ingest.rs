@@ -1,0 +1,408 @@
+//! The ingest pipeline: MQTT → verify → commit → receipt and broker ACK.
+//!
+//! ```text
+//! mqtt task ──Inbound──▶ verifier thread ──Verified──▶ writer thread ──AckJob──▶ acker task
+//! (polls the event loop,  (signature, PoW, Merkle,      (one transaction per     (publishes the signed
+//!  never blocks)           meter tags, decryption)       batch, dedup, chain)     receipt, then ACKs the
+//!                                                                                  message to the broker)
+//! ```
+//!
+//! The MQTT task only forwards (an unbounded channel: the broker bounds what
+//! is in flight through the MQTT 5 receive maximum), so it keeps polling and
+//! the acker's requests always drain: no stage can wait on another in a cycle.
+//! A message is acknowledged to the broker only after the transaction holding
+//! its block (or its quarantine row) committed; acknowledgements of a
+//! connection that has since dropped are skipped, because the broker
+//! redelivers those messages and the store answers `AlreadyStored`.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use gridpow_common::topics;
+use gridpow_proto::wire::{ReceiptRepr, ReceiptStatus};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use tokio::sync::{mpsc, watch};
+
+use crate::keyring::Keyring;
+use crate::metrics::{add, Shared};
+use crate::store::{Arrival, Ingest, Outcome, QuarantineItem, Store};
+use crate::verify::verify_payload;
+
+/// What is needed to acknowledge one message to the broker.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AckToken {
+    pkid: u16,
+    qos: QoS,
+    generation: u64,
+}
+
+impl AckToken {
+    fn publish(&self) -> Publish {
+        let mut p = Publish::new("", self.qos, Vec::new(), None);
+        p.pkid = self.pkid;
+        p
+    }
+}
+
+/// A message from the broker.
+pub(crate) struct Inbound {
+    token: AckToken,
+    arrival: Arrival,
+    payload: Vec<u8>,
+}
+
+/// A message after verification.
+pub(crate) struct Verified {
+    token: AckToken,
+    item: Ingest,
+}
+
+/// What to do after a commit.
+pub(crate) struct AckJob {
+    token: AckToken,
+    receipt: Option<(String, Vec<u8>)>,
+}
+
+/// Control of the MQTT task during shutdown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Normal operation.
+    Running,
+    /// Stop forwarding new messages (they stay unacknowledged and are
+    /// redelivered later); keep polling so pending receipts and ACKs go out.
+    Draining,
+    /// Disconnect and end.
+    Disconnect,
+}
+
+/// Polls the MQTT event loop: (re)subscribes on every connection, forwards
+/// publishes, counts errors and backs off while the broker is unreachable.
+pub(crate) async fn mqtt_task(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filter: String,
+    inbound: std::sync::mpsc::Sender<Inbound>,
+    mut phase: watch::Receiver<Phase>,
+    shared: Arc<Shared>,
+) {
+    let mut inbound = Some(inbound);
+    let mut backoff = Duration::from_millis(200);
+    let mut disconnect_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        if let Some(deadline) = disconnect_deadline {
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        tokio::select! {
+            changed = phase.changed() => {
+                let p = if changed.is_ok() { *phase.borrow() } else { Phase::Disconnect };
+                if p != Phase::Running {
+                    inbound = None;
+                }
+                if p == Phase::Disconnect && disconnect_deadline.is_none() {
+                    let _ = client.try_disconnect();
+                    disconnect_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(250)), if disconnect_deadline.is_some() => {}
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = Duration::from_millis(200);
+                    let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                    shared.mqtt_connected.store(true, Ordering::Relaxed);
+                    shared.mqtt_subscribed.store(false, Ordering::Relaxed);
+                    add(&shared.metrics.mqtt_connects, 1);
+                    tracing::info!(session_present = ack.session_present, generation, filter = %filter, "MQTT connected; subscribing.");
+                    // try_subscribe: awaiting here could wait on the request channel this task drains.
+                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "Subscribe request could not be queued.");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(s))) => {
+                    for code in &s.return_codes {
+                        match code {
+                            SubscribeReasonCode::Success(qos) => {
+                                shared.mqtt_subscribed.store(true, Ordering::Relaxed);
+                                tracing::info!(qos = ?qos, "Subscribed to blocks.");
+                            }
+                            other => tracing::error!(reason = ?other, filter = %filter, "Broker refused the subscription."),
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    add(&shared.metrics.messages_received, 1);
+                    add(&shared.metrics.bytes_received, p.payload.len() as u64);
+                    let Some(tx) = &inbound else { continue };
+                    let msg = Inbound {
+                        token: AckToken { pkid: p.pkid, qos: p.qos, generation: shared.generation.load(Ordering::SeqCst) },
+                        arrival: Arrival {
+                            received_ms: gridpow_common::wall_ms(),
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        },
+                        payload: p.payload.to_vec(),
+                    };
+                    if tx.send(msg).is_err() {
+                        inbound = None;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                    shared.mqtt_connected.store(false, Ordering::Relaxed);
+                    shared.mqtt_subscribed.store(false, Ordering::Relaxed);
+                    tracing::warn!(reason = ?d.reason_code, "Broker disconnected us.");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    shared.mqtt_connected.store(false, Ordering::Relaxed);
+                    shared.mqtt_subscribed.store(false, Ordering::Relaxed);
+                    if disconnect_deadline.is_some() {
+                        break;
+                    }
+                    add(&shared.metrics.mqtt_errors, 1);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection error.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = phase.changed() => {
+                            if *phase.borrow() != Phase::Running { inbound = None; }
+                            if *phase.borrow() == Phase::Disconnect { break; }
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+    shared.mqtt_connected.store(false, Ordering::Relaxed);
+    shared.mqtt_subscribed.store(false, Ordering::Relaxed);
+    tracing::info!("MQTT task ended.");
+}
+
+/// Verifies payloads in arrival order until the inbound channel closes.
+pub(crate) fn verifier_thread(
+    rx: Receiver<Inbound>,
+    tx: SyncSender<Verified>,
+    mut keyring: Keyring,
+    min_difficulty: u8,
+    shared: Arc<Shared>,
+) {
+    while let Ok(msg) = rx.recv() {
+        let started = Instant::now();
+        let item = match verify_payload(&mut keyring, min_difficulty, &msg.payload) {
+            Ok(block) => {
+                if let Some(t) = topics::relay_of_blocks_topic(&msg.arrival.topic) {
+                    if t != block.header.relay_id {
+                        add(&shared.metrics.topic_mismatch, 1);
+                        tracing::warn!(topic = %msg.arrival.topic, relay = block.header.relay_id, "Block signed by another relay than its topic names.");
+                    }
+                }
+                Ingest::Block {
+                    arrival: msg.arrival,
+                    block,
+                }
+            }
+            Err(rej) => {
+                tracing::warn!(
+                    reason = rej.kind.as_str(),
+                    relay = rej.header.map(|h| h.relay_id),
+                    height = rej.header.map(|h| h.height),
+                    topic = %msg.arrival.topic,
+                    bytes = msg.payload.len(),
+                    "Payload refused: {}.", rej.detail
+                );
+                Ingest::Quarantine(QuarantineItem {
+                    arrival: msg.arrival,
+                    kind: rej.kind,
+                    detail: rej.detail,
+                    header: rej.header,
+                    raw: msg.payload,
+                })
+            }
+        };
+        add(
+            &shared.metrics.verify_micros,
+            started.elapsed().as_micros() as u64,
+        );
+        if tx
+            .send(Verified {
+                token: msg.token,
+                item,
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
+    tracing::debug!("Verifier ended.");
+}
+
+/// Settings of the writer thread.
+pub(crate) struct WriterSettings {
+    pub max_batch_readings: usize,
+    pub max_batch_blocks: usize,
+    pub server_id: u32,
+    pub signing_key: SigningKey,
+    pub silent_after_ms: u64,
+}
+
+/// Commits batches until the verified channel closes; after each commit hands
+/// receipts and ACKs to the acker.
+pub(crate) fn writer_thread(
+    mut store: Box<dyn Store>,
+    rx: Receiver<Verified>,
+    acks: mpsc::UnboundedSender<AckJob>,
+    settings: WriterSettings,
+    shared: Arc<Shared>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut last_housekeeping = Instant::now();
+    let housekeeping = |store: &mut Box<dyn Store>| {
+        let now = gridpow_common::wall_ms();
+        match store.sweep_silent(now, settings.silent_after_ms, shared.started_ms) {
+            Ok(raised) => {
+                for a in raised {
+                    shared.count_alert(a.kind, a.count);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Silent-meter sweep failed."),
+        }
+        match store.totals() {
+            Ok(t) => shared.set_totals(t),
+            Err(e) => tracing::warn!(error = %e, "Reading database totals failed."),
+        }
+    };
+    loop {
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(v) => v,
+            Err(RecvTimeoutError::Timeout) => {
+                housekeeping(&mut store);
+                last_housekeeping = Instant::now();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut readings = first.item.reading_count();
+        let mut tokens = vec![first.token];
+        let mut items = vec![first.item];
+        while items.len() < settings.max_batch_blocks && readings < settings.max_batch_readings {
+            match rx.try_recv() {
+                Ok(v) => {
+                    readings += v.item.reading_count();
+                    tokens.push(v.token);
+                    items.push(v.item);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let mut delay = Duration::from_millis(100);
+        let result = loop {
+            let started = Instant::now();
+            match store.commit(&items, gridpow_common::wall_ms()) {
+                Ok(r) => {
+                    add(&shared.metrics.commits, 1);
+                    add(
+                        &shared.metrics.commit_micros,
+                        started.elapsed().as_micros() as u64,
+                    );
+                    break Some(r);
+                }
+                Err(e) => {
+                    add(&shared.metrics.commit_failures, 1);
+                    if stopping.load(Ordering::SeqCst) {
+                        tracing::error!(error = %e, blocks = items.len(), "Commit failed during shutdown; the broker will redeliver.");
+                        break None;
+                    }
+                    tracing::error!(error = %e, blocks = items.len(), retry_in_ms = delay.as_millis() as u64, "Commit failed; retrying.");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let Some(result) = result else { continue };
+        shared.set_totals(result.totals);
+        for a in &result.alerts {
+            shared.count_alert(a.kind, a.count);
+        }
+        let now = gridpow_common::wall_ms();
+        for ((token, item), outcome) in tokens.into_iter().zip(&items).zip(&result.outcomes) {
+            let status = match outcome {
+                Outcome::Stored {
+                    new_readings,
+                    duplicate_readings,
+                    ..
+                } => {
+                    add(&shared.metrics.blocks_stored, 1);
+                    add(&shared.metrics.readings_stored, *new_readings);
+                    add(&shared.metrics.readings_duplicate, *duplicate_readings);
+                    ReceiptStatus::Stored
+                }
+                Outcome::AlreadyStored { .. } => {
+                    add(&shared.metrics.blocks_duplicate, 1);
+                    ReceiptStatus::AlreadyStored
+                }
+                Outcome::Quarantined { kind, .. } => {
+                    shared.count_quarantine(*kind);
+                    ReceiptStatus::Quarantined
+                }
+            };
+            let receipt = item.header().map(|h| {
+                let repr = ReceiptRepr {
+                    status,
+                    relay_id: h.relay_id,
+                    height: h.height,
+                    block_hash: match item {
+                        Ingest::Block { block, .. } => block.hash,
+                        Ingest::Quarantine(_) => h.hash(),
+                    },
+                    server_id: settings.server_id,
+                    time_ms: now,
+                };
+                (
+                    topics::receipts(h.relay_id),
+                    repr.to_signed_bytes(&settings.signing_key).to_vec(),
+                )
+            });
+            if acks.send(AckJob { token, receipt }).is_err() {
+                tracing::warn!("Acknowledgement task gone; stopping the writer.");
+                return;
+            }
+        }
+        if last_housekeeping.elapsed() >= Duration::from_secs(1) {
+            housekeeping(&mut store);
+            last_housekeeping = Instant::now();
+        }
+    }
+    tracing::debug!("Writer ended.");
+}
+
+/// Publishes receipts and acknowledges messages, in commit order.
+pub(crate) async fn acker_task(
+    client: AsyncClient,
+    mut rx: mpsc::UnboundedReceiver<AckJob>,
+    shared: Arc<Shared>,
+) {
+    while let Some(job) = rx.recv().await {
+        if let Some((topic, bytes)) = job.receipt {
+            match client.publish(topic, QoS::AtLeastOnce, false, bytes).await {
+                Ok(()) => add(&shared.metrics.receipts_published, 1),
+                Err(e) => tracing::warn!(error = %e, "Receipt could not be queued."),
+            }
+        }
+        if job.token.qos == QoS::AtMostOnce {
+            continue;
+        }
+        if job.token.generation != shared.generation.load(Ordering::SeqCst) {
+            add(&shared.metrics.acks_stale, 1);
+            continue;
+        }
+        match client.ack(&job.token.publish()).await {
+            Ok(()) => add(&shared.metrics.acks_sent, 1),
+            Err(e) => tracing::warn!(error = %e, "Acknowledgement could not be queued."),
+        }
+    }
+    tracing::debug!("Acknowledgement task ended.");
+}

@@ -1,0 +1,143 @@
+//! The keys the verifier needs: relay public keys from `relays.toml` and
+//! prepared meter keys derived from the site secrets for every meter in
+//! `meters.toml`. Unknown ids trigger a reload of the registry (at most once
+//! per [`Keyring::RELOAD_INTERVAL`]) before a block is refused, so meters and
+//! relays added while the server runs are picked up.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::VerifyingKey;
+use gridpow_common::keys::{KeyDir, KeyError};
+use gridpow_proto::block::KeyLookup;
+use gridpow_proto::crypto::{MeterKeys, RustCrypto};
+
+/// Relay and meter keys, with rate-limited reloading from the key directory.
+pub struct Keyring {
+    dir: KeyDir,
+    relays: HashMap<u32, VerifyingKey>,
+    meters: HashMap<(u32, u8), MeterKeys<RustCrypto>>,
+    last_meter_reload: Instant,
+    last_relay_reload: Instant,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("dir", &self.dir.root())
+            .field("relays", &self.relays.len())
+            .field("meters", &self.meters.len())
+            .finish()
+    }
+}
+
+impl Keyring {
+    /// Least time between two reloads of the same registry.
+    pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+    /// Loads relay keys and derives the keys of every registered meter.
+    pub fn load(dir: &KeyDir) -> Result<Keyring, KeyError> {
+        let now = Instant::now();
+        Ok(Keyring {
+            dir: dir.clone(),
+            relays: load_relays(dir)?,
+            meters: load_meters(dir)?,
+            last_meter_reload: now,
+            last_relay_reload: now,
+        })
+    }
+
+    /// The key of relay `id`, if registered.
+    pub fn relay_key(&self, id: u32) -> Option<&VerifyingKey> {
+        self.relays.get(&id)
+    }
+
+    /// Number of registered meters with keys.
+    pub fn meter_count(&self) -> usize {
+        self.meters.len()
+    }
+
+    /// Reloads the meter registry unless it was reloaded less than
+    /// [`Keyring::RELOAD_INTERVAL`] ago; returns whether it reloaded.
+    pub fn reload_meters(&mut self) -> bool {
+        if self.last_meter_reload.elapsed() < Self::RELOAD_INTERVAL {
+            return false;
+        }
+        self.last_meter_reload = Instant::now();
+        match load_meters(&self.dir) {
+            Ok(m) => {
+                tracing::info!(meters = m.len(), "Meter registry reloaded.");
+                self.meters = m;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Meter registry reload failed; keeping the old keys.");
+                false
+            }
+        }
+    }
+
+    /// Reloads the relay registry, rate-limited like [`Keyring::reload_meters`].
+    pub fn reload_relays(&mut self) -> bool {
+        if self.last_relay_reload.elapsed() < Self::RELOAD_INTERVAL {
+            return false;
+        }
+        self.last_relay_reload = Instant::now();
+        match load_relays(&self.dir) {
+            Ok(r) => {
+                tracing::info!(relays = r.len(), "Relay registry reloaded.");
+                self.relays = r;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Relay registry reload failed; keeping the old keys.");
+                false
+            }
+        }
+    }
+}
+
+impl KeyLookup<RustCrypto> for Keyring {
+    fn meter_keys(&self, meter_id: u32, key_id: u8) -> Option<&MeterKeys<RustCrypto>> {
+        self.meters.get(&(meter_id, key_id))
+    }
+}
+
+fn load_relays(dir: &KeyDir) -> Result<HashMap<u32, VerifyingKey>, KeyError> {
+    if !dir.relays_path().exists() {
+        return Ok(HashMap::new());
+    }
+    let reg = dir.relays()?;
+    // `RelayRegistry::load` already refused entries without a valid key.
+    Ok(reg
+        .relays
+        .iter()
+        .filter_map(|r| Some((r.id, r.verifying_key()?)))
+        .collect())
+}
+
+fn load_meters(dir: &KeyDir) -> Result<HashMap<(u32, u8), MeterKeys<RustCrypto>>, KeyError> {
+    let site = dir.site()?;
+    let reg = if dir.meters_path().exists() {
+        dir.meters()?
+    } else {
+        Default::default()
+    };
+    let mut out = HashMap::with_capacity(reg.meters.len());
+    for m in &reg.meters {
+        match site.meter_secret(m.id, m.key_id) {
+            Some(secret) => {
+                out.insert(
+                    (m.id, m.key_id),
+                    MeterKeys::new(&RustCrypto, m.key_id, &secret),
+                );
+            }
+            None => tracing::warn!(
+                meter = m.id,
+                key_id = m.key_id,
+                "Meter's key id is not in site.toml; its frames will be refused."
+            ),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,49 @@
+//! # gridpow-server: the grid server
+//!
+//! Subscribes to the relays' blocks over MQTT 5 (shared subscription, QoS 1,
+//! manual acknowledgements), verifies each block end to end (PoW, relay
+//! signature, Merkle root, every meter's tag), stores blocks and readings in a
+//! database behind the [`store::Store`] trait (SQLite now), answers each relay
+//! with a signed commit receipt once the transaction committed, and serves a
+//! JSON API, Prometheus metrics and a live dashboard over HTTP.
+//!
+//! ```text
+//! broker ─▶ mqtt task ─▶ verifier thread ─▶ writer thread ─▶ acker task ─▶ broker
+//!                        (verify::verify_payload) (Store::commit)   (receipt, then PUBACK)
+//!                                                      │
+//!                          HTTP (axum): /api/v1/…, /metrics, /healthz, / ◀── read-only connections
+//! ```
+//!
+//! - [`Server::start`] runs it; [`ServerHandle`] reports [`ServerStats`] and shuts it down.
+//! - [`verify_ledger`] re-verifies a stored ledger offline.
+//! - The benchmark pieces: [`verify::verify_payload`] turns a block into the
+//!   rows the store inserts, [`store::SqliteStore::commit`](store::Store::commit)
+//!   stores them as the pipeline does, and
+//!   [`store::SqliteStore::insert_readings_raw`] inserts the same rows with the
+//!   same statement and nothing else (the raw baseline).
+//!
+//! Storage design (see [`store`]): no per-reading unique index. Readings are
+//! de-duplicated against per-(meter, boot epoch) coverage intervals read and
+//! rewritten in the same transaction, and time-range queries walk the blocks
+//! by time and read one appended directory row per block. The measured rates
+//! and how to reproduce them: `examples/ingest_rate.rs`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod api;
+pub mod config;
+mod ingest;
+pub mod intervals;
+pub mod keyring;
+pub mod ledger;
+pub mod metrics;
+pub mod plausibility;
+mod server;
+pub mod store;
+pub mod verify;
+
+pub use config::{ConfigError, ServerConfig};
+pub use ledger::{verify_ledger, BlockFault, LedgerError, LedgerReport};
+pub use metrics::ServerStats;
+pub use server::{Server, ServerError, ServerHandle};

@@ -1,0 +1,302 @@
+//! Starting and stopping the grid server: the ingest pipeline, the HTTP API
+//! and the dashboard, on the caller's tokio runtime (plus two threads of its
+//! own for verification and database writes).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridpow_common::keys::{KeyDir, KeyError};
+use gridpow_common::tls::TlsError;
+use gridpow_common::topics;
+use rumqttc::v5::{AsyncClient, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{ConfigError, ServerConfig};
+use crate::ingest::{self, Phase, WriterSettings};
+use crate::keyring::Keyring;
+use crate::metrics::{ServerStats, Shared};
+use crate::plausibility::Rules;
+use crate::store::{self, StoreError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A key or registry file is missing or invalid.
+    #[error("keys: {0}")]
+    Keys(#[from] KeyError),
+    /// The TLS files could not be used.
+    #[error("MQTT TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// The HTTP listener could not be bound.
+    #[error("HTTP listener on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error("starting the {what} thread: {source}")]
+    Spawn {
+        /// Which.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The grid server.
+#[derive(Debug)]
+pub struct Server;
+
+/// A running server. Drop it only after [`ServerHandle::shutdown`]: dropping
+/// it stops nothing (the tasks run until the runtime ends).
+#[derive(Debug)]
+pub struct ServerHandle {
+    http_addr: SocketAddr,
+    shared: Arc<Shared>,
+    phase: watch::Sender<Phase>,
+    stopping: Arc<AtomicBool>,
+    http_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    mqtt: JoinHandle<()>,
+    acker: JoinHandle<()>,
+    http: JoinHandle<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the database (applying migrations), loads the keys, connects to
+    /// the broker and starts serving HTTP. Must run inside a multi-thread
+    /// tokio runtime.
+    pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
+        cfg.validate(Path::new("server configuration"))?;
+        let keys = KeyDir::new(&cfg.keys_dir);
+        let keyring = Keyring::load(&keys)?;
+        let signing_key = keys.server_signing_key()?;
+        let mut writer_store = store::open_store(&cfg.db)?;
+        writer_store.set_rules(Rules::new(cfg.plausibility.clone()));
+        let shared = Arc::new(Shared {
+            started_ms: gridpow_common::wall_ms(),
+            ..Shared::default()
+        });
+        shared.set_totals(writer_store.totals()?);
+        // Fail now, not at the first request, if the readers cannot open the database.
+        drop(store::open_reader(&cfg.db)?);
+
+        let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+            .await
+            .map_err(|source| ServerError::Http {
+                addr: cfg.http.listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| ServerError::Http {
+            addr: cfg.http.listen,
+            source,
+        })?;
+
+        let options = mqtt_options(&cfg)?;
+        let (client, eventloop) = AsyncClient::new(options, 1024);
+        let filter = if cfg.mqtt.shared_subscription {
+            topics::shared_blocks()
+        } else {
+            topics::ALL_BLOCKS.to_string()
+        };
+
+        let (inbound_tx, inbound_rx) = std::sync::mpsc::channel();
+        let (verified_tx, verified_rx) = std::sync::mpsc::sync_channel(256);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+        let stopping = Arc::new(AtomicBool::new(false));
+
+        let mut threads = Vec::new();
+        {
+            let shared = shared.clone();
+            let min = cfg.min_difficulty;
+            threads.push(
+                std::thread::Builder::new()
+                    .name("gridpow-verify".into())
+                    .spawn(move || {
+                        ingest::verifier_thread(inbound_rx, verified_tx, keyring, min, shared)
+                    })
+                    .map_err(|source| ServerError::Spawn {
+                        what: "verifier",
+                        source,
+                    })?,
+            );
+        }
+        {
+            let shared = shared.clone();
+            let stopping = stopping.clone();
+            let settings = WriterSettings {
+                max_batch_readings: cfg.ingest.max_batch_readings,
+                max_batch_blocks: cfg.ingest.max_batch_blocks,
+                server_id: cfg.server_id,
+                signing_key,
+                silent_after_ms: cfg.plausibility.silent_after_ms(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name("gridpow-writer".into())
+                    .spawn(move || {
+                        ingest::writer_thread(
+                            writer_store,
+                            verified_rx,
+                            ack_tx,
+                            settings,
+                            shared,
+                            stopping,
+                        )
+                    })
+                    .map_err(|source| ServerError::Spawn {
+                        what: "writer",
+                        source,
+                    })?,
+            );
+        }
+        let acker = tokio::spawn(ingest::acker_task(client.clone(), ack_rx, shared.clone()));
+        let mqtt = tokio::spawn(ingest::mqtt_task(
+            eventloop,
+            client,
+            filter,
+            inbound_tx,
+            phase_rx,
+            shared.clone(),
+        ));
+
+        let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = crate::api::router(crate::api::ApiState::new(
+            cfg.db.clone(),
+            keys,
+            shared.clone(),
+        ));
+        let http = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = http_stop_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed.");
+            }
+        });
+        tracing::info!(
+            http = %http_addr,
+            broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port),
+            db = %cfg.db,
+            server_id = cfg.server_id,
+            "Grid server started."
+        );
+        Ok(ServerHandle {
+            http_addr,
+            shared,
+            phase: phase_tx,
+            stopping,
+            http_stop: Some(http_stop_tx),
+            mqtt,
+            acker,
+            http,
+            threads,
+        })
+    }
+}
+
+fn mqtt_options(cfg: &ServerConfig) -> Result<MqttOptions, ServerError> {
+    let mut o = MqttOptions::new(cfg.client_id(), cfg.mqtt.host.clone(), cfg.mqtt.port);
+    o.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s.max(5)))
+        .set_manual_acks(true)
+        .set_clean_start(cfg.mqtt.session_expiry_s == 0)
+        .set_receive_maximum(Some(cfg.mqtt.receive_maximum))
+        .set_max_packet_size(Some(cfg.mqtt.max_packet_bytes))
+        .set_request_channel_capacity(1024)
+        .set_connection_timeout(10);
+    if cfg.mqtt.session_expiry_s > 0 {
+        o.set_session_expiry_interval(Some(cfg.mqtt.session_expiry_s));
+    }
+    if cfg.mqtt.tls {
+        let (cert, key) = cfg.client_identity();
+        let explicit = cfg.mqtt.cert.is_some() || cfg.mqtt.key.is_some();
+        let identity = (explicit || (cert.exists() && key.exists()))
+            .then_some((cert.as_path(), key.as_path()));
+        if identity.is_none() {
+            tracing::warn!(cert = %cert.display(), "No client certificate found; connecting without one.");
+        }
+        let tls = gridpow_common::tls::client_config(&cfg.ca_path(), identity)?;
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
+    Ok(o)
+}
+
+impl ServerHandle {
+    /// Where the HTTP API and dashboard listen.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Totals and counters now.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats()
+    }
+
+    /// The Prometheus exposition (as `/metrics` serves it).
+    pub fn metrics_text(&self) -> String {
+        self.shared.prometheus()
+    }
+
+    /// Stops taking new messages, finishes what is in flight (commit, receipt,
+    /// ACK), disconnects from the broker and stops the HTTP server.
+    /// Messages received but not committed stay unacknowledged; the broker
+    /// redelivers them.
+    pub async fn shutdown(mut self) {
+        tracing::info!("Grid server stopping.");
+        let _ = self.phase.send(Phase::Draining);
+        // The pipeline drains once the MQTT task dropped its sender.
+        let threads = std::mem::take(&mut self.threads);
+        let stopping = self.stopping.clone();
+        let joiner = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        let drained = tokio::time::timeout(Duration::from_secs(20), async {
+            let _ = joiner.await;
+            let _ = (&mut self.acker).await;
+        })
+        .await;
+        if drained.is_err() {
+            stopping.store(true, Ordering::SeqCst);
+            tracing::warn!("Pipeline did not drain in 20 s; stopping anyway.");
+            self.acker.abort();
+        }
+        let _ = self.phase.send(Phase::Disconnect);
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.mqtt)
+            .await
+            .is_err()
+        {
+            self.mqtt.abort();
+        }
+        if let Some(tx) = self.http_stop.take() {
+            let _ = tx.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.http)
+            .await
+            .is_err()
+        {
+            self.http.abort();
+        }
+        tracing::info!("Grid server stopped.");
+    }
+}

@@ -1,0 +1,770 @@
+//! Storage behind the [`Store`] trait, chosen at run time from the database URL.
+//!
+//! SQLite ([`SqliteStore`]) is the backend today; PostgreSQL (issue 6) will be a
+//! second implementation with its own migrations. The trait is shaped for it:
+//!
+//! - **One transaction per batch.** [`Store::commit`] stores a batch of verified
+//!   blocks and rejected payloads atomically and returns one [`Outcome`] per
+//!   item; a receipt or broker acknowledgement is only sent for a batch that
+//!   committed.
+//! - **The database is the arbiter.** Duplicates, chain links, gaps and forks
+//!   are decided by what the database holds inside that transaction, never by
+//!   process memory, so several servers may share one database. An
+//!   implementation must serialise transactions that touch the same relay or
+//!   meter (SQLite: one writer at a time with `BEGIN IMMEDIATE`; PostgreSQL:
+//!   transaction-scoped advisory locks on the relay and meter ids, taken in
+//!   ascending order, plus `UNIQUE (relay_id, height)` as the last word).
+//!   A backend may cache rows between transactions only if it can tell that
+//!   nobody else wrote meanwhile (SQLite: `PRAGMA data_version`).
+//! - **No per-reading unique index.** Each reading `(meter, epoch, seq)` is stored
+//!   once: a `coverage` table holds, per meter and boot epoch, the intervals of
+//!   sequence numbers already stored, read and rewritten inside the same
+//!   transaction; only readings outside them are inserted. Time-range queries
+//!   walk the blocks by the time span of their readings and read each block's
+//!   directory ([`Run`]s: per meter, the contiguous id range of its new
+//!   readings and their time span; one appended row per block), not a
+//!   per-reading or per-meter index.
+//! - Each instance is one connection used from one thread (`&mut self`); the
+//!   HTTP API opens its own instances for reading.
+
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use gridpow_proto::wire::{BlockHeaderRepr, Reading};
+use gridpow_proto::Hash;
+use serde::Serialize;
+
+pub use sqlite::SqliteStore;
+
+use crate::plausibility::{AlertKind, Rules};
+use crate::verify::{RejectKind, VerifiedBlockData};
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database URL names a backend this build does not have.
+    #[error("unsupported database URL {0:?}: use a SQLite file path or sqlite://path")]
+    UnsupportedUrl(String),
+    /// The database's directory could not be created.
+    #[error("creating {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The checkpoint thread could not be started.
+    #[error("starting the checkpoint thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The database could not be opened.
+    #[error("opening database {path}: {source}")]
+    Open {
+        /// What was opened.
+        path: String,
+        /// The backend's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A schema migration failed.
+    #[error("applying migration {version} to {path}: {source}")]
+    Migration {
+        /// The migration.
+        version: u32,
+        /// The database.
+        path: String,
+        /// The backend's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer build.
+    #[error(
+        "database schema version {found} is newer than this build knows ({known}); upgrade gridpow"
+    )]
+    SchemaTooNew {
+        /// Version found.
+        found: u32,
+        /// Newest version this build applies.
+        known: u32,
+    },
+    /// A query or statement failed (IO, disk full, locked, constraint).
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored value cannot be what this build wrote.
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// A parsed database URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DbUrl {
+    /// A SQLite file.
+    Sqlite(std::path::PathBuf),
+}
+
+impl DbUrl {
+    /// Parses `path`, `sqlite://path` or `sqlite:path`.
+    pub fn parse(url: &str) -> Result<DbUrl, StoreError> {
+        let url = url.trim();
+        if let Some(p) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if p.is_empty() {
+                return Err(StoreError::UnsupportedUrl(url.into()));
+            }
+            return Ok(DbUrl::Sqlite(p.into()));
+        }
+        if url.is_empty() || url.contains("://") {
+            return Err(StoreError::UnsupportedUrl(url.into()));
+        }
+        Ok(DbUrl::Sqlite(url.into()))
+    }
+}
+
+/// Opens the store named by `url` for writing (applying migrations).
+pub fn open_store(url: &str) -> Result<Box<dyn Store>, StoreError> {
+    match DbUrl::parse(url)? {
+        DbUrl::Sqlite(p) => Ok(Box::new(SqliteStore::open(&p)?)),
+    }
+}
+
+/// Opens the store named by `url` for queries only (the database must exist).
+pub fn open_reader(url: &str) -> Result<Box<dyn Store>, StoreError> {
+    match DbUrl::parse(url)? {
+        DbUrl::Sqlite(p) => Ok(Box::new(SqliteStore::open_reader(&p)?)),
+    }
+}
+
+/// Where a payload came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Arrival {
+    /// Server wall clock when it arrived, Unix ms.
+    pub received_ms: u64,
+    /// The MQTT topic (informational: the signed header names the relay).
+    pub topic: String,
+}
+
+/// A payload refused before storage, for the quarantine table.
+#[derive(Clone, Debug)]
+pub struct QuarantineItem {
+    /// Where it came from.
+    pub arrival: Arrival,
+    /// Why.
+    pub kind: RejectKind,
+    /// Details.
+    pub detail: String,
+    /// Its header, if it parsed.
+    pub header: Option<BlockHeaderRepr>,
+    /// The raw payload.
+    pub raw: Vec<u8>,
+}
+
+/// One item of a batch.
+#[derive(Clone, Debug)]
+pub enum Ingest {
+    /// A verified block to store (or to find already stored, or a fork).
+    Block {
+        /// Where it came from.
+        arrival: Arrival,
+        /// The block.
+        block: VerifiedBlockData,
+    },
+    /// A refused payload.
+    Quarantine(QuarantineItem),
+}
+
+impl Ingest {
+    /// Readings the item carries (for batch sizing).
+    pub fn reading_count(&self) -> usize {
+        match self {
+            Ingest::Block { block, .. } => block.readings.len(),
+            Ingest::Quarantine(_) => 0,
+        }
+    }
+
+    /// The header named by the item, if any (for the receipt).
+    pub fn header(&self) -> Option<&BlockHeaderRepr> {
+        match self {
+            Ingest::Block { block, .. } => Some(&block.header),
+            Ingest::Quarantine(q) => q.header.as_ref(),
+        }
+    }
+}
+
+/// What the store did with one item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The block is new and stored.
+    Stored {
+        /// Its row id.
+        block_id: i64,
+        /// Readings stored with it.
+        new_readings: u64,
+        /// Readings of its frames that were already stored (re-sent by the meter).
+        duplicate_readings: u64,
+        /// Whether its parent was stored and the link checked (or it is genesis).
+        linked: bool,
+        /// Whether it linked a previously stored child (closing a gap).
+        closed_gap: bool,
+    },
+    /// The same block (same hash) was stored before; nothing changed.
+    AlreadyStored {
+        /// The stored block's row id.
+        block_id: i64,
+    },
+    /// The item went to quarantine.
+    Quarantined {
+        /// Why.
+        kind: RejectKind,
+        /// The quarantine row id.
+        id: i64,
+    },
+}
+
+/// An alert raised (or raised again) by a commit or a sweep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaisedAlert {
+    /// Kind.
+    pub kind: AlertKind,
+    /// What it is about (`meter:5`, `relay:1:height:7`).
+    pub subject: String,
+    /// How many times in this transaction.
+    pub count: u64,
+    /// The latest message.
+    pub message: String,
+}
+
+/// Totals of the whole database, read at the end of each transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DbTotals {
+    /// Readings stored.
+    pub readings_stored: u64,
+    /// Blocks verified and stored.
+    pub blocks_verified: u64,
+    /// Payloads quarantined (blocks refused, forks, garbage).
+    pub blocks_rejected: u64,
+    /// Blocks refused because of one of their frames (unknown meter, bad tag, malformed frame).
+    pub frames_rejected: u64,
+    /// Redelivered blocks found already stored.
+    pub blocks_duplicate: u64,
+    /// Readings not stored again because an earlier frame carried them.
+    pub readings_duplicate: u64,
+    /// Meters that ever sent a stored reading.
+    pub meters: u64,
+    /// Relays with a stored block.
+    pub relays: u64,
+    /// Blocks stored without their parent, still waiting for it.
+    pub gaps_open: u64,
+    /// Forks quarantined.
+    pub forks: u64,
+    /// Alerts not cleared.
+    pub alerts_active: u64,
+}
+
+/// What a commit did.
+#[derive(Clone, Debug, Default)]
+pub struct CommitResult {
+    /// One outcome per item, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Alerts raised.
+    pub alerts: Vec<RaisedAlert>,
+    /// Database totals after the commit.
+    pub totals: DbTotals,
+}
+
+/// A stored reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct StoredReading {
+    /// Row id (`reading_id` in the API).
+    pub id: i64,
+    /// The block that stored it.
+    pub block_id: i64,
+    /// The leaf (frame) of that block that carried it.
+    pub leaf: u32,
+    /// The meter.
+    pub meter_id: u32,
+    /// Boot epoch.
+    pub epoch: u32,
+    /// Sequence number.
+    pub seq: u32,
+    /// The values.
+    #[serde(flatten, with = "reading_json")]
+    pub reading: Reading,
+}
+
+mod reading_json {
+    use gridpow_proto::wire::Reading;
+    use serde::ser::SerializeMap;
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(r: &Reading, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(11))?;
+        m.serialize_entry("timestamp_ms", &r.timestamp_ms)?;
+        m.serialize_entry("voltage_v", &r.voltage_v())?;
+        m.serialize_entry("current_a", &r.current_a())?;
+        m.serialize_entry("active_power_w", &r.active_power_w())?;
+        m.serialize_entry("power_factor", &r.power_factor())?;
+        m.serialize_entry("frequency_hz", &r.frequency_hz())?;
+        m.serialize_entry("energy_wh", &(r.energy_mwh as f64 / 1000.0))?;
+        m.serialize_entry("energy_mwh", &r.energy_mwh)?;
+        m.serialize_entry("flags", &r.flags)?;
+        m.end()
+    }
+}
+
+/// A stored block as the API needs it for an inclusion proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockBytes {
+    /// Row id.
+    pub id: i64,
+    /// Relay.
+    pub relay_id: u32,
+    /// Height.
+    pub height: u64,
+    /// Header hash.
+    pub hash: Hash,
+    /// The raw block.
+    pub raw: Vec<u8>,
+}
+
+/// A column value exactly as stored. The ledger check compares cells with
+/// what the block bytes imply, so a value of the wrong type is a mismatch it
+/// reports, not a read error that hides which block is bad.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cell {
+    /// An integer.
+    Int(i64),
+    /// A blob.
+    Bytes(Vec<u8>),
+    /// Anything else (text, real, null), described.
+    Other(String),
+}
+
+impl Cell {
+    /// The integer, if it is one.
+    pub fn int(&self) -> Option<i64> {
+        match self {
+            Cell::Int(v) => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+/// Column names of [`LedgerBlock::header`], in order.
+pub const BLOCK_HEADER_COLUMNS: [&str; 9] = [
+    "relay_id",
+    "height",
+    "hash",
+    "prev_hash",
+    "merkle_root",
+    "difficulty",
+    "leaf_count",
+    "time_ms",
+    "nonce",
+];
+
+/// A stored block for the ledger check: every column as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerBlock {
+    /// Row id.
+    pub id: i64,
+    /// Header columns, named by [`BLOCK_HEADER_COLUMNS`].
+    pub header: [Cell; 9],
+    /// The raw block (a non-blob value reads as empty).
+    pub raw: Vec<u8>,
+    /// `linked`.
+    pub linked: Cell,
+    /// `first_reading_id`.
+    pub first_reading_id: Cell,
+    /// `reading_count`.
+    pub reading_count: Cell,
+    /// `duplicate_count`.
+    pub duplicate_count: Cell,
+    /// `min_ts` (time span of its stored readings).
+    pub min_ts: Cell,
+    /// `max_ts`.
+    pub max_ts: Cell,
+}
+
+/// Column names of [`LedgerReading::cells`], in order.
+pub const READING_COLUMNS: [&str; 13] = [
+    "block_id",
+    "leaf",
+    "meter_id",
+    "epoch",
+    "seq",
+    "ts_ms",
+    "voltage_cv",
+    "current_ma",
+    "power_dw",
+    "pf_e4",
+    "freq_mhz",
+    "energy_mwh",
+    "flags",
+];
+
+/// A stored reading row for the ledger check: every column as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerReading {
+    /// Row id.
+    pub id: i64,
+    /// The other columns, named by [`READING_COLUMNS`].
+    pub cells: [Cell; 13],
+}
+
+impl LedgerReading {
+    /// The cells a reading row must hold: what `commit` writes for `row` of block `block_id`.
+    pub fn expected_cells(block_id: i64, row: &crate::verify::ReadingRow) -> [Cell; 13] {
+        let r = &row.reading;
+        [
+            Cell::Int(block_id),
+            Cell::Int(i64::from(row.leaf)),
+            Cell::Int(i64::from(row.meter_id)),
+            Cell::Int(i64::from(row.epoch)),
+            Cell::Int(i64::from(row.seq)),
+            Cell::Int(r.timestamp_ms as i64),
+            Cell::Int(i64::from(r.voltage_cv)),
+            Cell::Int(i64::from(r.current_ma)),
+            Cell::Int(i64::from(r.active_power_dw)),
+            Cell::Int(i64::from(r.power_factor_e4)),
+            Cell::Int(i64::from(r.frequency_mhz)),
+            Cell::Int(r.energy_mwh as i64),
+            Cell::Int(i64::from(r.flags)),
+        ]
+    }
+}
+
+/// An entry of a block's time-index directory: the readings
+/// `first_id..=last_id` of one meter in one block and their time span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The block.
+    pub block_id: i64,
+    /// First reading id.
+    pub first_id: i64,
+    /// Last reading id.
+    pub last_id: i64,
+    /// The meter.
+    pub meter_id: i64,
+    /// Earliest timestamp.
+    pub min_ts: i64,
+    /// Latest timestamp.
+    pub max_ts: i64,
+}
+
+/// Bytes of one directory entry.
+pub const RUN_LEN: usize = 32;
+
+/// Encodes a block's directory: entries ascending by meter, 32 bytes each,
+/// `meter_id u32 | first_id i64 | count u32 | min_ts i64 | max_ts i64`, little-endian.
+pub fn encode_directory(runs: &[Run]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(runs.len() * RUN_LEN);
+    for r in runs {
+        out.extend_from_slice(&(r.meter_id as u32).to_le_bytes());
+        out.extend_from_slice(&r.first_id.to_le_bytes());
+        out.extend_from_slice(&((r.last_id - r.first_id + 1) as u32).to_le_bytes());
+        out.extend_from_slice(&r.min_ts.to_le_bytes());
+        out.extend_from_slice(&r.max_ts.to_le_bytes());
+    }
+    out
+}
+
+fn run_at(block_id: i64, e: &[u8]) -> Option<Run> {
+    let u32_at = |o: usize| Some(u32::from_le_bytes(e.get(o..o + 4)?.try_into().ok()?));
+    let i64_at = |o: usize| Some(i64::from_le_bytes(e.get(o..o + 8)?.try_into().ok()?));
+    let first_id = i64_at(4)?;
+    Some(Run {
+        block_id,
+        meter_id: i64::from(u32_at(0)?),
+        first_id,
+        last_id: first_id
+            .checked_add(i64::from(u32_at(12)?))?
+            .checked_sub(1)?,
+        min_ts: i64_at(16)?,
+        max_ts: i64_at(24)?,
+    })
+}
+
+/// Decodes a block's directory; `None` if it is not whole entries.
+pub fn decode_directory(block_id: i64, bytes: &[u8]) -> Option<Vec<Run>> {
+    if bytes.len() % RUN_LEN != 0 {
+        return None;
+    }
+    bytes
+        .chunks_exact(RUN_LEN)
+        .map(|e| run_at(block_id, e))
+        .collect()
+}
+
+/// Finds `meter_id`'s entry in a block's directory (binary search).
+pub fn find_in_directory(block_id: i64, bytes: &[u8], meter_id: u32) -> Option<Run> {
+    let n = bytes.len() / RUN_LEN;
+    let (mut lo, mut hi) = (0usize, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let e = bytes.get(mid * RUN_LEN..(mid + 1) * RUN_LEN)?;
+        let m = u32::from_le_bytes(e.get(..4)?.try_into().ok()?);
+        match m.cmp(&meter_id) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return run_at(block_id, e),
+        }
+    }
+    None
+}
+
+/// One interval of the de-duplication table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CoverageRow {
+    /// Meter.
+    pub meter_id: i64,
+    /// Boot epoch.
+    pub epoch: i64,
+    /// First sequence number.
+    pub first_seq: i64,
+    /// Last sequence number.
+    pub last_seq: i64,
+}
+
+/// A block without its bytes, for listings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BlockSummary {
+    /// Row id.
+    pub id: i64,
+    /// Relay.
+    pub relay_id: u32,
+    /// Height.
+    pub height: u64,
+    /// Header hash, hex.
+    pub hash: String,
+    /// Previous hash, hex.
+    pub prev_hash: String,
+    /// Claimed difficulty.
+    pub difficulty: u8,
+    /// Leading zero bits the hash actually has.
+    pub work_bits: u8,
+    /// Leaves.
+    pub leaf_count: u32,
+    /// Sealed at (relay clock), Unix ms.
+    pub time_ms: u64,
+    /// Received at (server clock), Unix ms.
+    pub received_ms: u64,
+    /// Readings stored with it.
+    pub readings: u64,
+    /// Readings already stored from other frames.
+    pub duplicate_readings: u64,
+    /// Parent stored and link checked.
+    pub linked: bool,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// A meter as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MeterSummary {
+    /// Id.
+    pub meter_id: u32,
+    /// Readings stored.
+    pub readings: u64,
+    /// First stored, server clock, Unix ms.
+    pub first_seen_ms: u64,
+    /// Last stored, server clock, Unix ms.
+    pub last_received_ms: u64,
+    /// Reported silent (no reading for N intervals).
+    pub silent: bool,
+    /// Its newest reading (highest epoch and sequence number).
+    pub last: Option<LastReading>,
+}
+
+/// The newest reading of a meter.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct LastReading {
+    /// Boot epoch.
+    pub epoch: u32,
+    /// Sequence number.
+    pub seq: u32,
+    /// Values.
+    #[serde(flatten, with = "reading_json")]
+    pub reading: Reading,
+}
+
+/// A relay with its chain head and PoW statistics.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RelaySummary {
+    /// Id.
+    pub relay_id: u32,
+    /// Blocks stored.
+    pub blocks: u64,
+    /// Readings stored.
+    pub readings: u64,
+    /// Highest stored height.
+    pub head_height: Option<u64>,
+    /// Its hash, hex.
+    pub head_hash: Option<String>,
+    /// Highest height up to which the chain is complete from genesis (or from the lowest stored block).
+    pub linked_height: Option<u64>,
+    /// Difficulty of the head block.
+    pub difficulty: Option<u8>,
+    /// Mean leading zero bits of the last 100 block hashes.
+    pub mean_work_bits: Option<f64>,
+    /// Mean time between the relay's seal times over the last 100 blocks, ms
+    /// (an upper bound of the PoW solve time; blocks are sealed by count or age).
+    pub mean_block_interval_ms: Option<f64>,
+    /// Expected PoW tries per block at the head's difficulty (2^d).
+    pub expected_tries: Option<f64>,
+    /// Last block received at, Unix ms.
+    pub last_block_ms: Option<u64>,
+    /// Open gaps: missing height ranges `[from, to]`.
+    pub gaps: Vec<(u64, u64)>,
+    /// Forks quarantined.
+    pub forks: u64,
+}
+
+/// An alert row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AlertRow {
+    /// Row id.
+    pub id: i64,
+    /// Kind.
+    pub kind: String,
+    /// Subject (`meter:5`, `relay:1:height:9`).
+    pub subject: String,
+    /// The meter concerned, if any.
+    pub meter_id: Option<u32>,
+    /// The relay concerned, if any.
+    pub relay_id: Option<u32>,
+    /// First raised, Unix ms.
+    pub first_ms: u64,
+    /// Last raised, Unix ms.
+    pub last_ms: u64,
+    /// Times raised.
+    pub count: u64,
+    /// Latest message.
+    pub message: String,
+    /// When cleared (gap filled, meter heard again), if it was.
+    pub cleared_ms: Option<u64>,
+}
+
+/// A quarantine row without its raw bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct QuarantineRow {
+    /// Row id.
+    pub id: i64,
+    /// Received at, Unix ms.
+    pub received_ms: u64,
+    /// Topic.
+    pub topic: String,
+    /// Reason.
+    pub kind: String,
+    /// Details.
+    pub detail: String,
+    /// Relay named by the header, if it parsed.
+    pub relay_id: Option<u32>,
+    /// Height named by the header.
+    pub height: Option<u64>,
+    /// Header hash, hex.
+    pub hash: Option<String>,
+    /// Size of the raw payload.
+    pub bytes: u64,
+    /// First 64 bytes of the payload, hex.
+    pub head_hex: String,
+}
+
+/// The storage interface of the grid server.
+pub trait Store: Send {
+    /// Sets the plausibility rules applied to new readings.
+    fn set_rules(&mut self, rules: Rules);
+
+    /// Stores a batch atomically (see the module docs) and returns one outcome
+    /// per item. On error nothing is stored and the caller retries later.
+    fn commit(&mut self, items: &[Ingest], now_ms: u64) -> Result<CommitResult, StoreError>;
+
+    /// Database totals.
+    fn totals(&mut self) -> Result<DbTotals, StoreError>;
+
+    /// Marks meters not heard from since `now_ms - silent_after_ms` as silent
+    /// (once each) and raises alerts; `started_ms` is when this server started,
+    /// so a restart does not report every meter at once.
+    fn sweep_silent(
+        &mut self,
+        now_ms: u64,
+        silent_after_ms: u64,
+        started_ms: u64,
+    ) -> Result<Vec<RaisedAlert>, StoreError>;
+
+    /// Every meter.
+    fn meters(&mut self) -> Result<Vec<MeterSummary>, StoreError>;
+
+    /// Readings of `meter_id` with `from_ms <= timestamp <= to_ms`, ascending by
+    /// timestamp, at most `limit` (the newest ones if there are more).
+    fn meter_readings(
+        &mut self,
+        meter_id: u32,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredReading>, StoreError>;
+
+    /// Every relay with its chain statistics.
+    fn relays(&mut self) -> Result<Vec<RelaySummary>, StoreError>;
+
+    /// The newest blocks, of one relay or all, at most `limit`.
+    fn blocks(
+        &mut self,
+        relay_id: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<BlockSummary>, StoreError>;
+
+    /// A reading with the block that stored it.
+    fn reading_with_block(
+        &mut self,
+        reading_id: i64,
+    ) -> Result<Option<(StoredReading, BlockBytes)>, StoreError>;
+
+    /// The newest alerts, at most `limit`.
+    fn alerts(&mut self, limit: usize) -> Result<Vec<AlertRow>, StoreError>;
+
+    /// The newest quarantine rows, at most `limit`.
+    fn quarantine(&mut self, limit: usize) -> Result<Vec<QuarantineRow>, StoreError>;
+
+    /// Relays with stored blocks, ascending (for the ledger check).
+    fn ledger_relays(&mut self) -> Result<Vec<i64>, StoreError>;
+
+    /// Up to `limit` stored blocks of `relay_id` with a height above
+    /// `after_height` (all heights when `None`, even negative ones a tampered
+    /// row may hold), ascending by height.
+    fn ledger_blocks(
+        &mut self,
+        relay_id: i64,
+        after_height: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerBlock>, StoreError>;
+
+    /// Reading rows with ids in `first_id .. first_id + count`, ascending.
+    fn ledger_readings(
+        &mut self,
+        first_id: i64,
+        count: u64,
+    ) -> Result<Vec<LedgerReading>, StoreError>;
+
+    /// The time-index directory of block `block_id`, as stored (`None`: no row;
+    /// a non-blob value reads as empty).
+    fn ledger_directory(&mut self, block_id: i64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Number of reading rows (whatever block they claim).
+    fn reading_rows(&mut self) -> Result<u64, StoreError>;
+
+    /// Number of time-index rows (one per block that stored readings).
+    fn directory_rows(&mut self) -> Result<u64, StoreError>;
+
+    /// The whole de-duplication table, ascending.
+    fn ledger_coverage(&mut self) -> Result<Vec<CoverageRow>, StoreError>;
+}

@@ -1,0 +1,1686 @@
+//! The SQLite backend: WAL, `synchronous = FULL` (a commit is durable before
+//! its receipt leaves), one writer at a time (`BEGIN IMMEDIATE`), migrations
+//! from `migrations/sqlite/` tracked in `PRAGMA user_version`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use gridpow_proto::block::check_link;
+use gridpow_proto::pow::leading_zero_bits;
+use gridpow_proto::wire::Reading;
+use gridpow_proto::Hash;
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+
+use super::{
+    AlertRow, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbTotals, Ingest,
+    LastReading, LedgerBlock, LedgerReading, MeterSummary, Outcome, QuarantineItem, QuarantineRow,
+    RaisedAlert, RelaySummary, Store, StoreError, StoredReading,
+};
+use crate::intervals::IntervalSet;
+use crate::plausibility::{AlertKind, Rules};
+use crate::store::Arrival;
+use crate::verify::{ReadingRow, RejectKind, VerifiedBlockData};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` is the last applied.
+const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+/// The id is left to SQLite: a new rowid past the largest is an append, while
+/// an explicit one costs a B-tree seek to check it is free.
+const INSERT_READING: &str = "INSERT INTO readings (block_id, leaf, meter_id, epoch, seq, ts_ms, voltage_cv, \
+     current_ma, power_dw, pf_e4, freq_mhz, energy_mwh, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+const READING_COLS: &str =
+    "id, block_id, leaf, meter_id, epoch, seq, ts_ms, voltage_cv, current_ma, power_dw, pf_e4, freq_mhz, energy_mwh, flags";
+
+/// A SQLite database holding the ledger.
+pub struct SqliteStore {
+    conn: Connection,
+    rules: Rules,
+    cache: Cache,
+    checkpointer: Option<Checkpointer>,
+}
+
+/// Copies committed WAL frames into the database file on its own thread and
+/// connection (`PRAGMA wal_checkpoint(PASSIVE)` after each commit, at least
+/// every 200 ms), so the writer's commits only append to the WAL and fsync it.
+/// Passive checkpoints never block the writer or readers.
+struct Checkpointer {
+    nudge: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Least time between two checkpoints.
+    const EVERY: Duration = Duration::from_millis(500);
+
+    fn start(path: &Path) -> Result<Checkpointer, StoreError> {
+        let conn = Connection::open(path).map_err(open_err(path))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err(path))?;
+        conn.execute_batch("PRAGMA synchronous = FULL;")
+            .map_err(open_err(path))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("gridpow-checkpoint".into())
+            .spawn(move || {
+                let mut last_run = std::time::Instant::now();
+                loop {
+                    let last = match rx.recv_timeout(Self::EVERY) {
+                        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => true,
+                    };
+                    // Fewer, larger checkpoints copy pages rewritten by many commits once.
+                    if !last && last_run.elapsed() < Self::EVERY {
+                        continue;
+                    }
+                    last_run = std::time::Instant::now();
+                    let mode = if last { "TRUNCATE" } else { "PASSIVE" };
+                    if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; the writer will checkpoint itself.");
+                    }
+                    if last {
+                        break;
+                    }
+                }
+            })
+            .map_err(StoreError::Thread)?;
+        Ok(Checkpointer {
+            nudge: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn nudge(&self) {
+        if let Some(tx) = &self.nudge {
+            let _ = tx.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.nudge = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.conn.path())
+            .finish()
+    }
+}
+
+fn open_err(path: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` for writing and applies migrations.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let mut conn = Connection::open(path).map_err(open_err(path))?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(open_err(path))?;
+        // Checkpoints run on a thread of their own (see `Checkpointer`); the
+        // writer checkpoints itself only if the WAL grows past 64 MiB anyway.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -65536; \
+             PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 65536;",
+        )
+        .map_err(open_err(path))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        migrate(&mut conn, path)?;
+        let checkpointer = Checkpointer::start(path)?;
+        Ok(SqliteStore {
+            conn,
+            rules: Rules::default(),
+            cache: Cache::default(),
+            checkpointer: Some(checkpointer),
+        })
+    }
+
+    /// Opens an existing database for queries only.
+    pub fn open_reader(path: &Path) -> Result<SqliteStore, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(path, flags).map_err(open_err(path))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_err(path))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let version: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err(path))?;
+        let known = MIGRATIONS.last().map_or(0, |m| m.0);
+        if version > known {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                known,
+            });
+        }
+        if version == 0 {
+            return Err(StoreError::Corrupt {
+                table: "schema",
+                detail: format!("{} is not a gridpow database (no schema)", path.display()),
+            });
+        }
+        Ok(SqliteStore {
+            conn,
+            rules: Rules::default(),
+            cache: Cache::default(),
+            checkpointer: None,
+        })
+    }
+
+    /// The underlying connection (tests and benchmarks).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Benchmark baseline: inserts `rows` (as of block `block_id`) into the
+    /// readings table with the very statement [`Store::commit`] uses, in one
+    /// transaction, and nothing else (no de-duplication, chain, time index or
+    /// block row). Ids follow the largest stored one. Returns the rows inserted.
+    pub fn insert_readings_raw(
+        &mut self,
+        block_id: i64,
+        rows: &[ReadingRow],
+    ) -> Result<usize, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut st = tx.prepare_cached(INSERT_READING)?;
+            for row in rows {
+                insert_reading(&tx, &mut st, block_id, row)?;
+            }
+        }
+        tx.commit()?;
+        if let Some(c) = &self.checkpointer {
+            c.nudge();
+        }
+        Ok(rows.len())
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    for &(version, sql) in MIGRATIONS {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Read inside the write transaction: another process may have migrated meanwhile.
+        let current: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current > known {
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                known,
+            });
+        }
+        if current >= version {
+            continue;
+        }
+        let fail = |source| StoreError::Migration {
+            version,
+            path: path.display().to_string(),
+            source,
+        };
+        tx.execute_batch(sql).map_err(fail)?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        tracing::info!(version, db = %path.display(), "Database migrated.");
+    }
+    Ok(())
+}
+
+/// Inserts one reading row; returns its id.
+fn insert_reading(
+    conn: &Connection,
+    st: &mut rusqlite::Statement<'_>,
+    block_id: i64,
+    row: &ReadingRow,
+) -> rusqlite::Result<i64> {
+    let r = &row.reading;
+    st.raw_bind_parameter(1, block_id)?;
+    st.raw_bind_parameter(2, row.leaf)?;
+    st.raw_bind_parameter(3, row.meter_id)?;
+    st.raw_bind_parameter(4, row.epoch)?;
+    st.raw_bind_parameter(5, row.seq)?;
+    st.raw_bind_parameter(6, r.timestamp_ms as i64)?;
+    st.raw_bind_parameter(7, r.voltage_cv)?;
+    st.raw_bind_parameter(8, r.current_ma)?;
+    st.raw_bind_parameter(9, r.active_power_dw)?;
+    st.raw_bind_parameter(10, r.power_factor_e4)?;
+    st.raw_bind_parameter(11, r.frequency_mhz)?;
+    st.raw_bind_parameter(12, r.energy_mwh as i64)?;
+    st.raw_bind_parameter(13, r.flags)?;
+    st.raw_execute()?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn u64_of(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+fn hash_of(table: &'static str, b: &[u8]) -> Result<Hash, StoreError> {
+    b.try_into().map_err(|_| StoreError::Corrupt {
+        table,
+        detail: format!("hash of {} bytes", b.len()),
+    })
+}
+
+fn cell(row: &Row<'_>, idx: usize) -> rusqlite::Result<Cell> {
+    Ok(match row.get_ref(idx)? {
+        ValueRef::Integer(v) => Cell::Int(v),
+        ValueRef::Blob(b) => Cell::Bytes(b.to_vec()),
+        ValueRef::Null => Cell::Other("NULL".into()),
+        ValueRef::Real(f) => Cell::Other(format!("real {f}")),
+        ValueRef::Text(t) => Cell::Other(format!("text {:?}", String::from_utf8_lossy(t))),
+    })
+}
+
+fn typed_reading(table: &'static str, c: &[i64; 14]) -> Result<StoredReading, StoreError> {
+    let bad = |what: &str| StoreError::Corrupt {
+        table,
+        detail: format!("reading {}: {what} out of range", c[0]),
+    };
+    Ok(StoredReading {
+        id: c[0],
+        block_id: c[1],
+        leaf: u32::try_from(c[2]).map_err(|_| bad("leaf"))?,
+        meter_id: u32::try_from(c[3]).map_err(|_| bad("meter_id"))?,
+        epoch: u32::try_from(c[4]).map_err(|_| bad("epoch"))?,
+        seq: u32::try_from(c[5]).map_err(|_| bad("seq"))?,
+        reading: Reading {
+            timestamp_ms: c[6] as u64,
+            voltage_cv: u16::try_from(c[7]).map_err(|_| bad("voltage_cv"))?,
+            current_ma: u32::try_from(c[8]).map_err(|_| bad("current_ma"))?,
+            active_power_dw: i32::try_from(c[9]).map_err(|_| bad("power_dw"))?,
+            power_factor_e4: i16::try_from(c[10]).map_err(|_| bad("pf_e4"))?,
+            frequency_mhz: u16::try_from(c[11]).map_err(|_| bad("freq_mhz"))?,
+            energy_mwh: c[12] as u64,
+            flags: u16::try_from(c[13]).map_err(|_| bad("flags"))?,
+        },
+    })
+}
+
+fn reading_ints(row: &Row<'_>) -> rusqlite::Result<[i64; 14]> {
+    let mut c = [0i64; 14];
+    for (i, v) in c.iter_mut().enumerate() {
+        *v = row.get(i)?;
+    }
+    Ok(c)
+}
+
+fn meter_subject(meter_id: u32) -> String {
+    format!("meter:{meter_id}")
+}
+
+fn block_subject(relay_id: u32, height: u64) -> String {
+    format!("relay:{relay_id}:height:{height}")
+}
+
+/// A stored block at a chain position: id, hash, prev_hash, linked.
+type ChainSlot = (i64, Vec<u8>, Vec<u8>, bool);
+
+/// What `Writer::readings` inserted: new readings, duplicates, the new ones' time span.
+type Inserted = (u64, u64, Option<(i64, i64)>);
+
+/// The columns of a block listing.
+type SummaryRow = (
+    i64,
+    u32,
+    i64,
+    Vec<u8>,
+    Vec<u8>,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    bool,
+    i64,
+);
+
+/// A meter's row as cached: loaded once, written back at the end of each
+/// transaction that changed it.
+#[derive(Clone, Debug)]
+struct MeterState {
+    first_seen_ms: u64,
+    readings: u64,
+    last: Option<(u32, u32, Reading)>,
+    silent: bool,
+    dirty: bool,
+}
+
+/// A (meter, epoch)'s coverage intervals: what the table holds and what it will hold.
+#[derive(Debug)]
+struct Coverage {
+    /// The rows as stored (first_seq, last_seq).
+    stored: Vec<(u32, u32)>,
+    set: IntervalSet,
+    dirty: bool,
+}
+
+/// Coverage and meter rows kept between transactions, so a batch does not
+/// re-read them. Valid only while no other connection wrote: every
+/// transaction compares `PRAGMA data_version` (which changes exactly when
+/// another connection commits) and starts from an empty cache if it moved,
+/// so the database stays the arbiter. Any failed transaction clears it too.
+#[derive(Debug, Default)]
+struct Cache {
+    data_version: Option<i64>,
+    coverage: HashMap<(u32, u32), Coverage>,
+    meters: BTreeMap<u32, MeterState>,
+}
+
+impl Cache {
+    /// Most (meter, epoch) entries kept before the cache starts over.
+    const MAX_ENTRIES: usize = 1 << 18;
+
+    fn clear(&mut self) {
+        *self = Cache::default();
+    }
+}
+
+#[derive(Debug, Default)]
+struct PendingAlert {
+    meter_id: Option<u32>,
+    relay_id: Option<u32>,
+    count: u64,
+    message: String,
+    cleared: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct RelayDelta {
+    blocks: i64,
+    readings: i64,
+    leaves: i64,
+}
+
+/// The state of one write transaction.
+struct Writer<'t> {
+    tx: &'t Connection,
+    rules: &'t Rules,
+    now_ms: u64,
+    next_block_id: i64,
+    next_reading_id: i64,
+    cache: &'t mut Cache,
+    relays: BTreeMap<u32, RelayDelta>,
+    counters: BTreeMap<String, i64>,
+    alerts: BTreeMap<(AlertKind, String), PendingAlert>,
+    clears: Vec<(AlertKind, String)>,
+    /// Largest time span of a block's new readings in this transaction.
+    max_span: i64,
+}
+
+impl<'t> Writer<'t> {
+    fn begin(
+        tx: &'t Connection,
+        rules: &'t Rules,
+        now_ms: u64,
+        cache: &'t mut Cache,
+    ) -> Result<Self, StoreError> {
+        let next_block_id: i64 =
+            tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM blocks", [], |r| {
+                r.get(0)
+            })?;
+        let next_reading_id: i64 =
+            tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM readings", [], |r| {
+                r.get(0)
+            })?;
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if cache.data_version != Some(version) || cache.coverage.len() > Cache::MAX_ENTRIES {
+            cache.clear();
+            cache.data_version = Some(version);
+        }
+        Ok(Writer {
+            tx,
+            rules,
+            now_ms,
+            next_block_id,
+            next_reading_id,
+            cache,
+            relays: BTreeMap::new(),
+            counters: BTreeMap::new(),
+            alerts: BTreeMap::new(),
+            clears: Vec::new(),
+            max_span: 0,
+        })
+    }
+
+    fn count(&mut self, name: &str, by: i64) {
+        if by != 0 {
+            *self.counters.entry(name.to_string()).or_insert(0) += by;
+        }
+    }
+
+    fn raise(
+        &mut self,
+        kind: AlertKind,
+        subject: String,
+        meter_id: Option<u32>,
+        relay_id: Option<u32>,
+        message: String,
+    ) {
+        let a = self.alerts.entry((kind, subject)).or_default();
+        a.meter_id = meter_id;
+        a.relay_id = relay_id;
+        a.count += 1;
+        a.message = message;
+        a.cleared = false;
+    }
+
+    fn clear(&mut self, kind: AlertKind, subject: String) {
+        match self.alerts.get_mut(&(kind, subject.clone())) {
+            Some(a) => a.cleared = true,
+            None => self.clears.push((kind, subject)),
+        }
+    }
+
+    fn item(&mut self, item: &Ingest) -> Result<Outcome, StoreError> {
+        match item {
+            Ingest::Quarantine(q) => self.quarantine(q),
+            Ingest::Block { arrival, block } => self.block(arrival, block),
+        }
+    }
+
+    fn quarantine(&mut self, q: &QuarantineItem) -> Result<Outcome, StoreError> {
+        let h = q.header.as_ref();
+        self.tx
+            .prepare_cached(
+                "INSERT INTO quarantine (received_ms, topic, kind, detail, relay_id, height, hash, raw) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                q.arrival.received_ms as i64,
+                q.arrival.topic,
+                q.kind.as_str(),
+                q.detail,
+                h.map(|h| h.relay_id),
+                h.map(|h| h.height as i64),
+                h.map(|h| h.hash().to_vec()),
+                q.raw,
+            ])?;
+        let id = self.tx.last_insert_rowid();
+        self.count("blocks_rejected", 1);
+        self.count(&format!("quarantine:{}", q.kind.as_str()), 1);
+        if q.kind.is_frame_fault() {
+            self.count("frames_rejected", 1);
+        }
+        if q.kind == RejectKind::Fork {
+            self.count("forks", 1);
+            if let Some(h) = h {
+                self.raise(
+                    AlertKind::Fork,
+                    block_subject(h.relay_id, h.height),
+                    None,
+                    Some(h.relay_id),
+                    format!("relay {} height {}: {}", h.relay_id, h.height, q.detail),
+                );
+            }
+        }
+        Ok(Outcome::Quarantined { kind: q.kind, id })
+    }
+
+    fn refuse(
+        &mut self,
+        arrival: &Arrival,
+        b: &VerifiedBlockData,
+        kind: RejectKind,
+        detail: String,
+    ) -> Result<Outcome, StoreError> {
+        tracing::warn!(
+            relay = b.header.relay_id,
+            height = b.header.height,
+            reason = kind.as_str(),
+            "{detail}"
+        );
+        self.quarantine(&QuarantineItem {
+            arrival: arrival.clone(),
+            kind,
+            detail,
+            header: Some(b.header),
+            raw: b.raw.clone(),
+        })
+    }
+
+    fn block(&mut self, arrival: &Arrival, b: &VerifiedBlockData) -> Result<Outcome, StoreError> {
+        let h = &b.header;
+        let (relay, height) = (h.relay_id, h.height);
+        if height > i64::MAX as u64 - 1 {
+            return self.refuse(
+                arrival,
+                b,
+                RejectKind::Malformed,
+                format!("height {height} out of range"),
+            );
+        }
+        let h_i = height as i64;
+        let at = |tx: &Connection, height: i64| -> Result<Option<ChainSlot>, StoreError> {
+            Ok(tx
+                .prepare_cached("SELECT id, hash, prev_hash, linked FROM blocks WHERE relay_id = ?1 AND height = ?2")?
+                .query_row(params![relay, height], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? != 0)))
+                .optional()?)
+        };
+        if let Some((id, hash, _, _)) = at(self.tx, h_i)? {
+            if hash == b.hash {
+                self.count("blocks_duplicate", 1);
+                return Ok(Outcome::AlreadyStored { block_id: id });
+            }
+            let detail = format!(
+                "relay {relay} already has block {} at height {height}; this one is {}",
+                short_hex(&hash),
+                short_hex(&b.hash)
+            );
+            return self.refuse(arrival, b, RejectKind::Fork, detail);
+        }
+        let linked = if height == 0 {
+            if check_link(h, None).is_err() {
+                return self.refuse(
+                    arrival,
+                    b,
+                    RejectKind::BadGenesis,
+                    "genesis block with a non-zero previous hash".into(),
+                );
+            }
+            true
+        } else {
+            match at(self.tx, h_i - 1)? {
+                Some((_, parent_hash, _, _)) => {
+                    let parent: Hash = hash_of("blocks", &parent_hash)?;
+                    if check_link(h, Some((height - 1, &parent))).is_err() {
+                        let detail = format!(
+                            "previous hash {} is not the stored block {} at height {}",
+                            short_hex(&h.prev_hash),
+                            short_hex(&parent),
+                            height - 1
+                        );
+                        return self.refuse(arrival, b, RejectKind::Fork, detail);
+                    }
+                    true
+                }
+                None => false,
+            }
+        };
+        let mut closed_gap = false;
+        if let Some((child_id, _, child_prev, child_linked)) = at(self.tx, h_i + 1)? {
+            if child_prev != b.hash {
+                let detail = format!(
+                    "the stored block at height {} names parent {}, not this block {}",
+                    height + 1,
+                    short_hex(&child_prev),
+                    short_hex(&b.hash)
+                );
+                return self.refuse(arrival, b, RejectKind::Fork, detail);
+            }
+            if !child_linked {
+                self.tx
+                    .prepare_cached("UPDATE blocks SET linked = 1 WHERE id = ?1")?
+                    .execute([child_id])?;
+                self.tx
+                    .prepare_cached("UPDATE gaps SET closed_ms = ?1 WHERE relay_id = ?2 AND height = ?3 AND closed_ms IS NULL")?
+                    .execute(params![self.now_ms as i64, relay, h_i + 1])?;
+                self.clear(AlertKind::Gap, block_subject(relay, height + 1));
+                closed_gap = true;
+                tracing::info!(relay, height = height + 1, "Gap closed: parent arrived.");
+            }
+        }
+        let block_id = self.next_block_id;
+        self.next_block_id += 1;
+        let first_reading_id = self.next_reading_id;
+        let (new_readings, duplicate_readings, span) = self.readings(block_id, b)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO blocks (id, relay_id, height, hash, prev_hash, merkle_root, difficulty, leaf_count, time_ms, \
+                 nonce, raw, linked, received_ms, first_reading_id, reading_count, duplicate_count, min_ts, max_ts) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+            )?
+            .execute(params![
+                block_id,
+                relay,
+                h_i,
+                &b.hash[..],
+                &h.prev_hash[..],
+                &h.merkle_root[..],
+                h.difficulty,
+                h.leaf_count,
+                h.time_ms as i64,
+                h.nonce as i64,
+                b.raw,
+                linked,
+                arrival.received_ms as i64,
+                first_reading_id,
+                new_readings as i64,
+                duplicate_readings as i64,
+                span.map(|s| s.0),
+                span.map(|s| s.1),
+            ])?;
+        if !linked {
+            let below: Option<i64> = self
+                .tx
+                .prepare_cached(
+                    "SELECT MAX(height) FROM blocks WHERE relay_id = ?1 AND height < ?2",
+                )?
+                .query_row(params![relay, h_i], |r| r.get(0))?;
+            let from = below.map_or(0, |b| b + 1);
+            self.tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO gaps (relay_id, height, opened_ms) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![relay, h_i, self.now_ms as i64])?;
+            let message = format!(
+                "relay {relay}: block {height} stored before its parent; heights {from}–{} missing",
+                height - 1
+            );
+            tracing::warn!(
+                relay,
+                height,
+                missing_from = from,
+                "Gap: block stored before its parent."
+            );
+            self.raise(
+                AlertKind::Gap,
+                block_subject(relay, height),
+                None,
+                Some(relay),
+                message,
+            );
+        }
+        let d = self.relays.entry(relay).or_default();
+        d.blocks += 1;
+        d.readings += new_readings as i64;
+        d.leaves += i64::from(h.leaf_count);
+        self.count("readings_duplicate", duplicate_readings as i64);
+        Ok(Outcome::Stored {
+            block_id,
+            new_readings,
+            duplicate_readings,
+            linked,
+            closed_gap,
+        })
+    }
+
+    fn coverage(&mut self, meter_id: u32, epoch: u32) -> Result<&mut Coverage, StoreError> {
+        use std::collections::hash_map::Entry;
+        match self.cache.coverage.entry((meter_id, epoch)) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let mut st = self
+                    .tx
+                    .prepare_cached("SELECT first_seq, last_seq FROM coverage WHERE meter_id = ?1 AND epoch = ?2 ORDER BY first_seq")?;
+                let mut rows = st.query(params![meter_id, epoch])?;
+                let mut stored = Vec::new();
+                while let Some(r) = rows.next()? {
+                    let (a, b): (i64, i64) = (r.get(0)?, r.get(1)?);
+                    let conv = |v: i64| {
+                        u32::try_from(v).map_err(|_| StoreError::Corrupt {
+                            table: "coverage",
+                            detail: format!("seq {v}"),
+                        })
+                    };
+                    stored.push((conv(a)?, conv(b)?));
+                }
+                let set = IntervalSet::from_ranges(stored.iter().copied());
+                Ok(e.insert(Coverage {
+                    stored,
+                    set,
+                    dirty: false,
+                }))
+            }
+        }
+    }
+
+    fn meter(&mut self, meter_id: u32) -> Result<&mut MeterState, StoreError> {
+        if !self.cache.meters.contains_key(&meter_id) {
+            let row = self
+                .tx
+                .prepare_cached(
+                    "SELECT first_seen_ms, readings, last_epoch, last_seq, last_ts_ms, last_voltage_cv, last_current_ma, \
+                     last_power_dw, last_pf_e4, last_freq_mhz, last_energy_mwh, last_flags, silent FROM meters WHERE meter_id = ?1",
+                )?
+                .query_row([meter_id], |r| {
+                    let mut c = [0i64; 13];
+                    for (i, v) in c.iter_mut().enumerate() {
+                        *v = r.get(i)?;
+                    }
+                    Ok(c)
+                })
+                .optional()?;
+            let state = match row {
+                Some(c) => MeterState {
+                    first_seen_ms: u64_of(c[0]),
+                    readings: u64_of(c[1]),
+                    last: Some((
+                        c[2] as u32,
+                        c[3] as u32,
+                        Reading {
+                            timestamp_ms: c[4] as u64,
+                            voltage_cv: c[5] as u16,
+                            current_ma: c[6] as u32,
+                            active_power_dw: c[7] as i32,
+                            power_factor_e4: c[8] as i16,
+                            frequency_mhz: c[9] as u16,
+                            energy_mwh: c[10] as u64,
+                            flags: c[11] as u16,
+                        },
+                    )),
+                    silent: c[12] != 0,
+                    dirty: false,
+                },
+                None => {
+                    self.count("meters", 1);
+                    MeterState {
+                        first_seen_ms: self.now_ms,
+                        readings: 0,
+                        last: None,
+                        silent: false,
+                        dirty: true,
+                    }
+                }
+            };
+            self.cache.meters.insert(meter_id, state);
+        }
+        self.cache
+            .meters
+            .get_mut(&meter_id)
+            .ok_or_else(|| StoreError::Corrupt {
+                table: "meters",
+                detail: format!("meter {meter_id} vanished"),
+            })
+    }
+
+    /// Inserts the readings of `b` not stored before; returns (new, duplicates,
+    /// time span of the new ones).
+    fn readings(&mut self, block_id: i64, b: &VerifiedBlockData) -> Result<Inserted, StoreError> {
+        let rows = &b.readings;
+        let (mut new, mut dup) = (0u64, 0u64);
+        let mut fresh: Vec<&ReadingRow> = Vec::with_capacity(rows.len());
+        let mut i = 0;
+        while i < rows.len() {
+            let (m, e) = (rows[i].meter_id, rows[i].epoch);
+            let j = i + rows[i..]
+                .iter()
+                .take_while(|r| r.meter_id == m && r.epoch == e)
+                .count();
+            let group = &rows[i..j];
+            let cov = self.coverage(m, e)?;
+            // Distinct consecutive runs of sequence numbers, each added to the coverage.
+            let mut added = Vec::new();
+            let mut k = 0;
+            while k < group.len() {
+                let lo = group[k].seq;
+                let mut hi = lo;
+                let mut l = k + 1;
+                while l < group.len()
+                    && (group[l].seq == hi || Some(group[l].seq) == hi.checked_add(1))
+                {
+                    hi = group[l].seq;
+                    l += 1;
+                }
+                added.extend(cov.set.insert_range(lo, hi));
+                k = l;
+            }
+            cov.dirty |= !added.is_empty();
+            let mut a = 0;
+            let mut prev_seq = None;
+            for row in group {
+                if prev_seq == Some(row.seq) {
+                    dup += 1;
+                    continue;
+                }
+                prev_seq = Some(row.seq);
+                while a < added.len() && added[a].1 < row.seq {
+                    a += 1;
+                }
+                if a < added.len() && added[a].0 <= row.seq {
+                    fresh.push(row);
+                } else {
+                    dup += 1;
+                }
+            }
+            i = j;
+        }
+        let mut st = self.tx.prepare_cached(INSERT_READING)?;
+        let mut runs: Vec<super::Run> = Vec::new();
+        for row in &fresh {
+            let id = insert_reading(self.tx, &mut st, block_id, row)?;
+            if id != self.next_reading_id {
+                // Another id than the block's contiguous range would break the ledger's bookkeeping.
+                return Err(StoreError::Corrupt {
+                    table: "readings",
+                    detail: format!("new reading got id {id}, expected {}", self.next_reading_id),
+                });
+            }
+            self.next_reading_id += 1;
+            new += 1;
+            let ts = row.reading.timestamp_ms as i64;
+            match runs.last_mut() {
+                Some(run) if run.meter_id == i64::from(row.meter_id) => {
+                    run.last_id = id;
+                    run.min_ts = run.min_ts.min(ts);
+                    run.max_ts = run.max_ts.max(ts);
+                }
+                _ => runs.push(super::Run {
+                    block_id,
+                    meter_id: i64::from(row.meter_id),
+                    first_id: id,
+                    last_id: id,
+                    min_ts: ts,
+                    max_ts: ts,
+                }),
+            }
+        }
+        drop(st);
+        let span = runs.iter().fold(None, |s: Option<(i64, i64)>, r| {
+            Some(s.map_or((r.min_ts, r.max_ts), |(a, z)| {
+                (a.min(r.min_ts), z.max(r.max_ts))
+            }))
+        });
+        if !runs.is_empty() {
+            self.tx
+                .prepare_cached("INSERT INTO block_index (block_id, directory) VALUES (?1, ?2)")?
+                .execute(params![block_id, super::encode_directory(&runs)])?;
+        }
+        if let Some((a, b)) = span {
+            self.max_span = self.max_span.max(b - a);
+        }
+        self.judge(&fresh)?;
+        Ok((new, dup, span))
+    }
+
+    /// Plausibility of new readings and the meters' newest state.
+    fn judge(&mut self, fresh: &[&ReadingRow]) -> Result<(), StoreError> {
+        let rules = self.rules;
+        let mut i = 0;
+        while i < fresh.len() {
+            let m = fresh[i].meter_id;
+            let j = i + fresh[i..].iter().take_while(|r| r.meter_id == m).count();
+            let mut findings = Vec::new();
+            let state = self.meter(m)?;
+            let mut prev = state
+                .last
+                .filter(|&(e, s, _)| (e, s) < (fresh[i].epoch, fresh[i].seq));
+            for row in &fresh[i..j] {
+                rules.check_reading(&row.reading, |f| findings.push((row.seq, f)));
+                if let Some((_, _, p)) = prev {
+                    if let Some(f) = rules.check_energy(p.energy_mwh, row.reading.energy_mwh) {
+                        findings.push((row.seq, f));
+                    }
+                }
+                prev = Some((row.epoch, row.seq, row.reading));
+            }
+            let last_new = fresh[j - 1];
+            state.readings += (j - i) as u64;
+            if state
+                .last
+                .is_none_or(|(e, s, _)| (e, s) < (last_new.epoch, last_new.seq))
+            {
+                state.last = Some((last_new.epoch, last_new.seq, last_new.reading));
+            }
+            let was_silent = std::mem::replace(&mut state.silent, false);
+            state.dirty = true;
+            if was_silent {
+                self.clear(AlertKind::Silent, meter_subject(m));
+                tracing::info!(meter = m, "Meter heard again.");
+            }
+            for (seq, f) in findings {
+                self.raise(
+                    f.kind(),
+                    meter_subject(m),
+                    Some(m),
+                    None,
+                    format!("meter {m} seq {seq}: {}", f.describe()),
+                );
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Writes back coverage, meters, relays, counters and alerts; returns the alerts raised.
+    fn finish(mut self) -> Result<Vec<RaisedAlert>, StoreError> {
+        let tx = self.tx;
+        let now = self.now_ms as i64;
+        {
+            let mut del = tx.prepare_cached(
+                "DELETE FROM coverage WHERE meter_id = ?1 AND epoch = ?2 AND first_seq = ?3",
+            )?;
+            let mut upd =
+                tx.prepare_cached("UPDATE coverage SET last_seq = ?4 WHERE meter_id = ?1 AND epoch = ?2 AND first_seq = ?3")?;
+            let mut ins =
+                tx.prepare_cached("INSERT INTO coverage (meter_id, epoch, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4)")?;
+            for (&(m, e), c) in self.cache.coverage.iter_mut() {
+                if !c.dirty {
+                    continue;
+                }
+                let now: &[(u32, u32)] = c.set.ranges();
+                for &(a, _) in &c.stored {
+                    if now.binary_search_by_key(&a, |r| r.0).is_err() {
+                        del.execute(params![m, e, a])?;
+                    }
+                }
+                for &(a, b) in now {
+                    match c.stored.binary_search_by_key(&a, |r| r.0) {
+                        Ok(i) if c.stored[i].1 == b => {}
+                        Ok(_) => {
+                            upd.execute(params![m, e, a, b])?;
+                        }
+                        Err(_) => {
+                            ins.execute(params![m, e, a, b])?;
+                        }
+                    }
+                }
+                c.stored = now.to_vec();
+                c.dirty = false;
+            }
+        }
+        {
+            let mut up = tx.prepare_cached(
+                "INSERT OR REPLACE INTO meters (meter_id, first_seen_ms, last_received_ms, readings, last_epoch, last_seq, \
+                 last_ts_ms, last_voltage_cv, last_current_ma, last_power_dw, last_pf_e4, last_freq_mhz, last_energy_mwh, \
+                 last_flags, silent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            )?;
+            for (&m, s) in self.cache.meters.iter_mut() {
+                if !s.dirty {
+                    continue;
+                }
+                s.dirty = false;
+                let (e, q, r) = s.last.unwrap_or((0, 0, Reading::default()));
+                up.execute(params![
+                    m,
+                    s.first_seen_ms as i64,
+                    now,
+                    s.readings as i64,
+                    e,
+                    q,
+                    r.timestamp_ms as i64,
+                    r.voltage_cv,
+                    r.current_ma,
+                    r.active_power_dw,
+                    r.power_factor_e4,
+                    r.frequency_mhz,
+                    r.energy_mwh as i64,
+                    r.flags,
+                    s.silent,
+                ])?;
+            }
+        }
+        {
+            let mut up = tx.prepare_cached(
+                "INSERT INTO relays (relay_id, blocks, readings, leaves, first_seen_ms, last_block_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
+                 ON CONFLICT (relay_id) DO UPDATE SET blocks = blocks + excluded.blocks, readings = readings + excluded.readings, \
+                 leaves = leaves + excluded.leaves, last_block_ms = excluded.last_block_ms",
+            )?;
+            for (&r, d) in &self.relays {
+                up.execute(params![r, d.blocks, d.readings, d.leaves, now])?;
+            }
+        }
+        tx.prepare_cached(
+            "INSERT INTO meta (name, value) VALUES ('max_block_span_ms', ?1) \
+             ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+        )?
+        .execute([self.max_span])?;
+        {
+            let mut up = tx.prepare_cached(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            )?;
+            for (name, v) in &self.counters {
+                up.execute(params![name, v])?;
+            }
+        }
+        let mut raised = Vec::new();
+        {
+            let mut up = tx.prepare_cached(
+                "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8) ON CONFLICT (kind, subject) DO UPDATE SET \
+                 last_ms = excluded.last_ms, count = count + excluded.count, message = excluded.message, cleared_ms = excluded.cleared_ms",
+            )?;
+            for ((kind, subject), a) in std::mem::take(&mut self.alerts) {
+                up.execute(params![
+                    kind.as_str(),
+                    subject,
+                    a.meter_id,
+                    a.relay_id,
+                    now,
+                    a.count as i64,
+                    a.message,
+                    a.cleared.then_some(now),
+                ])?;
+                raised.push(RaisedAlert {
+                    kind,
+                    subject,
+                    count: a.count,
+                    message: a.message,
+                });
+            }
+            let mut clear = tx.prepare_cached(
+                "UPDATE alerts SET cleared_ms = ?1 WHERE kind = ?2 AND subject = ?3 AND cleared_ms IS NULL",
+            )?;
+            for (kind, subject) in &self.clears {
+                clear.execute(params![now, kind.as_str(), subject])?;
+            }
+        }
+        Ok(raised)
+    }
+}
+
+fn short_hex(h: &[u8]) -> String {
+    hex::encode(&h[..h.len().min(8)])
+}
+
+fn read_totals(conn: &Connection) -> Result<DbTotals, StoreError> {
+    let (blocks, readings, relays): (i64, i64, i64) = conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(blocks), 0), COALESCE(SUM(readings), 0), COUNT(*) FROM relays",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let mut t = DbTotals {
+        readings_stored: u64_of(readings),
+        blocks_verified: u64_of(blocks),
+        relays: u64_of(relays),
+        ..DbTotals::default()
+    };
+    let mut st = conn.prepare_cached("SELECT name, value FROM counters")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let (name, v): (String, i64) = (r.get(0)?, r.get(1)?);
+        let v = u64_of(v);
+        match name.as_str() {
+            "blocks_rejected" => t.blocks_rejected = v,
+            "frames_rejected" => t.frames_rejected = v,
+            "blocks_duplicate" => t.blocks_duplicate = v,
+            "readings_duplicate" => t.readings_duplicate = v,
+            "meters" => t.meters = v,
+            "forks" => t.forks = v,
+            _ => {}
+        }
+    }
+    t.gaps_open = u64_of(
+        conn.prepare_cached("SELECT COUNT(*) FROM gaps WHERE closed_ms IS NULL")?
+            .query_row([], |r| r.get(0))?,
+    );
+    t.alerts_active = u64_of(
+        conn.prepare_cached("SELECT COUNT(*) FROM alerts WHERE cleared_ms IS NULL")?
+            .query_row([], |r| r.get(0))?,
+    );
+    Ok(t)
+}
+
+fn commit_tx(
+    conn: &mut Connection,
+    rules: &Rules,
+    cache: &mut Cache,
+    items: &[Ingest],
+    now_ms: u64,
+) -> Result<CommitResult, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (outcomes, alerts) = {
+        let mut w = Writer::begin(&tx, rules, now_ms, cache)?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        for item in items {
+            outcomes.push(w.item(item)?);
+        }
+        (outcomes, w.finish()?)
+    };
+    let totals = read_totals(&tx)?;
+    tx.commit()?;
+    Ok(CommitResult {
+        outcomes,
+        alerts,
+        totals,
+    })
+}
+
+impl Store for SqliteStore {
+    fn set_rules(&mut self, rules: Rules) {
+        self.rules = rules;
+    }
+
+    fn commit(&mut self, items: &[Ingest], now_ms: u64) -> Result<CommitResult, StoreError> {
+        let result = commit_tx(&mut self.conn, &self.rules, &mut self.cache, items, now_ms);
+        match &result {
+            // The cache may hold what the rolled-back transaction wrote.
+            Err(_) => self.cache.clear(),
+            Ok(_) => {
+                if let Some(c) = &self.checkpointer {
+                    c.nudge();
+                }
+            }
+        }
+        result
+    }
+
+    fn totals(&mut self) -> Result<DbTotals, StoreError> {
+        read_totals(&self.conn)
+    }
+
+    fn sweep_silent(
+        &mut self,
+        now_ms: u64,
+        silent_after_ms: u64,
+        started_ms: u64,
+    ) -> Result<Vec<RaisedAlert>, StoreError> {
+        if now_ms.saturating_sub(started_ms) < silent_after_ms {
+            return Ok(Vec::new());
+        }
+        let cutoff = now_ms.saturating_sub(silent_after_ms) as i64;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let quiet: Vec<(u32, i64)> = {
+            let mut st = tx.prepare_cached("SELECT meter_id, last_received_ms FROM meters WHERE silent = 0 AND last_received_ms < ?1")?;
+            let rows = st.query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut raised = Vec::new();
+        for (m, last) in quiet {
+            self.cache.meters.remove(&m);
+            tx.prepare_cached("UPDATE meters SET silent = 1 WHERE meter_id = ?1")?
+                .execute([m])?;
+            let secs = (now_ms as i64 - last) / 1000;
+            let message = format!("meter {m} silent for {secs} s");
+            tx.prepare_cached(
+                "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
+                 VALUES (?1, ?2, ?3, NULL, ?4, ?4, 1, ?5, NULL) ON CONFLICT (kind, subject) DO UPDATE SET \
+                 last_ms = excluded.last_ms, count = count + 1, message = excluded.message, cleared_ms = NULL",
+            )?
+            .execute(params![AlertKind::Silent.as_str(), meter_subject(m), m, now_ms as i64, message])?;
+            tracing::warn!(meter = m, silent_s = secs, "Meter silent.");
+            raised.push(RaisedAlert {
+                kind: AlertKind::Silent,
+                subject: meter_subject(m),
+                count: 1,
+                message,
+            });
+        }
+        tx.commit()?;
+        Ok(raised)
+    }
+
+    fn meters(&mut self) -> Result<Vec<MeterSummary>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT meter_id, readings, first_seen_ms, last_received_ms, silent, last_epoch, last_seq, last_ts_ms, \
+             last_voltage_cv, last_current_ma, last_power_dw, last_pf_e4, last_freq_mhz, last_energy_mwh, last_flags \
+             FROM meters ORDER BY meter_id",
+        )?;
+        let rows = st.query_map([], |r| {
+            let mut c = [0i64; 15];
+            for (i, v) in c.iter_mut().enumerate() {
+                *v = r.get(i)?;
+            }
+            Ok(c)
+        })?;
+        let mut out = Vec::new();
+        for c in rows {
+            let c = c?;
+            let ints: [i64; 14] = [
+                0, 0, 0, c[0], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12], c[13], c[14],
+            ];
+            let t = typed_reading("meters", &ints)?;
+            out.push(MeterSummary {
+                meter_id: t.meter_id,
+                readings: u64_of(c[1]),
+                first_seen_ms: u64_of(c[2]),
+                last_received_ms: u64_of(c[3]),
+                silent: c[4] != 0,
+                last: (c[1] > 0).then_some(LastReading {
+                    epoch: t.epoch,
+                    seq: t.seq,
+                    reading: t.reading,
+                }),
+            });
+        }
+        Ok(out)
+    }
+
+    fn meter_readings(
+        &mut self,
+        meter_id: u32,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+        let (from, to) = (clamp(from_ms), clamp(to_ms));
+        let max_span: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(MAX(value), 0) FROM meta WHERE name = 'max_block_span_ms'",
+            )?
+            .query_row([], |r| r.get(0))?;
+        // A block whose newest reading is later than to + max_span has none at or before `to`.
+        let upper = to.saturating_add(max_span.max(0));
+        let mut blocks = self.conn.prepare_cached(
+            "SELECT id, max_ts FROM blocks WHERE max_ts BETWEEN ?1 AND ?2 AND min_ts <= ?3 ORDER BY max_ts DESC, id DESC",
+        )?;
+        let mut directory = self
+            .conn
+            .prepare_cached("SELECT directory FROM block_index WHERE block_id = ?1")?;
+        let mut rows = self.conn.prepare_cached(&format!(
+            "SELECT {READING_COLS} FROM readings WHERE id BETWEEN ?1 AND ?2 AND ts_ms BETWEEN ?3 AND ?4"
+        ))?;
+        let mut out: Vec<StoredReading> = Vec::new();
+        let mut threshold: Option<i64> = None;
+        let mut candidates = blocks.query(params![from, upper, to])?;
+        while let Some(b) = candidates.next()? {
+            let (block_id, max_ts): (i64, i64) = (b.get(0)?, b.get(1)?);
+            if threshold.is_some_and(|t| max_ts < t) {
+                break;
+            }
+            let dir: Option<Vec<u8>> = directory.query_row([block_id], |r| r.get(0)).optional()?;
+            let Some(run) = dir.and_then(|d| super::find_in_directory(block_id, &d, meter_id))
+            else {
+                continue;
+            };
+            if run.max_ts < from || run.min_ts > to {
+                continue;
+            }
+            let (first, last) = (run.first_id, run.last_id);
+            let mut found = rows.query(params![first, last, from, to])?;
+            while let Some(r) = found.next()? {
+                out.push(typed_reading("readings", &reading_ints(r)?)?);
+            }
+            if out.len() >= limit {
+                out.sort_by(|a, b| {
+                    b.reading
+                        .timestamp_ms
+                        .cmp(&a.reading.timestamp_ms)
+                        .then(b.id.cmp(&a.id))
+                });
+                out.truncate(limit);
+                threshold = out.last().map(|r| r.reading.timestamp_ms as i64);
+            }
+        }
+        out.sort_by(|a, b| {
+            a.reading
+                .timestamp_ms
+                .cmp(&b.reading.timestamp_ms)
+                .then(a.id.cmp(&b.id))
+        });
+        Ok(out)
+    }
+
+    fn relays(&mut self) -> Result<Vec<RelaySummary>, StoreError> {
+        let base: Vec<(u32, i64, i64, i64)> = {
+            let mut st = self.conn.prepare_cached(
+                "SELECT relay_id, blocks, readings, last_block_ms FROM relays ORDER BY relay_id",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::new();
+        for (relay, blocks, readings, last_block_ms) in base {
+            let recent: Vec<(i64, Vec<u8>, i64, i64)> = {
+                let mut st = self.conn.prepare_cached(
+                    "SELECT height, hash, difficulty, time_ms FROM blocks WHERE relay_id = ?1 ORDER BY height DESC LIMIT 100",
+                )?;
+                let rows = st.query_map([relay], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let head = recent.first();
+            let work: Vec<f64> = recent
+                .iter()
+                .filter_map(|(_, h, _, _)| <&Hash>::try_from(h.as_slice()).ok())
+                .map(|h| f64::from(leading_zero_bits(h)))
+                .collect();
+            let intervals: Vec<f64> = recent
+                .windows(2)
+                .filter(|w| w[0].0 == w[1].0 + 1)
+                .map(|w| (w[0].3 - w[1].3) as f64)
+                .collect();
+            let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+            let open: Vec<i64> = {
+                let mut st = self
+                    .conn
+                    .prepare_cached("SELECT height FROM gaps WHERE relay_id = ?1 AND closed_ms IS NULL ORDER BY height")?;
+                let rows = st.query_map([relay], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut gaps = Vec::new();
+            for h in open {
+                let below: Option<i64> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT MAX(height) FROM blocks WHERE relay_id = ?1 AND height < ?2",
+                    )?
+                    .query_row(params![relay, h], |r| r.get(0))?;
+                gaps.push((below.map_or(0, |b| u64_of(b + 1)), u64_of(h - 1)));
+            }
+            let forks: i64 = self
+                .conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM quarantine WHERE kind = 'fork' AND relay_id = ?1",
+                )?
+                .query_row([relay], |r| r.get(0))?;
+            let head_height = head.map(|h| u64_of(h.0));
+            let linked_height = match gaps.first() {
+                Some(&(from, _)) => from.checked_sub(1),
+                None => head_height,
+            };
+            let difficulty = head.map(|h| h.2.clamp(0, 255) as u8);
+            out.push(RelaySummary {
+                relay_id: relay,
+                blocks: u64_of(blocks),
+                readings: u64_of(readings),
+                head_height,
+                head_hash: head.map(|h| hex::encode(&h.1)),
+                linked_height,
+                difficulty,
+                mean_work_bits: mean(&work),
+                mean_block_interval_ms: mean(&intervals),
+                expected_tries: difficulty.map(|d| 2f64.powi(i32::from(d))),
+                last_block_ms: Some(u64_of(last_block_ms)),
+                gaps,
+                forks: u64_of(forks),
+            });
+        }
+        Ok(out)
+    }
+
+    fn blocks(
+        &mut self,
+        relay_id: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<BlockSummary>, StoreError> {
+        let cols = "id, relay_id, height, hash, prev_hash, difficulty, leaf_count, time_ms, received_ms, reading_count, \
+                    duplicate_count, linked, length(raw)";
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let map = |r: &Row<'_>| -> rusqlite::Result<SummaryRow> {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+                r.get::<_, i64>(11)? != 0,
+                r.get(12)?,
+            ))
+        };
+        let rows: Vec<_> = match relay_id {
+            Some(relay) => {
+                let mut st = self.conn.prepare_cached(&format!(
+                    "SELECT {cols} FROM blocks WHERE relay_id = ?1 ORDER BY height DESC LIMIT ?2"
+                ))?;
+                let rows = st.query_map(params![relay, limit], map)?;
+                rows.collect::<Result<_, _>>()?
+            }
+            None => {
+                let mut st = self.conn.prepare_cached(&format!(
+                    "SELECT {cols} FROM blocks ORDER BY id DESC LIMIT ?1"
+                ))?;
+                let rows = st.query_map([limit], map)?;
+                rows.collect::<Result<_, _>>()?
+            }
+        };
+        rows.into_iter()
+            .map(
+                |(
+                    id,
+                    relay,
+                    height,
+                    hash,
+                    prev,
+                    diff,
+                    leaves,
+                    time,
+                    recv,
+                    readings,
+                    dups,
+                    linked,
+                    bytes,
+                )| {
+                    let h = hash_of("blocks", &hash)?;
+                    Ok(BlockSummary {
+                        id,
+                        relay_id: relay,
+                        height: u64_of(height),
+                        hash: hex::encode(h),
+                        prev_hash: hex::encode(prev),
+                        difficulty: diff.clamp(0, 255) as u8,
+                        work_bits: leading_zero_bits(&h),
+                        leaf_count: leaves.clamp(0, i64::from(u32::MAX)) as u32,
+                        time_ms: u64_of(time),
+                        received_ms: u64_of(recv),
+                        readings: u64_of(readings),
+                        duplicate_readings: u64_of(dups),
+                        linked,
+                        bytes: u64_of(bytes),
+                    })
+                },
+            )
+            .collect()
+    }
+
+    fn reading_with_block(
+        &mut self,
+        reading_id: i64,
+    ) -> Result<Option<(StoredReading, BlockBytes)>, StoreError> {
+        let ints = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {READING_COLS} FROM readings WHERE id = ?1"
+            ))?
+            .query_row([reading_id], reading_ints)
+            .optional()?;
+        let Some(ints) = ints else { return Ok(None) };
+        let reading = typed_reading("readings", &ints)?;
+        let block = self
+            .conn
+            .prepare_cached("SELECT id, relay_id, height, hash, raw FROM blocks WHERE id = ?1")?
+            .query_row([reading.block_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })
+            .optional()?;
+        let Some((id, relay_id, height, hash, raw)) = block else {
+            return Err(StoreError::Corrupt {
+                table: "readings",
+                detail: format!(
+                    "reading {reading_id} names block {} which does not exist",
+                    reading.block_id
+                ),
+            });
+        };
+        Ok(Some((
+            reading,
+            BlockBytes {
+                id,
+                relay_id,
+                height: u64_of(height),
+                hash: hash_of("blocks", &hash)?,
+                raw,
+            },
+        )))
+    }
+
+    fn alerts(&mut self, limit: usize) -> Result<Vec<AlertRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms FROM alerts \
+             ORDER BY last_ms DESC, id DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit.min(i64::MAX as usize) as i64], |r| {
+            Ok(AlertRow {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                subject: r.get(2)?,
+                meter_id: r.get(3)?,
+                relay_id: r.get(4)?,
+                first_ms: u64_of(r.get(5)?),
+                last_ms: u64_of(r.get(6)?),
+                count: u64_of(r.get(7)?),
+                message: r.get(8)?,
+                cleared_ms: r.get::<_, Option<i64>>(9)?.map(u64_of),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn quarantine(&mut self, limit: usize) -> Result<Vec<QuarantineRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, received_ms, topic, kind, detail, relay_id, height, hash, length(raw), substr(raw, 1, 64) \
+             FROM quarantine ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit.min(i64::MAX as usize) as i64], |r| {
+            Ok(QuarantineRow {
+                id: r.get(0)?,
+                received_ms: u64_of(r.get(1)?),
+                topic: r.get(2)?,
+                kind: r.get(3)?,
+                detail: r.get(4)?,
+                relay_id: r.get(5)?,
+                height: r.get::<_, Option<i64>>(6)?.map(u64_of),
+                hash: r.get::<_, Option<Vec<u8>>>(7)?.map(hex::encode),
+                bytes: u64_of(r.get(8)?),
+                head_hex: hex::encode(r.get::<_, Option<Vec<u8>>>(9)?.unwrap_or_default()),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn ledger_relays(&mut self) -> Result<Vec<i64>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT DISTINCT relay_id FROM blocks ORDER BY relay_id")?;
+        let rows = st.query_map([], |r| r.get::<_, i64>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn ledger_blocks(
+        &mut self,
+        relay_id: i64,
+        after_height: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerBlock>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, relay_id, height, hash, prev_hash, merkle_root, difficulty, leaf_count, time_ms, nonce, raw, linked, \
+             first_reading_id, reading_count, duplicate_count, min_ts, max_ts FROM blocks WHERE relay_id = ?1 AND (?2 IS NULL OR height > ?2) \
+             ORDER BY height LIMIT ?3",
+        )?;
+        let rows = st.query_map(
+            params![relay_id, after_height, limit.min(i64::MAX as usize) as i64],
+            |r| {
+                let raw = match r.get_ref(10)? {
+                    ValueRef::Blob(b) => b.to_vec(),
+                    _ => Vec::new(),
+                };
+                Ok(LedgerBlock {
+                    id: r.get(0)?,
+                    header: [
+                        cell(r, 1)?,
+                        cell(r, 2)?,
+                        cell(r, 3)?,
+                        cell(r, 4)?,
+                        cell(r, 5)?,
+                        cell(r, 6)?,
+                        cell(r, 7)?,
+                        cell(r, 8)?,
+                        cell(r, 9)?,
+                    ],
+                    raw,
+                    linked: cell(r, 11)?,
+                    first_reading_id: cell(r, 12)?,
+                    reading_count: cell(r, 13)?,
+                    duplicate_count: cell(r, 14)?,
+                    min_ts: cell(r, 15)?,
+                    max_ts: cell(r, 16)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn ledger_readings(
+        &mut self,
+        first_id: i64,
+        count: u64,
+    ) -> Result<Vec<LedgerReading>, StoreError> {
+        let end = first_id.saturating_add(count.min(i64::MAX as u64) as i64);
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {READING_COLS} FROM readings WHERE id >= ?1 AND id < ?2 ORDER BY id"
+        ))?;
+        let rows = st.query_map(params![first_id, end], |r| {
+            let mut cells: [Cell; 13] = std::array::from_fn(|_| Cell::Int(0));
+            for (i, c) in cells.iter_mut().enumerate() {
+                *c = cell(r, i + 1)?;
+            }
+            Ok(LedgerReading {
+                id: r.get(0)?,
+                cells,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn ledger_directory(&mut self, block_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT directory FROM block_index WHERE block_id = ?1")?
+            .query_row([block_id], |r| {
+                Ok(match r.get_ref(0)? {
+                    ValueRef::Blob(b) => b.to_vec(),
+                    _ => Vec::new(),
+                })
+            })
+            .optional()?)
+    }
+
+    fn reading_rows(&mut self) -> Result<u64, StoreError> {
+        Ok(u64_of(self.conn.query_row(
+            "SELECT COUNT(*) FROM readings",
+            [],
+            |r| r.get(0),
+        )?))
+    }
+
+    fn directory_rows(&mut self) -> Result<u64, StoreError> {
+        Ok(u64_of(self.conn.query_row(
+            "SELECT COUNT(*) FROM block_index",
+            [],
+            |r| r.get(0),
+        )?))
+    }
+
+    fn ledger_coverage(&mut self) -> Result<Vec<CoverageRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT meter_id, epoch, first_seq, last_seq FROM coverage ORDER BY meter_id, epoch, first_seq")?;
+        let rows = st.query_map([], |r| {
+            Ok(CoverageRow {
+                meter_id: r.get(0)?,
+                epoch: r.get(1)?,
+                first_seq: r.get(2)?,
+                last_seq: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
