@@ -42,6 +42,12 @@ pub enum KeysCommand {
         /// Reporting interval in seconds.
         #[arg(long, default_value_t = 10)]
         interval: u32,
+        /// The relay's MAC, written into the flash blob (otherwise the meter broadcasts until an ACK names its relay).
+        #[arg(long)]
+        relay_mac: Option<String>,
+        /// Lowest boot epoch the meter may use (raise it when re-provisioning a meter whose state partition was erased).
+        #[arg(long, default_value_t = 0)]
+        min_epoch: u32,
     },
     /// Register many meters: from a CSV file with columns `id,mac` (mac may be empty), or an id range.
     AddMeters {
@@ -125,26 +131,61 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             mac,
             channel,
             interval,
+            relay_mac,
+            min_epoch,
         } => {
             let kd = KeyDir::new(&dir);
-            let mac = match mac {
-                Some(m) => Some(parse_mac(&m).with_context(|| {
-                    format!("--mac {m:?} is not a MAC address like AA:BB:CC:DD:EE:FF")
-                })?),
-                None => None,
-            };
+            let parse =
+                |flag: &str, m: Option<String>| -> anyhow::Result<Option<gridpow_proto::MacAddr>> {
+                    match m {
+                        Some(m) => Ok(Some(parse_mac(&m).with_context(|| {
+                            format!("{flag} {m:?} is not a MAC address like AA:BB:CC:DD:EE:FF")
+                        })?)),
+                        None => Ok(None),
+                    }
+                };
+            let mac = parse("--mac", mac)?;
+            let relay_mac = parse("--relay-mac", relay_mac)?;
+            if !(1..=14).contains(&channel) {
+                bail!("--channel must be 1 to 14");
+            }
             let prov = kd.add_meter(id, mac, channel, interval)?;
-            let path = dir.join("meters").join(format!("{id}.toml"));
+            let toml_path = dir.join("meters").join(format!("{id}.toml"));
+            let bin_path = dir.join("meters").join(format!("{id}.bin"));
+            let secret = kd
+                .site()?
+                .meter_secret(id, prov.key_id)
+                .with_context(|| format!("site.toml has no key id {}", prov.key_id))?;
+            let mut cfg = gridpow_firmware_logic::provisioning::MeterConfig::new(
+                id,
+                prov.key_id,
+                secret,
+                channel,
+                interval,
+            );
+            cfg.relay_mac = relay_mac;
+            cfg.min_epoch = min_epoch;
+            let blob = gridpow_firmware_logic::provisioning::encode_provisioning(&cfg);
+            gridpow_common::keys::write_file(&bin_path, &blob, true)
+                .with_context(|| format!("writing {}", bin_path.display()))?;
             println!("meter {id} registered (key id {})", prov.key_id);
             if let Some(m) = mac {
                 println!("  bound to MAC {}", format_mac(&m));
             }
             println!(
-                "  flash this file to the meter, then delete it: {} (0600, SECRET)",
-                path.display()
+                "  flash blob: {} ({} bytes, 0600, SECRET)",
+                bin_path.display(),
+                blob.len()
             );
-            println!("  it holds: meter_id, key_id, meter_secret (32 bytes hex), channel {channel}, interval {interval} s");
-            println!("  see docs/hardware.md, \"Provisioning\"");
+            println!(
+                "    espflash write-bin --chip esp32c3 0x200000 {}",
+                bin_path.display()
+            );
+            println!(
+                "  the same as text: {} (0600, SECRET); delete both after flashing",
+                toml_path.display()
+            );
+            println!("  see docs/hardware.md, \"Provisioning and flashing\"");
         }
         KeysCommand::AddMeters { dir, csv, range } => {
             let kd = KeyDir::new(&dir);

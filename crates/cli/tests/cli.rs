@@ -38,7 +38,10 @@ fn keys_init_and_add_meter_write_secret_files_with_mode_0600() {
         "aa:bb:cc:dd:ee:07",
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("meters/7.toml"));
+    assert!(text(&o).contains("meters/7.toml") && text(&o).contains("meters/7.bin"));
+    let blob = std::fs::read(keys.join("meters/7.bin")).unwrap();
+    let cfg = gridpow_firmware_logic::provisioning::MeterConfig::decode(&blob).unwrap();
+    assert_eq!((cfg.meter_id, cfg.key_id), (7, 1));
     use std::os::unix::fs::PermissionsExt;
     for f in [
         "site.toml",
