@@ -56,6 +56,10 @@ struct Summary {
     frames_duplicate: u64,
     blocks_rejected: u64,
     seconds: f64,
+    /// Reading made (end of its interval, meter clock) → its block received by the server, ms.
+    latency_p50_ms: Option<i64>,
+    latency_p99_ms: Option<i64>,
+    latency_max_ms: Option<i64>,
     ledger_verified: bool,
     dashboard: String,
 }
@@ -223,6 +227,9 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = &ledger {
         eprintln!("ledger verification FAILED: {e}");
     }
+    let lat = latencies(&db_path).unwrap_or_default();
+    let pct =
+        |q: f64| (!lat.is_empty()).then(|| lat[((lat.len() - 1) as f64 * q).round() as usize]);
     let summary = Summary {
         generated: fstats.generated,
         acknowledged: fstats.acknowledged,
@@ -234,6 +241,9 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         frames_duplicate: rstats.frames_duplicate,
         blocks_rejected: sstats.blocks_rejected,
         seconds: started.elapsed().as_secs_f64(),
+        latency_p50_ms: pct(0.5),
+        latency_p99_ms: pct(0.99),
+        latency_max_ms: lat.last().copied(),
         ledger_verified: ledger.is_ok(),
         dashboard,
     };
@@ -246,6 +256,9 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         println!("readings lost          {}", summary.lost);
         println!("blocks sealed          {}", summary.blocks);
         println!("retransmissions        {}", summary.retransmissions);
+        if let (Some(p50), Some(p99)) = (summary.latency_p50_ms, summary.latency_p99_ms) {
+            println!("meter → database       p50 {p50} ms, p99 {p99} ms");
+        }
         println!(
             "ledger verified        {}",
             if summary.ledger_verified { "yes" } else { "NO" }
@@ -260,4 +273,17 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Latency of every stored reading from its making to its block's arrival at the server, sorted.
+fn latencies(db: &std::path::Path) -> rusqlite::Result<Vec<i64>> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut st = c.prepare(
+        "SELECT b.received_ms - r.ts_ms FROM readings r JOIN blocks b ON b.id = r.block_id",
+    )?;
+    let mut v: Vec<i64> = st
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    v.sort_unstable();
+    Ok(v)
 }

@@ -177,6 +177,7 @@ fn demo_stores_every_reading_once_and_the_ledger_detects_one_altered_byte() {
     assert_eq!(n("stored"), n("generated"), "{s}");
     assert_eq!(n("acknowledged"), n("generated"), "{s}");
     assert!(n("blocks") >= 2, "{s}");
+    assert!(n("latency_p50_ms") <= n("latency_p99_ms"), "{s}");
     assert!(
         n("retransmissions") > 0,
         "25 % loss must cause retransmissions: {s}"
