@@ -1,0 +1,319 @@
+//! Crash tests against the ground truth of the meters: two grid servers share
+//! the subscription and are killed with SIGKILL at random moments during ingest
+//! (ten times), the broker is killed and restarted, the relay is killed with
+//! SIGKILL during ingest and PoW and restarted. Afterwards every generated
+//! reading must be stored exactly once, none lost, and `verify-ledger` must pass.
+//!
+//! The database is SQLite by default; set `GRIDPOW_CRASH_DB=postgres://…` to run
+//! the same test against PostgreSQL. `GRIDPOW_TEST_SEED` fixes the kill timing.
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::collections::BTreeSet;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use gridpow_broker::{Mosquitto, MosquittoOptions};
+use gridpow_common::keys::{InitOptions, KeyDir};
+
+struct Proc {
+    name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Proc {
+    fn new(name: &str, args: &[&str], dir: &Path) -> Proc {
+        let mut p = Proc {
+            name: name.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            log: dir.join(format!("{name}.log")),
+            child: None,
+            starts: 0,
+        };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.starts += 1;
+        let child = Command::new(env!("CARGO_BIN_EXE_gridpow"))
+            .args(&self.args)
+            .env("GRIDPOW_LOG", "info,rumqttd=off")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            assert!(
+                c.try_wait().unwrap().is_none(),
+                "{} had died on its own; see {}",
+                self.name,
+                self.log.display()
+            );
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn interrupt(&mut self, within: Duration) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-INT", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(status) = c.try_wait().unwrap() {
+                assert!(status.success(), "{} exited with {status}", self.name);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = c.kill();
+        panic!("{} did not stop within {within:?}", self.name);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// SplitMix64 for the kill schedule.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+fn stored_keys(db: &str) -> Vec<(u32, u32, u32)> {
+    if db.starts_with("postgres") {
+        let o = Command::new("psql")
+            .args([
+                db,
+                "-At",
+                "-F",
+                ",",
+                "-c",
+                "SELECT meter_id, epoch, seq FROM readings",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split(',').map(|x| x.parse::<u32>());
+                Some((it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?))
+            })
+            .collect()
+    } else {
+        let Ok(c) =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        else {
+            return Vec::new();
+        };
+        let Ok(mut st) = c.prepare("SELECT meter_id, epoch, seq FROM readings") else {
+            return Vec::new();
+        };
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .filter_map(Result::ok)
+            .collect()
+    }
+}
+
+#[test]
+fn servers_broker_and_relay_killed_during_ingest_lose_and_duplicate_nothing() {
+    let seed: u64 = std::env::var("GRIDPOW_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("crash test seed {seed} (set GRIDPOW_TEST_SEED to repeat)");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let keys = KeyDir::new(root.join("keys"));
+    keys.init(&InitOptions {
+        servers: 2,
+        ..InitOptions::default()
+    })
+    .unwrap();
+    keys.add_meters(&(1..=20).map(|id| (id, None)).collect::<Vec<_>>())
+        .unwrap();
+    let mut broker = Mosquitto::start(
+        &keys,
+        &MosquittoOptions {
+            require_certificate: true,
+            max_queued_messages: 0,
+            persistence_dir: Some(root.to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let db = std::env::var("GRIDPOW_CRASH_DB")
+        .unwrap_or_else(|_| root.join("grid.db").to_string_lossy().into_owned());
+    let udp = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let truth = root.join("truth.jsonl");
+    let k = keys.root().display().to_string();
+    for id in [1, 2] {
+        std::fs::write(
+            root.join(format!("server{id}.toml")),
+            format!("keys_dir = \"{k}\"\ndb = \"{db}\"\nserver_id = {id}\nmin_difficulty = 10\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n[http]\nlisten = \"127.0.0.1:0\"\n", broker.port),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        root.join("relay.toml"),
+        format!(
+            "relay_id = 1\nkeys_dir = \"{k}\"\ndata_dir = \"{}\"\ndifficulty = 14\n[block]\nmax_age_ms = 300\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nrepublish_after_s = 3\n[radio]\nkind = \"udp\"\nudp_listen = \"127.0.0.1:{udp}\"\n",
+            root.join("relay").display(),
+            broker.port
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("meters.toml"),
+        format!(
+            "keys_dir = \"{k}\"\nstate_dir = \"{}\"\ninterval_s = 0.25\ntruth_file = \"{}\"\n[radio]\nudp_relay = \"127.0.0.1:{udp}\"\nudp_listen = \"127.0.0.1:0\"\nloss = 0.1\n",
+            root.join("meters").display(),
+            truth.display()
+        ),
+    )
+    .unwrap();
+    let cfg = |n: &str| root.join(n).to_string_lossy().into_owned();
+    let mut servers = [
+        Proc::new(
+            "server1",
+            &["server", "--config", &cfg("server1.toml")],
+            root,
+        ),
+        Proc::new(
+            "server2",
+            &["server", "--config", &cfg("server2.toml")],
+            root,
+        ),
+    ];
+    let mut relay = Proc::new("relay", &["relay", "--config", &cfg("relay.toml")], root);
+    std::thread::sleep(Duration::from_millis(800));
+    let mut meters = Proc::new("meters", &["meters", "--config", &cfg("meters.toml")], root);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Ten SIGKILLs of a grid server at random moments, alternating, with restarts.
+    for i in 0..10 {
+        std::thread::sleep(Duration::from_millis(300 + rng.below(1200)));
+        let s = &mut servers[i % 2];
+        s.kill9();
+        std::thread::sleep(Duration::from_millis(rng.below(800)));
+        s.start();
+    }
+    // The broker dies (SIGKILL) and comes back with its persistent store.
+    std::thread::sleep(Duration::from_millis(500 + rng.below(1000)));
+    broker.restart().unwrap();
+    // The relay dies during ingest and PoW, twice.
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(700 + rng.below(1500)));
+        relay.kill9();
+        std::thread::sleep(Duration::from_millis(rng.below(500)));
+        relay.start();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    meters.interrupt(Duration::from_secs(60));
+
+    let truth_records = gridpow_meters::read_truth(&truth).unwrap();
+    let want: BTreeSet<(u32, u32, u32)> = truth_records
+        .iter()
+        .map(|t| (t.meter_id, t.boot_epoch, t.seq))
+        .collect();
+    assert_eq!(want.len(), truth_records.len());
+    assert!(
+        want.len() >= 20 * 20,
+        "only {} readings generated",
+        want.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut got = stored_keys(&db);
+    while got.len() < want.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        got = stored_keys(&db);
+    }
+    let got_set: BTreeSet<_> = got.iter().copied().collect();
+    let duplicated = got.len() - got_set.len();
+    let lost: Vec<_> = want.difference(&got_set).take(5).collect();
+    let logs = || {
+        ["server1.log", "server2.log", "relay.log", "meters.log"]
+            .iter()
+            .map(|f| {
+                let t = std::fs::read_to_string(root.join(f)).unwrap_or_default();
+                format!(
+                    "--- {f} (last 3000 bytes)\n{}",
+                    &t[t.len().saturating_sub(3000)..]
+                )
+            })
+            .collect::<String>()
+    };
+    eprintln!(
+        "crash test: {} readings generated, {} stored, {} duplicated, {} lost",
+        want.len(),
+        got_set.len(),
+        duplicated,
+        want.len() - want.intersection(&got_set).count()
+    );
+    assert_eq!(duplicated, 0, "readings stored twice (seed {seed})");
+    assert!(
+        lost.is_empty(),
+        "{} readings lost, e.g. {lost:?} (seed {seed})\n{}",
+        want.len() - want.intersection(&got_set).count(),
+        logs()
+    );
+    assert!(
+        got_set.is_subset(&want),
+        "readings stored that no meter generated (seed {seed})"
+    );
+    relay.interrupt(Duration::from_secs(30));
+    for s in &mut servers {
+        s.interrupt(Duration::from_secs(30));
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_gridpow"))
+        .args(["verify-ledger", "--db", &db, "--keys", &k])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "verify-ledger after the crashes (seed {seed}): {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(relay.starts, 3);
+}
