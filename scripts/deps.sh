@@ -26,8 +26,13 @@ fi
 
 if ! python3 -c 'import cryptography' 2>/dev/null; then
   echo "deps: installing the Python package cryptography" >&2
-  python3 -m pip install --quiet cryptography 2>/dev/null || python3 -m pip install --quiet --user cryptography || {
-    echo "deps: could not install Python's cryptography; run: python3 -m pip install cryptography" >&2; exit 1; }
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$(command -v python3)" = /usr/bin/python3 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-cryptography >/dev/null
+  else
+    python3 -m pip install --quiet cryptography 2>/dev/null \
+      || python3 -m pip install --quiet --user --break-system-packages cryptography 2>/dev/null \
+      || { echo "deps: could not install Python's cryptography; run: python3 -m pip install cryptography (or apt-get install python3-cryptography)" >&2; exit 1; }
+  fi
 fi
 
 for t in riscv32imc-unknown-none-elf riscv32imac-unknown-none-elf; do
