@@ -133,7 +133,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     scfg.plausibility.expected_interval_s = a.interval.ceil().max(1.0) as u64;
     let server = Server::start(scfg)
         .await
-        .context("starting the grid server")?;
+        .context("starting the grid server (another --http address may help)")?;
     let dashboard = format!("http://{}/", server.http_addr());
     let stored_before = server.stats().readings_stored;
 
