@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! keys_dir = "keys"            # written by `gridpow keys init`
-//! db = "data/gridpow.db"       # SQLite file or sqlite://path (postgres://… later)
+//! db = "data/gridpow.db"       # SQLite file or sqlite://path, or postgres://user@host/db
 //! server_id = 1                # stated in commit receipts
 //! min_difficulty = 16          # least PoW accepted
 //!
@@ -49,7 +49,8 @@ pub const ENV_PREFIX: &str = "GRIDPOW_SERVER";
 pub struct ServerConfig {
     /// The key directory (site secrets, meter and relay registries, server signing key, TLS files).
     pub keys_dir: PathBuf,
-    /// The database: a SQLite file path, or `sqlite://path`. (`postgres://…` comes with issue 6.)
+    /// The database: a SQLite file path or `sqlite://path` (one server), or
+    /// `postgres://user:password@host:port/db` (several servers may share it).
     pub db: String,
     /// This server's id, stated in every commit receipt.
     pub server_id: u32,
@@ -223,7 +224,7 @@ impl ServerConfig {
         if crate::store::DbUrl::parse(&self.db).is_err() {
             return bad(
                 "db",
-                "unsupported database URL (use a file path or sqlite://path)",
+                "unsupported database URL (use a file path, sqlite://path or postgres://user@host/db)",
             );
         }
         if self.min_difficulty > 64 {

@@ -3,7 +3,8 @@
 //! Subscribes to the relays' blocks over MQTT 5 (shared subscription, QoS 1,
 //! manual acknowledgements), verifies each block end to end (PoW, relay
 //! signature, Merkle root, every meter's tag), stores blocks and readings in a
-//! database behind the [`store::Store`] trait (SQLite now), answers each relay
+//! database behind the [`store::Store`] trait (SQLite by default, PostgreSQL
+//! for several servers sharing one database), answers each relay
 //! with a signed commit receipt once the transaction committed, and serves a
 //! JSON API, Prometheus metrics and a live dashboard over HTTP.
 //!
@@ -38,6 +39,8 @@ pub mod intervals;
 pub mod keyring;
 pub mod ledger;
 pub mod metrics;
+#[cfg(any(test, feature = "test-support"))]
+pub mod pg_harness;
 pub mod plausibility;
 mod server;
 pub mod store;

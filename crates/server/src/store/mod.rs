@@ -1,7 +1,8 @@
 //! Storage behind the [`Store`] trait, chosen at run time from the database URL.
 //!
-//! SQLite ([`SqliteStore`]) is the backend today; PostgreSQL (issue 6) will be a
-//! second implementation with its own migrations. The trait is shaped for it:
+//! SQLite ([`SqliteStore`], a file path or `sqlite://path`, the default) and
+//! PostgreSQL ([`PgStore`], `postgres://…`, for several servers sharing one
+//! database), each with its own migrations. The trait is shaped for both:
 //!
 //! - **One transaction per batch.** [`Store::commit`] stores a batch of verified
 //!   blocks and rejected payloads atomically and returns one [`Outcome`] per
@@ -20,13 +21,15 @@
 //!   once: a `coverage` table holds, per meter and boot epoch, the intervals of
 //!   sequence numbers already stored, read and rewritten inside the same
 //!   transaction; only readings outside them are inserted. Time-range queries
-//!   walk the blocks by the time span of their readings and read each block's
-//!   directory ([`Run`]s: per meter, the contiguous id range of its new
-//!   readings and their time span; one appended row per block), not a
-//!   per-reading or per-meter index.
+//!   read each block's directory ([`Run`]s: per meter, the contiguous id range
+//!   of its new readings and their time span), not a per-reading index:
+//!   SQLite walks the blocks by time and keeps one directory row per block;
+//!   PostgreSQL keeps one row per run, indexed by meter and time (see
+//!   [`postgres`]).
 //! - Each instance is one connection used from one thread (`&mut self`); the
 //!   HTTP API opens its own instances for reading.
 
+pub mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -35,6 +38,7 @@ use gridpow_proto::wire::{BlockHeaderRepr, Reading};
 use gridpow_proto::Hash;
 use serde::Serialize;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::plausibility::{AlertKind, Rules};
@@ -45,7 +49,9 @@ use crate::verify::{RejectKind, VerifiedBlockData};
 #[non_exhaustive]
 pub enum StoreError {
     /// The database URL names a backend this build does not have.
-    #[error("unsupported database URL {0:?}: use a SQLite file path or sqlite://path")]
+    #[error(
+        "unsupported database URL {0:?}: use a SQLite file path, sqlite://path or postgres://…"
+    )]
     UnsupportedUrl(String),
     /// The database's directory could not be created.
     #[error("creating {path}: {source}")]
@@ -92,6 +98,27 @@ pub enum StoreError {
     /// A query or statement failed (IO, disk full, locked, constraint).
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL could not be reached or refused the connection.
+    #[error("connecting to {url}: {source}")]
+    PgConnect {
+        /// The URL, password hidden.
+        url: String,
+        /// Why.
+        #[source]
+        source: postgres::ConnectError,
+    },
+    /// A PostgreSQL schema migration failed.
+    #[error("applying PostgreSQL migration {version}: {}", postgres::detail(.source))]
+    PgMigration {
+        /// The migration.
+        version: u32,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A PostgreSQL statement failed (connection lost, constraint, conflict).
+    #[error("PostgreSQL: {}", postgres::detail(.0))]
+    Postgres(#[from] tokio_postgres::Error),
     /// A stored value cannot be what this build wrote.
     #[error("corrupt row in {table}: {detail}")]
     Corrupt {
@@ -107,12 +134,20 @@ pub enum StoreError {
 pub enum DbUrl {
     /// A SQLite file.
     Sqlite(std::path::PathBuf),
+    /// A PostgreSQL connection URL (`postgres://` or `postgresql://`).
+    Postgres(String),
 }
 
 impl DbUrl {
-    /// Parses `path`, `sqlite://path` or `sqlite:path`.
+    /// Parses `path`, `sqlite://path`, `sqlite:path` or `postgres://…` (also `postgresql://…`).
     pub fn parse(url: &str) -> Result<DbUrl, StoreError> {
         let url = url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            if url.parse::<tokio_postgres::Config>().is_err() {
+                return Err(StoreError::UnsupportedUrl(postgres::redact(url)));
+            }
+            return Ok(DbUrl::Postgres(url.into()));
+        }
         if let Some(p) = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
@@ -133,6 +168,7 @@ impl DbUrl {
 pub fn open_store(url: &str) -> Result<Box<dyn Store>, StoreError> {
     match DbUrl::parse(url)? {
         DbUrl::Sqlite(p) => Ok(Box::new(SqliteStore::open(&p)?)),
+        DbUrl::Postgres(u) => Ok(Box::new(PgStore::open(&u)?)),
     }
 }
 
@@ -140,6 +176,7 @@ pub fn open_store(url: &str) -> Result<Box<dyn Store>, StoreError> {
 pub fn open_reader(url: &str) -> Result<Box<dyn Store>, StoreError> {
     match DbUrl::parse(url)? {
         DbUrl::Sqlite(p) => Ok(Box::new(SqliteStore::open_reader(&p)?)),
+        DbUrl::Postgres(u) => Ok(Box::new(PgStore::open_reader(&u)?)),
     }
 }
 

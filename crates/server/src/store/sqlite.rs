@@ -271,11 +271,11 @@ fn insert_reading(
     Ok(conn.last_insert_rowid())
 }
 
-fn u64_of(v: i64) -> u64 {
+pub(super) fn u64_of(v: i64) -> u64 {
     v.max(0) as u64
 }
 
-fn hash_of(table: &'static str, b: &[u8]) -> Result<Hash, StoreError> {
+pub(super) fn hash_of(table: &'static str, b: &[u8]) -> Result<Hash, StoreError> {
     b.try_into().map_err(|_| StoreError::Corrupt {
         table,
         detail: format!("hash of {} bytes", b.len()),
@@ -292,7 +292,10 @@ fn cell(row: &Row<'_>, idx: usize) -> rusqlite::Result<Cell> {
     })
 }
 
-fn typed_reading(table: &'static str, c: &[i64; 14]) -> Result<StoredReading, StoreError> {
+pub(super) fn typed_reading(
+    table: &'static str,
+    c: &[i64; 14],
+) -> Result<StoredReading, StoreError> {
     let bad = |what: &str| StoreError::Corrupt {
         table,
         detail: format!("reading {}: {what} out of range", c[0]),
@@ -325,11 +328,11 @@ fn reading_ints(row: &Row<'_>) -> rusqlite::Result<[i64; 14]> {
     Ok(c)
 }
 
-fn meter_subject(meter_id: u32) -> String {
+pub(super) fn meter_subject(meter_id: u32) -> String {
     format!("meter:{meter_id}")
 }
 
-fn block_subject(relay_id: u32, height: u64) -> String {
+pub(super) fn block_subject(relay_id: u32, height: u64) -> String {
     format!("relay:{relay_id}:height:{height}")
 }
 
@@ -1080,7 +1083,7 @@ impl<'t> Writer<'t> {
     }
 }
 
-fn short_hex(h: &[u8]) -> String {
+pub(super) fn short_hex(h: &[u8]) -> String {
     hex::encode(&h[..h.len().min(8)])
 }
 

@@ -73,19 +73,118 @@ fn ingest(b: &VerifiedBlockData) -> Ingest {
     }
 }
 
-fn store() -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(&dir.path().join("ledger.db")).unwrap();
-    (dir, s)
+/// A fresh database of one backend with a writer open on it.
+struct TestDb {
+    store: Box<dyn Store>,
+    backend: Backend,
 }
 
-fn count(s: &SqliteStore, sql: &str) -> i64 {
-    s.connection().query_row(sql, [], |r| r.get(0)).unwrap()
+enum Backend {
+    Sqlite(tempfile::TempDir),
+    // The server is kept alive while the test runs.
+    #[allow(dead_code)]
+    Postgres(std::sync::Arc<crate::pg_harness::PgServer>, String),
 }
 
-#[test]
-fn block_delivered_twice_is_stored_once_and_reported_already_stored() {
-    let (_d, mut s) = store();
+impl TestDb {
+    fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Box::new(SqliteStore::open(&dir.path().join("ledger.db")).unwrap());
+        TestDb {
+            store,
+            backend: Backend::Sqlite(dir),
+        }
+    }
+
+    fn postgres() -> TestDb {
+        let pg = crate::pg_harness::PgServer::shared()
+            .unwrap_or_else(|e| panic!("a private PostgreSQL is needed for this test: {e}"));
+        let url = pg.create_database().unwrap();
+        let store = Box::new(PgStore::open(&url).unwrap());
+        TestDb {
+            store,
+            backend: Backend::Postgres(pg, url),
+        }
+    }
+
+    /// The URL `open_store` takes.
+    fn url(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(dir) => dir.path().join("ledger.db").display().to_string(),
+            Backend::Postgres(_, url) => url.clone(),
+        }
+    }
+
+    /// Another writer on the same database.
+    fn reopen(&self) -> Box<dyn Store> {
+        open_store(&self.url()).unwrap()
+    }
+
+    /// A reader on the same database.
+    fn reader(&self) -> Box<dyn Store> {
+        open_reader(&self.url()).unwrap()
+    }
+
+    /// The integer `sql` selects (on a connection of its own).
+    fn count(&self, sql: &str) -> i64 {
+        match &self.backend {
+            Backend::Sqlite(dir) => rusqlite::Connection::open(dir.path().join("ledger.db"))
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Backend::Postgres(_, url) => postgres::PgConn::connect(url)
+                .unwrap()
+                .query(sql, &[])
+                .unwrap()[0]
+                .get(0),
+        }
+    }
+
+    /// The blob `sql` selects.
+    fn bytes(&self, sql: &str) -> Vec<u8> {
+        match &self.backend {
+            Backend::Sqlite(dir) => rusqlite::Connection::open(dir.path().join("ledger.db"))
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Backend::Postgres(_, url) => postgres::PgConn::connect(url)
+                .unwrap()
+                .query(sql, &[])
+                .unwrap()[0]
+                .get(0),
+        }
+    }
+}
+
+impl std::ops::Deref for TestDb {
+    type Target = dyn Store;
+    fn deref(&self) -> &Self::Target {
+        &*self.store
+    }
+}
+
+impl std::ops::DerefMut for TestDb {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut *self.store
+    }
+}
+
+/// Each test once per backend: `store::tests::on_sqlite::…` and `store::tests::on_postgres::…`.
+macro_rules! on_both_backends {
+    ($(fn $name:ident($s:ident) $body:block)*) => {
+        mod on_sqlite {
+            use super::*;
+            $( #[test] fn $name() { let mut $s = TestDb::sqlite(); $body } )*
+        }
+        mod on_postgres {
+            use super::*;
+            $( #[test] fn $name() { let mut $s = TestDb::postgres(); $body } )*
+        }
+    };
+}
+
+on_both_backends! {
+fn block_delivered_twice_is_stored_once_and_reported_already_stored(s) {
     let b0 = block(1, 0, [0; 32], &[(7, 1, 0..6)]);
     let r = s.commit(&[ingest(&b0)], T0).unwrap();
     let Outcome::Stored {
@@ -106,15 +205,13 @@ fn block_delivered_twice_is_stored_once_and_reported_already_stored() {
             Outcome::AlreadyStored { block_id }
         ]
     );
-    assert_eq!(count(&s, "SELECT COUNT(*) FROM blocks"), 1);
-    assert_eq!(count(&s, "SELECT COUNT(*) FROM readings"), 6);
+    assert_eq!(s.count("SELECT COUNT(*) FROM blocks"), 1);
+    assert_eq!(s.count("SELECT COUNT(*) FROM readings"), 6);
     assert_eq!(r.totals.blocks_duplicate, 2);
     assert_eq!(r.totals.readings_stored, 6);
 }
 
-#[test]
-fn readings_carried_by_two_frames_are_stored_once_even_out_of_order() {
-    let (_d, mut s) = store();
+fn readings_carried_by_two_frames_are_stored_once_even_out_of_order(s) {
     let b0 = block(1, 0, [0; 32], &[(7, 1, 0..6), (8, 1, 0..6)]);
     // Meter 7 re-sent 3..6 (its ACK was lost) together with 6..12; meter 8 repeats within one block.
     let b1 = block(
@@ -163,11 +260,9 @@ fn readings_carried_by_two_frames_are_stored_once_even_out_of_order() {
         "{:?}",
         r.outcomes
     );
-    let distinct = count(
-        &s,
-        "SELECT COUNT(*) FROM (SELECT DISTINCT meter_id, epoch, seq FROM readings)",
+    let distinct = s.count("SELECT COUNT(*) FROM (SELECT DISTINCT meter_id, epoch, seq FROM readings) AS d",
     );
-    assert_eq!(count(&s, "SELECT COUNT(*) FROM readings"), distinct);
+    assert_eq!(s.count("SELECT COUNT(*) FROM readings"), distinct);
     // Meter 7 epoch 1: 0..14 (14), epoch 2: 0..2 (2); meter 8: 0..10 (10).
     assert_eq!(distinct, 26);
     let cov: Vec<CoverageRow> = s.ledger_coverage().unwrap();
@@ -199,9 +294,7 @@ fn readings_carried_by_two_frames_are_stored_once_even_out_of_order() {
     assert_eq!(r.totals.readings_duplicate, 6);
 }
 
-#[test]
-fn block_before_its_parent_opens_a_gap_that_the_parent_closes() {
-    let (_d, mut s) = store();
+fn block_before_its_parent_opens_a_gap_that_the_parent_closes(s) {
     let b0 = block(3, 0, [0; 32], &[(1, 1, 0..1)]);
     let b1 = block(3, 1, b0.hash, &[(1, 1, 1..2)]);
     let b2 = block(3, 2, b1.hash, &[(1, 1, 2..3)]);
@@ -229,7 +322,7 @@ fn block_before_its_parent_opens_a_gap_that_the_parent_closes() {
         }
     ));
     assert_eq!(r.totals.gaps_open, 0);
-    assert_eq!(count(&s, "SELECT COUNT(*) FROM blocks WHERE linked = 0"), 0);
+    assert_eq!(s.count("SELECT COUNT(*) FROM blocks WHERE NOT linked"), 0);
     let gap = s
         .alerts(10)
         .unwrap()
@@ -240,9 +333,7 @@ fn block_before_its_parent_opens_a_gap_that_the_parent_closes() {
     assert_eq!(s.relays().unwrap()[0].linked_height, Some(2));
 }
 
-#[test]
-fn second_block_at_the_same_height_is_quarantined_as_a_fork() {
-    let (_d, mut s) = store();
+fn second_block_at_the_same_height_is_quarantined_as_a_fork(s) {
     let b0 = block(2, 0, [0; 32], &[(1, 1, 0..2)]);
     let b1 = block(2, 1, b0.hash, &[(1, 1, 2..4)]);
     let mut other = block(2, 1, b0.hash, &[(1, 1, 2..5)]);
@@ -290,9 +381,7 @@ fn second_block_at_the_same_height_is_quarantined_as_a_fork() {
     assert_eq!(s.relays().unwrap()[0].forks, 2);
 }
 
-#[test]
-fn genesis_with_a_previous_hash_is_quarantined() {
-    let (_d, mut s) = store();
+fn genesis_with_a_previous_hash_is_quarantined(s) {
     let b = block(4, 0, [1; 32], &[(1, 1, 0..1)]);
     let r = s.commit(&[ingest(&b)], T0).unwrap();
     assert!(matches!(
@@ -305,9 +394,7 @@ fn genesis_with_a_previous_hash_is_quarantined() {
     assert_eq!(r.totals.blocks_verified, 0);
 }
 
-#[test]
-fn rejected_payloads_are_quarantined_with_reason_and_raw_bytes_and_counted() {
-    let (_d, mut s) = store();
+fn rejected_payloads_are_quarantined_with_reason_and_raw_bytes_and_counted(s) {
     let q = QuarantineItem {
         arrival: Arrival {
             received_ms: T0,
@@ -330,16 +417,11 @@ fn rejected_payloads_are_quarantined_with_reason_and_raw_bytes_and_counted() {
     let rows = s.quarantine(5).unwrap();
     assert_eq!(rows[0].head_hex, "deadbeef");
     assert_eq!(rows[0].kind, "bad_tag");
-    let raw: Vec<u8> = s
-        .connection()
-        .query_row("SELECT raw FROM quarantine", [], |r| r.get(0))
-        .unwrap();
+    let raw = s.bytes("SELECT raw FROM quarantine");
     assert_eq!(raw, vec![0xde, 0xad, 0xbe, 0xef]);
 }
 
-#[test]
-fn implausible_readings_raise_one_counted_alert_per_meter_and_kind() {
-    let (_d, mut s) = store();
+fn implausible_readings_raise_one_counted_alert_per_meter_and_kind(s) {
     let mut b0 = block(1, 0, [0; 32], &[(5, 1, 0..4)]);
     for r in &mut b0.readings {
         r.reading.voltage_cv = 26_000; // 260 V, and P no longer matches V·I·PF
@@ -371,9 +453,7 @@ fn implausible_readings_raise_one_counted_alert_per_meter_and_kind() {
     assert_eq!(volt.meter_id, Some(5));
 }
 
-#[test]
-fn silent_meters_are_reported_once_and_cleared_when_heard_again() {
-    let (_d, mut s) = store();
+fn silent_meters_are_reported_once_and_cleared_when_heard_again(s) {
     let b0 = block(1, 0, [0; 32], &[(5, 1, 0..1), (6, 1, 0..1)]);
     s.commit(&[ingest(&b0)], T0).unwrap();
     // Too soon after start: nothing.
@@ -401,9 +481,7 @@ fn silent_meters_are_reported_once_and_cleared_when_heard_again() {
     assert!(s.meters().unwrap().iter().all(|m| !m.silent));
 }
 
-#[test]
-fn time_range_query_returns_one_meters_readings_in_time_order() {
-    let (_d, mut s) = store();
+fn time_range_query_returns_one_meters_readings_in_time_order(s) {
     let b0 = block(1, 0, [0; 32], &[(1, 1, 0..6), (2, 1, 0..6)]);
     let b1 = block(1, 1, b0.hash, &[(2, 1, 6..12), (1, 1, 6..12)]);
     // b1 arrives first: its runs are older in id order but newer in time.
@@ -438,17 +516,11 @@ fn time_range_query_returns_one_meters_readings_in_time_order() {
     assert_eq!(find_in_directory(1, &dir, 3), None);
 }
 
-#[test]
-fn totals_and_chain_survive_reopening_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sub").join("ledger.db");
+fn totals_and_chain_survive_reopening_the_database(s) {
     let b0 = block(1, 0, [0; 32], &[(1, 1, 0..3)]);
     let b1 = block(1, 1, b0.hash, &[(1, 1, 3..6)]);
-    {
-        let mut s = SqliteStore::open(&path).unwrap();
-        s.commit(&[ingest(&b0)], T0).unwrap();
-    }
-    let mut s = SqliteStore::open(&path).unwrap();
+    s.commit(&[ingest(&b0)], T0).unwrap();
+    s.store = s.reopen();
     let r = s.commit(&[ingest(&b1), ingest(&b0)], T0).unwrap();
     assert!(matches!(
         r.outcomes[0],
@@ -468,7 +540,7 @@ fn totals_and_chain_survive_reopening_the_database() {
         ),
         (6, 2, 1, 1)
     );
-    let mut reader = SqliteStore::open_reader(&path).unwrap();
+    let mut reader = s.reader();
     assert_eq!(reader.totals().unwrap(), r.totals);
     assert!(
         reader.commit(&[ingest(&b1)], T0).is_err(),
@@ -476,19 +548,157 @@ fn totals_and_chain_survive_reopening_the_database() {
     );
 }
 
-#[test]
-fn raw_insert_writes_the_rows_commit_would_write() {
-    let (_d, mut s) = store();
-    let b = block(1, 0, [0; 32], &[(1, 1, 0..6), (2, 1, 0..6)]);
-    assert_eq!(s.insert_readings_raw(1, &b.readings).unwrap(), 12);
-    let raw = s.ledger_readings(1, 12).unwrap();
-    let (_d2, mut t) = store();
-    t.commit(&[ingest(&b)], T0).unwrap();
-    assert_eq!(t.ledger_readings(1, 12).unwrap(), raw);
+fn a_gap_one_writer_opened_is_closed_by_another_and_never_called_a_fork(s) {
+    let b0 = block(5, 0, [0; 32], &[(1, 1, 0..2)]);
+    let b1 = block(5, 1, b0.hash, &[(1, 1, 2..4)]);
+    let b2 = block(5, 2, b1.hash, &[(1, 1, 4..6)]);
+    let mut other = s.reopen();
+    s.commit(&[ingest(&b0)], T0).unwrap();
+    let r = other.commit(&[ingest(&b2)], T0).unwrap();
+    assert!(matches!(r.outcomes[0], Outcome::Stored { linked: false, .. }));
+    assert_eq!(r.totals.gaps_open, 1);
+    let r = s.commit(&[ingest(&b1), ingest(&b2)], T0 + 1).unwrap();
+    assert!(
+        matches!(r.outcomes[0], Outcome::Stored { linked: true, closed_gap: true, .. }),
+        "{:?}",
+        r.outcomes
+    );
+    assert!(matches!(r.outcomes[1], Outcome::AlreadyStored { .. }));
+    let r = other.commit(&[ingest(&b1)], T0 + 2).unwrap();
+    assert!(matches!(r.outcomes[0], Outcome::AlreadyStored { .. }));
+    assert_eq!((r.totals.gaps_open, r.totals.forks, r.totals.readings_stored), (0, 0, 6));
+    assert_eq!(s.count("SELECT COUNT(*) FROM blocks WHERE NOT linked"), 0);
+}
 }
 
 #[test]
-fn database_urls_name_sqlite_files_and_refuse_other_backends() {
+fn sqlite_file_in_a_missing_directory_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub").join("ledger.db");
+    let mut s = SqliteStore::open(&path).unwrap();
+    let b0 = block(1, 0, [0; 32], &[(1, 1, 0..3)]);
+    s.commit(&[ingest(&b0)], T0).unwrap();
+    assert!(path.exists());
+}
+
+#[test]
+fn raw_insert_writes_the_rows_commit_would_write() {
+    let mut s = TestDb::sqlite();
+    let b = block(1, 0, [0; 32], &[(1, 1, 0..6), (2, 1, 0..6)]);
+    let Backend::Sqlite(dir) = &s.backend else {
+        unreachable!()
+    };
+    let mut raw_store = SqliteStore::open(&dir.path().join("raw.db")).unwrap();
+    assert_eq!(raw_store.insert_readings_raw(1, &b.readings).unwrap(), 12);
+    let raw = raw_store.ledger_readings(1, 12).unwrap();
+    s.commit(&[ingest(&b)], T0).unwrap();
+    assert_eq!(s.ledger_readings(1, 12).unwrap(), raw);
+}
+
+#[test]
+fn raw_copy_writes_the_rows_commit_would_write() {
+    let mut s = TestDb::postgres();
+    let b = block(1, 0, [0; 32], &[(1, 1, 0..6), (2, 1, 0..6)]);
+    s.commit(&[ingest(&b)], T0).unwrap();
+    let first = 1 << postgres::READING_ID_SHIFT;
+    let stored = s.ledger_readings(first, 12).unwrap();
+    let other = TestDb::postgres();
+    let mut raw = PgStore::open(&other.url()).unwrap();
+    assert_eq!(raw.copy_readings_raw(&[(1, &b.readings)]).unwrap(), 12);
+    assert_eq!(raw.ledger_readings(first, 12).unwrap(), stored);
+}
+
+/// A tiny deterministic generator (xorshift) for shuffles.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn concurrent_writers_storing_blocks_in_any_order_keep_one_chain_and_each_reading_once() {
+    let db = TestDb::postgres();
+    // Relays 1 and 2 each carry 30 blocks; both hear meters 1..=4; consecutive
+    // blocks overlap by three readings per meter (a meter's retries), and the
+    // relays overlap each other (a meter heard by two relays).
+    let mut blocks = Vec::new();
+    for relay in [1u32, 2] {
+        let mut prev = [0; 32];
+        for h in 0..30u32 {
+            let start = h * 6 + if relay == 2 { 3 } else { 0 };
+            let leaves: Vec<_> = (1..=4u32).map(|m| (m, 1, start..start + 9)).collect();
+            let b = block(relay, u64::from(h), prev, &leaves);
+            prev = b.hash;
+            blocks.push(b);
+        }
+    }
+    // Every block delivered twice, in a shuffled order, to three writers.
+    let mut deliveries: Vec<&VerifiedBlockData> = blocks.iter().chain(blocks.iter()).collect();
+    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    for i in (1..deliveries.len()).rev() {
+        deliveries.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    let url = db.url();
+    std::thread::scope(|scope| {
+        for w in 0..3usize {
+            let mine: Vec<&VerifiedBlockData> =
+                deliveries.iter().skip(w).step_by(3).copied().collect();
+            let url = url.clone();
+            scope.spawn(move || {
+                let mut store = open_store(&url).unwrap();
+                let mut rng = Rng(0x1000 + w as u64);
+                let mut rest = &mine[..];
+                while !rest.is_empty() {
+                    let n = (1 + rng.next() % 4).min(rest.len() as u64) as usize;
+                    let items: Vec<Ingest> = rest[..n].iter().map(|b| ingest(b)).collect();
+                    store.commit(&items, T0).unwrap();
+                    rest = &rest[n..];
+                }
+            });
+        }
+    });
+    let mut s = db.reader();
+    let t = s.totals().unwrap();
+    // Meter m: relay 1 covers 0..183, relay 2 3..186: seq 0..=185, 186 readings each.
+    assert_eq!(t.readings_stored, 4 * 186, "{t:?}");
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM readings"),
+        db.count("SELECT COUNT(*) FROM (SELECT DISTINCT meter_id, epoch, seq FROM readings) AS d")
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM readings"), 4 * 186);
+    assert_eq!((t.blocks_verified, t.blocks_duplicate), (60, 60));
+    assert_eq!(
+        (t.gaps_open, t.forks, t.blocks_rejected),
+        (0, 0, 0),
+        "{t:?}"
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM blocks WHERE NOT linked"), 0);
+    let cov = s.ledger_coverage().unwrap();
+    assert_eq!(cov.len(), 4, "one interval per meter: {cov:?}");
+    assert!(cov.iter().all(|c| (c.first_seq, c.last_seq) == (0, 185)));
+    let relays = s.relays().unwrap();
+    assert!(relays
+        .iter()
+        .all(|r| r.gaps.is_empty() && r.linked_height == Some(29)));
+    // The meters' newest readings and time queries see every reading once.
+    let readings = s.meter_readings(3, 0, u64::MAX, 10_000).unwrap();
+    assert_eq!(
+        readings.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (0..186).collect::<Vec<_>>()
+    );
+    assert!(s
+        .meters()
+        .unwrap()
+        .iter()
+        .all(|m| m.readings == 186 && m.last.is_some_and(|l| l.seq == 185)));
+}
+
+#[test]
+fn database_urls_name_sqlite_files_or_postgres_servers() {
     assert_eq!(
         DbUrl::parse("data/x.db").unwrap(),
         DbUrl::Sqlite("data/x.db".into())
@@ -501,9 +711,33 @@ fn database_urls_name_sqlite_files_and_refuse_other_backends() {
         DbUrl::parse("sqlite:x.db").unwrap(),
         DbUrl::Sqlite("x.db".into())
     );
+    assert_eq!(
+        DbUrl::parse("postgres://u:pw@h:5433/db").unwrap(),
+        DbUrl::Postgres("postgres://u:pw@h:5433/db".into())
+    );
     assert!(matches!(
-        DbUrl::parse("postgres://h/db"),
+        DbUrl::parse("postgresql://h/db"),
+        Ok(DbUrl::Postgres(_))
+    ));
+    assert!(matches!(
+        DbUrl::parse("mysql://h/db"),
+        Err(StoreError::UnsupportedUrl(_))
+    ));
+    assert!(matches!(
+        DbUrl::parse("postgres://h:notaport/db"),
         Err(StoreError::UnsupportedUrl(_))
     ));
     assert!(DbUrl::parse("").is_err());
+    assert_eq!(
+        postgres::redact("postgres://u:secret@h/db"),
+        "postgres://u:***@h/db"
+    );
+}
+
+#[test]
+fn postgres_reader_refuses_a_database_without_the_schema() {
+    let pg = crate::pg_harness::PgServer::shared().unwrap();
+    let url = pg.create_database().unwrap();
+    let err = PgStore::open_reader(&url).unwrap_err();
+    assert!(err.to_string().contains("not a gridpow database"), "{err}");
 }
