@@ -38,6 +38,9 @@ pub struct DemoArgs {
     /// Proof-of-work difficulty in leading zero bits.
     #[arg(long, default_value_t = 16)]
     difficulty: u8,
+    /// The database: SQLite in the data directory by default, or `postgres://user@host/db`.
+    #[arg(long)]
+    db: Option<String>,
     /// Print the final summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -120,10 +123,12 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         ),
     );
 
-    let db_path = a.data_dir.join("gridpow.db");
+    let db_url =
+        a.db.clone()
+            .unwrap_or_else(|| a.data_dir.join("gridpow.db").to_string_lossy().into_owned());
     let mut scfg = ServerConfig {
         keys_dir: keys.root().to_path_buf(),
-        db: db_path.to_string_lossy().into_owned(),
+        db: db_url.clone(),
         min_difficulty: a.difficulty,
         ..ServerConfig::default()
     };
@@ -223,11 +228,14 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     server.shutdown().await;
 
     let stored = sstats.readings_stored - stored_before;
-    let ledger = gridpow_server::verify_ledger(&db_path.to_string_lossy(), &keys);
+    let ledger = gridpow_server::verify_ledger(&db_url, &keys);
     if let Err(e) = &ledger {
         eprintln!("ledger verification FAILED: {e}");
     }
-    let lat = latencies(&db_path).unwrap_or_default();
+    let lat = latencies(&db_url).unwrap_or_else(|e| {
+        eprintln!("warning: could not read latencies: {e}");
+        Vec::new()
+    });
     let pct =
         |q: f64| (!lat.is_empty()).then(|| lat[((lat.len() - 1) as f64 * q).round() as usize]);
     let summary = Summary {
@@ -276,14 +284,27 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Latency of every stored reading from its making to its block's arrival at the server, sorted.
-fn latencies(db: &std::path::Path) -> rusqlite::Result<Vec<i64>> {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let mut st = c.prepare(
-        "SELECT b.received_ms - r.ts_ms FROM readings r JOIN blocks b ON b.id = r.block_id",
-    )?;
-    let mut v: Vec<i64> = st
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+fn latencies(db: &str) -> anyhow::Result<Vec<i64>> {
+    const SQL: &str =
+        "SELECT b.received_ms - r.ts_ms FROM readings r JOIN blocks b ON b.id = r.block_id";
+    let mut v: Vec<i64> = if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        let mut c = gridpow_server::store::postgres::PgConn::connect(db)?;
+        c.query(SQL, &[])?
+            .iter()
+            .map(|r| r.try_get::<_, i64>(0))
+            .collect::<Result<_, _>>()?
+    } else {
+        let path = db.strip_prefix("sqlite://").unwrap_or(db);
+        let c = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let mut st = c.prepare(SQL)?;
+        let rows = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows
+    };
     v.sort_unstable();
     Ok(v)
 }

@@ -39,7 +39,7 @@ enum Command {
     /// Run a relay (cluster head): radio ingress, journal, blocks with PoW, MQTT publishing.
     Relay(services::ConfigArg),
     /// Run a grid server: verify blocks, store readings, HTTP API and dashboard.
-    Server(services::ConfigArg),
+    Server(services::ServerArgs),
     /// Run virtual meters that send over UDP air to a relay.
     Meters(services::ConfigArg),
     /// Re-verify the whole stored ledger offline (signatures, PoW, Merkle roots, chain, meter tags).
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo::run(a),
         Command::Keys(k) => keys_cmd::run(k),
         Command::Relay(a) => services::run_relay(&a.config),
-        Command::Server(a) => services::run_server(&a.config),
+        Command::Server(a) => services::run_server(&a),
         Command::Meters(a) => services::run_meters(&a.config),
         Command::VerifyLedger(a) => ledger_cmd::run(a),
         Command::Sim(a) => gridpow_sim::run_cli(a).map(|()| ExitCode::SUCCESS),

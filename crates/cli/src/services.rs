@@ -18,6 +18,17 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// TOML configuration file (see `gridpow example-config server`); fields can be
+    /// overridden with environment variables, e.g. GRIDPOW_SERVER__HTTP__LISTEN.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// The database, overriding the file: a SQLite path or `postgres://user@host/db`.
+    #[arg(long)]
+    pub db: Option<String>,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum ConfigKind {
     /// relay.toml
@@ -73,8 +84,11 @@ pub fn run_relay(path: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn run_server(path: &Path) -> anyhow::Result<ExitCode> {
-    let cfg = ServerConfig::load(path)?;
+pub fn run_server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = ServerConfig::load(&args.config)?;
+    if let Some(db) = &args.db {
+        cfg.db = db.clone();
+    }
     let rt = runtime()?;
     rt.block_on(async {
         let server = Server::start(cfg).await?;

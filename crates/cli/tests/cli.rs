@@ -200,3 +200,42 @@ fn demo_stores_every_reading_once_and_the_ledger_detects_one_altered_byte() {
     let t = text(&o);
     assert!(t.contains("LEDGER INVALID") && t.contains("block"), "{t}");
 }
+
+#[test]
+fn demo_runs_on_postgresql_and_its_ledger_verifies() {
+    let pg = gridpow_server::pg_harness::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.create_database().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let o = gridpow(&[
+        "demo",
+        "--meters",
+        "8",
+        "--duration",
+        "6",
+        "--db",
+        &url,
+        "--data-dir",
+        d,
+        "--http",
+        "127.0.0.1:0",
+        "--difficulty",
+        "12",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let s: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(s["lost"], 0, "{s}");
+    assert!(s["stored"].as_u64().unwrap() >= 8 * 4, "{s}");
+    assert_eq!(s["ledger_verified"], true, "{s}");
+    let keys = dir.path().join("keys");
+    let o = gridpow(&[
+        "verify-ledger",
+        "--db",
+        &url,
+        "--keys",
+        keys.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}

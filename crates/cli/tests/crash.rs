@@ -4,8 +4,8 @@
 //! SIGKILL during ingest and PoW and restarted. Afterwards every generated
 //! reading must be stored exactly once, none lost, and `verify-ledger` must pass.
 //!
-//! The database is SQLite by default; set `GRIDPOW_CRASH_DB=postgres://…` to run
-//! the same test against PostgreSQL. `GRIDPOW_TEST_SEED` fixes the kill timing.
+//! It runs on SQLite and on a private PostgreSQL instance.
+//! `GRIDPOW_TEST_SEED` fixes the kill timing.
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 use std::collections::BTreeSet;
@@ -146,7 +146,21 @@ fn stored_keys(db: &str) -> Vec<(u32, u32, u32)> {
 }
 
 #[test]
-fn servers_broker_and_relay_killed_during_ingest_lose_and_duplicate_nothing() {
+fn servers_broker_and_relay_killed_during_ingest_lose_and_duplicate_nothing_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("grid.db").to_string_lossy().into_owned();
+    crash_run(&db);
+}
+
+#[test]
+fn servers_broker_and_relay_killed_during_ingest_lose_and_duplicate_nothing_on_postgresql() {
+    let pg = gridpow_server::pg_harness::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let db = pg.create_database().unwrap();
+    crash_run(&db);
+}
+
+fn crash_run(db: &str) {
+    let db = db.to_string();
     let seed: u64 = std::env::var("GRIDPOW_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -178,8 +192,6 @@ fn servers_broker_and_relay_killed_during_ingest_lose_and_duplicate_nothing() {
         },
     )
     .unwrap();
-    let db = std::env::var("GRIDPOW_CRASH_DB")
-        .unwrap_or_else(|_| root.join("grid.db").to_string_lossy().into_owned());
     let udp = UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
