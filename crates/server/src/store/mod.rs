@@ -30,6 +30,7 @@
 //!   HTTP API opens its own instances for reading.
 
 pub mod postgres;
+mod shared;
 mod sqlite;
 #[cfg(test)]
 mod tests;

@@ -6,22 +6,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use gridpow_proto::block::check_link;
-use gridpow_proto::pow::leading_zero_bits;
 use gridpow_proto::wire::Reading;
-use gridpow_proto::Hash;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
+use super::shared::{
+    self, hash_of, meter_subject, typed_reading, u64_of, BlockCols, Book, Chain, ChainSlot,
+    Coverage, CoverageChange, MeterState, RelayCols, Silent,
+};
 use super::{
     AlertRow, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbTotals, Ingest,
-    LastReading, LedgerBlock, LedgerReading, MeterSummary, Outcome, QuarantineItem, QuarantineRow,
-    RaisedAlert, RelaySummary, Store, StoreError, StoredReading,
+    LedgerBlock, LedgerReading, MeterSummary, Outcome, QuarantineItem, QuarantineRow, RaisedAlert,
+    RelaySummary, Store, StoreError, StoredReading,
 };
-use crate::intervals::IntervalSet;
 use crate::plausibility::{AlertKind, Rules};
 use crate::store::Arrival;
-use crate::verify::{ReadingRow, RejectKind, VerifiedBlockData};
+use crate::verify::{ReadingRow, VerifiedBlockData};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the last applied.
 const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
@@ -271,17 +271,6 @@ fn insert_reading(
     Ok(conn.last_insert_rowid())
 }
 
-pub(super) fn u64_of(v: i64) -> u64 {
-    v.max(0) as u64
-}
-
-pub(super) fn hash_of(table: &'static str, b: &[u8]) -> Result<Hash, StoreError> {
-    b.try_into().map_err(|_| StoreError::Corrupt {
-        table,
-        detail: format!("hash of {} bytes", b.len()),
-    })
-}
-
 fn cell(row: &Row<'_>, idx: usize) -> rusqlite::Result<Cell> {
     Ok(match row.get_ref(idx)? {
         ValueRef::Integer(v) => Cell::Int(v),
@@ -289,34 +278,6 @@ fn cell(row: &Row<'_>, idx: usize) -> rusqlite::Result<Cell> {
         ValueRef::Null => Cell::Other("NULL".into()),
         ValueRef::Real(f) => Cell::Other(format!("real {f}")),
         ValueRef::Text(t) => Cell::Other(format!("text {:?}", String::from_utf8_lossy(t))),
-    })
-}
-
-pub(super) fn typed_reading(
-    table: &'static str,
-    c: &[i64; 14],
-) -> Result<StoredReading, StoreError> {
-    let bad = |what: &str| StoreError::Corrupt {
-        table,
-        detail: format!("reading {}: {what} out of range", c[0]),
-    };
-    Ok(StoredReading {
-        id: c[0],
-        block_id: c[1],
-        leaf: u32::try_from(c[2]).map_err(|_| bad("leaf"))?,
-        meter_id: u32::try_from(c[3]).map_err(|_| bad("meter_id"))?,
-        epoch: u32::try_from(c[4]).map_err(|_| bad("epoch"))?,
-        seq: u32::try_from(c[5]).map_err(|_| bad("seq"))?,
-        reading: Reading {
-            timestamp_ms: c[6] as u64,
-            voltage_cv: u16::try_from(c[7]).map_err(|_| bad("voltage_cv"))?,
-            current_ma: u32::try_from(c[8]).map_err(|_| bad("current_ma"))?,
-            active_power_dw: i32::try_from(c[9]).map_err(|_| bad("power_dw"))?,
-            power_factor_e4: i16::try_from(c[10]).map_err(|_| bad("pf_e4"))?,
-            frequency_mhz: u16::try_from(c[11]).map_err(|_| bad("freq_mhz"))?,
-            energy_mwh: c[12] as u64,
-            flags: u16::try_from(c[13]).map_err(|_| bad("flags"))?,
-        },
     })
 }
 
@@ -328,55 +289,30 @@ fn reading_ints(row: &Row<'_>) -> rusqlite::Result<[i64; 14]> {
     Ok(c)
 }
 
-pub(super) fn meter_subject(meter_id: u32) -> String {
-    format!("meter:{meter_id}")
-}
-
-pub(super) fn block_subject(relay_id: u32, height: u64) -> String {
-    format!("relay:{relay_id}:height:{height}")
-}
-
 /// A stored block at a chain position: id, hash, prev_hash, linked.
-type ChainSlot = (i64, Vec<u8>, Vec<u8>, bool);
+type SlotRow = (i64, Vec<u8>, Vec<u8>, bool);
+
+impl ChainSlot for SlotRow {
+    fn hash(&self) -> &[u8] {
+        &self.1
+    }
+    fn prev_hash(&self) -> &[u8] {
+        &self.2
+    }
+    fn linked(&self) -> bool {
+        self.3
+    }
+}
 
 /// What `Writer::readings` inserted: new readings, duplicates, the new ones' time span.
 type Inserted = (u64, u64, Option<(i64, i64)>);
 
-/// The columns of a block listing.
-type SummaryRow = (
-    i64,
-    u32,
-    i64,
-    Vec<u8>,
-    Vec<u8>,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    bool,
-    i64,
-);
-
 /// A meter's row as cached: loaded once, written back at the end of each
 /// transaction that changed it.
 #[derive(Clone, Debug)]
-struct MeterState {
+struct CachedMeter {
     first_seen_ms: u64,
-    readings: u64,
-    last: Option<(u32, u32, Reading)>,
-    silent: bool,
-    dirty: bool,
-}
-
-/// A (meter, epoch)'s coverage intervals: what the table holds and what it will hold.
-#[derive(Debug)]
-struct Coverage {
-    /// The rows as stored (first_seq, last_seq).
-    stored: Vec<(u32, u32)>,
-    set: IntervalSet,
-    dirty: bool,
+    state: MeterState,
 }
 
 /// Coverage and meter rows kept between transactions, so a batch does not
@@ -388,7 +324,7 @@ struct Coverage {
 struct Cache {
     data_version: Option<i64>,
     coverage: HashMap<(u32, u32), Coverage>,
-    meters: BTreeMap<u32, MeterState>,
+    meters: BTreeMap<u32, CachedMeter>,
 }
 
 impl Cache {
@@ -400,22 +336,6 @@ impl Cache {
     }
 }
 
-#[derive(Debug, Default)]
-struct PendingAlert {
-    meter_id: Option<u32>,
-    relay_id: Option<u32>,
-    count: u64,
-    message: String,
-    cleared: bool,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct RelayDelta {
-    blocks: i64,
-    readings: i64,
-    leaves: i64,
-}
-
 /// The state of one write transaction.
 struct Writer<'t> {
     tx: &'t Connection,
@@ -424,10 +344,7 @@ struct Writer<'t> {
     next_block_id: i64,
     next_reading_id: i64,
     cache: &'t mut Cache,
-    relays: BTreeMap<u32, RelayDelta>,
-    counters: BTreeMap<String, i64>,
-    alerts: BTreeMap<(AlertKind, String), PendingAlert>,
-    clears: Vec<(AlertKind, String)>,
+    book: Book,
     /// Largest time span of a block's new readings in this transaction.
     max_span: i64,
 }
@@ -459,41 +376,9 @@ impl<'t> Writer<'t> {
             next_block_id,
             next_reading_id,
             cache,
-            relays: BTreeMap::new(),
-            counters: BTreeMap::new(),
-            alerts: BTreeMap::new(),
-            clears: Vec::new(),
+            book: Book::default(),
             max_span: 0,
         })
-    }
-
-    fn count(&mut self, name: &str, by: i64) {
-        if by != 0 {
-            *self.counters.entry(name.to_string()).or_insert(0) += by;
-        }
-    }
-
-    fn raise(
-        &mut self,
-        kind: AlertKind,
-        subject: String,
-        meter_id: Option<u32>,
-        relay_id: Option<u32>,
-        message: String,
-    ) {
-        let a = self.alerts.entry((kind, subject)).or_default();
-        a.meter_id = meter_id;
-        a.relay_id = relay_id;
-        a.count += 1;
-        a.message = message;
-        a.cleared = false;
-    }
-
-    fn clear(&mut self, kind: AlertKind, subject: String) {
-        match self.alerts.get_mut(&(kind, subject.clone())) {
-            Some(a) => a.cleared = true,
-            None => self.clears.push((kind, subject)),
-        }
     }
 
     fn item(&mut self, item: &Ingest) -> Result<Outcome, StoreError> {
@@ -521,128 +406,41 @@ impl<'t> Writer<'t> {
                 q.raw,
             ])?;
         let id = self.tx.last_insert_rowid();
-        self.count("blocks_rejected", 1);
-        self.count(&format!("quarantine:{}", q.kind.as_str()), 1);
-        if q.kind.is_frame_fault() {
-            self.count("frames_rejected", 1);
-        }
-        if q.kind == RejectKind::Fork {
-            self.count("forks", 1);
-            if let Some(h) = h {
-                self.raise(
-                    AlertKind::Fork,
-                    block_subject(h.relay_id, h.height),
-                    None,
-                    Some(h.relay_id),
-                    format!("relay {} height {}: {}", h.relay_id, h.height, q.detail),
-                );
-            }
-        }
+        self.book.quarantined(q);
         Ok(Outcome::Quarantined { kind: q.kind, id })
-    }
-
-    fn refuse(
-        &mut self,
-        arrival: &Arrival,
-        b: &VerifiedBlockData,
-        kind: RejectKind,
-        detail: String,
-    ) -> Result<Outcome, StoreError> {
-        tracing::warn!(
-            relay = b.header.relay_id,
-            height = b.header.height,
-            reason = kind.as_str(),
-            "{detail}"
-        );
-        self.quarantine(&QuarantineItem {
-            arrival: arrival.clone(),
-            kind,
-            detail,
-            header: Some(b.header),
-            raw: b.raw.clone(),
-        })
     }
 
     fn block(&mut self, arrival: &Arrival, b: &VerifiedBlockData) -> Result<Outcome, StoreError> {
         let h = &b.header;
         let (relay, height) = (h.relay_id, h.height);
-        if height > i64::MAX as u64 - 1 {
-            return self.refuse(
-                arrival,
-                b,
-                RejectKind::Malformed,
-                format!("height {height} out of range"),
-            );
-        }
-        let h_i = height as i64;
-        let at = |tx: &Connection, height: i64| -> Result<Option<ChainSlot>, StoreError> {
+        let tx = self.tx;
+        let at = |height: i64| -> Result<Option<SlotRow>, StoreError> {
             Ok(tx
                 .prepare_cached("SELECT id, hash, prev_hash, linked FROM blocks WHERE relay_id = ?1 AND height = ?2")?
                 .query_row(params![relay, height], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? != 0)))
                 .optional()?)
         };
-        if let Some((id, hash, _, _)) = at(self.tx, h_i)? {
-            if hash == b.hash {
-                self.count("blocks_duplicate", 1);
+        let (linked, child) = match shared::decide(b, at)? {
+            Chain::Refuse(kind, detail) => {
+                return self.quarantine(&shared::refusal(arrival, b, kind, detail))
+            }
+            Chain::Same((id, ..)) => {
+                self.book.count("blocks_duplicate", 1);
                 return Ok(Outcome::AlreadyStored { block_id: id });
             }
-            let detail = format!(
-                "relay {relay} already has block {} at height {height}; this one is {}",
-                short_hex(&hash),
-                short_hex(&b.hash)
-            );
-            return self.refuse(arrival, b, RejectKind::Fork, detail);
-        }
-        let linked = if height == 0 {
-            if check_link(h, None).is_err() {
-                return self.refuse(
-                    arrival,
-                    b,
-                    RejectKind::BadGenesis,
-                    "genesis block with a non-zero previous hash".into(),
-                );
-            }
-            true
-        } else {
-            match at(self.tx, h_i - 1)? {
-                Some((_, parent_hash, _, _)) => {
-                    let parent: Hash = hash_of("blocks", &parent_hash)?;
-                    if check_link(h, Some((height - 1, &parent))).is_err() {
-                        let detail = format!(
-                            "previous hash {} is not the stored block {} at height {}",
-                            short_hex(&h.prev_hash),
-                            short_hex(&parent),
-                            height - 1
-                        );
-                        return self.refuse(arrival, b, RejectKind::Fork, detail);
-                    }
-                    true
-                }
-                None => false,
-            }
+            Chain::Store { linked, child } => (linked, child),
         };
+        let h_i = height as i64;
         let mut closed_gap = false;
-        if let Some((child_id, _, child_prev, child_linked)) = at(self.tx, h_i + 1)? {
-            if child_prev != b.hash {
-                let detail = format!(
-                    "the stored block at height {} names parent {}, not this block {}",
-                    height + 1,
-                    short_hex(&child_prev),
-                    short_hex(&b.hash)
-                );
-                return self.refuse(arrival, b, RejectKind::Fork, detail);
-            }
-            if !child_linked {
-                self.tx
-                    .prepare_cached("UPDATE blocks SET linked = 1 WHERE id = ?1")?
-                    .execute([child_id])?;
-                self.tx
-                    .prepare_cached("UPDATE gaps SET closed_ms = ?1 WHERE relay_id = ?2 AND height = ?3 AND closed_ms IS NULL")?
-                    .execute(params![self.now_ms as i64, relay, h_i + 1])?;
-                self.clear(AlertKind::Gap, block_subject(relay, height + 1));
-                closed_gap = true;
-                tracing::info!(relay, height = height + 1, "Gap closed: parent arrived.");
-            }
+        if let Some((child_id, ..)) = child {
+            self.tx
+                .prepare_cached("UPDATE blocks SET linked = 1 WHERE id = ?1")?
+                .execute([child_id])?;
+            self.tx
+                .prepare_cached("UPDATE gaps SET closed_ms = ?1 WHERE relay_id = ?2 AND height = ?3 AND closed_ms IS NULL")?
+                .execute(params![self.now_ms as i64, relay, h_i + 1])?;
+            self.book.gap_closed(relay, height + 1);
+            closed_gap = true;
         }
         let block_id = self.next_block_id;
         self.next_block_id += 1;
@@ -687,29 +485,11 @@ impl<'t> Writer<'t> {
                     "INSERT OR IGNORE INTO gaps (relay_id, height, opened_ms) VALUES (?1, ?2, ?3)",
                 )?
                 .execute(params![relay, h_i, self.now_ms as i64])?;
-            let message = format!(
-                "relay {relay}: block {height} stored before its parent; heights {from}–{} missing",
-                height - 1
-            );
-            tracing::warn!(
-                relay,
-                height,
-                missing_from = from,
-                "Gap: block stored before its parent."
-            );
-            self.raise(
-                AlertKind::Gap,
-                block_subject(relay, height),
-                None,
-                Some(relay),
-                message,
-            );
+            self.book.gap_opened(relay, height, from);
         }
-        let d = self.relays.entry(relay).or_default();
-        d.blocks += 1;
-        d.readings += new_readings as i64;
-        d.leaves += i64::from(h.leaf_count);
-        self.count("readings_duplicate", duplicate_readings as i64);
+        self.book.block_stored(relay, h.leaf_count);
+        self.book
+            .readings_stored(relay, new_readings, duplicate_readings);
         Ok(Outcome::Stored {
             block_id,
             new_readings,
@@ -739,12 +519,7 @@ impl<'t> Writer<'t> {
                     };
                     stored.push((conv(a)?, conv(b)?));
                 }
-                let set = IntervalSet::from_ranges(stored.iter().copied());
-                Ok(e.insert(Coverage {
-                    stored,
-                    set,
-                    dirty: false,
-                }))
+                Ok(e.insert(Coverage::loaded(stored)))
             }
         }
     }
@@ -765,43 +540,48 @@ impl<'t> Writer<'t> {
                     Ok(c)
                 })
                 .optional()?;
-            let state = match row {
-                Some(c) => MeterState {
+            let cached = match row {
+                Some(c) => CachedMeter {
                     first_seen_ms: u64_of(c[0]),
-                    readings: u64_of(c[1]),
-                    last: Some((
-                        c[2] as u32,
-                        c[3] as u32,
-                        Reading {
-                            timestamp_ms: c[4] as u64,
-                            voltage_cv: c[5] as u16,
-                            current_ma: c[6] as u32,
-                            active_power_dw: c[7] as i32,
-                            power_factor_e4: c[8] as i16,
-                            frequency_mhz: c[9] as u16,
-                            energy_mwh: c[10] as u64,
-                            flags: c[11] as u16,
-                        },
-                    )),
-                    silent: c[12] != 0,
-                    dirty: false,
+                    state: MeterState {
+                        readings: u64_of(c[1]),
+                        last: Some((
+                            c[2] as u32,
+                            c[3] as u32,
+                            Reading {
+                                timestamp_ms: c[4] as u64,
+                                voltage_cv: c[5] as u16,
+                                current_ma: c[6] as u32,
+                                active_power_dw: c[7] as i32,
+                                power_factor_e4: c[8] as i16,
+                                frequency_mhz: c[9] as u16,
+                                energy_mwh: c[10] as u64,
+                                flags: c[11] as u16,
+                            },
+                        )),
+                        silent: c[12] != 0,
+                        dirty: false,
+                    },
                 },
                 None => {
-                    self.count("meters", 1);
-                    MeterState {
+                    self.book.count("meters", 1);
+                    CachedMeter {
                         first_seen_ms: self.now_ms,
-                        readings: 0,
-                        last: None,
-                        silent: false,
-                        dirty: true,
+                        state: MeterState {
+                            readings: 0,
+                            last: None,
+                            silent: false,
+                            dirty: true,
+                        },
                     }
                 }
             };
-            self.cache.meters.insert(meter_id, state);
+            self.cache.meters.insert(meter_id, cached);
         }
         self.cache
             .meters
             .get_mut(&meter_id)
+            .map(|c| &mut c.state)
             .ok_or_else(|| StoreError::Corrupt {
                 table: "meters",
                 detail: format!("meter {meter_id} vanished"),
@@ -814,50 +594,10 @@ impl<'t> Writer<'t> {
         let rows = &b.readings;
         let (mut new, mut dup) = (0u64, 0u64);
         let mut fresh: Vec<&ReadingRow> = Vec::with_capacity(rows.len());
-        let mut i = 0;
-        while i < rows.len() {
-            let (m, e) = (rows[i].meter_id, rows[i].epoch);
-            let j = i + rows[i..]
-                .iter()
-                .take_while(|r| r.meter_id == m && r.epoch == e)
-                .count();
-            let group = &rows[i..j];
-            let cov = self.coverage(m, e)?;
-            // Distinct consecutive runs of sequence numbers, each added to the coverage.
-            let mut added = Vec::new();
-            let mut k = 0;
-            while k < group.len() {
-                let lo = group[k].seq;
-                let mut hi = lo;
-                let mut l = k + 1;
-                while l < group.len()
-                    && (group[l].seq == hi || Some(group[l].seq) == hi.checked_add(1))
-                {
-                    hi = group[l].seq;
-                    l += 1;
-                }
-                added.extend(cov.set.insert_range(lo, hi));
-                k = l;
-            }
-            cov.dirty |= !added.is_empty();
-            let mut a = 0;
-            let mut prev_seq = None;
-            for row in group {
-                if prev_seq == Some(row.seq) {
-                    dup += 1;
-                    continue;
-                }
-                prev_seq = Some(row.seq);
-                while a < added.len() && added[a].1 < row.seq {
-                    a += 1;
-                }
-                if a < added.len() && added[a].0 <= row.seq {
-                    fresh.push(row);
-                } else {
-                    dup += 1;
-                }
-            }
-            i = j;
+        for group in shared::by_meter_epoch(rows) {
+            dup += self
+                .coverage(group[0].meter_id, group[0].epoch)?
+                .add(group, &mut fresh);
         }
         let mut st = self.tx.prepare_cached(INSERT_READING)?;
         let mut runs: Vec<super::Run> = Vec::new();
@@ -872,29 +612,10 @@ impl<'t> Writer<'t> {
             }
             self.next_reading_id += 1;
             new += 1;
-            let ts = row.reading.timestamp_ms as i64;
-            match runs.last_mut() {
-                Some(run) if run.meter_id == i64::from(row.meter_id) => {
-                    run.last_id = id;
-                    run.min_ts = run.min_ts.min(ts);
-                    run.max_ts = run.max_ts.max(ts);
-                }
-                _ => runs.push(super::Run {
-                    block_id,
-                    meter_id: i64::from(row.meter_id),
-                    first_id: id,
-                    last_id: id,
-                    min_ts: ts,
-                    max_ts: ts,
-                }),
-            }
+            shared::add_to_runs(&mut runs, block_id, id, row);
         }
         drop(st);
-        let span = runs.iter().fold(None, |s: Option<(i64, i64)>, r| {
-            Some(s.map_or((r.min_ts, r.max_ts), |(a, z)| {
-                (a.min(r.min_ts), z.max(r.max_ts))
-            }))
-        });
+        let span = shared::span_of(&runs);
         if !runs.is_empty() {
             self.tx
                 .prepare_cached("INSERT INTO block_index (block_id, directory) VALUES (?1, ?2)")?
@@ -910,48 +631,10 @@ impl<'t> Writer<'t> {
     /// Plausibility of new readings and the meters' newest state.
     fn judge(&mut self, fresh: &[&ReadingRow]) -> Result<(), StoreError> {
         let rules = self.rules;
-        let mut i = 0;
-        while i < fresh.len() {
-            let m = fresh[i].meter_id;
-            let j = i + fresh[i..].iter().take_while(|r| r.meter_id == m).count();
-            let mut findings = Vec::new();
-            let state = self.meter(m)?;
-            let mut prev = state
-                .last
-                .filter(|&(e, s, _)| (e, s) < (fresh[i].epoch, fresh[i].seq));
-            for row in &fresh[i..j] {
-                rules.check_reading(&row.reading, |f| findings.push((row.seq, f)));
-                if let Some((_, _, p)) = prev {
-                    if let Some(f) = rules.check_energy(p.energy_mwh, row.reading.energy_mwh) {
-                        findings.push((row.seq, f));
-                    }
-                }
-                prev = Some((row.epoch, row.seq, row.reading));
-            }
-            let last_new = fresh[j - 1];
-            state.readings += (j - i) as u64;
-            if state
-                .last
-                .is_none_or(|(e, s, _)| (e, s) < (last_new.epoch, last_new.seq))
-            {
-                state.last = Some((last_new.epoch, last_new.seq, last_new.reading));
-            }
-            let was_silent = std::mem::replace(&mut state.silent, false);
-            state.dirty = true;
-            if was_silent {
-                self.clear(AlertKind::Silent, meter_subject(m));
-                tracing::info!(meter = m, "Meter heard again.");
-            }
-            for (seq, f) in findings {
-                self.raise(
-                    f.kind(),
-                    meter_subject(m),
-                    Some(m),
-                    None,
-                    format!("meter {m} seq {seq}: {}", f.describe()),
-                );
-            }
-            i = j;
+        for group in shared::by_meter(fresh) {
+            let m = group[0].meter_id;
+            let heard = self.meter(m)?.hear(rules, group);
+            self.book.meter_heard(m, heard);
         }
         Ok(())
     }
@@ -972,25 +655,14 @@ impl<'t> Writer<'t> {
                 if !c.dirty {
                     continue;
                 }
-                let now: &[(u32, u32)] = c.set.ranges();
-                for &(a, _) in &c.stored {
-                    if now.binary_search_by_key(&a, |r| r.0).is_err() {
-                        del.execute(params![m, e, a])?;
-                    }
+                for change in c.changes() {
+                    match change {
+                        CoverageChange::Delete(a) => del.execute(params![m, e, a])?,
+                        CoverageChange::Update(a, b) => upd.execute(params![m, e, a, b])?,
+                        CoverageChange::Insert(a, b) => ins.execute(params![m, e, a, b])?,
+                    };
                 }
-                for &(a, b) in now {
-                    match c.stored.binary_search_by_key(&a, |r| r.0) {
-                        Ok(i) if c.stored[i].1 == b => {}
-                        Ok(_) => {
-                            upd.execute(params![m, e, a, b])?;
-                        }
-                        Err(_) => {
-                            ins.execute(params![m, e, a, b])?;
-                        }
-                    }
-                }
-                c.stored = now.to_vec();
-                c.dirty = false;
+                c.written();
             }
         }
         {
@@ -999,7 +671,8 @@ impl<'t> Writer<'t> {
                  last_ts_ms, last_voltage_cv, last_current_ma, last_power_dw, last_pf_e4, last_freq_mhz, last_energy_mwh, \
                  last_flags, silent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
-            for (&m, s) in self.cache.meters.iter_mut() {
+            for (&m, c) in self.cache.meters.iter_mut() {
+                let s = &mut c.state;
                 if !s.dirty {
                     continue;
                 }
@@ -1007,7 +680,7 @@ impl<'t> Writer<'t> {
                 let (e, q, r) = s.last.unwrap_or((0, 0, Reading::default()));
                 up.execute(params![
                     m,
-                    s.first_seen_ms as i64,
+                    c.first_seen_ms as i64,
                     now,
                     s.readings as i64,
                     e,
@@ -1030,7 +703,7 @@ impl<'t> Writer<'t> {
                  ON CONFLICT (relay_id) DO UPDATE SET blocks = blocks + excluded.blocks, readings = readings + excluded.readings, \
                  leaves = leaves + excluded.leaves, last_block_ms = excluded.last_block_ms",
             )?;
-            for (&r, d) in &self.relays {
+            for (&r, d) in &self.book.relays {
                 up.execute(params![r, d.blocks, d.readings, d.leaves, now])?;
             }
         }
@@ -1043,7 +716,7 @@ impl<'t> Writer<'t> {
             let mut up = tx.prepare_cached(
                 "INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             )?;
-            for (name, v) in &self.counters {
+            for (name, v) in &self.book.counters {
                 up.execute(params![name, v])?;
             }
         }
@@ -1054,7 +727,7 @@ impl<'t> Writer<'t> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8) ON CONFLICT (kind, subject) DO UPDATE SET \
                  last_ms = excluded.last_ms, count = count + excluded.count, message = excluded.message, cleared_ms = excluded.cleared_ms",
             )?;
-            for ((kind, subject), a) in std::mem::take(&mut self.alerts) {
+            for ((kind, subject), a) in std::mem::take(&mut self.book.alerts) {
                 up.execute(params![
                     kind.as_str(),
                     subject,
@@ -1075,16 +748,12 @@ impl<'t> Writer<'t> {
             let mut clear = tx.prepare_cached(
                 "UPDATE alerts SET cleared_ms = ?1 WHERE kind = ?2 AND subject = ?3 AND cleared_ms IS NULL",
             )?;
-            for (kind, subject) in &self.clears {
+            for (kind, subject) in &self.book.clears {
                 clear.execute(params![now, kind.as_str(), subject])?;
             }
         }
         Ok(raised)
     }
-}
-
-pub(super) fn short_hex(h: &[u8]) -> String {
-    hex::encode(&h[..h.len().min(8)])
 }
 
 fn read_totals(conn: &Connection) -> Result<DbTotals, StoreError> {
@@ -1103,16 +772,7 @@ fn read_totals(conn: &Connection) -> Result<DbTotals, StoreError> {
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
         let (name, v): (String, i64) = (r.get(0)?, r.get(1)?);
-        let v = u64_of(v);
-        match name.as_str() {
-            "blocks_rejected" => t.blocks_rejected = v,
-            "frames_rejected" => t.frames_rejected = v,
-            "blocks_duplicate" => t.blocks_duplicate = v,
-            "readings_duplicate" => t.readings_duplicate = v,
-            "meters" => t.meters = v,
-            "forks" => t.forks = v,
-            _ => {}
-        }
+        t.set_counter(&name, u64_of(v));
     }
     t.gaps_open = u64_of(
         conn.prepare_cached("SELECT COUNT(*) FROM gaps WHERE closed_ms IS NULL")?
@@ -1179,10 +839,10 @@ impl Store for SqliteStore {
         silent_after_ms: u64,
         started_ms: u64,
     ) -> Result<Vec<RaisedAlert>, StoreError> {
-        if now_ms.saturating_sub(started_ms) < silent_after_ms {
+        let Some(cutoff) = shared::silent_cutoff(now_ms, silent_after_ms, started_ms) else {
             return Ok(Vec::new());
-        }
-        let cutoff = now_ms.saturating_sub(silent_after_ms) as i64;
+        };
+        let cutoff = cutoff as i64;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1196,21 +856,14 @@ impl Store for SqliteStore {
             self.cache.meters.remove(&m);
             tx.prepare_cached("UPDATE meters SET silent = 1 WHERE meter_id = ?1")?
                 .execute([m])?;
-            let secs = (now_ms as i64 - last) / 1000;
-            let message = format!("meter {m} silent for {secs} s");
+            let silent = Silent::new(m, now_ms as i64, last);
             tx.prepare_cached(
                 "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
                  VALUES (?1, ?2, ?3, NULL, ?4, ?4, 1, ?5, NULL) ON CONFLICT (kind, subject) DO UPDATE SET \
                  last_ms = excluded.last_ms, count = count + 1, message = excluded.message, cleared_ms = NULL",
             )?
-            .execute(params![AlertKind::Silent.as_str(), meter_subject(m), m, now_ms as i64, message])?;
-            tracing::warn!(meter = m, silent_s = secs, "Meter silent.");
-            raised.push(RaisedAlert {
-                kind: AlertKind::Silent,
-                subject: meter_subject(m),
-                count: 1,
-                message,
-            });
+            .execute(params![AlertKind::Silent.as_str(), meter_subject(m), m, now_ms as i64, silent.alert.message])?;
+            raised.push(silent.logged());
         }
         tx.commit()?;
         Ok(raised)
@@ -1232,22 +885,7 @@ impl Store for SqliteStore {
         let mut out = Vec::new();
         for c in rows {
             let c = c?;
-            let ints: [i64; 14] = [
-                0, 0, 0, c[0], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12], c[13], c[14],
-            ];
-            let t = typed_reading("meters", &ints)?;
-            out.push(MeterSummary {
-                meter_id: t.meter_id,
-                readings: u64_of(c[1]),
-                first_seen_ms: u64_of(c[2]),
-                last_received_ms: u64_of(c[3]),
-                silent: c[4] != 0,
-                last: (c[1] > 0).then_some(LastReading {
-                    epoch: t.epoch,
-                    seq: t.seq,
-                    reading: t.reading,
-                }),
-            });
+            out.push(shared::meter_summary(&c, c[4] != 0)?);
         }
         Ok(out)
     }
@@ -1299,23 +937,9 @@ impl Store for SqliteStore {
             while let Some(r) = found.next()? {
                 out.push(typed_reading("readings", &reading_ints(r)?)?);
             }
-            if out.len() >= limit {
-                out.sort_by(|a, b| {
-                    b.reading
-                        .timestamp_ms
-                        .cmp(&a.reading.timestamp_ms)
-                        .then(b.id.cmp(&a.id))
-                });
-                out.truncate(limit);
-                threshold = out.last().map(|r| r.reading.timestamp_ms as i64);
-            }
+            shared::keep_newest(&mut out, limit, &mut threshold);
         }
-        out.sort_by(|a, b| {
-            a.reading
-                .timestamp_ms
-                .cmp(&b.reading.timestamp_ms)
-                .then(a.id.cmp(&b.id))
-        });
+        shared::sort_by_time(&mut out);
         Ok(out)
     }
 
@@ -1338,18 +962,6 @@ impl Store for SqliteStore {
                 })?;
                 rows.collect::<Result<_, _>>()?
             };
-            let head = recent.first();
-            let work: Vec<f64> = recent
-                .iter()
-                .filter_map(|(_, h, _, _)| <&Hash>::try_from(h.as_slice()).ok())
-                .map(|h| f64::from(leading_zero_bits(h)))
-                .collect();
-            let intervals: Vec<f64> = recent
-                .windows(2)
-                .filter(|w| w[0].0 == w[1].0 + 1)
-                .map(|w| (w[0].3 - w[1].3) as f64)
-                .collect();
-            let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
             let open: Vec<i64> = {
                 let mut st = self
                     .conn
@@ -1365,7 +977,7 @@ impl Store for SqliteStore {
                         "SELECT MAX(height) FROM blocks WHERE relay_id = ?1 AND height < ?2",
                     )?
                     .query_row(params![relay, h], |r| r.get(0))?;
-                gaps.push((below.map_or(0, |b| u64_of(b + 1)), u64_of(h - 1)));
+                gaps.push(shared::gap_range(h, below));
             }
             let forks: i64 = self
                 .conn
@@ -1373,27 +985,18 @@ impl Store for SqliteStore {
                     "SELECT COUNT(*) FROM quarantine WHERE kind = 'fork' AND relay_id = ?1",
                 )?
                 .query_row([relay], |r| r.get(0))?;
-            let head_height = head.map(|h| u64_of(h.0));
-            let linked_height = match gaps.first() {
-                Some(&(from, _)) => from.checked_sub(1),
-                None => head_height,
-            };
-            let difficulty = head.map(|h| h.2.clamp(0, 255) as u8);
-            out.push(RelaySummary {
-                relay_id: relay,
-                blocks: u64_of(blocks),
-                readings: u64_of(readings),
-                head_height,
-                head_hash: head.map(|h| hex::encode(&h.1)),
-                linked_height,
-                difficulty,
-                mean_work_bits: mean(&work),
-                mean_block_interval_ms: mean(&intervals),
-                expected_tries: difficulty.map(|d| 2f64.powi(i32::from(d))),
-                last_block_ms: Some(u64_of(last_block_ms)),
-                gaps,
-                forks: u64_of(forks),
-            });
+            out.push(
+                RelayCols {
+                    relay_id: relay,
+                    blocks,
+                    readings,
+                    last_block_ms,
+                    recent,
+                    gaps,
+                    forks,
+                }
+                .summary(),
+            );
         }
         Ok(out)
     }
@@ -1406,22 +1009,22 @@ impl Store for SqliteStore {
         let cols = "id, relay_id, height, hash, prev_hash, difficulty, leaf_count, time_ms, received_ms, reading_count, \
                     duplicate_count, linked, length(raw)";
         let limit = limit.min(i64::MAX as usize) as i64;
-        let map = |r: &Row<'_>| -> rusqlite::Result<SummaryRow> {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-                r.get(10)?,
-                r.get::<_, i64>(11)? != 0,
-                r.get(12)?,
-            ))
+        let map = |r: &Row<'_>| -> rusqlite::Result<BlockCols> {
+            Ok(BlockCols {
+                id: r.get(0)?,
+                relay_id: r.get(1)?,
+                height: r.get(2)?,
+                hash: r.get(3)?,
+                prev_hash: r.get(4)?,
+                difficulty: r.get(5)?,
+                leaf_count: r.get(6)?,
+                time_ms: r.get(7)?,
+                received_ms: r.get(8)?,
+                readings: r.get(9)?,
+                duplicates: r.get(10)?,
+                linked: r.get::<_, i64>(11)? != 0,
+                bytes: r.get(12)?,
+            })
         };
         let rows: Vec<_> = match relay_id {
             Some(relay) => {
@@ -1439,43 +1042,7 @@ impl Store for SqliteStore {
                 rows.collect::<Result<_, _>>()?
             }
         };
-        rows.into_iter()
-            .map(
-                |(
-                    id,
-                    relay,
-                    height,
-                    hash,
-                    prev,
-                    diff,
-                    leaves,
-                    time,
-                    recv,
-                    readings,
-                    dups,
-                    linked,
-                    bytes,
-                )| {
-                    let h = hash_of("blocks", &hash)?;
-                    Ok(BlockSummary {
-                        id,
-                        relay_id: relay,
-                        height: u64_of(height),
-                        hash: hex::encode(h),
-                        prev_hash: hex::encode(prev),
-                        difficulty: diff.clamp(0, 255) as u8,
-                        work_bits: leading_zero_bits(&h),
-                        leaf_count: leaves.clamp(0, i64::from(u32::MAX)) as u32,
-                        time_ms: u64_of(time),
-                        received_ms: u64_of(recv),
-                        readings: u64_of(readings),
-                        duplicate_readings: u64_of(dups),
-                        linked,
-                        bytes: u64_of(bytes),
-                    })
-                },
-            )
-            .collect()
+        rows.into_iter().map(BlockCols::summary).collect()
     }
 
     fn reading_with_block(
@@ -1505,13 +1072,7 @@ impl Store for SqliteStore {
             })
             .optional()?;
         let Some((id, relay_id, height, hash, raw)) = block else {
-            return Err(StoreError::Corrupt {
-                table: "readings",
-                detail: format!(
-                    "reading {reading_id} names block {} which does not exist",
-                    reading.block_id
-                ),
-            });
+            return Err(shared::missing_block(reading_id, reading.block_id));
         };
         Ok(Some((
             reading,
@@ -1595,27 +1156,7 @@ impl Store for SqliteStore {
                     ValueRef::Blob(b) => b.to_vec(),
                     _ => Vec::new(),
                 };
-                Ok(LedgerBlock {
-                    id: r.get(0)?,
-                    header: [
-                        cell(r, 1)?,
-                        cell(r, 2)?,
-                        cell(r, 3)?,
-                        cell(r, 4)?,
-                        cell(r, 5)?,
-                        cell(r, 6)?,
-                        cell(r, 7)?,
-                        cell(r, 8)?,
-                        cell(r, 9)?,
-                    ],
-                    raw,
-                    linked: cell(r, 11)?,
-                    first_reading_id: cell(r, 12)?,
-                    reading_count: cell(r, 13)?,
-                    duplicate_count: cell(r, 14)?,
-                    min_ts: cell(r, 15)?,
-                    max_ts: cell(r, 16)?,
-                })
+                shared::ledger_block(r.get(0)?, raw, |i| cell(r, i))
             },
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -1631,14 +1172,7 @@ impl Store for SqliteStore {
             "SELECT {READING_COLS} FROM readings WHERE id >= ?1 AND id < ?2 ORDER BY id"
         ))?;
         let rows = st.query_map(params![first_id, end], |r| {
-            let mut cells: [Cell; 13] = std::array::from_fn(|_| Cell::Int(0));
-            for (i, c) in cells.iter_mut().enumerate() {
-                *c = cell(r, i + 1)?;
-            }
-            Ok(LedgerReading {
-                id: r.get(0)?,
-                cells,
-            })
+            shared::ledger_reading(r.get(0)?, |i| cell(r, i))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

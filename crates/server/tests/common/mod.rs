@@ -3,6 +3,8 @@
 //! MQTT client over TLS, and a minimal HTTP client.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod ledger;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -79,19 +79,17 @@ mod writer;
 
 use std::time::Duration;
 
-use gridpow_proto::pow::leading_zero_bits;
-use gridpow_proto::Hash;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 pub use conn::{ConnectError, PgConn};
 
-use super::sqlite::{hash_of, meter_subject, typed_reading, u64_of};
+use super::shared::{self, hash_of, typed_reading, u64_of, BlockCols, RelayCols, Silent};
 use super::{
     AlertRow, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbTotals, Ingest,
-    LastReading, LedgerBlock, LedgerReading, MeterSummary, QuarantineRow, RaisedAlert,
-    RelaySummary, Run, Store, StoreError, StoredReading,
+    LedgerBlock, LedgerReading, MeterSummary, QuarantineRow, RaisedAlert, RelaySummary, Run, Store,
+    StoreError, StoredReading,
 };
 use crate::plausibility::{AlertKind, Rules};
 use crate::verify::ReadingRow;
@@ -446,16 +444,7 @@ fn read_totals(tx: &tokio_postgres::Transaction<'_>) -> Result<DbTotals, StoreEr
         &[],
     )? {
         let (name, v): (String, i64) = (r.get(0), r.get(1));
-        let v = u64_of(v);
-        match name.as_str() {
-            "blocks_rejected" => t.blocks_rejected = v,
-            "frames_rejected" => t.frames_rejected = v,
-            "blocks_duplicate" => t.blocks_duplicate = v,
-            "readings_duplicate" => t.readings_duplicate = v,
-            "meters" => t.meters = v,
-            "forks" => t.forks = v,
-            _ => {}
-        }
+        t.set_counter(&name, u64_of(v));
     }
     Ok(t)
 }
@@ -493,10 +482,10 @@ impl Store for PgStore {
         silent_after_ms: u64,
         started_ms: u64,
     ) -> Result<Vec<RaisedAlert>, StoreError> {
-        if now_ms.saturating_sub(started_ms) < silent_after_ms {
+        let Some(cutoff) = shared::silent_cutoff(now_ms, silent_after_ms, started_ms) else {
             return Ok(Vec::new());
-        }
-        let cutoff = to_i64(now_ms.saturating_sub(silent_after_ms));
+        };
+        let cutoff = to_i64(cutoff);
         let now = to_i64(now_ms);
         let client = self.conn()?.client();
         let tx = block_on(client.transaction())?;
@@ -511,22 +500,14 @@ impl Store for PgStore {
         quiet.sort_unstable();
         let mut raised = Vec::new();
         for (m, last) in quiet {
-            let secs = (now - last) / 1000;
-            let message = format!("meter {m} silent for {secs} s");
-            let subject = meter_subject(m as u32);
+            let silent = Silent::new(m as u32, now, last);
             block_on(tx.execute(
                 "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
                  VALUES ($1, $2, $3, NULL, $4, $4, 1, $5, NULL) ON CONFLICT (kind, subject) DO UPDATE SET \
                  last_ms = excluded.last_ms, count = alerts.count + 1, message = excluded.message, cleared_ms = NULL",
-                &[&AlertKind::Silent.as_str(), &subject, &m, &now, &message],
+                &[&AlertKind::Silent.as_str(), &silent.alert.subject, &m, &now, &silent.alert.message],
             ))?;
-            tracing::warn!(meter = m, silent_s = secs, "Meter silent.");
-            raised.push(RaisedAlert {
-                kind: AlertKind::Silent,
-                subject,
-                count: 1,
-                message,
-            });
+            raised.push(silent.logged());
         }
         block_on(tx.commit())?;
         Ok(raised)
@@ -548,22 +529,7 @@ impl Store for PgStore {
                     *v = int(r, i)?;
                 }
             }
-            let ints: [i64; 14] = [
-                0, 0, 0, c[0], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12], c[13], c[14],
-            ];
-            let t = typed_reading("meters", &ints)?;
-            out.push(MeterSummary {
-                meter_id: t.meter_id,
-                readings: u64_of(c[1]),
-                first_seen_ms: u64_of(c[2]),
-                last_received_ms: u64_of(c[3]),
-                silent,
-                last: (c[1] > 0).then_some(LastReading {
-                    epoch: t.epoch,
-                    seq: t.seq,
-                    reading: t.reading,
-                }),
-            });
+            out.push(shared::meter_summary(&c, silent)?);
         }
         Ok(out)
     }
@@ -650,27 +616,13 @@ impl Store for PgStore {
                         break 'pages;
                     }
                     out.extend(by_id.range(firsts[i]..=lasts[i]).map(|(_, s)| *s));
-                    if out.len() >= limit {
-                        out.sort_by(|a, b| {
-                            b.reading
-                                .timestamp_ms
-                                .cmp(&a.reading.timestamp_ms)
-                                .then(b.id.cmp(&a.id))
-                        });
-                        out.truncate(limit);
-                        threshold = out.last().map(|r| r.reading.timestamp_ms as i64);
-                    }
+                    shared::keep_newest(&mut out, limit, &mut threshold);
                 }
                 if (n_runs as i64) < page {
                     break;
                 }
             }
-            out.sort_by(|a, b| {
-                a.reading
-                    .timestamp_ms
-                    .cmp(&b.reading.timestamp_ms)
-                    .then(a.id.cmp(&b.id))
-            });
+            shared::sort_by_time(&mut out);
             Ok(out)
         })
     }
@@ -691,23 +643,10 @@ impl Store for PgStore {
                     "SELECT height, hash, difficulty, time_ms FROM blocks WHERE relay_id = $1 ORDER BY height DESC LIMIT 100",
                     &[&relay],
                 )?;
-                let recent: Vec<(i64, Vec<u8>, i32, i64)> = recent
+                let recent: Vec<(i64, Vec<u8>, i64, i64)> = recent
                     .iter()
-                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                    .map(|r| (r.get(0), r.get(1), i64::from(r.get::<_, i32>(2)), r.get(3)))
                     .collect();
-                let head = recent.first();
-                let work: Vec<f64> = recent
-                    .iter()
-                    .filter_map(|(_, h, _, _)| <&Hash>::try_from(h.as_slice()).ok())
-                    .map(|h| f64::from(leading_zero_bits(h)))
-                    .collect();
-                let intervals: Vec<f64> = recent
-                    .windows(2)
-                    .filter(|w| w[0].0 == w[1].0 + 1)
-                    .map(|w| (w[0].3 - w[1].3) as f64)
-                    .collect();
-                let mean =
-                    |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
                 let gaps_rows = q(
                     tx,
                     "SELECT g.height, (SELECT MAX(b.height) FROM blocks b WHERE b.relay_id = g.relay_id AND b.height < g.height) \
@@ -716,38 +655,25 @@ impl Store for PgStore {
                 )?;
                 let gaps: Vec<(u64, u64)> = gaps_rows
                     .iter()
-                    .map(|r| {
-                        let h: i64 = r.get(0);
-                        let below: Option<i64> = r.get(1);
-                        (below.map_or(0, |b| u64_of(b + 1)), u64_of(h - 1))
-                    })
+                    .map(|r| shared::gap_range(r.get(0), r.get(1)))
                     .collect();
                 let forks: i64 = block_on(tx.query_one(
                     "SELECT COUNT(*) FROM quarantine WHERE kind = 'fork' AND relay_id = $1",
                     &[&relay],
                 ))?
                 .get(0);
-                let head_height = head.map(|h| u64_of(h.0));
-                let linked_height = match gaps.first() {
-                    Some(&(from, _)) => from.checked_sub(1),
-                    None => head_height,
-                };
-                let difficulty = head.map(|h| h.2.clamp(0, 255) as u8);
-                out.push(RelaySummary {
-                    relay_id: relay as u32,
-                    blocks: u64_of(blocks),
-                    readings: u64_of(readings),
-                    head_height,
-                    head_hash: head.map(|h| hex::encode(&h.1)),
-                    linked_height,
-                    difficulty,
-                    mean_work_bits: mean(&work),
-                    mean_block_interval_ms: mean(&intervals),
-                    expected_tries: difficulty.map(|d| 2f64.powi(i32::from(d))),
-                    last_block_ms: Some(u64_of(last_block_ms)),
-                    gaps,
-                    forks: u64_of(forks),
-                });
+                out.push(
+                    RelayCols {
+                        relay_id: relay as u32,
+                        blocks,
+                        readings,
+                        last_block_ms,
+                        recent,
+                        gaps,
+                        forks,
+                    }
+                    .summary(),
+                );
             }
             Ok(out)
         })
@@ -776,24 +702,22 @@ impl Store for PgStore {
         };
         rows.iter()
             .map(|r| {
-                let h = hash_of("blocks", r.try_get::<_, &[u8]>(3)?)?;
-                let prev: &[u8] = r.try_get(4)?;
-                Ok(BlockSummary {
+                BlockCols {
                     id: r.try_get(0)?,
                     relay_id: int(r, 1)?.clamp(0, i64::from(u32::MAX)) as u32,
-                    height: u64_of(r.try_get(2)?),
-                    hash: hex::encode(h),
-                    prev_hash: hex::encode(prev),
-                    difficulty: int(r, 5)?.clamp(0, 255) as u8,
-                    work_bits: leading_zero_bits(&h),
-                    leaf_count: int(r, 6)?.clamp(0, i64::from(u32::MAX)) as u32,
-                    time_ms: u64_of(r.try_get(7)?),
-                    received_ms: u64_of(r.try_get(8)?),
-                    readings: u64_of(r.try_get(9)?),
-                    duplicate_readings: u64_of(r.try_get(10)?),
+                    height: r.try_get(2)?,
+                    hash: r.try_get(3)?,
+                    prev_hash: r.try_get(4)?,
+                    difficulty: int(r, 5)?,
+                    leaf_count: int(r, 6)?,
+                    time_ms: r.try_get(7)?,
+                    received_ms: r.try_get(8)?,
+                    readings: r.try_get(9)?,
+                    duplicates: r.try_get(10)?,
                     linked: r.try_get(11)?,
-                    bytes: u64_of(r.try_get(12)?),
-                })
+                    bytes: r.try_get(12)?,
+                }
+                .summary()
             })
             .collect()
     }
@@ -818,13 +742,7 @@ impl Store for PgStore {
                 &[&reading.block_id],
             )?;
             let Some(b) = block.first() else {
-                return Err(StoreError::Corrupt {
-                    table: "readings",
-                    detail: format!(
-                        "reading {reading_id} names block {} which does not exist",
-                        reading.block_id
-                    ),
-                });
+                return Err(shared::missing_block(reading_id, reading.block_id));
             };
             Ok(Some((
                 reading,
@@ -909,27 +827,9 @@ impl Store for PgStore {
         )?;
         rows.iter()
             .map(|r| {
-                Ok(LedgerBlock {
-                    id: r.try_get(0)?,
-                    header: [
-                        cell(r, 1)?,
-                        cell(r, 2)?,
-                        cell(r, 3)?,
-                        cell(r, 4)?,
-                        cell(r, 5)?,
-                        cell(r, 6)?,
-                        cell(r, 7)?,
-                        cell(r, 8)?,
-                        cell(r, 9)?,
-                    ],
-                    raw: r.try_get(10)?,
-                    linked: cell(r, 11)?,
-                    first_reading_id: cell(r, 12)?,
-                    reading_count: cell(r, 13)?,
-                    duplicate_count: cell(r, 14)?,
-                    min_ts: cell(r, 15)?,
-                    max_ts: cell(r, 16)?,
-                })
+                Ok(shared::ledger_block(r.try_get(0)?, r.try_get(10)?, |i| {
+                    cell(r, i)
+                })?)
             })
             .collect()
     }
@@ -945,16 +845,7 @@ impl Store for PgStore {
             &[&first_id, &end],
         )?;
         rows.iter()
-            .map(|r| {
-                let mut cells: [Cell; 13] = std::array::from_fn(|_| Cell::Int(0));
-                for (i, c) in cells.iter_mut().enumerate() {
-                    *c = cell(r, i + 1)?;
-                }
-                Ok(LedgerReading {
-                    id: r.try_get(0)?,
-                    cells,
-                })
-            })
+            .map(|r| Ok(shared::ledger_reading(r.try_get(0)?, |i| cell(r, i))?))
             .collect()
     }
 

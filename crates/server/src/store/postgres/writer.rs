@@ -6,21 +6,20 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use gridpow_proto::block::check_link;
 use gridpow_proto::wire::Reading;
-use gridpow_proto::Hash;
 use tokio_postgres::{Statement, Transaction};
 
 use super::conn::{block_on, PgConn};
 use super::copy::{CopyBuf, COPY_READINGS};
 use super::{read_totals, LOCK_RELAY, READING_ID_SHIFT};
-use crate::intervals::IntervalSet;
-use crate::plausibility::{AlertKind, Rules};
-use crate::store::sqlite::{block_subject, hash_of, meter_subject, short_hex, u64_of};
+use crate::plausibility::Rules;
+use crate::store::shared::{
+    self, u64_of, Book, Chain, ChainSlot, Coverage, CoverageChange, MeterState,
+};
 use crate::store::{
     Arrival, CommitResult, Ingest, Outcome, QuarantineItem, RaisedAlert, Run, StoreError,
 };
-use crate::verify::{ReadingRow, RejectKind, VerifiedBlockData};
+use crate::verify::{ReadingRow, VerifiedBlockData};
 
 const COPY_BLOCKS: &str = "COPY blocks (id, relay_id, height, hash, prev_hash, merkle_root, difficulty, leaf_count, time_ms, \
      nonce, raw, linked, received_ms, first_reading_id, reading_count, duplicate_count, min_ts, max_ts) FROM STDIN (FORMAT binary)";
@@ -174,35 +173,16 @@ enum Decided {
     },
 }
 
-#[derive(Clone, Debug)]
-struct MeterState {
-    readings: u64,
-    last: Option<(u32, u32, Reading)>,
-    silent: bool,
-    dirty: bool,
-}
-
-#[derive(Debug)]
-struct Coverage {
-    stored: Vec<(u32, u32)>,
-    set: IntervalSet,
-    dirty: bool,
-}
-
-#[derive(Debug, Default)]
-struct PendingAlert {
-    meter_id: Option<u32>,
-    relay_id: Option<u32>,
-    count: u64,
-    message: String,
-    cleared: bool,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct RelayDelta {
-    blocks: i64,
-    readings: i64,
-    leaves: i64,
+impl ChainSlot for Slot {
+    fn hash(&self) -> &[u8] {
+        &self.hash
+    }
+    fn prev_hash(&self) -> &[u8] {
+        &self.prev_hash
+    }
+    fn linked(&self) -> bool {
+        self.linked
+    }
 }
 
 struct Writer<'t, 'a> {
@@ -220,10 +200,8 @@ struct Writer<'t, 'a> {
     gaps_closed: Vec<(u32, i64)>,
     meters: BTreeMap<u32, MeterState>,
     coverage: HashMap<(u32, u32), Coverage>,
-    relays: BTreeMap<u32, RelayDelta>,
-    counters: BTreeMap<String, i64>,
-    alerts: BTreeMap<(AlertKind, String), PendingAlert>,
-    clears: Vec<(AlertKind, String)>,
+    book: Book,
+    /// Largest time span of a run in this transaction.
     max_span: i64,
 }
 
@@ -256,10 +234,7 @@ pub(super) fn commit(
         gaps_closed: Vec::new(),
         meters: BTreeMap::new(),
         coverage: HashMap::new(),
-        relays: BTreeMap::new(),
-        counters: BTreeMap::new(),
-        alerts: BTreeMap::new(),
-        clears: Vec::new(),
+        book: Book::default(),
         max_span: 0,
     };
     w.lock_relays_and_load_slots(items)?;
@@ -323,35 +298,6 @@ pub(super) fn commit(
 }
 
 impl<'t, 'a> Writer<'t, 'a> {
-    fn count(&mut self, name: &str, by: i64) {
-        if by != 0 {
-            *self.counters.entry(name.to_string()).or_insert(0) += by;
-        }
-    }
-
-    fn raise(
-        &mut self,
-        kind: AlertKind,
-        subject: String,
-        meter_id: Option<u32>,
-        relay_id: Option<u32>,
-        message: String,
-    ) {
-        let a = self.alerts.entry((kind, subject)).or_default();
-        a.meter_id = meter_id;
-        a.relay_id = relay_id;
-        a.count += 1;
-        a.message = message;
-        a.cleared = false;
-    }
-
-    fn clear(&mut self, kind: AlertKind, subject: String) {
-        match self.alerts.get_mut(&(kind, subject.clone())) {
-            Some(a) => a.cleared = true,
-            None => self.clears.push((kind, subject)),
-        }
-    }
-
     /// Locks the batch's relays (ascending) and reads the chain slots its blocks touch.
     fn lock_relays_and_load_slots(&mut self, items: &[Ingest]) -> Result<(), StoreError> {
         let mut relays = BTreeSet::new();
@@ -413,49 +359,11 @@ impl<'t, 'a> Writer<'t, 'a> {
             ],
         ))?;
         let id: i64 = row.try_get(0)?;
-        self.count("blocks_rejected", 1);
-        self.count(&format!("quarantine:{}", q.kind.as_str()), 1);
-        if q.kind.is_frame_fault() {
-            self.count("frames_rejected", 1);
-        }
-        if q.kind == RejectKind::Fork {
-            self.count("forks", 1);
-            if let Some(h) = h {
-                self.raise(
-                    AlertKind::Fork,
-                    block_subject(h.relay_id, h.height),
-                    None,
-                    Some(h.relay_id),
-                    format!("relay {} height {}: {}", h.relay_id, h.height, q.detail),
-                );
-            }
-        }
+        self.book.quarantined(q);
         Ok(Outcome::Quarantined { kind: q.kind, id })
     }
 
-    fn refuse(
-        &mut self,
-        arrival: &Arrival,
-        b: &VerifiedBlockData,
-        kind: RejectKind,
-        detail: String,
-    ) -> Result<Decided, StoreError> {
-        tracing::warn!(
-            relay = b.header.relay_id,
-            height = b.header.height,
-            reason = kind.as_str(),
-            "{detail}"
-        );
-        Ok(Decided::Done(self.quarantine(&QuarantineItem {
-            arrival: arrival.clone(),
-            kind,
-            detail,
-            header: Some(b.header),
-            raw: b.raw.clone(),
-        })?))
-    }
-
-    /// The chain decision for one block, as the SQLite backend makes it.
+    /// The chain decision for one block ([`shared::decide`]), recorded for the end of the transaction.
     fn block(
         &mut self,
         arrival: &'a Arrival,
@@ -463,89 +371,43 @@ impl<'t, 'a> Writer<'t, 'a> {
     ) -> Result<Decided, StoreError> {
         let h = &b.header;
         let (relay, height) = (h.relay_id, h.height);
-        if height > i64::MAX as u64 - 1 {
-            return self.refuse(
-                arrival,
-                b,
-                RejectKind::Malformed,
-                format!("height {height} out of range"),
-            );
-        }
-        let h_i = height as i64;
-        if let Some(slot) = self.slots.get(&(relay, h_i)).cloned() {
-            if slot.hash == b.hash {
-                self.count("blocks_duplicate", 1);
+        let slots = &self.slots;
+        let at =
+            |k: i64| -> Result<Option<Slot>, StoreError> { Ok(slots.get(&(relay, k)).cloned()) };
+        let (linked, child) = match shared::decide(b, at)? {
+            Chain::Refuse(kind, detail) => {
+                let q = shared::refusal(arrival, b, kind, detail);
+                return Ok(Decided::Done(self.quarantine(&q)?));
+            }
+            Chain::Same(slot) => {
+                self.book.count("blocks_duplicate", 1);
                 return Ok(match slot.pending {
                     Some(block) => Decided::Again { block },
                     None => Decided::Done(Outcome::AlreadyStored { block_id: slot.id }),
                 });
             }
-            let detail = format!(
-                "relay {relay} already has block {} at height {height}; this one is {}",
-                short_hex(&slot.hash),
-                short_hex(&b.hash)
-            );
-            return self.refuse(arrival, b, RejectKind::Fork, detail);
-        }
-        let linked = if height == 0 {
-            if check_link(h, None).is_err() {
-                return self.refuse(
-                    arrival,
-                    b,
-                    RejectKind::BadGenesis,
-                    "genesis block with a non-zero previous hash".into(),
-                );
-            }
-            true
-        } else {
-            match self.slots.get(&(relay, h_i - 1)) {
-                Some(parent) => {
-                    let parent: Hash = hash_of("blocks", &parent.hash)?;
-                    if check_link(h, Some((height - 1, &parent))).is_err() {
-                        let detail = format!(
-                            "previous hash {} is not the stored block {} at height {}",
-                            short_hex(&h.prev_hash),
-                            short_hex(&parent),
-                            height - 1
-                        );
-                        return self.refuse(arrival, b, RejectKind::Fork, detail);
-                    }
-                    true
-                }
-                None => false,
-            }
+            Chain::Store { linked, child } => (linked, child),
         };
+        let h_i = height as i64;
         let mut closed_gap = false;
-        if let Some(child) = self.slots.get(&(relay, h_i + 1)).cloned() {
-            if child.prev_hash != b.hash {
-                let detail = format!(
-                    "the stored block at height {} names parent {}, not this block {}",
-                    height + 1,
-                    short_hex(&child.prev_hash),
-                    short_hex(&b.hash)
-                );
-                return self.refuse(arrival, b, RejectKind::Fork, detail);
-            }
-            if !child.linked {
-                match child.pending {
-                    Some(i) => {
-                        self.new_blocks[i].linked = true;
-                        if let Some(closed) = self.gaps_opened.get_mut(&(relay, h_i + 1)) {
-                            *closed = Some(self.now_ms as i64);
-                        }
-                    }
-                    None => {
-                        self.linked_updates.push(child.id);
-                        self.gaps_closed.push((relay, h_i + 1));
+        if let Some(child) = child {
+            match child.pending {
+                Some(i) => {
+                    self.new_blocks[i].linked = true;
+                    if let Some(closed) = self.gaps_opened.get_mut(&(relay, h_i + 1)) {
+                        *closed = Some(self.now_ms as i64);
                     }
                 }
-                if let Some(s) = self.slots.get_mut(&(relay, h_i + 1)) {
-                    s.linked = true;
+                None => {
+                    self.linked_updates.push(child.id);
+                    self.gaps_closed.push((relay, h_i + 1));
                 }
-                self.clear(AlertKind::Gap, block_subject(relay, height + 1));
-                closed_gap = true;
-                tracing::info!(relay, height = height + 1, "Gap closed: parent arrived.");
             }
+            if let Some(s) = self.slots.get_mut(&(relay, h_i + 1)) {
+                s.linked = true;
+            }
+            self.book.gap_closed(relay, height + 1);
+            closed_gap = true;
         }
         let index = self.new_blocks.len();
         self.new_blocks.push(NewBlock {
@@ -581,27 +443,9 @@ impl<'t, 'a> Writer<'t, 'a> {
                 .max();
             let from = below.max(pending_below).map_or(0, |b| b + 1);
             self.gaps_opened.insert((relay, h_i), None);
-            let message = format!(
-                "relay {relay}: block {height} stored before its parent; heights {from}–{} missing",
-                height - 1
-            );
-            tracing::warn!(
-                relay,
-                height,
-                missing_from = from,
-                "Gap: block stored before its parent."
-            );
-            self.raise(
-                AlertKind::Gap,
-                block_subject(relay, height),
-                None,
-                Some(relay),
-                message,
-            );
+            self.book.gap_opened(relay, height, from);
         }
-        let d = self.relays.entry(relay).or_default();
-        d.blocks += 1;
-        d.leaves += i64::from(h.leaf_count);
+        self.book.block_stored(relay, h.leaf_count);
         Ok(Decided::Stored {
             block: index,
             linked,
@@ -665,7 +509,7 @@ impl<'t, 'a> Writer<'t, 'a> {
                 self.tx
                     .query(st(self.st, INSERT_METERS)?, &[&missing, &now]),
             )?;
-            self.count("meters", inserted.len() as i64);
+            self.book.count("meters", inserted.len() as i64);
             rows.extend(block_on(
                 self.tx.query(st(self.st, LOCK_METERS)?, &[&missing]),
             )?);
@@ -721,15 +565,7 @@ impl<'t, 'a> Writer<'t, 'a> {
         }
         for (m, e) in pairs {
             let stored = stored.remove(&(m, e)).unwrap_or_default();
-            let set = IntervalSet::from_ranges(stored.iter().copied());
-            self.coverage.insert(
-                (m, e),
-                Coverage {
-                    stored,
-                    set,
-                    dirty: false,
-                },
-            );
+            self.coverage.insert((m, e), Coverage::loaded(stored));
         }
         Ok(())
     }
@@ -747,14 +583,8 @@ impl<'t, 'a> Writer<'t, 'a> {
         let rows = &b.readings;
         let (mut new, mut dup) = (0u64, 0u64);
         let mut fresh: Vec<&ReadingRow> = Vec::with_capacity(rows.len());
-        let mut k = 0;
-        while k < rows.len() {
-            let (m, e) = (rows[k].meter_id, rows[k].epoch);
-            let j = k + rows[k..]
-                .iter()
-                .take_while(|r| r.meter_id == m && r.epoch == e)
-                .count();
-            let group = &rows[k..j];
+        for group in shared::by_meter_epoch(rows) {
+            let (m, e) = (group[0].meter_id, group[0].epoch);
             let cov = self
                 .coverage
                 .get_mut(&(m, e))
@@ -762,40 +592,7 @@ impl<'t, 'a> Writer<'t, 'a> {
                     table: "coverage",
                     detail: format!("meter {m} epoch {e} not loaded"),
                 })?;
-            let mut added = Vec::new();
-            let mut x = 0;
-            while x < group.len() {
-                let lo = group[x].seq;
-                let mut hi = lo;
-                let mut y = x + 1;
-                while y < group.len()
-                    && (group[y].seq == hi || Some(group[y].seq) == hi.checked_add(1))
-                {
-                    hi = group[y].seq;
-                    y += 1;
-                }
-                added.extend(cov.set.insert_range(lo, hi));
-                x = y;
-            }
-            cov.dirty |= !added.is_empty();
-            let mut a = 0;
-            let mut prev_seq = None;
-            for row in group {
-                if prev_seq == Some(row.seq) {
-                    dup += 1;
-                    continue;
-                }
-                prev_seq = Some(row.seq);
-                while a < added.len() && added[a].1 < row.seq {
-                    a += 1;
-                }
-                if a < added.len() && added[a].0 <= row.seq {
-                    fresh.push(row);
-                } else {
-                    dup += 1;
-                }
-            }
-            k = j;
+            dup += cov.add(group, &mut fresh);
         }
         let first_id = block_id << READING_ID_SHIFT;
         let mut runs: Vec<Run> = Vec::new();
@@ -803,22 +600,7 @@ impl<'t, 'a> Writer<'t, 'a> {
             let id = first_id + n as i64;
             out.reading(id, block_id, row);
             new += 1;
-            let ts = row.reading.timestamp_ms as i64;
-            match runs.last_mut() {
-                Some(run) if run.meter_id == i64::from(row.meter_id) => {
-                    run.last_id = id;
-                    run.min_ts = run.min_ts.min(ts);
-                    run.max_ts = run.max_ts.max(ts);
-                }
-                _ => runs.push(Run {
-                    block_id,
-                    meter_id: i64::from(row.meter_id),
-                    first_id: id,
-                    last_id: id,
-                    min_ts: ts,
-                    max_ts: ts,
-                }),
-            }
+            shared::add_to_runs(&mut runs, block_id, id, row);
         }
         for r in &runs {
             runs_out.row(6);
@@ -830,70 +612,27 @@ impl<'t, 'a> Writer<'t, 'a> {
             runs_out.i64(r.max_ts);
             self.max_span = self.max_span.max(r.max_ts - r.min_ts);
         }
-        let span = runs.iter().fold(None, |s: Option<(i64, i64)>, r| {
-            Some(s.map_or((r.min_ts, r.max_ts), |(a, z)| {
-                (a.min(r.min_ts), z.max(r.max_ts))
-            }))
-        });
+        let span = shared::span_of(&runs);
         self.judge(&fresh)?;
         let nb = &mut self.new_blocks[i];
         nb.new_readings = new;
         nb.duplicate_readings = dup;
         nb.span = span;
         let relay = nb.block.header.relay_id;
-        self.relays.entry(relay).or_default().readings += new as i64;
-        self.count("readings_duplicate", dup as i64);
+        self.book.readings_stored(relay, new, dup);
         Ok(())
     }
 
     /// Plausibility of new readings and the meters' newest state.
     fn judge(&mut self, fresh: &[&ReadingRow]) -> Result<(), StoreError> {
-        let rules = self.rules;
-        let mut i = 0;
-        while i < fresh.len() {
-            let m = fresh[i].meter_id;
-            let j = i + fresh[i..].iter().take_while(|r| r.meter_id == m).count();
-            let mut findings = Vec::new();
+        for group in shared::by_meter(fresh) {
+            let m = group[0].meter_id;
             let state = self.meters.get_mut(&m).ok_or_else(|| StoreError::Corrupt {
                 table: "meters",
                 detail: format!("meter {m} not locked"),
             })?;
-            let mut prev = state
-                .last
-                .filter(|&(e, s, _)| (e, s) < (fresh[i].epoch, fresh[i].seq));
-            for row in &fresh[i..j] {
-                rules.check_reading(&row.reading, |f| findings.push((row.seq, f)));
-                if let Some((_, _, p)) = prev {
-                    if let Some(f) = rules.check_energy(p.energy_mwh, row.reading.energy_mwh) {
-                        findings.push((row.seq, f));
-                    }
-                }
-                prev = Some((row.epoch, row.seq, row.reading));
-            }
-            let last_new = fresh[j - 1];
-            state.readings += (j - i) as u64;
-            if state
-                .last
-                .is_none_or(|(e, s, _)| (e, s) < (last_new.epoch, last_new.seq))
-            {
-                state.last = Some((last_new.epoch, last_new.seq, last_new.reading));
-            }
-            let was_silent = std::mem::replace(&mut state.silent, false);
-            state.dirty = true;
-            if was_silent {
-                self.clear(AlertKind::Silent, meter_subject(m));
-                tracing::info!(meter = m, "Meter heard again.");
-            }
-            for (seq, f) in findings {
-                self.raise(
-                    f.kind(),
-                    meter_subject(m),
-                    Some(m),
-                    None,
-                    format!("meter {m} seq {seq}: {}", f.describe()),
-                );
-            }
-            i = j;
+            let heard = state.hear(self.rules, group);
+            self.book.meter_heard(m, heard);
         }
         Ok(())
     }
@@ -968,10 +707,10 @@ impl<'t, 'a> Writer<'t, 'a> {
         }
         self.write_coverage()?;
         self.write_meters()?;
-        if !self.relays.is_empty() {
+        if !self.book.relays.is_empty() {
             let mut ids = Vec::new();
             let (mut blocks, mut readings, mut leaves) = (Vec::new(), Vec::new(), Vec::new());
-            for (&r, d) in &self.relays {
+            for (&r, d) in &self.book.relays {
                 ids.push(i64::from(r));
                 blocks.push(d.blocks);
                 readings.push(d.readings);
@@ -983,12 +722,12 @@ impl<'t, 'a> Writer<'t, 'a> {
             ))?;
         }
         let mut raised = Vec::new();
-        if !self.alerts.is_empty() {
+        if !self.book.alerts.is_empty() {
             let mut kinds = Vec::new();
             let mut subjects = Vec::new();
             let (mut meters, mut relays, mut counts) = (Vec::new(), Vec::new(), Vec::new());
             let (mut messages, mut cleared) = (Vec::new(), Vec::new());
-            for ((kind, subject), a) in std::mem::take(&mut self.alerts) {
+            for ((kind, subject), a) in std::mem::take(&mut self.book.alerts) {
                 kinds.push(kind.as_str());
                 subjects.push(subject.clone());
                 meters.push(a.meter_id.map(i64::from));
@@ -1010,8 +749,9 @@ impl<'t, 'a> Writer<'t, 'a> {
                 ],
             ))?;
         }
-        if !self.clears.is_empty() {
+        if !self.book.clears.is_empty() {
             let (k, s): (Vec<&str>, Vec<String>) = self
+                .book
                 .clears
                 .iter()
                 .map(|(k, s)| (k.as_str(), s.clone()))
@@ -1021,9 +761,13 @@ impl<'t, 'a> Writer<'t, 'a> {
         if self.max_span > 0 {
             block_on(tx.execute(st(self.st, GROW_SPAN)?, &[&self.max_span]))?;
         }
-        if !self.counters.is_empty() {
-            let (names, values): (Vec<&str>, Vec<i64>) =
-                self.counters.iter().map(|(n, &v)| (n.as_str(), v)).unzip();
+        if !self.book.counters.is_empty() {
+            let (names, values): (Vec<&str>, Vec<i64>) = self
+                .book
+                .counters
+                .iter()
+                .map(|(n, &v)| (n.as_str(), v))
+                .unzip();
             block_on(tx.execute(st(self.st, ADD_COUNTERS)?, &[&names, &values, &shard]))?;
         }
         Ok(raised)
@@ -1047,19 +791,16 @@ impl<'t, 'a> Writer<'t, 'a> {
                 continue;
             };
             let (m, e) = (i64::from(m), i64::from(e));
-            let now: &[(u32, u32)] = c.set.ranges();
-            for &(a, _) in &c.stored {
-                if now.binary_search_by_key(&a, |r| r.0).is_err() {
-                    del[0].push(m);
-                    del[1].push(e);
-                    del[2].push(i64::from(a));
-                }
-            }
-            for &(a, b) in now {
-                let target = match c.stored.binary_search_by_key(&a, |r| r.0) {
-                    Ok(i) if c.stored[i].1 == b => continue,
-                    Ok(_) => &mut upd,
-                    Err(_) => &mut ins,
+            for change in c.changes() {
+                let (target, a, b) = match change {
+                    CoverageChange::Delete(a) => {
+                        del[0].push(m);
+                        del[1].push(e);
+                        del[2].push(i64::from(a));
+                        continue;
+                    }
+                    CoverageChange::Update(a, b) => (&mut upd, a, b),
+                    CoverageChange::Insert(a, b) => (&mut ins, a, b),
                 };
                 target[0].push(m);
                 target[1].push(e);
