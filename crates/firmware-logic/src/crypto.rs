@@ -3,10 +3,11 @@
 //!
 //! esp-hal exposes the AES peripheral as "encrypt one 16-byte block with this
 //! key" and the SHA peripheral as an incremental digest, but neither offers
-//! AES-CCM or HMAC. This module builds those two modes on top of the block
-//! function and the digest ([`ccm_seal`], [`ccm_open`], [`hmac_sha256`]) so the
-//! firmware only implements [`BlockEncrypt`] and [`Sha256Engine`] with the
-//! peripherals. The modes are checked here against RustCrypto and the
+//! AES-CCM or HMAC. This module runs the protocol core's CCM over the block
+//! function and builds HMAC on the digest ([`ccm_seal`], [`ccm_open`],
+//! [`hmac_sha256`]) so the firmware only implements [`BlockEncrypt`] and
+//! [`Sha256Engine`] with the peripherals. A shared `&Accelerated` is a provider
+//! too (the core's blanket impl for references). The modes are checked here against RustCrypto and the
 //! protocol's known-answer vectors.
 //!
 //! CCM parameters are the protocol's: 16-byte tag (M = 16), 13-byte nonce,
@@ -14,7 +15,7 @@
 
 use core::cell::RefCell;
 
-use gridpow_proto::crypto::{ct_eq, CryptoProvider, NONCE_LEN, TAG_LEN};
+use gridpow_proto::crypto::{ccm, CryptoProvider, NONCE_LEN, TAG_LEN};
 
 /// The AES-128 block function (the ESP32 AES accelerator, or software in tests).
 pub trait BlockEncrypt {
@@ -29,81 +30,9 @@ pub trait Sha256Engine {
     fn sha256(&mut self, prefix: &[u8], parts: &[&[u8]]) -> [u8; 32];
 }
 
-/// Largest CCM message this implementation accepts (L = 2).
-pub const CCM_MAX_LEN: usize = 0xffff;
-
-/// AAD lengths below this use the 2-byte length encoding (RFC 3610 §2.2).
-const AAD_SHORT_MAX: usize = 0xff00;
-
-fn xor16(a: &mut [u8; 16], b: &[u8]) {
-    for (x, y) in a.iter_mut().zip(b) {
-        *x ^= y;
-    }
-}
-
-/// CBC-MAC over `B0 ‖ encoded AAD ‖ message`, each zero-padded to 16 bytes.
-fn cbc_mac<A: BlockEncrypt>(
-    aes: &mut A,
-    key: &[u8; 16],
-    nonce: &[u8; NONCE_LEN],
-    aad: &[u8],
-    msg: &[u8],
-) -> [u8; 16] {
-    let mut x = [0u8; 16];
-    // B0: flags (Adata, M' = (16-2)/2 = 7, L' = 1), nonce, message length.
-    x[0] = (if aad.is_empty() { 0 } else { 0x40 }) | (7 << 3) | 1;
-    x[1..14].copy_from_slice(nonce);
-    x[14..16].copy_from_slice(&(msg.len() as u16).to_be_bytes());
-    aes.encrypt_block(key, &mut x);
-    if !aad.is_empty() {
-        // First AAD block: 2-byte big-endian length, then up to 14 AAD bytes.
-        let mut block = [0u8; 16];
-        block[..2].copy_from_slice(&(aad.len() as u16).to_be_bytes());
-        let first = aad.len().min(14);
-        block[2..2 + first].copy_from_slice(&aad[..first]);
-        xor16(&mut x, &block);
-        aes.encrypt_block(key, &mut x);
-        for chunk in aad[first..].chunks(16) {
-            xor16(&mut x, chunk);
-            aes.encrypt_block(key, &mut x);
-        }
-    }
-    for chunk in msg.chunks(16) {
-        xor16(&mut x, chunk);
-        aes.encrypt_block(key, &mut x);
-    }
-    x
-}
-
-/// XORs `data` with the CTR key stream `S_1, S_2, …` and returns `S_0`.
-fn ctr<A: BlockEncrypt>(
-    aes: &mut A,
-    key: &[u8; 16],
-    nonce: &[u8; NONCE_LEN],
-    data: &mut [u8],
-) -> [u8; 16] {
-    let counter_block = |i: u16| {
-        let mut a = [0u8; 16];
-        a[0] = 1; // L' = L − 1
-        a[1..14].copy_from_slice(nonce);
-        a[14..16].copy_from_slice(&i.to_be_bytes());
-        a
-    };
-    let mut s0 = counter_block(0);
-    aes.encrypt_block(key, &mut s0);
-    for (i, chunk) in data.chunks_mut(16).enumerate() {
-        // At most 4096 chunks of a < 64 KiB message: the index fits u16.
-        let mut s = counter_block(i as u16 + 1);
-        aes.encrypt_block(key, &mut s);
-        for (d, k) in chunk.iter_mut().zip(s) {
-            *d ^= k;
-        }
-    }
-    s0
-}
-
-/// AES-128-CCM encryption in place (M = 16, L = 2); returns the tag, or `None`
-/// when the message or AAD is too long for L = 2 / the short AAD encoding.
+/// AES-128-CCM encryption in place (M = 16, L = 2) with the protocol core's
+/// CCM ([`gridpow_proto::crypto::ccm`]) over this block function; returns the
+/// tag, or `None` when the message or AAD is too long.
 pub fn ccm_seal<A: BlockEncrypt>(
     aes: &mut A,
     key: &[u8; 16],
@@ -111,17 +40,16 @@ pub fn ccm_seal<A: BlockEncrypt>(
     aad: &[u8],
     in_out: &mut [u8],
 ) -> Option<[u8; TAG_LEN]> {
-    if in_out.len() > CCM_MAX_LEN || aad.len() >= AAD_SHORT_MAX {
-        return None;
-    }
-    let mut tag = cbc_mac(aes, key, nonce, aad, in_out);
-    let s0 = ctr(aes, key, nonce, in_out);
-    xor16(&mut tag, &s0);
-    Some(tag)
+    ccm::seal_with(
+        &mut |b: &mut [u8; 16]| aes.encrypt_block(key, b),
+        nonce,
+        aad,
+        in_out,
+    )
 }
 
-/// AES-128-CCM decryption in place; `false` when the tag does not verify
-/// (then `in_out` holds garbage and must not be used).
+/// AES-128-CCM decryption in place; `false` (and a zeroed buffer) when the tag
+/// does not verify.
 pub fn ccm_open<A: BlockEncrypt>(
     aes: &mut A,
     key: &[u8; 16],
@@ -130,13 +58,13 @@ pub fn ccm_open<A: BlockEncrypt>(
     in_out: &mut [u8],
     tag: &[u8; TAG_LEN],
 ) -> bool {
-    if in_out.len() > CCM_MAX_LEN || aad.len() >= AAD_SHORT_MAX {
-        return false;
-    }
-    let s0 = ctr(aes, key, nonce, in_out);
-    let mut expected = cbc_mac(aes, key, nonce, aad, in_out);
-    xor16(&mut expected, &s0);
-    ct_eq(&expected, tag)
+    ccm::open_with(
+        &mut |b: &mut [u8; 16]| aes.encrypt_block(key, b),
+        nonce,
+        aad,
+        in_out,
+        tag,
+    )
 }
 
 /// HMAC-SHA256 (RFC 2104) over the concatenation of `parts`.
@@ -231,41 +159,6 @@ impl<A: BlockEncrypt, H: Sha256Engine> CryptoProvider for Accelerated<A, H> {
             return [0; 32];
         };
         hmac_sha256(&mut *sha, key, parts)
-    }
-}
-
-/// A shared reference is a provider too, so one `static` provider can serve a
-/// sender that needs a `Clone` provider (see `MeterNode`).
-impl<A: BlockEncrypt, H: Sha256Engine> CryptoProvider for &Accelerated<A, H> {
-    type AeadKey = [u8; 16];
-
-    fn aead_key(&self, key: &[u8; 16]) -> [u8; 16] {
-        *key
-    }
-
-    fn aead_seal(
-        &self,
-        key: &[u8; 16],
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        in_out: &mut [u8],
-    ) -> [u8; TAG_LEN] {
-        (**self).aead_seal(key, nonce, aad, in_out)
-    }
-
-    fn aead_open(
-        &self,
-        key: &[u8; 16],
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        in_out: &mut [u8],
-        tag: &[u8; TAG_LEN],
-    ) -> bool {
-        (**self).aead_open(key, nonce, aad, in_out, tag)
-    }
-
-    fn hmac_sha256(&self, key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-        (**self).hmac_sha256(key, parts)
     }
 }
 

@@ -118,6 +118,41 @@ pub trait CryptoProvider {
     fn hmac_sha256(&self, key: &[u8], parts: &[&[u8]]) -> [u8; 32];
 }
 
+/// A shared reference to a provider is a provider, so one provider (for
+/// example one owning hardware peripherals) can serve several state machines.
+impl<P: CryptoProvider + ?Sized> CryptoProvider for &P {
+    type AeadKey = P::AeadKey;
+
+    fn aead_key(&self, key: &[u8; 16]) -> Self::AeadKey {
+        (**self).aead_key(key)
+    }
+
+    fn aead_seal(
+        &self,
+        key: &Self::AeadKey,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        (**self).aead_seal(key, nonce, aad, in_out)
+    }
+
+    fn aead_open(
+        &self,
+        key: &Self::AeadKey,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
+        (**self).aead_open(key, nonce, aad, in_out, tag)
+    }
+
+    fn hmac_sha256(&self, key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+        (**self).hmac_sha256(key, parts)
+    }
+}
+
 /// A meter's keys, prepared for a provider.
 pub struct MeterKeys<C: CryptoProvider> {
     /// Key id these keys belong to.
