@@ -6,9 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_common::radio::Medium;
-use gridpow_meters::{read_truth, Fleet};
+use gridpow_meters::Fleet;
 use gridpow_relay::Relay;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,14 +16,7 @@ async fn broker_restarts_during_publishing_cost_time_but_no_reading() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let keys = common::site(dir.path(), 16);
-    let mut broker = Mosquitto::start(
-        &keys,
-        &MosquittoOptions {
-            require_certificate: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut broker = common::broker(&keys);
     let server = common::TestServer::start(&keys, broker.port);
 
     let medium = Medium::new(0.1, seed);
@@ -45,20 +37,7 @@ async fn broker_restarts_during_publishing_cost_time_but_no_reading() {
         tokio::task::block_in_place(|| broker.restart()).unwrap();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    fleet.stop_generating();
-    let drained = tokio::task::block_in_place(|| fleet.wait_drained(Duration::from_secs(60)));
-    let fs = fleet.shutdown().unwrap();
-    assert!(drained, "meters still hold unconfirmed readings: {fs:?}");
-    assert!(
-        relay.drain(Duration::from_secs(60)).await,
-        "relay did not drain: {:?}",
-        relay.stats()
-    );
-    let rs = relay.stats();
-    relay.shutdown().await;
-
-    let truth = read_truth(fcfg.truth_file.as_ref().unwrap()).unwrap();
-    let (blocks, readings) = common::check_ledger(&server.ledger.lock().unwrap(), &truth);
+    let (_fs, rs, _truth, blocks, readings) = common::finish(fleet, relay, &fcfg, &server).await;
     assert!(rs.mqtt_connects >= 3, "{rs:?}");
     assert_eq!((rs.outbox_len, rs.blocks_confirmed), (0, rs.blocks_sealed));
     eprintln!(

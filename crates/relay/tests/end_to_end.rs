@@ -6,9 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_common::radio::Medium;
-use gridpow_meters::{read_truth, Fleet};
+use gridpow_meters::Fleet;
 use gridpow_relay::Relay;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,14 +16,7 @@ async fn every_reading_sent_over_a_lossy_air_lands_in_exactly_one_block() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let keys = common::site(dir.path(), 24);
-    let broker = Mosquitto::start(
-        &keys,
-        &MosquittoOptions {
-            require_certificate: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let broker = common::broker(&keys);
     let server = common::TestServer::start(&keys, broker.port);
 
     let medium = Medium::new(0.25, seed);
@@ -41,26 +33,7 @@ async fn every_reading_sent_over_a_lossy_air_lands_in_exactly_one_block() {
     let fleet = Fleet::start(fcfg.clone(), Box::new(medium.port(&macs))).unwrap();
 
     tokio::time::sleep(Duration::from_secs(6)).await;
-    fleet.stop_generating();
-    let drained = tokio::task::block_in_place(|| fleet.wait_drained(Duration::from_secs(60)));
-    let fs = fleet.shutdown().unwrap();
-    assert!(drained, "meters still hold unconfirmed readings: {fs:?}");
-    assert!(
-        relay.drain(Duration::from_secs(60)).await,
-        "relay did not drain: {:?}",
-        relay.stats()
-    );
-    let rs = relay.stats();
-    relay.shutdown().await;
-
-    let truth = read_truth(fcfg.truth_file.as_ref().unwrap()).unwrap();
-    assert_eq!(
-        truth.len() as u64,
-        fs.generated,
-        "truth file and counters disagree"
-    );
-    assert_eq!((fs.dropped, fs.acknowledged), (0, fs.generated), "{fs:?}");
-    let (blocks, readings) = common::check_ledger(&server.ledger.lock().unwrap(), &truth);
+    let (fs, rs, _truth, blocks, readings) = common::finish(fleet, relay, &fcfg, &server).await;
     eprintln!(
         "{readings} readings in {blocks} blocks; relay {rs:?}; fleet {fs:?}; medium {:?}; {:.1} s",
         medium.stats(),

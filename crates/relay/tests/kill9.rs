@@ -8,8 +8,8 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gridpow_broker::{free_port, Mosquitto, MosquittoOptions};
-use gridpow_meters::{open_udp_radio, read_truth, Fleet};
+use gridpow_broker::free_port;
+use gridpow_meters::{open_udp_radio, Fleet};
 use gridpow_relay::{open_radio, Relay, RelayConfig};
 use rand::{Rng, SeedableRng};
 
@@ -78,14 +78,7 @@ async fn relay_killed_with_sigkill_during_ingest_and_pow_loses_nothing() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let keys = common::site(dir.path(), 20);
-    let broker = Mosquitto::start(
-        &keys,
-        &MosquittoOptions {
-            require_certificate: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let broker = common::broker(&keys);
     let server = common::TestServer::start(&keys, broker.port);
 
     let mut rcfg = common::relay_config(&keys, &dir.path().join("relay"), broker.port);
@@ -120,25 +113,7 @@ async fn relay_killed_with_sigkill_during_ingest_and_pow_loses_nothing() {
         .await
         .unwrap();
     let replayed = relay.stats().journal_replayed;
-    fleet.stop_generating();
-    let drained = tokio::task::block_in_place(|| fleet.wait_drained(Duration::from_secs(60)));
-    let fs = fleet.shutdown().unwrap();
-    assert!(drained, "meters still hold unconfirmed readings: {fs:?}");
-    assert!(
-        relay.drain(Duration::from_secs(60)).await,
-        "relay did not drain: {:?}",
-        relay.stats()
-    );
-    let rs = relay.stats();
-    relay.shutdown().await;
-
-    let truth = read_truth(fcfg.truth_file.as_ref().unwrap()).unwrap();
-    assert_eq!(
-        (fs.dropped, fs.acknowledged, truth.len() as u64),
-        (0, fs.generated, fs.generated),
-        "{fs:?}"
-    );
-    let (blocks, readings) = common::check_ledger(&server.ledger.lock().unwrap(), &truth);
+    let (_fs, rs, _truth, blocks, readings) = common::finish(fleet, relay, &fcfg, &server).await;
     eprintln!(
         "4 SIGKILLs after {kills:?} (+1 s): {readings} readings in {blocks} blocks, 0 lost, 0 duplicated; last life replayed {replayed} records, chain height {:?}; {:.1} s",
         rs.chain_height,

@@ -8,9 +8,8 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_common::radio::Medium;
-use gridpow_meters::{read_truth, Fleet};
+use gridpow_meters::Fleet;
 use gridpow_relay::Relay;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,14 +18,7 @@ async fn relay_killed_twice_resumes_its_chain_and_loses_or_repeats_nothing() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let keys = common::site(dir.path(), 20);
-    let broker = Mosquitto::start(
-        &keys,
-        &MosquittoOptions {
-            require_certificate: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let broker = common::broker(&keys);
     let server = common::TestServer::start(&keys, broker.port);
     // First life: the server stores blocks but sends no receipts, so the
     // outbox holds unconfirmed blocks when the relay dies.
@@ -82,25 +74,7 @@ async fn relay_killed_twice_resumes_its_chain_and_loses_or_repeats_nothing() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    fleet.stop_generating();
-    let drained = tokio::task::block_in_place(|| fleet.wait_drained(Duration::from_secs(60)));
-    let fs = fleet.shutdown().unwrap();
-    assert!(drained, "meters still hold unconfirmed readings: {fs:?}");
-    assert!(
-        relay.drain(Duration::from_secs(60)).await,
-        "relay did not drain: {:?}",
-        relay.stats()
-    );
-    let third = relay.stats();
-    relay.shutdown().await;
-
-    let truth = read_truth(fcfg.truth_file.as_ref().unwrap()).unwrap();
-    assert_eq!(
-        (fs.dropped, fs.acknowledged, truth.len() as u64),
-        (0, fs.generated, fs.generated),
-        "{fs:?}"
-    );
-    let (blocks, readings) = common::check_ledger(&server.ledger.lock().unwrap(), &truth);
+    let (_fs, third, _truth, blocks, readings) = common::finish(fleet, relay, &fcfg, &server).await;
     assert!(third.chain_height > second.chain_height);
     eprintln!(
         "{readings} readings in {blocks} blocks over three lives; heights {:?} / {:?} / {:?}; replayed {} / {}; compacted {}; {:.1} s",

@@ -9,15 +9,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_common::keys::{InitOptions, KeyDir};
 use gridpow_common::topics;
-use gridpow_meters::{FleetConfig, TruthRecord};
+use gridpow_meters::{read_truth, FleetConfig, FleetHandle, FleetStats, TruthRecord};
 use gridpow_proto::block::{check_link, verify_block, KeyLookup, VerifyPolicy};
 use gridpow_proto::crypto::{MeterKeys, RustCrypto};
 use gridpow_proto::ingress::{first_new_index, DeliveredMark};
 use gridpow_proto::wire::{BlockHeaderRepr, Reading, ReceiptRepr, ReceiptStatus};
 use gridpow_proto::Hash;
-use gridpow_relay::RelayConfig;
+use gridpow_relay::{RelayConfig, RelayHandle, RelayStats};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
 /// The seed of a test: `GRIDPOW_TEST_SEED` or the clock; printed so a failure can be replayed.
@@ -312,4 +313,48 @@ pub fn check_ledger(ledger: &Ledger, truth: &[TruthRecord]) -> (usize, usize) {
         seen.keys().take(5).collect::<Vec<_>>()
     );
     (ledger.blocks.len(), truth.len())
+}
+
+/// A private Mosquitto requiring client certificates from the site CA.
+pub fn broker(keys: &KeyDir) -> Mosquitto {
+    Mosquitto::start(
+        keys,
+        &MosquittoOptions {
+            require_certificate: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Ends a run: meters stop measuring and drain, the relay drains and stops;
+/// every generated reading must have been acknowledged (none dropped) and be in
+/// the ground-truth file; then the stand-in server's ledger is checked against
+/// it. Returns the fleet's and relay's final counters, the truth, and the
+/// ledger's block and reading counts.
+pub async fn finish(
+    fleet: FleetHandle,
+    relay: RelayHandle,
+    fcfg: &FleetConfig,
+    server: &TestServer,
+) -> (FleetStats, RelayStats, Vec<TruthRecord>, usize, usize) {
+    fleet.stop_generating();
+    let drained = tokio::task::block_in_place(|| fleet.wait_drained(Duration::from_secs(60)));
+    let fs = fleet.shutdown().unwrap();
+    assert!(drained, "meters still hold unconfirmed readings: {fs:?}");
+    assert!(
+        relay.drain(Duration::from_secs(60)).await,
+        "relay did not drain: {:?}",
+        relay.stats()
+    );
+    let rs = relay.stats();
+    relay.shutdown().await;
+    let truth = read_truth(fcfg.truth_file.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        (fs.dropped, fs.acknowledged, truth.len() as u64),
+        (0, fs.generated, fs.generated),
+        "{fs:?}"
+    );
+    let (blocks, readings) = check_ledger(&server.ledger.lock().unwrap(), &truth);
+    (fs, rs, truth, blocks, readings)
 }
