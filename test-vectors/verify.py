@@ -12,6 +12,7 @@ import struct
 import sys
 from pathlib import Path
 
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
@@ -32,9 +33,21 @@ def check(cond, what):
     print(f"ok: {what}")
 
 
-def meter_secret(site, key_id, meter_id):
-    info = b"gridpow v1 meter" + bytes([key_id]) + struct.pack("<I", meter_id)
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"gridpow v1 key derivation", info=info).derive(site)
+VERSION = 2
+TYPE_UPLINK = 0x01
+READING_LEN = 32
+UPLINK_OVERHEAD = 20 + 16 + 16  # clear header, end-to-end (CCM) tag, hop tag
+UPLINK_MIN, UPLINK_MAX = UPLINK_OVERHEAD + READING_LEN, UPLINK_OVERHEAD + 6 * READING_LEN
+
+
+def kdf(site, prefix, key_id, meter_id, length):
+    info = prefix + bytes([key_id]) + struct.pack("<I", meter_id)
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=b"gridpow v2 key derivation", info=info).derive(site)
+
+
+def meter_keys(site, key_id, meter_id):
+    """(hop_secret, e2e_key): hop_secret[0:16] tags frames per hop, [16:32] tags ACKs."""
+    return kdf(site, b"gridpow v2 hop", key_id, meter_id, 32), kdf(site, b"gridpow v2 e2e", key_id, meter_id, 16)
 
 
 def reading_bytes(r):
@@ -42,10 +55,64 @@ def reading_bytes(r):
                        r["power_factor_e4"], r["frequency_mhz"], r["energy_mwh"], r["flags"])
 
 
-def open_uplink(frame, secret):
-    aad, ct, tag = frame[:16], frame[16:-16], frame[-16:]
-    nonce = b"\x01" + frame[4:16]
-    return AESCCM(secret[:16], tag_length=16).decrypt(nonce, ct + tag, aad)
+def hop_tag(hop_frame_key, covered):
+    return hmac.new(hop_frame_key, covered, hashlib.sha256).digest()[:16]
+
+
+def seal_uplink(e2e_key, hop_frame_key, key_id, meter_id, boot_epoch, counter, first_seq, readings):
+    header = struct.pack("<BBBBIIII", VERSION, TYPE_UPLINK, key_id, 0, meter_id, boot_epoch, counter, first_seq)
+    sealed = AESCCM(e2e_key, tag_length=16).encrypt(b"\x01" + header[4:16], readings, header)
+    body = header + sealed
+    return body + hop_tag(hop_frame_key, body)
+
+
+def open_uplink(frame, e2e_key):
+    """Readings of a parsed frame; raises InvalidTag when the end-to-end tag does not verify."""
+    return AESCCM(e2e_key, tag_length=16).decrypt(b"\x01" + frame[4:16], frame[20:-16], frame[:20])
+
+
+def parse_uplink(frame):
+    """None when the frame is well formed, else the message of the first failing parse check, in protocol order."""
+    if len(frame) < 1:
+        return "malformed: message too short"
+    if frame[0] != VERSION:
+        return f"malformed: unsupported protocol version {frame[0]}"
+    if len(frame) < 2:
+        return "malformed: message too short"
+    if frame[1] != TYPE_UPLINK:
+        return f"malformed: unexpected message type {frame[1]:#04x}"
+    if len(frame) < UPLINK_MIN:
+        return "malformed: message too short"
+    if len(frame) > UPLINK_MAX:
+        return "malformed: message too long"
+    if (len(frame) - UPLINK_OVERHEAD) % READING_LEN:
+        return "malformed: length does not hold 1 to 6 whole readings"
+    if frame[3] != 0:
+        return "malformed: reserved field is not zero"
+    return None
+
+
+def judge_uplink(frame, hop_secret, e2e_key=None):
+    """Verdict of a relay (hop keys only: e2e_key None) or of the grid server (both keys)."""
+    fault = parse_uplink(frame)
+    if fault:
+        return fault
+    if not hmac.compare_digest(hop_tag(hop_secret[:16], frame[:-16]), frame[-16:]):
+        return "rejected: authentication tag does not verify"
+    if e2e_key is not None:
+        try:
+            open_uplink(frame, e2e_key)
+        except InvalidTag:
+            return "rejected: end-to-end tag does not verify"
+    return "accept"
+
+
+def ed25519_ok(public_key, signature, message):
+    try:
+        public_key.verify(signature, message)
+        return True
+    except InvalidSignature:
+        return False
 
 
 def leaf_hash(d):
@@ -94,33 +161,55 @@ def lzb(h):
 
 def main():
     k = load("keys.json")
-    ms = meter_secret(X(k["site_secret"]), k["key_id"], k["meter_id"])
-    check(ms.hex() == k["meter_secret"], "HKDF meter secret")
+    site = X(k["site_secret"])
+    hop_secret, e2e_key = meter_keys(site, k["key_id"], k["meter_id"])
+    check(hop_secret.hex() == k["hop_secret"], "HKDF hop secret")
+    check(e2e_key.hex() == k["e2e_key"], "HKDF end-to-end key")
+    check(hop_secret[:16].hex() == k["hop_frame_key"] and hop_secret[16:].hex() == k["ack_key"], "hop frame key and ACK key")
+    check((hop_secret + e2e_key).hex() == k["meter_secret"], "meter secret = hop secret || end-to-end key")
 
     u = load("uplink.json")
     frame = X(u["frame"])
-    pt = open_uplink(frame, X(u["meter_secret"]))
-    check(pt.hex() == u["plaintext"], "uplink opens to the plaintext")
-    check(struct.unpack("<I", pt[:4])[0] == u["first_seq"], "uplink first_seq")
+    u_hop, u_e2e = meter_keys(site, u["key_id"], u["meter_id"])
+    check(u_e2e.hex() == u["e2e_key"] and u_hop[:16].hex() == u["hop_frame_key"], "uplink keys derive from the site secret")
+    readings = b""
     for i, r in enumerate(u["readings"]):
-        check(pt[4 + 32 * i: 36 + 32 * i] == reading_bytes(r) == X(r["bytes"]), f"reading {i} layout")
-    hdr = struct.pack("<BBBBIII", 1, 1, u["key_id"], 0, u["meter_id"], u["boot_epoch"], u["counter"])
-    check(frame[:16] == hdr and len(frame) == 36 + 32 * len(u["readings"]), "uplink header and length")
+        check(reading_bytes(r) == X(r["bytes"]), f"reading {i} layout")
+        readings += reading_bytes(r)
+    check(readings.hex() == u["plaintext"], "uplink plaintext is the readings")
+    hdr = struct.pack("<BBBBIIII", VERSION, TYPE_UPLINK, u["key_id"], 0, u["meter_id"], u["boot_epoch"], u["counter"], u["first_seq"])
+    check(hdr.hex() == u["aad"] and (b"\x01" + hdr[4:16]).hex() == u["nonce"], "uplink header (aad) and nonce")
+    sealed = seal_uplink(u_e2e, u_hop[:16], u["key_id"], u["meter_id"], u["boot_epoch"], u["counter"], u["first_seq"], readings)
+    check(sealed == frame and len(frame) == UPLINK_OVERHEAD + READING_LEN * len(u["readings"]), "uplink frame reseals byte for byte")
+    check(frame[-32:-16].hex() == u["e2e_tag"] and frame[-16:].hex() == u["hop_tag"], "uplink end-to-end and hop tags")
+    check(open_uplink(frame, u_e2e) == readings, "uplink opens to the readings")
+    check(judge_uplink(frame, u_hop) == "accept" and judge_uplink(frame, u_hop, u_e2e) == "accept", "uplink accepted by relay and server")
+
+    n = load("uplink_negative.json")
+    for c in n["cases"]:
+        f = X(c["frame"])
+        relay, server = judge_uplink(f, hop_secret), judge_uplink(f, hop_secret, e2e_key)
+        got = "" if (relay, server) == (c["relay"], c["server"]) else f" (got relay: {relay}; server: {server})"
+        check(not got, f"uplink '{c['case']}': relay {c['relay']}; server {c['server']}{got}")
 
     a = load("ack.json")
     b = X(a["bytes"])
-    body = struct.pack("<BBBBIIIQIB3x", 1, 2, a["key_id"], a["flags"], a["meter_id"], a["boot_epoch"], a["counter"],
+    ack_key = meter_keys(site, a["key_id"], a["meter_id"])[0][16:]
+    check(ack_key.hex() == a["ack_key"], "ACK key derives from the site secret")
+    body = struct.pack("<BBBBIIIQIB3x", VERSION, 2, a["key_id"], a["flags"], a["meter_id"], a["boot_epoch"], a["counter"],
                        a["relay_time_ms"], a["relay_id"], a["channel"])
-    tag = hmac.new(X(a["ack_key"]), body, hashlib.sha256).digest()[:16]
+    tag = hmac.new(ack_key, body, hashlib.sha256).digest()[:16]
     check(b == body + tag, "ACK layout and HMAC tag")
 
     hv = load("block_header.json")
     hb = X(hv["solved_header"])
-    check(len(hb) == 100 and hb == struct.pack("<BBBBIQ32s32sIQQ", 1, 3, hv["difficulty"], 0, hv["relay_id"], hv["height"],
+    check(len(hb) == 100 and hb == struct.pack("<BBBBIQ32s32sIQQ", VERSION, 3, hv["difficulty"], 0, hv["relay_id"], hv["height"],
                                                 X(hv["prev_hash"]), X(hv["merkle_root"]), hv["leaf_count"], hv["time_ms"],
                                                 hv["pow_nonce"]), "block header layout")
     hh = hashlib.sha256(hb).digest()
-    check(hh.hex() == hv["solved_hash"] and lzb(hh) >= hv["difficulty"], "header hash meets the PoW difficulty")
+    check(hh.hex() == hv["solved_hash"] and lzb(hh) == hv["leading_zero_bits"] >= hv["difficulty"], "header hash meets the PoW difficulty")
+    check(hb[:92] + bytes(8) == X(hv["unsolved_header"]) and hashlib.sha256(X(hv["unsolved_header"])).hexdigest() == hv["unsolved_hash"]
+          and hv["tries"] == hv["pow_nonce"] + 1, "unsolved header, its hash and the number of tries")
     smaller = [n for n in range(hv["pow_nonce"]) if lzb(hashlib.sha256(hb[:92] + struct.pack("<Q", n)).digest()) >= hv["difficulty"]]
     check(not smaller, "PoW nonce is the smallest solution")
 
@@ -138,8 +227,9 @@ def main():
     pub = Ed25519PublicKey.from_public_bytes(X(bv["relay_public_key"]))
     check(Ed25519PrivateKey.from_private_bytes(X(bv["relay_signing_seed"])).public_key().public_bytes_raw() == pub.public_bytes_raw(), "relay key pair")
     hh = hashlib.sha256(header).digest()
-    pub.verify(sig, b"gridpow-block-v1" + hh)
-    check(hh.hex() == bv["header_hash"], "block signature and hash")
+    check(ed25519_ok(pub, sig, b"gridpow-block-v2" + hh) and hh.hex() == bv["header_hash"], "block signature and hash")
+    check(header[0] == VERSION and header[1] == 3 and header[3] == 0 and struct.unpack("<I", header[4:8])[0] == bv["relay_id"],
+          "block header version, type and relay id")
     leaves = []
     while rest:
         n = struct.unpack("<H", rest[:2])[0]
@@ -149,16 +239,17 @@ def main():
     check(len(leaves) == count and [l.hex() for l in leaves] == bv["frames"], "block leaves")
     check(mth([leaf_hash(l) for l in leaves]) == header[48:80], "block Merkle root")
     check(lzb(hh) >= header[2] == bv["difficulty"], "block PoW")
-    secret = meter_secret(X(k["site_secret"]), bv["key_id"], bv["meter_id"])
+    b_hop, b_e2e = meter_keys(site, bv["key_id"], bv["meter_id"])
     for i, l in enumerate(leaves):
-        open_uplink(l, secret)
-    check(True, "every leaf's meter tag verifies")
+        check(l[2] == bv["key_id"] and struct.unpack("<I", l[4:8])[0] == bv["meter_id"], f"leaf {i} names the block's meter")
+        check(judge_uplink(l, b_hop, b_e2e) == "accept", f"leaf {i}: parses, hop tag and end-to-end tag verify")
 
     r = load("receipt.json")
     rb = X(r["bytes"])
-    signed = struct.pack("<BBBBIQ32sIQ", 1, 4, r["status"], 0, r["relay_id"], r["height"], X(r["block_hash"]), r["server_id"], r["time_ms"])
-    Ed25519PublicKey.from_public_bytes(X(r["server_public_key"])).verify(rb[60:], b"gridpow-rcpt-v1\x00" + signed)
-    check(rb[:60] == signed, "receipt layout and signature")
+    signed = struct.pack("<BBBBIQ32sIQ", VERSION, 4, r["status"], 0, r["relay_id"], r["height"], X(r["block_hash"]), r["server_id"], r["time_ms"])
+    check(Ed25519PrivateKey.from_private_bytes(X(r["server_signing_seed"])).public_key().public_bytes_raw() == X(r["server_public_key"]), "server key pair")
+    check(rb[:60] == signed and len(rb) == 124 and ed25519_ok(Ed25519PublicKey.from_public_bytes(X(r["server_public_key"])), rb[60:],
+                                                                 b"gridpow-rcpt-v2\x00" + signed), "receipt layout and signature")
 
     s = load("serial.json")
     enc = X(s["encoded"])

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(p) = BlockPacket::new_checked(data) {
         for _ in p.leaves() {}
     }
-    let keys = AnyMeter(MeterKeys::new(&RustCrypto, 1, &MeterSecret([7; 32])));
+    let keys = AnyMeter(MeterKeys::new(&RustCrypto, 1, &MeterSecret::from_bytes(&[7; 48])));
     let vk = SigningKey::from_bytes(&[0x5a; 32]).verifying_key();
     let policy = VerifyPolicy { relay_id: 3, min_difficulty: 0 };
     let _ = verify_block(&RustCrypto, data, &vk, &policy, &keys, |_| Ok(()));

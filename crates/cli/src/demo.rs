@@ -114,6 +114,14 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         keys.add_meters(&missing)?;
     }
 
+    // Each service runs from its own least-privilege bundle, as in a deployment:
+    // the relay never sees the site secret, the server never a relay's private key.
+    let bundles = a.data_dir.join("bundles");
+    let relay_keys = KeyDir::new(bundles.join("relay-1"));
+    let server_keys = KeyDir::new(bundles.join("server"));
+    keys.export_relay_bundle(1, None, &relay_keys)?;
+    keys.export_server_bundle("server-1", &server_keys)?;
+
     let broker = start_embedded(&keys, &EmbeddedOptions::default())?;
     progress(
         q,
@@ -127,7 +135,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         a.db.clone()
             .unwrap_or_else(|| a.data_dir.join("gridpow.db").to_string_lossy().into_owned());
     let mut scfg = ServerConfig {
-        keys_dir: keys.root().to_path_buf(),
+        keys_dir: server_keys.root().to_path_buf(),
         db: db_url.clone(),
         min_difficulty: a.difficulty,
         ..ServerConfig::default()
@@ -143,7 +151,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let stored_before = server.stats().readings_stored;
 
     let medium = Medium::new(a.loss, 0x6772_6964);
-    let mut rcfg = RelayConfig::new(1, keys.root(), a.data_dir.join("relay-1"));
+    let mut rcfg = RelayConfig::new(1, relay_keys.root(), a.data_dir.join("relay-1"));
     rcfg.difficulty = a.difficulty;
     rcfg.mqtt.host = broker.v4_addr.ip().to_string();
     rcfg.mqtt.port = broker.v4_addr.port();

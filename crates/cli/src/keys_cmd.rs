@@ -79,6 +79,10 @@ pub enum KeysCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Export a least-privilege key bundle for one service into a new directory
+    /// (the relay, server and broker each refuse or need only their own bundle).
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// Issue an MQTT client certificate (CN = name, used as broker username with mTLS).
     IssueClient {
         /// The key directory.
@@ -88,6 +92,91 @@ pub enum KeysCommand {
         #[arg(long)]
         name: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportCommand {
+    /// A relay's bundle: its signing key and TLS identity, the CA certificate, the
+    /// server's public key, its meters' registry and hop keys. No site secret, no
+    /// end-to-end key: a stolen relay can neither read nor invent readings.
+    Relay {
+        /// The master key directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Relay id.
+        #[arg(long)]
+        id: u32,
+        /// The bundle directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Inclusive meter id range this relay serves, such as `1-50` (default: every registered meter).
+        #[arg(long)]
+        meters: Option<String>,
+    },
+    /// A grid server's bundle: site secret, receipt key, relays' public keys,
+    /// registries, CA certificate and its TLS client identity. No relay private key.
+    Server {
+        /// The master key directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The bundle directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The server's MQTT client identity.
+        #[arg(long, default_value = "server-1")]
+        client: String,
+    },
+    /// The broker's bundle: CA certificate, broker TLS identity, ACL.
+    Broker {
+        /// The master key directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The bundle directory to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn print_bundle(what: &str, b: &gridpow_common::keys::BundleSummary) {
+    println!("wrote the {what} bundle to {}:", b.dir.display());
+    for f in &b.files {
+        println!("  {}", f.display());
+    }
+}
+
+fn export(cmd: ExportCommand) -> anyhow::Result<()> {
+    match cmd {
+        ExportCommand::Relay {
+            dir,
+            id,
+            out,
+            meters,
+        } => {
+            let ids: Option<Vec<u32>> = match meters {
+                Some(r) => {
+                    let (a, b) = parse_range(&r)?;
+                    Some((a..=b).collect())
+                }
+                None => None,
+            };
+            let b =
+                KeyDir::new(&dir).export_relay_bundle(id, ids.as_deref(), &KeyDir::new(&out))?;
+            print_bundle(&format!("relay {id}"), &b);
+            println!(
+                "  ({} meters' hop keys; re-export after adding meters)",
+                b.meters
+            );
+        }
+        ExportCommand::Server { dir, out, client } => {
+            let b = KeyDir::new(&dir).export_server_bundle(&client, &KeyDir::new(&out))?;
+            print_bundle("server", &b);
+        }
+        ExportCommand::Broker { dir, out } => {
+            let b = KeyDir::new(&dir).export_broker_bundle(&KeyDir::new(&out))?;
+            print_bundle("broker", &b);
+        }
+    }
+    Ok(())
 }
 
 pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -192,13 +281,7 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             let meters = match (csv, range) {
                 (Some(path), None) => read_csv(&path)?,
                 (None, Some(r)) => {
-                    let (a, b) = r
-                        .split_once('-')
-                        .with_context(|| format!("--range {r:?} must look like 1-500"))?;
-                    let (a, b): (u32, u32) = (a.trim().parse()?, b.trim().parse()?);
-                    if a > b {
-                        bail!("--range {r:?}: first id is larger than the last");
-                    }
+                    let (a, b) = parse_range(&r)?;
                     (a..=b).map(|id| (id, None)).collect()
                 }
                 _ => bail!("give --csv FILE or --range A-B"),
@@ -227,6 +310,7 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 None => print!("{acl}"),
             }
         }
+        KeysCommand::Export(e) => export(e)?,
         KeysCommand::IssueClient { dir, name } => {
             let kd = KeyDir::new(&dir);
             let files = kd.issue_client_cert(&name)?;
@@ -238,6 +322,25 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An inclusive id range such as `1-500`.
+fn parse_range(r: &str) -> anyhow::Result<(u32, u32)> {
+    let (a, b) = r
+        .split_once('-')
+        .with_context(|| format!("range {r:?} must look like 1-500"))?;
+    let a: u32 = a
+        .trim()
+        .parse()
+        .with_context(|| format!("range {r:?}: {a:?} is not an id"))?;
+    let b: u32 = b
+        .trim()
+        .parse()
+        .with_context(|| format!("range {r:?}: {b:?} is not an id"))?;
+    if a > b {
+        bail!("range {r:?}: first id is larger than the last");
+    }
+    Ok((a, b))
 }
 
 fn hex_string(b: &[u8]) -> String {

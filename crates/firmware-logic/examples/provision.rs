@@ -47,11 +47,15 @@ fn parse_flat_toml(text: &str) -> BTreeMap<String, String> {
 }
 
 fn hex32(s: &str) -> Res<[u8; 32]> {
+    hex_n(s)
+}
+
+fn hex_n<const N: usize>(s: &str) -> Res<[u8; N]> {
     let s = s.trim();
-    if s.len() != 64 {
-        return Err(format!("expected 64 hex digits, got {}", s.len()));
+    if s.len() != 2 * N {
+        return Err(format!("expected {} hex digits, got {}", 2 * N, s.len()));
     }
-    let mut out = [0u8; 32];
+    let mut out = [0u8; N];
     for (i, b) in out.iter_mut().enumerate() {
         *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
     }
@@ -86,7 +90,9 @@ fn meter_config(path: &str) -> Res<MeterConfig> {
     let mut cfg = MeterConfig::new(
         field(&m, "meter_id")?,
         field(&m, "key_id")?,
-        MeterSecret(hex32(m.get("meter_secret").ok_or("missing meter_secret")?)?),
+        MeterSecret::from_bytes(&hex_n(
+            m.get("meter_secret").ok_or("missing meter_secret")?,
+        )?),
         field(&m, "channel")?,
         field(&m, "interval_s")?,
     );
@@ -206,7 +212,8 @@ fn run(argv: &[String]) -> Res<()> {
                         meter_id: m.meter_id,
                         key_id: m.key_id,
                         mac: None,
-                        secret: m.secret,
+                        // The relay gets the hop secret only, never the end-to-end key.
+                        secret: m.secret.hop,
                     });
                 }
             }

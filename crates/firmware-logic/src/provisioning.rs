@@ -11,7 +11,7 @@
 //! ```text
 //! offset size field
 //! 0      4    magic "GPWM"
-//! 4      1    layout version = 1
+//! 4      1    layout version = 2
 //! 5      1    flags: bit 0 relay MAC present; others 0
 //! 6      2    blob length = 128 (u16)
 //! 8      4    meter_id (u32)
@@ -22,16 +22,16 @@
 //! 20     4    min_epoch: the boot epoch never goes below this (u32; see below)
 //! 24     6    relay MAC (zeros when absent: broadcast until the first ACK)
 //! 30     2    reserved = 0
-//! 32     32   meter secret (uplink key ‖ ACK key). SECRET
-//! 64     4    voltage gain, V per ADC code (f32; 0 = firmware default)
-//! 68     4    voltage noise offset, codes (f32)
-//! 72     4    current gain, A per ADC code (f32; 0 = firmware default)
-//! 76     4    current noise offset, codes (f32)
-//! 80     4    phase correction, samples (f32; positive delays the voltage)
-//! 84     4    active-power offset, codes² (f32)
-//! 88     4    sample rate per channel, Hz (u32; 0 = firmware default 4000)
-//! 92     4    energy checkpoint period, s (u32; 0 = firmware default 300)
-//! 96     28   reserved = 0
+//! 32     48   meter secret: hop secret (32) ‖ end-to-end key (16). SECRET
+//! 80     4    voltage gain, V per ADC code (f32; 0 = firmware default)
+//! 84     4    voltage noise offset, codes (f32)
+//! 88     4    current gain, A per ADC code (f32; 0 = firmware default)
+//! 92     4    current noise offset, codes (f32)
+//! 96     4    phase correction, samples (f32; positive delays the voltage)
+//! 100    4    active-power offset, codes² (f32)
+//! 104    4    sample rate per channel, Hz (u32; 0 = firmware default 4000)
+//! 108    4    energy checkpoint period, s (u32; 0 = firmware default 300)
+//! 112    12   reserved = 0
 //! 124    4    CRC-32 of bytes 0..124 (u32)
 //! ```
 //!
@@ -46,7 +46,7 @@
 //! ```text
 //! offset size field
 //! 0      4    magic "GPWR"
-//! 4      1    layout version = 1
+//! 4      1    layout version = 2
 //! 5      1    mode: 1 bridge, 2 standalone
 //! 6      2    blob length = 256 + 44·n + 4 (u16)
 //! 8      4    relay_id (u32)
@@ -64,11 +64,12 @@
 //! 186    65   MQTT broker host name: length (1) ‖ 64 bytes
 //! 251    5    reserved = 0
 //! 256    44·n meter entries: meter_id u32 ‖ key_id u8 ‖ flags u8 (bit 0 MAC
-//!             present) ‖ MAC (6) ‖ meter secret (32)
+//!             present) ‖ MAC (6) ‖ the meter's hop secret (32); never its
+//!             end-to-end key: the relay checks frames but cannot open or make readings
 //! end    4    CRC-32 of everything before it
 //! ```
 
-use gridpow_proto::crypto::MeterSecret;
+use gridpow_proto::crypto::{HopSecret, MeterSecret, METER_SECRET_LEN};
 use gridpow_proto::wire::serial::crc32;
 use gridpow_proto::MacAddr;
 
@@ -110,7 +111,7 @@ impl core::fmt::Display for BlobError {
 }
 
 /// Layout version of both blobs.
-pub const LAYOUT_VERSION: u8 = 1;
+pub const LAYOUT_VERSION: u8 = 2;
 /// Magic of a meter blob.
 pub const METER_MAGIC: [u8; 4] = *b"GPWM";
 /// Magic of a relay blob.
@@ -296,7 +297,7 @@ impl MeterConfig {
             return Err(BlobError::BadLength);
         }
         let flags = b[5];
-        if flags & !1 != 0 || b[30..32] != [0, 0] || b[96..124].iter().any(|&x| x != 0) {
+        if flags & !1 != 0 || b[30..32] != [0, 0] || b[112..124].iter().any(|&x| x != 0) {
             return Err(BlobError::NonZeroReserved);
         }
         let channel = b[13];
@@ -312,17 +313,17 @@ impl MeterConfig {
             return Err(BlobError::InvalidField("interval"));
         }
         let calibration = StoredCalibration {
-            voltage_gain: f32_at(b, 64),
-            voltage_offset_codes: f32_at(b, 68),
-            current_gain: f32_at(b, 72),
-            current_offset_codes: f32_at(b, 76),
-            phase_samples: f32_at(b, 80),
-            power_offset_codes: f32_at(b, 84),
+            voltage_gain: f32_at(b, 80),
+            voltage_offset_codes: f32_at(b, 84),
+            current_gain: f32_at(b, 88),
+            current_offset_codes: f32_at(b, 92),
+            phase_samples: f32_at(b, 96),
+            power_offset_codes: f32_at(b, 100),
         };
         if calibration.to_calibration().validate().is_err() {
             return Err(BlobError::InvalidField("calibration"));
         }
-        let sample_rate_hz = u32_at(b, 88);
+        let sample_rate_hz = u32_at(b, 104);
         if sample_rate_hz != 0 && !(2000..=20_000).contains(&sample_rate_hz) {
             return Err(BlobError::InvalidField("sample rate"));
         }
@@ -334,10 +335,10 @@ impl MeterConfig {
             interval_s,
             min_epoch: u32_at(b, 20),
             relay_mac: (flags & 1 != 0).then(|| get(b, 24)),
-            secret: MeterSecret(get(b, 32)),
+            secret: MeterSecret::from_bytes(&get::<METER_SECRET_LEN>(b, 32)),
             calibration,
             sample_rate_hz,
-            checkpoint_s: u32_at(b, 92),
+            checkpoint_s: u32_at(b, 108),
         })
     }
 
@@ -355,7 +356,7 @@ impl MeterConfig {
         b[16..20].copy_from_slice(&self.interval_s.to_le_bytes());
         b[20..24].copy_from_slice(&self.min_epoch.to_le_bytes());
         b[24..30].copy_from_slice(&self.relay_mac.unwrap_or([0; 6]));
-        b[32..64].copy_from_slice(&self.secret.0);
+        b[32..80].copy_from_slice(&self.secret.to_bytes());
         let c = &self.calibration;
         let floats = [
             c.voltage_gain,
@@ -366,10 +367,10 @@ impl MeterConfig {
             c.power_offset_codes,
         ];
         for (i, v) in floats.iter().enumerate() {
-            b[64 + 4 * i..68 + 4 * i].copy_from_slice(&v.to_le_bytes());
+            b[80 + 4 * i..84 + 4 * i].copy_from_slice(&v.to_le_bytes());
         }
-        b[88..92].copy_from_slice(&self.sample_rate_hz.to_le_bytes());
-        b[92..96].copy_from_slice(&self.checkpoint_s.to_le_bytes());
+        b[104..108].copy_from_slice(&self.sample_rate_hz.to_le_bytes());
+        b[108..112].copy_from_slice(&self.checkpoint_s.to_le_bytes());
         let crc = crc32(&b[..124]);
         b[124..128].copy_from_slice(&crc.to_le_bytes());
         b
@@ -394,8 +395,8 @@ pub struct RelayMeter {
     pub key_id: u8,
     /// Registered MAC, if any.
     pub mac: Option<MacAddr>,
-    /// The meter secret.
-    pub secret: MeterSecret,
+    /// The meter's hop secret (never its end-to-end key).
+    pub secret: HopSecret,
 }
 
 /// A short string field (SSID, passphrase, host name) stored inline.
@@ -570,7 +571,7 @@ impl RelayConfig {
             meter_id: u32_at(b, 0),
             key_id: b[4],
             mac: (b[5] & 1 != 0).then(|| get(b, 6)),
-            secret: MeterSecret(get(b, 12)),
+            secret: HopSecret(get(b, 12)),
         })
     }
 
@@ -636,7 +637,7 @@ mod tests {
     use super::*;
 
     fn meter() -> MeterConfig {
-        let mut c = MeterConfig::new(4242, 1, MeterSecret([7; 32]), 6, 10);
+        let mut c = MeterConfig::new(4242, 1, MeterSecret::from_bytes(&[7; 48]), 6, 10);
         c.relay_mac = Some([0x24, 0x6f, 0x28, 1, 2, 3]);
         c.calibration.voltage_gain = 0.25;
         c.min_epoch = 9;
@@ -653,17 +654,18 @@ mod tests {
     /// check itself byte for byte.
     #[test]
     fn meter_blob_matches_the_golden_bytes() {
-        let secret = "214c0539eb95d2e33a609cdb21b27047872ecbe6d44e3249051690591236615b";
-        let mut s = [0u8; 32];
+        let secret = "214c0539eb95d2e33a609cdb21b27047872ecbe6d44e3249051690591236615b\
+                      00112233445566778899aabbccddeeff";
+        let mut s = [0u8; 48];
         for (i, b) in s.iter_mut().enumerate() {
             *b = u8::from_str_radix(&secret[2 * i..2 * i + 2], 16).unwrap();
         }
-        let mut c = MeterConfig::new(42, 1, MeterSecret(s), 6, 10);
+        let mut c = MeterConfig::new(42, 1, MeterSecret::from_bytes(&s), 6, 10);
         c.calibration.voltage_gain = 0.33;
-        let golden = "4750574d010080002a000000010632000a000000000000000000000000000000\
+        let golden = "4750574d020080002a000000010632000a000000000000000000000000000000\
                       214c0539eb95d2e33a609cdb21b27047872ecbe6d44e3249051690591236615b\
-                      c3f5a83e00000000000000000000000000000000000000000000000000000000\
-                      0000000000000000000000000000000000000000000000000000000042057eb9";
+                      00112233445566778899aabbccddeeffc3f5a83e000000000000000000000000\
+                      0000000000000000000000000000000000000000000000000000000004308461";
         let mut hex = [0u8; 2 * METER_BLOB_LEN];
         for (i, b) in c.encode().iter().enumerate() {
             let d = b"0123456789abcdef";
@@ -708,13 +710,13 @@ mod tests {
                 meter_id: 1,
                 key_id: 1,
                 mac: None,
-                secret: MeterSecret([1; 32]),
+                secret: HopSecret([1; 32]),
             },
             RelayMeter {
                 meter_id: 2,
                 key_id: 1,
                 mac: Some([2; 6]),
-                secret: MeterSecret([2; 32]),
+                secret: HopSecret([2; 32]),
             },
         ];
         let mut buf = [0u8; MAX_RELAY_BLOB_LEN];

@@ -17,7 +17,7 @@
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridpow_proto::block::{sign_header, BlockBuilder};
-use gridpow_proto::crypto::{CryptoProvider, MeterKeys};
+use gridpow_proto::crypto::{CryptoProvider, HopKeys};
 use gridpow_proto::ingress::{
     FixedMeterTable, Ingress, IngressConfig, IngressStats, MeterEntry, Verdict,
 };
@@ -170,7 +170,7 @@ pub struct OutboxEntry {
 /// `storage.len() / (O + 1)` bytes each.
 pub struct StandaloneRelay<'a, C: CryptoProvider, F: Flash, const M: usize, const O: usize> {
     cfg: StandaloneConfig,
-    ingress: Ingress<C, FixedMeterTable<C, M>>,
+    ingress: Ingress<C, FixedMeterTable<M>>,
     signing: SigningKey,
     server_key: Option<VerifyingKey>,
     block_cap: usize,
@@ -203,9 +203,9 @@ impl<'a, C: CryptoProvider, F: Flash, const M: usize, const O: usize>
         let block_cap = storage.len() / (O + 1);
         let (pending, rest) = storage.split_at_mut(block_cap);
         let slots = &mut rest[..block_cap * O];
-        let mut table = FixedMeterTable::<C, M>::new();
+        let mut table = FixedMeterTable::<M>::new();
         for m in meters {
-            let keys = MeterKeys::new(&provider, m.key_id, &m.secret);
+            let keys = HopKeys::new(m.key_id, &m.secret);
             // A full table drops further meters; the firmware logs the count.
             let _ = table.insert(MeterEntry::new(m.meter_id, m.mac, keys));
         }

@@ -17,8 +17,9 @@ use std::rc::Rc;
 use gridpow_firmware_logic::meter::{FrameOutcome, MeterNode, Radio, SampleSource, BROADCAST};
 use gridpow_firmware_logic::provisioning::MeterConfig;
 use gridpow_firmware_logic::state::MemFlash;
-use gridpow_proto::crypto::{derive_meter_secret, MeterKeys, RustCrypto, SiteSecret};
+use gridpow_proto::crypto::{derive_meter_secret, HopKeys, MeterKeys, RustCrypto, SiteSecret};
 use gridpow_proto::ingress::{FixedMeterTable, Ingress, IngressConfig, MeterEntry, Verdict};
+use gridpow_proto::wire::uplink::MAX_BODY_LEN;
 use gridpow_proto::wire::{Reading, UplinkPacket};
 use gridpow_proto::{Instant, MacAddr};
 
@@ -108,14 +109,14 @@ fn config(channel: u8, interval_s: u32) -> MeterConfig {
     cfg
 }
 
-fn relay(channel: u8) -> Ingress<RustCrypto, FixedMeterTable<RustCrypto, 4>> {
+fn relay(channel: u8) -> Ingress<RustCrypto, FixedMeterTable<4>> {
     let secret = derive_meter_secret(&SiteSecret([0x11; 32]), KEY_ID, METER_ID);
     let mut table = FixedMeterTable::new();
     table
         .insert(MeterEntry::new(
             METER_ID,
             Some(METER_MAC),
-            MeterKeys::new(&RustCrypto, KEY_ID, &secret),
+            HopKeys::new(KEY_ID, &secret.hop),
         ))
         .unwrap();
     Ingress::new(
@@ -149,7 +150,7 @@ struct Sim {
     rng: Rng,
     adc: SineAdc,
     air: AirOut,
-    relay: Ingress<RustCrypto, FixedMeterTable<RustCrypto, 4>>,
+    relay: Ingress<RustCrypto, FixedMeterTable<4>>,
     to_relay: Vec<(u64, Vec<u8>)>,
     to_meter: Vec<(u64, Vec<u8>)>,
     uplink_loss: f64,
@@ -248,7 +249,14 @@ impl Sim {
             return;
         };
         if let Verdict::Accepted(info) = verdict {
-            let body = self.relay.last_body().unwrap();
+            // The relay cannot open readings; the test opens them as the server would.
+            let secret = derive_meter_secret(&SiteSecret([0x11; 32]), KEY_ID, METER_ID);
+            let keys = MeterKeys::new(&RustCrypto, KEY_ID, &secret);
+            let mut scratch = [0u8; MAX_BODY_LEN];
+            let body = UplinkPacket::new_checked(frame)
+                .unwrap()
+                .open(&RustCrypto, &keys, &mut scratch)
+                .unwrap();
             for (seq, r) in body.readings().skip(usize::from(info.first_new)) {
                 let k = (info.boot_epoch, seq);
                 if self.seen.readings.insert(k, r).is_some() {

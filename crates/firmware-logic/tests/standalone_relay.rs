@@ -25,7 +25,7 @@ const SEED: [u8; 32] = [5; 32];
 const SERVER_SEED: [u8; 32] = [6; 32];
 
 fn secret(id: u32) -> MeterSecret {
-    MeterSecret([id as u8; 32])
+    MeterSecret::from_bytes(&[id as u8; 48])
 }
 
 fn cfg() -> StandaloneConfig {
@@ -46,7 +46,7 @@ fn relay<'a>(flash: &'a mut MemFlash<8192>, storage: &'a mut [u8]) -> Relay<'a> 
         meter_id: id,
         key_id: 1,
         mac: None,
-        secret: secret(id),
+        secret: secret(id).hop,
     });
     let server = SigningKey::from_bytes(&SERVER_SEED)
         .verifying_key()
@@ -59,7 +59,7 @@ impl KeyLookup<RustCrypto> for Keys {
     fn meter_keys(&self, meter_id: u32, key_id: u8) -> Option<&MeterKeys<RustCrypto>> {
         self.0
             .iter()
-            .find(|(id, k)| *id == meter_id && k.key_id == key_id)
+            .find(|(id, k)| *id == meter_id && k.key_id() == key_id)
             .map(|(_, k)| k)
     }
 }

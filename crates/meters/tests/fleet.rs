@@ -11,8 +11,9 @@ use std::time::Duration;
 use gridpow_common::keys::{InitOptions, KeyDir};
 use gridpow_common::radio::{Medium, RadioPort, UdpAir};
 use gridpow_meters::{open_udp_radio, read_truth, Fleet, FleetConfig, TruthRecord};
-use gridpow_proto::crypto::{MeterKeys, RustCrypto};
+use gridpow_proto::crypto::{HopKeys, MeterKeys, RustCrypto};
 use gridpow_proto::ingress::{FixedMeterTable, Ingress, IngressConfig, MeterEntry, Verdict};
+use gridpow_proto::wire::uplink::{UplinkPacket, MAX_BODY_LEN};
 use gridpow_proto::wire::Reading;
 
 type Delivered = HashMap<(u32, u32, u32), (u32, Reading)>;
@@ -34,16 +35,15 @@ fn fake_relay(
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<Delivered> {
     let site = keys.site().unwrap();
-    let mut table = FixedMeterTable::<RustCrypto, 64>::new();
+    let mut table = FixedMeterTable::<64>::new();
+    // The relay's half (hop keys) and, to check what was delivered, the server's (all keys).
+    let mut server_keys = HashMap::new();
     for m in keys.meters().unwrap().meters {
         let s = site.meter_secret(m.id, m.key_id).unwrap();
         table
-            .insert(MeterEntry::new(
-                m.id,
-                None,
-                MeterKeys::new(&RustCrypto, m.key_id, &s),
-            ))
+            .insert(MeterEntry::new(m.id, None, HopKeys::new(m.key_id, &s.hop)))
             .unwrap();
+        server_keys.insert(m.id, MeterKeys::new(&RustCrypto, m.key_id, &s));
     }
     let relay_mac = gridpow_common::virtual_relay_mac(1);
     std::thread::spawn(move || {
@@ -63,7 +63,11 @@ fn fake_relay(
                 continue;
             };
             if let Verdict::Accepted(info) = v {
-                let body = ingress.last_body().unwrap();
+                let mut scratch = [0u8; MAX_BODY_LEN];
+                let body = UplinkPacket::new_checked(&f.data[..])
+                    .unwrap()
+                    .open(&RustCrypto, &server_keys[&info.meter_id], &mut scratch)
+                    .unwrap();
                 for (seq, r) in body.readings().skip(usize::from(info.first_new)) {
                     delivered
                         .entry((info.meter_id, info.boot_epoch, seq))

@@ -19,7 +19,7 @@ impl KeyLookup<RustCrypto> for Keyring {
     fn meter_keys(&self, meter_id: u32, key_id: u8) -> Option<&MeterKeys<RustCrypto>> {
         self.0
             .get(meter_id.checked_sub(1)? as usize)
-            .filter(|k| k.key_id == key_id)
+            .filter(|k| k.key_id() == key_id)
     }
 }
 

@@ -96,17 +96,17 @@ fn main() {
         black_box(gridpow_proto::merkle::leaf_hash(black_box(&frame)));
     });
     let keys = &ring.0[0];
-    let mut body = [0u8; 36];
+    let mut body = [0u8; 32];
     let mut tag = [0u8; 16];
     use gridpow_proto::crypto::CryptoProvider;
-    tag.copy_from_slice(&RustCrypto.aead_seal(&keys.aead, &[1; 13], &[2; 16], &mut body));
+    tag.copy_from_slice(&RustCrypto.aead_seal(&keys.e2e, &[1; 13], &[2; 20], &mut body));
     let ccm_open = rate(budget / 2, 1000, || {
         let mut b = body;
-        black_box(RustCrypto.aead_open(&keys.aead, &[1; 13], &[2; 16], &mut b, &tag));
+        black_box(RustCrypto.aead_open(&keys.e2e, &[1; 13], &[2; 20], &mut b, &tag));
     });
     let out = serde_json::json!({
         "ed25519_verify_per_s": ed25519,
-        "leaf_hash_68b_per_s": leaf_hash,
+        "leaf_hash_one_reading_frame_per_s": leaf_hash,
         "ccm_open_1_reading_per_s": ccm_open,
         "sha256_compress_per_s": sha,
         "pow_tries_per_s": pow,

@@ -114,7 +114,7 @@ impl<'a> BlockBuilder<'a> {
     }
 }
 
-/// The relay's signature over a header: Ed25519 over `"gridpow-block-v1" ‖ SHA-256(header)`.
+/// The relay's signature over a header: Ed25519 over `"gridpow-block-v2" ‖ SHA-256(header)`.
 pub fn sign_header(header: &BlockHeaderRepr, key: &SigningKey) -> [u8; SIGNATURE_LEN] {
     key.sign(&signing_message(&header.hash())).to_bytes()
 }
@@ -205,9 +205,12 @@ where
         let mk = keys
             .meter_keys(frame.meter_id(), frame.key_id())
             .ok_or(fail(LeafFault::UnknownMeter))?;
-        let body = frame
-            .open(provider, mk, &mut scratch)
-            .map_err(|_| fail(LeafFault::BadTag))?;
+        let body = frame.open(provider, mk, &mut scratch).map_err(|e| {
+            fail(match e {
+                Rejected::BadEndToEndTag => LeafFault::BadTag,
+                _ => LeafFault::BadHopTag,
+            })
+        })?;
         on_leaf(&VerifiedLeaf { index, frame, body }).map_err(fail)?;
     }
     Ok(VerifiedBlock { header, hash })

@@ -1,12 +1,18 @@
-//! Cryptographic constructions (spec: `docs/protocol.md`, "Keys" and "Sealing").
+//! Cryptographic constructions (spec: `docs/protocol.md`, "Keys" and "Uplink frame").
 //!
-//! - Per-meter secrets come from the site secret with HKDF-SHA256
-//!   ([`derive_meter_secret`]); a meter is flashed with its 32-byte
-//!   [`MeterSecret`] only, never the site secret.
-//! - Uplink bodies are sealed with AES-128-CCM (16-byte tag, 13-byte nonce),
-//!   implemented in [`ccm`] over any AES block function.
-//! - ACKs carry an HMAC-SHA256 tag truncated to 16 bytes under a separate key,
-//!   so re-sending an ACK with a fresh relay time never reuses an AEAD nonce.
+//! Each meter has two keys, both derived from the site secret with HKDF-SHA256
+//! by whoever holds it (the operator's key tool and the grid server):
+//! - its **end-to-end key** ([`E2eKey`], AES-128-CCM): seals the readings. Only
+//!   the meter and the grid server hold it, so a relay can neither read,
+//!   alter nor invent a reading.
+//! - its **hop secret** ([`HopSecret`]): a frame MAC key for the hop tag over the
+//!   whole frame and an ACK key. The relays that serve the meter hold it, so
+//!   they filter, de-duplicate and acknowledge without opening readings.
+//!
+//! A meter is flashed with both ([`MeterSecret`], 48 bytes), a relay with hop
+//! secrets only, and nobody but the operator and the server hold the site secret.
+//! MACs are HMAC-SHA256 truncated to 16 bytes; uplink readings use AES-128-CCM
+//! (16-byte tag, 13-byte nonce), implemented in [`ccm`] over any AES block function.
 //!
 //! The primitives sit behind [`CryptoProvider`] so firmware can use the ESP32's
 //! AES and SHA accelerators; [`RustCrypto`] is the software provider.
@@ -20,63 +26,133 @@ use crate::Hash;
 
 /// Length of the AEAD nonce (AES-CCM with a 2-byte length field).
 pub const NONCE_LEN: usize = 13;
-/// Length of an uplink authentication tag.
+/// Length of the end-to-end (AES-CCM) tag of an uplink frame.
 pub const TAG_LEN: usize = 16;
+/// Length of the hop tag of an uplink frame (truncated HMAC-SHA256).
+pub const HOP_TAG_LEN: usize = 16;
 /// Length of an ACK authentication tag (truncated HMAC-SHA256).
 pub const ACK_TAG_LEN: usize = 16;
 /// Length of a site secret.
 pub const SITE_SECRET_LEN: usize = 32;
-/// Length of a per-meter secret (AEAD key ‖ ACK key).
-pub const METER_SECRET_LEN: usize = 32;
+/// Length of a hop secret (frame MAC key ‖ ACK key).
+pub const HOP_SECRET_LEN: usize = 32;
+/// Length of an end-to-end key (AES-128).
+pub const E2E_KEY_LEN: usize = 16;
+/// Length of what a meter is flashed with: hop secret ‖ end-to-end key.
+pub const METER_SECRET_LEN: usize = HOP_SECRET_LEN + E2E_KEY_LEN;
 
 /// HKDF salt: fixed, so every implementation derives the same keys.
-pub const HKDF_SALT: &[u8] = b"gridpow v1 key derivation";
-/// Prefix of the HKDF info string for meter secrets (followed by key id and meter id).
-pub const HKDF_INFO_METER: &[u8] = b"gridpow v1 meter";
+pub const HKDF_SALT: &[u8] = b"gridpow v2 key derivation";
+/// Prefix of the HKDF info string for hop secrets (followed by key id and meter id).
+pub const HKDF_INFO_HOP: &[u8] = b"gridpow v2 hop";
+/// Prefix of the HKDF info string for end-to-end keys (followed by key id and meter id).
+pub const HKDF_INFO_E2E: &[u8] = b"gridpow v2 e2e";
 
 /// The secret a site holds for one key id, from which every meter key derives.
+/// Only the operator's key tool and the grid server hold it.
 #[derive(Clone)]
 pub struct SiteSecret(pub [u8; SITE_SECRET_LEN]);
 
-/// The 32 bytes a meter is provisioned with: bytes 0..16 are its AES-128-CCM
-/// uplink key, bytes 16..32 its ACK authentication key.
+/// A meter's hop secret: bytes 0..16 authenticate its uplink frames (hop tag),
+/// bytes 16..32 the relay's ACKs. Held by the meter and the relays serving it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct MeterSecret(pub [u8; METER_SECRET_LEN]);
+pub struct HopSecret(pub [u8; HOP_SECRET_LEN]);
 
-impl core::fmt::Debug for SiteSecret {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("SiteSecret(..)")
-    }
-}
-impl core::fmt::Debug for MeterSecret {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("MeterSecret(..)")
-    }
-}
+/// A meter's end-to-end key (AES-128-CCM over its readings). Held by the meter
+/// and the grid server only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct E2eKey(pub [u8; E2E_KEY_LEN]);
 
-/// Derives a meter's secret: `HKDF-SHA256(salt = HKDF_SALT, ikm = site secret,
-/// info = "gridpow v1 meter" ‖ key_id ‖ meter_id (u32 little-endian), L = 32)`.
-pub fn derive_meter_secret(site: &SiteSecret, key_id: u8, meter_id: u32) -> MeterSecret {
-    let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), &site.0);
-    let id = meter_id.to_le_bytes();
-    let info: [&[u8]; 3] = [HKDF_INFO_METER, &[key_id], &id];
-    let mut okm = [0u8; METER_SECRET_LEN];
-    // 32 bytes is far below HKDF's 255 * 32 limit, so expansion cannot fail.
-    if hk.expand_multi_info(&info, &mut okm).is_err() {
-        okm = [0; METER_SECRET_LEN];
-    }
-    MeterSecret(okm)
+/// What a meter is flashed with: its hop secret and its end-to-end key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MeterSecret {
+    /// Shared with the relays that serve the meter.
+    pub hop: HopSecret,
+    /// Shared with the grid server only.
+    pub e2e: E2eKey,
 }
 
 impl MeterSecret {
-    /// The AES-128-CCM key for uplink frames.
-    pub fn uplink_key(&self) -> [u8; 16] {
+    /// The 48 provisioned bytes: hop secret ‖ end-to-end key.
+    pub fn to_bytes(&self) -> [u8; METER_SECRET_LEN] {
+        let mut b = [0u8; METER_SECRET_LEN];
+        b[..HOP_SECRET_LEN].copy_from_slice(&self.hop.0);
+        b[HOP_SECRET_LEN..].copy_from_slice(&self.e2e.0);
+        b
+    }
+
+    /// Splits the 48 provisioned bytes.
+    pub const fn from_bytes(b: &[u8; METER_SECRET_LEN]) -> Self {
+        let mut hop = [0u8; HOP_SECRET_LEN];
+        let mut e2e = [0u8; E2E_KEY_LEN];
+        let mut i = 0;
+        while i < METER_SECRET_LEN {
+            if i < HOP_SECRET_LEN {
+                hop[i] = b[i];
+            } else {
+                e2e[i - HOP_SECRET_LEN] = b[i];
+            }
+            i += 1;
+        }
+        MeterSecret {
+            hop: HopSecret(hop),
+            e2e: E2eKey(e2e),
+        }
+    }
+}
+
+macro_rules! redacted_debug {
+    ($($t:ty),*) => {$(
+        impl core::fmt::Debug for $t {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(concat!(stringify!($t), "(..)"))
+            }
+        }
+    )*};
+}
+redacted_debug!(SiteSecret, HopSecret, E2eKey, MeterSecret);
+
+fn derive<const L: usize>(site: &SiteSecret, prefix: &[u8], key_id: u8, meter_id: u32) -> [u8; L] {
+    let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), &site.0);
+    let id = meter_id.to_le_bytes();
+    let info: [&[u8]; 3] = [prefix, &[key_id], &id];
+    let mut okm = [0u8; L];
+    // At most 32 bytes, far below HKDF's 255 * 32 limit, so expansion cannot fail.
+    if hk.expand_multi_info(&info, &mut okm).is_err() {
+        okm = [0; L];
+    }
+    okm
+}
+
+/// A meter's hop secret: `HKDF-SHA256(salt = HKDF_SALT, ikm = site secret,
+/// info = "gridpow v2 hop" ‖ key_id ‖ meter_id (u32 LE), L = 32)`.
+pub fn derive_hop_secret(site: &SiteSecret, key_id: u8, meter_id: u32) -> HopSecret {
+    HopSecret(derive(site, HKDF_INFO_HOP, key_id, meter_id))
+}
+
+/// A meter's end-to-end key: `HKDF-SHA256(salt = HKDF_SALT, ikm = site secret,
+/// info = "gridpow v2 e2e" ‖ key_id ‖ meter_id (u32 LE), L = 16)`.
+pub fn derive_e2e_key(site: &SiteSecret, key_id: u8, meter_id: u32) -> E2eKey {
+    E2eKey(derive(site, HKDF_INFO_E2E, key_id, meter_id))
+}
+
+/// Both keys of a meter (what it is flashed with).
+pub fn derive_meter_secret(site: &SiteSecret, key_id: u8, meter_id: u32) -> MeterSecret {
+    MeterSecret {
+        hop: derive_hop_secret(site, key_id, meter_id),
+        e2e: derive_e2e_key(site, key_id, meter_id),
+    }
+}
+
+impl HopSecret {
+    /// The HMAC key of the hop tag on uplink frames.
+    pub fn frame_key(&self) -> [u8; 16] {
         let mut k = [0u8; 16];
         k.copy_from_slice(&self.0[..16]);
         k
     }
 
-    /// The HMAC key for ACKs.
+    /// The HMAC key of ACKs.
     pub fn ack_key(&self) -> [u8; 16] {
         let mut k = [0u8; 16];
         k.copy_from_slice(&self.0[16..]);
@@ -153,24 +229,57 @@ impl<P: CryptoProvider + ?Sized> CryptoProvider for &P {
     }
 }
 
-/// A meter's keys, prepared for a provider.
-pub struct MeterKeys<C: CryptoProvider> {
+/// The hop keys of a meter: all a relay holds for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HopKeys {
     /// Key id these keys belong to.
     pub key_id: u8,
-    /// Prepared uplink AEAD key.
-    pub aead: C::AeadKey,
-    /// ACK HMAC key.
+    /// HMAC key of the hop tag on uplink frames.
+    pub frame: [u8; 16],
+    /// HMAC key of ACKs.
     pub ack: [u8; 16],
+}
+
+impl HopKeys {
+    /// The hop keys of `secret` under `key_id`.
+    pub fn new(key_id: u8, secret: &HopSecret) -> Self {
+        HopKeys {
+            key_id,
+            frame: secret.frame_key(),
+            ack: secret.ack_key(),
+        }
+    }
+}
+
+impl core::fmt::Debug for HopKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HopKeys")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// All keys of a meter, prepared for a provider: what the meter itself and
+/// the grid server hold. Relays hold [`HopKeys`] only.
+pub struct MeterKeys<C: CryptoProvider> {
+    /// The hop keys (hop tag and ACK).
+    pub hop: HopKeys,
+    /// Prepared end-to-end AEAD key.
+    pub e2e: C::AeadKey,
 }
 
 impl<C: CryptoProvider> MeterKeys<C> {
     /// Prepares the keys of `secret` with `provider`.
     pub fn new(provider: &C, key_id: u8, secret: &MeterSecret) -> Self {
         MeterKeys {
-            key_id,
-            aead: provider.aead_key(&secret.uplink_key()),
-            ack: secret.ack_key(),
+            hop: HopKeys::new(key_id, &secret.hop),
+            e2e: provider.aead_key(&secret.e2e.0),
         }
+    }
+
+    /// The key id.
+    pub fn key_id(&self) -> u8 {
+        self.hop.key_id
     }
 }
 
@@ -180,9 +289,8 @@ where
 {
     fn clone(&self) -> Self {
         MeterKeys {
-            key_id: self.key_id,
-            aead: self.aead.clone(),
-            ack: self.ack,
+            hop: self.hop,
+            e2e: self.e2e.clone(),
         }
     }
 }
@@ -318,9 +426,17 @@ mod tests {
         let a = derive_meter_secret(&site, 1, 1);
         let b = derive_meter_secret(&site, 1, 2);
         let c = derive_meter_secret(&site, 2, 1);
-        assert_ne!(a, b);
-        assert_ne!(a, c);
-        assert_eq!(a, derive_meter_secret(&site, 1, 1));
+        assert!(a != b);
+        assert!(a != c);
+        assert!(a == derive_meter_secret(&site, 1, 1));
+    }
+
+    #[test]
+    fn hop_secret_reveals_nothing_of_the_end_to_end_key() {
+        // Independent HKDF outputs: the end-to-end key is not a part of the hop secret.
+        let s = derive_meter_secret(&SiteSecret([7; 32]), 1, 1);
+        assert!(!s.hop.0.windows(E2E_KEY_LEN).any(|w| w == s.e2e.0));
+        assert!(MeterSecret::from_bytes(&s.to_bytes()) == s);
     }
 
     #[test]

@@ -54,7 +54,10 @@ pub enum LeafFault {
     Malformed(Malformed),
     /// No key is known for the leaf's meter and key id.
     UnknownMeter,
-    /// The meter's authentication tag does not verify.
+    /// The hop tag (meter's hop key, over the whole frame) does not verify.
+    BadHopTag,
+    /// The end-to-end tag (meter's end-to-end key, over the readings) does not verify:
+    /// the frame was altered or invented by someone without the meter's end-to-end key.
     BadTag,
     /// The verifier's replay policy refused the leaf (already seen or too old).
     Replay,
@@ -72,8 +75,10 @@ pub enum Rejected {
     UnknownMeter,
     /// The key id is not the one registered for this meter.
     UnknownKeyId,
-    /// The authentication tag does not verify.
+    /// The uplink's hop tag (or an ACK's tag) does not verify.
     BadTag,
+    /// The uplink's end-to-end tag does not verify (checked by the grid server only).
+    BadEndToEndTag,
     /// The (boot epoch, counter) pair was already used or lies below the replay window.
     Replay,
     /// The boot epoch is older than the newest one seen from this meter.
@@ -189,7 +194,8 @@ impl fmt::Display for LeafFault {
         match self {
             LeafFault::Malformed(m) => write!(f, "malformed frame ({m})"),
             LeafFault::UnknownMeter => f.write_str("unknown meter or key id"),
-            LeafFault::BadTag => f.write_str("meter tag does not verify"),
+            LeafFault::BadHopTag => f.write_str("meter hop tag does not verify"),
+            LeafFault::BadTag => f.write_str("meter end-to-end tag does not verify"),
             LeafFault::Replay => f.write_str("replayed frame"),
         }
     }
@@ -203,6 +209,7 @@ impl fmt::Display for Rejected {
             Rejected::UnknownMeter => f.write_str("unknown meter"),
             Rejected::UnknownKeyId => f.write_str("unknown key id"),
             Rejected::BadTag => f.write_str("authentication tag does not verify"),
+            Rejected::BadEndToEndTag => f.write_str("end-to-end tag does not verify"),
             Rejected::Replay => f.write_str("replayed or too old counter"),
             Rejected::StaleEpoch => f.write_str("boot epoch older than the newest seen"),
             Rejected::UnexpectedAck => f.write_str("ACK does not match the frame in flight"),

@@ -1,17 +1,22 @@
 //! The relay-side ingress: every frame heard on the air passes, in order,
 //! 1. the MAC allow-list (cheap, before any parsing; spoofable, so only a filter),
 //! 2. parsing, 3. the meter registry, 4. the replay window pre-check,
-//! 5. the AEAD tag, 6. duplicate detection, 7. reading de-duplication.
+//! 5. the hop tag, 6. duplicate detection, 7. reading de-duplication.
+//!
+//! The relay holds each meter's hop keys only: it checks the hop tag and reads
+//! the clear header (meter, epoch, counter, first sequence number, count), but
+//! it cannot open, alter or invent readings, which stay under the meter's
+//! end-to-end key until the grid server opens them.
 //!
 //! A frame that passes is [`Verdict::Accepted`] (deliver it once) or
 //! [`Verdict::Duplicate`] (a retransmission whose ACK was lost: ACK it again,
 //! deliver nothing). The caller sends the ACK with [`Ingress::emit_ack`] when
 //! it is ready to vouch for the frame, for example after a journal commit.
 
-use crate::crypto::{CryptoProvider, MeterKeys};
+use crate::crypto::{CryptoProvider, HopKeys};
 use crate::replay::{ReplayCheck, ReplayWindow};
 use crate::wire::ack::{AckRepr, FLAG_DUPLICATE};
-use crate::wire::uplink::{OpenedBody, UplinkPacket, MAX_BODY_LEN};
+use crate::wire::uplink::UplinkPacket;
 use crate::{Capacity, Error, MacAddr, Rejected};
 
 /// Readings of one boot epoch below `next_seq` have been delivered.
@@ -24,22 +29,22 @@ pub struct DeliveredMark {
 }
 
 /// Per-meter state of the ingress.
-pub struct MeterEntry<C: CryptoProvider> {
+pub struct MeterEntry {
     /// The meter id.
     pub meter_id: u32,
     /// The MAC address registered for the meter, if any.
     pub mac: Option<MacAddr>,
-    /// The meter's keys.
-    pub keys: MeterKeys<C>,
+    /// The meter's hop keys (never its end-to-end key).
+    pub keys: HopKeys,
     /// Anti-replay window over frame counters.
     pub window: ReplayWindow,
     /// Reading de-duplication mark.
     pub delivered: Option<DeliveredMark>,
 }
 
-impl<C: CryptoProvider> MeterEntry<C> {
+impl MeterEntry {
     /// A meter with no history.
-    pub fn new(meter_id: u32, mac: Option<MacAddr>, keys: MeterKeys<C>) -> Self {
+    pub fn new(meter_id: u32, mac: Option<MacAddr>, keys: HopKeys) -> Self {
         MeterEntry {
             meter_id,
             mac,
@@ -52,28 +57,28 @@ impl<C: CryptoProvider> MeterEntry<C> {
 
 /// Storage of meter entries, so a microcontroller can use a fixed array and a
 /// Linux relay a hash map.
-pub trait MeterTable<C: CryptoProvider> {
+pub trait MeterTable {
     /// Whether `mac` is on the allow-list.
     fn mac_allowed(&self, mac: &MacAddr) -> bool;
     /// The entry of `meter_id`.
-    fn get(&self, meter_id: u32) -> Option<&MeterEntry<C>>;
+    fn get(&self, meter_id: u32) -> Option<&MeterEntry>;
     /// The entry of `meter_id`, mutably.
-    fn get_mut(&mut self, meter_id: u32) -> Option<&mut MeterEntry<C>>;
+    fn get_mut(&mut self, meter_id: u32) -> Option<&mut MeterEntry>;
 }
 
 /// A [`MeterTable`] in a fixed array sorted by meter id (no allocation).
-pub struct FixedMeterTable<C: CryptoProvider, const N: usize> {
-    entries: [Option<MeterEntry<C>>; N],
+pub struct FixedMeterTable<const N: usize> {
+    entries: [Option<MeterEntry>; N],
     len: usize,
 }
 
-impl<C: CryptoProvider, const N: usize> Default for FixedMeterTable<C, N> {
+impl<const N: usize> Default for FixedMeterTable<N> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<C: CryptoProvider, const N: usize> FixedMeterTable<C, N> {
+impl<const N: usize> FixedMeterTable<N> {
     /// An empty table.
     pub fn new() -> Self {
         FixedMeterTable {
@@ -98,7 +103,7 @@ impl<C: CryptoProvider, const N: usize> FixedMeterTable<C, N> {
     }
 
     /// Adds or replaces a meter.
-    pub fn insert(&mut self, entry: MeterEntry<C>) -> Result<(), Error> {
+    pub fn insert(&mut self, entry: MeterEntry) -> Result<(), Error> {
         match self.position(entry.meter_id) {
             Ok(i) => {
                 self.entries[i] = Some(entry);
@@ -117,18 +122,18 @@ impl<C: CryptoProvider, const N: usize> FixedMeterTable<C, N> {
     }
 }
 
-impl<C: CryptoProvider, const N: usize> MeterTable<C> for FixedMeterTable<C, N> {
+impl<const N: usize> MeterTable for FixedMeterTable<N> {
     fn mac_allowed(&self, mac: &MacAddr) -> bool {
         self.entries[..self.len]
             .iter()
             .flatten()
             .any(|e| e.mac.as_ref() == Some(mac))
     }
-    fn get(&self, meter_id: u32) -> Option<&MeterEntry<C>> {
+    fn get(&self, meter_id: u32) -> Option<&MeterEntry> {
         let i = self.position(meter_id).ok()?;
         self.entries[i].as_ref()
     }
-    fn get_mut(&mut self, meter_id: u32) -> Option<&mut MeterEntry<C>> {
+    fn get_mut(&mut self, meter_id: u32) -> Option<&mut MeterEntry> {
         let i = self.position(meter_id).ok()?;
         self.entries[i].as_mut()
     }
@@ -216,16 +221,14 @@ pub struct IngressStats {
 }
 
 /// The relay-side state machine.
-pub struct Ingress<C: CryptoProvider, T: MeterTable<C>> {
+pub struct Ingress<C: CryptoProvider, T: MeterTable> {
     provider: C,
     table: T,
     cfg: IngressConfig,
     stats: IngressStats,
-    scratch: [u8; MAX_BODY_LEN],
-    last_body_len: usize,
 }
 
-impl<C: CryptoProvider, T: MeterTable<C>> Ingress<C, T> {
+impl<C: CryptoProvider, T: MeterTable> Ingress<C, T> {
     /// An ingress over `table`.
     pub fn new(provider: C, cfg: IngressConfig, table: T) -> Self {
         Ingress {
@@ -233,8 +236,6 @@ impl<C: CryptoProvider, T: MeterTable<C>> Ingress<C, T> {
             table,
             cfg,
             stats: IngressStats::default(),
-            scratch: [0; MAX_BODY_LEN],
-            last_body_len: 0,
         }
     }
 
@@ -255,11 +256,9 @@ impl<C: CryptoProvider, T: MeterTable<C>> Ingress<C, T> {
         &self.cfg
     }
 
-    /// Judges a frame received from `src`. On `Ok`, the decrypted readings are
-    /// available from [`Ingress::last_body`] until the next call.
+    /// Judges a frame received from `src`.
     pub fn handle_frame(&mut self, src: &MacAddr, frame: &[u8]) -> Result<Verdict, Error> {
         self.stats.frames_received += 1;
-        self.last_body_len = 0;
         let res = self.judge(src, frame);
         if let Err(e) = &res {
             let counter = match e {
@@ -300,10 +299,9 @@ impl<C: CryptoProvider, T: MeterTable<C>> Ingress<C, T> {
             ReplayCheck::TooOld => return Err(Rejected::Replay.into()),
             ReplayCheck::New | ReplayCheck::Duplicate => {}
         }
-        let body = packet.open(&self.provider, &entry.keys, &mut self.scratch)?;
-        let first_seq = body.first_seq();
-        let count = body.len() as u8;
-        self.last_body_len = packet.ciphertext().len();
+        packet.verify_hop(&self.provider, &entry.keys)?;
+        let first_seq = packet.first_seq();
+        let count = packet.reading_count() as u8;
         let mut info = FrameInfo {
             meter_id: packet.meter_id(),
             key_id: packet.key_id(),
@@ -330,14 +328,6 @@ impl<C: CryptoProvider, T: MeterTable<C>> Ingress<C, T> {
         self.stats.readings_delivered += u64::from(info.new_readings());
         self.stats.readings_redundant += u64::from(info.first_new);
         Ok(Verdict::Accepted(info))
-    }
-
-    /// The decrypted body of the last frame that passed `handle_frame`.
-    pub fn last_body(&self) -> Option<OpenedBody<'_>> {
-        if self.last_body_len == 0 {
-            return None;
-        }
-        OpenedBody::from_plaintext(&self.scratch[..self.last_body_len])
     }
 
     /// Writes the ACK for a frame that passed, stating the relay's wall clock.

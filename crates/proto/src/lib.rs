@@ -43,7 +43,7 @@ pub use time::{Duration, Instant};
 
 /// The protocol version this crate speaks. Frames with another version are refused
 /// with [`Malformed::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// A 6-byte IEEE 802 MAC address, as ESP-NOW reports the sender of a frame.
 pub type MacAddr = [u8; 6];

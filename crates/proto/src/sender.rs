@@ -433,7 +433,7 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
         if p.meter_id() != self.cfg.meter_id {
             return Err(Rejected::UnexpectedAck.into());
         }
-        let ack = p.verify(&self.provider, &self.keys.ack)?;
+        let ack = p.verify(&self.provider, &self.keys.hop.ack)?;
         let matches = self.in_flight.as_ref().is_some_and(|f| {
             ack.key_id == self.cfg.key_id
                 && ack.boot_epoch == self.epoch

@@ -5,9 +5,10 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
-use gridpow_proto::crypto::{derive_meter_secret, MeterKeys, RustCrypto, SiteSecret};
+use gridpow_proto::crypto::{derive_meter_secret, HopKeys, MeterKeys, RustCrypto, SiteSecret};
 use gridpow_proto::ingress::{FixedMeterTable, Ingress, IngressConfig, MeterEntry, Verdict};
 use gridpow_proto::sender::{Sender, SenderConfig};
+use gridpow_proto::wire::uplink::{UplinkPacket, MAX_BODY_LEN};
 use gridpow_proto::wire::Reading;
 use gridpow_proto::{Duration, Instant};
 
@@ -76,14 +77,14 @@ fn run(
             .expect("config")
         })
         .collect();
-    let mut table: FixedMeterTable<RustCrypto, 64> = FixedMeterTable::new();
+    let mut table: FixedMeterTable<64> = FixedMeterTable::new();
     for m in 0..meters {
         let id = m as u32 + 1;
         table
             .insert(MeterEntry::new(
                 id,
                 None,
-                MeterKeys::new(&RustCrypto, 1, &derive_meter_secret(&SITE, 1, id)),
+                HopKeys::new(1, &derive_meter_secret(&SITE, 1, id).hop),
             ))
             .expect("room");
     }
@@ -149,7 +150,18 @@ fn run(
                 let src = [2, 0, 0, 0, 0, m as u8];
                 if let Ok(v) = ingress.handle_frame(&src, &frame) {
                     if let Verdict::Accepted(info) = v {
-                        let body = ingress.last_body().expect("body of accepted frame");
+                        // Only the grid server holds the end-to-end key; this
+                        // harness plays the server to check what was delivered.
+                        let keys = MeterKeys::new(
+                            &RustCrypto,
+                            1,
+                            &derive_meter_secret(&SITE, 1, info.meter_id),
+                        );
+                        let packet = UplinkPacket::new_checked(&frame[..]).expect("accepted");
+                        let mut scratch = [0u8; MAX_BODY_LEN];
+                        let body = packet
+                            .open(&RustCrypto, &keys, &mut scratch)
+                            .expect("accepted frame opens end to end");
                         for (seq, r) in body.readings().skip(usize::from(info.first_new)) {
                             if delivered.insert((info.meter_id, seq), r).is_some() {
                                 duplicates_delivered += 1;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use ed25519_dalek::SigningKey;
 use gridpow_proto::block::{verify_block, BlockBuilder, KeyLookup, VerifyPolicy};
-use gridpow_proto::crypto::{MeterKeys, MeterSecret, RustCrypto};
+use gridpow_proto::crypto::{CryptoProvider, MeterKeys, MeterSecret, RustCrypto};
 use gridpow_proto::merkle::{
     inclusion_proof, leaf_hash, root_of_hashes, verify_inclusion, MAX_PROOF_LEN,
 };
@@ -55,8 +55,14 @@ fn reading() -> impl Strategy<Value = Reading> {
         )
 }
 
+/// A meter's keys from 32 seed bytes: the hop secret is the seed, the
+/// end-to-end key its reversed first half (independent enough for tests).
 fn keys(secret: [u8; 32]) -> MeterKeys<RustCrypto> {
-    MeterKeys::new(&RustCrypto, 1, &MeterSecret(secret))
+    let mut b = [0u8; 48];
+    b[..32].copy_from_slice(&secret);
+    b[32..].copy_from_slice(&secret[..16]);
+    b[32..].reverse();
+    MeterKeys::new(&RustCrypto, 1, &MeterSecret::from_bytes(&b))
 }
 
 fn seal(secret: [u8; 32], h: UplinkHeader, first_seq: u32, rs: &[Reading]) -> Vec<u8> {
@@ -70,7 +76,7 @@ impl KeyLookup<RustCrypto> for Keyring {
     fn meter_keys(&self, meter_id: u32, key_id: u8) -> Option<&MeterKeys<RustCrypto>> {
         self.0
             .iter()
-            .find(|(id, k)| *id == meter_id && k.key_id == key_id)
+            .find(|(id, k)| *id == meter_id && k.key_id() == key_id)
             .map(|(_, k)| k)
     }
 }
@@ -345,6 +351,19 @@ fn a_relay_cannot_alter_or_invent_a_reading_in_a_block_it_signs() {
     let mut forged = genuine.clone();
     forged[20] ^= 0xff;
     let ring = Keyring((1..=3).map(|m| (m, keys(meter_secret(m)))).collect());
+    let block = build_block(&[genuine.clone(), forged.clone()], 6);
+    assert_eq!(
+        verify(&block, &ring),
+        Err(Error::Rejected(Rejected::Leaf {
+            index: 1,
+            fault: LeafFault::BadHopTag
+        }))
+    );
+    // The relay holds the hop key and re-tags the hop: the end-to-end tag still gives it away.
+    let n = forged.len();
+    let hop_key = keys(meter_secret(2)).hop.frame;
+    let mac = RustCrypto.hmac_sha256(&hop_key, &[&forged[..n - 16]]);
+    forged[n - 16..].copy_from_slice(&mac[..16]);
     let block = build_block(&[genuine.clone(), forged], 6);
     assert_eq!(
         verify(&block, &ring),

@@ -1,12 +1,12 @@
 //! The meter-side sender's timers, backlog and ACK handling, step by step.
 
-use gridpow_proto::crypto::{MeterKeys, MeterSecret, RustCrypto};
+use gridpow_proto::crypto::{HopKeys, MeterSecret, RustCrypto};
 use gridpow_proto::ingress::{FixedMeterTable, Ingress, IngressConfig, MeterEntry, Verdict};
 use gridpow_proto::sender::{PushOutcome, Sender, SenderConfig};
 use gridpow_proto::wire::Reading;
 use gridpow_proto::{Duration, Error, Instant, Rejected};
 
-const SECRET: MeterSecret = MeterSecret([9; 32]);
+const SECRET: MeterSecret = MeterSecret::from_bytes(&[9; 48]);
 
 fn sender() -> Sender<RustCrypto, 4> {
     let mut cfg = SenderConfig::new(7, 1);
@@ -17,14 +17,10 @@ fn sender() -> Sender<RustCrypto, 4> {
     Sender::new(RustCrypto, cfg, &SECRET, 2, 0).expect("config")
 }
 
-fn ingress() -> Ingress<RustCrypto, FixedMeterTable<RustCrypto, 4>> {
+fn ingress() -> Ingress<RustCrypto, FixedMeterTable<4>> {
     let mut t = FixedMeterTable::new();
-    t.insert(MeterEntry::new(
-        7,
-        None,
-        MeterKeys::new(&RustCrypto, 1, &SECRET),
-    ))
-    .expect("room");
+    t.insert(MeterEntry::new(7, None, HopKeys::new(1, &SECRET.hop)))
+        .expect("room");
     Ingress::new(
         RustCrypto,
         IngressConfig {

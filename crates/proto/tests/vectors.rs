@@ -125,9 +125,11 @@ fn key_derivation_vector_matches() {
     check(
         "keys.json",
         &json!({
-            "description": "HKDF-SHA256(salt=\"gridpow v1 key derivation\", ikm=site_secret, info=\"gridpow v1 meter\" || key_id || meter_id u32 LE, L=32)",
+            "description": "hop_secret = HKDF-SHA256(salt=\"gridpow v2 key derivation\", ikm=site_secret, info=\"gridpow v2 hop\" || key_id || meter_id u32 LE, L=32); e2e_key = same with info prefix \"gridpow v2 e2e\" and L=16; hop_frame_key = hop_secret[0..16], ack_key = hop_secret[16..32]; meter_secret (flashed) = hop_secret || e2e_key",
             "site_secret": h(&site().0), "key_id": KEY_ID, "meter_id": METER_ID,
-            "meter_secret": h(&ms.0), "uplink_key": h(&ms.uplink_key()), "ack_key": h(&ms.ack_key()),
+            "hop_secret": h(&ms.hop.0), "e2e_key": h(&ms.e2e.0),
+            "hop_frame_key": h(&ms.hop.frame_key()), "ack_key": h(&ms.hop.ack_key()),
+            "meter_secret": h(&ms.to_bytes()),
         }),
     );
 }
@@ -142,13 +144,14 @@ fn sealed_uplink_vector_matches_and_opens() {
         boot_epoch: 7,
         counter: 5,
     };
-    let mut plaintext = 100u32.to_le_bytes().to_vec();
+    let mut plaintext = Vec::new();
     for r in &rs {
         plaintext.extend_from_slice(&r.to_bytes());
     }
-    // The implementation must open its own vector.
+    // The implementation must open its own vector, and a relay (hop keys only) check it.
     let keys = MeterKeys::new(&RustCrypto, KEY_ID, &meter_secret());
     let p = UplinkPacket::new_checked(&frame[..]).expect("valid frame");
+    assert_eq!(p.verify_hop(&RustCrypto, &keys.hop), Ok(()));
     let mut scratch = [0u8; MAX_BODY_LEN];
     let body = p.open(&RustCrypto, &keys, &mut scratch).expect("opens");
     assert_eq!(body.first_seq(), 100);
@@ -156,15 +159,120 @@ fn sealed_uplink_vector_matches_and_opens() {
         body.readings().map(|(_, r)| r).collect::<Vec<_>>(),
         rs.to_vec()
     );
+    let n = frame.len();
     check(
         "uplink.json",
         &json!({
-            "description": "AES-128-CCM (M=16, L=2): key = meter_secret[0..16], nonce = 0x01 || frame[4..16], aad = frame[0..16], plaintext = first_seq u32 LE || readings",
-            "meter_secret": h(&meter_secret().0), "key": h(&meter_secret().uplink_key()),
+            "description": "frame = header(20: version 2, type 1, key_id, flags 0, meter_id, boot_epoch, counter, first_seq) || AES-128-CCM(M=16, L=2; key = e2e_key, nonce = 0x01 || frame[4..16], aad = frame[0..20], plaintext = readings) || e2e tag(16) || hop tag = HMAC-SHA256(hop_frame_key, frame[0..n-16])[0..16]",
+            "e2e_key": h(&meter_secret().e2e.0), "hop_frame_key": h(&meter_secret().hop.frame_key()),
             "key_id": KEY_ID, "meter_id": METER_ID, "boot_epoch": 7, "counter": 5, "first_seq": 100,
             "readings": rs.iter().map(reading_json).collect::<Vec<_>>(),
-            "aad": h(&frame[..16]), "nonce": h(&header.nonce()), "plaintext": h(&plaintext),
-            "frame": h(&frame), "tag": h(&frame[frame.len() - 16..]),
+            "aad": h(&frame[..20]), "nonce": h(&header.nonce()), "plaintext": h(&plaintext),
+            "frame": h(&frame), "e2e_tag": h(&frame[n - 32..n - 16]), "hop_tag": h(&frame[n - 16..]),
+        }),
+    );
+}
+
+/// What a relay (hop keys) and the grid server (all keys) decide about a frame.
+fn verdicts(frame: &[u8]) -> (String, String) {
+    let keys = MeterKeys::new(&RustCrypto, KEY_ID, &meter_secret());
+    let p = match UplinkPacket::new_checked(frame) {
+        Ok(p) => p,
+        Err(m) => {
+            let v = format!("malformed: {m}");
+            return (v.clone(), v);
+        }
+    };
+    let relay = match p.verify_hop(&RustCrypto, &keys.hop) {
+        Ok(()) => "accept".to_string(),
+        Err(e) => format!("rejected: {e}"),
+    };
+    let mut scratch = [0u8; MAX_BODY_LEN];
+    let server = match p.open(&RustCrypto, &keys, &mut scratch) {
+        Ok(_) => "accept".to_string(),
+        Err(e) => format!("rejected: {e}"),
+    };
+    (relay, server)
+}
+
+/// Recomputes the hop tag, as a relay holding the hop key can.
+fn rehop(frame: &mut [u8]) {
+    let n = frame.len();
+    let mac = RustCrypto.hmac_sha256(&meter_secret().hop.frame_key(), &[&frame[..n - 16]]);
+    frame[n - 16..].copy_from_slice(&mac[..16]);
+}
+
+#[test]
+fn negative_uplink_vectors_get_the_specified_verdicts() {
+    let good = sealed_frame(5, 100, &readings());
+    let n = good.len();
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    cases.push(("genuine frame", good.clone()));
+    let mut v1 = good.clone();
+    v1[0] = 1;
+    cases.push(("version 1 frame", v1));
+    let mut hop_flip = good.clone();
+    hop_flip[n - 1] ^= 1;
+    cases.push(("hop tag altered", hop_flip));
+    let mut ct = good.clone();
+    ct[20] ^= 1;
+    rehop(&mut ct);
+    cases.push(("relay alters a reading and re-tags the hop", ct));
+    let mut seq = good.clone();
+    seq[16] ^= 1;
+    rehop(&mut seq);
+    cases.push(("relay alters first_seq and re-tags the hop", seq));
+    let mut cut = good[..n - 32].to_vec();
+    cut.extend_from_slice(&good[n - 32..]);
+    cut.drain(20..52);
+    rehop(&mut cut);
+    cases.push(("relay drops a reading and re-tags the hop", cut));
+    let mut invented = good.clone();
+    for b in &mut invented[20..n - 16] {
+        *b = 0x5a;
+    }
+    rehop(&mut invented);
+    cases.push(("relay invents ciphertext and e2e tag", invented));
+    cases.push(("length without whole readings", good[..n - 1].to_vec()));
+    let mut flags = good.clone();
+    flags[3] = 1;
+    rehop(&mut flags);
+    cases.push(("reserved flags set", flags));
+
+    let expected = [
+        ("accept", "accept"),
+        (
+            "malformed: unsupported protocol version 1",
+            "malformed: unsupported protocol version 1",
+        ),
+        (
+            "rejected: authentication tag does not verify",
+            "rejected: authentication tag does not verify",
+        ),
+        ("accept", "rejected: end-to-end tag does not verify"),
+        ("accept", "rejected: end-to-end tag does not verify"),
+        ("accept", "rejected: end-to-end tag does not verify"),
+        ("accept", "rejected: end-to-end tag does not verify"),
+        (
+            "malformed: length does not hold 1 to 6 whole readings",
+            "malformed: length does not hold 1 to 6 whole readings",
+        ),
+        (
+            "malformed: reserved field is not zero",
+            "malformed: reserved field is not zero",
+        ),
+    ];
+    let mut out = Vec::new();
+    for ((name, frame), (relay, server)) in cases.iter().zip(expected) {
+        let got = verdicts(frame);
+        assert_eq!((got.0.as_str(), got.1.as_str()), (relay, server), "{name}");
+        out.push(json!({"case": name, "frame": h(frame), "relay": relay, "server": server}));
+    }
+    check(
+        "uplink_negative.json",
+        &json!({
+            "description": "uplink frames (keys of keys.json) and what a relay (hop keys only: parse, hop tag) and the grid server (parse, hop tag, end-to-end tag) must decide; 'accept' or the first failing check",
+            "cases": out,
         }),
     );
 }
@@ -182,16 +290,16 @@ fn ack_vector_matches_and_verifies() {
         channel: 6,
     };
     let mut buf = [0u8; 48];
-    repr.emit(&RustCrypto, &meter_secret().ack_key(), &mut buf)
+    repr.emit(&RustCrypto, &meter_secret().hop.ack_key(), &mut buf)
         .expect("emit");
-    let back =
-        AckPacket::new_checked(&buf[..]).map(|p| p.verify(&RustCrypto, &meter_secret().ack_key()));
+    let back = AckPacket::new_checked(&buf[..])
+        .map(|p| p.verify(&RustCrypto, &meter_secret().hop.ack_key()));
     assert_eq!(back, Ok(Ok(repr)));
     check(
         "ack.json",
         &json!({
-            "description": "tag = HMAC-SHA256(ack_key = meter_secret[16..32], bytes 0..32)[0..16]",
-            "ack_key": h(&meter_secret().ack_key()), "key_id": KEY_ID, "flags": repr.flags, "meter_id": METER_ID,
+            "description": "tag = HMAC-SHA256(ack_key = hop_secret[16..32], bytes 0..32)[0..16]",
+            "ack_key": h(&meter_secret().hop.ack_key()), "key_id": KEY_ID, "flags": repr.flags, "meter_id": METER_ID,
             "boot_epoch": 7, "counter": 5, "relay_time_ms": repr.relay_time_ms, "relay_id": 3, "channel": 6,
             "bytes": h(&buf),
         }),
@@ -324,7 +432,7 @@ fn signed_block_vector_matches_and_verifies() {
     check(
         "block.json",
         &json!({
-            "description": "block = header(100) || Ed25519 signature over \"gridpow-block-v1\" || SHA-256(header) || leaves (u16 LE length || frame); meter secrets derive from keys.json's site secret",
+            "description": "block = header(100) || Ed25519 signature over \"gridpow-block-v2\" || SHA-256(header) || leaves (u16 LE length || frame); meter secrets derive from keys.json's site secret",
             "relay_signing_seed": h(&relay_key().to_bytes()), "relay_public_key": h(&relay_key().verifying_key().to_bytes()),
             "relay_id": 3, "difficulty": 8, "meter_id": METER_ID, "key_id": KEY_ID,
             "frames": frames.iter().map(|f| h(f)).collect::<Vec<_>>(),
@@ -367,7 +475,7 @@ fn receipt_and_serial_vectors_match() {
     check(
         "receipt.json",
         &json!({
-            "description": "receipt = bytes 0..60 || Ed25519 over \"gridpow-rcpt-v1\\0\" || bytes 0..60",
+            "description": "receipt = bytes 0..60 || Ed25519 over \"gridpow-rcpt-v2\\0\" || bytes 0..60",
             "server_signing_seed": h(&server.to_bytes()), "server_public_key": h(&server.verifying_key().to_bytes()),
             "status": 0, "relay_id": 3, "height": 0, "block_hash": h(&r.block_hash), "server_id": 1, "time_ms": r.time_ms,
             "bytes": h(&bytes),

@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .map_or_else(std::env::temp_dir, Into::into);
     let dir = base.join(format!("gridpow-journal-bench-{}", std::process::id()));
-    let keys = MeterKeys::new(&RustCrypto, 1, &MeterSecret([1; 32]));
+    let keys = MeterKeys::new(&RustCrypto, 1, &MeterSecret::from_bytes(&[1; 48]));
     let mut frame = [0u8; 250];
     let h = UplinkHeader {
         key_id: 1,

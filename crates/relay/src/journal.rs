@@ -459,7 +459,7 @@ mod tests {
     use gridpow_proto::wire::Reading;
 
     fn frame(meter: u32, counter: u32, n: usize) -> Vec<u8> {
-        let keys = MeterKeys::new(&RustCrypto, 1, &MeterSecret([meter as u8; 32]));
+        let keys = MeterKeys::new(&RustCrypto, 1, &MeterSecret::from_bytes(&[meter as u8; 48]));
         let h = UplinkHeader {
             key_id: 1,
             meter_id: meter,

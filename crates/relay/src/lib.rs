@@ -172,6 +172,7 @@ impl Relay {
     ) -> Result<RelayHandle, RelayError> {
         cfg.validate(Path::new("relay configuration"))?;
         let keys = KeyDir::new(&cfg.keys_dir);
+        keys.check_role(gridpow_common::keys::Role::Relay(cfg.relay_id))?;
         let signing_key = keys.relay_signing_key(cfg.relay_id)?;
         let server_key = keys.server_verifying_key()?;
         let mut table = table::HashMeterTable::from_key_dir(&keys)?;

@@ -1,10 +1,11 @@
-//! The relay's meter table: a hash map of [`MeterEntry`] built from the key
-//! directory (site secrets and the meter registry, with MAC bindings).
+//! The relay's meter table: a hash map of [`MeterEntry`] built from the relay's
+//! key bundle (its meters' hop keys and the meter registry, with MAC bindings).
+//! A relay never holds a meter's end-to-end key or the site secret.
 
 use std::collections::{HashMap, HashSet};
 
 use gridpow_common::keys::KeyDir;
-use gridpow_proto::crypto::{MeterKeys, RustCrypto};
+use gridpow_proto::crypto::HopKeys;
 use gridpow_proto::ingress::{MeterEntry, MeterTable};
 use gridpow_proto::MacAddr;
 
@@ -14,7 +15,7 @@ use crate::RelayError;
 /// Meter entries by id, with the set of registered MACs.
 #[derive(Default)]
 pub struct HashMeterTable {
-    entries: HashMap<u32, MeterEntry<RustCrypto>>,
+    entries: HashMap<u32, MeterEntry>,
     macs: HashSet<MacAddr>,
 }
 
@@ -24,7 +25,7 @@ impl HashMeterTable {
         Self::default()
     }
 
-    /// Every meter of the registry in `keys`, with its key derived from the site secret.
+    /// Every meter of the registry in `keys` whose hop keys the bundle holds.
     pub fn from_key_dir(keys: &KeyDir) -> Result<Self, RelayError> {
         let mut t = HashMeterTable::new();
         t.load_from(keys)?;
@@ -34,19 +35,19 @@ impl HashMeterTable {
     /// Adds meters of the registry not yet in the table (and refreshes MAC
     /// bindings and keys of known ones, keeping their replay state). Returns how many are new.
     pub fn load_from(&mut self, keys: &KeyDir) -> Result<usize, RelayError> {
-        let site = keys.site()?;
+        let hop = keys.hop_secrets()?;
         let registry = keys.meters()?;
         let mut added = 0;
         for rec in &registry.meters {
-            let Some(secret) = site.meter_secret(rec.id, rec.key_id) else {
+            let Some(secret) = hop.get(&(rec.id, rec.key_id)) else {
                 tracing::warn!(
                     meter = rec.id,
                     key_id = rec.key_id,
-                    "meter names a key id the site does not have; skipped"
+                    "the bundle holds no hop key for this meter; skipped"
                 );
                 continue;
             };
-            let keys = MeterKeys::new(&RustCrypto, rec.key_id, &secret);
+            let keys = HopKeys::new(rec.key_id, secret);
             let mac = rec.mac_bytes();
             match self.entries.get_mut(&rec.id) {
                 Some(e) => {
@@ -65,7 +66,7 @@ impl HashMeterTable {
     }
 
     /// Adds one meter (tests, tools).
-    pub fn insert(&mut self, entry: MeterEntry<RustCrypto>) {
+    pub fn insert(&mut self, entry: MeterEntry) {
         if let Some(m) = entry.mac {
             self.macs.insert(m);
         }
@@ -93,14 +94,14 @@ impl HashMeterTable {
     }
 }
 
-impl MeterTable<RustCrypto> for HashMeterTable {
+impl MeterTable for HashMeterTable {
     fn mac_allowed(&self, mac: &MacAddr) -> bool {
         self.macs.contains(mac)
     }
-    fn get(&self, meter_id: u32) -> Option<&MeterEntry<RustCrypto>> {
+    fn get(&self, meter_id: u32) -> Option<&MeterEntry> {
         self.entries.get(&meter_id)
     }
-    fn get_mut(&mut self, meter_id: u32) -> Option<&mut MeterEntry<RustCrypto>> {
+    fn get_mut(&mut self, meter_id: u32) -> Option<&mut MeterEntry> {
         self.entries.get_mut(&meter_id)
     }
 }

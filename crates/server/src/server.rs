@@ -85,6 +85,7 @@ impl Server {
     pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         cfg.validate(Path::new("server configuration"))?;
         let keys = KeyDir::new(&cfg.keys_dir);
+        keys.check_role(gridpow_common::keys::Role::Server)?;
         let keyring = Keyring::load(&keys)?;
         let signing_key = keys.server_signing_key()?;
         let mut writer_store = store::open_store(&cfg.db)?;

@@ -29,7 +29,7 @@
 
 use std::collections::VecDeque;
 
-use gridpow_proto::crypto::{derive_meter_secret, MeterKeys, RustCrypto, SiteSecret};
+use gridpow_proto::crypto::{derive_meter_secret, HopKeys, RustCrypto, SiteSecret};
 use gridpow_proto::ingress::{FrameInfo, Ingress, IngressConfig, MeterEntry, Verdict};
 use gridpow_proto::sender::{PushOutcome, Sender, SenderConfig};
 use gridpow_proto::wire::ack::ACK_LEN;
@@ -332,11 +332,7 @@ impl Simulation {
             }
             senders.push(Sender::new(RustCrypto, sc, &secret, BOOT_EPOCH, 0)?);
             let relay = m % r;
-            let entry = MeterEntry::new(
-                m,
-                Some(meter_mac(m)),
-                MeterKeys::new(&RustCrypto, KEY_ID, &secret),
-            );
+            let entry = MeterEntry::new(m, Some(meter_mac(m)), HopKeys::new(KEY_ID, &secret.hop));
             if !relays[relay as usize].ingress.table_mut().push(entry) {
                 return Err(SimError::config(
                     "relays",

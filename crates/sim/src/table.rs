@@ -1,7 +1,6 @@
 //! The relay's meter registry for the simulator: a `Vec` indexed by meter id,
 //! O(1) per lookup, implementing the protocol core's [`MeterTable`].
 
-use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::ingress::{MeterEntry, MeterTable};
 use gridpow_proto::MacAddr;
 
@@ -22,7 +21,7 @@ pub fn mac_meter(mac: &MacAddr) -> Option<u32> {
 pub struct StridedMeterTable {
     stride: u32,
     offset: u32,
-    entries: Vec<MeterEntry<RustCrypto>>,
+    entries: Vec<MeterEntry>,
 }
 
 impl StridedMeterTable {
@@ -37,7 +36,7 @@ impl StridedMeterTable {
 
     /// Appends the next meter; returns `false` if its id is not the next one of
     /// this table's sequence.
-    pub fn push(&mut self, entry: MeterEntry<RustCrypto>) -> bool {
+    pub fn push(&mut self, entry: MeterEntry) -> bool {
         let expected = u64::from(self.offset) + self.entries.len() as u64 * u64::from(self.stride);
         if u64::from(entry.meter_id) != expected {
             return false;
@@ -62,14 +61,14 @@ impl StridedMeterTable {
     }
 }
 
-impl MeterTable<RustCrypto> for StridedMeterTable {
+impl MeterTable for StridedMeterTable {
     fn mac_allowed(&self, mac: &MacAddr) -> bool {
         mac_meter(mac).is_some_and(|id| self.get(id).is_some_and(|e| e.mac.as_ref() == Some(mac)))
     }
-    fn get(&self, meter_id: u32) -> Option<&MeterEntry<RustCrypto>> {
+    fn get(&self, meter_id: u32) -> Option<&MeterEntry> {
         self.entries.get(self.index(meter_id)?)
     }
-    fn get_mut(&mut self, meter_id: u32) -> Option<&mut MeterEntry<RustCrypto>> {
+    fn get_mut(&mut self, meter_id: u32) -> Option<&mut MeterEntry> {
         let i = self.index(meter_id)?;
         self.entries.get_mut(i)
     }
@@ -78,13 +77,13 @@ impl MeterTable<RustCrypto> for StridedMeterTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gridpow_proto::crypto::{MeterKeys, MeterSecret};
+    use gridpow_proto::crypto::{HopKeys, HopSecret};
 
-    fn entry(id: u32) -> MeterEntry<RustCrypto> {
+    fn entry(id: u32) -> MeterEntry {
         MeterEntry::new(
             id,
             Some(meter_mac(id)),
-            MeterKeys::new(&RustCrypto, 1, &MeterSecret([1; 32])),
+            HopKeys::new(1, &HopSecret([1; 32])),
         )
     }
 

@@ -11,7 +11,7 @@
 //! 80..84   leaf count    u32 LE
 //! 84..92   time          u64 LE, Unix milliseconds when sealed
 //! 92..100  nonce         u64 LE (the PoW solution)
-//! signature (64 bytes): Ed25519 over "gridpow-block-v1" ‖ SHA-256(header)
+//! signature (64 bytes): Ed25519 over "gridpow-block-v2" ‖ SHA-256(header)
 //! leaves: leaf count × (length u16 LE ‖ frame bytes)
 //! ```
 //! The header is 100 bytes so that bytes 64..100, the nonce and SHA-256's
@@ -51,7 +51,7 @@ pub const MAX_LEAVES: u32 = 65_535;
 /// Offset of the nonce inside the header.
 pub const NONCE_OFFSET: usize = field::NONCE.start;
 /// Domain-separation prefix of the signed message.
-pub const SIGNING_CONTEXT: &[u8; 16] = b"gridpow-block-v1";
+pub const SIGNING_CONTEXT: &[u8; 16] = b"gridpow-block-v2";
 
 /// A block header's contents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -142,7 +142,7 @@ impl BlockHeaderRepr {
     }
 }
 
-/// The message the relay signs: `"gridpow-block-v1" ‖ header hash`.
+/// The message the relay signs: `"gridpow-block-v2" ‖ header hash`.
 pub fn signing_message(header_hash: &Hash) -> [u8; 48] {
     let mut m = [0u8; 48];
     m[..16].copy_from_slice(SIGNING_CONTEXT);
@@ -257,7 +257,7 @@ mod tests {
     fn header_round_trips_with_fields_at_their_offsets() {
         let h = header();
         let b = h.to_bytes();
-        assert_eq!(&b[..4], &[1, 3, 12, 0]);
+        assert_eq!(&b[..4], &[2, 3, 12, 0]);
         assert_eq!(&b[4..8], &[4, 3, 2, 1]);
         assert_eq!(&b[92..100], &0x1122_3344_5566_7788u64.to_le_bytes());
         assert_eq!(BlockHeaderRepr::parse(&b), Ok(h));

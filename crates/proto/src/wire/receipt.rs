@@ -9,7 +9,7 @@
 //! 16..48    block hash   (SHA-256 of the block header)
 //! 48..52    server id    u32 LE
 //! 52..60    time         u64 LE, Unix ms of the commit
-//! 60..124   signature: Ed25519 over "gridpow-rcpt-v1\0" ‖ bytes 0..60
+//! 60..124   signature: Ed25519 over "gridpow-rcpt-v2\0" ‖ bytes 0..60
 //! ```
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -35,7 +35,7 @@ mod field {
 /// Length of a receipt.
 pub const RECEIPT_LEN: usize = 124;
 /// Domain-separation prefix of the signed message.
-pub const RECEIPT_CONTEXT: &[u8; 16] = b"gridpow-rcpt-v1\0";
+pub const RECEIPT_CONTEXT: &[u8; 16] = b"gridpow-rcpt-v2\0";
 
 /// What the server did with the block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

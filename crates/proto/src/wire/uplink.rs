@@ -1,17 +1,20 @@
-//! The uplink frame (meter → relay): a 16-byte clear header that is also the
-//! AEAD's associated data, a sealed body of consecutive readings, and a tag.
+//! The uplink frame (meter → relay), protocol version 2: a 20-byte clear,
+//! authenticated header, the readings sealed with the meter's **end-to-end key**
+//! (only the grid server can open them), and a **hop tag** over everything
+//! before it under the meter's hop key (the relay checks it).
 //!
 //! ```text
-//!  0       1      2       3      4          8            12         16
-//! +-------+------+-------+------+----------+------------+----------+------------------+-----+
-//! |version| type |key id |flags | meter id | boot epoch | counter  | sealed body      | tag |
-//! |  =1   | 0x01 |       | =0   |  u32 LE  |   u32 LE   |  u32 LE  | 4 + 32·n bytes   | 16  |
-//! +-------+------+-------+------+----------+------------+----------+------------------+-----+
-//! body plaintext = first reading seq (u32 LE) ‖ n readings of 32 bytes, 1 ≤ n ≤ 6
+//!  0       1      2      3      4          8            12         16          20
+//! +-------+------+------+------+----------+------------+----------+-----------+------------+---------+---------+
+//! |version| type |key id|flags | meter id | boot epoch | counter  | first seq | ciphertext | e2e tag | hop tag |
+//! |  =2   | 0x01 |      | =0   |  u32 LE  |   u32 LE   |  u32 LE  |  u32 LE   |   32·n     |   16    |   16    |
+//! +-------+------+------+------+----------+------------+----------+-----------+------------+---------+---------+
+//! ciphertext = AES-128-CCM(e2e key, nonce = 0x01 ‖ bytes 4..16, aad = bytes 0..20) of n readings, 1 ≤ n ≤ 6
+//! hop tag    = HMAC-SHA256(hop frame key, bytes 0..20+32·n+16)[..16]
 //! ```
 
 use super::{check_version_type, get_u32, Field, Reading, TYPE_UPLINK};
-use crate::crypto::{CryptoProvider, MeterKeys, NONCE_LEN, TAG_LEN};
+use crate::crypto::{ct_eq, CryptoProvider, HopKeys, MeterKeys, HOP_TAG_LEN, NONCE_LEN, TAG_LEN};
 use crate::{Error, Malformed, Misuse, Rejected};
 
 mod field {
@@ -23,27 +26,25 @@ mod field {
     pub const METER_ID: Field = 4..8;
     pub const BOOT_EPOCH: Field = 8..12;
     pub const COUNTER: Field = 12..16;
+    pub const FIRST_SEQ: Field = 16..20;
     /// The nonce takes these header bytes after its type byte.
     pub const NONCE_SOURCE: Field = 4..16;
-    pub const HEADER: Field = 0..16;
-    pub const BODY: usize = 16;
-    /// Offset of the first reading inside the body plaintext.
-    pub const BODY_FIRST_SEQ: Field = 0..4;
-    pub const BODY_READINGS: usize = 4;
+    pub const HEADER: Field = 0..20;
+    pub const CIPHERTEXT: usize = 20;
 }
 
-/// Length of the clear header (also the associated data).
-pub const HEADER_LEN: usize = 16;
+/// Length of the clear header (also the end-to-end AEAD's associated data).
+pub const HEADER_LEN: usize = 20;
 /// Maximum readings in one frame (keeps the frame within 250 bytes).
 pub const MAX_READINGS: usize = 6;
-/// Bytes a frame adds around its readings: header, first seq, tag.
-pub const OVERHEAD: usize = HEADER_LEN + 4 + TAG_LEN;
+/// Bytes a frame adds around its readings: header, end-to-end tag, hop tag.
+pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN + HOP_TAG_LEN;
 /// Smallest valid frame (one reading).
 pub const MIN_LEN: usize = OVERHEAD + Reading::LEN;
 /// Largest valid frame (six readings).
 pub const MAX_LEN: usize = OVERHEAD + MAX_READINGS * Reading::LEN;
-/// Largest body plaintext.
-pub const MAX_BODY_LEN: usize = 4 + MAX_READINGS * Reading::LEN;
+/// Largest plaintext (the readings of a full frame).
+pub const MAX_BODY_LEN: usize = MAX_READINGS * Reading::LEN;
 
 // Six readings is the most that fits one ESP-NOW payload.
 const _: () = assert!(
@@ -55,10 +56,10 @@ pub const fn frame_len(n: usize) -> usize {
     OVERHEAD + n * Reading::LEN
 }
 
-/// The clear header of an uplink frame.
+/// The identity fields of an uplink frame's clear header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct UplinkHeader {
-    /// Which site key the meter key derives from.
+    /// Which site key the meter's keys derive from.
     pub key_id: u8,
     /// The meter's id.
     pub meter_id: u32,
@@ -69,8 +70,8 @@ pub struct UplinkHeader {
 }
 
 impl UplinkHeader {
-    /// Writes the 16 header bytes.
-    pub fn emit(&self, out: &mut [u8; HEADER_LEN]) {
+    /// Writes the 20 header bytes of a frame whose first reading is `first_seq`.
+    pub fn emit(&self, first_seq: u32, out: &mut [u8; HEADER_LEN]) {
         out[field::VERSION] = crate::PROTOCOL_VERSION;
         out[field::TYPE] = TYPE_UPLINK;
         out[field::KEY_ID] = self.key_id;
@@ -78,12 +79,13 @@ impl UplinkHeader {
         out[field::METER_ID].copy_from_slice(&self.meter_id.to_le_bytes());
         out[field::BOOT_EPOCH].copy_from_slice(&self.boot_epoch.to_le_bytes());
         out[field::COUNTER].copy_from_slice(&self.counter.to_le_bytes());
+        out[field::FIRST_SEQ].copy_from_slice(&first_seq.to_le_bytes());
     }
 
     /// The AES-CCM nonce of this frame: `0x01 ‖ header bytes 4..16`.
     pub fn nonce(&self) -> [u8; NONCE_LEN] {
         let mut h = [0u8; HEADER_LEN];
-        self.emit(&mut h);
+        self.emit(0, &mut h);
         nonce_from_header(&h)
     }
 }
@@ -93,6 +95,13 @@ fn nonce_from_header(header: &[u8]) -> [u8; NONCE_LEN] {
     n[0] = TYPE_UPLINK;
     n[1..].copy_from_slice(&header[field::NONCE_SOURCE]);
     n
+}
+
+fn hop_tag<C: CryptoProvider>(provider: &C, key: &[u8; 16], covered: &[u8]) -> [u8; HOP_TAG_LEN] {
+    let mac = provider.hmac_sha256(key, &[covered]);
+    let mut t = [0u8; HOP_TAG_LEN];
+    t.copy_from_slice(&mac[..HOP_TAG_LEN]);
+    t
 }
 
 /// A checked view over an uplink frame. After [`UplinkPacket::new_checked`]
@@ -142,11 +151,15 @@ impl<T: AsRef<[u8]>> UplinkPacket<T> {
     pub fn counter(&self) -> u32 {
         get_u32(self.buffer.as_ref(), field::COUNTER)
     }
+    /// Sequence number of the first reading (clear, authenticated by both tags).
+    pub fn first_seq(&self) -> u32 {
+        get_u32(self.buffer.as_ref(), field::FIRST_SEQ)
+    }
     /// Number of readings in the sealed body.
     pub fn reading_count(&self) -> usize {
         (self.buffer.as_ref().len() - OVERHEAD) / Reading::LEN
     }
-    /// The clear header as a struct.
+    /// The identity fields of the clear header.
     pub fn header(&self) -> UplinkHeader {
         UplinkHeader {
             key_id: self.key_id(),
@@ -155,67 +168,104 @@ impl<T: AsRef<[u8]>> UplinkPacket<T> {
             counter: self.counter(),
         }
     }
-    /// The header bytes (the associated data).
+    /// The header bytes (the end-to-end AEAD's associated data).
     pub fn header_bytes(&self) -> &[u8] {
         &self.buffer.as_ref()[field::HEADER]
     }
-    /// The sealed body (ciphertext without tag).
-    pub fn ciphertext(&self) -> &[u8] {
-        let b = self.buffer.as_ref();
-        &b[field::BODY..b.len() - TAG_LEN]
+    fn hop_tag_at(&self) -> usize {
+        self.buffer.as_ref().len() - HOP_TAG_LEN
     }
-    /// The authentication tag.
-    pub fn tag(&self) -> [u8; TAG_LEN] {
-        let b = self.buffer.as_ref();
+    fn e2e_tag_at(&self) -> usize {
+        self.hop_tag_at() - TAG_LEN
+    }
+    /// The sealed readings (ciphertext without tags).
+    pub fn ciphertext(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::CIPHERTEXT..self.e2e_tag_at()]
+    }
+    /// The end-to-end authentication tag.
+    pub fn e2e_tag(&self) -> [u8; TAG_LEN] {
         let mut t = [0u8; TAG_LEN];
-        t.copy_from_slice(&b[b.len() - TAG_LEN..]);
+        t.copy_from_slice(&self.buffer.as_ref()[self.e2e_tag_at()..self.hop_tag_at()]);
+        t
+    }
+    /// The hop tag.
+    pub fn hop_tag(&self) -> [u8; HOP_TAG_LEN] {
+        let mut t = [0u8; HOP_TAG_LEN];
+        t.copy_from_slice(&self.buffer.as_ref()[self.hop_tag_at()..]);
         t
     }
 
-    /// Verifies the tag and decrypts the body into `scratch`.
+    /// Checks the key id and the hop tag: all a relay can check.
+    pub fn verify_hop<C: CryptoProvider>(
+        &self,
+        provider: &C,
+        keys: &HopKeys,
+    ) -> Result<(), Rejected> {
+        if keys.key_id != self.key_id() {
+            return Err(Rejected::UnknownKeyId);
+        }
+        let expected = hop_tag(
+            provider,
+            &keys.frame,
+            &self.buffer.as_ref()[..self.hop_tag_at()],
+        );
+        if !ct_eq(&expected, &self.hop_tag()) {
+            return Err(Rejected::BadTag);
+        }
+        Ok(())
+    }
+
+    /// Checks the hop tag, then the end-to-end tag, and decrypts the readings
+    /// into `scratch`: what the grid server does.
     pub fn open<'s, C: CryptoProvider>(
         &self,
         provider: &C,
         keys: &MeterKeys<C>,
         scratch: &'s mut [u8; MAX_BODY_LEN],
     ) -> Result<OpenedBody<'s>, Rejected> {
-        if keys.key_id != self.key_id() {
-            return Err(Rejected::UnknownKeyId);
-        }
+        self.verify_hop(provider, &keys.hop)?;
         let ct = self.ciphertext();
         let body = &mut scratch[..ct.len()];
         body.copy_from_slice(ct);
         let nonce = nonce_from_header(self.header_bytes());
-        if !provider.aead_open(&keys.aead, &nonce, self.header_bytes(), body, &self.tag()) {
-            return Err(Rejected::BadTag);
+        if !provider.aead_open(
+            &keys.e2e,
+            &nonce,
+            self.header_bytes(),
+            body,
+            &self.e2e_tag(),
+        ) {
+            return Err(Rejected::BadEndToEndTag);
         }
-        Ok(OpenedBody { body })
+        Ok(OpenedBody {
+            first_seq: self.first_seq(),
+            body,
+        })
     }
 }
 
-/// The decrypted body of an uplink frame.
+/// The decrypted readings of an uplink frame.
 #[derive(Clone, Copy, Debug)]
 pub struct OpenedBody<'a> {
+    first_seq: u32,
     body: &'a [u8],
 }
 
 impl<'a> OpenedBody<'a> {
-    /// Views an already decrypted body (first seq ‖ readings); `None` unless it
-    /// holds 1 to 6 whole readings.
-    pub fn from_plaintext(body: &'a [u8]) -> Option<Self> {
-        let readings = body.len().checked_sub(field::BODY_READINGS)?;
-        let n = readings / Reading::LEN;
-        (readings % Reading::LEN == 0 && (1..=MAX_READINGS).contains(&n))
-            .then_some(OpenedBody { body })
+    /// Views already decrypted readings; `None` unless `body` holds 1 to 6 whole readings.
+    pub fn from_plaintext(first_seq: u32, body: &'a [u8]) -> Option<Self> {
+        let n = body.len() / Reading::LEN;
+        (body.len() % Reading::LEN == 0 && (1..=MAX_READINGS).contains(&n))
+            .then_some(OpenedBody { first_seq, body })
     }
 
     /// Sequence number of the first reading; the others follow consecutively.
     pub fn first_seq(&self) -> u32 {
-        get_u32(self.body, field::BODY_FIRST_SEQ)
+        self.first_seq
     }
     /// Number of readings.
     pub fn len(&self) -> usize {
-        (self.body.len() - field::BODY_READINGS) / Reading::LEN
+        self.body.len() / Reading::LEN
     }
     /// Whether there are no readings (never true for a checked frame).
     pub fn is_empty(&self) -> bool {
@@ -223,21 +273,21 @@ impl<'a> OpenedBody<'a> {
     }
     /// The `i`-th reading, if any.
     pub fn reading(&self, i: usize) -> Option<Reading> {
-        let start = field::BODY_READINGS + i.checked_mul(Reading::LEN)?;
+        let start = i.checked_mul(Reading::LEN)?;
         Reading::parse(self.body.get(start..start + Reading::LEN)?)
     }
     /// `(seq, reading)` pairs in order.
     pub fn readings(&self) -> impl Iterator<Item = (u32, Reading)> + 'a {
-        let first = self.first_seq();
-        self.body[field::BODY_READINGS..]
+        let first = self.first_seq;
+        self.body
             .chunks_exact(Reading::LEN)
             .enumerate()
             .filter_map(move |(i, c)| Some((first.wrapping_add(i as u32), Reading::parse(c)?)))
     }
 }
 
-/// Seals `readings` (1 to 6, consecutive from `first_seq`) into `out` and returns
-/// the frame length.
+/// Seals `readings` (1 to 6, consecutive from `first_seq`) into `out` with the
+/// meter's end-to-end key, adds the hop tag, and returns the frame length.
 pub fn seal<C: CryptoProvider>(
     provider: &C,
     keys: &MeterKeys<C>,
@@ -246,31 +296,29 @@ pub fn seal<C: CryptoProvider>(
     readings: &[Reading],
     out: &mut [u8],
 ) -> Result<usize, Error> {
-    if readings.is_empty() || readings.len() > MAX_READINGS || header.key_id != keys.key_id {
+    if readings.is_empty() || readings.len() > MAX_READINGS || header.key_id != keys.key_id() {
         return Err(Misuse::InvalidArgument.into());
     }
     let len = frame_len(readings.len());
     let out = out.get_mut(..len).ok_or(Misuse::BufferTooSmall)?;
     let mut h = [0u8; HEADER_LEN];
-    header.emit(&mut h);
+    header.emit(first_seq, &mut h);
     out[field::HEADER].copy_from_slice(&h);
-    let body_end = len - TAG_LEN;
+    let e2e_tag_at = len - HOP_TAG_LEN - TAG_LEN;
+    for (chunk, r) in out[field::CIPHERTEXT..e2e_tag_at]
+        .chunks_exact_mut(Reading::LEN)
+        .zip(readings)
     {
-        let body = &mut out[field::BODY..body_end];
-        body[field::BODY_FIRST_SEQ].copy_from_slice(&first_seq.to_le_bytes());
-        for (chunk, r) in body[field::BODY_READINGS..]
-            .chunks_exact_mut(Reading::LEN)
-            .zip(readings)
-        {
-            let mut rb = [0u8; Reading::LEN];
-            r.emit(&mut rb);
-            chunk.copy_from_slice(&rb);
-        }
+        let mut rb = [0u8; Reading::LEN];
+        r.emit(&mut rb);
+        chunk.copy_from_slice(&rb);
     }
-    let (head, rest) = out.split_at_mut(field::BODY);
-    let (body, tag_out) = rest.split_at_mut(body_end - field::BODY);
-    let tag = provider.aead_seal(&keys.aead, &nonce_from_header(head), head, body);
-    tag_out.copy_from_slice(&tag);
+    let (head, rest) = out.split_at_mut(field::CIPHERTEXT);
+    let (body, tags) = rest.split_at_mut(e2e_tag_at - field::CIPHERTEXT);
+    let tag = provider.aead_seal(&keys.e2e, &nonce_from_header(head), head, body);
+    tags[..TAG_LEN].copy_from_slice(&tag);
+    let hop = hop_tag(provider, &keys.hop.frame, &out[..len - HOP_TAG_LEN]);
+    out[len - HOP_TAG_LEN..].copy_from_slice(&hop);
     Ok(len)
 }
 
@@ -280,7 +328,7 @@ mod tests {
     use crate::crypto::{MeterSecret, RustCrypto};
 
     fn keys() -> MeterKeys<RustCrypto> {
-        MeterKeys::new(&RustCrypto, 1, &MeterSecret([0x42; 32]))
+        MeterKeys::new(&RustCrypto, 1, &MeterSecret::from_bytes(&[0x42; 48]))
     }
 
     fn reading(i: u64) -> Reading {
@@ -340,10 +388,10 @@ mod tests {
             Malformed::BadReadingCount
         );
         let mut v = buf;
-        v[0] = 2;
+        v[0] = 1;
         assert_eq!(
             UplinkPacket::new_checked(&v[..n]).unwrap_err(),
-            Malformed::UnsupportedVersion(2)
+            Malformed::UnsupportedVersion(1)
         );
         let mut t = buf;
         t[1] = 9;
@@ -374,10 +422,52 @@ mod tests {
         let mut buf = [0u8; 250];
         assert!(seal(&RustCrypto, &keys(), &h, 0, &[], &mut buf).is_err());
         assert!(seal(&RustCrypto, &keys(), &h, 0, &[reading(0); 7], &mut buf).is_err());
-        let mut small = [0u8; 60];
+        let mut small = [0u8; 80];
         assert_eq!(
             seal(&RustCrypto, &keys(), &h, 0, &[reading(0)], &mut small),
             Err(Error::Misuse(Misuse::BufferTooSmall))
         );
+    }
+
+    #[test]
+    fn a_hop_key_holder_can_check_but_not_forge_or_read_a_frame() {
+        let h = UplinkHeader {
+            key_id: 1,
+            meter_id: 7,
+            boot_epoch: 3,
+            counter: 9,
+        };
+        let mut buf = [0u8; 250];
+        let n = seal(&RustCrypto, &keys(), &h, 40, &[reading(5)], &mut buf).unwrap();
+        let hop = keys().hop;
+        let p = UplinkPacket::new_checked(&buf[..n]).unwrap();
+        assert_eq!(p.verify_hop(&RustCrypto, &hop), Ok(()));
+        assert_eq!(p.first_seq(), 40);
+        // The reading is not in the clear.
+        let plain = reading(5).to_bytes();
+        assert!(!buf[..n].windows(plain.len()).any(|w| w == plain));
+        // A relay alters the ciphertext (or the first seq) and re-tags the hop: the
+        // server's end-to-end check refuses it.
+        for at in [16, 20, n - 40] {
+            let mut forged = buf;
+            forged[at] ^= 1;
+            let tag = hop_tag(&RustCrypto, &hop.frame, &forged[..n - HOP_TAG_LEN]);
+            forged[n - HOP_TAG_LEN..n].copy_from_slice(&tag);
+            let f = UplinkPacket::new_checked(&forged[..n]).unwrap();
+            assert_eq!(f.verify_hop(&RustCrypto, &hop), Ok(()));
+            let mut scratch = [0u8; MAX_BODY_LEN];
+            assert_eq!(
+                f.open(&RustCrypto, &keys(), &mut scratch).unwrap_err(),
+                Rejected::BadEndToEndTag
+            );
+        }
+        // Any flipped byte without a new hop tag fails the hop check.
+        for at in 0..n {
+            let mut bad = buf;
+            bad[at] ^= 0x80;
+            if let Ok(f) = UplinkPacket::new_checked(&bad[..n]) {
+                assert!(f.verify_hop(&RustCrypto, &hop).is_err(), "byte {at}");
+            }
+        }
     }
 }

@@ -70,7 +70,7 @@ struct Keys(HashMap<u32, MeterKeys<RustCrypto>>);
 
 impl KeyLookup<RustCrypto> for Keys {
     fn meter_keys(&self, meter_id: u32, key_id: u8) -> Option<&MeterKeys<RustCrypto>> {
-        self.0.get(&meter_id).filter(|k| k.key_id == key_id)
+        self.0.get(&meter_id).filter(|k| k.key_id() == key_id)
     }
 }
 

@@ -92,7 +92,7 @@ impl Site {
     pub fn frame(&self, meter: u32, epoch: u32, counter: u32, first_seq: u32, n: u32) -> Vec<u8> {
         let keys = self.meter_keys(meter);
         let header = UplinkHeader {
-            key_id: keys.key_id,
+            key_id: keys.key_id(),
             meter_id: meter,
             boot_epoch: epoch,
             counter,
