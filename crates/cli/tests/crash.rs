@@ -199,17 +199,33 @@ fn crash_run(db: &str) {
         .port();
     let truth = root.join("truth.jsonl");
     let k = keys.root().display().to_string();
+    // Each service runs from its own bundle, exported with the CLI.
+    let relay_bundle = root.join("relay-bundle").display().to_string();
+    export_bundle(&["relay", "--dir", &k, "--id", "1", "--out", &relay_bundle]);
     for id in [1, 2] {
+        let sb = root
+            .join(format!("server{id}-bundle"))
+            .display()
+            .to_string();
+        export_bundle(&[
+            "server",
+            "--dir",
+            &k,
+            "--out",
+            &sb,
+            "--client",
+            &format!("server-{id}"),
+        ]);
         std::fs::write(
             root.join(format!("server{id}.toml")),
-            format!("keys_dir = \"{k}\"\ndb = \"{db}\"\nserver_id = {id}\nmin_difficulty = 10\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n[http]\nlisten = \"127.0.0.1:0\"\n", broker.port),
+            format!("keys_dir = \"{sb}\"\ndb = \"{db}\"\nserver_id = {id}\nmin_difficulty = 10\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n[http]\nlisten = \"127.0.0.1:0\"\n", broker.port),
         )
         .unwrap();
     }
     std::fs::write(
         root.join("relay.toml"),
         format!(
-            "relay_id = 1\nkeys_dir = \"{k}\"\ndata_dir = \"{}\"\ndifficulty = 14\n[block]\nmax_age_ms = 300\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nrepublish_after_s = 3\n[radio]\nkind = \"udp\"\nudp_listen = \"127.0.0.1:{udp}\"\n",
+            "relay_id = 1\nkeys_dir = \"{relay_bundle}\"\ndata_dir = \"{}\"\ndifficulty = 14\n[block]\nmax_age_ms = 300\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nrepublish_after_s = 3\n[radio]\nkind = \"udp\"\nudp_listen = \"127.0.0.1:{udp}\"\n",
             root.join("relay").display(),
             broker.port
         ),
@@ -328,4 +344,18 @@ fn crash_run(db: &str) {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(relay.starts, 3);
+}
+
+/// Runs `gridpow keys export …` as an operator would; panics with its output on failure.
+fn export_bundle(args: &[&str]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_gridpow"))
+        .args(["keys", "export"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "gridpow keys export {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -122,17 +122,22 @@ fn separate_processes_over_udp_air_and_mosquitto_store_every_reading_exactly_onc
     let udp = free_udp_port();
     let db = root.join("server.db");
     let truth = root.join("truth.jsonl");
-    let k = keys.root().display();
+    let k = keys.root().display().to_string();
+    // Each service runs from its own bundle, exported with the CLI.
+    let relay_bundle = root.join("relay-bundle").display().to_string();
+    let server_bundle = root.join("server-bundle").display().to_string();
+    export_bundle(&["relay", "--dir", &k, "--id", "1", "--out", &relay_bundle]);
+    export_bundle(&["server", "--dir", &k, "--out", &server_bundle]);
 
     std::fs::write(
         root.join("server.toml"),
-        format!("keys_dir = \"{k}\"\ndb = \"{}\"\nmin_difficulty = 10\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n[http]\nlisten = \"127.0.0.1:0\"\n", db.display(), broker.port),
+        format!("keys_dir = \"{server_bundle}\"\ndb = \"{}\"\nmin_difficulty = 10\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n[http]\nlisten = \"127.0.0.1:0\"\n", db.display(), broker.port),
     )
     .unwrap();
     std::fs::write(
         root.join("relay.toml"),
         format!(
-            "relay_id = 1\nkeys_dir = \"{k}\"\ndata_dir = \"{}\"\ndifficulty = 10\n[block]\nmax_age_ms = 400\n[radio]\nkind = \"udp\"\nudp_listen = \"127.0.0.1:{udp}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
+            "relay_id = 1\nkeys_dir = \"{relay_bundle}\"\ndata_dir = \"{}\"\ndifficulty = 10\n[block]\nmax_age_ms = 400\n[radio]\nkind = \"udp\"\nudp_listen = \"127.0.0.1:{udp}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
             root.join("relay").display(),
             broker.port
         ),
@@ -271,5 +276,19 @@ fn separate_processes_over_udp_air_and_mosquitto_store_every_reading_exactly_onc
     assert!(
         t.contains("height 1"),
         "the report must name the altered block: {t}"
+    );
+}
+
+/// Runs `gridpow keys export …` as an operator would; panics with its output on failure.
+fn export_bundle(args: &[&str]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_gridpow"))
+        .args(["keys", "export"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "gridpow keys export {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
     );
 }

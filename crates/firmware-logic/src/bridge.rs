@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn heard_uplink_reaches_the_host_decoder_intact() {
         let mut b = Bridge::new([9; 6]);
-        let frame = [1u8, 1, 1, 0, 5, 6, 7, 8, 0, 0, 0];
+        let frame = [2u8, 1, 1, 0, 5, 6, 7, 8, 0, 0, 0];
         let mut out = [0u8; MAX_ENCODED];
         let n = b
             .heard(&[1, 2, 3, 4, 5, 6], -70, &frame, &mut out)

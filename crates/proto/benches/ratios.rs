@@ -91,7 +91,7 @@ fn main() {
     let ed25519 = rate(budget / 2, 100, || {
         vk.verify_strict(black_box(&msg), &sig).expect("valid");
     });
-    let frame = [0x11u8; 68];
+    let frame = [0x11u8; 84];
     let leaf_hash = rate(budget / 2, 1000, || {
         black_box(gridpow_proto::merkle::leaf_hash(black_box(&frame)));
     });

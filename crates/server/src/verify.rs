@@ -64,7 +64,10 @@ pub enum RejectKind {
     MalformedFrame,
     /// A leaf names a meter (or key id) that is not registered.
     UnknownMeter,
-    /// A leaf's meter tag does not verify.
+    /// A leaf's hop tag (the meter's hop key, which its relays also hold) does not verify.
+    BadHopTag,
+    /// A leaf's end-to-end tag does not verify: the frame was altered or
+    /// invented by someone without the meter's end-to-end key, such as a relay.
     BadTag,
     /// A leaf was refused as a replay.
     Replay,
@@ -87,6 +90,7 @@ impl RejectKind {
             RejectKind::MerkleMismatch => "merkle_mismatch",
             RejectKind::MalformedFrame => "malformed_frame",
             RejectKind::UnknownMeter => "unknown_meter",
+            RejectKind::BadHopTag => "bad_hop_tag",
             RejectKind::BadTag => "bad_tag",
             RejectKind::Replay => "replay",
             RejectKind::Fork => "fork",
@@ -100,13 +104,14 @@ impl RejectKind {
             self,
             RejectKind::MalformedFrame
                 | RejectKind::UnknownMeter
+                | RejectKind::BadHopTag
                 | RejectKind::BadTag
                 | RejectKind::Replay
         )
     }
 
     /// Every kind, for metrics.
-    pub const ALL: [RejectKind; 12] = [
+    pub const ALL: [RejectKind; 13] = [
         RejectKind::Malformed,
         RejectKind::UnknownRelay,
         RejectKind::LowDifficulty,
@@ -115,6 +120,7 @@ impl RejectKind {
         RejectKind::MerkleMismatch,
         RejectKind::MalformedFrame,
         RejectKind::UnknownMeter,
+        RejectKind::BadHopTag,
         RejectKind::BadTag,
         RejectKind::Replay,
         RejectKind::Fork,
@@ -162,6 +168,7 @@ pub fn classify(e: &ProtoError) -> RejectKind {
             Rejected::Leaf { fault, .. } => match fault {
                 LeafFault::Malformed(_) => RejectKind::MalformedFrame,
                 LeafFault::UnknownMeter => RejectKind::UnknownMeter,
+                LeafFault::BadHopTag => RejectKind::BadHopTag,
                 LeafFault::BadTag => RejectKind::BadTag,
                 LeafFault::Replay => RejectKind::Replay,
                 _ => RejectKind::BadTag,

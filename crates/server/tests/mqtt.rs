@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{http_get, json, publish, relay_client, wait_until, Heard, Site};
 use gridpow_broker::{Mosquitto, MosquittoOptions};
+use gridpow_proto::crypto::{CryptoProvider, RustCrypto};
 use gridpow_proto::pow::check_work;
 use gridpow_proto::wire::{ReceiptRepr, ReceiptStatus};
 use gridpow_proto::Hash;
@@ -344,10 +345,18 @@ async fn refused_payloads_land_in_quarantine_with_their_reason_and_nothing_crash
         site.t0,
         &[site.frame(1, 1, 5, 9, 1)],
     );
-    // A frame sealed with the wrong key: meter 2's frame bytes under meter 1's id.
-    let mut bad_tag_frame = site.frame(2, 1, 3, 3, 1);
-    bad_tag_frame[4..8].copy_from_slice(&1u32.to_le_bytes());
-    let (bad_tag, _) = site.block(1, 1, h0, 8, &[bad_tag_frame]);
+    // A frame sealed with the wrong keys: meter 2's frame bytes under meter 1's id.
+    let mut bad_hop_frame = site.frame(2, 1, 3, 3, 1);
+    bad_hop_frame[4..8].copy_from_slice(&1u32.to_le_bytes());
+    let (bad_hop_tag, _) = site.block(1, 1, h0, 8, &[bad_hop_frame]);
+    // A relay alters a reading and re-tags the hop with the hop key it holds:
+    // only the meter's end-to-end key could make the frame valid again.
+    let mut forged = site.frame(1, 1, 6, 20, 1);
+    forged[25] ^= 0x40;
+    let n = forged.len();
+    let mac = RustCrypto.hmac_sha256(&site.meter_keys(1).hop.frame, &[&forged[..n - 16]]);
+    forged[n - 16..].copy_from_slice(&mac[..16]);
+    let (bad_tag, _) = site.block(1, 1, h0, 8, &[forged]);
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("merkle_mismatch", leaf_flipped),
@@ -356,6 +365,7 @@ async fn refused_payloads_land_in_quarantine_with_their_reason_and_nothing_crash
         ("insufficient_work", unsolved),
         ("unknown_meter", unknown_meter),
         ("unknown_relay", unknown_relay),
+        ("bad_hop_tag", bad_hop_tag),
         ("bad_tag", bad_tag),
         ("malformed", b"definitely not a block".to_vec()),
         ("malformed", vec![]),
@@ -373,7 +383,7 @@ async fn refused_payloads_land_in_quarantine_with_their_reason_and_nothing_crash
     // The genuine block still goes through afterwards.
     publish(&client, 1, &good).await;
     assert!(wait_until(15, || server.stats().blocks_verified == 2).await);
-    let r = receipts(&site, &mut rx, 7).await;
+    let r = receipts(&site, &mut rx, 8).await;
     assert!(has(&r, 1, &h1, ReceiptStatus::Stored), "{r:?}");
     assert!(has(&r, 1, &hu, ReceiptStatus::Quarantined), "{r:?}");
     assert!(
@@ -402,8 +412,8 @@ async fn refused_payloads_land_in_quarantine_with_their_reason_and_nothing_crash
     }
     let s = server.stats();
     assert_eq!(
-        s.frames_rejected, 2,
-        "unknown meter and bad tag are frame faults"
+        s.frames_rejected, 3,
+        "unknown meter and bad tags are frame faults"
     );
     assert_eq!((s.readings_stored, s.meters), (2 + 5, 2));
     let metrics = http_get(server.http_addr(), "/metrics").await.1;
@@ -414,6 +424,7 @@ async fn refused_payloads_land_in_quarantine_with_their_reason_and_nothing_crash
 
     // Registering meter 99 makes its next block acceptable (the registry reloads, rate-limited).
     site.keys.add_meters(&[(99, None)]).unwrap();
+    site.server_bundle();
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (late, hl) = site.block(1, 2, h1, 8, &[site.frame(99, 1, 1, 1, 1)]);
     publish(&client, 1, &late).await;

@@ -50,10 +50,10 @@ mod tests {
 
     #[test]
     fn airtime_matches_the_documented_formula() {
-        // One reading: 68-byte payload, 111-byte MPDU.
-        assert_eq!(frame_len(1), 68);
-        assert_eq!(espnow_airtime_us(frame_len(1)), 192 + 111 * 8);
-        assert_eq!(espnow_airtime_us(frame_len(6)), 192 + 271 * 8);
+        // One reading: 84-byte payload, 127-byte MPDU.
+        assert_eq!(frame_len(1), 84);
+        assert_eq!(espnow_airtime_us(frame_len(1)), 192 + 127 * 8);
+        assert_eq!(espnow_airtime_us(frame_len(6)), 192 + 287 * 8);
         assert_eq!(espnow_airtime_us(ACK_LEN), 192 + 91 * 8);
         assert_eq!(MAC_ACK_AIRTIME_US, 304);
         assert_eq!(DIFS_US, 50);

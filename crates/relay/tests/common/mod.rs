@@ -42,7 +42,10 @@ pub fn site(dir: &Path, meters: u32) -> KeyDir {
 
 /// Relay settings for tests: quick blocks, modest PoW, small journal segments.
 pub fn relay_config(keys: &KeyDir, data: &Path, port: u16) -> RelayConfig {
-    let mut c = RelayConfig::new(1, keys.root(), data);
+    // The relay runs from its own bundle (hop keys only), as deployed.
+    let bundle = KeyDir::new(data.with_file_name("relay-1-bundle"));
+    keys.export_relay_bundle(1, None, &bundle).unwrap();
+    let mut c = RelayConfig::new(1, bundle.root(), data);
     c.difficulty = 14;
     c.block.max_frames = 64;
     c.block.max_age_ms = 300;

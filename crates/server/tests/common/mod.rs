@@ -126,9 +126,16 @@ impl Site {
         )
     }
 
+    /// The grid server's least-privilege bundle (no relay private keys), exported afresh.
+    pub fn server_bundle(&self) -> KeyDir {
+        let bundle = KeyDir::new(self.dir.path().join("server-bundle"));
+        self.keys.export_server_bundle("server-1", &bundle).unwrap();
+        bundle
+    }
+
     pub fn config(&self, mqtt_port: u16) -> ServerConfig {
         ServerConfig {
-            keys_dir: self.keys.root().to_path_buf(),
+            keys_dir: self.server_bundle().root().to_path_buf(),
             db: self.db_path().display().to_string(),
             server_id: 1,
             min_difficulty: 8,
