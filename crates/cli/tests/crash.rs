@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::export_bundle;
 use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_common::keys::{InitOptions, KeyDir};
 
@@ -344,18 +347,4 @@ fn crash_run(db: &str) {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(relay.starts, 3);
-}
-
-/// Runs `gridpow keys export …` as an operator would; panics with its output on failure.
-fn export_bundle(args: &[&str]) {
-    let o = Command::new(env!("CARGO_BIN_EXE_gridpow"))
-        .args(["keys", "export"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "gridpow keys export {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
 }

@@ -7,63 +7,15 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 use std::collections::BTreeMap;
-use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{export_bundle, free_udp_port, Proc};
 use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_common::keys::{InitOptions, KeyDir};
-
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, args: &[&str], log: &Path) -> Proc {
-        let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gridpow"))
-            .args(args)
-            .env("GRIDPOW_LOG", "info,rumqttd=off")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Proc { name, child }
-    }
-
-    /// SIGINT, the graceful stop, then wait for the exit status.
-    fn interrupt(&mut self, within: Duration) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "{} exited with {status}", self.name);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{} did not stop within {within:?}", self.name);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 type Key = (u32, u32, u32);
 
@@ -276,19 +228,5 @@ fn separate_processes_over_udp_air_and_mosquitto_store_every_reading_exactly_onc
     assert!(
         t.contains("height 1"),
         "the report must name the altered block: {t}"
-    );
-}
-
-/// Runs `gridpow keys export …` as an operator would; panics with its output on failure.
-fn export_bundle(args: &[&str]) {
-    let o = Command::new(env!("CARGO_BIN_EXE_gridpow"))
-        .args(["keys", "export"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "gridpow keys export {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
     );
 }

@@ -1,0 +1,86 @@
+//! Helpers shared by the multi-process tests: spawning `gridpow` subcommands
+//! with their logs in files, free ports, and exporting key bundles with the CLI.
+#![allow(dead_code)] // each test file uses a subset
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// A `gridpow` child process, killed when dropped.
+pub struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, args: &[&str], log: &Path) -> Proc {
+        Self::spawn_logging(name, args, log, "info,rumqttd=off")
+    }
+
+    /// As [`Proc::spawn`], with the log filter `filter`.
+    pub fn spawn_logging(name: &'static str, args: &[&str], log: &Path, filter: &str) -> Proc {
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gridpow"))
+            .args(args)
+            .env("GRIDPOW_LOG", filter)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Proc { name, child }
+    }
+
+    /// SIGINT, the graceful stop, then wait for the exit status.
+    pub fn interrupt(&mut self, within: Duration) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "{} exited with {status}", self.name);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{} did not stop within {within:?}", self.name);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `gridpow keys export …` as an operator would; panics with its output on failure.
+pub fn export_bundle(args: &[&str]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_gridpow"))
+        .args(["keys", "export"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "gridpow keys export {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
