@@ -133,7 +133,7 @@ pub fn run_meters(path: &Path) -> anyhow::Result<ExitCode> {
 pub fn example_config(kind: ConfigKind) -> anyhow::Result<ExitCode> {
     let text = match kind {
         ConfigKind::Relay => {
-            let c = RelayConfig::new(1, "keys", "data/relay-1");
+            let c = RelayConfig::new(1, "relay-1", "data/relay-1");
             format!("# gridpow relay configuration (every field has this default).\n# Override with GRIDPOW_RELAY__SECTION__FIELD=value.\n{}", toml::to_string_pretty(&c)?)
         }
         ConfigKind::Server => format!(

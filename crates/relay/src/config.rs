@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! relay_id = 1
-//! keys_dir = "keys"
+//! keys_dir = "relay-1"        # the relay bundle: `gridpow keys export relay --id 1 --out relay-1`
 //! data_dir = "data/relay-1"
 //! difficulty = 16
 //!
@@ -160,7 +160,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             relay_id: 1,
-            keys_dir: PathBuf::from("keys"),
+            keys_dir: PathBuf::from("relay-1"),
             data_dir: PathBuf::from("data/relay-1"),
             difficulty: 16,
             block: BlockConfig::default(),

@@ -2,7 +2,7 @@
 //! except where noted.
 //!
 //! ```toml
-//! keys_dir = "keys"            # written by `gridpow keys init`
+//! keys_dir = "server-1"        # the server bundle: `gridpow keys export server --out server-1`
 //! db = "data/gridpow.db"       # SQLite file or sqlite://path, or postgres://user@host/db
 //! server_id = 1                # stated in commit receipts
 //! min_difficulty = 16          # least PoW accepted
@@ -69,7 +69,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            keys_dir: PathBuf::from("keys"),
+            keys_dir: PathBuf::from("server-1"),
             db: "gridpow.db".into(),
             server_id: 1,
             min_difficulty: 16,
@@ -313,8 +313,11 @@ mod tests {
         assert_eq!(c, ServerConfig::default());
         assert_eq!(c.http.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
         assert!(c.mqtt.tls && c.mqtt.shared_subscription);
-        assert_eq!(c.ca_path(), Path::new("keys/tls/ca.pem"));
-        assert_eq!(c.client_identity().0, Path::new("keys/tls/server-1.pem"));
+        assert_eq!(c.ca_path(), Path::new("server-1/tls/ca.pem"));
+        assert_eq!(
+            c.client_identity().0,
+            Path::new("server-1/tls/server-1.pem")
+        );
         assert_eq!(c.plausibility.silent_after_ms(), 50_000);
     }
 
