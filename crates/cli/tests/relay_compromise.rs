@@ -331,7 +331,7 @@ fn an_attacker_with_everything_a_relay_holds_can_invent_alter_or_read_no_reading
             }
         });
         for (_, f) in &forged {
-            let block = forge_block(&bundle, head_height + 1, head_hash, &[f.clone()]);
+            let block = forge_block(&bundle, head_height + 1, head_hash, std::slice::from_ref(f));
             client
                 .publish(
                     gridpow_common::topics::blocks(1),

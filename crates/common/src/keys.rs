@@ -710,6 +710,28 @@ impl KeyDir {
         Ok(rel.to_path_buf())
     }
 
+    /// Copies `files` (paths inside this directory, and whether each is secret)
+    /// into the bundle `out`, which must be another directory; returns their
+    /// paths relative to the bundle.
+    fn copy_bundle(
+        &self,
+        out: &KeyDir,
+        files: &[(PathBuf, bool)],
+    ) -> Result<Vec<PathBuf>, KeyError> {
+        if out.root == self.root {
+            return Err(KeyError::Invalid(
+                "a bundle must go to a directory other than the master key directory".into(),
+            ));
+        }
+        files
+            .iter()
+            .map(|(path, secret)| {
+                let rel = path.strip_prefix(&self.root).unwrap_or(path);
+                self.copy_into(out, rel, *secret)
+            })
+            .collect()
+    }
+
     /// Exports relay `id`'s bundle into `out`: its signing key, TLS client
     /// identity, the CA certificate, the server's public key, the registry of
     /// its meters and their hop secrets (`meters`; all registered meters when
@@ -720,11 +742,6 @@ impl KeyDir {
         meters: Option<&[u32]>,
         out: &KeyDir,
     ) -> Result<BundleSummary, KeyError> {
-        if out.root == self.root {
-            return Err(KeyError::Invalid(
-                "a bundle must go to a directory other than the master key directory".into(),
-            ));
-        }
         let site = self.site()?;
         let mut registry = self.meters()?;
         if let Some(ids) = meters {
@@ -750,18 +767,17 @@ impl KeyDir {
                 hop_secret: hex::encode(secret.hop.0),
             });
         }
-        let mut files = Vec::new();
-        let rel = |p: PathBuf| {
-            p.strip_prefix(&self.root)
-                .map(Path::to_path_buf)
-                .unwrap_or(p)
-        };
-        files.push(self.copy_into(out, &rel(self.relay_key_path(id)), true)?);
         let tls = self.tls_files(&format!("relay-{id}"));
-        files.push(self.copy_into(out, &rel(tls.cert), false)?);
-        files.push(self.copy_into(out, &rel(tls.key), true)?);
-        files.push(self.copy_into(out, &rel(self.ca_cert_path()), false)?);
-        files.push(self.copy_into(out, &rel(self.server_pub_path()), false)?);
+        let mut files = self.copy_bundle(
+            out,
+            &[
+                (self.relay_key_path(id), true),
+                (tls.cert, false),
+                (tls.key, true),
+                (self.ca_cert_path(), false),
+                (self.server_pub_path(), false),
+            ],
+        )?;
         registry.save(&out.meters_path())?;
         files.push(PathBuf::from("meters.toml"));
         let text = toml::to_string_pretty(&hop).map_err(|e| KeyError::Invalid(e.to_string()))?;
@@ -788,26 +804,20 @@ impl KeyDir {
         client: &str,
         out: &KeyDir,
     ) -> Result<BundleSummary, KeyError> {
-        if out.root == self.root {
-            return Err(KeyError::Invalid(
-                "a bundle must go to a directory other than the master key directory".into(),
-            ));
-        }
-        let rel = |p: PathBuf| {
-            p.strip_prefix(&self.root)
-                .map(Path::to_path_buf)
-                .unwrap_or(p)
-        };
-        let mut files = Vec::new();
-        files.push(self.copy_into(out, &rel(self.site_path()), true)?);
-        files.push(self.copy_into(out, &rel(self.server_key_path()), true)?);
-        files.push(self.copy_into(out, &rel(self.server_pub_path()), false)?);
-        files.push(self.copy_into(out, &rel(self.relays_path()), false)?);
-        files.push(self.copy_into(out, &rel(self.meters_path()), false)?);
-        files.push(self.copy_into(out, &rel(self.ca_cert_path()), false)?);
         let tls = self.tls_files(client);
-        files.push(self.copy_into(out, &rel(tls.cert), false)?);
-        files.push(self.copy_into(out, &rel(tls.key), true)?);
+        let files = self.copy_bundle(
+            out,
+            &[
+                (self.site_path(), true),
+                (self.server_key_path(), true),
+                (self.server_pub_path(), false),
+                (self.relays_path(), false),
+                (self.meters_path(), false),
+                (self.ca_cert_path(), false),
+                (tls.cert, false),
+                (tls.key, true),
+            ],
+        )?;
         Ok(BundleSummary {
             dir: out.root.clone(),
             files,
@@ -818,22 +828,15 @@ impl KeyDir {
     /// Exports the broker's bundle into `out`: the CA certificate (to check
     /// client certificates), the broker's TLS identity and the ACL.
     pub fn export_broker_bundle(&self, out: &KeyDir) -> Result<BundleSummary, KeyError> {
-        if out.root == self.root {
-            return Err(KeyError::Invalid(
-                "a bundle must go to a directory other than the master key directory".into(),
-            ));
-        }
-        let rel = |p: PathBuf| {
-            p.strip_prefix(&self.root)
-                .map(Path::to_path_buf)
-                .unwrap_or(p)
-        };
         let tls = self.broker_tls();
-        let mut files = vec![
-            self.copy_into(out, &rel(self.ca_cert_path()), false)?,
-            self.copy_into(out, &rel(tls.cert), false)?,
-            self.copy_into(out, &rel(tls.key), true)?,
-        ];
+        let mut files = self.copy_bundle(
+            out,
+            &[
+                (self.ca_cert_path(), false),
+                (tls.cert, false),
+                (tls.key, true),
+            ],
+        )?;
         let acl = out.root.join("mosquitto.acl");
         write_file(&acl, self.mosquitto_acl()?.as_bytes(), false).map_err(|e| io_err(&acl, e))?;
         files.push(PathBuf::from("mosquitto.acl"));
