@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{export_bundle, free_udp_port, Proc};
+use common::{export_bundle, free_udp_port, start_stack, write_meters_config};
 use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_common::keys::{InitOptions, KeyDir};
 
@@ -95,32 +95,8 @@ fn separate_processes_over_udp_air_and_mosquitto_store_every_reading_exactly_onc
         ),
     )
     .unwrap();
-    std::fs::write(
-        root.join("meters.toml"),
-        format!(
-            "keys_dir = \"{k}\"\nstate_dir = \"{}\"\ninterval_s = 0.5\ntruth_file = \"{}\"\n[radio]\nudp_relay = \"127.0.0.1:{udp}\"\nudp_listen = \"127.0.0.1:0\"\nloss = 0.2\n",
-            root.join("meters").display(),
-            truth.display()
-        ),
-    )
-    .unwrap();
-    let cfg = |n: &str| root.join(n).to_string_lossy().into_owned();
-    let mut server = Proc::spawn(
-        "server",
-        &["server", "--config", &cfg("server.toml")],
-        &root.join("server.log"),
-    );
-    let mut relay = Proc::spawn(
-        "relay",
-        &["relay", "--config", &cfg("relay.toml")],
-        &root.join("relay.log"),
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    let mut meters = Proc::spawn(
-        "meters",
-        &["meters", "--config", &cfg("meters.toml")],
-        &root.join("meters.log"),
-    );
+    write_meters_config(root, &k, udp, 0.5, 0.2, &truth);
+    let (mut server, mut relay, mut meters) = start_stack(root, "info,rumqttd=off");
     std::thread::sleep(Duration::from_secs(8));
     // Graceful stop: the meters wait until their readings are acknowledged.
     meters.interrupt(Duration::from_secs(40));

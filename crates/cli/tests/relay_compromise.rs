@@ -20,7 +20,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{export_bundle, free_tcp_port, free_udp_port, Proc};
+use common::{export_bundle, free_tcp_port, free_udp_port, start_stack, write_meters_config};
 use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_common::keys::{InitOptions, KeyDir};
 use gridpow_proto::block::BlockBuilder;
@@ -163,33 +163,8 @@ fn an_attacker_with_everything_a_relay_holds_can_invent_alter_or_read_no_reading
         ),
     )
     .unwrap();
-    std::fs::write(
-        root.join("meters.toml"),
-        format!(
-            "keys_dir = \"{k}\"\nstate_dir = \"{}\"\ninterval_s = 0.25\ntruth_file = \"{}\"\n[radio]\nudp_relay = \"127.0.0.1:{udp}\"\nudp_listen = \"127.0.0.1:0\"\nloss = 0.1\n",
-            root.join("meters").display(),
-            truth.display()
-        ),
-    )
-    .unwrap();
-    let cfg = |n: &str| root.join(n).to_string_lossy().into_owned();
-    let mut server = Proc::spawn(
-        "server",
-        &["server", "--config", &cfg("server.toml")],
-        &root.join("server.log"),
-    );
-    let mut relay = Proc::spawn_logging(
-        "relay",
-        &["relay", "--config", &cfg("relay.toml")],
-        &root.join("relay.log"),
-        "debug,rumqttc=info,rumqttd=off",
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    let mut meters = Proc::spawn(
-        "meters",
-        &["meters", "--config", &cfg("meters.toml")],
-        &root.join("meters.log"),
-    );
+    write_meters_config(root, &k, udp, 0.25, 0.1, &truth);
+    let (mut server, mut relay, mut meters) = start_stack(root, "debug,rumqttc=info,rumqttd=off");
     // What a thief would find in the relay's flash, at many moments.
     let mut flash = Vec::new();
     let until = Instant::now() + Duration::from_secs(6);

@@ -84,3 +84,50 @@ pub fn export_bundle(args: &[&str]) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Writes `meters.toml` for virtual meters over UDP air towards `udp_relay`,
+/// with keys from the master directory `keys` (virtual meters stand in for
+/// meters flashed with their own keys), a ground-truth file and radio `loss`.
+pub fn write_meters_config(
+    root: &Path,
+    keys: &str,
+    udp_relay: u16,
+    interval_s: f64,
+    loss: f64,
+    truth: &Path,
+) {
+    std::fs::write(
+        root.join("meters.toml"),
+        format!(
+            "keys_dir = \"{keys}\"\nstate_dir = \"{}\"\ninterval_s = {interval_s}\ntruth_file = \"{}\"\n[radio]\nudp_relay = \"127.0.0.1:{udp_relay}\"\nudp_listen = \"127.0.0.1:0\"\nloss = {loss}\n",
+            root.join("meters").display(),
+            truth.display()
+        ),
+    )
+    .unwrap();
+}
+
+/// Starts `gridpow server` and `gridpow relay` from `root/{server,relay}.toml`
+/// (relay log filter `relay_log`), then `gridpow meters` from `root/meters.toml`
+/// a second later; logs go to `root/<name>.log`.
+pub fn start_stack(root: &Path, relay_log: &str) -> (Proc, Proc, Proc) {
+    let cfg = |n: &str| root.join(n).to_string_lossy().into_owned();
+    let server = Proc::spawn(
+        "server",
+        &["server", "--config", &cfg("server.toml")],
+        &root.join("server.log"),
+    );
+    let relay = Proc::spawn_logging(
+        "relay",
+        &["relay", "--config", &cfg("relay.toml")],
+        &root.join("relay.log"),
+        relay_log,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let meters = Proc::spawn(
+        "meters",
+        &["meters", "--config", &cfg("meters.toml")],
+        &root.join("meters.log"),
+    );
+    (server, relay, meters)
+}
