@@ -45,8 +45,14 @@ pub fn run(a: VerifyLedgerArgs) -> anyhow::Result<ExitCode> {
         Ok(report) => {
             if a.json {
                 println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("ledger OK: {report}");
+            }
+            if let Some(forks) = report.fork_summary() {
+                // Every stored block checks out, but a relay's key signed two histories.
+                eprintln!("LEDGER INVALID: {forks}");
+                return Ok(ExitCode::from(1));
+            }
+            if !a.json {
+                println!("{report}");
             }
             Ok(ExitCode::SUCCESS)
         }

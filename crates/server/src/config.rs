@@ -29,6 +29,13 @@
 //! [ingest]
 //! max_batch_readings = 50000   # readings per database transaction
 //! max_batch_blocks = 256       # blocks per database transaction
+//!
+//! [quarantine]                 # bounds against a hostile relay key or junk (docs/protocol.md §9.5)
+//! max_height_ahead = 100000    # a block higher above its relay's head is refused (too_far_ahead)
+//! max_payload_bytes = 65536    # bytes of a refused payload kept (its length is recorded)
+//! max_rows_per_relay = 10000   # rows kept per relay (unauthenticated refusals share one allowance) …
+//! max_bytes_per_relay = 67108864  # … and payload bytes; beyond: counted, not kept
+//! retention_days = 30          # older rows pruned (fork evidence is kept)
 //! ```
 //! Every field can be overridden from the environment with the prefix
 //! `GRIDPOW_SERVER`, e.g. `GRIDPOW_SERVER__MQTT__PORT=8884`.
@@ -64,6 +71,8 @@ pub struct ServerConfig {
     pub plausibility: PlausibilityConfig,
     /// Batching of database transactions.
     pub ingest: IngestConfig,
+    /// Bounds on what hostile input can make the ledger keep.
+    pub quarantine: QuarantineConfig,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +86,7 @@ impl Default for ServerConfig {
             http: HttpConfig::default(),
             plausibility: PlausibilityConfig::default(),
             ingest: IngestConfig::default(),
+            quarantine: QuarantineConfig::default(),
         }
     }
 }
@@ -207,6 +217,50 @@ impl Default for IngestConfig {
     }
 }
 
+/// Bounds against a hostile relay key or a flood of refused payloads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuarantineConfig {
+    /// A block more than this many heights above its relay's highest stored
+    /// block (or above 0 when none) is refused as `too_far_ahead`.
+    pub max_height_ahead: u64,
+    /// Bytes of a refused payload kept (its first ones: header and signature); its length is recorded.
+    pub max_payload_bytes: u64,
+    /// Quarantine rows kept per relay; refusals whose relay id no signature
+    /// vouches for share one such allowance. Beyond it a refusal is counted, not kept.
+    pub max_rows_per_relay: u64,
+    /// Payload bytes kept per relay, likewise.
+    pub max_bytes_per_relay: u64,
+    /// Rows older than this many days are pruned by the writer (fork evidence is kept).
+    pub retention_days: u32,
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        let d = crate::store::StoreLimits::default();
+        QuarantineConfig {
+            max_height_ahead: d.max_height_ahead,
+            max_payload_bytes: d.quarantine_max_payload_bytes,
+            max_rows_per_relay: d.quarantine_max_rows_per_relay,
+            max_bytes_per_relay: d.quarantine_max_bytes_per_relay,
+            retention_days: (d.quarantine_retention_ms / 86_400_000) as u32,
+        }
+    }
+}
+
+impl QuarantineConfig {
+    /// The store's limits.
+    pub fn store_limits(&self) -> crate::store::StoreLimits {
+        crate::store::StoreLimits {
+            max_height_ahead: self.max_height_ahead,
+            quarantine_max_payload_bytes: self.max_payload_bytes,
+            quarantine_max_rows_per_relay: self.max_rows_per_relay,
+            quarantine_max_bytes_per_relay: self.max_bytes_per_relay,
+            quarantine_retention_ms: u64::from(self.retention_days).saturating_mul(86_400_000),
+        }
+    }
+}
+
 impl ServerConfig {
     /// Reads `path` (TOML) with overrides from `GRIDPOW_SERVER__…` variables and validates it.
     pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
@@ -264,6 +318,15 @@ impl ServerConfig {
         }
         if self.ingest.max_batch_readings == 0 || self.ingest.max_batch_blocks == 0 {
             return bad("ingest.max_batch_readings", "batch limits must be positive");
+        }
+        if self.quarantine.max_payload_bytes < 164 {
+            return bad(
+                "quarantine.max_payload_bytes",
+                "must keep at least a block's header and signature (164 bytes)",
+            );
+        }
+        if self.quarantine.retention_days == 0 {
+            return bad("quarantine.retention_days", "must be at least 1");
         }
         Ok(())
     }

@@ -15,6 +15,7 @@
 //! connection that has since dropped are skipped, because the broker
 //! redelivers those messages and the store answers `AlreadyStored`.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use crate::keyring::Keyring;
 use crate::metrics::{add, Shared};
 use crate::store::{Arrival, Ingest, Outcome, QuarantineItem, Store};
-use crate::verify::verify_payload;
+use crate::verify::{verify_payload, RejectKind};
 
 /// What is needed to acknowledge one message to the broker.
 #[derive(Clone, Copy, Debug)]
@@ -206,7 +207,8 @@ pub(crate) fn verifier_thread(
                 }
             }
             Err(rej) => {
-                tracing::warn!(
+                // The writer logs refusals once stored, rate-limited per kind.
+                tracing::debug!(
                     reason = rej.kind.as_str(),
                     relay = rej.header.map(|h| h.relay_id),
                     height = rej.header.map(|h| h.height),
@@ -240,6 +242,76 @@ pub(crate) fn verifier_thread(
     tracing::debug!("Verifier ended.");
 }
 
+/// Logs refusals at most once per [`RefusalLog::EVERY`] per kind, with the
+/// number of lines left out since the last one: a flood of junk cannot flood
+/// the log (every refusal is counted in the metrics regardless).
+#[derive(Debug, Default)]
+pub(crate) struct RefusalLog {
+    last: HashMap<RejectKind, (Instant, u64)>,
+}
+
+impl RefusalLog {
+    /// Least time between two lines of one kind.
+    pub const EVERY: Duration = Duration::from_secs(1);
+
+    /// Whether to log a refusal of `kind` now; `Some(n)`: log it, saying `n`
+    /// lines of that kind were suppressed since the last.
+    pub fn admit(&mut self, kind: RejectKind, now: Instant) -> Option<u64> {
+        match self.last.get_mut(&kind) {
+            Some((at, suppressed)) if now.duration_since(*at) < Self::EVERY => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                *at = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                self.last.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// Logs refusal `kind` of `item` if `log` admits it now.
+fn log_refusal(log: &mut RefusalLog, item: &Ingest, kind: RejectKind, kept: bool) {
+    let Some(suppressed) = log.admit(kind, Instant::now()) else {
+        return;
+    };
+    let (relay, height) = item
+        .header()
+        .map_or((None, None), |h| (Some(h.relay_id), Some(h.height)));
+    let (topic, bytes, detail) = match item {
+        Ingest::Quarantine(q) => (q.arrival.topic.as_str(), q.raw.len(), q.detail.as_str()),
+        Ingest::Block { arrival, block } => (arrival.topic.as_str(), block.raw.len(), ""),
+    };
+    if kind == RejectKind::Fork {
+        tracing::error!(
+            reason = kind.as_str(),
+            relay,
+            height,
+            topic,
+            bytes,
+            kept,
+            suppressed,
+            "Validly signed fork refused: the relay's key signed two histories; rotate it."
+        );
+    } else {
+        tracing::info!(
+            reason = kind.as_str(),
+            relay,
+            height,
+            topic,
+            bytes,
+            kept,
+            suppressed,
+            detail,
+            "Payload refused."
+        );
+    }
+}
+
 /// Settings of the writer thread.
 pub(crate) struct WriterSettings {
     pub max_batch_readings: usize,
@@ -249,8 +321,12 @@ pub(crate) struct WriterSettings {
     pub silent_after_ms: u64,
 }
 
+/// How often the writer prunes quarantine rows past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
 /// Commits batches until the verified channel closes; after each commit hands
-/// receipts and ACKs to the acker.
+/// receipts and ACKs to the acker. Prunes old quarantine rows at start and
+/// every [`PRUNE_EVERY`].
 pub(crate) fn writer_thread(
     mut store: Box<dyn Store>,
     rx: Receiver<Verified>,
@@ -260,8 +336,21 @@ pub(crate) fn writer_thread(
     stopping: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut last_housekeeping = Instant::now();
-    let housekeeping = |store: &mut Box<dyn Store>| {
+    let mut last_prune: Option<Instant> = None;
+    let mut refusals = RefusalLog::default();
+    let mut housekeeping = |store: &mut Box<dyn Store>| {
         let now = gridpow_common::wall_ms();
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            last_prune = Some(Instant::now());
+            match store.prune_quarantine(now) {
+                Ok(0) => {}
+                Ok(n) => {
+                    add(&shared.metrics.quarantine_pruned, n);
+                    tracing::info!(rows = n, "Old quarantine rows pruned.");
+                }
+                Err(e) => tracing::warn!(error = %e, "Pruning the quarantine failed."),
+            }
+        }
         match store.sweep_silent(now, settings.silent_after_ms, shared.started_ms) {
             Ok(raised) => {
                 for a in raised {
@@ -324,6 +413,14 @@ pub(crate) fn writer_thread(
         };
         let Some(result) = result else { continue };
         shared.set_totals(result.totals);
+        add(
+            &shared.metrics.quarantine_dropped,
+            result.quarantine_dropped,
+        );
+        add(
+            &shared.metrics.quarantine_truncated,
+            result.quarantine_truncated,
+        );
         for a in &result.alerts {
             shared.count_alert(a.kind, a.count);
         }
@@ -344,8 +441,9 @@ pub(crate) fn writer_thread(
                     add(&shared.metrics.blocks_duplicate, 1);
                     ReceiptStatus::AlreadyStored
                 }
-                Outcome::Quarantined { kind, .. } => {
+                Outcome::Quarantined { kind, id } => {
                     shared.count_quarantine(*kind);
+                    log_refusal(&mut refusals, item, *kind, *id != 0);
                     ReceiptStatus::Quarantined
                 }
             };
@@ -405,4 +503,37 @@ pub(crate) async fn acker_task(
         }
     }
     tracing::debug!("Acknowledgement task ended.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_log_admits_one_line_per_second_per_kind_and_counts_the_rest() {
+        let mut log = RefusalLog::default();
+        let t = Instant::now();
+        assert_eq!(log.admit(RejectKind::BadTag, t), Some(0));
+        for i in 1..=999 {
+            let at = t + Duration::from_micros(i * 900);
+            assert_eq!(log.admit(RejectKind::BadTag, at), None);
+        }
+        assert_eq!(
+            log.admit(RejectKind::Fork, t + Duration::from_millis(10)),
+            Some(0),
+            "another kind has its own allowance"
+        );
+        assert_eq!(
+            log.admit(RejectKind::BadTag, t + Duration::from_secs(1)),
+            Some(999)
+        );
+        assert_eq!(
+            log.admit(RejectKind::BadTag, t + Duration::from_millis(1500)),
+            None
+        );
+        assert_eq!(
+            log.admit(RejectKind::BadTag, t + Duration::from_secs(2)),
+            Some(1)
+        );
+    }
 }

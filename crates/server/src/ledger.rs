@@ -15,6 +15,14 @@
 //! reading row or time-index row lies outside a block's range, and the
 //! de-duplication table equals the stored readings.
 //!
+//! Last, fork evidence: a quarantined block refused as a fork whose header
+//! carries a valid signature of its relay's registered key proves that the
+//! key signed two histories. The ledger is then not OK even though every
+//! stored block checks out: the report names the relay and heights
+//! ([`LedgerReport::forks`]) and `gridpow verify-ledger` exits non-zero (a quarantined
+//! fork whose signature does not verify with the registered key is no evidence:
+//! anyone who can write to the database could have put it there).
+//!
 //! Any single altered byte of block bytes, header columns or reading rows
 //! therefore fails one of these checks; the error names the first bad block.
 
@@ -23,7 +31,8 @@ use std::fmt;
 
 use gridpow_common::keys::{KeyDir, KeyError};
 use gridpow_proto::block::check_link;
-use gridpow_proto::wire::BlockPacket;
+use gridpow_proto::wire::block::{signing_message, HEADER_LEN, SIGNATURE_LEN};
+use gridpow_proto::wire::{BlockHeaderRepr, BlockPacket};
 use gridpow_proto::{Hash, Malformed, Rejected};
 use serde::Serialize;
 
@@ -58,13 +67,33 @@ pub struct LedgerReport {
     /// Missing height ranges `(relay, from, to)`: blocks stored whose parents
     /// have not arrived (not an error: the gap is reported).
     pub gaps: Vec<(u32, u64, u64)>,
+    /// Validly signed forks kept in quarantine, by relay: every stored block
+    /// checks out, but these relays' keys signed two histories. Not OK:
+    /// `gridpow verify-ledger` exits non-zero naming them ([`LedgerReport::is_ok`]).
+    pub forks: Vec<RelayForks>,
+}
+
+impl LedgerReport {
+    /// Whether the ledger is OK: every check passed and no relay key signed a fork.
+    pub fn is_ok(&self) -> bool {
+        self.forks.is_empty()
+    }
+
+    /// A sentence naming the relays and heights of [`LedgerReport::forks`], if any.
+    pub fn fork_summary(&self) -> Option<String> {
+        (!self.forks.is_empty()).then(|| describe_forks(&self.forks))
+    }
 }
 
 impl fmt::Display for LedgerReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.fork_summary() {
+            Some(forks) => write!(f, "NOT OK, {forks}; ")?,
+            None => write!(f, "ledger OK: ")?,
+        }
         write!(
             f,
-            "ledger OK: {} blocks from {} relays, {} frames, {} readings from {} meters ({} carried twice, stored once)",
+            "{} blocks from {} relays, {} frames, {} readings from {} meters ({} carried twice, stored once)",
             self.blocks, self.relays, self.frames, self.readings, self.meters, self.duplicate_readings
         )?;
         for (relay, from, to) in &self.gaps {
@@ -215,6 +244,72 @@ pub enum LedgerError {
     Table(String),
 }
 
+/// Validly signed forks of one relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RelayForks {
+    /// The relay.
+    pub relay_id: u32,
+    /// Heights of the refused blocks, ascending, distinct.
+    pub heights: Vec<u64>,
+}
+
+fn describe_forks(forks: &[RelayForks]) -> String {
+    let mut out = String::from("the ledger holds validly signed forks (the relay's key signed two histories; rotate it, docs/deploy/README.md):");
+    for f in forks {
+        let heights: Vec<String> = f.heights.iter().map(u64::to_string).collect();
+        out.push_str(&format!(
+            " relay {} at height{} {};",
+            f.relay_id,
+            if f.heights.len() == 1 { "" } else { "s" },
+            heights.join(", ")
+        ));
+    }
+    out.pop();
+    out
+}
+
+/// The validly signed forks among the quarantined fork rows, by relay.
+fn fork_evidence(store: &mut dyn Store, keys: &Keyring) -> Result<Vec<RelayForks>, StoreError> {
+    let mut by_relay: std::collections::BTreeMap<u32, std::collections::BTreeSet<u64>> =
+        Default::default();
+    for row in store.ledger_forks()? {
+        let Some(header) = row
+            .raw
+            .get(..HEADER_LEN)
+            .and_then(|h| BlockHeaderRepr::parse(h).ok())
+        else {
+            continue;
+        };
+        let Some(sig) = row
+            .raw
+            .get(HEADER_LEN..HEADER_LEN + SIGNATURE_LEN)
+            .and_then(|s| <[u8; SIGNATURE_LEN]>::try_from(s).ok())
+        else {
+            continue;
+        };
+        let Some(key) = keys.relay_key(header.relay_id) else {
+            continue;
+        };
+        let sig = ed25519_dalek::Signature::from_bytes(&sig);
+        if key
+            .verify_strict(&signing_message(&header.hash()), &sig)
+            .is_ok()
+        {
+            by_relay
+                .entry(header.relay_id)
+                .or_default()
+                .insert(header.height);
+        }
+    }
+    Ok(by_relay
+        .into_iter()
+        .map(|(relay_id, heights)| RelayForks {
+            relay_id,
+            heights: heights.into_iter().collect(),
+        })
+        .collect())
+}
+
 fn show(c: &Cell) -> String {
     match c {
         Cell::Int(v) => v.to_string(),
@@ -313,6 +408,7 @@ pub fn verify_ledger(db: &str, keys: &KeyDir) -> Result<LedgerReport, LedgerErro
         .map(|&(m, _)| m)
         .collect::<std::collections::BTreeSet<_>>()
         .len() as u64;
+    c.report.forks = fork_evidence(&mut *store, &c.keys)?;
     Ok(c.report)
 }
 

@@ -47,6 +47,6 @@ pub mod store;
 pub mod verify;
 
 pub use config::{ConfigError, ServerConfig};
-pub use ledger::{verify_ledger, BlockFault, LedgerError, LedgerReport};
+pub use ledger::{verify_ledger, BlockFault, LedgerError, LedgerReport, RelayForks};
 pub use metrics::ServerStats;
 pub use server::{Server, ServerError, ServerHandle};

@@ -33,6 +33,12 @@ pub struct Metrics {
     pub alerts: [AtomicU64; AlertKind::ALL.len()],
     /// Blocks whose signed relay id differs from the topic's.
     pub topic_mismatch: AtomicU64,
+    /// Refusals only counted, not kept: their relay's quarantine allowance was used up.
+    pub quarantine_dropped: AtomicU64,
+    /// Quarantined payloads cut to `quarantine.max_payload_bytes`.
+    pub quarantine_truncated: AtomicU64,
+    /// Quarantine rows pruned after `quarantine.retention_days`.
+    pub quarantine_pruned: AtomicU64,
     /// Database transactions committed.
     pub commits: AtomicU64,
     /// Time spent in committed transactions, µs.
@@ -190,6 +196,27 @@ impl Shared {
             "topic_mismatch_total",
             "Blocks whose signed relay id differs from the topic's.",
             get(&m.topic_mismatch),
+        );
+        metric(
+            o,
+            s,
+            "quarantine_dropped_total",
+            "Refusals counted but not kept: the relay's quarantine allowance was used up.",
+            get(&m.quarantine_dropped),
+        );
+        metric(
+            o,
+            s,
+            "quarantine_truncated_total",
+            "Quarantined payloads cut to quarantine.max_payload_bytes.",
+            get(&m.quarantine_truncated),
+        );
+        metric(
+            o,
+            s,
+            "quarantine_pruned_total",
+            "Quarantine rows pruned after their retention.",
+            get(&m.quarantine_pruned),
         );
         metric(
             o,

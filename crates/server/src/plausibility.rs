@@ -47,6 +47,20 @@ impl AlertKind {
         }
     }
 
+    /// `critical` for a fork (the relay's key signed two histories: treat the
+    /// key as compromised), `warning` otherwise.
+    pub fn severity(self) -> &'static str {
+        match self {
+            AlertKind::Fork => "critical",
+            _ => "warning",
+        }
+    }
+
+    /// The kind named by `s` (the `kind` column), if known.
+    pub fn parse(s: &str) -> Option<AlertKind> {
+        AlertKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     /// All kinds, for metrics.
     pub const ALL: [AlertKind; 7] = [
         AlertKind::PowerMismatch,

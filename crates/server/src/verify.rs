@@ -76,7 +76,21 @@ pub enum RejectKind {
     Fork,
     /// A genesis block (height 0) with a non-zero previous hash.
     BadGenesis,
+    /// A block more than `max_height_ahead` above its relay's highest stored
+    /// block: refused before anything is stored, so one signature cannot wedge
+    /// the relay's chain with a block far in the future.
+    TooFarAhead,
+    /// A payload larger than the largest block the protocol allows
+    /// ([`MAX_BLOCK_BYTES`]); its bytes are not kept.
+    Oversize,
 }
+
+/// The largest block message the protocol allows: header and signature plus
+/// 65 535 leaves of a length prefix and a 244-byte frame (16 121 774 bytes).
+pub const MAX_BLOCK_BYTES: usize = gridpow_proto::wire::block::HEADER_LEN
+    + gridpow_proto::wire::block::SIGNATURE_LEN
+    + gridpow_proto::wire::block::MAX_LEAVES as usize
+        * (gridpow_proto::wire::block::LEAF_PREFIX_LEN + gridpow_proto::wire::uplink::MAX_LEN);
 
 impl RejectKind {
     /// The stable name used in the database, the API and metrics.
@@ -95,6 +109,8 @@ impl RejectKind {
             RejectKind::Replay => "replay",
             RejectKind::Fork => "fork",
             RejectKind::BadGenesis => "bad_genesis",
+            RejectKind::TooFarAhead => "too_far_ahead",
+            RejectKind::Oversize => "oversize",
         }
     }
 
@@ -110,8 +126,25 @@ impl RejectKind {
         )
     }
 
+    /// Whether the relay id of a payload refused for this reason is
+    /// authenticated: the refusal comes after the relay's signature verified.
+    pub fn relay_authenticated(self) -> bool {
+        matches!(
+            self,
+            RejectKind::MerkleMismatch
+                | RejectKind::MalformedFrame
+                | RejectKind::UnknownMeter
+                | RejectKind::BadHopTag
+                | RejectKind::BadTag
+                | RejectKind::Replay
+                | RejectKind::Fork
+                | RejectKind::BadGenesis
+                | RejectKind::TooFarAhead
+        )
+    }
+
     /// Every kind, for metrics.
-    pub const ALL: [RejectKind; 13] = [
+    pub const ALL: [RejectKind; 15] = [
         RejectKind::Malformed,
         RejectKind::UnknownRelay,
         RejectKind::LowDifficulty,
@@ -125,6 +158,8 @@ impl RejectKind {
         RejectKind::Replay,
         RejectKind::Fork,
         RejectKind::BadGenesis,
+        RejectKind::TooFarAhead,
+        RejectKind::Oversize,
     ];
 }
 
@@ -192,6 +227,19 @@ pub fn verify_payload(
     min_difficulty: u8,
     payload: &[u8],
 ) -> Result<VerifiedBlockData, Rejection> {
+    if payload.len() > MAX_BLOCK_BYTES {
+        let header = payload
+            .get(..100)
+            .and_then(|h| BlockHeaderRepr::parse(h).ok());
+        return Err(Rejection::new(
+            RejectKind::Oversize,
+            format!(
+                "{} bytes, more than the largest block ({MAX_BLOCK_BYTES} bytes)",
+                payload.len()
+            ),
+            header,
+        ));
+    }
     let header = match BlockPacket::new_checked(payload) {
         Ok(p) => *p.header(),
         Err(m) => {

@@ -190,6 +190,52 @@ pub struct Arrival {
     pub topic: String,
 }
 
+/// Bounds the store enforces against a hostile relay key or a flood of junk
+/// (`[ledger]` in the server configuration; see docs/protocol.md §9.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// A block more than this many heights above its relay's highest stored
+    /// block (or above 0 when none) is refused as `too_far_ahead`.
+    pub max_height_ahead: u64,
+    /// At most this many bytes of a quarantined payload are kept (its first
+    /// bytes, which hold the header and signature); its length is recorded.
+    pub quarantine_max_payload_bytes: u64,
+    /// Quarantine rows kept per relay (rows whose relay id was not
+    /// authenticated by a signature share one allowance); beyond it a refusal
+    /// is counted but not kept.
+    pub quarantine_max_rows_per_relay: u64,
+    /// Payload bytes kept per relay, likewise.
+    pub quarantine_max_bytes_per_relay: u64,
+    /// Quarantine rows older than this are pruned (fork evidence is kept), ms.
+    pub quarantine_retention_ms: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_height_ahead: 100_000,
+            quarantine_max_payload_bytes: 64 << 10,
+            quarantine_max_rows_per_relay: 10_000,
+            quarantine_max_bytes_per_relay: 64 << 20,
+            quarantine_retention_ms: 30 * 86_400_000,
+        }
+    }
+}
+
+/// A validly signed block refused as a fork, kept in quarantine: evidence
+/// that the relay's key signed two histories.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForkEvidence {
+    /// Quarantine row id.
+    pub id: i64,
+    /// The relay id column.
+    pub relay_id: Option<i64>,
+    /// The height column.
+    pub height: Option<i64>,
+    /// The kept bytes (header and signature at least).
+    pub raw: Vec<u8>,
+}
+
 /// A payload refused before storage, for the quarantine table.
 #[derive(Clone, Debug)]
 pub struct QuarantineItem {
@@ -262,7 +308,8 @@ pub enum Outcome {
     Quarantined {
         /// Why.
         kind: RejectKind,
-        /// The quarantine row id.
+        /// The quarantine row id; 0 when the relay's quarantine allowance
+        /// was used up and the refusal was only counted.
         id: i64,
     },
 }
@@ -316,6 +363,10 @@ pub struct CommitResult {
     pub alerts: Vec<RaisedAlert>,
     /// Database totals after the commit.
     pub totals: DbTotals,
+    /// Refusals only counted, not kept: the relay's quarantine allowance was used up.
+    pub quarantine_dropped: u64,
+    /// Kept refusals whose payload was cut to `quarantine_max_payload_bytes`.
+    pub quarantine_truncated: u64,
 }
 
 /// A stored reading.
@@ -689,6 +740,8 @@ pub struct AlertRow {
     pub message: String,
     /// When cleared (gap filled, meter heard again), if it was.
     pub cleared_ms: Option<u64>,
+    /// `critical` (a fork: the relay's key signed two histories) or `warning`.
+    pub severity: &'static str,
 }
 
 /// A quarantine row without its raw bytes.
@@ -710,8 +763,10 @@ pub struct QuarantineRow {
     pub height: Option<u64>,
     /// Header hash, hex.
     pub hash: Option<String>,
-    /// Size of the raw payload.
+    /// Size of the payload as received.
     pub bytes: u64,
+    /// Bytes of it kept (at most `quarantine_max_payload_bytes`).
+    pub kept_bytes: u64,
     /// First 64 bytes of the payload, hex.
     pub head_hex: String,
 }
@@ -720,6 +775,16 @@ pub struct QuarantineRow {
 pub trait Store: Send {
     /// Sets the plausibility rules applied to new readings.
     fn set_rules(&mut self, rules: Rules);
+
+    /// Sets the bounds against hostile input ([`StoreLimits::default`] until called).
+    fn set_limits(&mut self, limits: StoreLimits);
+
+    /// Deletes quarantine rows received before `now_ms - quarantine_retention_ms`,
+    /// except fork evidence; returns how many.
+    fn prune_quarantine(&mut self, now_ms: u64) -> Result<u64, StoreError>;
+
+    /// Every quarantine row refused as a fork, ascending (for the ledger check).
+    fn ledger_forks(&mut self) -> Result<Vec<ForkEvidence>, StoreError>;
 
     /// Stores a batch atomically (see the module docs) and returns one outcome
     /// per item. On error nothing is stored and the caller retries later.

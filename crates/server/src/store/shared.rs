@@ -4,7 +4,7 @@
 //! rows into API and ledger-check values. The backends keep the SQL, the
 //! transactions and COPY.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use gridpow_proto::block::check_link;
 use gridpow_proto::pow::leading_zero_bits;
@@ -12,8 +12,9 @@ use gridpow_proto::wire::Reading;
 use gridpow_proto::Hash;
 
 use super::{
-    Arrival, BlockSummary, Cell, DbTotals, LastReading, LedgerBlock, LedgerReading, MeterSummary,
-    QuarantineItem, RaisedAlert, RelaySummary, Run, StoreError, StoredReading,
+    AlertRow, Arrival, BlockSummary, Cell, DbTotals, LastReading, LedgerBlock, LedgerReading,
+    MeterSummary, QuarantineItem, RaisedAlert, RelaySummary, Run, StoreError, StoreLimits,
+    StoredReading,
 };
 use crate::intervals::IntervalSet;
 use crate::plausibility::{AlertKind, Finding, Rules};
@@ -130,10 +131,17 @@ impl Book {
         }
     }
 
-    /// Counts quarantined item `q` and raises a fork alert for a fork.
-    pub fn quarantined(&mut self, q: &QuarantineItem) {
+    /// Counts quarantined item `q` (`kept`: a row holds it; `truncated`: its
+    /// payload was cut) and raises a critical fork alert for a fork.
+    pub fn quarantined(&mut self, q: &QuarantineItem, kept: bool, truncated: bool) {
         self.count("blocks_rejected", 1);
         self.count(&format!("quarantine:{}", q.kind.as_str()), 1);
+        if !kept {
+            self.count(&format!("quarantine_dropped:{}", q.kind.as_str()), 1);
+        }
+        if truncated {
+            self.count("quarantine_truncated", 1);
+        }
         if q.kind.is_frame_fault() {
             self.count("frames_rejected", 1);
         }
@@ -145,7 +153,11 @@ impl Book {
                     block_subject(h.relay_id, h.height),
                     None,
                     Some(h.relay_id),
-                    format!("relay {} height {}: {}", h.relay_id, h.height, q.detail),
+                    format!(
+                        "relay {} signed two blocks for height {}: treat its key as compromised \
+                         (docs/deploy/README.md, rotating a relay key); {}",
+                        h.relay_id, h.height, q.detail
+                    ),
                 );
             }
         }
@@ -217,7 +229,8 @@ pub(super) fn refusal(
     kind: RejectKind,
     detail: String,
 ) -> QuarantineItem {
-    tracing::warn!(
+    // The writer logs refusals, rate-limited per kind.
+    tracing::debug!(
         relay = b.header.relay_id,
         height = b.header.height,
         reason = kind.as_str(),
@@ -229,6 +242,92 @@ pub(super) fn refusal(
         detail,
         header: Some(b.header),
         raw: b.raw.clone(),
+    }
+}
+
+/// The quarantine allowance a refusal counts against: its relay when the
+/// relay id is authenticated (the refusal came after the signature verified),
+/// otherwise the one shared by all unauthenticated refusals (-1), so junk
+/// naming a relay cannot use up that relay's allowance for fork evidence.
+pub(super) fn quota_bucket(q: &QuarantineItem) -> i64 {
+    match &q.header {
+        Some(h) if q.kind.relay_authenticated() => i64::from(h.relay_id),
+        _ => -1,
+    }
+}
+
+/// What a refusal leaves in the quarantine table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Admit {
+    /// A row with the first `kept` bytes of the payload.
+    Keep { kept: usize },
+    /// No row: the allowance is used up; the refusal is only counted.
+    Drop,
+}
+
+/// Rows and bytes of each allowance, as loaded and as this transaction adds to them.
+#[derive(Debug, Default)]
+pub(super) struct Quota {
+    usage: HashMap<i64, (u64, u64)>,
+}
+
+impl Quota {
+    /// Decides what refusal `q` leaves; `load(bucket)` reads an allowance's
+    /// stored (rows, bytes) the first time it is needed in this transaction.
+    pub fn admit(
+        &mut self,
+        q: &QuarantineItem,
+        limits: &StoreLimits,
+        load: impl FnOnce(i64) -> Result<(u64, u64), StoreError>,
+    ) -> Result<Admit, StoreError> {
+        let bucket = quota_bucket(q);
+        let usage = match self.usage.entry(bucket) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(load(bucket)?),
+        };
+        let kept = q
+            .raw
+            .len()
+            .min(usize::try_from(limits.quarantine_max_payload_bytes).unwrap_or(usize::MAX));
+        if usage.0 >= limits.quarantine_max_rows_per_relay
+            || usage.1.saturating_add(kept as u64) > limits.quarantine_max_bytes_per_relay
+        {
+            return Ok(Admit::Drop);
+        }
+        usage.0 += 1;
+        usage.1 += kept as u64;
+        Ok(Admit::Keep { kept })
+    }
+}
+
+/// An alert row from its columns `id, kind, subject, meter_id, relay_id,
+/// first_ms, last_ms, count, message, cleared_ms`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn alert_row(
+    id: i64,
+    kind: String,
+    subject: String,
+    meter_id: Option<u32>,
+    relay_id: Option<u32>,
+    first_ms: i64,
+    last_ms: i64,
+    count: i64,
+    message: String,
+    cleared_ms: Option<i64>,
+) -> AlertRow {
+    let severity = AlertKind::parse(&kind).map_or("warning", AlertKind::severity);
+    AlertRow {
+        id,
+        kind,
+        subject,
+        meter_id,
+        relay_id,
+        first_ms: u64_of(first_ms),
+        last_ms: u64_of(last_ms),
+        count: u64_of(count),
+        message,
+        cleared_ms: cleared_ms.map(u64_of),
+        severity,
     }
 }
 
@@ -250,14 +349,34 @@ pub(super) enum Chain<S> {
     Store { linked: bool, child: Option<S> },
 }
 
-/// The chain decision for block `b`: `at(height)` reads its relay's slot at a
-/// height, in this order: h, h−1 (above genesis), h+1; it stops at the first refusal.
+/// Whether a block at `height` is too far above its relay's highest stored
+/// block `head` (`None`: no block stored, the bound counts from 0): the refusal
+/// detail if so.
+pub(super) fn too_far_ahead(height: u64, head: Option<i64>, max_ahead: u64) -> Option<String> {
+    let base = head.map_or(0, u64_of);
+    (height > base.saturating_add(max_ahead)).then(|| match head {
+        Some(_) => format!(
+            "height {height} is more than {max_ahead} above the relay's highest stored block {base}"
+        ),
+        None => format!("height {height} is more than {max_ahead} above 0 (no block stored yet)"),
+    })
+}
+
+/// The chain decision for block `b`: first the far-ahead bound against the
+/// relay's highest stored height `head` (see [`too_far_ahead`]), then
+/// `at(height)` reads its relay's slot at a height, in this order: h, h−1
+/// (above genesis), h+1; it stops at the first refusal.
 pub(super) fn decide<S: ChainSlot>(
     b: &VerifiedBlockData,
+    head: Option<i64>,
+    limits: &StoreLimits,
     mut at: impl FnMut(i64) -> Result<Option<S>, StoreError>,
 ) -> Result<Chain<S>, StoreError> {
     let h = &b.header;
     let (relay, height) = (h.relay_id, h.height);
+    if let Some(detail) = too_far_ahead(height, head, limits.max_height_ahead) {
+        return Ok(Chain::Refuse(RejectKind::TooFarAhead, detail));
+    }
     if height > i64::MAX as u64 - 1 {
         return Ok(Chain::Refuse(
             RejectKind::Malformed,

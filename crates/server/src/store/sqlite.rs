@@ -11,20 +11,26 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
 use super::shared::{
-    self, hash_of, meter_subject, typed_reading, u64_of, BlockCols, Book, Chain, ChainSlot,
-    Coverage, CoverageChange, MeterState, RelayCols, Silent,
+    self, hash_of, meter_subject, typed_reading, u64_of, Admit, BlockCols, Book, Chain, ChainSlot,
+    Coverage, CoverageChange, MeterState, Quota, RelayCols, Silent,
 };
 use super::{
-    AlertRow, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbTotals, Ingest,
-    LedgerBlock, LedgerReading, MeterSummary, Outcome, QuarantineItem, QuarantineRow, RaisedAlert,
-    RelaySummary, Store, StoreError, StoredReading,
+    AlertRow, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbTotals, ForkEvidence,
+    Ingest, LedgerBlock, LedgerReading, MeterSummary, Outcome, QuarantineItem, QuarantineRow,
+    RaisedAlert, RelaySummary, Store, StoreError, StoreLimits, StoredReading,
 };
 use crate::plausibility::{AlertKind, Rules};
 use crate::store::Arrival;
 use crate::verify::{ReadingRow, VerifiedBlockData};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the last applied.
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_bounded_quarantine.sql"),
+    ),
+];
 
 /// The id is left to SQLite: a new rowid past the largest is an append, while
 /// an explicit one costs a B-tree seek to check it is free.
@@ -38,6 +44,7 @@ const READING_COLS: &str =
 pub struct SqliteStore {
     conn: Connection,
     rules: Rules,
+    limits: StoreLimits,
     cache: Cache,
     checkpointer: Option<Checkpointer>,
 }
@@ -148,6 +155,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn,
             rules: Rules::default(),
+            limits: StoreLimits::default(),
             cache: Cache::default(),
             checkpointer: Some(checkpointer),
         })
@@ -181,6 +189,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn,
             rules: Rules::default(),
+            limits: StoreLimits::default(),
             cache: Cache::default(),
             checkpointer: None,
         })
@@ -340,6 +349,11 @@ impl Cache {
 struct Writer<'t> {
     tx: &'t Connection,
     rules: &'t Rules,
+    limits: &'t StoreLimits,
+    quota: Quota,
+    /// Refusals only counted (allowance used up) and kept cut short.
+    dropped: u64,
+    truncated: u64,
     now_ms: u64,
     next_block_id: i64,
     next_reading_id: i64,
@@ -353,6 +367,7 @@ impl<'t> Writer<'t> {
     fn begin(
         tx: &'t Connection,
         rules: &'t Rules,
+        limits: &'t StoreLimits,
         now_ms: u64,
         cache: &'t mut Cache,
     ) -> Result<Self, StoreError> {
@@ -372,6 +387,10 @@ impl<'t> Writer<'t> {
         Ok(Writer {
             tx,
             rules,
+            limits,
+            quota: Quota::default(),
+            dropped: 0,
+            truncated: 0,
             now_ms,
             next_block_id,
             next_reading_id,
@@ -389,24 +408,46 @@ impl<'t> Writer<'t> {
     }
 
     fn quarantine(&mut self, q: &QuarantineItem) -> Result<Outcome, StoreError> {
+        let tx = self.tx;
+        let admit = self.quota.admit(q, self.limits, |bucket| {
+            let (rows, bytes): (i64, i64) = tx
+                .prepare_cached(
+                    "SELECT COUNT(*), COALESCE(SUM(kept_len), 0) FROM quarantine WHERE bucket = ?1",
+                )?
+                .query_row([bucket], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok((u64_of(rows), u64_of(bytes)))
+        })?;
+        let Admit::Keep { kept } = admit else {
+            self.dropped += 1;
+            self.book.quarantined(q, false, false);
+            return Ok(Outcome::Quarantined {
+                kind: q.kind,
+                id: 0,
+            });
+        };
         let h = q.header.as_ref();
-        self.tx
-            .prepare_cached(
-                "INSERT INTO quarantine (received_ms, topic, kind, detail, relay_id, height, hash, raw) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                q.arrival.received_ms as i64,
-                q.arrival.topic,
-                q.kind.as_str(),
-                q.detail,
-                h.map(|h| h.relay_id),
-                h.map(|h| h.height as i64),
-                h.map(|h| h.hash().to_vec()),
-                q.raw,
-            ])?;
-        let id = self.tx.last_insert_rowid();
-        self.book.quarantined(q);
+        let raw = &q.raw[..kept];
+        tx.prepare_cached(
+            "INSERT INTO quarantine (received_ms, topic, kind, detail, relay_id, height, hash, raw, original_len, kept_len, bucket) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?
+        .execute(params![
+            q.arrival.received_ms as i64,
+            q.arrival.topic,
+            q.kind.as_str(),
+            q.detail,
+            h.map(|h| h.relay_id),
+            h.map(|h| h.height as i64),
+            h.map(|h| h.hash().to_vec()),
+            raw,
+            q.raw.len() as i64,
+            kept as i64,
+            shared::quota_bucket(q),
+        ])?;
+        let id = tx.last_insert_rowid();
+        let truncated = kept < q.raw.len();
+        self.truncated += u64::from(truncated);
+        self.book.quarantined(q, true, truncated);
         Ok(Outcome::Quarantined { kind: q.kind, id })
     }
 
@@ -420,7 +461,10 @@ impl<'t> Writer<'t> {
                 .query_row(params![relay, height], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? != 0)))
                 .optional()?)
         };
-        let (linked, child) = match shared::decide(b, at)? {
+        let head: Option<i64> = tx
+            .prepare_cached("SELECT MAX(height) FROM blocks WHERE relay_id = ?1")?
+            .query_row([relay], |r| r.get(0))?;
+        let (linked, child) = match shared::decide(b, head, self.limits, at)? {
             Chain::Refuse(kind, detail) => {
                 return self.quarantine(&shared::refusal(arrival, b, kind, detail))
             }
@@ -788,18 +832,20 @@ fn read_totals(conn: &Connection) -> Result<DbTotals, StoreError> {
 fn commit_tx(
     conn: &mut Connection,
     rules: &Rules,
+    limits: &StoreLimits,
     cache: &mut Cache,
     items: &[Ingest],
     now_ms: u64,
 ) -> Result<CommitResult, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (outcomes, alerts) = {
-        let mut w = Writer::begin(&tx, rules, now_ms, cache)?;
+    let (outcomes, alerts, dropped, truncated) = {
+        let mut w = Writer::begin(&tx, rules, limits, now_ms, cache)?;
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
             outcomes.push(w.item(item)?);
         }
-        (outcomes, w.finish()?)
+        let (dropped, truncated) = (w.dropped, w.truncated);
+        (outcomes, w.finish()?, dropped, truncated)
     };
     let totals = read_totals(&tx)?;
     tx.commit()?;
@@ -807,6 +853,8 @@ fn commit_tx(
         outcomes,
         alerts,
         totals,
+        quarantine_dropped: dropped,
+        quarantine_truncated: truncated,
     })
 }
 
@@ -815,8 +863,52 @@ impl Store for SqliteStore {
         self.rules = rules;
     }
 
+    fn set_limits(&mut self, limits: StoreLimits) {
+        self.limits = limits;
+    }
+
+    fn prune_quarantine(&mut self, now_ms: u64) -> Result<u64, StoreError> {
+        let cutoff = now_ms.saturating_sub(self.limits.quarantine_retention_ms);
+        let cutoff = cutoff.min(i64::MAX as u64) as i64;
+        let n = self.conn.execute(
+            "DELETE FROM quarantine WHERE received_ms < ?1 AND kind <> 'fork'",
+            [cutoff],
+        )?;
+        if n > 0 {
+            if let Some(c) = &self.checkpointer {
+                c.nudge();
+            }
+        }
+        Ok(n as u64)
+    }
+
+    fn ledger_forks(&mut self) -> Result<Vec<ForkEvidence>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, relay_id, height, raw FROM quarantine WHERE kind = 'fork' ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(ForkEvidence {
+                id: r.get(0)?,
+                relay_id: r.get(1)?,
+                height: r.get(2)?,
+                raw: match r.get_ref(3)? {
+                    ValueRef::Blob(b) => b.to_vec(),
+                    _ => Vec::new(),
+                },
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn commit(&mut self, items: &[Ingest], now_ms: u64) -> Result<CommitResult, StoreError> {
-        let result = commit_tx(&mut self.conn, &self.rules, &mut self.cache, items, now_ms);
+        let result = commit_tx(
+            &mut self.conn,
+            &self.rules,
+            &self.limits,
+            &mut self.cache,
+            items,
+            now_ms,
+        );
         match &result {
             // The cache may hold what the rolled-back transaction wrote.
             Err(_) => self.cache.clear(),
@@ -1092,26 +1184,26 @@ impl Store for SqliteStore {
              ORDER BY last_ms DESC, id DESC LIMIT ?1",
         )?;
         let rows = st.query_map([limit.min(i64::MAX as usize) as i64], |r| {
-            Ok(AlertRow {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                subject: r.get(2)?,
-                meter_id: r.get(3)?,
-                relay_id: r.get(4)?,
-                first_ms: u64_of(r.get(5)?),
-                last_ms: u64_of(r.get(6)?),
-                count: u64_of(r.get(7)?),
-                message: r.get(8)?,
-                cleared_ms: r.get::<_, Option<i64>>(9)?.map(u64_of),
-            })
+            Ok(shared::alert_row(
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+            ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn quarantine(&mut self, limit: usize) -> Result<Vec<QuarantineRow>, StoreError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT id, received_ms, topic, kind, detail, relay_id, height, hash, length(raw), substr(raw, 1, 64) \
-             FROM quarantine ORDER BY id DESC LIMIT ?1",
+            "SELECT id, received_ms, topic, kind, detail, relay_id, height, hash, COALESCE(original_len, length(raw)), \
+             substr(raw, 1, 64), length(raw) FROM quarantine ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = st.query_map([limit.min(i64::MAX as usize) as i64], |r| {
             Ok(QuarantineRow {
@@ -1124,6 +1216,7 @@ impl Store for SqliteStore {
                 height: r.get::<_, Option<i64>>(6)?.map(u64_of),
                 hash: r.get::<_, Option<Vec<u8>>>(7)?.map(hex::encode),
                 bytes: u64_of(r.get(8)?),
+                kept_bytes: u64_of(r.get(10)?),
                 head_hex: hex::encode(r.get::<_, Option<Vec<u8>>>(9)?.unwrap_or_default()),
             })
         })?;

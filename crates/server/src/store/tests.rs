@@ -63,6 +63,20 @@ fn block(
     }
 }
 
+/// A payload refused by the verifier for `kind`, naming `relay` (if any) in a header.
+fn refused(kind: RejectKind, relay: Option<u32>, raw: Vec<u8>, received_ms: u64) -> Ingest {
+    Ingest::Quarantine(QuarantineItem {
+        arrival: Arrival {
+            received_ms,
+            topic: "t".into(),
+        },
+        kind,
+        detail: "test".into(),
+        header: relay.map(|r| block(r, 1, [0; 32], &[]).header),
+        raw,
+    })
+}
+
 fn ingest(b: &VerifiedBlockData) -> Ingest {
     Ingest::Block {
         arrival: Arrival {
@@ -568,6 +582,189 @@ fn a_gap_one_writer_opened_is_closed_by_another_and_never_called_a_fork(s) {
     assert!(matches!(r.outcomes[0], Outcome::AlreadyStored { .. }));
     assert_eq!((r.totals.gaps_open, r.totals.forks, r.totals.readings_stored), (0, 0, 6));
     assert_eq!(s.count("SELECT COUNT(*) FROM blocks WHERE NOT linked"), 0);
+}
+
+fn block_far_above_the_relays_head_is_refused_and_its_chain_continues(s) {
+    let b0 = block(3, 0, [0; 32], &[(1, 1, 0..2)]);
+    let b1 = block(3, 1, b0.hash, &[(1, 1, 2..4)]);
+    s.commit(&[ingest(&b0), ingest(&b1)], T0).unwrap();
+    // A validly signed block at height 10^12: refused before anything is stored.
+    let far = block(3, 1_000_000_000_000, [7; 32], &[(1, 1, 100..102)]);
+    let r = s.commit(&[ingest(&far)], T0).unwrap();
+    assert!(
+        matches!(
+            r.outcomes[0],
+            Outcome::Quarantined {
+                kind: RejectKind::TooFarAhead,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcomes
+    );
+    assert_eq!(
+        (r.totals.blocks_verified, r.totals.gaps_open, r.totals.readings_stored),
+        (2, 0, 4)
+    );
+    // The relay's genuine blocks are still stored, linked.
+    let b2 = block(3, 2, b1.hash, &[(1, 1, 4..6)]);
+    let r = s.commit(&[ingest(&b2)], T0).unwrap();
+    assert!(
+        matches!(r.outcomes[0], Outcome::Stored { linked: true, .. }),
+        "{:?}",
+        r.outcomes
+    );
+    let relay = &s.relays().unwrap()[0];
+    assert_eq!((relay.head_height, relay.linked_height), (Some(2), Some(2)));
+    assert!(relay.gaps.is_empty());
+    assert_eq!(s.quarantine(5).unwrap()[0].kind, "too_far_ahead");
+}
+
+fn far_ahead_bound_counts_from_the_head_or_from_zero(s) {
+    s.set_limits(StoreLimits {
+        max_height_ahead: 10,
+        ..StoreLimits::default()
+    });
+    // No block stored: heights up to 10 are accepted (a gap), 11 is not.
+    let b11 = block(5, 11, [1; 32], &[(1, 1, 0..1)]);
+    let b10 = block(5, 10, [1; 32], &[(1, 1, 1..2)]);
+    let r = s.commit(&[ingest(&b11), ingest(&b10)], T0).unwrap();
+    assert!(matches!(
+        r.outcomes[0],
+        Outcome::Quarantined {
+            kind: RejectKind::TooFarAhead,
+            ..
+        }
+    ));
+    assert!(matches!(r.outcomes[1], Outcome::Stored { linked: false, .. }));
+    // With the head at 10, up to 20 (in the same transaction: the new head counts).
+    let b20 = block(5, 20, [2; 32], &[(1, 1, 2..3)]);
+    let b21 = block(5, 21, [3; 32], &[(1, 1, 3..4)]);
+    // 30 is within 10 of 20, stored earlier in this transaction.
+    let b31 = block(5, 30, [4; 32], &[(1, 1, 4..5)]);
+    let r = s
+        .commit(&[ingest(&b21), ingest(&b20), ingest(&b31)], T0)
+        .unwrap();
+    assert!(matches!(
+        r.outcomes[0],
+        Outcome::Quarantined {
+            kind: RejectKind::TooFarAhead,
+            ..
+        }
+    ));
+    assert!(matches!(r.outcomes[1], Outcome::Stored { .. }));
+    assert!(matches!(r.outcomes[2], Outcome::Stored { .. }), "{:?}", r.outcomes);
+}
+
+fn fork_raises_a_critical_alert_naming_relay_and_height(s) {
+    let b0 = block(6, 0, [0; 32], &[(1, 1, 0..2)]);
+    let mut other = b0.clone();
+    other.header.time_ms += 1;
+    other.hash = other.header.hash();
+    other.raw = other.header.to_bytes().to_vec();
+    s.commit(&[ingest(&b0)], T0).unwrap();
+    let r = s.commit(&[ingest(&other)], T0).unwrap();
+    assert!(matches!(
+        r.outcomes[0],
+        Outcome::Quarantined {
+            kind: RejectKind::Fork,
+            ..
+        }
+    ));
+    let alerts = s.alerts(10).unwrap();
+    let fork = alerts.iter().find(|a| a.kind == "fork").unwrap();
+    assert_eq!(fork.severity, "critical");
+    assert_eq!(fork.relay_id, Some(6));
+    assert!(
+        fork.message.contains("relay 6") && fork.message.contains("height 0"),
+        "{}",
+        fork.message
+    );
+    // Both are kept: the stored block, and the refused one's bytes.
+    assert_eq!(s.blocks(Some(6), 5).unwrap().len(), 1);
+    let forks = s.ledger_forks().unwrap();
+    assert_eq!(forks.len(), 1);
+    assert_eq!((forks[0].relay_id, forks[0].height), (Some(6), Some(0)));
+    assert_eq!(forks[0].raw, other.raw);
+}
+
+fn quarantine_keeps_the_first_bytes_of_a_large_payload_and_its_length(s) {
+    s.set_limits(StoreLimits {
+        quarantine_max_payload_bytes: 1000,
+        ..StoreLimits::default()
+    });
+    let raw: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    let r = s.commit(&[refused(RejectKind::BadSignature, Some(1), raw.clone(), T0)], T0).unwrap();
+    assert_eq!((r.quarantine_truncated, r.quarantine_dropped), (1, 0));
+    let row = &s.quarantine(1).unwrap()[0];
+    assert_eq!((row.bytes, row.kept_bytes), (5000, 1000));
+    assert_eq!(row.head_hex, hex::encode(&raw[..64]));
+    let small = s.commit(&[refused(RejectKind::BadSignature, Some(1), vec![1, 2, 3], T0)], T0).unwrap();
+    assert_eq!(small.quarantine_truncated, 0);
+    assert_eq!(s.quarantine(1).unwrap()[0].kept_bytes, 3);
+}
+
+fn refusals_beyond_a_relays_allowance_are_counted_but_not_kept(s) {
+    s.set_limits(StoreLimits {
+        quarantine_max_rows_per_relay: 3,
+        quarantine_max_bytes_per_relay: 250,
+        ..StoreLimits::default()
+    });
+    // Unauthenticated refusals naming relay 1 share one allowance: 3 rows.
+    let junk: Vec<Ingest> = (0..5)
+        .map(|_| refused(RejectKind::BadSignature, Some(1), vec![0; 10], T0))
+        .collect();
+    let r = s.commit(&junk, T0).unwrap();
+    assert_eq!(r.quarantine_dropped, 2);
+    let ids: Vec<i64> = r
+        .outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Quarantined { id, .. } => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(ids[..3].iter().all(|&id| id > 0) && ids[3..] == [0, 0], "{ids:?}");
+    assert_eq!(r.totals.blocks_rejected, 5, "every refusal is counted");
+    // …in another transaction too (the allowance is read from the table).
+    let r = s.commit(&junk[..1], T0).unwrap();
+    assert_eq!(r.quarantine_dropped, 1);
+    // Relay 1's own allowance (refusals after its signature verified) is untouched by the junk.
+    let r = s
+        .commit(&[refused(RejectKind::BadTag, Some(1), vec![0; 200], T0)], T0)
+        .unwrap();
+    assert_eq!(r.quarantine_dropped, 0);
+    // Bytes: 200 kept, another 100 would exceed 250.
+    let r = s
+        .commit(&[refused(RejectKind::BadTag, Some(1), vec![0; 100], T0)], T0)
+        .unwrap();
+    assert_eq!(r.quarantine_dropped, 1);
+    assert_eq!(s.quarantine(100).unwrap().len(), 4);
+    assert_eq!(r.totals.blocks_rejected, 8);
+}
+
+fn quarantine_rows_past_retention_are_pruned_except_fork_evidence(s) {
+    let day = 86_400_000;
+    s.set_limits(StoreLimits {
+        quarantine_retention_ms: day,
+        ..StoreLimits::default()
+    });
+    let b0 = block(8, 0, [0; 32], &[(1, 1, 0..2)]);
+    let mut fork = b0.clone();
+    fork.header.nonce += 1;
+    fork.hash = fork.header.hash();
+    s.commit(&[ingest(&b0)], T0).unwrap();
+    let items = [
+        refused(RejectKind::BadSignature, Some(1), vec![1; 10], T0),
+        refused(RejectKind::Malformed, None, vec![2; 10], T0 + 2 * day),
+        ingest(&fork),
+    ];
+    s.commit(&items, T0).unwrap();
+    assert_eq!(s.quarantine(10).unwrap().len(), 3);
+    assert_eq!(s.prune_quarantine(T0 + day / 2).unwrap(), 0);
+    assert_eq!(s.prune_quarantine(T0 + 2 * day).unwrap(), 1);
+    let left: Vec<String> = s.quarantine(10).unwrap().into_iter().map(|q| q.kind).collect();
+    assert_eq!(left, ["fork", "malformed"], "newest first");
 }
 }
 

@@ -87,9 +87,9 @@ pub use conn::{ConnectError, PgConn};
 
 use super::shared::{self, hash_of, typed_reading, u64_of, BlockCols, RelayCols, Silent};
 use super::{
-    AlertRow, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbTotals, Ingest,
-    LedgerBlock, LedgerReading, MeterSummary, QuarantineRow, RaisedAlert, RelaySummary, Run, Store,
-    StoreError, StoredReading,
+    AlertRow, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbTotals, ForkEvidence,
+    Ingest, LedgerBlock, LedgerReading, MeterSummary, QuarantineRow, RaisedAlert, RelaySummary,
+    Run, Store, StoreError, StoreLimits, StoredReading,
 };
 use crate::plausibility::{AlertKind, Rules};
 use crate::verify::ReadingRow;
@@ -97,10 +97,16 @@ use conn::block_on;
 use copy::{CopyBuf, COPY_READINGS};
 
 /// Schema migrations, applied in order; `gridpow_schema` lists those applied.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/postgres/0002_bounded_quarantine.sql"),
+    ),
+];
 
 /// Advisory lock classes (the first key of the two-key form): "gpw" and a number.
 const LOCK_MIGRATE: i32 = 0x6770_7701;
@@ -122,6 +128,7 @@ pub struct PgStore {
     reader: bool,
     conn: Option<PgConn>,
     rules: Rules,
+    limits: StoreLimits,
     /// This instance's row of each counter.
     shard: i16,
 }
@@ -221,6 +228,7 @@ impl PgStore {
             reader: false,
             conn: Some(conn),
             rules: Rules::default(),
+            limits: StoreLimits::default(),
             shard: pick_shard(),
         })
     }
@@ -233,6 +241,7 @@ impl PgStore {
             reader: true,
             conn: Some(conn),
             rules: Rules::default(),
+            limits: StoreLimits::default(),
             shard: pick_shard(),
         })
     }
@@ -454,6 +463,35 @@ impl Store for PgStore {
         self.rules = rules;
     }
 
+    fn set_limits(&mut self, limits: StoreLimits) {
+        self.limits = limits;
+    }
+
+    fn prune_quarantine(&mut self, now_ms: u64) -> Result<u64, StoreError> {
+        let cutoff = to_i64(now_ms.saturating_sub(self.limits.quarantine_retention_ms));
+        Ok(self.conn()?.execute(
+            "DELETE FROM quarantine WHERE received_ms < $1 AND kind <> 'fork'",
+            &[&cutoff],
+        )?)
+    }
+
+    fn ledger_forks(&mut self) -> Result<Vec<ForkEvidence>, StoreError> {
+        let rows = self.conn()?.query(
+            "SELECT id, relay_id, height, raw FROM quarantine WHERE kind = 'fork' ORDER BY id",
+            &[],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(ForkEvidence {
+                    id: r.try_get(0)?,
+                    relay_id: r.try_get(1)?,
+                    height: r.try_get(2)?,
+                    raw: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
     fn commit(&mut self, items: &[Ingest], now_ms: u64) -> Result<CommitResult, StoreError> {
         let mut attempt = 1;
         loop {
@@ -461,7 +499,7 @@ impl Store for PgStore {
             let Some(conn) = self.conn.as_mut() else {
                 continue;
             };
-            match writer::commit(conn, &self.rules, self.shard, items, now_ms) {
+            match writer::commit(conn, &self.rules, &self.limits, self.shard, items, now_ms) {
                 Err(e) if attempt < MAX_ATTEMPTS && is_transient(&e) => {
                     tracing::debug!(error = %e, attempt, "Transaction conflicted; retrying.");
                     std::thread::sleep(backoff(attempt));
@@ -765,26 +803,26 @@ impl Store for PgStore {
         )?;
         rows.iter()
             .map(|r| {
-                Ok(AlertRow {
-                    id: r.try_get(0)?,
-                    kind: r.try_get(1)?,
-                    subject: r.try_get(2)?,
-                    meter_id: r.try_get::<_, Option<i64>>(3)?.map(|v| v as u32),
-                    relay_id: r.try_get::<_, Option<i64>>(4)?.map(|v| v as u32),
-                    first_ms: u64_of(r.try_get(5)?),
-                    last_ms: u64_of(r.try_get(6)?),
-                    count: u64_of(r.try_get(7)?),
-                    message: r.try_get(8)?,
-                    cleared_ms: r.try_get::<_, Option<i64>>(9)?.map(u64_of),
-                })
+                Ok(shared::alert_row(
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get::<_, Option<i64>>(3)?.map(|v| v as u32),
+                    r.try_get::<_, Option<i64>>(4)?.map(|v| v as u32),
+                    r.try_get(5)?,
+                    r.try_get(6)?,
+                    r.try_get(7)?,
+                    r.try_get(8)?,
+                    r.try_get(9)?,
+                ))
             })
             .collect()
     }
 
     fn quarantine(&mut self, limit: usize) -> Result<Vec<QuarantineRow>, StoreError> {
         let rows = self.conn()?.query(
-            "SELECT id, received_ms, topic, kind, detail, relay_id, height, hash, octet_length(raw)::int8, substr(raw, 1, 64) \
-             FROM quarantine ORDER BY id DESC LIMIT $1",
+            "SELECT id, received_ms, topic, kind, detail, relay_id, height, hash, COALESCE(original_len, octet_length(raw)::int8), \
+             substr(raw, 1, 64), octet_length(raw)::int8 FROM quarantine ORDER BY id DESC LIMIT $1",
             &[&to_i64(limit as u64)],
         )?;
         rows.iter()
@@ -799,6 +837,7 @@ impl Store for PgStore {
                     height: r.try_get::<_, Option<i64>>(6)?.map(u64_of),
                     hash: r.try_get::<_, Option<Vec<u8>>>(7)?.map(hex::encode),
                     bytes: u64_of(r.try_get(8)?),
+                    kept_bytes: u64_of(r.try_get(10)?),
                     head_hex: hex::encode(r.try_get::<_, Option<Vec<u8>>>(9)?.unwrap_or_default()),
                 })
             })

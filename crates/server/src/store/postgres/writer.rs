@@ -14,10 +14,11 @@ use super::copy::{CopyBuf, COPY_READINGS};
 use super::{read_totals, LOCK_RELAY, READING_ID_SHIFT};
 use crate::plausibility::Rules;
 use crate::store::shared::{
-    self, u64_of, Book, Chain, ChainSlot, Coverage, CoverageChange, MeterState,
+    self, u64_of, Admit, Book, Chain, ChainSlot, Coverage, CoverageChange, MeterState, Quota,
 };
 use crate::store::{
     Arrival, CommitResult, Ingest, Outcome, QuarantineItem, RaisedAlert, Run, StoreError,
+    StoreLimits,
 };
 use crate::verify::{ReadingRow, VerifiedBlockData};
 
@@ -31,9 +32,13 @@ const LOCK_RELAYS: &str =
 const LOAD_SLOTS: &str =
     "SELECT b.relay_id, b.height, b.id, b.hash, b.prev_hash, b.linked FROM blocks b \
              JOIN unnest($1::int8[], $2::int8[]) AS k(r, h) ON b.relay_id = k.r AND b.height = k.h";
+const LOAD_HEADS: &str =
+    "SELECT relay_id, MAX(height) FROM blocks WHERE relay_id = ANY($1) GROUP BY relay_id";
 const INSERT_QUARANTINE: &str =
-    "INSERT INTO quarantine (received_ms, topic, kind, detail, relay_id, height, hash, raw) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
+    "INSERT INTO quarantine (received_ms, topic, kind, detail, relay_id, height, hash, raw, original_len, kept_len, bucket) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id";
+const QUOTA_USAGE: &str =
+    "SELECT COUNT(*)::int8, COALESCE(SUM(kept_len), 0)::int8 FROM quarantine WHERE bucket = $1";
 const MAX_BELOW: &str = "SELECT MAX(height) FROM blocks WHERE relay_id = $1 AND height < $2";
 const NEXT_IDS: &str = "SELECT nextval('block_ids') FROM generate_series(1, $1::int8)";
 const INSERT_METERS: &str = "INSERT INTO meters (meter_id, first_seen_ms, last_received_ms, readings, last_epoch, last_seq, last_ts_ms, \
@@ -86,7 +91,9 @@ const UPDATE_METERS: &str = "UPDATE meters t SET last_received_ms = $13, reading
 pub(super) const WRITER_SQL: &[&str] = &[
     LOCK_RELAYS,
     LOAD_SLOTS,
+    LOAD_HEADS,
     INSERT_QUARANTINE,
+    QUOTA_USAGE,
     MAX_BELOW,
     NEXT_IDS,
     INSERT_METERS,
@@ -189,7 +196,14 @@ struct Writer<'t, 'a> {
     tx: &'t Transaction<'t>,
     st: &'t HashMap<&'static str, Statement>,
     rules: &'t Rules,
+    limits: &'t StoreLimits,
+    quota: Quota,
+    /// Refusals only counted (allowance used up) and kept cut short.
+    dropped: u64,
+    truncated: u64,
     now_ms: u64,
+    /// Each batch relay's highest stored (or to be stored) height.
+    heads: HashMap<u32, i64>,
     slots: HashMap<(u32, i64), Slot>,
     new_blocks: Vec<NewBlock<'a>>,
     /// Existing blocks whose parent this transaction stores.
@@ -213,6 +227,7 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
 pub(super) fn commit(
     conn: &mut PgConn,
     rules: &Rules,
+    limits: &StoreLimits,
     shard: i16,
     items: &[Ingest],
     now_ms: u64,
@@ -226,7 +241,12 @@ pub(super) fn commit(
         tx: &tx,
         st: &stmts,
         rules,
+        limits,
+        quota: Quota::default(),
+        dropped: 0,
+        truncated: 0,
         now_ms,
+        heads: HashMap::new(),
         slots: HashMap::new(),
         new_blocks: Vec::new(),
         linked_updates: Vec::new(),
@@ -287,6 +307,7 @@ pub(super) fn commit(
             },
         })
         .collect();
+    let (dropped, truncated) = (w.dropped, w.truncated);
     let alerts = w.finish(shard)?;
     let totals = read_totals(&tx)?;
     block_on(tx.commit())?;
@@ -294,6 +315,8 @@ pub(super) fn commit(
         outcomes,
         alerts,
         totals,
+        quarantine_dropped: dropped,
+        quarantine_truncated: truncated,
     })
 }
 
@@ -325,6 +348,13 @@ impl<'t, 'a> Writer<'t, 'a> {
             self.tx
                 .execute(st(self.st, LOCK_RELAYS)?, &[&LOCK_RELAY, &ids]),
         )?;
+        let all: Vec<i64> = relays.iter().map(|&r| i64::from(r)).collect();
+        for r in block_on(self.tx.query(st(self.st, LOAD_HEADS)?, &[&all]))? {
+            let relay: i64 = r.try_get(0)?;
+            if let Some(head) = r.try_get::<_, Option<i64>>(1)? {
+                self.heads.insert(relay as u32, head);
+            }
+        }
         let (rs, hs): (Vec<i64>, Vec<i64>) = keys.iter().map(|&(r, h)| (i64::from(r), h)).unzip();
         let rows = block_on(self.tx.query(st(self.st, LOAD_SLOTS)?, &[&rs, &hs]))?;
         for r in rows {
@@ -344,6 +374,20 @@ impl<'t, 'a> Writer<'t, 'a> {
     }
 
     fn quarantine(&mut self, q: &QuarantineItem) -> Result<Outcome, StoreError> {
+        let (tx, stmts) = (self.tx, self.st);
+        let admit = self.quota.admit(q, self.limits, |bucket| {
+            let r = block_on(tx.query_one(st(stmts, QUOTA_USAGE)?, &[&bucket]))?;
+            Ok((u64_of(r.try_get(0)?), u64_of(r.try_get(1)?)))
+        })?;
+        let Admit::Keep { kept } = admit else {
+            self.dropped += 1;
+            self.book.quarantined(q, false, false);
+            return Ok(Outcome::Quarantined {
+                kind: q.kind,
+                id: 0,
+            });
+        };
+        let raw = &q.raw[..kept];
         let h = q.header.as_ref();
         let row = block_on(self.tx.query_one(
             st(self.st, INSERT_QUARANTINE)?,
@@ -355,11 +399,16 @@ impl<'t, 'a> Writer<'t, 'a> {
                 &h.map(|h| i64::from(h.relay_id)),
                 &h.map(|h| h.height as i64),
                 &h.map(|h| h.hash().to_vec()),
-                &q.raw,
+                &raw,
+                &(q.raw.len() as i64),
+                &(kept as i64),
+                &shared::quota_bucket(q),
             ],
         ))?;
         let id: i64 = row.try_get(0)?;
-        self.book.quarantined(q);
+        let truncated = kept < q.raw.len();
+        self.truncated += u64::from(truncated);
+        self.book.quarantined(q, true, truncated);
         Ok(Outcome::Quarantined { kind: q.kind, id })
     }
 
@@ -374,7 +423,8 @@ impl<'t, 'a> Writer<'t, 'a> {
         let slots = &self.slots;
         let at =
             |k: i64| -> Result<Option<Slot>, StoreError> { Ok(slots.get(&(relay, k)).cloned()) };
-        let (linked, child) = match shared::decide(b, at)? {
+        let head = self.heads.get(&relay).copied();
+        let (linked, child) = match shared::decide(b, head, self.limits, at)? {
             Chain::Refuse(kind, detail) => {
                 let q = shared::refusal(arrival, b, kind, detail);
                 return Ok(Decided::Done(self.quarantine(&q)?));
@@ -409,6 +459,8 @@ impl<'t, 'a> Writer<'t, 'a> {
             self.book.gap_closed(relay, height + 1);
             closed_gap = true;
         }
+        let head = self.heads.entry(relay).or_insert(h_i);
+        *head = (*head).max(h_i);
         let index = self.new_blocks.len();
         self.new_blocks.push(NewBlock {
             id: 0,
