@@ -199,6 +199,7 @@ pub struct StoreLimits {
     pub max_height_ahead: u64,
     /// At most this many bytes of a quarantined payload are kept (its first
     /// bytes, which hold the header and signature); its length is recorded.
+    /// A validly signed fork is kept whole (within its relay's allowance).
     pub quarantine_max_payload_bytes: u64,
     /// Quarantine rows kept per relay (rows whose relay id was not
     /// authenticated by a signature share one allowance); beyond it a refusal

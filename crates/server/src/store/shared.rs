@@ -285,10 +285,15 @@ impl Quota {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(load(bucket)?),
         };
-        let kept = q
-            .raw
-            .len()
-            .min(usize::try_from(limits.quarantine_max_payload_bytes).unwrap_or(usize::MAX));
+        // A validly signed fork is kept whole: it is evidence, and if the
+        // relay's genuine block was the one refused, its readings are in it.
+        let kept = if q.kind == RejectKind::Fork {
+            q.raw.len()
+        } else {
+            q.raw
+                .len()
+                .min(usize::try_from(limits.quarantine_max_payload_bytes).unwrap_or(usize::MAX))
+        };
         if usage.0 >= limits.quarantine_max_rows_per_relay
             || usage.1.saturating_add(kept as u64) > limits.quarantine_max_bytes_per_relay
         {
