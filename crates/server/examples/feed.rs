@@ -81,6 +81,7 @@ async fn main() {
         },
         http: HttpConfig {
             listen: ([127, 0, 0, 1], http_port).into(),
+            ..HttpConfig::default()
         },
         plausibility: PlausibilityConfig {
             expected_interval_s: 1,

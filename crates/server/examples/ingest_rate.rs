@@ -336,6 +336,7 @@ fn main() {
             },
             http: HttpConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
+                ..HttpConfig::default()
             },
             ..ServerConfig::default()
         };
@@ -551,6 +552,7 @@ async fn end_to_end(
             },
             http: HttpConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
+                ..HttpConfig::default()
             },
             ..ServerConfig::default()
         };

@@ -21,7 +21,10 @@ use crate::metrics::Shared;
 use crate::store::{open_reader, Store, StoreError, StoredReading};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
-const READERS_KEPT: usize = 4;
+/// Most database readers open at once; a query waits for a free one.
+const READERS_MAX: usize = 8;
+/// How long a query waits for a free reader before the API answers 503.
+const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the handlers share.
 pub(crate) struct ApiState {
@@ -29,6 +32,8 @@ pub(crate) struct ApiState {
     keys: KeyDir,
     shared: Arc<Shared>,
     readers: Mutex<Vec<Box<dyn Store>>>,
+    /// One permit per reader that may be open (`READERS_MAX`).
+    reader_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl ApiState {
@@ -38,17 +43,34 @@ impl ApiState {
             keys,
             shared,
             readers: Mutex::new(Vec::new()),
+            reader_slots: Arc::new(tokio::sync::Semaphore::new(READERS_MAX)),
         })
     }
 
-    /// Runs `f` with a reader on a blocking thread.
+    /// Runs `f` with a reader on a blocking thread. At most `READERS_MAX`
+    /// readers exist; a query waits up to `READER_WAIT` for one, then fails
+    /// with 503 (counted) rather than opening more database connections.
     async fn query<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
     {
+        let slot = tokio::time::timeout(READER_WAIT, self.reader_slots.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let Some(slot) = slot else {
+            crate::metrics::add(&self.shared.metrics.http_db_busy, 1);
+            tracing::warn!(
+                readers = READERS_MAX,
+                "No database reader free in time; answering 503."
+            );
+            return Err(ApiError::Busy("database busy, retry later".into()));
+        };
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
+            // Held until the reader is back in the pool (also if the request was dropped).
+            let _slot = slot;
             let pooled = me.readers.lock().ok().and_then(|mut p| p.pop());
             let mut store = match pooled {
                 Some(s) => s,
@@ -56,7 +78,7 @@ impl ApiState {
             };
             let result = f(&mut *store);
             if let Ok(mut pool) = me.readers.lock() {
-                if pool.len() < READERS_KEPT {
+                if pool.len() < READERS_MAX {
                     pool.push(store);
                 }
             }
@@ -74,6 +96,8 @@ pub(crate) enum ApiError {
     NotFound(String),
     BadRequest(String),
     Internal(String),
+    /// 503 with `Retry-After`: no database reader free in time.
+    Busy(String),
 }
 
 impl From<StoreError> for ApiError {
@@ -90,6 +114,11 @@ impl IntoResponse for ApiError {
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "API request failed.");
                 (StatusCode::INTERNAL_SERVER_ERROR, m)
+            }
+            ApiError::Busy(m) => {
+                let body = Json(serde_json::json!({ "error": m }));
+                let retry = [(header::RETRY_AFTER, "1")];
+                return (StatusCode::SERVICE_UNAVAILABLE, retry, body).into_response();
             }
         };
         (code, Json(serde_json::json!({ "error": msg }))).into_response()

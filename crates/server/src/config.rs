@@ -17,6 +17,14 @@
 //!
 //! [http]
 //! listen = "127.0.0.1:8080"
+//! # tls_cert = "keys/tls/http.pem"  # with tls_key: HTTPS only (any PEM chain, e.g. issued by the site CA)
+//! # tls_key = "keys/tls/http.key"
+//! max_connections = 2048       # more are accepted and closed at once (counted)
+//! header_timeout_ms = 5000     # request head (and TLS handshake) within 5 s
+//! idle_timeout_ms = 60000      # a connection silent for 60 s is closed
+//! max_concurrent_requests = 64 # more in flight: 503 + Retry-After (counted)
+//! rate_limit_per_s = 50        # per client address (IPv6 /64): token bucket …
+//! rate_limit_burst = 100       # … of this depth; beyond: 429 + Retry-After (counted)
 //!
 //! [plausibility]
 //! nominal_voltage_v = 230.0
@@ -148,12 +156,36 @@ impl Default for MqttConfig {
 pub struct HttpConfig {
     /// Address to listen on (port 0 picks a free one; see `ServerHandle::http_addr`).
     pub listen: SocketAddr,
+    /// TLS certificate chain (PEM); with `tls_key`, the listener speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Most connections open at once; beyond, new ones are accepted and closed at once.
+    pub max_connections: usize,
+    /// A connection must deliver each request head (and its TLS handshake) within this, ms.
+    pub header_timeout_ms: u64,
+    /// A connection that moves no byte for this long is closed, ms.
+    pub idle_timeout_ms: u64,
+    /// Most requests handled at once; beyond, 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// Requests per second one client address (IPv6: its /64) may sustain; beyond, 429.
+    pub rate_limit_per_s: u32,
+    /// Requests one client address may send in a burst above `rate_limit_per_s`.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
+            max_connections: 2048,
+            header_timeout_ms: 5_000,
+            idle_timeout_ms: 60_000,
+            max_concurrent_requests: 64,
+            rate_limit_per_s: 50,
+            rate_limit_burst: 100,
         }
     }
 }
@@ -293,6 +325,28 @@ impl ServerConfig {
         if self.mqtt.max_packet_bytes < 4096 {
             return bad("mqtt.max_packet_bytes", "must be at least 4096");
         }
+        let h = &self.http;
+        if h.tls_cert.is_some() != h.tls_key.is_some() {
+            return bad("http.tls_cert", "tls_cert and tls_key go together");
+        }
+        if !(1..=1_000_000).contains(&h.max_connections) {
+            return bad("http.max_connections", "must be in 1..=1000000");
+        }
+        if !(100..=600_000).contains(&h.header_timeout_ms) {
+            return bad("http.header_timeout_ms", "must be in 100..=600000 (ms)");
+        }
+        if !(100..=3_600_000).contains(&h.idle_timeout_ms) {
+            return bad("http.idle_timeout_ms", "must be in 100..=3600000 (ms)");
+        }
+        if !(1..=100_000).contains(&h.max_concurrent_requests) {
+            return bad("http.max_concurrent_requests", "must be in 1..=100000");
+        }
+        if h.rate_limit_per_s == 0 {
+            return bad("http.rate_limit_per_s", "must be at least 1");
+        }
+        if h.rate_limit_burst == 0 {
+            return bad("http.rate_limit_burst", "must be at least 1");
+        }
         let p = &self.plausibility;
         if p.nominal_voltage_v.is_nan() || p.nominal_voltage_v <= 0.0 {
             return bad("plausibility.nominal_voltage_v", "must be positive");
@@ -424,5 +478,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("`db`"));
+    }
+
+    #[test]
+    fn http_limits_are_validated_naming_the_field() {
+        let mut c = ServerConfig::default();
+        c.validate(Path::new("s.toml")).unwrap();
+        c.http.max_concurrent_requests = 0;
+        let e = c.validate(Path::new("s.toml")).unwrap_err().to_string();
+        assert!(e.contains("http.max_concurrent_requests"), "{e}");
+        let mut c = ServerConfig::default();
+        c.http.tls_key = Some("k.pem".into());
+        let e = c.validate(Path::new("s.toml")).unwrap_err().to_string();
+        assert!(e.contains("http.tls_cert"), "{e}");
+        let mut c = ServerConfig::default();
+        c.http.header_timeout_ms = 0;
+        let e = c.validate(Path::new("s.toml")).unwrap_err().to_string();
+        assert!(e.contains("http.header_timeout_ms"), "{e}");
     }
 }

@@ -34,6 +34,7 @@
 
 mod api;
 pub mod config;
+mod http_serve;
 mod ingest;
 pub mod intervals;
 pub mod keyring;

@@ -57,6 +57,24 @@ pub struct Metrics {
     pub mqtt_connects: AtomicU64,
     /// MQTT connection errors.
     pub mqtt_errors: AtomicU64,
+    /// HTTP connections accepted and served.
+    pub http_connections: AtomicU64,
+    /// HTTP connections closed at once because `http.max_connections` were open.
+    pub http_connections_refused: AtomicU64,
+    /// Failed `accept()` calls on the HTTP listener (e.g. out of file descriptors), retried.
+    pub http_accept_errors: AtomicU64,
+    /// HTTP connections closed for want of a request head in time, or a TLS handshake.
+    pub http_header_timeouts: AtomicU64,
+    /// HTTP connections closed after `http.idle_timeout_ms` without a byte.
+    pub http_idle_closed: AtomicU64,
+    /// TLS handshakes on the HTTP listener that failed.
+    pub http_tls_failures: AtomicU64,
+    /// HTTP requests refused with 429: the client's rate limit.
+    pub http_rate_limited: AtomicU64,
+    /// HTTP requests refused with 503: `http.max_concurrent_requests` in flight.
+    pub http_overloaded: AtomicU64,
+    /// API requests refused with 503: no database reader free in time.
+    pub http_db_busy: AtomicU64,
 }
 
 /// State shared by the pipeline threads, the HTTP API and the handle.
@@ -281,6 +299,55 @@ impl Shared {
             "MQTT connection errors.",
             get(&m.mqtt_errors),
         );
+        for (name, help, c) in [
+            (
+                "http_connections_total",
+                "HTTP connections accepted and served.",
+                &m.http_connections,
+            ),
+            (
+                "http_connections_refused_total",
+                "HTTP connections closed at once: max_connections open.",
+                &m.http_connections_refused,
+            ),
+            (
+                "http_accept_errors_total",
+                "Failed accept() calls on the HTTP listener, retried.",
+                &m.http_accept_errors,
+            ),
+            (
+                "http_header_timeouts_total",
+                "HTTP connections closed: no request head or TLS handshake in time.",
+                &m.http_header_timeouts,
+            ),
+            (
+                "http_idle_closed_total",
+                "HTTP connections closed after idle_timeout_ms without a byte.",
+                &m.http_idle_closed,
+            ),
+            (
+                "http_tls_failures_total",
+                "Failed TLS handshakes on the HTTP listener.",
+                &m.http_tls_failures,
+            ),
+            (
+                "http_rate_limited_total",
+                "HTTP requests refused with 429 (per-client rate limit).",
+                &m.http_rate_limited,
+            ),
+            (
+                "http_overloaded_total",
+                "HTTP requests refused with 503 (max_concurrent_requests in flight).",
+                &m.http_overloaded,
+            ),
+            (
+                "http_db_busy_total",
+                "API requests refused with 503: no database reader free in time.",
+                &m.http_db_busy,
+            ),
+        ] {
+            metric(o, s, name, help, get(c));
+        }
         let _ = writeln!(o, "# HELP gridpow_server_quarantined_total Payloads quarantined by this process, by reason.\n# TYPE gridpow_server_quarantined_total counter");
         for (k, c) in RejectKind::ALL.iter().zip(&m.quarantined) {
             let _ = writeln!(

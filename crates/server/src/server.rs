@@ -36,6 +36,9 @@ pub enum ServerError {
     /// The TLS files could not be used.
     #[error("MQTT TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The HTTP listener's TLS certificate or key could not be used.
+    #[error("HTTP TLS: {0}")]
+    HttpTls(#[source] TlsError),
     /// The database could not be opened or migrated.
     #[error("database: {0}")]
     Store(#[from] StoreError),
@@ -98,6 +101,13 @@ impl Server {
         // Fail now, not at the first request, if the readers cannot open the database.
         drop(store::open_reader(&cfg.db)?);
 
+        let http_tls = match (&cfg.http.tls_cert, &cfg.http.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(crate::http_serve::tls_acceptor(cert, key).map_err(ServerError::HttpTls)?)
+            }
+            _ => None,
+        };
+        raise_open_file_limit(cfg.http.max_connections);
         let listener = tokio::net::TcpListener::bind(cfg.http.listen)
             .await
             .map_err(|source| ServerError::Http {
@@ -184,18 +194,19 @@ impl Server {
             keys,
             shared.clone(),
         ));
-        let http = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = http_stop_rx.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed.");
-            }
-        });
+        let http = tokio::spawn(crate::http_serve::serve(
+            listener,
+            http_tls.clone(),
+            app,
+            crate::http_serve::Limits::from_config(&cfg.http),
+            shared.clone(),
+            async {
+                let _ = http_stop_rx.await;
+            },
+        ));
         tracing::info!(
             http = %http_addr,
+            https = http_tls.is_some(),
             broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port),
             db = %cfg.db,
             server_id = cfg.server_id,
@@ -212,6 +223,41 @@ impl Server {
             http,
             threads,
         })
+    }
+}
+
+/// Raises the soft open-file limit towards the hard one so that
+/// `max_connections` sockets plus the database and broker fit (Go does the
+/// same at start). Logs what it could not do; the listener copes with
+/// `EMFILE` either way.
+fn raise_open_file_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let want = max_connections as u64 + 256;
+    let lim = getrlimit(Resource::Nofile);
+    let current = lim.current.unwrap_or(u64::MAX);
+    if current >= want {
+        return;
+    }
+    let target = lim.maximum.map_or(want, |max| want.min(max));
+    let raised = rustix::process::Rlimit {
+        current: Some(target),
+        maximum: lim.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) if target >= want => {
+            tracing::debug!(from = current, to = target, "Raised the open-file limit.");
+        }
+        Ok(()) => tracing::warn!(
+            limit = target,
+            max_connections,
+            "Open-file limit below http.max_connections + 256 (raise the hard limit, e.g. LimitNOFILE)."
+        ),
+        Err(e) => tracing::warn!(
+            limit = current,
+            max_connections,
+            error = %e,
+            "Could not raise the open-file limit."
+        ),
     }
 }
 

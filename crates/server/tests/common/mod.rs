@@ -146,6 +146,7 @@ impl Site {
             },
             http: HttpConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                ..HttpConfig::default()
             },
             ..ServerConfig::default()
         }
