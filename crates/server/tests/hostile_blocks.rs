@@ -235,3 +235,53 @@ fn oversize_payload_is_refused_and_only_its_first_64_kib_are_kept_on_postgres() 
     let site = Site::new(&[1], &[1]);
     oversize_payload_is_refused_and_only_its_first_bytes_are_kept(Db::postgres(), &site);
 }
+
+/// Commits 12 000 refused 1 KiB payloads naming relay 1 (unauthenticated, so
+/// they share one allowance) in batches of 256, as the writer would, and
+/// prints the rate; the quarantine keeps `max_rows_per_relay` (10 000) rows.
+fn flood_of_junk_stays_within_the_quarantine_allowance(mut db: Db, site: &Site) {
+    let (b0, _) = site.block(1, 0, [0; 32], 4, &[site.frame(1, 1, 0, 0, 3)]);
+    let mut junk = b0.clone();
+    junk.resize(1024, 0);
+    // Relay 1's header, then bytes that frame no leaf: refused as malformed.
+    let mut keys = Keyring::load(&site.keys).unwrap();
+    let rej = verify_payload(&mut keys, 4, &junk).unwrap_err();
+    assert_eq!(rej.kind, RejectKind::Malformed);
+    assert_eq!(rej.header.map(|h| h.relay_id), Some(1));
+    let item = Ingest::Quarantine(QuarantineItem {
+        arrival: Arrival::default(),
+        kind: rej.kind,
+        detail: rej.detail,
+        header: rej.header,
+        raw: junk,
+    });
+    let batch: Vec<Ingest> = (0..256).map(|_| item.clone()).collect();
+    let started = std::time::Instant::now();
+    let (mut sent, mut dropped) = (0u64, 0u64);
+    while sent < 12_000 {
+        let r = db.store.commit(&batch, site.t0).unwrap();
+        sent += batch.len() as u64;
+        dropped += r.quarantine_dropped;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{sent} refused 1 KiB payloads committed in {secs:.2} s ({:.0}/s); {dropped} beyond the allowance not kept",
+        sent as f64 / secs
+    );
+    assert_eq!(sent - dropped, 10_000);
+    let totals = db.store.totals().unwrap();
+    assert_eq!(totals.blocks_rejected, sent, "every refusal is counted");
+    assert_eq!(db.store.quarantine(20_000).unwrap().len(), 10_000);
+}
+
+#[test]
+fn flood_of_junk_naming_a_relay_keeps_at_most_its_allowance_on_sqlite() {
+    let site = Site::new(&[1], &[1]);
+    flood_of_junk_stays_within_the_quarantine_allowance(Db::sqlite(&site), &site);
+}
+
+#[test]
+fn flood_of_junk_naming_a_relay_keeps_at_most_its_allowance_on_postgres() {
+    let site = Site::new(&[1], &[1]);
+    flood_of_junk_stays_within_the_quarantine_allowance(Db::postgres(), &site);
+}
