@@ -496,4 +496,28 @@ mod tests {
         let e = c.validate(Path::new("s.toml")).unwrap_err().to_string();
         assert!(e.contains("http.header_timeout_ms"), "{e}");
     }
+
+    #[test]
+    fn quarantine_section_gives_the_store_its_limits_and_is_validated() {
+        let c: ServerConfig = parse_toml(
+            "[quarantine]\nmax_height_ahead = 50\nretention_days = 2\n",
+            Path::new("s.toml"),
+            None,
+            vec![],
+        )
+        .unwrap();
+        let l = c.quarantine.store_limits();
+        assert_eq!(
+            (l.max_height_ahead, l.quarantine_retention_ms),
+            (50, 2 * 86_400_000)
+        );
+        assert_eq!(
+            ServerConfig::default().quarantine.store_limits(),
+            crate::store::StoreLimits::default()
+        );
+        let mut c = ServerConfig::default();
+        c.quarantine.max_payload_bytes = 100;
+        let e = c.validate(Path::new("s.toml")).unwrap_err().to_string();
+        assert!(e.contains("quarantine.max_payload_bytes"), "{e}");
+    }
 }
