@@ -5,6 +5,11 @@
 //! - [`UdpAir`]: frames as UDP datagrams between processes (`gridpow meters`
 //!   and `gridpow relay`), with injectable loss.
 //!
+//! Anyone on the network can send a UDP datagram claiming any MAC, so a port
+//! never routes to an address it merely heard from: the caller confirms the
+//! sender of a frame ([`RadioPort::confirm_peer`]) once the protocol core has
+//! authenticated it, and only confirmed addresses are used.
+//!
 //! A port may own many MAC addresses (a fleet of virtual meters is one port).
 //! The serial bridge to an ESP32 lives with the relay.
 
@@ -51,6 +56,22 @@ pub trait RadioPort: Send {
     fn send(&mut self, src: MacAddr, dst: MacAddr, data: &[u8]) -> Result<(), RadioError>;
     /// Waits up to `timeout` for a frame addressed to one of this port's MACs.
     fn recv(&mut self, timeout: Duration) -> Result<Option<RadioFrame>, RadioError>;
+    /// Vouches for the sender of the frame [`RadioPort::recv`] returned last:
+    /// the protocol core authenticated it as coming from `mac`. Ports that
+    /// learn return routes (UDP air) learn them only here; call it before the
+    /// next `recv`. Ports whose medium routes by MAC do nothing.
+    fn confirm_peer(&mut self, mac: MacAddr, how: Confirmation);
+}
+
+/// How far an authenticated frame proves where its sender is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirmation {
+    /// Authentic and new (an accepted uplink, an ACK for the frame in flight):
+    /// the sender is where this frame came from, even if it moved.
+    Fresh,
+    /// Authentic but possibly replayed by someone else (a duplicate uplink):
+    /// learns the address of a peer that has none yet, never moves one.
+    Replayed,
 }
 
 /// Counters of a medium.
@@ -158,6 +179,8 @@ impl RadioPort for InProcPort {
             Err(RecvTimeoutError::Disconnected) => Err(RadioError::Closed),
         }
     }
+
+    fn confirm_peer(&mut self, _mac: MacAddr, _how: Confirmation) {}
 }
 
 /// Magic prefix of a UDP air datagram: `"GPA1" ‖ src MAC ‖ dst MAC ‖ payload`.
@@ -165,10 +188,15 @@ pub const UDP_MAGIC: &[u8; 4] = b"GPA1";
 const UDP_HEADER: usize = 16;
 
 /// Frames as UDP datagrams. The relay binds a known address; meters send to it
-/// and the relay answers to whatever address a MAC was last heard from.
+/// and the relay answers to the address a MAC was last *confirmed* at
+/// ([`RadioPort::confirm_peer`]): a datagram with a forged source MAC or
+/// address is delivered to the caller (who refuses it) but never moves a route.
 pub struct UdpAir {
     socket: UdpSocket,
+    /// Confirmed return routes.
     peers: HashMap<MacAddr, SocketAddr>,
+    /// Source of the frame `recv` returned last, until the caller confirms it.
+    last_from: Option<(MacAddr, SocketAddr)>,
     default_peer: Option<SocketAddr>,
     loss: f64,
     rng: rand::rngs::StdRng,
@@ -190,6 +218,7 @@ impl UdpAir {
         Ok(UdpAir {
             socket,
             peers: HashMap::new(),
+            last_from: None,
             default_peer,
             loss: loss.clamp(0.0, 1.0),
             rng: rand::rngs::StdRng::seed_from_u64(seed),
@@ -232,6 +261,7 @@ impl RadioPort for UdpAir {
     }
 
     fn recv(&mut self, timeout: Duration) -> Result<Option<RadioFrame>, RadioError> {
+        self.last_from = None;
         self.socket
             .set_read_timeout(Some(timeout.max(Duration::from_micros(1))))?;
         loop {
@@ -260,12 +290,29 @@ impl RadioPort for UdpAir {
             src.copy_from_slice(&d[4..10]);
             let mut dst = [0u8; 6];
             dst.copy_from_slice(&d[10..16]);
-            self.peers.insert(src, from);
+            self.last_from = Some((src, from));
             return Ok(Some(RadioFrame {
                 src,
                 dst,
                 data: d[UDP_HEADER..].to_vec(),
             }));
+        }
+    }
+
+    fn confirm_peer(&mut self, mac: MacAddr, how: Confirmation) {
+        let Some((src, from)) = self.last_from else {
+            return;
+        };
+        if src != mac {
+            return;
+        }
+        match how {
+            Confirmation::Fresh => {
+                self.peers.insert(mac, from);
+            }
+            Confirmation::Replayed => {
+                self.peers.entry(mac).or_insert(from);
+            }
         }
     }
 }
@@ -296,7 +343,40 @@ mod tests {
     }
 
     #[test]
-    fn udp_air_learns_the_return_route_from_received_frames() {
+    fn udp_air_routes_never_move_to_an_unconfirmed_or_replayed_source() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut relay = UdpAir::bind(any, None, 0.0, 1).unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        let mut meter = UdpAir::bind(any, Some(relay_addr), 0.0, 2).unwrap();
+        let mut attacker = UdpAir::bind(any, Some(relay_addr), 0.0, 3).unwrap();
+        let wait = Duration::from_secs(2);
+        meter.send([5; 6], [9; 6], b"genuine").unwrap();
+        relay.recv(wait).unwrap().unwrap();
+        relay.confirm_peer([5; 6], Confirmation::Fresh);
+        // Spoofed (never confirmed), then replayed (authentic but possibly someone else's).
+        attacker.send([5; 6], [9; 6], b"forged").unwrap();
+        relay.recv(wait).unwrap().unwrap();
+        attacker.send([5; 6], [9; 6], b"replayed").unwrap();
+        relay.recv(wait).unwrap().unwrap();
+        relay.confirm_peer([5; 6], Confirmation::Replayed);
+        // A confirmation names the sender of the last frame only.
+        attacker.send([6; 6], [9; 6], b"other").unwrap();
+        relay.recv(wait).unwrap().unwrap();
+        relay.confirm_peer([5; 6], Confirmation::Fresh);
+        relay.send([9; 6], [5; 6], b"ack").unwrap();
+        let got = meter.recv(wait).unwrap().unwrap();
+        assert_eq!(got.data, b"ack");
+        assert_eq!(attacker.recv(Duration::from_millis(200)).unwrap(), None);
+        // A fresh confirmation moves the route (a meter that changed address).
+        attacker.send([5; 6], [9; 6], b"moved").unwrap();
+        relay.recv(wait).unwrap().unwrap();
+        relay.confirm_peer([5; 6], Confirmation::Fresh);
+        relay.send([9; 6], [5; 6], b"ack2").unwrap();
+        assert_eq!(attacker.recv(wait).unwrap().unwrap().data, b"ack2");
+    }
+
+    #[test]
+    fn udp_air_learns_the_return_route_from_confirmed_frames() {
         let mut relay = UdpAir::bind("127.0.0.1:0".parse().unwrap(), None, 0.0, 1).unwrap();
         let relay_addr = relay.local_addr().unwrap();
         let mut meters =
@@ -308,6 +388,14 @@ mod tests {
         meters.send([5; 6], [9; 6], b"uplink").unwrap();
         let f = relay.recv(Duration::from_secs(2)).unwrap().unwrap();
         assert_eq!(f.data, b"uplink");
+        assert!(
+            matches!(
+                relay.send([9; 6], [5; 6], b"ack"),
+                Err(RadioError::NoRoute(_))
+            ),
+            "a frame nobody vouched for teaches no route"
+        );
+        relay.confirm_peer(f.src, Confirmation::Fresh);
         relay.send([9; 6], [5; 6], b"ack").unwrap();
         let back = meters.recv(Duration::from_secs(2)).unwrap().unwrap();
         assert_eq!((back.src, back.data.as_slice()), ([9; 6], &b"ack"[..]));

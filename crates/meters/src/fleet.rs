@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration as StdDuration;
 
 use gridpow_common::keys::KeyDir;
-use gridpow_common::radio::{RadioError, RadioPort};
+use gridpow_common::radio::{Confirmation, RadioError, RadioPort};
 use gridpow_common::MonoClock;
 use gridpow_proto::sender::PushOutcome;
 use gridpow_proto::wire::Reading;
@@ -328,8 +328,12 @@ impl Driver {
                 Ok(Some(frame)) => {
                     let now = self.clock.now();
                     if let Some(&i) = self.by_mac.get(&frame.dst) {
-                        if let Err(e) = self.meters[i].sender.handle_ack(now, &frame.data) {
-                            tracing::debug!(meter = self.meters[i].id, error = %e, "ACK refused");
+                        match self.meters[i].sender.handle_ack(now, &frame.data) {
+                            // Authentic and for the frame in flight: the relay is where it came from.
+                            Ok(_) => self.radio.confirm_peer(frame.src, Confirmation::Fresh),
+                            Err(e) => {
+                                tracing::debug!(meter = self.meters[i].id, error = %e, "ACK refused")
+                            }
                         }
                         self.drive(i, now);
                     }

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use gridpow_common::config::ConfigError;
 use gridpow_common::keys::KeyError;
-use gridpow_common::radio::{RadioError, RadioFrame, RadioPort, UdpAir};
+use gridpow_common::radio::{Confirmation, RadioError, RadioFrame, RadioPort, UdpAir};
 use gridpow_proto::MacAddr;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -120,6 +120,10 @@ impl<P: RadioPort> RadioPort for LossyPort<P> {
                 other => return Ok(other),
             }
         }
+    }
+
+    fn confirm_peer(&mut self, mac: MacAddr, how: Confirmation) {
+        self.inner.confirm_peer(mac, how);
     }
 }
 

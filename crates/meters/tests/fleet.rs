@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use gridpow_common::keys::{InitOptions, KeyDir};
-use gridpow_common::radio::{Medium, RadioPort, UdpAir};
+use gridpow_common::radio::{Confirmation, Medium, RadioPort, UdpAir};
 use gridpow_meters::{open_udp_radio, read_truth, Fleet, FleetConfig, TruthRecord};
 use gridpow_proto::crypto::{HopKeys, MeterKeys, RustCrypto};
 use gridpow_proto::ingress::{FixedMeterTable, Ingress, IngressConfig, MeterEntry, Verdict};
@@ -62,6 +62,13 @@ fn fake_relay(
             let Ok(v) = ingress.handle_frame(&f.src, &f.data) else {
                 continue;
             };
+            radio.confirm_peer(
+                f.src,
+                match v {
+                    Verdict::Accepted(_) => Confirmation::Fresh,
+                    _ => Confirmation::Replayed,
+                },
+            );
             if let Verdict::Accepted(info) = v {
                 let mut scratch = [0u8; MAX_BODY_LEN];
                 let body = UplinkPacket::new_checked(&f.data[..])
@@ -201,4 +208,80 @@ fn every_reading_is_acknowledged_over_lossy_air_and_a_restarted_fleet_uses_new_e
         );
     }
     check(&truth, &delivered);
+}
+
+#[test]
+fn spoofed_datagrams_claiming_the_relay_do_not_divert_the_fleets_uplinks() {
+    let seed = seed();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeyDir::new(dir.path().join("keys"));
+    keys.init(&InitOptions::default()).unwrap();
+    keys.add_meters(&(1..=4).map(|id| (id, None)).collect::<Vec<_>>())
+        .unwrap();
+    let mut cfg = FleetConfig::new(keys.root(), dir.path().join("state"));
+    cfg.interval_s = 0.1;
+    cfg.seed = seed;
+    cfg.sender.max_backoff_ms = 300;
+    cfg.sender.retry_holdoff_ms = 300;
+    cfg.truth_file = Some(dir.path().join("truth.jsonl"));
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let relay_air = UdpAir::bind(any, None, 0.0, seed).unwrap();
+    let relay_addr = relay_air.local_addr().unwrap();
+    let fleet_air = UdpAir::bind(any, Some(relay_addr), 0.0, seed ^ 1).unwrap();
+    let fleet_addr = fleet_air.local_addr().unwrap();
+    let attacker = std::net::UdpSocket::bind(any).unwrap();
+    attacker
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let macs: Vec<_> = Fleet::meter_macs(&cfg)
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    // "GPA1" ‖ src (the relay's MAC) ‖ dst (a meter) ‖ garbage: the fleet
+    // refuses it, and must not take the attacker for the relay.
+    let spoof = |dst: &[u8; 6]| {
+        let mut d = b"GPA1".to_vec();
+        d.extend_from_slice(&gridpow_common::virtual_relay_mac(1));
+        d.extend_from_slice(dst);
+        d.extend_from_slice(&[0x5a; 40]);
+        attacker.send_to(&d, fleet_addr).unwrap();
+    };
+    for m in &macs {
+        spoof(m);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let relay = fake_relay(Box::new(relay_air), &keys, stop.clone());
+    let fleet = Fleet::start(cfg.clone(), Box::new(fleet_air)).unwrap();
+    let mut diverted = 0;
+    let mut buf = [0u8; 2048];
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        for m in &macs {
+            spoof(m);
+        }
+        while attacker.recv_from(&mut buf).is_ok() {
+            diverted += 1;
+        }
+    }
+    fleet.stop_generating();
+    let drained = fleet.wait_drained(Duration::from_secs(30));
+    let stats = fleet.shutdown().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let delivered = relay.join().unwrap();
+    while attacker.recv_from(&mut buf).is_ok() {
+        diverted += 1;
+    }
+    assert!(drained, "not drained: {stats:?}");
+    assert_eq!(diverted, 0, "uplinks reached the attacker");
+    assert!(stats.generated > 0);
+    assert_eq!(
+        (stats.dropped, stats.acknowledged),
+        (0, stats.generated),
+        "{stats:?}"
+    );
+    check(
+        &read_truth(cfg.truth_file.as_ref().unwrap()).unwrap(),
+        &delivered,
+    );
 }

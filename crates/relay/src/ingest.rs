@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use gridpow_common::keys::KeyDir;
-use gridpow_common::radio::{RadioError, RadioFrame, RadioPort};
+use gridpow_common::radio::{Confirmation, RadioError, RadioFrame, RadioPort};
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::ingress::{Ingress, Verdict};
 use gridpow_proto::{Error as ProtoError, MacAddr, Rejected};
@@ -24,13 +24,15 @@ use gridpow_proto::{Error as ProtoError, MacAddr, Rejected};
 use crate::chain::ChainEvent;
 use crate::journal::{FrameRecord, Journal};
 use crate::snapshot::IngressSnapshot;
-use crate::stats::{add, set, Shared};
+use crate::stats::{add, set, RefusalCause, RefusalLog, Shared};
 use crate::table::HashMeterTable;
 
 /// Most records one fsync covers (bounds the latency of a huge burst).
 const MAX_BATCH: usize = 8192;
 /// How often an unknown meter id may trigger a registry reload.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// At most one refusal line per cause per this interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Stop signals shared by the relay's threads.
 #[derive(Debug, Default)]
@@ -73,6 +75,7 @@ impl IngressLoop {
     pub(crate) fn run(mut self) {
         let mut pending: VecDeque<PendingAck> = VecDeque::new();
         let mut last_reload = Instant::now();
+        let mut refusals = RefusalLog::new(REFUSAL_LOG_INTERVAL);
         loop {
             if self.signals.stopping() {
                 break;
@@ -84,7 +87,7 @@ impl IngressLoop {
             };
             match self.radio.recv(timeout) {
                 Ok(Some(frame)) => {
-                    if !self.handle(frame, &mut pending, &mut last_reload) {
+                    if !self.handle(frame, &mut pending, &mut last_reload, &mut refusals) {
                         break;
                     }
                     // Drain what is already queued before looking at commits.
@@ -119,8 +122,32 @@ impl IngressLoop {
         frame: RadioFrame,
         pending: &mut VecDeque<PendingAck>,
         last_reload: &mut Instant,
+        refusals: &mut RefusalLog,
     ) -> bool {
         let res = self.ingress.handle_frame(&frame.src, &frame.data);
+        if let Err(e) = &res {
+            let cause = RefusalCause::of(e);
+            let src = gridpow_common::format_mac(&frame.src);
+            match refusals.admit(cause, Instant::now()) {
+                Some(suppressed) => tracing::info!(
+                    cause = cause.name(),
+                    error = %e,
+                    src = %src,
+                    suppressed,
+                    "frame refused"
+                ),
+                None => {
+                    tracing::debug!(cause = cause.name(), error = %e, src = %src, "frame refused")
+                }
+            }
+        }
+        // The hop tag verified: the meter is where this frame came from. A
+        // duplicate may be someone's replay, so it never moves a known route.
+        match res {
+            Ok(Verdict::Accepted(_)) => self.radio.confirm_peer(frame.src, Confirmation::Fresh),
+            Ok(Verdict::Duplicate(_)) => self.radio.confirm_peer(frame.src, Confirmation::Replayed),
+            _ => {}
+        }
         let ok = match res {
             Ok(v @ Verdict::Accepted(info)) => {
                 let jsn = self.next_jsn;
@@ -163,10 +190,8 @@ impl IngressLoop {
                 }
                 true
             }
-            Err(e) => {
-                tracing::debug!(error = %e, src = %gridpow_common::format_mac(&frame.src), "frame refused");
-                true
-            }
+            // Counted by the core, logged above.
+            Err(_) => true,
         };
         self.sync_stats();
         ok

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use gridpow_common::radio::{RadioError, RadioFrame, RadioPort};
+use gridpow_common::radio::{Confirmation, RadioError, RadioFrame, RadioPort};
 use gridpow_proto::wire::serial::{SerialDecoder, SerialKind, SerialRepr, MAX_ENCODED};
 use gridpow_proto::MacAddr;
 
@@ -180,6 +180,9 @@ impl RadioPort for SerialRadio {
             Err(RecvTimeoutError::Disconnected) => Err(RadioError::Closed),
         }
     }
+
+    /// The bridge's radio addresses by MAC: nothing to learn.
+    fn confirm_peer(&mut self, _mac: MacAddr, _how: Confirmation) {}
 }
 
 impl Drop for SerialRadio {

@@ -2,8 +2,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use gridpow_proto::Hash;
+use gridpow_proto::{Error as ProtoError, Hash, Rejected};
 use serde::Serialize;
 
 /// Frames refused by the ingress, by cause.
@@ -25,6 +26,83 @@ impl RejectStats {
     /// All refusals.
     pub fn total(&self) -> u64 {
         self.mac + self.malformed + self.unknown + self.tag + self.replay
+    }
+}
+
+/// Why the ingress refused a frame: the causes [`RejectStats`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RefusalCause {
+    Mac,
+    Malformed,
+    Unknown,
+    Tag,
+    Replay,
+}
+
+impl RefusalCause {
+    const ALL: usize = 5;
+
+    /// The cause the core's ingress counts `e` under.
+    pub(crate) fn of(e: &ProtoError) -> Self {
+        match e {
+            ProtoError::Malformed(_) => RefusalCause::Malformed,
+            ProtoError::Rejected(Rejected::MacNotAllowed | Rejected::MacMismatch) => {
+                RefusalCause::Mac
+            }
+            ProtoError::Rejected(Rejected::UnknownMeter | Rejected::UnknownKeyId) => {
+                RefusalCause::Unknown
+            }
+            ProtoError::Rejected(Rejected::BadTag) => RefusalCause::Tag,
+            _ => RefusalCause::Replay,
+        }
+    }
+
+    /// The name used in [`RejectStats`] and in log lines.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            RefusalCause::Mac => "mac",
+            RefusalCause::Malformed => "malformed",
+            RefusalCause::Unknown => "unknown",
+            RefusalCause::Tag => "tag",
+            RefusalCause::Replay => "replay",
+        }
+    }
+}
+
+/// Rate limit of the ingress's refusal log: at most one line per cause per
+/// `interval`, each line carrying how many refusals of that cause went unlogged
+/// since the previous one. A flood of forged frames stays visible without
+/// filling the disk.
+#[derive(Debug)]
+pub(crate) struct RefusalLog {
+    interval: Duration,
+    /// Per cause: when the last line was written, refusals since.
+    slots: [(Option<Instant>, u64); RefusalCause::ALL],
+}
+
+impl RefusalLog {
+    pub(crate) fn new(interval: Duration) -> Self {
+        RefusalLog {
+            interval,
+            slots: [(None, 0); RefusalCause::ALL],
+        }
+    }
+
+    /// Records a refusal at `now`; returns `Some(suppressed)` when a line is
+    /// due (`suppressed` refusals of this cause were not logged since the last
+    /// line), `None` when this one is to be counted silently.
+    pub(crate) fn admit(&mut self, cause: RefusalCause, now: Instant) -> Option<u64> {
+        let (last, suppressed) = &mut self.slots[cause as usize];
+        match last {
+            Some(t) if now.saturating_duration_since(*t) < self.interval => {
+                *suppressed += 1;
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(std::mem::take(suppressed))
+            }
+        }
     }
 }
 
@@ -199,5 +277,34 @@ impl Shared {
             mqtt_connected: self.mqtt_connected.load(Ordering::Relaxed),
             mqtt_connects: get(&self.mqtt_connects),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_log_writes_one_line_per_cause_per_interval_with_the_suppressed_count() {
+        let mut log = RefusalLog::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(log.admit(RefusalCause::Tag, t0), Some(0));
+        for i in 1..=99u64 {
+            let at = t0 + Duration::from_millis(i * 5);
+            assert_eq!(log.admit(RefusalCause::Tag, at), None);
+        }
+        // Another cause has its own budget.
+        assert_eq!(log.admit(RefusalCause::Replay, t0), Some(0));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(log.admit(RefusalCause::Tag, t1), Some(99));
+        assert_eq!(log.admit(RefusalCause::Tag, t1), None);
+        assert_eq!(
+            log.admit(RefusalCause::Tag, t1 + Duration::from_secs(5)),
+            Some(1)
+        );
+        assert_eq!(
+            RefusalCause::of(&ProtoError::Rejected(Rejected::UnknownKeyId)).name(),
+            "unknown"
+        );
     }
 }
