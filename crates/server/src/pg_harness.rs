@@ -356,6 +356,48 @@ impl PgServer {
             .map_err(|e| PgHarnessError::Sql(format!("{sql}: {e}")))
     }
 
+    /// Turns TLS on (`ssl = on`, reloaded, no restart) with this PEM
+    /// certificate chain and private key; plaintext connections stay allowed.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> Result<(), PgHarnessError> {
+        let cert = self.data.join("server.crt");
+        let key = self.data.join("server.key");
+        std::fs::write(&cert, cert_pem).map_err(io("writing server.crt"))?;
+        std::fs::write(&key, key_pem).map_err(io("writing server.key"))?;
+        // PostgreSQL refuses a key others can read, or one it does not own.
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io("restricting server.key"))?;
+        if let Some((uid, gid)) = self.run_as {
+            for f in [&cert, &key] {
+                std::os::unix::fs::chown(f, Some(uid), Some(gid))
+                    .map_err(io("handing the TLS files to the postgres user"))?;
+            }
+        }
+        let url = self.url("postgres");
+        // Two statements: ALTER SYSTEM may not run inside a (multi-statement) transaction.
+        self.execute(&url, "ALTER SYSTEM SET ssl = on")?;
+        self.execute(&url, "SELECT pg_reload_conf()")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut c = PgConn::connect(&url).map_err(|e| PgHarnessError::Sql(e.to_string()))?;
+            let on = c
+                .query("SHOW ssl", &[])
+                .map_err(|e| PgHarnessError::Sql(e.to_string()))?
+                .first()
+                .and_then(|r| r.try_get::<_, String>(0).ok())
+                == Some("on".to_string());
+            if on {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(PgHarnessError::Sql(format!(
+                    "ssl did not turn on; server log:\n{}",
+                    self.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kills the postmaster with SIGKILL (a crash); [`PgServer::restart`] brings it back.
     pub fn kill(&self) {
         let mut child = self
