@@ -20,8 +20,8 @@
 //! # tls_cert = "keys/tls/http.pem"  # with tls_key: HTTPS only (any PEM chain, e.g. issued by the site CA)
 //! # tls_key = "keys/tls/http.key"
 //! max_connections = 2048       # more are accepted and closed at once (counted)
-//! header_timeout_ms = 5000     # request head (and TLS handshake) within 5 s
-//! idle_timeout_ms = 60000      # a connection silent for 60 s is closed
+//! header_timeout_ms = 5000     # each request head within 5 s of the connection or the last response
+//! idle_timeout_ms = 60000      # a stalled body or response: closed after 60 s without a byte
 //! max_concurrent_requests = 64 # more in flight: 503 + Retry-After (counted)
 //! rate_limit_per_s = 50        # per client address (IPv6 /64): token bucket …
 //! rate_limit_burst = 100       # … of this depth; beyond: 429 + Retry-After (counted)
@@ -162,9 +162,12 @@ pub struct HttpConfig {
     pub tls_key: Option<PathBuf>,
     /// Most connections open at once; beyond, new ones are accepted and closed at once.
     pub max_connections: usize,
-    /// A connection must deliver each request head (and its TLS handshake) within this, ms.
+    /// A connection must deliver each request head within this, ms, counted from
+    /// its start (TLS handshake included) or from the previous response: so this
+    /// is also how long an idle keep-alive connection stays open.
     pub header_timeout_ms: u64,
-    /// A connection that moves no byte for this long is closed, ms.
+    /// A connection that moves no byte for this long in either direction (a
+    /// stalled request body or response) is closed, ms.
     pub idle_timeout_ms: u64,
     /// Most requests handled at once; beyond, 503 with `Retry-After`.
     pub max_concurrent_requests: usize,
