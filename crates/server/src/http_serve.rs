@@ -14,7 +14,7 @@
 //!   `Retry-After`.
 //!
 //! Every refusal is counted in [`Metrics`](crate::metrics::Metrics) (`http_*`)
-//! and logged, rate-limited.
+//! and logged at most once a second per kind, with the number of lines left out.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -162,16 +162,24 @@ impl RateLimiter {
 #[derive(Debug, Default)]
 struct Throttle {
     next_ms: AtomicU64,
+    suppressed: AtomicU64,
 }
 
 impl Throttle {
-    fn ready(&self, now_ms: u64) -> bool {
+    /// `Some(lines left out since the last one)` if a line may be logged now.
+    fn ready(&self, now_ms: u64) -> Option<u64> {
         let next = self.next_ms.load(Ordering::Relaxed);
-        now_ms >= next
+        let admitted = now_ms >= next
             && self
                 .next_ms
                 .compare_exchange(next, now_ms + 1000, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+                .is_ok();
+        if admitted {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 
@@ -197,8 +205,8 @@ impl Ctx {
         let m = &self.shared.metrics;
         if let Err(wait) = self.rate.check(peer.ip(), Instant::now()) {
             add(&m.http_rate_limited, 1);
-            if self.log_rate.ready(self.now_ms()) {
-                tracing::warn!(client = %peer.ip(), path = %req.uri().path(), "HTTP client over its rate limit; answering 429.");
+            if let Some(suppressed) = self.log_rate.ready(self.now_ms()) {
+                tracing::warn!(client = %peer.ip(), path = %req.uri().path(), suppressed, "HTTP client over its rate limit; answering 429.");
             }
             return refusal(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -208,9 +216,10 @@ impl Ctx {
         }
         let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
             add(&m.http_overloaded, 1);
-            if self.log_busy.ready(self.now_ms()) {
+            if let Some(suppressed) = self.log_busy.ready(self.now_ms()) {
                 tracing::warn!(
                     limit = self.limits.max_concurrent_requests,
+                    suppressed,
                     "HTTP requests at their concurrency limit; answering 503."
                 );
             }
@@ -274,8 +283,8 @@ pub(crate) async fn serve(
             Ok(a) => a,
             Err(e) => {
                 add(&m.http_accept_errors, 1);
-                if log_accept.ready(ctx.now_ms()) {
-                    tracing::error!(error = %e, "HTTP accept failed; retrying.");
+                if let Some(suppressed) = log_accept.ready(ctx.now_ms()) {
+                    tracing::error!(error = %e, suppressed, "HTTP accept failed; retrying.");
                 }
                 tokio::select! {
                     () = &mut stop => break,
@@ -285,10 +294,11 @@ pub(crate) async fn serve(
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             add(&m.http_connections_refused, 1);
-            if ctx.log_refused.ready(ctx.now_ms()) {
+            if let Some(suppressed) = ctx.log_refused.ready(ctx.now_ms()) {
                 tracing::warn!(
                     client = %peer.ip(),
                     limit = limits.max_connections,
+                    suppressed,
                     "HTTP connection limit reached; closing new connections."
                 );
             }
@@ -523,10 +533,11 @@ mod tests {
     }
 
     #[test]
-    fn throttle_lets_one_line_through_per_second() {
+    fn throttle_lets_one_line_through_per_second_and_counts_the_rest() {
         let t = Throttle::default();
-        assert!(t.ready(5));
-        assert!(!t.ready(500));
-        assert!(t.ready(1005));
+        assert_eq!(t.ready(5), Some(0));
+        assert_eq!(t.ready(500), None);
+        assert_eq!(t.ready(900), None);
+        assert_eq!(t.ready(1005), Some(2));
     }
 }
