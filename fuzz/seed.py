@@ -13,6 +13,7 @@ seeds = {
     "receipt": [json.loads((vec / "receipt.json").read_text())["bytes"]],
     "serial": [json.loads((vec / "serial.json").read_text())["encoded"]],
     "ingress": json.loads((vec / "block.json").read_text())["frames"],
+    "server_payload": [json.loads((vec / "block.json").read_text())["block"]],
 }
 for target, items in seeds.items():
     d = corpus / target

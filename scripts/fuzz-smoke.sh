@@ -10,8 +10,9 @@ fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 python3 seed.py
 targets=$(cargo +nightly fuzz list)
-cargo +nightly fuzz build -O 2>&1 | tail -1
+# `server` builds the grid server's MQTT-payload target too.
+cargo +nightly fuzz build -O --features server 2>&1 | tail -1
 for t in $targets; do
-  cargo +nightly fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=4096 2>&1 | grep -E "^(Done|#[0-9]+ +DONE)|ERROR|panicked" | tail -1
+  cargo +nightly fuzz run -O --features server "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=4096 2>&1 | grep -E "^(Done|#[0-9]+ +DONE)|ERROR|panicked" | tail -1
   echo "fuzz: $t ran ${secs}s without a crash"
 done
