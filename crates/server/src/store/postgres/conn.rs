@@ -123,15 +123,19 @@ fn split_tls_params(url: &str) -> Result<(String, Option<TlsMode>, Option<PathBu
     let (mut mode, mut root, mut rest) = (None, None, Vec::new());
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("sslmode", v)) => mode = match v {
-                "disable" | "allow" | "prefer" => None,
-                "require" => Some(TlsMode::Require),
-                "verify-ca" => Some(TlsMode::VerifyCa),
-                "verify-full" => Some(TlsMode::VerifyFull),
-                other => return Err(ConnectError::Tls(format!(
+            Some(("sslmode", v)) => {
+                mode = match v {
+                    "disable" | "allow" | "prefer" => None,
+                    "require" => Some(TlsMode::Require),
+                    "verify-ca" => Some(TlsMode::VerifyCa),
+                    "verify-full" => Some(TlsMode::VerifyFull),
+                    other => {
+                        return Err(ConnectError::Tls(format!(
                     "sslmode={other}: expected disable, prefer, require, verify-ca or verify-full"
-                ))),
-            },
+                )))
+                    }
+                }
+            }
             Some(("sslrootcert", v)) => root = Some(PathBuf::from(percent_decode(v)?)),
             _ => rest.push(pair),
         }
