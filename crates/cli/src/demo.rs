@@ -12,6 +12,7 @@ use gridpow_common::keys::{InitOptions, KeyDir};
 use gridpow_common::radio::Medium;
 use gridpow_meters::{Fleet, FleetConfig, MeterSelection};
 use gridpow_relay::{Relay, RelayConfig};
+use gridpow_server::auth::{Role, TokenFile};
 use gridpow_server::{Server, ServerConfig};
 use serde::Serialize;
 
@@ -144,10 +145,17 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     scfg.mqtt.port = broker.v5_addr.port();
     scfg.http.listen = a.http;
     scfg.plausibility.expected_interval_s = a.interval.ceil().max(1.0) as u64;
+    // A fresh admin token each run (the file keeps only hashes, so an old one cannot be shown again).
+    let tokens = scfg.tokens_path();
+    let mut file = TokenFile::load(&tokens)?;
+    file.revoke("demo");
+    let token = file.create("demo", Role::Admin, None)?;
+    file.save(&tokens)?;
     let server = Server::start(scfg)
         .await
         .context("starting the grid server (another --http address may help)")?;
     let dashboard = format!("http://{}/", server.http_addr());
+    let login = format!("http://{}/login?token={token}", server.http_addr());
     let stored_before = server.stats().readings_stored;
 
     let medium = Medium::new(a.loss, 0x6772_6964);
@@ -181,7 +189,14 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
             a.loss * 100.0
         ),
     );
-    progress(q, format_args!("dashboard: {dashboard}"));
+    progress(q, format_args!("dashboard: {login}"));
+    progress(
+        q,
+        format_args!(
+            "API: curl -H 'Authorization: Bearer {token}' {dashboard}api/v1/stats (admin token \"demo\" in {})",
+            tokens.display()
+        ),
+    );
     match a.duration {
         Some(d) => progress(
             q,

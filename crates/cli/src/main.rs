@@ -12,6 +12,7 @@ mod demo;
 mod keys_cmd;
 mod ledger_cmd;
 mod services;
+mod tokens_cmd;
 
 /// gridpow: smart-meter readings from ESP32 meters to a verified database, sealed end to end.
 #[derive(Parser, Debug)]
@@ -36,6 +37,9 @@ enum Command {
     /// Create and manage keys, certificates and the meter registry.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
+    /// Create, list and revoke the API tokens of a grid server (roles viewer, operator, admin, customer).
+    #[command(subcommand)]
+    Tokens(tokens_cmd::TokensCommand),
     /// Run a relay (cluster head): radio ingress, journal, blocks with PoW, MQTT publishing.
     Relay(services::ConfigArg),
     /// Run a grid server: verify blocks, store readings, HTTP API and dashboard.
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Keys(k) => keys_cmd::run(k),
+        Command::Tokens(t) => tokens_cmd::run(t),
         Command::Relay(a) => services::run_relay(&a.config),
         Command::Server(a) => services::run_server(&a),
         Command::Meters(a) => services::run_meters(&a.config),

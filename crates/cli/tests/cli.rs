@@ -239,3 +239,69 @@ fn demo_runs_on_postgresql_and_its_ledger_verifies() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn tokens_are_printed_once_stored_as_hashes_with_mode_0600_listed_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server-1").join("tokens.toml");
+    let f = file.to_str().unwrap();
+    let create = |name: &str, role: &str, meter: Option<&str>| {
+        let mut args = vec![
+            "tokens", "create", "--file", f, "--name", name, "--role", role,
+        ];
+        if let Some(m) = meter {
+            args.extend(["--meter", m]);
+        }
+        gridpow(&args)
+    };
+    let o = create("grafana", "viewer", None);
+    assert!(o.status.success(), "{}", text(&o));
+    let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(token.starts_with("gpt_") && token.len() == 68, "{token}");
+    let o = create("house-17", "customer", Some("17"));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = create("house-18", "customer", None);
+    assert!(
+        !o.status.success() && text(&o).contains("--meter"),
+        "{}",
+        text(&o)
+    );
+    let o = create("grafana", "admin", None);
+    assert!(
+        !o.status.success() && text(&o).contains("exists"),
+        "{}",
+        text(&o)
+    );
+    let o = create("x", "root", None);
+    assert!(
+        !o.status.success() && text(&o).contains("unknown role"),
+        "{}",
+        text(&o)
+    );
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(!stored.contains(&token[4..]), "{stored}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let o = gridpow(&["tokens", "list", "--file", f]);
+    let listed = text(&o);
+    assert!(o.status.success(), "{listed}");
+    assert!(
+        listed.contains("grafana") && listed.contains("viewer"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("house-17") && listed.contains("17"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&token[4..]), "{listed}");
+    let o = gridpow(&["tokens", "revoke", "--file", f, "--name", "grafana"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = gridpow(&["tokens", "revoke", "--file", f, "--name", "grafana"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let listed = text(&gridpow(&["tokens", "list", "--file", f]));
+    assert!(
+        !listed.contains("grafana") && listed.contains("house-17"),
+        "{listed}"
+    );
+}

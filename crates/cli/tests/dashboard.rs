@@ -1,8 +1,9 @@
 //! The dashboard in a real browser: Debian's Chromium, headless, against a
-//! running `gridpow demo`. Data must appear on the page.
+//! running `gridpow demo`, logged in through the address the demo prints.
+//! Data must appear on the page.
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,10 +24,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
+fn http_get(port: u16, token: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
@@ -88,10 +93,33 @@ fn dashboard_shows_live_readings_and_blocks_in_headless_chromium() {
         .arg("--data-dir")
         .arg(dir.path())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let _demo = KillOnDrop(child);
+    let mut demo = KillOnDrop(child);
+    // The demo prints its login address on stderr; keep draining it afterwards.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = demo.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("dashboard: ") {
+                let _ = tx.send(url.to_string());
+            }
+        }
+    });
+    let login = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the demo printed no dashboard address");
+    let token = login
+        .split_once("/login?token=")
+        .map(|(_, t)| t.to_string())
+        .unwrap_or_else(|| panic!("no token in the dashboard address {login}"));
+    assert!(
+        login.starts_with(&format!("http://127.0.0.1:{port}/login?token=gpt_")),
+        "{login}"
+    );
+    let anonymous = http_get(port, "", "/api/v1/stats").unwrap_or_default();
+    assert!(anonymous.contains(" 401 "), "{anonymous}");
     // Wait until the server has stored a few blocks.
     let start = Instant::now();
     loop {
@@ -99,7 +127,7 @@ fn dashboard_shows_live_readings_and_blocks_in_headless_chromium() {
             start.elapsed() < Duration::from_secs(60),
             "the demo's API never reported stored readings"
         );
-        if let Some(body) = http_get(port, "/api/v1/stats") {
+        if let Some(body) = http_get(port, &token, "/api/v1/stats") {
             if let Some(json) = body.split("\r\n\r\n").nth(1) {
                 let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
                 if v["readings_stored"].as_u64().unwrap_or(0) >= 12
@@ -111,7 +139,7 @@ fn dashboard_shows_live_readings_and_blocks_in_headless_chromium() {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    let dom = dump_dom(&format!("http://127.0.0.1:{port}/"));
+    let dom = dump_dom(&login);
     assert!(
         dom.contains("data-ready=\"1\""),
         "the page never rendered data:\n{}",

@@ -59,11 +59,11 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-fn http_get(port: u16, path: &str) -> String {
+fn http_get(port: u16, token: &str, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -71,8 +71,8 @@ fn http_get(port: u16, path: &str) -> String {
     out
 }
 
-fn metric(port: u16, name: &str) -> u64 {
-    let body = http_get(port, "/metrics");
+fn metric(port: u16, token: &str, name: &str) -> u64 {
+    let body = http_get(port, token, "/metrics");
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or(0)
@@ -136,6 +136,16 @@ fn an_attacker_with_everything_a_relay_holds_can_invent_alter_or_read_no_reading
     let server_bundle = root.join("server-bundle").display().to_string();
     export_bundle(&["relay", "--dir", &k, "--id", "1", "--out", &relay_bundle]);
     export_bundle(&["server", "--dir", &k, "--out", &server_bundle]);
+    // A viewer token for /metrics, in the server's default tokens file.
+    let tokens = format!("{server_bundle}/tokens.toml");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_gridpow"))
+        .args([
+            "tokens", "create", "--file", &tokens, "--name", "scraper", "--role", "viewer",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let token = String::from_utf8(o.stdout).unwrap().trim().to_string();
     let broker = Mosquitto::start(
         &keys,
         &MosquittoOptions {
@@ -322,11 +332,11 @@ fn an_attacker_with_everything_a_relay_holds_can_invent_alter_or_read_no_reading
     let want = published;
     let counter = "gridpow_server_quarantined_total{reason=\"bad_tag\"}";
     let start = Instant::now();
-    while metric(http, counter) < want && start.elapsed() < Duration::from_secs(30) {
+    while metric(http, &token, counter) < want && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        metric(http, counter),
+        metric(http, &token, counter),
         want,
         "every forged frame refused as a bad end-to-end tag ({:?})",
         forged.iter().map(|(n, _)| *n).collect::<Vec<_>>()

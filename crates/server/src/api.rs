@@ -1,5 +1,12 @@
 //! The HTTP API (`/api/v1/…`), `/metrics`, `/healthz` and the dashboard at `/`.
 //!
+//! Access ([`crate::auth`]): `/healthz` is open; `/login` and everything else
+//! need an allowed `Host`; everything but `/login` needs a token. Customer
+//! tokens reach only `/api/v1/meters/{their meter}/readings` and the proofs of
+//! that meter's readings. List endpoints refuse a `limit` above
+//! `http.max_page` (400) instead of clamping it, so a client never mistakes a
+//! short page for the end.
+//!
 //! Queries run on blocking threads against read-only database connections
 //! (SQLite in WAL mode lets them read while the writer commits).
 
@@ -8,15 +15,17 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::from_fn;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use gridpow_common::keys::KeyDir;
 use gridpow_proto::merkle::{inclusion_proof, leaf_hash, verify_inclusion, MAX_PROOF_LEN};
 use gridpow_proto::wire::block::signing_message;
 use gridpow_proto::wire::BlockPacket;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{self, Gate, HttpRefusal, Principal, Refusal};
 use crate::metrics::Shared;
 use crate::store::{open_reader, Store, StoreError, StoredReading};
 
@@ -96,8 +105,16 @@ pub(crate) enum ApiError {
     NotFound(String),
     BadRequest(String),
     Internal(String),
+    /// Refused by the access rules (already counted and logged).
+    Refused(Refusal),
     /// 503 with `Retry-After`: no database reader free in time.
     Busy(String),
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ApiError::Refused(r)
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -115,6 +132,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %m, "API request failed.");
                 (StatusCode::INTERNAL_SERVER_ERROR, m)
             }
+            ApiError::Refused(r) => return r.into_response(),
             ApiError::Busy(m) => {
                 let body = Json(serde_json::json!({ "error": m }));
                 let retry = [(header::RETRY_AFTER, "1")];
@@ -125,19 +143,36 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub(crate) fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+pub(crate) fn router(state: Arc<ApiState>, gate: Arc<Gate>) -> Router {
+    // Viewers, operators and admins.
+    let mut staff = Router::new()
         .route("/", get(dashboard))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/meters", get(meters))
-        .route("/api/v1/meters/{id}/readings", get(meter_readings))
         .route("/api/v1/relays", get(relays))
         .route("/api/v1/blocks", get(blocks))
-        .route("/api/v1/readings/{reading_id}/proof", get(proof))
         .route("/api/v1/alerts", get(alerts))
-        .route("/api/v1/quarantine", get(quarantine))
+        .route("/api/v1/quarantine", get(quarantine));
+    if !gate.metrics_open {
+        staff = staff.route("/metrics", get(metrics));
+    }
+    let staff = staff.route_layer(from_fn(auth::require_staff));
+    // Also customers, for their own meter (checked by the handlers).
+    let household = Router::new()
+        .route("/api/v1/meters/{id}/readings", get(meter_readings))
+        .route("/api/v1/readings/{reading_id}/proof", get(proof));
+    let signed_in = staff
+        .merge(household)
+        .route_layer(from_fn(auth::authenticate));
+    let mut open = Router::new().route("/login", get(auth::login));
+    if gate.metrics_open {
+        open = open.route("/metrics", get(metrics));
+    }
+    let host_checked = signed_in.merge(open).route_layer(from_fn(auth::check_host));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(host_checked)
+        .layer(Extension(gate))
         .with_state(state)
 }
 
@@ -210,9 +245,15 @@ fn csv(rows: &[StoredReading]) -> String {
 
 async fn meter_readings(
     State(s): State<Arc<ApiState>>,
+    Extension(gate): Extension<Arc<Gate>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<u32>,
     Query(q): Query<ReadingsQuery>,
 ) -> Result<Response, ApiError> {
+    let path = "/api/v1/meters/{id}/readings";
+    if !who.may_read_meter(id) {
+        return Err(forbidden_meter(&gate, &who, id, path).into());
+    }
     let from = q.from.unwrap_or(0);
     let to = q.to.unwrap_or(u64::MAX);
     if from > to {
@@ -220,7 +261,7 @@ async fn meter_readings(
             "from ({from}) is after to ({to})"
         )));
     }
-    let limit = q.limit.unwrap_or(10_000).clamp(1, 1_000_000);
+    let limit = gate.page(q.limit, gate.max_page, path)?;
     let format = q.format.as_deref().unwrap_or("json");
     if format != "json" && format != "csv" {
         return Err(ApiError::BadRequest(format!(
@@ -256,9 +297,10 @@ struct BlocksQuery {
 
 async fn blocks(
     State(s): State<Arc<ApiState>>,
+    Extension(gate): Extension<Arc<Gate>>,
     Query(q): Query<BlocksQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let limit = gate.page(q.limit, 50, "/api/v1/blocks")?;
     Ok(Json(s.query(move |st| st.blocks(q.relay, limit)).await?))
 }
 
@@ -269,17 +311,19 @@ struct LimitQuery {
 
 async fn alerts(
     State(s): State<Arc<ApiState>>,
+    Extension(gate): Extension<Arc<Gate>>,
     Query(q): Query<LimitQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = gate.page(q.limit, 100, "/api/v1/alerts")?;
     Ok(Json(s.query(move |st| st.alerts(limit)).await?))
 }
 
 async fn quarantine(
     State(s): State<Arc<ApiState>>,
+    Extension(gate): Extension<Arc<Gate>>,
     Query(q): Query<LimitQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = gate.page(q.limit, 100, "/api/v1/quarantine")?;
     Ok(Json(s.query(move |st| st.quarantine(limit)).await?))
 }
 
@@ -305,14 +349,28 @@ struct Proof {
     signature_verified: bool,
 }
 
+fn forbidden_meter(gate: &Gate, who: &Principal, meter: u32, path: &str) -> Refusal {
+    gate.refuse(
+        HttpRefusal::WrongMeter,
+        path,
+        format!("token {:?} may not read meter {meter}", who.name),
+    )
+}
+
 async fn proof(
     State(s): State<Arc<ApiState>>,
+    Extension(gate): Extension<Arc<Gate>>,
+    Extension(who): Extension<Principal>,
     Path(reading_id): Path<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     let found = s.query(move |st| st.reading_with_block(reading_id)).await?;
     let Some((reading, block)) = found else {
         return Err(ApiError::NotFound(format!("no reading {reading_id}")));
     };
+    if !who.may_read_meter(reading.meter_id) {
+        let path = "/api/v1/readings/{reading_id}/proof";
+        return Err(forbidden_meter(&gate, &who, reading.meter_id, path).into());
+    }
     let packet = BlockPacket::new_checked(&block.raw[..]).map_err(|e| {
         ApiError::Internal(format!("stored block {} does not parse: {e}", block.id))
     })?;

@@ -25,6 +25,10 @@
 //! max_concurrent_requests = 64 # more in flight: 503 + Retry-After (counted)
 //! rate_limit_per_s = 50        # per client address (IPv6 /64): token bucket …
 //! rate_limit_burst = 100       # … of this depth; beyond: 429 + Retry-After (counted)
+//! # tokens_file = "server-1/tokens.toml"  # default keys_dir/tokens.toml; `gridpow tokens create`
+//! allowed_hosts = ["localhost", "127.0.0.1", "[::1]"]  # plus the listen address; others get 421
+//! max_page = 1000              # largest `limit` of list endpoints; more: 400
+//! metrics_open = false         # true: /metrics without a token (loopback scrapers)
 //!
 //! [plausibility]
 //! nominal_voltage_v = 230.0
@@ -175,6 +179,16 @@ pub struct HttpConfig {
     pub rate_limit_per_s: u32,
     /// Requests one client address may send in a burst above `rate_limit_per_s`.
     pub rate_limit_burst: u32,
+    /// The API tokens file (SHA-256 of each token, its name and role; mode 0600),
+    /// re-read when it changes; default `keys_dir/tokens.toml`. See `gridpow tokens`.
+    pub tokens_file: Option<PathBuf>,
+    /// Host names (optionally `name:port`) requests may be addressed to; others
+    /// are refused with 421 (DNS rebinding). The listen address is always allowed.
+    pub allowed_hosts: Vec<String>,
+    /// Largest `limit` a list endpoint accepts; a larger one is refused with 400.
+    pub max_page: usize,
+    /// Serve `/metrics` without a token (for a scraper on loopback only; the host check still applies).
+    pub metrics_open: bool,
 }
 
 impl Default for HttpConfig {
@@ -189,6 +203,10 @@ impl Default for HttpConfig {
             max_concurrent_requests: 64,
             rate_limit_per_s: 50,
             rate_limit_burst: 100,
+            tokens_file: None,
+            allowed_hosts: crate::auth::default_allowed_hosts(),
+            max_page: 1000,
+            metrics_open: false,
         }
     }
 }
@@ -350,6 +368,20 @@ impl ServerConfig {
         if h.rate_limit_burst == 0 {
             return bad("http.rate_limit_burst", "must be at least 1");
         }
+        if !(1..=1_000_000).contains(&h.max_page) {
+            return bad("http.max_page", "must be in 1..=1000000");
+        }
+        if let Some(bad_host) = h
+            .allowed_hosts
+            .iter()
+            .find(|e| !crate::auth::valid_host_entry(e))
+        {
+            return Err(ConfigError::invalid(
+                path,
+                "http.allowed_hosts",
+                format!("{bad_host:?} is not a host name, name:port, IP address or [IPv6]"),
+            ));
+        }
         let p = &self.plausibility;
         if p.nominal_voltage_v.is_nan() || p.nominal_voltage_v <= 0.0 {
             return bad("plausibility.nominal_voltage_v", "must be positive");
@@ -410,6 +442,14 @@ impl ServerConfig {
                 .clone()
                 .unwrap_or_else(|| d.join(format!("{name}.key"))),
         )
+    }
+
+    /// The API tokens file: `http.tokens_file`, default `keys_dir/tokens.toml`.
+    pub fn tokens_path(&self) -> PathBuf {
+        self.http
+            .tokens_file
+            .clone()
+            .unwrap_or_else(|| self.keys_dir.join("tokens.toml"))
     }
 
     /// The MQTT client id.

@@ -33,6 +33,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod api;
+pub mod auth;
 pub mod config;
 mod http_serve;
 mod ingest;

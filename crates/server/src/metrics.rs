@@ -8,6 +8,7 @@ use std::sync::RwLock;
 
 use serde::Serialize;
 
+use crate::auth::HttpRefusal;
 use crate::plausibility::AlertKind;
 use crate::store::DbTotals;
 use crate::verify::RejectKind;
@@ -75,6 +76,8 @@ pub struct Metrics {
     pub http_overloaded: AtomicU64,
     /// API requests refused with 503: no database reader free in time.
     pub http_db_busy: AtomicU64,
+    /// HTTP requests refused by the access rules, by [`HttpRefusal`] (index in `HttpRefusal::ALL`).
+    pub http_refused: [AtomicU64; HttpRefusal::ALL.len()],
 }
 
 /// State shared by the pipeline threads, the HTTP API and the handle.
@@ -130,6 +133,13 @@ impl Shared {
     pub fn count_alert(&self, kind: AlertKind, n: u64) {
         if let Some(i) = AlertKind::ALL.iter().position(|k| *k == kind) {
             add(&self.metrics.alerts[i], n);
+        }
+    }
+
+    /// Counts an HTTP request refused by the access rules.
+    pub fn count_http_refusal(&self, kind: HttpRefusal) {
+        if let Some(i) = HttpRefusal::ALL.iter().position(|k| *k == kind) {
+            add(&self.metrics.http_refused[i], 1);
         }
     }
 
@@ -353,6 +363,15 @@ impl Shared {
             let _ = writeln!(
                 o,
                 "gridpow_server_quarantined_total{{reason=\"{}\"}} {}",
+                k.as_str(),
+                get(c)
+            );
+        }
+        let _ = writeln!(o, "# HELP gridpow_server_http_refused_total HTTP requests refused: no or bad token, wrong role or meter, bad Host, page too large.\n# TYPE gridpow_server_http_refused_total counter");
+        for (k, c) in HttpRefusal::ALL.iter().zip(&m.http_refused) {
+            let _ = writeln!(
+                o,
+                "gridpow_server_http_refused_total{{reason=\"{}\"}} {}",
                 k.as_str(),
                 get(c)
             );

@@ -189,11 +189,10 @@ impl Server {
         ));
 
         let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let app = crate::api::router(crate::api::ApiState::new(
-            cfg.db.clone(),
-            keys,
-            shared.clone(),
-        ));
+        let app = crate::api::router(
+            crate::api::ApiState::new(cfg.db.clone(), keys, shared.clone()),
+            crate::auth::Gate::new(&cfg, http_addr, shared.clone()),
+        );
         let http = tokio::spawn(crate::http_serve::serve(
             listener,
             http_tls.clone(),

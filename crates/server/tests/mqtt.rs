@@ -122,7 +122,7 @@ async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_ve
     let r = receipts(&site, &mut rx, 1).await;
     assert!(has(&r, 3, &h3, ReceiptStatus::Stored), "{r:?}");
     assert_eq!(server.stats().gaps_open, 1);
-    let (_, relays) = http_get(server.http_addr(), "/api/v1/relays").await;
+    let (_, relays) = http_get(server.http_addr(), &site.admin, "/api/v1/relays").await;
     assert_eq!(json(&relays)[0]["gaps"], serde_json::json!([[2, 2]]));
     publish(&client, 1, &b2).await;
     publish(&client, 1, &fork).await;
@@ -138,7 +138,7 @@ async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_ve
 
     // The HTTP API.
     let addr = server.http_addr();
-    let (code, body) = http_get(addr, "/api/v1/stats").await;
+    let (code, body) = http_get(addr, &site.admin, "/api/v1/stats").await;
     let stats = json(&body);
     assert_eq!(code, 200);
     for (field, want) in [
@@ -151,10 +151,10 @@ async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_ve
     ] {
         assert_eq!(stats[field], want, "{field} in {body}");
     }
-    let meters = json(&http_get(addr, "/api/v1/meters").await.1);
+    let meters = json(&http_get(addr, &site.admin, "/api/v1/meters").await.1);
     assert_eq!(meters.as_array().unwrap().len(), 3);
     assert_eq!(meters[0]["readings"], 9);
-    let (code, body) = http_get(addr, "/api/v1/meters/1/readings").await;
+    let (code, body) = http_get(addr, &site.admin, "/api/v1/meters/1/readings").await;
     assert_eq!(code, 200);
     let readings = json(&body);
     let seqs: Vec<u64> = readings["readings"]
@@ -172,6 +172,7 @@ async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_ve
     let to = site.t0 + 40_000;
     let (_, csv) = http_get(
         addr,
+        &site.admin,
         &format!("/api/v1/meters/1/readings?from={from}&to={to}&format=csv"),
     )
     .await;
@@ -186,23 +187,32 @@ async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_ve
         "readings 2, 3 and 4 fall in the window: {csv}"
     );
     let id = readings["readings"][4]["id"].as_i64().unwrap();
-    let (code, body) = http_get(addr, &format!("/api/v1/readings/{id}/proof")).await;
+    let (code, body) = http_get(addr, &site.admin, &format!("/api/v1/readings/{id}/proof")).await;
     assert_eq!(code, 200, "{body}");
     let proof = json(&body);
     assert_eq!(proof["verified"], true, "{body}");
     assert_eq!(proof["signature_verified"], true, "{body}");
     assert_eq!(proof["tree_size"], 2);
     assert_eq!(proof["audit_path"].as_array().unwrap().len(), 1);
-    assert_eq!(http_get(addr, "/api/v1/readings/999999/proof").await.0, 404);
-    let relays = json(&http_get(addr, "/api/v1/relays").await.1);
+    assert_eq!(
+        http_get(addr, &site.admin, "/api/v1/readings/999999/proof")
+            .await
+            .0,
+        404
+    );
+    let relays = json(&http_get(addr, &site.admin, "/api/v1/relays").await.1);
     assert_eq!(relays[0]["head_height"], 3);
     assert_eq!(relays[0]["linked_height"], 3);
     assert_eq!(relays[0]["forks"], 1);
     assert!(relays[0]["mean_work_bits"].as_f64().unwrap() >= 8.0);
-    let blocks = json(&http_get(addr, "/api/v1/blocks?relay=1&limit=2").await.1);
+    let blocks = json(
+        &http_get(addr, &site.admin, "/api/v1/blocks?relay=1&limit=2")
+            .await
+            .1,
+    );
     assert_eq!(blocks.as_array().unwrap().len(), 2);
     assert!(blocks[0]["height"].as_u64().unwrap() == 3);
-    let alerts = json(&http_get(addr, "/api/v1/alerts").await.1);
+    let alerts = json(&http_get(addr, &site.admin, "/api/v1/alerts").await.1);
     let kinds: Vec<&str> = alerts
         .as_array()
         .unwrap()
@@ -213,9 +223,9 @@ async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_ve
         kinds.contains(&"gap") && kinds.contains(&"fork"),
         "{alerts}"
     );
-    let quarantine = json(&http_get(addr, "/api/v1/quarantine").await.1);
+    let quarantine = json(&http_get(addr, &site.admin, "/api/v1/quarantine").await.1);
     assert_eq!(quarantine[0]["kind"], "fork");
-    let (code, metrics) = http_get(addr, "/metrics").await;
+    let (code, metrics) = http_get(addr, &site.admin, "/metrics").await;
     assert_eq!(code, 200);
     assert!(
         metrics.contains("gridpow_ledger_readings_total 24"),
@@ -225,8 +235,8 @@ async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_ve
         metrics.contains("gridpow_server_quarantined_total{reason=\"fork\"} 1"),
         "{metrics}"
     );
-    assert!(json(&http_get(addr, "/healthz").await.1)["mqtt_connected"] == true);
-    let (code, page) = http_get(addr, "/").await;
+    assert!(json(&http_get(addr, &site.admin, "/healthz").await.1)["mqtt_connected"] == true);
+    let (code, page) = http_get(addr, &site.admin, "/").await;
     assert_eq!(code, 200);
     for id in [
         "readings-stored",
@@ -392,9 +402,13 @@ async fn refused_payloads_land_in_quarantine_with_their_reason_and_nothing_crash
     );
 
     let q = json(
-        &http_get(server.http_addr(), "/api/v1/quarantine?limit=100")
-            .await
-            .1,
+        &http_get(
+            server.http_addr(),
+            &site.admin,
+            "/api/v1/quarantine?limit=100",
+        )
+        .await
+        .1,
     );
     let mut kinds: HashMap<String, usize> = HashMap::new();
     for row in q.as_array().unwrap() {
@@ -416,7 +430,9 @@ async fn refused_payloads_land_in_quarantine_with_their_reason_and_nothing_crash
         "unknown meter and bad tags are frame faults"
     );
     assert_eq!((s.readings_stored, s.meters), (2 + 5, 2));
-    let metrics = http_get(server.http_addr(), "/metrics").await.1;
+    let metrics = http_get(server.http_addr(), &site.admin, "/metrics")
+        .await
+        .1;
     assert!(
         metrics.contains("gridpow_server_quarantined_total{reason=\"malformed\"} 3"),
         "{metrics}"

@@ -178,7 +178,7 @@ async fn two_servers_on_postgres_store_shuffled_and_redelivered_blocks_once_and_
         "{s:?}"
     );
     // The HTTP API of either server reads the shared database.
-    let (code, body) = http_get(b.http_addr(), "/api/v1/meters/2/readings").await;
+    let (code, body) = http_get(b.http_addr(), &site.admin, "/api/v1/meters/2/readings").await;
     assert_eq!(code, 200, "{body}");
     let readings = json(&body);
     let seqs: Vec<u64> = readings["readings"]
@@ -195,12 +195,20 @@ async fn two_servers_on_postgres_store_shuffled_and_redelivered_blocks_once_and_
     assert_eq!(seqs, want, "each reading once, in time order");
     let id = readings["readings"][3]["id"].as_i64().unwrap();
     let proof = json(
-        &http_get(a.http_addr(), &format!("/api/v1/readings/{id}/proof"))
+        &http_get(
+            a.http_addr(),
+            &site.admin,
+            &format!("/api/v1/readings/{id}/proof"),
+        )
+        .await
+        .1,
+    );
+    assert_eq!(proof["verified"], true, "{proof}");
+    let relays_json = json(
+        &http_get(a.http_addr(), &site.admin, "/api/v1/relays")
             .await
             .1,
     );
-    assert_eq!(proof["verified"], true, "{proof}");
-    let relays_json = json(&http_get(a.http_addr(), "/api/v1/relays").await.1);
     for r in relays_json.as_array().unwrap() {
         assert_eq!(r["linked_height"], 9, "{relays_json}");
         assert_eq!(r["gaps"], serde_json::json!([]), "{relays_json}");

@@ -17,6 +17,7 @@ use gridpow_proto::pow::solve_blocking;
 use gridpow_proto::wire::uplink::{seal, UplinkHeader};
 use gridpow_proto::wire::{BlockHeaderRepr, Reading};
 use gridpow_proto::Hash;
+use gridpow_server::auth::{Role, TokenFile};
 use gridpow_server::config::{HttpConfig, MqttConfig};
 use gridpow_server::ServerConfig;
 use rumqttc::v5::mqttbytes::v5::Packet;
@@ -35,6 +36,8 @@ pub struct Site {
     pub dir: tempfile::TempDir,
     pub keys: KeyDir,
     pub t0: u64,
+    /// An admin API token in [`Site::tokens_path`], which [`Site::config`] names.
+    pub admin: String,
 }
 
 impl Site {
@@ -48,11 +51,29 @@ impl Site {
         .unwrap();
         let list: Vec<_> = meters.iter().map(|&m| (m, None)).collect();
         keys.add_meters(&list).unwrap();
+        let mut tokens = TokenFile::default();
+        let admin = tokens.create("test-admin", Role::Admin, None).unwrap();
+        tokens.save(&dir.path().join("tokens.toml")).unwrap();
         Site {
             dir,
             keys,
             t0: t0(),
+            admin,
         }
+    }
+
+    /// The API tokens file of the servers [`Site::config`] describes.
+    pub fn tokens_path(&self) -> PathBuf {
+        self.dir.path().join("tokens.toml")
+    }
+
+    /// Adds a token to the tokens file and returns it.
+    pub fn token(&self, name: &str, role: Role, meter: Option<u32>) -> String {
+        let path = self.tokens_path();
+        let mut f = TokenFile::load(&path).unwrap();
+        let t = f.create(name, role, meter).unwrap();
+        f.save(&path).unwrap();
+        t
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -146,6 +167,7 @@ impl Site {
             },
             http: HttpConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                tokens_file: Some(self.tokens_path()),
                 ..HttpConfig::default()
             },
             ..ServerConfig::default()
@@ -249,11 +271,30 @@ pub async fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// A minimal HTTP/1.1 GET: status and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+/// A minimal HTTP/1.1 GET with `Authorization: Bearer <token>`: status and body.
+pub async fn http_get(addr: SocketAddr, token: &str, path: &str) -> (u16, String) {
+    let (status, _, body) =
+        http_request(addr, path, &[("Authorization", &format!("Bearer {token}"))]).await;
+    (status, body)
+}
+
+/// A minimal HTTP/1.1 GET with `headers` (a `Host` among them replaces the
+/// default, the address): status, head (lower case) and body.
+pub async fn http_request(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
@@ -268,7 +309,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     } else {
         body.to_string()
     };
-    (status, body)
+    (status, head.to_ascii_lowercase(), body)
 }
 
 fn dechunk(mut s: &str) -> String {
