@@ -524,6 +524,22 @@ mod tests {
     }
 
     #[test]
+    fn http_access_settings_default_to_loopback_hosts_and_are_validated_naming_the_field() {
+        let c = ServerConfig::default();
+        assert_eq!(c.tokens_path(), Path::new("server-1/tokens.toml"));
+        assert_eq!(c.http.allowed_hosts, ["localhost", "127.0.0.1", "[::1]"]);
+        assert!(c.http.max_page == 1000 && !c.http.metrics_open);
+        let mut c = ServerConfig::default();
+        c.http.allowed_hosts = vec!["grid.example:notaport".into()];
+        let e = c.validate(Path::new("s.toml")).unwrap_err().to_string();
+        assert!(e.contains("http.allowed_hosts") && e.contains("notaport"), "{e}");
+        let mut c = ServerConfig::default();
+        c.http.max_page = 0;
+        let e = c.validate(Path::new("s.toml")).unwrap_err().to_string();
+        assert!(e.contains("http.max_page"), "{e}");
+    }
+
+    #[test]
     fn http_limits_are_validated_naming_the_field() {
         let mut c = ServerConfig::default();
         c.validate(Path::new("s.toml")).unwrap();
