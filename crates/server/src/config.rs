@@ -532,7 +532,10 @@ mod tests {
         let mut c = ServerConfig::default();
         c.http.allowed_hosts = vec!["grid.example:notaport".into()];
         let e = c.validate(Path::new("s.toml")).unwrap_err().to_string();
-        assert!(e.contains("http.allowed_hosts") && e.contains("notaport"), "{e}");
+        assert!(
+            e.contains("http.allowed_hosts") && e.contains("notaport"),
+            "{e}"
+        );
         let mut c = ServerConfig::default();
         c.http.max_page = 0;
         let e = c.validate(Path::new("s.toml")).unwrap_err().to_string();
