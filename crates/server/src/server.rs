@@ -93,6 +93,7 @@ impl Server {
         let signing_key = keys.server_signing_key()?;
         let mut writer_store = store::open_store(&cfg.db)?;
         writer_store.set_rules(Rules::new(cfg.plausibility.clone()));
+        writer_store.set_limits(cfg.quarantine.store_limits());
         let shared = Arc::new(Shared {
             started_ms: gridpow_common::wall_ms(),
             ..Shared::default()
