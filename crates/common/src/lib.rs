@@ -8,6 +8,7 @@ pub mod config;
 pub mod keys;
 pub mod radio;
 pub mod registry;
+pub mod throttle;
 pub mod tls;
 pub mod topics;
 

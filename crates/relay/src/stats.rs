@@ -2,7 +2,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use gridpow_proto::{Error as ProtoError, Hash, Rejected};
 use serde::Serialize;
@@ -30,7 +29,7 @@ impl RejectStats {
 }
 
 /// Why the ingress refused a frame: the causes [`RejectStats`] counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum RefusalCause {
     Mac,
     Malformed,
@@ -40,8 +39,6 @@ pub(crate) enum RefusalCause {
 }
 
 impl RefusalCause {
-    const ALL: usize = 5;
-
     /// The cause the core's ingress counts `e` under.
     pub(crate) fn of(e: &ProtoError) -> Self {
         match e {
@@ -70,41 +67,10 @@ impl RefusalCause {
 }
 
 /// Rate limit of the ingress's refusal log: at most one line per cause per
-/// `interval`, each line carrying how many refusals of that cause went unlogged
+/// interval, each line carrying how many refusals of that cause went unlogged
 /// since the previous one. A flood of forged frames stays visible without
 /// filling the disk.
-#[derive(Debug)]
-pub(crate) struct RefusalLog {
-    interval: Duration,
-    /// Per cause: when the last line was written, refusals since.
-    slots: [(Option<Instant>, u64); RefusalCause::ALL],
-}
-
-impl RefusalLog {
-    pub(crate) fn new(interval: Duration) -> Self {
-        RefusalLog {
-            interval,
-            slots: [(None, 0); RefusalCause::ALL],
-        }
-    }
-
-    /// Records a refusal at `now`; returns `Some(suppressed)` when a line is
-    /// due (`suppressed` refusals of this cause were not logged since the last
-    /// line), `None` when this one is to be counted silently.
-    pub(crate) fn admit(&mut self, cause: RefusalCause, now: Instant) -> Option<u64> {
-        let (last, suppressed) = &mut self.slots[cause as usize];
-        match last {
-            Some(t) if now.saturating_duration_since(*t) < self.interval => {
-                *suppressed += 1;
-                None
-            }
-            _ => {
-                *last = Some(now);
-                Some(std::mem::take(suppressed))
-            }
-        }
-    }
-}
+pub(crate) type RefusalLog = gridpow_common::throttle::LogThrottle<RefusalCause>;
 
 /// A snapshot of the relay's counters (rates are derived by the reader).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -283,10 +249,11 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn refusal_log_writes_one_line_per_cause_per_interval_with_the_suppressed_count() {
-        let mut log = RefusalLog::new(Duration::from_secs(1));
+        let log = RefusalLog::new(Duration::from_secs(1));
         let t0 = Instant::now();
         assert_eq!(log.admit(RefusalCause::Tag, t0), Some(0));
         for i in 1..=99u64 {

@@ -158,30 +158,8 @@ impl RateLimiter {
     }
 }
 
-/// Lets a log line through at most once per second.
-#[derive(Debug, Default)]
-struct Throttle {
-    next_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl Throttle {
-    /// `Some(lines left out since the last one)` if a line may be logged now.
-    fn ready(&self, now_ms: u64) -> Option<u64> {
-        let next = self.next_ms.load(Ordering::Relaxed);
-        let admitted = now_ms >= next
-            && self
-                .next_ms
-                .compare_exchange(next, now_ms + 1000, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok();
-        if admitted {
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
+/// Lets a log line through at most once per second, counting the rest.
+type Throttle = gridpow_common::throttle::LogThrottle;
 
 /// What every connection task shares.
 struct Ctx {
@@ -205,7 +183,7 @@ impl Ctx {
         let m = &self.shared.metrics;
         if let Err(wait) = self.rate.check(peer.ip(), Instant::now()) {
             add(&m.http_rate_limited, 1);
-            if let Some(suppressed) = self.log_rate.ready(self.now_ms()) {
+            if let Some(suppressed) = self.log_rate.ready(Instant::now()) {
                 tracing::warn!(client = %peer.ip(), path = %req.uri().path(), suppressed, "HTTP client over its rate limit; answering 429.");
             }
             return refusal(
@@ -216,7 +194,7 @@ impl Ctx {
         }
         let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
             add(&m.http_overloaded, 1);
-            if let Some(suppressed) = self.log_busy.ready(self.now_ms()) {
+            if let Some(suppressed) = self.log_busy.ready(Instant::now()) {
                 tracing::warn!(
                     limit = self.limits.max_concurrent_requests,
                     suppressed,
@@ -283,7 +261,7 @@ pub(crate) async fn serve(
             Ok(a) => a,
             Err(e) => {
                 add(&m.http_accept_errors, 1);
-                if let Some(suppressed) = log_accept.ready(ctx.now_ms()) {
+                if let Some(suppressed) = log_accept.ready(Instant::now()) {
                     tracing::error!(error = %e, suppressed, "HTTP accept failed; retrying.");
                 }
                 tokio::select! {
@@ -294,7 +272,7 @@ pub(crate) async fn serve(
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             add(&m.http_connections_refused, 1);
-            if let Some(suppressed) = ctx.log_refused.ready(ctx.now_ms()) {
+            if let Some(suppressed) = ctx.log_refused.ready(Instant::now()) {
                 tracing::warn!(
                     client = %peer.ip(),
                     limit = limits.max_connections,
@@ -530,14 +508,5 @@ mod tests {
             "x",
         );
         assert_eq!(r.headers()[header::RETRY_AFTER], "3");
-    }
-
-    #[test]
-    fn throttle_lets_one_line_through_per_second_and_counts_the_rest() {
-        let t = Throttle::default();
-        assert_eq!(t.ready(5), Some(0));
-        assert_eq!(t.ready(500), None);
-        assert_eq!(t.ready(900), None);
-        assert_eq!(t.ready(1005), Some(2));
     }
 }

@@ -15,7 +15,6 @@
 //! connection that has since dropped are skipped, because the broker
 //! redelivers those messages and the store answers `AlreadyStored`.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
@@ -242,37 +241,10 @@ pub(crate) fn verifier_thread(
     tracing::debug!("Verifier ended.");
 }
 
-/// Logs refusals at most once per [`RefusalLog::EVERY`] per kind, with the
-/// number of lines left out since the last one: a flood of junk cannot flood
-/// the log (every refusal is counted in the metrics regardless).
-#[derive(Debug, Default)]
-pub(crate) struct RefusalLog {
-    last: HashMap<RejectKind, (Instant, u64)>,
-}
-
-impl RefusalLog {
-    /// Least time between two lines of one kind.
-    pub const EVERY: Duration = Duration::from_secs(1);
-
-    /// Whether to log a refusal of `kind` now; `Some(n)`: log it, saying `n`
-    /// lines of that kind were suppressed since the last.
-    pub fn admit(&mut self, kind: RejectKind, now: Instant) -> Option<u64> {
-        match self.last.get_mut(&kind) {
-            Some((at, suppressed)) if now.duration_since(*at) < Self::EVERY => {
-                *suppressed += 1;
-                None
-            }
-            Some((at, suppressed)) => {
-                *at = now;
-                Some(std::mem::take(suppressed))
-            }
-            None => {
-                self.last.insert(kind, (now, 0));
-                Some(0)
-            }
-        }
-    }
-}
+/// Logs refusals at most once a second per kind, with the number of lines
+/// left out since the last one: a flood of junk cannot flood the log (every
+/// refusal is counted in the metrics regardless).
+pub(crate) type RefusalLog = gridpow_common::throttle::LogThrottle<RejectKind>;
 
 /// Logs refusal `kind` of `item` if `log` admits it now.
 fn log_refusal(log: &mut RefusalLog, item: &Ingest, kind: RejectKind, kept: bool) {
@@ -511,7 +483,7 @@ mod tests {
 
     #[test]
     fn refusal_log_admits_one_line_per_second_per_kind_and_counts_the_rest() {
-        let mut log = RefusalLog::default();
+        let log = RefusalLog::default();
         let t = Instant::now();
         assert_eq!(log.admit(RejectKind::BadTag, t), Some(0));
         for i in 1..=999 {
