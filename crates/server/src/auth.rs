@@ -21,7 +21,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -280,7 +279,7 @@ impl Principal {
 }
 
 /// Why an HTTP request was refused (the `reason` label of the counter).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum HttpRefusal {
     /// No token presented (401).
@@ -328,13 +327,6 @@ impl HttpRefusal {
             HttpRefusal::BadHost => StatusCode::MISDIRECTED_REQUEST,
             HttpRefusal::PageTooLarge => StatusCode::BAD_REQUEST,
         }
-    }
-
-    fn index(self) -> usize {
-        HttpRefusal::ALL
-            .iter()
-            .position(|k| *k == self)
-            .unwrap_or_default()
     }
 }
 
@@ -450,9 +442,7 @@ pub(crate) struct Gate {
     /// `/metrics` without a token.
     pub(crate) metrics_open: bool,
     shared: Arc<Shared>,
-    epoch: Instant,
-    last_logged_ms: [AtomicU64; HttpRefusal::ALL.len()],
-    not_logged: [AtomicU64; HttpRefusal::ALL.len()],
+    log: gridpow_common::throttle::LogThrottle<HttpRefusal>,
 }
 
 impl Gate {
@@ -484,9 +474,7 @@ impl Gate {
             max_page: cfg.http.max_page.max(1),
             metrics_open: cfg.http.metrics_open,
             shared,
-            epoch: Instant::now(),
-            last_logged_ms: Default::default(),
-            not_logged: Default::default(),
+            log: Default::default(),
         };
         if let Ok(mut c) = gate.cache.lock() {
             gate.refresh(&mut c, true);
@@ -580,16 +568,7 @@ impl Gate {
     /// Counts and logs a refusal and builds its answer.
     pub(crate) fn refuse(&self, kind: HttpRefusal, path: &str, message: String) -> Refusal {
         self.shared.count_http_refusal(kind);
-        let i = kind.index();
-        // Offset by one second so that the first refusal of each kind is logged.
-        let now = self.epoch.elapsed().as_millis() as u64 + 1000;
-        let last = self.last_logged_ms[i].load(Ordering::Relaxed);
-        if now >= last + 1000
-            && self.last_logged_ms[i]
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let not_logged = self.not_logged[i].swap(0, Ordering::Relaxed);
+        if let Some(not_logged) = self.log.admit(kind, Instant::now()) {
             tracing::info!(
                 reason = kind.as_str(),
                 path,
@@ -597,8 +576,6 @@ impl Gate {
                 not_logged,
                 "HTTP request refused: {message}."
             );
-        } else {
-            self.not_logged[i].fetch_add(1, Ordering::Relaxed);
         }
         Refusal { kind, message }
     }
