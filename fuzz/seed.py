@@ -15,6 +15,20 @@ seeds = {
     "ingress": json.loads((vec / "block.json").read_text())["frames"],
     "server_payload": [json.loads((vec / "block.json").read_text())["block"]],
 }
+# HTTP requests (fuzz_targets/http.rs): request line, then headers; test tokens.
+admin = "gpt_" + "ab" * 32
+customer = "gpt_" + "cd" * 32
+http = [
+    "GET /healthz\nHost: 127.0.0.1:8080\n",
+    f"GET /api/v1/meters\nHost: localhost\nAuthorization: Bearer {admin}\n",
+    f"GET /api/v1/meters/1/readings?limit=5&from=0\nHost: 127.0.0.1\nAuthorization: Bearer {customer}\n",
+    f"GET /api/v1/quarantine?limit=99999\nHost: localhost\nCookie: gridpow_token={admin}\n",
+    f"GET /api/v1/readings/1/proof\nHost: localhost\nAuthorization: Bearer {admin}\n",
+    f"GET /login?token={customer}\nHost: localhost\n",
+    f"GET /metrics\nHost: evil.example\nAuthorization: Bearer {admin}\n",
+    f"GET /api/v1/blocks?relay=1&limit=10\nHost: localhost\nAuthorization: Bearer {admin}\n",
+]
+seeds["http"] = [h.encode().hex() for h in http]
 for target, items in seeds.items():
     d = corpus / target
     d.mkdir(parents=True, exist_ok=True)
