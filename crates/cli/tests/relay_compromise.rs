@@ -24,8 +24,9 @@ use common::{export_bundle, free_tcp_port, free_udp_port, start_stack, write_met
 use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_common::keys::{InitOptions, KeyDir};
 use gridpow_proto::block::BlockBuilder;
-use gridpow_proto::crypto::{CryptoProvider, HopKeys, RustCrypto};
+use gridpow_proto::crypto::{HopKeys, RustCrypto};
 use gridpow_proto::pow::PowSolver;
+use gridpow_proto::wire::uplink::write_hop_tag;
 use gridpow_proto::wire::UplinkPacket;
 
 const METERS: u32 = 6;
@@ -114,13 +115,6 @@ fn forge_block(bundle: &KeyDir, height: u64, prev: [u8; 32], frames: &[Vec<u8>])
     let len = b.finish(&h, &key).unwrap();
     buf.truncate(len);
     buf
-}
-
-/// Re-tags the hop as a holder of the hop key can.
-fn rehop(frame: &mut [u8], hop: &HopKeys) {
-    let n = frame.len();
-    let mac = RustCrypto.hmac_sha256(&hop.frame, &[&frame[..n - 16]]);
-    frame[n - 16..].copy_from_slice(&mac[..16]);
 }
 
 #[test]
@@ -292,7 +286,7 @@ fn an_attacker_with_everything_a_relay_holds_can_invent_alter_or_read_no_reading
     spliced[20..n - 16].copy_from_slice(&other[20..n - 16]);
     forged.push(("ciphertext spliced", spliced));
     for (_, f) in &mut forged {
-        rehop(f, &hk);
+        write_hop_tag(&RustCrypto, &hk, f).unwrap();
         // The relay's own ingress would accept each: the hop tag is valid.
         let p = UplinkPacket::new_checked(&f[..]).unwrap();
         assert_eq!(p.verify_hop(&RustCrypto, &hk), Ok(()));

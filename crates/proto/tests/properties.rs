@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use ed25519_dalek::SigningKey;
 use gridpow_proto::block::{verify_block, BlockBuilder, KeyLookup, VerifyPolicy};
-use gridpow_proto::crypto::{CryptoProvider, MeterKeys, MeterSecret, RustCrypto};
+use gridpow_proto::crypto::{MeterKeys, MeterSecret, RustCrypto};
 use gridpow_proto::merkle::{
     inclusion_proof, leaf_hash, root_of_hashes, verify_inclusion, MAX_PROOF_LEN,
 };
@@ -360,10 +360,7 @@ fn a_relay_cannot_alter_or_invent_a_reading_in_a_block_it_signs() {
         }))
     );
     // The relay holds the hop key and re-tags the hop: the end-to-end tag still gives it away.
-    let n = forged.len();
-    let hop_key = keys(meter_secret(2)).hop.frame;
-    let mac = RustCrypto.hmac_sha256(&hop_key, &[&forged[..n - 16]]);
-    forged[n - 16..].copy_from_slice(&mac[..16]);
+    uplink::write_hop_tag(&RustCrypto, &keys(meter_secret(2)).hop, &mut forged).unwrap();
     let block = build_block(&[genuine.clone(), forged], 6);
     assert_eq!(
         verify(&block, &ring),

@@ -197,9 +197,8 @@ fn verdicts(frame: &[u8]) -> (String, String) {
 
 /// Recomputes the hop tag, as a relay holding the hop key can.
 fn rehop(frame: &mut [u8]) {
-    let n = frame.len();
-    let mac = RustCrypto.hmac_sha256(&meter_secret().hop.frame_key(), &[&frame[..n - 16]]);
-    frame[n - 16..].copy_from_slice(&mac[..16]);
+    let hop = MeterKeys::new(&RustCrypto, KEY_ID, &meter_secret()).hop;
+    uplink::write_hop_tag(&RustCrypto, &hop, frame).expect("a whole frame");
 }
 
 #[test]

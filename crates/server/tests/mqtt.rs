@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use common::{http_get, json, publish, relay_client, wait_until, Heard, Site};
 use gridpow_broker::{Mosquitto, MosquittoOptions};
-use gridpow_proto::crypto::{CryptoProvider, RustCrypto};
+use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::pow::check_work;
+use gridpow_proto::wire::uplink::write_hop_tag;
 use gridpow_proto::wire::{ReceiptRepr, ReceiptStatus};
 use gridpow_proto::Hash;
 use gridpow_server::{verify_ledger, BlockFault, LedgerError, Server, ServerHandle};
@@ -363,9 +364,7 @@ async fn refused_payloads_land_in_quarantine_with_their_reason_and_nothing_crash
     // only the meter's end-to-end key could make the frame valid again.
     let mut forged = site.frame(1, 1, 6, 20, 1);
     forged[25] ^= 0x40;
-    let n = forged.len();
-    let mac = RustCrypto.hmac_sha256(&site.meter_keys(1).hop.frame, &[&forged[..n - 16]]);
-    forged[n - 16..].copy_from_slice(&mac[..16]);
+    write_hop_tag(&RustCrypto, &site.meter_keys(1).hop, &mut forged).unwrap();
     let (bad_tag, _) = site.block(1, 1, h0, 8, &[forged]);
 
     let cases: Vec<(&str, Vec<u8>)> = vec![

@@ -252,13 +252,6 @@ pub struct OpenedBody<'a> {
 }
 
 impl<'a> OpenedBody<'a> {
-    /// Views already decrypted readings; `None` unless `body` holds 1 to 6 whole readings.
-    pub fn from_plaintext(first_seq: u32, body: &'a [u8]) -> Option<Self> {
-        let n = body.len() / Reading::LEN;
-        (body.len() % Reading::LEN == 0 && (1..=MAX_READINGS).contains(&n))
-            .then_some(OpenedBody { first_seq, body })
-    }
-
     /// Sequence number of the first reading; the others follow consecutively.
     pub fn first_seq(&self) -> u32 {
         self.first_seq
@@ -317,9 +310,25 @@ pub fn seal<C: CryptoProvider>(
     let (body, tags) = rest.split_at_mut(e2e_tag_at - field::CIPHERTEXT);
     let tag = provider.aead_seal(&keys.e2e, &nonce_from_header(head), head, body);
     tags[..TAG_LEN].copy_from_slice(&tag);
-    let hop = hop_tag(provider, &keys.hop.frame, &out[..len - HOP_TAG_LEN]);
-    out[len - HOP_TAG_LEN..].copy_from_slice(&hop);
+    write_hop_tag(provider, &keys.hop, out)?;
     Ok(len)
+}
+
+/// Writes the hop tag of `frame` (its last 16 bytes) over everything before it.
+/// The meter does this when sealing; anyone holding the hop keys — a relay —
+/// can do it too, which is why the grid server also checks the end-to-end tag.
+pub fn write_hop_tag<C: CryptoProvider>(
+    provider: &C,
+    keys: &HopKeys,
+    frame: &mut [u8],
+) -> Result<(), Error> {
+    let covered = frame
+        .len()
+        .checked_sub(HOP_TAG_LEN)
+        .ok_or(Misuse::BufferTooSmall)?;
+    let tag = hop_tag(provider, &keys.frame, &frame[..covered]);
+    frame[covered..].copy_from_slice(&tag);
+    Ok(())
 }
 
 #[cfg(all(test, feature = "rustcrypto"))]
@@ -451,8 +460,7 @@ mod tests {
         for at in [16, 20, n - 40] {
             let mut forged = buf;
             forged[at] ^= 1;
-            let tag = hop_tag(&RustCrypto, &hop.frame, &forged[..n - HOP_TAG_LEN]);
-            forged[n - HOP_TAG_LEN..n].copy_from_slice(&tag);
+            write_hop_tag(&RustCrypto, &hop, &mut forged[..n]).unwrap();
             let f = UplinkPacket::new_checked(&forged[..n]).unwrap();
             assert_eq!(f.verify_hop(&RustCrypto, &hop), Ok(()));
             let mut scratch = [0u8; MAX_BODY_LEN];
