@@ -138,6 +138,8 @@ pub enum Capacity {
     RegistryFull,
     /// The block buffer cannot take another leaf.
     BlockFull,
+    /// Every outbox slot holds a block awaiting its receipt.
+    OutboxFull,
 }
 
 impl From<Malformed> for Error {
@@ -252,6 +254,7 @@ impl fmt::Display for Capacity {
         match self {
             Capacity::RegistryFull => f.write_str("meter registry full"),
             Capacity::BlockFull => f.write_str("block full"),
+            Capacity::OutboxFull => f.write_str("outbox full: every slot awaits a receipt"),
         }
     }
 }

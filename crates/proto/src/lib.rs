@@ -17,6 +17,8 @@
 //! - [`sender`]: the meter-side state machine (backlog, frames, ACK, backoff).
 //! - [`ingress`]: the relay-side state machine (filter, tag, replay, ACK).
 //! - [`merkle`], [`pow`], [`block`]: sealing and verifying blocks.
+//! - [`lifecycle`]: the relay's block lifecycle (batch, seal, outbox,
+//!   publish, receipts), driven by every relay.
 //!
 //! ## Driving the state machines
 //! Inputs are `handle_*` methods, outputs `poll_*` methods. After every input
@@ -31,6 +33,7 @@ pub mod block;
 pub mod crypto;
 pub mod error;
 pub mod ingress;
+pub mod lifecycle;
 pub mod merkle;
 pub mod pow;
 pub mod replay;
