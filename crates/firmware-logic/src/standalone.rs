@@ -1,60 +1,147 @@
 //! Standalone mode of the relay firmware (the seed's design): the ESP32 runs
-//! the protocol ingress itself, batches accepted frames into blocks, solves
-//! the proof of work in bounded chunks (so reception never stops), signs,
-//! persists its chain tip, and keeps every sealed block in an outbox until a
-//! verified commit receipt from the grid server names it.
+//! the protocol ingress itself, and the protocol core's block lifecycle
+//! ([`gridpow_proto::lifecycle::BlockLifecycle`], the same machine the Linux
+//! relay drives) batches accepted frames into blocks, checks the proof of
+//! work found here in bounded chunks on the SHA accelerator (so reception
+//! never stops), signs, and keeps every sealed block in the outbox until a
+//! verified commit receipt with status *stored* names it.
 //!
-//! Publishing goes through [`Publisher`]. The firmware has no working
-//! MQTT-over-TLS transport yet (see `docs/hardware.md`), so it uses
-//! [`NoTransport`], which refuses every publish: blocks then stay in the
-//! outbox, the outbox fills, sealing stops, and new frames are refused
-//! *before* the ingress sees them, so meters keep their readings in their own
-//! backlogs. Nothing is ever reported as delivered that was not.
+//! This module adds only what is the firmware's: the proof-of-work search on
+//! a [`PowHasher`], the chain tip in the flash state log, where frames and
+//! sealed blocks are kept ([`FrameJournal`], [`BlockStore`]) and the wall
+//! clock gate. The network driver (MQTT over TLS, `gridpow-relay-net`) asks
+//! [`StandaloneRelay::poll_publish`] what to send, reads the bytes with
+//! [`StandaloneRelay::read_block`], and feeds receipts and connection
+//! changes back.
 //!
-//! Capacity is checked before the ingress judges a frame: once the ingress
-//! accepts a frame its replay window remembers it, and a retransmission would
-//! be ACKed as a duplicate, so a frame must never be accepted and then dropped.
+//! Capacity is checked before the ingress judges a frame (the lifecycle's
+//! admission rule): once the ingress accepts a frame its replay window
+//! remembers it, and a retransmission would be ACKed as a duplicate, so a
+//! frame must never be accepted and then dropped.
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use gridpow_proto::block::{sign_header, BlockBuilder};
 use gridpow_proto::crypto::{CryptoProvider, HopKeys};
 use gridpow_proto::ingress::{
     FixedMeterTable, Ingress, IngressConfig, IngressStats, MeterEntry, Verdict,
 };
-use gridpow_proto::wire::block::{
-    BlockHeaderRepr, HEADER_LEN, LEAF_PREFIX_LEN, LEAVES_OFFSET, MAX_LEAVES, SIGNATURE_LEN,
+use gridpow_proto::lifecycle::{
+    BlockLifecycle, ChainTip, LifecycleConfig, LifecycleStats, OutboxEntry, PublishOrder,
+    ReceiptOutcome, SealedBlock,
 };
-use gridpow_proto::wire::receipt::ReceiptStatus;
-use gridpow_proto::wire::ReceiptRepr;
 use gridpow_proto::{Duration, Error as ProtoError, Hash, Instant, MacAddr, Rejected};
 
-use crate::bridge::FixedWriter;
 use crate::pow::{PowHasher, PowSearch};
 use crate::provisioning::{RelayConfig, RelayMeter};
 use crate::state::{Flash, RelayState, StateError, StateLog, KIND_RELAY};
 
-/// Publishes blocks to the broker (MQTT QoS 1 in the design).
-pub trait Publisher {
-    /// The transport's error.
+/// Where accepted frames are kept until a confirmed block covers them.
+/// `append` returns only once the frame is durable: the ACK follows it.
+pub trait FrameJournal {
+    /// The storage's error.
     type Error: core::fmt::Debug;
-    /// Hands `payload` to the transport for `topic`. `Ok` means the broker
-    /// took it; only a commit receipt frees the block.
-    fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), Self::Error>;
+    /// Whether a frame of `len` bytes can be appended now.
+    fn has_room(&self, len: usize) -> bool;
+    /// Appends a frame durably; returns its record number (increasing).
+    fn append(&mut self, src: &MacAddr, wall_ms: u64, frame: &[u8]) -> Result<u64, Self::Error>;
+    /// Records up to `record` are in confirmed blocks and may be forgotten.
+    fn release_through(&mut self, record: u64);
 }
 
-/// The transport the firmware has today: none. Every publish fails with
-/// [`TransportMissing`], so blocks stay in the outbox (never a fake success).
+/// Where sealed blocks are kept until their receipts arrive.
+pub trait BlockStore {
+    /// The storage's error.
+    type Error: core::fmt::Debug;
+    /// Stores a sealed block durably (before it is published).
+    fn save(&mut self, block: &SealedBlock<'_>) -> Result<(), Self::Error>;
+    /// Writes the block at `height` into `out`; returns its length.
+    fn read(&mut self, height: u64, out: &mut [u8]) -> Option<usize>;
+    /// Forgets the block at `height` (its receipt arrived).
+    fn remove(&mut self, height: u64) -> Result<(), Self::Error>;
+}
+
+/// A journal in RAM: frames are not kept at all (the lifecycle's batch holds
+/// them), so a reboot loses what was ACKed and not yet published. For tests
+/// and for boards without a journal partition only.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct NoTransport;
+pub struct VolatileJournal {
+    next: u64,
+}
 
-/// Why [`NoTransport`] refused: no MQTT-over-TLS client in the firmware.
+impl FrameJournal for VolatileJournal {
+    type Error = core::convert::Infallible;
+    fn has_room(&self, _len: usize) -> bool {
+        true
+    }
+    fn append(&mut self, _: &MacAddr, _: u64, _: &[u8]) -> Result<u64, Self::Error> {
+        self.next += 1;
+        Ok(self.next)
+    }
+    fn release_through(&mut self, _record: u64) {}
+}
+
+/// Sealed blocks in RAM slots of equal size (lost on reboot): for tests and
+/// boards without a journal partition only.
+pub struct RamBlockStore<'a, const O: usize> {
+    slots: &'a mut [u8],
+    held: [Option<(u64, usize)>; O],
+}
+
+/// Why a [`RamBlockStore`] refused a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TransportMissing;
+pub enum RamStoreError {
+    /// Every slot holds a block.
+    Full,
+    /// The block is larger than a slot.
+    TooLarge,
+}
 
-impl Publisher for NoTransport {
-    type Error = TransportMissing;
-    fn publish(&mut self, _topic: &str, _payload: &[u8]) -> Result<(), TransportMissing> {
-        Err(TransportMissing)
+impl<'a, const O: usize> RamBlockStore<'a, O> {
+    /// `O` slots of `slots.len() / O` bytes each.
+    pub fn new(slots: &'a mut [u8]) -> Self {
+        RamBlockStore {
+            slots,
+            held: [None; O],
+        }
+    }
+    fn cap(&self) -> usize {
+        self.slots.len() / O.max(1)
+    }
+}
+
+impl<const O: usize> BlockStore for RamBlockStore<'_, O> {
+    type Error = RamStoreError;
+    fn save(&mut self, block: &SealedBlock<'_>) -> Result<(), RamStoreError> {
+        let cap = self.cap();
+        if block.bytes.len() > cap {
+            return Err(RamStoreError::TooLarge);
+        }
+        let i = self
+            .held
+            .iter()
+            .position(Option::is_none)
+            .ok_or(RamStoreError::Full)?;
+        self.slots[i * cap..i * cap + block.bytes.len()].copy_from_slice(block.bytes);
+        self.held[i] = Some((block.header.height, block.bytes.len()));
+        Ok(())
+    }
+    fn read(&mut self, height: u64, out: &mut [u8]) -> Option<usize> {
+        let cap = self.cap();
+        let i = self
+            .held
+            .iter()
+            .position(|h| h.is_some_and(|(x, _)| x == height))?;
+        let (_, len) = self.held[i]?;
+        out.get_mut(..len)?
+            .copy_from_slice(&self.slots[i * cap..i * cap + len]);
+        Some(len)
+    }
+    fn remove(&mut self, height: u64) -> Result<(), RamStoreError> {
+        for h in &mut self.held {
+            if h.is_some_and(|(x, _)| x == height) {
+                *h = None;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -66,10 +153,14 @@ pub enum RelayError {
     Proto(ProtoError),
     /// The relay has no wall clock yet, so it cannot state its time in an ACK.
     NoWallClock,
-    /// The pending batch and the outbox are full: not accepted, not ACKed.
+    /// The pending batch, the sealing buffer or the journal is full: not
+    /// accepted, not ACKed (the meter keeps it).
     Full,
-    /// The receipt names no block in the outbox.
-    UnknownBlock,
+    /// The journal could not make an accepted frame durable: it is not ACKed,
+    /// and the relay refuses frames until it restarts (the ingress remembers
+    /// the frame, so only a restart, which rebuilds it from the journal, may
+    /// take it again).
+    JournalFailed,
 }
 
 impl From<ProtoError> for RelayError {
@@ -78,27 +169,19 @@ impl From<ProtoError> for RelayError {
     }
 }
 
-/// Counters for rates; never reset.
+/// Counters of the firmware's part; the lifecycle and ingress count the rest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StandaloneStats {
     /// Frames refused before the ingress because there was no room.
     pub refused_full: u64,
     /// Frames refused because the wall clock is unknown.
     pub refused_no_clock: u64,
-    /// Blocks sealed (solved and signed).
-    pub blocks_sealed: u64,
+    /// Frames refused after a journal failure.
+    pub refused_journal: u64,
     /// PoW tries.
     pub pow_tries: u64,
-    /// Publish attempts the transport took.
-    pub publishes: u64,
-    /// Publish attempts the transport refused.
-    pub publish_errors: u64,
-    /// Blocks freed by a receipt (stored or already stored).
-    pub receipts_accepted: u64,
-    /// Blocks the server quarantined (freed too: the server kept the bytes).
-    pub blocks_quarantined: u64,
-    /// Receipts refused (bad signature, unknown block, malformed).
-    pub receipts_rejected: u64,
+    /// Sealed blocks the store refused (retried).
+    pub store_errors: u64,
     /// Chain-tip writes to flash that failed.
     pub state_write_errors: u64,
 }
@@ -118,6 +201,8 @@ pub struct StandaloneConfig {
     pub block_interval: Duration,
     /// Republish an unconfirmed block after this long.
     pub republish_after: Duration,
+    /// Blocks published and awaiting receipts at once.
+    pub max_inflight: usize,
 }
 
 impl StandaloneConfig {
@@ -130,67 +215,53 @@ impl StandaloneConfig {
             require_registered_mac: c.require_registered_mac,
             block_interval: Duration::from_secs(u64::from(c.effective_block_interval_s())),
             republish_after: Duration::from_secs(30),
+            max_inflight: 2,
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SlotState {
-    Free,
-    /// Leaves copied in; the PoW is being searched.
-    Solving,
-    Sealed {
-        height: u64,
-        hash: Hash,
-        len: usize,
-        last_publish: Option<Instant>,
-    },
-}
-
-struct Sealing {
-    slot: usize,
-    header: BlockHeaderRepr,
-    search: PowSearch,
-}
-
-/// A block in the outbox.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OutboxEntry {
-    /// Height.
-    pub height: u64,
-    /// Header hash.
-    pub hash: Hash,
-    /// Block length in bytes.
-    pub len: usize,
-}
-
-/// The standalone relay: `M` meters and `O` outbox slots. Its buffers are
-/// borrowed (`storage`), so the firmware can put them on the heap or in a
-/// static instead of the stack: one pending batch and `O` blocks of
-/// `storage.len() / (O + 1)` bytes each.
-pub struct StandaloneRelay<'a, C: CryptoProvider, F: Flash, const M: usize, const O: usize> {
+/// The standalone relay over `M` meters. Its buffers are borrowed: `blocks`
+/// is split into the batch being filled and the block being sealed (so it
+/// bounds a block's bytes at half its length), `outbox` holds the metadata
+/// of blocks awaiting receipts.
+pub struct StandaloneRelay<'a, C, F, J, S, const M: usize>
+where
+    C: CryptoProvider,
+    F: Flash,
+    J: FrameJournal,
+    S: BlockStore,
+{
     cfg: StandaloneConfig,
     ingress: Ingress<C, FixedMeterTable<M>>,
+    lifecycle: BlockLifecycle<&'a mut [u8], &'a mut [OutboxEntry]>,
     signing: SigningKey,
     server_key: Option<VerifyingKey>,
-    block_cap: usize,
-    pending: &'a mut [u8],
-    pending_len: usize,
-    pending_count: u32,
-    pending_since: Option<Instant>,
-    sealing: Option<Sealing>,
-    slots: &'a mut [u8],
-    slot_state: [SlotState; O],
-    chain: RelayState,
+    search: Option<PowSearch>,
+    journal: J,
+    journal_failed: bool,
+    store: S,
     log: StateLog<F>,
     stats: StandaloneStats,
 }
 
-impl<'a, C: CryptoProvider, F: Flash, const M: usize, const O: usize>
-    StandaloneRelay<'a, C, F, M, O>
+/// Storage the relay borrows.
+pub struct RelayStorage<'a> {
+    /// Bytes of the two block buffers (split in half).
+    pub blocks: &'a mut [u8],
+    /// Outbox slots.
+    pub outbox: &'a mut [OutboxEntry],
+}
+
+impl<'a, C, F, J, S, const M: usize> StandaloneRelay<'a, C, F, J, S, M>
+where
+    C: CryptoProvider,
+    F: Flash,
+    J: FrameJournal,
+    S: BlockStore,
 {
     /// A relay over `meters`, restoring its chain tip from `flash`.
-    /// Meters beyond `M` are refused with a capacity error.
+    /// Meters beyond `M` are dropped (the firmware logs the count).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: StandaloneConfig,
         provider: C,
@@ -198,15 +269,13 @@ impl<'a, C: CryptoProvider, F: Flash, const M: usize, const O: usize>
         signing_seed: &[u8; 32],
         server_public_key: &[u8; 32],
         flash: F,
-        storage: &'a mut [u8],
+        journal: J,
+        store: S,
+        storage: RelayStorage<'a>,
     ) -> Result<Self, StateError<F::Error>> {
-        let block_cap = storage.len() / (O + 1);
-        let (pending, rest) = storage.split_at_mut(block_cap);
-        let slots = &mut rest[..block_cap * O];
         let mut table = FixedMeterTable::<M>::new();
         for m in meters {
             let keys = HopKeys::new(m.key_id, &m.secret);
-            // A full table drops further meters; the firmware logs the count.
             let _ = table.insert(MeterEntry::new(m.meter_id, m.mac, keys));
         }
         let ingress = Ingress::new(
@@ -223,40 +292,62 @@ impl<'a, C: CryptoProvider, F: Flash, const M: usize, const O: usize>
             .latest()
             .map(RelayState::from_payload)
             .unwrap_or_default();
+        let half = storage.blocks.len() / 2;
+        let (pending, rest) = storage.blocks.split_at_mut(half);
+        let sealing = &mut rest[..half];
+        let lifecycle = BlockLifecycle::new(
+            LifecycleConfig {
+                relay_id: cfg.relay_id,
+                difficulty: cfg.difficulty,
+                max_frames: gridpow_proto::wire::block::MAX_LEAVES,
+                max_age: cfg.block_interval,
+                republish_after: cfg.republish_after,
+                quarantine_retry: Duration::from_secs(30),
+                max_inflight: cfg.max_inflight.max(1),
+            },
+            ChainTip {
+                next_height: chain.next_height,
+                prev_hash: chain.prev_hash,
+            },
+            pending,
+            sealing,
+            storage.outbox,
+        )
+        .map_err(|_| StateError::BadRegion)?;
         Ok(StandaloneRelay {
             cfg,
             ingress,
+            lifecycle,
             signing: SigningKey::from_bytes(signing_seed),
             server_key: VerifyingKey::from_bytes(server_public_key).ok(),
-            block_cap,
-            pending,
-            pending_len: 0,
-            pending_count: 0,
-            pending_since: None,
-            sealing: None,
-            slots,
-            slot_state: [SlotState::Free; O],
-            chain,
+            search: None,
+            journal,
+            journal_failed: false,
+            store,
             log,
             stats: StandaloneStats::default(),
         })
     }
 
-    /// Counters of the relay.
+    /// Counters of the firmware's part.
     pub fn stats(&self) -> &StandaloneStats {
         &self.stats
+    }
+    /// Counters of the block lifecycle.
+    pub fn lifecycle_stats(&self) -> &LifecycleStats {
+        self.lifecycle.stats()
     }
     /// Counters of the ingress.
     pub fn ingress_stats(&self) -> &IngressStats {
         self.ingress.stats()
     }
     /// The chain tip (next height, previous hash).
-    pub fn chain(&self) -> &RelayState {
-        &self.chain
+    pub fn chain(&self) -> ChainTip {
+        self.lifecycle.tip()
     }
     /// Frames waiting for the next block.
     pub fn pending_frames(&self) -> u32 {
-        self.pending_count
+        self.lifecycle.pending_frames()
     }
     /// The relay's Ed25519 public key (registered with the grid server).
     pub fn public_key(&self) -> [u8; 32] {
@@ -264,42 +355,26 @@ impl<'a, C: CryptoProvider, F: Flash, const M: usize, const O: usize>
     }
     /// Whether a block is being solved.
     pub fn is_solving(&self) -> bool {
-        self.sealing.is_some()
+        self.lifecycle.is_solving()
+    }
+    /// Sealed blocks waiting for a receipt.
+    pub fn outbox(&self) -> impl Iterator<Item = &OutboxEntry> + '_ {
+        self.lifecycle.outbox()
+    }
+    /// When the relay next has work without input (sealing, republishing).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.lifecycle.poll_timeout()
     }
 
-    /// Sealed blocks waiting for a receipt, in no particular order.
-    pub fn outbox(&self) -> impl Iterator<Item = OutboxEntry> + '_ {
-        self.slot_state.iter().filter_map(|s| match *s {
-            SlotState::Sealed {
-                height, hash, len, ..
-            } => Some(OutboxEntry { height, hash, len }),
-            _ => None,
-        })
-    }
-
-    /// The bytes of the sealed block at `height`.
-    pub fn block_bytes(&self, height: u64) -> Option<&[u8]> {
-        let i = self
-            .slot_state
-            .iter()
-            .position(|s| matches!(*s, SlotState::Sealed { height: h, .. } if h == height))?;
-        let SlotState::Sealed { len, .. } = self.slot_state[i] else {
-            return None;
-        };
-        self.slot(i).get(..len)
-    }
-
-    fn slot(&self, i: usize) -> &[u8] {
-        &self.slots[i * self.block_cap..(i + 1) * self.block_cap]
-    }
-
-    fn slot_mut(&mut self, i: usize) -> &mut [u8] {
-        &mut self.slots[i * self.block_cap..(i + 1) * self.block_cap]
-    }
-
-    fn pending_room_for(&self, frame_len: usize) -> bool {
-        self.pending_count < MAX_LEAVES
-            && LEAVES_OFFSET + self.pending_len + LEAF_PREFIX_LEN + frame_len <= self.block_cap
+    /// Puts back a block found in the durable store at boot.
+    pub fn restore_block(
+        &mut self,
+        height: u64,
+        hash: Hash,
+        len: u32,
+        records: (u64, u64),
+    ) -> Result<(), RelayError> {
+        Ok(self.lifecycle.restore(height, hash, len, records)?)
     }
 
     /// Judges a frame heard from `src` and writes its ACK into `ack_out`
@@ -317,223 +392,158 @@ impl<'a, C: CryptoProvider, F: Flash, const M: usize, const O: usize>
             self.stats.refused_no_clock += 1;
             return Err(RelayError::NoWallClock);
         };
-        if !self.pending_room_for(frame.len()) {
-            self.start_sealing(now, wall_ms);
-            if !self.pending_room_for(frame.len()) {
-                self.stats.refused_full += 1;
-                return Err(RelayError::Full);
-            }
+        if self.journal_failed {
+            self.stats.refused_journal += 1;
+            return Err(RelayError::JournalFailed);
+        }
+        if !self.lifecycle.admits(frame.len(), wall_ms) || !self.journal.has_room(frame.len()) {
+            self.stats.refused_full += 1;
+            return Err(RelayError::Full);
         }
         let verdict = self.ingress.handle_frame(src, frame)?;
-        if let Verdict::Accepted(_) = verdict {
-            let at = self.pending_len;
-            let len = frame.len();
-            self.pending[at..at + LEAF_PREFIX_LEN].copy_from_slice(&(len as u16).to_le_bytes());
-            self.pending[at + LEAF_PREFIX_LEN..at + LEAF_PREFIX_LEN + len].copy_from_slice(frame);
-            self.pending_len += LEAF_PREFIX_LEN + len;
-            self.pending_count += 1;
-            self.pending_since.get_or_insert(now);
+        if let Verdict::Accepted(info) = verdict {
+            if info.new_readings() > 0 {
+                let record = match self.journal.append(src, wall_ms, frame) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.journal_failed = true;
+                        return Err(RelayError::JournalFailed);
+                    }
+                };
+                self.lifecycle.handle_frame(now, frame, record)?;
+            }
         }
         Ok(self.ingress.emit_ack(&verdict, wall_ms, ack_out)?)
     }
 
-    /// Starts sealing the pending frames when the block interval is over.
-    pub fn poll_seal(&mut self, now: Instant, wall_ms: Option<u64>) {
-        let due = self
-            .pending_since
-            .is_some_and(|t| now >= t + self.cfg.block_interval);
-        if let (true, Some(wall)) = (due, wall_ms) {
-            self.start_sealing(now, wall);
-        }
-    }
-
-    /// Moves the pending frames into a free outbox slot and starts the PoW.
-    fn start_sealing(&mut self, _now: Instant, wall_ms: u64) {
-        if self.sealing.is_some() || self.pending_count == 0 {
-            return;
-        }
-        let Some(slot) = self.slot_state.iter().position(|s| *s == SlotState::Free) else {
-            return;
-        };
-        let cap = self.block_cap;
-        let Ok(mut builder) = BlockBuilder::new(&mut self.slots[slot * cap..(slot + 1) * cap])
-        else {
-            return;
-        };
-        let mut at = 0;
-        while at + LEAF_PREFIX_LEN <= self.pending_len {
-            let len = usize::from(u16::from_le_bytes([self.pending[at], self.pending[at + 1]]));
-            let leaf = &self.pending[at + LEAF_PREFIX_LEN..at + LEAF_PREFIX_LEN + len];
-            // Room was checked when the frame was taken; a failure is a bug, not data loss
-            // (the frames stay pending and sealing is retried).
-            if builder.push_leaf(leaf).is_err() {
-                return;
+    /// Takes a frame read back from the journal at boot: the ingress
+    /// relearns its replay window and the frame joins the pending batch.
+    pub fn replay_journal_frame(
+        &mut self,
+        now: Instant,
+        src: &MacAddr,
+        frame: &[u8],
+        record: u64,
+    ) -> Result<(), RelayError> {
+        if let Verdict::Accepted(info) = self.ingress.handle_frame(src, frame)? {
+            if info.new_readings() > 0 {
+                self.lifecycle.handle_frame(now, frame, record)?;
             }
-            at += LEAF_PREFIX_LEN + len;
         }
-        let header = builder.header(
-            self.cfg.relay_id,
-            self.chain.next_height,
-            self.chain.prev_hash,
-            wall_ms,
-            self.cfg.difficulty,
-        );
-        self.pending_len = 0;
-        self.pending_count = 0;
-        self.pending_since = None;
-        self.slot_state[slot] = SlotState::Solving;
-        self.sealing = Some(Sealing {
-            slot,
-            header,
-            search: PowSearch::new(&header, 0),
-        });
+        Ok(())
     }
 
-    /// Advances the PoW by at most `max_tries` hashes. When solved, signs the
-    /// block, persists the new chain tip and returns the sealed block.
+    /// Seal everything pending as soon as possible.
+    pub fn request_flush(&mut self) {
+        self.lifecycle.request_flush();
+    }
+
+    /// Starts solving the pending frames when the block is due.
+    pub fn poll_seal(&mut self, now: Instant, wall_ms: Option<u64>) {
+        if let Some(wall) = wall_ms {
+            if let Some(h) = self.lifecycle.poll_job(now, wall) {
+                self.search.get_or_insert_with(|| PowSearch::new(&h, 0));
+            }
+        }
+    }
+
+    /// Advances the PoW by at most `max_tries` hashes. When solved, the
+    /// lifecycle checks and signs the block; it is then stored and the new
+    /// chain tip persisted, and its outbox entry returned.
     pub fn poll_pow<H: PowHasher>(
         &mut self,
         hasher: &mut H,
         max_tries: u32,
     ) -> Option<OutboxEntry> {
-        let s = self.sealing.as_mut()?;
-        let before = s.search.tries();
-        let found = s.search.step(hasher, max_tries);
-        self.stats.pow_tries += s.search.tries() - before;
-        let nonce = found?;
-        let s = self.sealing.take()?;
-        let mut header = s.header;
-        header.nonce = nonce;
-        let hash = header.hash();
-        let sig = sign_header(&header, &self.signing);
-        let buf = self.slot_mut(s.slot);
-        buf[..HEADER_LEN].copy_from_slice(&header.to_bytes());
-        buf[HEADER_LEN..HEADER_LEN + SIGNATURE_LEN].copy_from_slice(&sig);
-        let len = block_len(buf, header.leaf_count);
-        self.slot_state[s.slot] = SlotState::Sealed {
-            height: header.height,
-            hash,
-            len,
-            last_publish: None,
-        };
-        self.chain = RelayState {
-            next_height: header.height + 1,
-            prev_hash: hash,
-        };
-        if self.log.append(&self.chain.to_payload()).is_err() {
-            self.stats.state_write_errors += 1;
+        if self.search.is_none() {
+            // A job may also start when a full batch made room for a frame.
+            self.search = self.lifecycle.job().map(|h| PowSearch::new(h, 0));
         }
-        self.stats.blocks_sealed += 1;
-        Some(OutboxEntry {
-            height: header.height,
-            hash,
-            len,
-        })
-    }
-
-    /// Publishes sealed blocks that were never published or whose receipt is
-    /// overdue, lowest height first. Returns how many the transport took.
-    pub fn poll_publish<P: Publisher>(&mut self, now: Instant, publisher: &mut P) -> usize {
-        let mut topic_buf = [0u8; 48];
-        let mut w = FixedWriter::new(&mut topic_buf);
-        if core::fmt::Write::write_fmt(
-            &mut w,
-            format_args!("gridpow/v1/relays/{}/blocks", self.cfg.relay_id),
-        )
-        .is_err()
-        {
-            return 0;
-        }
-        let n = w.len();
-        let Ok(topic) = core::str::from_utf8(&topic_buf[..n]) else {
-            return 0;
-        };
-        let mut taken = 0;
-        loop {
-            let due = self
-                .slot_state
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| match *s {
-                    SlotState::Sealed {
-                        height,
-                        last_publish,
-                        ..
-                    } if last_publish.is_none_or(|t| now >= t + self.cfg.republish_after) => {
-                        Some((height, i))
-                    }
-                    _ => None,
-                })
-                .min();
-            let Some((_, i)) = due else {
-                return taken;
-            };
-            let SlotState::Sealed {
-                len,
-                ref mut last_publish,
-                ..
-            } = self.slot_state[i]
-            else {
-                return taken;
-            };
-            let cap = self.block_cap;
-            let bytes = &self.slots[i * cap..i * cap + len.min(cap)];
-            match publisher.publish(topic, bytes) {
-                Ok(()) => {
-                    *last_publish = Some(now);
-                    self.stats.publishes += 1;
-                    taken += 1;
-                }
-                Err(_) => {
-                    self.stats.publish_errors += 1;
-                    return taken;
+        if let Some(s) = self.search.as_mut() {
+            let before = s.tries();
+            let found = s.step(hasher, max_tries);
+            self.stats.pow_tries += s.tries() - before;
+            if let Some(nonce) = found {
+                self.search = None;
+                if self
+                    .lifecycle
+                    .handle_solution(nonce, &self.signing)
+                    .is_err()
+                {
+                    // A faulty hasher: search again from the header.
+                    self.search = self.lifecycle.job().map(|h| PowSearch::new(h, nonce + 1));
+                    return None;
                 }
             }
         }
+        self.save_sealed()
     }
 
-    /// Processes a commit receipt: a verified receipt for a block in the
-    /// outbox frees it.
-    pub fn handle_receipt(&mut self, bytes: &[u8]) -> Result<ReceiptRepr, RelayError> {
-        let res = self.check_receipt(bytes);
-        match &res {
-            Ok(r) if r.status == ReceiptStatus::Quarantined => self.stats.blocks_quarantined += 1,
-            Ok(_) => self.stats.receipts_accepted += 1,
-            Err(_) => self.stats.receipts_rejected += 1,
+    /// Stores a sealed block and persists the chain tip; retried on failure.
+    fn save_sealed(&mut self) -> Option<OutboxEntry> {
+        let sealed = self.lifecycle.sealed_block()?;
+        if self.store.save(&sealed).is_err() {
+            self.stats.store_errors += 1;
+            return None;
         }
-        res
+        let entry = self.lifecycle.handle_saved().ok()?;
+        let tip = self.lifecycle.tip();
+        let state = RelayState {
+            next_height: tip.next_height,
+            prev_hash: tip.prev_hash,
+        };
+        if self.log.append(&state.to_payload()).is_err() {
+            self.stats.state_write_errors += 1;
+        }
+        Some(entry)
     }
 
-    fn check_receipt(&mut self, bytes: &[u8]) -> Result<ReceiptRepr, RelayError> {
+    /// The transport connected: the in-flight window is due again.
+    pub fn handle_connected(&mut self) {
+        self.lifecycle.handle_connected();
+    }
+    /// The transport lost its connection.
+    pub fn handle_disconnected(&mut self) {
+        self.lifecycle.handle_disconnected();
+    }
+    /// The block to publish now, if any (lowest due height of the window).
+    pub fn poll_publish(&self, now: Instant) -> Option<PublishOrder> {
+        self.lifecycle.poll_publish(now)
+    }
+    /// Writes the block at `height` into `out`; returns its length.
+    pub fn read_block(&mut self, height: u64, out: &mut [u8]) -> Option<usize> {
+        self.store.read(height, out)
+    }
+    /// The broker took the block at `height` (QoS 1 PUBACK).
+    pub fn handle_published(&mut self, height: u64, now: Instant) {
+        self.lifecycle.handle_published(height, now);
+    }
+
+    /// Processes a commit receipt (§10): a verified receipt with status
+    /// stored frees the block; quarantined keeps it.
+    pub fn handle_receipt(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+    ) -> Result<ReceiptOutcome, RelayError> {
         let key = self
             .server_key
             .as_ref()
             .ok_or(RelayError::Proto(Rejected::BadSignature.into()))?;
-        let r = ReceiptRepr::parse_verified(bytes, key)?;
-        if r.relay_id != self.cfg.relay_id {
-            return Err(RelayError::Proto(Rejected::WrongRelay.into()));
+        let outcome = self.lifecycle.handle_receipt(now, bytes, key)?;
+        if let ReceiptOutcome::Confirmed { height, .. } = outcome {
+            // A failed delete leaves a block that a later boot republishes
+            // and the server answers "already stored": time, never data.
+            let _ = self.store.remove(height);
+            if let Some(r) = self.lifecycle.confirmed_through() {
+                self.journal.release_through(r);
+            }
         }
-        let slot = self
-            .slot_state
-            .iter()
-            .position(|s| {
-                matches!(*s, SlotState::Sealed { height, hash, .. }
-                    if height == r.height && hash == r.block_hash)
-            })
-            .ok_or(RelayError::UnknownBlock)?;
-        self.slot_state[slot] = SlotState::Free;
-        Ok(r)
+        Ok(outcome)
     }
-}
 
-/// Length of a block whose leaves start at `LEAVES_OFFSET` in `buf`.
-fn block_len(buf: &[u8], leaves: u32) -> usize {
-    let mut at = LEAVES_OFFSET;
-    for _ in 0..leaves {
-        let Some(p) = buf.get(at..at + LEAF_PREFIX_LEN) else {
-            return at;
-        };
-        at += LEAF_PREFIX_LEN + usize::from(u16::from_le_bytes([p[0], p[1]]));
+    /// The relay's id.
+    pub fn relay_id(&self) -> u32 {
+        self.cfg.relay_id
     }
-    at.min(buf.len())
 }

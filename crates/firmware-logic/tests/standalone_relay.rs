@@ -1,7 +1,7 @@
 //! The standalone relay logic: meters' frames in, ACKs out, blocks sealed with
 //! PoW and signature that the grid server's verifier accepts, outbox kept
-//! until a verified receipt, and back-pressure instead of loss when the
-//! transport is missing.
+//! until a verified receipt with status stored (a quarantine keeps it), and
+//! back-pressure instead of loss when nothing is published.
 
 // Test helpers panic on broken fixtures; that is what a test should do.
 #![allow(clippy::unwrap_used)]
@@ -10,11 +10,12 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridpow_firmware_logic::pow::SoftPowHasher;
 use gridpow_firmware_logic::provisioning::RelayMeter;
 use gridpow_firmware_logic::standalone::{
-    NoTransport, Publisher, RelayError, StandaloneConfig, StandaloneRelay,
+    RamBlockStore, RelayError, RelayStorage, StandaloneConfig, StandaloneRelay, VolatileJournal,
 };
 use gridpow_firmware_logic::state::MemFlash;
 use gridpow_proto::block::{verify_block, KeyLookup, VerifyPolicy};
 use gridpow_proto::crypto::{MeterKeys, MeterSecret, RustCrypto};
+use gridpow_proto::lifecycle::{OutboxEntry, ReceiptOutcome};
 use gridpow_proto::sender::{Sender, SenderConfig};
 use gridpow_proto::wire::receipt::ReceiptStatus;
 use gridpow_proto::wire::uplink::MAX_LEN;
@@ -36,12 +37,38 @@ fn cfg() -> StandaloneConfig {
         require_registered_mac: false,
         block_interval: Duration::from_secs(10),
         republish_after: Duration::from_secs(30),
+        max_inflight: 2,
     }
 }
 
-type Relay<'a> = StandaloneRelay<'a, RustCrypto, &'a mut MemFlash<8192>, 8, 2>;
+type Relay<'a> = StandaloneRelay<
+    'a,
+    RustCrypto,
+    &'a mut MemFlash<8192>,
+    VolatileJournal,
+    RamBlockStore<'a, 2>,
+    8,
+>;
 
-fn relay<'a>(flash: &'a mut MemFlash<8192>, storage: &'a mut [u8]) -> Relay<'a> {
+/// Caller storage: two block buffers, two outbox slots and their bytes.
+struct Storage {
+    blocks: Vec<u8>,
+    outbox: [OutboxEntry; 2],
+    slots: Vec<u8>,
+}
+
+impl Storage {
+    /// Blocks of at most `block` bytes.
+    fn new(block: usize) -> Self {
+        Storage {
+            blocks: vec![0; 2 * block],
+            outbox: [OutboxEntry::FREE; 2],
+            slots: vec![0; 2 * block],
+        }
+    }
+}
+
+fn relay<'a>(flash: &'a mut MemFlash<8192>, storage: &'a mut Storage) -> Relay<'a> {
     let meters = (1..=3).map(|id| RelayMeter {
         meter_id: id,
         key_id: 1,
@@ -51,7 +78,21 @@ fn relay<'a>(flash: &'a mut MemFlash<8192>, storage: &'a mut [u8]) -> Relay<'a> 
     let server = SigningKey::from_bytes(&SERVER_SEED)
         .verifying_key()
         .to_bytes();
-    StandaloneRelay::new(cfg(), RustCrypto, meters, &SEED, &server, flash, storage).unwrap()
+    StandaloneRelay::new(
+        cfg(),
+        RustCrypto,
+        meters,
+        &SEED,
+        &server,
+        flash,
+        VolatileJournal::default(),
+        RamBlockStore::new(&mut storage.slots),
+        RelayStorage {
+            blocks: &mut storage.blocks,
+            outbox: &mut storage.outbox,
+        },
+    )
+    .unwrap()
 }
 
 struct Keys(Vec<(u32, MeterKeys<RustCrypto>)>);
@@ -64,15 +105,17 @@ impl KeyLookup<RustCrypto> for Keys {
     }
 }
 
-/// Records what the transport took.
-#[derive(Default)]
-struct Recorder(Vec<(String, Vec<u8>)>);
-impl Publisher for Recorder {
-    type Error = ();
-    fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), ()> {
-        self.0.push((topic.to_string(), payload.to_vec()));
-        Ok(())
+/// Publishes every due block as a transport would; returns their bytes.
+fn publish_due(r: &mut Relay<'_>, now: Instant) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(o) = r.poll_publish(now) {
+        let mut buf = vec![0u8; 8192];
+        let n = r.read_block(o.height, &mut buf).unwrap();
+        buf.truncate(n);
+        out.push(buf);
+        r.handle_published(o.height, now);
     }
+    out
 }
 
 /// Meter `id` sends `n` readings, one frame each, all ACKed by the relay.
@@ -100,7 +143,7 @@ fn feed(relay: &mut Relay<'_>, id: u32, n: u64, t0: u64) -> Result<(), RelayErro
 #[test]
 fn sealed_blocks_verify_and_a_receipt_frees_the_outbox() {
     let mut flash = MemFlash::new();
-    let mut storage = vec![0u8; 3 * 4096];
+    let mut storage = Storage::new(4096);
     let mut r = relay(&mut flash, &mut storage);
     for id in 1..=3 {
         feed(&mut r, id, 4, 0).unwrap();
@@ -117,13 +160,10 @@ fn sealed_blocks_verify_and_a_receipt_frees_the_outbox() {
     };
     assert_eq!(sealed.height, 0);
     assert_eq!(r.chain().next_height, 1);
-    let mut transport = Recorder::default();
-    assert_eq!(
-        r.poll_publish(Instant::from_secs_for_test(12), &mut transport),
-        1
-    );
-    let (topic, bytes) = &transport.0[0];
-    assert_eq!(topic, "gridpow/v1/relays/3/blocks");
+    r.handle_connected();
+    let published = publish_due(&mut r, Instant::from_secs_for_test(12));
+    assert_eq!(published.len(), 1);
+    let bytes = &published[0];
 
     let relay_key = VerifyingKey::from_bytes(&r.public_key()).unwrap();
     let keys = Keys(
@@ -140,12 +180,9 @@ fn sealed_blocks_verify_and_a_receipt_frees_the_outbox() {
     assert_eq!(v.hash, sealed.hash);
 
     // No receipt yet: republished after the timeout, not before.
+    assert!(publish_due(&mut r, Instant::from_secs_for_test(20)).is_empty());
     assert_eq!(
-        r.poll_publish(Instant::from_secs_for_test(20), &mut transport),
-        0
-    );
-    assert_eq!(
-        r.poll_publish(Instant::from_secs_for_test(43), &mut transport),
+        publish_due(&mut r, Instant::from_secs_for_test(43)).len(),
         1
     );
 
@@ -158,13 +195,64 @@ fn sealed_blocks_verify_and_a_receipt_frees_the_outbox() {
         server_id: 1,
         time_ms: 5,
     };
+    let now = Instant::from_secs_for_test(44);
     let forged = receipt.to_signed_bytes(&SigningKey::from_bytes(&[9; 32]));
-    assert!(r.handle_receipt(&forged).is_err());
+    assert!(r.handle_receipt(now, &forged).is_err());
     assert_eq!(r.outbox().count(), 1);
     let real = receipt.to_signed_bytes(&SigningKey::from_bytes(&SERVER_SEED));
-    r.handle_receipt(&real).unwrap();
+    r.handle_receipt(now, &real).unwrap();
     assert_eq!(r.outbox().count(), 0);
-    assert_eq!(r.stats().receipts_accepted, 1);
+    assert_eq!(r.lifecycle_stats().blocks_confirmed, 1);
+    assert!(
+        r.read_block(0, &mut [0u8; 8192]).is_none(),
+        "the store forgot it"
+    );
+}
+
+/// docs/protocol.md §10: a quarantined receipt does not release the block
+/// (the Linux relay's test of the same rule is in crates/relay/tests).
+#[test]
+fn a_quarantined_receipt_keeps_the_block_and_it_is_offered_again() {
+    let mut flash = MemFlash::new();
+    let mut storage = Storage::new(4096);
+    let mut r = relay(&mut flash, &mut storage);
+    feed(&mut r, 1, 2, 0).unwrap();
+    r.poll_seal(Instant::from_secs_for_test(11), Some(1));
+    let mut h = SoftPowHasher::default();
+    let sealed = loop {
+        if let Some(b) = r.poll_pow(&mut h, 1000) {
+            break b;
+        }
+    };
+    r.handle_connected();
+    assert_eq!(
+        publish_due(&mut r, Instant::from_secs_for_test(12)).len(),
+        1
+    );
+    let quarantined = ReceiptRepr {
+        status: ReceiptStatus::Quarantined,
+        relay_id: 3,
+        height: sealed.height,
+        block_hash: sealed.hash,
+        server_id: 1,
+        time_ms: 5,
+    }
+    .to_signed_bytes(&SigningKey::from_bytes(&SERVER_SEED));
+    let outcome = r
+        .handle_receipt(Instant::from_secs_for_test(13), &quarantined)
+        .unwrap();
+    assert!(matches!(
+        outcome,
+        ReceiptOutcome::Quarantined { height: 0, .. }
+    ));
+    assert_eq!(r.outbox().count(), 1, "kept");
+    assert!(r.read_block(0, &mut [0u8; 8192]).is_some(), "bytes kept");
+    assert!(publish_due(&mut r, Instant::from_secs_for_test(50)).is_empty());
+    assert_eq!(
+        publish_due(&mut r, Instant::from_secs_for_test(73)).len(),
+        1,
+        "offered again after the back-off (60 s)"
+    );
 }
 
 #[test]
@@ -172,7 +260,7 @@ fn chain_tip_survives_a_restart() {
     let mut flash = MemFlash::new();
     let hash;
     {
-        let mut storage = vec![0u8; 3 * 4096];
+        let mut storage = Storage::new(4096);
         let mut r = relay(&mut flash, &mut storage);
         feed(&mut r, 1, 2, 0).unwrap();
         r.poll_seal(Instant::from_secs_for_test(11), Some(1));
@@ -183,7 +271,7 @@ fn chain_tip_survives_a_restart() {
             }
         };
     }
-    let mut storage = vec![0u8; 3 * 4096];
+    let mut storage = Storage::new(4096);
     let r = relay(&mut flash, &mut storage);
     assert_eq!(r.chain().next_height, 1);
     assert_eq!(r.chain().prev_hash, hash);
@@ -193,7 +281,7 @@ fn chain_tip_survives_a_restart() {
 fn without_a_transport_blocks_stay_and_new_frames_are_refused_not_lost() {
     let mut flash = MemFlash::new();
     // Blocks of 1 KiB: 10 one-reading frames (86 bytes with prefix) fill one.
-    let mut storage = vec![0u8; 3 * 1024];
+    let mut storage = Storage::new(1024);
     let mut r = relay(&mut flash, &mut storage);
     let mut h = SoftPowHasher::default();
     let mut s =
@@ -217,22 +305,22 @@ fn without_a_transport_blocks_stay_and_new_frames_are_refused_not_lost() {
             }
         }
         while r.poll_pow(&mut h, 10_000).is_some() {}
-        assert_eq!(r.poll_publish(now, &mut NoTransport), 0);
+        assert_eq!(r.poll_publish(now), None, "never connected");
     }
     assert_eq!(refused, Some(RelayError::Full));
-    // Two sealed blocks wait in the outbox, a full batch is pending, nothing was dropped.
+    // Two sealed blocks fill the outbox, so no third is started; a full
+    // batch is pending, nothing was dropped.
     assert_eq!(r.outbox().count(), 2);
     assert_eq!(r.pending_frames(), 10);
     assert_eq!(r.ingress_stats().frames_accepted, 30);
     assert_eq!(s.stats().readings_acked, 30);
-    assert!(r.stats().publish_errors > 0);
     assert_eq!(r.stats().refused_full, 1);
 }
 
 #[test]
 fn frames_are_refused_while_the_wall_clock_is_unknown() {
     let mut flash = MemFlash::new();
-    let mut storage = vec![0u8; 3 * 4096];
+    let mut storage = Storage::new(4096);
     let mut r = relay(&mut flash, &mut storage);
     let mut s = Sender::<_, 8>::new(RustCrypto, SenderConfig::new(1, 1), &secret(1), 1, 0).unwrap();
     s.push_reading(Reading::default());

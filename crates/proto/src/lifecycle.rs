@@ -219,6 +219,7 @@ pub struct BlockLifecycle<B, E> {
     pending_root: RootBuilder,
     pending_since: Option<Instant>,
     pending_records: Option<(u64, u64)>,
+    newest_record: Option<u64>,
     flush: bool,
     sealing: B,
     stage: Stage,
@@ -264,6 +265,7 @@ where
             pending_root: RootBuilder::new(),
             pending_since: None,
             pending_records: None,
+            newest_record: None,
             flush: false,
             sealing,
             stage: Stage::Idle,
@@ -360,6 +362,7 @@ where
             Some((first, _)) => (first, record),
             None => (record, record),
         });
+        self.note_record(record);
         self.stats.frames_batched += 1;
         Ok(())
     }
@@ -495,6 +498,7 @@ where
         {
             return Err(Misuse::InvalidArgument.into());
         }
+        self.note_record(records.1);
         self.insert(OutboxEntry {
             used: true,
             height,
@@ -504,6 +508,10 @@ where
             last_record: records.1,
             ..OutboxEntry::FREE
         })
+    }
+
+    fn note_record(&mut self, record: u64) {
+        self.newest_record = Some(self.newest_record.map_or(record, |n| n.max(record)));
     }
 
     fn insert(&mut self, entry: OutboxEntry) -> Result<(), Error> {
@@ -655,9 +663,8 @@ where
         }
     }
 
-    /// Every record up to this number is in a block the server confirmed (or
-    /// never needed one): the caller's journal may forget them. `None` when
-    /// no record is known yet.
+    /// Every record up to this number is in a block the server confirmed:
+    /// the caller's journal may forget them. `None` when no record is known.
     pub fn confirmed_through(&self) -> Option<u64> {
         let lowest_needed = self
             .outbox
@@ -668,7 +675,10 @@ where
             .chain((self.stage != Stage::Idle).then_some(self.sealing_records.0))
             .chain(self.pending_records.map(|r| r.0))
             .min();
-        lowest_needed.map(|r| r.saturating_sub(1))
+        match lowest_needed {
+            Some(r) => Some(r.saturating_sub(1)),
+            None => self.newest_record,
+        }
     }
 
     /// When the machine next has something to do without input: the pending

@@ -42,7 +42,10 @@ use gridpow_firmware_logic::crypto::Accelerated;
 use gridpow_firmware_logic::layout::{CONFIG_OFFSET, CONFIG_SIZE, STATE_OFFSET, STATE_SIZE};
 use gridpow_firmware_logic::pow::{PowHasher, TAIL_LEN};
 use gridpow_firmware_logic::provisioning::{RelayConfig, RelayMode, MAX_RELAY_METERS};
-use gridpow_firmware_logic::standalone::{NoTransport, StandaloneConfig, StandaloneRelay};
+use gridpow_firmware_logic::standalone::{
+    RamBlockStore, RelayStorage, StandaloneConfig, StandaloneRelay, VolatileJournal,
+};
+use gridpow_proto::lifecycle::OutboxEntry;
 use gridpow_proto::wire::serial::MAX_ENCODED;
 use gridpow_proto::{Instant, MacAddr};
 
@@ -186,7 +189,9 @@ async fn main(spawner: Spawner) -> ! {
             let state = Partition::new(flash, STATE_OFFSET, STATE_SIZE);
             let meters =
                 (0..cfg.meter_count.min(MAX_RELAY_METERS)).filter_map(|i| cfg.meter(blob, i));
-            let storage: &'static mut [u8] = alloc::vec![0u8; BLOCK_BYTES * (OUTBOX + 1)].leak();
+            let blocks: &'static mut [u8] = alloc::vec![0u8; 2 * BLOCK_BYTES].leak();
+            let slots: &'static mut [u8] = alloc::vec![0u8; OUTBOX * BLOCK_BYTES].leak();
+            let outbox = mk_static!([OutboxEntry; OUTBOX], [OutboxEntry::FREE; OUTBOX]);
             let relay = match StandaloneRelay::new(
                 StandaloneConfig::from_relay_config(&cfg),
                 provider,
@@ -194,7 +199,9 @@ async fn main(spawner: Spawner) -> ! {
                 &cfg.signing_seed,
                 &cfg.server_public_key,
                 state,
-                storage,
+                VolatileJournal::default(),
+                RamBlockStore::new(slots),
+                RelayStorage { blocks, outbox },
             ) {
                 Ok(r) => r,
                 Err(e) => halt(&format_args!("state partition: {e:?}")).await,
@@ -338,7 +345,14 @@ async fn run_bridge(
 
 // ------------------------------------------------------------ standalone mode
 
-type Relay = StandaloneRelay<'static, Provider, Partition, MAX_RELAY_METERS, OUTBOX>;
+type Relay = StandaloneRelay<
+    'static,
+    Provider,
+    Partition,
+    VolatileJournal,
+    RamBlockStore<'static, OUTBOX>,
+    MAX_RELAY_METERS,
+>;
 type SharedRelay = Mutex<NoopRawMutex, RefCell<Relay>>;
 
 /// The relay's Unix time. There is no source yet: SNTP needs the Wi-Fi
@@ -375,19 +389,19 @@ async fn pow_task(relay: &'static SharedRelay, provider: Provider) {
         if now() >= next_publish {
             next_publish = now() + gridpow_proto::Duration::from_secs(30);
             relay.lock(|r| {
-                let mut r = r.borrow_mut();
-                r.poll_publish(now(), &mut NoTransport);
+                let r = r.borrow();
                 let s = *r.stats();
+                let l = *r.lifecycle_stats();
                 let i = *r.ingress_stats();
                 println!(
-                    "relay: stats accepted={} duplicate={} refused_no_clock={} refused_full={} sealed={} outbox={} publish_errors={} (no MQTT/TLS transport)",
+                    "relay: stats accepted={} duplicate={} refused_no_clock={} refused_full={} sealed={} outbox={} published={}",
                     i.frames_accepted,
                     i.frames_duplicate,
                     s.refused_no_clock,
                     s.refused_full,
-                    s.blocks_sealed,
+                    l.blocks_sealed,
                     r.outbox().count(),
-                    s.publish_errors
+                    l.blocks_published
                 );
             });
         }
