@@ -1,23 +1,25 @@
-//! The chain thread: batches committed frames into blocks, has the PoW pool
-//! solve them one after the other (each block names its parent's hash),
-//! signs, writes them to the outbox, hands them to the publisher, and drops
-//! them from the outbox when their receipts arrive (asking the journal to
-//! compact what no block needs any more).
+//! The chain thread: drives the protocol core's block lifecycle
+//! ([`gridpow_proto::lifecycle::BlockLifecycle`], the same machine the ESP32
+//! relay drives) with committed frames, has the PoW pool solve its jobs,
+//! writes sealed blocks to the outbox files, hands them to the publisher, and
+//! deletes them when the lifecycle confirms their receipts (asking the
+//! journal to compact what no block needs any more).
+//!
+//! The decisions (when a batch is sealed, what a solution must meet, which
+//! receipt frees a block, when a block is published again) are the
+//! lifecycle's; this thread only does the IO around them.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use ed25519_dalek::SigningKey;
-use gridpow_proto::block::{sign_header, BlockBuilder};
-use gridpow_proto::pow::check_work;
-use gridpow_proto::wire::block::{block_len, HEADER_LEN, SIGNATURE_LEN};
-use gridpow_proto::wire::BlockHeaderRepr;
+use gridpow_proto::lifecycle::{BlockLifecycle, OutboxEntry as Slot};
 use gridpow_proto::Hash;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::batcher::Batcher;
 use crate::ingest::Signals;
 use crate::journal::FrameRecord;
 use crate::outbox::Outbox;
@@ -25,43 +27,57 @@ use crate::pow::{PowPool, PowReport};
 use crate::publisher::PubCmd;
 use crate::stats::{add, set, Shared};
 
+/// The lifecycle over heap storage, shared by the chain thread and the publisher.
+pub(crate) type Lifecycle = BlockLifecycle<Vec<u8>, Vec<Slot>>;
+
+/// The lifecycle behind a lock (held only for short, non-blocking calls).
+#[derive(Clone)]
+pub(crate) struct SharedLifecycle(Arc<Mutex<Lifecycle>>);
+
+impl SharedLifecycle {
+    pub(crate) fn new(l: Lifecycle) -> Self {
+        SharedLifecycle(Arc::new(Mutex::new(l)))
+    }
+    /// The lifecycle; a panic elsewhere while holding the lock leaves plain
+    /// data that is still consistent call by call, so the poison is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Lifecycle> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The protocol core's monotonic clock for this process.
+pub(crate) fn proto_now() -> gridpow_proto::Instant {
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    let base = BASE.get_or_init(std::time::Instant::now);
+    gridpow_proto::Instant::from_micros(base.elapsed().as_micros() as u64)
+}
+
 /// Input of the chain thread.
 #[derive(Debug)]
 pub(crate) enum ChainEvent {
     /// Frames committed to the journal that delivered new readings, in jsn order.
     Frames(Vec<FrameRecord>),
-    /// A verified receipt: the server stored the block with this height and hash.
-    Receipt { height: u64, hash: Hash },
+    /// The lifecycle confirmed this block by a receipt: delete its file.
+    Confirmed { height: u64, hash: Hash },
     /// Seal everything pending now.
     Flush,
     /// Stop (pending frames stay in the journal and are sealed after restart).
     Shutdown,
 }
 
+/// The job the PoW pool is solving.
 struct Job {
     id: u64,
-    header: BlockHeaderRepr,
-    block: Vec<u8>,
-    first_jsn: u64,
-    last_jsn: u64,
-    leaves: usize,
-    started: Instant,
-    tries: u64,
-}
-
-/// A solved and signed block whose outbox write failed; retried.
-struct Unsaved {
-    block: Vec<u8>,
-    first_jsn: u64,
-    last_jsn: u64,
+    height: u64,
+    started: std::time::Instant,
 }
 
 pub(crate) struct ChainLoop {
-    pub relay_id: u32,
-    pub difficulty: u8,
     pub key: SigningKey,
     pub outbox: Outbox,
-    pub batcher: Batcher,
+    pub lifecycle: SharedLifecycle,
+    /// Committed frames that do not fit the lifecycle's batch yet.
+    pub backlog: VecDeque<FrameRecord>,
     pub pool: PowPool,
     pub events: Receiver<ChainEvent>,
     pub publish_tx: UnboundedSender<PubCmd>,
@@ -73,169 +89,153 @@ pub(crate) struct ChainLoop {
 impl ChainLoop {
     pub(crate) fn run(mut self) {
         let mut job: Option<Job> = None;
-        let mut unsaved: Option<Unsaved> = None;
+        let mut flush = false;
         let mut compacted_to = 0u64;
         loop {
             if self.signals.aborted() {
                 break;
             }
-            let now = Instant::now();
-            let timeout = match (&job, &unsaved, self.batcher.deadline()) {
-                (None, None, Some(d)) => {
-                    d.saturating_duration_since(now).min(Duration::from_secs(1))
-                }
-                _ => Duration::from_secs(1),
-            };
+            let timeout = self
+                .lifecycle
+                .lock()
+                .poll_timeout()
+                .map(|t| Duration::from_micros(t.saturating_since(proto_now()).as_micros()))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
             let mut shutdown = false;
             crossbeam_channel::select! {
                 recv(self.events) -> ev => match ev {
-                    Ok(ChainEvent::Frames(frames)) => {
-                        let now = Instant::now();
-                        for f in frames {
-                            self.batcher.push(now, f);
-                        }
-                    }
-                    Ok(ChainEvent::Receipt { height, hash }) => self.confirm(height, &hash, &mut compacted_to),
-                    Ok(ChainEvent::Flush) => self.batcher.request_flush(),
+                    Ok(ChainEvent::Frames(frames)) => self.backlog.extend(frames),
+                    Ok(ChainEvent::Confirmed { height, hash }) => self.confirm(height, &hash, &mut compacted_to),
+                    Ok(ChainEvent::Flush) => flush = true,
                     Ok(ChainEvent::Shutdown) | Err(_) => shutdown = true,
                 },
                 recv(self.pool.reports()) -> r => if let Ok(r) = r {
-                    self.on_report(r, &mut job, &mut unsaved);
+                    self.on_report(r, &mut job);
                 },
                 default(timeout) => {}
             }
             if shutdown || self.signals.aborted() {
                 break;
             }
-            if let Some(u) = unsaved.take() {
-                unsaved = self.save(u);
+            self.save_sealed();
+            self.feed(&mut flush);
+            if job.is_none() {
+                let header = self
+                    .lifecycle
+                    .lock()
+                    .poll_job(proto_now(), gridpow_common::wall_ms());
+                if let Some(h) = header {
+                    tracing::debug!(height = h.height, leaves = h.leaf_count, "solving block");
+                    job = Some(Job {
+                        id: self.pool.start(h),
+                        height: h.height,
+                        started: std::time::Instant::now(),
+                    });
+                }
             }
-            if job.is_none() && unsaved.is_none() && self.batcher.due(Instant::now()) {
-                job = self.start_job();
-            }
-            let in_job = job.as_ref().map_or(0, |j| j.leaves) + unsaved.as_ref().map_or(0, |_| 1);
+            let lc = self.lifecycle.lock();
+            let waiting = lc.pending_frames() + lc.sealing_frames();
+            drop(lc);
             set(
                 &self.shared.pending_frames,
-                (self.batcher.len() + in_job) as u64,
+                waiting as u64 + self.backlog.len() as u64,
             );
         }
         self.pool.shutdown();
     }
 
-    fn start_job(&mut self) -> Option<Job> {
-        let frames = self.batcher.take();
-        let (first, last) = (frames.first()?.jsn, frames.last()?.jsn);
-        let bytes: usize = frames.iter().map(|f| f.frame.len()).sum();
-        let mut block = vec![0u8; block_len(frames.len(), bytes)];
-        let head = self.outbox.head();
-        let header = {
-            let mut b = match BlockBuilder::new(&mut block) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "block buffer refused");
-                    return None;
-                }
-            };
-            for f in &frames {
-                if let Err(e) = b.push_leaf(&f.frame) {
-                    tracing::error!(error = %e, jsn = f.jsn, "frame does not fit its block; skipped");
-                }
+    /// Moves backlog frames into the lifecycle's batch while they fit (the
+    /// lifecycle seals a full batch to make room when it can). A flush holds
+    /// until the backlog and the batch are empty.
+    fn feed(&mut self, flush: &mut bool) {
+        let mut lc = self.lifecycle.lock();
+        let now = proto_now();
+        while let Some(f) = self.backlog.front() {
+            if !lc.admits(f.frame.len(), gridpow_common::wall_ms()) {
+                break;
             }
-            b.header(
-                self.relay_id,
-                head.next_height,
-                head.head_hash,
-                gridpow_common::wall_ms(),
-                self.difficulty,
-            )
-        };
-        let id = self.pool.start(header);
-        tracing::debug!(
-            height = header.height,
-            leaves = frames.len(),
-            "solving block"
-        );
-        Some(Job {
-            id,
-            header,
-            block,
-            first_jsn: first,
-            last_jsn: last,
-            leaves: frames.len(),
-            started: Instant::now(),
-            tries: 0,
-        })
+            if let Err(e) = lc.handle_frame(now, &f.frame, f.jsn) {
+                // Admitted frames fit; a refusal here is a frame the core
+                // cannot carry at all (never produced by the ingress).
+                tracing::error!(error = %e, jsn = f.jsn, "frame not batched; skipped");
+            }
+            self.backlog.pop_front();
+        }
+        if *flush {
+            if lc.pending_frames() == 0 && self.backlog.is_empty() {
+                *flush = false;
+            } else {
+                lc.request_flush();
+            }
+        }
     }
 
-    fn on_report(&mut self, r: PowReport, job: &mut Option<Job>, unsaved: &mut Option<Unsaved>) {
+    fn on_report(&mut self, r: PowReport, job: &mut Option<Job>) {
         match r {
-            PowReport::Stopped { job: id, tries } => {
-                add(&self.shared.pow_tries, tries);
-                if let Some(j) = job.as_mut().filter(|j| j.id == id) {
-                    j.tries += tries;
-                }
-            }
+            PowReport::Stopped { tries, .. } => add(&self.shared.pow_tries, tries),
             PowReport::Solved {
                 job: id,
                 nonce,
                 tries,
             } => {
                 add(&self.shared.pow_tries, tries);
-                let Some(mut j) = job.take_if(|j| j.id == id) else {
+                let Some(j) = job.take_if(|j| j.id == id) else {
                     return;
                 };
                 self.pool.finish(id);
-                j.tries += tries;
-                j.header.nonce = nonce;
-                if check_work(&j.header.hash(), j.header.difficulty).is_err() {
-                    tracing::error!(
-                        height = j.header.height,
-                        "worker reported a nonce that does not meet the difficulty; solving again"
-                    );
-                    j.id = self.pool.start(j.header);
-                    *job = Some(j);
+                let res = self.lifecycle.lock().handle_solution(nonce, &self.key);
+                if let Err(e) = res {
+                    tracing::error!(height = j.height, error = %e, "worker reported a bad nonce; solving again");
+                    if let Some(h) = self.lifecycle.lock().job().copied() {
+                        *job = Some(Job {
+                            id: self.pool.start(h),
+                            ..j
+                        });
+                    }
                     return;
                 }
                 let elapsed = j.started.elapsed();
                 add(&self.shared.pow_time_us_total, elapsed.as_micros() as u64);
-                let sig = sign_header(&j.header, &self.key);
-                j.block[..HEADER_LEN].copy_from_slice(&j.header.to_bytes());
-                j.block[HEADER_LEN..HEADER_LEN + SIGNATURE_LEN].copy_from_slice(&sig);
                 tracing::debug!(
-                    height = j.header.height,
-                    leaves = j.leaves,
-                    tries = j.tries,
+                    height = j.height,
                     ms = elapsed.as_millis() as u64,
                     "block solved"
                 );
-                *unsaved = self.save(Unsaved {
-                    block: j.block,
-                    first_jsn: j.first_jsn,
-                    last_jsn: j.last_jsn,
-                });
+                self.save_sealed();
             }
         }
     }
 
-    /// Writes a sealed block to the outbox and hands it to the publisher;
-    /// gives it back if the write failed.
-    fn save(&mut self, u: Unsaved) -> Option<Unsaved> {
-        match self.outbox.push(&u.block, u.first_jsn, u.last_jsn) {
+    /// Writes the sealed block (if any) to the outbox and hands it to the
+    /// publisher; a failed write is retried on the next turn.
+    fn save_sealed(&mut self) {
+        let mut lc = self.lifecycle.lock();
+        let Some(sealed) = lc.sealed_block() else {
+            return;
+        };
+        let bytes = Bytes::copy_from_slice(sealed.bytes);
+        match self
+            .outbox
+            .push(&bytes, sealed.first_record, sealed.last_record)
+        {
             Ok(entry) => {
+                if let Err(e) = lc.handle_saved() {
+                    tracing::error!(error = %e, height = entry.height, "sealed block has no outbox slot");
+                    return;
+                }
+                drop(lc);
                 add(&self.shared.blocks_sealed, 1);
                 set(&self.shared.outbox_len, self.outbox.len() as u64);
                 self.shared.set_head(entry.height, entry.hash);
                 let _ = self.publish_tx.send(PubCmd::Block {
                     height: entry.height,
-                    hash: entry.hash,
-                    bytes: Some(Bytes::from(u.block)),
+                    bytes: Some(bytes),
                     path: entry.path,
                 });
-                None
             }
             Err(e) => {
                 tracing::error!(error = %e, "sealed block not written to the outbox; retrying");
-                Some(u)
             }
         }
     }

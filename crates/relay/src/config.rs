@@ -36,7 +36,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use gridpow_common::config::{load_toml, ConfigError};
 use gridpow_proto::MacAddr;
@@ -306,10 +305,6 @@ impl RelayConfig {
             self.mqtt.cert.clone().unwrap_or(id.cert),
             self.mqtt.key.clone().unwrap_or(id.key),
         )
-    }
-
-    pub(crate) fn max_age(&self) -> Duration {
-        Duration::from_millis(self.block.max_age_ms)
     }
 }
 

@@ -103,7 +103,6 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod batcher;
 mod chain;
 pub mod config;
 mod error;
@@ -233,24 +232,20 @@ impl Relay {
         let (chain_tx, chain_rx) = crossbeam_channel::unbounded();
         let (pub_tx, pub_rx) = mpsc::unbounded_channel();
 
+        let lifecycle = chain::SharedLifecycle::new(new_lifecycle(&cfg, &outbox)?);
         for e in outbox.entries() {
             let _ = pub_tx.send(PubCmd::Block {
                 height: e.height,
-                hash: e.hash,
                 bytes: None,
                 path: e.path.clone(),
             });
-        }
-        let mut batcher = batcher::Batcher::new(cfg.block.max_frames, cfg.max_age());
-        let now = std::time::Instant::now();
-        for r in reseal {
-            batcher.push(now, r);
         }
 
         let tasks = publisher::spawn(
             &cfg,
             options,
             server_key,
+            lifecycle.clone(),
             chain_tx.clone(),
             pub_rx,
             shared.clone(),
@@ -263,11 +258,10 @@ impl Relay {
                 .map_err(|source| RelayError::Spawn { name, source })
         };
         let chain = ChainLoop {
-            relay_id: cfg.relay_id,
-            difficulty: cfg.difficulty,
             key: signing_key,
             outbox,
-            batcher,
+            lifecycle,
+            backlog: reseal.into(),
             pool,
             events: chain_rx,
             publish_tx: pub_tx.clone(),
@@ -319,6 +313,57 @@ impl Relay {
             tasks,
         })
     }
+}
+
+/// Sealed blocks the relay can hold awaiting receipts before it stops
+/// sealing (frames then wait in the journal); more when the outbox on disk
+/// already holds more.
+const OUTBOX_SLOTS: usize = 1 << 16;
+
+/// The core's block lifecycle for this relay, continuing the chain of `outbox`
+/// with its unconfirmed blocks restored.
+fn new_lifecycle(
+    cfg: &RelayConfig,
+    outbox: &outbox::Outbox,
+) -> Result<chain::Lifecycle, RelayError> {
+    use gridpow_proto::lifecycle::{BlockLifecycle, ChainTip, LifecycleConfig, OutboxEntry};
+    let head = outbox.head();
+    let block_bytes = gridpow_proto::wire::block::block_len(
+        cfg.block.max_frames,
+        cfg.block.max_frames * gridpow_proto::wire::uplink::MAX_LEN,
+    );
+    let slots = OUTBOX_SLOTS.max(outbox.len() + 4096);
+    let core = |e: gridpow_proto::Error| RelayError::Corrupt {
+        path: cfg.data_dir.join("outbox"),
+        message: format!("block lifecycle: {e}"),
+    };
+    let mut lc = BlockLifecycle::new(
+        LifecycleConfig {
+            relay_id: cfg.relay_id,
+            difficulty: cfg.difficulty,
+            max_frames: cfg.block.max_frames as u32,
+            max_age: gridpow_proto::Duration::from_millis(cfg.block.max_age_ms),
+            republish_after: gridpow_proto::Duration::from_secs(cfg.mqtt.republish_after_s.max(1)),
+            quarantine_retry: gridpow_proto::Duration::from_secs(30),
+            max_inflight: cfg.mqtt.max_inflight_blocks,
+        },
+        ChainTip {
+            next_height: head.next_height,
+            prev_hash: head.head_hash,
+        },
+        vec![0; block_bytes],
+        vec![0; block_bytes],
+        vec![OutboxEntry::FREE; slots],
+    )
+    .map_err(core)?;
+    for e in outbox.entries() {
+        let len = std::fs::metadata(&e.path)
+            .map(|m| m.len().saturating_sub(outbox::BLOCK_FILE_OVERHEAD) as u32)
+            .unwrap_or(0);
+        lc.restore(e.height, e.hash, len, (e.first_jsn, e.last_jsn))
+            .map_err(core)?;
+    }
+    Ok(lc)
 }
 
 /// A running relay.

@@ -23,6 +23,8 @@ use crate::RelayError;
 
 const BLOCK_MAGIC: &[u8; 4] = b"GPO1";
 const CHAIN_MAGIC: &[u8; 4] = b"GPC1";
+/// Bytes of an outbox file beyond the block it holds (magic, fields, CRC).
+pub const BLOCK_FILE_OVERHEAD: u64 = 4 + 8 + 8 + 8 + 32 + 4 + 4;
 
 /// Where the chain stands: the next block's height and parent, and the last
 /// journal record covered by a sealed block.

@@ -3,12 +3,12 @@
 //! - The **network task** polls rumqttc's event loop (which reconnects when
 //!   polled after an error), verifies receipts (server signature, relay id)
 //!   and reports connection changes.
-//! - The **outbox task** mirrors the unconfirmed blocks and publishes them
-//!   QoS 1 in height order, at most `max_inflight_blocks` awaiting receipts
-//!   at once. A block is published again after every reconnect and whenever
-//!   its receipt is `republish_after_s` late, until its receipt arrives; a
-//!   broker that drops messages (queue limits, restarts without persistence)
-//!   therefore costs time, never data.
+//! - The **outbox task** publishes QoS 1 what the core's block lifecycle
+//!   says is due (lowest heights first, at most `max_inflight_blocks`
+//!   awaiting receipts, again after every reconnect and whenever a receipt
+//!   is `republish_after_s` late) and applies receipts to it; a broker that
+//!   drops messages (queue limits, restarts without persistence) therefore
+//!   costs time, never data.
 //!
 //! The session is persistent (clean session off), the status topic is
 //! retained, and the last will marks the relay offline.
@@ -23,8 +23,8 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use ed25519_dalek::VerifyingKey;
 use gridpow_common::topics;
-use gridpow_proto::wire::{ReceiptRepr, ReceiptStatus};
-use gridpow_proto::Hash;
+use gridpow_proto::lifecycle::ReceiptOutcome;
+use gridpow_proto::wire::ReceiptRepr;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     TlsConfiguration, Transport,
@@ -32,7 +32,7 @@ use rumqttc::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::chain::ChainEvent;
+use crate::chain::{proto_now, ChainEvent, SharedLifecycle};
 use crate::config::RelayConfig;
 use crate::stats::{add, Shared};
 use crate::RelayError;
@@ -47,7 +47,6 @@ pub(crate) enum PubCmd {
     /// A block sealed (or found in the outbox at start) that awaits its receipt.
     Block {
         height: u64,
-        hash: Hash,
         bytes: Option<Bytes>,
         path: PathBuf,
     },
@@ -61,19 +60,6 @@ enum NetEvent {
     Disconnected,
     Receipt(ReceiptRepr),
 }
-
-struct Pending {
-    hash: Hash,
-    bytes: Option<Bytes>,
-    path: PathBuf,
-    last_sent: Option<Instant>,
-    published: bool,
-    /// Quarantined receipts received for it (retries back off).
-    quarantined: u32,
-}
-
-/// First wait before offering a quarantined block again; doubles up to 64×.
-const QUARANTINE_RETRY: Duration = Duration::from_secs(30);
 
 /// The relay's status message (retained; also the last will, with "offline").
 pub fn status_json(relay_id: u32, online: bool, height: Option<u64>, time_ms: u64) -> String {
@@ -127,6 +113,7 @@ pub(crate) fn spawn(
     cfg: &RelayConfig,
     options: MqttOptions,
     server_key: VerifyingKey,
+    lifecycle: SharedLifecycle,
     chain_tx: Sender<ChainEvent>,
     cmds: mpsc::UnboundedReceiver<PubCmd>,
     shared: Arc<Shared>,
@@ -147,9 +134,8 @@ pub(crate) fn spawn(
         blocks_topic: topics::blocks(cfg.relay_id),
         status_topic: topics::status(cfg.relay_id),
         receipts_topic: topics::receipts(cfg.relay_id),
-        window: cfg.mqtt.max_inflight_blocks,
-        republish_after: Duration::from_secs(cfg.mqtt.republish_after_s.max(1)),
-        pending: BTreeMap::new(),
+        lifecycle,
+        blocks: BTreeMap::new(),
         cached: 0,
         connected: false,
         chain_tx,
@@ -231,15 +217,21 @@ struct OutboxTask {
     blocks_topic: String,
     status_topic: String,
     receipts_topic: String,
-    window: usize,
-    republish_after: Duration,
-    pending: BTreeMap<u64, Pending>,
+    /// What to publish when, and which receipt frees which block: the core's rules.
+    lifecycle: SharedLifecycle,
+    /// Where each unconfirmed block's bytes are (in memory up to `CACHE_BYTES`).
+    blocks: BTreeMap<u64, Cached>,
     cached: usize,
     connected: bool,
     chain_tx: Sender<ChainEvent>,
     shared: Arc<Shared>,
     status_height: Option<u64>,
     status_sent: Option<Instant>,
+}
+
+struct Cached {
+    bytes: Option<Bytes>,
+    path: PathBuf,
 }
 
 impl OutboxTask {
@@ -253,10 +245,10 @@ impl OutboxTask {
         loop {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
-                    Some(PubCmd::Block { height, hash, bytes, path }) => {
+                    Some(PubCmd::Block { height, bytes, path }) => {
                         let bytes = bytes.filter(|b| self.cached + b.len() <= CACHE_BYTES);
                         self.cached += bytes.as_ref().map_or(0, |b| b.len());
-                        self.pending.insert(height, Pending { hash, bytes, path, last_sent: None, published: false, quarantined: 0 });
+                        self.blocks.insert(height, Cached { bytes, path });
                         self.pump();
                     }
                     Some(PubCmd::Shutdown(done)) => {
@@ -273,13 +265,14 @@ impl OutboxTask {
                             tracing::warn!(error = %e, "receipt subscription not queued");
                         }
                         self.publish_status(true);
-                        // A new connection may have lost whatever was in flight: send the window again.
-                        for p in self.pending.values_mut() {
-                            p.last_sent = None;
-                        }
+                        // A new connection may have lost whatever was in flight.
+                        self.lifecycle.lock().handle_connected();
                         self.pump();
                     }
-                    Some(NetEvent::Disconnected) => self.connected = false,
+                    Some(NetEvent::Disconnected) => {
+                        self.connected = false;
+                        self.lifecycle.lock().handle_disconnected();
+                    }
                     Some(NetEvent::Receipt(r)) => {
                         self.on_receipt(&r);
                         self.pump();
@@ -312,85 +305,69 @@ impl OutboxTask {
     }
 
     fn on_receipt(&mut self, r: &ReceiptRepr) {
-        let matches = self
-            .pending
-            .get(&r.height)
-            .is_some_and(|p| p.hash == r.block_hash);
-        if !matches {
+        let outcome = self.lifecycle.lock().apply_receipt(proto_now(), r);
+        match outcome {
+            ReceiptOutcome::Confirmed { height, hash, .. } => {
+                if let Some(c) = self.blocks.remove(&height) {
+                    self.cached -= c.bytes.as_ref().map_or(0, |b| b.len());
+                }
+                let _ = self.chain_tx.send(ChainEvent::Confirmed { height, hash });
+            }
+            ReceiptOutcome::Quarantined { height, retry_in } => {
+                add(&self.shared.blocks_quarantined, 1);
+                tracing::error!(
+                    height,
+                    retry_in_s = retry_in.as_millis() / 1000,
+                    "the server quarantined our block; keeping it and offering it again later"
+                );
+            }
             // A repeated receipt (QoS 1 redelivery, two servers) or one for a
             // block we no longer hold; harmless either way.
-            tracing::debug!(height = r.height, "receipt for no waiting block");
-            return;
-        }
-        if r.status == ReceiptStatus::Quarantined {
-            // Not stored: keep the block and offer it again later. A quarantine can
-            // be cured (a meter registered late), and a receipt for a forged copy
-            // with our header must not make us forget the genuine block.
-            add(&self.shared.blocks_quarantined, 1);
-            tracing::error!(
-                height = r.height,
-                "the server quarantined our block; keeping it and retrying later"
-            );
-            if let Some(p) = self.pending.get_mut(&r.height) {
-                p.quarantined += 1;
-                let backoff = QUARANTINE_RETRY.saturating_mul(1 << p.quarantined.min(6));
-                p.last_sent = Some(Instant::now() + backoff.saturating_sub(self.republish_after));
+            ReceiptOutcome::NoSuchBlock => {
+                tracing::debug!(height = r.height, "receipt for no waiting block")
             }
-            return;
         }
-        if let Some(p) = self.pending.remove(&r.height) {
-            self.cached -= p.bytes.as_ref().map_or(0, |b| b.len());
-        }
-        let _ = self.chain_tx.send(ChainEvent::Receipt {
-            height: r.height,
-            hash: r.block_hash,
-        });
     }
 
-    /// Publishes the blocks of the window that are due.
+    /// Publishes every block the lifecycle says is due.
     fn pump(&mut self) {
         if !self.connected {
             return;
         }
-        let now = Instant::now();
-        let mut gone = Vec::new();
-        for (&height, p) in self.pending.iter_mut().take(self.window) {
-            if p.last_sent
-                .is_some_and(|t| now.duration_since(t) < self.republish_after)
-            {
-                continue;
-            }
-            let bytes = match &p.bytes {
-                Some(b) => b.clone(),
-                None => match crate::outbox::read_block_file(&p.path) {
+        loop {
+            let now = proto_now();
+            let Some(order) = self.lifecycle.lock().poll_publish(now) else {
+                return;
+            };
+            let bytes = match self.blocks.get(&order.height) {
+                Some(Cached { bytes: Some(b), .. }) => b.clone(),
+                Some(Cached { path, .. }) => match crate::outbox::read_block_file(path) {
                     Ok(b) => Bytes::from(b),
                     Err(e) => {
-                        // Confirmed and removed meanwhile, or unreadable: nothing to send.
-                        tracing::warn!(error = %e, height, "outbox block not readable");
-                        gone.push(height);
+                        // Unreadable: nothing to send; try again at the next republish.
+                        tracing::warn!(error = %e, height = order.height, "outbox block not readable");
+                        self.lifecycle.lock().handle_published(order.height, now);
                         continue;
                     }
                 },
+                // Sealed but not yet handed over by the chain thread: next tick.
+                None => return,
             };
             match self
                 .client
                 .try_publish(self.blocks_topic.clone(), QoS::AtLeastOnce, false, bytes)
             {
                 Ok(()) => {
-                    p.last_sent = Some(now);
-                    if p.published {
+                    self.lifecycle.lock().handle_published(order.height, now);
+                    if order.republish {
                         add(&self.shared.blocks_republished, 1);
                     } else {
-                        p.published = true;
                         add(&self.shared.blocks_published, 1);
                     }
                 }
                 // The request queue is full: try again at the next tick.
-                Err(_) => break,
+                Err(_) => return,
             }
-        }
-        for h in gone {
-            self.pending.remove(&h);
         }
     }
 
