@@ -41,10 +41,24 @@ t0=$(date +%s)
 elf="$target_dir/$target/release/gridpow-qemu-check"
 log "built $elf in $(($(date +%s) - t0)) s ($(stat -c %s "$elf") bytes with debug info)"
 
+# An RV32IMC CPU: the generic rv32 without atomics (A) and floating point (F, D).
+# QEMU 8.0 and later also enable Zawrs (needs A) and Zfa (needs F) by default and
+# refuse to start unless they are switched off too (8.0/8.1 spell them Zawrs, Zfa);
+# QEMU 7.2 (Debian 12) does not know them and refuses the switches.
+cpu=rv32,a=false,f=false,d=false
+read -r qemu_major qemu_minor < <(qemu-system-riscv32 --version |
+    sed -n '1s/.*version \([0-9][0-9]*\)\.\([0-9][0-9]*\).*/\1 \2/p') || true
+if [ "${qemu_major:-0}" -gt 8 ] || { [ "${qemu_major:-0}" -eq 8 ] && [ "${qemu_minor:-0}" -ge 2 ]; }; then
+    cpu+=",zawrs=false,zfa=false"
+elif [ "${qemu_major:-0}" -eq 8 ]; then
+    cpu+=",Zawrs=false,Zfa=false"
+fi
+log "QEMU ${qemu_major:-?}.${qemu_minor:-?}, -cpu $cpu"
+
 t0=$(date +%s%N)
 status=0
 timeout "$timeout_s" qemu-system-riscv32 \
-    -machine virt -cpu rv32,a=false,f=false,d=false -m 16M -bios none -nographic \
+    -machine virt -cpu "$cpu" -m 16M -bios none -nographic \
     -semihosting-config enable=on,target=native -kernel "$elf" </dev/null || status=$?
 ms=$((($(date +%s%N) - t0) / 1000000))
 case "$status" in
