@@ -74,6 +74,57 @@ macro_rules! check_eq {
     };
 }
 
+/// The value inside an `Ok` or `Some`; otherwise fails the test, printing
+/// the error (or `None`).
+macro_rules! check_ok {
+    ($e:expr) => {
+        check_ok!($e, "{}", stringify!($e))
+    };
+    ($e:expr, $($arg:tt)+) => {
+        match $crate::harness::Checkable::into_result($e) {
+            Ok(value) => value,
+            Err(e) => {
+                $crate::harness::report(
+                    file!(),
+                    line!(),
+                    format_args!("{}: {:?}", format_args!($($arg)+), e),
+                );
+                return Err($crate::harness::Failed);
+            }
+        }
+    };
+}
+
+/// What `check_ok!` unwraps.
+pub trait Checkable {
+    /// The wrapped value.
+    type Value;
+    /// Why there is none.
+    type Error: fmt::Debug;
+    /// The value, or why there is none.
+    fn into_result(self) -> Result<Self::Value, Self::Error>;
+}
+
+impl<T, E: fmt::Debug> Checkable for Result<T, E> {
+    type Value = T;
+    type Error = E;
+    fn into_result(self) -> Result<T, E> {
+        self
+    }
+}
+
+/// The error of a `None` under `check_ok!`.
+#[derive(Debug)]
+pub struct NoneFound;
+
+impl<T> Checkable for Option<T> {
+    type Value = T;
+    type Error = NoneFound;
+    fn into_result(self) -> Result<T, NoneFound> {
+        self.ok_or(NoneFound)
+    }
+}
+
 /// Prints a failed check.
 pub fn report(file: &str, line: u32, msg: fmt::Arguments<'_>) {
     semihosting::println!("    check failed at {file}:{line}: {msg}");

@@ -261,12 +261,10 @@ fn phase_correction_in_degrees_cancels_a_known_sensor_lead() -> Outcome {
         measured(calibrated(Config::new(FS as f32)).and_then(|m| m.measure(&v, &i)))?;
     check!(rel_err(uncorrected.active_power_w, 1840.0) > 0.05);
 
-    let Ok(mut meter) = calibrated(Config::new(FS as f32)) else {
-        return Err(Failed);
-    };
+    let mut meter = check_ok!(calibrated(Config::new(FS as f32)));
     let mut cal = *meter.calibration();
     cal.phase = PhaseCorrection::Degrees(4.0);
-    check!(meter.set_calibration(cal).is_ok());
+    check_ok!(meter.set_calibration(cal));
     let m = measured(meter.measure(&v, &i))?;
     check_within!("active power", m.active_power_w, 1840.0, 0.005);
     check!(libm::fabsf(m.power_factor - 0.8) < 0.003, "pf {}", m.power_factor);

@@ -8,7 +8,7 @@ use gridpow_firmware_logic::state::{
     KIND_RELAY, RECORD_LEN,
 };
 
-use crate::harness::{Failed, Outcome};
+use crate::harness::Outcome;
 
 tests![
     each_boot_reserves_a_higher_epoch,
@@ -22,29 +22,12 @@ tests![
 /// Two 4 KiB sectors, the smallest valid region.
 type Region = MemFlash<8192>;
 
-/// Unwraps a state-log result, reporting the error as a failed check.
-macro_rules! ok {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(e) => {
-                crate::harness::report(
-                    file!(),
-                    line!(),
-                    format_args!("{}: {:?}", stringify!($e), e),
-                );
-                return Err(Failed);
-            }
-        }
-    };
-}
-
 fn each_boot_reserves_a_higher_epoch() -> Outcome {
     let mut flash = Region::new();
     let mut last = 0;
     for _ in 0..300 {
-        let mut log = ok!(StateLog::open(&mut flash, KIND_METER));
-        let s = ok!(reserve_boot_epoch(&mut log, 0));
+        let mut log = check_ok!(StateLog::open(&mut flash, KIND_METER));
+        let s = check_ok!(reserve_boot_epoch(&mut log, 0));
         check_eq!(s.boot_epoch, last + 1);
         last = s.boot_epoch;
     }
@@ -59,9 +42,9 @@ fn each_boot_reserves_a_higher_epoch() -> Outcome {
 
 fn min_epoch_lifts_the_epoch_after_an_erased_state() -> Outcome {
     let mut flash = Region::new();
-    let mut log = ok!(StateLog::open(&mut flash, KIND_METER));
-    check_eq!(ok!(reserve_boot_epoch(&mut log, 500)).boot_epoch, 500);
-    check_eq!(ok!(reserve_boot_epoch(&mut log, 500)).boot_epoch, 501);
+    let mut log = check_ok!(StateLog::open(&mut flash, KIND_METER));
+    check_eq!(check_ok!(reserve_boot_epoch(&mut log, 500)).boot_epoch, 500);
+    check_eq!(check_ok!(reserve_boot_epoch(&mut log, 500)).boot_epoch, 501);
     Ok(())
 }
 
@@ -69,44 +52,41 @@ fn power_cut_during_a_write_keeps_the_previous_record() -> Outcome {
     for cut in 0..RECORD_LEN {
         let mut flash = Region::new();
         {
-            let mut log = ok!(StateLog::open(&mut flash, KIND_METER));
+            let mut log = check_ok!(StateLog::open(&mut flash, KIND_METER));
             for _ in 0..70 {
-                ok!(reserve_boot_epoch(&mut log, 0));
+                check_ok!(reserve_boot_epoch(&mut log, 0));
             }
         }
         flash.write_budget = Some(cut);
         {
-            let mut log = ok!(StateLog::open(&mut flash, KIND_METER));
+            let mut log = check_ok!(StateLog::open(&mut flash, KIND_METER));
             check!(
                 reserve_boot_epoch(&mut log, 0).is_err(),
                 "write cut after {cut} bytes reported success"
             );
         }
         flash.write_budget = None;
-        let mut log = ok!(StateLog::open(&mut flash, KIND_METER));
-        let Some(latest) = log.latest() else {
-            check!(false, "no record after a cut at {cut} bytes");
-            return Err(Failed);
-        };
+        let mut log = check_ok!(StateLog::open(&mut flash, KIND_METER));
+        let latest = check_ok!(log.latest(), "a record after a cut at {cut} bytes");
         check_eq!(MeterState::from_payload(latest).boot_epoch, 70, "cut after {cut} bytes");
         // The torn slot is skipped and the next epoch is still new.
-        check_eq!(ok!(reserve_boot_epoch(&mut log, 0)).boot_epoch, 71);
+        check_eq!(check_ok!(reserve_boot_epoch(&mut log, 0)).boot_epoch, 71);
     }
     Ok(())
 }
 
 fn energy_checkpoints_survive_and_epochs_do_not_move() -> Outcome {
     let mut flash = Region::new();
-    let mut log = ok!(StateLog::open(&mut flash, KIND_METER));
-    let s = ok!(reserve_boot_epoch(&mut log, 0));
+    let mut log = check_ok!(StateLog::open(&mut flash, KIND_METER));
+    let s = check_ok!(reserve_boot_epoch(&mut log, 0));
     let cp = MeterState {
         import_mwh: 1234,
         export_mwh: 5,
         ..s
     };
-    ok!(log.append(&cp.to_payload()));
-    let mut log = ok!(StateLog::open(&mut flash, KIND_METER));
-    let s2 = ok!(reserve_boot_epoch(&mut log, 0));
+    check_ok!(log.append(&cp.to_payload()));
+    let mut log = check_ok!(StateLog::open(&mut flash, KIND_METER));
+    let s2 = check_ok!(reserve_boot_epoch(&mut log, 0));
     check_eq!(s2.boot_epoch, 2);
     check_eq!((s2.import_mwh, s2.export_mwh), (1234, 5));
     // A u64 register beyond 32 bits survives the round trip on the 32-bit CPU.
@@ -114,22 +94,22 @@ fn energy_checkpoints_survive_and_epochs_do_not_move() -> Outcome {
         import_mwh: 0x1_2345_6789_abcd,
         ..s2
     };
-    ok!(log.append(&big.to_payload()));
-    let log = ok!(StateLog::open(&mut flash, KIND_METER));
+    check_ok!(log.append(&big.to_payload()));
+    let log = check_ok!(StateLog::open(&mut flash, KIND_METER));
     check_eq!(log.latest().map(MeterState::from_payload), Some(big));
     Ok(())
 }
 
 fn relay_and_meter_records_do_not_mix() -> Outcome {
     let mut flash = Region::new();
-    let mut log = ok!(StateLog::open(&mut flash, KIND_RELAY));
+    let mut log = check_ok!(StateLog::open(&mut flash, KIND_RELAY));
     let st = RelayState {
         next_height: 9,
         prev_hash: [3; 32],
     };
-    ok!(log.append(&st.to_payload()));
-    check!(ok!(StateLog::open(&mut flash, KIND_METER)).latest().is_none());
-    let log = ok!(StateLog::open(&mut flash, KIND_RELAY));
+    check_ok!(log.append(&st.to_payload()));
+    check!(check_ok!(StateLog::open(&mut flash, KIND_METER)).latest().is_none());
+    let log = check_ok!(StateLog::open(&mut flash, KIND_RELAY));
     check_eq!(log.latest().map(RelayState::from_payload), Some(st));
     Ok(())
 }

@@ -133,20 +133,14 @@ fn sealed_uplink_matches_and_opens() -> Outcome {
 
     let keys = meter_keys();
     let mut buf = [0u8; 250];
-    let n = match uplink::seal(
+    let n = check_ok!(uplink::seal(
         &RustCrypto,
         &keys,
         &uplink_header(),
         v::uplink::FIRST_SEQ,
         &readings,
         &mut buf,
-    ) {
-        Ok(n) => n,
-        Err(e) => {
-            check!(false, "seal failed: {e}");
-            0
-        }
-    };
+    ));
     let frame = &buf[..n];
     check_eq!(frame, &v::uplink::FRAME[..]);
     check_eq!(frame[..20], v::uplink::AAD);
@@ -154,21 +148,28 @@ fn sealed_uplink_matches_and_opens() -> Outcome {
     check_eq!(frame[n - 16..], v::uplink::HOP_TAG);
 
     // A relay (hop key) checks it, the server (all keys) opens it.
-    let p = UplinkPacket::new_checked(&v::uplink::FRAME[..]);
-    check!(p.is_ok(), "vector frame parses: {p:?}");
-    let Ok(p) = p else { return Err(crate::harness::Failed) };
+    let p = check_ok!(UplinkPacket::new_checked(&v::uplink::FRAME[..]));
     check_eq!(p.verify_hop(&RustCrypto, &keys.hop), Ok(()));
     check_eq!(p.first_seq(), v::uplink::FIRST_SEQ);
     check_eq!(p.header(), uplink_header());
     let mut scratch = [0u8; MAX_BODY_LEN];
-    let body = p.open(&RustCrypto, &keys, &mut scratch);
-    check!(body.is_ok(), "vector frame opens: {body:?}");
-    let Ok(body) = body else { return Err(crate::harness::Failed) };
+    let body = check_ok!(p.open(&RustCrypto, &keys, &mut scratch));
     check_eq!(body.first_seq(), v::uplink::FIRST_SEQ);
     check_eq!(body.len(), 3);
     for (i, (seq, r)) in body.readings().enumerate() {
         check_eq!(seq, v::uplink::FIRST_SEQ + i as u32);
         check_eq!(r, readings[i]);
+    }
+
+    // Every flipped byte is refused by the relay already (parse or hop tag).
+    for i in 0..v::uplink::FRAME.len() {
+        let mut bad = v::uplink::FRAME;
+        bad[i] ^= 0x01;
+        let relay_accepts = matches!(
+            UplinkPacket::new_checked(&bad[..]).map(|p| p.verify_hop(&RustCrypto, &keys.hop)),
+            Ok(Ok(()))
+        );
+        check!(!relay_accepts, "frame with byte {i} flipped passes the hop check");
     }
     Ok(())
 }
@@ -341,19 +342,17 @@ fn policy() -> VerifyPolicy {
 fn signed_block_verifies_and_rebuilds_byte_for_byte() -> Outcome {
     let (sk, pk) = relay_key();
     check_eq!(Some(sk.verifying_key()), pk, "public key derives from the seed");
-    let Some(pk) = pk else { return Err(crate::harness::Failed) };
+    let pk = check_ok!(pk);
     let keys = OneMeter(meter_keys());
     let mut leaves = 0;
-    let verified = verify_block(&RustCrypto, &v::block::BLOCK, &pk, &policy(), &keys, |leaf| {
+    let verified = check_ok!(verify_block(&RustCrypto, &v::block::BLOCK, &pk, &policy(), &keys, |leaf| {
         leaves += 1;
         // Every leaf is one of the vector's frames, in order.
         match v::block::FRAMES.get(leaf.index as usize) {
             Some(f) if *f == leaf.frame.as_bytes() => Ok(()),
             _ => Err(gridpow_proto::LeafFault::Replay),
         }
-    });
-    check!(verified.is_ok(), "block verifies: {verified:?}");
-    let Ok(verified) = verified else { return Err(crate::harness::Failed) };
+    }));
     check_eq!(leaves, v::block::FRAMES.len());
     check_eq!(verified.hash, v::block::HEADER_HASH);
     check_eq!(verified.header.hash(), v::block::HEADER_HASH);
@@ -362,10 +361,7 @@ fn signed_block_verifies_and_rebuilds_byte_for_byte() -> Outcome {
     // The same block from its frames: Merkle root, header and Ed25519 signature
     // (deterministic) come out byte for byte.
     let mut buf = [0u8; 2048];
-    let Ok(mut b) = BlockBuilder::new(&mut buf) else {
-        check!(false, "builder");
-        return Err(crate::harness::Failed);
-    };
+    let mut b = check_ok!(BlockBuilder::new(&mut buf));
     for f in v::block::FRAMES {
         check_eq!(b.push_leaf(f), Ok(()));
     }
@@ -381,7 +377,7 @@ fn signed_block_verifies_and_rebuilds_byte_for_byte() -> Outcome {
 }
 
 fn tampered_block_is_rejected() -> Outcome {
-    let Some(pk) = relay_key().1 else { return Err(crate::harness::Failed) };
+    let pk = check_ok!(relay_key().1, "the vector's relay public key");
     let keys = OneMeter(meter_keys());
     // Every 7th byte (header, signature, leaf framing, frames), flipped.
     let mut block = v::block::BLOCK;
