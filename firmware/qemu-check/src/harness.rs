@@ -136,12 +136,8 @@ const NONE: usize = usize::MAX;
 static SUITE: AtomicUsize = AtomicUsize::new(NONE);
 static TEST: AtomicUsize = AtomicUsize::new(NONE);
 
-/// " in test suite::name" while a test runs, else "".
-pub fn running_test_suffix() -> RunningTest {
-    RunningTest
-}
-
-/// Displays the running test, if any.
+/// Displays " in test suite::name" while a test runs, else nothing (for the
+/// panic and trap handlers).
 pub struct RunningTest;
 
 impl fmt::Display for RunningTest {
@@ -165,8 +161,9 @@ fn clock_cs() -> Option<usize> {
     semihosting::sys::arm_compat::sys_clock().ok()
 }
 
-/// Runs every test of every suite; returns (passed, failed).
-pub fn run(suites: &[Suite]) -> (usize, usize) {
+/// Runs every test of every suite in `crate::SUITES`; returns (passed, failed).
+pub fn run() -> (usize, usize) {
+    let suites = crate::SUITES;
     let total: usize = suites.iter().map(|s| s.tests.len()).sum();
     semihosting::println!("running {total} tests on riscv32imc (QEMU virt)");
     let (mut passed, mut failed) = (0, 0);

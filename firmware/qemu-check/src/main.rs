@@ -39,7 +39,7 @@ suites! {
 
 #[no_mangle]
 extern "C" fn main() -> ! {
-    let (passed, failed) = harness::run(SUITES);
+    let (passed, failed) = harness::run();
     let (used, size) = rt::stack_used();
     semihosting::println!("stack high-water mark: {used} of {size} bytes");
     let verdict = if failed == 0 { "ok" } else { "FAILED" };
@@ -49,6 +49,6 @@ extern "C" fn main() -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    semihosting::println!("PANIC{}: {info}", harness::running_test_suffix());
+    semihosting::println!("PANIC{}: {info}", harness::RunningTest);
     semihosting::process::exit(101)
 }
