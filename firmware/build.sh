@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the gridpow meter and relay firmware for ESP32-C3 and ESP32-C6 in
-# release, runs rustfmt and clippy (-D warnings) on them, packages flashable
+# release, runs rustfmt and clippy (-D warnings) on them and on the QEMU check
+# crate (firmware/qemu-check, run by scripts/qemu-check.sh), packages flashable
 # app images with `espflash save-image`, prints their sizes and fails if one
 # exceeds its budget (meter 600 KiB, relay 1 MiB).
 #
@@ -8,6 +9,8 @@
 #   GRIDPOW_FW_TARGET_PREFIX  target dir prefix; each chip gets "<prefix>-<chip>"
 #                             (default: <repo>/target/fw)
 #   GRIDPOW_FW_OUT            where images go (default: <repo>/target/firmware)
+#   GRIDPOW_QEMU_TARGET_DIR   target dir of firmware/qemu-check (default: "qemu-target"
+#                             beside the prefix, the one scripts/qemu-check.sh uses in CI)
 #   GRIDPOW_FW_JOBS           cargo -j (default: 2)
 #   GRIDPOW_FW_CHIPS          chips to build (default: "esp32c3 esp32c6")
 #   ESPFLASH_ROOT             cargo install root caching espflash
@@ -51,10 +54,15 @@ fi
 mkdir -p "$out"
 sizes=()
 status=0
-for crate in meter relay; do
+for crate in meter relay qemu-check; do
     log "rustfmt --check firmware/$crate"
     (cd "$here/$crate" && cargo fmt --check)
 done
+
+t0=$(date +%s)
+(cd "$here/qemu-check" && CARGO_TARGET_DIR="${GRIDPOW_QEMU_TARGET_DIR:-$(dirname "$prefix")/qemu-target}" \
+    cargo clippy --release --locked -j "$jobs" --target riscv32imc-unknown-none-elf -- -D warnings)
+log "clippy qemu-check for riscv32imc clean in $(elapsed "$t0")"
 
 for chip in $chips; do
     case "$chip" in

@@ -2,13 +2,15 @@
 # Installs (as root, with apt) or explains what gridpow's tests need beyond Rust:
 # Mosquitto (private broker instances), PostgreSQL server binaries (private
 # instances), Chromium (dashboard test), Python's `cryptography` (independent
-# vector check), and the riscv32 targets (no_std builds of the core).
+# vector check), QEMU for riscv32 (the no_std core on an RV32IMC CPU,
+# scripts/qemu-check.sh) and the riscv32 targets (no_std builds of the core).
 set -euo pipefail
 
 missing_pkgs=()
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "$2" ] || missing_pkgs+=("$3"); }
 need mosquitto /usr/sbin/mosquitto mosquitto
 need chromium /usr/bin/chromium chromium
+need qemu-system-riscv32 /usr/bin/qemu-system-riscv32 qemu-system-misc
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing_pkgs+=(postgresql)
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of gridpow: the Rust workspace (unit, integration, property,
 # simulator, real Mosquitto/PostgreSQL/Chromium tests), the no_std builds of the
-# core for ESP32-C3/C6, and the independent Python check of the test vectors.
+# core for ESP32-C3/C6, the no_std core's checks on an RV32IMC CPU under QEMU,
+# and the independent Python check of the test vectors.
 # Installs missing system packages when run as root on Debian, else says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,9 @@ for t in riscv32imc-unknown-none-elf riscv32imac-unknown-none-elf; do
   cargo build -q -p gridpow-proto -p gridpow-metering --no-default-features --target "$t"
   cargo build -q -p gridpow-proto -p gridpow-metering --target "$t"
 done
+
+echo "== no_std core on a real RV32IMC CPU (QEMU virt): vectors, metering, state log" >&2
+scripts/qemu-check.sh
 
 echo "== test vectors, independent Python implementation" >&2
 python3 test-vectors/verify.py | tail -1

@@ -1,0 +1,466 @@
+//! The known-answer vectors of `test-vectors/*.json` (turned into constants
+//! by `build.rs`), checked with the real `gridpow_proto` API and its software
+//! crypto provider, as `crates/proto/tests/vectors.rs` does on the host.
+
+use core::fmt::{self, Write as _};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use gridpow_proto::block::{check_link, verify_block, BlockBuilder, KeyLookup, VerifyPolicy};
+use gridpow_proto::crypto::{
+    derive_meter_secret, MeterKeys, MeterSecret, RustCrypto, SiteSecret,
+};
+use gridpow_proto::merkle::{
+    inclusion_proof, leaf_hash, root_of_hashes, verify_inclusion, RootBuilder, MAX_PROOF_LEN,
+};
+use gridpow_proto::pow::{check_work, leading_zero_bits, PowSolver};
+use gridpow_proto::wire::ack::{AckPacket, AckRepr};
+use gridpow_proto::wire::block::BlockHeaderRepr;
+use gridpow_proto::wire::receipt::{ReceiptRepr, ReceiptStatus};
+use gridpow_proto::wire::serial::{SerialDecoder, SerialKind, SerialRepr, MAX_ENCODED};
+use gridpow_proto::wire::uplink::{self, UplinkHeader, UplinkPacket, MAX_BODY_LEN};
+use gridpow_proto::wire::Reading;
+use gridpow_proto::{Error, Hash, Rejected};
+
+use crate::harness::Outcome;
+
+/// One case of `uplink_negative.json`.
+pub struct NegativeCase {
+    pub case: &'static str,
+    pub frame: &'static [u8],
+    pub relay: &'static str,
+    pub server: &'static str,
+}
+
+/// One case of `merkle.json`.
+pub struct MerkleCase {
+    pub leaves: usize,
+    pub root: Hash,
+    pub proof_index: usize,
+    pub proof: &'static [Hash],
+}
+
+mod v {
+    use super::{MerkleCase, NegativeCase, Reading};
+    include!(concat!(env!("OUT_DIR"), "/vectors.rs"));
+}
+
+tests![
+    key_derivation_matches_keys_json,
+    sealed_uplink_matches_and_opens,
+    negative_uplinks_get_the_specified_verdicts,
+    ack_matches_and_verifies,
+    block_header_hash_and_pow_match,
+    pow_nonce_is_the_smallest_solution,
+    merkle_roots_and_proofs_match,
+    signed_block_verifies_and_rebuilds_byte_for_byte,
+    tampered_block_is_rejected,
+    receipt_matches_and_verifies,
+    serial_frame_matches_and_decodes,
+];
+
+fn meter_secret() -> MeterSecret {
+    derive_meter_secret(&SiteSecret(v::keys::SITE_SECRET), v::keys::KEY_ID, v::keys::METER_ID)
+}
+
+fn meter_keys() -> MeterKeys<RustCrypto> {
+    MeterKeys::new(&RustCrypto, v::keys::KEY_ID, &meter_secret())
+}
+
+/// A line of text formatted without an allocator.
+struct Text {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl Text {
+    fn of(args: fmt::Arguments<'_>) -> Text {
+        let mut t = Text {
+            buf: [0; 128],
+            len: 0,
+        };
+        // A message longer than the buffer is cut; it then fails the comparison.
+        let _ = t.write_fmt(args);
+        t
+    }
+
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("<not UTF-8>")
+    }
+}
+
+impl fmt::Write for Text {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+fn key_derivation_matches_keys_json() -> Outcome {
+    let ms = meter_secret();
+    check_eq!(ms.hop.0, v::keys::HOP_SECRET);
+    check_eq!(ms.e2e.0, v::keys::E2E_KEY);
+    check_eq!(ms.hop.frame_key(), v::keys::HOP_FRAME_KEY);
+    check_eq!(ms.hop.ack_key(), v::keys::ACK_KEY);
+    check_eq!(ms.to_bytes(), v::keys::METER_SECRET);
+    Ok(())
+}
+
+fn uplink_header() -> UplinkHeader {
+    UplinkHeader {
+        key_id: v::uplink::KEY_ID,
+        meter_id: v::uplink::METER_ID,
+        boot_epoch: v::uplink::BOOT_EPOCH,
+        counter: v::uplink::COUNTER,
+    }
+}
+
+fn sealed_uplink_matches_and_opens() -> Outcome {
+    check_eq!(meter_secret().e2e.0, v::uplink::E2E_KEY);
+    check_eq!(meter_secret().hop.frame_key(), v::uplink::HOP_FRAME_KEY);
+    let mut readings = [Reading::default(); 3];
+    let mut plaintext = [0u8; 3 * Reading::LEN];
+    for (i, (r, bytes)) in v::uplink::READINGS.iter().enumerate() {
+        check_eq!(r.to_bytes(), *bytes, "reading {i} encodes");
+        check_eq!(Reading::parse(bytes), Some(*r), "reading {i} parses");
+        readings[i] = *r;
+        plaintext[i * Reading::LEN..(i + 1) * Reading::LEN].copy_from_slice(bytes);
+    }
+    check_eq!(plaintext, v::uplink::PLAINTEXT);
+    check_eq!(uplink_header().nonce(), v::uplink::NONCE);
+
+    let keys = meter_keys();
+    let mut buf = [0u8; 250];
+    let n = check_ok!(uplink::seal(
+        &RustCrypto,
+        &keys,
+        &uplink_header(),
+        v::uplink::FIRST_SEQ,
+        &readings,
+        &mut buf,
+    ));
+    let frame = &buf[..n];
+    check_eq!(frame, &v::uplink::FRAME[..]);
+    check_eq!(frame[..20], v::uplink::AAD);
+    check_eq!(frame[n - 32..n - 16], v::uplink::E2E_TAG);
+    check_eq!(frame[n - 16..], v::uplink::HOP_TAG);
+
+    // A relay (hop key) checks it, the server (all keys) opens it.
+    let p = check_ok!(UplinkPacket::new_checked(&v::uplink::FRAME[..]));
+    check_eq!(p.verify_hop(&RustCrypto, &keys.hop), Ok(()));
+    check_eq!(p.first_seq(), v::uplink::FIRST_SEQ);
+    check_eq!(p.header(), uplink_header());
+    let mut scratch = [0u8; MAX_BODY_LEN];
+    let body = check_ok!(p.open(&RustCrypto, &keys, &mut scratch));
+    check_eq!(body.first_seq(), v::uplink::FIRST_SEQ);
+    check_eq!(body.len(), 3);
+    for (i, (seq, r)) in body.readings().enumerate() {
+        check_eq!(seq, v::uplink::FIRST_SEQ + i as u32);
+        check_eq!(r, readings[i]);
+    }
+
+    // Every flipped byte is refused by the relay already (parse or hop tag).
+    for i in 0..v::uplink::FRAME.len() {
+        let mut bad = v::uplink::FRAME;
+        bad[i] ^= 0x01;
+        let relay_accepts = matches!(
+            UplinkPacket::new_checked(&bad[..]).map(|p| p.verify_hop(&RustCrypto, &keys.hop)),
+            Ok(Ok(()))
+        );
+        check!(!relay_accepts, "frame with byte {i} flipped passes the hop check");
+    }
+    Ok(())
+}
+
+/// What a relay (hop keys) and the grid server (all keys) decide about a
+/// frame, in the words of `uplink_negative.json`.
+fn verdicts(frame: &[u8]) -> (Text, Text) {
+    let keys = meter_keys();
+    let p = match UplinkPacket::new_checked(frame) {
+        Ok(p) => p,
+        Err(m) => {
+            return (
+                Text::of(format_args!("malformed: {m}")),
+                Text::of(format_args!("malformed: {m}")),
+            )
+        }
+    };
+    let relay = match p.verify_hop(&RustCrypto, &keys.hop) {
+        Ok(()) => Text::of(format_args!("accept")),
+        Err(e) => Text::of(format_args!("rejected: {e}")),
+    };
+    let mut scratch = [0u8; MAX_BODY_LEN];
+    let server = match p.open(&RustCrypto, &keys, &mut scratch) {
+        Ok(_) => Text::of(format_args!("accept")),
+        Err(e) => Text::of(format_args!("rejected: {e}")),
+    };
+    (relay, server)
+}
+
+fn negative_uplinks_get_the_specified_verdicts() -> Outcome {
+    check_eq!(v::uplink_negative::CASES.len(), 9, "the file's nine cases");
+    for c in v::uplink_negative::CASES {
+        let (relay, server) = verdicts(c.frame);
+        check_eq!(relay.as_str(), c.relay, "relay's verdict on {:?}", c.case);
+        check_eq!(server.as_str(), c.server, "server's verdict on {:?}", c.case);
+    }
+    // The first case is the genuine frame of uplink.json.
+    check_eq!(v::uplink_negative::CASES[0].frame, &v::uplink::FRAME[..]);
+    Ok(())
+}
+
+fn ack_repr() -> AckRepr {
+    AckRepr {
+        key_id: v::ack::KEY_ID,
+        flags: v::ack::FLAGS,
+        meter_id: v::ack::METER_ID,
+        boot_epoch: v::ack::BOOT_EPOCH,
+        counter: v::ack::COUNTER,
+        relay_time_ms: v::ack::RELAY_TIME_MS,
+        relay_id: v::ack::RELAY_ID,
+        channel: v::ack::CHANNEL,
+    }
+}
+
+fn ack_matches_and_verifies() -> Outcome {
+    let key = meter_secret().hop.ack_key();
+    check_eq!(key, v::ack::ACK_KEY);
+    let mut buf = [0u8; 48];
+    check_eq!(ack_repr().emit(&RustCrypto, &key, &mut buf).map(|_| ()), Ok(()));
+    check_eq!(buf, v::ack::BYTES);
+    let back = AckPacket::new_checked(&v::ack::BYTES[..]).map(|p| p.verify(&RustCrypto, &key));
+    check_eq!(back, Ok(Ok(ack_repr())));
+    // Any flipped bit of the tag or the covered bytes is refused.
+    for i in 0..buf.len() {
+        let mut bad = v::ack::BYTES;
+        bad[i] ^= 0x01;
+        let ok = matches!(
+            AckPacket::new_checked(&bad[..]).map(|p| p.verify(&RustCrypto, &key)),
+            Ok(Ok(_))
+        );
+        check!(!ok, "ACK with byte {i} flipped verifies");
+    }
+    Ok(())
+}
+
+fn vector_header(nonce: u64) -> BlockHeaderRepr {
+    BlockHeaderRepr {
+        difficulty: v::block_header::DIFFICULTY,
+        relay_id: v::block_header::RELAY_ID,
+        height: v::block_header::HEIGHT,
+        prev_hash: v::block_header::PREV_HASH,
+        merkle_root: v::block_header::MERKLE_ROOT,
+        leaf_count: v::block_header::LEAF_COUNT,
+        time_ms: v::block_header::TIME_MS,
+        nonce,
+    }
+}
+
+fn block_header_hash_and_pow_match() -> Outcome {
+    let unsolved = vector_header(0);
+    check_eq!(unsolved.to_bytes(), v::block_header::UNSOLVED_HEADER);
+    check_eq!(unsolved.hash(), v::block_header::UNSOLVED_HASH);
+    let solved = vector_header(v::block_header::POW_NONCE);
+    check_eq!(solved.to_bytes(), v::block_header::SOLVED_HEADER);
+    check_eq!(
+        BlockHeaderRepr::parse(&v::block_header::SOLVED_HEADER),
+        Ok(solved)
+    );
+    let hash = solved.hash();
+    check_eq!(hash, v::block_header::SOLVED_HASH);
+    check_eq!(leading_zero_bits(&hash), v::block_header::LEADING_ZERO_BITS);
+    check_eq!(check_work(&hash, v::block_header::DIFFICULTY), Ok(()));
+    check!(check_work(&unsolved.hash(), v::block_header::DIFFICULTY).is_err());
+    Ok(())
+}
+
+fn pow_nonce_is_the_smallest_solution() -> Outcome {
+    // The whole search from nonce 0, as the vector was made: ~220 000
+    // SHA-256 compressions on the 32-bit CPU.
+    let mut solver = PowSolver::new(&vector_header(0), 0, 1);
+    let mut found = None;
+    for _ in 0..64 {
+        found = solver.solve_for(1 << 16);
+        if found.is_some() {
+            break;
+        }
+    }
+    check_eq!(found, Some(v::block_header::POW_NONCE));
+    check_eq!(solver.tries(), v::block_header::TRIES);
+    Ok(())
+}
+
+fn merkle_roots_and_proofs_match() -> Outcome {
+    check_eq!(v::merkle::CASES.len(), 5);
+    for c in v::merkle::CASES {
+        let mut hashes = [[0u8; 32]; 64];
+        check!(c.leaves <= hashes.len(), "{} leaves fit", c.leaves);
+        let mut builder = RootBuilder::new();
+        for (i, h) in hashes.iter_mut().enumerate().take(c.leaves) {
+            let data = Text::of(format_args!("leaf-{i}"));
+            *h = leaf_hash(data.as_str().as_bytes());
+            builder.push_leaf(data.as_str().as_bytes());
+        }
+        let hashes = &hashes[..c.leaves];
+        check_eq!(root_of_hashes(hashes), c.root, "root of {} leaves", c.leaves);
+        check_eq!(builder.root(), c.root, "streamed root of {} leaves", c.leaves);
+        let mut path = [[0u8; 32]; MAX_PROOF_LEN];
+        let len = inclusion_proof(hashes, c.proof_index, &mut path);
+        check_eq!(len, Ok(c.proof.len()), "proof length, {} leaves", c.leaves);
+        check_eq!(&path[..c.proof.len()], c.proof, "proof, {} leaves", c.leaves);
+        let (i, n) = (c.proof_index as u64, c.leaves as u64);
+        check!(verify_inclusion(&hashes[c.proof_index], i, n, c.proof, &c.root));
+        let other = leaf_hash(b"not a leaf");
+        check!(!verify_inclusion(&other, i, n, c.proof, &c.root));
+    }
+    Ok(())
+}
+
+struct OneMeter(MeterKeys<RustCrypto>);
+
+impl KeyLookup<RustCrypto> for OneMeter {
+    fn meter_keys(&self, meter_id: u32, key_id: u8) -> Option<&MeterKeys<RustCrypto>> {
+        (meter_id == v::block::METER_ID && key_id == v::block::KEY_ID).then_some(&self.0)
+    }
+}
+
+fn relay_key() -> (SigningKey, Option<VerifyingKey>) {
+    let sk = SigningKey::from_bytes(&v::block::RELAY_SIGNING_SEED);
+    let pk = VerifyingKey::from_bytes(&v::block::RELAY_PUBLIC_KEY).ok();
+    (sk, pk)
+}
+
+fn policy() -> VerifyPolicy {
+    VerifyPolicy {
+        relay_id: v::block::RELAY_ID,
+        min_difficulty: v::block::DIFFICULTY,
+    }
+}
+
+fn signed_block_verifies_and_rebuilds_byte_for_byte() -> Outcome {
+    let (sk, pk) = relay_key();
+    check_eq!(Some(sk.verifying_key()), pk, "public key derives from the seed");
+    let pk = check_ok!(pk);
+    let keys = OneMeter(meter_keys());
+    let mut leaves = 0;
+    let verified = check_ok!(verify_block(&RustCrypto, &v::block::BLOCK, &pk, &policy(), &keys, |leaf| {
+        leaves += 1;
+        // Every leaf is one of the vector's frames, in order.
+        match v::block::FRAMES.get(leaf.index as usize) {
+            Some(f) if *f == leaf.frame.as_bytes() => Ok(()),
+            _ => Err(gridpow_proto::LeafFault::Replay),
+        }
+    }));
+    check_eq!(leaves, v::block::FRAMES.len());
+    check_eq!(verified.hash, v::block::HEADER_HASH);
+    check_eq!(verified.header.hash(), v::block::HEADER_HASH);
+    check_eq!(check_link(&verified.header, None), Ok(()), "a genesis block");
+
+    // The same block from its frames: Merkle root, header and Ed25519 signature
+    // (deterministic) come out byte for byte.
+    let mut buf = [0u8; 2048];
+    let mut b = check_ok!(BlockBuilder::new(&mut buf));
+    for f in v::block::FRAMES {
+        check_eq!(b.push_leaf(f), Ok(()));
+    }
+    let h = verified.header;
+    let mut header = b.header(h.relay_id, h.height, h.prev_hash, h.time_ms, h.difficulty);
+    check_eq!(header.merkle_root, h.merkle_root);
+    check_eq!(header.leaf_count, h.leaf_count);
+    header.nonce = h.nonce;
+    let len = b.finish(&header, &sk);
+    check_eq!(len, Ok(v::block::BLOCK.len()));
+    check_eq!(&buf[..v::block::BLOCK.len()], &v::block::BLOCK[..]);
+    Ok(())
+}
+
+fn tampered_block_is_rejected() -> Outcome {
+    let pk = check_ok!(relay_key().1, "the vector's relay public key");
+    let keys = OneMeter(meter_keys());
+    // Every 7th byte (header, signature, leaf framing, frames), flipped.
+    let mut block = v::block::BLOCK;
+    for i in (0..block.len()).step_by(7) {
+        block[i] ^= 0x20;
+        let r = verify_block(&RustCrypto, &block, &pk, &policy(), &keys, |_| Ok(()));
+        check!(r.is_err(), "block with byte {i} flipped verifies");
+        block[i] ^= 0x20;
+    }
+    // The wrong relay, and a stricter difficulty, are refused by policy.
+    let strict = VerifyPolicy {
+        min_difficulty: v::block::DIFFICULTY + 1,
+        ..policy()
+    };
+    let r = verify_block(&RustCrypto, &block, &pk, &strict, &keys, |_| Ok(()));
+    check!(
+        matches!(r, Err(Error::Rejected(Rejected::DifficultyTooLow { .. }))),
+        "{r:?}"
+    );
+    let other = VerifyPolicy {
+        relay_id: v::block::RELAY_ID + 1,
+        ..policy()
+    };
+    let r = verify_block(&RustCrypto, &block, &pk, &other, &keys, |_| Ok(()));
+    check_eq!(r.map(|_| ()), Err(Error::Rejected(Rejected::WrongRelay)));
+    Ok(())
+}
+
+fn receipt_matches_and_verifies() -> Outcome {
+    let server = SigningKey::from_bytes(&v::receipt::SERVER_SIGNING_SEED);
+    check_eq!(
+        server.verifying_key().to_bytes(),
+        v::receipt::SERVER_PUBLIC_KEY
+    );
+    check_eq!(v::receipt::STATUS, ReceiptStatus::Stored as u8);
+    let r = ReceiptRepr {
+        status: ReceiptStatus::Stored,
+        relay_id: v::receipt::RELAY_ID,
+        height: v::receipt::HEIGHT,
+        block_hash: v::receipt::BLOCK_HASH,
+        server_id: v::receipt::SERVER_ID,
+        time_ms: v::receipt::TIME_MS,
+    };
+    check_eq!(r.to_signed_bytes(&server), v::receipt::BYTES);
+    let pk = server.verifying_key();
+    check_eq!(ReceiptRepr::parse_verified(&v::receipt::BYTES, &pk), Ok(r));
+    let mut bad = v::receipt::BYTES;
+    bad[20] ^= 1;
+    check!(ReceiptRepr::parse_verified(&bad, &pk).is_err(), "altered receipt verifies");
+    Ok(())
+}
+
+fn serial_frame_matches_and_decodes() -> Outcome {
+    check_eq!(v::serial::KIND, SerialKind::AirRx as u8);
+    let m = SerialRepr {
+        kind: SerialKind::AirRx,
+        mac: v::serial::MAC,
+        rssi: v::serial::RSSI,
+        data: &v::serial::DATA,
+    };
+    let mut enc = [0u8; MAX_ENCODED];
+    let n = m.emit(&mut enc);
+    check_eq!(n, Ok(v::serial::ENCODED.len()));
+    check_eq!(&enc[..v::serial::ENCODED.len()], &v::serial::ENCODED[..]);
+
+    let mut dec = SerialDecoder::new();
+    let mut decoded = 0;
+    for (i, &b) in v::serial::ENCODED.iter().enumerate() {
+        if let Some(r) = dec.push(b) {
+            check_eq!(i, v::serial::ENCODED.len() - 1, "message ends at the zero byte");
+            check_eq!(r, Ok(m));
+            decoded += 1;
+        }
+    }
+    check_eq!(decoded, 1);
+    // A corrupted byte is caught by COBS or the CRC, never decoded as valid.
+    let mut bad = v::serial::ENCODED;
+    bad[9] ^= 0x10;
+    let mut dec = SerialDecoder::new();
+    for &b in &bad {
+        if let Some(r) = dec.push(b) {
+            check!(r.is_err(), "corrupted serial frame decodes: {r:?}");
+        }
+    }
+    Ok(())
+}
