@@ -217,7 +217,7 @@ fn run(argv: &[String]) -> Res<()> {
                     });
                 }
             }
-            let blob = encode_relay_provisioning(&cfg, &meters).map_err(|e| e.to_string())?;
+            let blob = encode_relay_provisioning(&cfg, &meters, None).map_err(|e| e.to_string())?;
             RelayConfig::decode(&blob).map_err(|e| e.to_string())?;
             blob
         }

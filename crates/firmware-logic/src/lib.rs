@@ -24,7 +24,8 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
-#[cfg(feature = "std")]
+// Tests use `std` (Vec) too.
+#[cfg(any(test, feature = "std"))]
 extern crate std;
 
 pub mod bridge;

@@ -46,9 +46,10 @@
 //! ```text
 //! offset size field
 //! 0      4    magic "GPWR"
-//! 4      1    layout version = 2
+//! 4      1    layout version = 3 (version 2 is still read: no TLS section)
 //! 5      1    mode: 1 bridge, 2 standalone
-//! 6      2    blob length = 256 + 44·n + 4 (u16)
+//! 6      2    blob length (u16): 256 + 44·n + 4 in version 2,
+//!             256 + 44·n + 8 + a + c + k + 4 in version 3
 //! 8      4    relay_id (u32)
 //! 12     1    channel 1–14 (the access point's channel in standalone mode)
 //! 13     1    PoW difficulty (standalone)
@@ -61,13 +62,28 @@
 //! 86     2    reserved = 0
 //! 88     33   Wi-Fi SSID: length (1) ‖ 32 bytes
 //! 121    65   Wi-Fi passphrase: length (1) ‖ 64 bytes. SECRET
-//! 186    65   MQTT broker host name: length (1) ‖ 64 bytes
+//! 186    65   MQTT broker host name: length (1) ‖ 64 bytes (also the TLS
+//!             server name the broker's certificate must carry)
 //! 251    5    reserved = 0
 //! 256    44·n meter entries: meter_id u32 ‖ key_id u8 ‖ flags u8 (bit 0 MAC
 //!             present) ‖ MAC (6) ‖ the meter's hop secret (32); never its
 //!             end-to-end key: the relay checks frames but cannot open or make readings
+//! t=256+44·n  TLS section (version 3 only):
+//! t      2    a: site CA certificate length (u16; 0 = no TLS material)
+//! t+2    2    c: the relay's client certificate length (u16)
+//! t+4    2    k: the relay's client key length (u16)
+//! t+6    2    reserved = 0
+//! t+8    a    CA certificate, DER (X.509, starts with a SEQUENCE, 0x30)
+//! ...    c    client certificate, DER
+//! ...    k    client private key, DER (PKCS#8 or SEC1, P-256). SECRET
 //! end    4    CRC-32 of everything before it
 //! ```
+//!
+//! `a`, `c` and `k` are all zero (a relay that does not publish: bridge mode,
+//! or standalone without a broker) or all non-zero. The whole blob must fit
+//! the `gp_config` partition ([`MAX_RELAY_BLOB_LEN`]); with a P-256 CA and
+//! client certificate (about 1 KiB together) that leaves room for about 60
+//! meters in a 4 KiB partition.
 
 use gridpow_proto::crypto::{HopSecret, MeterSecret, METER_SECRET_LEN};
 use gridpow_proto::wire::serial::crc32;
@@ -93,6 +109,9 @@ pub enum BlobError {
     InvalidField(&'static str),
     /// The output buffer is too small.
     BufferTooSmall,
+    /// The blob would not fit the `gp_config` partition (too many meters
+    /// with the TLS material).
+    TooLarge,
 }
 
 impl core::fmt::Display for BlobError {
@@ -106,12 +125,18 @@ impl core::fmt::Display for BlobError {
             BlobError::NonZeroReserved => f.write_str("configuration reserved bytes are not zero"),
             BlobError::InvalidField(n) => write!(f, "configuration field {n} is out of range"),
             BlobError::BufferTooSmall => f.write_str("buffer too small for the configuration"),
+            BlobError::TooLarge => write!(
+                f,
+                "configuration is larger than the {MAX_RELAY_BLOB_LEN}-byte partition"
+            ),
         }
     }
 }
 
-/// Layout version of both blobs.
+/// Layout version of the meter blob.
 pub const LAYOUT_VERSION: u8 = 2;
+/// Layout version of the relay blob this firmware writes (it reads 2 and 3).
+pub const RELAY_LAYOUT_VERSION: u8 = 3;
 /// Magic of a meter blob.
 pub const METER_MAGIC: [u8; 4] = *b"GPWM";
 /// Magic of a relay blob.
@@ -124,9 +149,10 @@ pub const RELAY_HEADER_LEN: usize = 256;
 pub const RELAY_METER_ENTRY_LEN: usize = 44;
 /// Most meters a relay blob lists (the blob then fills most of a 4 KiB sector).
 pub const MAX_RELAY_METERS: usize = 64;
-/// Largest relay blob.
-pub const MAX_RELAY_BLOB_LEN: usize =
-    RELAY_HEADER_LEN + MAX_RELAY_METERS * RELAY_METER_ENTRY_LEN + 4;
+/// Fixed part of the TLS section of a version 3 relay blob.
+pub const RELAY_TLS_HEADER_LEN: usize = 8;
+/// Largest relay blob: the `gp_config` partition.
+pub const MAX_RELAY_BLOB_LEN: usize = crate::layout::CONFIG_SIZE as usize;
 
 /// Default sample rate per channel.
 pub const DEFAULT_SAMPLE_RATE_HZ: u32 = 4000;
@@ -156,7 +182,12 @@ fn f32_at(b: &[u8], at: usize) -> f32 {
 
 /// Checks blankness, magic, version, length and CRC of a blob occupying
 /// `b[..len]` where `len` comes from the blob's length field.
-fn check_envelope(b: &[u8], magic: [u8; 4], min_len: usize) -> Result<usize, BlobError> {
+fn check_envelope(
+    b: &[u8],
+    magic: [u8; 4],
+    versions: &[u8],
+    min_len: usize,
+) -> Result<usize, BlobError> {
     if b.len() >= 8 && b[..8].iter().all(|&x| x == 0xff) {
         return Err(BlobError::Blank);
     }
@@ -166,7 +197,7 @@ fn check_envelope(b: &[u8], magic: [u8; 4], min_len: usize) -> Result<usize, Blo
     if b.len() < min_len {
         return Err(BlobError::BadLength);
     }
-    if b[4] != LAYOUT_VERSION {
+    if !versions.contains(&b[4]) {
         return Err(BlobError::UnsupportedVersion(b[4]));
     }
     let len = usize::from(u16_at(b, 6));
@@ -292,7 +323,7 @@ impl MeterConfig {
     /// Decodes and validates a meter blob (extra bytes after it are ignored,
     /// so the whole partition can be passed).
     pub fn decode(b: &[u8]) -> Result<MeterConfig, BlobError> {
-        let len = check_envelope(b, METER_MAGIC, METER_BLOB_LEN)?;
+        let len = check_envelope(b, METER_MAGIC, &[LAYOUT_VERSION], METER_BLOB_LEN)?;
         if len != METER_BLOB_LEN {
             return Err(BlobError::BadLength);
         }
@@ -487,6 +518,48 @@ pub struct RelayConfig {
     pub broker_host: ShortStr<64>,
     /// Number of meter entries.
     pub meter_count: usize,
+    /// Where the TLS material lies in the blob (version 3 with a TLS
+    /// section); read it with [`RelayConfig::tls`].
+    pub tls: Option<TlsLens>,
+}
+
+/// Lengths of the DER items of a relay blob's TLS section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsLens {
+    /// CA certificate.
+    pub ca: u16,
+    /// Client certificate.
+    pub cert: u16,
+    /// Client private key.
+    pub key: u16,
+}
+
+/// The relay's TLS material, borrowed from its blob (or, when encoding, from
+/// the caller): everything `gridpow-relay-net` needs besides the host name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RelayTls<'a> {
+    /// The site CA's certificate (DER): the broker's chain must end here.
+    pub ca_der: &'a [u8],
+    /// The relay's client certificate (DER).
+    pub cert_der: &'a [u8],
+    /// The relay's private key (DER, PKCS#8 or SEC1).
+    pub key_der: &'a [u8],
+}
+
+impl core::fmt::Debug for RelayTls<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // The key is a secret: lengths only.
+        f.debug_struct("RelayTls")
+            .field("ca_der", &self.ca_der.len())
+            .field("cert_der", &self.cert_der.len())
+            .field("key_der", &self.key_der.len())
+            .finish()
+    }
+}
+
+/// A DER item must be a SEQUENCE: catches a PEM file or a swapped argument.
+fn is_der_sequence(b: &[u8]) -> bool {
+    b.len() >= 2 && b[0] == 0x30
 }
 
 impl RelayConfig {
@@ -506,6 +579,7 @@ impl RelayConfig {
             wifi_password: ShortStr::EMPTY,
             broker_host: ShortStr::EMPTY,
             meter_count: 0,
+            tls: None,
         }
     }
 
@@ -518,13 +592,28 @@ impl RelayConfig {
         }
     }
 
-    /// Decodes and validates a relay blob (trailing bytes are ignored).
+    /// Decodes and validates a relay blob, layout version 2 or 3 (trailing
+    /// bytes are ignored, so the whole partition can be passed).
     pub fn decode(b: &[u8]) -> Result<RelayConfig, BlobError> {
-        let len = check_envelope(b, RELAY_MAGIC, RELAY_HEADER_LEN + 4)?;
+        let len = check_envelope(
+            b,
+            RELAY_MAGIC,
+            &[2, RELAY_LAYOUT_VERSION],
+            RELAY_HEADER_LEN + 4,
+        )?;
         let n = usize::from(b[14]);
-        if n > MAX_RELAY_METERS || len != RELAY_HEADER_LEN + n * RELAY_METER_ENTRY_LEN + 4 {
+        let meters_end = RELAY_HEADER_LEN + n * RELAY_METER_ENTRY_LEN;
+        if n > MAX_RELAY_METERS || len > MAX_RELAY_BLOB_LEN {
             return Err(BlobError::BadLength);
         }
+        let tls = if b[4] == 2 {
+            if len != meters_end + 4 {
+                return Err(BlobError::BadLength);
+            }
+            None
+        } else {
+            Self::decode_tls(&b[..len], meters_end)?
+        };
         let mode = match b[5] {
             1 => RelayMode::Bridge,
             2 => RelayMode::Standalone,
@@ -557,7 +646,49 @@ impl RelayConfig {
             wifi_password: ShortStr::decode(&b[121..186], "wifi password")?,
             broker_host: ShortStr::decode(&b[186..251], "broker host")?,
             meter_count: n,
+            tls,
         })
+    }
+
+    /// The TLS section of a version 3 blob `b` (exactly the blob's length)
+    /// starting at `at`.
+    fn decode_tls(b: &[u8], at: usize) -> Result<Option<TlsLens>, BlobError> {
+        let head = b
+            .get(at..at + RELAY_TLS_HEADER_LEN)
+            .ok_or(BlobError::BadLength)?;
+        let lens = TlsLens {
+            ca: u16_at(head, 0),
+            cert: u16_at(head, 2),
+            key: u16_at(head, 4),
+        };
+        if head[6..8] != [0, 0] {
+            return Err(BlobError::NonZeroReserved);
+        }
+        let total = usize::from(lens.ca) + usize::from(lens.cert) + usize::from(lens.key);
+        if at + RELAY_TLS_HEADER_LEN + total + 4 != b.len() {
+            return Err(BlobError::BadLength);
+        }
+        if total == 0 {
+            return Ok(None);
+        }
+        let tls = tls_slices(b, at, lens);
+        check_tls(&tls)?;
+        Ok(Some(lens))
+    }
+
+    /// The TLS material of a blob that [`RelayConfig::decode`] accepted.
+    pub fn tls<'b>(&self, blob: &'b [u8]) -> Option<RelayTls<'b>> {
+        let lens = self.tls?;
+        let at = RELAY_HEADER_LEN + self.meter_count * RELAY_METER_ENTRY_LEN;
+        let end = at
+            + RELAY_TLS_HEADER_LEN
+            + usize::from(lens.ca)
+            + usize::from(lens.cert)
+            + usize::from(lens.key);
+        if blob.len() < end {
+            return None;
+        }
+        Some(tls_slices(blob, at, lens))
     }
 
     /// Meter entry `i` of a blob that [`RelayConfig::decode`] accepted.
@@ -575,16 +706,50 @@ impl RelayConfig {
         })
     }
 
-    /// Encodes the blob with `meters` into `out`; returns its length.
+    /// Encodes the blob (layout version 3) with `meters` and no TLS material
+    /// into `out`; returns its length.
     pub fn encode_into(&self, meters: &[RelayMeter], out: &mut [u8]) -> Result<usize, BlobError> {
+        self.encode_with_tls(meters, None, out)
+    }
+
+    /// Encodes the blob (layout version 3) with `meters` and the relay's TLS
+    /// material into `out`; returns its length. `self.tls` is ignored (it
+    /// describes a decoded blob).
+    pub fn encode_with_tls(
+        &self,
+        meters: &[RelayMeter],
+        tls: Option<&RelayTls<'_>>,
+        out: &mut [u8],
+    ) -> Result<usize, BlobError> {
         if meters.len() > MAX_RELAY_METERS {
             return Err(BlobError::InvalidField("meter count"));
         }
-        let len = RELAY_HEADER_LEN + meters.len() * RELAY_METER_ENTRY_LEN + 4;
+        let empty = RelayTls {
+            ca_der: &[],
+            cert_der: &[],
+            key_der: &[],
+        };
+        let tls = tls.unwrap_or(&empty);
+        let total = tls.ca_der.len() + tls.cert_der.len() + tls.key_der.len();
+        if total != 0 {
+            check_tls(tls)?;
+        }
+        let item_len =
+            |b: &[u8], name| u16::try_from(b.len()).map_err(|_| BlobError::InvalidField(name));
+        let lens = [
+            item_len(tls.ca_der, "ca certificate")?,
+            item_len(tls.cert_der, "client certificate")?,
+            item_len(tls.key_der, "client key")?,
+        ];
+        let at = RELAY_HEADER_LEN + meters.len() * RELAY_METER_ENTRY_LEN;
+        let len = at + RELAY_TLS_HEADER_LEN + total + 4;
+        if len > MAX_RELAY_BLOB_LEN {
+            return Err(BlobError::TooLarge);
+        }
         let b = out.get_mut(..len).ok_or(BlobError::BufferTooSmall)?;
         b.fill(0);
         b[0..4].copy_from_slice(&RELAY_MAGIC);
-        b[4] = LAYOUT_VERSION;
+        b[4] = RELAY_LAYOUT_VERSION;
         b[5] = self.mode as u8;
         b[6..8].copy_from_slice(&(len as u16).to_le_bytes());
         b[8..12].copy_from_slice(&self.relay_id.to_le_bytes());
@@ -607,10 +772,44 @@ impl RelayConfig {
             b[e + 6..e + 12].copy_from_slice(&m.mac.unwrap_or([0; 6]));
             b[e + 12..e + 44].copy_from_slice(&m.secret.0);
         }
+        for (i, l) in lens.iter().enumerate() {
+            b[at + 2 * i..at + 2 * i + 2].copy_from_slice(&l.to_le_bytes());
+        }
+        let mut p = at + RELAY_TLS_HEADER_LEN;
+        for item in [tls.ca_der, tls.cert_der, tls.key_der] {
+            b[p..p + item.len()].copy_from_slice(item);
+            p += item.len();
+        }
         let crc = crc32(&b[..len - 4]);
         b[len - 4..len].copy_from_slice(&crc.to_le_bytes());
         Ok(len)
     }
+}
+
+/// The three DER items after the TLS header at `at` (lengths already checked).
+fn tls_slices(b: &[u8], at: usize, lens: TlsLens) -> RelayTls<'_> {
+    let ca = at + RELAY_TLS_HEADER_LEN;
+    let cert = ca + usize::from(lens.ca);
+    let key = cert + usize::from(lens.cert);
+    RelayTls {
+        ca_der: &b[ca..cert],
+        cert_der: &b[cert..key],
+        key_der: &b[key..key + usize::from(lens.key)],
+    }
+}
+
+/// All three items present and each a DER SEQUENCE.
+fn check_tls(t: &RelayTls<'_>) -> Result<(), BlobError> {
+    for (item, name) in [
+        (t.ca_der, "ca certificate"),
+        (t.cert_der, "client certificate"),
+        (t.key_der, "client key"),
+    ] {
+        if !is_der_sequence(item) {
+            return Err(BlobError::InvalidField(name));
+        }
+    }
+    Ok(())
 }
 
 /// Host side (`std` feature): the blob `gridpow keys add-meter` should write
@@ -620,14 +819,16 @@ pub fn encode_provisioning(config: &MeterConfig) -> std::vec::Vec<u8> {
     config.encode().to_vec()
 }
 
-/// Host side (`std` feature): a relay blob.
+/// Host side (`std` feature): a relay blob, with the relay's TLS material
+/// when it publishes (standalone mode).
 #[cfg(feature = "std")]
 pub fn encode_relay_provisioning(
     config: &RelayConfig,
     meters: &[RelayMeter],
+    tls: Option<&RelayTls<'_>>,
 ) -> Result<std::vec::Vec<u8>, BlobError> {
     let mut out = std::vec![0u8; MAX_RELAY_BLOB_LEN];
-    let n = config.encode_into(meters, &mut out)?;
+    let n = config.encode_with_tls(meters, tls, &mut out)?;
     out.truncate(n);
     Ok(out)
 }
@@ -735,6 +936,152 @@ mod tests {
         assert_eq!(
             RelayConfig::decode(&meter().encode()),
             Err(BlobError::BadMagic)
+        );
+    }
+
+    fn encode_blob(
+        c: &RelayConfig,
+        meters: &[RelayMeter],
+        tls: Option<&RelayTls<'_>>,
+    ) -> Result<std::vec::Vec<u8>, BlobError> {
+        let mut out = std::vec![0u8; MAX_RELAY_BLOB_LEN];
+        let n = c.encode_with_tls(meters, tls, &mut out)?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    fn der(tag: u8, len: usize) -> std::vec::Vec<u8> {
+        let mut v = std::vec![tag; len];
+        v[0] = 0x30;
+        v
+    }
+
+    fn standalone() -> (RelayConfig, [RelayMeter; 1]) {
+        let mut c = RelayConfig::bridge(9, 6);
+        c.mode = RelayMode::Standalone;
+        c.wifi_ssid = ShortStr::new("site-ap").unwrap();
+        c.wifi_password = ShortStr::new("correct horse").unwrap();
+        c.broker_host = ShortStr::new("broker.site.example").unwrap();
+        c.broker_port = 8883;
+        let m = RelayMeter {
+            meter_id: 1,
+            key_id: 1,
+            mac: None,
+            secret: HopSecret([1; 32]),
+        };
+        (c, [m])
+    }
+
+    #[test]
+    fn relay_blob_with_tls_round_trips_and_hands_back_the_der() {
+        let (c, meters) = standalone();
+        let (ca, cert, key) = (der(1, 420), der(2, 470), der(3, 138));
+        let tls = RelayTls {
+            ca_der: &ca,
+            cert_der: &cert,
+            key_der: &key,
+        };
+        let blob = encode_blob(&c, &meters, Some(&tls)).unwrap();
+        assert_eq!(blob.len(), 256 + 44 + 8 + 420 + 470 + 138 + 4);
+        assert_eq!(blob[4], 3);
+        let mut region = std::vec![0xffu8; MAX_RELAY_BLOB_LEN];
+        region[..blob.len()].copy_from_slice(&blob);
+        let d = RelayConfig::decode(&region).unwrap();
+        assert_eq!(
+            d.tls,
+            Some(TlsLens {
+                ca: 420,
+                cert: 470,
+                key: 138
+            })
+        );
+        assert_eq!(d.tls(&region), Some(tls));
+        assert_eq!(d.meter(&region, 0), Some(meters[0].clone()));
+        assert_eq!(d.broker_host.as_str(), "broker.site.example");
+        assert_eq!(d.wifi_password.as_str(), "correct horse");
+    }
+
+    #[test]
+    fn every_flipped_byte_of_a_relay_blob_with_tls_is_refused() {
+        let (c, meters) = standalone();
+        let (ca, cert, key) = (der(1, 40), der(2, 50), der(3, 30));
+        let tls = RelayTls {
+            ca_der: &ca,
+            cert_der: &cert,
+            key_der: &key,
+        };
+        let blob = encode_blob(&c, &meters, Some(&tls)).unwrap();
+        for i in 0..blob.len() {
+            let mut t = blob.clone();
+            t[i] ^= 0x10;
+            assert!(RelayConfig::decode(&t).is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn version_2_relay_blob_without_tls_section_still_decodes() {
+        let (c, meters) = standalone();
+        let v3 = encode_blob(&c, &meters, None).unwrap();
+        // Version 2: the same bytes without the (empty) TLS header.
+        let mut v2 = v3[..v3.len() - 4 - RELAY_TLS_HEADER_LEN].to_vec();
+        v2[4] = 2;
+        let len = (v2.len() + 4) as u16;
+        v2[6..8].copy_from_slice(&len.to_le_bytes());
+        let crc = crc32(&v2);
+        v2.extend_from_slice(&crc.to_le_bytes());
+        let d2 = RelayConfig::decode(&v2).unwrap();
+        let d3 = RelayConfig::decode(&v3).unwrap();
+        assert_eq!(d2, d3);
+        assert_eq!(d2.tls, None);
+    }
+
+    #[test]
+    fn relay_blob_too_large_for_the_partition_is_refused() {
+        let (c, _) = standalone();
+        let meters: std::vec::Vec<RelayMeter> = (0..MAX_RELAY_METERS as u32)
+            .map(|id| RelayMeter {
+                meter_id: id,
+                key_id: 1,
+                mac: None,
+                secret: HopSecret([7; 32]),
+            })
+            .collect();
+        let (ca, cert, key) = (der(1, 500), der(2, 500), der(3, 138));
+        let tls = RelayTls {
+            ca_der: &ca,
+            cert_der: &cert,
+            key_der: &key,
+        };
+        assert_eq!(
+            encode_blob(&c, &meters, Some(&tls)),
+            Err(BlobError::TooLarge)
+        );
+        // Without the TLS material the same meters fit.
+        assert!(encode_blob(&c, &meters, None).is_ok());
+    }
+
+    #[test]
+    fn partial_or_non_der_tls_material_is_refused() {
+        let (c, meters) = standalone();
+        let (ca, cert) = (der(1, 40), der(2, 50));
+        let no_key = RelayTls {
+            ca_der: &ca,
+            cert_der: &cert,
+            key_der: &[],
+        };
+        assert_eq!(
+            encode_blob(&c, &meters, Some(&no_key)),
+            Err(BlobError::InvalidField("client key"))
+        );
+        let pem = b"-----BEGIN CERTIFICATE-----";
+        let pem_ca = RelayTls {
+            ca_der: pem,
+            cert_der: &cert,
+            key_der: &cert,
+        };
+        assert_eq!(
+            encode_blob(&c, &meters, Some(&pem_ca)),
+            Err(BlobError::InvalidField("ca certificate"))
         );
     }
 }
