@@ -83,6 +83,47 @@ pub enum KeysCommand {
     /// (the relay, server and broker each refuse or need only their own bundle).
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Write an ESP32 relay's flash blob from its bundle (`keys export relay`):
+    /// mode, channel, meters' hop keys, signing key, and in standalone mode the
+    /// Wi-Fi network, the broker and the TLS identity (DER, from the bundle's PEM files).
+    RelayBlob {
+        /// The relay's bundle directory (not the master key directory).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Relay id.
+        #[arg(long)]
+        id: u32,
+        /// `standalone` (the ESP32 publishes over Wi-Fi) or `bridge` (USB to a Linux relay).
+        #[arg(long, default_value = "standalone")]
+        mode: String,
+        /// Radio channel; in standalone mode the access point's (the relay follows the AP if it differs).
+        #[arg(long)]
+        channel: u8,
+        /// Proof-of-work difficulty (leading zero bits; at least the server's minimum).
+        #[arg(long, default_value_t = 16)]
+        difficulty: u8,
+        /// Seconds between blocks (0 = the firmware's default, 10).
+        #[arg(long, default_value_t = 0)]
+        block_interval: u32,
+        /// Wi-Fi network name (standalone).
+        #[arg(long)]
+        wifi_ssid: Option<String>,
+        /// File holding the Wi-Fi passphrase, one line (standalone; an empty file for an open network).
+        #[arg(long)]
+        wifi_pass_file: Option<PathBuf>,
+        /// MQTT broker host name, which the broker's certificate must carry (standalone).
+        #[arg(long)]
+        broker_host: Option<String>,
+        /// MQTT broker port (TLS).
+        #[arg(long, default_value_t = 8883)]
+        broker_port: u16,
+        /// Refuse frames from meters whose MAC is not the registered one.
+        #[arg(long)]
+        require_registered_mac: bool,
+        /// Output file (default: BUNDLE/relay-<id>.bin).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Issue an MQTT client certificate (CN = name, used as broker username with mTLS).
     IssueClient {
         /// The key directory.
@@ -311,6 +352,33 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             }
         }
         KeysCommand::Export(e) => export(e)?,
+        KeysCommand::RelayBlob {
+            bundle,
+            id,
+            mode,
+            channel,
+            difficulty,
+            block_interval,
+            wifi_ssid,
+            wifi_pass_file,
+            broker_host,
+            broker_port,
+            require_registered_mac,
+            out,
+        } => crate::relay_blob::run(&crate::relay_blob::RelayBlobArgs {
+            bundle,
+            id,
+            mode,
+            channel,
+            difficulty,
+            block_interval_s: block_interval,
+            wifi_ssid,
+            wifi_pass_file,
+            broker_host,
+            broker_port,
+            require_registered_mac,
+            out,
+        })?,
         KeysCommand::IssueClient { dir, name } => {
             let kd = KeyDir::new(&dir);
             let files = kd.issue_client_cert(&name)?;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod keys_cmd;
 mod ledger_cmd;
+mod relay_blob;
 mod services;
 mod tokens_cmd;
 

@@ -305,3 +305,92 @@ fn tokens_are_printed_once_stored_as_hashes_with_mode_0600_listed_and_revoked() 
         "{listed}"
     );
 }
+
+#[test]
+fn relay_blob_from_the_bundle_carries_wifi_broker_and_tls_as_der() {
+    use gridpow_firmware_logic::provisioning::{RelayConfig, RelayMode};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let k = keys.to_str().unwrap();
+    let o = gridpow(&[
+        "keys",
+        "init",
+        "--dir",
+        k,
+        "--broker-name",
+        "broker.site.example",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for (id, mac) in [("1", "aa:bb:cc:dd:ee:01"), ("2", "aa:bb:cc:dd:ee:02")] {
+        let o = gridpow(&["keys", "add-meter", "--dir", k, "--id", id, "--mac", mac]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let bundle = dir.path().join("relay-1");
+    let b = bundle.to_str().unwrap();
+    let o = gridpow(&[
+        "keys", "export", "relay", "--dir", k, "--id", "1", "--out", b,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let pass = dir.path().join("wifi-pass");
+    std::fs::write(&pass, "correct horse battery\n").unwrap();
+    let p = pass.to_str().unwrap();
+    let args = |extra: &[&str]| {
+        let mut v = vec![
+            "keys",
+            "relay-blob",
+            "--id",
+            "1",
+            "--channel",
+            "6",
+            "--wifi-ssid",
+            "site-ap",
+            "--wifi-pass-file",
+            p,
+            "--broker-host",
+            "broker.site.example",
+        ];
+        v.extend_from_slice(extra);
+        v.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| gridpow(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // The master key directory holds the site secret: refused.
+    let o = run(args(&["--bundle", k]));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("site secret"), "{}", text(&o));
+
+    let o = run(args(&["--bundle", b, "--require-registered-mac"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let path = bundle.join("relay-1.bin");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let blob = std::fs::read(&path).unwrap();
+    let cfg = RelayConfig::decode(&blob).unwrap();
+    assert_eq!(cfg.mode, RelayMode::Standalone);
+    assert_eq!((cfg.relay_id, cfg.channel, cfg.meter_count), (1, 6, 2));
+    assert!(cfg.require_registered_mac);
+    assert_eq!(cfg.wifi_ssid.as_str(), "site-ap");
+    assert_eq!(cfg.wifi_password.as_str(), "correct horse battery");
+    assert_eq!(cfg.broker_host.as_str(), "broker.site.example");
+    assert_eq!(cfg.broker_port, 8883);
+    assert_eq!(
+        cfg.meter(&blob, 1).unwrap().mac,
+        Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 2])
+    );
+    let tls = cfg.tls(&blob).unwrap();
+    let der = |f: &str| {
+        pem::parse(std::fs::read(bundle.join(f)).unwrap())
+            .unwrap()
+            .into_contents()
+    };
+    assert_eq!(tls.ca_der, der("tls/ca.pem").as_slice());
+    assert_eq!(tls.cert_der, der("tls/relay-1.pem").as_slice());
+    assert_eq!(tls.key_der, der("tls/relay-1.key").as_slice());
+
+    // A passphrase WPA2 cannot use is refused before anything is written.
+    std::fs::write(&pass, "short\n").unwrap();
+    let o = run(args(&["--bundle", b, "--out", "/nonexistent/x.bin"]));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("8 to 63 characters"), "{}", text(&o));
+}
