@@ -21,6 +21,8 @@ for t in riscv32imc-unknown-none-elf riscv32imac-unknown-none-elf; do
   cargo build -q -p gridpow-proto -p gridpow-metering --no-default-features --target "$t"
   cargo build -q -p gridpow-proto -p gridpow-metering --target "$t"
 done
+# The standalone relay's TLS + MQTT transport (no atomics needed on the C3).
+cargo build -q -p gridpow-relay-net --target riscv32imc-unknown-none-elf
 
 echo "== test vectors, independent Python implementation" >&2
 python3 test-vectors/verify.py | tail -1
