@@ -53,6 +53,10 @@ const SAN_IP: u8 = 0x87;
 /// 2.5.4.3 (commonName) and 2.5.29.17 (subjectAltName), contents only.
 const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
 const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
+/// 2.5.29.37 (extKeyUsage), 1.3.6.1.5.5.7.3.1 (serverAuth), 2.5.29.37.0 (any).
+const OID_EKU: &[u8] = &[0x55, 0x1d, 0x25];
+const OID_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+const OID_ANY_EKU: &[u8] = &[0x55, 0x1d, 0x25, 0x00];
 
 /// What the verifier needs from one certificate.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +66,8 @@ pub(crate) struct CertInfo<'a> {
     pub not_after: u64,
     /// The subjectAltName extension's contents (a SEQUENCE OF GeneralName), if any.
     san: Option<&'a [u8]>,
+    /// The extKeyUsage extension's contents (a SEQUENCE OF OID), if any.
+    eku: Option<&'a [u8]>,
     /// The subject's first common name, if any.
     pub common_name: Option<&'a [u8]>,
 }
@@ -88,10 +94,11 @@ impl<'a> CertInfo<'a> {
         let not_after = parse_time(t2, tc2)?;
 
         // Optional issuerUniqueID [1], subjectUniqueID [2], then extensions [3].
-        let mut san = None;
+        let (mut san, mut eku) = (None, None);
         while let Some((tag, content, next)) = tlv(rest) {
             if tag == EXTENSIONS {
-                san = find_san(content)?;
+                san = find_ext(content, OID_SAN)?;
+                eku = find_ext(content, OID_EKU)?;
             }
             rest = next;
         }
@@ -99,8 +106,25 @@ impl<'a> CertInfo<'a> {
             not_before,
             not_after,
             san,
+            eku,
             common_name: find_cn(subject),
         })
+    }
+
+    /// Whether the certificate may authenticate a TLS server: no extended key
+    /// usage, or one that lists serverAuth (site client certificates list
+    /// only clientAuth).
+    pub fn allows_server_auth(&self) -> bool {
+        let Some(mut oids) = self.eku else {
+            return true;
+        };
+        while let Some((tag, oid, next)) = tlv(oids) {
+            if tag == OID && (oid == OID_SERVER_AUTH || oid == OID_ANY_EKU) {
+                return true;
+            }
+            oids = next;
+        }
+        false
     }
 
     /// Whether the certificate names `host` (a DNS name or an IPv4 literal),
@@ -150,13 +174,14 @@ impl<'a> CertInfo<'a> {
     }
 }
 
-/// The SAN extension's value in an `[3]` extensions block; `Some(None)` if absent.
-fn find_san(ext_block: &[u8]) -> Option<Option<&[u8]>> {
+/// The contents of the SEQUENCE an extension's value holds (SAN: GeneralNames,
+/// EKU: KeyPurposeIds), in an `[3]` extensions block; `Some(None)` if absent.
+fn find_ext<'a>(ext_block: &'a [u8], wanted: &[u8]) -> Option<Option<&'a [u8]>> {
     let (mut exts, _) = expect(ext_block, SEQUENCE)?;
     while !exts.is_empty() {
         let (ext, next) = expect(exts, SEQUENCE)?;
         let (oid, mut body) = expect(ext, OID)?;
-        if oid == OID_SAN {
+        if oid == wanted {
             // Skip the optional `critical` BOOLEAN.
             if body.first() == Some(&0x01) {
                 body = tlv(body)?.2;

@@ -87,6 +87,10 @@ enum BrokerCert {
     OtherCa,
     WrongHost,
     Expired,
+    /// Names localhost, signed by the site CA, but for clients only.
+    ClientOnly,
+    /// Names localhost, signed with relay 1's key, sent with relay 1's certificate.
+    MintedByRelay,
 }
 
 impl Site {
@@ -141,6 +145,27 @@ impl Site {
                 p.not_before = rcgen::date_time_ymd(2020, 1, 1);
                 p.not_after = rcgen::date_time_ymd(2021, 1, 1);
                 p.signed_by(&key, &site_ca).unwrap().pem()
+            }
+            BrokerCert::ClientOnly => {
+                let mut p = rcgen::CertificateParams::new(localhost).unwrap();
+                p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+                p.signed_by(&key, &site_ca).unwrap().pem()
+            }
+            BrokerCert::MintedByRelay => {
+                let relay = self.keys.tls_files("relay-1");
+                let relay_pem = std::fs::read_to_string(&relay.cert).unwrap();
+                let relay_key = std::fs::read_to_string(&relay.key).unwrap();
+                let relay_issuer = rcgen::Issuer::from_ca_cert_pem(
+                    &relay_pem,
+                    rcgen::KeyPair::from_pem(&relay_key).unwrap(),
+                )
+                .unwrap();
+                let leaf = rcgen::CertificateParams::new(localhost)
+                    .unwrap()
+                    .signed_by(&key, &relay_issuer)
+                    .unwrap()
+                    .pem();
+                format!("{leaf}{relay_pem}")
             }
             BrokerCert::Genuine => unreachable!(),
         };
@@ -373,6 +398,25 @@ async fn broker_certificate_from_another_ca_is_refused() {
     let broker = site.broker(BrokerCert::OtherCa);
     let e = refused(broker.port, &site.config()).await;
     assert!(matches!(e, Error::Tls(Tls::BrokerUntrusted)), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_certificate_minted_with_a_relay_key_is_refused() {
+    let site = site();
+    let broker = site.broker(BrokerCert::MintedByRelay);
+    let e = refused(broker.port, &site.config()).await;
+    assert!(matches!(e, Error::Tls(Tls::BrokerUntrusted)), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_certificate_for_clients_only_is_refused_as_broker_certificate() {
+    let site = site();
+    let broker = site.broker(BrokerCert::ClientOnly);
+    let e = refused(broker.port, &site.config()).await;
+    assert!(
+        matches!(e, Error::Tls(Tls::BrokerCertNotForServers)),
+        "{e:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
