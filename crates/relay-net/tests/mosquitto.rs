@@ -857,3 +857,35 @@ async fn receipts_queued_while_offline_all_arrive_even_when_the_arena_runs_out()
     );
     assert!(connections >= 2, "the arena should have run out once");
 }
+
+#[tokio::test]
+async fn futures_and_connection_sizes_are_reported() {
+    // What the firmware's task must hold besides the caller's buffers (host
+    // sizes, 64-bit pointers: an upper bound for the 32-bit ESP32).
+    let site = site();
+    let cfg = site.config();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut b = Bufs::new();
+    let link = tcp_link(port).await;
+    let mut arena = Arena::new(&mut b.mem);
+    let tls = TlsBuffers {
+        read: &mut b.rx,
+        write: &mut b.tx,
+    };
+    let mut sink = |_: &[u8]| {};
+    let open = Connection::open(
+        &link,
+        tls,
+        &mut arena,
+        &cfg,
+        start(Instant::now(), None),
+        OsRng,
+        &mut sink,
+    );
+    let open_size = std::mem::size_of_val(&open);
+    drop(open);
+    let conn_size = std::mem::size_of::<Connection<'_, '_, '_, Socket>>();
+    println!("Connection::open future: {open_size} bytes; Connection: {conn_size} bytes");
+    assert!(open_size < 16 * 1024, "open future {open_size} bytes");
+}
