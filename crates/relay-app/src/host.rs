@@ -1,0 +1,1 @@
+//! Host adapters (std): see the submodules.
