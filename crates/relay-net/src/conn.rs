@@ -119,9 +119,13 @@ impl<'c> BufferProvider<'c> for Arena<'c> {
     }
 }
 
-/// In-flight limits: one block and the status at a time out, a few receipts in.
+/// In-flight limits: one block and the status at a time out, one receipt in.
+/// Receipts are rare (one per block); with a receive maximum above 1,
+/// Mosquitto 2.0.11 sends a resumed session's queued messages beyond it and
+/// then drops the connection with "Protocol error" on our PUBACKs (measured:
+/// tests/mosquitto.rs, `receipts_queued_while_offline_...`).
 const SEND_MAXIMUM: usize = 2;
-const RECEIVE_MAXIMUM: usize = 8;
+const RECEIVE_MAXIMUM: usize = 1;
 
 type MqttClient<'l, 't, 'c, S> =
     Client<'c, 'c, TlsStream<'l, 't, S>, Arena<'c>, 1, RECEIVE_MAXIMUM, SEND_MAXIMUM, 0, 1, 0, 0>;
@@ -237,6 +241,7 @@ impl<'l, 't, 'c, S: Read + Write> Connection<'l, 't, 'c, S> {
             return Err(match (provider.verifier.verdict, e) {
                 (Some(why), _) => Error::Tls(why),
                 (None, TlsError::Io(k)) => Error::Io(error::Io::ConnectionLost(k)),
+                (None, TlsError::IoError) => Error::Io(error::Io::ClosedByBroker),
                 (None, TlsError::InsufficientSpace | TlsError::OutOfMemory) => {
                     Error::Capacity(error::Capacity::TlsBuffer)
                 }
@@ -289,7 +294,10 @@ impl<'l, 't, 'c, S: Read + Write> Connection<'l, 't, 'c, S> {
             session_present,
             presented_cert,
         };
-        conn.subscribe_receipts(on_receipt).await?;
+        // A resumed session still holds the subscription.
+        if !session_present {
+            conn.subscribe_receipts(on_receipt).await?;
+        }
         conn.publish_status(
             Status {
                 relay_id: cfg.relay_id,
@@ -573,7 +581,10 @@ fn map_error<S: Read + Write, const N: usize>(
                 return Error::Tls(error::Tls::ClientCertRefused { presented });
             }
             match link.last_tls_error() {
-                Some(TlsError::ConnectionClosed) => Error::Io(error::Io::ClosedByBroker),
+                // close_notify, or the TCP stream ended (embedded-tls: IoError).
+                Some(TlsError::ConnectionClosed | TlsError::IoError) => {
+                    Error::Io(error::Io::ClosedByBroker)
+                }
                 Some(TlsError::Io(k)) => Error::Io(error::Io::ConnectionLost(k)),
                 Some(t) => Error::Io(error::Io::Tls(t)),
                 None => Error::Io(error::Io::ConnectionLost(*kind)),

@@ -358,7 +358,9 @@ async fn handshake_with_client_certificate_succeeds_and_the_retained_status_says
         status_json(true, Some(41), s.unix_ms)
     );
     conn.close().await.unwrap();
-    let m = next_msg(&mut rx, 10).await.expect("offline status on close");
+    let m = next_msg(&mut rx, 10)
+        .await
+        .expect("offline status on close");
     assert_eq!(
         String::from_utf8(m.payload).unwrap(),
         status_json(false, Some(41), s.unix_ms)
@@ -695,4 +697,119 @@ async fn after_a_broker_restart_and_a_cut_connection_the_caller_reconnects_and_n
         "every block arrives (duplicates allowed)"
     );
     assert!(got == blocks, "blocks altered in transit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_queued_while_offline_all_arrive_even_when_the_arena_runs_out() {
+    let site = site();
+    let broker = site.broker(BrokerCert::Genuine);
+    let cfg = site.config();
+    let t0 = Instant::now();
+    // First connection: creates the persistent session with the subscription.
+    {
+        let mut b = Bufs::new();
+        let link = tcp_link(broker.port).await;
+        let mut arena = Arena::new(&mut b.mem);
+        let tls = TlsBuffers {
+            read: &mut b.rx,
+            write: &mut b.tx,
+        };
+        let conn = Connection::open(
+            &link,
+            tls,
+            &mut arena,
+            &cfg,
+            start(t0, None),
+            OsRng,
+            &mut |_: &[u8]| {},
+        )
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
+    // The server answers 60 blocks while the relay is away.
+    let (server, mut rx) = site.server_client(broker.port, &[]).await;
+    let _ = rx.try_recv();
+    let sent: Vec<Vec<u8>> = (0..60u8).map(|n| vec![n; 124]).collect();
+    for r in &sent {
+        server
+            .publish(
+                "gridpow/v1/relays/1/receipts",
+                QoS::AtLeastOnce,
+                false,
+                r.clone(),
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Reconnect until every receipt came: the arena holds about 40 per connection.
+    let received = RefCell::new(Vec::<Vec<u8>>::new());
+    let mut on_receipt = |r: &[u8]| received.borrow_mut().push(r.to_vec());
+    let mut connections = 0;
+    let distinct = |v: &[Vec<u8>]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v.dedup();
+        v
+    };
+    while distinct(&received.borrow()).len() < sent.len() {
+        connections += 1;
+        assert!(
+            connections <= 5,
+            "receipts missing after 5 connections\n{}",
+            broker.log()
+        );
+        let mut b = Bufs::new();
+        let link = tcp_link(broker.port).await;
+        let mut arena = Arena::new(&mut b.mem);
+        let tls = TlsBuffers {
+            read: &mut b.rx,
+            write: &mut b.tx,
+        };
+        let r = async {
+            let mut conn = Connection::open(
+                &link,
+                tls,
+                &mut arena,
+                &cfg,
+                start(t0, None),
+                OsRng,
+                &mut on_receipt,
+            )
+            .await?;
+            assert!(conn.session_present(), "the broker kept our session");
+            loop {
+                let wait = tokio::time::timeout(Duration::from_millis(500), conn.wait_readable());
+                match wait.await {
+                    Ok(r) => r?,
+                    Err(_) => return Ok::<_, Error>(()),
+                }
+                conn.poll(&mut on_receipt).await?;
+            }
+        }
+        .await;
+        match r {
+            Ok(()) => {}
+            Err(Error::Capacity(c)) => println!("connection {connections}: {c}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    println!(
+        "{} receipts delivered ({} distinct) over {connections} connections",
+        received.borrow().len(),
+        sent.len()
+    );
+    assert!(
+        distinct(&received.borrow()) == sent,
+        "all 60 receipts, each once or more"
+    );
+    assert_eq!(
+        received.borrow().len(),
+        sent.len(),
+        "with one receipt in flight at a time none is redelivered\n{}",
+        broker.log()
+    );
+    assert!(connections >= 2, "the arena should have run out once");
 }
