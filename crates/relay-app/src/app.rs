@@ -14,7 +14,8 @@ use gridpow_firmware_logic::state::Flash;
 use gridpow_proto::crypto::CryptoProvider;
 use gridpow_proto::lifecycle::ReceiptOutcome;
 use gridpow_proto::{Duration, Instant};
-use gridpow_relay_net::{Arena, Connection, CryptoRngCore, Link, Start, TlsBuffers};
+use gridpow_relay_net::error::Capacity;
+use gridpow_relay_net::{Arena, Connection, CryptoRngCore, Error, Link, Start, TlsBuffers};
 
 use crate::traits::{Clock, Connector, Level, Log, Radio, Vouch};
 
@@ -82,6 +83,9 @@ pub struct AppStats {
     pub connect_failures: u64,
     /// Sessions that ended with an error.
     pub session_errors: u64,
+    /// Sessions ended on purpose because the MQTT receive arena was used up
+    /// (about 40 receipts each with the recommended size).
+    pub arena_renewals: u64,
     /// Time of the last successful connect (TCP + TLS handshake + MQTT
     /// CONNECT, SUBSCRIBE and online status), milliseconds.
     pub last_connect_ms: Option<u64>,
@@ -405,10 +409,7 @@ enum SessionEnd {
     /// Drained and closed cleanly.
     Closed,
     /// The transport failed; `online` says whether the session was up.
-    Failed {
-        error: gridpow_relay_net::Error,
-        online: bool,
-    },
+    Failed { error: Error, online: bool },
 }
 
 /// Connects, publishes, takes receipts; reconnects with back-off.
@@ -467,6 +468,18 @@ async fn net_loop<C, F, J, S, const M: usize, T, L, K, G>(
         sh.bump(|s| s.online = false);
         match end {
             SessionEnd::Closed => return,
+            SessionEnd::Failed {
+                error: Error::Capacity(Capacity::ArenaUsedUp { .. }),
+                online: true,
+            } => {
+                // Planned: the MQTT arena is reclaimed only with a new
+                // session (relay-net docs); the session left cleanly.
+                sh.bump(|s| s.arena_renewals += 1);
+                sh.log.log(
+                    Level::Info,
+                    format_args!("receive arena used up, reconnecting at once"),
+                );
+            }
             SessionEnd::Failed { error, online } => {
                 if online {
                     sh.bump(|s| s.session_errors += 1);

@@ -1,1 +1,0 @@
-//! Host adapters (std): see the submodules.
