@@ -1,0 +1,187 @@
+//! The relay's settings and secrets on the host: from the key bundle that
+//! `gridpow keys export relay` writes (signing key, hop keys of its meters,
+//! the server's public key, CA certificate and TLS identity as PEM), and
+//! optionally from a relay provisioning blob (`GPWR`, what an ESP32 relay
+//! is flashed with), which then decides everything but the TLS files.
+
+use std::path::{Path, PathBuf};
+
+use gridpow_common::keys::{KeyDir, KeyError, Role};
+use gridpow_firmware_logic::provisioning::{
+    BlobError, RelayConfig, RelayMeter, RelayMode, MAX_RELAY_METERS,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Everything the relay application needs from provisioning.
+#[derive(Clone)]
+pub struct Provisioned {
+    /// Relay settings (standalone mode): id, channel, difficulty, signing
+    /// seed, server key, block interval, broker (blob only).
+    pub config: RelayConfig,
+    /// The meters it accepts, with their hop secrets.
+    pub meters: Vec<RelayMeter>,
+    /// Site CA certificate, DER.
+    pub ca_der: Vec<u8>,
+    /// The relay's client certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// The relay's P-256 private key, PKCS#8 DER.
+    pub key_der: Vec<u8>,
+}
+
+impl core::fmt::Debug for Provisioned {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Never the secrets.
+        f.debug_struct("Provisioned")
+            .field("relay_id", &self.config.relay_id)
+            .field("meters", &self.meters.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why provisioning could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The key bundle is incomplete, malformed, or holds a secret a relay
+    /// must not have.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A PEM file holds no certificate or key.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        what: &'static str,
+    },
+    /// The blob is malformed or not a standalone relay's.
+    #[error("relay blob {path}: {why}")]
+    Blob {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// More meters than a relay holds.
+    #[error("{0} meters in the bundle; a standalone relay holds at most {MAX_RELAY_METERS}")]
+    TooManyMeters(usize),
+}
+
+fn pem_cert(path: &Path) -> Result<Vec<u8>, ProvisionError> {
+    CertificateDer::from_pem_file(path)
+        .map(|c| c.to_vec())
+        .map_err(|_| ProvisionError::Pem {
+            path: path.to_path_buf(),
+            what: "no PEM certificate",
+        })
+}
+
+fn pem_key(path: &Path) -> Result<Vec<u8>, ProvisionError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map(|k| k.secret_der().to_vec())
+        .map_err(|_| ProvisionError::Pem {
+            path: path.to_path_buf(),
+            what: "no PEM private key",
+        })
+}
+
+/// Settings not in a bundle (a blob carries them).
+#[derive(Clone, Copy, Debug)]
+pub struct BundleSettings {
+    /// Radio channel stated in ACKs.
+    pub channel: u8,
+    /// PoW difficulty.
+    pub difficulty: u8,
+    /// Seconds a frame waits for more before its block is sealed.
+    pub block_interval_s: u32,
+}
+
+/// Reads relay `relay_id`'s bundle. Refuses a directory that holds secrets
+/// a relay must not have (the site secret, the CA key, other relays' keys).
+pub fn from_bundle(
+    bundle: &Path,
+    relay_id: u32,
+    s: BundleSettings,
+) -> Result<Provisioned, ProvisionError> {
+    let kd = KeyDir::new(bundle);
+    kd.check_role(Role::Relay(relay_id))?;
+    let registry = kd.meters()?;
+    let mut meters = Vec::new();
+    for ((meter_id, key_id), secret) in kd.hop_secrets()? {
+        meters.push(RelayMeter {
+            meter_id,
+            key_id,
+            mac: registry.get(meter_id).and_then(|m| m.mac_bytes()),
+            secret,
+        });
+    }
+    if meters.len() > MAX_RELAY_METERS {
+        return Err(ProvisionError::TooManyMeters(meters.len()));
+    }
+    let mut config = RelayConfig::bridge(relay_id, s.channel);
+    config.mode = RelayMode::Standalone;
+    config.difficulty = s.difficulty;
+    config.block_interval_s = s.block_interval_s;
+    config.signing_seed = kd.relay_signing_key(relay_id)?.to_bytes();
+    config.server_public_key = kd.server_verifying_key()?.to_bytes();
+    config.meter_count = meters.len();
+    let (ca_der, cert_der, key_der) = tls_from_bundle(&kd, relay_id)?;
+    Ok(Provisioned {
+        config,
+        meters,
+        ca_der,
+        cert_der,
+        key_der,
+    })
+}
+
+/// Reads a standalone relay blob; the TLS files come from `bundle`.
+pub fn from_blob(blob_path: &Path, bundle: &Path) -> Result<Provisioned, ProvisionError> {
+    let blob = std::fs::read(blob_path).map_err(|source| ProvisionError::Io {
+        path: blob_path.to_path_buf(),
+        source,
+    })?;
+    let bad = |why: String| ProvisionError::Blob {
+        path: blob_path.to_path_buf(),
+        why,
+    };
+    let config = RelayConfig::decode(&blob).map_err(|e: BlobError| bad(e.to_string()))?;
+    if config.mode != RelayMode::Standalone {
+        return Err(bad(
+            "a bridge-mode blob; the host application runs standalone".into(),
+        ));
+    }
+    let meters = (0..config.meter_count)
+        .filter_map(|i| config.meter(&blob, i))
+        .collect();
+    let kd = KeyDir::new(bundle);
+    kd.check_role(Role::Relay(config.relay_id))?;
+    let (ca_der, cert_der, key_der) = tls_from_bundle(&kd, config.relay_id)?;
+    Ok(Provisioned {
+        config,
+        meters,
+        ca_der,
+        cert_der,
+        key_der,
+    })
+}
+
+/// CA certificate, client certificate and key, DER.
+type TlsDer = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+fn tls_from_bundle(kd: &KeyDir, relay_id: u32) -> Result<TlsDer, ProvisionError> {
+    let tls = kd.tls_files(&format!("relay-{relay_id}"));
+    Ok((
+        pem_cert(&kd.ca_cert_path())?,
+        pem_cert(&tls.cert)?,
+        pem_key(&tls.key)?,
+    ))
+}

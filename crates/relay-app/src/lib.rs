@@ -1,0 +1,60 @@
+//! The standalone relay application: one code for the ESP32 firmware and
+//! the host. It runs the radio, sealing and network loops over one
+//! [`StandaloneRelay`](gridpow_firmware_logic::standalone::StandaloneRelay)
+//! (the protocol's ingress and block lifecycle) and the TLS 1.3 + MQTT 5
+//! transport of `gridpow-relay-net`, concurrently with `embassy_futures`
+//! (`join`, `select`, `yield_now`), on any single-threaded executor.
+//!
+//! - **radio**: receive → `handle_frame` → ACK (sent only for frames the
+//!   relay made durable, or duplicates of them);
+//! - **sealing**: `poll_seal`, then the proof of work in chunks of
+//!   [`AppConfig::pow_chunk`] tries, yielding between chunks;
+//! - **network**: connect → TLS/MQTT session (online status, offline will)
+//!   → `handle_connected` → publish what `poll_publish` names (marked
+//!   published only after the PUBACK), feed receipts to `handle_receipt`,
+//!   keep-alive; on any error `handle_disconnected`, log, back off (1 s
+//!   doubling to 30 s) and reconnect. A block leaves the outbox only by a
+//!   verified receipt (the lifecycle's rule), so nothing ACKed is lost to a
+//!   broken connection.
+//!
+//! # How to drive it
+//!
+//! The firmware (or the host binary) implements [`Radio`], [`Clock`],
+//! [`Connector`] and [`Log`], picks a [`PowHasher`](gridpow_firmware_logic::pow::PowHasher)
+//! and a cryptographic RNG, builds the relay over its storage, and runs:
+//!
+//! ```ignore
+//! let relay = RefCell::new(StandaloneRelay::new(/* config, provider, meters, keys,
+//!     state flash, journal, block store, storage */)?);
+//! // Blocks left in the block store by an earlier run: relay.borrow_mut().restore_block(..)
+//! let parts = Parts { radio, clock, connector, hasher, rng, log };
+//! let net = gridpow_relay_net::Config { relay_id, client_id, server_name, ca_der,
+//!     identity: Some(Identity { cert_der, key_der }), keep_alive_s: 30, session_expiry_s: 7 * 86_400 };
+//! let bufs = NetBuffers { tls_read: &mut rx, tls_write: &mut tx, arena: &mut arena, block: &mut block };
+//! let mut app = App::new(&relay, parts, AppConfig::default(), net, bufs);
+//! app.run(core::future::pending()).await; // the ESP32 never stops
+//! ```
+//!
+//! On the host, `stop` is a shutdown signal: after it the relay takes no
+//! more frames, seals and publishes what it holds until every block is
+//! confirmed (at most [`AppConfig::drain_timeout`]), closes the session and
+//! returns. [`App::stats`] and the status log line give the counters.
+//!
+//! Memory: [`NetBuffers`] (TLS 4.5 + 4 KiB, arena 8 KiB, one block) plus
+//! the relay's block storage; no allocation.
+//!
+//! The `host` feature adds the host adapters ([`host`]): the UDP air, a
+//! file-backed NOR flash, the std clock, a tokio connector and provisioning
+//! from a relay key bundle; the `gridpow-relay-app` binary runs them.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod app;
+mod traits;
+
+#[cfg(feature = "host")]
+pub mod host;
+
+pub use app::{App, AppConfig, AppStats, NetBuffers, Parts};
+pub use traits::{Clock, Connector, Level, Log, NoLog, Radio, Vouch};
