@@ -546,4 +546,16 @@ where
     pub fn relay_id(&self) -> u32 {
         self.cfg.relay_id
     }
+
+    /// The radio channel ACKs state.
+    pub fn channel(&self) -> u8 {
+        self.cfg.channel
+    }
+
+    /// Sets the channel ACKs state: the access point's, read after the
+    /// Wi-Fi station associated (it may differ from the provisioned one).
+    pub fn set_channel(&mut self, channel: u8) {
+        self.cfg.channel = channel;
+        self.ingress.set_channel(channel);
+    }
 }

@@ -349,3 +349,27 @@ impl ForTest for Instant {
         Instant::from_millis(s * 1000)
     }
 }
+
+#[test]
+fn acks_state_the_access_points_channel_once_the_relay_learns_it() {
+    let mut flash = MemFlash::new();
+    let mut storage = Storage::new(4096);
+    let mut r = relay(&mut flash, &mut storage);
+    let mut s = Sender::<_, 8>::new(RustCrypto, SenderConfig::new(1, 1), &secret(1), 1, 0).unwrap();
+    let mut ack = [0u8; 48];
+    let mut send = |r: &mut Relay<'_>, s: &mut Sender<RustCrypto, 8>, t: u64| {
+        let now = Instant::from_millis(t);
+        s.push_reading(Reading::default());
+        let mut buf = [0u8; MAX_LEN];
+        let n = s.poll_transmit(now, 0, &mut buf).unwrap().unwrap();
+        let a = r
+            .handle_frame(now, Some(1_000 + t), &[1; 6], &buf[..n], &mut ack)
+            .unwrap();
+        s.handle_ack(now, &ack[..a]).unwrap().channel
+    };
+    assert_eq!(send(&mut r, &mut s, 0), 6);
+    // The station associated and the access point is on channel 11.
+    r.set_channel(11);
+    assert_eq!(r.channel(), 11);
+    assert_eq!(send(&mut r, &mut s, 1), 11);
+}

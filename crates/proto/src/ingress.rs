@@ -256,6 +256,13 @@ impl<C: CryptoProvider, T: MeterTable> Ingress<C, T> {
         &self.cfg
     }
 
+    /// The radio channel stated in ACKs from now on: a relay whose Wi-Fi
+    /// station follows its access point learns the channel only after
+    /// association, and meters move to the channel an ACK states.
+    pub fn set_channel(&mut self, channel: u8) {
+        self.cfg.channel = channel;
+    }
+
     /// Judges a frame received from `src`.
     pub fn handle_frame(&mut self, src: &MacAddr, frame: &[u8]) -> Result<Verdict, Error> {
         self.stats.frames_received += 1;
