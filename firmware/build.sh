@@ -2,8 +2,9 @@
 # Builds the gridpow meter and relay firmware for ESP32-C3 and ESP32-C6 in
 # release, runs rustfmt and clippy (-D warnings) on them and on the QEMU check
 # crate (firmware/qemu-check, run by scripts/qemu-check.sh), packages flashable
-# app images with `espflash save-image`, prints their sizes and fails if one
-# exceeds its budget (meter 600 KiB, relay 1 MiB).
+# app images with `espflash save-image`, prints their sizes and their static
+# RAM, and fails if one exceeds its budget (image: meter 600 KiB, relay 1 MiB,
+# espflash's app size; static RAM: 340 KiB per image, see static_ram below).
 #
 # Environment (all optional):
 #   GRIDPOW_FW_TARGET_PREFIX  target dir prefix; each chip gets "<prefix>-<chip>"
@@ -31,8 +32,40 @@ espflash_root=${ESPFLASH_ROOT:-$HOME/.cache/gridpow/espflash}
 espflash_version=4.7.0
 meter_budget=$((600 * 1024))
 relay_budget=$((1024 * 1024))
+# Static RAM budget per image. The linker scripts give the app about 377 KiB
+# of SRAM on the C3 (313 KiB DRAM + 64 KiB reclaimed from the bootloader) and
+# about 450 KiB on the C6; the stack gets what static RAM leaves, so 340 KiB
+# keeps at least 37 KiB of stack on the C3.
+ram_budget=$((340 * 1024))
 
 log() { printf '[firmware] %s\n' "$*"; }
+
+# static_ram CHIP ELF: prints "STATIC HEAP STACK" in bytes. Static RAM is every
+# allocated section placed in the chip's internal SRAM at link time: .data*,
+# .bss* (with esp-alloc's heap arrays), .noinit, the heap reclaimed from the
+# bootloader (.dram2_uninit) and, on the C3, the RAM its IRAM code occupies
+# (.rwdata_dummy mirrors it on the data bus). The stack (.stack) is what is
+# left and is reported apart; flash-mapped sections and debug info are not RAM.
+static_ram() {
+    local chip=$1 elf=$2 lo hi
+    case "$chip" in
+        esp32c3) lo=0x3FC80000 hi=0x3FCE0000 ;; # DRAM bus view of the SRAM
+        esp32c6) lo=0x40800000 hi=0x40880000 ;; # HP SRAM
+    esac
+    # Portable hex (mawk has no strtonum).
+    local hex='function hex(s,  i, n) { n = 0; s = tolower(s); for (i = 1; i <= length(s); i++) n = n * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1; return n }'
+    local heap
+    # esp-alloc's heap_allocator! arrays are statics named HEAP in the caller.
+    heap=$(nm -S --defined-only "$elf" | awk "$hex"' $4 ~ /4HEAP17h/ && $4 !~ /esp_alloc/ { s += hex($2) } END { print s + 0 }')
+    readelf -S -W "$elf" | sed -n 's/^ *\[ *[0-9]*\] //p' | awk -v lo=$((lo)) -v hi=$((hi)) -v heap="$heap" "$hex"'
+        {
+            addr = hex($3); size = hex($5)
+            if (addr < lo || addr >= hi || size == 0) next
+            if ($1 == ".stack") { stack += size; next }
+            static += size
+        }
+        END { printf "%d %d %d\n", static, heap, stack }'
+}
 elapsed() { echo $(($(date +%s) - $1))s; }
 
 for t in riscv32imc-unknown-none-elf riscv32imac-unknown-none-elf; do
@@ -92,8 +125,17 @@ for chip in $chips; do
             verdict="OVER BUDGET ($budget)"
             status=1
         fi
-        sizes+=("$(printf '%-6s %-8s %9d bytes %7.1f KiB  budget %5d KiB  %s' \
+        sizes+=("$(printf '%-6s %-8s image %9d B %7.1f KiB  budget %5d KiB  %s' \
             "$crate" "$chip" "$bytes" "$(awk "BEGIN{print $bytes/1024}")" $((budget / 1024)) "$verdict")")
+        read -r ram heap stack < <(static_ram "$chip" "$elf")
+        verdict=ok
+        if [ "$ram" -gt "$ram_budget" ]; then
+            verdict="OVER BUDGET ($ram_budget)"
+            status=1
+        fi
+        sizes+=("$(printf '%-6s %-8s RAM   %9d B %7.1f KiB  budget %5d KiB  %s (heap %d KiB; stack left %d KiB)' \
+            "$crate" "$chip" "$ram" "$(awk "BEGIN{print $ram/1024}")" $((ram_budget / 1024)) "$verdict" \
+            $((heap / 1024)) $((stack / 1024)))")
     done
 done
 unset CARGO_TARGET_DIR

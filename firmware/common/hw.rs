@@ -7,7 +7,7 @@ use core::convert::Infallible;
 
 use esp_hal::aes::Aes;
 use esp_hal::peripherals::{AES, SHA};
-use esp_hal::sha::{Context, Sha, Sha256, ShaDigest};
+use esp_hal::sha::{Sha, Sha256, ShaDigest};
 use esp_storage::{FlashStorage, FlashStorageError};
 use gridpow_firmware_logic::crypto::{BlockEncrypt, Sha256Engine};
 use gridpow_firmware_logic::state::Flash;
@@ -32,18 +32,12 @@ impl BlockEncrypt for EspAes {
 /// and restore its state, which the relay's proof of work uses as a midstate.
 pub struct EspSha {
     pub(crate) sha: Sha<'static>,
-    /// The saved state after the first 64 header bytes (relay's PoW only).
-    #[allow(dead_code, reason = "only the relay's proof of work uses the midstate")]
-    pub(crate) midstate: Option<Context<Sha256>>,
 }
 
 impl EspSha {
     /// Takes the peripheral.
     pub fn new(sha: SHA<'static>) -> Self {
-        EspSha {
-            sha: Sha::new(sha),
-            midstate: None,
-        }
+        EspSha { sha: Sha::new(sha) }
     }
 }
 

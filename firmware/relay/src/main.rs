@@ -5,11 +5,13 @@
 //!   framing (COBS, CRC-32). Frames heard go to the Linux relay
 //!   (`gridpow relay` with its serial adapter); the ACKs it returns are
 //!   transmitted. Logic: `gridpow_firmware_logic::bridge`.
-//! - **Standalone**: ingress, batching, proof of work on the SHA accelerator
-//!   (in its own task, in bounded chunks), Ed25519 signing, chain tip in
-//!   flash, outbox until a commit receipt. Logic:
-//!   `gridpow_firmware_logic::standalone`. Publishing over MQTT/TLS and the
-//!   wall clock (SNTP) are not implemented: see docs/hardware.md.
+//! - **Standalone**: the relay application of `gridpow-relay-app` (ingress,
+//!   batching, proof of work on the SHA accelerator, Ed25519 signing, outbox
+//!   until a commit receipt, MQTT 5 over TLS 1.3 to the broker) over this
+//!   crate's adapters: ESP-NOW ([`radio`]), the Wi-Fi station, embassy-net,
+//!   SNTP and the broker connection ([`net`]), the TRNG and the SHA
+//!   accelerator. Built for both chips; not yet run on a board
+//!   (docs/hardware.md).
 //!
 //! Logs go to UART0 (GPIO21 on the C3, GPIO16 on the C6) because USB carries
 //! the bridge protocol.
@@ -20,36 +22,46 @@ extern crate alloc;
 
 #[path = "../../common/hw.rs"]
 mod hw;
+mod net;
+mod radio;
 
 use core::cell::RefCell;
 use core::fmt::Write as _;
 
 use embassy_executor::Spawner;
 use embassy_futures::select::{select, Either};
-use embassy_sync::blocking_mutex::raw::NoopRawMutex;
-use embassy_sync::blocking_mutex::Mutex;
+use embassy_net::tcp::client::TcpClientState;
+use embassy_net::StackResources;
+use embassy_sync::mutex::Mutex;
 use embassy_time::{with_timeout, Duration, Timer};
 use embedded_io_async::{Read, Write};
 use esp_backtrace as _;
 use esp_hal::clock::CpuClock;
+use esp_hal::rng::Trng;
 use esp_hal::timer::timg::TimerGroup;
 use esp_hal::usb::usb_serial_jtag::UsbSerialJtag;
 use esp_println::println;
 use esp_radio::esp_now::{EspNowManager, EspNowReceiver, EspNowSender, PeerInfo};
+use esp_radio::wifi::sta::StationConfig;
+use esp_radio::wifi::{AuthenticationMethodConfig, Interface, WifiController};
 use esp_storage::FlashStorage;
 use gridpow_firmware_logic::bridge::{Bridge, FixedWriter, HostCommand};
 use gridpow_firmware_logic::crypto::Accelerated;
 use gridpow_firmware_logic::layout::{CONFIG_OFFSET, CONFIG_SIZE, STATE_OFFSET, STATE_SIZE};
 use gridpow_firmware_logic::pow::{PowHasher, TAIL_LEN};
-use gridpow_firmware_logic::provisioning::{RelayConfig, RelayMode, MAX_RELAY_METERS};
+use gridpow_firmware_logic::provisioning::{RelayConfig, RelayMode, RelayTls, MAX_RELAY_METERS};
 use gridpow_firmware_logic::standalone::{
     RamBlockStore, RelayStorage, StandaloneConfig, StandaloneRelay, VolatileJournal,
 };
 use gridpow_proto::lifecycle::OutboxEntry;
 use gridpow_proto::wire::serial::MAX_ENCODED;
-use gridpow_proto::{Instant, MacAddr};
+use gridpow_proto::MacAddr;
+use gridpow_relay_app::{App, AppConfig, Level, Log, NetBuffers, Parts};
+use gridpow_relay_net::{Identity, ARENA_LEN, TLS_READ_BUF, TLS_WRITE_BUF};
 
 use crate::hw::{feed, finish, EspAes, EspSha, Partition};
+use crate::net::{BrokerConnector, ChannelHandoff, Controller, EspClock, WallClock};
+use crate::radio::EspNowRadio;
 
 esp_bootloader_esp_idf::esp_app_desc!();
 
@@ -65,6 +77,8 @@ const OUTBOX: usize = 4;
 const BLOCK_BYTES: usize = 12 * 1024;
 /// PoW tries per chunk: a few milliseconds on the accelerator.
 const POW_CHUNK: u32 = 256;
+/// Sockets of the IP stack: DHCP, DNS, SNTP (UDP) and the broker (TCP).
+const SOCKETS: usize = 4;
 
 macro_rules! mk_static {
     ($t:ty, $val:expr) => {{
@@ -76,38 +90,43 @@ macro_rules! mk_static {
 type Provider = &'static Accelerated<EspAes, EspSha>;
 
 /// The proof of work on the SHA accelerator: the first 64 header bytes are
-/// absorbed once and the peripheral's state saved; each try restores it.
-struct AccelPow<'a>(&'a mut EspSha);
+/// absorbed once and the peripheral's state saved as a midstate; each try
+/// restores it. The accelerator is shared with the ingress (ACK HMACs), so
+/// it is borrowed per call, and a try that finds it busy never solves.
+struct AccelPow {
+    provider: Provider,
+    midstate: Option<esp_hal::sha::Context<esp_hal::sha::Sha256>>,
+}
 
-impl PowHasher for AccelPow<'_> {
+impl PowHasher for AccelPow {
     fn begin(&mut self, first: &[u8; 64]) {
-        let sha = &mut *self.0;
-        let mut d = esp_hal::sha::ShaDigest::<esp_hal::sha::Sha256, _>::new(&mut sha.sha);
-        feed(&mut d, first);
-        let mut ctx = esp_hal::sha::Context::new();
-        let saved: Result<(), core::convert::Infallible> = nb::block!(d.save(&mut ctx));
-        if let Err(never) = saved {
-            match never {}
-        }
-        sha.midstate = Some(ctx);
+        self.midstate = self.provider.with_sha(|sha| {
+            let mut d = esp_hal::sha::ShaDigest::<esp_hal::sha::Sha256, _>::new(&mut sha.sha);
+            feed(&mut d, first);
+            let mut ctx = esp_hal::sha::Context::new();
+            let saved: Result<(), core::convert::Infallible> = nb::block!(d.save(&mut ctx));
+            if let Err(never) = saved {
+                match never {}
+            }
+            ctx
+        });
     }
 
     fn hash_tail(&mut self, tail: &[u8; TAIL_LEN]) -> [u8; 32] {
-        let sha = &mut *self.0;
-        let Some(saved) = sha.midstate.as_mut() else {
-            // No midstate: a hash without leading zeros never solves.
+        // No midstate: a hash without leading zeros never solves.
+        let Some(saved) = self.midstate.as_mut() else {
             return [0xff; 32];
         };
-        // `restore` only reads the saved context (it takes `&mut` but copies
-        // the state into the peripheral), so one saved midstate serves every try.
-        let mut d = esp_hal::sha::ShaDigest::restore(&mut sha.sha, saved);
-        feed(&mut d, tail);
-        finish(&mut d)
+        self.provider
+            .with_sha(|sha| {
+                // `restore` copies the saved state into the peripheral, so
+                // one midstate serves every try.
+                let mut d = esp_hal::sha::ShaDigest::restore(&mut sha.sha, saved);
+                feed(&mut d, tail);
+                finish(&mut d)
+            })
+            .unwrap_or([0xff; 32])
     }
-}
-
-fn now() -> Instant {
-    Instant::from_micros(embassy_time::Instant::now().as_micros())
 }
 
 fn ensure_peer(manager: &EspNowManager, dst: &MacAddr) -> bool {
@@ -134,8 +153,10 @@ async fn halt(why: &dyn core::fmt::Display) -> ! {
 #[esp_rtos::main]
 async fn main(spawner: Spawner) -> ! {
     let peripherals = esp_hal::init(esp_hal::Config::default().with_cpu_clock(CpuClock::max()));
+    // The radio's buffers and the standalone relay's block, outbox and TLS
+    // buffers (about 105 KiB) live on the heap.
     esp_alloc::heap_allocator!(#[esp_hal::ram(reclaimed)] size: 64 * 1024);
-    esp_alloc::heap_allocator!(size: 96 * 1024);
+    esp_alloc::heap_allocator!(size: HEAP_KIB * 1024);
     let timg0 = TimerGroup::new(peripherals.TIMG0);
     esp_rtos::start(timg0.timer0, peripherals.FROM_CPU_INTR0);
     println!(
@@ -148,8 +169,9 @@ async fn main(spawner: Spawner) -> ! {
     if let Err(e) = flash.read_nor(CONFIG_OFFSET, blob) {
         halt(&format_args!("reading configuration failed: {e:?}")).await;
     }
+    let blob: &'static [u8] = blob;
     let cfg = match RelayConfig::decode(blob) {
-        Ok(c) => c,
+        Ok(c) => mk_static!(RelayConfig, c),
         Err(e) => {
             halt(&format_args!(
             "{e}; flash a relay blob with espflash write-bin {CONFIG_OFFSET:#x} (docs/hardware.md)"
@@ -162,65 +184,74 @@ async fn main(spawner: Spawner) -> ! {
         cfg.relay_id, cfg.mode, cfg.channel, cfg.meter_count
     );
 
-    let controller =
-        match esp_radio::wifi::WifiController::new(peripherals.WIFI, Default::default()) {
-            Ok(c) => mk_static!(esp_radio::wifi::WifiController<'static>, c),
-            Err(e) => halt(&format_args!("Wi-Fi init failed: {e:?}")).await,
-        };
-    let own_mac = esp_radio::wifi::Interface::try_station()
-        .map(|s| s.mac_address())
-        .unwrap_or([0; 6]);
-    let esp_now = controller.esp_now();
-    if let Err(e) = esp_now.set_channel(cfg.channel) {
-        println!("relay: set_channel failed error={e:?}");
-    }
-    let (manager, sender, receiver) = esp_now.split();
+    let mut controller = match WifiController::new(peripherals.WIFI, Default::default()) {
+        Ok(c) => c,
+        Err(e) => halt(&format_args!("Wi-Fi init failed: {e:?}")).await,
+    };
 
     match cfg.mode {
         RelayMode::Bridge => {
+            let own_mac = Interface::try_station()
+                .map(|s| s.mac_address())
+                .unwrap_or([0; 6]);
+            let controller = mk_static!(WifiController<'static>, controller);
+            let esp_now = controller.esp_now();
+            // No station connection in bridge mode: ESP-NOW sets the channel.
+            if let Err(e) = esp_now.set_channel(cfg.channel) {
+                println!("relay: set_channel failed error={e:?}");
+            }
+            let (manager, sender, receiver) = esp_now.split();
             let usb = UsbSerialJtag::new(peripherals.USB_DEVICE).into_async();
-            run_bridge(&cfg, own_mac, usb, manager, sender, receiver).await
+            run_bridge(cfg, own_mac, usb, manager, sender, receiver).await
         }
         RelayMode::Standalone => {
+            let Some(tls) = cfg.tls(blob) else {
+                halt(&"standalone mode needs the TLS section (layout 3): write the blob with `gridpow keys relay-blob`").await
+            };
+            if cfg.wifi_ssid.as_str().is_empty() || cfg.broker_host.as_str().is_empty() {
+                halt(&"standalone mode needs a Wi-Fi SSID and a broker host in the blob").await;
+            }
+            // The station joins on the provisioned channel; the access
+            // point's real channel is read after association (net.rs).
+            let password = cfg.wifi_password.as_str();
+            let auth = if password.is_empty() {
+                AuthenticationMethodConfig::Open
+            } else {
+                match password.try_into() {
+                    Ok(p) => AuthenticationMethodConfig::Wpa2Personal(p),
+                    Err(e) => halt(&format_args!("Wi-Fi passphrase refused: {e:?}")).await,
+                }
+            };
+            let ssid = match cfg.wifi_ssid.as_str().try_into() {
+                Ok(s) => s,
+                Err(e) => halt(&format_args!("Wi-Fi SSID refused: {e:?}")).await,
+            };
+            let station = StationConfig::default()
+                .with_ssid(ssid)
+                .with_authentication(auth)
+                .with_channel(cfg.channel);
+            if let Err(e) = controller.set_config(&esp_radio::wifi::Config::Station(station)) {
+                halt(&format_args!("Wi-Fi station configuration refused: {e:?}")).await;
+            }
+            // The radio is on, so the TRNG has its entropy source.
+            let rng = match Trng::try_new() {
+                Ok(r) => r,
+                Err(e) => halt(&format_args!("TRNG unavailable: {e:?}")).await,
+            };
             let provider: Provider = mk_static!(
                 Accelerated<EspAes, EspSha>,
                 Accelerated::new(EspAes::new(peripherals.AES), EspSha::new(peripherals.SHA))
             );
             let state = Partition::new(flash, STATE_OFFSET, STATE_SIZE);
-            let meters =
-                (0..cfg.meter_count.min(MAX_RELAY_METERS)).filter_map(|i| cfg.meter(blob, i));
-            let blocks: &'static mut [u8] = alloc::vec![0u8; 2 * BLOCK_BYTES].leak();
-            let slots: &'static mut [u8] = alloc::vec![0u8; OUTBOX * BLOCK_BYTES].leak();
-            let outbox = mk_static!([OutboxEntry; OUTBOX], [OutboxEntry::FREE; OUTBOX]);
-            let relay = match StandaloneRelay::new(
-                StandaloneConfig::from_relay_config(&cfg),
-                provider,
-                meters,
-                &cfg.signing_seed,
-                &cfg.server_public_key,
-                state,
-                VolatileJournal::default(),
-                RamBlockStore::new(slots),
-                RelayStorage { blocks, outbox },
-            ) {
-                Ok(r) => r,
-                Err(e) => halt(&format_args!("state partition: {e:?}")).await,
-            };
-            println!(
-                "relay: standalone chain next_height={} public_key={:02x?}",
-                relay.chain().next_height,
-                relay.public_key()
-            );
-            let shared: &'static SharedRelay =
-                mk_static!(SharedRelay, Mutex::new(RefCell::new(relay)));
-            match pow_task(shared, provider) {
-                Ok(t) => spawner.spawn(t),
-                Err(e) => halt(&format_args!("pow task: {e:?}")).await,
-            }
-            run_standalone(shared, manager, sender, receiver).await
+            run_standalone(spawner, cfg, blob, tls, controller, rng, provider, state).await
         }
     }
 }
+
+/// Heap besides the 64 KiB reclaimed from the bootloader: the radio's
+/// buffers (tens of KiB) and the standalone relay's block buffers (24 KiB),
+/// outbox slots (48 KiB) and TLS/MQTT buffers (about 29 KiB).
+const HEAP_KIB: usize = 160;
 
 // ---------------------------------------------------------------- bridge mode
 
@@ -353,85 +384,150 @@ type Relay = StandaloneRelay<
     RamBlockStore<'static, OUTBOX>,
     MAX_RELAY_METERS,
 >;
-type SharedRelay = Mutex<NoopRawMutex, RefCell<Relay>>;
 
-/// The relay's Unix time. There is no source yet: SNTP needs the Wi-Fi
-/// station and IP stack that the missing MQTT/TLS transport needs too
-/// (docs/hardware.md). Until then the relay refuses frames rather than
-/// state a false time in its ACKs.
-fn wall_clock_ms() -> Option<u64> {
-    None
-}
+/// The application's log lines on UART0 (per-frame detail is left out: the
+/// UART is slow and the counters say it).
+struct SerialLog;
 
-/// Seals batches and solves their proof of work in chunks, yielding between
-/// chunks so the reception task keeps ACKing; publishes sealed blocks.
-#[embassy_executor::task]
-async fn pow_task(relay: &'static SharedRelay, provider: Provider) {
-    let mut next_publish = now();
-    loop {
-        let solving = relay.lock(|r| {
-            let mut r = r.borrow_mut();
-            r.poll_seal(now(), wall_clock_ms());
-            if !r.is_solving() {
-                return false;
-            }
-            let sealed = provider.with_sha(|sha| r.poll_pow(&mut AccelPow(sha), POW_CHUNK));
-            if let Some(Some(b)) = sealed {
-                println!(
-                    "relay: block sealed height={} bytes={} tries={}",
-                    b.height,
-                    b.len,
-                    r.stats().pow_tries
-                );
-            }
-            r.is_solving()
-        });
-        if now() >= next_publish {
-            next_publish = now() + gridpow_proto::Duration::from_secs(30);
-            relay.lock(|r| {
-                let r = r.borrow();
-                let s = *r.stats();
-                let l = *r.lifecycle_stats();
-                let i = *r.ingress_stats();
-                println!(
-                    "relay: stats accepted={} duplicate={} refused_no_clock={} refused_full={} sealed={} outbox={} published={}",
-                    i.frames_accepted,
-                    i.frames_duplicate,
-                    s.refused_no_clock,
-                    s.refused_full,
-                    l.blocks_sealed,
-                    r.outbox().count(),
-                    l.blocks_published
-                );
-            });
-        }
-        if solving {
-            embassy_futures::yield_now().await;
-        } else {
-            Timer::after(Duration::from_millis(100)).await;
+impl Log for SerialLog {
+    fn log(&self, level: Level, line: core::fmt::Arguments<'_>) {
+        match level {
+            Level::Warn => println!("relay: warn: {line}"),
+            Level::Info => println!("relay: {line}"),
+            Level::Debug => {}
         }
     }
 }
 
-async fn run_standalone(
-    relay: &'static SharedRelay,
-    manager: EspNowManager,
-    mut sender: EspNowSender,
-    mut receiver: EspNowReceiver,
-) -> ! {
-    println!("relay: standalone mode");
-    loop {
-        let frame = receiver.receive_async().await;
-        let src = frame.info.src_address;
-        let mut ack = [0u8; 48];
-        let res = relay.lock(|r| {
-            r.borrow_mut()
-                .handle_frame(now(), wall_clock_ms(), &src, frame.data(), &mut ack)
-        });
-        if let Ok(n) = res {
-            if !ensure_peer(&manager, &src) || sender.send_async(&src, &ack[..n]).await.is_err() {
-                println!("relay: ack send failed");
-            }
+/// Spawns a task or stops the relay saying which one failed.
+macro_rules! spawn_or_halt {
+    ($spawner:expr, $task:expr, $name:literal) => {
+        match $task {
+            Ok(t) => $spawner.spawn(t),
+            Err(e) => halt(&format_args!("{} task: {e:?}", $name)).await,
         }
+    };
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_standalone(
+    spawner: Spawner,
+    cfg: &'static RelayConfig,
+    blob: &'static [u8],
+    tls: RelayTls<'static>,
+    controller: WifiController<'static>,
+    rng: Trng,
+    provider: Provider,
+    state: Partition,
+) -> ! {
+    let meters = (0..cfg.meter_count.min(MAX_RELAY_METERS)).filter_map(|i| cfg.meter(blob, i));
+    let blocks: &'static mut [u8] = alloc::vec![0u8; 2 * BLOCK_BYTES].leak();
+    let slots: &'static mut [u8] = alloc::vec![0u8; OUTBOX * BLOCK_BYTES].leak();
+    let outbox = mk_static!([OutboxEntry; OUTBOX], [OutboxEntry::FREE; OUTBOX]);
+    let relay: Relay = match StandaloneRelay::new(
+        StandaloneConfig::from_relay_config(cfg),
+        provider,
+        meters,
+        &cfg.signing_seed,
+        &cfg.server_public_key,
+        state,
+        VolatileJournal::default(),
+        RamBlockStore::new(slots),
+        RelayStorage { blocks, outbox },
+    ) {
+        Ok(r) => r,
+        Err(e) => halt(&format_args!("state partition: {e:?}")).await,
+    };
+    println!(
+        "relay: standalone chain next_height={} public_key={:02x?}",
+        relay.chain().next_height,
+        relay.public_key()
+    );
+    let relay: &'static RefCell<Relay> = mk_static!(RefCell<Relay>, RefCell::new(relay));
+
+    // Wi-Fi station, IP stack (DHCP), SNTP.
+    let iface = Interface::station();
+    println!(
+        "relay: standalone mode mac={:02x?} ssid={:?} broker={}:{}",
+        iface.mac_address(),
+        cfg.wifi_ssid.as_str(),
+        cfg.broker_host.as_str(),
+        broker_port(cfg)
+    );
+    let seed = (u64::from(rng.random()) << 32) | u64::from(rng.random());
+    let resources = mk_static!(StackResources<SOCKETS>, StackResources::new());
+    let (stack, runner) = embassy_net::new(
+        iface,
+        embassy_net::Config::dhcpv4(Default::default()),
+        resources,
+        seed,
+    );
+    let ctrl: &'static Controller = mk_static!(Controller, Mutex::new(controller));
+    let handoff: &'static ChannelHandoff = mk_static!(ChannelHandoff, ChannelHandoff::new());
+    let wall: &'static WallClock = mk_static!(WallClock, WallClock::new());
+    spawn_or_halt!(spawner, net::net_task(runner), "ip stack");
+    spawn_or_halt!(
+        spawner,
+        net::wifi_task(ctrl, handoff, cfg.wifi_ssid.as_str(), cfg.channel),
+        "wi-fi"
+    );
+    spawn_or_halt!(spawner, net::sntp_task(stack, wall), "sntp");
+
+    // The broker connection and the application.
+    let tcp_state =
+        mk_static!(TcpClientState<1, { net::TCP_TX }, { net::TCP_RX }>, TcpClientState::new());
+    let tcp: &'static net::Tcp = mk_static!(net::Tcp, net::tcp_client(stack, tcp_state));
+    let connector = BrokerConnector {
+        stack,
+        tcp,
+        host: cfg.broker_host.as_str(),
+        port: broker_port(cfg),
+    };
+    let client_id: &'static str = alloc::format!("relay-{}", cfg.relay_id).leak();
+    let net_cfg = gridpow_relay_net::Config {
+        relay_id: cfg.relay_id,
+        client_id,
+        server_name: cfg.broker_host.as_str(),
+        ca_der: tls.ca_der,
+        identity: Some(Identity {
+            cert_der: tls.cert_der,
+            key_der: tls.key_der,
+        }),
+        keep_alive_s: 30,
+        session_expiry_s: 7 * 24 * 3600,
+    };
+    let bufs = NetBuffers {
+        tls_read: alloc::vec![0u8; TLS_READ_BUF].leak(),
+        tls_write: alloc::vec![0u8; TLS_WRITE_BUF].leak(),
+        arena: alloc::vec![0u8; ARENA_LEN].leak(),
+        block: alloc::vec![0u8; BLOCK_BYTES].leak(),
+    };
+    let parts = Parts {
+        radio: EspNowRadio::new(ctrl, handoff, relay),
+        clock: EspClock { wall },
+        connector,
+        hasher: AccelPow {
+            provider,
+            midstate: None,
+        },
+        rng,
+        log: SerialLog,
+    };
+    let app_cfg = AppConfig {
+        pow_chunk: POW_CHUNK,
+        ..AppConfig::default()
+    };
+    println!("relay: waiting for the access point, then DHCP and SNTP; frames are refused until the clock is set");
+    let mut app = App::new(relay, parts, app_cfg, net_cfg, bufs);
+    app.run(core::future::pending()).await;
+    halt(&"the relay application returned").await
+}
+
+/// The broker port in use (0 in the blob selects 8883).
+fn broker_port(cfg: &RelayConfig) -> u16 {
+    if cfg.broker_port == 0 {
+        8883
+    } else {
+        cfg.broker_port
     }
 }
