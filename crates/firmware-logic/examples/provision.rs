@@ -16,6 +16,9 @@
 //! ```
 //!
 //! Run it with `cargo run -p gridpow-firmware-logic --features std --example provision -- …`.
+//! Its `relay-standalone` blob has no TLS section, which the firmware needs
+//! to publish: `gridpow keys relay-blob` writes the complete blob from a
+//! relay bundle.
 //! The meter TOML is the file `gridpow keys add-meter` writes (meter_id,
 //! key_id, meter_secret, relay_mac, channel, interval_s).
 
