@@ -1,0 +1,371 @@
+//! The standalone relay application end to end on this host: virtual meters
+//! (`gridpow-meters`) over the UDP air → `gridpow-relay-app` (the ESP32's
+//! application, run as its own process with the host adapters) → a private
+//! Mosquitto started from the shipped docs/deploy/mosquitto.conf (mutual
+//! TLS, ACL) → the grid server on SQLite (in-process). Every reading the
+//! meters generated must be stored exactly once and the ledger must verify.
+//!
+//! The relay has no durable frame journal yet (the flash journal of branch
+//! `flashj` is not on main): a relay killed with SIGKILL loses the frames
+//! it ACKed and had not yet published. So the restart here is graceful
+//! (SIGINT: the relay stops taking frames, seals and publishes the rest
+//! until every block is confirmed, then exits); the SIGKILL test is written
+//! and ignored until the journal lands.
+#![allow(clippy::unwrap_used)] // test setup panics on failure by design
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gridpow_broker::Mosquitto;
+use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_meters::{open_udp_radio, Fleet, FleetConfig, FleetHandle};
+use gridpow_server::config::MqttConfig;
+use gridpow_server::{verify_ledger, Server, ServerConfig, ServerHandle};
+
+const METERS: u32 = 12;
+
+struct Site {
+    dir: tempfile::TempDir,
+    keys: KeyDir,
+    bundle: PathBuf,
+    db: String,
+    broker: Mosquitto,
+    udp: SocketAddr,
+}
+
+fn site() -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeyDir::new(dir.path().join("keys"));
+    keys.init(&InitOptions::default()).unwrap();
+    keys.add_meters(&(1..=METERS).map(|id| (id, None)).collect::<Vec<_>>())
+        .unwrap();
+    // The relay runs from its own bundle, as `gridpow keys export relay` writes it.
+    let bundle = dir.path().join("relay-1-bundle");
+    keys.export_relay_bundle(1, None, &KeyDir::new(&bundle))
+        .unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, keys.mosquitto_acl().unwrap()).unwrap();
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/deploy/mosquitto.conf");
+    let broker = Mosquitto::start_from_config(&keys, &conf, &acl).unwrap();
+    // A free port for the UDP air, kept across relay restarts.
+    let udp = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let db = dir.path().join("grid.db").display().to_string();
+    Site {
+        dir,
+        keys,
+        bundle,
+        db,
+        broker,
+        udp,
+    }
+}
+
+impl Site {
+    async fn server(&self) -> ServerHandle {
+        let bundle = KeyDir::new(self.dir.path().join("server-bundle"));
+        self.keys.export_server_bundle("server-1", &bundle).unwrap();
+        let cfg = ServerConfig {
+            keys_dir: bundle.root().to_path_buf(),
+            db: self.db.clone(),
+            server_id: 1,
+            min_difficulty: 10,
+            mqtt: MqttConfig {
+                host: "localhost".into(),
+                port: self.broker.port,
+                ..MqttConfig::default()
+            },
+            ..ServerConfig::default()
+        };
+        let mut cfg = cfg;
+        cfg.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = Server::start(cfg).await.unwrap();
+        let t0 = Instant::now();
+        while !server.stats().mqtt_subscribed {
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "server did not subscribe; broker log:\n{}",
+                self.broker.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    fn relay(&self, run: u32) -> RelayProc {
+        let log = self.dir.path().join(format!("relay-{run}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gridpow-relay-app"))
+            .args(["--bundle", &self.bundle.display().to_string()])
+            .args(["--relay-id", "1"])
+            .args(["--broker", &format!("127.0.0.1:{}", self.broker.port)])
+            .args(["--server-name", "localhost"])
+            .args(["--udp-listen", &self.udp.to_string()])
+            .args([
+                "--data-dir",
+                &self.dir.path().join("relay-data").display().to_string(),
+            ])
+            .args(["--difficulty", "12", "--block-interval-s", "1"])
+            .args(["--republish-after-s", "3", "--keep-alive-s", "5"])
+            .args(["--status-every-s", "2", "--drain-timeout-s", "20"])
+            .args(["--log", "info"])
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        RelayProc {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn meters(&self, seed: u64) -> FleetHandle {
+        let mut c = FleetConfig::new(self.keys.root(), self.dir.path().join("meters-state"));
+        c.interval_s = 0.2;
+        c.seed = seed;
+        c.backlog = 1024;
+        c.sender.max_backoff_ms = 400;
+        c.sender.retry_holdoff_ms = 500;
+        c.truth_file = Some(self.truth_path());
+        c.radio.udp_relay = self.udp;
+        c.radio.udp_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        Fleet::start(c.clone(), open_udp_radio(&c).unwrap()).unwrap()
+    }
+
+    fn truth_path(&self) -> PathBuf {
+        self.dir.path().join("truth.jsonl")
+    }
+
+    fn stored(&self) -> Vec<(u32, u32, u32)> {
+        let Ok(c) = rusqlite::Connection::open_with_flags(
+            &self.db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return Vec::new();
+        };
+        let Ok(mut st) = c.prepare("SELECT meter_id, epoch, seq FROM readings") else {
+            return Vec::new();
+        };
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .filter_map(Result::ok)
+            .collect()
+    }
+}
+
+struct RelayProc {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl RelayProc {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGINT, then waits for a clean exit.
+    async fn interrupt(&mut self, within: Duration) {
+        let mut c = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .args(["-INT", &c.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "relay exited with {status}:\n{}",
+                    self.log_text()
+                );
+                return;
+            }
+            if t0.elapsed() > within {
+                let _ = c.kill();
+                panic!("relay did not stop within {within:?}:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        assert!(
+            c.try_wait().unwrap().is_none(),
+            "relay died:\n{}",
+            self.log_text()
+        );
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// Waits until the log holds `needle`.
+    async fn wait_log(&self, needle: &str, within: Duration) {
+        let t0 = Instant::now();
+        while !self.log_text().contains(needle) {
+            assert!(
+                t0.elapsed() < within,
+                "relay log never said {needle:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every `handshake_ms=` the log reports.
+    fn handshakes_ms(&self) -> Vec<u64> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| l.split("handshake_ms=").nth(1))
+            .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Compares the database with the meters' ground truth; returns
+/// (generated, stored, duplicated, lost).
+fn compare(site: &Site) -> (usize, usize, usize, usize) {
+    let truth = gridpow_meters::read_truth(&site.truth_path()).unwrap();
+    let want: BTreeSet<(u32, u32, u32)> = truth
+        .iter()
+        .map(|t| (t.meter_id, t.boot_epoch, t.seq))
+        .collect();
+    assert_eq!(want.len(), truth.len(), "truth has repeated readings");
+    let got = site.stored();
+    let got_set: BTreeSet<_> = got.iter().copied().collect();
+    assert!(
+        got_set.is_subset(&want),
+        "readings stored that no meter generated"
+    );
+    (
+        want.len(),
+        got_set.len(),
+        got.len() - got_set.len(),
+        want.difference(&got_set).count(),
+    )
+}
+
+/// Waits until every generated reading is stored (or `within` passes).
+async fn wait_stored(site: &Site, within: Duration) -> (usize, usize, usize, usize) {
+    let t0 = Instant::now();
+    loop {
+        let c = compare(site);
+        if c.3 == 0 || t0.elapsed() > within {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reading_reaches_the_ledger_once_through_the_host_run_application_across_a_graceful_restart(
+) {
+    let t0 = Instant::now();
+    let site = site();
+    let server = site.server().await;
+    let mut relay = site.relay(1);
+    relay
+        .wait_log("connected to the broker", Duration::from_secs(15))
+        .await;
+    let fleet = site.meters(7);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // Graceful restart: everything ACKed is sealed, published and confirmed
+    // before the process exits; the next one continues the chain.
+    relay.interrupt(Duration::from_secs(30)).await;
+    let first = relay.log_text();
+    assert!(
+        first.contains("unconfirmed_blocks=0 pending_frames=0"),
+        "the relay left work behind:\n{first}"
+    );
+    let handshakes = relay.handshakes_ms();
+    let mut relay = site.relay(2);
+    relay
+        .wait_log("connected to the broker", Duration::from_secs(15))
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    fleet.stop_generating();
+    assert!(
+        fleet.wait_drained(Duration::from_secs(20)),
+        "meters still hold unacknowledged readings: {:?}",
+        fleet.stats()
+    );
+    let meter_stats = fleet.shutdown().unwrap();
+    let (generated, stored, duplicated, lost) = wait_stored(&site, Duration::from_secs(20)).await;
+    relay.interrupt(Duration::from_secs(30)).await;
+    let handshakes: Vec<u64> = handshakes
+        .into_iter()
+        .chain(relay.handshakes_ms())
+        .collect();
+    let stats = server.stats();
+    server.shutdown().await;
+
+    let report = verify_ledger(&site.db, &site.keys).unwrap();
+    let elapsed = t0.elapsed();
+    eprintln!(
+        "end to end: meters={METERS} generated={generated} acknowledged={} stored={stored} duplicated={duplicated} lost={lost} blocks={} frames={} handshake_ms={handshakes:?} elapsed_ms={}",
+        meter_stats.acknowledged,
+        report.blocks,
+        report.frames,
+        elapsed.as_millis()
+    );
+    assert_eq!(lost, 0, "readings lost:\n{}", relay.log_text());
+    assert_eq!(duplicated, 0);
+    assert!(
+        generated >= (METERS * 20) as usize,
+        "only {generated} readings generated"
+    );
+    assert_eq!(report.readings as usize, generated, "{report}");
+    assert!(
+        report.gaps.is_empty() && report.forks.is_empty(),
+        "{report}"
+    );
+    assert!(stats.blocks_rejected == 0, "{stats:?}");
+    assert!(handshakes.len() >= 2, "{handshakes:?}");
+}
+
+/// Needs the durable frame journal (branch `flashj`): with the volatile
+/// journal a SIGKILL loses the frames ACKed since the last confirmed block.
+/// Enable it when the host binary opens the flash journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the durable flash journal (branch flashj, not on main yet)"]
+async fn a_relay_killed_with_sigkill_mid_run_loses_nothing_it_acknowledged() {
+    let site = site();
+    let server = site.server().await;
+    let mut relay = site.relay(1);
+    relay
+        .wait_log("connected to the broker", Duration::from_secs(15))
+        .await;
+    let fleet = site.meters(11);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    relay.kill9();
+    let mut relay = site.relay(2);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    fleet.stop_generating();
+    assert!(fleet.wait_drained(Duration::from_secs(20)));
+    fleet.shutdown().unwrap();
+    let (generated, stored, duplicated, lost) = wait_stored(&site, Duration::from_secs(20)).await;
+    relay.interrupt(Duration::from_secs(30)).await;
+    server.shutdown().await;
+    eprintln!("sigkill: generated={generated} stored={stored} duplicated={duplicated} lost={lost}");
+    assert_eq!((lost, duplicated), (0, 0));
+    let report = verify_ledger(&site.db, &site.keys).unwrap();
+    assert!(
+        report.gaps.is_empty() && report.forks.is_empty(),
+        "{report}"
+    );
+}
