@@ -116,7 +116,13 @@ const MAX_RECORD_LEN: usize = frame_record_len(MAX_FRAME_LEN);
 /// Control records (seals, confirmations) that frames must always leave room
 /// for, so that a full journal can still seal and confirm its way out:
 /// confirm up to `outbox` blocks, then seal and confirm the frames left in
-/// the oldest sector (two blocks' worth, with slack).
+/// the oldest sector (at most two blocks, with slack).
+///
+/// This assumes the caller's blocks take the unsealed frames, at least a
+/// sector's worth of them when there are that many (35 frames of 84 bytes in
+/// a 4 KiB sector); with smaller blocks a full journal may need more control
+/// records than are reserved, and [`JournalError::Capacity`] would then also
+/// refuse a seal or confirmation.
 pub const fn reserved_control_records(outbox: usize) -> usize {
     2 * outbox + 4
 }
@@ -397,6 +403,11 @@ impl<F: Flash, const O: usize> Journal<F, O> {
         self.free_ahead
     }
 
+    /// The flash region (for the driver's own statistics).
+    pub fn flash(&self) -> &F {
+        &self.flash
+    }
+
     /// The flash region back.
     pub fn into_inner(self) -> F {
         self.flash
@@ -631,7 +642,7 @@ impl<F: Flash, const O: usize> Journal<F, O> {
     fn sector_seq(&mut self, i: u32, buf: &mut Buf) -> Result<Option<u32>, JournalError<F::Error>> {
         let at = i * F::SECTOR_SIZE;
         match self.read_record(at, F::SECTOR_SIZE, buf)? {
-            Some((KIND_SECTOR, _, _)) => Ok(Some(le32(&buf[HDR_LEN..]))),
+            Some(m) if m.kind == KIND_SECTOR => Ok(Some(le32(&buf[HDR_LEN..]))),
             _ => Ok(None),
         }
     }
@@ -643,7 +654,7 @@ impl<F: Flash, const O: usize> Journal<F, O> {
         at: u32,
         room: u32,
         buf: &mut Buf,
-    ) -> Result<Option<(u8, usize, usize)>, JournalError<F::Error>> {
+    ) -> Result<Option<Meta>, JournalError<F::Error>> {
         if room < (HDR_LEN + CRC_LEN) as u32 {
             return Ok(None);
         }
@@ -664,7 +675,12 @@ impl<F: Flash, const O: usize> Journal<F, O> {
         if crc.to_le_bytes() != buf[len - CRC_LEN..len] {
             return Ok(None);
         }
-        Ok(Some((kind, body, len)))
+        Ok(Some(Meta {
+            kind,
+            body_len: body,
+            len,
+            pos: at,
+        }))
     }
 
     /// The next valid record in log order from `cur` (into `buf`), moving
@@ -683,15 +699,10 @@ impl<F: Flash, const O: usize> Journal<F, O> {
             }
             let pos = cur.sector * s + cur.off;
             if cur.off < s {
-                if let Some((kind, body_len, len)) = self.read_record(pos, s - cur.off, buf)? {
-                    if (kind == KIND_SECTOR) == (cur.off == 0) {
-                        cur.off += len as u32;
-                        return Ok(Some(Meta {
-                            kind,
-                            body_len,
-                            len,
-                            pos,
-                        }));
+                if let Some(m) = self.read_record(pos, s - cur.off, buf)? {
+                    if (m.kind == KIND_SECTOR) == (cur.off == 0) {
+                        cur.off += m.len as u32;
+                        return Ok(Some(m));
                     }
                 }
             }
@@ -899,15 +910,15 @@ impl<F: Flash, const O: usize> Journal<F, O> {
         }
         let mut off = 0;
         let mut first = true;
-        while let Some((kind, _, len)) = self.read_record(i * s + off, s - off, buf)? {
-            if (kind == KIND_SECTOR) != first {
+        while let Some(m) = self.read_record(i * s + off, s - off, buf)? {
+            if (m.kind == KIND_SECTOR) != first {
                 break;
             }
             first = false;
-            if kind == KIND_FRAME && self.frame_live(le64(&buf[HDR_LEN..])) {
+            if m.kind == KIND_FRAME && self.frame_live(le64(&buf[HDR_LEN..])) {
                 return Ok(false);
             }
-            off += len as u32;
+            off += m.len as u32;
         }
         Ok(true)
     }
