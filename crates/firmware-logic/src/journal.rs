@@ -8,10 +8,12 @@
 //! A block's leaves are exactly consecutive journal records, so an outbox
 //! entry is a *seal* record (header, signature, first and last sequence
 //! number) and the block bytes are rebuilt from the journal on demand
-//! ([`Journal::write_block`]). Frames are written once, which halves the
-//! flash wear of the obvious design (frames into a journal, then again into
-//! a block). The price: a frame is released only when the block holding it is
-//! confirmed, which is what the outbox needs anyway.
+//! ([`Journal::write_block`]). Frames are written once: the obvious design
+//! (frames into a journal, then again as leaves of a stored block) writes
+//! about 74 % more bytes at one reading per frame (`docs/hardware.md`, "Flash
+//! wear budget"). The price: a frame is released only when the block holding
+//! it is confirmed, which is what the outbox needs anyway, and publishing a
+//! block reads its leaves back from flash.
 //!
 //! The chain tip is folded in: a seal record *is* the new tip, so "block is
 //! in the outbox" and "tip advanced" are one atomic write; each sector header
@@ -19,9 +21,11 @@
 //! reclaimed. The relay's record in `gp_state` ([`crate::state::RelayState`])
 //! is only read once, as the starting tip of a blank journal (migration).
 //!
-//! Release is implied, not a separate call: a frame is live while it is not
-//! yet sealed or while an outbox block covers it; [`Journal::confirm_block`]
-//! (a verified receipt) is what releases frames.
+//! Release is implied, not a separate `release_through(seq)` call: a frame
+//! is live while it is not yet sealed or while an outbox block covers it, so
+//! [`Journal::confirm_block`] (a verified receipt) is what releases frames.
+//! One rule instead of two numbers that could disagree. Sectors are reclaimed
+//! oldest first, when every record in them is dead.
 //!
 //! ## On flash
 //!
@@ -57,13 +61,28 @@
 //!   sector does not exist for [`Journal::open`].
 //!
 //! [`Journal::open`] only reads; it never repairs, so a cut during recovery
-//! cannot make things worse.
+//! cannot make things worse. `tests/flash_journal.rs` cuts the power after
+//! every byte written or erased of a scripted run and checks the reopened
+//! journal against a model.
+//!
+//! The [`Flash`] driver must program without erasing (raw NOR writes, as
+//! `esp-storage`'s `write_nor`): retiring a sector or voiding a record that
+//! did not read back writes zeros over bytes already programmed. What the
+//! tests model is byte-granular: a torn write or erase leaves some bytes
+//! done and the rest untouched. Real flash can also leave half-programmed
+//! bits that read differently later; a torn record still fails its CRC, but
+//! a record that verified and later decays is not recovered (nor is it in
+//! [`crate::state::StateLog`]).
 //!
 //! ## RAM
 //!
 //! O(1) in the number of records and sectors: a few positions and counters
-//! plus `O` outbox entries of 72 bytes (the tests print the size). Walks over
-//! the log use one record buffer (280 bytes) on the stack.
+//! plus `O` outbox entries of 72 bytes, 136 + 72 × `O` bytes plus the flash
+//! handle on the host (the tests print it). Walks over the log use one
+//! record buffer (280 bytes) on the stack, two while a record is written.
+//! The price of not indexing: [`Journal::open`] reads the whole partition
+//! (and CRCs every record), and a walk from the oldest record reads
+//! everything up to the head.
 
 use gridpow_proto::wire::block::{
     BlockHeaderRepr, HEADER_LEN, LEAF_PREFIX_LEN, LEAVES_OFFSET, MAX_LEAVES, SIGNATURE_LEN,
