@@ -313,6 +313,40 @@ fn parse_header(h: &[u8]) -> Option<(u8, usize)> {
 /// The durable journal and outbox of a standalone relay, with room for `O`
 /// unconfirmed blocks.
 ///
+/// ```
+/// use gridpow_firmware_logic::journal::Journal;
+/// use gridpow_firmware_logic::state::{MemFlash, RelayState};
+/// use gridpow_proto::merkle::RootBuilder;
+/// use gridpow_proto::wire::block::BlockHeaderRepr;
+///
+/// let mut flash = MemFlash::<{ 4 * 4096 }>::new();
+/// let mut j = Journal::<_, 2>::open(&mut flash, RelayState::default())?;
+/// // A frame arrives: journal it, then ACK it.
+/// assert!(j.has_room_for(84)?);
+/// let seq = j.append(&[2, 0, 0, 0, 0, 1], 1_700_000_000_000, &[0x42; 84])?;
+/// // Seal the unsealed frames: Merkle root over them, header, PoW, signature.
+/// let mut root = RootBuilder::new();
+/// let mut count = 0;
+/// for r in j.records_after(j.unsealed_from() - 1) {
+///     root.push_leaf(r?.frame());
+///     count += 1;
+/// }
+/// let tip = j.tip();
+/// let header = BlockHeaderRepr {
+///     difficulty: 0, relay_id: 1, height: tip.next_height, prev_hash: tip.prev_hash,
+///     merkle_root: root.root(), leaf_count: count, time_ms: 1_700_000_010_000, nonce: 0,
+/// };
+/// let block = j.add_block(&header, &[0; 64], seq)?; // durable: now publish it
+/// let mut out = [0u8; 512];
+/// let len = j.write_block(block.height, &mut out)?;
+/// assert_eq!(len, 164 + 2 + 84);
+/// // A verified receipt (stored or already stored) releases the block and its frames.
+/// j.confirm_block(block.height, &block.hash)?;
+/// assert_eq!(j.outbox().count(), 0);
+/// assert_eq!(j.tip().next_height, 1);
+/// # Ok::<(), gridpow_firmware_logic::journal::JournalError<gridpow_firmware_logic::state::MemFlashError>>(())
+/// ```
+///
 /// Call order for a frame: [`Journal::append`] → ACK. For a block: pick the
 /// leaves with [`Journal::records_after`]`(unsealed_from − 1)`, solve and sign,
 /// [`Journal::add_block`] → publish ([`Journal::write_block`]) →
@@ -432,6 +466,22 @@ impl<F: Flash, const O: usize> Journal<F, O> {
         self.flash
     }
 
+    /// Whether a frame of `frame_len` bytes would be accepted now. Ask
+    /// before the ingress judges a frame: once the ingress accepts a frame
+    /// its replay window remembers it, so it must not then be refused for
+    /// lack of room.
+    pub fn has_room_for(&mut self, frame_len: usize) -> Result<bool, JournalError<F::Error>> {
+        if frame_len == 0 || frame_len > MAX_FRAME_LEN {
+            return Err(JournalError::BadFrameLength);
+        }
+        let len = frame_record_len(frame_len) as u32;
+        if !self.frame_fits(len) && self.free_stale {
+            let mut buf = [0u8; MAX_RECORD_LEN];
+            self.refresh_free(&mut buf)?;
+        }
+        Ok(self.frame_fits(len))
+    }
+
     /// Appends a frame heard from `src` at `wall_ms`, writes it and reads it
     /// back; returns its sequence number. Only after `Ok` may the frame be
     /// ACKed. [`JournalError::Capacity`] means: refuse the frame.
@@ -444,17 +494,11 @@ impl<F: Flash, const O: usize> Journal<F, O> {
         if frame.is_empty() || frame.len() > MAX_FRAME_LEN {
             return Err(JournalError::BadFrameLength);
         }
-        let body_len = FRAME_FIXED + frame.len();
-        let len = record_len(body_len) as u32;
-        let mut buf = [0u8; MAX_RECORD_LEN];
-        if !self.frame_fits(len) {
-            if self.free_stale {
-                self.refresh_free(&mut buf)?;
-            }
-            if !self.frame_fits(len) {
-                return Err(JournalError::Capacity);
-            }
+        if !self.has_room_for(frame.len())? {
+            return Err(JournalError::Capacity);
         }
+        let body_len = FRAME_FIXED + frame.len();
+        let mut buf = [0u8; MAX_RECORD_LEN];
         // A sequence number is used up even if the write fails, so it can
         // never name two records.
         let seq = self.next_seq;

@@ -667,6 +667,7 @@ fn full_journal_refuses_with_capacity_and_accepts_after_confirmation() {
         }
     }
     assert!(accepted >= 10, "only {accepted} frames fit");
+    assert_eq!(j.has_room_for(244), Ok(false));
     // A refused frame changed nothing, and nothing accepted was dropped.
     check(&mut j, &m, "full");
     assert_eq!(
@@ -684,6 +685,7 @@ fn full_journal_refuses_with_capacity_and_accepts_after_confirmation() {
     while !m.outbox.is_empty() {
         confirm(&mut j, &mut m, 0).unwrap();
     }
+    assert_eq!(j.has_room_for(244), Ok(true));
     append(&mut j, &mut m, [1; 6], 2, frame_bytes(&mut rng, 244)).expect("room again");
     check(&mut j, &m, "after release");
     j.into_inner();
