@@ -860,6 +860,13 @@ proptest! {
                 }
             }
             check(&mut j, &m, &format!("after {a:?}"));
+            // Any mark: the frames after it, as a filter of the whole list.
+            let all: Vec<u64> = j.records_after(0).map(|r| r.unwrap().seq).collect();
+            if let Some(&mark) = all.get(all.len() / 2) {
+                let after: Vec<u64> = j.records_after(mark).map(|r| r.unwrap().seq).collect();
+                let want: Vec<u64> = all.iter().copied().filter(|&q| q > mark).collect();
+                prop_assert_eq!(after, want);
+            }
         }
     }
 }
