@@ -1,19 +1,18 @@
 //! The relay's block lifecycle on the RV32IMC CPU: the protocol core's
 //! machine (`gridpow_proto::lifecycle`) and the firmware's standalone relay
-//! driving it with real meters' frames, the proof of work searched in chunks,
+//! driving it with real meters' frames kept in the flash journal, the proof of work searched in chunks,
 //! the sealed block checked by the grid server's verifier, and the receipt
 //! rules of docs/protocol.md §10 (stored frees the block, quarantined keeps it).
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridpow_firmware_logic::pow::SoftPowHasher;
 use gridpow_firmware_logic::provisioning::RelayMeter;
-use gridpow_firmware_logic::standalone::{
-    RamBlockStore, RelayStorage, StandaloneConfig, StandaloneRelay, VolatileJournal,
-};
-use gridpow_firmware_logic::state::MemFlash;
+use gridpow_firmware_logic::journal::Journal;
+use gridpow_firmware_logic::standalone::{RelayStorage, StandaloneConfig, StandaloneRelay};
+use gridpow_firmware_logic::state::{MemFlash, RelayState};
 use gridpow_proto::block::{verify_block, KeyLookup, VerifyPolicy};
 use gridpow_proto::crypto::{MeterKeys, MeterSecret, RustCrypto};
-use gridpow_proto::lifecycle::{OutboxEntry, ReceiptOutcome};
+use gridpow_proto::lifecycle::{ChainTip, OutboxEntry, ReceiptOutcome};
 use gridpow_proto::sender::{Sender, SenderConfig};
 use gridpow_proto::wire::receipt::ReceiptStatus;
 use gridpow_proto::wire::uplink::MAX_LEN;
@@ -45,9 +44,10 @@ impl KeyLookup<RustCrypto> for Keys {
 }
 
 fn frames_become_a_verified_block_and_only_a_stored_receipt_frees_it() -> Outcome {
-    let mut flash = MemFlash::<8192>::new();
+    // The flash journal on a RAM flash of eight 4 KiB sectors.
+    let mut flash = MemFlash::<{ 8 * 4096 }>::new();
+    let journal = check_ok!(Journal::<_, 2>::open(&mut flash, RelayState::default()));
     let mut blocks = [0u8; 2 * BLOCK];
-    let mut slots = [0u8; 2 * BLOCK];
     let mut outbox = [OutboxEntry::FREE; 2];
     let meters = (1..=2).map(|id| RelayMeter {
         meter_id: id,
@@ -56,7 +56,7 @@ fn frames_become_a_verified_block_and_only_a_stored_receipt_frees_it() -> Outcom
         secret: secret(id).hop,
     });
     let server = SigningKey::from_bytes(&SERVER_SEED);
-    let mut relay: StandaloneRelay<'_, _, _, _, RamBlockStore<'_, 2>, 4> = check_ok!(StandaloneRelay::new(
+    let mut relay: StandaloneRelay<'_, _, _, 4> = check_ok!(StandaloneRelay::new(
         StandaloneConfig {
             relay_id: 3,
             channel: 6,
@@ -70,9 +70,8 @@ fn frames_become_a_verified_block_and_only_a_stored_receipt_frees_it() -> Outcom
         meters,
         &SEED,
         &server.verifying_key().to_bytes(),
-        &mut flash,
-        VolatileJournal::default(),
-        RamBlockStore::new(&mut slots),
+        ChainTip::default(),
+        journal,
         RelayStorage {
             blocks: &mut blocks,
             outbox: &mut outbox,
