@@ -35,6 +35,7 @@ suites! {
     vectors,
     metering,
     state_log,
+    lifecycle,
 }
 
 #[no_mangle]

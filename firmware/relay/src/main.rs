@@ -39,13 +39,15 @@ use esp_radio::esp_now::{EspNowManager, EspNowReceiver, EspNowSender, PeerInfo};
 use esp_storage::FlashStorage;
 use gridpow_firmware_logic::bridge::{Bridge, FixedWriter, HostCommand};
 use gridpow_firmware_logic::crypto::Accelerated;
-use gridpow_firmware_logic::layout::{CONFIG_OFFSET, CONFIG_SIZE, STATE_OFFSET, STATE_SIZE};
+use gridpow_firmware_logic::journal::Journal;
+use gridpow_firmware_logic::layout::{
+    CONFIG_OFFSET, CONFIG_SIZE, JOURNAL_OFFSET, JOURNAL_SIZE, STATE_OFFSET, STATE_SIZE,
+};
 use gridpow_firmware_logic::pow::{PowHasher, TAIL_LEN};
 use gridpow_firmware_logic::provisioning::{RelayConfig, RelayMode, MAX_RELAY_METERS};
-use gridpow_firmware_logic::standalone::{
-    RamBlockStore, RelayStorage, StandaloneConfig, StandaloneRelay, VolatileJournal,
-};
-use gridpow_proto::lifecycle::OutboxEntry;
+use gridpow_firmware_logic::standalone::{RelayStorage, StandaloneConfig, StandaloneRelay};
+use gridpow_firmware_logic::state::{RelayState, StateLog, KIND_RELAY};
+use gridpow_proto::lifecycle::{ChainTip, OutboxEntry};
 use gridpow_proto::wire::serial::MAX_ENCODED;
 use gridpow_proto::{Instant, MacAddr};
 
@@ -186,26 +188,53 @@ async fn main(spawner: Spawner) -> ! {
                 Accelerated<EspAes, EspSha>,
                 Accelerated::new(EspAes::new(peripherals.AES), EspSha::new(peripherals.SHA))
             );
-            let state = Partition::new(flash, STATE_OFFSET, STATE_SIZE);
+            // The chain tip of firmware before the journal lives in gp_state;
+            // it only seeds a blank journal.
+            let (old_tip, flash) =
+                match StateLog::open(Partition::new(flash, STATE_OFFSET, STATE_SIZE), KIND_RELAY) {
+                    Ok(log) => (
+                        log.latest()
+                            .map(RelayState::from_payload)
+                            .unwrap_or_default(),
+                        log.into_inner().into_inner(),
+                    ),
+                    Err(e) => halt(&format_args!("state partition: {e:?}")).await,
+                };
+            let journal = match Journal::<Partition, OUTBOX>::open(
+                Partition::new(flash, JOURNAL_OFFSET, JOURNAL_SIZE),
+                old_tip,
+            ) {
+                Ok(j) => j,
+                Err(e) => halt(&format_args!("journal partition: {e:?}")).await,
+            };
+            let tip = journal.tip();
             let meters =
                 (0..cfg.meter_count.min(MAX_RELAY_METERS)).filter_map(|i| cfg.meter(blob, i));
             let blocks: &'static mut [u8] = alloc::vec![0u8; 2 * BLOCK_BYTES].leak();
-            let slots: &'static mut [u8] = alloc::vec![0u8; OUTBOX * BLOCK_BYTES].leak();
             let outbox = mk_static!([OutboxEntry; OUTBOX], [OutboxEntry::FREE; OUTBOX]);
-            let relay = match StandaloneRelay::new(
+            let mut relay = match StandaloneRelay::new(
                 StandaloneConfig::from_relay_config(&cfg),
                 provider,
                 meters,
                 &cfg.signing_seed,
                 &cfg.server_public_key,
-                state,
-                VolatileJournal::default(),
-                RamBlockStore::new(slots),
+                ChainTip {
+                    next_height: tip.next_height,
+                    prev_hash: tip.prev_hash,
+                },
+                journal,
                 RelayStorage { blocks, outbox },
             ) {
                 Ok(r) => r,
-                Err(e) => halt(&format_args!("state partition: {e:?}")).await,
+                Err(e) => halt(&format_args!("relay storage: {e}")).await,
             };
+            match relay.recover(now()) {
+                Ok(f) => println!(
+                    "relay: journal recovered blocks={} frames={} unsealed={}",
+                    f.blocks, f.frames, f.unsealed
+                ),
+                Err(e) => halt(&format_args!("journal recovery: {e:?}")).await,
+            }
             println!(
                 "relay: standalone chain next_height={} public_key={:02x?}",
                 relay.chain().next_height,
@@ -345,14 +374,7 @@ async fn run_bridge(
 
 // ------------------------------------------------------------ standalone mode
 
-type Relay = StandaloneRelay<
-    'static,
-    Provider,
-    Partition,
-    VolatileJournal,
-    RamBlockStore<'static, OUTBOX>,
-    MAX_RELAY_METERS,
->;
+type Relay = StandaloneRelay<'static, Provider, Journal<Partition, OUTBOX>, MAX_RELAY_METERS>;
 type SharedRelay = Mutex<NoopRawMutex, RefCell<Relay>>;
 
 /// The relay's Unix time. There is no source yet: SNTP needs the Wi-Fi
