@@ -99,6 +99,10 @@ impl Site {
     }
 
     fn relay(&self, run: u32) -> RelayProc {
+        self.relay_with(run, &[])
+    }
+
+    fn relay_with(&self, run: u32, extra: &[&str]) -> RelayProc {
         let log = self.dir.path().join(format!("relay-{run}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gridpow-relay-app"))
@@ -115,6 +119,7 @@ impl Site {
             .args(["--republish-after-s", "3", "--keep-alive-s", "5"])
             .args(["--status-every-s", "2", "--drain-timeout-s", "20"])
             .args(["--log", "info"])
+            .args(extra)
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
@@ -373,6 +378,11 @@ fn start_field(log: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A receive arena of 1200 bytes (relay-net asks for a new session when
+/// less than 1 KiB is left): the session is renewed every couple of
+/// packets, so sessions also end while a block waits for its PUBACK.
+const SMALL_ARENA: &[&str] = &["--arena-bytes", "1200"];
+
 /// With the volatile journal this lost about 5 % of the readings (24 of
 /// 453, measured): the frames ACKed since the last confirmed block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,7 +391,7 @@ async fn a_relay_killed_with_sigkill_mid_run_loses_nothing_it_acknowledged() {
     let seed = seed("sigkill");
     let site = site();
     let server = site.server().await;
-    let mut relay = site.relay(1);
+    let mut relay = site.relay_with(1, SMALL_ARENA);
     relay
         .wait_log("connected to the broker", Duration::from_secs(15))
         .await;
@@ -390,11 +400,13 @@ async fn a_relay_killed_with_sigkill_mid_run_loses_nothing_it_acknowledged() {
     // What the journal gave back: sealed blocks without receipts, and
     // acknowledged frames not yet in a block.
     let (mut blocks_back, mut unsealed_back) = (0, 0);
+    let mut renewals = 0;
     for run in 2..=3 {
         let ms = 1500 + (seed.wrapping_mul(2_654_435_761).rotate_left(run) % 2000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        renewals += relay.log_text().matches("receive arena used up").count();
         relay.kill9();
-        relay = site.relay(run);
+        relay = site.relay_with(run, SMALL_ARENA);
         relay
             .wait_log("relay-app relay_id=", Duration::from_secs(10))
             .await;
@@ -412,10 +424,11 @@ async fn a_relay_killed_with_sigkill_mid_run_loses_nothing_it_acknowledged() {
     let meter_stats = fleet.shutdown().unwrap();
     let (generated, stored, duplicated, lost) = wait_stored(&site, Duration::from_secs(20)).await;
     relay.interrupt(Duration::from_secs(30)).await;
+    renewals += relay.log_text().matches("receive arena used up").count();
     server.shutdown().await;
     let report = verify_ledger(&site.db, &site.keys).unwrap();
     eprintln!(
-        "sigkill: generated={generated} acknowledged={} stored={stored} duplicated={duplicated} lost={lost} recovered_blocks={blocks_back} recovered_unsealed_frames={unsealed_back} blocks={} elapsed_ms={} (seed {seed})",
+        "sigkill: generated={generated} acknowledged={} stored={stored} duplicated={duplicated} lost={lost} recovered_blocks={blocks_back} recovered_unsealed_frames={unsealed_back} arena_renewals={renewals} blocks={} elapsed_ms={} (seed {seed})",
         meter_stats.acknowledged,
         report.blocks,
         t0.elapsed().as_millis()

@@ -91,6 +91,10 @@ struct Args {
     /// MQTT keep-alive, seconds.
     #[arg(long, default_value_t = 30)]
     keep_alive_s: u16,
+    /// Bytes of the MQTT receive arena (about 160 per receipt; the session
+    /// is renewed when less than 1 KiB is left).
+    #[arg(long, default_value_t = ARENA_LEN)]
+    arena_bytes: usize,
     /// Seconds between status log lines (0: none).
     #[arg(long, default_value_t = 30)]
     status_every_s: u64,
@@ -237,7 +241,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         let (mut rx, mut tx, mut arena, mut block) = (
             vec![0u8; TLS_READ_BUF],
             vec![0u8; TLS_WRITE_BUF],
-            vec![0u8; ARENA_LEN],
+            vec![0u8; a.arena_bytes],
             vec![0u8; BLOCK_BYTES],
         );
         let app_cfg = AppConfig {
