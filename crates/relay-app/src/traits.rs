@@ -55,20 +55,14 @@ pub trait Clock {
 
 /// Opens a TCP connection to the broker (embassy-net on the ESP32, tokio
 /// through `embedded-io-adapters` on the host); DNS is the implementor's.
-///
-/// The socket may borrow from the connector (an embassy-net `TcpSocket<'s>`
-/// over receive and transmit buffers the connector owns): the application
-/// drops it before it connects again.
 #[allow(async_fn_in_trait)]
 pub trait Connector {
     /// A connected socket.
-    type Socket<'s>: embedded_io_async::Read + embedded_io_async::Write
-    where
-        Self: 's;
+    type Socket: embedded_io_async::Read + embedded_io_async::Write;
     /// Why connecting failed (logged, then the app backs off).
     type Error: fmt::Debug;
     /// Connects; every call makes a new connection.
-    async fn connect(&mut self) -> Result<Self::Socket<'_>, Self::Error>;
+    async fn connect(&mut self) -> Result<Self::Socket, Self::Error>;
 }
 
 /// Severity of a log line.

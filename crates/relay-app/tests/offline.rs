@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use embedded_io_adapters::tokio_1::FromTokio;
 use gridpow_firmware_logic::pow::SoftPowHasher;
 use gridpow_firmware_logic::provisioning::RelayMeter;
 use gridpow_firmware_logic::standalone::{
@@ -49,49 +50,17 @@ impl Radio for ChanRadio {
     }
 }
 
-/// A broker that is never there; remembers when it was asked. Its socket
-/// type borrows the connector's buffer, as an embassy-net `TcpSocket` does
-/// (so this also checks that the application accepts such sockets).
+/// A broker that is never there; remembers when it was asked.
 struct Unreachable {
     attempts: Rc<RefCell<Vec<tokio::time::Instant>>>,
-    buffer: Vec<u8>,
-}
-
-/// A socket over a borrowed buffer (never connected here).
-struct BorrowedSocket<'s>(&'s mut [u8]);
-
-impl embedded_io_async::ErrorType for BorrowedSocket<'_> {
-    type Error = embedded_io_async::ErrorKind;
-}
-
-impl embedded_io_async::Read for BorrowedSocket<'_> {
-    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
-        let n = buf.len().min(self.0.len());
-        buf[..n].copy_from_slice(&self.0[..n]);
-        Ok(n)
-    }
-}
-
-impl embedded_io_async::Write for BorrowedSocket<'_> {
-    async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
-        let n = buf.len().min(self.0.len());
-        self.0[..n].copy_from_slice(&buf[..n]);
-        Ok(n)
-    }
-    async fn flush(&mut self) -> Result<(), Self::Error> {
-        Ok(())
-    }
 }
 
 impl Connector for Unreachable {
-    type Socket<'s> = BorrowedSocket<'s>;
+    type Socket = FromTokio<tokio::net::TcpStream>;
     type Error = &'static str;
-    async fn connect(&mut self) -> Result<Self::Socket<'_>, Self::Error> {
+    async fn connect(&mut self) -> Result<Self::Socket, Self::Error> {
         self.attempts.borrow_mut().push(tokio::time::Instant::now());
-        if self.buffer.is_empty() {
-            return Err("connection refused");
-        }
-        Ok(BorrowedSocket(&mut self.buffer))
+        Err("connection refused")
     }
 }
 
@@ -146,7 +115,6 @@ async fn frames_are_acked_and_sealed_while_offline_and_reconnects_back_off_to_30
             clock,
             connector: Unreachable {
                 attempts: attempts.clone(),
-                buffer: Vec::new(),
             },
             hasher: SoftPowHasher::default(),
             rng: rand::rngs::OsRng,

@@ -36,10 +36,10 @@ pub struct TcpConnector {
 }
 
 impl Connector for TcpConnector {
-    type Socket<'s> = FromTokio<TcpStream>;
+    type Socket = FromTokio<TcpStream>;
     type Error = std::io::Error;
 
-    async fn connect(&mut self) -> Result<Self::Socket<'_>, Self::Error> {
+    async fn connect(&mut self) -> Result<Self::Socket, Self::Error> {
         let s = TcpStream::connect((self.host.as_str(), self.port)).await?;
         // Small MQTT packets (PUBACK, PINGREQ) must not wait for Nagle.
         s.set_nodelay(true)?;
