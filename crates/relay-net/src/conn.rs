@@ -238,8 +238,21 @@ impl<'l, 't, 'c, S: Read + Write> Connection<'l, 't, 'c, S> {
             .open(TlsContext::new(&tls_config, &mut provider))
             .await
         {
+            let broker_verified = provider.verifier.broker_verified;
             return Err(match (provider.verifier.verdict, e) {
                 (Some(why), _) => Error::Tls(why),
+                // The broker passed our checks, then ended the handshake while
+                // we sent our certificate: it refused it (alert, close, reset).
+                (
+                    None,
+                    TlsError::Io(_)
+                    | TlsError::IoError
+                    | TlsError::ConnectionClosed
+                    | TlsError::InternalError
+                    | TlsError::HandshakeAborted(..),
+                ) if broker_verified => Error::Tls(error::Tls::ClientCertRefused {
+                    presented: presented_cert,
+                }),
                 (None, TlsError::Io(k)) => Error::Io(error::Io::ConnectionLost(k)),
                 (None, TlsError::IoError) => Error::Io(error::Io::ClosedByBroker),
                 (None, TlsError::InsufficientSpace | TlsError::OutOfMemory) => {

@@ -119,7 +119,7 @@
 //! on a 64-bit host) and the future of [`Connection::open`] (12 KB on a
 //! 64-bit host, including the verifier's copy of the broker chain,
 //! [`MAX_BROKER_CHAIN`]).
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

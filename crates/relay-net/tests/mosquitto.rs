@@ -465,6 +465,25 @@ async fn client_without_certificate_is_refused_by_the_broker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_from_another_site_is_refused_by_the_broker() {
+    let site = site();
+    let other = self::site();
+    let broker = site.broker(BrokerCert::Genuine);
+    let cfg = Config {
+        identity: Some(Identity {
+            cert_der: &other.relay_cert,
+            key_der: &other.relay_key,
+        }),
+        ..site.config()
+    };
+    let e = refused(broker.port, &cfg).await;
+    assert!(
+        matches!(e, Error::Tls(Tls::ClientCertRefused { presented: true })),
+        "{e:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_of_12_kib_arrives_byte_identical_and_a_receipt_comes_back() {
     let site = site();
     let broker = site.broker(BrokerCert::Genuine);
