@@ -266,8 +266,9 @@ impl<'l, 't, 'c, S: Read + Write> Connection<'l, 't, 'c, S> {
         let will_topic = topic_name(&status_topic)?;
         let will = WillOptions::new(
             will_topic,
+            // At most MAX_STATUS_LEN bytes: far below MQTT's 64 KiB limit.
             MqttBinary::from_slice(will_json.as_bytes())
-                .map_err(|_| Error::Config(error::Config::ClientId))?,
+                .map_err(|_| Error::Capacity(error::Capacity::PacketTooLarge))?,
         )
         .at_least_once()
         .retain();
