@@ -30,14 +30,18 @@ pub enum Error {
     Config(Config),
 }
 
-/// TLS failures. The first five are our verdicts on the broker's certificate.
+/// TLS failures. The first six are our verdicts on the broker's certificate.
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub enum Tls {
-    /// The broker's certificate chain is not signed by the site CA.
+    /// The broker's certificate is not signed by the site CA (directly: other
+    /// intermediates are refused).
     BrokerUntrusted,
     /// The broker's certificate does not name the host we connected to.
     BrokerNameMismatch,
+    /// The broker's certificate is not meant for servers (its extended key
+    /// usage lacks serverAuth: e.g. a relay's client certificate).
+    BrokerCertNotForServers,
     /// The broker's (or an intermediate, or the site CA's) certificate expired.
     BrokerCertExpired {
         /// Its end of validity, Unix seconds.
@@ -54,10 +58,12 @@ pub enum Tls {
     },
     /// The broker sent no certificate or one that cannot be read.
     BrokerCertMalformed,
-    /// The broker ended the TLS session right after the handshake, before any
-    /// MQTT reply: with `require_certificate true` this is how Mosquitto refuses
-    /// a client certificate (none presented, or not from its CA). TLS 1.3
-    /// clients learn of it only after their own handshake finished.
+    /// The broker ended the TLS session after we had verified it and sent our
+    /// certificate (or none), before any MQTT reply: with
+    /// `require_certificate true` this is how Mosquitto refuses a client
+    /// certificate (none presented, or not from its CA). In TLS 1.3 the client
+    /// may learn of it only after its own handshake finished, from a broken
+    /// connection; a network failure at that very moment reads the same.
     ClientCertRefused {
         /// Whether we presented a certificate.
         presented: bool,
@@ -170,6 +176,9 @@ impl fmt::Display for Tls {
             }
             Tls::BrokerNameMismatch => f.write_str(
                 "the broker's certificate does not name the host we connected to",
+            ),
+            Tls::BrokerCertNotForServers => f.write_str(
+                "the broker's certificate is not for servers (no serverAuth extended key usage)",
             ),
             Tls::BrokerCertExpired { not_after, now } => write!(
                 f,

@@ -233,6 +233,9 @@ pub(crate) struct SiteVerifier<'a> {
     host: &'a str,
     now: u64,
     pub(crate) verdict: Option<error::Tls>,
+    /// The broker's certificate and signature passed: what fails afterwards
+    /// in the handshake is the broker's verdict on us.
+    pub(crate) broker_verified: bool,
 }
 
 impl<'a> SiteVerifier<'a> {
@@ -245,6 +248,7 @@ impl<'a> SiteVerifier<'a> {
             host,
             now,
             verdict: None,
+            broker_verified: false,
         }
     }
 
@@ -253,20 +257,20 @@ impl<'a> SiteVerifier<'a> {
         TlsError::InvalidCertificate
     }
 
-    fn check_dates(&mut self, info: &CertInfo<'_>) -> Result<(), TlsError> {
+    fn date_verdict(&self, info: &CertInfo<'_>) -> Option<error::Tls> {
         if self.now < info.not_before {
-            return Err(self.refuse(error::Tls::BrokerCertNotYetValid {
+            return Some(error::Tls::BrokerCertNotYetValid {
                 not_before: info.not_before,
                 now: self.now,
-            }));
+            });
         }
         if self.now > info.not_after {
-            return Err(self.refuse(error::Tls::BrokerCertExpired {
+            return Some(error::Tls::BrokerCertExpired {
                 not_after: info.not_after,
                 now: self.now,
-            }));
+            });
         }
-        Ok(())
+        None
     }
 }
 
@@ -289,6 +293,41 @@ impl TlsVerifier<Suite> for SiteVerifier<'_> {
         let Some(leaf_info) = CertInfo::parse(leaf) else {
             return Err(self.refuse(error::Tls::BrokerCertMalformed));
         };
+
+        // Dates are read now (the chain is handed to embedded-tls below) and
+        // reported last: an untrusted or misnamed certificate says more.
+        let mut dates = None;
+        for entry in &cert.entries {
+            let info = match entry {
+                CertificateEntryRef::X509(der) => CertInfo::parse(der),
+                CertificateEntryRef::RawPublicKey(_) => None,
+            };
+            let Some(info) = info else {
+                return Err(self.refuse(error::Tls::BrokerCertMalformed));
+            };
+            dates = dates.or(self.date_verdict(&info));
+        }
+        let Some(ca_info) = CertInfo::parse(self.ca_der) else {
+            return Err(self.refuse(error::Tls::BrokerCertMalformed));
+        };
+        dates = dates.or(self.date_verdict(&ca_info));
+
+        // 0. Chain shape. embedded-tls checks signatures but not basicConstraints,
+        // so an intermediate could be any certificate of the site (a relay's,
+        // whose key an attacker may pull from a device) minting broker
+        // certificates. The site CA signs the broker's certificate directly:
+        // besides the leaf, accept only copies of the site CA itself.
+        let extra_ok = cert
+            .entries
+            .iter()
+            .skip(1)
+            .all(|e| matches!(e, CertificateEntryRef::X509(der) if *der == self.ca_der));
+        if !extra_ok {
+            return Err(self.refuse(error::Tls::BrokerUntrusted));
+        }
+        if !leaf_info.allows_server_auth() {
+            return Err(self.refuse(error::Tls::BrokerCertNotForServers));
+        }
 
         // 1. The chain: embedded-tls verifies each signature up to the site CA.
         // It also insists on a name match, which is ours to report: tell it a
@@ -317,17 +356,17 @@ impl TlsVerifier<Suite> for SiteVerifier<'_> {
             return Err(self.refuse(error::Tls::BrokerNameMismatch));
         }
 
-        // 3. Dates of the leaf and of the CA (intermediates are not expected
-        // from the site CA; embedded-tls verified their signatures if any).
-        self.check_dates(&leaf_info)?;
-        let Some(ca_info) = CertInfo::parse(self.ca_der) else {
-            return Err(self.refuse(error::Tls::BrokerCertMalformed));
-        };
-        self.check_dates(&ca_info)
+        // 3. Dates of every certificate the broker sent and of the site CA.
+        match dates {
+            Some(why) => Err(self.refuse(why)),
+            None => Ok(()),
+        }
     }
 
     fn verify_signature(&mut self, verify: CertificateVerifyRef) -> Result<(), TlsError> {
-        self.inner.verify_signature(verify)
+        self.inner.verify_signature(verify)?;
+        self.broker_verified = true;
+        Ok(())
     }
 }
 

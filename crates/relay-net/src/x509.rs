@@ -53,6 +53,10 @@ const SAN_IP: u8 = 0x87;
 /// 2.5.4.3 (commonName) and 2.5.29.17 (subjectAltName), contents only.
 const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
 const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
+/// 2.5.29.37 (extKeyUsage), 1.3.6.1.5.5.7.3.1 (serverAuth), 2.5.29.37.0 (any).
+const OID_EKU: &[u8] = &[0x55, 0x1d, 0x25];
+const OID_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+const OID_ANY_EKU: &[u8] = &[0x55, 0x1d, 0x25, 0x00];
 
 /// What the verifier needs from one certificate.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +66,8 @@ pub(crate) struct CertInfo<'a> {
     pub not_after: u64,
     /// The subjectAltName extension's contents (a SEQUENCE OF GeneralName), if any.
     san: Option<&'a [u8]>,
+    /// The extKeyUsage extension's contents (a SEQUENCE OF OID), if any.
+    eku: Option<&'a [u8]>,
     /// The subject's first common name, if any.
     pub common_name: Option<&'a [u8]>,
 }
@@ -88,10 +94,11 @@ impl<'a> CertInfo<'a> {
         let not_after = parse_time(t2, tc2)?;
 
         // Optional issuerUniqueID [1], subjectUniqueID [2], then extensions [3].
-        let mut san = None;
+        let (mut san, mut eku) = (None, None);
         while let Some((tag, content, next)) = tlv(rest) {
             if tag == EXTENSIONS {
-                san = find_san(content)?;
+                san = find_ext(content, OID_SAN)?;
+                eku = find_ext(content, OID_EKU)?;
             }
             rest = next;
         }
@@ -99,8 +106,25 @@ impl<'a> CertInfo<'a> {
             not_before,
             not_after,
             san,
+            eku,
             common_name: find_cn(subject),
         })
+    }
+
+    /// Whether the certificate may authenticate a TLS server: no extended key
+    /// usage, or one that lists serverAuth (site client certificates list
+    /// only clientAuth).
+    pub fn allows_server_auth(&self) -> bool {
+        let Some(mut oids) = self.eku else {
+            return true;
+        };
+        while let Some((tag, oid, next)) = tlv(oids) {
+            if tag == OID && (oid == OID_SERVER_AUTH || oid == OID_ANY_EKU) {
+                return true;
+            }
+            oids = next;
+        }
+        false
     }
 
     /// Whether the certificate names `host` (a DNS name or an IPv4 literal),
@@ -150,13 +174,14 @@ impl<'a> CertInfo<'a> {
     }
 }
 
-/// The SAN extension's value in an `[3]` extensions block; `Some(None)` if absent.
-fn find_san(ext_block: &[u8]) -> Option<Option<&[u8]>> {
+/// The contents of the SEQUENCE an extension's value holds (SAN: GeneralNames,
+/// EKU: KeyPurposeIds), in an `[3]` extensions block; `Some(None)` if absent.
+fn find_ext<'a>(ext_block: &'a [u8], wanted: &[u8]) -> Option<Option<&'a [u8]>> {
     let (mut exts, _) = expect(ext_block, SEQUENCE)?;
     while !exts.is_empty() {
         let (ext, next) = expect(exts, SEQUENCE)?;
         let (oid, mut body) = expect(ext, OID)?;
-        if oid == OID_SAN {
+        if oid == wanted {
             // Skip the optional `critical` BOOLEAN.
             if body.first() == Some(&0x01) {
                 body = tlv(body)?.2;
@@ -266,6 +291,63 @@ mod tests {
         assert_eq!(parse_ipv4("1.2.3"), None);
         assert_eq!(parse_ipv4("1.2.3.4.5"), None);
         assert_eq!(parse_ipv4("256.1.1.1"), None);
+    }
+
+    fn rcgen_cert(sans: &[&str], eku: Option<rcgen::ExtendedKeyUsagePurpose>) -> Vec<u8> {
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut p = rcgen::CertificateParams::new(sans).expect("params");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "broker-cn");
+        p.not_before = rcgen::date_time_ymd(2025, 1, 2);
+        p.not_after = rcgen::date_time_ymd(2027, 3, 4);
+        if let Some(e) = eku {
+            p.extended_key_usages = vec![e];
+        }
+        let key = rcgen::KeyPair::generate().expect("key");
+        p.self_signed(&key).expect("cert").der().to_vec()
+    }
+
+    #[test]
+    fn names_dates_and_key_usage_are_read_from_a_real_certificate() {
+        let der = rcgen_cert(
+            &["localhost", "127.0.0.1"],
+            Some(rcgen::ExtendedKeyUsagePurpose::ServerAuth),
+        );
+        let c = CertInfo::parse(&der).expect("parses");
+        assert_eq!(c.not_before, 1_735_776_000);
+        assert_eq!(c.not_after, 1_804_118_400);
+        assert!(c.names("localhost") && c.names("LOCALHOST") && c.names("127.0.0.1"));
+        assert!(!c.names("127.0.0.2") && !c.names("broker-cn") && !c.names("localhost."));
+        assert!(c.allows_server_auth());
+        assert_eq!(c.any_dns_name(), Some(&b"localhost"[..]));
+
+        let client = rcgen_cert(&[], Some(rcgen::ExtendedKeyUsagePurpose::ClientAuth));
+        let c = CertInfo::parse(&client).expect("parses");
+        assert!(!c.allows_server_auth());
+        // No SAN: the common name decides.
+        assert!(c.names("broker-cn") && !c.names("localhost"));
+    }
+
+    #[test]
+    fn every_truncation_and_byte_flip_of_a_certificate_is_handled_without_panic() {
+        let der = rcgen_cert(&["localhost"], None);
+        for n in 0..der.len() {
+            assert!(CertInfo::parse(&der[..n]).is_none(), "truncated at {n}");
+        }
+        let mut d = der.clone();
+        for i in 0..d.len() {
+            for bit in [0x01, 0x80] {
+                d[i] ^= bit;
+                if let Some(c) = CertInfo::parse(&d) {
+                    let _ = (
+                        c.names("localhost"),
+                        c.allows_server_auth(),
+                        c.any_dns_name(),
+                    );
+                }
+                d[i] ^= bit;
+            }
+        }
     }
 
     #[test]
