@@ -22,6 +22,8 @@ for t in riscv32imc-unknown-none-elf riscv32imac-unknown-none-elf; do
   cargo build -q -p gridpow-proto -p gridpow-metering --no-default-features --target "$t"
   cargo build -q -p gridpow-proto -p gridpow-metering --target "$t"
 done
+# The standalone relay's TLS + MQTT transport (no atomics needed on the C3).
+cargo build -q -p gridpow-relay-net --target riscv32imc-unknown-none-elf
 
 echo "== no_std core on a real RV32IMC CPU (QEMU virt): vectors, metering, state log" >&2
 scripts/qemu-check.sh

@@ -1,0 +1,165 @@
+//! MQTT topics and the retained status message (docs/protocol.md §11), built
+//! without allocation.
+
+use core::fmt::Write as _;
+
+use crate::error::{Capacity, Error};
+
+/// Longest topic this crate builds: `gridpow/v1/relays/4294967295/receipts`.
+pub const MAX_TOPIC_LEN: usize = 40;
+
+/// Longest status message: `{"height":18446744073709551615,"relay_id":4294967295,"state":"offline","time_ms":18446744073709551615}`.
+pub const MAX_STATUS_LEN: usize = 102;
+
+/// A topic name held inline.
+pub type Topic = heapless::String<MAX_TOPIC_LEN>;
+
+fn topic(relay_id: u32, leaf: &str) -> Topic {
+    let mut t = Topic::new();
+    // Cannot fail: MAX_TOPIC_LEN fits the longest id and leaf.
+    let _ = write!(t, "gridpow/v1/relays/{relay_id}/{leaf}");
+    t
+}
+
+/// `gridpow/v1/relays/{id}/blocks` (crates/common/src/topics.rs `blocks`).
+pub fn blocks_topic(relay_id: u32) -> Topic {
+    topic(relay_id, "blocks")
+}
+
+/// `gridpow/v1/relays/{id}/receipts` (crates/common/src/topics.rs `receipts`).
+pub fn receipts_topic(relay_id: u32) -> Topic {
+    topic(relay_id, "receipts")
+}
+
+/// `gridpow/v1/relays/{id}/status` (crates/common/src/topics.rs `status`).
+pub fn status_topic(relay_id: u32) -> Topic {
+    topic(relay_id, "status")
+}
+
+/// What the status message reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The relay.
+    pub relay_id: u32,
+    /// `"online"` or `"offline"`.
+    pub online: bool,
+    /// Height of the relay's last block, `null` before the first.
+    pub height: Option<u64>,
+    /// Wall-clock time of the message, Unix milliseconds.
+    pub time_ms: u64,
+}
+
+struct Cursor<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl core::fmt::Write for Cursor<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(core::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl Status {
+    /// Writes the status JSON into `buf` and returns it: byte for byte what the
+    /// Linux relay's `status_json` (serde_json, keys sorted) produces, e.g.
+    /// `{"height":7,"relay_id":1,"state":"online","time_ms":1700000000000}`.
+    /// [`MAX_STATUS_LEN`] bytes always suffice.
+    ///
+    /// # Errors
+    /// [`Capacity::BufferTooSmall`] if `buf` cannot hold it.
+    pub fn write_json<'b>(&self, buf: &'b mut [u8]) -> Result<&'b str, Error> {
+        let capacity = buf.len();
+        let mut c = Cursor { buf, len: 0 };
+        let state = if self.online { "online" } else { "offline" };
+        let r = match self.height {
+            Some(h) => write!(
+                c,
+                "{{\"height\":{h},\"relay_id\":{},\"state\":\"{state}\",\"time_ms\":{}}}",
+                self.relay_id, self.time_ms
+            ),
+            None => write!(
+                c,
+                "{{\"height\":null,\"relay_id\":{},\"state\":\"{state}\",\"time_ms\":{}}}",
+                self.relay_id, self.time_ms
+            ),
+        };
+        if r.is_err() {
+            return Err(Error::Capacity(Capacity::BufferTooSmall {
+                what: "status message",
+                needed: MAX_STATUS_LEN,
+                capacity,
+            }));
+        }
+        let Cursor { buf, len } = c;
+        let out = buf.get(..len).unwrap_or_default();
+        // Only ASCII was written.
+        core::str::from_utf8(out).map_err(|_| {
+            Error::Capacity(Capacity::BufferTooSmall {
+                what: "status message",
+                needed: MAX_STATUS_LEN,
+                capacity,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_match_the_spec() {
+        assert_eq!(blocks_topic(42).as_str(), "gridpow/v1/relays/42/blocks");
+        assert_eq!(
+            receipts_topic(u32::MAX).as_str(),
+            "gridpow/v1/relays/4294967295/receipts"
+        );
+        assert_eq!(status_topic(7).as_str(), "gridpow/v1/relays/7/status");
+    }
+
+    #[test]
+    fn status_json_matches_the_linux_relay_serde_json_output() {
+        for (online, height, time_ms) in [
+            (true, Some(41), 1_700_000_000_123),
+            (false, None, 0),
+            (false, Some(u64::MAX), u64::MAX),
+        ] {
+            let s = Status {
+                relay_id: 7,
+                online,
+                height,
+                time_ms,
+            };
+            // crates/relay/src/publisher.rs `status_json`.
+            let expected = serde_json::json!({
+                "relay_id": 7,
+                "state": if online { "online" } else { "offline" },
+                "height": height,
+                "time_ms": time_ms,
+            })
+            .to_string();
+            let mut buf = [0u8; MAX_STATUS_LEN];
+            assert_eq!(s.write_json(&mut buf).ok(), Some(expected.as_str()));
+        }
+    }
+
+    #[test]
+    fn longest_status_fits_max_status_len_exactly() {
+        let s = Status {
+            relay_id: u32::MAX,
+            online: false,
+            height: Some(u64::MAX),
+            time_ms: u64::MAX,
+        };
+        let mut buf = [0u8; MAX_STATUS_LEN];
+        let json = s.write_json(&mut buf).map(str::len);
+        assert_eq!(json.ok(), Some(MAX_STATUS_LEN));
+        let mut small = [0u8; MAX_STATUS_LEN - 1];
+        assert!(s.write_json(&mut small).is_err());
+    }
+}
