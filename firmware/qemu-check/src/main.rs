@@ -36,6 +36,7 @@ suites! {
     metering,
     state_log,
     lifecycle,
+    journal_cut,
 }
 
 #[no_mangle]
