@@ -8,7 +8,7 @@
 # Environment (all optional):
 #   GRIDPOW_QEMU_TARGET_DIR  cargo target dir (default: "$CARGO_TARGET_DIR/../qemu-target"
 #                            when CARGO_TARGET_DIR is set, else /var/tmp/gridpow-ci/qemu-target)
-#   GRIDPOW_QEMU_TIMEOUT     seconds before the run is killed (default: 120)
+#   GRIDPOW_QEMU_TIMEOUT     seconds before the run is killed (default: 600; a run takes seconds, a loaded machine more)
 #
 # Needs qemu-system-riscv32 (Debian: qemu-system-misc; scripts/deps.sh installs it)
 # and the riscv32imc target (installed here if missing).
@@ -24,7 +24,7 @@ elif [ -n "${CARGO_TARGET_DIR:-}" ]; then
 else
     target_dir=/var/tmp/gridpow-ci/qemu-target
 fi
-timeout_s=${GRIDPOW_QEMU_TIMEOUT:-120}
+timeout_s=${GRIDPOW_QEMU_TIMEOUT:-600}
 
 log() { printf '[qemu-check] %s\n' "$*" >&2; }
 

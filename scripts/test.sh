@@ -21,6 +21,8 @@ echo "== no_std core for ESP32-C3 (riscv32imc) and ESP32-C6 (riscv32imac)" >&2
 for t in riscv32imc-unknown-none-elf riscv32imac-unknown-none-elf; do
   cargo build -q -p gridpow-proto -p gridpow-metering --no-default-features --target "$t"
   cargo build -q -p gridpow-proto -p gridpow-metering --target "$t"
+  # The standalone relay application the firmware runs (no host adapters).
+  cargo build -q -p gridpow-relay-app --no-default-features --target "$t"
 done
 # The standalone relay's TLS + MQTT transport (no atomics needed on the C3).
 cargo build -q -p gridpow-relay-net --target riscv32imc-unknown-none-elf

@@ -87,6 +87,13 @@ impl Partition {
     pub fn new(flash: FlashStorage<'static>, base: u32, size: u32) -> Self {
         Partition { flash, base, size }
     }
+
+    /// The flash back, to open another partition (the relay reads its old
+    /// chain tip from `gp_state`, then opens `gp_journal`).
+    #[allow(dead_code)] // the meter has one partition
+    pub fn into_inner(self) -> FlashStorage<'static> {
+        self.flash
+    }
 }
 
 impl Flash for Partition {

@@ -308,7 +308,8 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 blob.len()
             );
             println!(
-                "    espflash write-bin --chip esp32c3 0x200000 {}",
+                "    espflash write-bin --chip esp32c3 {:#x} {}",
+                gridpow_firmware_logic::layout::CONFIG_OFFSET,
                 bin_path.display()
             );
             println!(

@@ -1,4 +1,4 @@
-//! Writes the binary provisioning blobs that `espflash write-bin 0x200000`
+//! Writes the binary provisioning blobs that `espflash write-bin 0x150000`
 //! puts into a board's `gp_config` partition, until `gridpow keys add-meter`
 //! writes them itself (it can call `provisioning::encode_provisioning`).
 //!
@@ -228,8 +228,9 @@ fn run(argv: &[String]) -> Res<()> {
     };
     std::fs::write(out, &blob).map_err(|e| format!("{out}: {e}"))?;
     println!(
-        "wrote {out} ({} bytes); flash it with: espflash write-bin 0x200000 {out}",
-        blob.len()
+        "wrote {out} ({} bytes); flash it with: espflash write-bin {:#x} {out}",
+        blob.len(),
+        gridpow_firmware_logic::layout::CONFIG_OFFSET
     );
     Ok(())
 }

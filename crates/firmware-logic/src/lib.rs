@@ -18,6 +18,8 @@
 //! - [`bridge`]: the relay's bridge mode (ESP-NOW ⇄ USB-serial framing).
 //! - [`standalone`]: the relay's standalone mode (ingress, blocks, PoW,
 //!   signing, outbox until receipt).
+//! - [`journal`]: the standalone relay's durable frame journal, outbox and
+//!   chain tip on flash.
 //! - [`layout`]: the flash partition layout shared by firmware and docs.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -30,6 +32,7 @@ extern crate std;
 
 pub mod bridge;
 pub mod crypto;
+pub mod journal;
 pub mod layout;
 pub mod meter;
 pub mod pow;

@@ -814,7 +814,8 @@ fn check_tls(t: &RelayTls<'_>) -> Result<(), BlobError> {
 }
 
 /// Host side (`std` feature): the blob `gridpow keys add-meter` should write
-/// next to `meters/<id>.toml`, for `espflash write-bin 0x200000 <id>.bin`.
+/// next to `meters/<id>.toml`, for `espflash write-bin 0x150000 <id>.bin`
+/// ([`crate::layout::CONFIG_OFFSET`]).
 #[cfg(feature = "std")]
 pub fn encode_provisioning(config: &MeterConfig) -> std::vec::Vec<u8> {
     config.encode().to_vec()

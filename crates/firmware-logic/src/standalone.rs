@@ -7,9 +7,8 @@
 //! verified commit receipt with status *stored* names it.
 //!
 //! This module adds only what is the firmware's: the proof-of-work search on
-//! a [`PowHasher`], the chain tip in the flash state log, where frames and
-//! sealed blocks are kept ([`FrameJournal`], [`BlockStore`]) and the wall
-//! clock gate. The network driver (MQTT over TLS, `gridpow-relay-net`) asks
+//! a [`PowHasher`], where frames, sealed blocks and the chain tip are kept
+//! ([`RelayStore`]: the flash journal on the ESP32) and the wall clock gate. The network driver (MQTT over TLS, `gridpow-relay-net`) asks
 //! [`StandaloneRelay::poll_publish`] what to send, reads the bytes with
 //! [`StandaloneRelay::read_block`], and feeds receipts and connection
 //! changes back.
@@ -28,65 +27,93 @@ use gridpow_proto::lifecycle::{
     BlockLifecycle, ChainTip, LifecycleConfig, LifecycleStats, OutboxEntry, PublishOrder,
     ReceiptOutcome, SealedBlock,
 };
+use gridpow_proto::wire::block::{HEADER_LEN, SIGNATURE_LEN};
 use gridpow_proto::{Duration, Error as ProtoError, Hash, Instant, MacAddr, Rejected};
 
+use crate::journal::{Journal, JournalError};
 use crate::pow::{PowHasher, PowSearch};
 use crate::provisioning::{RelayConfig, RelayMeter};
-use crate::state::{Flash, RelayState, StateError, StateLog, KIND_RELAY};
+use crate::state::Flash;
 
-/// Where accepted frames are kept until a confirmed block covers them.
-/// `append` returns only once the frame is durable: the ACK follows it.
-pub trait FrameJournal {
+/// Where the relay keeps what it acknowledged: accepted frames until a
+/// confirmed block covers them, sealed blocks until their receipts, and the
+/// chain tip. On the ESP32 this is the flash journal
+/// ([`crate::journal::Journal`]); [`RamStore`] is for tests.
+pub trait RelayStore {
     /// The storage's error.
     type Error: core::fmt::Debug;
-    /// Whether a frame of `len` bytes can be appended now.
-    fn has_room(&self, len: usize) -> bool;
-    /// Appends a frame durably; returns its record number (increasing).
-    fn append(&mut self, src: &MacAddr, wall_ms: u64, frame: &[u8]) -> Result<u64, Self::Error>;
-    /// Records up to `record` are in confirmed blocks and may be forgotten.
-    fn release_through(&mut self, record: u64);
-}
-
-/// Where sealed blocks are kept until their receipts arrive.
-pub trait BlockStore {
-    /// The storage's error.
-    type Error: core::fmt::Debug;
-    /// Stores a sealed block durably (before it is published).
-    fn save(&mut self, block: &SealedBlock<'_>) -> Result<(), Self::Error>;
+    /// Whether a frame of `len` bytes can be appended now (asked before the
+    /// ingress judges the frame).
+    fn has_room(&mut self, len: usize) -> bool;
+    /// Appends a frame durably; returns its record number (increasing). Only
+    /// after `Ok` may the frame be ACKed.
+    fn append_frame(
+        &mut self,
+        src: &MacAddr,
+        wall_ms: u64,
+        frame: &[u8],
+    ) -> Result<u64, Self::Error>;
+    /// Stores a sealed block (its leaves are the records
+    /// `first_record..=last_record`) and the chain tip after it, durably and
+    /// before it is published.
+    fn save_block(&mut self, block: &SealedBlock<'_>) -> Result<(), Self::Error>;
     /// Writes the block at `height` into `out`; returns its length.
-    fn read(&mut self, height: u64, out: &mut [u8]) -> Option<usize>;
-    /// Forgets the block at `height` (its receipt arrived).
-    fn remove(&mut self, height: u64) -> Result<(), Self::Error>;
+    fn read_block(&mut self, height: u64, out: &mut [u8]) -> Option<usize>;
+    /// The block's receipt arrived: forget it and the frames only it held.
+    fn confirm_block(&mut self, height: u64, hash: &Hash) -> Result<(), Self::Error>;
 }
 
-/// A journal in RAM: frames are not kept at all (the lifecycle's batch holds
-/// them), so a reboot loses what was ACKed and not yet published. For tests
-/// and for boards without a journal partition only.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct VolatileJournal {
-    next: u64,
-}
-
-impl FrameJournal for VolatileJournal {
-    type Error = core::convert::Infallible;
-    fn has_room(&self, _len: usize) -> bool {
-        true
+impl<F: Flash, const O: usize> RelayStore for Journal<F, O> {
+    type Error = JournalError<F::Error>;
+    fn has_room(&mut self, len: usize) -> bool {
+        self.has_room_for(len).unwrap_or(false)
     }
-    fn append(&mut self, _: &MacAddr, _: u64, _: &[u8]) -> Result<u64, Self::Error> {
-        self.next += 1;
-        Ok(self.next)
+    fn append_frame(
+        &mut self,
+        src: &MacAddr,
+        wall_ms: u64,
+        frame: &[u8],
+    ) -> Result<u64, Self::Error> {
+        self.append(src, wall_ms, frame)
     }
-    fn release_through(&mut self, _record: u64) {}
+    fn save_block(&mut self, block: &SealedBlock<'_>) -> Result<(), Self::Error> {
+        let mut sig = [0u8; SIGNATURE_LEN];
+        let s = block
+            .bytes
+            .get(HEADER_LEN..HEADER_LEN + SIGNATURE_LEN)
+            .ok_or(JournalError::BufferTooSmall)?;
+        sig.copy_from_slice(s);
+        match self.add_block(&block.header, &sig, block.first_record) {
+            Ok(_) => Ok(()),
+            // An earlier attempt failed after its record had landed whole:
+            // the block is already the tip, so it is saved.
+            Err(JournalError::NotNextBlock)
+                if self.tip().prev_hash == block.hash
+                    && self.tip().next_height == block.header.height + 1 =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+    fn read_block(&mut self, height: u64, out: &mut [u8]) -> Option<usize> {
+        self.write_block(height, out).ok()
+    }
+    fn confirm_block(&mut self, height: u64, hash: &Hash) -> Result<(), Self::Error> {
+        Journal::confirm_block(self, height, hash)
+    }
 }
 
-/// Sealed blocks in RAM slots of equal size (lost on reboot): for tests and
-/// boards without a journal partition only.
-pub struct RamBlockStore<'a, const O: usize> {
+/// Frames and sealed blocks in RAM (lost on reboot): for tests and for
+/// boards without a journal partition only. `O` block slots of
+/// `slots.len() / O` bytes.
+pub struct RamStore<'a, const O: usize> {
+    next_record: u64,
     slots: &'a mut [u8],
     held: [Option<(u64, usize)>; O],
 }
 
-/// Why a [`RamBlockStore`] refused a block.
+/// Why a [`RamStore`] refused a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RamStoreError {
     /// Every slot holds a block.
@@ -95,10 +122,11 @@ pub enum RamStoreError {
     TooLarge,
 }
 
-impl<'a, const O: usize> RamBlockStore<'a, O> {
+impl<'a, const O: usize> RamStore<'a, O> {
     /// `O` slots of `slots.len() / O` bytes each.
     pub fn new(slots: &'a mut [u8]) -> Self {
-        RamBlockStore {
+        RamStore {
+            next_record: 0,
             slots,
             held: [None; O],
         }
@@ -108,9 +136,16 @@ impl<'a, const O: usize> RamBlockStore<'a, O> {
     }
 }
 
-impl<const O: usize> BlockStore for RamBlockStore<'_, O> {
+impl<const O: usize> RelayStore for RamStore<'_, O> {
     type Error = RamStoreError;
-    fn save(&mut self, block: &SealedBlock<'_>) -> Result<(), RamStoreError> {
+    fn has_room(&mut self, _len: usize) -> bool {
+        true
+    }
+    fn append_frame(&mut self, _: &MacAddr, _: u64, _: &[u8]) -> Result<u64, RamStoreError> {
+        self.next_record += 1;
+        Ok(self.next_record)
+    }
+    fn save_block(&mut self, block: &SealedBlock<'_>) -> Result<(), RamStoreError> {
         let cap = self.cap();
         if block.bytes.len() > cap {
             return Err(RamStoreError::TooLarge);
@@ -124,7 +159,7 @@ impl<const O: usize> BlockStore for RamBlockStore<'_, O> {
         self.held[i] = Some((block.header.height, block.bytes.len()));
         Ok(())
     }
-    fn read(&mut self, height: u64, out: &mut [u8]) -> Option<usize> {
+    fn read_block(&mut self, height: u64, out: &mut [u8]) -> Option<usize> {
         let cap = self.cap();
         let i = self
             .held
@@ -135,7 +170,7 @@ impl<const O: usize> BlockStore for RamBlockStore<'_, O> {
             .copy_from_slice(&self.slots[i * cap..i * cap + len]);
         Some(len)
     }
-    fn remove(&mut self, height: u64) -> Result<(), RamStoreError> {
+    fn confirm_block(&mut self, height: u64, _hash: &Hash) -> Result<(), RamStoreError> {
         for h in &mut self.held {
             if h.is_some_and(|(x, _)| x == height) {
                 *h = None;
@@ -180,10 +215,9 @@ pub struct StandaloneStats {
     pub refused_journal: u64,
     /// PoW tries.
     pub pow_tries: u64,
-    /// Sealed blocks the store refused (retried).
+    /// Store writes that failed (a sealed block is retried; a confirmation
+    /// is redone by the next boot's republish).
     pub store_errors: u64,
-    /// Chain-tip writes to flash that failed.
-    pub state_write_errors: u64,
 }
 
 /// Settings of the standalone relay.
@@ -224,12 +258,10 @@ impl StandaloneConfig {
 /// is split into the batch being filled and the block being sealed (so it
 /// bounds a block's bytes at half its length), `outbox` holds the metadata
 /// of blocks awaiting receipts.
-pub struct StandaloneRelay<'a, C, F, J, S, const M: usize>
+pub struct StandaloneRelay<'a, C, S, const M: usize>
 where
     C: CryptoProvider,
-    F: Flash,
-    J: FrameJournal,
-    S: BlockStore,
+    S: RelayStore,
 {
     cfg: StandaloneConfig,
     ingress: Ingress<C, FixedMeterTable<M>>,
@@ -237,10 +269,8 @@ where
     signing: SigningKey,
     server_key: Option<VerifyingKey>,
     search: Option<PowSearch>,
-    journal: J,
-    journal_failed: bool,
     store: S,
-    log: StateLog<F>,
+    store_failed: bool,
     stats: StandaloneStats,
 }
 
@@ -252,15 +282,15 @@ pub struct RelayStorage<'a> {
     pub outbox: &'a mut [OutboxEntry],
 }
 
-impl<'a, C, F, J, S, const M: usize> StandaloneRelay<'a, C, F, J, S, M>
+impl<'a, C, S, const M: usize> StandaloneRelay<'a, C, S, M>
 where
     C: CryptoProvider,
-    F: Flash,
-    J: FrameJournal,
-    S: BlockStore,
+    S: RelayStore,
 {
-    /// A relay over `meters`, restoring its chain tip from `flash`.
-    /// Meters beyond `M` are dropped (the firmware logs the count).
+    /// A relay over `meters`, continuing the chain at `tip` (the store's
+    /// durable tip). Meters beyond `M` are dropped (the firmware logs the
+    /// count). Restore the store's outbox and unsealed frames afterwards with
+    /// [`Self::recover`] (flash journal) or [`Self::restore_block`].
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: StandaloneConfig,
@@ -268,11 +298,10 @@ where
         meters: impl IntoIterator<Item = RelayMeter>,
         signing_seed: &[u8; 32],
         server_public_key: &[u8; 32],
-        flash: F,
-        journal: J,
+        tip: ChainTip,
         store: S,
         storage: RelayStorage<'a>,
-    ) -> Result<Self, StateError<F::Error>> {
+    ) -> Result<Self, ProtoError> {
         let mut table = FixedMeterTable::<M>::new();
         for m in meters {
             let keys = HopKeys::new(m.key_id, &m.secret);
@@ -287,11 +316,6 @@ where
             },
             table,
         );
-        let log = StateLog::open(flash, KIND_RELAY)?;
-        let chain = log
-            .latest()
-            .map(RelayState::from_payload)
-            .unwrap_or_default();
         let half = storage.blocks.len() / 2;
         let (pending, rest) = storage.blocks.split_at_mut(half);
         let sealing = &mut rest[..half];
@@ -305,15 +329,11 @@ where
                 quarantine_retry: Duration::from_secs(30),
                 max_inflight: cfg.max_inflight.max(1),
             },
-            ChainTip {
-                next_height: chain.next_height,
-                prev_hash: chain.prev_hash,
-            },
+            tip,
             pending,
             sealing,
             storage.outbox,
-        )
-        .map_err(|_| StateError::BadRegion)?;
+        )?;
         Ok(StandaloneRelay {
             cfg,
             ingress,
@@ -321,10 +341,8 @@ where
             signing: SigningKey::from_bytes(signing_seed),
             server_key: VerifyingKey::from_bytes(server_public_key).ok(),
             search: None,
-            journal,
-            journal_failed: false,
             store,
-            log,
+            store_failed: false,
             stats: StandaloneStats::default(),
         })
     }
@@ -392,21 +410,23 @@ where
             self.stats.refused_no_clock += 1;
             return Err(RelayError::NoWallClock);
         };
-        if self.journal_failed {
+        if self.store_failed {
             self.stats.refused_journal += 1;
             return Err(RelayError::JournalFailed);
         }
-        if !self.lifecycle.admits(frame.len(), wall_ms) || !self.journal.has_room(frame.len()) {
+        if !self.lifecycle.admits(frame.len(), wall_ms) || !self.store.has_room(frame.len()) {
             self.stats.refused_full += 1;
             return Err(RelayError::Full);
         }
         let verdict = self.ingress.handle_frame(src, frame)?;
         if let Verdict::Accepted(info) = verdict {
             if info.new_readings() > 0 {
-                let record = match self.journal.append(src, wall_ms, frame) {
+                let record = match self.store.append_frame(src, wall_ms, frame) {
                     Ok(r) => r,
                     Err(_) => {
-                        self.journal_failed = true;
+                        // The ingress remembers the frame now; only a restart,
+                        // which rebuilds it from the store, may take it again.
+                        self.store_failed = true;
                         return Err(RelayError::JournalFailed);
                     }
                 };
@@ -414,23 +434,6 @@ where
             }
         }
         Ok(self.ingress.emit_ack(&verdict, wall_ms, ack_out)?)
-    }
-
-    /// Takes a frame read back from the journal at boot: the ingress
-    /// relearns its replay window and the frame joins the pending batch.
-    pub fn replay_journal_frame(
-        &mut self,
-        now: Instant,
-        src: &MacAddr,
-        frame: &[u8],
-        record: u64,
-    ) -> Result<(), RelayError> {
-        if let Verdict::Accepted(info) = self.ingress.handle_frame(src, frame)? {
-            if info.new_readings() > 0 {
-                self.lifecycle.handle_frame(now, frame, record)?;
-            }
-        }
-        Ok(())
     }
 
     /// Seal everything pending as soon as possible.
@@ -479,23 +482,14 @@ where
         self.save_sealed()
     }
 
-    /// Stores a sealed block and persists the chain tip; retried on failure.
+    /// Stores a sealed block with the chain tip after it; retried on failure.
     fn save_sealed(&mut self) -> Option<OutboxEntry> {
         let sealed = self.lifecycle.sealed_block()?;
-        if self.store.save(&sealed).is_err() {
+        if self.store.save_block(&sealed).is_err() {
             self.stats.store_errors += 1;
             return None;
         }
-        let entry = self.lifecycle.handle_saved().ok()?;
-        let tip = self.lifecycle.tip();
-        let state = RelayState {
-            next_height: tip.next_height,
-            prev_hash: tip.prev_hash,
-        };
-        if self.log.append(&state.to_payload()).is_err() {
-            self.stats.state_write_errors += 1;
-        }
-        Some(entry)
+        self.lifecycle.handle_saved().ok()
     }
 
     /// The transport connected: the in-flight window is due again.
@@ -512,7 +506,7 @@ where
     }
     /// Writes the block at `height` into `out`; returns its length.
     pub fn read_block(&mut self, height: u64, out: &mut [u8]) -> Option<usize> {
-        self.store.read(height, out)
+        self.store.read_block(height, out)
     }
     /// The broker took the block at `height` (QoS 1 PUBACK).
     pub fn handle_published(&mut self, height: u64, now: Instant) {
@@ -531,12 +525,11 @@ where
             .as_ref()
             .ok_or(RelayError::Proto(Rejected::BadSignature.into()))?;
         let outcome = self.lifecycle.handle_receipt(now, bytes, key)?;
-        if let ReceiptOutcome::Confirmed { height, .. } = outcome {
-            // A failed delete leaves a block that a later boot republishes
+        if let ReceiptOutcome::Confirmed { height, hash, .. } = outcome {
+            // A failed write leaves a block that a later boot republishes
             // and the server answers "already stored": time, never data.
-            let _ = self.store.remove(height);
-            if let Some(r) = self.lifecycle.confirmed_through() {
-                self.journal.release_through(r);
+            if self.store.confirm_block(height, &hash).is_err() {
+                self.stats.store_errors += 1;
             }
         }
         Ok(outcome)
@@ -557,5 +550,58 @@ where
     pub fn set_channel(&mut self, channel: u8) {
         self.cfg.channel = channel;
         self.ingress.set_channel(channel);
+    }
+}
+
+/// What [`StandaloneRelay::recover`] found in the journal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Sealed blocks awaiting receipts, back in the outbox.
+    pub blocks: u32,
+    /// Frames replayed into the ingress's replay windows.
+    pub frames: u32,
+    /// Of those, frames not yet sealed, back in the pending batch.
+    pub unsealed: u32,
+}
+
+impl<'a, C, F, const M: usize, const O: usize> StandaloneRelay<'a, C, Journal<F, O>, M>
+where
+    C: CryptoProvider,
+    F: Flash,
+{
+    /// After a boot: puts the journal's unconfirmed blocks back in the
+    /// outbox and replays its live frames, oldest first, so the ingress
+    /// knows them (a retransmission is a duplicate, not a second copy) and
+    /// the unsealed ones are batched again. Call once, before any frame.
+    pub fn recover(&mut self, now: Instant) -> Result<Recovered, RelayError> {
+        let mut found = Recovered::default();
+        let blocks: [Option<crate::journal::OutboxBlock>; O] = {
+            let mut b = [None; O];
+            for (slot, ob) in b.iter_mut().zip(self.store.outbox()) {
+                *slot = Some(ob);
+            }
+            b
+        };
+        for ob in blocks.into_iter().flatten() {
+            self.lifecycle
+                .restore(ob.height, ob.hash, ob.len, (ob.first_seq, ob.last_seq))?;
+            found.blocks += 1;
+        }
+        let unsealed_from = self.store.unsealed_from();
+        let mut records = self.store.records_after(0);
+        for rec in records.by_ref() {
+            let Ok(rec) = rec else {
+                self.store_failed = true;
+                return Err(RelayError::JournalFailed);
+            };
+            let unsealed = rec.seq >= unsealed_from;
+            let verdict = self.ingress.handle_frame(&rec.src, rec.frame())?;
+            found.frames += 1;
+            if unsealed && matches!(verdict, Verdict::Accepted(_)) {
+                self.lifecycle.handle_frame(now, rec.frame(), rec.seq)?;
+                found.unsealed += 1;
+            }
+        }
+        Ok(found)
     }
 }

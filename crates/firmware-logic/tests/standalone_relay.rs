@@ -7,15 +7,16 @@
 #![allow(clippy::unwrap_used)]
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use gridpow_firmware_logic::journal::Journal;
 use gridpow_firmware_logic::pow::SoftPowHasher;
 use gridpow_firmware_logic::provisioning::RelayMeter;
 use gridpow_firmware_logic::standalone::{
-    RamBlockStore, RelayError, RelayStorage, StandaloneConfig, StandaloneRelay, VolatileJournal,
+    RamStore, RelayError, RelayStorage, RelayStore, StandaloneConfig, StandaloneRelay,
 };
-use gridpow_firmware_logic::state::MemFlash;
+use gridpow_firmware_logic::state::{MemFlash, RelayState};
 use gridpow_proto::block::{verify_block, KeyLookup, VerifyPolicy};
 use gridpow_proto::crypto::{MeterKeys, MeterSecret, RustCrypto};
-use gridpow_proto::lifecycle::{OutboxEntry, ReceiptOutcome};
+use gridpow_proto::lifecycle::{ChainTip, OutboxEntry, ReceiptOutcome};
 use gridpow_proto::sender::{Sender, SenderConfig};
 use gridpow_proto::wire::receipt::ReceiptStatus;
 use gridpow_proto::wire::uplink::MAX_LEN;
@@ -41,14 +42,7 @@ fn cfg() -> StandaloneConfig {
     }
 }
 
-type Relay<'a> = StandaloneRelay<
-    'a,
-    RustCrypto,
-    &'a mut MemFlash<8192>,
-    VolatileJournal,
-    RamBlockStore<'a, 2>,
-    8,
->;
+type Relay<'a, S = RamStore<'a, 2>> = StandaloneRelay<'a, RustCrypto, S, 8>;
 
 /// Caller storage: two block buffers, two outbox slots and their bytes.
 struct Storage {
@@ -68,7 +62,22 @@ impl Storage {
     }
 }
 
-fn relay<'a>(flash: &'a mut MemFlash<8192>, storage: &'a mut Storage) -> Relay<'a> {
+fn relay<'a>(storage: &'a mut Storage) -> Relay<'a> {
+    let store = RamStore::new(&mut storage.slots);
+    relay_on(
+        store,
+        ChainTip::default(),
+        &mut storage.blocks,
+        &mut storage.outbox,
+    )
+}
+
+fn relay_on<'a, S: RelayStore>(
+    store: S,
+    tip: ChainTip,
+    blocks: &'a mut [u8],
+    outbox: &'a mut [OutboxEntry],
+) -> Relay<'a, S> {
     let meters = (1..=3).map(|id| RelayMeter {
         meter_id: id,
         key_id: 1,
@@ -84,13 +93,9 @@ fn relay<'a>(flash: &'a mut MemFlash<8192>, storage: &'a mut Storage) -> Relay<'
         meters,
         &SEED,
         &server,
-        flash,
-        VolatileJournal::default(),
-        RamBlockStore::new(&mut storage.slots),
-        RelayStorage {
-            blocks: &mut storage.blocks,
-            outbox: &mut storage.outbox,
-        },
+        tip,
+        store,
+        RelayStorage { blocks, outbox },
     )
     .unwrap()
 }
@@ -106,7 +111,7 @@ impl KeyLookup<RustCrypto> for Keys {
 }
 
 /// Publishes every due block as a transport would; returns their bytes.
-fn publish_due(r: &mut Relay<'_>, now: Instant) -> Vec<Vec<u8>> {
+fn publish_due<S: RelayStore>(r: &mut Relay<'_, S>, now: Instant) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     while let Some(o) = r.poll_publish(now) {
         let mut buf = vec![0u8; 8192];
@@ -119,7 +124,12 @@ fn publish_due(r: &mut Relay<'_>, now: Instant) -> Vec<Vec<u8>> {
 }
 
 /// Meter `id` sends `n` readings, one frame each, all ACKed by the relay.
-fn feed(relay: &mut Relay<'_>, id: u32, n: u64, t0: u64) -> Result<(), RelayError> {
+fn feed<S: RelayStore>(
+    relay: &mut Relay<'_, S>,
+    id: u32,
+    n: u64,
+    t0: u64,
+) -> Result<(), RelayError> {
     let mut s =
         Sender::<_, 8>::new(RustCrypto, SenderConfig::new(id, 1), &secret(id), 1, 0).unwrap();
     for k in 0..n {
@@ -142,9 +152,8 @@ fn feed(relay: &mut Relay<'_>, id: u32, n: u64, t0: u64) -> Result<(), RelayErro
 
 #[test]
 fn sealed_blocks_verify_and_a_receipt_frees_the_outbox() {
-    let mut flash = MemFlash::new();
     let mut storage = Storage::new(4096);
-    let mut r = relay(&mut flash, &mut storage);
+    let mut r = relay(&mut storage);
     for id in 1..=3 {
         feed(&mut r, id, 4, 0).unwrap();
     }
@@ -213,9 +222,8 @@ fn sealed_blocks_verify_and_a_receipt_frees_the_outbox() {
 /// (the Linux relay's test of the same rule is in crates/relay/tests).
 #[test]
 fn a_quarantined_receipt_keeps_the_block_and_it_is_offered_again() {
-    let mut flash = MemFlash::new();
     let mut storage = Storage::new(4096);
-    let mut r = relay(&mut flash, &mut storage);
+    let mut r = relay(&mut storage);
     feed(&mut r, 1, 2, 0).unwrap();
     r.poll_seal(Instant::from_secs_for_test(11), Some(1));
     let mut h = SoftPowHasher::default();
@@ -255,34 +263,85 @@ fn a_quarantined_receipt_keeps_the_block_and_it_is_offered_again() {
     );
 }
 
+/// The flash journal: what was ACKed survives a power cut (unsealed frames
+/// are batched again, sealed blocks wait in the outbox with the chain tip),
+/// and a retransmission after the reboot is a duplicate, not a second copy.
 #[test]
-fn chain_tip_survives_a_restart() {
-    let mut flash = MemFlash::new();
-    let hash;
+fn acked_frames_blocks_and_the_chain_tip_survive_a_power_cut() {
+    let mut flash = MemFlash::<{ 16 * 4096 }>::new();
+    let mut storage = Storage::new(4096);
+    let sealed;
+    let mut sender =
+        Sender::<_, 8>::new(RustCrypto, SenderConfig::new(1, 1), &secret(1), 1, 0).unwrap();
+    let mut last_frame = Vec::new();
     {
-        let mut storage = Storage::new(4096);
-        let mut r = relay(&mut flash, &mut storage);
-        feed(&mut r, 1, 2, 0).unwrap();
-        r.poll_seal(Instant::from_secs_for_test(11), Some(1));
+        let journal = Journal::<_, 2>::open(&mut flash, RelayState::default()).unwrap();
+        let mut r = relay_on(
+            journal,
+            ChainTip::default(),
+            &mut storage.blocks,
+            &mut storage.outbox,
+        );
+        feed(&mut r, 2, 3, 0).unwrap();
+        r.request_flush();
+        r.poll_seal(Instant::from_secs_for_test(1), Some(1));
         let mut h = SoftPowHasher::default();
-        hash = loop {
+        sealed = loop {
             if let Some(b) = r.poll_pow(&mut h, 1000) {
-                break b.hash;
+                break b;
             }
         };
+        // Two more frames are ACKed and not sealed; then the power goes.
+        for k in 0..2u64 {
+            let now = Instant::from_millis(k);
+            sender.push_reading(Reading::default());
+            let mut buf = [0u8; MAX_LEN];
+            let len = sender.poll_transmit(now, 0, &mut buf).unwrap().unwrap();
+            let mut ack = [0u8; 48];
+            let a = r
+                .handle_frame(now, Some(5 + k), &[1; 6], &buf[..len], &mut ack)
+                .unwrap();
+            if k == 1 {
+                // This ACK is lost on air: the meter will retransmit.
+                last_frame = buf[..len].to_vec();
+            } else {
+                sender.handle_ack(now, &ack[..a]).unwrap();
+            }
+        }
     }
-    let mut storage = Storage::new(4096);
-    let r = relay(&mut flash, &mut storage);
-    assert_eq!(r.chain().next_height, 1);
-    assert_eq!(r.chain().prev_hash, hash);
+    let journal = Journal::<_, 2>::open(&mut flash, RelayState::default()).unwrap();
+    let tip = journal.tip();
+    assert_eq!((tip.next_height, tip.prev_hash), (1, sealed.hash));
+    let tip = ChainTip {
+        next_height: tip.next_height,
+        prev_hash: tip.prev_hash,
+    };
+    let mut r = relay_on(journal, tip, &mut storage.blocks, &mut storage.outbox);
+    let found = r.recover(Instant::ZERO).unwrap();
+    assert_eq!((found.blocks, found.frames, found.unsealed), (1, 5, 2));
+    assert_eq!(r.outbox().count(), 1);
+    assert_eq!(r.pending_frames(), 2);
+    let mut ack = [0u8; 48];
+    r.handle_frame(Instant::ZERO, Some(9), &[1; 6], &last_frame, &mut ack)
+        .unwrap();
+    assert_eq!(
+        r.ingress_stats().frames_duplicate,
+        1,
+        "the retransmission is recognised after the reboot"
+    );
+    assert_eq!(r.pending_frames(), 2, "and not batched twice");
+    r.handle_connected();
+    let published = publish_due(&mut r, Instant::from_secs_for_test(2));
+    assert_eq!(published.len(), 1, "the sealed block is offered again");
+    let p = gridpow_proto::wire::BlockPacket::new_checked(&published[0][..]).unwrap();
+    assert_eq!(p.header().hash(), sealed.hash, "rebuilt byte for byte");
 }
 
 #[test]
 fn without_a_transport_blocks_stay_and_new_frames_are_refused_not_lost() {
-    let mut flash = MemFlash::new();
     // Blocks of 1 KiB: 10 one-reading frames (86 bytes with prefix) fill one.
     let mut storage = Storage::new(1024);
-    let mut r = relay(&mut flash, &mut storage);
+    let mut r = relay(&mut storage);
     let mut h = SoftPowHasher::default();
     let mut s =
         Sender::<_, 64>::new(RustCrypto, SenderConfig::new(1, 1), &secret(1), 1, 0).unwrap();
@@ -319,9 +378,8 @@ fn without_a_transport_blocks_stay_and_new_frames_are_refused_not_lost() {
 
 #[test]
 fn frames_are_refused_while_the_wall_clock_is_unknown() {
-    let mut flash = MemFlash::new();
     let mut storage = Storage::new(4096);
-    let mut r = relay(&mut flash, &mut storage);
+    let mut r = relay(&mut storage);
     let mut s = Sender::<_, 8>::new(RustCrypto, SenderConfig::new(1, 1), &secret(1), 1, 0).unwrap();
     s.push_reading(Reading::default());
     let mut buf = [0u8; MAX_LEN];
@@ -352,9 +410,8 @@ impl ForTest for Instant {
 
 #[test]
 fn acks_state_the_access_points_channel_once_the_relay_learns_it() {
-    let mut flash = MemFlash::new();
     let mut storage = Storage::new(4096);
-    let mut r = relay(&mut flash, &mut storage);
+    let mut r = relay(&mut storage);
     let mut s = Sender::<_, 8>::new(RustCrypto, SenderConfig::new(1, 1), &secret(1), 1, 0).unwrap();
     let mut ack = [0u8; 48];
     let mut send = |r: &mut Relay<'_>, s: &mut Sender<RustCrypto, 8>, t: u64| {

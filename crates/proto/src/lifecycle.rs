@@ -645,7 +645,10 @@ where
                 // our header must not make us forget the genuine block.
                 e.quarantined = e.quarantined.saturating_add(1);
                 let retry_in = retry.saturating_shl(u32::from(e.quarantined.min(6)));
+                // Due again when the back-off ends, however late the next
+                // regular republish would be.
                 e.not_before = Some(now + retry_in);
+                e.last_sent = None;
                 let height = e.height;
                 self.stats.blocks_quarantined += 1;
                 ReceiptOutcome::Quarantined { height, retry_in }
@@ -986,6 +989,27 @@ mod tests {
         ));
         assert_eq!(m.outbox_len(), 0);
         assert_eq!(m.stats().blocks_quarantined, 2);
+    }
+
+    #[test]
+    fn a_quarantined_block_is_due_when_its_back_off_ends_even_if_republishing_is_slower() {
+        let mut m = machine(LifecycleConfig {
+            max_frames: 1,
+            republish_after: Duration::from_secs(600),
+            quarantine_retry: Duration::from_secs(1),
+            ..cfg()
+        });
+        m.handle_frame(t(0), &[1; 40], 1).expect("room");
+        m.poll_job(t(0), 1).expect("job");
+        let e = seal(&mut m);
+        m.handle_connected();
+        m.handle_published(0, t(0));
+        let q = receipt(ReceiptStatus::Quarantined, &e, 7);
+        m.handle_receipt(t(100), &q, &server().verifying_key())
+            .expect("verified");
+        assert_eq!(m.poll_timeout(), Some(t(2_100)));
+        assert_eq!(m.poll_publish(t(2_099)), None);
+        assert!(m.poll_publish(t(2_100)).is_some());
     }
 
     #[test]

@@ -9,8 +9,7 @@ use embassy_futures::join::join3;
 use embassy_futures::select::{select, Either};
 use embassy_futures::yield_now;
 use gridpow_firmware_logic::pow::PowHasher;
-use gridpow_firmware_logic::standalone::{BlockStore, FrameJournal, StandaloneRelay};
-use gridpow_firmware_logic::state::Flash;
+use gridpow_firmware_logic::standalone::{RelayStore, StandaloneRelay};
 use gridpow_proto::crypto::CryptoProvider;
 use gridpow_proto::lifecycle::ReceiptOutcome;
 use gridpow_proto::{Duration, Instant};
@@ -116,14 +115,12 @@ pub struct Parts<R, T, K, H, G, L> {
 }
 
 /// The standalone relay application. See the crate docs for how to drive it.
-pub struct App<'r, 'a, 'n, 'b, C, F, J, S, const M: usize, R, T, K, H, G, L>
+pub struct App<'r, 'a, 'n, 'b, C, S, const M: usize, R, T, K, H, G, L>
 where
     C: CryptoProvider,
-    F: Flash,
-    J: FrameJournal,
-    S: BlockStore,
+    S: RelayStore,
 {
-    relay: &'r RefCell<StandaloneRelay<'a, C, F, J, S, M>>,
+    relay: &'r RefCell<StandaloneRelay<'a, C, S, M>>,
     parts: Parts<R, T, K, H, G, L>,
     cfg: AppConfig,
     net: gridpow_relay_net::Config<'n>,
@@ -132,14 +129,12 @@ where
 }
 
 /// State shared by the loops.
-struct Shared<'x, 'a, C, F, J, S, const M: usize, T, L>
+struct Shared<'x, 'a, C, S, const M: usize, T, L>
 where
     C: CryptoProvider,
-    F: Flash,
-    J: FrameJournal,
-    S: BlockStore,
+    S: RelayStore,
 {
-    relay: &'x RefCell<StandaloneRelay<'a, C, F, J, S, M>>,
+    relay: &'x RefCell<StandaloneRelay<'a, C, S, M>>,
     clock: &'x T,
     log: &'x L,
     cfg: &'x AppConfig,
@@ -148,12 +143,10 @@ where
     draining: Cell<Option<Instant>>,
 }
 
-impl<C, F, J, S, const M: usize, T, L> Shared<'_, '_, C, F, J, S, M, T, L>
+impl<C, S, const M: usize, T, L> Shared<'_, '_, C, S, M, T, L>
 where
     C: CryptoProvider,
-    F: Flash,
-    J: FrameJournal,
-    S: BlockStore,
+    S: RelayStore,
     T: Clock,
     L: Log,
 {
@@ -208,13 +201,11 @@ where
     }
 }
 
-impl<'r, 'a, 'n, 'b, C, F, J, S, const M: usize, R, T, K, H, G, L>
-    App<'r, 'a, 'n, 'b, C, F, J, S, M, R, T, K, H, G, L>
+impl<'r, 'a, 'n, 'b, C, S, const M: usize, R, T, K, H, G, L>
+    App<'r, 'a, 'n, 'b, C, S, M, R, T, K, H, G, L>
 where
     C: CryptoProvider,
-    F: Flash,
-    J: FrameJournal,
-    S: BlockStore,
+    S: RelayStore,
     R: Radio,
     T: Clock,
     K: Connector,
@@ -225,7 +216,7 @@ where
     /// An application over `relay` (restored from storage by the caller),
     /// publishing with the transport settings `net`.
     pub fn new(
-        relay: &'r RefCell<StandaloneRelay<'a, C, F, J, S, M>>,
+        relay: &'r RefCell<StandaloneRelay<'a, C, S, M>>,
         parts: Parts<R, T, K, H, G, L>,
         cfg: AppConfig,
         net: gridpow_relay_net::Config<'n>,
@@ -302,14 +293,12 @@ where
 }
 
 /// Frames in, ACKs out.
-async fn radio_loop<C, F, J, S, const M: usize, T, L, R>(
-    sh: &Shared<'_, '_, C, F, J, S, M, T, L>,
+async fn radio_loop<C, S, const M: usize, T, L, R>(
+    sh: &Shared<'_, '_, C, S, M, T, L>,
     radio: &mut R,
 ) where
     C: CryptoProvider,
-    F: Flash,
-    J: FrameJournal,
-    S: BlockStore,
+    S: RelayStore,
     T: Clock,
     L: Log,
     R: Radio,
@@ -351,14 +340,12 @@ async fn radio_loop<C, F, J, S, const M: usize, T, L, R>(
 }
 
 /// Seals due batches and solves their proof of work in chunks.
-async fn seal_loop<C, F, J, S, const M: usize, T, L, H>(
-    sh: &Shared<'_, '_, C, F, J, S, M, T, L>,
+async fn seal_loop<C, S, const M: usize, T, L, H>(
+    sh: &Shared<'_, '_, C, S, M, T, L>,
     hasher: &mut H,
 ) where
     C: CryptoProvider,
-    F: Flash,
-    J: FrameJournal,
-    S: BlockStore,
+    S: RelayStore,
     T: Clock,
     L: Log,
     H: PowHasher,
@@ -413,17 +400,15 @@ enum SessionEnd {
 }
 
 /// Connects, publishes, takes receipts; reconnects with back-off.
-async fn net_loop<C, F, J, S, const M: usize, T, L, K, G>(
-    sh: &Shared<'_, '_, C, F, J, S, M, T, L>,
+async fn net_loop<C, S, const M: usize, T, L, K, G>(
+    sh: &Shared<'_, '_, C, S, M, T, L>,
     connector: &mut K,
     rng: &mut G,
     net: &gridpow_relay_net::Config<'_>,
     bufs: &mut NetBuffers<'_>,
 ) where
     C: CryptoProvider,
-    F: Flash,
-    J: FrameJournal,
-    S: BlockStore,
+    S: RelayStore,
     T: Clock,
     L: Log,
     K: Connector,
@@ -519,8 +504,8 @@ fn next_backoff(d: Duration, max: Duration) -> Duration {
 
 /// One session: TLS + MQTT up, then publish and take receipts until an
 /// error or the end of a drain.
-async fn session<C, F, J, S, const M: usize, T, L, Sock, G>(
-    sh: &Shared<'_, '_, C, F, J, S, M, T, L>,
+async fn session<C, S, const M: usize, T, L, Sock, G>(
+    sh: &Shared<'_, '_, C, S, M, T, L>,
     socket: Sock,
     t0: Instant,
     unix_ms: u64,
@@ -530,9 +515,7 @@ async fn session<C, F, J, S, const M: usize, T, L, Sock, G>(
 ) -> SessionEnd
 where
     C: CryptoProvider,
-    F: Flash,
-    J: FrameJournal,
-    S: BlockStore,
+    S: RelayStore,
     T: Clock,
     L: Log,
     Sock: embedded_io_async::Read + embedded_io_async::Write,
@@ -665,12 +648,10 @@ where
 }
 
 /// Logs the counters every [`AppConfig::status_every`].
-async fn status_loop<C, F, J, S, const M: usize, T, L>(sh: &Shared<'_, '_, C, F, J, S, M, T, L>)
+async fn status_loop<C, S, const M: usize, T, L>(sh: &Shared<'_, '_, C, S, M, T, L>)
 where
     C: CryptoProvider,
-    F: Flash,
-    J: FrameJournal,
-    S: BlockStore,
+    S: RelayStore,
     T: Clock,
     L: Log,
 {

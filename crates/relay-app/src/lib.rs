@@ -24,9 +24,12 @@
 //! and a cryptographic RNG, builds the relay over its storage, and runs:
 //!
 //! ```ignore
-//! let relay = RefCell::new(StandaloneRelay::new(/* config, provider, meters, keys,
-//!     state flash, journal, block store, storage */)?);
-//! // Blocks left in the block store by an earlier run: relay.borrow_mut().restore_block(..)
+//! let journal = Journal::<_, OUTBOX>::open(flash, RelayState::default())?;
+//! let t = journal.tip(); // the chain tip, as the journal last wrote it
+//! let tip = ChainTip { next_height: t.next_height, prev_hash: t.prev_hash };
+//! let mut relay = StandaloneRelay::new(/* config, provider, meters, keys, */ tip, journal, storage)?;
+//! relay.recover(clock.now())?; // unconfirmed blocks and ACKed frames back from the journal
+//! let relay = RefCell::new(relay);
 //! let parts = Parts { radio, clock, connector, hasher, rng, log };
 //! let net = gridpow_relay_net::Config { relay_id, client_id, server_name, ca_der,
 //!     identity: Some(Identity { cert_der, key_der }), keep_alive_s: 30, session_expiry_s: 7 * 86_400 };
@@ -43,9 +46,11 @@
 //! Memory: [`NetBuffers`] (TLS 4.5 + 4 KiB, arena 8 KiB, one block) plus
 //! the relay's block storage; no allocation.
 //!
-//! The `host` feature adds the host adapters ([`host`]): the UDP air, a
-//! file-backed NOR flash, the std clock, a tokio connector and provisioning
-//! from a relay key bundle; the `gridpow-relay-app` binary runs them.
+//! The `host` feature (default) adds the host adapters (`host` module): the
+//! UDP air, a file-backed NOR flash for the journal, the std clock, a tokio
+//! connector and provisioning from a relay key bundle or blob; the
+//! `gridpow-relay-app` binary runs them. Build for the ESP32 with
+//! `--no-default-features` (no_std, no alloc).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

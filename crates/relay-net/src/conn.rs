@@ -238,8 +238,21 @@ impl<'l, 't, 'c, S: Read + Write> Connection<'l, 't, 'c, S> {
             .open(TlsContext::new(&tls_config, &mut provider))
             .await
         {
+            let broker_verified = provider.verifier.broker_verified;
             return Err(match (provider.verifier.verdict, e) {
                 (Some(why), _) => Error::Tls(why),
+                // The broker passed our checks, then ended the handshake while
+                // we sent our certificate: it refused it (alert, close, reset).
+                (
+                    None,
+                    TlsError::Io(_)
+                    | TlsError::IoError
+                    | TlsError::ConnectionClosed
+                    | TlsError::InternalError
+                    | TlsError::HandshakeAborted(..),
+                ) if broker_verified => Error::Tls(error::Tls::ClientCertRefused {
+                    presented: presented_cert,
+                }),
                 (None, TlsError::Io(k)) => Error::Io(error::Io::ConnectionLost(k)),
                 (None, TlsError::IoError) => Error::Io(error::Io::ClosedByBroker),
                 (None, TlsError::InsufficientSpace | TlsError::OutOfMemory) => {
@@ -253,8 +266,9 @@ impl<'l, 't, 'c, S: Read + Write> Connection<'l, 't, 'c, S> {
         let will_topic = topic_name(&status_topic)?;
         let will = WillOptions::new(
             will_topic,
+            // At most MAX_STATUS_LEN bytes: far below MQTT's 64 KiB limit.
             MqttBinary::from_slice(will_json.as_bytes())
-                .map_err(|_| Error::Config(error::Config::ClientId))?,
+                .map_err(|_| Error::Capacity(error::Capacity::PacketTooLarge))?,
         )
         .at_least_once()
         .retain();

@@ -58,10 +58,12 @@ pub enum Tls {
     },
     /// The broker sent no certificate or one that cannot be read.
     BrokerCertMalformed,
-    /// The broker ended the TLS session right after the handshake, before any
-    /// MQTT reply: with `require_certificate true` this is how Mosquitto refuses
-    /// a client certificate (none presented, or not from its CA). TLS 1.3
-    /// clients learn of it only after their own handshake finished.
+    /// The broker ended the TLS session after we had verified it and sent our
+    /// certificate (or none), before any MQTT reply: with
+    /// `require_certificate true` this is how Mosquitto refuses a client
+    /// certificate (none presented, or not from its CA). In TLS 1.3 the client
+    /// may learn of it only after its own handshake finished, from a broken
+    /// connection; a network failure at that very moment reads the same.
     ClientCertRefused {
         /// Whether we presented a certificate.
         presented: bool,

@@ -123,6 +123,32 @@ mod tests {
     }
 
     #[test]
+    fn status_json_matches_the_linux_relay_serde_json_output() {
+        for (online, height, time_ms) in [
+            (true, Some(41), 1_700_000_000_123),
+            (false, None, 0),
+            (false, Some(u64::MAX), u64::MAX),
+        ] {
+            let s = Status {
+                relay_id: 7,
+                online,
+                height,
+                time_ms,
+            };
+            // crates/relay/src/publisher.rs `status_json`.
+            let expected = serde_json::json!({
+                "relay_id": 7,
+                "state": if online { "online" } else { "offline" },
+                "height": height,
+                "time_ms": time_ms,
+            })
+            .to_string();
+            let mut buf = [0u8; MAX_STATUS_LEN];
+            assert_eq!(s.write_json(&mut buf).ok(), Some(expected.as_str()));
+        }
+    }
+
+    #[test]
     fn longest_status_fits_max_status_len_exactly() {
         let s = Status {
             relay_id: u32::MAX,

@@ -233,6 +233,9 @@ pub(crate) struct SiteVerifier<'a> {
     host: &'a str,
     now: u64,
     pub(crate) verdict: Option<error::Tls>,
+    /// The broker's certificate and signature passed: what fails afterwards
+    /// in the handshake is the broker's verdict on us.
+    pub(crate) broker_verified: bool,
 }
 
 impl<'a> SiteVerifier<'a> {
@@ -245,6 +248,7 @@ impl<'a> SiteVerifier<'a> {
             host,
             now,
             verdict: None,
+            broker_verified: false,
         }
     }
 
@@ -360,7 +364,9 @@ impl TlsVerifier<Suite> for SiteVerifier<'_> {
     }
 
     fn verify_signature(&mut self, verify: CertificateVerifyRef) -> Result<(), TlsError> {
-        self.inner.verify_signature(verify)
+        self.inner.verify_signature(verify)?;
+        self.broker_verified = true;
+        Ok(())
     }
 }
 

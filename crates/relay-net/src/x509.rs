@@ -293,6 +293,63 @@ mod tests {
         assert_eq!(parse_ipv4("256.1.1.1"), None);
     }
 
+    fn rcgen_cert(sans: &[&str], eku: Option<rcgen::ExtendedKeyUsagePurpose>) -> Vec<u8> {
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut p = rcgen::CertificateParams::new(sans).expect("params");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "broker-cn");
+        p.not_before = rcgen::date_time_ymd(2025, 1, 2);
+        p.not_after = rcgen::date_time_ymd(2027, 3, 4);
+        if let Some(e) = eku {
+            p.extended_key_usages = vec![e];
+        }
+        let key = rcgen::KeyPair::generate().expect("key");
+        p.self_signed(&key).expect("cert").der().to_vec()
+    }
+
+    #[test]
+    fn names_dates_and_key_usage_are_read_from_a_real_certificate() {
+        let der = rcgen_cert(
+            &["localhost", "127.0.0.1"],
+            Some(rcgen::ExtendedKeyUsagePurpose::ServerAuth),
+        );
+        let c = CertInfo::parse(&der).expect("parses");
+        assert_eq!(c.not_before, 1_735_776_000);
+        assert_eq!(c.not_after, 1_804_118_400);
+        assert!(c.names("localhost") && c.names("LOCALHOST") && c.names("127.0.0.1"));
+        assert!(!c.names("127.0.0.2") && !c.names("broker-cn") && !c.names("localhost."));
+        assert!(c.allows_server_auth());
+        assert_eq!(c.any_dns_name(), Some(&b"localhost"[..]));
+
+        let client = rcgen_cert(&[], Some(rcgen::ExtendedKeyUsagePurpose::ClientAuth));
+        let c = CertInfo::parse(&client).expect("parses");
+        assert!(!c.allows_server_auth());
+        // No SAN: the common name decides.
+        assert!(c.names("broker-cn") && !c.names("localhost"));
+    }
+
+    #[test]
+    fn every_truncation_and_byte_flip_of_a_certificate_is_handled_without_panic() {
+        let der = rcgen_cert(&["localhost"], None);
+        for n in 0..der.len() {
+            assert!(CertInfo::parse(&der[..n]).is_none(), "truncated at {n}");
+        }
+        let mut d = der.clone();
+        for i in 0..d.len() {
+            for bit in [0x01, 0x80] {
+                d[i] ^= bit;
+                if let Some(c) = CertInfo::parse(&d) {
+                    let _ = (
+                        c.names("localhost"),
+                        c.allows_server_auth(),
+                        c.any_dns_name(),
+                    );
+                }
+                d[i] ^= bit;
+            }
+        }
+    }
+
     #[test]
     fn truncated_or_garbage_input_is_not_a_certificate() {
         assert!(CertInfo::parse(&[]).is_none());

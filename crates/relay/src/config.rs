@@ -27,6 +27,7 @@
 //! tls = true            # ca/cert/key default to keys_dir/tls/{ca,relay-<id>}.pem/.key
 //! keep_alive_s = 30
 //! republish_after_s = 10
+//! quarantine_retry_s = 30  # a quarantined block is offered again after 2×, 4×, … 64× this
 //!
 //! [journal]
 //! max_commit_delay_ms = 2
@@ -140,6 +141,9 @@ pub struct MqttConfig {
     pub keep_alive_s: u64,
     /// Publish an unconfirmed block again when no receipt came within this many seconds.
     pub republish_after_s: u64,
+    /// First wait, doubled per quarantine (up to 64×), before a block the
+    /// server quarantined is offered again (it is never dropped: §10).
+    pub quarantine_retry_s: u64,
     /// Blocks published and awaiting a receipt at once (flow control).
     pub max_inflight_blocks: usize,
 }
@@ -215,6 +219,7 @@ impl Default for MqttConfig {
             client_id: None,
             keep_alive_s: 30,
             republish_after_s: 10,
+            quarantine_retry_s: 30,
             max_inflight_blocks: 32,
         }
     }

@@ -344,7 +344,9 @@ fn new_lifecycle(
             max_frames: cfg.block.max_frames as u32,
             max_age: gridpow_proto::Duration::from_millis(cfg.block.max_age_ms),
             republish_after: gridpow_proto::Duration::from_secs(cfg.mqtt.republish_after_s.max(1)),
-            quarantine_retry: gridpow_proto::Duration::from_secs(30),
+            quarantine_retry: gridpow_proto::Duration::from_secs(
+                cfg.mqtt.quarantine_retry_s.max(1),
+            ),
             max_inflight: cfg.mqtt.max_inflight_blocks,
         },
         ChainTip {

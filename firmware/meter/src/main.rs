@@ -12,8 +12,8 @@
 //!   sleeps until the node's next deadline, and applies channel changes;
 //! - the radio task transmits what the node queued (ESP-NOW, async);
 //! - AES-CCM and the ACK's HMAC-SHA256 run on the AES and SHA accelerators;
-//! - configuration comes from the `gp_config` partition (0x200000), state
-//!   (boot epoch, energy checkpoints) lives in `gp_state` (0x201000).
+//! - configuration comes from the `gp_config` partition (0x150000), state
+//!   (boot epoch, energy checkpoints) lives in `gp_state` (0x151000).
 #![no_std]
 #![no_main]
 

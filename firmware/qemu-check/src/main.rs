@@ -35,6 +35,8 @@ suites! {
     vectors,
     metering,
     state_log,
+    lifecycle,
+    journal_cut,
     provisioning,
 }
 

@@ -47,15 +47,17 @@ use esp_radio::wifi::{AuthenticationMethodConfig, Interface, WifiController};
 use esp_storage::FlashStorage;
 use gridpow_firmware_logic::bridge::{Bridge, FixedWriter, HostCommand};
 use gridpow_firmware_logic::crypto::Accelerated;
-use gridpow_firmware_logic::layout::{CONFIG_OFFSET, CONFIG_SIZE, STATE_OFFSET, STATE_SIZE};
+use gridpow_firmware_logic::journal::Journal;
+use gridpow_firmware_logic::layout::{
+    CONFIG_OFFSET, CONFIG_SIZE, JOURNAL_OFFSET, JOURNAL_SIZE, STATE_OFFSET, STATE_SIZE,
+};
 use gridpow_firmware_logic::pow::{PowHasher, TAIL_LEN};
 use gridpow_firmware_logic::provisioning::{RelayConfig, RelayMode, RelayTls, MAX_RELAY_METERS};
-use gridpow_firmware_logic::standalone::{
-    RamBlockStore, RelayStorage, StandaloneConfig, StandaloneRelay, VolatileJournal,
-};
-use gridpow_proto::lifecycle::OutboxEntry;
+use gridpow_firmware_logic::standalone::{RelayStorage, StandaloneConfig, StandaloneRelay};
+use gridpow_firmware_logic::state::{RelayState, StateLog, KIND_RELAY};
+use gridpow_proto::lifecycle::{ChainTip, OutboxEntry};
 use gridpow_proto::wire::serial::MAX_ENCODED;
-use gridpow_proto::MacAddr;
+use gridpow_proto::{Instant, MacAddr};
 use gridpow_relay_app::{App, AppConfig, Level, Log, NetBuffers, Parts};
 use gridpow_relay_net::{Identity, ARENA_LEN, TLS_READ_BUF, TLS_WRITE_BUF};
 
@@ -153,8 +155,8 @@ async fn halt(why: &dyn core::fmt::Display) -> ! {
 #[esp_rtos::main]
 async fn main(spawner: Spawner) -> ! {
     let peripherals = esp_hal::init(esp_hal::Config::default().with_cpu_clock(CpuClock::max()));
-    // The radio's buffers and the standalone relay's block, outbox and TLS
-    // buffers (about 105 KiB) live on the heap.
+    // The radio's buffers and the standalone relay's block and TLS buffers
+    // (about 57 KiB) live on the heap.
     esp_alloc::heap_allocator!(#[esp_hal::ram(reclaimed)] size: 64 * 1024);
     esp_alloc::heap_allocator!(size: HEAP_KIB * 1024);
     let timg0 = TimerGroup::new(peripherals.TIMG0);
@@ -242,16 +244,35 @@ async fn main(spawner: Spawner) -> ! {
                 Accelerated<EspAes, EspSha>,
                 Accelerated::new(EspAes::new(peripherals.AES), EspSha::new(peripherals.SHA))
             );
-            let state = Partition::new(flash, STATE_OFFSET, STATE_SIZE);
-            run_standalone(spawner, cfg, blob, tls, controller, rng, provider, state).await
+            // The chain tip of firmware before the journal lives in gp_state;
+            // it only seeds a blank journal.
+            let (old_tip, flash) =
+                match StateLog::open(Partition::new(flash, STATE_OFFSET, STATE_SIZE), KIND_RELAY) {
+                    Ok(log) => (
+                        log.latest()
+                            .map(RelayState::from_payload)
+                            .unwrap_or_default(),
+                        log.into_inner().into_inner(),
+                    ),
+                    Err(e) => halt(&format_args!("state partition: {e:?}")).await,
+                };
+            let journal = match Journal::<Partition, OUTBOX>::open(
+                Partition::new(flash, JOURNAL_OFFSET, JOURNAL_SIZE),
+                old_tip,
+            ) {
+                Ok(j) => j,
+                Err(e) => halt(&format_args!("journal partition: {e:?}")).await,
+            };
+            run_standalone(spawner, cfg, blob, tls, controller, rng, provider, journal).await
         }
     }
 }
 
 /// Heap besides the 64 KiB reclaimed from the bootloader: the radio's
-/// buffers (tens of KiB) and the standalone relay's block buffers (24 KiB),
-/// outbox slots (48 KiB) and TLS/MQTT buffers (about 29 KiB).
-const HEAP_KIB: usize = 160;
+/// buffers and tasks (tens of KiB), the standalone relay's block buffers
+/// (24 KiB) and TLS/MQTT buffers (about 29 KiB). Sealed blocks wait in the
+/// flash journal, not in RAM.
+const HEAP_KIB: usize = 112;
 
 // ---------------------------------------------------------------- bridge mode
 
@@ -376,14 +397,7 @@ async fn run_bridge(
 
 // ------------------------------------------------------------ standalone mode
 
-type Relay = StandaloneRelay<
-    'static,
-    Provider,
-    Partition,
-    VolatileJournal,
-    RamBlockStore<'static, OUTBOX>,
-    MAX_RELAY_METERS,
->;
+type Relay = StandaloneRelay<'static, Provider, Journal<Partition, OUTBOX>, MAX_RELAY_METERS>;
 
 /// The application's log lines on UART0 (per-frame detail is left out: the
 /// UART is slow and the counters say it).
@@ -418,26 +432,37 @@ async fn run_standalone(
     controller: WifiController<'static>,
     rng: Trng,
     provider: Provider,
-    state: Partition,
+    journal: Journal<Partition, OUTBOX>,
 ) -> ! {
     let meters = (0..cfg.meter_count.min(MAX_RELAY_METERS)).filter_map(|i| cfg.meter(blob, i));
     let blocks: &'static mut [u8] = alloc::vec![0u8; 2 * BLOCK_BYTES].leak();
-    let slots: &'static mut [u8] = alloc::vec![0u8; OUTBOX * BLOCK_BYTES].leak();
     let outbox = mk_static!([OutboxEntry; OUTBOX], [OutboxEntry::FREE; OUTBOX]);
-    let relay: Relay = match StandaloneRelay::new(
+    let tip = journal.tip();
+    let mut relay: Relay = match StandaloneRelay::new(
         StandaloneConfig::from_relay_config(cfg),
         provider,
         meters,
         &cfg.signing_seed,
         &cfg.server_public_key,
-        state,
-        VolatileJournal::default(),
-        RamBlockStore::new(slots),
+        ChainTip {
+            next_height: tip.next_height,
+            prev_hash: tip.prev_hash,
+        },
+        journal,
         RelayStorage { blocks, outbox },
     ) {
         Ok(r) => r,
-        Err(e) => halt(&format_args!("state partition: {e:?}")).await,
+        Err(e) => halt(&format_args!("relay storage: {e}")).await,
     };
+    // Unconfirmed blocks and ACKed frames come back from the journal.
+    let now = Instant::from_micros(embassy_time::Instant::now().as_micros());
+    match relay.recover(now) {
+        Ok(f) => println!(
+            "relay: journal recovered blocks={} frames={} unsealed={}",
+            f.blocks, f.frames, f.unsealed
+        ),
+        Err(e) => halt(&format_args!("journal recovery: {e:?}")).await,
+    }
     println!(
         "relay: standalone chain next_height={} public_key={:02x?}",
         relay.chain().next_height,

@@ -8,6 +8,11 @@
 //!     [--server-name localhost] [--difficulty 16] [--block-interval-s 10]
 //! ```
 //!
+//! Frames, sealed blocks and the chain tip live in the flash journal
+//! (`gridpow_firmware_logic::journal`) on `DATA_DIR/journal.bin`, a file
+//! with NOR-flash semantics synced on every write: a frame is ACKed only
+//! once it is there, so a SIGKILL loses nothing acknowledged.
+//!
 //! SIGINT or SIGTERM: stop taking frames, seal and publish the rest until it
 //! is confirmed (at most `--drain-timeout-s`), close the session, exit 0.
 
@@ -18,25 +23,23 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use gridpow_firmware_logic::journal::Journal;
 use gridpow_firmware_logic::pow::SoftPowHasher;
 use gridpow_firmware_logic::provisioning::MAX_RELAY_METERS;
-use gridpow_firmware_logic::standalone::{
-    RamBlockStore, RelayStorage, StandaloneConfig, StandaloneRelay, VolatileJournal,
-};
+use gridpow_firmware_logic::standalone::{RelayStorage, StandaloneConfig, StandaloneRelay};
+use gridpow_firmware_logic::state::{Flash, RelayState};
 use gridpow_proto::crypto::RustCrypto;
-use gridpow_proto::lifecycle::OutboxEntry;
+use gridpow_proto::lifecycle::{ChainTip, OutboxEntry};
 use gridpow_proto::Duration;
 use gridpow_relay_app::host::provision::{self, BundleSettings};
 use gridpow_relay_app::host::{FileFlash, StdClock, TcpConnector, TracingLog, UdpRadio};
-use gridpow_relay_app::{App, AppConfig, NetBuffers, Parts};
+use gridpow_relay_app::{App, AppConfig, Clock, NetBuffers, Parts};
 use gridpow_relay_net::{Identity, ARENA_LEN, TLS_READ_BUF, TLS_WRITE_BUF};
 
 /// Outbox slots (as the ESP32 firmware).
 const OUTBOX: usize = 4;
 /// Bytes per block (as the ESP32 firmware): about 50 full frames.
 const BLOCK_BYTES: usize = 12 * 1024;
-/// The state log region (as the ESP32's `gp_state` partition).
-const STATE_BYTES: u32 = gridpow_firmware_logic::layout::STATE_SIZE;
 
 /// The standalone relay application on a Linux host.
 #[derive(Parser, Debug)]
@@ -66,9 +69,13 @@ struct Args {
     /// The relay's MAC on the air (default: the virtual MAC of its id).
     #[arg(long)]
     mac: Option<String>,
-    /// Directory of the relay's flash file (chain tip).
+    /// Directory of the relay's flash file `journal.bin` (the flash journal:
+    /// frames, sealed blocks, chain tip).
     #[arg(long)]
     data_dir: PathBuf,
+    /// Size of the journal's flash file in KiB (a multiple of 4; fixed once created).
+    #[arg(long, default_value_t = 1024)]
+    journal_kib: u32,
     /// Radio channel stated in ACKs (bundle only).
     #[arg(long, default_value_t = 1)]
     channel: u8,
@@ -84,6 +91,10 @@ struct Args {
     /// MQTT keep-alive, seconds.
     #[arg(long, default_value_t = 30)]
     keep_alive_s: u16,
+    /// Bytes of the MQTT receive arena (about 160 per receipt; the session
+    /// is renewed when less than 1 KiB is left).
+    #[arg(long, default_value_t = ARENA_LEN)]
+    arena_bytes: usize,
     /// Seconds between status log lines (0: none).
     #[arg(long, default_value_t = 30)]
     status_every_s: u64,
@@ -155,31 +166,44 @@ fn run(a: Args) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
-    let flash = FileFlash::open(&a.data_dir.join("state.bin"), STATE_BYTES)
-        .context("opening the flash file")?;
+    let journal_bytes = a
+        .journal_kib
+        .checked_mul(1024)
+        .filter(|b| b % FileFlash::SECTOR_SIZE == 0)
+        .context("--journal-kib must be a multiple of 4")?;
+    let flash = FileFlash::open(&a.data_dir.join("journal.bin"), journal_bytes)
+        .context("opening the journal's flash file")?;
+    let journal = Journal::<_, OUTBOX>::open(flash, RelayState::default())
+        .map_err(|e| anyhow::anyhow!("opening the flash journal: {e:?}"))?;
+    let tip = journal.tip();
 
     let mut blocks = vec![0u8; 2 * BLOCK_BYTES];
-    let mut slots = vec![0u8; OUTBOX * BLOCK_BYTES];
     let mut outbox = [OutboxEntry::FREE; OUTBOX];
     let mut scfg = StandaloneConfig::from_relay_config(cfg);
     scfg.republish_after = Duration::from_secs(a.republish_after_s);
-    let relay = StandaloneRelay::<_, _, _, _, MAX_RELAY_METERS>::new(
+    let mut relay = StandaloneRelay::<_, _, MAX_RELAY_METERS>::new(
         scfg,
         RustCrypto,
         prov.meters.iter().cloned(),
         &cfg.signing_seed,
         &cfg.server_public_key,
-        flash,
-        // No durable journal on the host yet (the flash journal is not on
-        // main): frames ACKed but not yet confirmed are lost on a crash.
-        VolatileJournal::default(),
-        RamBlockStore::<OUTBOX>::new(&mut slots),
+        ChainTip {
+            next_height: tip.next_height,
+            prev_hash: tip.prev_hash,
+        },
+        journal,
         RelayStorage {
             blocks: &mut blocks,
             outbox: &mut outbox,
         },
     )
-    .map_err(|e| anyhow::anyhow!("the state flash file: {e:?}"))?;
+    .map_err(|e| anyhow::anyhow!("relay storage: {e}"))?;
+    let clock = StdClock::default();
+    // Unconfirmed blocks back into the outbox, acknowledged frames back into
+    // the replay windows and the pending batch: nothing ACKed is lost.
+    let recovered = relay
+        .recover(clock.now())
+        .map_err(|e| anyhow::anyhow!("journal recovery: {e:?}"))?;
     let relay = RefCell::new(relay);
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -191,12 +215,15 @@ fn run(a: Args) -> anyhow::Result<()> {
         {
             let r = relay.borrow();
             println!(
-                "relay-app relay_id={} udp={} mac={} meters={} next_height={} broker={host}:{port} journal=volatile",
+                "relay-app relay_id={} udp={} mac={} meters={} next_height={} broker={host}:{port} recovered_blocks={} recovered_frames={} recovered_unsealed={}",
                 r.relay_id(),
                 radio.local_addr(),
                 gridpow_common::format_mac(&mac),
                 prov.meters.len(),
-                r.chain().next_height
+                r.chain().next_height,
+                recovered.blocks,
+                recovered.frames,
+                recovered.unsealed,
             );
         }
         let net = gridpow_relay_net::Config {
@@ -214,7 +241,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         let (mut rx, mut tx, mut arena, mut block) = (
             vec![0u8; TLS_READ_BUF],
             vec![0u8; TLS_WRITE_BUF],
-            vec![0u8; ARENA_LEN],
+            vec![0u8; a.arena_bytes],
             vec![0u8; BLOCK_BYTES],
         );
         let app_cfg = AppConfig {
@@ -227,7 +254,7 @@ fn run(a: Args) -> anyhow::Result<()> {
             &relay,
             Parts {
                 radio,
-                clock: StdClock::default(),
+                clock,
                 connector: TcpConnector {
                     host: host.clone(),
                     port,

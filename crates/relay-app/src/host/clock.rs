@@ -4,17 +4,18 @@ use gridpow_proto::Instant;
 
 use crate::traits::Clock;
 
-/// The host's clocks: `now` counts from the clock's creation, `wall_ms` is
-/// the system time (always known), sleeps are tokio timers.
+/// The host's clocks: `now` counts from the clock's creation on tokio's
+/// monotonic clock (so tests with paused time control it), `wall_ms` is the
+/// system time (always known), sleeps are tokio timers.
 #[derive(Clone, Copy, Debug)]
 pub struct StdClock {
-    epoch: std::time::Instant,
+    epoch: tokio::time::Instant,
 }
 
 impl Default for StdClock {
     fn default() -> Self {
         StdClock {
-            epoch: std::time::Instant::now(),
+            epoch: tokio::time::Instant::now(),
         }
     }
 }
@@ -33,6 +34,6 @@ impl Clock for StdClock {
 
     async fn sleep_until(&self, at: Instant) {
         let at = self.epoch + std::time::Duration::from_micros(at.as_micros());
-        tokio::time::sleep_until(at.into()).await;
+        tokio::time::sleep_until(at).await;
     }
 }

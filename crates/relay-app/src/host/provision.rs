@@ -185,3 +185,66 @@ fn tls_from_bundle(kd: &KeyDir, relay_id: u32) -> Result<TlsDer, ProvisionError>
         pem_key(&tls.key)?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridpow_common::keys::InitOptions;
+    use gridpow_firmware_logic::provisioning::MAX_RELAY_BLOB_LEN;
+
+    fn bundle(dir: &Path) -> PathBuf {
+        let keys = KeyDir::new(dir.join("keys"));
+        keys.init(&InitOptions::default()).unwrap();
+        keys.add_meters(&[(1, None), (2, Some([2, 0, 0, 0, 0, 2]))])
+            .unwrap();
+        let out = dir.join("bundle");
+        keys.export_relay_bundle(1, None, &KeyDir::new(&out))
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_bundle_and_the_blob_made_from_it_provision_the_same_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bundle(dir.path());
+        let settings = BundleSettings {
+            channel: 6,
+            difficulty: 14,
+            block_interval_s: 5,
+        };
+        let p = from_bundle(&b, 1, settings).unwrap();
+        assert_eq!(p.meters.len(), 2);
+        assert_eq!(p.meters[1].mac, Some([2, 0, 0, 0, 0, 2]));
+        assert!(!p.ca_der.is_empty() && !p.cert_der.is_empty() && !p.key_der.is_empty());
+        let mut blob = vec![0u8; MAX_RELAY_BLOB_LEN];
+        let n = p.config.encode_into(&p.meters, &mut blob).unwrap();
+        let blob_path = dir.path().join("relay-1.bin");
+        std::fs::write(&blob_path, &blob[..n]).unwrap();
+        let q = from_blob(&blob_path, &b).unwrap();
+        assert_eq!(q.config, p.config);
+        assert_eq!(q.meters, p.meters);
+        assert_eq!(q.cert_der, p.cert_der);
+    }
+
+    #[test]
+    fn a_directory_with_the_site_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        bundle(dir.path());
+        let master = dir.path().join("keys");
+        let settings = BundleSettings {
+            channel: 1,
+            difficulty: 14,
+            block_interval_s: 5,
+        };
+        assert!(matches!(
+            from_bundle(&master, 1, settings),
+            Err(ProvisionError::Keys(KeyError::ForbiddenSecret { .. }))
+        ));
+        let bad = dir.path().join("bad.bin");
+        std::fs::write(&bad, b"GPWR nonsense").unwrap();
+        assert!(matches!(
+            from_blob(&bad, &dir.path().join("bundle")),
+            Err(ProvisionError::Blob { .. })
+        ));
+    }
+}

@@ -109,6 +109,9 @@ pub struct TestServer {
     /// While false, blocks are stored but no receipt is sent (a slow server).
     pub send_receipts: Arc<AtomicBool>,
     pub receipts_sent: Arc<AtomicU64>,
+    /// This many next deliveries are answered "quarantined" (not stored), as
+    /// a server that refused them would.
+    pub quarantine_next: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -149,7 +152,13 @@ impl TestServer {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let send_receipts = Arc::new(AtomicBool::new(true));
         let receipts_sent = Arc::new(AtomicU64::new(0));
-        let (l, sr, rs) = (ledger.clone(), send_receipts.clone(), receipts_sent.clone());
+        let quarantine_next = Arc::new(AtomicU64::new(0));
+        let (l, sr, rs, qn) = (
+            ledger.clone(),
+            send_receipts.clone(),
+            receipts_sent.clone(),
+            quarantine_next.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -187,7 +196,14 @@ impl TestServer {
                                 continue;
                             }
                         };
-                        let status = {
+                        let quarantine = qn
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            })
+                            .is_ok();
+                        let status = if quarantine {
+                            ReceiptStatus::Quarantined
+                        } else {
                             let mut led = l.lock().unwrap();
                             led.deliveries += 1;
                             match led.blocks.get(&vb.header.height) {
@@ -242,6 +258,7 @@ impl TestServer {
             ledger,
             send_receipts,
             receipts_sent,
+            quarantine_next,
             task,
         }
     }

@@ -1,0 +1,55 @@
+//! docs/protocol.md §10, the Linux relay's side (the firmware's is pinned in
+//! crates/firmware-logic/tests/standalone_relay.rs and under QEMU): a
+//! verified receipt with status *quarantined* does not release the block. The
+//! relay keeps it and offers it again after the back-off, so the server's
+//! ledger still ends up with every reading.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use gridpow_common::radio::Medium;
+use gridpow_meters::Fleet;
+use gridpow_relay::Relay;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_block_is_kept_and_offered_again_until_stored() {
+    let seed = common::seed("a_quarantined_block_is_kept_and_offered_again_until_stored");
+    let dir = tempfile::tempdir().unwrap();
+    let keys = common::site(dir.path(), 4);
+    let broker = common::broker(&keys);
+    let server = common::TestServer::start(&keys, broker.port);
+    server.quarantine_next.store(2, Ordering::Relaxed);
+
+    let medium = Medium::new(0.0, seed);
+    let mut rcfg = common::relay_config(&keys, &dir.path().join("relay"), broker.port);
+    rcfg.mqtt.quarantine_retry_s = 1;
+    rcfg.mqtt.republish_after_s = 60;
+    let fcfg = common::fleet_config(&keys, dir.path(), seed);
+    let macs: Vec<_> = Fleet::meter_macs(&fcfg)
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    let relay = Relay::start(rcfg.clone(), Box::new(medium.port(&[rcfg.mac()])))
+        .await
+        .unwrap();
+    let fleet = Fleet::start(fcfg.clone(), Box::new(medium.port(&macs))).unwrap();
+
+    let quarantined = relay
+        .wait_until(Duration::from_secs(20), |s| s.blocks_quarantined >= 1)
+        .await;
+    assert!(quarantined, "{:?}", relay.stats());
+    assert!(
+        relay.stats().outbox_len >= 1,
+        "the quarantined block is still in the outbox: {:?}",
+        relay.stats()
+    );
+    let (_fs, rs, _truth, blocks, readings) = common::finish(fleet, relay, &fcfg, &server).await;
+    assert_eq!(rs.blocks_quarantined, 2, "{rs:?}");
+    assert_eq!((rs.outbox_len, rs.blocks_confirmed), (0, rs.blocks_sealed));
+    assert_eq!(server.quarantine_next.load(Ordering::Relaxed), 0);
+    eprintln!("{readings} readings in {blocks} blocks, 2 quarantines cured by re-offering");
+}
