@@ -1086,4 +1086,46 @@ mod tests {
             Err(BlobError::InvalidField("ca certificate"))
         );
     }
+
+    /// A known-answer relay blob (layout 3 with a TLS section), so a second
+    /// encoder can check itself byte for byte.
+    #[test]
+    fn relay_blob_matches_the_golden_bytes() {
+        let mut c = RelayConfig::bridge(1, 6);
+        c.mode = RelayMode::Standalone;
+        c.difficulty = 16;
+        c.signing_seed = [1; 32];
+        c.server_public_key = [2; 32];
+        c.wifi_ssid = ShortStr::new("ap").unwrap();
+        c.wifi_password = ShortStr::new("password1").unwrap();
+        c.broker_host = ShortStr::new("b.example").unwrap();
+        c.broker_port = 8883;
+        let m = RelayMeter {
+            meter_id: 42,
+            key_id: 1,
+            mac: Some([2, 0, 0, 0, 0, 42]),
+            secret: HopSecret([3; 32]),
+        };
+        let tls = RelayTls {
+            ca_der: &[0x30, 0x01, 0xaa],
+            cert_der: &[0x30, 0x01, 0xbb],
+            key_der: &[0x30, 0x01, 0xcc],
+        };
+        let blob = encode_blob(&c, &[m], Some(&tls)).unwrap();
+        let hex: std::string::String = blob.iter().map(|b| std::format!("{b:02x}")).collect();
+        assert_eq!(hex, GOLDEN_RELAY_BLOB);
+    }
+
+    const GOLDEN_RELAY_BLOB: &str =
+        "4750575203024101010000000610010001010101010101010101010101010101\
+        0101010101010101010101010101010102020202020202020202020202020202\
+        0202020202020202020202020202020200000000b32200000261700000000000\
+        000000000000000000000000000000000000000000000000000970617373776f\
+        7264310000000000000000000000000000000000000000000000000000000000\
+        000000000000000000000000000000000000000000000000000009622e657861\
+        6d706c6500000000000000000000000000000000000000000000000000000000\
+        0000000000000000000000000000000000000000000000000000000000000000\
+        2a000000010102000000002a0303030303030303030303030303030303030303\
+        03030303030303030303030303000300030000003001aa3001bb3001cc83bc43\
+        46";
 }
