@@ -18,8 +18,8 @@
 #   ESPFLASH_ROOT             cargo install root caching espflash
 #                             (default: ~/.cache/gridpow/espflash)
 #
-# Needs the riscv32imc/riscv32imac targets (installed here if missing) and
-# crates.io. Classic ESP32 and ESP32-S3 (Xtensa) need Espressif's toolchain,
+# Needs the riscv32imc/riscv32imac targets (installed here if missing),
+# crates.io, and binutils' readelf and nm (they read any ELF) for the RAM report. Classic ESP32 and ESP32-S3 (Xtensa) need Espressif's toolchain,
 # which cannot be installed on this machine, so they are not built.
 set -euo pipefail
 
