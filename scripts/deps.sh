@@ -11,6 +11,8 @@ need() { command -v "$1" >/dev/null 2>&1 || [ -x "$2" ] || missing_pkgs+=("$3");
 need mosquitto /usr/sbin/mosquitto mosquitto
 need chromium /usr/bin/chromium chromium
 need qemu-system-riscv32 /usr/bin/qemu-system-riscv32 qemu-system-misc
+# firmware/build.sh reads section and symbol sizes of the firmware ELFs.
+need readelf /usr/bin/readelf binutils
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing_pkgs+=(postgresql)
 fi
