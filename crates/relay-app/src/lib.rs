@@ -23,7 +23,7 @@
 //! [`Connector`] and [`Log`], picks a [`PowHasher`](gridpow_firmware_logic::pow::PowHasher)
 //! and a cryptographic RNG, builds the relay over its storage, and runs:
 //!
-//! ```ignore
+//! ```text
 //! let journal = Journal::<_, OUTBOX>::open(flash, RelayState::default())?;
 //! let t = journal.tip(); // the chain tip, as the journal last wrote it
 //! let tip = ChainTip { next_height: t.next_height, prev_hash: t.prev_hash };
