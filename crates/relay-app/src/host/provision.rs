@@ -164,7 +164,12 @@ pub fn from_blob(blob_path: &Path, bundle: &Path) -> Result<Provisioned, Provisi
         .collect();
     let kd = KeyDir::new(bundle);
     kd.check_role(Role::Relay(config.relay_id))?;
-    let (ca_der, cert_der, key_der) = tls_from_bundle(&kd, config.relay_id)?;
+    // A layout-3 blob carries its TLS material, as the ESP32 reads it; an
+    // older blob takes it from the bundle.
+    let (ca_der, cert_der, key_der) = match config.tls(&blob) {
+        Some(t) => (t.ca_der.to_vec(), t.cert_der.to_vec(), t.key_der.to_vec()),
+        None => tls_from_bundle(&kd, config.relay_id)?,
+    };
     Ok(Provisioned {
         config,
         meters,
@@ -224,6 +229,39 @@ mod tests {
         assert_eq!(q.config, p.config);
         assert_eq!(q.meters, p.meters);
         assert_eq!(q.cert_der, p.cert_der);
+    }
+
+    #[test]
+    fn a_blob_with_tls_material_is_used_as_the_esp32_would_use_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bundle(dir.path());
+        let settings = BundleSettings {
+            channel: 6,
+            difficulty: 14,
+            block_interval_s: 5,
+        };
+        let p = from_bundle(&b, 1, settings).unwrap();
+        let tls = gridpow_firmware_logic::provisioning::RelayTls {
+            ca_der: &p.ca_der,
+            cert_der: &p.cert_der,
+            key_der: &p.key_der,
+        };
+        let mut blob = vec![0u8; MAX_RELAY_BLOB_LEN];
+        let n = p
+            .config
+            .encode_with_tls(&p.meters, Some(&tls), &mut blob)
+            .unwrap();
+        let blob_path = dir.path().join("relay-1.bin");
+        std::fs::write(&blob_path, &blob[..n]).unwrap();
+        // The bundle's TLS files are gone: only the blob can provide them.
+        let files = KeyDir::new(&b).tls_files("relay-1");
+        std::fs::remove_file(&files.cert).unwrap();
+        std::fs::remove_file(&files.key).unwrap();
+        let q = from_blob(&blob_path, &b).unwrap();
+        assert_eq!(
+            (q.cert_der, q.key_der, q.ca_der),
+            (p.cert_der, p.key_der, p.ca_der)
+        );
     }
 
     #[test]
