@@ -14,6 +14,8 @@ seeds = {
     "serial": [json.loads((vec / "serial.json").read_text())["encoded"]],
     "ingress": json.loads((vec / "block.json").read_text())["frames"],
     "server_payload": [json.loads((vec / "block.json").read_text())["block"]],
+    "udp_air": [json.loads((vec / "udp_air.json").read_text())["datagram"]]
+    + [c["datagram"] for c in json.loads((vec / "udp_air.json").read_text())["cases"]],
 }
 # HTTP requests (fuzz_targets/http.rs): request line, then headers; test tokens.
 admin = "gpt_" + "ab" * 32

@@ -265,6 +265,23 @@ def main():
     body, crc = bytes(out[:-4]), struct.unpack("<I", out[-4:])[0]
     check(zlib.crc32(body) == crc, "serial CRC-32")
     check(body[0] == s["kind"] and body[1:7].hex() == s["mac"] and struct.unpack("<b", body[7:8])[0] == s["rssi"] and body[8:].hex() == s["data"], "serial fields")
+    ua = load("udp_air.json")
+
+    def judge_air(d):
+        if len(d) < 16:
+            return "drop: short"
+        if d[:4] != b"GPA1":
+            return "drop: magic"
+        if len(d) - 16 > 250:
+            return "drop: too long"
+        return "accept"
+
+    dg = X(ua["datagram"])
+    check(dg == b"GPA1" + X(ua["src_mac"]) + X(ua["dst_mac"]) + X(ua["payload"]) and X(ua["payload"]) == frame,
+          "UDP air datagram carries the uplink")
+    check(judge_air(dg) == "accept", "UDP air datagram accepted")
+    for c in ua["cases"]:
+        check(judge_air(X(c["datagram"])) == c["verdict"], f"UDP air: {c['description']}")
     print("all vectors verified")
 
 

@@ -183,9 +183,54 @@ impl RadioPort for InProcPort {
     fn confirm_peer(&mut self, _mac: MacAddr, _how: Confirmation) {}
 }
 
-/// Magic prefix of a UDP air datagram: `"GPA1" ‖ src MAC ‖ dst MAC ‖ payload`.
+/// Magic prefix of a UDP air datagram: `"GPA1" ‖ src MAC ‖ dst MAC ‖ payload`
+/// (docs/protocol.md §14).
 pub const UDP_MAGIC: &[u8; 4] = b"GPA1";
-const UDP_HEADER: usize = 16;
+/// Bytes before the payload of a UDP air datagram.
+pub const UDP_HEADER: usize = 16;
+
+/// Why a datagram is not a UDP air frame (§14); the receiver drops and counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AirMalformed {
+    /// Shorter than the 16-byte header.
+    #[error("datagram of {0} bytes is shorter than the 16-byte air header")]
+    Short(usize),
+    /// The first four bytes are not "GPA1".
+    #[error("datagram does not start with \"GPA1\"")]
+    BadMagic,
+    /// The payload is longer than an ESP-NOW frame (250 bytes).
+    #[error("payload of {0} bytes exceeds an ESP-NOW frame (250)")]
+    TooLong(usize),
+}
+
+/// A UDP air datagram: `"GPA1" ‖ src ‖ dst ‖ payload` (§14).
+pub fn encode_air(src: &MacAddr, dst: &MacAddr, payload: &[u8]) -> Vec<u8> {
+    let mut d = Vec::with_capacity(UDP_HEADER + payload.len());
+    d.extend_from_slice(UDP_MAGIC);
+    d.extend_from_slice(src);
+    d.extend_from_slice(dst);
+    d.extend_from_slice(payload);
+    d
+}
+
+/// Splits a UDP air datagram into source MAC, destination MAC and payload (§14).
+pub fn decode_air(d: &[u8]) -> Result<(MacAddr, MacAddr, &[u8]), AirMalformed> {
+    if d.len() < UDP_HEADER {
+        return Err(AirMalformed::Short(d.len()));
+    }
+    if &d[..4] != UDP_MAGIC {
+        return Err(AirMalformed::BadMagic);
+    }
+    let payload = &d[UDP_HEADER..];
+    if payload.len() > gridpow_proto::wire::ESPNOW_MAX_PAYLOAD {
+        return Err(AirMalformed::TooLong(payload.len()));
+    }
+    let mut src = [0u8; 6];
+    src.copy_from_slice(&d[4..10]);
+    let mut dst = [0u8; 6];
+    dst.copy_from_slice(&d[10..16]);
+    Ok((src, dst, payload))
+}
 
 /// Frames as UDP datagrams. The relay binds a known address; meters send to it
 /// and the relay answers to the address a MAC was last *confirmed* at
@@ -247,11 +292,7 @@ impl RadioPort for UdpAir {
         if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
             return Ok(());
         }
-        let mut d = Vec::with_capacity(UDP_HEADER + data.len());
-        d.extend_from_slice(UDP_MAGIC);
-        d.extend_from_slice(&src);
-        d.extend_from_slice(&dst);
-        d.extend_from_slice(data);
+        let d = encode_air(&src, &dst, data);
         match self.socket.send_to(&d, to) {
             Ok(_) => Ok(()),
             // The peer's port is closed (ICMP refused): like a radio nobody listens to.
@@ -278,23 +319,15 @@ impl RadioPort for UdpAir {
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
                 Err(e) => return Err(e.into()),
             };
-            let d = &self.buf[..n];
-            if n < UDP_HEADER
-                || &d[..4] != UDP_MAGIC
-                || n - UDP_HEADER > gridpow_proto::wire::ESPNOW_MAX_PAYLOAD
-            {
+            let Ok((src, dst, payload)) = decode_air(&self.buf[..n]) else {
                 self.malformed += 1;
                 continue;
-            }
-            let mut src = [0u8; 6];
-            src.copy_from_slice(&d[4..10]);
-            let mut dst = [0u8; 6];
-            dst.copy_from_slice(&d[10..16]);
+            };
             self.last_from = Some((src, from));
             return Ok(Some(RadioFrame {
                 src,
                 dst,
-                data: d[UDP_HEADER..].to_vec(),
+                data: payload.to_vec(),
             }));
         }
     }
