@@ -115,6 +115,83 @@ def ed25519_ok(public_key, signature, message):
         return False
 
 
+# Strict Ed25519 (protocol §9.2), written from RFC 8032 §5.1 for the negative vectors.
+ED_P = 2 ** 255 - 19
+ED_L = 2 ** 252 + 27742317777372353535851937790883648493
+ED_D = -121665 * pow(121666, ED_P - 2, ED_P) % ED_P
+ED_I = pow(2, (ED_P - 1) // 4, ED_P)
+
+
+def ed_decode(b):
+    """The point encoded by 32 bytes, or a reason it is none: (point, None) or (None, why)."""
+    y = int.from_bytes(b, "little") & (2 ** 255 - 1)
+    sign = b[31] >> 7
+    if y >= ED_P:
+        return None, "not canonical"
+    xx = (y * y - 1) * pow(ED_D * y * y + 1, ED_P - 2, ED_P) % ED_P
+    x = pow(xx, (ED_P + 3) // 8, ED_P)
+    if (x * x - xx) % ED_P:
+        x = x * ED_I % ED_P
+    if (x * x - xx) % ED_P:
+        return None, "not a point"
+    if x == 0 and sign:
+        return None, "not canonical"
+    if x & 1 != sign:
+        x = ED_P - x
+    return (x, y, 1, x * y % ED_P), None
+
+
+def ed_add(P, Q):
+    x1, y1, z1, t1 = P
+    x2, y2, z2, t2 = Q
+    a = (y1 - x1) * (y2 - x2) % ED_P
+    b = (y1 + x1) * (y2 + x2) % ED_P
+    c = 2 * t1 * t2 * ED_D % ED_P
+    dd = 2 * z1 * z2 % ED_P
+    e, f, g, h = b - a, dd - c, dd + c, b + a
+    return (e * f % ED_P, g * h % ED_P, f * g % ED_P, e * h % ED_P)
+
+
+def ed_mul(s, P):
+    Q = (0, 1, 1, 0)
+    while s:
+        if s & 1:
+            Q = ed_add(Q, P)
+        P = ed_add(P, P)
+        s >>= 1
+    return Q
+
+
+def ed_eq(P, Q):
+    return (P[0] * Q[2] - Q[0] * P[2]) % ED_P == 0 and (P[1] * Q[2] - Q[1] * P[2]) % ED_P == 0
+
+
+ED_B = ed_decode(bytes.fromhex("5866666666666666666666666666666666666666666666666666666666666666"))[0]
+ED_O = (0, 1, 1, 0)
+
+
+def ed25519_strict(a_bytes, sig, msg):
+    """gridpow's verdict: 'accept' or 'reject: <why>' (S < L, canonical A and R,
+    neither of small order, cofactorless [S]B = R + [k]A)."""
+    r_bytes, s = sig[:32], int.from_bytes(sig[32:], "little")
+    if s >= ED_L:
+        return "reject: S not below L"
+    A, why = ed_decode(a_bytes)
+    if A is None:
+        return "reject: A " + why
+    if ed_eq(ed_mul(8, A), ED_O):
+        return "reject: A of small order"
+    R, why = ed_decode(r_bytes)
+    if R is None:
+        return "reject: R " + why
+    if ed_eq(ed_mul(8, R), ED_O):
+        return "reject: R of small order"
+    k = int.from_bytes(hashlib.sha512(r_bytes + a_bytes + msg).digest(), "little") % ED_L
+    if not ed_eq(ed_mul(s, ED_B), ed_add(R, ed_mul(k, A))):
+        return "reject: equation"
+    return "accept"
+
+
 def leaf_hash(d):
     return hashlib.sha256(b"\x00" + d).digest()
 
@@ -282,6 +359,10 @@ def main():
     check(judge_air(dg) == "accept", "UDP air datagram accepted")
     for c in ua["cases"]:
         check(judge_air(X(c["datagram"])) == c["verdict"], f"UDP air: {c['description']}")
+    sn = load("signature_negative.json")
+    for c in sn["cases"]:
+        check(ed25519_strict(X(c["public_key"]), X(c["signature"]), X(c["message"])) == c["verdict"],
+              f"strict Ed25519: {c['description']} -> {c['verdict']}")
     print("all vectors verified")
 
 

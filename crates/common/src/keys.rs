@@ -565,7 +565,7 @@ impl KeyDir {
                 path: path.clone(),
                 message: "not 64 hex digits".into(),
             })?;
-        VerifyingKey::from_bytes(&bytes).map_err(|e| KeyError::BadKey {
+        gridpow_proto::crypto::strict_public_key(&bytes).map_err(|e| KeyError::BadKey {
             path,
             message: e.to_string(),
         })

@@ -104,10 +104,11 @@ pub struct RelayRecord {
 }
 
 impl RelayRecord {
-    /// The verifying key, if the hex is a valid key.
+    /// The verifying key, if the hex is a valid key: canonical and not of
+    /// small order (protocol §9.2).
     pub fn verifying_key(&self) -> Option<ed25519_dalek::VerifyingKey> {
         let bytes: [u8; 32] = hex::decode(&self.public_key).ok()?.try_into().ok()?;
-        ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
+        gridpow_proto::crypto::strict_public_key(&bytes).ok()
     }
 }
 

@@ -339,7 +339,7 @@ where
             ingress,
             lifecycle,
             signing: SigningKey::from_bytes(signing_seed),
-            server_key: VerifyingKey::from_bytes(server_public_key).ok(),
+            server_key: gridpow_proto::crypto::strict_public_key(server_public_key).ok(),
             search: None,
             store,
             store_failed: false,

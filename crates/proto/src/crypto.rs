@@ -469,3 +469,16 @@ mod tests {
         assert!(!p.aead_open(&key, &[2; NONCE_LEN], b"", &mut [], &tag));
     }
 }
+
+/// An Ed25519 public key (a relay's or the grid server's) as §9.2 requires
+/// it: a canonical encoding of a curve point that is not of small order. A
+/// key failing this would let forged signatures verify, so it is refused
+/// where it is registered or loaded, not only when a signature is checked.
+pub fn strict_public_key(bytes: &[u8; 32]) -> Result<ed25519_dalek::VerifyingKey, crate::Rejected> {
+    let key = ed25519_dalek::VerifyingKey::from_bytes(bytes)
+        .map_err(|_| crate::Rejected::WeakPublicKey)?;
+    if key.is_weak() || key.to_edwards().compress().to_bytes() != *bytes {
+        return Err(crate::Rejected::WeakPublicKey);
+    }
+    Ok(key)
+}

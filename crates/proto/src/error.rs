@@ -87,6 +87,9 @@ pub enum Rejected {
     UnexpectedAck,
     /// The relay's signature over the block header does not verify.
     BadSignature,
+    /// An Ed25519 public key is not a canonical encoding of a point, or is
+    /// of small order (§9.2): it would verify forged signatures.
+    WeakPublicKey,
     /// The block hash has fewer leading zero bits than required.
     InsufficientWork {
         /// Difficulty the verifier requires.
@@ -216,6 +219,9 @@ impl fmt::Display for Rejected {
             Rejected::StaleEpoch => f.write_str("boot epoch older than the newest seen"),
             Rejected::UnexpectedAck => f.write_str("ACK does not match the frame in flight"),
             Rejected::BadSignature => f.write_str("relay signature does not verify"),
+            Rejected::WeakPublicKey => f.write_str(
+                "Ed25519 public key is not canonical or is of small order (protocol §9.2)",
+            ),
             Rejected::InsufficientWork { required, actual } => {
                 write!(
                     f,
