@@ -225,6 +225,8 @@ pub struct BlockLifecycle<B, E> {
     stage: Stage,
     header: BlockHeaderRepr,
     sealing_records: (u64, u64),
+    /// Bytes of the block message in the sealing buffer.
+    sealing_len: usize,
     outbox: E,
     connected: bool,
     stats: LifecycleStats,
@@ -271,6 +273,7 @@ where
             stage: Stage::Idle,
             header: empty_header(),
             sealing_records: (0, 0),
+            sealing_len: 0,
             outbox,
             connected: false,
             stats: LifecycleStats::default(),
@@ -406,6 +409,7 @@ where
             nonce: 0,
         };
         self.sealing_records = self.pending_records.unwrap_or_default();
+        self.sealing_len = self.pending_len;
         self.pending_len = LEAVES_OFFSET;
         self.pending_count = 0;
         self.pending_root = RootBuilder::new();
@@ -433,9 +437,11 @@ where
         let buf = self.sealing.as_mut();
         buf[..HEADER_LEN].copy_from_slice(&header.to_bytes());
         buf[HEADER_LEN..HEADER_LEN + SIGNATURE_LEN].copy_from_slice(&sig);
-        let len = block_len(buf, header.leaf_count);
         self.header = header;
-        self.stage = Stage::Sealed { hash, len };
+        self.stage = Stage::Sealed {
+            hash,
+            len: self.sealing_len,
+        };
         self.stats.blocks_sealed += 1;
         Ok(hash)
     }
@@ -724,18 +730,6 @@ fn empty_header() -> BlockHeaderRepr {
         time_ms: 0,
         nonce: 0,
     }
-}
-
-/// Length of the block message whose `leaves` leaves start at `LEAVES_OFFSET`.
-fn block_len(buf: &[u8], leaves: u32) -> usize {
-    let mut at = LEAVES_OFFSET;
-    for _ in 0..leaves {
-        let Some(p) = buf.get(at..at + LEAF_PREFIX_LEN) else {
-            return at;
-        };
-        at += LEAF_PREFIX_LEN + usize::from(u16::from_le_bytes([p[0], p[1]]));
-    }
-    at.min(buf.len())
 }
 
 #[cfg(test)]
