@@ -71,6 +71,7 @@ mod energy;
 mod error;
 mod measurement;
 mod meter;
+pub mod synthetic;
 
 pub use analysis::RawReadings;
 pub use config::{

@@ -5,6 +5,7 @@
 
 use std::f64::consts::PI;
 
+use gridpow_metering::synthetic::{synth_into, tone, Lcg, Tone, I_GAIN, V_GAIN};
 use gridpow_metering::{
     Calibration, Config, EnergyRegister, Measurement, Meter, MeteringError, PhaseCorrection,
     ReferenceLoad,
@@ -14,53 +15,13 @@ use proptest::prelude::*;
 const FS: f64 = 4000.0;
 /// One second of samples per block.
 const BLOCK: usize = 4000;
-/// Peak voltage of 230 V RMS maps to 1500 codes.
-const V_GAIN: f64 = 230.0 * std::f64::consts::SQRT_2 / 1500.0;
-/// Peak current of 10 A RMS maps to 1500 codes.
-const I_GAIN: f64 = 10.0 * std::f64::consts::SQRT_2 / 1500.0;
-
-/// Deterministic noise: a 64-bit LCG (Knuth's MMIX constants), uniform in [-1, 1).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-}
-
-/// One sinusoidal component: harmonic number, peak in codes, phase in radians.
-#[derive(Clone, Copy)]
-struct Tone {
-    harmonic: f64,
-    peak: f64,
-    phase: f64,
-}
-
-fn tone(peak: f64, phase: f64) -> Tone {
-    Tone {
-        harmonic: 1.0,
-        peak,
-        phase,
-    }
-}
 
 /// A channel's codes: DC level plus tones at `freq`, uniform noise of
 /// ±`noise` codes, rounded and clamped to 12 bits.
 fn synth(freq: f64, mid: f64, tones: &[Tone], noise: f64, rng: &mut Lcg) -> Vec<u16> {
-    (0..BLOCK)
-        .map(|n| {
-            let t = n as f64 / FS;
-            let ac: f64 = tones
-                .iter()
-                .map(|k| k.peak * (2.0 * PI * k.harmonic * freq * t + k.phase).sin())
-                .sum();
-            (mid + ac + noise * rng.next()).round().clamp(0.0, 4095.0) as u16
-        })
-        .collect()
+    let mut out = vec![0; BLOCK];
+    synth_into(&mut out, FS, freq, mid, tones, noise, rng);
+    out
 }
 
 fn calibrated(config: Config) -> Result<Meter, MeteringError> {
