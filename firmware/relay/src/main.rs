@@ -41,7 +41,7 @@ use esp_hal::rng::Trng;
 use esp_hal::timer::timg::TimerGroup;
 use esp_hal::usb::usb_serial_jtag::UsbSerialJtag;
 use esp_println::println;
-use esp_radio::esp_now::{EspNowManager, EspNowReceiver, EspNowSender, PeerInfo};
+use esp_radio::esp_now::{EspNowManager, EspNowReceiver, EspNowSender};
 use esp_radio::wifi::sta::StationConfig;
 use esp_radio::wifi::{AuthenticationMethodConfig, Interface, WifiController};
 use esp_storage::FlashStorage;
@@ -129,19 +129,6 @@ impl PowHasher for AccelPow {
             })
             .unwrap_or([0xff; 32])
     }
-}
-
-fn ensure_peer(manager: &EspNowManager, dst: &MacAddr) -> bool {
-    manager.peer_exists(dst)
-        || manager
-            .add_peer(PeerInfo {
-                interface: esp_radio::esp_now::EspNowWifiInterface::Station,
-                peer_address: *dst,
-                lmk: None,
-                channel: None,
-                encrypt: false,
-            })
-            .is_ok()
 }
 
 /// Stops here, logging why, when the relay cannot run.
@@ -356,7 +343,7 @@ async fn run_bridge(
                             let mut frame = [0u8; 250];
                             let len = data.len().min(250);
                             frame[..len].copy_from_slice(&data[..len]);
-                            if !ensure_peer(&manager, &dst)
+                            if radio::ensure_peer(&manager, &dst).is_err()
                                 || sender.send_async(&dst, &frame[..len]).await.is_err()
                             {
                                 bridge.count_radio_error();

@@ -68,7 +68,9 @@ impl<'r> EspNowRadio<'r> {
     }
 }
 
-fn ensure_peer(manager: &EspNowManager, dst: &MacAddr) -> Result<(), EspNowError> {
+/// Registers `dst` as an ESP-NOW peer on the current channel unless it is
+/// one already (bridge and standalone modes both send through this).
+pub fn ensure_peer(manager: &EspNowManager, dst: &MacAddr) -> Result<(), EspNowError> {
     if manager.peer_exists(dst) {
         return Ok(());
     }
