@@ -55,21 +55,6 @@ struct RelayBlobPlan {
     out: PathBuf,
 }
 
-/// The DER inside a PEM file whose label is one of `labels`.
-fn pem_der(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<u8>> {
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let p = pem::parse(&text).with_context(|| format!("{}: not a PEM file", path.display()))?;
-    if !labels.contains(&p.tag()) {
-        bail!(
-            "{}: PEM label is {:?}, expected {}",
-            path.display(),
-            p.tag(),
-            labels.join(" or ")
-        );
-    }
-    Ok(p.into_contents())
-}
-
 /// The passphrase in `path` without its trailing line break. WPA2/WPA3
 /// personal takes 8 to 63 characters or 64 hex digits; empty means an open
 /// network.
@@ -184,14 +169,11 @@ fn plan(a: &RelayBlobArgs) -> anyhow::Result<RelayBlobPlan> {
         bail!("--require-registered-mac: some of the bundle's meters have no MAC in meters.toml");
     }
 
-    let ca = pem_der(&bundle.ca_cert_path(), &["CERTIFICATE"])?;
-    let files = bundle.tls_files(&format!("relay-{}", a.id));
-    let cert = pem_der(&files.cert, &["CERTIFICATE"])?;
-    let key = pem_der(&files.key, &["PRIVATE KEY", "EC PRIVATE KEY"])?;
+    let tls = gridpow_common::tls::relay_tls_der(&bundle, a.id)?;
     Ok(RelayBlobPlan {
         config,
         meters,
-        tls: Some((ca, cert, key)),
+        tls: Some(tls),
         out,
     })
 }

@@ -56,6 +56,27 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// Site CA certificate, client certificate, client key: DER.
+pub type RelayTlsDer = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// Relay `relay_id`'s TLS material as DER, read from its key directory or
+/// bundle (`ca.pem`, `tls/relay-<id>.pem` and `.key`): what the standalone
+/// relay carries in its blob and what the host application hands to
+/// `gridpow-relay-net`. Returns (site CA certificate, client certificate,
+/// client key).
+pub fn relay_tls_der(keys: &crate::keys::KeyDir, relay_id: u32) -> Result<RelayTlsDer, TlsError> {
+    let first = |path: &Path| load_certs(path).map(|c| c.into_iter().next().map(|c| c.to_vec()));
+    let files = keys.tls_files(&format!("relay-{relay_id}"));
+    let none = |path: &Path| TlsError::File {
+        path: path.to_path_buf(),
+        message: "no certificate in file".into(),
+    };
+    let ca = first(&keys.ca_cert_path())?.ok_or_else(|| none(&keys.ca_cert_path()))?;
+    let cert = first(&files.cert)?.ok_or_else(|| none(&files.cert))?;
+    let key = load_key(&files.key)?.secret_der().to_vec();
+    Ok((ca, cert, key))
+}
+
 /// A client configuration trusting only `ca` and, if given, presenting a client
 /// certificate (mutual TLS).
 pub fn client_config(

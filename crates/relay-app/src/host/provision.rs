@@ -10,8 +10,6 @@ use gridpow_common::keys::{KeyDir, KeyError, Role};
 use gridpow_firmware_logic::provisioning::{
     BlobError, RelayConfig, RelayMeter, RelayMode, MAX_RELAY_METERS,
 };
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Everything the relay application needs from provisioning.
 #[derive(Clone)]
@@ -54,14 +52,9 @@ pub enum ProvisionError {
         /// What failed.
         source: std::io::Error,
     },
-    /// A PEM file holds no certificate or key.
-    #[error("{path}: {what}")]
-    Pem {
-        /// The file.
-        path: PathBuf,
-        /// What is missing.
-        what: &'static str,
-    },
+    /// The bundle's TLS files are missing or hold no certificate or key.
+    #[error(transparent)]
+    Tls(#[from] gridpow_common::tls::TlsError),
     /// The blob is malformed or not a standalone relay's.
     #[error("relay blob {path}: {why}")]
     Blob {
@@ -73,24 +66,6 @@ pub enum ProvisionError {
     /// More meters than a relay holds.
     #[error("{0} meters in the bundle; a standalone relay holds at most {MAX_RELAY_METERS}")]
     TooManyMeters(usize),
-}
-
-fn pem_cert(path: &Path) -> Result<Vec<u8>, ProvisionError> {
-    CertificateDer::from_pem_file(path)
-        .map(|c| c.to_vec())
-        .map_err(|_| ProvisionError::Pem {
-            path: path.to_path_buf(),
-            what: "no PEM certificate",
-        })
-}
-
-fn pem_key(path: &Path) -> Result<Vec<u8>, ProvisionError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map(|k| k.secret_der().to_vec())
-        .map_err(|_| ProvisionError::Pem {
-            path: path.to_path_buf(),
-            what: "no PEM private key",
-        })
 }
 
 /// Settings not in a bundle (a blob carries them).
@@ -133,7 +108,7 @@ pub fn from_bundle(
     config.signing_seed = kd.relay_signing_key(relay_id)?.to_bytes();
     config.server_public_key = kd.server_verifying_key()?.to_bytes();
     config.meter_count = meters.len();
-    let (ca_der, cert_der, key_der) = tls_from_bundle(&kd, relay_id)?;
+    let (ca_der, cert_der, key_der) = gridpow_common::tls::relay_tls_der(&kd, relay_id)?;
     Ok(Provisioned {
         config,
         meters,
@@ -168,7 +143,7 @@ pub fn from_blob(blob_path: &Path, bundle: &Path) -> Result<Provisioned, Provisi
     // older blob takes it from the bundle.
     let (ca_der, cert_der, key_der) = match config.tls(&blob) {
         Some(t) => (t.ca_der.to_vec(), t.cert_der.to_vec(), t.key_der.to_vec()),
-        None => tls_from_bundle(&kd, config.relay_id)?,
+        None => gridpow_common::tls::relay_tls_der(&kd, config.relay_id)?,
     };
     Ok(Provisioned {
         config,
@@ -177,18 +152,6 @@ pub fn from_blob(blob_path: &Path, bundle: &Path) -> Result<Provisioned, Provisi
         cert_der,
         key_der,
     })
-}
-
-/// CA certificate, client certificate and key, DER.
-type TlsDer = (Vec<u8>, Vec<u8>, Vec<u8>);
-
-fn tls_from_bundle(kd: &KeyDir, relay_id: u32) -> Result<TlsDer, ProvisionError> {
-    let tls = kd.tls_files(&format!("relay-{relay_id}"));
-    Ok((
-        pem_cert(&kd.ca_cert_path())?,
-        pem_cert(&tls.cert)?,
-        pem_key(&tls.key)?,
-    ))
 }
 
 #[cfg(test)]
