@@ -293,6 +293,17 @@ impl Bufs {
             mem: vec![0; ARENA_LEN],
         }
     }
+
+    /// The TLS buffers and the MQTT arena of one connection.
+    fn split(&mut self) -> (TlsBuffers<'_>, Arena<'_>) {
+        (
+            TlsBuffers {
+                read: &mut self.rx,
+                write: &mut self.tx,
+            },
+            Arena::new(&mut self.mem),
+        )
+    }
 }
 
 async fn tcp_link(port: u16) -> Link<Socket> {
@@ -315,11 +326,7 @@ fn start(t0: Instant, height: Option<u64>) -> Start {
 async fn refused(port: u16, cfg: &Config<'_>) -> Error {
     let mut b = Bufs::new();
     let link = tcp_link(port).await;
-    let mut arena = Arena::new(&mut b.mem);
-    let tls = TlsBuffers {
-        read: &mut b.rx,
-        write: &mut b.tx,
-    };
+    let (tls, mut arena) = b.split();
     let r = Connection::open(
         &link,
         tls,
@@ -358,11 +365,7 @@ async fn handshake_with_client_certificate_succeeds_and_the_retained_status_says
     let t0 = Instant::now();
     let mut b = Bufs::new();
     let link = tcp_link(broker.port).await;
-    let mut arena = Arena::new(&mut b.mem);
-    let tls = TlsBuffers {
-        read: &mut b.rx,
-        write: &mut b.tx,
-    };
+    let (tls, mut arena) = b.split();
     let s = start(t0, Some(41));
     let opened = Instant::now();
     let conn = Connection::open(&link, tls, &mut arena, &cfg, s, OsRng, &mut |_: &[u8]| {})
@@ -496,11 +499,7 @@ async fn block_of_12_kib_arrives_byte_identical_and_a_receipt_comes_back() {
     let cfg = site.config();
     let mut b = Bufs::new();
     let link = tcp_link(broker.port).await;
-    let mut arena = Arena::new(&mut b.mem);
-    let tls = TlsBuffers {
-        read: &mut b.rx,
-        write: &mut b.tx,
-    };
+    let (tls, mut arena) = b.split();
     let receipts = RefCell::new(Vec::<Vec<u8>>::new());
     let mut on_receipt = |r: &[u8]| receipts.borrow_mut().push(r.to_vec());
     let mut conn = Connection::open(
@@ -569,11 +568,7 @@ async fn abruptly_dropped_connection_makes_the_broker_publish_the_offline_will()
     {
         let mut b = Bufs::new();
         let link = tcp_link(broker.port).await;
-        let mut arena = Arena::new(&mut b.mem);
-        let tls = TlsBuffers {
-            read: &mut b.rx,
-            write: &mut b.tx,
-        };
+        let (tls, mut arena) = b.split();
         let _conn = Connection::open(&link, tls, &mut arena, &cfg, s, OsRng, &mut |_: &[u8]| {})
             .await
             .unwrap();
@@ -633,11 +628,7 @@ async fn deliver(site: &Site, port: u16, block: &[u8], t0: Instant) -> u32 {
             continue;
         };
         let link = Link::new(FromTokio::new(sock));
-        let mut arena = Arena::new(&mut b.mem);
-        let tls = TlsBuffers {
-            read: &mut b.rx,
-            write: &mut b.tx,
-        };
+        let (tls, mut arena) = b.split();
         let r = async {
             let mut conn = Connection::open(
                 &link,
@@ -680,11 +671,7 @@ async fn after_a_broker_restart_and_a_cut_connection_the_caller_reconnects_and_n
 
     let mut b = Bufs::new();
     let link = tcp_link(px.port).await;
-    let mut arena = Arena::new(&mut b.mem);
-    let tls = TlsBuffers {
-        read: &mut b.rx,
-        write: &mut b.tx,
-    };
+    let (tls, mut arena) = b.split();
     let mut conn = Connection::open(
         &link,
         tls,
@@ -716,11 +703,7 @@ async fn after_a_broker_restart_and_a_cut_connection_the_caller_reconnects_and_n
     // A connection cut in the network (both TCP ends dropped by the proxy).
     let mut b = Bufs::new();
     let link = tcp_link(px.port).await;
-    let mut arena = Arena::new(&mut b.mem);
-    let tls = TlsBuffers {
-        read: &mut b.rx,
-        write: &mut b.tx,
-    };
+    let (tls, mut arena) = b.split();
     let mut conn = Connection::open(
         &link,
         tls,
@@ -774,11 +757,7 @@ async fn receipts_queued_while_offline_all_arrive_even_when_the_arena_runs_out()
     {
         let mut b = Bufs::new();
         let link = tcp_link(broker.port).await;
-        let mut arena = Arena::new(&mut b.mem);
-        let tls = TlsBuffers {
-            read: &mut b.rx,
-            write: &mut b.tx,
-        };
+        let (tls, mut arena) = b.split();
         let conn = Connection::open(
             &link,
             tls,
@@ -828,11 +807,7 @@ async fn receipts_queued_while_offline_all_arrive_even_when_the_arena_runs_out()
         );
         let mut b = Bufs::new();
         let link = tcp_link(broker.port).await;
-        let mut arena = Arena::new(&mut b.mem);
-        let tls = TlsBuffers {
-            read: &mut b.rx,
-            write: &mut b.tx,
-        };
+        let (tls, mut arena) = b.split();
         let r = async {
             let mut conn = Connection::open(
                 &link,
@@ -889,11 +864,7 @@ async fn futures_and_connection_sizes_are_reported() {
     let port = listener.local_addr().unwrap().port();
     let mut b = Bufs::new();
     let link = tcp_link(port).await;
-    let mut arena = Arena::new(&mut b.mem);
-    let tls = TlsBuffers {
-        read: &mut b.rx,
-        write: &mut b.tx,
-    };
+    let (tls, mut arena) = b.split();
     let mut sink = |_: &[u8]| {};
     let open = Connection::open(
         &link,
