@@ -790,6 +790,13 @@ mod tests {
         m.handle_saved().expect("outbox room")
     }
 
+    /// With `max_frames: 1`: one frame in, its block sealed and saved.
+    fn one_frame_block(m: &mut Machine, record: u64) -> OutboxEntry {
+        m.handle_frame(t(0), &[1; 40], record).expect("room");
+        m.poll_job(t(0), 1).expect("job");
+        seal(m)
+    }
+
     fn receipt(status: ReceiptStatus, e: &OutboxEntry, relay_id: u32) -> [u8; 124] {
         ReceiptRepr {
             status,
@@ -924,9 +931,7 @@ mod tests {
         });
         let mut entries = [OutboxEntry::FREE; SLOTS];
         for (r, e) in entries.iter_mut().enumerate() {
-            m.handle_frame(t(0), &[1; 40], r as u64).expect("room");
-            m.poll_job(t(0), 1).expect("job");
-            *e = seal(&mut m);
+            *e = one_frame_block(&mut m, r as u64);
         }
         m.handle_frame(t(0), &[1; 40], 9).expect("room");
         assert_eq!(m.poll_job(t(0), 1), None, "no outbox slot");
@@ -943,9 +948,7 @@ mod tests {
             max_frames: 1,
             ..cfg()
         });
-        m.handle_frame(t(0), &[1; 40], 1).expect("room");
-        m.poll_job(t(0), 1).expect("job");
-        let e = seal(&mut m);
+        let e = one_frame_block(&mut m, 1);
         m.handle_connected();
         assert_eq!(m.poll_publish(t(0)).map(|o| o.height), Some(0));
         m.handle_published(0, t(0));
@@ -993,9 +996,7 @@ mod tests {
             quarantine_retry: Duration::from_secs(1),
             ..cfg()
         });
-        m.handle_frame(t(0), &[1; 40], 1).expect("room");
-        m.poll_job(t(0), 1).expect("job");
-        let e = seal(&mut m);
+        let e = one_frame_block(&mut m, 1);
         m.handle_connected();
         m.handle_published(0, t(0));
         let q = receipt(ReceiptStatus::Quarantined, &e, 7);
@@ -1012,9 +1013,7 @@ mod tests {
             max_frames: 1,
             ..cfg()
         });
-        m.handle_frame(t(0), &[1; 40], 1).expect("room");
-        m.poll_job(t(0), 1).expect("job");
-        let e = seal(&mut m);
+        let e = one_frame_block(&mut m, 1);
         let pk = server().verifying_key();
         let mut forged = receipt(ReceiptStatus::Stored, &e, 7);
         forged[100] ^= 1;
@@ -1047,9 +1046,7 @@ mod tests {
             ..cfg()
         });
         for r in 0..3 {
-            m.handle_frame(t(0), &[1; 40], r).expect("room");
-            m.poll_job(t(0), 1).expect("job");
-            seal(&mut m);
+            one_frame_block(&mut m, r);
         }
         assert_eq!(m.poll_publish(t(0)), None, "disconnected");
         m.handle_connected();
@@ -1079,13 +1076,9 @@ mod tests {
         });
         assert_eq!(m.confirmed_through(), None);
         m.handle_frame(t(0), &[1; 40], 10).expect("room");
-        m.handle_frame(t(0), &[1; 40], 11).expect("room");
-        m.poll_job(t(0), 1).expect("job");
-        let a = seal(&mut m);
+        let a = one_frame_block(&mut m, 11);
         m.handle_frame(t(0), &[1; 40], 12).expect("room");
-        m.handle_frame(t(0), &[1; 40], 13).expect("room");
-        m.poll_job(t(0), 1).expect("job");
-        let b = seal(&mut m);
+        let b = one_frame_block(&mut m, 13);
         m.handle_frame(t(0), &[1; 40], 14).expect("room");
         assert_eq!(m.confirmed_through(), Some(9));
         let pk = server().verifying_key();
