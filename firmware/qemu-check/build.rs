@@ -31,6 +31,7 @@ fn main() {
     block(&mut g, &load(&dir, "block.json"));
     receipt(&mut g, &load(&dir, "receipt.json"));
     serial(&mut g, &load(&dir, "serial.json"));
+    signature_negative(&mut g, &load(&dir, "signature_negative.json"));
     std::fs::write(out.join("vectors.rs"), g.out).expect("write vectors.rs");
 }
 
@@ -280,6 +281,23 @@ fn receipt(g: &mut Gen, v: &Value) {
         g.int("SERVER_ID", "u32", v, "server_id");
         g.int("TIME_MS", "u64", v, "time_ms");
         g.hex("BYTES", v, "bytes");
+    });
+}
+
+fn signature_negative(g: &mut Gen, v: &Value) {
+    g.module("signature_negative", |g| {
+        g.line("pub const CASES: &[SignatureCase] = &[");
+        for c in arr_of(v, "cases") {
+            g.line(&format!(
+                "SignatureCase {{ case: {:?}, public_key: {}, signature: {}, message: &{}, verdict: {:?} }},",
+                str_of(c, "description"),
+                bytes_expr(&hex_of(c, "public_key")),
+                bytes_expr(&hex_of(c, "signature")),
+                bytes_expr(&hex_of(c, "message")),
+                str_of(c, "verdict"),
+            ));
+        }
+        g.line("];");
     });
 }
 

@@ -31,6 +31,15 @@ pub struct NegativeCase {
     pub server: &'static str,
 }
 
+/// One case of `signature_negative.json`.
+pub struct SignatureCase {
+    pub case: &'static str,
+    pub public_key: [u8; 32],
+    pub signature: [u8; 64],
+    pub message: &'static [u8],
+    pub verdict: &'static str,
+}
+
 /// One case of `merkle.json`.
 pub struct MerkleCase {
     pub leaves: usize,
@@ -40,7 +49,7 @@ pub struct MerkleCase {
 }
 
 mod v {
-    use super::{MerkleCase, NegativeCase, Reading};
+    use super::{MerkleCase, NegativeCase, Reading, SignatureCase};
     include!(concat!(env!("OUT_DIR"), "/vectors.rs"));
 }
 
@@ -56,6 +65,7 @@ tests![
     tampered_block_is_rejected,
     receipt_matches_and_verifies,
     serial_frame_matches_and_decodes,
+    strict_ed25519_gives_every_signature_its_verdict,
 ];
 
 fn meter_secret() -> MeterSecret {
@@ -461,6 +471,22 @@ fn serial_frame_matches_and_decodes() -> Outcome {
         if let Some(r) = dec.push(b) {
             check!(r.is_err(), "corrupted serial frame decodes: {r:?}");
         }
+    }
+    Ok(())
+}
+
+/// Protocol §9.2 as the core applies it: `strict_public_key`, then
+/// `verify_strict`; only the genuine signature passes.
+fn strict_ed25519_gives_every_signature_its_verdict() -> Outcome {
+    check_eq!(v::signature_negative::CASES.len(), 9, "the file's nine cases");
+    for c in v::signature_negative::CASES {
+        let ok = gridpow_proto::crypto::strict_public_key(&c.public_key)
+            .ok()
+            .is_some_and(|k| {
+                k.verify_strict(c.message, &ed25519_dalek::Signature::from_bytes(&c.signature))
+                    .is_ok()
+            });
+        check_eq!(ok, c.verdict == "accept", "{}", c.case);
     }
     Ok(())
 }
