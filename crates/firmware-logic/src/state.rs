@@ -269,6 +269,16 @@ impl RelayState {
     }
 }
 
+/// The chain tip as the protocol core's block lifecycle takes it.
+impl From<RelayState> for gridpow_proto::lifecycle::ChainTip {
+    fn from(s: RelayState) -> Self {
+        gridpow_proto::lifecycle::ChainTip {
+            next_height: s.next_height,
+            prev_hash: s.prev_hash,
+        }
+    }
+}
+
 /// Reserves the boot epoch for this boot: one above the last one used (and at
 /// least `min_epoch`), written and read back before returning. Call it before
 /// the first frame of a boot; the energy registers carry over from the last

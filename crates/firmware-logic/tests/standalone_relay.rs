@@ -312,10 +312,7 @@ fn acked_frames_blocks_and_the_chain_tip_survive_a_power_cut() {
     let journal = Journal::<_, 2>::open(&mut flash, RelayState::default()).unwrap();
     let tip = journal.tip();
     assert_eq!((tip.next_height, tip.prev_hash), (1, sealed.hash));
-    let tip = ChainTip {
-        next_height: tip.next_height,
-        prev_hash: tip.prev_hash,
-    };
+    let tip = ChainTip::from(tip);
     let mut r = relay_on(journal, tip, &mut storage.blocks, &mut storage.outbox);
     let found = r.recover(Instant::ZERO).unwrap();
     assert_eq!((found.blocks, found.frames, found.unsealed), (1, 5, 2));

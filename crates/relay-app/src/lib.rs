@@ -26,7 +26,7 @@
 //! ```text
 //! let journal = Journal::<_, OUTBOX>::open(flash, RelayState::default())?;
 //! let t = journal.tip(); // the chain tip, as the journal last wrote it
-//! let tip = ChainTip { next_height: t.next_height, prev_hash: t.prev_hash };
+//! let tip = ChainTip::from(t);
 //! let mut relay = StandaloneRelay::new(/* config, provider, meters, keys, */ tip, journal, storage)?;
 //! relay.recover(clock.now())?; // unconfirmed blocks and ACKed frames back from the journal
 //! let relay = RefCell::new(relay);

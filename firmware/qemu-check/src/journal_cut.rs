@@ -138,10 +138,7 @@ fn open<'a>(flash: &'a mut Flash, blocks: &'a mut [u8], outbox: &'a mut [OutboxE
         meters,
         &[5; 32],
         &SigningKey::from_bytes(&SERVER_SEED).verifying_key().to_bytes(),
-        ChainTip {
-            next_height: t.next_height,
-            prev_hash: t.prev_hash,
-        },
+        ChainTip::from(t),
         journal,
         RelayStorage { blocks, outbox },
     )

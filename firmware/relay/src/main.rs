@@ -431,10 +431,7 @@ async fn run_standalone(
         meters,
         &cfg.signing_seed,
         &cfg.server_public_key,
-        ChainTip {
-            next_height: tip.next_height,
-            prev_hash: tip.prev_hash,
-        },
+        ChainTip::from(tip),
         journal,
         RelayStorage { blocks, outbox },
     ) {

@@ -187,10 +187,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         prov.meters.iter().cloned(),
         &cfg.signing_seed,
         &cfg.server_public_key,
-        ChainTip {
-            next_height: tip.next_height,
-            prev_hash: tip.prev_hash,
-        },
+        ChainTip::from(tip),
         journal,
         RelayStorage {
             blocks: &mut blocks,
