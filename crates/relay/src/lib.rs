@@ -359,10 +359,7 @@ fn new_lifecycle(
     )
     .map_err(core)?;
     for e in outbox.entries() {
-        let len = std::fs::metadata(&e.path)
-            .map(|m| m.len().saturating_sub(outbox::BLOCK_FILE_OVERHEAD) as u32)
-            .unwrap_or(0);
-        lc.restore(e.height, e.hash, len, (e.first_jsn, e.last_jsn))
+        lc.restore(e.height, e.hash, e.len, (e.first_jsn, e.last_jsn))
             .map_err(core)?;
     }
     Ok(lc)

@@ -23,8 +23,6 @@ use crate::RelayError;
 
 const BLOCK_MAGIC: &[u8; 4] = b"GPO1";
 const CHAIN_MAGIC: &[u8; 4] = b"GPC1";
-/// Bytes of an outbox file beyond the block it holds (magic, fields, CRC).
-pub const BLOCK_FILE_OVERHEAD: u64 = 4 + 8 + 8 + 8 + 32 + 4 + 4;
 
 /// Where the chain stands: the next block's height and parent, and the last
 /// journal record covered by a sealed block.
@@ -74,6 +72,8 @@ pub struct OutboxEntry {
     pub first_jsn: u64,
     /// jsn of its last leaf.
     pub last_jsn: u64,
+    /// Length of the block message in bytes.
+    pub len: u32,
     /// Its file.
     pub path: PathBuf,
 }
@@ -163,7 +163,7 @@ impl Outbox {
                 }
                 Some("blk") => {
                     let data = std::fs::read(&path).map_err(RelayError::io(&path))?;
-                    let (height, first_jsn, last_jsn, hash, _) = decode_block_file(&data)
+                    let (height, first_jsn, last_jsn, hash, block) = decode_block_file(&data)
                         .ok_or_else(|| {
                             corrupt(&path, "outbox block fails its CRC or format check")
                         })?;
@@ -174,6 +174,7 @@ impl Outbox {
                             hash,
                             first_jsn,
                             last_jsn,
+                            len: block.len() as u32,
                             path,
                         },
                     );
@@ -253,6 +254,7 @@ impl Outbox {
             hash,
             first_jsn,
             last_jsn,
+            len: block.len() as u32,
             path,
         };
         self.entries.insert(header.height, entry.clone());
