@@ -514,7 +514,9 @@ where
     }
 
     /// Processes a commit receipt (§10): a verified receipt with status
-    /// stored frees the block; quarantined keeps it.
+    /// stored frees the block; quarantined keeps it; refused for good frees
+    /// it too (flash has no room to archive it: the caller logs it as an
+    /// error, and the server keeps the refused block in its quarantine).
     pub fn handle_receipt(
         &mut self,
         now: Instant,
@@ -525,7 +527,9 @@ where
             .as_ref()
             .ok_or(RelayError::Proto(Rejected::BadSignature.into()))?;
         let outcome = self.lifecycle.handle_receipt(now, bytes, key)?;
-        if let ReceiptOutcome::Confirmed { height, hash, .. } = outcome {
+        if let ReceiptOutcome::Confirmed { height, hash, .. }
+        | ReceiptOutcome::Refused { height, hash, .. } = outcome
+        {
             // A failed write leaves a block that a later boot republishes
             // and the server answers "already stored": time, never data.
             if self.store.confirm_block(height, &hash).is_err() {

@@ -44,6 +44,8 @@ pub enum Malformed {
     UnknownValue,
     /// A checksum (serial framing CRC) does not match.
     BadChecksum,
+    /// An uplink's sequence numbers would run past 2^32−1 (they never wrap).
+    SeqOverflow,
 }
 
 /// Why a leaf (a sealed uplink frame inside a block) was refused.
@@ -131,6 +133,8 @@ pub enum Misuse {
     InvalidArgument,
     /// The frame counter of this boot epoch is exhausted; start a new epoch.
     CounterExhausted,
+    /// The sequence numbers of this boot epoch are exhausted; start a new epoch.
+    SeqExhausted,
 }
 
 /// A fixed capacity was reached.
@@ -190,6 +194,9 @@ impl fmt::Display for Malformed {
             Malformed::TooManyLeaves => f.write_str("too many leaves"),
             Malformed::UnknownValue => f.write_str("field value not defined by this version"),
             Malformed::BadChecksum => f.write_str("checksum mismatch"),
+            Malformed::SeqOverflow => {
+                f.write_str("sequence numbers run past 2^32-1 (a meter starts a new epoch first)")
+            }
         }
     }
 }
@@ -250,6 +257,9 @@ impl fmt::Display for Misuse {
             Misuse::InvalidArgument => f.write_str("argument out of range"),
             Misuse::CounterExhausted => {
                 f.write_str("frame counter exhausted; start a new boot epoch")
+            }
+            Misuse::SeqExhausted => {
+                f.write_str("sequence numbers exhausted; start a new boot epoch")
             }
         }
     }

@@ -10,7 +10,8 @@
 //!    handle_saved ──▶ chain tip advances, block waits for its receipt
 //!    poll_publish ──▶ lowest due block of the in-flight window
 //! handle_published / handle_connected / handle_disconnected
-//!  handle_receipt ──▶ stored: forget the block; quarantined: keep, back off
+//!  handle_receipt ──▶ stored: forget the block; quarantined: keep, back off;
+//!                    refused for good: forget it, the caller archives it
 //! ```
 //!
 //! Sans-IO: time comes in as [`Instant`] and wall-clock milliseconds; the
@@ -33,9 +34,10 @@
 //! The rules of docs/protocol.md §7 and §10 live here and nowhere else:
 //! a frame is admitted only if it will fit (so a frame the ingress accepted
 //! is never dropped for lack of room, see [`BlockLifecycle::admits`]); a
-//! block is forgotten only on a verified receipt with status *stored* or
-//! *already stored* naming its relay, height and hash; a *quarantined*
-//! receipt keeps it and offers it again after a doubling delay.
+//! block is forgotten only on a verified receipt with status *stored*,
+//! *already stored* or *refused* (for good) naming its relay, height and
+//! hash; a *quarantined* receipt keeps it and offers it again after a
+//! doubling delay.
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
@@ -170,6 +172,19 @@ pub enum ReceiptOutcome {
         /// Delay before it is offered again.
         retry_in: Duration,
     },
+    /// The server refused the block for good (status 3): offering it again
+    /// can never succeed. The machine forgets it like a confirmed block (so it
+    /// no longer holds an in-flight slot, and the journal may forget its
+    /// records); the caller logs an error and archives the block's bytes
+    /// where it can before deleting them from its outbox.
+    Refused {
+        /// Height.
+        height: u64,
+        /// Header hash.
+        hash: Hash,
+        /// Caller record number of its last frame.
+        last_record: u64,
+    },
     /// A repeated receipt (QoS 1 redelivery, two servers) or one for a block
     /// no longer held: harmless, nothing changes.
     NoSuchBlock,
@@ -192,6 +207,8 @@ pub struct LifecycleStats {
     pub blocks_confirmed: u64,
     /// Quarantined receipts for our blocks.
     pub blocks_quarantined: u64,
+    /// Blocks the server refused for good.
+    pub blocks_refused: u64,
     /// Receipts refused (malformed, bad signature, other relay).
     pub receipts_rejected: u64,
     /// Verified receipts for no block held.
@@ -669,6 +686,19 @@ where
                 self.stats.blocks_confirmed += 1;
                 out
             }
+            ReceiptStatus::Refused => {
+                // Signed by the server and bound to this hash: no forged copy
+                // can cause it, and keeping the block would hold an in-flight
+                // slot for ever.
+                let out = ReceiptOutcome::Refused {
+                    height: e.height,
+                    hash: e.hash,
+                    last_record: e.last_record,
+                };
+                *e = OutboxEntry::FREE;
+                self.stats.blocks_refused += 1;
+                out
+            }
         }
     }
 
@@ -940,6 +970,46 @@ mod tests {
         m.handle_receipt(t(1), &r, &server().verifying_key())
             .expect("verified");
         assert!(m.poll_job(t(1), 1).is_some());
+    }
+
+    #[test]
+    fn a_refusal_for_good_frees_the_slot_and_stops_the_offers() {
+        let mut m = machine(LifecycleConfig {
+            max_frames: 1,
+            max_inflight: 1,
+            ..cfg()
+        });
+        let a = one_frame_block(&mut m, 1);
+        let b = one_frame_block(&mut m, 2);
+        m.handle_connected();
+        assert_eq!(m.poll_publish(t(0)).map(|o| o.height), Some(0));
+        m.handle_published(0, t(0));
+        assert_eq!(m.poll_publish(t(1)), None, "one in flight");
+        let pk = server().verifying_key();
+        assert_eq!(
+            m.handle_receipt(t(1_000), &receipt(ReceiptStatus::Refused, &a, 7), &pk),
+            Ok(ReceiptOutcome::Refused {
+                height: 0,
+                hash: a.hash,
+                last_record: 1
+            })
+        );
+        assert_eq!(m.outbox_len(), 1, "the refused block is forgotten");
+        assert_eq!(m.stats().blocks_refused, 1);
+        assert_eq!(m.confirmed_through(), Some(1), "its records may go");
+        assert_eq!(
+            m.poll_publish(t(1_000)).map(|o| o.height),
+            Some(1),
+            "the next block takes the slot"
+        );
+        m.handle_published(1, t(1_000));
+        assert_eq!(
+            m.handle_receipt(t(2_000), &receipt(ReceiptStatus::Refused, &a, 7), &pk),
+            Ok(ReceiptOutcome::NoSuchBlock),
+            "a repeated refusal changes nothing"
+        );
+        assert_eq!(m.outbox_len(), 1);
+        let _ = b;
     }
 
     #[test]

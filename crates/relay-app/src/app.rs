@@ -184,6 +184,13 @@ where
                     retry_in.as_millis()
                 ),
             ),
+            Ok(ReceiptOutcome::Refused { height, .. }) => self.log.log(
+                Level::Warn,
+                format_args!(
+                    "block refused for good by the server, dropped from flash height={height} \
+                     (the server keeps it in quarantine)"
+                ),
+            ),
             Ok(ReceiptOutcome::NoSuchBlock) => self.log.log(
                 Level::Debug,
                 format_args!("receipt for no block held (repeated)"),
@@ -669,7 +676,7 @@ where
         sh.log.log(
             Level::Info,
             format_args!(
-                "status online={} sessions={} connect_failures={} accepted={} duplicate={} refused={} refused_full={} refused_no_clock={} sealed={} next_height={next_height} outbox={outbox} published={} republished={} confirmed={} quarantined={} receipts_refused={} pow_tries={} last_connect_ms={:?}",
+                "status online={} sessions={} connect_failures={} accepted={} duplicate={} refused={} refused_full={} refused_no_clock={} sealed={} next_height={next_height} outbox={outbox} published={} republished={} confirmed={} quarantined={} refused_for_good={} receipts_refused={} pow_tries={} last_connect_ms={:?}",
                 a.online,
                 a.sessions,
                 a.connect_failures,
@@ -683,6 +690,7 @@ where
                 l.blocks_republished,
                 l.blocks_confirmed,
                 l.blocks_quarantined,
+                l.blocks_refused,
                 a.receipts_refused,
                 s.pow_tries,
                 a.last_connect_ms,

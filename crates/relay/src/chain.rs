@@ -59,6 +59,8 @@ pub(crate) enum ChainEvent {
     Frames(Vec<FrameRecord>),
     /// The lifecycle confirmed this block by a receipt: delete its file.
     Confirmed { height: u64, hash: Hash },
+    /// The server refused this block for good: move its file to `refused/`.
+    Refused { height: u64, hash: Hash },
     /// Seal everything pending now.
     Flush,
     /// Stop (pending frames stay in the journal and are sealed after restart).
@@ -107,6 +109,7 @@ impl ChainLoop {
                 recv(self.events) -> ev => match ev {
                     Ok(ChainEvent::Frames(frames)) => self.backlog.extend(frames),
                     Ok(ChainEvent::Confirmed { height, hash }) => self.confirm(height, &hash, &mut compacted_to),
+                    Ok(ChainEvent::Refused { height, hash }) => self.refuse(height, &hash, &mut compacted_to),
                     Ok(ChainEvent::Flush) => flush = true,
                     Ok(ChainEvent::Shutdown) | Err(_) => shutdown = true,
                 },
@@ -244,17 +247,40 @@ impl ChainLoop {
         match self.outbox.confirm(height, hash) {
             Ok(true) => {
                 add(&self.shared.blocks_confirmed, 1);
-                set(&self.shared.outbox_len, self.outbox.len() as u64);
-                let upto = self.outbox.confirmed_jsn();
-                if upto > *compacted_to {
-                    *compacted_to = upto;
-                    let _ = self.compact_tx.send(upto);
-                }
+                self.released(compacted_to);
             }
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, height, "confirmed block could not be removed from the outbox")
             }
+        }
+    }
+
+    /// A block the server will never store: archived for the operator, and
+    /// its journal records may go like a confirmed block's (§10).
+    fn refuse(&mut self, height: u64, hash: &Hash, compacted_to: &mut u64) {
+        match self.outbox.refuse(height, hash) {
+            Ok(Some(path)) => {
+                tracing::error!(
+                    height,
+                    archived = %path.display(),
+                    "the server refused our block for good; it is archived and no longer offered"
+                );
+                self.released(compacted_to);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, height, "refused block could not be archived")
+            }
+        }
+    }
+
+    fn released(&mut self, compacted_to: &mut u64) {
+        set(&self.shared.outbox_len, self.outbox.len() as u64);
+        let upto = self.outbox.confirmed_jsn();
+        if upto > *compacted_to {
+            *compacted_to = upto;
+            let _ = self.compact_tx.send(upto);
         }
     }
 }

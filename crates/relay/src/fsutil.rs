@@ -30,6 +30,15 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RelayError> {
     Ok(())
 }
 
+/// Moves `from` to `to` and makes both directories' entries durable.
+pub(crate) fn rename_durable(from: &Path, to: &Path) -> Result<(), RelayError> {
+    std::fs::rename(from, to).map_err(RelayError::io(to))?;
+    for dir in [to.parent(), from.parent()].into_iter().flatten() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// Creates `dir` (and parents) and makes its entry durable.
 pub(crate) fn create_dir(dir: &Path) -> Result<(), RelayError> {
     std::fs::create_dir_all(dir).map_err(RelayError::io(dir))?;

@@ -264,6 +264,27 @@ impl Outbox {
     /// Drops a block whose receipt arrived. Returns `false` when no block with
     /// that height and hash is waiting (a repeated or foreign receipt).
     pub fn confirm(&mut self, height: u64, hash: &Hash) -> Result<bool, RelayError> {
+        self.release(height, hash, None)
+    }
+
+    /// Drops a block the server refused for good (receipt status 3), moving
+    /// its file to `refused/` beside the outbox, where it stays for the
+    /// operator (nothing deletes it). Returns the archived file's path, or
+    /// `None` when no block with that height and hash is waiting.
+    pub fn refuse(&mut self, height: u64, hash: &Hash) -> Result<Option<PathBuf>, RelayError> {
+        let dir = self.dir.with_file_name("refused");
+        fsutil::create_dir(&dir)?;
+        let to = dir.join(format!("{height:020}-{}.blk", hex::encode(&hash[..8])));
+        Ok(self.release(height, hash, Some(&to))?.then_some(to))
+    }
+
+    /// Forgets a waiting block: deletes its file, or renames it to `archive`.
+    fn release(
+        &mut self,
+        height: u64,
+        hash: &Hash,
+        archive: Option<&Path>,
+    ) -> Result<bool, RelayError> {
         let Some(e) = self.entries.get(&height) else {
             return Ok(false);
         };
@@ -282,7 +303,10 @@ impl Outbox {
             self.base = state;
         }
         let path = e.path.clone();
-        std::fs::remove_file(&path).map_err(RelayError::io(&path))?;
+        match archive {
+            Some(to) => fsutil::rename_durable(&path, to)?,
+            None => std::fs::remove_file(&path).map_err(RelayError::io(&path))?,
+        }
         self.entries.remove(&height);
         Ok(true)
     }

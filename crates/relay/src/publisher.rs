@@ -321,6 +321,18 @@ impl OutboxTask {
                     "the server quarantined our block; keeping it and offering it again later"
                 );
             }
+            ReceiptOutcome::Refused { height, hash, .. } => {
+                add(&self.shared.blocks_refused, 1);
+                tracing::error!(
+                    height,
+                    hash = %hex::encode(&hash[..8]),
+                    "the server refused our block for good (receipt status 3); archiving it in refused/"
+                );
+                if let Some(c) = self.blocks.remove(&height) {
+                    self.cached -= c.bytes.as_ref().map_or(0, |b| b.len());
+                }
+                let _ = self.chain_tx.send(ChainEvent::Refused { height, hash });
+            }
             // A repeated receipt (QoS 1 redelivery, two servers) or one for a
             // block we no longer hold; harmless either way.
             ReceiptOutcome::NoSuchBlock => {

@@ -113,8 +113,10 @@ pub struct RelayStats {
     pub blocks_republished: u64,
     /// Blocks confirmed by a receipt (and dropped from the outbox).
     pub blocks_confirmed: u64,
-    /// Of those, receipts saying the server quarantined the block.
+    /// Receipts saying the server quarantined the block (kept, offered again).
     pub blocks_quarantined: u64,
+    /// Receipts saying the server refused the block for good (archived in `refused/`).
+    pub blocks_refused: u64,
     /// Receipts refused (bad signature, unknown block, hash mismatch).
     pub receipts_rejected: u64,
     /// Blocks awaiting their receipt.
@@ -161,6 +163,7 @@ pub(crate) struct Shared {
     pub blocks_republished: AtomicU64,
     pub blocks_confirmed: AtomicU64,
     pub blocks_quarantined: AtomicU64,
+    pub blocks_refused: AtomicU64,
     pub receipts_rejected: AtomicU64,
     pub outbox_len: AtomicU64,
     pub pow_tries: AtomicU64,
@@ -229,6 +232,7 @@ impl Shared {
             blocks_republished: get(&self.blocks_republished),
             blocks_confirmed: get(&self.blocks_confirmed),
             blocks_quarantined: get(&self.blocks_quarantined),
+            blocks_refused: get(&self.blocks_refused),
             receipts_rejected: get(&self.receipts_rejected),
             outbox_len: get(&self.outbox_len),
             pow_tries: get(&self.pow_tries),

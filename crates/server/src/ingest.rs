@@ -402,11 +402,15 @@ pub(crate) fn writer_thread(
                 Outcome::Stored {
                     new_readings,
                     duplicate_readings,
+                    repeated,
                     ..
                 } => {
                     add(&shared.metrics.blocks_stored, 1);
                     add(&shared.metrics.readings_stored, *new_readings);
                     add(&shared.metrics.readings_duplicate, *duplicate_readings);
+                    if let (false, Some(h)) = (repeated.is_empty(), item.header()) {
+                        check_equivocation(&mut *store, &shared, h, repeated);
+                    }
                     ReceiptStatus::Stored
                 }
                 Outcome::AlreadyStored { .. } => {
@@ -416,7 +420,11 @@ pub(crate) fn writer_thread(
                 Outcome::Quarantined { kind, id } => {
                     shared.count_quarantine(*kind);
                     log_refusal(&mut refusals, item, *kind, *id != 0);
-                    ReceiptStatus::Quarantined
+                    if kind.is_final() {
+                        ReceiptStatus::Refused
+                    } else {
+                        ReceiptStatus::Quarantined
+                    }
                 }
             };
             let receipt = item.header().map(|h| {
@@ -447,6 +455,43 @@ pub(crate) fn writer_thread(
         }
     }
     tracing::debug!("Writer ended.");
+}
+
+/// Compares the readings a just-committed block repeated with the stored
+/// ones and raises an alert for each that differs (§9.5). A failure here is
+/// logged, not retried: the evidence is committed, and `verify-ledger` finds
+/// every equivocation again.
+fn check_equivocation(
+    store: &mut dyn Store,
+    shared: &Shared,
+    h: &gridpow_proto::wire::BlockHeaderRepr,
+    repeated: &[crate::verify::ReadingRow],
+) {
+    let found = match crate::equivocation::find(store, repeated) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, relay = h.relay_id, height = h.height, "Comparing repeated readings failed.");
+            return;
+        }
+    };
+    for q in found {
+        let alert = q.alert(h.relay_id, h.height);
+        tracing::error!(
+            meter = q.meter_id,
+            epoch = q.epoch,
+            seq = q.seq,
+            relay = h.relay_id,
+            height = h.height,
+            "Meter equivocates: {}",
+            alert.message
+        );
+        match store.raise_alert(&alert, gridpow_common::wall_ms()) {
+            Ok(a) => shared.count_alert(a.kind, a.count),
+            Err(e) => {
+                tracing::warn!(error = %e, meter = q.meter_id, "Raising the equivocation alert failed.")
+            }
+        }
+    }
 }
 
 /// Publishes receipts and acknowledges messages, in commit order.

@@ -35,6 +35,7 @@
 mod api;
 pub mod auth;
 pub mod config;
+pub mod equivocation;
 mod http_serve;
 mod ingest;
 pub mod intervals;

@@ -31,6 +31,10 @@ pub enum AlertKind {
     Gap,
     /// Two different blocks claim one place in a relay's chain.
     Fork,
+    /// A meter sent two different readings under one (boot epoch, sequence
+    /// number), both with valid end-to-end tags (§9.5): a meter bug or a
+    /// stolen meter key. Both blocks stay in the ledger as evidence.
+    Equivocation,
 }
 
 impl AlertKind {
@@ -44,14 +48,16 @@ impl AlertKind {
             AlertKind::Silent => "silent",
             AlertKind::Gap => "gap",
             AlertKind::Fork => "fork",
+            AlertKind::Equivocation => "equivocation",
         }
     }
 
     /// `critical` for a fork (the relay's key signed two histories: treat the
-    /// key as compromised), `warning` otherwise.
+    /// key as compromised) and an equivocation (the same for a meter's key),
+    /// `warning` otherwise.
     pub fn severity(self) -> &'static str {
         match self {
-            AlertKind::Fork => "critical",
+            AlertKind::Fork | AlertKind::Equivocation => "critical",
             _ => "warning",
         }
     }
@@ -62,7 +68,7 @@ impl AlertKind {
     }
 
     /// All kinds, for metrics.
-    pub const ALL: [AlertKind; 7] = [
+    pub const ALL: [AlertKind; 8] = [
         AlertKind::PowerMismatch,
         AlertKind::VoltageOutOfRange,
         AlertKind::EnergyBackwards,
@@ -70,6 +76,7 @@ impl AlertKind {
         AlertKind::Silent,
         AlertKind::Gap,
         AlertKind::Fork,
+        AlertKind::Equivocation,
     ];
 }
 

@@ -69,8 +69,6 @@ pub enum RejectKind {
     /// A leaf's end-to-end tag does not verify: the frame was altered or
     /// invented by someone without the meter's end-to-end key, such as a relay.
     BadTag,
-    /// A leaf was refused as a replay.
-    Replay,
     /// Another block already holds this place in the relay's chain, or the
     /// block's parent or child in the stored chain disagrees with it.
     Fork,
@@ -106,7 +104,6 @@ impl RejectKind {
             RejectKind::UnknownMeter => "unknown_meter",
             RejectKind::BadHopTag => "bad_hop_tag",
             RejectKind::BadTag => "bad_tag",
-            RejectKind::Replay => "replay",
             RejectKind::Fork => "fork",
             RejectKind::BadGenesis => "bad_genesis",
             RejectKind::TooFarAhead => "too_far_ahead",
@@ -122,7 +119,6 @@ impl RejectKind {
                 | RejectKind::UnknownMeter
                 | RejectKind::BadHopTag
                 | RejectKind::BadTag
-                | RejectKind::Replay
         )
     }
 
@@ -136,15 +132,33 @@ impl RejectKind {
                 | RejectKind::UnknownMeter
                 | RejectKind::BadHopTag
                 | RejectKind::BadTag
-                | RejectKind::Replay
                 | RejectKind::Fork
                 | RejectKind::BadGenesis
                 | RejectKind::TooFarAhead
         )
     }
 
+    /// Whether the refusal is final (receipt status 3, §10): its cause lies in
+    /// bytes the block's hash binds (the header itself, or a leaf under a
+    /// Merkle root that matched) or in the stored chain, so the same block can
+    /// never be stored. Every other refusal may be cured (a relay or meter
+    /// registered late, a gap filled, a lowered `min_difficulty`) or may come
+    /// from a forged copy carrying the genuine header (bad signature, Merkle
+    /// mismatch, framing), which must not make the relay forget its block.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RejectKind::InsufficientWork
+                | RejectKind::MalformedFrame
+                | RejectKind::BadHopTag
+                | RejectKind::BadTag
+                | RejectKind::Fork
+                | RejectKind::BadGenesis
+        )
+    }
+
     /// Every kind, for metrics.
-    pub const ALL: [RejectKind; 15] = [
+    pub const ALL: [RejectKind; 14] = [
         RejectKind::Malformed,
         RejectKind::UnknownRelay,
         RejectKind::LowDifficulty,
@@ -155,7 +169,6 @@ impl RejectKind {
         RejectKind::UnknownMeter,
         RejectKind::BadHopTag,
         RejectKind::BadTag,
-        RejectKind::Replay,
         RejectKind::Fork,
         RejectKind::BadGenesis,
         RejectKind::TooFarAhead,
@@ -204,13 +217,11 @@ pub fn classify(e: &ProtoError) -> RejectKind {
                 LeafFault::Malformed(_) => RejectKind::MalformedFrame,
                 LeafFault::UnknownMeter => RejectKind::UnknownMeter,
                 LeafFault::BadHopTag => RejectKind::BadHopTag,
-                LeafFault::BadTag => RejectKind::BadTag,
-                LeafFault::Replay => RejectKind::Replay,
+                // The server applies no replay window to leaves (§9.5).
                 _ => RejectKind::BadTag,
             },
             Rejected::UnknownMeter | Rejected::UnknownKeyId => RejectKind::UnknownMeter,
             Rejected::BadTag => RejectKind::BadTag,
-            Rejected::Replay | Rejected::StaleEpoch => RejectKind::Replay,
             _ => RejectKind::Malformed,
         },
         _ => RejectKind::Malformed,

@@ -1,9 +1,9 @@
 //! The commit receipt (grid server → relay): the server states, under its
-//! Ed25519 signature, that a block is durably stored (or quarantined). Only
+//! Ed25519 signature, that a block is durably stored (or quarantined, or refused for good). Only
 //! then does the relay drop the block from its outbox.
 //!
 //! ```text
-//!  0 version =1 | 1 type 0x04 | 2 status | 3 reserved =0
+//!  0 version =2 | 1 type 0x04 | 2 status | 3 reserved =0
 //!  4..8     relay id     u32 LE
 //!  8..16    height       u64 LE
 //! 16..48    block hash   (SHA-256 of the block header)
@@ -45,8 +45,22 @@ pub enum ReceiptStatus {
     Stored = 0,
     /// Already stored earlier (a redelivery); nothing changed.
     AlreadyStored = 1,
-    /// Refused by verification and committed to quarantine with its raw bytes.
+    /// Refused and committed to quarantine with its raw bytes; the refusal
+    /// may be cured (a meter or relay registered late, a gap filled, or the
+    /// block was a forged copy of a genuine header): the relay offers it again.
     Quarantined = 2,
+    /// Refused for good: the reason lies in bytes the block's hash binds (its
+    /// header, or leaves under a matching Merkle root) or in the stored chain
+    /// (a fork), so offering it again can never succeed. The relay stops
+    /// offering it, logs it as an error and archives it where it can (§10).
+    Refused = 3,
+}
+
+impl ReceiptStatus {
+    /// Whether the relay may forget the block: it is stored, or can never be.
+    pub fn is_final(self) -> bool {
+        !matches!(self, ReceiptStatus::Quarantined)
+    }
 }
 
 impl ReceiptStatus {
@@ -55,6 +69,7 @@ impl ReceiptStatus {
             0 => Some(ReceiptStatus::Stored),
             1 => Some(ReceiptStatus::AlreadyStored),
             2 => Some(ReceiptStatus::Quarantined),
+            3 => Some(ReceiptStatus::Refused),
             _ => None,
         }
     }

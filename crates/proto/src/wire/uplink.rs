@@ -112,7 +112,8 @@ pub struct UplinkPacket<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> UplinkPacket<T> {
-    /// Checks lengths, version, type and reserved bits.
+    /// Checks lengths, version, type, reserved bits and that the sequence
+    /// numbers do not run past 2^32−1.
     pub fn new_checked(buffer: T) -> Result<Self, Malformed> {
         let b = buffer.as_ref();
         check_version_type(b, TYPE_UPLINK)?;
@@ -127,6 +128,13 @@ impl<T: AsRef<[u8]>> UplinkPacket<T> {
         }
         if b[field::FLAGS] != 0 {
             return Err(Malformed::NonZeroReserved);
+        }
+        let count = ((b.len() - OVERHEAD) / Reading::LEN) as u32;
+        if get_u32(b, field::FIRST_SEQ)
+            .checked_add(count - 1)
+            .is_none()
+        {
+            return Err(Malformed::SeqOverflow);
         }
         Ok(UplinkPacket { buffer })
     }
@@ -292,6 +300,9 @@ pub fn seal<C: CryptoProvider>(
     if readings.is_empty() || readings.len() > MAX_READINGS || header.key_id != keys.key_id() {
         return Err(Misuse::InvalidArgument.into());
     }
+    if first_seq.checked_add(readings.len() as u32 - 1).is_none() {
+        return Err(Misuse::SeqExhausted.into());
+    }
     let len = frame_len(readings.len());
     let out = out.get_mut(..len).ok_or(Misuse::BufferTooSmall)?;
     let mut h = [0u8; HEADER_LEN];
@@ -417,6 +428,30 @@ mod tests {
         assert_eq!(
             UplinkPacket::new_checked(&buf[..0]).unwrap_err(),
             Malformed::TooShort
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_never_wrap() {
+        let h = UplinkHeader {
+            key_id: 1,
+            meter_id: 7,
+            boot_epoch: 3,
+            counter: 9,
+        };
+        let mut buf = [0u8; 250];
+        let two = [reading(0), reading(1)];
+        assert_eq!(
+            seal(&RustCrypto, &keys(), &h, u32::MAX, &two, &mut buf).unwrap_err(),
+            Error::Misuse(Misuse::SeqExhausted)
+        );
+        // The last number may be used; one past it may not.
+        let n = seal(&RustCrypto, &keys(), &h, u32::MAX - 1, &two, &mut buf).unwrap();
+        assert!(UplinkPacket::new_checked(&buf[..n]).is_ok());
+        buf[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            UplinkPacket::new_checked(&buf[..n]).unwrap_err(),
+            Malformed::SeqOverflow
         );
     }
 

@@ -101,6 +101,8 @@ pub struct Ledger {
     pub deliveries: u64,
     pub rejected: Vec<String>,
     pub forks: Vec<u64>,
+    /// Heights answered "refused for good", once per delivery.
+    pub refused: Vec<u64>,
 }
 
 /// The stand-in grid server.
@@ -112,6 +114,8 @@ pub struct TestServer {
     /// This many next deliveries are answered "quarantined" (not stored), as
     /// a server that refused them would.
     pub quarantine_next: Arc<AtomicU64>,
+    /// This many next deliveries are answered "refused for good" (not stored).
+    pub refuse_next: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -153,11 +157,13 @@ impl TestServer {
         let send_receipts = Arc::new(AtomicBool::new(true));
         let receipts_sent = Arc::new(AtomicU64::new(0));
         let quarantine_next = Arc::new(AtomicU64::new(0));
-        let (l, sr, rs, qn) = (
+        let refuse_next = Arc::new(AtomicU64::new(0));
+        let (l, sr, rs, qn, rn) = (
             ledger.clone(),
             send_receipts.clone(),
             receipts_sent.clone(),
             quarantine_next.clone(),
+            refuse_next.clone(),
         );
         let task = tokio::spawn(async move {
             loop {
@@ -201,8 +207,17 @@ impl TestServer {
                                 n.checked_sub(1)
                             })
                             .is_ok();
+                        let refuse = !quarantine
+                            && rn
+                                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                    n.checked_sub(1)
+                                })
+                                .is_ok();
                         let status = if quarantine {
                             ReceiptStatus::Quarantined
+                        } else if refuse {
+                            l.lock().unwrap().refused.push(vb.header.height);
+                            ReceiptStatus::Refused
                         } else {
                             let mut led = l.lock().unwrap();
                             led.deliveries += 1;
@@ -259,6 +274,7 @@ impl TestServer {
             send_receipts,
             receipts_sent,
             quarantine_next,
+            refuse_next,
             task,
         }
     }

@@ -40,10 +40,11 @@ use gridpow_proto::Hash;
 use serde::Serialize;
 
 pub use postgres::PgStore;
+pub(crate) use shared::meter_subject;
 pub use sqlite::SqliteStore;
 
 use crate::plausibility::{AlertKind, Rules};
-use crate::verify::{RejectKind, VerifiedBlockData};
+use crate::verify::{ReadingRow, RejectKind, VerifiedBlockData};
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -293,8 +294,12 @@ pub enum Outcome {
         block_id: i64,
         /// Readings stored with it.
         new_readings: u64,
-        /// Readings of its frames that were already stored (re-sent by the meter).
+        /// Readings of its frames that were already stored (re-sent by the
+        /// meter, heard by two relays, or carried twice in this block).
         duplicate_readings: u64,
+        /// Those readings, as this block carries them: the caller compares
+        /// them with the stored ones to catch a meter that equivocates (§9.5).
+        repeated: Vec<ReadingRow>,
         /// Whether its parent was stored and the link checked (or it is genesis).
         linked: bool,
         /// Whether it linked a previously stored child (closing a gap).
@@ -313,6 +318,21 @@ pub enum Outcome {
         /// was used up and the refusal was only counted.
         id: i64,
     },
+}
+
+/// An alert to raise with [`Store::raise_alert`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAlert {
+    /// Kind.
+    pub kind: AlertKind,
+    /// What it is about (`meter:5`).
+    pub subject: String,
+    /// The meter it names, if any.
+    pub meter_id: Option<u32>,
+    /// The relay it names, if any.
+    pub relay_id: Option<u32>,
+    /// The message.
+    pub message: String,
 }
 
 /// An alert raised (or raised again) by a commit or a sweep.
@@ -793,6 +813,11 @@ pub trait Store: Send {
 
     /// Database totals.
     fn totals(&mut self) -> Result<DbTotals, StoreError>;
+
+    /// Raises (or raises again) one alert outside a commit, in its own
+    /// transaction: for findings made after the commit that stored their
+    /// evidence, such as an equivocating meter.
+    fn raise_alert(&mut self, alert: &NewAlert, now_ms: u64) -> Result<RaisedAlert, StoreError>;
 
     /// Marks meters not heard from since `now_ms - silent_after_ms` as silent
     /// (once each) and raises alerts; `started_ms` is when this server started,

@@ -35,7 +35,7 @@ pub(super) fn short_hex(h: &[u8]) -> String {
     hex::encode(&h[..h.len().min(8)])
 }
 
-pub(super) fn meter_subject(meter_id: u32) -> String {
+pub(crate) fn meter_subject(meter_id: u32) -> String {
     format!("meter:{meter_id}")
 }
 
@@ -474,9 +474,14 @@ impl Coverage {
     }
 
     /// Adds `group` (readings of one meter and epoch, ascending by seq) to the
-    /// coverage, pushes those not covered before onto `fresh` and returns how
-    /// many were (duplicates).
-    pub fn add<'r>(&mut self, group: &'r [ReadingRow], fresh: &mut Vec<&'r ReadingRow>) -> u64 {
+    /// coverage, pushes those not covered before onto `fresh`, the others
+    /// onto `repeated`, and returns how many were repeated (duplicates).
+    pub fn add<'r>(
+        &mut self,
+        group: &'r [ReadingRow],
+        fresh: &mut Vec<&'r ReadingRow>,
+        repeated: &mut Vec<ReadingRow>,
+    ) -> u64 {
         // Distinct consecutive runs of sequence numbers, each added to the coverage.
         let mut added = Vec::new();
         let mut k = 0;
@@ -499,6 +504,7 @@ impl Coverage {
         for row in group {
             if prev_seq == Some(row.seq) {
                 dup += 1;
+                repeated.push(*row);
                 continue;
             }
             prev_seq = Some(row.seq);
@@ -509,6 +515,7 @@ impl Coverage {
                 fresh.push(row);
             } else {
                 dup += 1;
+                repeated.push(*row);
             }
         }
         dup

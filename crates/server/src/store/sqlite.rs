@@ -16,8 +16,8 @@ use super::shared::{
 };
 use super::{
     AlertRow, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbTotals, ForkEvidence,
-    Ingest, LedgerBlock, LedgerReading, MeterSummary, Outcome, QuarantineItem, QuarantineRow,
-    RaisedAlert, RelaySummary, Store, StoreError, StoreLimits, StoredReading,
+    Ingest, LedgerBlock, LedgerReading, MeterSummary, NewAlert, Outcome, QuarantineItem,
+    QuarantineRow, RaisedAlert, RelaySummary, Store, StoreError, StoreLimits, StoredReading,
 };
 use crate::plausibility::{AlertKind, Rules};
 use crate::store::Arrival;
@@ -314,7 +314,7 @@ impl ChainSlot for SlotRow {
 }
 
 /// What `Writer::readings` inserted: new readings, duplicates, the new ones' time span.
-type Inserted = (u64, u64, Option<(i64, i64)>);
+type Inserted = (u64, u64, Option<(i64, i64)>, Vec<ReadingRow>);
 
 /// A meter's row as cached: loaded once, written back at the end of each
 /// transaction that changed it.
@@ -489,7 +489,7 @@ impl<'t> Writer<'t> {
         let block_id = self.next_block_id;
         self.next_block_id += 1;
         let first_reading_id = self.next_reading_id;
-        let (new_readings, duplicate_readings, span) = self.readings(block_id, b)?;
+        let (new_readings, duplicate_readings, span, repeated) = self.readings(block_id, b)?;
         self.tx
             .prepare_cached(
                 "INSERT INTO blocks (id, relay_id, height, hash, prev_hash, merkle_root, difficulty, leaf_count, time_ms, \
@@ -538,6 +538,7 @@ impl<'t> Writer<'t> {
             block_id,
             new_readings,
             duplicate_readings,
+            repeated,
             linked,
             closed_gap,
         })
@@ -638,10 +639,13 @@ impl<'t> Writer<'t> {
         let rows = &b.readings;
         let (mut new, mut dup) = (0u64, 0u64);
         let mut fresh: Vec<&ReadingRow> = Vec::with_capacity(rows.len());
+        let mut repeated = Vec::new();
         for group in shared::by_meter_epoch(rows) {
-            dup += self
-                .coverage(group[0].meter_id, group[0].epoch)?
-                .add(group, &mut fresh);
+            dup += self.coverage(group[0].meter_id, group[0].epoch)?.add(
+                group,
+                &mut fresh,
+                &mut repeated,
+            );
         }
         let mut st = self.tx.prepare_cached(INSERT_READING)?;
         let mut runs: Vec<super::Run> = Vec::new();
@@ -669,7 +673,7 @@ impl<'t> Writer<'t> {
             self.max_span = self.max_span.max(b - a);
         }
         self.judge(&fresh)?;
-        Ok((new, dup, span))
+        Ok((new, dup, span, repeated))
     }
 
     /// Plausibility of new readings and the meters' newest state.
@@ -923,6 +927,23 @@ impl Store for SqliteStore {
 
     fn totals(&mut self) -> Result<DbTotals, StoreError> {
         read_totals(&self.conn)
+    }
+
+    fn raise_alert(&mut self, a: &NewAlert, now_ms: u64) -> Result<RaisedAlert, StoreError> {
+        let now = now_ms as i64;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, ?6, NULL) ON CONFLICT (kind, subject) DO UPDATE SET \
+                 last_ms = excluded.last_ms, count = count + 1, message = excluded.message, cleared_ms = NULL",
+            )?
+            .execute(params![a.kind.as_str(), a.subject, a.meter_id, a.relay_id, now, a.message])?;
+        Ok(RaisedAlert {
+            kind: a.kind,
+            subject: a.subject.clone(),
+            count: 1,
+            message: a.message.clone(),
+        })
     }
 
     fn sweep_silent(

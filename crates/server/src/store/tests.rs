@@ -207,6 +207,7 @@ fn block_delivered_twice_is_stored_once_and_reported_already_stored(s) {
         duplicate_readings: 0,
         linked: true,
         closed_gap: false,
+        ..
     } = r.outcomes[0]
     else {
         panic!("{:?}", r.outcomes)
@@ -306,6 +307,50 @@ fn readings_carried_by_two_frames_are_stored_once_even_out_of_order(s) {
     );
     assert_eq!(r.totals.readings_stored, 26);
     assert_eq!(r.totals.readings_duplicate, 6);
+}
+
+fn a_meter_that_equivocates_is_found_and_identical_repeats_are_not(s) {
+    let repeated = |o: &Outcome| match o {
+        Outcome::Stored { repeated, .. } => repeated.clone(),
+        other => panic!("{other:?}"),
+    };
+    let b0 = block(1, 0, [0; 32], &[(7, 1, 0..3)]);
+    s.commit(&[ingest(&b0)], T0).unwrap();
+    // A re-send of 1..3 with the same content (heard twice, or resent after the retry limit).
+    let b1 = block(1, 1, b0.hash, &[(7, 1, 1..3)]);
+    let r = s.commit(&[ingest(&b1)], T0).unwrap();
+    let rep = repeated(&r.outcomes[0]);
+    assert_eq!(rep.len(), 2);
+    assert_eq!(crate::equivocation::find(&mut *s.store, &rep).unwrap(), vec![]);
+    // seq 2 again with another energy value (same timestamp), seq 0 with another timestamp.
+    let mut b2 = block(1, 2, b1.hash, &[(7, 1, 0..1), (7, 1, 2..4)]);
+    for r in &mut b2.readings {
+        match r.seq {
+            0 => r.reading.timestamp_ms += 1,
+            2 => r.reading.energy_mwh += 1,
+            _ => {}
+        }
+    }
+    let r = s.commit(&[ingest(&b2)], T0).unwrap();
+    let rep = repeated(&r.outcomes[0]);
+    let found = crate::equivocation::find(&mut *s.store, &rep).unwrap();
+    let numbers: Vec<(u32, u32, bool)> =
+        found.iter().map(|q| (q.meter_id, q.seq, q.stored.is_some())).collect();
+    assert_eq!(numbers, vec![(7, 0, false), (7, 2, true)]);
+    assert_eq!(found[1].stored.as_ref().unwrap().reading, reading(7, 2));
+    assert_eq!(found[1].carried.energy_mwh, reading(7, 2).energy_mwh + 1);
+    // The first reading stays the stored one; seq 3 is new.
+    assert_eq!(s.count("SELECT COUNT(*) FROM readings"), 4);
+    for q in &found {
+        s.raise_alert(&q.alert(1, 2), T0).unwrap();
+    }
+    let alerts = s.alerts(10).unwrap();
+    assert_eq!(alerts.len(), 1, "one alert per meter: {alerts:?}");
+    assert_eq!(
+        (alerts[0].kind.as_str(), alerts[0].count, alerts[0].severity),
+        ("equivocation", 2, "critical")
+    );
+    assert!(alerts[0].message.contains("epoch 1 seq 2"), "{}", alerts[0].message);
 }
 
 fn block_before_its_parent_opens_a_gap_that_the_parent_closes(s) {

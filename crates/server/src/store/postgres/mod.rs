@@ -88,8 +88,8 @@ pub use conn::{ConnectError, PgConn};
 use super::shared::{self, hash_of, typed_reading, u64_of, BlockCols, RelayCols, Silent};
 use super::{
     AlertRow, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbTotals, ForkEvidence,
-    Ingest, LedgerBlock, LedgerReading, MeterSummary, QuarantineRow, RaisedAlert, RelaySummary,
-    Run, Store, StoreError, StoreLimits, StoredReading,
+    Ingest, LedgerBlock, LedgerReading, MeterSummary, NewAlert, QuarantineRow, RaisedAlert,
+    RelaySummary, Run, Store, StoreError, StoreLimits, StoredReading,
 };
 use crate::plausibility::{AlertKind, Rules};
 use crate::verify::ReadingRow;
@@ -512,6 +512,23 @@ impl Store for PgStore {
 
     fn totals(&mut self) -> Result<DbTotals, StoreError> {
         in_snapshot(self.conn()?, read_totals)
+    }
+
+    fn raise_alert(&mut self, a: &NewAlert, now_ms: u64) -> Result<RaisedAlert, StoreError> {
+        let now = to_i64(now_ms);
+        let (meter, relay) = (a.meter_id.map(i64::from), a.relay_id.map(i64::from));
+        self.conn()?.execute(
+            "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
+             VALUES ($1, $2, $3, $4, $5, $5, 1, $6, NULL) ON CONFLICT (kind, subject) DO UPDATE SET \
+             last_ms = excluded.last_ms, count = alerts.count + 1, message = excluded.message, cleared_ms = NULL",
+            &[&a.kind.as_str(), &a.subject, &meter, &relay, &now, &a.message],
+        )?;
+        Ok(RaisedAlert {
+            kind: a.kind,
+            subject: a.subject.clone(),
+            count: 1,
+            message: a.message.clone(),
+        })
     }
 
     fn sweep_silent(

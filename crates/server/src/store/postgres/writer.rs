@@ -164,6 +164,7 @@ struct NewBlock<'a> {
     linked: bool,
     new_readings: u64,
     duplicate_readings: u64,
+    repeated: Vec<ReadingRow>,
     span: Option<(i64, i64)>,
 }
 
@@ -298,6 +299,7 @@ pub(super) fn commit(
                     block_id: b.id,
                     new_readings: b.new_readings,
                     duplicate_readings: b.duplicate_readings,
+                    repeated: b.repeated.clone(),
                     linked,
                     closed_gap,
                 }
@@ -469,6 +471,7 @@ impl<'t, 'a> Writer<'t, 'a> {
             linked,
             new_readings: 0,
             duplicate_readings: 0,
+            repeated: Vec::new(),
             span: None,
         });
         self.slots.insert(
@@ -635,6 +638,7 @@ impl<'t, 'a> Writer<'t, 'a> {
         let rows = &b.readings;
         let (mut new, mut dup) = (0u64, 0u64);
         let mut fresh: Vec<&ReadingRow> = Vec::with_capacity(rows.len());
+        let mut repeated = Vec::new();
         for group in shared::by_meter_epoch(rows) {
             let (m, e) = (group[0].meter_id, group[0].epoch);
             let cov = self
@@ -644,7 +648,7 @@ impl<'t, 'a> Writer<'t, 'a> {
                     table: "coverage",
                     detail: format!("meter {m} epoch {e} not loaded"),
                 })?;
-            dup += cov.add(group, &mut fresh);
+            dup += cov.add(group, &mut fresh, &mut repeated);
         }
         let first_id = block_id << READING_ID_SHIFT;
         let mut runs: Vec<Run> = Vec::new();
@@ -669,6 +673,7 @@ impl<'t, 'a> Writer<'t, 'a> {
         let nb = &mut self.new_blocks[i];
         nb.new_readings = new;
         nb.duplicate_readings = dup;
+        nb.repeated = repeated;
         nb.span = span;
         let relay = nb.block.header.relay_id;
         self.book.readings_stored(relay, new, dup);
