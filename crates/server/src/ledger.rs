@@ -71,6 +71,28 @@ pub struct LedgerReport {
     /// checks out, but these relays' keys signed two histories. Not OK:
     /// `gridpow verify-ledger` exits non-zero naming them ([`LedgerReport::is_ok`]).
     pub forks: Vec<RelayForks>,
+    /// Readings a block carries under a number whose stored reading differs
+    /// (docs/protocol.md §9.5): the meter's key sealed two readings for one
+    /// number. The ledger holds exactly what was sealed and the first
+    /// committed reading counts, so the check still passes; each is listed.
+    pub equivocations: Vec<EquivocationFinding>,
+}
+
+/// One equivocation: where the other reading is carried, and its number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EquivocationFinding {
+    /// Relay of the block carrying the other reading.
+    pub relay_id: u32,
+    /// Its height.
+    pub height: u64,
+    /// The leaf.
+    pub leaf: u32,
+    /// The meter.
+    pub meter_id: u32,
+    /// Boot epoch.
+    pub epoch: u32,
+    /// Sequence number.
+    pub seq: u32,
 }
 
 impl LedgerReport {
@@ -98,6 +120,13 @@ impl fmt::Display for LedgerReport {
         )?;
         for (relay, from, to) in &self.gaps {
             write!(f, "; relay {relay} missing heights {from}–{to}")?;
+        }
+        for q in &self.equivocations {
+            write!(
+                f,
+                "; WARNING meter {} equivocated: epoch {} seq {} differs in relay {} block {} leaf {}",
+                q.meter_id, q.epoch, q.seq, q.relay_id, q.height, q.leaf
+            )?;
         }
         Ok(())
     }
@@ -605,6 +634,37 @@ impl Checker {
                     seq: key.2,
                 }));
             }
+        }
+        // Repeats: carriers of a number this block did not store (stored
+        // earlier, elsewhere, or by an earlier leaf of this block).
+        let mut stored_here: std::collections::HashSet<(u32, u32, u32)> = rows
+            .iter()
+            .filter_map(|row| match (&row.cells[2], &row.cells[3], &row.cells[4]) {
+                (Cell::Int(m), Cell::Int(e), Cell::Int(s)) => {
+                    Some((*m as u32, *e as u32, *s as u32))
+                }
+                _ => None,
+            })
+            .collect();
+        let repeated: Vec<ReadingRow> = verified
+            .readings
+            .iter()
+            .filter(|r| !stored_here.remove(&(r.meter_id, r.epoch, r.seq)))
+            .copied()
+            .collect();
+        if !repeated.is_empty() {
+            let found = crate::equivocation::find(store, &repeated)
+                .map_err(|e| fail(BlockFault::TimeIndex(format!("repeated readings unreadable: {e}"))))?;
+            self.report
+                .equivocations
+                .extend(found.into_iter().map(|q| EquivocationFinding {
+                    relay_id: header.relay_id,
+                    height: header.height,
+                    leaf: q.leaf,
+                    meter_id: q.meter_id,
+                    epoch: q.epoch,
+                    seq: q.seq,
+                }));
         }
         let distinct = carried.len() as u64;
         let dups_expected =
