@@ -363,6 +363,8 @@ def main():
     for c in sn["cases"]:
         check(ed25519_strict(X(c["public_key"]), X(c["signature"]), X(c["message"])) == c["verdict"],
               f"strict Ed25519: {c['description']} -> {c['verdict']}")
+    import verify_chain
+    verify_chain.main()
     print("all vectors verified")
 
 
