@@ -12,6 +12,13 @@
 //! `entropy` is any fresh random `u32` (hardware RNG, seeded simulator RNG);
 //! it only jitters timers.
 //!
+//! ## Timers (protocol.md §6)
+//! Meters that boot together (a feeder coming back) make their readings in
+//! lock-step, and a relay drains such a burst only at the cell's airtime. So
+//! each new frame starts after a random offset (a wide one for the first
+//! frame of a boot), and the first ACK timeout outlasts the queueing delay of
+//! a burst instead of retransmitting into it.
+//!
 //! ## Exactly once
 //! Readings carry consecutive sequence numbers. A frame that exhausts its
 //! retries puts its readings back at the front of the backlog, and a later
@@ -34,6 +41,10 @@ pub struct SenderConfig {
     pub key_id: u8,
     /// Readings per frame, 1 to 6.
     pub max_readings_per_frame: usize,
+    /// The first frame of a boot waits a uniform random offset in `[0, start_spread]`.
+    pub start_spread: Duration,
+    /// Every later new frame waits a uniform random offset in `[0, frame_spread]`.
+    pub frame_spread: Duration,
     /// Wait for an ACK after the first transmission; doubles with each retry.
     pub ack_timeout: Duration,
     /// Upper bound of the doubled timeout.
@@ -51,8 +62,10 @@ impl SenderConfig {
             meter_id,
             key_id,
             max_readings_per_frame: MAX_READINGS,
-            ack_timeout: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
+            start_spread: Duration::from_secs(5),
+            frame_spread: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(3),
+            max_backoff: Duration::from_secs(12),
             max_retries: 5,
             retry_holdoff: Duration::from_secs(5),
         }
@@ -166,6 +179,12 @@ impl<const N: usize> Backlog<N> {
     }
 }
 
+/// A uniform draw in `[0, max]` from 32 bits of entropy (the modulo bias is
+/// below 0.3 % for spans up to 10 s).
+fn uniform(entropy: u32, max: Duration) -> Duration {
+    Duration::from_micros(u64::from(entropy) % (max.as_micros() + 1))
+}
+
 /// The meter-side state machine; `N` is the backlog capacity in readings.
 pub struct Sender<C: CryptoProvider, const N: usize> {
     provider: C,
@@ -178,6 +197,13 @@ pub struct Sender<C: CryptoProvider, const N: usize> {
     backlog_seq: u32,
     in_flight: Option<InFlight>,
     next_frame_at: Instant,
+    /// When the next new frame may start, drawn once it could start.
+    release_at: Option<Instant>,
+    /// Offset of every new frame after the first; redrawn when a frame needed
+    /// a retransmission, so that meters in lock-step drift apart and stay apart.
+    phase: Duration,
+    /// The last frame needed a retransmission: draw a new `phase`.
+    redraw_phase: bool,
     clock_offset_ms: Option<i64>,
     stats: SenderStats,
 }
@@ -211,6 +237,9 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
             backlog_seq: first_seq,
             in_flight: None,
             next_frame_at: Instant::ZERO,
+            release_at: None,
+            phase: Duration::ZERO,
+            redraw_phase: false,
             clock_offset_ms: None,
             stats: SenderStats::default(),
         })
@@ -282,8 +311,7 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
             .ack_timeout
             .saturating_shl(u32::from(transmissions.saturating_sub(1)))
             .min(self.cfg.max_backoff);
-        let jitter = u64::from(entropy) % (base.as_micros() / 2 + 1);
-        base + Duration::from_micros(jitter)
+        base + uniform(entropy, Duration::from_micros(base.as_micros() / 2))
     }
 
     /// Writes the next frame to send into `buf`, if one is due: a retransmission
@@ -317,7 +345,29 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
         if self.in_flight.is_some() || self.backlog.len == 0 || now < self.next_frame_at {
             return Ok(None);
         }
-        self.build_frame(now, entropy, buf).map(Some)
+        let release = match self.release_at {
+            Some(t) => t,
+            None => {
+                // The counter restarts at 0 with each boot epoch.
+                let t = if self.next_counter == 0 {
+                    now + uniform(entropy, self.cfg.start_spread)
+                } else {
+                    if self.redraw_phase {
+                        self.phase = uniform(entropy, self.cfg.frame_spread);
+                        self.redraw_phase = false;
+                    }
+                    now + self.phase
+                };
+                self.release_at = Some(t);
+                t
+            }
+        };
+        if now < release {
+            return Ok(None);
+        }
+        let len = self.build_frame(now, entropy, buf)?;
+        self.release_at = None;
+        Ok(Some(len))
     }
 
     fn build_frame(&mut self, now: Instant, entropy: u32, buf: &mut [u8]) -> Result<usize, Error> {
@@ -374,6 +424,7 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
         let Some(f) = self.in_flight.take() else {
             return;
         };
+        self.redraw_phase = true;
         self.stats.frames_abandoned += 1;
         for i in (0..f.count).rev() {
             if self.backlog.push_front(f.readings[i]) {
@@ -384,15 +435,18 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
                 break;
             }
         }
-        let jitter = u64::from(entropy) % (self.cfg.retry_holdoff.as_micros() / 2 + 1);
-        self.next_frame_at = now + self.cfg.retry_holdoff + Duration::from_micros(jitter);
+        let holdoff = self.cfg.retry_holdoff;
+        self.next_frame_at =
+            now + holdoff + uniform(entropy, Duration::from_micros(holdoff.as_micros() / 2));
     }
 
     /// When the sender next needs `poll_transmit` called without other input.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.in_flight {
             Some(f) => Some(f.deadline),
-            None if self.backlog.len > 0 => Some(self.next_frame_at),
+            None if self.backlog.len > 0 => {
+                Some(self.release_at.map_or(self.next_frame_at, |t| t.max(self.next_frame_at)))
+            }
             None => None,
         }
     }
@@ -414,6 +468,13 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
         };
         self.stats.acks_accepted += 1;
         self.stats.readings_acked += f.count as u64;
+        if f.transmissions > 1 {
+            self.redraw_phase = true;
+        }
+        if self.backlog.len > 0 {
+            // These readings have waited already.
+            self.release_at = Some(now);
+        }
         let now_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
         let relay_ms = i64::try_from(ack.relay_time_ms).unwrap_or(i64::MAX);
         self.clock_offset_ms = Some(relay_ms.saturating_sub(now_ms));

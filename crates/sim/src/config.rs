@@ -121,6 +121,12 @@ pub struct SimConfig {
     pub max_readings_per_frame: Option<usize>,
     /// Override of the sender's first ACK timeout, µs.
     pub ack_timeout_us: Option<u64>,
+    /// Override of the sender's cap on the doubled ACK timeout, µs.
+    pub max_backoff_us: Option<u64>,
+    /// Override of the sender's random offset bound of a boot's first frame, µs.
+    pub start_spread_us: Option<u64>,
+    /// Override of the sender's random offset bound of every later new frame, µs.
+    pub frame_spread_us: Option<u64>,
     /// Override of the sender's pause after giving a frame up, µs.
     pub retry_holdoff_us: Option<u64>,
     /// Resend period of the seed scheme, µs.
@@ -167,6 +173,9 @@ impl SimConfig {
             max_retries: None,
             max_readings_per_frame: None,
             ack_timeout_us: None,
+            max_backoff_us: None,
+            start_spread_us: None,
+            frame_spread_us: None,
             retry_holdoff_us: None,
             seed_resend_us: 3_000_000,
             ack_air: AckAir::InBand,
