@@ -15,9 +15,11 @@
 //! ## Timers (protocol.md §6)
 //! Meters that boot together (a feeder coming back) make their readings in
 //! lock-step, and a relay drains such a burst only at the cell's airtime. So
-//! each new frame starts after a random offset (a wide one for the first
-//! frame of a boot), and the first ACK timeout outlasts the queueing delay of
-//! a burst instead of retransmitting into it.
+//! the first frame of a boot starts after a random offset, a meter whose frame
+//! needed a retransmission moves all its later frames by a random phase, and
+//! the first ACK timeout outlasts the queueing delay of a burst instead of
+//! retransmitting into it. A meter that never meets congestion keeps phase 0
+//! and sends each reading at once.
 //!
 //! ## Exactly once
 //! Readings carry consecutive sequence numbers. A frame that exhausts its
@@ -43,8 +45,10 @@ pub struct SenderConfig {
     pub max_readings_per_frame: usize,
     /// The first frame of a boot waits a uniform random offset in `[0, start_spread]`.
     pub start_spread: Duration,
-    /// Every later new frame waits a uniform random offset in `[0, frame_spread]`.
-    pub frame_spread: Duration,
+    /// Bound of the phase: every new frame after the first starts this late;
+    /// redrawn uniformly in `[0, phase_spread]` after a frame that needed a
+    /// retransmission, 0 until then.
+    pub phase_spread: Duration,
     /// Wait for an ACK after the first transmission; doubles with each retry.
     pub ack_timeout: Duration,
     /// Upper bound of the doubled timeout.
@@ -57,13 +61,19 @@ pub struct SenderConfig {
 
 impl SenderConfig {
     /// Sensible defaults for ESP-NOW to a relay that ACKs after a journal commit.
+    ///
+    /// The first ACK timeout outlasts the time a cell needs to drain one frame
+    /// from each of a thousand meters in lock-step, and the phase spreads such
+    /// a burst to about half the cell's capacity. The start offset stays short,
+    /// since the first frame it delays lands among the next interval's. The
+    /// measurements behind the values: docs/scalability.md, "Mass boot".
     pub const fn new(meter_id: u32, key_id: u8) -> Self {
         SenderConfig {
             meter_id,
             key_id,
             max_readings_per_frame: MAX_READINGS,
-            start_spread: Duration::from_secs(5),
-            frame_spread: Duration::from_secs(5),
+            start_spread: Duration::from_secs(1),
+            phase_spread: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(3),
             max_backoff: Duration::from_secs(12),
             max_retries: 5,
@@ -353,7 +363,7 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
                     now + uniform(entropy, self.cfg.start_spread)
                 } else {
                     if self.redraw_phase {
-                        self.phase = uniform(entropy, self.cfg.frame_spread);
+                        self.phase = uniform(entropy, self.cfg.phase_spread);
                         self.redraw_phase = false;
                     }
                     now + self.phase
@@ -504,5 +514,184 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
             return Err(Rejected::UnexpectedAck.into());
         }
         Ok(ack)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::RustCrypto;
+
+    const SECRET: MeterSecret = MeterSecret::from_bytes(&[9; 48]);
+    const S: u64 = 1_000_000;
+
+    fn sender(cfg: SenderConfig) -> Sender<RustCrypto, 8> {
+        Sender::new(RustCrypto, cfg, &SECRET, 1, 0).expect("config")
+    }
+
+    fn at(us: u64) -> Instant {
+        Instant::from_micros(us)
+    }
+
+    /// Polls once and says whether a frame went out.
+    fn sent(s: &mut Sender<RustCrypto, 8>, now: Instant, entropy: u32) -> bool {
+        let mut buf = [0u8; MAX_LEN];
+        s.poll_transmit(now, entropy, &mut buf).expect("ok").is_some()
+    }
+
+    /// Makes the frame in flight look acknowledged (the ACK's authentication
+    /// is covered by the integration tests).
+    fn confirm(s: &mut Sender<RustCrypto, 8>) {
+        let f = s.in_flight.take().expect("in flight");
+        if f.transmissions > 1 {
+            s.redraw_phase = true;
+        }
+        if s.backlog.len > 0 {
+            s.release_at = Some(Instant::ZERO);
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_ones_protocol_md_states() {
+        let c = SenderConfig::new(1, 2);
+        assert_eq!(c.start_spread, Duration::from_secs(1));
+        assert_eq!(c.phase_spread, Duration::from_secs(5));
+        assert_eq!(c.ack_timeout, Duration::from_secs(3));
+        assert_eq!(c.max_backoff, Duration::from_secs(12));
+        assert_eq!(c.max_retries, 5);
+        assert_eq!(c.retry_holdoff, Duration::from_secs(5));
+        assert_eq!(c.max_readings_per_frame, MAX_READINGS);
+    }
+
+    #[test]
+    fn the_first_frame_of_a_boot_waits_the_start_offset() {
+        for (entropy, offset) in [(0, 0), (123_456, 123_456), (S as u32, S), (S as u32 + 1, 0)] {
+            let mut s = sender(SenderConfig::new(1, 1));
+            s.push_reading(Reading::default());
+            let t0 = at(7 * S);
+            let went = sent(&mut s, t0, entropy);
+            assert_eq!(went, offset == 0, "entropy {entropy}");
+            if offset > 0 {
+                assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_micros(offset)));
+                // The draw is made once: later polls bring other entropy.
+                assert!(!sent(&mut s, t0 + Duration::from_micros(offset - 1), 0));
+                assert!(sent(&mut s, t0 + Duration::from_micros(offset), u32::MAX));
+            }
+        }
+    }
+
+    #[test]
+    fn the_start_offset_stays_within_the_spread() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.push_reading(Reading::default());
+        assert!(!sent(&mut s, Instant::ZERO, u32::MAX));
+        let t = s.poll_timeout().expect("armed").as_micros();
+        assert!(t <= S, "{t}");
+        assert_eq!(t, u64::from(u32::MAX) % (S + 1));
+    }
+
+    #[test]
+    fn readings_made_during_the_start_offset_join_the_first_frame() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.push_reading(Reading::default());
+        assert!(!sent(&mut s, Instant::ZERO, 800_000));
+        s.push_reading(Reading::default());
+        assert!(!sent(&mut s, at(500_000), 0));
+        assert!(sent(&mut s, at(800_000), 0));
+        assert_eq!(s.in_flight_len(), 2);
+    }
+
+    #[test]
+    fn timeouts_start_at_ack_timeout_double_up_to_max_backoff_and_jitter_by_half() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.push_reading(Reading::default());
+        let mut now = Instant::ZERO;
+        assert!(sent(&mut s, now, 0));
+        // Entropy 0: no jitter. 3, 6, 12, 12, 12 s.
+        for wait in [3, 6, 12, 12, 12] {
+            assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(wait)));
+            now = now + Duration::from_secs(wait);
+            assert!(sent(&mut s, now, 0), "retry after {wait} s");
+        }
+        // The sixth transmission's wait, then the frame is given up.
+        assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(12)));
+        assert_eq!(s.stats().retransmissions, 5);
+        for k in 1..=6u8 {
+            let base = (3 * S << (k - 1)).min(12 * S);
+            assert_eq!(s.timeout_after(k, 0).as_micros(), base);
+            assert_eq!(s.timeout_after(k, (base / 2) as u32).as_micros(), base + base / 2);
+            assert_eq!(s.timeout_after(k, (base / 2 + 1) as u32).as_micros(), base);
+        }
+    }
+
+    #[test]
+    fn a_meter_without_congestion_sends_each_new_frame_at_once() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.push_reading(Reading::default());
+        assert!(sent(&mut s, Instant::ZERO, 0));
+        confirm(&mut s);
+        s.push_reading(Reading::default());
+        assert!(sent(&mut s, at(10 * S), u32::MAX), "phase is 0 until a retransmission");
+    }
+
+    #[test]
+    fn a_retransmission_moves_later_frames_by_a_random_phase_that_stays() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.push_reading(Reading::default());
+        assert!(sent(&mut s, Instant::ZERO, 0));
+        assert!(sent(&mut s, at(3 * S), 0), "first retransmission");
+        confirm(&mut s);
+        let phase = 2_500_000u32;
+        s.push_reading(Reading::default());
+        let t = at(10 * S);
+        assert!(!sent(&mut s, t, phase));
+        assert_eq!(s.poll_timeout(), Some(t + Duration::from_micros(phase.into())));
+        assert!(sent(&mut s, t + Duration::from_micros(phase.into()), 0));
+        confirm(&mut s);
+        // The next frame, sent on its first try, keeps the same phase.
+        s.push_reading(Reading::default());
+        let t = at(20 * S);
+        assert!(!sent(&mut s, t, 0));
+        assert_eq!(s.poll_timeout(), Some(t + Duration::from_micros(phase.into())));
+    }
+
+    #[test]
+    fn the_phase_stays_within_the_spread() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.redraw_phase = true;
+        s.next_counter = 1;
+        s.push_reading(Reading::default());
+        assert!(!sent(&mut s, Instant::ZERO, u32::MAX));
+        assert_eq!(s.phase.as_micros(), u64::from(u32::MAX) % (5 * S + 1));
+        assert!(s.phase <= s.cfg.phase_spread);
+    }
+
+    #[test]
+    fn readings_waiting_when_the_ack_arrives_go_at_once() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.phase = Duration::from_secs(4);
+        s.next_counter = 1;
+        s.push_reading(Reading::default());
+        assert!(!sent(&mut s, Instant::ZERO, 0));
+        assert!(sent(&mut s, at(4 * S), 0));
+        s.push_reading(Reading::default());
+        confirm(&mut s);
+        assert!(sent(&mut s, at(4 * S + 10_000), 0), "they have waited already");
+    }
+
+    #[test]
+    fn an_abandoned_frame_draws_a_new_phase_after_the_holdoff() {
+        let mut cfg = SenderConfig::new(1, 1);
+        cfg.max_retries = 0;
+        let mut s = sender(cfg);
+        s.push_reading(Reading::default());
+        assert!(sent(&mut s, Instant::ZERO, 0));
+        // Given up at 3 s, held off 5 s, then the phase.
+        assert!(!sent(&mut s, at(3 * S), 0));
+        assert_eq!(s.stats().frames_abandoned, 1);
+        assert_eq!(s.poll_timeout(), Some(at(8 * S)));
+        assert!(!sent(&mut s, at(8 * S), 1_000_000));
+        assert_eq!(s.poll_timeout(), Some(at(9 * S)));
+        assert!(sent(&mut s, at(9 * S), 0));
     }
 }

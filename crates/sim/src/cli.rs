@@ -76,7 +76,7 @@ pub struct SimArgs {
     pub start_spread_ms: Option<f64>,
     /// Sender's bound of the random offset of every later new frame, milliseconds.
     #[arg(long, value_name = "MS")]
-    pub frame_spread_ms: Option<f64>,
+    pub phase_spread_ms: Option<f64>,
     /// Sender's pause after giving a frame up, milliseconds.
     #[arg(long, value_name = "MS")]
     pub retry_holdoff_ms: Option<f64>,
@@ -197,9 +197,9 @@ impl SimArgs {
             .start_spread_ms
             .map(|v| nonneg_secs("start-spread-ms", v / 1000.0))
             .transpose()?;
-        cfg.frame_spread_us = self
-            .frame_spread_ms
-            .map(|v| nonneg_secs("frame-spread-ms", v / 1000.0))
+        cfg.phase_spread_us = self
+            .phase_spread_ms
+            .map(|v| nonneg_secs("phase-spread-ms", v / 1000.0))
             .transpose()?;
         cfg.retry_holdoff_us = self
             .retry_holdoff_ms

@@ -321,7 +321,7 @@ impl Simulation {
                 sc.max_retries = u8::MAX;
                 // The seed sends a reading as soon as it is made.
                 sc.start_spread = Duration::ZERO;
-                sc.frame_spread = Duration::ZERO;
+                sc.phase_spread = Duration::ZERO;
             }
             if let Some(k) = cfg.max_retries {
                 sc.max_retries = k;
@@ -336,8 +336,8 @@ impl Simulation {
             if let Some(t) = cfg.start_spread_us {
                 sc.start_spread = Duration::from_micros(t);
             }
-            if let Some(t) = cfg.frame_spread_us {
-                sc.frame_spread = Duration::from_micros(t);
+            if let Some(t) = cfg.phase_spread_us {
+                sc.phase_spread = Duration::from_micros(t);
             }
             if let Some(t) = cfg.retry_holdoff_us {
                 sc.retry_holdoff = Duration::from_micros(t);
