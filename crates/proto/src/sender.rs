@@ -15,11 +15,10 @@
 //! ## Timers (protocol.md §6)
 //! Meters that boot together (a feeder coming back) make their readings in
 //! lock-step, and a relay drains such a burst only at the cell's airtime. So
-//! the first frame of a boot starts after a random offset, a meter whose frame
-//! needed a retransmission moves all its later frames by a random phase, and
-//! the first ACK timeout outlasts the queueing delay of a burst instead of
-//! retransmitting into it. A meter that never meets congestion keeps phase 0
-//! and sends each reading at once.
+//! the first frame of a boot starts after a short random offset, which stays
+//! the phase of later frames; a meter whose frame needed a retransmission
+//! draws a wider random phase; and the first ACK timeout outlasts the
+//! queueing delay of a burst instead of retransmitting into it.
 //!
 //! ## Exactly once
 //! Readings carry consecutive sequence numbers. A frame that exhausts its
@@ -43,11 +42,11 @@ pub struct SenderConfig {
     pub key_id: u8,
     /// Readings per frame, 1 to 6.
     pub max_readings_per_frame: usize,
-    /// The first frame of a boot waits a uniform random offset in `[0, start_spread]`.
+    /// The first frame of a boot waits a uniform random offset in
+    /// `[0, start_spread]`, which stays the phase of later frames.
     pub start_spread: Duration,
-    /// Bound of the phase: every new frame after the first starts this late;
-    /// redrawn uniformly in `[0, phase_spread]` after a frame that needed a
-    /// retransmission, 0 until then.
+    /// Bound of the phase redrawn after a frame that needed a retransmission:
+    /// every new frame after the first starts `phase` late.
     pub phase_spread: Duration,
     /// Wait for an ACK after the first transmission; doubles with each retry.
     pub ack_timeout: Duration,
@@ -64,9 +63,9 @@ impl SenderConfig {
     ///
     /// The first ACK timeout outlasts the time a cell needs to drain one frame
     /// from each of a thousand meters in lock-step, and the phase spreads such
-    /// a burst to about half the cell's capacity. The start offset stays short,
-    /// since the first frame it delays lands among the next interval's. The
-    /// measurements behind the values: docs/scalability.md, "Mass boot".
+    /// a burst to about half the cell's capacity. The start offset, a delay
+    /// on every reading, stays short. The measurements behind the values:
+    /// docs/scalability.md, "Mass boot".
     pub const fn new(meter_id: u32, key_id: u8) -> Self {
         SenderConfig {
             meter_id,
@@ -209,8 +208,9 @@ pub struct Sender<C: CryptoProvider, const N: usize> {
     next_frame_at: Instant,
     /// When the next new frame may start, drawn once it could start.
     release_at: Option<Instant>,
-    /// Offset of every new frame after the first; redrawn when a frame needed
-    /// a retransmission, so that meters in lock-step drift apart and stay apart.
+    /// Offset of every new frame after the first: the start offset, redrawn
+    /// when a frame needed a retransmission, so that meters in lock-step
+    /// drift apart and stay apart.
     phase: Duration,
     /// The last frame needed a retransmission: draw a new `phase`.
     redraw_phase: bool,
@@ -360,7 +360,10 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
             None => {
                 // The counter restarts at 0 with each boot epoch.
                 let t = if self.next_counter == 0 {
-                    now + uniform(entropy, self.cfg.start_spread)
+                    // Kept as the phase: offsetting only the first frame would
+                    // push it onto the next interval's readings.
+                    self.phase = uniform(entropy, self.cfg.start_spread);
+                    now + self.phase
                 } else {
                     if self.redraw_phase {
                         self.phase = uniform(entropy, self.cfg.phase_spread);
@@ -622,6 +625,19 @@ mod tests {
             assert_eq!(s.timeout_after(k, (base / 2) as u32).as_micros(), base + base / 2);
             assert_eq!(s.timeout_after(k, (base / 2 + 1) as u32).as_micros(), base);
         }
+    }
+
+    #[test]
+    fn the_start_offset_stays_as_the_phase_of_later_frames() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.push_reading(Reading::default());
+        assert!(!sent(&mut s, Instant::ZERO, 600_000));
+        assert!(sent(&mut s, at(600_000), 0));
+        confirm(&mut s);
+        s.push_reading(Reading::default());
+        let t = at(10 * S);
+        assert!(!sent(&mut s, t, u32::MAX), "no new draw without a retransmission");
+        assert_eq!(s.poll_timeout(), Some(t + Duration::from_micros(600_000)));
     }
 
     #[test]
