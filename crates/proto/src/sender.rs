@@ -457,9 +457,10 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.in_flight {
             Some(f) => Some(f.deadline),
-            None if self.backlog.len > 0 => {
-                Some(self.release_at.map_or(self.next_frame_at, |t| t.max(self.next_frame_at)))
-            }
+            None if self.backlog.len > 0 => Some(
+                self.release_at
+                    .map_or(self.next_frame_at, |t| t.max(self.next_frame_at)),
+            ),
             None => None,
         }
     }
@@ -539,7 +540,9 @@ mod tests {
     /// Polls once and says whether a frame went out.
     fn sent(s: &mut Sender<RustCrypto, 8>, now: Instant, entropy: u32) -> bool {
         let mut buf = [0u8; MAX_LEN];
-        s.poll_transmit(now, entropy, &mut buf).expect("ok").is_some()
+        s.poll_transmit(now, entropy, &mut buf)
+            .expect("ok")
+            .is_some()
     }
 
     /// Makes the frame in flight look acknowledged (the ACK's authentication
@@ -620,9 +623,12 @@ mod tests {
         assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(12)));
         assert_eq!(s.stats().retransmissions, 5);
         for k in 1..=6u8 {
-            let base = (3 * S << (k - 1)).min(12 * S);
+            let base = ((3 * S) << (k - 1)).min(12 * S);
             assert_eq!(s.timeout_after(k, 0).as_micros(), base);
-            assert_eq!(s.timeout_after(k, (base / 2) as u32).as_micros(), base + base / 2);
+            assert_eq!(
+                s.timeout_after(k, (base / 2) as u32).as_micros(),
+                base + base / 2
+            );
             assert_eq!(s.timeout_after(k, (base / 2 + 1) as u32).as_micros(), base);
         }
     }
@@ -636,7 +642,10 @@ mod tests {
         confirm(&mut s);
         s.push_reading(Reading::default());
         let t = at(10 * S);
-        assert!(!sent(&mut s, t, u32::MAX), "no new draw without a retransmission");
+        assert!(
+            !sent(&mut s, t, u32::MAX),
+            "no new draw without a retransmission"
+        );
         assert_eq!(s.poll_timeout(), Some(t + Duration::from_micros(600_000)));
     }
 
@@ -647,7 +656,10 @@ mod tests {
         assert!(sent(&mut s, Instant::ZERO, 0));
         confirm(&mut s);
         s.push_reading(Reading::default());
-        assert!(sent(&mut s, at(10 * S), u32::MAX), "phase is 0 until a retransmission");
+        assert!(
+            sent(&mut s, at(10 * S), u32::MAX),
+            "phase is 0 until a retransmission"
+        );
     }
 
     #[test]
@@ -661,14 +673,20 @@ mod tests {
         s.push_reading(Reading::default());
         let t = at(10 * S);
         assert!(!sent(&mut s, t, phase));
-        assert_eq!(s.poll_timeout(), Some(t + Duration::from_micros(phase.into())));
+        assert_eq!(
+            s.poll_timeout(),
+            Some(t + Duration::from_micros(phase.into()))
+        );
         assert!(sent(&mut s, t + Duration::from_micros(phase.into()), 0));
         confirm(&mut s);
         // The next frame, sent on its first try, keeps the same phase.
         s.push_reading(Reading::default());
         let t = at(20 * S);
         assert!(!sent(&mut s, t, 0));
-        assert_eq!(s.poll_timeout(), Some(t + Duration::from_micros(phase.into())));
+        assert_eq!(
+            s.poll_timeout(),
+            Some(t + Duration::from_micros(phase.into()))
+        );
     }
 
     #[test]
@@ -692,7 +710,10 @@ mod tests {
         assert!(sent(&mut s, at(4 * S), 0));
         s.push_reading(Reading::default());
         confirm(&mut s);
-        assert!(sent(&mut s, at(4 * S + 10_000), 0), "they have waited already");
+        assert!(
+            sent(&mut s, at(4 * S + 10_000), 0),
+            "they have waited already"
+        );
     }
 
     #[test]

@@ -398,7 +398,10 @@ fn scheme(args: &SimArgs, dir: &Path) -> anyhow::Result<String> {
     }
     let _ = writeln!(md);
     let _ = writeln!(md, "| scheme (mass boot) | hidden | meters | delivered | lost for good | in budget | p50 latency | p99 latency | airtime per reading | retransmissions per reading | radio on per meter-hour |");
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in &restore {
         let _ = writeln!(
             md,
