@@ -319,6 +319,9 @@ impl Simulation {
                 sc.max_backoff = period;
                 sc.retry_holdoff = period;
                 sc.max_retries = u8::MAX;
+                // The seed sends a reading as soon as it is made.
+                sc.start_spread = Duration::ZERO;
+                sc.phase_spread = Duration::ZERO;
             }
             if let Some(k) = cfg.max_retries {
                 sc.max_retries = k;
@@ -326,6 +329,15 @@ impl Simulation {
             if let Some(t) = cfg.ack_timeout_us {
                 sc.ack_timeout = Duration::from_micros(t);
                 sc.max_backoff = sc.max_backoff.max(sc.ack_timeout);
+            }
+            if let Some(t) = cfg.max_backoff_us {
+                sc.max_backoff = Duration::from_micros(t);
+            }
+            if let Some(t) = cfg.start_spread_us {
+                sc.start_spread = Duration::from_micros(t);
+            }
+            if let Some(t) = cfg.phase_spread_us {
+                sc.phase_spread = Duration::from_micros(t);
             }
             if let Some(t) = cfg.retry_holdoff_us {
                 sc.retry_holdoff = Duration::from_micros(t);
