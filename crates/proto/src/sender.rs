@@ -119,6 +119,20 @@ pub enum PushOutcome {
         /// The dropped reading's sequence number.
         dropped_seq: u32,
     },
+    /// Not queued, counted as dropped: this boot epoch has used every
+    /// sequence number up to 2^32−1, which never wrap (§2). The meter starts
+    /// a new boot epoch.
+    SeqExhausted,
+}
+
+impl PushOutcome {
+    /// The queued reading's sequence number, if it was queued.
+    pub fn seq(self) -> Option<u32> {
+        match self {
+            PushOutcome::Queued { seq } | PushOutcome::QueuedDroppedOldest { seq, .. } => Some(seq),
+            PushOutcome::SeqExhausted => None,
+        }
+    }
 }
 
 /// A confirmed frame.
@@ -296,9 +310,14 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
     }
 
     /// Queues a reading. When the backlog is full the oldest waiting reading is
-    /// dropped and counted.
+    /// dropped and counted. Once the epoch's sequence numbers are used up the
+    /// reading is refused and counted as dropped (they never wrap).
     pub fn push_reading(&mut self, reading: Reading) -> PushOutcome {
         self.stats.readings_queued += 1;
+        if u64::from(self.backlog_seq) + self.backlog.len as u64 > u64::from(u32::MAX) {
+            self.stats.readings_dropped += 1;
+            return PushOutcome::SeqExhausted;
+        }
         let mut dropped = None;
         if self.backlog.len == N {
             self.backlog.pop_front();
@@ -555,6 +574,32 @@ mod tests {
         if s.backlog.len > 0 {
             s.release_at = Some(Instant::ZERO);
         }
+    }
+
+    #[test]
+    fn sequence_numbers_never_wrap_a_reading_past_them_is_dropped() {
+        let mut s = Sender::<RustCrypto, 8>::new(
+            RustCrypto,
+            SenderConfig::new(1, 1),
+            &SECRET,
+            1,
+            u32::MAX - 1,
+        )
+        .expect("config");
+        let r = Reading::default();
+        assert_eq!(s.push_reading(r), PushOutcome::Queued { seq: u32::MAX - 1 });
+        assert_eq!(s.push_reading(r), PushOutcome::Queued { seq: u32::MAX });
+        assert_eq!(s.push_reading(r), PushOutcome::SeqExhausted);
+        assert_eq!(s.push_reading(r).seq(), None);
+        assert_eq!((s.backlog_len(), s.stats().readings_dropped), (2, 2));
+        // The two queued readings still go out, numbered to the last one.
+        let mut buf = [0u8; MAX_LEN];
+        let n = s
+            .poll_transmit(at(100 * S), 0, &mut buf)
+            .expect("ok")
+            .expect("a frame");
+        let p = crate::wire::UplinkPacket::new_checked(&buf[..n]).expect("valid");
+        assert_eq!((p.first_seq(), p.reading_count()), (u32::MAX - 1, 2));
     }
 
     #[test]
