@@ -11,7 +11,7 @@
 //! truth_file = "truth.jsonl"     # optional: every generated reading
 //! utc_offset_h = 1.0             # local time of the households' daily curve
 //!
-//! [sender]
+//! [sender]                       # timers unset: spec §6's, scaled to interval_s (below)
 //! start_spread_ms = 1000         # random offset of a boot's first frame
 //! phase_spread_ms = 5000         # random phase after a retransmission
 //! ack_timeout_ms = 3000
@@ -19,6 +19,12 @@
 //! max_retries = 5
 //! retry_holdoff_ms = 5000
 //! readings_per_frame = 6
+//!
+//! The §6 timer defaults are sized for readings every 10 s (a first ACK
+//! timeout that outlasts a cell's burst). A fleet reporting faster (the demo,
+//! tests) scales every timer it does not set by `interval_s / 10`, with the
+//! first ACK timeout at least 100 ms, so readings do not pile up behind a
+//! timer longer than the interval.
 //!
 //! [radio]
 //! udp_relay = "127.0.0.1:47800"
@@ -77,55 +83,85 @@ impl MeterSelection {
     }
 }
 
-/// Tunables of each meter's sender (spec §6).
+/// Tunables of each meter's sender (spec §6). An unset timer takes the §6
+/// default scaled to the fleet's interval ([`SenderTunables::sender_config`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SenderTunables {
     /// Bound of the random offset of a boot's first frame (ms).
-    pub start_spread_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_spread_ms: Option<u64>,
     /// Bound of the random phase drawn after a frame needed a retransmission (ms).
-    pub phase_spread_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase_spread_ms: Option<u64>,
     /// Wait for an ACK after the first transmission (ms); doubles per retry.
-    pub ack_timeout_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack_timeout_ms: Option<u64>,
     /// Upper bound of the doubled wait (ms).
-    pub max_backoff_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_backoff_ms: Option<u64>,
     /// Retransmissions before a frame is abandoned.
     pub max_retries: u8,
     /// Pause after an abandoned frame (ms).
-    pub retry_holdoff_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_holdoff_ms: Option<u64>,
     /// Readings per frame, 1 to 6.
     pub readings_per_frame: usize,
 }
 
 impl Default for SenderTunables {
-    /// The core's defaults (spec §6).
+    /// Every timer unset; the core's retry and frame limits (spec §6).
     fn default() -> Self {
         let c = SenderConfig::new(0, 0);
         SenderTunables {
-            start_spread_ms: c.start_spread.as_millis(),
-            phase_spread_ms: c.phase_spread.as_millis(),
-            ack_timeout_ms: c.ack_timeout.as_millis(),
-            max_backoff_ms: c.max_backoff.as_millis(),
+            start_spread_ms: None,
+            phase_spread_ms: None,
+            ack_timeout_ms: None,
+            max_backoff_ms: None,
             max_retries: c.max_retries,
-            retry_holdoff_ms: c.retry_holdoff.as_millis(),
+            retry_holdoff_ms: None,
             readings_per_frame: c.max_readings_per_frame,
         }
     }
 }
 
+/// The reading interval the §6 timer defaults are sized for.
+const DEFAULTS_INTERVAL_S: f64 = 10.0;
+/// The least first ACK timeout a scaled default takes (the relay ACKs after
+/// its journal commit).
+const MIN_SCALED_ACK_TIMEOUT: Duration = Duration::from_millis(100);
+
 impl SenderTunables {
-    /// The core's sender configuration for `meter_id` under `key_id`.
-    pub fn sender_config(&self, meter_id: u32, key_id: u8) -> SenderConfig {
+    /// The core's sender configuration for `meter_id` under `key_id`, for a
+    /// fleet reporting every `interval_s`: unset timers are the §6 defaults,
+    /// times `interval_s / 10` when that is below 1.
+    pub fn sender_config(&self, meter_id: u32, key_id: u8, interval_s: f64) -> SenderConfig {
+        let d = SenderConfig::new(meter_id, key_id);
+        let factor = (interval_s / DEFAULTS_INTERVAL_S).clamp(0.0, 1.0);
+        let scaled = |default: Duration| {
+            Duration::from_micros((default.as_micros() as f64 * factor).round() as u64)
+        };
+        let pick = |set: Option<u64>, default: Duration| {
+            set.map_or_else(|| scaled(default), Duration::from_millis)
+        };
+        let ack_timeout = match self.ack_timeout_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => scaled(d.ack_timeout).max(MIN_SCALED_ACK_TIMEOUT),
+        };
         SenderConfig {
             meter_id,
             key_id,
             max_readings_per_frame: self.readings_per_frame,
-            start_spread: Duration::from_millis(self.start_spread_ms),
-            phase_spread: Duration::from_millis(self.phase_spread_ms),
-            ack_timeout: Duration::from_millis(self.ack_timeout_ms),
-            max_backoff: Duration::from_millis(self.max_backoff_ms),
+            start_spread: pick(self.start_spread_ms, d.start_spread),
+            phase_spread: pick(self.phase_spread_ms, d.phase_spread),
+            ack_timeout,
+            // A scaled cap never undercuts the first timeout's floor.
+            max_backoff: match self.max_backoff_ms {
+                Some(ms) => Duration::from_millis(ms),
+                None => scaled(d.max_backoff).max(ack_timeout),
+            },
             max_retries: self.max_retries,
-            retry_holdoff: Duration::from_millis(self.retry_holdoff_ms),
+            retry_holdoff: pick(self.retry_holdoff_ms, d.retry_holdoff),
         }
     }
 }
@@ -241,7 +277,7 @@ impl FleetConfig {
         if !(1..=6).contains(&self.sender.readings_per_frame) {
             return bad("sender.readings_per_frame", "must be 1 to 6".into());
         }
-        if self.sender.ack_timeout_ms == 0 {
+        if self.sender.ack_timeout_ms == Some(0) {
             return bad("sender.ack_timeout_ms", "must be at least 1".into());
         }
         if !(0.0..=1.0).contains(&self.radio.loss) {
@@ -286,6 +322,56 @@ mod tests {
         assert!(c.meters.contains(3) && c.meters.contains(4) && !c.meters.contains(5));
         let c: FleetConfig = parse_toml("meters = \"some\"\n", p, None, vec![]).unwrap();
         assert!(c.validate(p).unwrap_err().to_string().contains("meters"));
+    }
+
+    #[test]
+    fn unset_timers_are_the_spec_defaults_scaled_to_the_interval() {
+        let t = SenderTunables::default();
+        // Every 10 s or slower: §6 as it stands.
+        assert_eq!(t.sender_config(1, 1, 60.0), SenderConfig::new(1, 1));
+        assert_eq!(t.sender_config(1, 1, 10.0), SenderConfig::new(1, 1));
+        // Every second: a tenth of each, the first timeout 300 ms.
+        let c = t.sender_config(1, 1, 1.0);
+        assert_eq!(
+            (
+                c.start_spread,
+                c.phase_spread,
+                c.ack_timeout,
+                c.max_backoff,
+                c.retry_holdoff
+            ),
+            (
+                Duration::from_millis(100),
+                Duration::from_millis(500),
+                Duration::from_millis(300),
+                Duration::from_millis(1200),
+                Duration::from_millis(500)
+            )
+        );
+        // Every 0.1 s: the first timeout stays at 100 ms, the cap not below it.
+        let c = t.sender_config(1, 1, 0.1);
+        assert_eq!(c.ack_timeout, Duration::from_millis(100));
+        assert_eq!(c.max_backoff, Duration::from_millis(120));
+        // What is set stays as set.
+        let set = SenderTunables {
+            ack_timeout_ms: Some(50),
+            max_backoff_ms: Some(40),
+            ..SenderTunables::default()
+        };
+        let c = set.sender_config(1, 1, 1.0);
+        assert_eq!(
+            (c.ack_timeout, c.max_backoff),
+            (Duration::from_millis(50), Duration::from_millis(40))
+        );
+        let parsed: FleetConfig = parse_toml(
+            "[sender]\nack_timeout_ms = 700\n",
+            Path::new("meters.toml"),
+            None,
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(parsed.sender.ack_timeout_ms, Some(700));
+        assert_eq!(parsed.sender.phase_spread_ms, None);
     }
 
     #[test]

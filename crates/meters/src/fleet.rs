@@ -198,7 +198,7 @@ impl Fleet {
                 })?;
             let sender = AnySender::new(
                 cfg.backlog,
-                cfg.sender.sender_config(rec.id, rec.key_id),
+                cfg.sender.sender_config(rec.id, rec.key_id, cfg.interval_s),
                 &secret,
                 epoch,
                 0,

@@ -127,11 +127,11 @@ fn every_reading_is_acknowledged_over_lossy_air_and_a_restarted_fleet_uses_new_e
     cfg.interval_s = 0.1;
     cfg.seed = seed;
     // Real time at a 0.1 s interval: timers scaled down from the defaults.
-    cfg.sender.start_spread_ms = 0;
-    cfg.sender.phase_spread_ms = 0;
-    cfg.sender.ack_timeout_ms = 100;
-    cfg.sender.max_backoff_ms = 300;
-    cfg.sender.retry_holdoff_ms = 300;
+    cfg.sender.start_spread_ms = Some(0);
+    cfg.sender.phase_spread_ms = Some(0);
+    cfg.sender.ack_timeout_ms = Some(100);
+    cfg.sender.max_backoff_ms = Some(300);
+    cfg.sender.retry_holdoff_ms = Some(300);
     cfg.truth_file = Some(dir.path().join("truth.jsonl"));
 
     // First boot over an in-process medium losing 30 % of frames both ways.
@@ -226,11 +226,11 @@ fn spoofed_datagrams_claiming_the_relay_do_not_divert_the_fleets_uplinks() {
     cfg.interval_s = 0.1;
     cfg.seed = seed;
     // Real time at a 0.1 s interval: timers scaled down from the defaults.
-    cfg.sender.start_spread_ms = 0;
-    cfg.sender.phase_spread_ms = 0;
-    cfg.sender.ack_timeout_ms = 100;
-    cfg.sender.max_backoff_ms = 300;
-    cfg.sender.retry_holdoff_ms = 300;
+    cfg.sender.start_spread_ms = Some(0);
+    cfg.sender.phase_spread_ms = Some(0);
+    cfg.sender.ack_timeout_ms = Some(100);
+    cfg.sender.max_backoff_ms = Some(300);
+    cfg.sender.retry_holdoff_ms = Some(300);
     cfg.truth_file = Some(dir.path().join("truth.jsonl"));
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let relay_air = UdpAir::bind(any, None, 0.0, seed).unwrap();

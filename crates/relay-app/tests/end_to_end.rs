@@ -136,8 +136,8 @@ impl Site {
         c.interval_s = 0.2;
         c.seed = seed;
         c.backlog = 1024;
-        c.sender.max_backoff_ms = 400;
-        c.sender.retry_holdoff_ms = 500;
+        c.sender.max_backoff_ms = Some(400);
+        c.sender.retry_holdoff_ms = Some(500);
         c.truth_file = Some(self.truth_path());
         c.radio.udp_relay = self.udp;
         c.radio.udp_listen = SocketAddr::from(([127, 0, 0, 1], 0));

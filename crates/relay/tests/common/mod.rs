@@ -63,8 +63,8 @@ pub fn fleet_config(keys: &KeyDir, dir: &Path, seed: u64) -> FleetConfig {
     c.interval_s = 0.2;
     c.seed = seed;
     c.backlog = 1024;
-    c.sender.max_backoff_ms = 400;
-    c.sender.retry_holdoff_ms = 500;
+    c.sender.max_backoff_ms = Some(400);
+    c.sender.retry_holdoff_ms = Some(500);
     c.truth_file = Some(dir.join("truth.jsonl"));
     c
 }
