@@ -466,6 +466,8 @@ def main():
             reused.append(f"meter {meter_id} epoch {struct.unpack('<I', f[8:12])[0]} counter {struct.unpack('<I', f[12:16])[0]}")
     check(not reused and len(sealed) > 20,
           f"{len(sealed)} distinct end-to-end sealings across the vector files, no (key, nonce) seals two frames" + (f": {reused}" if reused else ""))
+    import verify_chain
+    verify_chain.main()
     print("all vectors verified")
 
 

@@ -373,10 +373,9 @@ impl<C: CryptoProvider + Clone, F: Flash, R: Radio, const N: usize> MeterNode<C,
             flags,
         };
         let outcome = self.sender.push_reading(reading);
-        let seq = match outcome {
-            PushOutcome::Queued { seq } | PushOutcome::QueuedDroppedOldest { seq, .. } => seq,
-        };
-        self.last_reading = Some((seq, reading));
+        if let Some(seq) = outcome.seq() {
+            self.last_reading = Some((seq, reading));
+        }
         outcome
     }
 

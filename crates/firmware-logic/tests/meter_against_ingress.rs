@@ -436,8 +436,10 @@ fn a_lost_relay_makes_the_meter_scan_channels() {
         sim.relay_up = false;
         let mut flash = MemFlash::new();
         let mut node = sim.boot(&config(6, 1), &mut flash);
-        // Each abandoned frame costs ~4 s of retries plus a 5–7.5 s holdoff.
-        sim.run(&mut node, 120_000);
+        // Each abandoned frame costs 57–85.5 s of waits (3, 6, 12, 12, 12, 12 s,
+        // each plus up to half in jitter) and a 5–7.5 s holdoff: the second
+        // hop comes after at most 5 × 93 s.
+        sim.run(&mut node, 480_000);
         assert!(node.stats().channel_changes >= 2);
         assert_ne!(node.channel(), 6);
     });

@@ -263,6 +263,48 @@ fn a_quarantined_receipt_keeps_the_block_and_it_is_offered_again() {
     );
 }
 
+/// §10: a receipt refused for good frees the block's flash slot; it is never offered again.
+#[test]
+fn a_block_refused_for_good_is_freed_and_never_offered_again() {
+    let mut storage = Storage::new(4096);
+    let mut r = relay(&mut storage);
+    feed(&mut r, 1, 2, 0).unwrap();
+    r.poll_seal(Instant::from_secs_for_test(11), Some(1));
+    let mut h = SoftPowHasher::default();
+    let sealed = loop {
+        if let Some(b) = r.poll_pow(&mut h, 1000) {
+            break b;
+        }
+    };
+    r.handle_connected();
+    assert_eq!(
+        publish_due(&mut r, Instant::from_secs_for_test(12)).len(),
+        1
+    );
+    let refused = ReceiptRepr {
+        status: ReceiptStatus::Refused,
+        relay_id: 3,
+        height: sealed.height,
+        block_hash: sealed.hash,
+        server_id: 1,
+        time_ms: 5,
+    }
+    .to_signed_bytes(&SigningKey::from_bytes(&SERVER_SEED));
+    let outcome = r
+        .handle_receipt(Instant::from_secs_for_test(13), &refused)
+        .unwrap();
+    assert!(
+        matches!(outcome, ReceiptOutcome::Refused { height: 0, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(r.outbox().count(), 0, "the slot is free");
+    assert!(
+        r.read_block(0, &mut [0u8; 8192]).is_none(),
+        "bytes released"
+    );
+    assert!(publish_due(&mut r, Instant::from_secs_for_test(1_000)).is_empty());
+}
+
 /// The flash journal: what was ACKed survives a power cut (unsealed frames
 /// are batched again, sealed blocks wait in the outbox with the chain tip),
 /// and a retransmission after the reboot is a duplicate, not a second copy.

@@ -12,8 +12,10 @@
 //! utc_offset_h = 1.0             # local time of the households' daily curve
 //!
 //! [sender]
-//! ack_timeout_ms = 100
-//! max_backoff_ms = 2000
+//! start_spread_ms = 1000         # random offset of a boot's first frame
+//! phase_spread_ms = 5000         # random phase after a retransmission
+//! ack_timeout_ms = 3000
+//! max_backoff_ms = 12000
 //! max_retries = 5
 //! retry_holdoff_ms = 5000
 //! readings_per_frame = 6
@@ -79,6 +81,10 @@ impl MeterSelection {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SenderTunables {
+    /// Bound of the random offset of a boot's first frame (ms).
+    pub start_spread_ms: u64,
+    /// Bound of the random phase drawn after a frame needed a retransmission (ms).
+    pub phase_spread_ms: u64,
     /// Wait for an ACK after the first transmission (ms); doubles per retry.
     pub ack_timeout_ms: u64,
     /// Upper bound of the doubled wait (ms).
@@ -92,13 +98,17 @@ pub struct SenderTunables {
 }
 
 impl Default for SenderTunables {
+    /// The core's defaults (spec §6).
     fn default() -> Self {
+        let c = SenderConfig::new(0, 0);
         SenderTunables {
-            ack_timeout_ms: 100,
-            max_backoff_ms: 2000,
-            max_retries: 5,
-            retry_holdoff_ms: 5000,
-            readings_per_frame: 6,
+            start_spread_ms: c.start_spread.as_millis(),
+            phase_spread_ms: c.phase_spread.as_millis(),
+            ack_timeout_ms: c.ack_timeout.as_millis(),
+            max_backoff_ms: c.max_backoff.as_millis(),
+            max_retries: c.max_retries,
+            retry_holdoff_ms: c.retry_holdoff.as_millis(),
+            readings_per_frame: c.max_readings_per_frame,
         }
     }
 }
@@ -110,6 +120,8 @@ impl SenderTunables {
             meter_id,
             key_id,
             max_readings_per_frame: self.readings_per_frame,
+            start_spread: Duration::from_millis(self.start_spread_ms),
+            phase_spread: Duration::from_millis(self.phase_spread_ms),
             ack_timeout: Duration::from_millis(self.ack_timeout_ms),
             max_backoff: Duration::from_millis(self.max_backoff_ms),
             max_retries: self.max_retries,

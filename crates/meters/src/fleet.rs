@@ -419,6 +419,10 @@ impl Driver {
                 );
                 seq
             }
+            PushOutcome::SeqExhausted => {
+                tracing::warn!(meter = m.id, "sequence numbers exhausted; reading dropped");
+                return;
+            }
         };
         if let Some(t) = &mut self.truth {
             t.write(&TruthRecord::new(m.id, m.epoch, seq, &reading));

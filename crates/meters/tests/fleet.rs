@@ -126,6 +126,10 @@ fn every_reading_is_acknowledged_over_lossy_air_and_a_restarted_fleet_uses_new_e
     let mut cfg = FleetConfig::new(keys.root(), dir.path().join("state"));
     cfg.interval_s = 0.1;
     cfg.seed = seed;
+    // Real time at a 0.1 s interval: timers scaled down from the defaults.
+    cfg.sender.start_spread_ms = 0;
+    cfg.sender.phase_spread_ms = 0;
+    cfg.sender.ack_timeout_ms = 100;
     cfg.sender.max_backoff_ms = 300;
     cfg.sender.retry_holdoff_ms = 300;
     cfg.truth_file = Some(dir.path().join("truth.jsonl"));
@@ -221,6 +225,10 @@ fn spoofed_datagrams_claiming_the_relay_do_not_divert_the_fleets_uplinks() {
     let mut cfg = FleetConfig::new(keys.root(), dir.path().join("state"));
     cfg.interval_s = 0.1;
     cfg.seed = seed;
+    // Real time at a 0.1 s interval: timers scaled down from the defaults.
+    cfg.sender.start_spread_ms = 0;
+    cfg.sender.phase_spread_ms = 0;
+    cfg.sender.ack_timeout_ms = 100;
     cfg.sender.max_backoff_ms = 300;
     cfg.sender.retry_holdoff_ms = 300;
     cfg.truth_file = Some(dir.path().join("truth.jsonl"));

@@ -36,8 +36,13 @@ pub enum Malformed {
     BadReadingCount,
     /// A reserved field is not zero.
     NonZeroReserved,
-    /// A block's leaf framing does not match its length or leaf count.
+    /// A block's leaves do not fill it exactly: a length prefix runs past
+    /// the end, or bytes are left after `leaf_count` leaves.
     BadLeafFraming,
+    /// A block's leaf length prefix is 0 or above 250 (what ESP-NOW carries).
+    BadLeafLength,
+    /// A serial message's COBS encoding holds a zero byte.
+    BadCobs,
     /// A block declares more leaves than the protocol allows.
     TooManyLeaves,
     /// An enumerated field holds a value this version does not define.
@@ -190,7 +195,11 @@ impl fmt::Display for Malformed {
             Malformed::WrongType(t) => write!(f, "unexpected message type {t:#04x}"),
             Malformed::BadReadingCount => f.write_str("length does not hold 1 to 6 whole readings"),
             Malformed::NonZeroReserved => f.write_str("reserved field is not zero"),
-            Malformed::BadLeafFraming => f.write_str("leaf framing does not match block length"),
+            Malformed::BadLeafFraming => {
+                f.write_str("leaves do not fill the block exactly (leaf_count and length prefixes)")
+            }
+            Malformed::BadLeafLength => f.write_str("a leaf length prefix is 0 or above 250"),
+            Malformed::BadCobs => f.write_str("COBS encoding holds a zero byte"),
             Malformed::TooManyLeaves => f.write_str("too many leaves"),
             Malformed::UnknownValue => f.write_str("field value not defined by this version"),
             Malformed::BadChecksum => f.write_str("checksum mismatch"),

@@ -12,6 +12,14 @@
 //! `entropy` is any fresh random `u32` (hardware RNG, seeded simulator RNG);
 //! it only jitters timers.
 //!
+//! ## Timers (protocol.md §6)
+//! Meters that boot together (a feeder coming back) make their readings in
+//! lock-step, and a relay drains such a burst only at the cell's airtime. So
+//! the first frame of a boot starts after a short random offset, which stays
+//! the phase of later frames; a meter whose frame needed a retransmission
+//! draws a wider random phase; and the first ACK timeout outlasts the
+//! queueing delay of a burst instead of retransmitting into it.
+//!
 //! ## Exactly once
 //! Readings carry consecutive sequence numbers. A frame that exhausts its
 //! retries puts its readings back at the front of the backlog, and a later
@@ -34,6 +42,12 @@ pub struct SenderConfig {
     pub key_id: u8,
     /// Readings per frame, 1 to 6.
     pub max_readings_per_frame: usize,
+    /// The first frame of a boot waits a uniform random offset in
+    /// `[0, start_spread]`, which stays the phase of later frames.
+    pub start_spread: Duration,
+    /// Bound of the phase redrawn after a frame that needed a retransmission:
+    /// every new frame after the first starts `phase` late.
+    pub phase_spread: Duration,
     /// Wait for an ACK after the first transmission; doubles with each retry.
     pub ack_timeout: Duration,
     /// Upper bound of the doubled timeout.
@@ -46,13 +60,21 @@ pub struct SenderConfig {
 
 impl SenderConfig {
     /// Sensible defaults for ESP-NOW to a relay that ACKs after a journal commit.
+    ///
+    /// The first ACK timeout outlasts the time a cell needs to drain one frame
+    /// from each of a thousand meters in lock-step, and the phase spreads such
+    /// a burst to about half the cell's capacity. The start offset, a delay
+    /// on every reading, stays short. The measurements behind the values:
+    /// docs/scalability.md, "Mass boot".
     pub const fn new(meter_id: u32, key_id: u8) -> Self {
         SenderConfig {
             meter_id,
             key_id,
             max_readings_per_frame: MAX_READINGS,
-            ack_timeout: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
+            start_spread: Duration::from_secs(1),
+            phase_spread: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(3),
+            max_backoff: Duration::from_secs(12),
             max_retries: 5,
             retry_holdoff: Duration::from_secs(5),
         }
@@ -97,6 +119,20 @@ pub enum PushOutcome {
         /// The dropped reading's sequence number.
         dropped_seq: u32,
     },
+    /// Not queued, counted as dropped: this boot epoch has used every
+    /// sequence number up to 2^32−1, which never wrap (§2). The meter starts
+    /// a new boot epoch.
+    SeqExhausted,
+}
+
+impl PushOutcome {
+    /// The queued reading's sequence number, if it was queued.
+    pub fn seq(self) -> Option<u32> {
+        match self {
+            PushOutcome::Queued { seq } | PushOutcome::QueuedDroppedOldest { seq, .. } => Some(seq),
+            PushOutcome::SeqExhausted => None,
+        }
+    }
 }
 
 /// A confirmed frame.
@@ -166,6 +202,12 @@ impl<const N: usize> Backlog<N> {
     }
 }
 
+/// A uniform draw in `[0, max]` from 32 bits of entropy (the modulo bias is
+/// below 0.3 % for spans up to 10 s).
+fn uniform(entropy: u32, max: Duration) -> Duration {
+    Duration::from_micros(u64::from(entropy) % (max.as_micros() + 1))
+}
+
 /// The meter-side state machine; `N` is the backlog capacity in readings.
 pub struct Sender<C: CryptoProvider, const N: usize> {
     provider: C,
@@ -178,6 +220,14 @@ pub struct Sender<C: CryptoProvider, const N: usize> {
     backlog_seq: u32,
     in_flight: Option<InFlight>,
     next_frame_at: Instant,
+    /// When the next new frame may start, drawn once it could start.
+    release_at: Option<Instant>,
+    /// Offset of every new frame after the first: the start offset, redrawn
+    /// when a frame needed a retransmission, so that meters in lock-step
+    /// drift apart and stay apart.
+    phase: Duration,
+    /// The last frame needed a retransmission: draw a new `phase`.
+    redraw_phase: bool,
     clock_offset_ms: Option<i64>,
     stats: SenderStats,
 }
@@ -211,6 +261,9 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
             backlog_seq: first_seq,
             in_flight: None,
             next_frame_at: Instant::ZERO,
+            release_at: None,
+            phase: Duration::ZERO,
+            redraw_phase: false,
             clock_offset_ms: None,
             stats: SenderStats::default(),
         })
@@ -257,9 +310,14 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
     }
 
     /// Queues a reading. When the backlog is full the oldest waiting reading is
-    /// dropped and counted.
+    /// dropped and counted. Once the epoch's sequence numbers are used up the
+    /// reading is refused and counted as dropped (they never wrap).
     pub fn push_reading(&mut self, reading: Reading) -> PushOutcome {
         self.stats.readings_queued += 1;
+        if u64::from(self.backlog_seq) + self.backlog.len as u64 > u64::from(u32::MAX) {
+            self.stats.readings_dropped += 1;
+            return PushOutcome::SeqExhausted;
+        }
         let mut dropped = None;
         if self.backlog.len == N {
             self.backlog.pop_front();
@@ -282,8 +340,7 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
             .ack_timeout
             .saturating_shl(u32::from(transmissions.saturating_sub(1)))
             .min(self.cfg.max_backoff);
-        let jitter = u64::from(entropy) % (base.as_micros() / 2 + 1);
-        base + Duration::from_micros(jitter)
+        base + uniform(entropy, Duration::from_micros(base.as_micros() / 2))
     }
 
     /// Writes the next frame to send into `buf`, if one is due: a retransmission
@@ -317,7 +374,32 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
         if self.in_flight.is_some() || self.backlog.len == 0 || now < self.next_frame_at {
             return Ok(None);
         }
-        self.build_frame(now, entropy, buf).map(Some)
+        let release = match self.release_at {
+            Some(t) => t,
+            None => {
+                // The counter restarts at 0 with each boot epoch.
+                let t = if self.next_counter == 0 {
+                    // Kept as the phase: offsetting only the first frame would
+                    // push it onto the next interval's readings.
+                    self.phase = uniform(entropy, self.cfg.start_spread);
+                    now + self.phase
+                } else {
+                    if self.redraw_phase {
+                        self.phase = uniform(entropy, self.cfg.phase_spread);
+                        self.redraw_phase = false;
+                    }
+                    now + self.phase
+                };
+                self.release_at = Some(t);
+                t
+            }
+        };
+        if now < release {
+            return Ok(None);
+        }
+        let len = self.build_frame(now, entropy, buf)?;
+        self.release_at = None;
+        Ok(Some(len))
     }
 
     fn build_frame(&mut self, now: Instant, entropy: u32, buf: &mut [u8]) -> Result<usize, Error> {
@@ -374,6 +456,7 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
         let Some(f) = self.in_flight.take() else {
             return;
         };
+        self.redraw_phase = true;
         self.stats.frames_abandoned += 1;
         for i in (0..f.count).rev() {
             if self.backlog.push_front(f.readings[i]) {
@@ -384,15 +467,19 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
                 break;
             }
         }
-        let jitter = u64::from(entropy) % (self.cfg.retry_holdoff.as_micros() / 2 + 1);
-        self.next_frame_at = now + self.cfg.retry_holdoff + Duration::from_micros(jitter);
+        let holdoff = self.cfg.retry_holdoff;
+        self.next_frame_at =
+            now + holdoff + uniform(entropy, Duration::from_micros(holdoff.as_micros() / 2));
     }
 
     /// When the sender next needs `poll_transmit` called without other input.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.in_flight {
             Some(f) => Some(f.deadline),
-            None if self.backlog.len > 0 => Some(self.next_frame_at),
+            None if self.backlog.len > 0 => Some(
+                self.release_at
+                    .map_or(self.next_frame_at, |t| t.max(self.next_frame_at)),
+            ),
             None => None,
         }
     }
@@ -414,6 +501,13 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
         };
         self.stats.acks_accepted += 1;
         self.stats.readings_acked += f.count as u64;
+        if f.transmissions > 1 {
+            self.redraw_phase = true;
+        }
+        if self.backlog.len > 0 {
+            // These readings have waited already.
+            self.release_at = Some(now);
+        }
         let now_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
         let relay_ms = i64::try_from(ack.relay_time_ms).unwrap_or(i64::MAX);
         self.clock_offset_ms = Some(relay_ms.saturating_sub(now_ms));
@@ -443,5 +537,243 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
             return Err(Rejected::UnexpectedAck.into());
         }
         Ok(ack)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::RustCrypto;
+
+    const SECRET: MeterSecret = MeterSecret::from_bytes(&[9; 48]);
+    const S: u64 = 1_000_000;
+
+    fn sender(cfg: SenderConfig) -> Sender<RustCrypto, 8> {
+        Sender::new(RustCrypto, cfg, &SECRET, 1, 0).expect("config")
+    }
+
+    fn at(us: u64) -> Instant {
+        Instant::from_micros(us)
+    }
+
+    /// Polls once and says whether a frame went out.
+    fn sent(s: &mut Sender<RustCrypto, 8>, now: Instant, entropy: u32) -> bool {
+        let mut buf = [0u8; MAX_LEN];
+        s.poll_transmit(now, entropy, &mut buf)
+            .expect("ok")
+            .is_some()
+    }
+
+    /// Makes the frame in flight look acknowledged (the ACK's authentication
+    /// is covered by the integration tests).
+    fn confirm(s: &mut Sender<RustCrypto, 8>) {
+        let f = s.in_flight.take().expect("in flight");
+        if f.transmissions > 1 {
+            s.redraw_phase = true;
+        }
+        if s.backlog.len > 0 {
+            s.release_at = Some(Instant::ZERO);
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_never_wrap_a_reading_past_them_is_dropped() {
+        let mut s = Sender::<RustCrypto, 8>::new(
+            RustCrypto,
+            SenderConfig::new(1, 1),
+            &SECRET,
+            1,
+            u32::MAX - 1,
+        )
+        .expect("config");
+        let r = Reading::default();
+        assert_eq!(s.push_reading(r), PushOutcome::Queued { seq: u32::MAX - 1 });
+        assert_eq!(s.push_reading(r), PushOutcome::Queued { seq: u32::MAX });
+        assert_eq!(s.push_reading(r), PushOutcome::SeqExhausted);
+        assert_eq!(s.push_reading(r).seq(), None);
+        assert_eq!((s.backlog_len(), s.stats().readings_dropped), (2, 2));
+        // The two queued readings still go out, numbered to the last one.
+        let mut buf = [0u8; MAX_LEN];
+        let n = s
+            .poll_transmit(at(100 * S), 0, &mut buf)
+            .expect("ok")
+            .expect("a frame");
+        let p = crate::wire::UplinkPacket::new_checked(&buf[..n]).expect("valid");
+        assert_eq!((p.first_seq(), p.reading_count()), (u32::MAX - 1, 2));
+    }
+
+    #[test]
+    fn defaults_are_the_ones_protocol_md_states() {
+        let c = SenderConfig::new(1, 2);
+        assert_eq!(c.start_spread, Duration::from_secs(1));
+        assert_eq!(c.phase_spread, Duration::from_secs(5));
+        assert_eq!(c.ack_timeout, Duration::from_secs(3));
+        assert_eq!(c.max_backoff, Duration::from_secs(12));
+        assert_eq!(c.max_retries, 5);
+        assert_eq!(c.retry_holdoff, Duration::from_secs(5));
+        assert_eq!(c.max_readings_per_frame, MAX_READINGS);
+    }
+
+    #[test]
+    fn the_first_frame_of_a_boot_waits_the_start_offset() {
+        for (entropy, offset) in [(0, 0), (123_456, 123_456), (S as u32, S), (S as u32 + 1, 0)] {
+            let mut s = sender(SenderConfig::new(1, 1));
+            s.push_reading(Reading::default());
+            let t0 = at(7 * S);
+            let went = sent(&mut s, t0, entropy);
+            assert_eq!(went, offset == 0, "entropy {entropy}");
+            if offset > 0 {
+                assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_micros(offset)));
+                // The draw is made once: later polls bring other entropy.
+                assert!(!sent(&mut s, t0 + Duration::from_micros(offset - 1), 0));
+                assert!(sent(&mut s, t0 + Duration::from_micros(offset), u32::MAX));
+            }
+        }
+    }
+
+    #[test]
+    fn the_start_offset_stays_within_the_spread() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.push_reading(Reading::default());
+        assert!(!sent(&mut s, Instant::ZERO, u32::MAX));
+        let t = s.poll_timeout().expect("armed").as_micros();
+        assert!(t <= S, "{t}");
+        assert_eq!(t, u64::from(u32::MAX) % (S + 1));
+    }
+
+    #[test]
+    fn readings_made_during_the_start_offset_join_the_first_frame() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.push_reading(Reading::default());
+        assert!(!sent(&mut s, Instant::ZERO, 800_000));
+        s.push_reading(Reading::default());
+        assert!(!sent(&mut s, at(500_000), 0));
+        assert!(sent(&mut s, at(800_000), 0));
+        assert_eq!(s.in_flight_len(), 2);
+    }
+
+    #[test]
+    fn timeouts_start_at_ack_timeout_double_up_to_max_backoff_and_jitter_by_half() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.push_reading(Reading::default());
+        let mut now = Instant::ZERO;
+        assert!(sent(&mut s, now, 0));
+        // Entropy 0: no jitter. 3, 6, 12, 12, 12 s.
+        for wait in [3, 6, 12, 12, 12] {
+            assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(wait)));
+            now = now + Duration::from_secs(wait);
+            assert!(sent(&mut s, now, 0), "retry after {wait} s");
+        }
+        // The sixth transmission's wait, then the frame is given up.
+        assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(12)));
+        assert_eq!(s.stats().retransmissions, 5);
+        for k in 1..=6u8 {
+            let base = ((3 * S) << (k - 1)).min(12 * S);
+            assert_eq!(s.timeout_after(k, 0).as_micros(), base);
+            assert_eq!(
+                s.timeout_after(k, (base / 2) as u32).as_micros(),
+                base + base / 2
+            );
+            assert_eq!(s.timeout_after(k, (base / 2 + 1) as u32).as_micros(), base);
+        }
+    }
+
+    #[test]
+    fn the_start_offset_stays_as_the_phase_of_later_frames() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.push_reading(Reading::default());
+        assert!(!sent(&mut s, Instant::ZERO, 600_000));
+        assert!(sent(&mut s, at(600_000), 0));
+        confirm(&mut s);
+        s.push_reading(Reading::default());
+        let t = at(10 * S);
+        assert!(
+            !sent(&mut s, t, u32::MAX),
+            "no new draw without a retransmission"
+        );
+        assert_eq!(s.poll_timeout(), Some(t + Duration::from_micros(600_000)));
+    }
+
+    #[test]
+    fn a_meter_without_congestion_sends_each_new_frame_at_once() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.push_reading(Reading::default());
+        assert!(sent(&mut s, Instant::ZERO, 0));
+        confirm(&mut s);
+        s.push_reading(Reading::default());
+        assert!(
+            sent(&mut s, at(10 * S), u32::MAX),
+            "phase is 0 until a retransmission"
+        );
+    }
+
+    #[test]
+    fn a_retransmission_moves_later_frames_by_a_random_phase_that_stays() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.push_reading(Reading::default());
+        assert!(sent(&mut s, Instant::ZERO, 0));
+        assert!(sent(&mut s, at(3 * S), 0), "first retransmission");
+        confirm(&mut s);
+        let phase = 2_500_000u32;
+        s.push_reading(Reading::default());
+        let t = at(10 * S);
+        assert!(!sent(&mut s, t, phase));
+        assert_eq!(
+            s.poll_timeout(),
+            Some(t + Duration::from_micros(phase.into()))
+        );
+        assert!(sent(&mut s, t + Duration::from_micros(phase.into()), 0));
+        confirm(&mut s);
+        // The next frame, sent on its first try, keeps the same phase.
+        s.push_reading(Reading::default());
+        let t = at(20 * S);
+        assert!(!sent(&mut s, t, 0));
+        assert_eq!(
+            s.poll_timeout(),
+            Some(t + Duration::from_micros(phase.into()))
+        );
+    }
+
+    #[test]
+    fn the_phase_stays_within_the_spread() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.redraw_phase = true;
+        s.next_counter = 1;
+        s.push_reading(Reading::default());
+        assert!(!sent(&mut s, Instant::ZERO, u32::MAX));
+        assert_eq!(s.phase.as_micros(), u64::from(u32::MAX) % (5 * S + 1));
+        assert!(s.phase <= s.cfg.phase_spread);
+    }
+
+    #[test]
+    fn readings_waiting_when_the_ack_arrives_go_at_once() {
+        let mut s = sender(SenderConfig::new(1, 1));
+        s.phase = Duration::from_secs(4);
+        s.next_counter = 1;
+        s.push_reading(Reading::default());
+        assert!(!sent(&mut s, Instant::ZERO, 0));
+        assert!(sent(&mut s, at(4 * S), 0));
+        s.push_reading(Reading::default());
+        confirm(&mut s);
+        assert!(
+            sent(&mut s, at(4 * S + 10_000), 0),
+            "they have waited already"
+        );
+    }
+
+    #[test]
+    fn an_abandoned_frame_draws_a_new_phase_after_the_holdoff() {
+        let mut cfg = SenderConfig::new(1, 1);
+        cfg.max_retries = 0;
+        let mut s = sender(cfg);
+        s.push_reading(Reading::default());
+        assert!(sent(&mut s, Instant::ZERO, 0));
+        // Given up at 3 s, held off 5 s, then the phase.
+        assert!(!sent(&mut s, at(3 * S), 0));
+        assert_eq!(s.stats().frames_abandoned, 1);
+        assert_eq!(s.poll_timeout(), Some(at(8 * S)));
+        assert!(!sent(&mut s, at(8 * S), 1_000_000));
+        assert_eq!(s.poll_timeout(), Some(at(9 * S)));
+        assert!(sent(&mut s, at(9 * S), 0));
     }
 }

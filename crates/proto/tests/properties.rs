@@ -330,7 +330,7 @@ fn every_flipped_byte_of_a_sealed_block_is_rejected_with_the_right_error() {
             _ if i < LEAVES_OFFSET => matches!(err, Error::Rejected(Rejected::BadSignature)),
             _ => matches!(
                 err,
-                Error::Malformed(Malformed::BadLeafFraming)
+                Error::Malformed(Malformed::BadLeafFraming | Malformed::BadLeafLength)
                     | Error::Rejected(Rejected::MerkleRootMismatch)
             ),
         };

@@ -10,6 +10,9 @@ const SECRET: MeterSecret = MeterSecret::from_bytes(&[9; 48]);
 
 fn sender() -> Sender<RustCrypto, 4> {
     let mut cfg = SenderConfig::new(7, 1);
+    // These tests follow one frame's timers; the offsets have their own tests.
+    cfg.start_spread = Duration::ZERO;
+    cfg.phase_spread = Duration::ZERO;
     cfg.ack_timeout = Duration::from_millis(100);
     cfg.max_backoff = Duration::from_millis(350);
     cfg.max_retries = 3;

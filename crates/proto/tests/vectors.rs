@@ -800,12 +800,13 @@ fn block_cases() -> Vec<BlockCase> {
 
     // Leaf framing (§9.2): the header parses, so a receipt with status 2.
     let framing = Err(Error::Malformed(Malformed::BadLeafFraming));
+    let leaf_length = Err(Error::Malformed(Malformed::BadLeafLength));
     let mut b = genuine.clone();
     b[164..166].copy_from_slice(&0u16.to_le_bytes());
     case(
         "leaf 0 length prefix 0",
         b,
-        framing,
+        leaf_length,
         Some("malformed"),
         Some(2),
     );
@@ -832,7 +833,7 @@ fn block_cases() -> Vec<BlockCase> {
     case(
         "leaf length prefix 251 (more than ESP-NOW carries; PoW, signature and Merkle root valid)",
         b,
-        framing,
+        leaf_length,
         Some("malformed"),
         Some(2),
     );

@@ -110,7 +110,7 @@ pub fn find(
                     seq: r.seq,
                     leaf: r.leaf,
                     carried: r.reading,
-                    stored: found.map(|s| (*s).clone()),
+                    stored: found.map(|s| **s),
                 }),
             }
         }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use gridpow_common::topics;
-use gridpow_proto::wire::{ReceiptRepr, ReceiptStatus};
+use gridpow_proto::wire::ReceiptRepr;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
@@ -398,7 +398,7 @@ pub(crate) fn writer_thread(
         }
         let now = gridpow_common::wall_ms();
         for ((token, item), outcome) in tokens.into_iter().zip(&items).zip(&result.outcomes) {
-            let status = match outcome {
+            match outcome {
                 Outcome::Stored {
                     new_readings,
                     duplicate_readings,
@@ -411,22 +411,14 @@ pub(crate) fn writer_thread(
                     if let (false, Some(h)) = (repeated.is_empty(), item.header()) {
                         check_equivocation(&mut *store, &shared, h, repeated);
                     }
-                    ReceiptStatus::Stored
                 }
-                Outcome::AlreadyStored { .. } => {
-                    add(&shared.metrics.blocks_duplicate, 1);
-                    ReceiptStatus::AlreadyStored
-                }
+                Outcome::AlreadyStored { .. } => add(&shared.metrics.blocks_duplicate, 1),
                 Outcome::Quarantined { kind, id } => {
                     shared.count_quarantine(*kind);
                     log_refusal(&mut refusals, item, *kind, *id != 0);
-                    if kind.is_final() {
-                        ReceiptStatus::Refused
-                    } else {
-                        ReceiptStatus::Quarantined
-                    }
                 }
-            };
+            }
+            let status = outcome.receipt_status();
             let receipt = item.header().map(|h| {
                 let repr = ReceiptRepr {
                     status,

@@ -653,8 +653,11 @@ impl Checker {
             .copied()
             .collect();
         if !repeated.is_empty() {
-            let found = crate::equivocation::find(store, &repeated)
-                .map_err(|e| fail(BlockFault::TimeIndex(format!("repeated readings unreadable: {e}"))))?;
+            let found = crate::equivocation::find(store, &repeated).map_err(|e| {
+                fail(BlockFault::TimeIndex(format!(
+                    "repeated readings unreadable: {e}"
+                )))
+            })?;
             self.report
                 .equivocations
                 .extend(found.into_iter().map(|q| EquivocationFinding {

@@ -129,7 +129,10 @@ async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_ve
     publish(&client, 1, &fork).await;
     let r = receipts(&site, &mut rx, 2).await;
     assert!(has(&r, 2, &h2, ReceiptStatus::Stored), "{r:?}");
-    assert!(has(&r, 2, &hf, ReceiptStatus::Quarantined), "{r:?}");
+    assert!(
+        has(&r, 2, &hf, ReceiptStatus::Refused),
+        "a fork is refused for good: {r:?}"
+    );
     let s = server.stats();
     assert_eq!(
         (s.blocks_verified, s.gaps_open, s.forks, s.blocks_rejected),

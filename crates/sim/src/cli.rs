@@ -65,9 +65,18 @@ pub struct SimArgs {
     /// Sender retransmissions of a frame before it is given up (0 disables them).
     #[arg(long, value_name = "K")]
     pub max_retries: Option<u8>,
-    /// Sender's first ACK timeout (doubles per retry up to 2 s), milliseconds.
+    /// Sender's first ACK timeout (doubles per retry up to --max-backoff-ms), milliseconds.
     #[arg(long, value_name = "MS")]
     pub ack_timeout_ms: Option<f64>,
+    /// Sender's cap on the doubled ACK timeout, milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub max_backoff_ms: Option<f64>,
+    /// Sender's bound of the random offset of a boot's first frame, milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub start_spread_ms: Option<f64>,
+    /// Sender's bound of the random offset of every later new frame, milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub phase_spread_ms: Option<f64>,
     /// Sender's pause after giving a frame up, milliseconds.
     #[arg(long, value_name = "MS")]
     pub retry_holdoff_ms: Option<f64>,
@@ -179,6 +188,18 @@ impl SimArgs {
         cfg.ack_timeout_us = self
             .ack_timeout_ms
             .map(|v| pos_secs("ack-timeout-ms", v / 1000.0))
+            .transpose()?;
+        cfg.max_backoff_us = self
+            .max_backoff_ms
+            .map(|v| pos_secs("max-backoff-ms", v / 1000.0))
+            .transpose()?;
+        cfg.start_spread_us = self
+            .start_spread_ms
+            .map(|v| nonneg_secs("start-spread-ms", v / 1000.0))
+            .transpose()?;
+        cfg.phase_spread_us = self
+            .phase_spread_ms
+            .map(|v| nonneg_secs("phase-spread-ms", v / 1000.0))
             .transpose()?;
         cfg.retry_holdoff_us = self
             .retry_holdoff_ms

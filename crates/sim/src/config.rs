@@ -21,8 +21,9 @@ pub enum MacModel {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
-    /// gridpow's sender: up to 6 readings per frame, ACK timeout 100 ms doubling
-    /// to 2 s with up to 50 % random jitter, authenticated 48-byte ACK.
+    /// gridpow's sender: up to 6 readings per frame, random start offset and
+    /// phase, ACK timeout 3 s doubling to 12 s with up to 50 % random jitter,
+    /// authenticated 48-byte ACK.
     Gridpow,
     /// The seed prototype: one reading per frame, fixed resend period, no jitter,
     /// no backoff, short unauthenticated ACK.
@@ -121,6 +122,12 @@ pub struct SimConfig {
     pub max_readings_per_frame: Option<usize>,
     /// Override of the sender's first ACK timeout, µs.
     pub ack_timeout_us: Option<u64>,
+    /// Override of the sender's cap on the doubled ACK timeout, µs.
+    pub max_backoff_us: Option<u64>,
+    /// Override of the sender's random offset bound of a boot's first frame, µs.
+    pub start_spread_us: Option<u64>,
+    /// Override of the sender's random offset bound of every later new frame, µs.
+    pub phase_spread_us: Option<u64>,
     /// Override of the sender's pause after giving a frame up, µs.
     pub retry_holdoff_us: Option<u64>,
     /// Resend period of the seed scheme, µs.
@@ -167,6 +174,9 @@ impl SimConfig {
             max_retries: None,
             max_readings_per_frame: None,
             ack_timeout_us: None,
+            max_backoff_us: None,
+            start_spread_us: None,
+            phase_spread_us: None,
             retry_holdoff_us: None,
             seed_resend_us: 3_000_000,
             ack_air: AckAir::InBand,

@@ -31,7 +31,7 @@ use std::collections::VecDeque;
 
 use gridpow_proto::crypto::{derive_meter_secret, HopKeys, RustCrypto, SiteSecret};
 use gridpow_proto::ingress::{FrameInfo, Ingress, IngressConfig, MeterEntry, Verdict};
-use gridpow_proto::sender::{PushOutcome, Sender, SenderConfig};
+use gridpow_proto::sender::{Sender, SenderConfig};
 use gridpow_proto::wire::ack::ACK_LEN;
 use gridpow_proto::wire::uplink;
 use gridpow_proto::wire::Reading;
@@ -319,6 +319,9 @@ impl Simulation {
                 sc.max_backoff = period;
                 sc.retry_holdoff = period;
                 sc.max_retries = u8::MAX;
+                // The seed sends a reading as soon as it is made.
+                sc.start_spread = Duration::ZERO;
+                sc.phase_spread = Duration::ZERO;
             }
             if let Some(k) = cfg.max_retries {
                 sc.max_retries = k;
@@ -326,6 +329,15 @@ impl Simulation {
             if let Some(t) = cfg.ack_timeout_us {
                 sc.ack_timeout = Duration::from_micros(t);
                 sc.max_backoff = sc.max_backoff.max(sc.ack_timeout);
+            }
+            if let Some(t) = cfg.max_backoff_us {
+                sc.max_backoff = Duration::from_micros(t);
+            }
+            if let Some(t) = cfg.start_spread_us {
+                sc.start_spread = Duration::from_micros(t);
+            }
+            if let Some(t) = cfg.phase_spread_us {
+                sc.phase_spread = Duration::from_micros(t);
             }
             if let Some(t) = cfg.retry_holdoff_us {
                 sc.retry_holdoff = Duration::from_micros(t);
@@ -498,8 +510,9 @@ impl Simulation {
             energy_mwh: u64::from(next_seq) * 64,
             flags: 0,
         };
-        let seq = match sender.push_reading(reading) {
-            PushOutcome::Queued { seq } | PushOutcome::QueuedDroppedOldest { seq, .. } => seq,
+        // A simulated hour is far from 2^32 readings: every push is queued.
+        let Some(seq) = sender.push_reading(reading).seq() else {
+            return;
         };
         self.counters.readings_made += 1;
         let ms = &mut self.meters[m];

@@ -28,6 +28,9 @@ fn aloha_run(mac: MacModel, meters: u32, seed: u64) -> Report {
     cfg.ack_delay_random = true;
     cfg.ack_timeout_us = Some(200_000);
     cfg.retry_holdoff_us = Some(500_000);
+    // The textbook models have no phase: a meter retries after the hold-off alone.
+    cfg.start_spread_us = Some(0);
+    cfg.phase_spread_us = Some(0);
     match simulate(cfg) {
         Ok(r) => r,
         Err(e) => panic!("seed {seed}: setup failed: {e}"),

@@ -175,7 +175,10 @@ impl<T: AsRef<[u8]>> BlockPacket<T> {
                 return Err(Malformed::BadLeafFraming);
             }
             let len = usize::from(get_u16(rest, 0..2));
-            if len == 0 || len > ESPNOW_MAX_PAYLOAD || rest.len() < LEAF_PREFIX_LEN + len {
+            if len == 0 || len > ESPNOW_MAX_PAYLOAD {
+                return Err(Malformed::BadLeafLength);
+            }
+            if rest.len() < LEAF_PREFIX_LEN + len {
                 return Err(Malformed::BadLeafFraming);
             }
             rest = &rest[LEAF_PREFIX_LEN + len..];

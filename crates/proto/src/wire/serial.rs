@@ -166,7 +166,7 @@ pub fn cobs_decode_in_place(buf: &mut [u8]) -> Result<usize, Malformed> {
     while r < buf.len() {
         let code = buf[r];
         if code == 0 {
-            return Err(Malformed::BadLeafFraming);
+            return Err(Malformed::BadCobs);
         }
         r += 1;
         let run = usize::from(code) - 1;

@@ -320,6 +320,21 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The commit receipt's status for this outcome (docs/protocol.md §10):
+    /// a refusal is final (3) when [`RejectKind::is_final`], else it may be
+    /// cured (2).
+    pub fn receipt_status(&self) -> gridpow_proto::wire::ReceiptStatus {
+        use gridpow_proto::wire::ReceiptStatus;
+        match self {
+            Outcome::Stored { .. } => ReceiptStatus::Stored,
+            Outcome::AlreadyStored { .. } => ReceiptStatus::AlreadyStored,
+            Outcome::Quarantined { kind, .. } if kind.is_final() => ReceiptStatus::Refused,
+            Outcome::Quarantined { .. } => ReceiptStatus::Quarantined,
+        }
+    }
+}
+
 /// An alert to raise with [`Store::raise_alert`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewAlert {
