@@ -14,6 +14,7 @@ seeds = {
     "serial": [json.loads((vec / "serial.json").read_text())["encoded"]],
     "ingress": json.loads((vec / "block.json").read_text())["frames"],
     "server_payload": [json.loads((vec / "block.json").read_text())["block"]]
+    + [c["block"] for c in json.loads((vec / "block_negative.json").read_text())["cases"]]
     + [s["block"] for s in json.loads((vec / "chain_policy.json").read_text())["steps"]],
     "udp_air": [json.loads((vec / "udp_air.json").read_text())["datagram"]]
     + [c["datagram"] for c in json.loads((vec / "udp_air.json").read_text())["cases"]],

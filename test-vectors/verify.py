@@ -89,6 +89,9 @@ def parse_uplink(frame):
         return "malformed: length does not hold 1 to 6 whole readings"
     if frame[3] != 0:
         return "malformed: reserved field is not zero"
+    count = (len(frame) - UPLINK_OVERHEAD) // READING_LEN
+    if struct.unpack("<I", frame[16:20])[0] + count - 1 > 0xFFFFFFFF:
+        return "malformed: sequence numbers run past 2^32-1 (a meter starts a new epoch first)"
     return None
 
 
@@ -236,6 +239,66 @@ def lzb(h):
     return n
 
 
+BLOCK_HEADER_LEN, BLOCK_SIG_LEN, MAX_LEAVES, ESPNOW_MAX = 100, 64, 65535, 250
+# §10: refusals that are final (receipt status 3); every other refusal of a parsed header gets 2.
+FINAL_REASONS = {"insufficient_work", "malformed_frame", "bad_hop_tag", "bad_tag", "fork", "bad_genesis"}
+
+
+def judge_block(blk, relays, min_difficulty, meters):
+    """The grid server's stateless verdict on a block message (§9.2, §9.5, §10):
+    (verdict, class, reason, leaf index, receipt status). `relays` maps relay id to
+    public key bytes, `meters` maps (meter id, key id) to (hop secret, e2e key)."""
+    def refuse(cls, reason, leaf=None, receipt=True):
+        status = (3 if reason in FINAL_REASONS else 2) if receipt else None
+        return "refuse", cls, reason, leaf, status
+
+    header = blk[:BLOCK_HEADER_LEN]
+    # The header does not parse: nothing to name in a receipt.
+    if (len(header) < BLOCK_HEADER_LEN or header[0] != VERSION or header[1] != 3 or header[3] != 0
+            or struct.unpack("<I", header[80:84])[0] > MAX_LEAVES):
+        return refuse("malformed", "malformed", receipt=False)
+    difficulty, relay_id, count = header[2], struct.unpack("<I", header[4:8])[0], struct.unpack("<I", header[80:84])[0]
+    # Framing: leaf_count prefixed leaves of 1..250 bytes consume the message exactly.
+    rest, leaves = blk[BLOCK_HEADER_LEN + BLOCK_SIG_LEN:], []
+    if len(blk) < BLOCK_HEADER_LEN + BLOCK_SIG_LEN:
+        return refuse("malformed", "malformed")
+    for _ in range(count):
+        if len(rest) < 2:
+            return refuse("malformed", "malformed")
+        n = struct.unpack("<H", rest[:2])[0]
+        if not 1 <= n <= ESPNOW_MAX or len(rest) < 2 + n:
+            return refuse("malformed", "malformed")
+        leaves.append(rest[2:2 + n])
+        rest = rest[2 + n:]
+    if rest:
+        return refuse("malformed", "malformed")
+    if relay_id not in relays:
+        return refuse("rejected", "unknown_relay")
+    if difficulty < min_difficulty:
+        return refuse("rejected", "low_difficulty")
+    hh = hashlib.sha256(header).digest()
+    if lzb(hh) < difficulty:
+        return refuse("rejected", "insufficient_work")
+    sig = blk[BLOCK_HEADER_LEN:BLOCK_HEADER_LEN + BLOCK_SIG_LEN]
+    if ed25519_strict(relays[relay_id], sig, b"gridpow-block-v2" + hh) != "accept":
+        return refuse("rejected", "bad_signature")
+    root = mth([leaf_hash(l) for l in leaves]) if leaves else hashlib.sha256(b"").digest()
+    if root != header[48:80]:
+        return refuse("rejected", "merkle_mismatch")
+    for i, l in enumerate(leaves):
+        if parse_uplink(l):
+            return refuse("rejected", "malformed_frame", i)
+        keys = meters.get((struct.unpack("<I", l[4:8])[0], l[2]))
+        if keys is None:
+            return refuse("rejected", "unknown_meter", i)
+        verdict = judge_uplink(l, keys[0], keys[1])
+        if verdict == "rejected: authentication tag does not verify":
+            return refuse("rejected", "bad_hop_tag", i)
+        if verdict != "accept":
+            return refuse("rejected", "bad_tag", i)
+    return "accept", None, None, None, 0
+
+
 def main():
     k = load("keys.json")
     site = X(k["site_secret"])
@@ -321,6 +384,17 @@ def main():
         check(l[2] == bv["key_id"] and struct.unpack("<I", l[4:8])[0] == bv["meter_id"], f"leaf {i} names the block's meter")
         check(judge_uplink(l, b_hop, b_e2e) == "accept", f"leaf {i}: parses, hop tag and end-to-end tag verify")
 
+    bn = load("block_negative.json")
+    relays = {r["relay_id"]: X(r["public_key"]) for r in bn["relays"]}
+    check(relays.get(bv["relay_id"]) == X(bv["relay_public_key"]), "block_negative.json names block.json's relay key")
+    meters = {(m["meter_id"], m["key_id"]): meter_keys(site, m["key_id"], m["meter_id"]) for m in bn["meters"]}
+    check(X(bn["cases"][0]["block"]) == blk, "block_negative.json starts with block.json's block")
+    for c in bn["cases"]:
+        want = (c["verdict"], c["class"], c["reason"], c["leaf"], c["status"])
+        got = judge_block(X(c["block"]), relays, bn["min_difficulty"], meters)
+        check(got == want, f"block '{c['name']}': {c['verdict']}, {c['reason']}, leaf {c['leaf']}, receipt status {c['status']}"
+              + ("" if got == want else f" (got {got})"))
+
     r = load("receipt.json")
     rb = X(r["bytes"])
     signed = struct.pack("<BBBBIQ32sIQ", VERSION, 4, r["status"], 0, r["relay_id"], r["height"], X(r["block_hash"]), r["server_id"], r["time_ms"])
@@ -363,6 +437,35 @@ def main():
     for c in sn["cases"]:
         check(ed25519_strict(X(c["public_key"]), X(c["signature"]), X(c["message"])) == c["verdict"],
               f"strict Ed25519: {c['description']} -> {c['verdict']}")
+    # §4 nonce uniqueness across the files: every frame whose end-to-end tag verifies is a
+    # sealing by its meter; one (key, nonce) must always seal the same header and readings.
+    def block_leaves(b):
+        rest, out = b[164:], []
+        while len(rest) >= 2:
+            n = struct.unpack("<H", rest[:2])[0]
+            if n == 0 or len(rest) < 2 + n:
+                break
+            out.append(rest[2:2 + n])
+            rest = rest[2 + n:]
+        return out
+
+    frames = [frame] + [X(c["frame"]) for c in load("uplink_negative.json")["cases"]] + [X(f) for f in bv["frames"]] + block_leaves(blk)
+    for c in bn["cases"]:
+        frames += block_leaves(X(c["block"]))
+    frames += [X(d)[16:] for d in [ua["datagram"]] + [c["datagram"] for c in ua["cases"]]]
+    sealed, reused = {}, []
+    for f in frames:
+        if len(f) < UPLINK_MIN - READING_LEN:
+            continue
+        key_id, meter_id = f[2], struct.unpack("<I", f[4:8])[0]
+        try:
+            open_uplink(f, meter_keys(site, key_id, meter_id)[1])
+        except InvalidTag:
+            continue
+        if sealed.setdefault((key_id, meter_id, f[4:16]), f[:-16]) != f[:-16]:
+            reused.append(f"meter {meter_id} epoch {struct.unpack('<I', f[8:12])[0]} counter {struct.unpack('<I', f[12:16])[0]}")
+    check(not reused and len(sealed) > 20,
+          f"{len(sealed)} distinct end-to-end sealings across the vector files, no (key, nonce) seals two frames" + (f": {reused}" if reused else ""))
     import verify_chain
     verify_chain.main()
     print("all vectors verified")

@@ -32,6 +32,7 @@ fn main() {
     receipt(&mut g, &load(&dir, "receipt.json"));
     serial(&mut g, &load(&dir, "serial.json"));
     signature_negative(&mut g, &load(&dir, "signature_negative.json"));
+    block_negative(&mut g, &load(&dir, "block_negative.json"));
     std::fs::write(out.join("vectors.rs"), g.out).expect("write vectors.rs");
 }
 
@@ -295,6 +296,40 @@ fn signature_negative(g: &mut Gen, v: &Value) {
                 bytes_expr(&hex_of(c, "signature")),
                 bytes_expr(&hex_of(c, "message")),
                 str_of(c, "verdict"),
+            ));
+        }
+        g.line("];");
+    });
+}
+
+/// `null` (an accepted block has no class, detail or leaf) as "" or `None`.
+fn opt_str<'a>(v: &'a Value, key: &str) -> &'a str {
+    match field(v, key) {
+        Value::Null => "",
+        f => f
+            .as_str()
+            .unwrap_or_else(|| panic!("{key:?} is neither a string nor null")),
+    }
+}
+
+fn block_negative(g: &mut Gen, v: &Value) {
+    g.module("block_negative", |g| {
+        g.int("MIN_DIFFICULTY", "u8", v, "min_difficulty");
+        g.line("pub const CASES: &[BlockCase] = &[");
+        for c in arr_of(v, "cases") {
+            let leaf = field(c, "leaf");
+            let leaf = match leaf.as_u64() {
+                Some(n) => format!("Some({n})"),
+                None if leaf.is_null() => "None".to_string(),
+                None => panic!("\"leaf\" is neither an integer nor null"),
+            };
+            g.line(&format!(
+                "BlockCase {{ name: {:?}, block: &{}, verdict: {:?}, class: {:?}, leaf: {leaf}, detail: {:?} }},",
+                str_of(c, "name"),
+                bytes_expr(&hex_of(c, "block")),
+                str_of(c, "verdict"),
+                opt_str(c, "class"),
+                opt_str(c, "detail"),
             ));
         }
         g.line("];");

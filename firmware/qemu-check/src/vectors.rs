@@ -40,6 +40,17 @@ pub struct SignatureCase {
     pub verdict: &'static str,
 }
 
+/// One case of `block_negative.json` (`class` and `detail` are "" for an
+/// accepted block).
+pub struct BlockCase {
+    pub name: &'static str,
+    pub block: &'static [u8],
+    pub verdict: &'static str,
+    pub class: &'static str,
+    pub leaf: Option<u32>,
+    pub detail: &'static str,
+}
+
 /// One case of `merkle.json`.
 pub struct MerkleCase {
     pub leaves: usize,
@@ -49,7 +60,7 @@ pub struct MerkleCase {
 }
 
 mod v {
-    use super::{MerkleCase, NegativeCase, Reading, SignatureCase};
+    use super::{BlockCase, MerkleCase, NegativeCase, Reading, SignatureCase};
     include!(concat!(env!("OUT_DIR"), "/vectors.rs"));
 }
 
@@ -63,6 +74,7 @@ tests![
     merkle_roots_and_proofs_match,
     signed_block_verifies_and_rebuilds_byte_for_byte,
     tampered_block_is_rejected,
+    negative_blocks_get_the_specified_verdicts,
     receipt_matches_and_verifies,
     serial_frame_matches_and_decodes,
     strict_ed25519_gives_every_signature_its_verdict,
@@ -413,6 +425,42 @@ fn tampered_block_is_rejected() -> Outcome {
     };
     let r = verify_block(&RustCrypto, &block, &pk, &other, &keys, |_| Ok(()));
     check_eq!(r.map(|_| ()), Err(Error::Rejected(Rejected::WrongRelay)));
+    Ok(())
+}
+
+fn negative_blocks_get_the_specified_verdicts() -> Outcome {
+    let pk = check_ok!(relay_key().1, "the vector's relay public key");
+    let keys = OneMeter(meter_keys());
+    let policy = VerifyPolicy {
+        min_difficulty: v::block_negative::MIN_DIFFICULTY,
+        ..policy()
+    };
+    check!(v::block_negative::CASES.len() >= 20, "the file's cases");
+    // The first case is block.json's block.
+    check_eq!(v::block_negative::CASES[0].block, &v::block::BLOCK[..]);
+    for c in v::block_negative::CASES {
+        let r = verify_block(&RustCrypto, c.block, &pk, &policy, &keys, |_| Ok(()));
+        let (verdict, class, leaf) = match &r {
+            Ok(_) => ("accept", "", None),
+            Err(Error::Malformed(_)) => ("refuse", "malformed", None),
+            Err(Error::Rejected(Rejected::Leaf { index, .. })) => {
+                ("refuse", "rejected", Some(*index))
+            }
+            Err(Error::Rejected(_)) => ("refuse", "rejected", None),
+            Err(_) => ("refuse", "another error", None),
+        };
+        check_eq!(
+            (verdict, class, leaf),
+            (c.verdict, c.class, c.leaf),
+            "verdict on {:?}",
+            c.name
+        );
+        let detail = match &r {
+            Ok(_) => Text::of(format_args!("")),
+            Err(e) => Text::of(format_args!("{e}")),
+        };
+        check_eq!(detail.as_str(), c.detail, "message for {:?}", c.name);
+    }
     Ok(())
 }
 
