@@ -125,43 +125,23 @@ impl Default for SenderTunables {
     }
 }
 
-/// The reading interval the §6 timer defaults are sized for.
-const DEFAULTS_INTERVAL_S: f64 = 10.0;
-/// The least first ACK timeout a scaled default takes (the relay ACKs after
-/// its journal commit).
-const MIN_SCALED_ACK_TIMEOUT: Duration = Duration::from_millis(100);
-
 impl SenderTunables {
     /// The core's sender configuration for `meter_id` under `key_id`, for a
-    /// fleet reporting every `interval_s`: unset timers are the §6 defaults,
-    /// times `interval_s / 10` when that is below 1.
+    /// fleet reporting every `interval_s`: unset timers are
+    /// [`SenderConfig::for_interval`]'s (§6, scaled below 10 s).
     pub fn sender_config(&self, meter_id: u32, key_id: u8, interval_s: f64) -> SenderConfig {
-        let d = SenderConfig::new(meter_id, key_id);
-        let factor = (interval_s / DEFAULTS_INTERVAL_S).clamp(0.0, 1.0);
-        let scaled = |default: Duration| {
-            Duration::from_micros((default.as_micros() as f64 * factor).round() as u64)
-        };
-        let pick = |set: Option<u64>, default: Duration| {
-            set.map_or_else(|| scaled(default), Duration::from_millis)
-        };
-        let ack_timeout = match self.ack_timeout_ms {
-            Some(ms) => Duration::from_millis(ms),
-            None => scaled(d.ack_timeout).max(MIN_SCALED_ACK_TIMEOUT),
-        };
+        let interval = Duration::from_micros((interval_s.max(0.0) * 1e6) as u64);
+        let d = SenderConfig::for_interval(meter_id, key_id, interval);
+        let pick = |set: Option<u64>, default: Duration| set.map_or(default, Duration::from_millis);
         SenderConfig {
-            meter_id,
-            key_id,
             max_readings_per_frame: self.readings_per_frame,
             start_spread: pick(self.start_spread_ms, d.start_spread),
             phase_spread: pick(self.phase_spread_ms, d.phase_spread),
-            ack_timeout,
-            // A scaled cap never undercuts the first timeout's floor.
-            max_backoff: match self.max_backoff_ms {
-                Some(ms) => Duration::from_millis(ms),
-                None => scaled(d.max_backoff).max(ack_timeout),
-            },
+            ack_timeout: pick(self.ack_timeout_ms, d.ack_timeout),
+            max_backoff: pick(self.max_backoff_ms, d.max_backoff),
             max_retries: self.max_retries,
             retry_holdoff: pick(self.retry_holdoff_ms, d.retry_holdoff),
+            ..d
         }
     }
 }

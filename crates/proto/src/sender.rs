@@ -79,6 +79,35 @@ impl SenderConfig {
             retry_holdoff: Duration::from_secs(5),
         }
     }
+
+    /// The reading interval the defaults of [`SenderConfig::new`] are sized for.
+    pub const DEFAULTS_INTERVAL: Duration = Duration::from_secs(10);
+    /// The least first ACK timeout [`SenderConfig::for_interval`] gives.
+    pub const MIN_SCALED_ACK_TIMEOUT: Duration = Duration::from_millis(100);
+
+    /// The defaults for a meter reading every `interval` (§6): below 10 s
+    /// every timer is scaled by `interval / 10 s`, the first ACK timeout kept
+    /// at least 100 ms and the cap at least the first timeout, so readings do
+    /// not pile up behind a timer longer than the interval.
+    pub fn for_interval(meter_id: u32, key_id: u8, interval: Duration) -> Self {
+        let d = SenderConfig::new(meter_id, key_id);
+        let (num, den) = (
+            interval
+                .as_micros()
+                .min(Self::DEFAULTS_INTERVAL.as_micros()),
+            Self::DEFAULTS_INTERVAL.as_micros(),
+        );
+        let scaled = |t: Duration| Duration::from_micros(t.as_micros() * num / den);
+        let ack_timeout = scaled(d.ack_timeout).max(Self::MIN_SCALED_ACK_TIMEOUT);
+        SenderConfig {
+            start_spread: scaled(d.start_spread),
+            phase_spread: scaled(d.phase_spread),
+            ack_timeout,
+            max_backoff: scaled(d.max_backoff).max(ack_timeout),
+            retry_holdoff: scaled(d.retry_holdoff),
+            ..d
+        }
+    }
 }
 
 /// Counters for rates; never reset.
@@ -600,6 +629,29 @@ mod tests {
             .expect("a frame");
         let p = crate::wire::UplinkPacket::new_checked(&buf[..n]).expect("valid");
         assert_eq!((p.first_seq(), p.reading_count()), (u32::MAX - 1, 2));
+    }
+
+    #[test]
+    fn timers_scale_down_with_a_short_interval_and_never_up() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            SenderConfig::for_interval(1, 2, Duration::from_secs(60)),
+            SenderConfig::new(1, 2)
+        );
+        let c = SenderConfig::for_interval(1, 2, Duration::from_secs(1));
+        assert_eq!(
+            (
+                c.start_spread,
+                c.phase_spread,
+                c.ack_timeout,
+                c.max_backoff,
+                c.retry_holdoff
+            ),
+            (ms(100), ms(500), ms(300), ms(1200), ms(500))
+        );
+        assert_eq!((c.max_retries, c.meter_id, c.key_id), (5, 1, 2));
+        let c = SenderConfig::for_interval(1, 2, ms(100));
+        assert_eq!((c.ack_timeout, c.max_backoff), (ms(100), ms(120)));
     }
 
     #[test]
