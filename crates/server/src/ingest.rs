@@ -397,6 +397,8 @@ pub(crate) fn writer_thread(
             shared.count_alert(a.kind, a.count);
         }
         let now = gridpow_common::wall_ms();
+        // Compared after the receipts are on their way: they do not wait on it.
+        let mut repeats = Vec::new();
         for ((token, item), outcome) in tokens.into_iter().zip(&items).zip(&result.outcomes) {
             match outcome {
                 Outcome::Stored {
@@ -409,7 +411,7 @@ pub(crate) fn writer_thread(
                     add(&shared.metrics.readings_stored, *new_readings);
                     add(&shared.metrics.readings_duplicate, *duplicate_readings);
                     if let (false, Some(h)) = (repeated.is_empty(), item.header()) {
-                        check_equivocation(&mut *store, &shared, h, repeated);
+                        repeats.push((*h, repeated));
                     }
                 }
                 Outcome::AlreadyStored { .. } => add(&shared.metrics.blocks_duplicate, 1),
@@ -440,6 +442,9 @@ pub(crate) fn writer_thread(
                 tracing::warn!("Acknowledgement task gone; stopping the writer.");
                 return;
             }
+        }
+        for (h, repeated) in repeats {
+            check_equivocation(&mut *store, &shared, &h, repeated);
         }
         if last_housekeeping.elapsed() >= Duration::from_secs(1) {
             housekeeping(&mut store);

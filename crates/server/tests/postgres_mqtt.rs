@@ -117,9 +117,12 @@ async fn two_servers_on_postgres_store_shuffled_and_redelivered_blocks_once_and_
     }
 
     let total = expected.len() as u64;
+    // The database totals, then each server's own counters (added after its commit).
     let done = wait_until(60, || {
-        let s = a.stats();
-        s.blocks_verified == 30 && s.readings_stored == total
+        let (s, t) = (a.stats(), b.stats());
+        s.blocks_verified == 30
+            && s.readings_stored == total
+            && s.readings_stored_by_this_server + t.readings_stored_by_this_server == total
     })
     .await;
     let (sa, sb) = (a.stats(), b.stats());
