@@ -27,6 +27,8 @@ pub struct VerifyLedgerArgs {
     acknowledge_forks: Vec<u32>,
 }
 
+/// Exit codes: 0 the ledger verifies (acknowledged forks and equivocations
+/// are warnings), 1 the ledger is invalid, 2 it could not be checked.
 pub fn run(a: VerifyLedgerArgs) -> anyhow::Result<ExitCode> {
     let (db, keys) = match (&a.data_dir, &a.db) {
         (Some(d), _) => (
@@ -70,9 +72,21 @@ pub fn run(a: VerifyLedgerArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => {
+        Err(e) if e.is_verdict() => {
             eprintln!("LEDGER INVALID: {e}");
             Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            // Exit 2, as for a usage error: the ledger was not (fully) looked
+            // at, and a wrong path must never read as tampering.
+            eprintln!("error: {e}");
+            // The database is not echoed: a PostgreSQL URL may hold a password
+            // (the error above names it with the password hidden).
+            eprintln!(
+                "the ledger could not be checked: this is NOT a verdict on the ledger (nothing was found wrong with it); check --db / --data-dir and the keys directory ({}), then run again",
+                keys.root().display()
+            );
+            Ok(ExitCode::from(2))
         }
     }
 }

@@ -246,11 +246,15 @@ pub enum BlockFault {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LedgerError {
-    /// The database could not be read.
+    /// The database could not be opened (missing, unreadable, not a gridpow
+    /// database): nothing was checked, so this says nothing about the ledger.
+    #[error("cannot open the database: {0}")]
+    Open(#[source] StoreError),
+    /// The database opened but a query failed part-way.
     #[error("reading the ledger: {0}")]
     Store(#[from] StoreError),
-    /// The key directory could not be read.
-    #[error("loading keys: {0}")]
+    /// The key directory could not be read: nothing was checked.
+    #[error("cannot load the keys: {0}")]
     Keys(#[from] KeyError),
     /// A block (the first one found, by relay and height) is bad.
     #[error(
@@ -271,6 +275,53 @@ pub enum LedgerError {
     /// A table outside any block's rows is inconsistent.
     #[error("ledger broken: {0}")]
     Table(String),
+}
+
+impl LedgerError {
+    /// Whether this is a finding about the ledger (exit 1 of `verify-ledger`)
+    /// rather than a failure to look at it (exit 2). An operator must never
+    /// read a missing file, a wrong path or a locked database as tampering,
+    /// nor a tampered table as a mere I/O problem.
+    pub fn is_verdict(&self) -> bool {
+        match self {
+            LedgerError::BadBlock { .. } | LedgerError::Table(_) => true,
+            LedgerError::Open(_) | LedgerError::Keys(_) => false,
+            LedgerError::Store(e) => store_error_is_about_content(e),
+        }
+    }
+}
+
+/// Whether a query failure of an opened gridpow database lies in what is
+/// stored (a value this build could not have written, a dropped column, a
+/// corrupt page) rather than in reaching it (I/O, locks, a lost connection).
+fn store_error_is_about_content(e: &StoreError) -> bool {
+    use rusqlite::ErrorCode;
+    match e {
+        StoreError::Corrupt { .. } => true,
+        // SQLITE_ERROR ("no such table/column") on a database that opened as
+        // gridpow's means its schema was altered; only these codes are about reaching it.
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => !matches!(
+            f.code,
+            ErrorCode::CannotOpen
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::OutOfMemory
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::PermissionDenied
+                | ErrorCode::DiskFull
+                | ErrorCode::FileLockingProtocolFailed
+                | ErrorCode::OperationInterrupted
+        ),
+        StoreError::Sqlite(
+            rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::InvalidColumnName(_),
+        ) => true,
+        // The server answered the query with an error: the schema was altered.
+        StoreError::Postgres(p) => p.as_db_error().is_some(),
+        _ => false,
+    }
 }
 
 /// Validly signed forks of one relay.
@@ -360,7 +411,7 @@ struct Checker {
 
 /// Re-verifies the whole ledger in `db` with the keys in `keys` (see the module docs).
 pub fn verify_ledger(db: &str, keys: &KeyDir) -> Result<LedgerReport, LedgerError> {
-    let mut store = open_reader(db)?;
+    let mut store = open_reader(db).map_err(LedgerError::Open)?;
     let mut c = Checker {
         keys: Keyring::load(keys)?,
         stored: HashMap::new(),
