@@ -13,7 +13,7 @@
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::middleware::from_fn;
 use axum::response::{Html, IntoResponse, Response};
@@ -26,6 +26,7 @@ use gridpow_proto::wire::BlockPacket;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{self, Gate, HttpRefusal, Principal, Refusal};
+use crate::http_error::{json_error, ApiPath, ApiQuery};
 use crate::metrics::Shared;
 use crate::store::{open_reader, Store, StoreError, StoredReading};
 
@@ -99,10 +100,41 @@ impl ApiState {
     }
 }
 
-/// An API error as JSON `{"error": "..."}` with a status code.
+impl ApiState {
+    /// Whether meter `id` is in the registry or has readings in the
+    /// database (readings of a meter since removed from the registry stay
+    /// readable).
+    async fn meter_known(self: &Arc<Self>, id: u32) -> Result<bool, ApiError> {
+        let keys = self.keys.clone();
+        let registered = tokio::task::spawn_blocking(move || {
+            // A missing registry means no meter is registered yet.
+            if !keys.meters_path().exists() {
+                return Ok(false);
+            }
+            keys.meters().map(|r| r.get(id).is_some())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("registry task failed: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("reading the meter registry: {e}")))?;
+        if registered {
+            return Ok(true);
+        }
+        let stored = self
+            .query(move |st| st.meter_readings(id, 0, u64::MAX, 1))
+            .await?;
+        Ok(!stored.is_empty())
+    }
+}
+
+/// An API error, answered as JSON `{"error": {"code", "message"}}` with a
+/// status code ([`crate::http_error`]).
 #[derive(Debug)]
 pub(crate) enum ApiError {
-    NotFound(String),
+    /// 404 with a code naming what is missing (`unknown_meter`, `unknown_reading`).
+    NotFound {
+        code: &'static str,
+        message: String,
+    },
     BadRequest(String),
     Internal(String),
     /// Refused by the access rules (already counted and logged).
@@ -125,21 +157,23 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (code, msg) = match self {
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+        match self {
+            ApiError::NotFound { code, message } => {
+                json_error(StatusCode::NOT_FOUND, code, message)
+            }
+            ApiError::BadRequest(m) => json_error(StatusCode::BAD_REQUEST, "bad_request", m),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "API request failed.");
-                (StatusCode::INTERNAL_SERVER_ERROR, m)
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
             }
-            ApiError::Refused(r) => return r.into_response(),
+            ApiError::Refused(r) => r.into_response(),
             ApiError::Busy(m) => {
-                let body = Json(serde_json::json!({ "error": m }));
-                let retry = [(header::RETRY_AFTER, "1")];
-                return (StatusCode::SERVICE_UNAVAILABLE, retry, body).into_response();
+                let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, "database_busy", m);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                r
             }
-        };
-        (code, Json(serde_json::json!({ "error": msg }))).into_response()
+        }
     }
 }
 
@@ -172,6 +206,8 @@ pub(crate) fn router(state: Arc<ApiState>, gate: Arc<Gate>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(host_checked)
+        .fallback(crate::http_error::not_found)
+        .method_not_allowed_fallback(crate::http_error::method_not_allowed)
         .layer(Extension(gate))
         .with_state(state)
 }
@@ -247,8 +283,8 @@ async fn meter_readings(
     State(s): State<Arc<ApiState>>,
     Extension(gate): Extension<Arc<Gate>>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<u32>,
-    Query(q): Query<ReadingsQuery>,
+    ApiPath(id): ApiPath<u32>,
+    ApiQuery(q): ApiQuery<ReadingsQuery>,
 ) -> Result<Response, ApiError> {
     let path = "/api/v1/meters/{id}/readings";
     if !who.may_read_meter(id) {
@@ -271,6 +307,14 @@ async fn meter_readings(
     let rows = s
         .query(move |st| st.meter_readings(id, from, to, limit))
         .await?;
+    // No rows may mean a quiet meter or a wrong id: only a registered meter
+    // (or one with stored readings) answers 200, so a typo is not read as silence.
+    if rows.is_empty() && !s.meter_known(id).await? {
+        return Err(ApiError::NotFound {
+            code: "unknown_meter",
+            message: format!("meter {id} is not registered and has no stored readings"),
+        });
+    }
     if format == "csv" {
         let headers = [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
@@ -281,7 +325,8 @@ async fn meter_readings(
         ];
         return Ok((headers, csv(&rows)).into_response());
     }
-    Ok(Json(serde_json::json!({ "meter_id": id, "from": from, "to": to, "count": rows.len(), "readings": rows }))
+    // The bounds as asked: `to` is null when open, not u64::MAX.
+    Ok(Json(serde_json::json!({ "meter_id": id, "from": from, "to": q.to, "count": rows.len(), "readings": rows }))
         .into_response())
 }
 
@@ -298,7 +343,7 @@ struct BlocksQuery {
 async fn blocks(
     State(s): State<Arc<ApiState>>,
     Extension(gate): Extension<Arc<Gate>>,
-    Query(q): Query<BlocksQuery>,
+    ApiQuery(q): ApiQuery<BlocksQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let limit = gate.page(q.limit, 50, "/api/v1/blocks")?;
     Ok(Json(s.query(move |st| st.blocks(q.relay, limit)).await?))
@@ -312,7 +357,7 @@ struct LimitQuery {
 async fn alerts(
     State(s): State<Arc<ApiState>>,
     Extension(gate): Extension<Arc<Gate>>,
-    Query(q): Query<LimitQuery>,
+    ApiQuery(q): ApiQuery<LimitQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let limit = gate.page(q.limit, 100, "/api/v1/alerts")?;
     Ok(Json(s.query(move |st| st.alerts(limit)).await?))
@@ -321,7 +366,7 @@ async fn alerts(
 async fn quarantine(
     State(s): State<Arc<ApiState>>,
     Extension(gate): Extension<Arc<Gate>>,
-    Query(q): Query<LimitQuery>,
+    ApiQuery(q): ApiQuery<LimitQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let limit = gate.page(q.limit, 100, "/api/v1/quarantine")?;
     Ok(Json(s.query(move |st| st.quarantine(limit)).await?))
@@ -361,11 +406,14 @@ async fn proof(
     State(s): State<Arc<ApiState>>,
     Extension(gate): Extension<Arc<Gate>>,
     Extension(who): Extension<Principal>,
-    Path(reading_id): Path<i64>,
+    ApiPath(reading_id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     let found = s.query(move |st| st.reading_with_block(reading_id)).await?;
     let Some((reading, block)) = found else {
-        return Err(ApiError::NotFound(format!("no reading {reading_id}")));
+        return Err(ApiError::NotFound {
+            code: "unknown_reading",
+            message: format!("no reading {reading_id}"),
+        });
     };
     if !who.may_read_meter(reading.meter_id) {
         let path = "/api/v1/readings/{reading_id}/proof";

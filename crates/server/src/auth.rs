@@ -24,11 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use axum::extract::{Query, Request};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Extension;
 use gridpow_common::config::{parse_toml, ConfigError};
 use gridpow_proto::crypto::{ct_eq, sha256};
 use serde::{Deserialize, Serialize};
@@ -330,7 +330,8 @@ impl HttpRefusal {
     }
 }
 
-/// A refused request, answered as JSON `{"error": "..."}`.
+/// A refused request, answered as JSON `{"error": {"code", "message"}}`, the
+/// code being [`HttpRefusal::as_str`].
 #[derive(Debug)]
 pub(crate) struct Refusal {
     kind: HttpRefusal,
@@ -339,11 +340,8 @@ pub(crate) struct Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let mut r = (
-            self.kind.status(),
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response();
+        let mut r =
+            crate::http_error::json_error(self.kind.status(), self.kind.as_str(), self.message);
         if self.kind.status() == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -712,7 +710,7 @@ pub(crate) struct LoginQuery {
 /// meter's readings).
 pub(crate) async fn login(
     Extension(gate): Extension<Arc<Gate>>,
-    Query(q): Query<LoginQuery>,
+    crate::http_error::ApiQuery(q): crate::http_error::ApiQuery<LoginQuery>,
 ) -> Response {
     let Some(token) = q.token.filter(|t| !t.is_empty()) else {
         return gate

@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderValue, Request, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 use gridpow_common::tls::{load_certs, load_key, provider, TlsError};
 use hyper::body::Incoming;
@@ -189,6 +189,7 @@ impl Ctx {
             return refusal(
                 StatusCode::TOO_MANY_REQUESTS,
                 wait,
+                "rate_limited",
                 "rate limit exceeded for this client",
             );
         }
@@ -204,6 +205,7 @@ impl Ctx {
             return refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Duration::from_secs(1),
+                "overloaded",
                 "server busy",
             );
         };
@@ -218,9 +220,9 @@ impl Ctx {
 }
 
 /// A refusal with `Retry-After` (whole seconds, at least 1) and a JSON error.
-fn refusal(code: StatusCode, wait: Duration, msg: &str) -> Response {
+fn refusal(status: StatusCode, wait: Duration, code: &str, msg: &str) -> Response {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let mut r = (code, axum::Json(serde_json::json!({ "error": msg }))).into_response();
+    let mut r = crate::http_error::json_error(status, code, msg);
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     r
@@ -498,6 +500,7 @@ mod tests {
         let r = refusal(
             StatusCode::TOO_MANY_REQUESTS,
             Duration::from_millis(20),
+            "rate_limited",
             "x",
         );
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -505,6 +508,7 @@ mod tests {
         let r = refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_millis(2100),
+            "overloaded",
             "x",
         );
         assert_eq!(r.headers()[header::RETRY_AFTER], "3");

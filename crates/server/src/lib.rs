@@ -36,6 +36,7 @@ mod api;
 pub mod auth;
 pub mod config;
 pub mod equivocation;
+mod http_error;
 mod http_serve;
 mod ingest;
 pub mod intervals;
