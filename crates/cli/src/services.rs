@@ -27,6 +27,10 @@ pub struct ServerArgs {
     /// The database, overriding the file: a SQLite path or `postgres://user@host/db`.
     #[arg(long)]
     pub db: Option<String>,
+    /// Address of the dashboard and HTTP API, overriding `[http] listen`:
+    /// `IP:PORT` or `HOST:PORT` (e.g. `localhost:8080`, resolved at start).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -88,6 +92,16 @@ pub fn run_server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = ServerConfig::load(&args.config)?;
     if let Some(db) = &args.db {
         cfg.db = db.clone();
+    }
+    if let Some(http) = &args.http {
+        cfg.http.listen = gridpow_common::net::resolve_listen(http).context("--http")?;
+        // Browsers send the name they were given as `Host`: let it through
+        // the DNS-rebinding check like the listen address itself.
+        if let Some((host, _)) = http.trim().rsplit_once(':') {
+            if host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('[') {
+                cfg.http.allowed_hosts.push(host.to_ascii_lowercase());
+            }
+        }
     }
     let rt = runtime()?;
     rt.block_on(async {

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod keys;
+pub mod net;
 pub mod radio;
 pub mod registry;
 pub mod throttle;

@@ -158,7 +158,9 @@ impl Default for MqttConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address to listen on (port 0 picks a free one; see `ServerHandle::http_addr`).
+    /// Address to listen on, `IP:port` or `host:port` (a name is resolved when
+    /// the configuration loads); port 0 picks a free one (`ServerHandle::http_addr`).
+    #[serde(deserialize_with = "gridpow_common::net::deserialize_listen")]
     pub listen: SocketAddr,
     /// TLS certificate chain (PEM); with `tls_key`, the listener speaks HTTPS only.
     pub tls_cert: Option<PathBuf>,
@@ -501,6 +503,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("s.toml") && e.contains("http.listen"), "{e}");
+        // A host name is resolved; one that does not resolve names the field.
+        let c: ServerConfig = parse_toml(
+            "[http]\nlisten = \"localhost:8080\"\n",
+            Path::new("s.toml"),
+            None,
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.http.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let e = parse_toml::<ServerConfig>(
+            "[http]\nlisten = \"no-such-host.invalid:8080\"\n",
+            Path::new("s.toml"),
+            None,
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("http.listen") && e.contains("does not resolve"),
+            "{e}"
+        );
         let e = parse_toml::<ServerConfig>("colour = 1\n", Path::new("s.toml"), None, vec![])
             .unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
