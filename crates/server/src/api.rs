@@ -26,7 +26,7 @@ use gridpow_proto::wire::BlockPacket;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{self, Gate, HttpRefusal, Principal, Refusal};
-use crate::http_error::{json_error, ApiPath, ApiQuery};
+use crate::http_error::{json_error, ApiPath, ApiQuery, ErrorBody};
 use crate::metrics::Shared;
 use crate::store::{open_reader, Store, StoreError, StoredReading};
 
@@ -198,7 +198,10 @@ pub(crate) fn router(state: Arc<ApiState>, gate: Arc<Gate>) -> Router {
     let signed_in = staff
         .merge(household)
         .route_layer(from_fn(auth::authenticate));
-    let mut open = Router::new().route("/login", get(auth::login));
+    // The description is documentation, not data: no token, only the host check.
+    let mut open = Router::new()
+        .route("/login", get(auth::login))
+        .route("/api/v1/openapi.json", get(openapi_json));
     if gate.metrics_open {
         open = open.route("/metrics", get(metrics));
     }
@@ -212,10 +215,31 @@ pub(crate) fn router(state: Arc<ApiState>, gate: Arc<Gate>) -> Router {
         .with_state(state)
 }
 
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "gridpow",
+    summary = "The live dashboard (HTML)",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The dashboard page", content_type = "text/html"),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody)
+    )
+)]
 async fn dashboard() -> Html<&'static str> {
     Html(DASHBOARD)
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "gridpow",
+    summary = "Liveness: always open",
+    responses(
+        (status = 200, description = "`{\"status\": \"ok\", \"mqtt_connected\": bool}`", body = serde_json::Value)
+    )
+)]
 async fn healthz(State(s): State<Arc<ApiState>>) -> Json<serde_json::Value> {
     let connected = s
         .shared
@@ -224,6 +248,18 @@ async fn healthz(State(s): State<Arc<ApiState>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok", "mqtt_connected": connected }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "gridpow",
+    summary = "Prometheus metrics (open without a token when `http.metrics_open`)",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody)
+    )
+)]
 async fn metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     (
         [(
@@ -234,19 +270,49 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats",
+    tag = "gridpow",
+    summary = "Counters of the server (blocks, readings, rejects, rates)",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Server statistics", body = serde_json::Value),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody)
+    )
+)]
 async fn stats(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     Json(s.shared.stats())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/meters",
+    tag = "gridpow",
+    summary = "Every meter with stored readings: last reading, counts, silence",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Meter summaries", body = serde_json::Value),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
+        (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
+    )
+)]
 async fn meters(State(s): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(s.query(|st| st.meters()).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ReadingsQuery {
+    /// Earliest reading timestamp, Unix ms (default 0).
     from: Option<u64>,
+    /// Latest reading timestamp, Unix ms (default: no bound).
     to: Option<u64>,
+    /// `json` (default) or `csv`.
     format: Option<String>,
+    /// Most readings answered, the newest ones if there are more (at most `http.max_page`).
     limit: Option<usize>,
 }
 
@@ -279,6 +345,22 @@ fn csv(rows: &[StoredReading]) -> String {
     out
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/meters/{id}/readings",
+    tag = "gridpow",
+    summary = "Readings of one meter, by timestamp",
+    params(("id" = u32, Path, description = "Meter id"), ReadingsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{meter_id, from, to, count, readings}` (JSON), or CSV with `format=csv`", body = serde_json::Value),
+        (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token asking for another meter (`wrong_meter`)", body = ErrorBody),
+        (status = 404, description = "The meter is not registered and has no readings (`unknown_meter`)", body = ErrorBody),
+        (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
+    )
+)]
 async fn meter_readings(
     State(s): State<Arc<ApiState>>,
     Extension(gate): Extension<Arc<Gate>>,
@@ -330,16 +412,47 @@ async fn meter_readings(
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/relays",
+    tag = "gridpow",
+    summary = "Every relay: chain head, gaps, forks",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Relay summaries", body = serde_json::Value),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
+        (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
+    )
+)]
 async fn relays(State(s): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(s.query(|st| st.relays()).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct BlocksQuery {
+    /// Only this relay's blocks.
     relay: Option<u32>,
+    /// Most blocks answered (default 50, at most `http.max_page`).
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/blocks",
+    tag = "gridpow",
+    summary = "The newest stored blocks",
+    params(BlocksQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Blocks, newest first", body = serde_json::Value),
+        (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
+        (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
+    )
+)]
 async fn blocks(
     State(s): State<Arc<ApiState>>,
     Extension(gate): Extension<Arc<Gate>>,
@@ -349,11 +462,28 @@ async fn blocks(
     Ok(Json(s.query(move |st| st.blocks(q.relay, limit)).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LimitQuery {
+    /// Most rows answered (default 100, at most `http.max_page`).
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "gridpow",
+    summary = "The newest plausibility and security alerts",
+    params(LimitQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Alerts, newest first", body = serde_json::Value),
+        (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
+        (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
+    )
+)]
 async fn alerts(
     State(s): State<Arc<ApiState>>,
     Extension(gate): Extension<Arc<Gate>>,
@@ -363,6 +493,21 @@ async fn alerts(
     Ok(Json(s.query(move |st| st.alerts(limit)).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/quarantine",
+    tag = "gridpow",
+    summary = "The newest refused payloads with their reason",
+    params(LimitQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Quarantined payloads, newest first", body = serde_json::Value),
+        (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
+        (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
+    )
+)]
 async fn quarantine(
     State(s): State<Arc<ApiState>>,
     Extension(gate): Extension<Arc<Gate>>,
@@ -373,8 +518,10 @@ async fn quarantine(
 }
 
 /// An RFC 9162 inclusion proof of the frame that carried a reading.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Proof {
+    /// The reading as stored.
+    #[schema(value_type = Object)]
     reading: StoredReading,
     relay_id: u32,
     height: u64,
@@ -402,6 +549,22 @@ fn forbidden_meter(gate: &Gate, who: &Principal, meter: u32, path: &str) -> Refu
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/readings/{reading_id}/proof",
+    tag = "gridpow",
+    summary = "An RFC 9162 inclusion proof of the frame that carried a reading",
+    params(("reading_id" = i64, Path, description = "Reading id (`id` of a reading)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The proof, checked by the server (`verified`, `signature_verified`)", body = Proof),
+        (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token asking for another meter (`wrong_meter`)", body = ErrorBody),
+        (status = 404, description = "No such reading (`unknown_reading`)", body = ErrorBody),
+        (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
+    )
+)]
 async fn proof(
     State(s): State<Arc<ApiState>>,
     Extension(gate): Extension<Arc<Gate>>,
@@ -469,4 +632,63 @@ async fn proof(
         verified,
         signature_verified,
     }))
+}
+
+/// The OpenAPI 3.1 description of this API, generated from the handlers'
+/// annotations so it cannot drift from their parameters and answers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "gridpow grid server API",
+        description = "Readings, blocks, relays, alerts and proofs of a gridpow grid server. Every error is JSON `{\"error\": {\"code\", \"message\"}}`. Tokens: `Authorization: Bearer <token>` or the `/login` cookie; roles viewer, operator, admin, customer (one meter's readings and proofs only)."
+    ),
+    paths(
+        dashboard,
+        healthz,
+        metrics,
+        stats,
+        meters,
+        meter_readings,
+        relays,
+        blocks,
+        alerts,
+        quarantine,
+        proof,
+        openapi_json,
+        crate::auth::login
+    ),
+    components(schemas(ErrorBody, crate::http_error::ErrorDetail, Proof)),
+    modifiers(&BearerAuth)
+)]
+pub(crate) struct ApiDoc;
+
+/// Declares the `bearer` scheme the paths' `security` names.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API token (`gridpow tokens create`)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "gridpow",
+    summary = "This description (OpenAPI 3.1); open, like /healthz, but host-checked",
+    responses((status = 200, description = "The OpenAPI document", body = serde_json::Value))
+)]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi as _;
+    Json(ApiDoc::openapi())
 }

@@ -700,11 +700,25 @@ pub(crate) async fn require_staff(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LoginQuery {
+    /// The API token.
     token: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/login",
+    tag = "gridpow",
+    summary = "Sets the token as an HttpOnly cookie and redirects to the dashboard (a customer to its meter's readings)",
+    params(LoginQuery),
+    responses(
+        (status = 303, description = "Logged in: `Set-Cookie` and `Location`"),
+        (status = 400, description = "Malformed query (`bad_request`)", body = crate::http_error::ErrorBody),
+        (status = 401, description = "No or an invalid token (`missing_token`, `invalid_token`)", body = crate::http_error::ErrorBody)
+    )
+)]
 /// `GET /login?token=…`: checks the token, sets it as an HttpOnly,
 /// SameSite=Strict cookie and redirects to the dashboard (a customer to its
 /// meter's readings).

@@ -14,14 +14,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The body of every error answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ErrorBody {
     /// What went wrong.
     pub error: ErrorDetail,
 }
 
 /// The code and message of an error answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ErrorDetail {
     /// Stable, snake_case: `bad_request`, `unknown_meter`, `missing_token`, …
     pub code: String,
