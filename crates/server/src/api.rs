@@ -1,11 +1,12 @@
 //! The HTTP API (`/api/v1/…`), `/metrics`, `/healthz` and the dashboard at `/`.
 //!
-//! Access ([`crate::auth`]): `/healthz` is open; `/login` and everything else
-//! need an allowed `Host`; everything but `/login` needs a token. Customer
+//! Access ([`crate::auth`]): `/healthz` is open; `/login`, the OpenAPI
+//! description (`/api/v1/openapi.json`, [`ApiDoc`]) and everything else need
+//! an allowed `Host`; everything but those two needs a token. Customer
 //! tokens reach only `/api/v1/meters/{their meter}/readings` and the proofs of
 //! that meter's readings. List endpoints refuse a `limit` above
 //! `http.max_page` (400) instead of clamping it, so a client never mistakes a
-//! short page for the end.
+//! short page for the end. Every error is JSON with a code ([`crate::http_error`]).
 //!
 //! Queries run on blocking threads against read-only database connections
 //! (SQLite in WAL mode lets them read while the writer commits).
