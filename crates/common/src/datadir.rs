@@ -57,12 +57,14 @@ pub enum DataDirError {
         pid: Option<u32>,
     },
     /// The path exists but is not a directory (or its parent is not one).
-    #[error("{what} {}: not a directory; point it at a directory, or remove what is there", path.display())]
+    #[error("{what} {}: {} is a file, not a directory; point it at a directory, or move that file away", path.display(), file.display())]
     NotADirectory {
         /// Data directory or database.
         what: Guarded,
         /// The path.
         path: PathBuf,
+        /// The file in the way (the path itself or one of its parents).
+        file: PathBuf,
     },
     /// The path cannot be created or written.
     #[error("{what} {} is not writable ({source}); fix its permissions or ownership, or give this process another {what}", path.display())]
@@ -158,11 +160,11 @@ fn ensure_dir(what: Guarded, dir: &Path) -> Result<(), DataDirError> {
     if let Err(source) = std::fs::create_dir_all(dir) {
         // A file where the directory (or one of its parents) should be is the
         // common mistake; say so rather than "File exists".
-        let file_in_way = dir.ancestors().any(|a| a.is_file());
-        return Err(if file_in_way {
+        return Err(if let Some(file) = dir.ancestors().find(|a| a.is_file()) {
             DataDirError::NotADirectory {
                 what,
                 path: dir.to_path_buf(),
+                file: file.to_path_buf(),
             }
         } else {
             DataDirError::NotWritable {
@@ -176,6 +178,7 @@ fn ensure_dir(what: Guarded, dir: &Path) -> Result<(), DataDirError> {
         return Err(DataDirError::NotADirectory {
             what,
             path: dir.to_path_buf(),
+            file: dir.to_path_buf(),
         });
     }
     Ok(())
@@ -302,7 +305,11 @@ mod tests {
         assert!(matches!(err, DataDirError::NotADirectory { .. }), "{err:?}");
         let err = DataLock::sqlite(&file.join("gridpow.db")).unwrap_err();
         assert!(matches!(err, DataDirError::NotADirectory { .. }), "{err:?}");
-        assert!(err.to_string().contains("not a directory"), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("{} is a file, not a directory", file.display())),
+            "{err}"
+        );
     }
 
     #[test]
