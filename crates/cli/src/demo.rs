@@ -108,6 +108,17 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
     // database and corrupt the first one's state) and prove it is a writable
     // directory. The relay, fleet and server below lock their own parts too.
     let _lock = DataLock::dir(&data_dir).context("--data-dir")?;
+    let db_url =
+        a.db.clone()
+            .unwrap_or_else(|| data_dir.join("gridpow.db").to_string_lossy().into_owned());
+    // The same for the database, now rather than after keys and the broker
+    // are up: the server takes this lock itself at start, so it is released
+    // again here (a second lock in one process would refuse the server).
+    if let Ok(gridpow_server::store::DbUrl::Sqlite(path)) =
+        gridpow_server::store::DbUrl::parse(&db_url)
+    {
+        drop(DataLock::sqlite(&path).context("--db")?);
+    }
     progress(q, format_args!("data directory: {}", data_dir.display()));
     let data_dir = &data_dir;
     let keys = KeyDir::new(data_dir.join("keys"));
@@ -147,9 +158,6 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
         ),
     );
 
-    let db_url =
-        a.db.clone()
-            .unwrap_or_else(|| data_dir.join("gridpow.db").to_string_lossy().into_owned());
     let mut scfg = ServerConfig {
         keys_dir: server_keys.root().to_path_buf(),
         db: db_url.clone(),
