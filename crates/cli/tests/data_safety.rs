@@ -12,7 +12,14 @@ use std::time::{Duration, Instant};
 fn demo(xdg: &Path, cwd: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gridpow"));
     c.arg("demo")
-        .args(["--http", "127.0.0.1:0", "--meters", "3", "--difficulty", "8"])
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--meters",
+            "3",
+            "--difficulty",
+            "8",
+        ])
         .args(extra)
         .env("XDG_DATA_HOME", xdg)
         .env("GRIDPOW_LOG", "warn,rumqttd=off")
@@ -102,7 +109,10 @@ fn a_second_demo_on_the_same_data_dir_is_refused_naming_the_first_ones_pid() {
     );
     assert!(msg.contains("LOCK"), "{msg}");
     assert_eq!(msg.trim().lines().count(), 1, "one line: {msg}");
-    assert!(started.elapsed() < Duration::from_secs(10), "refused at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused at once"
+    );
 
     // A crash releases the lock: the kernel drops the flock with the
     // process, and the next run recovers the data directory and succeeds.
@@ -165,8 +175,14 @@ fn a_read_only_sqlite_database_is_refused_before_any_work() {
     );
     assert!(msg.contains("fix its permissions"), "{msg}");
     assert_eq!(msg.trim().lines().count(), 1, "one line: {msg}");
-    assert!(!data.join("keys").exists(), "refused before any key was made");
-    assert!(!msg.contains("Commit failed") && !msg.contains("panicked"), "{msg}");
+    assert!(
+        !data.join("keys").exists(),
+        "refused before any key was made"
+    );
+    assert!(
+        !msg.contains("Commit failed") && !msg.contains("panicked"),
+        "{msg}"
+    );
     assert!(!msg.contains("verified"), "{msg}");
     assert!(started.elapsed() < Duration::from_secs(30), "fails fast");
 }

@@ -287,7 +287,13 @@ mod tests {
         let first = DataLock::sqlite(&db).unwrap();
         assert_eq!(first.lock_file(), t.path().join("gridpow.db.lock"));
         let err = DataLock::sqlite(&db).unwrap_err();
-        assert!(matches!(err, DataDirError::InUse { what: Guarded::Database, .. }));
+        assert!(matches!(
+            err,
+            DataDirError::InUse {
+                what: Guarded::Database,
+                ..
+            }
+        ));
         drop(first);
         DataLock::sqlite(&db).unwrap();
     }
