@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use gridpow_broker::{start_embedded, EmbeddedOptions};
+use gridpow_common::datadir::DataLock;
 use gridpow_common::keys::{InitOptions, KeyDir};
 use gridpow_common::radio::Medium;
 use gridpow_meters::{Fleet, FleetConfig, MeterSelection};
@@ -24,9 +25,12 @@ pub struct DemoArgs {
     /// Stop by itself after this many seconds, drain the pipeline and print a summary.
     #[arg(long)]
     duration: Option<u64>,
-    /// Where keys, the database and the relay's journal live (created on first run).
-    #[arg(long, default_value = "gridpow-data")]
-    data_dir: PathBuf,
+    /// Where keys, the database and the relay's journal live (created on first
+    /// run). Default: the per-user data directory, `$XDG_DATA_HOME/gridpow/demo`
+    /// (`~/.local/share/gridpow/demo`), never the working tree: it holds the
+    /// site secret and private keys.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Address of the dashboard and HTTP API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
@@ -64,7 +68,12 @@ struct Summary {
     latency_p50_ms: Option<i64>,
     latency_p99_ms: Option<i64>,
     latency_max_ms: Option<i64>,
+    /// The stored ledger verified and the run itself succeeded: never true
+    /// after a failed run, whatever the ledger check said.
     ledger_verified: bool,
+    /// Why the run failed (readings lost, blocks refused, pipeline not
+    /// drained, ledger invalid); empty when it succeeded.
+    failures: Vec<String>,
     dashboard: String,
 }
 
@@ -90,12 +99,29 @@ fn progress(quiet: bool, msg: std::fmt::Arguments<'_>) {
     }
 }
 
-async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
+async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let q = false;
-    std::fs::create_dir_all(&a.data_dir)
-        .with_context(|| format!("creating {}", a.data_dir.display()))?;
-    let keys = KeyDir::new(a.data_dir.join("keys"));
+    let data_dir = a.data_dir.take().unwrap_or_else(crate::default_data_dir);
+    // Preflight: before any key, journal or database is touched, claim the
+    // whole data directory (a second demo on it would share the journal and
+    // database and corrupt the first one's state) and prove it is a writable
+    // directory. The relay, fleet and server below lock their own parts too.
+    let _lock = DataLock::dir(&data_dir).context("--data-dir")?;
+    let db_url =
+        a.db.clone()
+            .unwrap_or_else(|| data_dir.join("gridpow.db").to_string_lossy().into_owned());
+    // The same for the database, now rather than after keys and the broker
+    // are up: the server takes this lock itself at start, so it is released
+    // again here (a second lock in one process would refuse the server).
+    if let Ok(gridpow_server::store::DbUrl::Sqlite(path)) =
+        gridpow_server::store::DbUrl::parse(&db_url)
+    {
+        drop(DataLock::sqlite(&path).context("--db")?);
+    }
+    progress(q, format_args!("data directory: {}", data_dir.display()));
+    let data_dir = &data_dir;
+    let keys = KeyDir::new(data_dir.join("keys"));
     if !keys.is_initialised() {
         progress(
             q,
@@ -117,7 +143,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
 
     // Each service runs from its own least-privilege bundle, as in a deployment:
     // the relay never sees the site secret, the server never a relay's private key.
-    let bundles = a.data_dir.join("bundles");
+    let bundles = data_dir.join("bundles");
     let relay_keys = KeyDir::new(bundles.join("relay-1"));
     let server_keys = KeyDir::new(bundles.join("server"));
     keys.export_relay_bundle(1, None, &relay_keys)?;
@@ -132,9 +158,6 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         ),
     );
 
-    let db_url =
-        a.db.clone()
-            .unwrap_or_else(|| a.data_dir.join("gridpow.db").to_string_lossy().into_owned());
     let mut scfg = ServerConfig {
         keys_dir: server_keys.root().to_path_buf(),
         db: db_url.clone(),
@@ -156,10 +179,12 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         .context("starting the grid server (another --http address may help)")?;
     let dashboard = format!("http://{}/", server.http_addr());
     let login = format!("http://{}/login?token={token}", server.http_addr());
-    let stored_before = server.stats().readings_stored;
+    // The database may hold earlier runs: the summary counts this run only.
+    let before = server.stats();
+    let stored_before = before.readings_stored;
 
     let medium = Medium::new(a.loss, 0x6772_6964);
-    let mut rcfg = RelayConfig::new(1, relay_keys.root(), a.data_dir.join("relay-1"));
+    let mut rcfg = RelayConfig::new(1, relay_keys.root(), data_dir.join("relay-1"));
     rcfg.difficulty = a.difficulty;
     rcfg.mqtt.host = broker.v4_addr.ip().to_string();
     rcfg.mqtt.port = broker.v4_addr.port();
@@ -168,7 +193,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("starting the relay")?;
 
-    let mut fcfg = FleetConfig::new(keys.root(), a.data_dir.join("meters"));
+    let mut fcfg = FleetConfig::new(keys.root(), data_dir.join("meters"));
     fcfg.meters = MeterSelection::Range {
         from: 1,
         to: a.meters,
@@ -251,9 +276,23 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     server.shutdown().await;
 
     let stored = sstats.readings_stored - stored_before;
+    let rejected = sstats
+        .blocks_rejected
+        .saturating_sub(before.blocks_rejected);
+    let lost = fstats.generated.saturating_sub(stored);
     let ledger = gridpow_server::verify_ledger(&db_url, &keys);
+    let mut failures = Vec::new();
+    if lost > 0 {
+        failures.push(format!("{lost} readings lost"));
+    }
+    if rejected > 0 {
+        failures.push(format!("{rejected} blocks refused by the server"));
+    }
+    if !meters_drained || !relay_drained {
+        failures.push("the pipeline did not drain within the time allowed".into());
+    }
     if let Err(e) = &ledger {
-        eprintln!("ledger verification FAILED: {e}");
+        failures.push(format!("ledger verification failed: {e}"));
     }
     let lat = latencies(&db_url).unwrap_or_else(|e| {
         eprintln!("warning: could not read latencies: {e}");
@@ -265,17 +304,18 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         generated: fstats.generated,
         acknowledged: fstats.acknowledged,
         stored,
-        lost: fstats.generated.saturating_sub(stored),
+        lost,
         dropped: fstats.dropped,
         blocks: rstats.blocks_sealed,
         retransmissions: fstats.retransmissions,
         frames_duplicate: rstats.frames_duplicate,
-        blocks_rejected: sstats.blocks_rejected,
+        blocks_rejected: rejected,
         seconds: started.elapsed().as_secs_f64(),
         latency_p50_ms: pct(0.5),
         latency_p99_ms: pct(0.99),
         latency_max_ms: lat.last().copied(),
-        ledger_verified: ledger.is_ok(),
+        ledger_verified: ledger.is_ok() && failures.is_empty(),
+        failures,
         dashboard,
     };
     if a.json {
@@ -290,15 +330,30 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         if let (Some(p50), Some(p99)) = (summary.latency_p50_ms, summary.latency_p99_ms) {
             println!("meter → database       p50 {p50} ms, p99 {p99} ms");
         }
-        println!(
-            "ledger verified        {}",
-            if summary.ledger_verified { "yes" } else { "NO" }
+        if summary.blocks_rejected > 0 {
+            println!("blocks refused         {}", summary.blocks_rejected);
+        }
+        // After a failed run the ledger check proves nothing about this run's
+        // readings (they may never have arrived): say so instead of "yes".
+        if summary.failures.is_empty() {
+            println!(
+                "ledger verified        {}",
+                if summary.ledger_verified { "yes" } else { "NO" }
+            );
+        } else {
+            println!("ledger verified        NO (the run failed)");
+        }
+    }
+    for f in &summary.failures {
+        eprintln!("demo FAILED: {f}");
+    }
+    if !summary.failures.is_empty() && data_dir.exists() {
+        eprintln!(
+            "the data directory {} is kept as it is; README.md \"Recovering a damaged data directory\" says how to check and recover it",
+            data_dir.display()
         );
     }
-    if !meters_drained || !relay_drained {
-        eprintln!("warning: the pipeline did not drain completely within the time allowed");
-    }
-    let ok = summary.lost == 0 && summary.ledger_verified;
+    let ok = summary.failures.is_empty();
     Ok(if ok {
         ExitCode::SUCCESS
     } else {

@@ -90,7 +90,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Directory default used by several commands.
+/// The demo's data directory when `--data-dir` is not given (also where
+/// `verify-ledger` looks by default): the per-user data directory
+/// (`$XDG_DATA_HOME/gridpow/demo`, else `~/.local/share/gridpow/demo` on
+/// Linux), never the working directory, because it holds the site secret and
+/// private keys and a working directory is often a git checkout. Without a
+/// home directory it falls back to `./gridpow-data`, which .gitignore lists.
 pub(crate) fn default_data_dir() -> PathBuf {
-    PathBuf::from("gridpow-data")
+    directories::BaseDirs::new()
+        .map(|d| d.data_dir().join("gridpow").join("demo"))
+        .unwrap_or_else(|| PathBuf::from(LEGACY_DATA_DIR))
 }
+
+/// The demo's default data directory before it moved out of the working tree.
+const LEGACY_DATA_DIR: &str = "gridpow-data";

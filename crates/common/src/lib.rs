@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod datadir;
 pub mod keys;
 pub mod net;
 pub mod radio;

@@ -185,6 +185,10 @@ impl Fleet {
             return Err(FleetError::NoMeters);
         }
         let ids: Vec<u32> = records.iter().map(|m| m.id).collect();
+        // Two fleets on one state directory would hand out the same boot
+        // epochs and counters (replays to the relay). Held by the fleet
+        // thread, so it is released when that thread ends.
+        let lock = gridpow_common::datadir::DataLock::dir(&cfg.state_dir)?;
         let mut state = FleetState::load(&cfg.state_dir)?;
         let epochs = state.boot(&ids);
         state.save(&cfg.state_dir)?;
@@ -247,6 +251,7 @@ impl Fleet {
             truth,
             state,
             state_dir: cfg.state_dir.clone(),
+            _lock: lock,
             seed: cfg.seed,
             clock: MonoClock::new(),
             heap: BinaryHeap::new(),
@@ -277,6 +282,7 @@ struct Driver {
     truth: Option<TruthWriter>,
     state: FleetState,
     state_dir: std::path::PathBuf,
+    _lock: gridpow_common::datadir::DataLock,
     seed: u64,
     clock: MonoClock,
     heap: BinaryHeap<Timer>,

@@ -35,6 +35,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gridpow_common::config::ConfigError;
+use gridpow_common::datadir::DataDirError;
 use gridpow_common::keys::KeyError;
 use gridpow_common::radio::{Confirmation, RadioError, RadioFrame, RadioPort, UdpAir};
 use gridpow_proto::MacAddr;
@@ -58,6 +59,9 @@ pub enum FleetError {
     /// The radio could not be opened.
     #[error(transparent)]
     Radio(#[from] RadioError),
+    /// The state directory is in use by another fleet, or not a writable directory.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

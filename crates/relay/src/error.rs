@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use gridpow_common::config::ConfigError;
+use gridpow_common::datadir::DataDirError;
 use gridpow_common::keys::KeyError;
 use gridpow_common::radio::RadioError;
 use gridpow_common::tls::TlsError;
@@ -23,6 +24,9 @@ pub enum RelayError {
     /// The radio could not be opened.
     #[error(transparent)]
     Radio(#[from] RadioError),
+    /// The data directory is in use by another process, or not a writable directory.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// A file in the data directory could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -176,6 +176,9 @@ impl Relay {
         let server_key = keys.server_verifying_key()?;
         let mut table = table::HashMeterTable::from_key_dir(&keys)?;
 
+        // Before anything in the data directory is read: a second relay on the
+        // same journal would corrupt it. Held by the handle until its threads end.
+        let lock = gridpow_common::datadir::DataLock::dir(&cfg.data_dir)?;
         fsutil::create_dir(&cfg.data_dir)?;
         let outbox = outbox::Outbox::open(&cfg.data_dir)?;
         let head = outbox.head();
@@ -311,6 +314,7 @@ impl Relay {
             pub_tx,
             threads,
             tasks,
+            _lock: lock,
         })
     }
 }
@@ -374,6 +378,9 @@ pub struct RelayHandle {
     /// ingress, journal, chain (stopped in this order).
     threads: Vec<JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The data directory's lock: a field, so it is released only after
+    /// `Drop` has joined the threads that write there.
+    _lock: gridpow_common::datadir::DataLock,
 }
 
 impl RelayHandle {
