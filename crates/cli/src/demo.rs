@@ -1,6 +1,5 @@
 //! `gridpow demo`: the whole stack in one process with no external service.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -31,9 +30,9 @@ pub struct DemoArgs {
     /// site secret and private keys.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Address of the dashboard and HTTP API.
+    /// Address of the dashboard and HTTP API (`IP:PORT` or `HOST:PORT`).
     #[arg(long, default_value = "127.0.0.1:8080")]
-    http: SocketAddr,
+    http: String,
     /// Seconds between readings of each meter.
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
@@ -166,7 +165,7 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     scfg.mqtt.host = broker.v5_addr.ip().to_string();
     scfg.mqtt.port = broker.v5_addr.port();
-    scfg.http.listen = a.http;
+    crate::services::apply_http_flag(&mut scfg, &a.http)?;
     scfg.plausibility.expected_interval_s = a.interval.ceil().max(1.0) as u64;
     // A fresh admin token each run (the file keeps only hashes, so an old one cannot be shown again).
     let tokens = scfg.tokens_path();

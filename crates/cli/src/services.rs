@@ -88,20 +88,26 @@ pub fn run_relay(path: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Applies an `--http HOST:PORT` flag: the listen address, resolved at
+/// start, and a host name let through the DNS-rebinding check (browsers send
+/// the name they were given as `Host`).
+pub fn apply_http_flag(cfg: &mut ServerConfig, http: &str) -> anyhow::Result<()> {
+    cfg.http.listen = gridpow_common::net::resolve_listen(http).context("--http")?;
+    if let Some((host, _)) = http.trim().rsplit_once(':') {
+        if host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('[') {
+            cfg.http.allowed_hosts.push(host.to_ascii_lowercase());
+        }
+    }
+    Ok(())
+}
+
 pub fn run_server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = ServerConfig::load(&args.config)?;
     if let Some(db) = &args.db {
         cfg.db = db.clone();
     }
     if let Some(http) = &args.http {
-        cfg.http.listen = gridpow_common::net::resolve_listen(http).context("--http")?;
-        // Browsers send the name they were given as `Host`: let it through
-        // the DNS-rebinding check like the listen address itself.
-        if let Some((host, _)) = http.trim().rsplit_once(':') {
-            if host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('[') {
-                cfg.http.allowed_hosts.push(host.to_ascii_lowercase());
-            }
-        }
+        apply_http_flag(&mut cfg, http)?;
     }
     let rt = runtime()?;
     rt.block_on(async {

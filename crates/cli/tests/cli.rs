@@ -158,8 +158,9 @@ fn demo_stores_every_reading_once_and_the_ledger_detects_one_altered_byte() {
         "0.25",
         "--data-dir",
         d,
+        // A host name, resolved at start (issue 12: `--http localhost:8080`).
         "--http",
-        "127.0.0.1:0",
+        "localhost:0",
         "--difficulty",
         "12",
         "--json",
