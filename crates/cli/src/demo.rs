@@ -110,13 +110,12 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
     let db_url =
         a.db.clone()
             .unwrap_or_else(|| data_dir.join("gridpow.db").to_string_lossy().into_owned());
-    // The same for the database, now rather than after keys and the broker
-    // are up: the server takes this lock itself at start, so it is released
-    // again here (a second lock in one process would refuse the server).
+    // The same check for the database, now rather than after keys and the
+    // broker are up (the data directory's lock covers a database inside it).
     if let Ok(gridpow_server::store::DbUrl::Sqlite(path)) =
         gridpow_server::store::DbUrl::parse(&db_url)
     {
-        drop(DataLock::sqlite(&path).context("--db")?);
+        gridpow_common::datadir::check_sqlite_writable(&path).context("--db")?;
     }
     progress(q, format_args!("data directory: {}", data_dir.display()));
     let data_dir = &data_dir;

@@ -104,55 +104,51 @@ impl DataLock {
         lock(what, dir, dir.join("LOCK"))
     }
 
-    /// Locks the SQLite database `db` through `<db>.lock` beside it (SQLite's
-    /// own locks only serialise transactions; they do not stop a second
-    /// server from running on the same file). Checks that the directory is
-    /// writable (SQLite writes its journal there) and that an existing file
-    /// can be opened for writing: a read-only database is refused at start
-    /// instead of failing every commit.
-    pub fn sqlite(db: &Path) -> Result<DataLock, DataDirError> {
-        let what = Guarded::Database;
-        let parent = match db.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        ensure_dir(what, &parent)?;
-        let mut name = db.file_name().unwrap_or(db.as_os_str()).to_os_string();
-        name.push(".lock");
-        let l = lock(what, db, parent.join(name))?;
-        match std::fs::metadata(db) {
-            Ok(m) if m.is_dir() => {
-                return Err(DataDirError::NotWritable {
-                    what,
-                    path: db.to_path_buf(),
-                    source: std::io::Error::other("it is a directory, not a database file"),
-                });
-            }
-            Ok(m) => {
-                // A read-only file is refused even when running as root, where
-                // opening it would succeed: its mode says someone meant it.
-                let denied = if m.permissions().readonly() {
-                    Some(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
-                } else {
-                    OpenOptions::new().write(true).open(db).err()
-                };
-                if let Some(source) = denied {
-                    return Err(DataDirError::NotWritable {
-                        what,
-                        path: db.to_path_buf(),
-                        source,
-                    });
-                }
-            }
-            // Not created yet: the directory check above covers it.
-            Err(_) => {}
-        }
-        Ok(l)
-    }
-
     /// The lock file.
     pub fn lock_file(&self) -> &Path {
         &self.lock_file
+    }
+}
+
+/// Checks, before any work, that the SQLite database `db` can be written: its
+/// directory is writable (SQLite writes its journal there) and an existing
+/// file opens for writing, so a read-only database is refused at start
+/// instead of failing every commit. It takes no lock: several grid servers
+/// may share one database (SQLite serialises their transactions, and the
+/// store re-reads what another writer changed), as they share a PostgreSQL
+/// one.
+pub fn check_sqlite_writable(db: &Path) -> Result<(), DataDirError> {
+    let what = Guarded::Database;
+    let parent = match db.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    ensure_dir(what, &parent)?;
+    match std::fs::metadata(db) {
+        Ok(m) if m.is_dir() => Err(DataDirError::NotWritable {
+            what,
+            path: db.to_path_buf(),
+            source: std::io::Error::other("it is a directory, not a database file"),
+        }),
+        Ok(m) => {
+            // A read-only file is refused even when running as root, where
+            // opening it would succeed: its mode says someone meant it.
+            let denied = if m.permissions().readonly() {
+                Some(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            } else {
+                OpenOptions::new().write(true).open(db).err()
+            };
+            match denied {
+                Some(source) => Err(DataDirError::NotWritable {
+                    what,
+                    path: db.to_path_buf(),
+                    source,
+                }),
+                None => Ok(()),
+            }
+        }
+        // Not created yet: the directory check above covers it.
+        Err(_) => Ok(()),
     }
 }
 
@@ -281,24 +277,6 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_lock_sits_beside_the_database() {
-        let t = tempfile::tempdir().unwrap();
-        let db = t.path().join("gridpow.db");
-        let first = DataLock::sqlite(&db).unwrap();
-        assert_eq!(first.lock_file(), t.path().join("gridpow.db.lock"));
-        let err = DataLock::sqlite(&db).unwrap_err();
-        assert!(matches!(
-            err,
-            DataDirError::InUse {
-                what: Guarded::Database,
-                ..
-            }
-        ));
-        drop(first);
-        DataLock::sqlite(&db).unwrap();
-    }
-
-    #[test]
     fn a_file_where_the_directory_should_be_is_refused() {
         // A regular file in the way fails even as root, where permission
         // bits would not stop a write.
@@ -309,7 +287,7 @@ mod tests {
         assert!(matches!(err, DataDirError::NotADirectory { .. }), "{err:?}");
         let err = DataLock::dir(&file.join("relay")).unwrap_err();
         assert!(matches!(err, DataDirError::NotADirectory { .. }), "{err:?}");
-        let err = DataLock::sqlite(&file.join("gridpow.db")).unwrap_err();
+        let err = check_sqlite_writable(&file.join("gridpow.db")).unwrap_err();
         assert!(matches!(err, DataDirError::NotADirectory { .. }), "{err:?}");
         assert!(
             err.to_string()
@@ -326,7 +304,7 @@ mod tests {
         let mut p = std::fs::metadata(&db).unwrap().permissions();
         p.set_readonly(true);
         std::fs::set_permissions(&db, p).unwrap();
-        let err = DataLock::sqlite(&db).unwrap_err();
+        let err = check_sqlite_writable(&db).unwrap_err();
         assert!(matches!(err, DataDirError::NotWritable { .. }), "{err:?}");
         assert!(err.to_string().contains("not writable"), "{err}");
     }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gridpow_common::datadir::{DataDirError, DataLock};
+use gridpow_common::datadir::{check_sqlite_writable, DataDirError};
 use gridpow_common::keys::{KeyDir, KeyError};
 use gridpow_common::tls::TlsError;
 use gridpow_common::topics;
@@ -95,15 +95,12 @@ impl Server {
         keys.check_role(gridpow_common::keys::Role::Server)?;
         let keyring = Keyring::load(&keys)?;
         let signing_key = keys.server_signing_key()?;
-        // A second server on the same SQLite file would interleave its chain
-        // heads with ours; refuse it before the database is opened. The same
-        // call refuses a read-only database or directory now, rather than
-        // after minutes of failed commits. PostgreSQL coordinates several
-        // servers itself and needs no lock.
-        let db_lock = match store::DbUrl::parse(&cfg.db)? {
-            store::DbUrl::Sqlite(path) => Some(DataLock::sqlite(&path)?),
-            store::DbUrl::Postgres(_) => None,
-        };
+        // A read-only database or directory is refused now, rather than
+        // after minutes of failed commits. No lock: several servers may share
+        // one database, SQLite or PostgreSQL (crates/cli/tests/crash.rs).
+        if let store::DbUrl::Sqlite(path) = store::DbUrl::parse(&cfg.db)? {
+            check_sqlite_writable(&path)?;
+        }
         let mut writer_store = store::open_store(&cfg.db)?;
         writer_store.set_rules(Rules::new(cfg.plausibility.clone()));
         writer_store.set_limits(cfg.quarantine.store_limits());
@@ -177,8 +174,6 @@ impl Server {
                 std::thread::Builder::new()
                     .name("gridpow-writer".into())
                     .spawn(move || {
-                        // The writer owns the database: the lock lives as long as it does.
-                        let _db_lock = db_lock;
                         ingest::writer_thread(
                             writer_store,
                             verified_rx,
