@@ -84,10 +84,28 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes in one line, each cause once: many library
+/// errors already print their source in their own text, and anyhow's `{:#}`
+/// would print it again ("x.toml: No such file…: No such file…").
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// The demo's data directory when `--data-dir` is not given (also where
@@ -104,3 +122,43 @@ pub(crate) fn default_data_dir() -> PathBuf {
 
 /// The demo's default data directory before it moved out of the working tree.
 const LEGACY_DATA_DIR: &str = "gridpow-data";
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    /// An error that prints its source in its own text, and also exposes it.
+    #[derive(Debug)]
+    struct Io {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Io {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}: {}", self.path, self.source)
+        }
+    }
+
+    impl std::error::Error for Io {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_text_is_not_repeated() {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(Io {
+            path: "keys/site.toml",
+            source: io(),
+        })
+        .context("loading the keys");
+        assert_eq!(
+            error_text(&e),
+            format!("loading the keys: keys/site.toml: {}", io())
+        );
+        let e = anyhow::Error::new(io()).context("--db");
+        assert_eq!(error_text(&e), format!("--db: {}", io()));
+    }
+}

@@ -137,6 +137,38 @@ fn example_configs_parse_back() {
     }
 }
 
+#[test]
+fn a_missing_keys_dir_is_named_with_its_setting_and_the_commands_that_make_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, keys) in [("relay", "relay-1"), ("server", "server-1")] {
+        let o = gridpow(&["example-config", kind]);
+        let cfg = dir.path().join(format!("{kind}.toml"));
+        // Relative paths in the example resolve against the working directory.
+        let body = String::from_utf8_lossy(&o.stdout).replace(
+            &format!("keys_dir = \"{keys}\""),
+            &format!("keys_dir = \"{}\"", dir.path().join(keys).display()),
+        );
+        std::fs::write(&cfg, body).unwrap();
+        let o = gridpow(&[kind, "--config", cfg.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let line = err.lines().last().unwrap_or("");
+        assert!(
+            line.contains("does not exist (setting `keys_dir`)")
+                && line.contains("gridpow keys init")
+                && line.contains(&format!("gridpow keys export {kind}")),
+            "{err}"
+        );
+        // Each cause once: no "…: No such file…: No such file…".
+        let parts: Vec<&str> = line.split(": ").collect();
+        let mut seen = std::collections::HashSet::new();
+        assert!(
+            parts.iter().all(|p| seen.insert(*p)),
+            "repeated text: {line}"
+        );
+    }
+}
+
 fn alter_one_byte_of_a_stored_reading(db: &Path) {
     let c = rusqlite::Connection::open(db).unwrap();
     let n = c.execute("UPDATE readings SET power_dw = power_dw + 1 WHERE id = (SELECT id FROM readings ORDER BY id LIMIT 1 OFFSET 5)", []).unwrap();

@@ -55,6 +55,14 @@ pub enum KeyError {
     /// A request that cannot be honoured.
     #[error("{0}")]
     Invalid(String),
+    /// A service's key directory does not exist.
+    #[error("keys directory {dir} does not exist (setting `keys_dir`); make it with {make}")]
+    MissingDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The commands that make it for the service's role.
+        make: String,
+    },
     /// A service's key directory holds a secret its role must not have.
     #[error("{path}: a {role} must not hold this file ({why}); run the {role} from a bundle made with `gridpow keys export {role}`")]
     ForbiddenSecret {
@@ -636,6 +644,24 @@ impl KeyDir {
     /// Refuses to serve `role` from this directory if it holds a secret the
     /// role must not have, naming the file and the reason.
     pub fn check_role(&self, role: Role) -> Result<(), KeyError> {
+        if !self.root.is_dir() {
+            let make = match role {
+                Role::Relay(id) => format!(
+                    "`gridpow keys init --dir keys` (once per site), then \
+                     `gridpow keys export relay --dir keys --id {id} --out {}`",
+                    self.root.display()
+                ),
+                Role::Server => format!(
+                    "`gridpow keys init --dir keys` (once per site), then \
+                     `gridpow keys export server --dir keys --out {}`",
+                    self.root.display()
+                ),
+            };
+            return Err(KeyError::MissingDir {
+                dir: self.root.clone(),
+                make,
+            });
+        }
         let forbid = |path: PathBuf, role: &'static str, why: &'static str| {
             if path.exists() {
                 Err(KeyError::ForbiddenSecret { path, role, why })

@@ -39,6 +39,17 @@ pub enum RadioError {
     /// The socket or device failed.
     #[error("radio I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The UDP air address cannot be bound (in use, not local, no permission).
+    #[error(
+        "cannot listen on UDP {addr} (setting `[radio] udp_listen`): {error}; \
+         if another gridpow relay or meters process uses it, stop that one or set another address"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why (not a `source`: the text already carries it).
+        error: std::io::Error,
+    },
     /// The other side of the medium is gone.
     #[error("radio medium closed")]
     Closed,
@@ -259,7 +270,8 @@ impl UdpAir {
         loss: f64,
         seed: u64,
     ) -> Result<Self, RadioError> {
-        let socket = UdpSocket::bind(local)?;
+        let socket =
+            UdpSocket::bind(local).map_err(|error| RadioError::Bind { addr: local, error })?;
         Ok(UdpAir {
             socket,
             peers: HashMap::new(),
@@ -406,6 +418,21 @@ mod tests {
         relay.confirm_peer([5; 6], Confirmation::Fresh);
         relay.send([9; 6], [5; 6], b"ack2").unwrap();
         assert_eq!(attacker.recv(wait).unwrap().unwrap().data, b"ack2");
+    }
+
+    #[test]
+    fn a_udp_address_in_use_is_refused_naming_it_and_the_setting() {
+        let first = UdpAir::bind("127.0.0.1:0".parse().unwrap(), None, 0.0, 1).unwrap();
+        let addr = first.local_addr().unwrap();
+        let Err(err) = UdpAir::bind(addr, None, 0.0, 2) else {
+            panic!("a second bind of {addr} succeeded");
+        };
+        assert!(matches!(err, RadioError::Bind { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&addr.to_string()) && text.contains("udp_listen"),
+            "{text}"
+        );
     }
 
     #[test]
