@@ -3,22 +3,10 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn gridpow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gridpow"))
-        .args(args)
-        .output()
-        .expect("gridpow runs")
-}
+mod common;
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{gridpow, text};
 
 #[test]
 fn keys_init_and_add_meter_write_secret_files_with_mode_0600() {

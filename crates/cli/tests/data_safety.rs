@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `gridpow demo` with its default data directory under `xdg` and its
@@ -27,13 +27,9 @@ fn demo(xdg: &Path, cwd: &Path, extra: &[&str]) -> Command {
     c
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod common;
+
+use common::text;
 
 /// Kills the child when dropped, so a failed assertion leaves no demo running.
 struct Killed(Child);

@@ -6,24 +6,12 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn gridpow(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gridpow"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("gridpow runs")
-}
+mod common;
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{gridpow_in as gridpow, text};
 
 /// Keys, a server bundle and a server.toml whose broker is absent (the HTTP
 /// API serves without it).

@@ -5,22 +5,11 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn gridpow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gridpow"))
-        .args(args)
-        .output()
-        .expect("gridpow runs")
-}
+mod common;
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{gridpow, text};
 
 /// A key directory and an empty (migrated) gridpow SQLite database in `dir`.
 fn site(dir: &Path) -> (String, String) {

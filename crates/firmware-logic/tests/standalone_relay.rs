@@ -218,13 +218,10 @@ fn sealed_blocks_verify_and_a_receipt_frees_the_outbox() {
     );
 }
 
-/// docs/protocol.md §10: a quarantined receipt does not release the block
-/// (the Linux relay's test of the same rule is in crates/relay/tests).
-#[test]
-fn a_quarantined_receipt_keeps_the_block_and_it_is_offered_again() {
-    let mut storage = Storage::new(4096);
-    let mut r = relay(&mut storage);
-    feed(&mut r, 1, 2, 0).unwrap();
+/// Feeds two readings of meter 1, seals them into block 0, solves it and
+/// hands it to a connected transport (published at t = 12 s).
+fn one_block_published(r: &mut Relay<'_>) -> OutboxEntry {
+    feed(r, 1, 2, 0).unwrap();
     r.poll_seal(Instant::from_secs_for_test(11), Some(1));
     let mut h = SoftPowHasher::default();
     let sealed = loop {
@@ -233,19 +230,31 @@ fn a_quarantined_receipt_keeps_the_block_and_it_is_offered_again() {
         }
     };
     r.handle_connected();
-    assert_eq!(
-        publish_due(&mut r, Instant::from_secs_for_test(12)).len(),
-        1
-    );
-    let quarantined = ReceiptRepr {
-        status: ReceiptStatus::Quarantined,
+    assert_eq!(publish_due(r, Instant::from_secs_for_test(12)).len(), 1);
+    sealed
+}
+
+/// The server's signed receipt with `status` for `sealed`.
+fn receipt(status: ReceiptStatus, sealed: &OutboxEntry) -> [u8; 124] {
+    ReceiptRepr {
+        status,
         relay_id: 3,
         height: sealed.height,
         block_hash: sealed.hash,
         server_id: 1,
         time_ms: 5,
     }
-    .to_signed_bytes(&SigningKey::from_bytes(&SERVER_SEED));
+    .to_signed_bytes(&SigningKey::from_bytes(&SERVER_SEED))
+}
+
+/// docs/protocol.md §10: a quarantined receipt does not release the block
+/// (the Linux relay's test of the same rule is in crates/relay/tests).
+#[test]
+fn a_quarantined_receipt_keeps_the_block_and_it_is_offered_again() {
+    let mut storage = Storage::new(4096);
+    let mut r = relay(&mut storage);
+    let sealed = one_block_published(&mut r);
+    let quarantined = receipt(ReceiptStatus::Quarantined, &sealed);
     let outcome = r
         .handle_receipt(Instant::from_secs_for_test(13), &quarantined)
         .unwrap();
@@ -268,28 +277,8 @@ fn a_quarantined_receipt_keeps_the_block_and_it_is_offered_again() {
 fn a_block_refused_for_good_is_freed_and_never_offered_again() {
     let mut storage = Storage::new(4096);
     let mut r = relay(&mut storage);
-    feed(&mut r, 1, 2, 0).unwrap();
-    r.poll_seal(Instant::from_secs_for_test(11), Some(1));
-    let mut h = SoftPowHasher::default();
-    let sealed = loop {
-        if let Some(b) = r.poll_pow(&mut h, 1000) {
-            break b;
-        }
-    };
-    r.handle_connected();
-    assert_eq!(
-        publish_due(&mut r, Instant::from_secs_for_test(12)).len(),
-        1
-    );
-    let refused = ReceiptRepr {
-        status: ReceiptStatus::Refused,
-        relay_id: 3,
-        height: sealed.height,
-        block_hash: sealed.hash,
-        server_id: 1,
-        time_ms: 5,
-    }
-    .to_signed_bytes(&SigningKey::from_bytes(&SERVER_SEED));
+    let sealed = one_block_published(&mut r);
+    let refused = receipt(ReceiptStatus::Refused, &sealed);
     let outcome = r
         .handle_receipt(Instant::from_secs_for_test(13), &refused)
         .unwrap();

@@ -7,8 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use gridpow_common::radio::Medium;
-use gridpow_meters::Fleet;
-use gridpow_relay::Relay;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarts_during_publishing_cost_time_but_no_reading() {
@@ -22,15 +20,7 @@ async fn broker_restarts_during_publishing_cost_time_but_no_reading() {
     let medium = Medium::new(0.1, seed);
     let rcfg = common::relay_config(&keys, &dir.path().join("relay"), broker.port);
     let fcfg = common::fleet_config(&keys, dir.path(), seed);
-    let macs: Vec<_> = Fleet::meter_macs(&fcfg)
-        .unwrap()
-        .into_iter()
-        .map(|(_, m)| m)
-        .collect();
-    let relay = Relay::start(rcfg.clone(), Box::new(medium.port(&[rcfg.mac()])))
-        .await
-        .unwrap();
-    let fleet = Fleet::start(fcfg.clone(), Box::new(medium.port(&macs))).unwrap();
+    let (relay, fleet) = common::start_on(&medium, &rcfg, &fcfg).await;
 
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_secs(2)).await;

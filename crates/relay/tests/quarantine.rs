@@ -12,8 +12,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use gridpow_common::radio::Medium;
-use gridpow_meters::Fleet;
-use gridpow_relay::Relay;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantined_block_is_kept_and_offered_again_until_stored() {
@@ -29,15 +27,7 @@ async fn a_quarantined_block_is_kept_and_offered_again_until_stored() {
     rcfg.mqtt.quarantine_retry_s = 1;
     rcfg.mqtt.republish_after_s = 60;
     let fcfg = common::fleet_config(&keys, dir.path(), seed);
-    let macs: Vec<_> = Fleet::meter_macs(&fcfg)
-        .unwrap()
-        .into_iter()
-        .map(|(_, m)| m)
-        .collect();
-    let relay = Relay::start(rcfg.clone(), Box::new(medium.port(&[rcfg.mac()])))
-        .await
-        .unwrap();
-    let fleet = Fleet::start(fcfg.clone(), Box::new(medium.port(&macs))).unwrap();
+    let (relay, fleet) = common::start_on(&medium, &rcfg, &fcfg).await;
 
     let quarantined = relay
         .wait_until(Duration::from_secs(20), |s| s.blocks_quarantined >= 1)
@@ -71,15 +61,7 @@ async fn a_block_refused_for_good_is_archived_and_never_offered_again() {
     rcfg.mqtt.quarantine_retry_s = 1;
     rcfg.mqtt.republish_after_s = 1;
     let fcfg = common::fleet_config(&keys, dir.path(), seed);
-    let macs: Vec<_> = Fleet::meter_macs(&fcfg)
-        .unwrap()
-        .into_iter()
-        .map(|(_, m)| m)
-        .collect();
-    let relay = Relay::start(rcfg.clone(), Box::new(medium.port(&[rcfg.mac()])))
-        .await
-        .unwrap();
-    let fleet = Fleet::start(fcfg.clone(), Box::new(medium.port(&macs))).unwrap();
+    let (relay, fleet) = common::start_on(&medium, &rcfg, &fcfg).await;
 
     let refused = relay
         .wait_until(Duration::from_secs(20), |s| s.blocks_refused >= 1)

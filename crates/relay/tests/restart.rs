@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use gridpow_common::radio::Medium;
-use gridpow_meters::Fleet;
 use gridpow_relay::Relay;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,15 +26,7 @@ async fn relay_killed_twice_resumes_its_chain_and_loses_or_repeats_nothing() {
     let medium = Medium::new(0.2, seed);
     let rcfg = common::relay_config(&keys, &dir.path().join("relay"), broker.port);
     let fcfg = common::fleet_config(&keys, dir.path(), seed);
-    let macs: Vec<_> = Fleet::meter_macs(&fcfg)
-        .unwrap()
-        .into_iter()
-        .map(|(_, m)| m)
-        .collect();
-    let relay = Relay::start(rcfg.clone(), Box::new(medium.port(&[rcfg.mac()])))
-        .await
-        .unwrap();
-    let fleet = Fleet::start(fcfg.clone(), Box::new(medium.port(&macs))).unwrap();
+    let (relay, fleet) = common::start_on(&medium, &rcfg, &fcfg).await;
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let first = relay.stats();

@@ -4,8 +4,34 @@
 
 use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
+
+/// Runs `gridpow args` to completion.
+pub fn gridpow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gridpow"))
+        .args(args)
+        .output()
+        .expect("gridpow runs")
+}
+
+/// Runs `gridpow args` to completion in the working directory `dir`.
+pub fn gridpow_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gridpow"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("gridpow runs")
+}
+
+/// A finished command's stdout and stderr, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
 
 /// A `gridpow` child process, killed when dropped.
 pub struct Proc {

@@ -11,14 +11,15 @@ use std::time::Duration;
 
 use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_common::radio::Medium;
 use gridpow_common::topics;
-use gridpow_meters::{read_truth, FleetConfig, FleetHandle, FleetStats, TruthRecord};
+use gridpow_meters::{read_truth, Fleet, FleetConfig, FleetHandle, FleetStats, TruthRecord};
 use gridpow_proto::block::{check_link, verify_block, KeyLookup, VerifyPolicy};
 use gridpow_proto::crypto::{MeterKeys, RustCrypto};
 use gridpow_proto::ingress::{first_new_index, DeliveredMark};
 use gridpow_proto::wire::{BlockHeaderRepr, Reading, ReceiptRepr, ReceiptStatus};
 use gridpow_proto::Hash;
-use gridpow_relay::{RelayConfig, RelayHandle, RelayStats};
+use gridpow_relay::{Relay, RelayConfig, RelayHandle, RelayStats};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
 /// The seed of a test: `GRIDPOW_TEST_SEED` or the clock; printed so a failure can be replayed.
@@ -55,6 +56,24 @@ pub fn relay_config(keys: &KeyDir, data: &Path, port: u16) -> RelayConfig {
     c.mqtt.republish_after_s = 2;
     c.journal.segment_bytes = 32 << 10;
     c
+}
+
+/// Starts the relay and then the fleet, each with its own port on `medium`.
+pub async fn start_on(
+    medium: &Medium,
+    rcfg: &RelayConfig,
+    fcfg: &FleetConfig,
+) -> (RelayHandle, FleetHandle) {
+    let macs: Vec<_> = Fleet::meter_macs(fcfg)
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    let relay = Relay::start(rcfg.clone(), Box::new(medium.port(&[rcfg.mac()])))
+        .await
+        .unwrap();
+    let fleet = Fleet::start(fcfg.clone(), Box::new(medium.port(&macs))).unwrap();
+    (relay, fleet)
 }
 
 /// Fleet settings for tests: fast readings, short timers, a truth file.
