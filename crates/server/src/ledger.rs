@@ -651,6 +651,8 @@ impl Checker {
                 .or_default()
                 .insert_range(r.seq, r.seq);
         }
+        // The numbers this block stored, to tell its repeats below.
+        let mut stored_here = std::collections::HashSet::with_capacity(rows.len());
         for row in &rows {
             let key = match (&row.cells[2], &row.cells[3], &row.cells[4]) {
                 (Cell::Int(m), Cell::Int(e), Cell::Int(s)) => {
@@ -670,6 +672,7 @@ impl Checker {
                 })
             };
             let key = key.ok_or_else(stray)?;
+            stored_here.insert(key);
             let frame_row = carried.get(&key).ok_or_else(stray)?;
             compare_reading(row, b.id, frame_row).map_err(fail)?;
             let added = self
@@ -688,15 +691,6 @@ impl Checker {
         }
         // Repeats: carriers of a number this block did not store (stored
         // earlier, elsewhere, or by an earlier leaf of this block).
-        let mut stored_here: std::collections::HashSet<(u32, u32, u32)> = rows
-            .iter()
-            .filter_map(|row| match (&row.cells[2], &row.cells[3], &row.cells[4]) {
-                (Cell::Int(m), Cell::Int(e), Cell::Int(s)) => {
-                    Some((*m as u32, *e as u32, *s as u32))
-                }
-                _ => None,
-            })
-            .collect();
         let repeated: Vec<ReadingRow> = verified
             .readings
             .iter()

@@ -57,13 +57,6 @@ pub enum ReceiptStatus {
 }
 
 impl ReceiptStatus {
-    /// Whether the relay may forget the block: it is stored, or can never be.
-    pub fn is_final(self) -> bool {
-        !matches!(self, ReceiptStatus::Quarantined)
-    }
-}
-
-impl ReceiptStatus {
     fn from_u8(b: u8) -> Option<Self> {
         match b {
             0 => Some(ReceiptStatus::Stored),

@@ -314,6 +314,12 @@ impl ChainSlot for SlotRow {
 }
 
 /// What `Writer::readings` inserted: new readings, duplicates, the new ones' time span.
+/// Raises an alert once more (or first): kind, subject, meter, relay, now, message.
+const RAISE_ALERT: &str =
+    "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, ?6, NULL) ON CONFLICT (kind, subject) DO UPDATE SET \
+     last_ms = excluded.last_ms, count = count + 1, message = excluded.message, cleared_ms = NULL";
+
 type Inserted = (u64, u64, Option<(i64, i64)>, Vec<ReadingRow>);
 
 /// A meter's row as cached: loaded once, written back at the end of each
@@ -931,13 +937,14 @@ impl Store for SqliteStore {
 
     fn raise_alert(&mut self, a: &NewAlert, now_ms: u64) -> Result<RaisedAlert, StoreError> {
         let now = now_ms as i64;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, ?6, NULL) ON CONFLICT (kind, subject) DO UPDATE SET \
-                 last_ms = excluded.last_ms, count = count + 1, message = excluded.message, cleared_ms = NULL",
-            )?
-            .execute(params![a.kind.as_str(), a.subject, a.meter_id, a.relay_id, now, a.message])?;
+        self.conn.prepare_cached(RAISE_ALERT)?.execute(params![
+            a.kind.as_str(),
+            a.subject,
+            a.meter_id,
+            a.relay_id,
+            now,
+            a.message
+        ])?;
         Ok(RaisedAlert {
             kind: a.kind,
             subject: a.subject.clone(),
@@ -970,12 +977,14 @@ impl Store for SqliteStore {
             tx.prepare_cached("UPDATE meters SET silent = 1 WHERE meter_id = ?1")?
                 .execute([m])?;
             let silent = Silent::new(m, now_ms as i64, last);
-            tx.prepare_cached(
-                "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
-                 VALUES (?1, ?2, ?3, NULL, ?4, ?4, 1, ?5, NULL) ON CONFLICT (kind, subject) DO UPDATE SET \
-                 last_ms = excluded.last_ms, count = count + 1, message = excluded.message, cleared_ms = NULL",
-            )?
-            .execute(params![AlertKind::Silent.as_str(), meter_subject(m), m, now_ms as i64, silent.alert.message])?;
+            tx.prepare_cached(RAISE_ALERT)?.execute(params![
+                AlertKind::Silent.as_str(),
+                meter_subject(m),
+                m,
+                None::<u32>,
+                now_ms as i64,
+                silent.alert.message
+            ])?;
             raised.push(silent.logged());
         }
         tx.commit()?;

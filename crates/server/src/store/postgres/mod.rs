@@ -458,6 +458,12 @@ fn read_totals(tx: &tokio_postgres::Transaction<'_>) -> Result<DbTotals, StoreEr
     Ok(t)
 }
 
+/// Raises an alert once more (or first): kind, subject, meter, relay, now, message.
+const RAISE_ALERT: &str =
+    "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
+     VALUES ($1, $2, $3, $4, $5, $5, 1, $6, NULL) ON CONFLICT (kind, subject) DO UPDATE SET \
+     last_ms = excluded.last_ms, count = alerts.count + 1, message = excluded.message, cleared_ms = NULL";
+
 impl Store for PgStore {
     fn set_rules(&mut self, rules: Rules) {
         self.rules = rules;
@@ -518,10 +524,15 @@ impl Store for PgStore {
         let now = to_i64(now_ms);
         let (meter, relay) = (a.meter_id.map(i64::from), a.relay_id.map(i64::from));
         self.conn()?.execute(
-            "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
-             VALUES ($1, $2, $3, $4, $5, $5, 1, $6, NULL) ON CONFLICT (kind, subject) DO UPDATE SET \
-             last_ms = excluded.last_ms, count = alerts.count + 1, message = excluded.message, cleared_ms = NULL",
-            &[&a.kind.as_str(), &a.subject, &meter, &relay, &now, &a.message],
+            RAISE_ALERT,
+            &[
+                &a.kind.as_str(),
+                &a.subject,
+                &meter,
+                &relay,
+                &now,
+                &a.message,
+            ],
         )?;
         Ok(RaisedAlert {
             kind: a.kind,
@@ -557,10 +568,15 @@ impl Store for PgStore {
         for (m, last) in quiet {
             let silent = Silent::new(m as u32, now, last);
             block_on(tx.execute(
-                "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
-                 VALUES ($1, $2, $3, NULL, $4, $4, 1, $5, NULL) ON CONFLICT (kind, subject) DO UPDATE SET \
-                 last_ms = excluded.last_ms, count = alerts.count + 1, message = excluded.message, cleared_ms = NULL",
-                &[&AlertKind::Silent.as_str(), &silent.alert.subject, &m, &now, &silent.alert.message],
+                RAISE_ALERT,
+                &[
+                    &AlertKind::Silent.as_str(),
+                    &silent.alert.subject,
+                    &m,
+                    &None::<i64>,
+                    &now,
+                    &silent.alert.message,
+                ],
             ))?;
             raised.push(silent.logged());
         }
