@@ -401,6 +401,10 @@ def main():
     check(Ed25519PrivateKey.from_private_bytes(X(r["server_signing_seed"])).public_key().public_bytes_raw() == X(r["server_public_key"]), "server key pair")
     check(rb[:60] == signed and len(rb) == 124 and ed25519_ok(Ed25519PublicKey.from_public_bytes(X(r["server_public_key"])), rb[60:],
                                                                  b"gridpow-rcpt-v2\x00" + signed), "receipt layout and signature")
+    rr = X(r["refused_bytes"])
+    check(rr[:60] == signed[:2] + b"\x03" + signed[3:] and ed25519_ok(Ed25519PublicKey.from_public_bytes(X(r["server_public_key"])),
+                                                                      rr[60:], b"gridpow-rcpt-v2\x00" + rr[:60]),
+          "receipt refused for good: status 3, same layout and signature rule")
 
     s = load("serial.json")
     enc = X(s["encoded"])

@@ -504,6 +504,16 @@ fn receipt_and_serial_vectors_match() {
         ReceiptRepr::parse_verified(&bytes, &server.verifying_key()),
         Ok(r)
     );
+    // The same block refused for good (§10, status 3).
+    let refused = ReceiptRepr {
+        status: ReceiptStatus::Refused,
+        ..r
+    };
+    let refused_bytes = refused.to_signed_bytes(&server);
+    assert_eq!(
+        ReceiptRepr::parse_verified(&refused_bytes, &server.verifying_key()),
+        Ok(refused)
+    );
     let data = [0u8, 1, 2, 0, 250];
     let m = SerialRepr {
         kind: SerialKind::AirRx,
@@ -526,6 +536,7 @@ fn receipt_and_serial_vectors_match() {
             "server_signing_seed": h(&server.to_bytes()), "server_public_key": h(&server.verifying_key().to_bytes()),
             "status": 0, "relay_id": 3, "height": 0, "block_hash": h(&r.block_hash), "server_id": 1, "time_ms": r.time_ms,
             "bytes": h(&bytes),
+            "refused_bytes": h(&refused_bytes),
         }),
     );
     check(
