@@ -27,9 +27,13 @@ use gridpow_proto::wire::BlockPacket;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{self, Gate, HttpRefusal, Principal, Refusal};
+use crate::history::{FleetWindow, History};
 use crate::http_error::{json_error, ApiPath, ApiQuery, ErrorBody};
 use crate::metrics::Shared;
-use crate::store::{open_reader, Store, StoreError, StoredReading};
+use crate::store::{
+    open_reader, FleetSnapshot, MeterFilter, MeterQuery, MeterSort, RelayTraffic, Store,
+    StoreError, StoredReading, VoltageBand,
+};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 /// Most database readers open at once; a query waits for a free one.
@@ -45,23 +49,39 @@ pub(crate) struct ApiState {
     readers: Mutex<Vec<Box<dyn Store>>>,
     /// One permit per reader that may be open (`READERS_MAX`).
     reader_slots: Arc<tokio::sync::Semaphore>,
+    /// The fleet's last hour, sampled by [`crate::history::run`].
+    history: History,
 }
 
 impl ApiState {
-    pub(crate) fn new(db: String, keys: KeyDir, shared: Arc<Shared>) -> Arc<Self> {
-        Arc::new(ApiState {
+    /// The state, and the task that samples the fleet history (it ends
+    /// when the state is dropped).
+    pub(crate) fn new(
+        db: String,
+        keys: KeyDir,
+        shared: Arc<Shared>,
+        band: VoltageBand,
+    ) -> Arc<Self> {
+        let state = Arc::new(ApiState {
             db,
             keys,
             shared,
             readers: Mutex::new(Vec::new()),
             reader_slots: Arc::new(tokio::sync::Semaphore::new(READERS_MAX)),
-        })
+            history: History::new(band),
+        });
+        crate::history::spawn(&state);
+        state
+    }
+
+    pub(crate) fn history(&self) -> &History {
+        &self.history
     }
 
     /// Runs `f` with a reader on a blocking thread. At most `READERS_MAX`
     /// readers exist; a query waits up to `READER_WAIT` for one, then fails
     /// with 503 (counted) rather than opening more database connections.
-    async fn query<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
+    pub(crate) async fn query<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
@@ -187,7 +207,11 @@ pub(crate) fn router(state: Arc<ApiState>, gate: Arc<Gate>) -> Router {
         .route("/api/v1/relays", get(relays))
         .route("/api/v1/blocks", get(blocks))
         .route("/api/v1/alerts", get(alerts))
-        .route("/api/v1/quarantine", get(quarantine));
+        .route("/api/v1/quarantine", get(quarantine))
+        .route("/api/v1/fleet", get(fleet))
+        .route("/api/v1/fleet/meters", get(fleet_meters))
+        .route("/api/v1/fleet/relays", get(fleet_relays))
+        .route("/api/v1/blocks/{block_id}/readings", get(block_readings));
     if !gate.metrics_open {
         staff = staff.route("/metrics", get(metrics));
     }
@@ -518,6 +542,207 @@ async fn quarantine(
     Ok(Json(s.query(move |st| st.quarantine(limit)).await?))
 }
 
+/// The voltage band the fleet is judged against (plausibility rules).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Band {
+    /// Lowest in-band voltage, V.
+    low_v: f64,
+    /// Highest in-band voltage, V.
+    high_v: f64,
+}
+
+/// The fleet now and over the last hour, in fixed windows.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Fleet {
+    /// Length of a window, ms.
+    window_ms: u64,
+    /// The voltage band.
+    band: Band,
+    /// The fleet right now.
+    now: FleetSnapshot,
+    /// Windows that ended after `since`, oldest first (the last hour at most).
+    windows: Vec<FleetWindow>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct FleetQuery {
+    /// Only windows that ended after this Unix ms (default: the whole hour).
+    since: Option<u64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleet",
+    tag = "gridpow",
+    summary = "The fleet now (power, energy, voltage band) and per 10 s window over the last hour (readings/s, blocks/s)",
+    params(FleetQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Fleet now and its history", body = Fleet),
+        (status = 400, description = "Malformed query (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
+        (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
+    )
+)]
+async fn fleet(
+    State(s): State<Arc<ApiState>>,
+    ApiQuery(q): ApiQuery<FleetQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let band = s.history.band();
+    let now = s.query(move |st| st.fleet_snapshot(band)).await?;
+    Ok(Json(Fleet {
+        window_ms: crate::history::WINDOW_MS,
+        band: Band {
+            low_v: band.low_cv as f64 / 100.0,
+            high_v: band.high_cv as f64 / 100.0,
+        },
+        now,
+        windows: s.history.since(q.since.unwrap_or(0)),
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct FleetMetersQuery {
+    /// Only meters whose decimal id starts with these digits.
+    q: Option<String>,
+    /// `all` (default), `silent`, `alerting` or `out_of_band`.
+    #[param(value_type = Option<MeterFilter>)]
+    filter: Option<MeterFilter>,
+    /// `id` (default), `last_seen`, `power`, `voltage`, `energy`, `readings` or `alerts`.
+    #[param(value_type = Option<MeterSort>)]
+    sort: Option<MeterSort>,
+    /// `asc` (default) or `desc`.
+    order: Option<String>,
+    /// Rows skipped (default 0).
+    offset: Option<u64>,
+    /// Most rows answered (default 50, at most `http.max_page`).
+    limit: Option<usize>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleet/meters",
+    tag = "gridpow",
+    summary = "One page of the meter table: search by id prefix, filter, sort",
+    params(FleetMetersQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{total, matched, offset, rows}`; each row a meter summary with `active_alerts`", body = serde_json::Value),
+        (status = 400, description = "Malformed query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
+        (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
+    )
+)]
+async fn fleet_meters(
+    State(s): State<Arc<ApiState>>,
+    Extension(gate): Extension<Arc<Gate>>,
+    ApiQuery(q): ApiQuery<FleetMetersQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = gate.page(q.limit, 50, "/api/v1/fleet/meters")?;
+    let prefix = q.q.map(|p| p.trim().to_string()).filter(|p| !p.is_empty());
+    if let Some(p) = &prefix {
+        if p.len() > 10 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::BadRequest(format!(
+                "q must be the first digits of a meter id, not {p:?}"
+            )));
+        }
+    }
+    let descending = match q.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "order must be asc or desc, not {other:?}"
+            )))
+        }
+    };
+    let query = MeterQuery {
+        id_prefix: prefix,
+        filter: q.filter.unwrap_or_default(),
+        sort: q.sort.unwrap_or_default(),
+        descending,
+        offset: q.offset.unwrap_or(0),
+        limit,
+        band: s.history.band(),
+    };
+    Ok(Json(s.query(move |st| st.meter_page(&query)).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct TrafficQuery {
+    /// The span counted, minutes back from now (default 60, at most 1440).
+    minutes: Option<u64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleet/relays",
+    tag = "gridpow",
+    summary = "Per relay over the last minutes: blocks, frames, readings, readings carried twice, refused payloads",
+    params(TrafficQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Traffic per relay, by relay id", body = [RelayTraffic]),
+        (status = 400, description = "Malformed query (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
+        (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
+    )
+)]
+async fn fleet_relays(
+    State(s): State<Arc<ApiState>>,
+    ApiQuery(q): ApiQuery<TrafficQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let minutes = q.minutes.unwrap_or(60);
+    if !(1..=1440).contains(&minutes) {
+        return Err(ApiError::BadRequest(format!(
+            "minutes must be 1 to 1440, not {minutes}"
+        )));
+    }
+    let since = gridpow_common::wall_ms().saturating_sub(minutes * 60_000);
+    Ok(Json(s.query(move |st| st.relay_traffic(since)).await?))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/blocks/{block_id}/readings",
+    tag = "gridpow",
+    summary = "A stored block with the readings it stored (each links to its proof)",
+    params(("block_id" = i64, Path, description = "Block row id (`id` of a block)"), LimitQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{block_id, relay_id, height, hash, leaf_count, reading_count, duplicate_count, readings}`", body = serde_json::Value),
+        (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
+        (status = 404, description = "No such block (`unknown_block`)", body = ErrorBody),
+        (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
+    )
+)]
+async fn block_readings(
+    State(s): State<Arc<ApiState>>,
+    Extension(gate): Extension<Arc<Gate>>,
+    ApiPath(block_id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<LimitQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = gate.page(q.limit, 100, "/api/v1/blocks/{block_id}/readings")?;
+    match s
+        .query(move |st| st.block_readings(block_id, limit))
+        .await?
+    {
+        Some(b) => Ok(Json(b)),
+        None => Err(ApiError::NotFound {
+            code: "unknown_block",
+            message: format!("no block {block_id}"),
+        }),
+    }
+}
+
 /// An RFC 9162 inclusion proof of the frame that carried a reading.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Proof {
@@ -654,11 +879,26 @@ async fn proof(
         blocks,
         alerts,
         quarantine,
+        fleet,
+        fleet_meters,
+        fleet_relays,
+        block_readings,
         proof,
         openapi_json,
         crate::auth::login
     ),
-    components(schemas(ErrorBody, crate::http_error::ErrorDetail, Proof)),
+    components(schemas(
+        ErrorBody,
+        crate::http_error::ErrorDetail,
+        Proof,
+        Fleet,
+        FleetWindow,
+        FleetSnapshot,
+        Band,
+        RelayTraffic,
+        MeterFilter,
+        MeterSort
+    )),
     modifiers(&BearerAuth)
 )]
 pub(crate) struct ApiDoc;

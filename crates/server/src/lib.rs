@@ -36,6 +36,7 @@ mod api;
 pub mod auth;
 pub mod config;
 pub mod equivocation;
+pub mod history;
 mod http_error;
 mod http_serve;
 mod ingest;
@@ -65,7 +66,15 @@ pub fn http_app(cfg: &ServerConfig) -> Result<axum::Router, ServerError> {
     // Applies the migrations, so the readers find a schema.
     drop(store::open_store(&cfg.db)?);
     Ok(api::router(
-        api::ApiState::new(cfg.db.clone(), keys, shared.clone()),
+        api::ApiState::new(
+            cfg.db.clone(),
+            keys,
+            shared.clone(),
+            store::VoltageBand::new(
+                cfg.plausibility.nominal_voltage_v,
+                cfg.plausibility.voltage_tolerance,
+            ),
+        ),
         auth::Gate::new(cfg, cfg.http.listen, shared),
     ))
 }

@@ -29,6 +29,7 @@
 //! - Each instance is one connection used from one thread (`&mut self`); the
 //!   HTTP API opens its own instances for reading.
 
+pub mod fleet;
 pub mod postgres;
 mod shared;
 mod sqlite;
@@ -39,6 +40,10 @@ use gridpow_proto::wire::{BlockHeaderRepr, Reading};
 use gridpow_proto::Hash;
 use serde::Serialize;
 
+pub use fleet::{
+    BlockReadings, FleetSnapshot, IngestWindow, MeterFilter, MeterPage, MeterQuery, MeterRow,
+    MeterSort, RelayTraffic, SqlParam, VoltageBand,
+};
 pub use postgres::PgStore;
 pub(crate) use shared::meter_subject;
 pub use sqlite::SqliteStore;
@@ -911,4 +916,41 @@ pub trait Store: Send {
 
     /// The whole de-duplication table, ascending.
     fn ledger_coverage(&mut self) -> Result<Vec<CoverageRow>, StoreError>;
+
+    /// Runs one read-only query written in the SQL both backends speak
+    /// (`$n` placeholders, see [`fleet`]) and returns its rows as cells.
+    fn select(&mut self, sql: &str, params: &[SqlParam]) -> Result<Vec<Vec<Cell>>, StoreError>;
+
+    /// One page of the meter table ([`fleet::meter_page`]).
+    fn meter_page(&mut self, q: &MeterQuery) -> Result<MeterPage, StoreError> {
+        fleet::meter_page(self, q)
+    }
+
+    /// The fleet right now ([`fleet::fleet_snapshot`]).
+    fn fleet_snapshot(&mut self, band: VoltageBand) -> Result<FleetSnapshot, StoreError> {
+        fleet::fleet_snapshot(self, band)
+    }
+
+    /// Blocks stored since `since_ms`, per window ([`fleet::ingest_windows`]).
+    fn ingest_windows(
+        &mut self,
+        since_ms: u64,
+        window_ms: u64,
+    ) -> Result<Vec<IngestWindow>, StoreError> {
+        fleet::ingest_windows(self, since_ms, window_ms)
+    }
+
+    /// Per relay, what arrived since `since_ms` ([`fleet::relay_traffic`]).
+    fn relay_traffic(&mut self, since_ms: u64) -> Result<Vec<RelayTraffic>, StoreError> {
+        fleet::relay_traffic(self, since_ms)
+    }
+
+    /// A block with up to `limit` of its readings ([`fleet::block_readings`]).
+    fn block_readings(
+        &mut self,
+        block_id: i64,
+        limit: usize,
+    ) -> Result<Option<BlockReadings>, StoreError> {
+        fleet::block_readings(self, block_id, limit)
+    }
 }

@@ -30,6 +30,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_bounded_quarantine.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_fleet_views.sql"),
+    ),
 ];
 
 /// The id is left to SQLite: a new rowid past the largest is an append, while
@@ -1343,4 +1347,41 @@ impl Store for SqliteStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    fn select(
+        &mut self,
+        sql: &str,
+        params: &[super::SqlParam],
+    ) -> Result<Vec<Vec<Cell>>, StoreError> {
+        let mut st = self.conn.prepare_cached(&numbered_placeholders(sql))?;
+        let values: Vec<rusqlite::types::Value> = params
+            .iter()
+            .map(|p| match p {
+                super::SqlParam::Int(v) => rusqlite::types::Value::Integer(*v),
+                super::SqlParam::Text(t) => rusqlite::types::Value::Text(t.clone()),
+            })
+            .collect();
+        let width = st.column_count();
+        let rows = st.query_map(rusqlite::params_from_iter(values), |r| {
+            (0..width)
+                .map(|i| cell(r, i))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// The shared SQL's `$n` placeholders as SQLite's `?n`, which bind by number
+/// (SQLite reads `$n` as a name, numbered by first appearance).
+fn numbered_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

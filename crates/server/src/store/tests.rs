@@ -183,6 +183,9 @@ impl std::ops::DerefMut for TestDb {
     }
 }
 
+/// A reader of the test database (the API's view).
+struct TestDbReader(Box<dyn Store>);
+
 /// Each test once per backend: `store::tests::on_sqlite::…` and `store::tests::on_postgres::…`.
 macro_rules! on_both_backends {
     ($(fn $name:ident($s:ident) $body:block)*) => {
@@ -538,6 +541,139 @@ fn silent_meters_are_reported_once_and_cleared_when_heard_again(s) {
     let r = s.commit(&[ingest(&b2)], T0 + 80_000).unwrap();
     assert_eq!(r.totals.alerts_active, 0);
     assert!(s.meters().unwrap().iter().all(|m| !m.silent));
+}
+
+fn fleet_views_page_sort_filter_sum_and_count_per_window(s) {
+    // Relay 1: meters 1..=11 at T0 + 20 s; relay 2: meter 12 at T0 (it falls silent).
+    let mut b0 = block(1, 0, [0; 32], &(1..=11).map(|m| (m, 1, 0..2)).collect::<Vec<_>>());
+    for r in &mut b0.readings {
+        r.reading.active_power_dw = r.meter_id as i32 * 1000;
+        r.reading.voltage_cv = match r.meter_id {
+            3 => 19_000,
+            7 => 26_000,
+            _ => 23_000,
+        };
+        // Consistent with P = V·I·PF (0.9), so only the voltage rule fires.
+        let amps = f64::from(r.meter_id) * 100.0 / (f64::from(r.reading.voltage_cv) / 100.0 * 0.9);
+        r.reading.current_ma = (amps * 1000.0).round() as u32;
+    }
+    let mut b1 = block(2, 0, [0; 32], &[(12, 1, 0..2)]);
+    for r in &mut b1.readings {
+        r.reading.active_power_dw = 12_000;
+        r.reading.current_ma = (1200.0 / (230.0 * 0.9) * 1000.0_f64).round() as u32;
+    }
+    let at = |b: &VerifiedBlockData, received_ms: u64| Ingest::Block {
+        arrival: Arrival {
+            received_ms,
+            topic: "t".into(),
+        },
+        block: b.clone(),
+    };
+    s.commit(&[at(&b1, T0)], T0).unwrap();
+    s.commit(
+        &[
+            at(&b0, T0 + 20_000),
+            refused(RejectKind::BadTag, Some(1), vec![1; 40], T0 + 21_000),
+        ],
+        T0 + 20_000,
+    )
+    .unwrap();
+    let silent = s.sweep_silent(T0 + 60_000, 50_000, 0).unwrap();
+    assert_eq!(silent.len(), 1, "meter 12 only: {silent:?}");
+    s.raise_alert(
+        &NewAlert {
+            kind: AlertKind::PowerMismatch,
+            subject: "meter:5".into(),
+            meter_id: Some(5),
+            relay_id: None,
+            message: "test".into(),
+        },
+        T0 + 61_000,
+    )
+    .unwrap();
+    let mut r = TestDbReader(s.reader());
+    let band = VoltageBand::new(230.0, 0.10);
+    assert_eq!((band.low_cv, band.high_cv), (20_700, 25_300));
+
+    let now = r.0.fleet_snapshot(band).unwrap();
+    assert_eq!((now.meters, now.reporting, now.silent), (12, 11, 1));
+    assert!((now.power_w - 6_600.0).abs() < 1e-9, "{now:?}");
+    assert_eq!((now.below_band, now.above_band), (1, 1));
+    assert_eq!(
+        (now.voltage_min_v, now.voltage_max_v),
+        (Some(190.0), Some(260.0))
+    );
+    assert!((now.energy_kwh - 12.0 * 0.001).abs() < 1e-9, "{now:?}");
+
+    let query = MeterQuery {
+        id_prefix: None,
+        filter: MeterFilter::All,
+        sort: MeterSort::Power,
+        descending: true,
+        offset: 0,
+        limit: 3,
+        band,
+    };
+    let ids = |p: &MeterPage| p.rows.iter().map(|m| m.meter.meter_id).collect::<Vec<_>>();
+    let page = r.0.meter_page(&query).unwrap();
+    assert_eq!((page.total, page.matched), (12, 12));
+    assert_eq!(ids(&page), vec![12, 11, 10]);
+    let by = |filter| MeterQuery {
+        filter,
+        sort: MeterSort::Id,
+        descending: false,
+        limit: 50,
+        ..query.clone()
+    };
+    assert_eq!(ids(&r.0.meter_page(&by(MeterFilter::OutOfBand)).unwrap()), vec![3, 7]);
+    assert_eq!(ids(&r.0.meter_page(&by(MeterFilter::Silent)).unwrap()), vec![12]);
+    let alerting = r.0.meter_page(&by(MeterFilter::Alerting)).unwrap();
+    // Out of band (3, 7), the alert raised (5), silent (12).
+    assert_eq!(ids(&alerting), vec![3, 5, 7, 12]);
+    assert!(alerting.rows.iter().all(|m| m.active_alerts == 1));
+    let prefixed = r.0.meter_page(&MeterQuery {
+        id_prefix: Some("1".into()),
+        ..by(MeterFilter::All)
+    })
+    .unwrap();
+    assert_eq!((prefixed.matched, ids(&prefixed)), (4, vec![1, 10, 11, 12]));
+    let last = r.0.meter_page(&MeterQuery {
+        offset: 10,
+        ..by(MeterFilter::All)
+    })
+    .unwrap();
+    assert_eq!((last.offset, ids(&last)), (10, vec![11, 12]));
+    let by_alerts = r.0.meter_page(&MeterQuery {
+        sort: MeterSort::Alerts,
+        descending: true,
+        limit: 2,
+        ..by(MeterFilter::All)
+    })
+    .unwrap();
+    assert_eq!(ids(&by_alerts), vec![12, 7]);
+
+    let windows = r.0.ingest_windows(T0, 10_000).unwrap();
+    let w: Vec<_> = windows
+        .iter()
+        .map(|w| (w.start_ms - T0, w.blocks, w.frames, w.readings))
+        .collect();
+    assert_eq!(w, vec![(0, 1, 1, 2), (20_000, 1, 11, 22)]);
+    assert_eq!(r.0.ingest_windows(T0 + 1, 10_000).unwrap().len(), 1);
+
+    let traffic = r.0.relay_traffic(T0).unwrap();
+    let t: Vec<_> = traffic
+        .iter()
+        .map(|t| (t.relay_id, t.blocks, t.readings, t.rejected))
+        .collect();
+    assert_eq!(t, vec![(1, 1, 22, 1), (2, 1, 2, 0)]);
+
+    let id = r.0.blocks(Some(1), 1).unwrap()[0].id;
+    let br = r.0.block_readings(id, 5).unwrap().unwrap();
+    assert_eq!((br.relay_id, br.height, br.reading_count), (1, 0, 22));
+    assert_eq!(br.readings.len(), 5);
+    assert!(br.readings.windows(2).all(|p| p[0].id < p[1].id));
+    assert!(br.readings.iter().all(|x| x.block_id == id));
+    assert!(r.0.block_readings(id + 1000, 5).unwrap().is_none());
 }
 
 fn time_range_query_returns_one_meters_readings_in_time_order(s) {

@@ -106,6 +106,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../../migrations/postgres/0002_bounded_quarantine.sql"),
     ),
+    (
+        3,
+        include_str!("../../../migrations/postgres/0003_fleet_views.sql"),
+    ),
 ];
 
 /// Advisory lock classes (the first key of the two-key form): "gpw" and a number.
@@ -984,5 +988,32 @@ impl Store for PgStore {
                 last_seq: r.get(3),
             })
             .collect())
+    }
+
+    fn select(
+        &mut self,
+        sql: &str,
+        params: &[super::SqlParam],
+    ) -> Result<Vec<Vec<Cell>>, StoreError> {
+        use tokio_postgres::types::ToSql;
+        let owned: Vec<Box<dyn ToSql + Sync>> = params
+            .iter()
+            .map(|p| -> Box<dyn ToSql + Sync> {
+                match p {
+                    super::SqlParam::Int(v) => Box::new(*v),
+                    super::SqlParam::Text(t) => Box::new(t.clone()),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| &**b).collect();
+        let rows = self.conn()?.query(sql, &refs)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let row = (0..r.len())
+                .map(|i| cell(r, i))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push(row);
+        }
+        Ok(out)
     }
 }
