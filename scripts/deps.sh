@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (as root, with apt) or explains what gridpow's tests need beyond Rust:
 # Mosquitto (private broker instances), PostgreSQL server binaries (private
-# instances), Chromium (dashboard test), Python's `cryptography` (independent
+# instances), Chromium and ChromeDriver (dashboard tests), Python's `cryptography` (independent
 # vector check), QEMU for riscv32 (the no_std core on an RV32IMC CPU,
 # scripts/qemu-check.sh) and the riscv32 targets (no_std builds of the core).
 set -euo pipefail
@@ -10,6 +10,8 @@ missing_pkgs=()
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "$2" ] || missing_pkgs+=("$3"); }
 need mosquitto /usr/sbin/mosquitto mosquitto
 need chromium /usr/bin/chromium chromium
+# The fleet dashboard test drives Chromium over WebDriver.
+need chromedriver /usr/bin/chromedriver chromium-driver
 need qemu-system-riscv32 /usr/bin/qemu-system-riscv32 qemu-system-misc
 # firmware/build.sh reads section and symbol sizes of the firmware ELFs.
 need readelf /usr/bin/readelf binutils

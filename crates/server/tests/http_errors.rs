@@ -122,7 +122,72 @@ async fn every_api_error_is_json_with_a_code_and_the_right_status() {
             "unknown_reading",
         ),
         ("unknown path", "/api/v1/nothing", 404, "not_found"),
+        (
+            "meter search not digits",
+            "/api/v1/fleet/meters?q=12%27%20OR%201=1",
+            400,
+            "bad_request",
+        ),
+        (
+            "unknown meter filter",
+            "/api/v1/fleet/meters?filter=loud",
+            400,
+            "bad_request",
+        ),
+        (
+            "unknown sort column",
+            "/api/v1/fleet/meters?sort=meter_id;drop",
+            400,
+            "bad_request",
+        ),
+        (
+            "bad order",
+            "/api/v1/fleet/meters?order=up",
+            400,
+            "bad_request",
+        ),
+        (
+            "meter page too large",
+            "/api/v1/fleet/meters?limit=100000000",
+            400,
+            "page_too_large",
+        ),
+        (
+            "traffic span out of range",
+            "/api/v1/fleet/relays?minutes=0",
+            400,
+            "bad_request",
+        ),
+        (
+            "malformed fleet since",
+            "/api/v1/fleet?since=-5",
+            400,
+            "bad_request",
+        ),
+        (
+            "unknown block",
+            "/api/v1/blocks/777/readings",
+            404,
+            "unknown_block",
+        ),
+        (
+            "malformed block id",
+            "/api/v1/blocks/x/readings",
+            400,
+            "bad_request",
+        ),
     ];
+    // The fleet views answer on an empty database.
+    for path in [
+        "/api/v1/fleet",
+        "/api/v1/fleet/meters?q=1&sort=power&order=desc",
+        "/api/v1/fleet/relays",
+    ] {
+        let (s, body) = get(addr, &viewer, path).await;
+        assert_eq!(s, 200, "{path}: {body}");
+    }
+    let (_, body) = get(addr, &viewer, "/api/v1/fleet/meters").await;
+    assert_eq!(json(&body)["total"], 0, "{body}");
     for &(what, path, status, want) in cases {
         let (s, body) = get(addr, &viewer, path).await;
         assert_eq!(error_code(s, &body, status, what), want, "{what}: {body}");
