@@ -60,8 +60,9 @@ impl ApiState {
         db: String,
         keys: KeyDir,
         shared: Arc<Shared>,
-        band: VoltageBand,
+        rules: &crate::config::PlausibilityConfig,
     ) -> Arc<Self> {
+        let band = VoltageBand::new(rules.nominal_voltage_v, rules.voltage_tolerance);
         let state = Arc::new(ApiState {
             db,
             keys,

@@ -66,15 +66,7 @@ pub fn http_app(cfg: &ServerConfig) -> Result<axum::Router, ServerError> {
     // Applies the migrations, so the readers find a schema.
     drop(store::open_store(&cfg.db)?);
     Ok(api::router(
-        api::ApiState::new(
-            cfg.db.clone(),
-            keys,
-            shared.clone(),
-            store::VoltageBand::new(
-                cfg.plausibility.nominal_voltage_v,
-                cfg.plausibility.voltage_tolerance,
-            ),
-        ),
+        api::ApiState::new(cfg.db.clone(), keys, shared.clone(), &cfg.plausibility),
         auth::Gate::new(cfg, cfg.http.listen, shared),
     ))
 }

@@ -201,15 +201,7 @@ impl Server {
 
         let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let app = crate::api::router(
-            crate::api::ApiState::new(
-                cfg.db.clone(),
-                keys,
-                shared.clone(),
-                store::VoltageBand::new(
-                    cfg.plausibility.nominal_voltage_v,
-                    cfg.plausibility.voltage_tolerance,
-                ),
-            ),
+            crate::api::ApiState::new(cfg.db.clone(), keys, shared.clone(), &cfg.plausibility),
             crate::auth::Gate::new(&cfg, http_addr, shared.clone()),
         );
         let http = tokio::spawn(crate::http_serve::serve(
