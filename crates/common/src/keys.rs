@@ -21,7 +21,6 @@
 //! its role must not have.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -79,27 +78,9 @@ fn io_err(path: &Path, e: std::io::Error) -> KeyError {
     KeyError::Config(ConfigError::io(path, e))
 }
 
-/// Writes `data` to `path`, creating parent directories; `secret` files get mode 0600.
-/// Writes to a temporary file and renames, so a crash never leaves half a key.
-pub fn write_file(path: &Path, data: &[u8], secret: bool) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension("tmp");
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(if secret { 0o600 } else { 0o644 });
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
+/// Writes `data` to `path` atomically and durably, creating parent
+/// directories; `secret` files get mode 0600 ([`crate::durable::write_file`]).
+pub use crate::durable::write_file;
 
 /// `site.toml`: the site secrets by key id.
 #[derive(Clone, Debug, Serialize, Deserialize)]

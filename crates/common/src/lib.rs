@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod datadir;
+pub mod durable;
 pub mod keys;
 pub mod net;
 pub mod radio;

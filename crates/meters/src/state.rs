@@ -6,7 +6,6 @@
 //! rename, directory fsync).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -54,23 +53,12 @@ impl FleetState {
             let path = path.to_path_buf();
             move |source| FleetError::Io { path, source }
         };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
         let path = Self::path(dir);
-        let tmp = path.with_extension("tmp");
         let data = serde_json::to_vec_pretty(self).map_err(|e| FleetError::State {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(&data).map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-        Ok(())
+        gridpow_common::durable::write_file(&path, &data, false).map_err(io(&path))
     }
 
     /// Starts a new boot for each of `ids`: increments and returns their epochs

@@ -1,53 +1,30 @@
 //! Durable file primitives: atomic replacement and directory fsync.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
+
+use gridpow_common::durable;
 
 use crate::RelayError;
 
 /// Fsyncs a directory so entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), RelayError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(RelayError::io(dir))
+    durable::sync_dir(dir).map_err(RelayError::io(dir))
 }
 
-/// Replaces `path` with `data` atomically and durably: a temporary file in the
-/// same directory is written and fsynced, renamed over `path`, and the
-/// directory is fsynced. A crash leaves either the old or the new content.
+/// Replaces `path` with `data` atomically and durably ([`durable::write_file`]):
+/// a crash leaves either the old or the new content.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RelayError> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp).map_err(RelayError::io(&tmp))?;
-        f.write_all(data).map_err(RelayError::io(&tmp))?;
-        f.sync_all().map_err(RelayError::io(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(RelayError::io(path))?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    durable::write_file(path, data, false).map_err(RelayError::io(path))
 }
 
 /// Moves `from` to `to` and makes both directories' entries durable.
 pub(crate) fn rename_durable(from: &Path, to: &Path) -> Result<(), RelayError> {
-    std::fs::rename(from, to).map_err(RelayError::io(to))?;
-    for dir in [to.parent(), from.parent()].into_iter().flatten() {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    durable::rename(from, to).map_err(RelayError::io(to))
 }
 
 /// Creates `dir` (and parents) and makes its entry durable.
 pub(crate) fn create_dir(dir: &Path) -> Result<(), RelayError> {
-    std::fs::create_dir_all(dir).map_err(RelayError::io(dir))?;
-    if let Some(parent) = dir.parent() {
-        if !parent.as_os_str().is_empty() {
-            sync_dir(parent)?;
-        }
-    }
-    Ok(())
+    durable::create_dir_all(dir).map_err(RelayError::io(dir))
 }
 
 /// Little-endian readers over a byte slice, for the relay's own file formats.
