@@ -361,26 +361,5 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
 
 /// Latency of every stored reading from its making to its block's arrival at the server, sorted.
 fn latencies(db: &str) -> anyhow::Result<Vec<i64>> {
-    const SQL: &str =
-        "SELECT b.received_ms - r.ts_ms FROM readings r JOIN blocks b ON b.id = r.block_id";
-    let mut v: Vec<i64> = if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-        let mut c = gridpow_server::store::postgres::PgConn::connect(db)?;
-        c.query(SQL, &[])?
-            .iter()
-            .map(|r| r.try_get::<_, i64>(0))
-            .collect::<Result<_, _>>()?
-    } else {
-        let path = db.strip_prefix("sqlite://").unwrap_or(db);
-        let c = rusqlite::Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
-        let mut st = c.prepare(SQL)?;
-        let rows = st
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        rows
-    };
-    v.sort_unstable();
-    Ok(v)
+    Ok(gridpow_server::store::open_reader(db)?.delivery_latencies()?)
 }

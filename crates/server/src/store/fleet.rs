@@ -487,3 +487,13 @@ pub fn block_readings<S: Store + ?Sized>(
         readings,
     }))
 }
+
+/// How long each stored reading took from its making (the meter's timestamp)
+/// to its block's arrival at the server, ms, ascending.
+pub fn delivery_latencies<S: Store + ?Sized>(s: &mut S) -> Result<Vec<i64>, StoreError> {
+    let rows = s.select(
+        "SELECT b.received_ms - r.ts_ms FROM readings r JOIN blocks b ON b.id = r.block_id ORDER BY 1",
+        &[],
+    )?;
+    rows.iter().map(|row| int("readings", row, 0)).collect()
+}

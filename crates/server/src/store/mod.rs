@@ -945,6 +945,11 @@ pub trait Store: Send {
         fleet::relay_traffic(self, since_ms)
     }
 
+    /// Each stored reading's delay from meter to server, ascending ([`fleet::delivery_latencies`]).
+    fn delivery_latencies(&mut self) -> Result<Vec<i64>, StoreError> {
+        fleet::delivery_latencies(self)
+    }
+
     /// A block with up to `limit` of its readings ([`fleet::block_readings`]).
     fn block_readings(
         &mut self,
