@@ -303,7 +303,7 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     summary = "Counters of the server (blocks, readings, rejects, rates)",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Server statistics", body = serde_json::Value),
+        (status = 200, description = "Server statistics", body = crate::metrics::ServerStats),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody)
     )
@@ -319,7 +319,7 @@ async fn stats(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     summary = "Every meter with stored readings: last reading, counts, silence",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Meter summaries", body = serde_json::Value),
+        (status = 200, description = "Meter summaries", body = [crate::store::MeterSummary]),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
         (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
@@ -445,7 +445,7 @@ async fn meter_readings(
     summary = "Every relay: chain head, gaps, forks",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Relay summaries", body = serde_json::Value),
+        (status = 200, description = "Relay summaries", body = [crate::store::RelaySummary]),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
         (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
@@ -472,7 +472,7 @@ struct BlocksQuery {
     params(BlocksQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Blocks, newest first", body = serde_json::Value),
+        (status = 200, description = "Blocks, newest first", body = [crate::store::BlockSummary]),
         (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
@@ -503,7 +503,7 @@ struct LimitQuery {
     params(LimitQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Alerts, newest first", body = serde_json::Value),
+        (status = 200, description = "Alerts, newest first", body = [crate::store::AlertRow]),
         (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
@@ -527,7 +527,7 @@ async fn alerts(
     params(LimitQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Quarantined payloads, newest first", body = serde_json::Value),
+        (status = 200, description = "Quarantined payloads, newest first", body = [crate::store::QuarantineRow]),
         (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
@@ -631,7 +631,7 @@ struct FleetMetersQuery {
     params(FleetMetersQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "`{total, matched, offset, rows}`; each row a meter summary with `active_alerts`", body = serde_json::Value),
+        (status = 200, description = "One page of meters: `total`, `matched`, `offset`, `rows`", body = crate::store::MeterPage),
         (status = 400, description = "Malformed query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
@@ -717,7 +717,7 @@ async fn fleet_relays(
     params(("block_id" = i64, Path, description = "Block row id (`id` of a block)"), LimitQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "`{block_id, relay_id, height, hash, leaf_count, reading_count, duplicate_count, readings}`", body = serde_json::Value),
+        (status = 200, description = "The block and its readings", body = crate::store::BlockReadings),
         (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
@@ -748,7 +748,6 @@ async fn block_readings(
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Proof {
     /// The reading as stored.
-    #[schema(value_type = Object)]
     reading: StoredReading,
     relay_id: u32,
     height: u64,

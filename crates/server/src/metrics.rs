@@ -446,7 +446,7 @@ fn metric(out: &mut String, prefix: &str, name: &str, help: &str, value: impl st
 /// What the server has done, for the CLI, the API (`/api/v1/stats`) and the dashboard.
 /// Ledger fields are database totals (all servers sharing the database, across
 /// restarts); the others count this process only.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ServerStats {
     /// Readings in the database (each stored once).
     pub readings_stored: u64,

@@ -77,9 +77,55 @@ async fn the_openapi_description_names_every_route_and_every_named_path_is_serve
         assert!(params.contains(&p), "{p} missing from {params:?}");
     }
 
+    // The answers have schemas, down to a reading's values.
+    for (path, schema) in [
+        ("/api/v1/stats", "ServerStats"),
+        ("/api/v1/meters", "MeterSummary"),
+        ("/api/v1/relays", "RelaySummary"),
+        ("/api/v1/blocks", "BlockSummary"),
+        ("/api/v1/alerts", "AlertRow"),
+        ("/api/v1/quarantine", "QuarantineRow"),
+        ("/api/v1/fleet", "Fleet"),
+        ("/api/v1/fleet/meters", "MeterPage"),
+        ("/api/v1/fleet/relays", "RelayTraffic"),
+        ("/api/v1/blocks/{block_id}/readings", "BlockReadings"),
+        ("/api/v1/readings/{reading_id}/proof", "Proof"),
+    ] {
+        let ok = doc["paths"][path]["get"]["responses"]["200"].to_string();
+        assert!(
+            ok.contains(&format!("#/components/schemas/{schema}")),
+            "{path}: 200 answer without the {schema} schema: {ok}"
+        );
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} is not in the components"
+        );
+    }
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field) in [
+        ("ReadingJson", "voltage_v"),
+        ("MeterPage", "matched"),
+        ("RelaySummary", "head_height"),
+        ("FleetSnapshot", "power_w"),
+    ] {
+        assert!(
+            schemas[schema]["properties"][field].is_object(),
+            "{schema}.{field} missing: {}",
+            schemas[schema]
+        );
+    }
+    assert!(
+        schemas["StoredReading"].to_string().contains("ReadingJson"),
+        "a stored reading carries the reading's values: {}",
+        schemas["StoredReading"]
+    );
+
     // Every described path is served (an unrouted one would be 404 not_found).
     for p in &paths {
-        let concrete = p.replace("{id}", "1").replace("{reading_id}", "1");
+        let concrete = p
+            .replace("{id}", "1")
+            .replace("{reading_id}", "1")
+            .replace("{block_id}", "1");
         let (status, body) = http_get(addr, &viewer, &concrete).await;
         let not_routed = status == 404 && json(&body)["error"]["code"] == "not_found";
         assert!(!not_routed, "{p}: {status} {body}");

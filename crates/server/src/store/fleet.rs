@@ -111,7 +111,7 @@ pub struct MeterQuery {
 }
 
 /// A meter row of the table: the summary and its active alerts.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MeterRow {
     /// The meter.
     #[serde(flatten)]
@@ -121,7 +121,7 @@ pub struct MeterRow {
 }
 
 /// One page of the meter table.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MeterPage {
     /// Meters with stored readings.
     pub total: u64,
@@ -192,7 +192,7 @@ pub struct RelayTraffic {
 }
 
 /// A block and the readings it stored, for links from a block to its readings' proofs.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BlockReadings {
     /// Block row id.
     pub block_id: i64,

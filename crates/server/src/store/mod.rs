@@ -411,7 +411,7 @@ pub struct CommitResult {
 }
 
 /// A stored reading.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StoredReading {
     /// Row id (`reading_id` in the API).
     pub id: i64,
@@ -427,26 +427,56 @@ pub struct StoredReading {
     pub seq: u32,
     /// The values.
     #[serde(flatten, with = "reading_json")]
+    #[schema(value_type = ReadingJson)]
     pub reading: Reading,
+}
+
+/// A reading's values as the API answers them (also their schema in the
+/// OpenAPI description): SI units beside the raw energy register.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ReadingJson {
+    /// When the meter measured, Unix ms (meter clock, synchronised by ACKs).
+    pub timestamp_ms: u64,
+    /// RMS voltage, V.
+    pub voltage_v: f64,
+    /// RMS current, A.
+    pub current_a: f64,
+    /// Active power, W (negative: export).
+    pub active_power_w: f64,
+    /// Power factor.
+    pub power_factor: f64,
+    /// Line frequency, Hz.
+    pub frequency_hz: f64,
+    /// Energy register, Wh.
+    pub energy_wh: f64,
+    /// Energy register, mWh, exactly as sent.
+    pub energy_mwh: u64,
+    /// Flags (sensor fault, saturation, …; docs/protocol.md §2).
+    pub flags: u16,
+}
+
+impl From<&Reading> for ReadingJson {
+    fn from(r: &Reading) -> Self {
+        ReadingJson {
+            timestamp_ms: r.timestamp_ms,
+            voltage_v: r.voltage_v(),
+            current_a: r.current_a(),
+            active_power_w: r.active_power_w(),
+            power_factor: r.power_factor(),
+            frequency_hz: r.frequency_hz(),
+            energy_wh: r.energy_mwh as f64 / 1000.0,
+            energy_mwh: r.energy_mwh,
+            flags: r.flags,
+        }
+    }
 }
 
 mod reading_json {
     use gridpow_proto::wire::Reading;
-    use serde::ser::SerializeMap;
-    use serde::Serializer;
+    use serde::{Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(r: &Reading, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(11))?;
-        m.serialize_entry("timestamp_ms", &r.timestamp_ms)?;
-        m.serialize_entry("voltage_v", &r.voltage_v())?;
-        m.serialize_entry("current_a", &r.current_a())?;
-        m.serialize_entry("active_power_w", &r.active_power_w())?;
-        m.serialize_entry("power_factor", &r.power_factor())?;
-        m.serialize_entry("frequency_hz", &r.frequency_hz())?;
-        m.serialize_entry("energy_wh", &(r.energy_mwh as f64 / 1000.0))?;
-        m.serialize_entry("energy_mwh", &r.energy_mwh)?;
-        m.serialize_entry("flags", &r.flags)?;
-        m.end()
+        super::ReadingJson::from(r).serialize(s)
     }
 }
 
@@ -665,7 +695,7 @@ pub struct CoverageRow {
 }
 
 /// A block without its bytes, for listings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct BlockSummary {
     /// Row id.
     pub id: i64,
@@ -698,7 +728,7 @@ pub struct BlockSummary {
 }
 
 /// A meter as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MeterSummary {
     /// Id.
     pub meter_id: u32,
@@ -715,7 +745,7 @@ pub struct MeterSummary {
 }
 
 /// The newest reading of a meter.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LastReading {
     /// Boot epoch.
     pub epoch: u32,
@@ -723,11 +753,12 @@ pub struct LastReading {
     pub seq: u32,
     /// Values.
     #[serde(flatten, with = "reading_json")]
+    #[schema(value_type = ReadingJson)]
     pub reading: Reading,
 }
 
 /// A relay with its chain head and PoW statistics.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RelaySummary {
     /// Id.
     pub relay_id: u32,
@@ -753,13 +784,14 @@ pub struct RelaySummary {
     /// Last block received at, Unix ms.
     pub last_block_ms: Option<u64>,
     /// Open gaps: missing height ranges `[from, to]`.
+    #[schema(value_type = Vec<Vec<u64>>)]
     pub gaps: Vec<(u64, u64)>,
     /// Forks quarantined.
     pub forks: u64,
 }
 
 /// An alert row.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AlertRow {
     /// Row id.
     pub id: i64,
@@ -782,11 +814,12 @@ pub struct AlertRow {
     /// When cleared (gap filled, meter heard again), if it was.
     pub cleared_ms: Option<u64>,
     /// `critical` (a fork: the relay's key signed two histories) or `warning`.
+    #[schema(value_type = String)]
     pub severity: &'static str,
 }
 
 /// A quarantine row without its raw bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct QuarantineRow {
     /// Row id.
     pub id: i64,
