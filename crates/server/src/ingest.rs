@@ -84,6 +84,7 @@ pub(crate) enum Phase {
 /// publishes, counts errors and backs off while the broker is unreachable.
 pub(crate) async fn mqtt_task(
     mut eventloop: EventLoop,
+    broker: gridpow_common::net::BrokerTarget,
     client: AsyncClient,
     filter: String,
     inbound: std::sync::mpsc::Sender<Inbound>,
@@ -164,7 +165,7 @@ pub(crate) async fn mqtt_task(
                         break;
                     }
                     add(&shared.metrics.mqtt_errors, 1);
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection error.");
+                    tracing::warn!(broker = %broker, retry_in_ms = backoff.as_millis() as u64, "{}", broker.unreachable(&e.to_string()));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = phase.changed() => {
