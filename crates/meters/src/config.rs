@@ -215,7 +215,20 @@ impl Default for FleetConfig {
     }
 }
 
+/// The configuration structs of this file and their TOML sections.
+const SECTIONS: &[(&str, &str)] = &[
+    ("FleetConfig", ""),
+    ("SenderTunables", "sender"),
+    ("FleetRadioConfig", "radio"),
+];
+
 impl FleetConfig {
+    /// This configuration as `meters.toml`, each field under its documentation
+    /// (the doc comments of this file) as comments; unset ones commented out.
+    pub fn example_toml(&self) -> Result<String, ConfigError> {
+        gridpow_common::config::example_toml(self, include_str!("config.rs"), SECTIONS)
+    }
+
     /// Defaults with the given key and state directories.
     pub fn new(keys_dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
         FleetConfig {
@@ -374,5 +387,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("sender.readings_per_frame"));
+    }
+
+    #[test]
+    fn the_example_configuration_documents_every_field_and_loads_back_as_the_defaults() {
+        let c = FleetConfig::new("keys", "data/meters");
+        let text = c.example_toml().unwrap();
+        let back: FleetConfig =
+            parse_toml(&text, Path::new("example.toml"), None, Vec::new()).unwrap();
+        assert_eq!(back, c);
+        let mut prev = "";
+        for line in text.lines() {
+            let field = !line.starts_with(['#', ' ', ']']) && line.contains(" = ");
+            if field || line.starts_with('[') {
+                assert!(prev.starts_with('#'), "undocumented: {line}\n{text}");
+            }
+            prev = line;
+        }
+        assert!(text.contains("# truth_file = (unset)"), "{text}");
     }
 }
