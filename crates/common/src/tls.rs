@@ -109,7 +109,6 @@ pub fn client_config(
     Ok(Arc::new(cfg))
 }
 
-
 /// How long before its end a certificate's coming expiry is warned about at start.
 pub const EXPIRY_WARNING_S: i64 = 30 * 24 * 3600;
 
@@ -270,7 +269,9 @@ mod tests {
         let broker = kd.broker_tls();
         let warnings = preflight_certificates(&[&kd.ca_cert_path(), &broker.cert]).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
-        let e = preflight_certificates(&[&broker.key]).unwrap_err().to_string();
+        let e = preflight_certificates(&[&broker.key])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("broker.key"), "{e}");
     }
 }
