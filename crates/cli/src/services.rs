@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use gridpow_meters::silence::{no_ack_message, AckEvent, AckWatch, NO_ACK_WARN_AFTER_S};
+use gridpow_meters::silence::{no_ack_message, AckEvent, AckWatch};
 use gridpow_meters::{Fleet, FleetConfig};
 use gridpow_relay::{open_radio, Relay, RelayConfig};
 use gridpow_server::{Server, ServerConfig};
@@ -251,7 +251,7 @@ pub fn run_meters(path: &Path) -> anyhow::Result<ExitCode> {
         let started = tokio::time::Instant::now();
         let mut report = tokio::time::interval(Duration::from_secs(10));
         let mut check = tokio::time::interval(Duration::from_secs(1));
-        let mut watch = AckWatch::new(NO_ACK_WARN_AFTER_S);
+        let mut watch = AckWatch::new(warn_cfg.no_ack_warn_s);
         report.tick().await;
         loop {
             tokio::select! {

@@ -616,3 +616,118 @@ fn relay_and_server_name_the_unreachable_broker_with_tls_and_settings_and_say_wh
         "{relay_log}"
     );
 }
+
+#[test]
+fn meters_with_no_relay_answering_warn_naming_the_relay_address_and_its_setting() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let k = root.join("keys").to_string_lossy().into_owned();
+    assert!(gridpow(&["keys", "init", "--dir", &k]).status.success());
+    assert!(
+        gridpow(&["keys", "add-meters", "--dir", &k, "--range", "1-3"])
+            .status
+            .success()
+    );
+    // Nothing listens on the relay's air address.
+    let air = common::free_udp_port();
+    std::fs::write(
+        root.join("meters.toml"),
+        format!(
+            "keys_dir = \"{k}\"\nstate_dir = \"{}\"\ninterval_s = 0.5\nno_ack_warn_s = 2\n[radio]\nudp_relay = \"127.0.0.1:{air}\"\nudp_listen = \"127.0.0.1:0\"\n",
+            root.join("state").display()
+        ),
+    )
+    .unwrap();
+    let log = root.join("meters.log");
+    let mut meters = common::Proc::spawn_logging(
+        "meters",
+        &[
+            "meters",
+            "--config",
+            &root.join("meters.toml").to_string_lossy(),
+        ],
+        &log,
+        "warn",
+    );
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = Instant::now();
+    while !read().contains("no relay has answered") {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", read());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let l = read();
+    assert!(
+        l.contains(&format!(
+            "the relay at 127.0.0.1:{air} ([radio] udp_relay, GRIDPOW_METERS__RADIO__UDP_RELAY)"
+        )),
+        "{l}"
+    );
+    assert!(l.contains("`gridpow relay` runs"), "{l}");
+    assert!(!l.contains('\u{1b}'), "{l}");
+    // Stopping waits up to 30 s for ACKs that will not come; kill instead.
+    meters.interrupt_or_kill();
+}
+
+#[test]
+fn an_expired_certificate_stops_the_relay_and_the_server_at_start_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let k = root.join("keys").to_string_lossy().into_owned();
+    assert!(gridpow(&["keys", "init", "--dir", &k]).status.success());
+    let (r, s) = (root.join("relay-1"), root.join("server-1"));
+    common::export_bundle(&[
+        "relay",
+        "--dir",
+        &k,
+        "--id",
+        "1",
+        "--out",
+        &r.to_string_lossy(),
+    ]);
+    common::export_bundle(&["server", "--dir", &k, "--out", &s.to_string_lossy()]);
+    // A CA certificate that ended on 1 January 2021.
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = params
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem();
+    for bundle in [&r, &s] {
+        std::fs::write(bundle.join("tls").join("ca.pem"), &expired).unwrap();
+    }
+    std::fs::write(
+        root.join("relay.toml"),
+        format!(
+            "keys_dir = \"{}\"\ndata_dir = \"{}\"\n[radio]\nudp_listen = \"127.0.0.1:0\"\n",
+            r.display(),
+            root.join("relay-data").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("server.toml"),
+        format!(
+            "keys_dir = \"{}\"\ndb = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            s.display(),
+            root.join("g.db").display()
+        ),
+    )
+    .unwrap();
+    for (kind, bundle) in [("relay", &r), ("server", &s)] {
+        let cfg = root.join(format!("{kind}.toml"));
+        let o = gridpow(&[kind, "--config", &cfg.to_string_lossy()]);
+        assert_eq!(o.status.code(), Some(2), "{kind}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let ca = bundle.join("tls").join("ca.pem");
+        assert!(
+            err.contains(&format!("{}: certificate valid from", ca.display()))
+                && err.contains("2020")
+                && err.contains("2021")
+                && err.contains("expired"),
+            "{kind}: {err}"
+        );
+    }
+    assert!(!root.join("relay-data").exists() && !root.join("g.db").exists());
+}

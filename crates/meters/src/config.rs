@@ -10,6 +10,7 @@
 //! state_dir = "data/meters"      # persisted boot epochs and energy registers
 //! truth_file = "truth.jsonl"     # optional: every generated reading
 //! utc_offset_h = 1.0             # local time of the households' daily curve
+//! no_ack_warn_s = 15             # warn when no relay answered for this long (0: never)
 //!
 //! [sender]                       # timers unset: spec §6's, scaled to interval_s (below)
 //! start_spread_ms = 1000         # random offset of a boot's first frame
@@ -195,6 +196,9 @@ pub struct FleetConfig {
     pub state_dir: PathBuf,
     /// UTC offset (hours) of the households' local time for the daily curve.
     pub utc_offset_h: f64,
+    /// Warn when frames go out but no relay has answered for this many
+    /// seconds (`gridpow meters`); 0 never warns.
+    pub no_ack_warn_s: u64,
 }
 
 impl Default for FleetConfig {
@@ -211,6 +215,7 @@ impl Default for FleetConfig {
             truth_file: None,
             state_dir: PathBuf::from("data/meters"),
             utc_offset_h: 1.0,
+            no_ack_warn_s: crate::silence::NO_ACK_WARN_AFTER_S,
         }
     }
 }

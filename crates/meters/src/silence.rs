@@ -5,7 +5,8 @@
 
 use crate::config::{FleetConfig, ENV_PREFIX};
 
-/// Seconds without any ACK, while frames are being sent, before the fleet warns.
+/// Seconds without any ACK, while frames are being sent, before the fleet
+/// warns: the default of `no_ack_warn_s`.
 pub const NO_ACK_WARN_AFTER_S: u64 = 15;
 
 /// What changed since the last observation.
@@ -31,7 +32,7 @@ pub struct AckWatch {
 }
 
 impl AckWatch {
-    /// A watch that reports a silence of `after_s` seconds.
+    /// A watch that reports a silence of `after_s` seconds (0: never).
     pub fn new(after_s: u64) -> Self {
         AckWatch {
             after_ms: after_s.saturating_mul(1000),
@@ -62,7 +63,7 @@ impl AckWatch {
         }
         let since = *self.since_ms.get_or_insert(now_ms);
         let silent = now_ms.saturating_sub(since);
-        if !self.warned && silent >= self.after_ms {
+        if !self.warned && self.after_ms > 0 && silent >= self.after_ms {
             self.warned = true;
             return Some(AckEvent::Silent {
                 for_s: silent / 1000,
@@ -112,6 +113,13 @@ mod tests {
             w.observe(145_000, 510, 12),
             Some(AckEvent::Silent { for_s: 15 })
         );
+    }
+
+    #[test]
+    fn a_threshold_of_zero_never_warns() {
+        let mut w = AckWatch::new(0);
+        assert_eq!(w.observe(0, 10, 0), None);
+        assert_eq!(w.observe(3_600_000, 10_000, 0), None);
     }
 
     #[test]
