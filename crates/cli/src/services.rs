@@ -133,7 +133,7 @@ pub fn run_relay(path: &Path) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        eprintln!("relay {id} stopping: journalling what is pending and waiting for receipts");
+        eprintln!("relay {id} stopping: committing the journal, then disconnecting");
         let s = relay.stats();
         relay.shutdown().await;
         eprintln!(
