@@ -26,6 +26,15 @@ pub enum BrokerError {
     /// The broker binary is not installed.
     #[error("`{0}` not found: install it (Debian: apt-get install mosquitto)")]
     Missing(String),
+    /// A listen address is taken by another process (or not this host's).
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error (e.g. address in use).
+        #[source]
+        source: std::io::Error,
+    },
     /// The broker did not accept connections in time.
     #[error("broker on {addr} did not come up within {secs} s{log}")]
     NotReady {
@@ -63,8 +72,12 @@ fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
 /// Settings of the embedded broker.
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
-    /// Address to listen on (port 0 picks a free one).
+    /// Address of the MQTT 5 listener (grid servers, standalone relays);
+    /// port 0 picks a free one.
     pub listen: SocketAddr,
+    /// Address of the MQTT 3.1.1 listener (`gridpow relay`); `None` picks a
+    /// free port on `listen`'s address.
+    pub listen_v311: Option<SocketAddr>,
     /// Require client certificates signed by the site CA (mutual TLS).
     pub require_client_cert: bool,
     /// Largest message accepted (blocks can be large).
@@ -79,6 +92,7 @@ impl Default for EmbeddedOptions {
     fn default() -> Self {
         EmbeddedOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen_v311: None,
             require_client_cert: true,
             max_payload: 4 << 20,
             segment_bytes: 16 << 20,
@@ -102,15 +116,19 @@ pub fn start_embedded(
     keys: &KeyDir,
     opts: &EmbeddedOptions,
 ) -> Result<EmbeddedBroker, BrokerError> {
+    // rumqttd binds on its own thread and only logs a failure there, and
+    // another process listening on the address would pass the readiness
+    // check below: so bind each address here first, which names it when it
+    // is taken, and picks the port when it is 0.
     let pick = |addr: SocketAddr| -> Result<SocketAddr, BrokerError> {
-        if addr.port() != 0 {
-            return Ok(addr);
-        }
-        let l = TcpListener::bind(addr).map_err(io(format!("binding {addr}")))?;
+        let l = TcpListener::bind(addr).map_err(|source| BrokerError::Listen { addr, source })?;
         l.local_addr().map_err(io("reading the bound port"))
     };
     let v5_addr = pick(opts.listen)?;
-    let v4_addr = pick(SocketAddr::new(opts.listen.ip(), 0))?;
+    let v4_addr = pick(
+        opts.listen_v311
+            .unwrap_or_else(|| SocketAddr::new(opts.listen.ip(), 0)),
+    )?;
     let tls_files = keys.broker_tls();
     let tls = rumqttd::TlsConfig::Rustls {
         capath: opts

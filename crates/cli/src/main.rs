@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod broker_cmd;
 mod demo;
 mod keys_cmd;
 mod ledger_cmd;
@@ -35,6 +36,8 @@ struct Cli {
 enum Command {
     /// Run everything on one machine: embedded TLS broker, relay, grid server on SQLite, virtual meters, dashboard.
     Demo(demo::DemoArgs),
+    /// Serve the embedded MQTT broker (TLS, client certificates) from a key directory, until Ctrl-C.
+    Broker(broker_cmd::BrokerArgs),
     /// Create and manage keys, certificates and the meter registry.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
@@ -59,19 +62,44 @@ enum Command {
     },
 }
 
+/// Colour in log lines only for a terminal, and never with `NO_COLOR` set
+/// (no-color.org): escape codes in a log file or a pipe are noise.
+fn log_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(filter: &str) {
+    use std::io::IsTerminal;
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
     let _ = tracing_subscriber::fmt()
+        .with_ansi(log_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .try_init();
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Each service's --help lists the environment variables it honours,
+    // generated from its configuration so the list cannot go stale.
+    let mut command = Cli::command();
+    for (name, kind) in [
+        ("relay", services::ConfigKind::Relay),
+        ("server", services::ConfigKind::Server),
+        ("meters", services::ConfigKind::Meters),
+    ] {
+        command = command.mut_subcommand(name, |c| c.after_long_help(services::env_help(kind)));
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging(&cli.log);
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),
+        Command::Broker(a) => broker_cmd::run(a),
         Command::Keys(k) => keys_cmd::run(k),
         Command::Tokens(t) => tokens_cmd::run(t),
         Command::Relay(a) => services::run_relay(&a.config),
@@ -125,7 +153,15 @@ const LEGACY_DATA_DIR: &str = "gridpow-data";
 
 #[cfg(test)]
 mod tests {
-    use super::error_text;
+    use super::{error_text, log_colour};
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(log_colour(true, None));
+        assert!(log_colour(true, Some("".into())));
+        assert!(!log_colour(true, Some("1".into())));
+        assert!(!log_colour(false, None));
+    }
 
     /// An error that prints its source in its own text, and also exposes it.
     #[derive(Debug)]

@@ -415,3 +415,319 @@ fn relay_blob_from_the_bundle_carries_wifi_broker_and_tls_as_der() {
     assert!(!o.status.success());
     assert!(text(&o).contains("8 to 63 characters"), "{}", text(&o));
 }
+
+#[test]
+fn example_configs_comment_every_field_and_service_help_lists_its_environment_variables() {
+    for (kind, var, other) in [
+        ("relay", "GRIDPOW_RELAY__MQTT__PORT", "GRIDPOW_METERS__"),
+        ("server", "GRIDPOW_SERVER__HTTP__LISTEN", "GRIDPOW_RELAY__"),
+        (
+            "meters",
+            "GRIDPOW_METERS__RADIO__UDP_RELAY",
+            "GRIDPOW_RELAY__",
+        ),
+    ] {
+        let o = gridpow(&["example-config", kind]);
+        assert!(o.status.success(), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let mut prev = "";
+        let mut fields = 0;
+        for line in out.lines() {
+            if line.starts_with('[') || (!line.starts_with(['#', ' ', ']']) && line.contains(" = "))
+            {
+                assert!(
+                    prev.starts_with('#'),
+                    "{kind}: no comment above {line}\n{out}"
+                );
+                fields += 1;
+            }
+            prev = line;
+        }
+        assert!(fields >= 8, "{kind}: {fields} fields\n{out}");
+        let o = gridpow(&[kind, "--help"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            help.contains(var) && help.contains("NO_COLOR"),
+            "{kind} --help:\n{help}"
+        );
+        assert!(
+            !help.contains(other),
+            "{kind} --help names {other}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn the_server_refuses_a_taken_http_port_naming_it_and_its_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let server = dir.path().join("server-1");
+    let (k, s) = (keys.to_string_lossy(), server.to_string_lossy());
+    assert!(gridpow(&["keys", "init", "--dir", &k]).status.success());
+    assert!(
+        gridpow(&["keys", "export", "server", "--dir", &k, "--out", &s])
+            .status
+            .success()
+    );
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "keys_dir = \"{s}\"\ndb = \"{}\"\n",
+            dir.path().join("g.db").display()
+        ),
+    )
+    .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let o = gridpow(&[
+        "server",
+        "--config",
+        &cfg.to_string_lossy(),
+        "--http",
+        &addr,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {addr} (--http)")),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("g.db").exists(),
+        "the database was touched before the preflight"
+    );
+}
+
+#[test]
+fn relay_and_server_name_the_unreachable_broker_with_tls_and_settings_and_say_where_they_start() {
+    use common::{free_tcp_port, free_udp_port, Proc};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let k = root.join("keys").to_string_lossy().into_owned();
+    assert!(gridpow(&["keys", "init", "--dir", &k]).status.success());
+    assert!(
+        gridpow(&["keys", "add-meters", "--dir", &k, "--range", "1-3"])
+            .status
+            .success()
+    );
+    let (r, s) = (root.join("relay-1"), root.join("server-1"));
+    common::export_bundle(&[
+        "relay",
+        "--dir",
+        &k,
+        "--id",
+        "1",
+        "--out",
+        &r.to_string_lossy(),
+    ]);
+    common::export_bundle(&["server", "--dir", &k, "--out", &s.to_string_lossy()]);
+    // Nothing listens on this port.
+    let port = free_tcp_port();
+    let db = root.join("gridpow.db");
+    std::fs::write(
+        root.join("server.toml"),
+        format!("keys_dir = \"{}\"\ndb = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n[http]\nlisten = \"127.0.0.1:0\"\n", s.display(), db.display()),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("relay.toml"),
+        format!("keys_dir = \"{}\"\ndata_dir = \"{}\"\n[radio]\nudp_listen = \"127.0.0.1:{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n", r.display(), root.join("relay-data").display(), free_udp_port()),
+    )
+    .unwrap();
+    let cfg = |n: &str| root.join(n).to_string_lossy().into_owned();
+    let mut server = Proc::spawn_logging(
+        "server",
+        &["server", "--config", &cfg("server.toml")],
+        &root.join("server.log"),
+        "warn",
+    );
+    let mut relay = Proc::spawn_logging(
+        "relay",
+        &["relay", "--config", &cfg("relay.toml")],
+        &root.join("relay.log"),
+        "warn",
+    );
+    let log = |n: &str| std::fs::read_to_string(root.join(n)).unwrap_or_default();
+    let want = [
+        (
+            "server.log",
+            format!("cannot connect to the MQTT broker at 127.0.0.1:{port} (TLS, MQTT 5)"),
+        ),
+        (
+            "relay.log",
+            format!("cannot connect to the MQTT broker at 127.0.0.1:{port} (TLS, MQTT 3.1.1)"),
+        ),
+    ];
+    let start = Instant::now();
+    while !want.iter().all(|(f, w)| log(f).contains(w.as_str())) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "--- server\n{}\n--- relay\n{}",
+            log("server.log"),
+            log("relay.log")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.interrupt(Duration::from_secs(30));
+    relay.interrupt(Duration::from_secs(30));
+    let (server_log, relay_log) = (log("server.log"), log("relay.log"));
+    for l in [&server_log, &relay_log] {
+        assert!(
+            l.contains("Connection refused") && l.contains("nothing listens there"),
+            "{l}"
+        );
+        assert!(l.contains("[mqtt] host, port, tls"), "{l}");
+        assert!(!l.contains('\u{1b}'), "colour codes in a log file:\n{l}");
+    }
+    assert!(
+        server_log.contains("GRIDPOW_SERVER__MQTT__PORT"),
+        "{server_log}"
+    );
+    assert!(
+        relay_log.contains("GRIDPOW_RELAY__MQTT__PORT"),
+        "{relay_log}"
+    );
+    // Start and stop lines: which database, which broker, which chain head.
+    let broker = format!("broker 127.0.0.1:{port} (TLS, MQTT 5)");
+    assert!(
+        server_log.contains(&format!(
+            "grid server running: database {} (0 blocks, 0 readings stored), {broker}",
+            db.display()
+        )),
+        "{server_log}"
+    );
+    assert!(
+        server_log.contains(&format!(
+            "grid server stopped: database {} holds 0 blocks",
+            db.display()
+        )),
+        "{server_log}"
+    );
+    assert!(
+        relay_log.contains(&format!("broker 127.0.0.1:{port} (TLS, MQTT 3.1.1)"))
+            && relay_log.contains("starting a new chain"),
+        "{relay_log}"
+    );
+    assert!(
+        relay_log.contains("relay 1 stopped: 0 blocks sealed"),
+        "{relay_log}"
+    );
+}
+
+#[test]
+fn meters_with_no_relay_answering_warn_naming_the_relay_address_and_its_setting() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let k = root.join("keys").to_string_lossy().into_owned();
+    assert!(gridpow(&["keys", "init", "--dir", &k]).status.success());
+    assert!(
+        gridpow(&["keys", "add-meters", "--dir", &k, "--range", "1-3"])
+            .status
+            .success()
+    );
+    // Nothing listens on the relay's air address.
+    let air = common::free_udp_port();
+    std::fs::write(
+        root.join("meters.toml"),
+        format!(
+            "keys_dir = \"{k}\"\nstate_dir = \"{}\"\ninterval_s = 0.5\nno_ack_warn_s = 2\n[radio]\nudp_relay = \"127.0.0.1:{air}\"\nudp_listen = \"127.0.0.1:0\"\n",
+            root.join("state").display()
+        ),
+    )
+    .unwrap();
+    let log = root.join("meters.log");
+    let mut meters = common::Proc::spawn_logging(
+        "meters",
+        &[
+            "meters",
+            "--config",
+            &root.join("meters.toml").to_string_lossy(),
+        ],
+        &log,
+        "warn",
+    );
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = Instant::now();
+    while !read().contains("no relay has answered") {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", read());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let l = read();
+    assert!(
+        l.contains(&format!(
+            "the relay at 127.0.0.1:{air} ([radio] udp_relay, GRIDPOW_METERS__RADIO__UDP_RELAY)"
+        )),
+        "{l}"
+    );
+    assert!(l.contains("`gridpow relay` runs"), "{l}");
+    assert!(!l.contains('\u{1b}'), "{l}");
+    // Stopping waits up to 30 s for ACKs that will not come; kill instead.
+    meters.interrupt_or_kill();
+}
+
+#[test]
+fn an_expired_certificate_stops_the_relay_and_the_server_at_start_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let k = root.join("keys").to_string_lossy().into_owned();
+    assert!(gridpow(&["keys", "init", "--dir", &k]).status.success());
+    let (r, s) = (root.join("relay-1"), root.join("server-1"));
+    common::export_bundle(&[
+        "relay",
+        "--dir",
+        &k,
+        "--id",
+        "1",
+        "--out",
+        &r.to_string_lossy(),
+    ]);
+    common::export_bundle(&["server", "--dir", &k, "--out", &s.to_string_lossy()]);
+    // A CA certificate that ended on 1 January 2021.
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = params
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem();
+    for bundle in [&r, &s] {
+        std::fs::write(bundle.join("tls").join("ca.pem"), &expired).unwrap();
+    }
+    std::fs::write(
+        root.join("relay.toml"),
+        format!(
+            "keys_dir = \"{}\"\ndata_dir = \"{}\"\n[radio]\nudp_listen = \"127.0.0.1:0\"\n",
+            r.display(),
+            root.join("relay-data").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("server.toml"),
+        format!(
+            "keys_dir = \"{}\"\ndb = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            s.display(),
+            root.join("g.db").display()
+        ),
+    )
+    .unwrap();
+    for (kind, bundle) in [("relay", &r), ("server", &s)] {
+        let cfg = root.join(format!("{kind}.toml"));
+        let o = gridpow(&[kind, "--config", &cfg.to_string_lossy()]);
+        assert_eq!(o.status.code(), Some(2), "{kind}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let ca = bundle.join("tls").join("ca.pem");
+        assert!(
+            err.contains(&format!("{}: certificate valid from", ca.display()))
+                && err.contains("2020")
+                && err.contains("2021")
+                && err.contains("expired"),
+            "{kind}: {err}"
+        );
+    }
+    assert!(!root.join("relay-data").exists() && !root.join("g.db").exists());
+}

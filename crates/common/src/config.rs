@@ -6,6 +6,7 @@
 //! separates nested keys, and keys are lower-cased. Values parse as TOML
 //! (numbers, booleans, arrays) and fall back to strings.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -134,6 +135,122 @@ fn set_path(root: &mut toml::Value, keys: &[String], v: toml::Value) {
     }
 }
 
+/// `value` (a configuration with its defaults) as TOML with each field's
+/// documentation as comments: [`field_docs`] of `source`, the Rust file
+/// that defines the structs named in `sections`, and [`commented_toml`].
+pub fn example_toml<T: serde::Serialize>(
+    value: &T,
+    source: &str,
+    sections: &[(&str, &str)],
+) -> Result<String, ConfigError> {
+    let text = toml::to_string_pretty(value)
+        .map_err(|e| ConfigError::invalid(Path::new("(defaults)"), "", e.to_string()))?;
+    Ok(commented_toml(&text, &field_docs(source, sections)))
+}
+
+/// The documentation of each configuration field, read from the doc
+/// comments of the Rust source that defines the configuration structs
+/// (`include_str!` of it): for each `pub struct NAME` listed in `sections`
+/// with its TOML section (`""` for the top level), each `pub field:` gets
+/// the `///` lines above it. So `gridpow example-config` comments every
+/// field with the very text the code documents it with, and cannot drift.
+pub fn field_docs(source: &str, sections: &[(&str, &str)]) -> BTreeMap<String, Vec<String>> {
+    let mut docs = BTreeMap::new();
+    let mut section: Option<&str> = None;
+    let mut pending: Vec<String> = Vec::new();
+    for line in source.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("pub struct ") {
+            let name = rest
+                .split(|c: char| !c.is_alphanumeric() && c != '_')
+                .next();
+            section = sections
+                .iter()
+                .find(|(s, _)| Some(*s) == name)
+                .map(|(_, sec)| *sec);
+            pending.clear();
+        } else if t == "}" && line.starts_with('}') {
+            section = None;
+        } else if let Some(doc) = t.strip_prefix("///") {
+            pending.push(doc.trim().to_string());
+        } else if let (Some(sec), Some(rest)) = (section, t.strip_prefix("pub ")) {
+            if let Some((field, _)) = rest.split_once(':') {
+                let key = if sec.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{sec}.{field}")
+                };
+                docs.insert(key, std::mem::take(&mut pending));
+            }
+        } else if !t.starts_with("#[") {
+            pending.clear();
+        }
+    }
+    docs
+}
+
+/// `toml` (a configuration serialized with its defaults) with each field's
+/// documentation from `docs` ([`field_docs`]) as `#` lines above it, and
+/// each documented field that is unset (absent from `toml`) as a commented
+/// `# field = …` line at the end of its section.
+pub fn commented_toml(toml: &str, docs: &BTreeMap<String, Vec<String>>) -> String {
+    fn doc_lines(out: &mut String, lines: &[String]) {
+        for l in lines {
+            out.push_str(if l.is_empty() { "#" } else { "# " });
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    let mut out = String::new();
+    let mut section = String::new();
+    let mut seen: std::collections::BTreeSet<String> = Default::default();
+    let unset = |section: &str, seen: &std::collections::BTreeSet<String>, out: &mut String| {
+        for (key, lines) in docs {
+            let (sec, field) = key.rsplit_once('.').unwrap_or(("", key));
+            if sec == section
+                && !seen.contains(key)
+                && !docs.keys().any(|k| k.starts_with(&format!("{key}.")))
+            {
+                doc_lines(out, lines);
+                out.push_str(&format!("# {field} = (unset)\n"));
+            }
+        }
+    };
+    for line in toml.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            // The previous section's unset fields go before its blank line.
+            let blank = out.ends_with("\n\n");
+            if blank {
+                out.pop();
+            }
+            unset(&section, &seen, &mut out);
+            if blank {
+                out.push('\n');
+            }
+            section = name.to_string();
+            if let Some(lines) = docs.get(name) {
+                doc_lines(&mut out, lines);
+            }
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            if !key.starts_with(' ') && !key.is_empty() {
+                let full = if section.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{section}.{key}")
+                };
+                if let Some(lines) = docs.get(&full) {
+                    doc_lines(&mut out, lines);
+                }
+                seen.insert(full);
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    unset(&section, &seen, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +324,52 @@ mod tests {
     fn syntax_errors_name_the_file() {
         let e = parse_toml::<Cfg>("name = ", Path::new("s.toml"), None, vec![]).unwrap_err();
         assert!(matches!(e, ConfigError::Syntax { .. }) && e.to_string().contains("s.toml"));
+    }
+
+    const SOURCE: &str = r#"
+/// The top.
+#[derive(Debug)]
+pub struct Top {
+    /// A name.
+    pub name: String,
+    /// The broker.
+    ///
+    /// Second paragraph.
+    pub mqtt: Mqtt,
+    pub undocumented: u8,
+}
+
+/// Not a configuration.
+pub struct Other {
+    /// Ignored.
+    pub x: u8,
+}
+
+pub struct Mqtt {
+    /// Broker port.
+    pub port: u16,
+    /// CA file; default none.
+    pub ca: Option<String>,
+}
+"#;
+
+    #[test]
+    fn field_docs_come_from_the_doc_comments_of_the_listed_structs() {
+        let docs = field_docs(SOURCE, &[("Top", ""), ("Mqtt", "mqtt")]);
+        assert_eq!(docs["name"], vec!["A name."]);
+        assert_eq!(docs["mqtt"], vec!["The broker.", "", "Second paragraph."]);
+        assert_eq!(docs["mqtt.port"], vec!["Broker port."]);
+        assert!(docs["undocumented"].is_empty());
+        assert!(!docs.contains_key("x") && !docs.contains_key("other.x"));
+    }
+
+    #[test]
+    fn commented_toml_puts_each_doc_above_its_field_and_lists_unset_ones() {
+        let docs = field_docs(SOURCE, &[("Top", ""), ("Mqtt", "mqtt")]);
+        let out = commented_toml("name = \"a\"\n\n[mqtt]\nport = 8883\n", &docs);
+        assert_eq!(
+            out,
+            "# A name.\nname = \"a\"\n# undocumented = (unset)\n\n# The broker.\n#\n# Second paragraph.\n[mqtt]\n# Broker port.\nport = 8883\n# CA file; default none.\n# ca = (unset)\n"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! state_dir = "data/meters"      # persisted boot epochs and energy registers
 //! truth_file = "truth.jsonl"     # optional: every generated reading
 //! utc_offset_h = 1.0             # local time of the households' daily curve
+//! no_ack_warn_s = 15             # warn when no relay answered for this long (0: never)
 //!
 //! [sender]                       # timers unset: spec §6's, scaled to interval_s (below)
 //! start_spread_ms = 1000         # random offset of a boot's first frame
@@ -195,6 +196,9 @@ pub struct FleetConfig {
     pub state_dir: PathBuf,
     /// UTC offset (hours) of the households' local time for the daily curve.
     pub utc_offset_h: f64,
+    /// Warn when frames go out but no relay has answered for this many
+    /// seconds (`gridpow meters`); 0 never warns.
+    pub no_ack_warn_s: u64,
 }
 
 impl Default for FleetConfig {
@@ -211,11 +215,25 @@ impl Default for FleetConfig {
             truth_file: None,
             state_dir: PathBuf::from("data/meters"),
             utc_offset_h: 1.0,
+            no_ack_warn_s: crate::silence::NO_ACK_WARN_AFTER_S,
         }
     }
 }
 
+/// The configuration structs of this file and their TOML sections.
+const SECTIONS: &[(&str, &str)] = &[
+    ("FleetConfig", ""),
+    ("SenderTunables", "sender"),
+    ("FleetRadioConfig", "radio"),
+];
+
 impl FleetConfig {
+    /// This configuration as `meters.toml`, each field under its documentation
+    /// (the doc comments of this file) as comments; unset ones commented out.
+    pub fn example_toml(&self) -> Result<String, ConfigError> {
+        gridpow_common::config::example_toml(self, include_str!("config.rs"), SECTIONS)
+    }
+
     /// Defaults with the given key and state directories.
     pub fn new(keys_dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
         FleetConfig {
@@ -374,5 +392,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("sender.readings_per_frame"));
+    }
+
+    #[test]
+    fn the_example_configuration_documents_every_field_and_loads_back_as_the_defaults() {
+        let c = FleetConfig::new("keys", "data/meters");
+        let text = c.example_toml().unwrap();
+        let back: FleetConfig =
+            parse_toml(&text, Path::new("example.toml"), None, Vec::new()).unwrap();
+        assert_eq!(back, c);
+        let mut prev = "";
+        for line in text.lines() {
+            let field = !line.starts_with(['#', ' ', ']']) && line.contains(" = ");
+            if field || line.starts_with('[') {
+                assert!(prev.starts_with('#'), "undocumented: {line}\n{text}");
+            }
+            prev = line;
+        }
+        assert!(text.contains("# truth_file = (unset)"), "{text}");
     }
 }

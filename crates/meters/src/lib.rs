@@ -28,6 +28,7 @@ pub mod config;
 mod fleet;
 pub mod load;
 pub mod sender;
+pub mod silence;
 pub mod state;
 pub mod truth;
 

@@ -234,7 +234,23 @@ impl Default for JournalConfig {
     }
 }
 
+/// The configuration structs of this file and their TOML sections.
+const SECTIONS: &[(&str, &str)] = &[
+    ("RelayConfig", ""),
+    ("BlockConfig", "block"),
+    ("PowConfig", "pow"),
+    ("RadioConfig", "radio"),
+    ("MqttConfig", "mqtt"),
+    ("JournalConfig", "journal"),
+];
+
 impl RelayConfig {
+    /// This configuration as `relay.toml`, each field under its documentation
+    /// (the doc comments of this file) as comments; unset ones commented out.
+    pub fn example_toml(&self) -> Result<String, ConfigError> {
+        gridpow_common::config::example_toml(self, include_str!("config.rs"), SECTIONS)
+    }
+
     /// Defaults for relay `relay_id` with the given key and data directories.
     pub fn new(relay_id: u32, keys_dir: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
         RelayConfig {
@@ -301,6 +317,17 @@ impl RelayConfig {
             .unwrap_or_else(|| format!("gridpow-relay-{}", self.relay_id))
     }
 
+    /// The broker as `[mqtt]` names it, for start lines and connection errors.
+    pub fn broker_target(&self) -> gridpow_common::net::BrokerTarget {
+        gridpow_common::net::BrokerTarget {
+            host: self.mqtt.host.clone(),
+            port: self.mqtt.port,
+            tls: self.mqtt.tls,
+            protocol: "3.1.1",
+            env_prefix: ENV_PREFIX,
+        }
+    }
+
     /// CA, client certificate and client key paths after defaults.
     pub fn tls_paths(&self) -> (PathBuf, PathBuf, PathBuf) {
         let kd = gridpow_common::keys::KeyDir::new(&self.keys_dir);
@@ -359,5 +386,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("block.max_frames"));
+    }
+
+    #[test]
+    fn the_example_configuration_documents_every_field_and_loads_back_as_the_defaults() {
+        let c = RelayConfig::new(1, "relay-1", "data/relay-1");
+        let text = c.example_toml().unwrap();
+        let back: RelayConfig =
+            parse_toml(&text, Path::new("example.toml"), None, Vec::new()).unwrap();
+        assert_eq!(back, c);
+        let mut prev = "";
+        for line in text.lines() {
+            let field = !line.starts_with(['#', ' ', ']']) && line.contains(" = ");
+            if field || line.starts_with('[') {
+                assert!(prev.starts_with('#'), "undocumented: {line}\n{text}");
+            }
+            prev = line;
+        }
+        assert!(text.contains("# ca = (unset)"), "{text}");
     }
 }

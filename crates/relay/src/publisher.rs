@@ -123,6 +123,7 @@ pub(crate) fn spawn(
     let (net_tx, net_rx) = mpsc::unbounded_channel();
     let net = tokio::spawn(network_task(
         eventloop,
+        cfg.broker_target(),
         cfg.relay_id,
         server_key,
         net_tx,
@@ -149,6 +150,7 @@ pub(crate) fn spawn(
 
 async fn network_task(
     mut eventloop: EventLoop,
+    broker: gridpow_common::net::BrokerTarget,
     relay_id: u32,
     server_key: VerifyingKey,
     net_tx: mpsc::UnboundedSender<NetEvent>,
@@ -195,12 +197,18 @@ async fn network_task(
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 shared.mqtt_connected.store(false, Ordering::Relaxed);
+                // Our own disconnect (shutdown): the error that follows is expected.
+                logged_down = true;
                 let _ = net_tx.send(NetEvent::Disconnected);
             }
             Ok(_) => {}
             Err(e) => {
-                if shared.mqtt_connected.swap(false, Ordering::Relaxed) || !logged_down {
-                    tracing::warn!(error = %e, "broker connection lost; reconnecting");
+                if shared.mqtt_connected.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, broker = %broker, "broker connection lost; reconnecting");
+                } else if !logged_down {
+                    // The first failed attempt since start or since the
+                    // connection was lost: where, TLS or not, what to check.
+                    tracing::warn!(broker = %broker, "{}", broker.unreachable(&e.to_string()));
                     logged_down = true;
                 }
                 let _ = net_tx.send(NetEvent::Disconnected);

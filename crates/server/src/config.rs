@@ -316,7 +316,23 @@ impl QuarantineConfig {
     }
 }
 
+/// The configuration structs of this file and their TOML sections.
+const SECTIONS: &[(&str, &str)] = &[
+    ("ServerConfig", ""),
+    ("MqttConfig", "mqtt"),
+    ("HttpConfig", "http"),
+    ("PlausibilityConfig", "plausibility"),
+    ("IngestConfig", "ingest"),
+    ("QuarantineConfig", "quarantine"),
+];
+
 impl ServerConfig {
+    /// This configuration as `server.toml`, each field under its documentation
+    /// (the doc comments of this file) as comments; unset ones commented out.
+    pub fn example_toml(&self) -> Result<String, ConfigError> {
+        gridpow_common::config::example_toml(self, include_str!("config.rs"), SECTIONS)
+    }
+
     /// Reads `path` (TOML) with overrides from `GRIDPOW_SERVER__…` variables and validates it.
     pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
         let cfg: ServerConfig = load_toml(path, Some(ENV_PREFIX))?;
@@ -461,6 +477,17 @@ impl ServerConfig {
             .clone()
             .unwrap_or_else(|| format!("gridpow-server-{}", self.server_id))
     }
+
+    /// The broker as `[mqtt]` names it, for start lines and connection errors.
+    pub fn broker_target(&self) -> gridpow_common::net::BrokerTarget {
+        gridpow_common::net::BrokerTarget {
+            host: self.mqtt.host.clone(),
+            port: self.mqtt.port,
+            tls: self.mqtt.tls,
+            protocol: "5",
+            env_prefix: ENV_PREFIX,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -604,5 +631,23 @@ mod tests {
         c.quarantine.max_payload_bytes = 100;
         let e = c.validate(Path::new("s.toml")).unwrap_err().to_string();
         assert!(e.contains("quarantine.max_payload_bytes"), "{e}");
+    }
+
+    #[test]
+    fn the_example_configuration_documents_every_field_and_loads_back_as_the_defaults() {
+        let c = ServerConfig::default();
+        let text = c.example_toml().unwrap();
+        let back: ServerConfig =
+            parse_toml(&text, Path::new("example.toml"), None, Vec::new()).unwrap();
+        assert_eq!(back, c);
+        let mut prev = "";
+        for line in text.lines() {
+            let field = !line.starts_with(['#', ' ', ']']) && line.contains(" = ");
+            if field || line.starts_with('[') {
+                assert!(prev.starts_with('#'), "undocumented: {line}\n{text}");
+            }
+            prev = line;
+        }
+        assert!(text.contains("# tls_cert = (unset)"), "{text}");
     }
 }

@@ -84,6 +84,7 @@ pub(crate) enum Phase {
 /// publishes, counts errors and backs off while the broker is unreachable.
 pub(crate) async fn mqtt_task(
     mut eventloop: EventLoop,
+    broker: gridpow_common::net::BrokerTarget,
     client: AsyncClient,
     filter: String,
     inbound: std::sync::mpsc::Sender<Inbound>,
@@ -92,6 +93,8 @@ pub(crate) async fn mqtt_task(
 ) {
     let mut inbound = Some(inbound);
     let mut backoff = Duration::from_millis(200);
+    // The long explanation once per outage; later retries in one short line.
+    let mut explained = false;
     let mut disconnect_deadline: Option<tokio::time::Instant> = None;
     loop {
         if let Some(deadline) = disconnect_deadline {
@@ -114,6 +117,7 @@ pub(crate) async fn mqtt_task(
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = Duration::from_millis(200);
+                    explained = false;
                     let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
                     shared.mqtt_connected.store(true, Ordering::Relaxed);
                     shared.mqtt_subscribed.store(false, Ordering::Relaxed);
@@ -164,7 +168,12 @@ pub(crate) async fn mqtt_task(
                         break;
                     }
                     add(&shared.metrics.mqtt_errors, 1);
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection error.");
+                    if explained {
+                        tracing::warn!(error = %e, broker = %broker, retry_in_ms = backoff.as_millis() as u64, "MQTT connection error.");
+                    } else {
+                        tracing::warn!(broker = %broker, retry_in_ms = backoff.as_millis() as u64, "{}", broker.unreachable(&e.to_string()));
+                        explained = true;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = phase.changed() => {

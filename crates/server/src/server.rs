@@ -192,6 +192,7 @@ impl Server {
         let acker = tokio::spawn(ingest::acker_task(client.clone(), ack_rx, shared.clone()));
         let mqtt = tokio::spawn(ingest::mqtt_task(
             eventloop,
+            cfg.broker_target(),
             client,
             filter,
             inbound_tx,

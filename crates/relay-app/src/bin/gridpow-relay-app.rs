@@ -109,7 +109,11 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| args.log.clone());
+    // Colour only on a terminal, and never with NO_COLOR set (no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .try_init();
