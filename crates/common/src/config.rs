@@ -135,6 +135,21 @@ fn set_path(root: &mut toml::Value, keys: &[String], v: toml::Value) {
     }
 }
 
+/// The lines of an [`example_toml`] text that set a field or open a table
+/// without a comment line right above them (what its tests want empty).
+pub fn undocumented_lines(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut prev = "";
+    for line in text.lines() {
+        let field = !line.starts_with(['#', ' ', ']']) && line.contains(" = ");
+        if (field || line.starts_with('[')) && !prev.starts_with('#') {
+            out.push(line);
+        }
+        prev = line;
+    }
+    out
+}
+
 /// `value` (a configuration with its defaults) as TOML with each field's
 /// documentation as comments: [`field_docs`] of `source`, the Rust file
 /// that defines the structs named in `sections`, and [`commented_toml`].

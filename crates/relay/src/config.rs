@@ -395,14 +395,12 @@ mod tests {
         let back: RelayConfig =
             parse_toml(&text, Path::new("example.toml"), None, Vec::new()).unwrap();
         assert_eq!(back, c);
-        let mut prev = "";
-        for line in text.lines() {
-            let field = !line.starts_with(['#', ' ', ']']) && line.contains(" = ");
-            if field || line.starts_with('[') {
-                assert!(prev.starts_with('#'), "undocumented: {line}\n{text}");
-            }
-            prev = line;
-        }
+        let undocumented = gridpow_common::config::undocumented_lines(&text);
+        assert!(
+            undocumented.is_empty(),
+            "undocumented: {undocumented:?}
+{text}"
+        );
         assert!(text.contains("# ca = (unset)"), "{text}");
     }
 }
