@@ -506,13 +506,7 @@ fn relay_and_server_name_the_unreachable_broker_with_tls_and_settings_and_say_wh
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let k = root.join("keys").to_string_lossy().into_owned();
-    assert!(gridpow(&["keys", "init", "--dir", &k]).status.success());
-    assert!(
-        gridpow(&["keys", "add-meters", "--dir", &k, "--range", "1-3"])
-            .status
-            .success()
-    );
+    let k = common::keys_with_meters(root, "1-3");
     let (r, s) = (root.join("relay-1"), root.join("server-1"));
     common::export_bundle(&[
         "relay",
@@ -622,13 +616,7 @@ fn meters_with_no_relay_answering_warn_naming_the_relay_address_and_its_setting(
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let k = root.join("keys").to_string_lossy().into_owned();
-    assert!(gridpow(&["keys", "init", "--dir", &k]).status.success());
-    assert!(
-        gridpow(&["keys", "add-meters", "--dir", &k, "--range", "1-3"])
-            .status
-            .success()
-    );
+    let k = common::keys_with_meters(root, "1-3");
     // Nothing listens on the relay's air address.
     let air = common::free_udp_port();
     std::fs::write(

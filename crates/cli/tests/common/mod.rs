@@ -99,6 +99,19 @@ impl Drop for Proc {
     }
 }
 
+/// `gridpow keys init` in `root/keys` with meters `range` (e.g. "1-3");
+/// returns the keys directory as a string for command lines.
+pub fn keys_with_meters(root: &Path, range: &str) -> String {
+    let k = root.join("keys").to_string_lossy().into_owned();
+    assert!(gridpow(&["keys", "init", "--dir", &k]).status.success());
+    assert!(
+        gridpow(&["keys", "add-meters", "--dir", &k, "--range", range])
+            .status
+            .success()
+    );
+    k
+}
+
 pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
