@@ -33,6 +33,12 @@ http = [
     f"GET /api/v1/blocks?relay=1&limit=10\nHost: localhost\nAuthorization: Bearer {admin}\n",
 ]
 seeds["http"] = [h.encode().hex() for h in http]
+# Relay status messages (fuzz_targets/relay_status.rs), as crates/relay writes them.
+status = [
+    '{"height":1,"radio":{"accepted":30,"duplicates":7,"frames":40,"rejected":3},"relay_id":1,"state":"online","time_ms":5}',
+    '{"height":null,"relay_id":7,"state":"offline","time_ms":0}',
+]
+seeds["relay_status"] = [t.encode().hex() for t in status]
 for target, items in seeds.items():
     d = corpus / target
     d.mkdir(parents=True, exist_ok=True)

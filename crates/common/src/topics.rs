@@ -29,12 +29,24 @@ pub fn shared_blocks() -> String {
     format!("$share/{SERVER_GROUP}/{ALL_BLOCKS}")
 }
 
-/// Relay id from a blocks topic, if it is one.
-pub fn relay_of_blocks_topic(topic: &str) -> Option<u32> {
+/// Filter matching every relay's status.
+pub const ALL_STATUS: &str = "gridpow/v1/relays/+/status";
+
+fn relay_of(topic: &str, leaf: &str) -> Option<u32> {
     let rest = topic.strip_prefix(PREFIX)?.strip_prefix("/relays/")?;
     let (id, tail) = rest.split_once('/')?;
-    (tail == "blocks").then_some(())?;
+    (tail == leaf).then_some(())?;
     id.parse().ok()
+}
+
+/// Relay id from a blocks topic, if it is one.
+pub fn relay_of_blocks_topic(topic: &str) -> Option<u32> {
+    relay_of(topic, "blocks")
+}
+
+/// Relay id from a status topic, if it is one.
+pub fn relay_of_status_topic(topic: &str) -> Option<u32> {
+    relay_of(topic, "status")
 }
 
 #[cfg(test)]
@@ -45,6 +57,8 @@ mod tests {
     fn relay_id_is_read_back_from_its_blocks_topic_only() {
         assert_eq!(relay_of_blocks_topic(&blocks(42)), Some(42));
         assert_eq!(relay_of_blocks_topic(&status(42)), None);
+        assert_eq!(relay_of_status_topic(&status(42)), Some(42));
+        assert_eq!(relay_of_status_topic(&blocks(42)), None);
         assert_eq!(relay_of_blocks_topic("gridpow/v1/relays/x/blocks"), None);
         assert_eq!(
             shared_blocks(),

@@ -219,6 +219,7 @@ impl<'l, 't, 'c, S: Read + Write> Connection<'l, 't, 'c, S> {
             online: false,
             height: start.height,
             time_ms: start.unix_ms,
+            radio: None,
         }
         .write_json(&mut will_buf)?;
 
@@ -318,6 +319,7 @@ impl<'l, 't, 'c, S: Read + Write> Connection<'l, 't, 'c, S> {
                 online: true,
                 height: start.height,
                 time_ms: start.unix_ms,
+                radio: None,
             },
             start.now_ms,
             on_receipt,

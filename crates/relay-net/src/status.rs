@@ -8,8 +8,8 @@ use crate::error::{Capacity, Error};
 /// Longest topic this crate builds: `gridpow/v1/relays/4294967295/receipts`.
 pub const MAX_TOPIC_LEN: usize = 40;
 
-/// Longest status message: `{"height":18446744073709551615,"relay_id":4294967295,"state":"offline","time_ms":18446744073709551615}`.
-pub const MAX_STATUS_LEN: usize = 102;
+/// Longest status message: every number at its maximum, `"offline"`, with radio counters.
+pub const MAX_STATUS_LEN: usize = 240;
 
 /// A topic name held inline.
 pub type Topic = heapless::String<MAX_TOPIC_LEN>;
@@ -36,6 +36,19 @@ pub fn status_topic(relay_id: u32) -> Topic {
     topic(relay_id, "status")
 }
 
+/// The relay's radio counters since it started (docs/protocol.md §11).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RadioCounts {
+    /// Frames heard on the air.
+    pub frames: u64,
+    /// Frames accepted: new, journaled, acknowledged.
+    pub accepted: u64,
+    /// Frames already accepted, acknowledged again: the meter missed the ACK and re-sent.
+    pub duplicates: u64,
+    /// Frames refused at ingress (MAC, malformed, unknown meter, tag, replay).
+    pub rejected: u64,
+}
+
 /// What the status message reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Status {
@@ -47,6 +60,8 @@ pub struct Status {
     pub height: Option<u64>,
     /// Wall-clock time of the message, Unix milliseconds.
     pub time_ms: u64,
+    /// Radio counters, if the relay keeps them.
+    pub radio: Option<RadioCounts>,
 }
 
 struct Cursor<'b> {
@@ -76,18 +91,25 @@ impl Status {
         let capacity = buf.len();
         let mut c = Cursor { buf, len: 0 };
         let state = if self.online { "online" } else { "offline" };
-        let r = match self.height {
-            Some(h) => write!(
+        // Keys in serde_json's (sorted) order.
+        let r = (|| -> core::fmt::Result {
+            match self.height {
+                Some(h) => write!(c, "{{\"height\":{h},")?,
+                None => write!(c, "{{\"height\":null,")?,
+            }
+            if let Some(r) = self.radio {
+                write!(
+                    c,
+                    "\"radio\":{{\"accepted\":{},\"duplicates\":{},\"frames\":{},\"rejected\":{}}},",
+                    r.accepted, r.duplicates, r.frames, r.rejected
+                )?;
+            }
+            write!(
                 c,
-                "{{\"height\":{h},\"relay_id\":{},\"state\":\"{state}\",\"time_ms\":{}}}",
+                "\"relay_id\":{},\"state\":\"{state}\",\"time_ms\":{}}}",
                 self.relay_id, self.time_ms
-            ),
-            None => write!(
-                c,
-                "{{\"height\":null,\"relay_id\":{},\"state\":\"{state}\",\"time_ms\":{}}}",
-                self.relay_id, self.time_ms
-            ),
-        };
+            )
+        })();
         if r.is_err() {
             return Err(Error::Capacity(Capacity::BufferTooSmall {
                 what: "status message",
@@ -124,25 +146,40 @@ mod tests {
 
     #[test]
     fn status_json_matches_the_linux_relay_serde_json_output() {
-        for (online, height, time_ms) in [
-            (true, Some(41), 1_700_000_000_123),
-            (false, None, 0),
-            (false, Some(u64::MAX), u64::MAX),
+        let radio = RadioCounts {
+            frames: 10,
+            accepted: 7,
+            duplicates: 2,
+            rejected: 1,
+        };
+        for (online, height, time_ms, radio) in [
+            (true, Some(41), 1_700_000_000_123, None),
+            (false, None, 0, None),
+            (false, Some(u64::MAX), u64::MAX, None),
+            (true, Some(3), 5, Some(radio)),
+            (true, None, 5, Some(radio)),
         ] {
             let s = Status {
                 relay_id: 7,
                 online,
                 height,
                 time_ms,
+                radio,
             };
             // crates/relay/src/publisher.rs `status_json`.
-            let expected = serde_json::json!({
+            let mut expected = serde_json::json!({
                 "relay_id": 7,
                 "state": if online { "online" } else { "offline" },
                 "height": height,
                 "time_ms": time_ms,
-            })
-            .to_string();
+            });
+            if let Some(r) = radio {
+                expected["radio"] = serde_json::json!({
+                    "frames": r.frames, "accepted": r.accepted,
+                    "duplicates": r.duplicates, "rejected": r.rejected,
+                });
+            }
+            let expected = expected.to_string();
             let mut buf = [0u8; MAX_STATUS_LEN];
             assert_eq!(s.write_json(&mut buf).ok(), Some(expected.as_str()));
         }
@@ -155,6 +192,12 @@ mod tests {
             online: false,
             height: Some(u64::MAX),
             time_ms: u64::MAX,
+            radio: Some(RadioCounts {
+                frames: u64::MAX,
+                accepted: u64::MAX,
+                duplicates: u64::MAX,
+                rejected: u64::MAX,
+            }),
         };
         let mut buf = [0u8; MAX_STATUS_LEN];
         let json = s.write_json(&mut buf).map(str::len);

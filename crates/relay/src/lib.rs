@@ -134,7 +134,7 @@ pub use config::{
     BlockConfig, JournalConfig, MqttConfig, PowConfig, RadioConfig, RadioKind, RelayConfig,
 };
 pub use error::RelayError;
-pub use publisher::status_json;
+pub use publisher::{status_json, RadioCounts};
 pub use serial::SerialRadio;
 pub use stats::{RejectStats, RelayStats};
 

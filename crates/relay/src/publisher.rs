@@ -61,15 +61,37 @@ enum NetEvent {
     Receipt(ReceiptRepr),
 }
 
+/// The relay's radio counters in its status message (docs/protocol.md §11).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RadioCounts {
+    /// Frames heard on the air.
+    pub frames: u64,
+    /// Frames accepted: new, journaled, acknowledged.
+    pub accepted: u64,
+    /// Frames already accepted, acknowledged again (the meter missed the ACK).
+    pub duplicates: u64,
+    /// Frames refused at ingress.
+    pub rejected: u64,
+}
+
 /// The relay's status message (retained; also the last will, with "offline").
-pub fn status_json(relay_id: u32, online: bool, height: Option<u64>, time_ms: u64) -> String {
-    serde_json::json!({
+pub fn status_json(
+    relay_id: u32,
+    online: bool,
+    height: Option<u64>,
+    time_ms: u64,
+    radio: Option<RadioCounts>,
+) -> String {
+    let mut v = serde_json::json!({
         "relay_id": relay_id,
         "state": if online { "online" } else { "offline" },
         "height": height,
         "time_ms": time_ms,
-    })
-    .to_string()
+    });
+    if let Some(r) = radio {
+        v["radio"] = serde_json::json!(r);
+    }
+    v.to_string()
 }
 
 /// MQTT options from the configuration: TLS with the site CA (and the relay's
@@ -92,7 +114,7 @@ pub(crate) fn mqtt_options(
     o.set_request_channel_capacity(cfg.mqtt.max_inflight_blocks * 2 + 16);
     o.set_last_will(LastWill::new(
         topics::status(cfg.relay_id),
-        status_json(cfg.relay_id, false, height, gridpow_common::wall_ms()),
+        status_json(cfg.relay_id, false, height, gridpow_common::wall_ms(), None),
         QoS::AtLeastOnce,
         true,
     ));
@@ -301,7 +323,20 @@ impl OutboxTask {
 
     fn publish_status(&mut self, online: bool) {
         let height = self.shared.head().map(|(h, _)| h);
-        let msg = status_json(self.relay_id, online, height, gridpow_common::wall_ms());
+        let stats = self.shared.snapshot();
+        let radio = RadioCounts {
+            frames: stats.frames_received,
+            accepted: stats.frames_accepted,
+            duplicates: stats.frames_duplicate,
+            rejected: stats.frames_rejected.total(),
+        };
+        let msg = status_json(
+            self.relay_id,
+            online,
+            height,
+            gridpow_common::wall_ms(),
+            Some(radio),
+        );
         if self
             .client
             .try_publish(self.status_topic.clone(), QoS::AtLeastOnce, true, msg)
@@ -404,5 +439,29 @@ impl OutboxTask {
             })
             .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_json_is_the_spec_text_with_and_without_radio_counters() {
+        let radio = RadioCounts {
+            frames: 40,
+            accepted: 30,
+            duplicates: 7,
+            rejected: 3,
+        };
+        // The server's relay_status tests and tests/mqtt.rs read this text.
+        assert_eq!(
+            status_json(1, true, Some(1), 5, Some(radio)),
+            r#"{"height":1,"radio":{"accepted":30,"duplicates":7,"frames":40,"rejected":3},"relay_id":1,"state":"online","time_ms":5}"#
+        );
+        assert_eq!(
+            status_json(2, false, None, 6, None),
+            r#"{"height":null,"relay_id":2,"state":"offline","time_ms":6}"#
+        );
     }
 }

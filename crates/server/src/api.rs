@@ -684,11 +684,11 @@ struct TrafficQuery {
     get,
     path = "/api/v1/fleet/relays",
     tag = "gridpow",
-    summary = "Per relay over the last minutes: blocks, frames, readings, readings carried twice, refused payloads",
+    summary = "Per relay: blocks, frames, readings, readings carried twice and refused payloads over the last minutes, and its own status with radio counters (retransmissions heard)",
     params(TrafficQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Traffic per relay, by relay id", body = [RelayTraffic]),
+        (status = 200, description = "Health per relay, by relay id", body = [RelayHealth]),
         (status = 400, description = "Malformed query (`bad_request`)", body = ErrorBody),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
@@ -706,7 +706,42 @@ async fn fleet_relays(
         )));
     }
     let since = gridpow_common::wall_ms().saturating_sub(minutes * 60_000);
-    Ok(Json(s.query(move |st| st.relay_traffic(since)).await?))
+    let traffic = s.query(move |st| st.relay_traffic(since)).await?;
+    let mut reported = s.shared.relay_status.all();
+    let mut out: Vec<RelayHealth> = traffic
+        .into_iter()
+        .map(|t| RelayHealth {
+            relay_id: t.relay_id,
+            stored: Some(t),
+            reported: None,
+        })
+        .collect();
+    for r in reported.drain(..) {
+        match out.iter_mut().find(|h| h.relay_id == r.relay_id) {
+            Some(h) => h.reported = Some(r),
+            None => out.push(RelayHealth {
+                relay_id: r.relay_id,
+                stored: None,
+                reported: Some(r),
+            }),
+        }
+    }
+    out.sort_by_key(|h| h.relay_id);
+    Ok(Json(out))
+}
+
+/// A relay's health: what the server stored from it over the span asked
+/// for, and what it last said about itself (its retained status message,
+/// with its radio counters; as trustworthy as the broker's ACL).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct RelayHealth {
+    /// The relay.
+    relay_id: u32,
+    /// Blocks, frames, readings, duplicates and refusals stored or
+    /// quarantined over the span (`null`: nothing).
+    stored: Option<RelayTraffic>,
+    /// Its newest status message (`null`: none received since this server started).
+    reported: Option<crate::relay_status::ReportedStatus>,
 }
 
 #[utoipa::path(
@@ -896,6 +931,7 @@ async fn proof(
         FleetSnapshot,
         Band,
         RelayTraffic,
+        RelayHealth,
         MeterFilter,
         MeterSort
     )),

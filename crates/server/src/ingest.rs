@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use gridpow_common::topics;
 use gridpow_proto::wire::ReceiptRepr;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use tokio::sync::{mpsc, watch};
@@ -124,22 +124,38 @@ pub(crate) async fn mqtt_task(
                     add(&shared.metrics.mqtt_connects, 1);
                     tracing::info!(session_present = ack.session_present, generation, filter = %filter, "MQTT connected; subscribing.");
                     // try_subscribe: awaiting here could wait on the request channel this task drains.
-                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    // Blocks (QoS 1, acknowledged after the commit) and every
+                    // relay's status (QoS 0: nothing to acknowledge), in one request.
+                    let filters = [
+                        Filter::new(filter.clone(), QoS::AtLeastOnce),
+                        Filter::new(topics::ALL_STATUS, QoS::AtMostOnce),
+                    ];
+                    if let Err(e) = client.try_subscribe_many(filters) {
                         tracing::error!(error = %e, "Subscribe request could not be queued.");
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
-                    for code in &s.return_codes {
+                    for (i, code) in s.return_codes.iter().enumerate() {
+                        let what = if i == 0 { filter.as_str() } else { topics::ALL_STATUS };
                         match code {
                             SubscribeReasonCode::Success(qos) => {
-                                shared.mqtt_subscribed.store(true, Ordering::Relaxed);
-                                tracing::info!(qos = ?qos, "Subscribed to blocks.");
+                                if i == 0 {
+                                    shared.mqtt_subscribed.store(true, Ordering::Relaxed);
+                                }
+                                tracing::info!(qos = ?qos, filter = %what, "Subscribed.");
                             }
-                            other => tracing::error!(reason = ?other, filter = %filter, "Broker refused the subscription."),
+                            other => tracing::error!(reason = ?other, filter = %what, "Broker refused the subscription."),
                         }
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(relay) = topics::relay_of_status_topic(&String::from_utf8_lossy(&p.topic)) {
+                        record_status(&shared, relay, &p.payload);
+                        if p.qos != QoS::AtMostOnce {
+                            let _ = client.try_ack(&p);
+                        }
+                        continue;
+                    }
                     add(&shared.metrics.messages_received, 1);
                     add(&shared.metrics.bytes_received, p.payload.len() as u64);
                     let Some(tx) = &inbound else { continue };
@@ -189,6 +205,23 @@ pub(crate) async fn mqtt_task(
     shared.mqtt_connected.store(false, Ordering::Relaxed);
     shared.mqtt_subscribed.store(false, Ordering::Relaxed);
     tracing::info!("MQTT task ended.");
+}
+
+/// Keeps a relay's status message, or counts and logs why it was dropped.
+fn record_status(shared: &Shared, relay: u32, payload: &[u8]) {
+    match crate::relay_status::parse(relay, payload, gridpow_common::wall_ms()) {
+        Ok(status) => {
+            add(&shared.metrics.status_received, 1);
+            if !shared.relay_status.record(status) {
+                add(&shared.metrics.status_refused, 1);
+                tracing::warn!(relay, "Status of one relay too many dropped.");
+            }
+        }
+        Err(e) => {
+            add(&shared.metrics.status_refused, 1);
+            tracing::warn!(relay, error = %e, "Relay status message dropped.");
+        }
+    }
 }
 
 /// Verifies payloads in arrival order until the inbound channel closes.

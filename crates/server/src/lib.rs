@@ -47,6 +47,7 @@ pub mod metrics;
 #[cfg(any(test, feature = "test-support"))]
 pub mod pg_harness;
 pub mod plausibility;
+pub mod relay_status;
 mod server;
 pub mod store;
 pub mod verify;

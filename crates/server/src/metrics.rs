@@ -58,6 +58,10 @@ pub struct Metrics {
     pub mqtt_connects: AtomicU64,
     /// MQTT connection errors.
     pub mqtt_errors: AtomicU64,
+    /// Relay status messages kept.
+    pub status_received: AtomicU64,
+    /// Relay status messages dropped (malformed, another relay's, too many relays).
+    pub status_refused: AtomicU64,
     /// HTTP connections accepted and served.
     pub http_connections: AtomicU64,
     /// HTTP connections closed at once because `http.max_connections` were open.
@@ -95,6 +99,8 @@ pub struct Shared {
     pub generation: AtomicU64,
     /// When the server started, Unix ms.
     pub started_ms: u64,
+    /// Each relay's newest status message.
+    pub relay_status: crate::relay_status::RelayStatuses,
 }
 
 pub(crate) fn add(c: &AtomicU64, v: u64) {
@@ -308,6 +314,20 @@ impl Shared {
             "mqtt_errors_total",
             "MQTT connection errors.",
             get(&m.mqtt_errors),
+        );
+        metric(
+            o,
+            s,
+            "relay_status_received_total",
+            "Relay status messages kept (newest per relay on the dashboard).",
+            get(&m.status_received),
+        );
+        metric(
+            o,
+            s,
+            "relay_status_refused_total",
+            "Relay status messages dropped: malformed, naming another relay, or too many relays.",
+            get(&m.status_refused),
         );
         for (name, help, c) in [
             (

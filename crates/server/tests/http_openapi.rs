@@ -87,7 +87,7 @@ async fn the_openapi_description_names_every_route_and_every_named_path_is_serve
         ("/api/v1/quarantine", "QuarantineRow"),
         ("/api/v1/fleet", "Fleet"),
         ("/api/v1/fleet/meters", "MeterPage"),
-        ("/api/v1/fleet/relays", "RelayTraffic"),
+        ("/api/v1/fleet/relays", "RelayHealth"),
         ("/api/v1/blocks/{block_id}/readings", "BlockReadings"),
         ("/api/v1/readings/{reading_id}/proof", "Proof"),
     ] {

@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use common::{http_get, json, publish, relay_client, wait_until, Heard, Site};
 use gridpow_broker::{Mosquitto, MosquittoOptions};
+use gridpow_common::topics;
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::pow::check_work;
 use gridpow_proto::wire::uplink::write_hop_tag;
 use gridpow_proto::wire::{ReceiptRepr, ReceiptStatus};
 use gridpow_proto::Hash;
 use gridpow_server::{verify_ledger, BlockFault, LedgerError, Server, ServerHandle};
+use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn mosquitto(site: &Site) -> Mosquitto {
@@ -117,6 +119,41 @@ async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_ve
         (s.readings_stored, s.readings_duplicate, s.meters),
         (18, 3, 3)
     );
+
+    // The relay's status (retained) with its radio counters reaches the
+    // fleet view; a garbage status is counted and dropped, the good one stays.
+    // As the Linux relay's status_json writes it (pinned in crates/relay).
+    let status = format!(
+        r#"{{"height":1,"radio":{{"accepted":30,"duplicates":7,"frames":40,"rejected":3}},"relay_id":1,"state":"online","time_ms":{}}}"#,
+        site.t0
+    );
+    client
+        .publish(topics::status(1), QoS::AtLeastOnce, true, status)
+        .await
+        .unwrap();
+    client
+        .publish(
+            topics::status(1),
+            QoS::AtLeastOnce,
+            false,
+            &b"{\"state\":1}"[..],
+        )
+        .await
+        .unwrap();
+    assert!(
+        wait_until(10, || server
+            .metrics_text()
+            .contains("gridpow_server_relay_status_refused_total 1"))
+        .await,
+        "{}",
+        server.metrics_text()
+    );
+    let (_, health) = http_get(server.http_addr(), &site.admin, "/api/v1/fleet/relays").await;
+    let health = json(&health);
+    assert_eq!(health[0]["relay_id"], 1, "{health}");
+    assert_eq!(health[0]["reported"]["state"], "online", "{health}");
+    assert_eq!(health[0]["reported"]["radio"]["duplicates"], 7, "{health}");
+    assert_eq!(health[0]["stored"]["blocks"], 2, "{health}");
 
     // Height 3 before height 2: a gap, then filled; then the fork.
     publish(&client, 1, &b3).await;
