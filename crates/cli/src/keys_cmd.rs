@@ -296,7 +296,7 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             cfg.relay_mac = relay_mac;
             cfg.min_epoch = min_epoch;
             let blob = gridpow_firmware_logic::provisioning::encode_provisioning(&cfg);
-            gridpow_common::keys::write_file(&bin_path, &blob, true)
+            gridpow_common::durable::write_file(&bin_path, &blob, true)
                 .with_context(|| format!("writing {}", bin_path.display()))?;
             println!("meter {id} registered (key id {})", prov.key_id);
             if let Some(m) = mac {
@@ -345,7 +345,7 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             let acl = KeyDir::new(&dir).mosquitto_acl()?;
             match out {
                 Some(p) => {
-                    gridpow_common::keys::write_file(&p, acl.as_bytes(), false)
+                    gridpow_common::durable::write_file(&p, acl.as_bytes(), false)
                         .with_context(|| format!("writing {}", p.display()))?;
                     println!("wrote {}", p.display());
                 }

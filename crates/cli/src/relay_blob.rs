@@ -199,7 +199,7 @@ pub fn run(a: &RelayBlobArgs) -> anyhow::Result<()> {
     if let Err(e) = RelayConfig::decode(&blob) {
         bail!("the encoded blob does not decode: {e}");
     }
-    gridpow_common::keys::write_file(&p.out, &blob, true)
+    gridpow_common::durable::write_file(&p.out, &blob, true)
         .with_context(|| format!("writing {}", p.out.display()))?;
     println!(
         "relay {} blob ({:?} mode, channel {}): {} ({} bytes of {MAX_RELAY_BLOB_LEN}, 0600, SECRET)",

@@ -29,6 +29,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{load_toml, ConfigError};
+use crate::durable::write_file;
 use crate::registry::{MeterRecord, MeterRegistry, RelayRecord, RelayRegistry};
 
 /// Why a key directory operation failed.
@@ -77,10 +78,6 @@ pub enum KeyError {
 fn io_err(path: &Path, e: std::io::Error) -> KeyError {
     KeyError::Config(ConfigError::io(path, e))
 }
-
-/// Writes `data` to `path` atomically and durably, creating parent
-/// directories; `secret` files get mode 0600 ([`crate::durable::write_file`]).
-pub use crate::durable::write_file;
 
 /// `site.toml`: the site secrets by key id.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -74,7 +74,8 @@ impl MeterRegistry {
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
         let text = toml::to_string_pretty(self)
             .map_err(|e| ConfigError::invalid(path, "", e.to_string()))?;
-        crate::keys::write_file(path, text.as_bytes(), false).map_err(|e| ConfigError::io(path, e))
+        crate::durable::write_file(path, text.as_bytes(), false)
+            .map_err(|e| ConfigError::io(path, e))
     }
 
     /// The meter with `id`.
@@ -140,7 +141,8 @@ impl RelayRegistry {
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
         let text = toml::to_string_pretty(self)
             .map_err(|e| ConfigError::invalid(path, "", e.to_string()))?;
-        crate::keys::write_file(path, text.as_bytes(), false).map_err(|e| ConfigError::io(path, e))
+        crate::durable::write_file(path, text.as_bytes(), false)
+            .map_err(|e| ConfigError::io(path, e))
     }
 
     /// The relay with `id`.

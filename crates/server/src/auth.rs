@@ -182,7 +182,7 @@ impl TokenFile {
             source: std::io::Error::other(e),
         })?;
         let text = format!("# gridpow API tokens: SHA-256 of each token, never the token. Edit with `gridpow tokens`.\n{text}");
-        gridpow_common::keys::write_file(path, text.as_bytes(), true).map_err(|source| {
+        gridpow_common::durable::write_file(path, text.as_bytes(), true).map_err(|source| {
             AuthError::Io {
                 path: path.to_path_buf(),
                 source,
