@@ -406,6 +406,30 @@ def main():
                                                                       rr[60:], b"gridpow-rcpt-v2\x00" + rr[:60]),
           "receipt refused for good: status 3, same layout and signature rule")
 
+    st = load("status.json")
+    for m in st["messages"]:
+        body = {"height": m["height"], "relay_id": m["relay_id"], "state": "online" if m["online"] else "offline", "time_ms": m["time_ms"]}
+        if m["radio"] is not None:
+            body["radio"] = m["radio"]
+        check(m["json"] == json.dumps(body, sort_keys=True, separators=(",", ":")) and len(m["json"]) <= 240,
+              f"status of relay {m['relay_id']}: keys sorted, no spaces, at most 240 bytes")
+
+    def judge_status(topic_relay, text):
+        try:
+            v = json.loads(text)
+            ok = isinstance(v, dict) and v.get("state") in ("online", "offline") and all(
+                isinstance(v.get(k), int) and v[k] >= 0 for k in ("relay_id", "time_ms")) and (
+                v.get("height") is None or (isinstance(v["height"], int) and v["height"] >= 0)) and "height" in v
+        except ValueError:
+            ok = False
+        if not ok:
+            return "malformed"
+        return "kept" if v["relay_id"] == topic_relay else "wrong_relay"
+    for r in st["refused"]:
+        check(judge_status(r["topic_relay"], r["json"]) == r["reason"], f"status {r['json']!r} on relay {r['topic_relay']}'s topic: {r['reason']}")
+    for m in st["messages"]:
+        check(judge_status(m["relay_id"], m["json"]) == "kept", f"status of relay {m['relay_id']} kept")
+
     s = load("serial.json")
     enc = X(s["encoded"])
     check(enc[-1] == 0 and 0 not in enc[:-1], "serial message is zero-delimited")

@@ -145,6 +145,34 @@ mod tests {
     }
 
     #[test]
+    fn status_json_is_the_vectors_text_byte_for_byte() {
+        // test-vectors/status.json: what the Linux relay's `status_json`
+        // (serde_json, keys sorted) writes too.
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../../test-vectors/status.json")).unwrap();
+        let messages = doc["messages"].as_array().unwrap();
+        assert!(messages.len() >= 4);
+        for m in messages {
+            let r = &m["radio"];
+            let n = |k: &str| r[k].as_u64().unwrap();
+            let s = Status {
+                relay_id: m["relay_id"].as_u64().unwrap() as u32,
+                online: m["online"].as_bool().unwrap(),
+                height: m["height"].as_u64(),
+                time_ms: m["time_ms"].as_u64().unwrap(),
+                radio: r.is_object().then(|| RadioCounts {
+                    frames: n("frames"),
+                    accepted: n("accepted"),
+                    duplicates: n("duplicates"),
+                    rejected: n("rejected"),
+                }),
+            };
+            let mut buf = [0u8; MAX_STATUS_LEN];
+            assert_eq!(s.write_json(&mut buf).ok(), m["json"].as_str());
+        }
+    }
+
+    #[test]
     fn status_json_matches_the_linux_relay_serde_json_output() {
         let radio = RadioCounts {
             frames: 10,

@@ -176,8 +176,7 @@ mod tests {
         assert!(!s.online && s.height.is_none() && s.radio.is_none());
     }
 
-    /// What the Linux relay's `status_json` writes (pinned as text here, so a
-    /// change there that breaks the server shows).
+    /// The first message of test-vectors/status.json (relay 7 here).
     fn gridpow_relay_status_sample() -> String {
         r#"{"height":3,"radio":{"accepted":7,"duplicates":2,"frames":10,"rejected":1},"relay_id":7,"state":"online","time_ms":5}"#.to_string()
     }
@@ -207,6 +206,34 @@ mod tests {
             parse(1, other, 0),
             Err(StatusError::WrongRelay { topic: 1, body: 2 })
         );
+    }
+
+    #[test]
+    fn the_vectors_messages_are_read_and_their_refusals_refused() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../../test-vectors/status.json")).unwrap();
+        for m in doc["messages"].as_array().unwrap() {
+            let relay = m["relay_id"].as_u64().unwrap() as u32;
+            let s = parse(relay, m["json"].as_str().unwrap().as_bytes(), 1).unwrap();
+            assert_eq!(s.online, m["online"].as_bool().unwrap());
+            assert_eq!(s.height, m["height"].as_u64());
+            assert_eq!(s.time_ms, m["time_ms"].as_u64().unwrap());
+            assert_eq!(
+                s.radio.map(|r| r.duplicates),
+                m["radio"]["duplicates"].as_u64()
+            );
+        }
+        for r in doc["refused"].as_array().unwrap() {
+            let relay = r["topic_relay"].as_u64().unwrap() as u32;
+            let got = parse(relay, r["json"].as_str().unwrap().as_bytes(), 1);
+            let reason = match got {
+                Err(StatusError::Malformed(_)) => "malformed",
+                Err(StatusError::WrongRelay { .. }) => "wrong_relay",
+                Err(StatusError::TooLong(_)) => "too_long",
+                Ok(_) => "kept",
+            };
+            assert_eq!(reason, r["reason"].as_str().unwrap(), "{r}");
+        }
     }
 
     #[test]
