@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use super::shared::{typed_reading, u64_of};
+use super::shared::{typed_reading, u64_of, READING_COLS};
 use super::{Cell, MeterSummary, Store, StoreError, StoredReading};
 
 /// A query parameter of the shared SQL.
@@ -216,9 +216,6 @@ const METER_COLS: &str = "m.meter_id, m.readings, m.first_seen_ms, m.last_receiv
     CASE WHEN m.silent THEN 1 ELSE 0 END, m.last_epoch, m.last_seq, m.last_ts_ms, \
     m.last_voltage_cv, m.last_current_ma, m.last_power_dw, m.last_pf_e4, m.last_freq_mhz, \
     m.last_energy_mwh, m.last_flags";
-
-const READING_COLS: &str = "id, block_id, leaf, meter_id, epoch, seq, ts_ms, voltage_cv, \
-    current_ma, power_dw, pf_e4, freq_mhz, energy_mwh, flags";
 
 fn int(table: &'static str, row: &[Cell], i: usize) -> Result<i64, StoreError> {
     row.get(i)

@@ -43,6 +43,11 @@ pub(super) fn block_subject(relay_id: u32, height: u64) -> String {
     format!("relay:{relay_id}:height:{height}")
 }
 
+/// The reading columns, in the order [`typed_reading`] reads them.
+pub(super) const READING_COLS: &str =
+    "id, block_id, leaf, meter_id, epoch, seq, ts_ms, voltage_cv, \
+    current_ma, power_dw, pf_e4, freq_mhz, energy_mwh, flags";
+
 /// A reading from its columns `id, block_id, leaf, meter_id, epoch, seq, ts_ms,
 /// voltage_cv, current_ma, power_dw, pf_e4, freq_mhz, energy_mwh, flags`.
 pub(super) fn typed_reading(

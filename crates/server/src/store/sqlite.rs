@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transactio
 
 use super::shared::{
     self, hash_of, meter_subject, typed_reading, u64_of, Admit, BlockCols, Book, Chain, ChainSlot,
-    Coverage, CoverageChange, MeterState, Quota, RelayCols, Silent,
+    Coverage, CoverageChange, MeterState, Quota, RelayCols, Silent, READING_COLS,
 };
 use super::{
     AlertRow, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbTotals, ForkEvidence,
@@ -40,9 +40,6 @@ const MIGRATIONS: &[(u32, &str)] = &[
 /// an explicit one costs a B-tree seek to check it is free.
 const INSERT_READING: &str = "INSERT INTO readings (block_id, leaf, meter_id, epoch, seq, ts_ms, voltage_cv, \
      current_ma, power_dw, pf_e4, freq_mhz, energy_mwh, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
-
-const READING_COLS: &str =
-    "id, block_id, leaf, meter_id, epoch, seq, ts_ms, voltage_cv, current_ma, power_dw, pf_e4, freq_mhz, energy_mwh, flags";
 
 /// A SQLite database holding the ledger.
 pub struct SqliteStore {

@@ -85,7 +85,9 @@ use tokio_postgres::Row;
 
 pub use conn::{ConnectError, PgConn};
 
-use super::shared::{self, hash_of, typed_reading, u64_of, BlockCols, RelayCols, Silent};
+use super::shared::{
+    self, hash_of, typed_reading, u64_of, BlockCols, RelayCols, Silent, READING_COLS,
+};
 use super::{
     AlertRow, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbTotals, ForkEvidence,
     Ingest, LedgerBlock, LedgerReading, MeterSummary, NewAlert, QuarantineRow, RaisedAlert,
@@ -121,10 +123,6 @@ pub const READING_ID_SHIFT: u32 = 19;
 
 /// Transactions retried after a serialization failure, deadlock or unique violation.
 const MAX_ATTEMPTS: u32 = 8;
-
-const READING_COLS: &str =
-    "id, block_id, leaf, meter_id, epoch, seq, ts_ms, voltage_cv, current_ma, power_dw, pf_e4, \
-     freq_mhz, energy_mwh, flags";
 
 /// A PostgreSQL database holding the ledger (see the module docs).
 pub struct PgStore {
