@@ -62,7 +62,7 @@ impl ApiState {
         shared: Arc<Shared>,
         rules: &crate::config::PlausibilityConfig,
     ) -> Arc<Self> {
-        let band = VoltageBand::new(rules.nominal_voltage_v, rules.voltage_tolerance);
+        let band = VoltageBand::of(rules);
         let state = Arc::new(ApiState {
             db,
             keys,

@@ -140,12 +140,43 @@ impl Finding {
     }
 }
 
+/// The voltage band a meter should stay in, centivolts inclusive:
+/// `nominal_voltage_v ± voltage_tolerance` (EN 50160's 230 V ± 10 % by
+/// default). The one band the alert rule, the fleet views' SQL and the
+/// dashboard judge voltages against, in the readings' own unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct VoltageBand {
+    /// Lowest in-band voltage, cV.
+    pub low_cv: i64,
+    /// Highest in-band voltage, cV.
+    pub high_cv: i64,
+}
+
+impl VoltageBand {
+    /// The band `nominal ± tolerance` (tolerance relative: 0.10 = ±10 %).
+    pub fn new(nominal_v: f64, tolerance: f64) -> VoltageBand {
+        VoltageBand {
+            low_cv: (nominal_v * (1.0 - tolerance) * 100.0).round() as i64,
+            high_cv: (nominal_v * (1.0 + tolerance) * 100.0).round() as i64,
+        }
+    }
+
+    /// The band of the plausibility rules.
+    pub fn of(cfg: &PlausibilityConfig) -> VoltageBand {
+        VoltageBand::new(cfg.nominal_voltage_v, cfg.voltage_tolerance)
+    }
+
+    /// Whether `voltage_cv` is inside the band.
+    pub fn contains(&self, voltage_cv: u16) -> bool {
+        (self.low_cv..=self.high_cv).contains(&i64::from(voltage_cv))
+    }
+}
+
 /// The rules with their thresholds.
 #[derive(Clone, Debug)]
 pub struct Rules {
     cfg: PlausibilityConfig,
-    v_low: f64,
-    v_high: f64,
+    band: VoltageBand,
 }
 
 impl Default for Rules {
@@ -157,9 +188,8 @@ impl Default for Rules {
 impl Rules {
     /// Rules with the configured thresholds.
     pub fn new(cfg: PlausibilityConfig) -> Self {
-        let v_low = cfg.nominal_voltage_v * (1.0 - cfg.voltage_tolerance);
-        let v_high = cfg.nominal_voltage_v * (1.0 + cfg.voltage_tolerance);
-        Rules { cfg, v_low, v_high }
+        let band = VoltageBand::of(&cfg);
+        Rules { cfg, band }
     }
 
     /// The configuration.
@@ -175,12 +205,11 @@ impl Rules {
             found(Finding::SensorFault);
             return;
         }
-        let volts = r.voltage_v();
-        if volts < self.v_low || volts > self.v_high {
+        if !self.band.contains(r.voltage_cv) {
             found(Finding::VoltageOutOfRange {
-                volts,
-                low: self.v_low,
-                high: self.v_high,
+                volts: r.voltage_v(),
+                low: self.band.low_cv as f64 / 100.0,
+                high: self.band.high_cv as f64 / 100.0,
             });
         }
         let apparent = r.apparent_power_va();
@@ -237,6 +266,27 @@ mod tests {
         // Export: negative power with negative power factor.
         let r = reading(23000, 10_000, -21_850, -9500);
         assert_eq!(findings(&Rules::default(), &r), vec![]);
+    }
+
+    #[test]
+    fn the_band_edges_are_in_band_for_the_alert_and_the_fleet_views_alike() {
+        let band = VoltageBand::of(&PlausibilityConfig::default());
+        assert_eq!((band.low_cv, band.high_cv), (20_700, 25_300));
+        for (cv, inside) in [
+            (20_699, false),
+            (20_700, true),
+            (25_300, true),
+            (25_301, false),
+        ] {
+            assert_eq!(band.contains(cv), inside, "{cv} cV");
+            // No load, so only the voltage rule can fire.
+            let r = reading(cv, 0, 0, 10_000);
+            assert_eq!(
+                findings(&Rules::default(), &r).is_empty(),
+                inside,
+                "{cv} cV"
+            );
+        }
     }
 
     #[test]

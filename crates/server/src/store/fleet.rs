@@ -20,26 +20,7 @@ pub enum SqlParam {
     Text(String),
 }
 
-/// The voltage band a meter should stay in, centivolts inclusive
-/// (from the plausibility rules: nominal ± tolerance, EN 50160's 230 V ± 10 %
-/// by default).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct VoltageBand {
-    /// Lowest in-band voltage, cV.
-    pub low_cv: i64,
-    /// Highest in-band voltage, cV.
-    pub high_cv: i64,
-}
-
-impl VoltageBand {
-    /// The band `nominal ± tolerance` (tolerance relative: 0.10 = ±10 %).
-    pub fn new(nominal_v: f64, tolerance: f64) -> VoltageBand {
-        VoltageBand {
-            low_cv: (nominal_v * (1.0 - tolerance) * 100.0).round() as i64,
-            high_cv: (nominal_v * (1.0 + tolerance) * 100.0).round() as i64,
-        }
-    }
-}
+pub use crate::plausibility::VoltageBand;
 
 /// Which meters a page lists.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
