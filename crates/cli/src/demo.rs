@@ -112,9 +112,7 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| data_dir.join("gridpow.db").to_string_lossy().into_owned());
     // The same check for the database, now rather than after keys and the
     // broker are up (the data directory's lock covers a database inside it).
-    if let Ok(gridpow_server::store::DbUrl::Sqlite(path)) =
-        gridpow_server::store::DbUrl::parse(&db_url)
-    {
+    if let Ok(gridpow_store::DbUrl::Sqlite(path)) = gridpow_store::DbUrl::parse(&db_url) {
         gridpow_common::datadir::check_sqlite_writable(&path).context("--db")?;
     }
     progress(q, format_args!("data directory: {}", data_dir.display()));
@@ -361,5 +359,5 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
 
 /// Latency of every stored reading from its making to its block's arrival at the server, sorted.
 fn latencies(db: &str) -> anyhow::Result<Vec<i64>> {
-    Ok(gridpow_server::store::open_reader(db)?.delivery_latencies()?)
+    Ok(gridpow_store::open_reader(db)?.delivery_latencies()?)
 }

@@ -224,7 +224,7 @@ pub fn run_server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
         eprintln!("grid server stopping: finishing what is in flight");
         server.shutdown().await;
         // The totals as the database holds them now, after the last commit.
-        let stored = gridpow_server::store::open_reader(&db_url).and_then(|mut r| r.totals());
+        let stored = gridpow_store::open_reader(&db_url).and_then(|mut r| r.totals());
         match stored {
             Ok(t) => eprintln!(
                 "grid server stopped: database {db} holds {} blocks and {} readings",

@@ -157,7 +157,7 @@ fn servers_broker_and_relay_killed_during_ingest_lose_and_duplicate_nothing_on_s
 
 #[test]
 fn servers_broker_and_relay_killed_during_ingest_lose_and_duplicate_nothing_on_postgresql() {
-    let pg = gridpow_server::pg_harness::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let pg = gridpow_store::pg_harness::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
     let db = pg.create_database().unwrap();
     crash_run(&db);
 }

@@ -18,7 +18,7 @@ fn site(dir: &Path) -> (String, String) {
     let o = gridpow(&["keys", "init", "--dir", &k]);
     assert!(o.status.success(), "{}", text(&o));
     let db = dir.join("server.db");
-    drop(gridpow_server::store::SqliteStore::open(&db).unwrap());
+    drop(gridpow_store::SqliteStore::open(&db, gridpow_store::StoreOptions::default()).unwrap());
     (db.to_str().unwrap().to_string(), k)
 }
 

@@ -76,11 +76,12 @@ use gridpow_proto::wire::uplink::{seal, UplinkHeader};
 use gridpow_proto::wire::Reading;
 use gridpow_server::config::{HttpConfig, MqttConfig};
 use gridpow_server::keyring::Keyring;
-use gridpow_server::pg_harness::{PgOptions, PgServer};
-use gridpow_server::store::postgres::PgConn;
-use gridpow_server::store::{Arrival, Ingest, PgStore, SqliteStore, Store};
-use gridpow_server::verify::{verify_payload, VerifiedBlockData};
+use gridpow_server::verify::verify_payload;
 use gridpow_server::{Server, ServerConfig};
+use gridpow_store::pg_harness::{PgOptions, PgServer};
+use gridpow_store::postgres::PgConn;
+use gridpow_store::VerifiedBlockData;
+use gridpow_store::{Arrival, Ingest, IngestStore, PgStore, QueryStore, SqliteStore};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
@@ -254,7 +255,7 @@ fn main() {
     let only_store = std::env::var_os("INGEST_RATE_ONLY_STORE").is_some();
     // 1. Raw inserts of the same rows.
     let raw_path = dir.path().join("raw.db");
-    let mut raw = SqliteStore::open(&raw_path).unwrap();
+    let mut raw = SqliteStore::open(&raw_path, gridpow_store::StoreOptions::default()).unwrap();
     let cpu0 = thread_cpu_s().unwrap_or(0.0);
     let started = Instant::now();
     let mut batch = Vec::with_capacity(BATCH_READINGS);
@@ -275,7 +276,11 @@ fn main() {
     drop(raw);
 
     // 2. The store's commit.
-    let mut store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    let mut store = SqliteStore::open(
+        &dir.path().join("store.db"),
+        gridpow_store::StoreOptions::default(),
+    )
+    .unwrap();
     let items: Vec<Ingest> = verified
         .into_iter()
         .map(|mut block| {
@@ -418,7 +423,7 @@ fn postgres_parts(
 ) {
     let per_tx = (BATCH_READINGS / per_block.max(1)).max(1);
     // 1. Raw COPY, ids as the store gives them (block i gets id i + 1).
-    let raw_batches: Vec<Vec<(i64, &[gridpow_server::verify::ReadingRow])>> = verified
+    let raw_batches: Vec<Vec<(i64, &[gridpow_store::ReadingRow])>> = verified
         .chunks(per_tx)
         .enumerate()
         .map(|(c, chunk)| {
@@ -430,7 +435,7 @@ fn postgres_parts(
         })
         .collect();
     let url = pg.fresh("raw1");
-    let mut raw = PgStore::open(&url).unwrap();
+    let mut raw = PgStore::open(&url, gridpow_store::StoreOptions::default()).unwrap();
     let raw1 = rate(total, || {
         for b in &raw_batches {
             raw.copy_readings_raw(b).unwrap();
@@ -444,7 +449,8 @@ fn postgres_parts(
                 let url = &url;
                 let batches = &raw_batches;
                 s.spawn(move || {
-                    let mut raw = PgStore::open(url).unwrap();
+                    let mut raw =
+                        PgStore::open(url, gridpow_store::StoreOptions::default()).unwrap();
                     for b in batches.iter().skip(w).step_by(2) {
                         raw.copy_readings_raw(b).unwrap();
                     }
@@ -463,7 +469,7 @@ fn postgres_parts(
         })
         .collect();
     let url = pg.fresh("store1");
-    let mut store = PgStore::open(&url).unwrap();
+    let mut store = PgStore::open(&url, gridpow_store::StoreOptions::default()).unwrap();
     let s1 = rate(total, || {
         for chunk in items.chunks(per_tx) {
             store.commit(chunk, gridpow_common::wall_ms()).unwrap();
@@ -481,7 +487,8 @@ fn postgres_parts(
                 let url = &url;
                 let mine: Vec<Ingest> = items.iter().skip(w).step_by(2).cloned().collect();
                 s.spawn(move || {
-                    let mut store = PgStore::open(url).unwrap();
+                    let mut store =
+                        PgStore::open(url, gridpow_store::StoreOptions::default()).unwrap();
                     for chunk in mine.chunks(per_tx) {
                         store.commit(chunk, gridpow_common::wall_ms()).unwrap();
                     }

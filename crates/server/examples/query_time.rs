@@ -17,7 +17,7 @@
 
 use std::time::Instant;
 
-use gridpow_server::store::open_reader;
+use gridpow_store::open_reader;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -30,8 +30,8 @@ use crate::auth::{self, Gate, HttpRefusal, Principal, Refusal};
 use crate::history::{FleetWindow, History};
 use crate::http_error::{json_error, ApiPath, ApiQuery, ErrorBody};
 use crate::metrics::Shared;
-use crate::store::{
-    open_reader, FleetSnapshot, MeterFilter, MeterQuery, MeterSort, RelayTraffic, Store,
+use gridpow_store::{
+    open_reader, FleetSnapshot, MeterFilter, MeterQuery, MeterSort, ReadStore, RelayTraffic,
     StoreError, StoredReading, VoltageBand,
 };
 
@@ -46,7 +46,7 @@ pub(crate) struct ApiState {
     db: String,
     keys: KeyDir,
     shared: Arc<Shared>,
-    readers: Mutex<Vec<Box<dyn Store>>>,
+    readers: Mutex<Vec<Box<dyn ReadStore>>>,
     /// One permit per reader that may be open (`READERS_MAX`).
     reader_slots: Arc<tokio::sync::Semaphore>,
     /// The fleet's last hour, sampled by [`crate::history::run`].
@@ -85,7 +85,7 @@ impl ApiState {
     pub(crate) async fn query<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn ReadStore) -> Result<T, StoreError> + Send + 'static,
     {
         let slot = tokio::time::timeout(READER_WAIT, self.reader_slots.clone().acquire_owned())
             .await
@@ -263,15 +263,31 @@ async fn dashboard() -> Html<&'static str> {
     tag = "gridpow",
     summary = "Liveness: always open",
     responses(
-        (status = 200, description = "`{\"status\": \"ok\", \"mqtt_connected\": bool}`", body = serde_json::Value)
+        (status = 200, description = "`{\"status\": \"ok\", \"mqtt_connected\": bool}`", body = serde_json::Value),
+        (status = 503, description = "`{\"status\": \"halted\", \"error\": …}`: the writer stopped on a database error no retry can cure; nothing unstored was acknowledged", body = serde_json::Value)
     )
 )]
-async fn healthz(State(s): State<Arc<ApiState>>) -> Json<serde_json::Value> {
+async fn healthz(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     let connected = s
         .shared
         .mqtt_connected
         .load(std::sync::atomic::Ordering::Relaxed);
-    Json(serde_json::json!({ "status": "ok", "mqtt_connected": connected }))
+    let halted = match s.shared.writer_halted.lock() {
+        Ok(h) => h.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    match halted {
+        None => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "status": "ok", "mqtt_connected": connected })),
+        ),
+        Some(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({ "status": "halted", "mqtt_connected": connected, "error": error }),
+            ),
+        ),
+    }
 }
 
 #[utoipa::path(
@@ -319,7 +335,7 @@ async fn stats(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     summary = "Every meter with stored readings: last reading, counts, silence",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Meter summaries", body = [crate::store::MeterSummary]),
+        (status = 200, description = "Meter summaries", body = [gridpow_store::MeterSummary]),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
         (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
@@ -445,7 +461,7 @@ async fn meter_readings(
     summary = "Every relay: chain head, gaps, forks",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Relay summaries", body = [crate::store::RelaySummary]),
+        (status = 200, description = "Relay summaries", body = [gridpow_store::RelaySummary]),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
         (status = 503, description = "No database reader free in time (`database_busy`); retry after `Retry-After`", body = ErrorBody)
@@ -472,7 +488,7 @@ struct BlocksQuery {
     params(BlocksQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Blocks, newest first", body = [crate::store::BlockSummary]),
+        (status = 200, description = "Blocks, newest first", body = [gridpow_store::BlockSummary]),
         (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
@@ -503,7 +519,7 @@ struct LimitQuery {
     params(LimitQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Alerts, newest first", body = [crate::store::AlertRow]),
+        (status = 200, description = "Alerts, newest first", body = [gridpow_store::AlertRow]),
         (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
@@ -527,7 +543,7 @@ async fn alerts(
     params(LimitQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Quarantined payloads, newest first", body = [crate::store::QuarantineRow]),
+        (status = 200, description = "Quarantined payloads, newest first", body = [gridpow_store::QuarantineRow]),
         (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
@@ -631,7 +647,7 @@ struct FleetMetersQuery {
     params(FleetMetersQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "One page of meters: `total`, `matched`, `offset`, `rows`", body = crate::store::MeterPage),
+        (status = 200, description = "One page of meters: `total`, `matched`, `offset`, `rows`", body = gridpow_store::MeterPage),
         (status = 400, description = "Malformed query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),
@@ -752,7 +768,7 @@ struct RelayHealth {
     params(("block_id" = i64, Path, description = "Block row id (`id` of a block)"), LimitQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The block and its readings", body = crate::store::BlockReadings),
+        (status = 200, description = "The block and its readings", body = gridpow_store::BlockReadings),
         (status = 400, description = "Malformed id or query (`bad_request`), or `limit` above `http.max_page` (`page_too_large`)", body = ErrorBody),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody),

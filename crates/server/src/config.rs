@@ -57,6 +57,7 @@ use std::path::{Path, PathBuf};
 
 use gridpow_common::config::load_toml;
 pub use gridpow_common::config::ConfigError;
+pub use gridpow_store::PlausibilityConfig;
 use serde::{Deserialize, Serialize};
 
 /// Environment prefix of server overrides.
@@ -213,46 +214,6 @@ impl Default for HttpConfig {
     }
 }
 
-/// Plausibility rules: physics the meter's tag cannot vouch for.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PlausibilityConfig {
-    /// Nominal line voltage, volts.
-    pub nominal_voltage_v: f64,
-    /// Allowed relative deviation from nominal (0.10 = ±10 %).
-    pub voltage_tolerance: f64,
-    /// Allowed |P − V·I·PF| as a fraction of the apparent power V·I …
-    pub power_tolerance: f64,
-    /// … plus this absolute slack, watts (covers rounding at small loads).
-    pub power_slack_w: f64,
-    /// The meters' reporting interval, seconds.
-    pub expected_interval_s: u64,
-    /// A meter is reported silent after this many intervals without a reading.
-    pub silent_after_intervals: u32,
-}
-
-impl Default for PlausibilityConfig {
-    fn default() -> Self {
-        PlausibilityConfig {
-            nominal_voltage_v: 230.0,
-            voltage_tolerance: 0.10,
-            power_tolerance: 0.05,
-            power_slack_w: 5.0,
-            expected_interval_s: 10,
-            silent_after_intervals: 5,
-        }
-    }
-}
-
-impl PlausibilityConfig {
-    /// Milliseconds of silence after which a meter is reported.
-    pub fn silent_after_ms(&self) -> u64 {
-        self.expected_interval_s
-            .saturating_mul(u64::from(self.silent_after_intervals))
-            .saturating_mul(1000)
-    }
-}
-
 /// How blocks are grouped into database transactions.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -292,7 +253,7 @@ pub struct QuarantineConfig {
 
 impl Default for QuarantineConfig {
     fn default() -> Self {
-        let d = crate::store::StoreLimits::default();
+        let d = gridpow_store::StoreLimits::default();
         QuarantineConfig {
             max_height_ahead: d.max_height_ahead,
             max_payload_bytes: d.quarantine_max_payload_bytes,
@@ -305,8 +266,8 @@ impl Default for QuarantineConfig {
 
 impl QuarantineConfig {
     /// The store's limits.
-    pub fn store_limits(&self) -> crate::store::StoreLimits {
-        crate::store::StoreLimits {
+    pub fn store_limits(&self) -> gridpow_store::StoreLimits {
+        gridpow_store::StoreLimits {
             max_height_ahead: self.max_height_ahead,
             quarantine_max_payload_bytes: self.max_payload_bytes,
             quarantine_max_rows_per_relay: self.max_rows_per_relay,
@@ -330,7 +291,15 @@ impl ServerConfig {
     /// This configuration as `server.toml`, each field under its documentation
     /// (the doc comments of this file) as comments; unset ones commented out.
     pub fn example_toml(&self) -> Result<String, ConfigError> {
-        gridpow_common::config::example_toml(self, include_str!("config.rs"), SECTIONS)
+        gridpow_common::config::example_toml(
+            self,
+            &[
+                include_str!("config.rs"),
+                gridpow_store::plausibility::SOURCE,
+            ]
+            .concat(),
+            SECTIONS,
+        )
     }
 
     /// Reads `path` (TOML) with overrides from `GRIDPOW_SERVER__…` variables and validates it.
@@ -346,7 +315,7 @@ impl ServerConfig {
         if self.db.trim().is_empty() {
             return bad("db", "must name a SQLite file or a database URL");
         }
-        if crate::store::DbUrl::parse(&self.db).is_err() {
+        if gridpow_store::DbUrl::parse(&self.db).is_err() {
             return bad(
                 "db",
                 "unsupported database URL (use a file path, sqlite://path or postgres://user@host/db)",
@@ -625,7 +594,7 @@ mod tests {
         );
         assert_eq!(
             ServerConfig::default().quarantine.store_limits(),
-            crate::store::StoreLimits::default()
+            gridpow_store::StoreLimits::default()
         );
         let mut c = ServerConfig::default();
         c.quarantine.max_payload_bytes = 100;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::api::ApiState;
-use crate::store::{FleetSnapshot, IngestWindow, VoltageBand};
+use gridpow_store::{FleetSnapshot, IngestWindow, VoltageBand};
 
 /// Length of a window, ms.
 pub const WINDOW_MS: u64 = 10_000;

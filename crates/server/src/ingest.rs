@@ -30,8 +30,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::keyring::Keyring;
 use crate::metrics::{add, Shared};
-use crate::store::{Arrival, Ingest, Outcome, QuarantineItem, Store};
-use crate::verify::{verify_payload, RejectKind};
+use crate::verify::verify_payload;
+use gridpow_store::RejectKind;
+use gridpow_store::{Arrival, Ingest, Outcome, QuarantineItem, Remedy, Store};
 
 /// What is needed to acknowledge one message to the broker.
 #[derive(Clone, Copy, Debug)]
@@ -419,7 +420,19 @@ pub(crate) fn writer_thread(
                         tracing::error!(error = %e, blocks = items.len(), "Commit failed during shutdown; the broker will redeliver.");
                         break None;
                     }
-                    tracing::error!(error = %e, blocks = items.len(), retry_in_ms = delay.as_millis() as u64, "Commit failed; retrying.");
+                    if e.remedy() != Remedy::Retry {
+                        // Retrying cannot help (corrupt rows, an altered schema, a full
+                        // disk): stop loudly. Nothing of this batch was acknowledged, so
+                        // the broker keeps it for the server that restarts after the fix.
+                        tracing::error!(error = %e, blocks = items.len(), "Commit failed and no retry can cure it; the writer stops. Fix the database, then restart the server.");
+                        let mut halted = match shared.writer_halted.lock() {
+                            Ok(h) => h,
+                            Err(p) => p.into_inner(),
+                        };
+                        *halted = Some(e.to_string());
+                        return;
+                    }
+                    tracing::warn!(error = %e, blocks = items.len(), retry_in_ms = delay.as_millis() as u64, "Commit failed; retrying.");
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -504,9 +517,9 @@ fn check_equivocation(
     store: &mut dyn Store,
     shared: &Shared,
     h: &gridpow_proto::wire::BlockHeaderRepr,
-    repeated: &[crate::verify::ReadingRow],
+    repeated: &[gridpow_store::ReadingRow],
 ) {
-    let found = match crate::equivocation::find(store, repeated) {
+    let found = match gridpow_store::equivocation::find(store, repeated) {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, relay = h.relay_id, height = h.height, "Comparing repeated readings failed.");

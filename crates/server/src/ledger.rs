@@ -36,13 +36,14 @@ use gridpow_proto::wire::{BlockHeaderRepr, BlockPacket};
 use gridpow_proto::{Hash, Malformed, Rejected};
 use serde::Serialize;
 
-use crate::intervals::IntervalSet;
 use crate::keyring::Keyring;
-use crate::store::{
+use crate::verify::reverify_stored;
+use gridpow_store::intervals::IntervalSet;
+use gridpow_store::ReadingRow;
+use gridpow_store::{
     decode_directory, encode_directory, open_reader, Cell, CoverageRow, LedgerBlock, LedgerReading,
-    Run, Store, StoreError, BLOCK_HEADER_COLUMNS, READING_COLUMNS,
+    ReadStore, Run, StoreError, BLOCK_HEADER_COLUMNS, READING_COLUMNS,
 };
-use crate::verify::{reverify_stored, ReadingRow};
 
 const PAGE: usize = 256;
 
@@ -286,41 +287,8 @@ impl LedgerError {
         match self {
             LedgerError::BadBlock { .. } | LedgerError::Table(_) => true,
             LedgerError::Open(_) | LedgerError::Keys(_) => false,
-            LedgerError::Store(e) => store_error_is_about_content(e),
+            LedgerError::Store(e) => e.is_about_content(),
         }
-    }
-}
-
-/// Whether a query failure of an opened gridpow database lies in what is
-/// stored (a value this build could not have written, a dropped column, a
-/// corrupt page) rather than in reaching it (I/O, locks, a lost connection).
-fn store_error_is_about_content(e: &StoreError) -> bool {
-    use rusqlite::ErrorCode;
-    match e {
-        StoreError::Corrupt { .. } => true,
-        // SQLITE_ERROR ("no such table/column") on a database that opened as
-        // gridpow's means its schema was altered; only these codes are about reaching it.
-        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => !matches!(
-            f.code,
-            ErrorCode::CannotOpen
-                | ErrorCode::DatabaseBusy
-                | ErrorCode::DatabaseLocked
-                | ErrorCode::OutOfMemory
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::PermissionDenied
-                | ErrorCode::DiskFull
-                | ErrorCode::FileLockingProtocolFailed
-                | ErrorCode::OperationInterrupted
-        ),
-        StoreError::Sqlite(
-            rusqlite::Error::InvalidColumnType(..)
-            | rusqlite::Error::FromSqlConversionFailure(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..)
-            | rusqlite::Error::InvalidColumnName(_),
-        ) => true,
-        // The server answered the query with an error: the schema was altered.
-        StoreError::Postgres(p) => p.as_db_error().is_some(),
-        _ => false,
     }
 }
 
@@ -349,7 +317,7 @@ fn describe_forks(forks: &[RelayForks]) -> String {
 }
 
 /// The validly signed forks among the quarantined fork rows, by relay.
-fn fork_evidence(store: &mut dyn Store, keys: &Keyring) -> Result<Vec<RelayForks>, StoreError> {
+fn fork_evidence(store: &mut dyn ReadStore, keys: &Keyring) -> Result<Vec<RelayForks>, StoreError> {
     let mut by_relay: std::collections::BTreeMap<u32, std::collections::BTreeSet<u64>> =
         Default::default();
     for row in store.ledger_forks()? {
@@ -493,7 +461,7 @@ pub fn verify_ledger(db: &str, keys: &KeyDir) -> Result<LedgerReport, LedgerErro
 }
 
 impl Checker {
-    fn relay(&mut self, store: &mut dyn Store, relay: i64) -> Result<(), LedgerError> {
+    fn relay(&mut self, store: &mut dyn ReadStore, relay: i64) -> Result<(), LedgerError> {
         let mut after: Option<i64> = None;
         let mut prev: Option<(u64, Hash)> = None;
         loop {
@@ -524,7 +492,7 @@ impl Checker {
     /// Checks one block; on failure returns the fault with the best height and hash known.
     fn block(
         &mut self,
-        store: &mut dyn Store,
+        store: &mut dyn ReadStore,
         relay: i64,
         b: &LedgerBlock,
         prev: Option<&(u64, Hash)>,
@@ -698,7 +666,7 @@ impl Checker {
             .copied()
             .collect();
         if !repeated.is_empty() {
-            let found = crate::equivocation::find(store, &repeated).map_err(|e| {
+            let found = gridpow_store::equivocation::find(store, &repeated).map_err(|e| {
                 fail(BlockFault::TimeIndex(format!(
                     "repeated readings unreadable: {e}"
                 )))
@@ -808,7 +776,7 @@ impl Checker {
     /// Finds the first block whose frames carry the missing reading.
     fn blame_missing(
         &mut self,
-        store: &mut dyn Store,
+        store: &mut dyn ReadStore,
         relays: &[i64],
         (m, e, s): (u32, u32, u32),
     ) -> LedgerError {

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! broker ─▶ mqtt task ─▶ verifier thread ─▶ writer thread ─▶ acker task ─▶ broker
-//!                        (verify::verify_payload) (Store::commit)   (receipt, then PUBACK)
+//!                        (verify::verify_payload) (IngestStore::commit)   (receipt, then PUBACK)
 //!                                                      │
 //!                          HTTP (axum): /api/v1/…, /metrics, /healthz, / ◀── read-only connections
 //! ```
@@ -18,12 +18,12 @@
 //! - [`Server::start`] runs it; [`ServerHandle`] reports [`ServerStats`] and shuts it down.
 //! - [`verify_ledger`] re-verifies a stored ledger offline.
 //! - The benchmark pieces: [`verify::verify_payload`] turns a block into the
-//!   rows the store inserts, [`store::SqliteStore::commit`](store::Store::commit)
+//!   rows the store inserts, [`gridpow_store::SqliteStore::commit`](gridpow_store::IngestStore::commit)
 //!   stores them as the pipeline does, and
-//!   [`store::SqliteStore::insert_readings_raw`] inserts the same rows with the
+//!   [`gridpow_store::SqliteStore::insert_readings_raw`] inserts the same rows with the
 //!   same statement and nothing else (the raw baseline).
 //!
-//! Storage design (see [`store`]): no per-reading unique index. Readings are
+//! Storage design (see [`gridpow_store`]): no per-reading unique index. Readings are
 //! de-duplicated against per-(meter, boot epoch) coverage intervals read and
 //! rewritten in the same transaction, and time-range queries walk the blocks
 //! by time and read one appended directory row per block. The measured rates
@@ -35,21 +35,15 @@
 mod api;
 pub mod auth;
 pub mod config;
-pub mod equivocation;
 pub mod history;
 mod http_error;
 mod http_serve;
 mod ingest;
-pub mod intervals;
 pub mod keyring;
 pub mod ledger;
 pub mod metrics;
-#[cfg(any(test, feature = "test-support"))]
-pub mod pg_harness;
-pub mod plausibility;
 pub mod relay_status;
 mod server;
-pub mod store;
 pub mod verify;
 
 pub use config::{ConfigError, ServerConfig};
@@ -65,7 +59,10 @@ pub fn http_app(cfg: &ServerConfig) -> Result<axum::Router, ServerError> {
     let keys = gridpow_common::keys::KeyDir::new(&cfg.keys_dir);
     let shared = std::sync::Arc::new(metrics::Shared::default());
     // Applies the migrations, so the readers find a schema.
-    drop(store::open_store(&cfg.db)?);
+    drop(gridpow_store::open_store(
+        &cfg.db,
+        gridpow_store::StoreOptions::default(),
+    )?);
     Ok(api::router(
         api::ApiState::new(cfg.db.clone(), keys, shared.clone(), &cfg.plausibility),
         auth::Gate::new(cfg, cfg.http.listen, shared),

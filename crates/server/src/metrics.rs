@@ -9,9 +9,9 @@ use std::sync::RwLock;
 use serde::Serialize;
 
 use crate::auth::HttpRefusal;
-use crate::plausibility::AlertKind;
-use crate::store::DbTotals;
-use crate::verify::RejectKind;
+use gridpow_store::plausibility::AlertKind;
+use gridpow_store::DbTotals;
+use gridpow_store::RejectKind;
 
 /// Counters of this server process.
 #[derive(Debug, Default)]
@@ -93,6 +93,9 @@ pub struct Shared {
     pub totals: RwLock<DbTotals>,
     /// Whether the MQTT connection is up.
     pub mqtt_connected: AtomicBool,
+    /// Why the writer stopped committing, once a commit failed in a way no
+    /// retry can cure (corrupt data, a full disk): see `/healthz`.
+    pub writer_halted: std::sync::Mutex<Option<String>>,
     /// Whether the broker confirmed the blocks subscription on the current connection.
     pub mqtt_subscribed: AtomicBool,
     /// Incremented at every MQTT connection; acknowledgements of another generation are skipped.

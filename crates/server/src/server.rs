@@ -21,8 +21,8 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::ingest::{self, Phase, WriterSettings};
 use crate::keyring::Keyring;
 use crate::metrics::{ServerStats, Shared};
-use crate::plausibility::Rules;
-use crate::store::{self, StoreError};
+use gridpow_store::{self, StoreError};
+use gridpow_store::{Rules, StoreOptions};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -98,19 +98,23 @@ impl Server {
         // A read-only database or directory is refused now, rather than
         // after minutes of failed commits. No lock: several servers may share
         // one database, SQLite or PostgreSQL (crates/cli/tests/crash.rs).
-        if let store::DbUrl::Sqlite(path) = store::DbUrl::parse(&cfg.db)? {
+        if let gridpow_store::DbUrl::Sqlite(path) = gridpow_store::DbUrl::parse(&cfg.db)? {
             check_sqlite_writable(&path)?;
         }
-        let mut writer_store = store::open_store(&cfg.db)?;
-        writer_store.set_rules(Rules::new(cfg.plausibility.clone()));
-        writer_store.set_limits(cfg.quarantine.store_limits());
+        let mut writer_store = gridpow_store::open_store(
+            &cfg.db,
+            StoreOptions {
+                rules: Rules::new(cfg.plausibility.clone()),
+                limits: cfg.quarantine.store_limits(),
+            },
+        )?;
         let shared = Arc::new(Shared {
             started_ms: gridpow_common::wall_ms(),
             ..Shared::default()
         });
         shared.set_totals(writer_store.totals()?);
         // Fail now, not at the first request, if the readers cannot open the database.
-        drop(store::open_reader(&cfg.db)?);
+        drop(gridpow_store::open_reader(&cfg.db)?);
 
         let http_tls = match (&cfg.http.tls_cert, &cfg.http.tls_key) {
             (Some(cert), Some(key)) => {

@@ -21,8 +21,8 @@ use gridpow_proto::wire::uplink::{seal, UplinkHeader};
 use gridpow_proto::wire::{BlockHeaderRepr, Reading};
 use gridpow_proto::Hash;
 use gridpow_server::keyring::Keyring;
-use gridpow_server::store::{Arrival, Ingest, Outcome, QuarantineItem, SqliteStore, Store};
 use gridpow_server::verify::verify_payload;
+use gridpow_store::{Arrival, Ingest, Outcome, QuarantineItem, SqliteStore, Store};
 use serde_json::{json, Value};
 
 /// Test keys, public on purpose.
@@ -266,7 +266,7 @@ fn judge(store: &mut dyn Store, keys: &mut Keyring, payload: &[u8]) -> Value {
             linked,
             ..
         } => {
-            let found = gridpow_server::equivocation::find(store, &repeated).unwrap();
+            let found = gridpow_store::equivocation::find(store, &repeated).unwrap();
             let eq: Vec<Value> = found
                 .iter()
                 .map(|q| json!([q.meter_id, q.epoch, q.seq]))
@@ -337,7 +337,7 @@ fn the_server_reaches_every_verdict_of_the_chain_policy_vector() {
     let keys_dir = key_dir(&dir.path().join("keys"));
     let mut keys = Keyring::load(&keys_dir).unwrap();
     let db = dir.path().join("ledger.db");
-    let mut store = SqliteStore::open(&db).unwrap();
+    let mut store = SqliteStore::open(&db, gridpow_store::StoreOptions::default()).unwrap();
     for step in stored["steps"].as_array().unwrap() {
         let payload = hex::decode(step["block"].as_str().unwrap()).unwrap();
         let got = judge(&mut store, &mut keys, &payload);

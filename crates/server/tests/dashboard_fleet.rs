@@ -22,9 +22,9 @@ use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::wire::uplink::{seal, UplinkHeader};
 use gridpow_proto::wire::Reading;
 use gridpow_server::keyring::Keyring;
-use gridpow_server::store::{open_store, Arrival, Ingest};
 use gridpow_server::verify::verify_payload;
 use gridpow_server::Server;
+use gridpow_store::{open_store, Arrival, Ingest};
 use serde_json::{json, Value};
 
 const METERS: u32 = 10_000;
@@ -79,7 +79,11 @@ fn fill_database(site: &Site) {
     let t0 = now - 40_000;
     let per_relay = METERS / RELAYS;
     let mut keyring = Keyring::load(&site.keys).unwrap();
-    let mut store = open_store(&site.db_path().display().to_string()).unwrap();
+    let mut store = open_store(
+        &site.db_path().display().to_string(),
+        gridpow_store::StoreOptions::default(),
+    )
+    .unwrap();
     for relay in 1..=RELAYS {
         let meters: Vec<u32> = ((relay - 1) * per_relay + 1..=relay * per_relay).collect();
         let mut prev = [0u8; 32];

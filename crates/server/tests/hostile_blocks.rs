@@ -13,12 +13,11 @@ use std::sync::Arc;
 
 use common::Site;
 use gridpow_server::keyring::Keyring;
-use gridpow_server::pg_harness::PgServer;
-use gridpow_server::store::{
-    Arrival, Ingest, Outcome, PgStore, QuarantineItem, SqliteStore, Store,
-};
-use gridpow_server::verify::{verify_payload, RejectKind, MAX_BLOCK_BYTES};
+use gridpow_server::verify::{verify_payload, MAX_BLOCK_BYTES};
 use gridpow_server::{verify_ledger, RelayForks};
+use gridpow_store::pg_harness::PgServer;
+use gridpow_store::RejectKind;
+use gridpow_store::{Arrival, Ingest, Outcome, PgStore, QuarantineItem, SqliteStore, Store};
 
 /// A fresh database of one backend: the writer and the URL `verify_ledger` takes.
 struct Db {
@@ -30,7 +29,9 @@ struct Db {
 impl Db {
     fn sqlite(site: &Site) -> Db {
         Db {
-            store: Box::new(SqliteStore::open(&site.db_path()).unwrap()),
+            store: Box::new(
+                SqliteStore::open(&site.db_path(), gridpow_store::StoreOptions::default()).unwrap(),
+            ),
             url: site.db_path().display().to_string(),
             _pg: None,
         }
@@ -41,7 +42,7 @@ impl Db {
             .unwrap_or_else(|e| panic!("a private PostgreSQL is needed for this test: {e}"));
         let url = pg.create_database().unwrap();
         Db {
-            store: Box::new(PgStore::open(&url).unwrap()),
+            store: Box::new(PgStore::open(&url, gridpow_store::StoreOptions::default()).unwrap()),
             url,
             _pg: Some(pg),
         }

@@ -9,8 +9,8 @@ mod common;
 use common::ledger::{self as cases, Tamper};
 use common::Site;
 use gridpow_proto::Hash;
-use gridpow_server::store::SqliteStore;
 use gridpow_server::{verify_ledger, BlockFault, LedgerError, LedgerReport};
+use gridpow_store::SqliteStore;
 use rusqlite::Connection;
 
 struct Ledger {
@@ -22,7 +22,8 @@ struct Ledger {
 /// The shared ledger ([`cases::build`]) in a fresh SQLite database.
 fn build() -> Ledger {
     let site = Site::new(&[1, 2], &[1, 2, 3]);
-    let mut store = SqliteStore::open(&site.db_path()).unwrap();
+    let mut store =
+        SqliteStore::open(&site.db_path(), gridpow_store::StoreOptions::default()).unwrap();
     let hashes = cases::build(&site, &mut [&mut store]);
     drop(store);
     Ledger {

@@ -10,10 +10,10 @@ mod common;
 use common::ledger::{self as cases, Tamper};
 use common::Site;
 use gridpow_proto::Hash;
-use gridpow_server::pg_harness::PgServer;
-use gridpow_server::store::postgres::PgConn;
-use gridpow_server::store::PgStore;
 use gridpow_server::{verify_ledger, BlockFault, LedgerError, LedgerReport};
+use gridpow_store::pg_harness::PgServer;
+use gridpow_store::postgres::PgConn;
+use gridpow_store::PgStore;
 
 struct Ledger {
     site: Site,
@@ -28,8 +28,8 @@ fn build() -> Ledger {
     let pg = PgServer::shared().unwrap_or_else(|e| panic!("{e}"));
     let url = pg.create_database().unwrap();
     let site = Site::new(&[1, 2], &[1, 2, 3]);
-    let mut a = PgStore::open(&url).unwrap();
-    let mut b = PgStore::open(&url).unwrap();
+    let mut a = PgStore::open(&url, gridpow_store::StoreOptions::default()).unwrap();
+    let mut b = PgStore::open(&url, gridpow_store::StoreOptions::default()).unwrap();
     let hashes = cases::build(&site, &mut [&mut a, &mut b]);
     Ledger {
         conn: PgConn::connect(&url).unwrap(),
@@ -48,7 +48,7 @@ impl Tamper for Ledger {
     fn exec(&mut self, sql: &str) {
         self.conn
             .batch_execute(sql)
-            .unwrap_or_else(|e| panic!("{sql}: {}", gridpow_server::store::postgres::detail(&e)));
+            .unwrap_or_else(|e| panic!("{sql}: {}", gridpow_store::postgres::detail(&e)));
     }
 }
 

@@ -526,3 +526,52 @@ async fn the_embedded_broker_of_the_demo_carries_blocks_and_receipts_too() {
     assert_eq!(server.stats().readings_stored, 12 + 2);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_fault_no_retry_can_cure_halts_the_writer_loudly_and_acknowledges_nothing_unstored(
+) {
+    let site = Site::new(&[1], &[1]);
+    let broker = mosquitto(&site);
+    let server = start(&site, &broker).await;
+    let (client, mut rx) = relay_client(&site.keys, broker.port, 1).await;
+    wait_subscribed(&mut rx).await;
+    let (b0, h0) = site.block(1, 0, [0; 32], 8, &[site.frame(1, 1, 0, 0, 6)]);
+    publish(&client, 1, &b0).await;
+    let r = receipts(&site, &mut rx, 1).await;
+    assert!(has(&r, 0, &h0, ReceiptStatus::Stored), "{r:?}");
+    let (status, _) = http_get(server.http_addr(), "", "/healthz").await;
+    assert_eq!(status, 200);
+
+    // A table dropped behind the server's back: every commit from now on
+    // fails, and retrying cannot cure it.
+    rusqlite::Connection::open(site.db_path())
+        .unwrap()
+        .execute_batch("DROP TABLE coverage")
+        .unwrap();
+    let (b1, _) = site.block(1, 1, h0, 8, &[site.frame(1, 1, 1, 6, 6)]);
+    publish(&client, 1, &b1).await;
+    let mut halted = None;
+    for _ in 0..100 {
+        let (status, body) = http_get(server.http_addr(), "", "/healthz").await;
+        if status == 503 {
+            halted = Some(json(&body));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let halted = halted.expect("/healthz never reported the halted writer");
+    assert_eq!(halted["status"], "halted", "{halted}");
+    assert!(
+        halted["error"].as_str().unwrap().contains("coverage"),
+        "the error names what is wrong: {halted}"
+    );
+    // No receipt for the block that was not stored, and nothing stored.
+    let more = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+    assert!(
+        !matches!(more, Ok(Some(Heard::Receipt(_)))),
+        "a receipt for an unstored block: {more:?}"
+    );
+    let s = server.stats();
+    assert_eq!((s.blocks_verified, s.readings_stored), (1, 6));
+    server.shutdown().await;
+}

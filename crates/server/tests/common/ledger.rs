@@ -4,9 +4,9 @@
 
 use gridpow_proto::Hash;
 use gridpow_server::keyring::Keyring;
-use gridpow_server::store::{Arrival, Ingest, Store};
 use gridpow_server::verify::verify_payload;
 use gridpow_server::{BlockFault, LedgerError, LedgerReport};
+use gridpow_store::{Arrival, Ingest, Store};
 
 use super::Site;
 

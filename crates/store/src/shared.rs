@@ -18,7 +18,7 @@ use super::{
 };
 use crate::intervals::IntervalSet;
 use crate::plausibility::{AlertKind, Finding, Rules};
-use crate::verify::{ReadingRow, RejectKind, VerifiedBlockData};
+use crate::verified::{ReadingRow, RejectKind, VerifiedBlockData};
 
 pub(super) fn u64_of(v: i64) -> u64 {
     v.max(0) as u64

@@ -6,7 +6,7 @@ use gridpow_proto::Hash;
 
 use super::*;
 use crate::plausibility::AlertKind;
-use crate::verify::{ReadingRow, RejectKind, VerifiedBlockData};
+use crate::verified::{ReadingRow, RejectKind, VerifiedBlockData};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -103,7 +103,9 @@ enum Backend {
 impl TestDb {
     fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().unwrap();
-        let store = Box::new(SqliteStore::open(&dir.path().join("ledger.db")).unwrap());
+        let store = Box::new(
+            SqliteStore::open(&dir.path().join("ledger.db"), StoreOptions::default()).unwrap(),
+        );
         TestDb {
             store,
             backend: Backend::Sqlite(dir),
@@ -114,7 +116,7 @@ impl TestDb {
         let pg = crate::pg_harness::PgServer::shared()
             .unwrap_or_else(|e| panic!("a private PostgreSQL is needed for this test: {e}"));
         let url = pg.create_database().unwrap();
-        let store = Box::new(PgStore::open(&url).unwrap());
+        let store = Box::new(PgStore::open(&url, StoreOptions::default()).unwrap());
         TestDb {
             store,
             backend: Backend::Postgres(pg, url),
@@ -131,11 +133,31 @@ impl TestDb {
 
     /// Another writer on the same database.
     fn reopen(&self) -> Box<dyn Store> {
-        open_store(&self.url()).unwrap()
+        open_store(&self.url(), StoreOptions::default()).unwrap()
+    }
+
+    /// A store on a read-only connection, as `open_reader` opens it, with
+    /// the writer's methods in reach.
+    fn read_only_connection(&self) -> Box<dyn Store> {
+        match &self.backend {
+            Backend::Sqlite(dir) => {
+                Box::new(SqliteStore::open_reader(&dir.path().join("ledger.db")).unwrap())
+            }
+            Backend::Postgres(_, url) => Box::new(PgStore::open_reader(url).unwrap()),
+        }
+    }
+
+    /// Re-opens the writer with `limits` (they are fixed when a store opens).
+    fn set_limits(&mut self, limits: StoreLimits) {
+        let options = StoreOptions {
+            limits,
+            ..StoreOptions::default()
+        };
+        self.store = open_store(&self.url(), options).unwrap();
     }
 
     /// A reader on the same database.
-    fn reader(&self) -> Box<dyn Store> {
+    fn reader(&self) -> Box<dyn ReadStore> {
         open_reader(&self.url()).unwrap()
     }
 
@@ -151,6 +173,20 @@ impl TestDb {
                 .query(sql, &[])
                 .unwrap()[0]
                 .get(0),
+        }
+    }
+
+    /// Runs `sql` on a connection of its own (to tamper with the database).
+    fn execute(&self, sql: &str) {
+        match &self.backend {
+            Backend::Sqlite(dir) => rusqlite::Connection::open(dir.path().join("ledger.db"))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+            Backend::Postgres(_, url) => postgres::PgConn::connect(url)
+                .unwrap()
+                .batch_execute(sql)
+                .unwrap(),
         }
     }
 
@@ -184,7 +220,29 @@ impl std::ops::DerefMut for TestDb {
 }
 
 /// A reader of the test database (the API's view).
-struct TestDbReader(Box<dyn Store>);
+struct TestDbReader(Box<dyn ReadStore>);
+
+#[test]
+fn sqlite_busy_and_io_errors_are_worth_a_retry_a_full_disk_is_not() {
+    let failure = |code| {
+        StoreError::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    };
+    assert_eq!(failure(rusqlite::ffi::SQLITE_BUSY).remedy(), Remedy::Retry);
+    assert_eq!(
+        failure(rusqlite::ffi::SQLITE_LOCKED).remedy(),
+        Remedy::Retry
+    );
+    assert_eq!(failure(rusqlite::ffi::SQLITE_IOERR).remedy(), Remedy::Retry);
+    let full = failure(rusqlite::ffi::SQLITE_FULL);
+    assert_eq!(full.remedy(), Remedy::Operator);
+    assert!(!full.is_about_content());
+    let corrupt = failure(rusqlite::ffi::SQLITE_CORRUPT);
+    assert_eq!(corrupt.remedy(), Remedy::Operator);
+    assert!(corrupt.is_about_content());
+}
 
 /// Each test once per backend: `store::tests::on_sqlite::…` and `store::tests::on_postgres::…`.
 macro_rules! on_both_backends {
@@ -201,6 +259,16 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends! {
+fn a_commit_on_an_altered_schema_is_for_the_operator_not_a_retry(s) {
+    let b0 = block(1, 0, [0; 32], &[(7, 1, 0..6)]);
+    s.commit(&[ingest(&b0)], T0).unwrap();
+    s.execute("DROP TABLE coverage");
+    let b1 = block(1, 1, b0.hash, &[(8, 1, 0..6)]);
+    let e = s.commit(&[ingest(&b1)], T0).unwrap_err();
+    assert_eq!(e.remedy(), Remedy::Operator, "{e}");
+    assert!(e.is_about_content(), "{e}");
+}
+
 fn block_delivered_twice_is_stored_once_and_reported_already_stored(s) {
     let b0 = block(1, 0, [0; 32], &[(7, 1, 0..6)]);
     let r = s.commit(&[ingest(&b0)], T0).unwrap();
@@ -735,10 +803,10 @@ fn totals_and_chain_survive_reopening_the_database(s) {
         ),
         (6, 2, 1, 1)
     );
-    let mut reader = s.reader();
-    assert_eq!(reader.totals().unwrap(), r.totals);
+    assert_eq!(s.reader().totals().unwrap(), r.totals);
+    // `open_reader` hands out no commit; the connection underneath refuses writes too.
     assert!(
-        reader.commit(&[ingest(&b1)], T0).is_err(),
+        s.read_only_connection().commit(&[ingest(&b1)], T0).is_err(),
         "a reader cannot write"
     );
 }
@@ -953,7 +1021,7 @@ fn quarantine_rows_past_retention_are_pruned_except_fork_evidence(s) {
 fn sqlite_file_in_a_missing_directory_is_created() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub").join("ledger.db");
-    let mut s = SqliteStore::open(&path).unwrap();
+    let mut s = SqliteStore::open(&path, StoreOptions::default()).unwrap();
     let b0 = block(1, 0, [0; 32], &[(1, 1, 0..3)]);
     s.commit(&[ingest(&b0)], T0).unwrap();
     assert!(path.exists());
@@ -966,7 +1034,8 @@ fn raw_insert_writes_the_rows_commit_would_write() {
     let Backend::Sqlite(dir) = &s.backend else {
         unreachable!()
     };
-    let mut raw_store = SqliteStore::open(&dir.path().join("raw.db")).unwrap();
+    let mut raw_store =
+        SqliteStore::open(&dir.path().join("raw.db"), StoreOptions::default()).unwrap();
     assert_eq!(raw_store.insert_readings_raw(1, &b.readings).unwrap(), 12);
     let raw = raw_store.ledger_readings(1, 12).unwrap();
     s.commit(&[ingest(&b)], T0).unwrap();
@@ -981,7 +1050,7 @@ fn raw_copy_writes_the_rows_commit_would_write() {
     let first = 1 << postgres::READING_ID_SHIFT;
     let stored = s.ledger_readings(first, 12).unwrap();
     let other = TestDb::postgres();
-    let mut raw = PgStore::open(&other.url()).unwrap();
+    let mut raw = PgStore::open(&other.url(), StoreOptions::default()).unwrap();
     assert_eq!(raw.copy_readings_raw(&[(1, &b.readings)]).unwrap(), 12);
     assert_eq!(raw.ledger_readings(first, 12).unwrap(), stored);
 }
@@ -1027,7 +1096,7 @@ fn concurrent_writers_storing_blocks_in_any_order_keep_one_chain_and_each_readin
                 deliveries.iter().skip(w).step_by(3).copied().collect();
             let url = url.clone();
             scope.spawn(move || {
-                let mut store = open_store(&url).unwrap();
+                let mut store = open_store(&url, StoreOptions::default()).unwrap();
                 let mut rng = Rng(0x1000 + w as u64);
                 let mut rest = &mine[..];
                 while !rest.is_empty() {

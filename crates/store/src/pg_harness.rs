@@ -11,8 +11,8 @@
 //! directory.
 //!
 //! ```no_run
-//! # fn main() -> Result<(), gridpow_server::pg_harness::PgHarnessError> {
-//! use gridpow_server::pg_harness::PgServer;
+//! # fn main() -> Result<(), gridpow_store::pg_harness::PgHarnessError> {
+//! use gridpow_store::pg_harness::PgServer;
 //! let pg = PgServer::shared()?;          // one instance per process while in use
 //! let url = pg.create_database()?;       // postgres://gridpow@127.0.0.1:PORT/gp_…
 //! pg.execute(&url, "SELECT 1")?;
@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use crate::store::postgres::PgConn;
+use crate::postgres::PgConn;
 
 /// Why a private instance could not be used.
 #[derive(Debug, thiserror::Error)]

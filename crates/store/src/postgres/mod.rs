@@ -4,7 +4,7 @@
 //!
 //! # Concurrency: the database is the arbiter
 //!
-//! Each [`Store::commit`] is one `READ COMMITTED` transaction that takes its
+//! Each [`IngestStore::commit`](crate::IngestStore::commit) is one `READ COMMITTED` transaction that takes its
 //! locks in one global order, reads what it decides on only after holding
 //! them, and keeps nothing between transactions (only prepared statements):
 //!
@@ -89,28 +89,26 @@ use super::shared::{
     self, hash_of, typed_reading, u64_of, BlockCols, RelayCols, Silent, READING_COLS,
 };
 use super::{
-    AlertRow, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbTotals, ForkEvidence,
-    Ingest, LedgerBlock, LedgerReading, MeterSummary, NewAlert, QuarantineRow, RaisedAlert,
-    RelaySummary, Run, Store, StoreError, StoreLimits, StoredReading,
+    AlertRow, AuditStore, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbError,
+    DbTotals, ForkEvidence, Ingest, IngestStore, LedgerBlock, LedgerReading, MeterSummary,
+    NewAlert, QuarantineRow, QueryStore, RaisedAlert, RelaySummary, Remedy, Run, StoreError,
+    StoreLimits, StoreOptions, StoredReading,
 };
 use crate::plausibility::{AlertKind, Rules};
-use crate::verify::ReadingRow;
+use crate::verified::ReadingRow;
 use conn::block_on;
 use copy::{CopyBuf, COPY_READINGS};
 
 /// Schema migrations, applied in order; `gridpow_schema` lists those applied.
 const MIGRATIONS: &[(i32, &str)] = &[
-    (
-        1,
-        include_str!("../../../migrations/postgres/0001_init.sql"),
-    ),
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (
         2,
-        include_str!("../../../migrations/postgres/0002_bounded_quarantine.sql"),
+        include_str!("../../migrations/postgres/0002_bounded_quarantine.sql"),
     ),
     (
         3,
-        include_str!("../../../migrations/postgres/0003_fleet_views.sql"),
+        include_str!("../../migrations/postgres/0003_fleet_views.sql"),
     ),
 ];
 
@@ -168,9 +166,20 @@ pub fn redact(url: &str) -> String {
 }
 
 fn connect(url: &str) -> Result<PgConn, StoreError> {
-    PgConn::connect(url).map_err(|source| StoreError::PgConnect {
-        url: redact(url),
-        source,
+    PgConn::connect(url).map_err(|source| {
+        let server_said_no =
+            matches!(&source, ConnectError::Connect(e) if e.as_db_error().is_some());
+        let transient = matches!(source, ConnectError::Connect(_) | ConnectError::Thread(_));
+        let db = DbError::new("PostgreSQL", format!("connecting: {source}"), source);
+        if transient && !server_said_no {
+            StoreError::Unavailable(db)
+        } else {
+            // A bad URL, TLS setting, password or database name: the operator's to fix.
+            StoreError::Open {
+                path: redact(url),
+                source: db,
+            }
+        }
     })
 }
 
@@ -198,16 +207,45 @@ pub fn detail(e: &tokio_postgres::Error) -> String {
     s
 }
 
-/// Whether `e` is worth retrying the whole transaction for.
-pub(crate) fn is_transient(e: &StoreError) -> bool {
-    match e {
-        StoreError::Postgres(e) => e.code().is_some_and(|c| {
-            *c == SqlState::T_R_SERIALIZATION_FAILURE
-                || *c == SqlState::T_R_DEADLOCK_DETECTED
-                || *c == SqlState::UNIQUE_VIOLATION
-                || *c == SqlState::LOCK_NOT_AVAILABLE
-        }),
-        _ => false,
+impl From<tokio_postgres::Error> for StoreError {
+    /// Sorts PostgreSQL's errors by remedy: conflicts between concurrent
+    /// transactions and lost connections are worth retrying; the server
+    /// refusing a statement for lack of a table, a column or a valid value
+    /// means the schema or rows are not what this build wrote; resource and
+    /// permission refusals need the operator.
+    fn from(e: tokio_postgres::Error) -> StoreError {
+        let Some(code) = e.code().cloned() else {
+            // No SQLSTATE: the connection, its IO, or decoding a value.
+            let content = std::error::Error::source(&e)
+                .is_some_and(|c| c.to_string().contains("error deserializing"))
+                || e.to_string().contains("error deserializing");
+            let db = DbError::new("PostgreSQL", detail(&e), e);
+            return if content {
+                StoreError::Inconsistent(db)
+            } else {
+                StoreError::Unavailable(db)
+            };
+        };
+        let db = DbError::new("PostgreSQL", detail(&e), e);
+        let class = &code.code()[..2];
+        if code == SqlState::T_R_SERIALIZATION_FAILURE
+            || code == SqlState::T_R_DEADLOCK_DETECTED
+            || code == SqlState::UNIQUE_VIOLATION
+            || code == SqlState::LOCK_NOT_AVAILABLE
+            // Connection exceptions, the server shutting down or out of connections.
+            || class == "08"
+            || class == "57"
+            || code == SqlState::TOO_MANY_CONNECTIONS
+        {
+            StoreError::Unavailable(db)
+        } else if class == "53"
+            || class == "42" && code == SqlState::INSUFFICIENT_PRIVILEGE
+            || code == SqlState::READ_ONLY_SQL_TRANSACTION
+        {
+            StoreError::Refused(db)
+        } else {
+            StoreError::Inconsistent(db)
+        }
     }
 }
 
@@ -222,15 +260,15 @@ fn backoff(attempt: u32) -> Duration {
 
 impl PgStore {
     /// Connects to `url` for writing and applies migrations.
-    pub fn open(url: &str) -> Result<PgStore, StoreError> {
+    pub fn open(url: &str, options: StoreOptions) -> Result<PgStore, StoreError> {
         let mut conn = connect(url)?;
         migrate(&mut conn)?;
         Ok(PgStore {
             url: url.to_string(),
             reader: false,
             conn: Some(conn),
-            rules: Rules::default(),
-            limits: StoreLimits::default(),
+            rules: options.rules,
+            limits: options.limits,
             shard: pick_shard(),
         })
     }
@@ -272,7 +310,7 @@ impl PgStore {
     }
 
     /// Benchmark baseline: binary COPY of the readings of `blocks` (block id,
-    /// rows) into the readings table, with the ids [`Store::commit`] gives them
+    /// rows) into the readings table, with the ids [`IngestStore::commit`](crate::IngestStore::commit) gives them
     /// (`block_id · 2¹⁹ + k`) and the very same encoding, in one transaction, and
     /// nothing else. Returns the rows copied.
     pub fn copy_readings_raw(
@@ -346,9 +384,10 @@ fn migrate(conn: &mut PgConn) -> Result<(), StoreError> {
         if current >= version {
             continue;
         }
-        let fail = |source| StoreError::PgMigration {
+        let fail = |source: tokio_postgres::Error| StoreError::Migration {
             version: version as u32,
-            source,
+            path: "PostgreSQL".into(),
+            source: DbError::new("PostgreSQL", detail(&source), source),
         };
         block_on(tx.batch_execute(sql)).map_err(fail)?;
         block_on(tx.execute(
@@ -466,38 +505,13 @@ const RAISE_ALERT: &str =
      VALUES ($1, $2, $3, $4, $5, $5, 1, $6, NULL) ON CONFLICT (kind, subject) DO UPDATE SET \
      last_ms = excluded.last_ms, count = alerts.count + 1, message = excluded.message, cleared_ms = NULL";
 
-impl Store for PgStore {
-    fn set_rules(&mut self, rules: Rules) {
-        self.rules = rules;
-    }
-
-    fn set_limits(&mut self, limits: StoreLimits) {
-        self.limits = limits;
-    }
-
+impl IngestStore for PgStore {
     fn prune_quarantine(&mut self, now_ms: u64) -> Result<u64, StoreError> {
         let cutoff = to_i64(now_ms.saturating_sub(self.limits.quarantine_retention_ms));
         Ok(self.conn()?.execute(
             "DELETE FROM quarantine WHERE received_ms < $1 AND kind <> 'fork'",
             &[&cutoff],
         )?)
-    }
-
-    fn ledger_forks(&mut self) -> Result<Vec<ForkEvidence>, StoreError> {
-        let rows = self.conn()?.query(
-            "SELECT id, relay_id, height, raw FROM quarantine WHERE kind = 'fork' ORDER BY id",
-            &[],
-        )?;
-        rows.iter()
-            .map(|r| {
-                Ok(ForkEvidence {
-                    id: r.try_get(0)?,
-                    relay_id: r.try_get(1)?,
-                    height: r.try_get(2)?,
-                    raw: r.try_get(3)?,
-                })
-            })
-            .collect()
     }
 
     fn commit(&mut self, items: &[Ingest], now_ms: u64) -> Result<CommitResult, StoreError> {
@@ -508,7 +522,7 @@ impl Store for PgStore {
                 continue;
             };
             match writer::commit(conn, &self.rules, &self.limits, self.shard, items, now_ms) {
-                Err(e) if attempt < MAX_ATTEMPTS && is_transient(&e) => {
+                Err(e) if attempt < MAX_ATTEMPTS && e.remedy() == Remedy::Retry => {
                     tracing::debug!(error = %e, attempt, "Transaction conflicted; retrying.");
                     std::thread::sleep(backoff(attempt));
                     attempt += 1;
@@ -516,10 +530,6 @@ impl Store for PgStore {
                 other => return other,
             }
         }
-    }
-
-    fn totals(&mut self) -> Result<DbTotals, StoreError> {
-        in_snapshot(self.conn()?, read_totals)
     }
 
     fn raise_alert(&mut self, a: &NewAlert, now_ms: u64) -> Result<RaisedAlert, StoreError> {
@@ -584,6 +594,12 @@ impl Store for PgStore {
         }
         block_on(tx.commit())?;
         Ok(raised)
+    }
+}
+
+impl QueryStore for PgStore {
+    fn totals(&mut self) -> Result<DbTotals, StoreError> {
+        in_snapshot(self.conn()?, read_totals)
     }
 
     fn meters(&mut self) -> Result<Vec<MeterSummary>, StoreError> {
@@ -879,6 +895,52 @@ impl Store for PgStore {
             .collect()
     }
 
+    fn select(
+        &mut self,
+        sql: &str,
+        params: &[super::SqlParam],
+    ) -> Result<Vec<Vec<Cell>>, StoreError> {
+        use tokio_postgres::types::ToSql;
+        let owned: Vec<Box<dyn ToSql + Sync>> = params
+            .iter()
+            .map(|p| -> Box<dyn ToSql + Sync> {
+                match p {
+                    super::SqlParam::Int(v) => Box::new(*v),
+                    super::SqlParam::Text(t) => Box::new(t.clone()),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| &**b).collect();
+        let rows = self.conn()?.query(sql, &refs)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let row = (0..r.len())
+                .map(|i| cell(r, i))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push(row);
+        }
+        Ok(out)
+    }
+}
+
+impl AuditStore for PgStore {
+    fn ledger_forks(&mut self) -> Result<Vec<ForkEvidence>, StoreError> {
+        let rows = self.conn()?.query(
+            "SELECT id, relay_id, height, raw FROM quarantine WHERE kind = 'fork' ORDER BY id",
+            &[],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(ForkEvidence {
+                    id: r.try_get(0)?,
+                    relay_id: r.try_get(1)?,
+                    height: r.try_get(2)?,
+                    raw: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
     fn ledger_relays(&mut self) -> Result<Vec<i64>, StoreError> {
         let rows = self.conn()?.query(
             "SELECT DISTINCT relay_id FROM blocks ORDER BY relay_id",
@@ -986,32 +1048,5 @@ impl Store for PgStore {
                 last_seq: r.get(3),
             })
             .collect())
-    }
-
-    fn select(
-        &mut self,
-        sql: &str,
-        params: &[super::SqlParam],
-    ) -> Result<Vec<Vec<Cell>>, StoreError> {
-        use tokio_postgres::types::ToSql;
-        let owned: Vec<Box<dyn ToSql + Sync>> = params
-            .iter()
-            .map(|p| -> Box<dyn ToSql + Sync> {
-                match p {
-                    super::SqlParam::Int(v) => Box::new(*v),
-                    super::SqlParam::Text(t) => Box::new(t.clone()),
-                }
-            })
-            .collect();
-        let refs: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|b| &**b).collect();
-        let rows = self.conn()?.query(sql, &refs)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let row = (0..r.len())
-                .map(|i| cell(r, i))
-                .collect::<Result<Vec<_>, _>>()?;
-            out.push(row);
-        }
-        Ok(out)
     }
 }

@@ -1,5 +1,5 @@
 //! One commit: the transaction described in the module docs of
-//! [`super`](crate::store::postgres): relay locks, chain decisions, meter row
+//! [`super`](crate::postgres): relay locks, chain decisions, meter row
 //! locks, de-duplication against coverage, binary COPY, then the shared rows.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -13,14 +13,14 @@ use super::conn::{block_on, PgConn};
 use super::copy::{CopyBuf, COPY_READINGS};
 use super::{read_totals, LOCK_RELAY, READING_ID_SHIFT};
 use crate::plausibility::Rules;
-use crate::store::shared::{
+use crate::shared::{
     self, u64_of, Admit, Book, Chain, ChainSlot, Coverage, CoverageChange, MeterState, Quota,
 };
-use crate::store::{
+use crate::verified::{ReadingRow, VerifiedBlockData};
+use crate::{
     Arrival, CommitResult, Ingest, Outcome, QuarantineItem, RaisedAlert, Run, StoreError,
     StoreLimits,
 };
-use crate::verify::{ReadingRow, VerifiedBlockData};
 
 const COPY_BLOCKS: &str = "COPY blocks (id, relay_id, height, hash, prev_hash, merkle_root, difficulty, leaf_count, time_ms, \
      nonce, raw, linked, received_ms, first_reading_id, reading_count, duplicate_count, min_ts, max_ts) FROM STDIN (FORMAT binary)";
@@ -221,7 +221,7 @@ struct Writer<'t, 'a> {
 }
 
 fn pg(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Postgres(e)
+    StoreError::from(e)
 }
 
 /// Stores `items` in one transaction (see the module docs).

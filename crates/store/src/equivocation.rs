@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use gridpow_proto::wire::Reading;
 
 use crate::plausibility::AlertKind;
-use crate::store::{meter_subject, NewAlert, Store, StoreError, StoredReading};
-use crate::verify::ReadingRow;
+use crate::verified::ReadingRow;
+use crate::{meter_subject, NewAlert, QueryStore, StoreError, StoredReading};
 
 /// A repeated reading whose content differs from the stored one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,7 +84,7 @@ fn summary(r: &Reading) -> String {
 /// looked up at the carried timestamps only; a number not found there is
 /// stored with another timestamp, which is already a different reading.
 pub fn find(
-    store: &mut dyn Store,
+    store: &mut dyn QueryStore,
     repeated: &[ReadingRow],
 ) -> Result<Vec<Equivocation>, StoreError> {
     let mut out = Vec::new();

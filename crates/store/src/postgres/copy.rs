@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::verify::ReadingRow;
+use crate::verified::ReadingRow;
 
 /// The readings' columns in the order [`CopyBuf::reading`] writes them.
 pub(crate) const COPY_READINGS: &str =

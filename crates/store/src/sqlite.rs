@@ -15,25 +15,23 @@ use super::shared::{
     Coverage, CoverageChange, MeterState, Quota, RelayCols, Silent, READING_COLS,
 };
 use super::{
-    AlertRow, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbTotals, ForkEvidence,
-    Ingest, LedgerBlock, LedgerReading, MeterSummary, NewAlert, Outcome, QuarantineItem,
-    QuarantineRow, RaisedAlert, RelaySummary, Store, StoreError, StoreLimits, StoredReading,
+    AlertRow, AuditStore, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbError,
+    DbTotals, ForkEvidence, Ingest, IngestStore, LedgerBlock, LedgerReading, MeterSummary,
+    NewAlert, Outcome, QuarantineItem, QuarantineRow, QueryStore, RaisedAlert, RelaySummary,
+    StoreError, StoreLimits, StoreOptions, StoredReading,
 };
 use crate::plausibility::{AlertKind, Rules};
-use crate::store::Arrival;
-use crate::verify::{ReadingRow, VerifiedBlockData};
+use crate::verified::{ReadingRow, VerifiedBlockData};
+use crate::Arrival;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the last applied.
 const MIGRATIONS: &[(u32, &str)] = &[
-    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (
         2,
-        include_str!("../../migrations/sqlite/0002_bounded_quarantine.sql"),
+        include_str!("../migrations/sqlite/0002_bounded_quarantine.sql"),
     ),
-    (
-        3,
-        include_str!("../../migrations/sqlite/0003_fleet_views.sql"),
-    ),
+    (3, include_str!("../migrations/sqlite/0003_fleet_views.sql")),
 ];
 
 /// The id is left to SQLite: a new rowid past the largest is an append, while
@@ -127,13 +125,13 @@ impl std::fmt::Debug for SqliteStore {
 fn open_err(path: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Open {
         path: path.display().to_string(),
-        source,
+        source: db_error(source),
     }
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` for writing and applies migrations.
-    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+    pub fn open(path: &Path, options: StoreOptions) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
                 path: dir.display().to_string(),
@@ -155,8 +153,8 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(path)?;
         Ok(SqliteStore {
             conn,
-            rules: Rules::default(),
-            limits: StoreLimits::default(),
+            rules: options.rules,
+            limits: options.limits,
             cache: Cache::default(),
             checkpointer: Some(checkpointer),
         })
@@ -202,7 +200,7 @@ impl SqliteStore {
     }
 
     /// Benchmark baseline: inserts `rows` (as of block `block_id`) into the
-    /// readings table with the very statement [`Store::commit`] uses, in one
+    /// readings table with the very statement [`IngestStore::commit`](crate::IngestStore::commit) uses, in one
     /// transaction, and nothing else (no de-duplication, chain, time index or
     /// block row). Ids follow the largest stored one. Returns the rows inserted.
     pub fn insert_readings_raw(
@@ -227,6 +225,44 @@ impl SqliteStore {
     }
 }
 
+fn db_error(e: rusqlite::Error) -> DbError {
+    DbError::new("SQLite", e.to_string(), e)
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// Sorts SQLite's errors by remedy: a busy or locked database (another
+    /// process writing) and interrupted or failed IO are worth retrying; a
+    /// full disk, a read-only file or a permission need the operator; every
+    /// other failure on a database that opened as gridpow's (no such table or
+    /// column, a constraint, a value of another type, a damaged page) means
+    /// its content is not what this build wrote.
+    fn from(e: rusqlite::Error) -> StoreError {
+        use rusqlite::ErrorCode as C;
+        let code = match &e {
+            rusqlite::Error::SqliteFailure(f, _) => Some(f.code),
+            _ => None,
+        };
+        match code {
+            Some(
+                C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::OperationInterrupted
+                | C::SystemIoFailure
+                | C::OutOfMemory,
+            ) => StoreError::Unavailable(db_error(e)),
+            Some(
+                C::CannotOpen
+                | C::PermissionDenied
+                | C::DiskFull
+                | C::ReadOnly
+                | C::FileLockingProtocolFailed
+                | C::TooBig,
+            ) => StoreError::Refused(db_error(e)),
+            _ => StoreError::Inconsistent(db_error(e)),
+        }
+    }
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let known = MIGRATIONS.last().map_or(0, |m| m.0);
     for &(version, sql) in MIGRATIONS {
@@ -242,10 +278,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         if current >= version {
             continue;
         }
-        let fail = |source| StoreError::Migration {
+        let fail = |source: rusqlite::Error| StoreError::Migration {
             version,
             path: path.display().to_string(),
-            source,
+            source: db_error(source),
         };
         tx.execute_batch(sql).map_err(fail)?;
         tx.pragma_update(None, "user_version", version)
@@ -869,15 +905,7 @@ fn commit_tx(
     })
 }
 
-impl Store for SqliteStore {
-    fn set_rules(&mut self, rules: Rules) {
-        self.rules = rules;
-    }
-
-    fn set_limits(&mut self, limits: StoreLimits) {
-        self.limits = limits;
-    }
-
+impl IngestStore for SqliteStore {
     fn prune_quarantine(&mut self, now_ms: u64) -> Result<u64, StoreError> {
         let cutoff = now_ms.saturating_sub(self.limits.quarantine_retention_ms);
         let cutoff = cutoff.min(i64::MAX as u64) as i64;
@@ -891,24 +919,6 @@ impl Store for SqliteStore {
             }
         }
         Ok(n as u64)
-    }
-
-    fn ledger_forks(&mut self) -> Result<Vec<ForkEvidence>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT id, relay_id, height, raw FROM quarantine WHERE kind = 'fork' ORDER BY id",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(ForkEvidence {
-                id: r.get(0)?,
-                relay_id: r.get(1)?,
-                height: r.get(2)?,
-                raw: match r.get_ref(3)? {
-                    ValueRef::Blob(b) => b.to_vec(),
-                    _ => Vec::new(),
-                },
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn commit(&mut self, items: &[Ingest], now_ms: u64) -> Result<CommitResult, StoreError> {
@@ -930,10 +940,6 @@ impl Store for SqliteStore {
             }
         }
         result
-    }
-
-    fn totals(&mut self) -> Result<DbTotals, StoreError> {
-        read_totals(&self.conn)
     }
 
     fn raise_alert(&mut self, a: &NewAlert, now_ms: u64) -> Result<RaisedAlert, StoreError> {
@@ -990,6 +996,12 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(raised)
+    }
+}
+
+impl QueryStore for SqliteStore {
+    fn totals(&mut self) -> Result<DbTotals, StoreError> {
+        read_totals(&self.conn)
     }
 
     fn meters(&mut self) -> Result<Vec<MeterSummary>, StoreError> {
@@ -1254,6 +1266,48 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn select(
+        &mut self,
+        sql: &str,
+        params: &[super::SqlParam],
+    ) -> Result<Vec<Vec<Cell>>, StoreError> {
+        let mut st = self.conn.prepare_cached(&numbered_placeholders(sql))?;
+        let values: Vec<rusqlite::types::Value> = params
+            .iter()
+            .map(|p| match p {
+                super::SqlParam::Int(v) => rusqlite::types::Value::Integer(*v),
+                super::SqlParam::Text(t) => rusqlite::types::Value::Text(t.clone()),
+            })
+            .collect();
+        let width = st.column_count();
+        let rows = st.query_map(rusqlite::params_from_iter(values), |r| {
+            (0..width)
+                .map(|i| cell(r, i))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl AuditStore for SqliteStore {
+    fn ledger_forks(&mut self) -> Result<Vec<ForkEvidence>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, relay_id, height, raw FROM quarantine WHERE kind = 'fork' ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(ForkEvidence {
+                id: r.get(0)?,
+                relay_id: r.get(1)?,
+                height: r.get(2)?,
+                raw: match r.get_ref(3)? {
+                    ValueRef::Blob(b) => b.to_vec(),
+                    _ => Vec::new(),
+                },
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn ledger_relays(&mut self) -> Result<Vec<i64>, StoreError> {
         let mut st = self
             .conn
@@ -1341,28 +1395,6 @@ impl Store for SqliteStore {
                 first_seq: r.get(2)?,
                 last_seq: r.get(3)?,
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn select(
-        &mut self,
-        sql: &str,
-        params: &[super::SqlParam],
-    ) -> Result<Vec<Vec<Cell>>, StoreError> {
-        let mut st = self.conn.prepare_cached(&numbered_placeholders(sql))?;
-        let values: Vec<rusqlite::types::Value> = params
-            .iter()
-            .map(|p| match p {
-                super::SqlParam::Int(v) => rusqlite::types::Value::Integer(*v),
-                super::SqlParam::Text(t) => rusqlite::types::Value::Text(t.clone()),
-            })
-            .collect();
-        let width = st.column_count();
-        let rows = st.query_map(rusqlite::params_from_iter(values), |r| {
-            (0..width)
-                .map(|i| cell(r, i))
-                .collect::<Result<Vec<_>, _>>()
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

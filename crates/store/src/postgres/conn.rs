@@ -1,7 +1,7 @@
 //! A blocking PostgreSQL connection that works from any thread, inside a
 //! tokio runtime or not.
 //!
-//! The [`Store`](crate::store::Store) trait is synchronous and is called from
+//! The [`Store`](crate::Store) trait is synchronous and is called from
 //! plain threads (the writer), from `spawn_blocking` (the HTTP API) and from
 //! async code that blocks (the `gridpow demo` ledger check). The `postgres`
 //! crate's blocking client runs its own runtime's `block_on` on the caller's

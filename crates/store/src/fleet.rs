@@ -4,12 +4,12 @@
 //!
 //! Each query is written once, in the SQL both backends speak (`$n`
 //! placeholders with explicit `CAST`s, sums cast to `BIGINT`), and runs
-//! through [`Store::select`]; the backends only execute it.
+//! through [`QueryStore::select`](crate::QueryStore::select); the backends only execute it.
 
 use serde::Serialize;
 
 use super::shared::{typed_reading, u64_of, READING_COLS};
-use super::{Cell, MeterSummary, Store, StoreError, StoredReading};
+use super::{Cell, MeterSummary, QueryStore, StoreError, StoredReading};
 
 /// A query parameter of the shared SQL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,7 +250,10 @@ fn meter_where(q: &MeterQuery) -> (String, Vec<SqlParam>) {
 }
 
 /// One page of the meter table.
-pub fn meter_page<S: Store + ?Sized>(s: &mut S, q: &MeterQuery) -> Result<MeterPage, StoreError> {
+pub fn meter_page<S: QueryStore + ?Sized>(
+    s: &mut S,
+    q: &MeterQuery,
+) -> Result<MeterPage, StoreError> {
     let (clause, mut params) = meter_where(q);
     let counts = s.select(
         &format!(
@@ -295,7 +298,7 @@ pub fn meter_page<S: Store + ?Sized>(s: &mut S, q: &MeterQuery) -> Result<MeterP
 }
 
 /// The fleet right now.
-pub fn fleet_snapshot<S: Store + ?Sized>(
+pub fn fleet_snapshot<S: QueryStore + ?Sized>(
     s: &mut S,
     band: VoltageBand,
 ) -> Result<FleetSnapshot, StoreError> {
@@ -336,7 +339,7 @@ pub fn fleet_snapshot<S: Store + ?Sized>(
 
 /// Blocks stored at or after `since_ms` (server clock), summed per window of
 /// `window_ms`, ascending; windows without blocks are left out.
-pub fn ingest_windows<S: Store + ?Sized>(
+pub fn ingest_windows<S: QueryStore + ?Sized>(
     s: &mut S,
     since_ms: u64,
     window_ms: u64,
@@ -368,7 +371,7 @@ pub fn ingest_windows<S: Store + ?Sized>(
 }
 
 /// Per relay, the blocks stored and payloads refused at or after `since_ms`.
-pub fn relay_traffic<S: Store + ?Sized>(
+pub fn relay_traffic<S: QueryStore + ?Sized>(
     s: &mut S,
     since_ms: u64,
 ) -> Result<Vec<RelayTraffic>, StoreError> {
@@ -420,7 +423,7 @@ fn relay_id(v: i64) -> Result<u32, StoreError> {
 }
 
 /// Block `block_id` with up to `limit` of the readings it stored (`None`: no such block).
-pub fn block_readings<S: Store + ?Sized>(
+pub fn block_readings<S: QueryStore + ?Sized>(
     s: &mut S,
     block_id: i64,
     limit: usize,
@@ -468,7 +471,7 @@ pub fn block_readings<S: Store + ?Sized>(
 
 /// How long each stored reading took from its making (the meter's timestamp)
 /// to its block's arrival at the server, ms, ascending.
-pub fn delivery_latencies<S: Store + ?Sized>(s: &mut S) -> Result<Vec<i64>, StoreError> {
+pub fn delivery_latencies<S: QueryStore + ?Sized>(s: &mut S) -> Result<Vec<i64>, StoreError> {
     let rows = s.select(
         "SELECT b.received_ms - r.ts_ms FROM readings r JOIN blocks b ON b.id = r.block_id ORDER BY 1",
         &[],

@@ -1,10 +1,17 @@
-//! Storage behind the [`Store`] trait, chosen at run time from the database URL.
+//! The gridpow ledger store: verified blocks and their readings, chosen at run
+//! time from the database URL, behind three traits, one per audience:
+//! [`IngestStore`] for the server's writer (commit batches, alerts, pruning),
+//! [`QueryStore`] for the HTTP API and dashboard, [`AuditStore`] for the
+//! ledger check. [`open_store`] opens a writer with its rules and limits
+//! ([`StoreOptions`]), [`open_reader`] a reader. Every error says what can be
+//! done about it ([`StoreError::remedy`]): retry, refuse the input, or call the
+//! operator, so the writer retries only what can succeed.
 //!
 //! SQLite ([`SqliteStore`], a file path or `sqlite://path`, the default) and
 //! PostgreSQL ([`PgStore`], `postgres://…`, for several servers sharing one
 //! database), each with its own migrations. The trait is shaped for both:
 //!
-//! - **One transaction per batch.** [`Store::commit`] stores a batch of verified
+//! - **One transaction per batch.** [`IngestStore::commit`] stores a batch of verified
 //!   blocks and rejected payloads atomically and returns one [`Outcome`] per
 //!   item; a receipt or broker acknowledgement is only sent for a batch that
 //!   committed.
@@ -29,12 +36,18 @@
 //! - Each instance is one connection used from one thread (`&mut self`); the
 //!   HTTP API opens its own instances for reading.
 
+pub mod equivocation;
 pub mod fleet;
+pub mod intervals;
+#[cfg(any(test, feature = "test-support"))]
+pub mod pg_harness;
+pub mod plausibility;
 pub mod postgres;
 mod shared;
 mod sqlite;
 #[cfg(test)]
 mod tests;
+mod verified;
 
 use gridpow_proto::wire::{BlockHeaderRepr, Reading};
 use gridpow_proto::Hash;
@@ -48,18 +61,74 @@ pub use postgres::PgStore;
 pub(crate) use shared::meter_subject;
 pub use sqlite::SqliteStore;
 
-use crate::plausibility::{AlertKind, Rules};
-use crate::verify::{ReadingRow, RejectKind, VerifiedBlockData};
+pub use plausibility::{AlertKind, PlausibilityConfig, Rules};
+pub use verified::{ReadingRow, RejectKind, VerifiedBlockData};
 
-/// Why a storage operation failed.
+/// Why a storage operation failed, grouped by what can be done about it
+/// ([`StoreError::remedy`]): retry, refuse the input, or call the operator.
+/// A backend's own error is kept as the source ([`DbError`]) but never
+/// named in this type, so callers decide on the remedy, not on the backend.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    // Retry: the same call may succeed in a moment.
+    /// The database is busy or locked, the connection was lost or refused,
+    /// or a concurrent transaction won (serialization failure, deadlock, a
+    /// unique-key race between servers sharing the database).
+    #[error("database unavailable for now: {0}")]
+    Unavailable(#[source] DbError),
+
+    // Refuse the input: the request cannot be met as given.
     /// The database URL names a backend this build does not have.
     #[error(
         "unsupported database URL {0:?}: use a SQLite file path, sqlite://path or postgres://…"
     )]
     UnsupportedUrl(String),
+
+    // Operator action: the stored data, the schema or the machine must be fixed.
+    /// A stored value cannot be what this build wrote.
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The database's schema or rows are not what this build writes (a
+    /// missing table or column, a value of another type, a broken constraint,
+    /// a damaged file).
+    #[error("database content is not what gridpow wrote: {0}")]
+    Inconsistent(#[source] DbError),
+    /// The database was written by a newer build.
+    #[error(
+        "database schema version {found} is newer than this build knows ({known}); upgrade gridpow"
+    )]
+    SchemaTooNew {
+        /// Version found.
+        found: u32,
+        /// Newest version this build applies.
+        known: u32,
+    },
+    /// A schema migration failed.
+    #[error("applying migration {version} to {path}: {source}")]
+    Migration {
+        /// The migration.
+        version: u32,
+        /// The database.
+        path: String,
+        /// The backend's error.
+        #[source]
+        source: DbError,
+    },
+    /// The database could not be opened.
+    #[error("opening database {path}: {source}")]
+    Open {
+        /// What was opened (a PostgreSQL URL with its password hidden).
+        path: String,
+        /// The backend's error.
+        #[source]
+        source: DbError,
+    },
     /// The database's directory could not be created.
     #[error("creating {path}: {source}")]
     CreateDir {
@@ -72,68 +141,74 @@ pub enum StoreError {
     /// The checkpoint thread could not be started.
     #[error("starting the checkpoint thread: {0}")]
     Thread(#[source] std::io::Error),
-    /// The database could not be opened.
-    #[error("opening database {path}: {source}")]
-    Open {
-        /// What was opened.
-        path: String,
-        /// The backend's error.
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// A schema migration failed.
-    #[error("applying migration {version} to {path}: {source}")]
-    Migration {
-        /// The migration.
-        version: u32,
-        /// The database.
-        path: String,
-        /// The backend's error.
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// The database was written by a newer build.
-    #[error(
-        "database schema version {found} is newer than this build knows ({known}); upgrade gridpow"
-    )]
-    SchemaTooNew {
-        /// Version found.
-        found: u32,
-        /// Newest version this build applies.
-        known: u32,
-    },
-    /// A query or statement failed (IO, disk full, locked, constraint).
-    #[error("SQLite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// PostgreSQL could not be reached or refused the connection.
-    #[error("connecting to {url}: {source}")]
-    PgConnect {
-        /// The URL, password hidden.
-        url: String,
-        /// Why.
-        #[source]
-        source: postgres::ConnectError,
-    },
-    /// A PostgreSQL schema migration failed.
-    #[error("applying PostgreSQL migration {version}: {}", postgres::detail(.source))]
-    PgMigration {
-        /// The migration.
-        version: u32,
-        /// The server's error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// A PostgreSQL statement failed (connection lost, constraint, conflict).
-    #[error("PostgreSQL: {}", postgres::detail(.0))]
-    Postgres(#[from] tokio_postgres::Error),
-    /// A stored value cannot be what this build wrote.
-    #[error("corrupt row in {table}: {detail}")]
-    Corrupt {
-        /// The table.
-        table: &'static str,
-        /// What is wrong.
-        detail: String,
-    },
+    /// The database refuses what this build asks of it for a reason outside
+    /// its content: disk full, read-only, permission denied.
+    #[error("the database refuses writes: {0}")]
+    Refused(#[source] DbError),
+}
+
+/// What can be done about a [`StoreError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remedy {
+    /// Try the same call again after a pause; it may succeed.
+    Retry,
+    /// The caller's input cannot be used; retrying it cannot help.
+    RefuseInput,
+    /// An operator must act (repair or restore the data, free disk space,
+    /// fix permissions, upgrade); retrying cannot help until then.
+    Operator,
+}
+
+impl StoreError {
+    /// What can be done about this error.
+    pub fn remedy(&self) -> Remedy {
+        match self {
+            StoreError::Unavailable(_) => Remedy::Retry,
+            StoreError::UnsupportedUrl(_) => Remedy::RefuseInput,
+            StoreError::Corrupt { .. }
+            | StoreError::Inconsistent(_)
+            | StoreError::SchemaTooNew { .. }
+            | StoreError::Migration { .. }
+            | StoreError::Open { .. }
+            | StoreError::CreateDir { .. }
+            | StoreError::Thread(_)
+            | StoreError::Refused(_) => Remedy::Operator,
+        }
+    }
+
+    /// Whether the failure lies in what is stored (a value this build could
+    /// not have written, an altered schema, a damaged file) rather than in
+    /// reaching or writing the database: a verdict on the ledger itself.
+    pub fn is_about_content(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt { .. } | StoreError::Inconsistent(_)
+        )
+    }
+}
+
+/// A database backend's error, described for logs and kept as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{backend}: {message}")]
+pub struct DbError {
+    backend: &'static str,
+    message: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl DbError {
+    fn new(
+        backend: &'static str,
+        message: String,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> DbError {
+        DbError {
+            backend,
+            message,
+            source: Box::new(source),
+        }
+    }
 }
 
 /// A parsed database URL.
@@ -171,16 +246,25 @@ impl DbUrl {
     }
 }
 
+/// What a store opened for writing applies to what it commits.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// The plausibility rules judged on new readings.
+    pub rules: Rules,
+    /// The bounds against hostile input.
+    pub limits: StoreLimits,
+}
+
 /// Opens the store named by `url` for writing (applying migrations).
-pub fn open_store(url: &str) -> Result<Box<dyn Store>, StoreError> {
+pub fn open_store(url: &str, options: StoreOptions) -> Result<Box<dyn Store>, StoreError> {
     match DbUrl::parse(url)? {
-        DbUrl::Sqlite(p) => Ok(Box::new(SqliteStore::open(&p)?)),
-        DbUrl::Postgres(u) => Ok(Box::new(PgStore::open(&u)?)),
+        DbUrl::Sqlite(p) => Ok(Box::new(SqliteStore::open(&p, options)?)),
+        DbUrl::Postgres(u) => Ok(Box::new(PgStore::open(&u, options)?)),
     }
 }
 
 /// Opens the store named by `url` for queries only (the database must exist).
-pub fn open_reader(url: &str) -> Result<Box<dyn Store>, StoreError> {
+pub fn open_reader(url: &str) -> Result<Box<dyn ReadStore>, StoreError> {
     match DbUrl::parse(url)? {
         DbUrl::Sqlite(p) => Ok(Box::new(SqliteStore::open_reader(&p)?)),
         DbUrl::Postgres(u) => Ok(Box::new(PgStore::open_reader(&u)?)),
@@ -340,7 +424,7 @@ impl Outcome {
     }
 }
 
-/// An alert to raise with [`Store::raise_alert`].
+/// An alert to raise with [`IngestStore::raise_alert`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewAlert {
     /// Kind.
@@ -582,7 +666,7 @@ pub struct LedgerReading {
 
 impl LedgerReading {
     /// The cells a reading row must hold: what `commit` writes for `row` of block `block_id`.
-    pub fn expected_cells(block_id: i64, row: &crate::verify::ReadingRow) -> [Cell; 13] {
+    pub fn expected_cells(block_id: i64, row: &crate::verified::ReadingRow) -> [Cell; 13] {
         let r = &row.reading;
         [
             Cell::Int(block_id),
@@ -845,27 +929,12 @@ pub struct QuarantineRow {
     pub head_hex: String,
 }
 
-/// The storage interface of the grid server.
-pub trait Store: Send {
-    /// Sets the plausibility rules applied to new readings.
-    fn set_rules(&mut self, rules: Rules);
-
-    /// Sets the bounds against hostile input ([`StoreLimits::default`] until called).
-    fn set_limits(&mut self, limits: StoreLimits);
-
-    /// Deletes quarantine rows received before `now_ms - quarantine_retention_ms`,
-    /// except fork evidence; returns how many.
-    fn prune_quarantine(&mut self, now_ms: u64) -> Result<u64, StoreError>;
-
-    /// Every quarantine row refused as a fork, ascending (for the ledger check).
-    fn ledger_forks(&mut self) -> Result<Vec<ForkEvidence>, StoreError>;
-
+/// What the writer does with the database: commit batches, raise and sweep
+/// alerts, prune the quarantine. Opened with [`open_store`].
+pub trait IngestStore: Send {
     /// Stores a batch atomically (see the module docs) and returns one outcome
     /// per item. On error nothing is stored and the caller retries later.
     fn commit(&mut self, items: &[Ingest], now_ms: u64) -> Result<CommitResult, StoreError>;
-
-    /// Database totals.
-    fn totals(&mut self) -> Result<DbTotals, StoreError>;
 
     /// Raises (or raises again) one alert outside a commit, in its own
     /// transaction: for findings made after the commit that stored their
@@ -881,6 +950,17 @@ pub trait Store: Send {
         silent_after_ms: u64,
         started_ms: u64,
     ) -> Result<Vec<RaisedAlert>, StoreError>;
+
+    /// Deletes quarantine rows received before `now_ms - quarantine_retention_ms`,
+    /// except fork evidence; returns how many.
+    fn prune_quarantine(&mut self, now_ms: u64) -> Result<u64, StoreError>;
+}
+
+/// What the HTTP API and the dashboard read: meters, readings, relays,
+/// blocks, alerts, the quarantine and the fleet views.
+pub trait QueryStore: Send {
+    /// Database totals.
+    fn totals(&mut self) -> Result<DbTotals, StoreError>;
 
     /// Every meter.
     fn meters(&mut self) -> Result<Vec<MeterSummary>, StoreError>;
@@ -916,39 +996,6 @@ pub trait Store: Send {
 
     /// The newest quarantine rows, at most `limit`.
     fn quarantine(&mut self, limit: usize) -> Result<Vec<QuarantineRow>, StoreError>;
-
-    /// Relays with stored blocks, ascending (for the ledger check).
-    fn ledger_relays(&mut self) -> Result<Vec<i64>, StoreError>;
-
-    /// Up to `limit` stored blocks of `relay_id` with a height above
-    /// `after_height` (all heights when `None`, even negative ones a tampered
-    /// row may hold), ascending by height.
-    fn ledger_blocks(
-        &mut self,
-        relay_id: i64,
-        after_height: Option<i64>,
-        limit: usize,
-    ) -> Result<Vec<LedgerBlock>, StoreError>;
-
-    /// Reading rows with ids in `first_id .. first_id + count`, ascending.
-    fn ledger_readings(
-        &mut self,
-        first_id: i64,
-        count: u64,
-    ) -> Result<Vec<LedgerReading>, StoreError>;
-
-    /// The time-index directory of block `block_id`, as stored (`None`: no row;
-    /// a non-blob value reads as empty).
-    fn ledger_directory(&mut self, block_id: i64) -> Result<Option<Vec<u8>>, StoreError>;
-
-    /// Number of reading rows (whatever block they claim).
-    fn reading_rows(&mut self) -> Result<u64, StoreError>;
-
-    /// Number of time-index rows (one per block that stored readings).
-    fn directory_rows(&mut self) -> Result<u64, StoreError>;
-
-    /// The whole de-duplication table, ascending.
-    fn ledger_coverage(&mut self) -> Result<Vec<CoverageRow>, StoreError>;
 
     /// Runs one read-only query written in the SQL both backends speak
     /// (`$n` placeholders, see [`fleet`]) and returns its rows as cells.
@@ -992,3 +1039,54 @@ pub trait Store: Send {
         fleet::block_readings(self, block_id, limit)
     }
 }
+
+/// What the ledger check (`verify-ledger`) reads: every stored row exactly
+/// as stored, so it can recompute what the blocks imply.
+pub trait AuditStore: Send {
+    /// Every quarantine row refused as a fork, ascending (for the ledger check).
+    fn ledger_forks(&mut self) -> Result<Vec<ForkEvidence>, StoreError>;
+
+    /// Relays with stored blocks, ascending (for the ledger check).
+    fn ledger_relays(&mut self) -> Result<Vec<i64>, StoreError>;
+
+    /// Up to `limit` stored blocks of `relay_id` with a height above
+    /// `after_height` (all heights when `None`, even negative ones a tampered
+    /// row may hold), ascending by height.
+    fn ledger_blocks(
+        &mut self,
+        relay_id: i64,
+        after_height: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerBlock>, StoreError>;
+
+    /// Reading rows with ids in `first_id .. first_id + count`, ascending.
+    fn ledger_readings(
+        &mut self,
+        first_id: i64,
+        count: u64,
+    ) -> Result<Vec<LedgerReading>, StoreError>;
+
+    /// The time-index directory of block `block_id`, as stored (`None`: no row;
+    /// a non-blob value reads as empty).
+    fn ledger_directory(&mut self, block_id: i64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Number of reading rows (whatever block they claim).
+    fn reading_rows(&mut self) -> Result<u64, StoreError>;
+
+    /// Number of time-index rows (one per block that stored readings).
+    fn directory_rows(&mut self) -> Result<u64, StoreError>;
+
+    /// The whole de-duplication table, ascending.
+    fn ledger_coverage(&mut self) -> Result<Vec<CoverageRow>, StoreError>;
+}
+
+/// A store opened for reading: what the API and the ledger check use.
+pub trait ReadStore: QueryStore + AuditStore {}
+
+impl<T: QueryStore + AuditStore + ?Sized> ReadStore for T {}
+
+/// A store opened for writing, which the writer also queries (to compare a
+/// repeated reading with the stored one) and tests read back.
+pub trait Store: IngestStore + QueryStore + AuditStore {}
+
+impl<T: IngestStore + QueryStore + AuditStore + ?Sized> Store for T {}

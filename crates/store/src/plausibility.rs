@@ -9,9 +9,7 @@
 //! - a reading flagged by the meter itself as a sensor fault.
 
 use gridpow_proto::wire::Reading;
-use serde::Serialize;
-
-use crate::config::PlausibilityConfig;
+use serde::{Deserialize, Serialize};
 
 /// Kinds of alert the server raises; the string is the `kind` column and API field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -137,6 +135,50 @@ impl Finding {
             }
             Finding::SensorFault => "meter flagged a sensor fault or saturation".into(),
         }
+    }
+}
+
+/// This file, whose doc comments document [`PlausibilityConfig`]'s fields
+/// in the server's example configuration.
+pub const SOURCE: &str = include_str!("plausibility.rs");
+
+/// Plausibility rules: physics the meter's tag cannot vouch for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlausibilityConfig {
+    /// Nominal line voltage, volts.
+    pub nominal_voltage_v: f64,
+    /// Allowed relative deviation from nominal (0.10 = ±10 %).
+    pub voltage_tolerance: f64,
+    /// Allowed |P − V·I·PF| as a fraction of the apparent power V·I …
+    pub power_tolerance: f64,
+    /// … plus this absolute slack, watts (covers rounding at small loads).
+    pub power_slack_w: f64,
+    /// The meters' reporting interval, seconds.
+    pub expected_interval_s: u64,
+    /// A meter is reported silent after this many intervals without a reading.
+    pub silent_after_intervals: u32,
+}
+
+impl Default for PlausibilityConfig {
+    fn default() -> Self {
+        PlausibilityConfig {
+            nominal_voltage_v: 230.0,
+            voltage_tolerance: 0.10,
+            power_tolerance: 0.05,
+            power_slack_w: 5.0,
+            expected_interval_s: 10,
+            silent_after_intervals: 5,
+        }
+    }
+}
+
+impl PlausibilityConfig {
+    /// Milliseconds of silence after which a meter is reported.
+    pub fn silent_after_ms(&self) -> u64 {
+        self.expected_interval_s
+            .saturating_mul(u64::from(self.silent_after_intervals))
+            .saturating_mul(1000)
     }
 }
 
