@@ -69,36 +69,15 @@
 //!
 //! ## Difficulty
 //! Each block costs 2^d SHA-256 compressions on average (the header's first
-//! 64 bytes are a midstate, so one try is one compression). Measured here
-//! with `cargo run --release -p gridpow-relay --example relay_bench` (2 cores,
-//! [`pow::benchmark`]): **10.2 M tries/s on one thread, 14.7 M/s on two**.
-//! An ESP32 relay uses its SHA peripheral: driven block by block through
-//! registers (load 16 words, start, wait, read 8), expect roughly 0.5 M
-//! compressions/s; the ESP32-S3/C3 can load a midstate, the original ESP32
-//! cannot and pays two compressions per try; pure software SHA-256 on a
-//! 240 MHz core manages about 0.08 M/s. The firmware issue should measure it.
-//!
-//! | d  | tries (mean) | here, 1 thread | here, 2 threads | ESP32 HW ~0.5 M/s | ESP32 SW ~0.08 M/s |
-//! |---:|-------------:|---------------:|----------------:|------------------:|-------------------:|
-//! | 12 | 4 k          | 0.4 ms         | 0.3 ms          | 8 ms              | 50 ms              |
-//! | 16 | 65 k         | 6.4 ms         | 4.5 ms          | 130 ms            | 0.8 s              |
-//! | 20 | 1 M          | 0.10 s         | 0.07 s          | 2.1 s             | 13 s               |
-//! | 24 | 17 M         | 1.6 s          | 1.1 s           | 34 s              | 3.5 min            |
-//!
-//! The default d = 16 costs a firmware relay with the accelerator about a
-//! tenth of its one-second block interval and this relay a few milliseconds
-//! per block (debug builds are ~10x slower), while a forger must redo the
-//! work for every altered block and every block after it. PoW is rate
-//! limiting and tamper cost, never authentication (the Ed25519 signature and
-//! the meters' own tags are). Solve times vary geometrically around the
-//! mean: one block in 20 takes three times the mean.
-//!
-//! ## Journal throughput
-//! Measured with the same example on this machine's disk: one fsync
-//! (`fdatasync`) takes about 3.3 ms, so ~300 commits/s; with one frame per
-//! fsync that is 300 frames/s, with group commit 256 frames per fsync
-//! 78 000 frames/s (~470 000 readings/s). The journal thread therefore
-//! never waits for a quota: while one fsync runs the next batch forms.
+//! 64 bytes are a midstate, so one try is one compression), solved by
+//! `pow.threads` workers; `cargo run --release -p gridpow-relay --example
+//! relay_bench` measures the rate ([`pow::benchmark`]) and the journal's fsync
+//! rate on the machine at hand. What d costs here and on an ESP32, and what
+//! group commit buys, is in `docs/scalability.md` ("The relay's own limits").
+//! A forger must redo the work for every altered block and every block after
+//! it. PoW is rate limiting and tamper cost, never authentication (the
+//! Ed25519 signature and the meters' own tags are). Solve times vary
+//! geometrically around the mean: one block in 20 takes three times the mean.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
