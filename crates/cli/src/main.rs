@@ -14,6 +14,7 @@ mod keys_cmd;
 mod ledger_cmd;
 mod relay_blob;
 mod services;
+mod sim_cmd;
 mod tokens_cmd;
 
 /// gridpow: smart-meter readings from ESP32 meters to a verified database, sealed end to end.
@@ -53,7 +54,7 @@ enum Command {
     /// Re-verify the whole stored ledger offline (signatures, PoW, Merkle roots, chain, meter tags).
     VerifyLedger(ledger_cmd::VerifyLedgerArgs),
     /// Simulate the radio channel with thousands of meters (scalability study).
-    Sim(gridpow_sim::SimArgs),
+    Sim(sim_cmd::SimArgs),
     /// Print a commented example configuration with every default.
     ExampleConfig {
         /// Which one: relay, server or meters.
@@ -106,7 +107,7 @@ fn main() -> ExitCode {
         Command::Server(a) => services::run_server(&a),
         Command::Meters(a) => services::run_meters(&a.config),
         Command::VerifyLedger(a) => ledger_cmd::run(a),
-        Command::Sim(a) => gridpow_sim::run_cli(a).map(|()| ExitCode::SUCCESS),
+        Command::Sim(a) => sim_cmd::run(a),
         Command::ExampleConfig { kind } => services::example_config(kind),
     };
     match result {

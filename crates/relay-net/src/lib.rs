@@ -105,19 +105,14 @@
 //! - **Post-handshake TLS messages.** embedded-tls 0.19 handles session
 //!   tickets but panics (`unimplemented!`) on other post-handshake handshake
 //!   messages such as a KeyUpdate; Mosquitto sends none unless asked.
-//! - **Nagle.** Disable it on the socket if the stack allows: with it, the
-//!   host measurement of [`Connection::open`] doubled (46 ms to 92 ms).
+//! - **Nagle.** Disable it on the socket if the stack allows: with it,
+//!   [`Connection::open`] waits on delayed segments (measured cost in
+//!   `docs/hardware.md`, "Transport cost").
 //!
-//! # Measured
-//!
-//! On the host against Mosquitto 2.0.11 over loopback: [`Connection::open`]
-//! (TLS 1.3 handshake with client certificate, CONNECT, SUBSCRIBE, retained
-//! status) 46 ms (`ci` profile), about 100 ms (debug). For riscv32imc
-//! (`opt-level = "s"`, fat LTO, a probe binary calling every method): 246 KB
-//! of `.text` and 6 KB of `.rodata`, crypto included. RAM: the caller's
-//! buffers (16.9 KB with the recommended sizes), the [`Connection`] (1.7 KB
-//! on a 64-bit host) and the future of [`Connection::open`] (12 KB on a
-//! 64-bit host, including the verifier's copy of the broker chain,
+//! What opening a connection takes, and the code size and RAM of this crate
+//! on riscv32imc, are measured in `docs/hardware.md` ("Transport cost"). RAM
+//! is the caller's buffers, the [`Connection`] and the future of
+//! [`Connection::open`] (which holds the verifier's copy of the broker chain,
 //! [`MAX_BROKER_CHAIN`]).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]

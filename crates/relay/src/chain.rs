@@ -10,62 +10,20 @@
 //! lifecycle's; this thread only does the IO around them.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use ed25519_dalek::SigningKey;
-use gridpow_proto::lifecycle::{BlockLifecycle, OutboxEntry as Slot};
 use gridpow_proto::Hash;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::ingest::Signals;
 use crate::journal::FrameRecord;
 use crate::outbox::Outbox;
 use crate::pow::{PowPool, PowReport};
-use crate::publisher::PubCmd;
 use crate::stats::{add, set, Shared};
-
-/// The lifecycle over heap storage, shared by the chain thread and the publisher.
-pub(crate) type Lifecycle = BlockLifecycle<Vec<u8>, Vec<Slot>>;
-
-/// The lifecycle behind a lock (held only for short, non-blocking calls).
-#[derive(Clone)]
-pub(crate) struct SharedLifecycle(Arc<Mutex<Lifecycle>>);
-
-impl SharedLifecycle {
-    pub(crate) fn new(l: Lifecycle) -> Self {
-        SharedLifecycle(Arc::new(Mutex::new(l)))
-    }
-    /// The lifecycle; a panic elsewhere while holding the lock leaves plain
-    /// data that is still consistent call by call, so the poison is ignored.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Lifecycle> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The protocol core's monotonic clock for this process.
-pub(crate) fn proto_now() -> gridpow_proto::Instant {
-    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
-    let base = BASE.get_or_init(std::time::Instant::now);
-    gridpow_proto::Instant::from_micros(base.elapsed().as_micros() as u64)
-}
-
-/// Input of the chain thread.
-#[derive(Debug)]
-pub(crate) enum ChainEvent {
-    /// Frames committed to the journal that delivered new readings, in jsn order.
-    Frames(Vec<FrameRecord>),
-    /// The lifecycle confirmed this block by a receipt: delete its file.
-    Confirmed { height: u64, hash: Hash },
-    /// The server refused this block for good: move its file to `refused/`.
-    Refused { height: u64, hash: Hash },
-    /// Seal everything pending now.
-    Flush,
-    /// Stop (pending frames stay in the journal and are sealed after restart).
-    Shutdown,
-}
+use crate::threads::{proto_now, ChainEvent, PubCmd, SharedLifecycle, Signals};
 
 /// The job the PoW pool is solving.
 struct Job {

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,11 +21,11 @@ use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::ingress::{Ingress, Verdict};
 use gridpow_proto::{Error as ProtoError, MacAddr, Rejected};
 
-use crate::chain::ChainEvent;
 use crate::journal::{FrameRecord, Journal};
 use crate::snapshot::IngressSnapshot;
 use crate::stats::{add, set, RefusalCause, RefusalLog, Shared};
 use crate::table::HashMeterTable;
+use crate::threads::{ChainEvent, Signals};
 
 /// Most records one fsync covers (bounds the latency of a huge burst).
 const MAX_BATCH: usize = 8192;
@@ -33,24 +33,6 @@ const MAX_BATCH: usize = 8192;
 const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// At most one refusal line per cause per this interval.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Stop signals shared by the relay's threads.
-#[derive(Debug, Default)]
-pub(crate) struct Signals {
-    /// Finish current work, send the ACKs that are due, then stop.
-    pub stop: AtomicBool,
-    /// Stop now, as if the process had been killed: no more writes, no ACKs.
-    pub abort: AtomicBool,
-}
-
-impl Signals {
-    pub(crate) fn aborted(&self) -> bool {
-        self.abort.load(Ordering::Relaxed)
-    }
-    pub(crate) fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed) || self.aborted()
-    }
-}
 
 struct PendingAck {
     /// Send once the committed jsn reaches this.

@@ -69,36 +69,15 @@
 //!
 //! ## Difficulty
 //! Each block costs 2^d SHA-256 compressions on average (the header's first
-//! 64 bytes are a midstate, so one try is one compression). Measured here
-//! with `cargo run --release -p gridpow-relay --example relay_bench` (2 cores,
-//! [`pow::benchmark`]): **10.2 M tries/s on one thread, 14.7 M/s on two**.
-//! An ESP32 relay uses its SHA peripheral: driven block by block through
-//! registers (load 16 words, start, wait, read 8), expect roughly 0.5 M
-//! compressions/s; the ESP32-S3/C3 can load a midstate, the original ESP32
-//! cannot and pays two compressions per try; pure software SHA-256 on a
-//! 240 MHz core manages about 0.08 M/s. The firmware issue should measure it.
-//!
-//! | d  | tries (mean) | here, 1 thread | here, 2 threads | ESP32 HW ~0.5 M/s | ESP32 SW ~0.08 M/s |
-//! |---:|-------------:|---------------:|----------------:|------------------:|-------------------:|
-//! | 12 | 4 k          | 0.4 ms         | 0.3 ms          | 8 ms              | 50 ms              |
-//! | 16 | 65 k         | 6.4 ms         | 4.5 ms          | 130 ms            | 0.8 s              |
-//! | 20 | 1 M          | 0.10 s         | 0.07 s          | 2.1 s             | 13 s               |
-//! | 24 | 17 M         | 1.6 s          | 1.1 s           | 34 s              | 3.5 min            |
-//!
-//! The default d = 16 costs a firmware relay with the accelerator about a
-//! tenth of its one-second block interval and this relay a few milliseconds
-//! per block (debug builds are ~10x slower), while a forger must redo the
-//! work for every altered block and every block after it. PoW is rate
-//! limiting and tamper cost, never authentication (the Ed25519 signature and
-//! the meters' own tags are). Solve times vary geometrically around the
-//! mean: one block in 20 takes three times the mean.
-//!
-//! ## Journal throughput
-//! Measured with the same example on this machine's disk: one fsync
-//! (`fdatasync`) takes about 3.3 ms, so ~300 commits/s; with one frame per
-//! fsync that is 300 frames/s, with group commit 256 frames per fsync
-//! 78 000 frames/s (~470 000 readings/s). The journal thread therefore
-//! never waits for a quota: while one fsync runs the next batch forms.
+//! 64 bytes are a midstate, so one try is one compression), solved by
+//! `pow.threads` workers; `cargo run --release -p gridpow-relay --example
+//! relay_bench` measures the rate ([`pow::benchmark`]) and the journal's fsync
+//! rate on the machine at hand. What d costs here and on an ESP32, and what
+//! group commit buys, is in `docs/scalability.md` ("The relay's own limits").
+//! A forger must redo the work for every altered block and every block after
+//! it. PoW is rate limiting and tamper cost, never authentication (the
+//! Ed25519 signature and the meters' own tags are). Solve times vary
+//! geometrically around the mean: one block in 20 takes three times the mean.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -112,10 +91,12 @@ pub mod journal;
 pub mod outbox;
 pub mod pow;
 mod publisher;
+mod recover;
 pub mod serial;
 pub mod snapshot;
 mod stats;
 pub mod table;
+mod threads;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,7 +105,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use gridpow_common::keys::KeyDir;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use gridpow_common::keys::{KeyDir, Role};
 use gridpow_common::radio::{RadioPort, UdpAir};
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::ingress::{Ingress, IngressConfig};
@@ -138,10 +120,13 @@ pub use publisher::{status_json, RadioCounts};
 pub use serial::SerialRadio;
 pub use stats::{RejectStats, RelayStats};
 
-use chain::{ChainEvent, ChainLoop};
-use ingest::{IngressLoop, JournalLoop, Signals};
-use publisher::PubCmd;
+use chain::ChainLoop;
+use ingest::{IngressLoop, JournalLoop};
+use outbox::Outbox;
+use recover::Recovered;
 use stats::Shared;
+use table::HashMeterTable;
+use threads::{ChainEvent, PubCmd, SharedLifecycle, Signals};
 
 /// Opens the radio the configuration names (`udp` or `serial`). The demo
 /// passes an in-process `Medium` port to [`Relay::start`] instead.
@@ -170,203 +155,170 @@ impl Relay {
         radio: Box<dyn RadioPort>,
     ) -> Result<RelayHandle, RelayError> {
         cfg.validate(Path::new("relay configuration"))?;
-        let keys = KeyDir::new(&cfg.keys_dir);
-        keys.check_role(gridpow_common::keys::Role::Relay(cfg.relay_id))?;
-        let signing_key = keys.relay_signing_key(cfg.relay_id)?;
-        let server_key = keys.server_verifying_key()?;
-        let mut table = table::HashMeterTable::from_key_dir(&keys)?;
+        let mut keys = RelayKeys::load(&cfg)?;
+        let recovered = recover::recover(&cfg, &mut keys.table)?;
+        spawn(&cfg, radio, keys, recovered)
+    }
+}
 
-        // Before anything in the data directory is read: a second relay on the
-        // same journal would corrupt it. Held by the handle until its threads end.
-        let lock = gridpow_common::datadir::DataLock::dir(&cfg.data_dir)?;
-        fsutil::create_dir(&cfg.data_dir)?;
-        let outbox = outbox::Outbox::open(&cfg.data_dir)?;
-        let head = outbox.head();
-        let snapshot_path = cfg.data_dir.join("state").join("ingress.snap");
-        let mut state = snapshot::IngressSnapshot::load(&snapshot_path)?.unwrap_or_default();
-        let mut reseal = Vec::new();
-        let journal_dir = cfg.data_dir.join("journal");
-        let (journal, recovery) =
-            journal::Journal::open(&journal_dir, cfg.journal.segment_bytes, |r| {
-                if r.jsn > head.sealed_jsn && r.new_readings() > 0 {
-                    reseal.push(r.clone());
-                }
-                state.apply(&r);
-            })?;
-        let last_jsn = journal.next_jsn() - 1;
-        if state.jsn > last_jsn || head.sealed_jsn > last_jsn {
-            return Err(RelayError::Corrupt {
-                path: journal_dir,
-                message: format!(
-                    "journal ends at jsn {last_jsn} but the snapshot reaches {} and sealed blocks {}: journal files are missing",
-                    state.jsn, head.sealed_jsn
-                ),
-            });
-        }
-        table.restore(&state);
-        tracing::info!(
-            relay = cfg.relay_id,
-            meters = table.len(),
-            replayed = recovery.records,
-            truncated = recovery.truncated_bytes,
-            next_height = head.next_height,
-            unconfirmed = outbox.len(),
-            reseal = reseal.len(),
-            "relay recovered"
-        );
+/// The relay's keys: its own signing key, the server's receipt key, and the
+/// meters it accepts.
+struct RelayKeys {
+    dir: KeyDir,
+    signing: SigningKey,
+    server: VerifyingKey,
+    table: HashMeterTable,
+}
 
-        let shared = Arc::new(Shared {
-            relay_id: cfg.relay_id,
-            ..Shared::default()
-        });
-        stats::set(&shared.journal_replayed, recovery.records);
-        stats::set(&shared.outbox_len, outbox.len() as u64);
-        stats::set(&shared.pending_frames, reseal.len() as u64);
-        if head.next_height > 0 {
-            shared.set_head(head.next_height - 1, head.head_hash);
-        }
-
-        let options = publisher::mqtt_options(&cfg, head.next_height.checked_sub(1))?;
-        let pool = pow::PowPool::new(cfg.pow.threads)?;
-        let signals = Arc::new(Signals::default());
-        let committed = Arc::new(AtomicU64::new(last_jsn));
-        let (journal_tx, journal_rx) = crossbeam_channel::unbounded();
-        let (compact_tx, compact_rx) = crossbeam_channel::unbounded();
-        let (chain_tx, chain_rx) = crossbeam_channel::unbounded();
-        let (pub_tx, pub_rx) = mpsc::unbounded_channel();
-
-        let lifecycle = chain::SharedLifecycle::new(new_lifecycle(&cfg, &outbox)?);
-        for e in outbox.entries() {
-            let _ = pub_tx.send(PubCmd::Block {
-                height: e.height,
-                bytes: None,
-                path: e.path.clone(),
-            });
-        }
-
-        let tasks = publisher::spawn(
-            &cfg,
-            options,
-            server_key,
-            lifecycle.clone(),
-            chain_tx.clone(),
-            pub_rx,
-            shared.clone(),
-        );
-        let mut threads = Vec::new();
-        let spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(f)
-                .map_err(|source| RelayError::Spawn { name, source })
-        };
-        let chain = ChainLoop {
-            key: signing_key,
-            outbox,
-            lifecycle,
-            backlog: reseal.into(),
-            pool,
-            events: chain_rx,
-            publish_tx: pub_tx.clone(),
-            compact_tx,
-            shared: shared.clone(),
-            signals: signals.clone(),
-        };
-        threads.push(spawn("gridpow-chain", Box::new(move || chain.run()))?);
-        let jl = JournalLoop {
-            journal,
-            rx: journal_rx,
-            compact_rx,
-            committed: committed.clone(),
-            chain_tx: chain_tx.clone(),
-            state,
-            snapshot_path,
-            max_delay: Duration::from_millis(cfg.journal.max_commit_delay_ms),
-            shared: shared.clone(),
-            signals: signals.clone(),
-        };
-        threads.push(spawn("gridpow-journal", Box::new(move || jl.run()))?);
-        let il = IngressLoop {
-            radio,
-            ingress: Ingress::new(
-                RustCrypto,
-                IngressConfig {
-                    relay_id: cfg.relay_id,
-                    channel: cfg.radio.channel,
-                    require_registered_mac: cfg.radio.require_registered_mac,
-                },
-                table,
-            ),
-            mac: cfg.mac(),
-            keys,
-            journal_tx,
-            committed,
-            next_jsn: last_jsn + 1,
-            shared: shared.clone(),
-            signals: signals.clone(),
-        };
-        threads.push(spawn("gridpow-ingress", Box::new(move || il.run()))?);
-
-        Ok(RelayHandle {
-            shared,
-            signals,
-            chain_tx,
-            pub_tx,
-            threads,
-            tasks,
-            _lock: lock,
+impl RelayKeys {
+    fn load(cfg: &RelayConfig) -> Result<Self, RelayError> {
+        let dir = KeyDir::new(&cfg.keys_dir);
+        dir.check_role(Role::Relay(cfg.relay_id))?;
+        Ok(RelayKeys {
+            signing: dir.relay_signing_key(cfg.relay_id)?,
+            server: dir.server_verifying_key()?,
+            table: HashMeterTable::from_key_dir(&dir)?,
+            dir,
         })
     }
 }
 
-/// Sealed blocks the relay can hold awaiting receipts before it stops
-/// sealing (frames then wait in the journal); more when the outbox on disk
-/// already holds more.
-const OUTBOX_SLOTS: usize = 1 << 16;
-
-/// The core's block lifecycle for this relay, continuing the chain of `outbox`
-/// with its unconfirmed blocks restored.
-fn new_lifecycle(
+/// Starts the publisher tasks and the chain, journal and ingress threads
+/// (wired as [`threads`] shows) over the recovered state.
+fn spawn(
     cfg: &RelayConfig,
-    outbox: &outbox::Outbox,
-) -> Result<chain::Lifecycle, RelayError> {
-    use gridpow_proto::lifecycle::{BlockLifecycle, ChainTip, LifecycleConfig, OutboxEntry};
-    let head = outbox.head();
-    let block_bytes = gridpow_proto::wire::block::block_len(
-        cfg.block.max_frames,
-        cfg.block.max_frames * gridpow_proto::wire::uplink::MAX_LEN,
+    radio: Box<dyn RadioPort>,
+    keys: RelayKeys,
+    recovered: Recovered,
+) -> Result<RelayHandle, RelayError> {
+    let Recovered {
+        lock,
+        outbox,
+        journal,
+        state,
+        snapshot_path,
+        reseal,
+        last_jsn,
+        replayed,
+    } = recovered;
+    let shared = recovered_stats(cfg.relay_id, &outbox, replayed, reseal.len());
+    let options = publisher::mqtt_options(cfg, outbox.head().next_height.checked_sub(1))?;
+    let pool = pow::PowPool::new(cfg.pow.threads)?;
+    let lifecycle = SharedLifecycle::new(recover::lifecycle(cfg, &outbox)?);
+    let signals = Arc::new(Signals::default());
+    let committed = Arc::new(AtomicU64::new(last_jsn));
+    let (journal_tx, journal_rx) = crossbeam_channel::unbounded();
+    let (compact_tx, compact_rx) = crossbeam_channel::unbounded();
+    let (chain_tx, chain_rx) = crossbeam_channel::unbounded();
+    let (pub_tx, pub_rx) = mpsc::unbounded_channel();
+
+    offer_unconfirmed(&outbox, &pub_tx);
+    let tasks = publisher::spawn(
+        cfg,
+        options,
+        keys.server,
+        lifecycle.clone(),
+        chain_tx.clone(),
+        pub_rx,
+        shared.clone(),
     );
-    let slots = OUTBOX_SLOTS.max(outbox.len() + 4096);
-    let core = |e: gridpow_proto::Error| RelayError::Corrupt {
-        path: cfg.data_dir.join("outbox"),
-        message: format!("block lifecycle: {e}"),
+    let chain = ChainLoop {
+        key: keys.signing,
+        outbox,
+        lifecycle,
+        backlog: reseal.into(),
+        pool,
+        events: chain_rx,
+        publish_tx: pub_tx.clone(),
+        compact_tx,
+        shared: shared.clone(),
+        signals: signals.clone(),
     };
-    let mut lc = BlockLifecycle::new(
-        LifecycleConfig {
-            relay_id: cfg.relay_id,
-            difficulty: cfg.difficulty,
-            max_frames: cfg.block.max_frames as u32,
-            max_age: gridpow_proto::Duration::from_millis(cfg.block.max_age_ms),
-            republish_after: gridpow_proto::Duration::from_secs(cfg.mqtt.republish_after_s.max(1)),
-            quarantine_retry: gridpow_proto::Duration::from_secs(
-                cfg.mqtt.quarantine_retry_s.max(1),
-            ),
-            max_inflight: cfg.mqtt.max_inflight_blocks,
-        },
-        ChainTip {
-            next_height: head.next_height,
-            prev_hash: head.head_hash,
-        },
-        vec![0; block_bytes],
-        vec![0; block_bytes],
-        vec![OutboxEntry::FREE; slots],
-    )
-    .map_err(core)?;
-    for e in outbox.entries() {
-        lc.restore(e.height, e.hash, e.len, (e.first_jsn, e.last_jsn))
-            .map_err(core)?;
+    let journal = JournalLoop {
+        journal,
+        rx: journal_rx,
+        compact_rx,
+        committed: committed.clone(),
+        chain_tx: chain_tx.clone(),
+        state,
+        snapshot_path,
+        max_delay: Duration::from_millis(cfg.journal.max_commit_delay_ms),
+        shared: shared.clone(),
+        signals: signals.clone(),
+    };
+    let ingress = IngressLoop {
+        radio,
+        ingress: Ingress::new(RustCrypto, ingress_config(cfg), keys.table),
+        mac: cfg.mac(),
+        keys: keys.dir,
+        journal_tx,
+        committed,
+        next_jsn: last_jsn + 1,
+        shared: shared.clone(),
+        signals: signals.clone(),
+    };
+    // The handle stops them in the reverse order.
+    let threads = vec![
+        spawn_thread("gridpow-chain", move || chain.run())?,
+        spawn_thread("gridpow-journal", move || journal.run())?,
+        spawn_thread("gridpow-ingress", move || ingress.run())?,
+    ];
+    Ok(RelayHandle {
+        shared,
+        signals,
+        chain_tx,
+        pub_tx,
+        threads,
+        tasks,
+        _lock: lock,
+    })
+}
+
+/// The counters as recovery left them: replayed records, the outbox, the
+/// frames to seal again, the chain head.
+fn recovered_stats(relay_id: u32, outbox: &Outbox, replayed: u64, reseal: usize) -> Arc<Shared> {
+    let shared = Arc::new(Shared {
+        relay_id,
+        ..Shared::default()
+    });
+    stats::set(&shared.journal_replayed, replayed);
+    stats::set(&shared.outbox_len, outbox.len() as u64);
+    stats::set(&shared.pending_frames, reseal as u64);
+    let head = outbox.head();
+    if head.next_height > 0 {
+        shared.set_head(head.next_height - 1, head.head_hash);
     }
-    Ok(lc)
+    shared
+}
+
+/// Queues every unconfirmed block of the outbox for the outbox task (their
+/// bytes are read from disk when due).
+fn offer_unconfirmed(outbox: &Outbox, pub_tx: &mpsc::UnboundedSender<PubCmd>) {
+    for e in outbox.entries() {
+        let _ = pub_tx.send(PubCmd::Block {
+            height: e.height,
+            bytes: None,
+            path: e.path.clone(),
+        });
+    }
+}
+
+fn ingress_config(cfg: &RelayConfig) -> IngressConfig {
+    IngressConfig {
+        relay_id: cfg.relay_id,
+        channel: cfg.radio.channel,
+        require_registered_mac: cfg.radio.require_registered_mac,
+    }
+}
+
+fn spawn_thread(
+    name: &'static str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, RelayError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|source| RelayError::Spawn { name, source })
 }
 
 /// A running relay.

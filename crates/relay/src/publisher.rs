@@ -29,37 +29,17 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     TlsConfiguration, Transport,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::chain::{proto_now, ChainEvent, SharedLifecycle};
 use crate::config::RelayConfig;
 use crate::stats::{add, Shared};
+use crate::threads::{proto_now, ChainEvent, NetEvent, PubCmd, SharedLifecycle};
 use crate::RelayError;
 
 /// Block bytes kept in memory for republishing; beyond this they are read
 /// back from the outbox file when needed.
 const CACHE_BYTES: usize = 64 << 20;
-
-/// Commands to the outbox task.
-#[derive(Debug)]
-pub(crate) enum PubCmd {
-    /// A block sealed (or found in the outbox at start) that awaits its receipt.
-    Block {
-        height: u64,
-        bytes: Option<Bytes>,
-        path: PathBuf,
-    },
-    /// Publish the offline status, disconnect, then answer.
-    Shutdown(oneshot::Sender<()>),
-}
-
-#[derive(Debug)]
-enum NetEvent {
-    Connected,
-    Disconnected,
-    Receipt(ReceiptRepr),
-}
 
 /// The relay's radio counters in its status message (docs/protocol.md §11).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]

@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::SimError;
 
 /// How stations get on the air.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MacModel {
     /// Pure ALOHA: transmit at once, no carrier sense, no MAC ACK.
@@ -18,7 +18,7 @@ pub enum MacModel {
 }
 
 /// Which retransmission scheme the meters run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     /// gridpow's sender: up to 6 readings per frame, random start offset and
@@ -44,7 +44,7 @@ pub enum Arrivals {
 }
 
 /// How the relay's ACK reaches the meter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AckAir {
     /// ACKs are radio frames like any other (what ESP-NOW does).

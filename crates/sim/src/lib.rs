@@ -11,10 +11,11 @@
 //! meter and relay draws from its own PCG streams derived from the master seed
 //! ([`rng`]); the same seed gives the same event trace, whose hash is reported.
 //!
-//! The `gridpow` binary mounts [`cli::SimArgs`] as `gridpow sim` and calls
-//! [`cli::run_cli`].
+//! The command line lives in the `gridpow` binary (`gridpow sim`, in
+//! `crates/cli`): it parses flags into plain data, validates them into a
+//! [`SimConfig`] (or a [`study::StudyConfig`]) and calls this library, whose
+//! errors are [`SimError`].
 
-pub mod cli;
 pub mod config;
 pub mod engine;
 mod error;
@@ -22,11 +23,11 @@ pub mod phy;
 pub mod plot;
 pub mod queue;
 pub mod rng;
+pub mod run;
 pub mod stats;
 pub mod study;
 pub mod table;
 
-pub use cli::{run_cli, SimArgs};
 pub use config::{AckAir, Arrivals, GilbertElliott, MacModel, Scheme, SimConfig};
 pub use engine::{Progress, Simulation};
 pub use error::SimError;

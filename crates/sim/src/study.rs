@@ -1,5 +1,6 @@
 //! The scalability study behind `docs/scalability.md`: every number and figure
-//! there comes from `gridpow sim --study PART --plot docs/figures`.
+//! there comes from `gridpow sim --study PART --plot docs/figures`, which
+//! calls [`run_part`] with a [`StudyConfig`].
 //!
 //! - `capacity`: the largest number of meters one relay serves with ≥ 99.9 %
 //!   of readings delivered within the sender's retry budget, at report
@@ -11,14 +12,24 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{run_until, SimArgs};
 use crate::config::{MacModel, Scheme, SimConfig};
 use crate::engine::Progress;
 use crate::plot::{draw, linear_span, log_span, Chart, Scale, Series};
+use crate::run::run_until;
 use crate::stats::Report;
+use crate::SimError;
+
+/// What every part of the study runs with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StudyConfig {
+    /// Master seed of every run.
+    pub seed: u64,
+    /// Where the figures (SVG) are written.
+    pub figures_dir: PathBuf,
+}
 
 /// A part of the study.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
     /// Meters per relay at 99.9 % delivery (intervals 1, 10, 60 s; 0 and 10 % hidden).
     Capacity,
@@ -45,9 +56,9 @@ pub fn duration_for(interval: f64) -> f64 {
     (interval * 100.0).clamp(300.0, 3600.0)
 }
 
-fn base(args: &SimArgs, meters: u32, interval: f64, hidden: f64) -> SimConfig {
+fn base(study: &StudyConfig, meters: u32, interval: f64, hidden: f64) -> SimConfig {
     let mut c = SimConfig::new(meters, interval, duration_for(interval));
-    c.seed = args.seed();
+    c.seed = study.seed;
     c.mac = MacModel::Csma;
     c.hidden_fraction = hidden;
     c
@@ -67,7 +78,7 @@ fn collapsed(interval_us: u64) -> impl FnMut(&Progress) -> bool {
     }
 }
 
-fn run_one(cfg: SimConfig) -> anyhow::Result<Report> {
+fn run_one(cfg: SimConfig) -> Result<Report, SimError> {
     let interval = cfg.interval_us;
     let r = run_until(cfg, collapsed(interval))?;
     eprintln!(
@@ -85,25 +96,28 @@ fn run_one(cfg: SimConfig) -> anyhow::Result<Report> {
     Ok(r)
 }
 
-/// Runs a part of the study, prints Markdown on stdout, writes figures under `--plot`.
-pub fn run_part(part: Part, args: &SimArgs) -> anyhow::Result<()> {
-    let dir = args
-        .plot
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("docs/figures"));
+/// Runs a part of the study, writes its figures into `study.figures_dir` and
+/// hands each Markdown section to `emit` as soon as it is ready (progress
+/// lines go to stderr).
+pub fn run_part(
+    part: Part,
+    study: &StudyConfig,
+    mut emit: impl FnMut(&str),
+) -> Result<(), SimError> {
+    let dir = &study.figures_dir;
     let mut caps = None;
     if matches!(part, Part::Capacity | Part::All | Part::District) {
-        let c = capacity(args, &dir, part != Part::District)?;
+        let c = capacity(study, dir, part != Part::District)?;
         if part != Part::District {
-            println!("{}", c.markdown);
+            emit(&c.markdown);
         }
         caps = Some(c);
     }
     if matches!(part, Part::Scheme | Part::All) {
-        println!("{}", scheme(args, &dir)?);
+        emit(&scheme(study, dir)?);
     }
     if let (true, Some(c)) = (matches!(part, Part::District | Part::All), caps) {
-        println!("{}", district(args, &c)?);
+        emit(&district(study, &c)?);
     }
     Ok(())
 }
@@ -143,9 +157,9 @@ impl Capacity {
 
 /// Brackets, then bisects to 2 %, the largest meter count that meets the target.
 fn search(
-    mut run_at: impl FnMut(u32) -> anyhow::Result<Report>,
+    mut run_at: impl FnMut(u32) -> Result<Report, SimError>,
     start: u32,
-) -> anyhow::Result<(u32, Report, u32)> {
+) -> Result<(u32, Report, u32), SimError> {
     let ok = |r: &Report| r.delivery_ratio_in_budget >= TARGET;
     let mut lo: Option<(u32, Report)> = None;
     let mut hi: Option<u32> = None;
@@ -188,7 +202,7 @@ fn search(
     Ok((lo_n, lo_r, hi_n))
 }
 
-fn capacity(args: &SimArgs, dir: &Path, figures: bool) -> anyhow::Result<Capacity> {
+fn capacity(study: &StudyConfig, dir: &Path, figures: bool) -> Result<Capacity, SimError> {
     let mut points = Vec::new();
     let mut delivery = Vec::new();
     let mut latency = Vec::new();
@@ -202,7 +216,7 @@ fn capacity(args: &SimArgs, dir: &Path, figures: bool) -> anyhow::Result<Capacit
             // and backoffs) caps a channel near 370 readings/s: start below that.
             let start = (interval * 120.0) as u32;
             let (meters, at, fails_at) =
-                search(|n| run_one(base(args, n, interval, hidden)), start)?;
+                search(|n| run_one(base(study, n, interval, hidden)), start)?;
             let label = format!("{interval} s, {:.0} % hidden", 100.0 * hidden);
             if figures {
                 let mut curve = Vec::new();
@@ -211,7 +225,7 @@ fn capacity(args: &SimArgs, dir: &Path, figures: bool) -> anyhow::Result<Capacit
                     let r = if n == meters {
                         at.clone()
                     } else {
-                        run_one(base(args, n, interval, hidden))?
+                        run_one(base(study, n, interval, hidden))?
                     };
                     curve.push((f64::from(n), r));
                 }
@@ -293,7 +307,7 @@ fn capacity(args: &SimArgs, dir: &Path, figures: bool) -> anyhow::Result<Capacit
     })
 }
 
-fn scheme(args: &SimArgs, dir: &Path) -> anyhow::Result<String> {
+fn scheme(study: &StudyConfig, dir: &Path) -> Result<String, SimError> {
     let interval = 10.0;
     let counts = [250u32, 500, 1000, 1500, 2000, 2500];
     let mut md = String::new();
@@ -306,7 +320,7 @@ fn scheme(args: &SimArgs, dir: &Path) -> anyhow::Result<String> {
             let mut d = Vec::new();
             let mut a = Vec::new();
             for &n in &counts {
-                let mut c = base(args, n, interval, hidden);
+                let mut c = base(study, n, interval, hidden);
                 c.duration_us = 600_000_000;
                 c.scheme = scheme;
                 let r = run_one(c)?;
@@ -329,7 +343,7 @@ fn scheme(args: &SimArgs, dir: &Path) -> anyhow::Result<String> {
     for &hidden in &HIDDEN {
         for n in MASS_BOOT_METERS {
             for scheme in [Scheme::Seed, Scheme::Gridpow] {
-                let mut c = base(args, n, interval, hidden);
+                let mut c = base(study, n, interval, hidden);
                 c.duration_us = 600_000_000;
                 c.scheme = scheme;
                 c.boot_spread_us = Some(200_000);
@@ -422,7 +436,7 @@ fn scheme(args: &SimArgs, dir: &Path) -> anyhow::Result<String> {
     Ok(md)
 }
 
-fn district(args: &SimArgs, caps: &Capacity) -> anyhow::Result<String> {
+fn district(study: &StudyConfig, caps: &Capacity) -> Result<String, SimError> {
     let mut md = String::new();
     let total = 100_000u32;
     let _ = writeln!(
@@ -451,7 +465,7 @@ fn district(args: &SimArgs, caps: &Capacity) -> anyhow::Result<String> {
         ("3 relays in one area, 3 channels", 3, 3),
     ] {
         eprintln!("district: {label}");
-        let mut c = base(args, per_relay * relays, interval, 0.1);
+        let mut c = base(study, per_relay * relays, interval, 0.1);
         c.relays = relays;
         c.channels = channels;
         let r = run_one(c)?;
@@ -466,7 +480,7 @@ fn district(args: &SimArgs, caps: &Capacity) -> anyhow::Result<String> {
     // The whole district at 10 s, cells isolated by a 3-channel reuse pattern.
     let relays = total.div_ceil(per_relay.max(1));
     eprintln!("district: {total} meters on {relays} relays");
-    let mut c = base(args, total, interval, 0.1);
+    let mut c = base(study, total, interval, 0.1);
     c.relays = relays;
     c.channels = 3;
     c.isolated_cells = true;

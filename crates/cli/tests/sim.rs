@@ -1,17 +1,28 @@
-//! The command line: `--json` prints one object with the classical ALOHA
+//! `gridpow sim`: `--json` prints one object with the classical ALOHA
 //! figures, and bad flags are refused with a message.
-
-mod common;
 
 use std::process::Command;
 
+use gridpow_sim::rng::{DEFAULT_SEED, SEED_ENV};
+
 fn sim() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gridpow-sim"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gridpow"));
+    c.arg("sim");
+    c
+}
+
+/// The seed for this test run (default, or `GRIDPOW_SIM_SEED`); in assertion
+/// messages so a failure can be replayed.
+fn seed() -> u64 {
+    std::env::var(SEED_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEED)
 }
 
 #[test]
 fn json_output_is_one_object_with_the_classical_figures() {
-    let seed = common::seed().to_string();
+    let seed = seed().to_string();
     let out = sim()
         .args([
             "--meters",

@@ -1,18 +1,105 @@
 //! `gridpow sim`: flags parsed into plain data ([`SimArgs`]), validated into a
-//! [`SimConfig`], then one run, a sweep, the study or the benchmark.
+//! [`SimConfig`] or a [`StudyConfig`], then the `gridpow-sim` library does one
+//! run, a sweep, the study or the benchmark.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use gridpow_sim::config::{secs_to_us, Arrivals, GilbertElliott, SimConfig};
+use gridpow_sim::rng::{DEFAULT_SEED, SEED_ENV};
+use gridpow_sim::run::run_with_progress;
+use gridpow_sim::study::{self, StudyConfig};
+use gridpow_sim::{plot, AckAir, MacModel, Report, Scheme, SimError, Simulation};
 
-use crate::config::{secs_to_us, AckAir, Arrivals, GilbertElliott, MacModel, Scheme, SimConfig};
-use crate::rng::{DEFAULT_SEED, SEED_ENV};
-use crate::stats::Report;
-use crate::{plot, study, Progress, SimError, Simulation};
+/// Medium access model (`--mac`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MacArg {
+    /// Pure ALOHA: transmit at once, no carrier sense, no MAC ACK.
+    Aloha,
+    /// Slotted ALOHA: transmit at the next slot boundary (slot = longest uplink).
+    Slotted,
+    /// 802.11 DCF as ESP-NOW uses it: carrier sense, DIFS, binary exponential
+    /// backoff, MAC ACK after SIFS and MAC-level retries.
+    Csma,
+}
 
-/// Flags of `gridpow sim` (and of the `gridpow-sim` binary).
+impl From<MacArg> for MacModel {
+    fn from(a: MacArg) -> Self {
+        match a {
+            MacArg::Aloha => MacModel::Aloha,
+            MacArg::Slotted => MacModel::Slotted,
+            MacArg::Csma => MacModel::Csma,
+        }
+    }
+}
+
+/// Retransmission scheme (`--scheme`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemeArg {
+    /// gridpow's sender: up to 6 readings per frame, random start offset and
+    /// phase, ACK timeout 3 s doubling to 12 s with up to 50 % random jitter,
+    /// authenticated 48-byte ACK.
+    Gridpow,
+    /// The seed prototype: one reading per frame, fixed resend period, no jitter,
+    /// no backoff, short unauthenticated ACK.
+    Seed,
+}
+
+impl From<SchemeArg> for Scheme {
+    fn from(a: SchemeArg) -> Self {
+        match a {
+            SchemeArg::Gridpow => Scheme::Gridpow,
+            SchemeArg::Seed => Scheme::Seed,
+        }
+    }
+}
+
+/// How ACKs travel (`--acks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AckArg {
+    /// ACKs are radio frames like any other (what ESP-NOW does).
+    InBand,
+    /// ACKs arrive instantly and never get lost (the classical ALOHA model's
+    /// assumption of a separate feedback channel).
+    Ideal,
+}
+
+impl From<AckArg> for AckAir {
+    fn from(a: AckArg) -> Self {
+        match a {
+            AckArg::InBand => AckAir::InBand,
+            AckArg::Ideal => AckAir::Ideal,
+        }
+    }
+}
+
+/// A part of the scalability study (`--study`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StudyArg {
+    /// Meters per relay at 99.9 % delivery (intervals 1, 10, 60 s; 0 and 10 % hidden).
+    Capacity,
+    /// The seed's fixed resend against gridpow's backoff with jitter.
+    Scheme,
+    /// Relays and channels for a 100,000-meter district.
+    District,
+    /// All of the above.
+    All,
+}
+
+impl From<StudyArg> for study::Part {
+    fn from(a: StudyArg) -> Self {
+        match a {
+            StudyArg::Capacity => study::Part::Capacity,
+            StudyArg::Scheme => study::Part::Scheme,
+            StudyArg::District => study::Part::District,
+            StudyArg::All => study::Part::All,
+        }
+    }
+}
+
+/// Flags of `gridpow sim`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
     /// Meters in the whole network.
@@ -25,8 +112,8 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 600.0)]
     pub duration: f64,
     /// Medium access model.
-    #[arg(long, value_enum, default_value_t = MacModel::Csma)]
-    pub mac: MacModel,
+    #[arg(long, value_enum, default_value_t = MacArg::Csma)]
+    pub mac: MacArg,
     /// Relays; meter m reports to relay m % R.
     #[arg(long, default_value_t = 1)]
     pub relays: u32,
@@ -87,14 +174,14 @@ pub struct SimArgs {
     #[arg(long, value_name = "N")]
     pub readings_per_frame: Option<usize>,
     /// Retransmission scheme: gridpow's backoff with jitter, or the seed's fixed resend.
-    #[arg(long, value_enum, default_value_t = Scheme::Gridpow)]
-    pub scheme: Scheme,
+    #[arg(long, value_enum, default_value_t = SchemeArg::Gridpow)]
+    pub scheme: SchemeArg,
     /// Resend period of the seed scheme, seconds.
     #[arg(long, default_value_t = 3.0)]
     pub seed_resend: f64,
     /// How ACKs travel: in-band radio frames, or ideal (instant, lossless).
-    #[arg(long, value_enum, default_value_t = AckAir::InBand)]
-    pub acks: AckAir,
+    #[arg(long, value_enum, default_value_t = AckArg::InBand)]
+    pub acks: AckArg,
     /// Relay processing time before it sends an ACK, milliseconds.
     #[arg(long, default_value_t = 0.0)]
     pub ack_delay_ms: f64,
@@ -125,7 +212,7 @@ pub struct SimArgs {
     /// Run a part of the scalability study, print its tables (Markdown) and
     /// write its figures to --plot DIR.
     #[arg(long, value_enum)]
-    pub study: Option<study::Part>,
+    pub study: Option<StudyArg>,
 }
 
 impl SimArgs {
@@ -140,7 +227,7 @@ impl SimArgs {
             if v.is_finite() && v > 0.0 {
                 Ok(secs_to_us(v))
             } else {
-                Err(SimError::config(
+                Err(config_error(
                     field,
                     format!("must be a positive number of seconds, got {v}"),
                 ))
@@ -150,7 +237,7 @@ impl SimArgs {
             if v.is_finite() && v >= 0.0 {
                 Ok(secs_to_us(v))
             } else {
-                Err(SimError::config(
+                Err(config_error(
                     field,
                     format!("must be a non-negative number of seconds, got {v}"),
                 ))
@@ -176,13 +263,13 @@ impl SimArgs {
             .boot_spread
             .map(|s| nonneg_secs("boot-spread", s))
             .transpose()?;
-        cfg.mac = self.mac;
+        cfg.mac = self.mac.into();
         cfg.mac_retries = self.mac_retries;
         cfg.hidden_fraction = self.hidden;
         cfg.loss = self.loss;
         cfg.burst = self.burst_loss.as_deref().map(parse_burst).transpose()?;
         cfg.capture_db = self.capture;
-        cfg.scheme = self.scheme;
+        cfg.scheme = self.scheme.into();
         cfg.max_retries = self.max_retries;
         cfg.max_readings_per_frame = self.readings_per_frame;
         cfg.ack_timeout_us = self
@@ -206,18 +293,35 @@ impl SimArgs {
             .map(|v| nonneg_secs("retry-holdoff-ms", v / 1000.0))
             .transpose()?;
         cfg.seed_resend_us = pos_secs("seed-resend", self.seed_resend)?;
-        cfg.ack_air = self.acks;
+        cfg.ack_air = self.acks.into();
         cfg.ack_delay_us = nonneg_secs("ack-delay-ms", self.ack_delay_ms / 1000.0)?;
         cfg.ack_delay_random = self.ack_delay_random;
         cfg.validate()?;
         Ok(cfg)
     }
+
+    /// The study's configuration: the seed in force, figures into `--plot`
+    /// (default `docs/figures`).
+    pub fn to_study_config(&self) -> StudyConfig {
+        StudyConfig {
+            seed: self.seed(),
+            figures_dir: self
+                .plot
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("docs/figures")),
+        }
+    }
+}
+
+/// The library's refusal of a setting, for a flag it never sees.
+fn config_error(field: &'static str, reason: String) -> SimError {
+    SimError::Config { field, reason }
 }
 
 /// Parses `GOOD_S:BAD_S[:P_BAD[:P_GOOD]]`.
-pub fn parse_burst(s: &str) -> Result<GilbertElliott, SimError> {
+fn parse_burst(s: &str) -> Result<GilbertElliott, SimError> {
     let bad = || {
-        SimError::config(
+        config_error(
             "burst-loss",
             format!("expected GOOD_S:BAD_S[:P_BAD[:P_GOOD]], got {s:?}"),
         )
@@ -238,16 +342,22 @@ pub fn parse_burst(s: &str) -> Result<GilbertElliott, SimError> {
 }
 
 /// Runs `gridpow sim` with parsed flags.
-pub fn run_cli(args: SimArgs) -> anyhow::Result<()> {
+pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
+    run_sim(args)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     eprintln!(
-        "gridpow-sim: seed {} (replay with --seed or {SEED_ENV})",
+        "gridpow sim: seed {} (replay with --seed or {SEED_ENV})",
         args.seed()
     );
     if args.bench {
         return bench(&args);
     }
     if let Some(part) = args.study {
-        return study::run_part(part, &args);
+        study::run_part(part.into(), &args.to_study_config(), |md| println!("{md}"))?;
+        return Ok(());
     }
     if args.sweep.is_empty() {
         let cfg = args.to_config(args.meters)?;
@@ -285,37 +395,6 @@ pub fn run_cli(args: SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One run with a progress bar on stderr (drawn only on a terminal).
-pub fn run_with_progress(cfg: SimConfig) -> Result<Report, SimError> {
-    run_until(cfg, |_| true)
-}
-
-/// One run with a progress bar, stopped early when `keep_going` says so.
-pub fn run_until(
-    cfg: SimConfig,
-    mut keep_going: impl FnMut(&Progress) -> bool,
-) -> Result<Report, SimError> {
-    let mut sim = Simulation::new(cfg)?;
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} simulated {msg} [{bar:40}] {percent}% eta {eta}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let report = sim.run(&mut |p| {
-        bar.set_position(p.now_us.saturating_mul(1000) / p.end_us.max(1));
-        bar.set_message(format!("{:.0} s", p.now_us as f64 / 1e6));
-        keep_going(p)
-    });
-    bar.finish_and_clear();
-    Ok(report)
-}
-
 const SWEEP_HEADER: &str = "meters  delivery   in-budget  lost      p50_ms    p99_ms     retx/rdg  util    G       S       air/rdg_ms";
 
 fn sweep_row(r: &Report) -> String {
@@ -336,7 +415,7 @@ fn sweep_row(r: &Report) -> String {
 }
 
 /// The human-readable result table.
-pub fn print_table(r: &Report) {
+fn print_table(r: &Report) {
     let mut out = std::io::stdout().lock();
     let pct = |x: f64| format!("{:.4} %", 100.0 * x);
     let lines: Vec<(&str, String)> = vec![
@@ -464,14 +543,14 @@ pub fn print_table(r: &Report) {
 }
 
 /// Peak resident memory of this process in KiB (`VmHWM`), where Linux tells it.
-pub fn peak_memory_kib() -> Option<u64> {
+fn peak_memory_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// CPU time this process has used (user + system), in seconds, where Linux tells it.
-pub fn cpu_seconds() -> Option<f64> {
+fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let rest = stat.rsplit_once(')')?.1;
@@ -483,7 +562,7 @@ pub fn cpu_seconds() -> Option<f64> {
 
 /// The benchmark configuration: 100,000 meters at a 10 s interval for one
 /// simulated hour, 100 isolated cells of 1,000 meters on 3 channels, CSMA.
-pub fn bench_config(seed: u64) -> SimConfig {
+fn bench_config(seed: u64) -> SimConfig {
     let mut cfg = SimConfig::new(100_000, 10.0, 3600.0);
     cfg.seed = seed;
     cfg.relays = 100;
