@@ -26,8 +26,9 @@ use gridpow_proto::wire::block::signing_message;
 use gridpow_proto::wire::BlockPacket;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{self, Gate, HttpRefusal, Principal, Refusal};
-use crate::history::{FleetWindow, History};
+use crate::auth::{self, Gate, Principal, Refusal};
+use crate::history::{self, FleetWindow, History};
+use crate::http_error::HttpRefusal;
 use crate::http_error::{json_error, ApiPath, ApiQuery, ErrorBody};
 use crate::metrics::Shared;
 use gridpow_store::{
@@ -49,7 +50,7 @@ pub(crate) struct ApiState {
     readers: Mutex<Vec<Box<dyn ReadStore>>>,
     /// One permit per reader that may be open (`READERS_MAX`).
     reader_slots: Arc<tokio::sync::Semaphore>,
-    /// The fleet's last hour, sampled by [`crate::history::run`].
+    /// The fleet's last hour, sampled by [`sample_history`].
     history: History,
 }
 
@@ -71,7 +72,7 @@ impl ApiState {
             reader_slots: Arc::new(tokio::sync::Semaphore::new(READERS_MAX)),
             history: History::new(band),
         });
-        crate::history::spawn(&state);
+        spawn_history(&state);
         state
     }
 
@@ -984,4 +985,53 @@ impl utoipa::Modify for BearerAuth {
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     use utoipa::OpenApi as _;
     Json(ApiDoc::openapi())
+}
+
+/// Fills the history from the database at start, then every window: recounts
+/// the last windows and samples the fleet. Ends when the API state is gone
+/// (the server stopped).
+async fn sample_history(api: std::sync::Weak<ApiState>) {
+    let mut first = true;
+    loop {
+        let now = gridpow_common::wall_ms();
+        let boundary = now / history::WINDOW_MS * history::WINDOW_MS;
+        let Some(state) = api.upgrade() else { return };
+        let history = state.history();
+        let from = if first {
+            boundary.saturating_sub(history::HISTORY_MS)
+        } else {
+            boundary.saturating_sub(history::RECOUNT_WINDOWS * history::WINDOW_MS)
+        };
+        let band = history.band();
+        let sampled = state
+            .query(move |st| {
+                Ok((
+                    st.ingest_windows(from, history::WINDOW_MS)?,
+                    st.fleet_snapshot(band)?,
+                ))
+            })
+            .await;
+        match sampled {
+            Ok((counts, fleet)) => {
+                history.record(from, boundary, &counts, Some(fleet));
+                first = false;
+            }
+            Err(e) => tracing::warn!(error = ?e, "Could not sample the fleet history."),
+        }
+        drop(state);
+        let next = boundary + history::WINDOW_MS + history::SAMPLE_LAG_MS;
+        let wait = next.saturating_sub(gridpow_common::wall_ms());
+        tokio::time::sleep(Duration::from_millis(
+            wait.clamp(100, history::WINDOW_MS + history::SAMPLE_LAG_MS),
+        ))
+        .await;
+    }
+}
+
+/// Starts [`sample_history`] for `state` on the current tokio runtime (without one, as
+/// in-process HTTP tests may build the app, the history stays empty).
+fn spawn_history(state: &Arc<ApiState>) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(sample_history(Arc::downgrade(state)));
+    }
 }

@@ -33,6 +33,8 @@ use gridpow_common::config::{parse_toml, ConfigError};
 use gridpow_proto::crypto::{ct_eq, sha256};
 use serde::{Deserialize, Serialize};
 
+use crate::hosts::HostPattern;
+use crate::http_error::HttpRefusal;
 use crate::metrics::Shared;
 
 /// Every token starts with this.
@@ -278,58 +280,6 @@ impl Principal {
     }
 }
 
-/// Why an HTTP request was refused (the `reason` label of the counter).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum HttpRefusal {
-    /// No token presented (401).
-    MissingToken,
-    /// A token that is not (or no longer) in the tokens file (401).
-    InvalidToken,
-    /// A customer token on an endpoint for staff (403).
-    WrongRole,
-    /// A customer token asking for another meter (403).
-    WrongMeter,
-    /// A `Host` header not among the allowed hosts (421).
-    BadHost,
-    /// `limit` above `http.max_page` (400).
-    PageTooLarge,
-}
-
-impl HttpRefusal {
-    /// Every reason, in counter order.
-    pub const ALL: [HttpRefusal; 6] = [
-        HttpRefusal::MissingToken,
-        HttpRefusal::InvalidToken,
-        HttpRefusal::WrongRole,
-        HttpRefusal::WrongMeter,
-        HttpRefusal::BadHost,
-        HttpRefusal::PageTooLarge,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HttpRefusal::MissingToken => "missing_token",
-            HttpRefusal::InvalidToken => "invalid_token",
-            HttpRefusal::WrongRole => "wrong_role",
-            HttpRefusal::WrongMeter => "wrong_meter",
-            HttpRefusal::BadHost => "bad_host",
-            HttpRefusal::PageTooLarge => "page_too_large",
-        }
-    }
-
-    /// The status code answered.
-    pub fn status(self) -> StatusCode {
-        match self {
-            HttpRefusal::MissingToken | HttpRefusal::InvalidToken => StatusCode::UNAUTHORIZED,
-            HttpRefusal::WrongRole | HttpRefusal::WrongMeter => StatusCode::FORBIDDEN,
-            HttpRefusal::BadHost => StatusCode::MISDIRECTED_REQUEST,
-            HttpRefusal::PageTooLarge => StatusCode::BAD_REQUEST,
-        }
-    }
-}
-
 /// A refused request, answered as JSON `{"error": {"code", "message"}}`, the
 /// code being [`HttpRefusal::as_str`].
 #[derive(Debug)]
@@ -350,50 +300,6 @@ impl IntoResponse for Refusal {
         }
         r
     }
-}
-
-/// A host name with an optional port, lower case, brackets kept around IPv6.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct HostPattern {
-    host: String,
-    port: Option<u16>,
-}
-
-impl HostPattern {
-    /// Parses `name`, `name:port`, `[v6]` or `[v6]:port`.
-    fn parse(s: &str) -> Option<HostPattern> {
-        let s = s.trim().to_ascii_lowercase();
-        let (host, port) = if s.starts_with('[') {
-            let end = s.find(']')?;
-            let rest = &s[end + 1..];
-            let port = match rest {
-                "" => None,
-                r => Some(r.strip_prefix(':')?.parse().ok()?),
-            };
-            (s[..=end].to_string(), port)
-        } else {
-            match s.split_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p.parse().ok()?)),
-                None => (s.clone(), None),
-            }
-        };
-        let host = host.trim_end_matches('.').to_string();
-        (!host.is_empty()).then_some(HostPattern { host, port })
-    }
-
-    fn matches(&self, got: &HostPattern) -> bool {
-        self.host == got.host && (self.port.is_none() || self.port == got.port)
-    }
-}
-
-/// The default `http.allowed_hosts`.
-pub fn default_allowed_hosts() -> Vec<String> {
-    vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()]
-}
-
-/// Checks an `allowed_hosts` entry (for the configuration's validation).
-pub(crate) fn valid_host_entry(s: &str) -> bool {
-    HostPattern::parse(s).is_some()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -207,7 +207,7 @@ impl Default for HttpConfig {
             rate_limit_per_s: 50,
             rate_limit_burst: 100,
             tokens_file: None,
-            allowed_hosts: crate::auth::default_allowed_hosts(),
+            allowed_hosts: crate::hosts::default_allowed_hosts(),
             max_page: 1000,
             metrics_open: false,
         }
@@ -361,7 +361,7 @@ impl ServerConfig {
         if let Some(bad_host) = h
             .allowed_hosts
             .iter()
-            .find(|e| !crate::auth::valid_host_entry(e))
+            .find(|e| !crate::hosts::valid_host_entry(e))
         {
             return Err(ConfigError::invalid(
                 path,

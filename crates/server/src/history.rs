@@ -10,12 +10,11 @@
 //! in it. The fleet samples exist from this server's start on.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::api::ApiState;
 use gridpow_store::{FleetSnapshot, IngestWindow, VoltageBand};
 
 /// Length of a window, ms.
@@ -23,9 +22,9 @@ pub const WINDOW_MS: u64 = 10_000;
 /// How far back the history reaches, ms.
 pub const HISTORY_MS: u64 = 3_600_000;
 /// Windows recounted at each tick (commits may land after their window closed).
-const RECOUNT_WINDOWS: u64 = 3;
+pub(crate) const RECOUNT_WINDOWS: u64 = 3;
 /// How long after a window's end it is sampled.
-const SAMPLE_LAG_MS: u64 = 1_500;
+pub(crate) const SAMPLE_LAG_MS: u64 = 1_500;
 
 /// One window of the history.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, utoipa::ToSchema)]
@@ -146,55 +145,6 @@ impl History {
         while w.front().is_some_and(|x| x.start_ms < oldest) {
             w.pop_front();
         }
-    }
-}
-
-/// Fills the history from the database at start, then every window: recounts
-/// the last windows and samples the fleet. Ends when the API state is gone
-/// (the server stopped).
-pub(crate) async fn run(api: Weak<ApiState>) {
-    let mut first = true;
-    loop {
-        let now = gridpow_common::wall_ms();
-        let boundary = now / WINDOW_MS * WINDOW_MS;
-        let Some(state) = api.upgrade() else { return };
-        let history = state.history();
-        let from = if first {
-            boundary.saturating_sub(HISTORY_MS)
-        } else {
-            boundary.saturating_sub(RECOUNT_WINDOWS * WINDOW_MS)
-        };
-        let band = history.band();
-        let sampled = state
-            .query(move |st| {
-                Ok((
-                    st.ingest_windows(from, WINDOW_MS)?,
-                    st.fleet_snapshot(band)?,
-                ))
-            })
-            .await;
-        match sampled {
-            Ok((counts, fleet)) => {
-                history.record(from, boundary, &counts, Some(fleet));
-                first = false;
-            }
-            Err(e) => tracing::warn!(error = ?e, "Could not sample the fleet history."),
-        }
-        drop(state);
-        let next = boundary + WINDOW_MS + SAMPLE_LAG_MS;
-        let wait = next.saturating_sub(gridpow_common::wall_ms());
-        tokio::time::sleep(Duration::from_millis(
-            wait.clamp(100, WINDOW_MS + SAMPLE_LAG_MS),
-        ))
-        .await;
-    }
-}
-
-/// Starts [`run`] for `state` on the current tokio runtime (without one, as
-/// in-process HTTP tests may build the app, the history stays empty).
-pub(crate) fn spawn(state: &Arc<ApiState>) {
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(run(Arc::downgrade(state)));
     }
 }
 

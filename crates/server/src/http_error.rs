@@ -105,3 +105,55 @@ pub(crate) async fn method_not_allowed(method: axum::http::Method) -> Response {
         format!("{method} is not served here; the API is read-only (GET)"),
     )
 }
+
+/// Why an HTTP request was refused (the `reason` label of the counter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HttpRefusal {
+    /// No token presented (401).
+    MissingToken,
+    /// A token that is not (or no longer) in the tokens file (401).
+    InvalidToken,
+    /// A customer token on an endpoint for staff (403).
+    WrongRole,
+    /// A customer token asking for another meter (403).
+    WrongMeter,
+    /// A `Host` header not among the allowed hosts (421).
+    BadHost,
+    /// `limit` above `http.max_page` (400).
+    PageTooLarge,
+}
+
+impl HttpRefusal {
+    /// Every reason, in counter order.
+    pub const ALL: [HttpRefusal; 6] = [
+        HttpRefusal::MissingToken,
+        HttpRefusal::InvalidToken,
+        HttpRefusal::WrongRole,
+        HttpRefusal::WrongMeter,
+        HttpRefusal::BadHost,
+        HttpRefusal::PageTooLarge,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpRefusal::MissingToken => "missing_token",
+            HttpRefusal::InvalidToken => "invalid_token",
+            HttpRefusal::WrongRole => "wrong_role",
+            HttpRefusal::WrongMeter => "wrong_meter",
+            HttpRefusal::BadHost => "bad_host",
+            HttpRefusal::PageTooLarge => "page_too_large",
+        }
+    }
+
+    /// The status code answered.
+    pub fn status(self) -> StatusCode {
+        match self {
+            HttpRefusal::MissingToken | HttpRefusal::InvalidToken => StatusCode::UNAUTHORIZED,
+            HttpRefusal::WrongRole | HttpRefusal::WrongMeter => StatusCode::FORBIDDEN,
+            HttpRefusal::BadHost => StatusCode::MISDIRECTED_REQUEST,
+            HttpRefusal::PageTooLarge => StatusCode::BAD_REQUEST,
+        }
+    }
+}

@@ -36,6 +36,7 @@ mod api;
 pub mod auth;
 pub mod config;
 pub mod history;
+mod hosts;
 mod http_error;
 mod http_serve;
 mod ingest;
@@ -47,6 +48,7 @@ mod server;
 pub mod verify;
 
 pub use config::{ConfigError, ServerConfig};
+pub use http_error::HttpRefusal;
 pub use ledger::{verify_ledger, BlockFault, LedgerError, LedgerReport, RelayForks};
 pub use metrics::ServerStats;
 pub use server::{Server, ServerError, ServerHandle};

@@ -8,7 +8,7 @@ use std::sync::RwLock;
 
 use serde::Serialize;
 
-use crate::auth::HttpRefusal;
+use crate::http_error::HttpRefusal;
 use gridpow_store::plausibility::AlertKind;
 use gridpow_store::DbTotals;
 use gridpow_store::RejectKind;
