@@ -147,6 +147,10 @@ impl SenderTunables {
     }
 }
 
+/// Seconds without any ACK, while frames are being sent, before the fleet
+/// warns: the default of `no_ack_warn_s`.
+pub const NO_ACK_WARN_AFTER_S: u64 = 15;
+
 /// The fleet's radio (used by [`crate::open_udp_radio`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -215,7 +219,7 @@ impl Default for FleetConfig {
             truth_file: None,
             state_dir: PathBuf::from("data/meters"),
             utc_offset_h: 1.0,
-            no_ack_warn_s: crate::silence::NO_ACK_WARN_AFTER_S,
+            no_ack_warn_s: NO_ACK_WARN_AFTER_S,
         }
     }
 }

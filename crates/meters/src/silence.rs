@@ -5,10 +5,6 @@
 
 use crate::config::{FleetConfig, ENV_PREFIX};
 
-/// Seconds without any ACK, while frames are being sent, before the fleet
-/// warns: the default of `no_ack_warn_s`.
-pub const NO_ACK_WARN_AFTER_S: u64 = 15;
-
 /// What changed since the last observation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckEvent {
