@@ -11,7 +11,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use serde::Serialize;
 

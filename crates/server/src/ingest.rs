@@ -32,7 +32,7 @@ use crate::keyring::Keyring;
 use crate::metrics::{add, Shared};
 use crate::verify::verify_payload;
 use gridpow_store::RejectKind;
-use gridpow_store::{Arrival, Ingest, Outcome, QuarantineItem, Remedy, Store};
+use gridpow_store::{Arrival, CommitResult, Ingest, Outcome, QuarantineItem, Remedy, Store};
 
 /// What is needed to acknowledge one message to the broker.
 #[derive(Clone, Copy, Debug)]
@@ -341,7 +341,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Commits batches until the verified channel closes; after each commit hands
 /// receipts and ACKs to the acker. Prunes old quarantine rows at start and
-/// every [`PRUNE_EVERY`].
+/// every [`PRUNE_EVERY`]. Stops for good on a database fault no retry can
+/// cure (see [`commit_until_done`]).
 pub(crate) fn writer_thread(
     mut store: Box<dyn Store>,
     rx: Receiver<Verified>,
@@ -350,13 +351,206 @@ pub(crate) fn writer_thread(
     shared: Arc<Shared>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let mut last_housekeeping = Instant::now();
-    let mut last_prune: Option<Instant> = None;
+    let mut housekeeping = Housekeeping::default();
     let mut refusals = RefusalLog::default();
-    let mut housekeeping = |store: &mut Box<dyn Store>| {
+    loop {
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(v) => v,
+            Err(RecvTimeoutError::Timeout) => {
+                housekeeping.run(&mut *store, &settings, &shared);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let (tokens, items) = next_batch(first, &rx, &settings);
+        let result = match commit_until_done(&mut *store, &items, &shared, &stopping) {
+            Committed::Yes(r) => r,
+            Committed::NotNow => continue,
+            Committed::Never => return,
+        };
+        record_commit(&shared, &result);
+        let mut repeats = Vec::new();
+        for ((token, item), outcome) in tokens.into_iter().zip(&items).zip(&result.outcomes) {
+            count_outcome(&shared, &mut refusals, item, outcome);
+            if let (Outcome::Stored { repeated, .. }, Some(h)) = (outcome, item.header()) {
+                if !repeated.is_empty() {
+                    repeats.push((*h, repeated));
+                }
+            }
+            let receipt = signed_receipt(item, outcome, &settings);
+            if acks.send(AckJob { token, receipt }).is_err() {
+                tracing::warn!("Acknowledgement task gone; stopping the writer.");
+                return;
+            }
+        }
+        // Compared after the receipts are on their way: they do not wait on it.
+        for (h, repeated) in repeats {
+            check_equivocation(&mut *store, &shared, &h, repeated);
+        }
+        if housekeeping.due() {
+            housekeeping.run(&mut *store, &settings, &shared);
+        }
+    }
+    tracing::debug!("Writer ended.");
+}
+
+/// The first item and whatever else waits, up to the batch bounds.
+fn next_batch(
+    first: Verified,
+    rx: &Receiver<Verified>,
+    settings: &WriterSettings,
+) -> (Vec<AckToken>, Vec<Ingest>) {
+    let mut readings = first.item.reading_count();
+    let mut tokens = vec![first.token];
+    let mut items = vec![first.item];
+    while items.len() < settings.max_batch_blocks && readings < settings.max_batch_readings {
+        match rx.try_recv() {
+            Ok(v) => {
+                readings += v.item.reading_count();
+                tokens.push(v.token);
+                items.push(v.item);
+            }
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        }
+    }
+    (tokens, items)
+}
+
+/// How a batch's commit ended.
+enum Committed {
+    /// Committed.
+    Yes(CommitResult),
+    /// Not committed because the server is stopping; the broker redelivers.
+    NotNow,
+    /// Not committed and never will be by this process: the writer stops.
+    Never,
+}
+
+/// Commits `items`, retrying with back-off while the error is one a retry
+/// can cure ([`Remedy::Retry`]). Any other error halts the writer loudly:
+/// nothing of the batch was acknowledged, so the broker keeps it for the
+/// server that restarts after the operator's fix; `/healthz` reports it.
+fn commit_until_done(
+    store: &mut dyn Store,
+    items: &[Ingest],
+    shared: &Shared,
+    stopping: &std::sync::atomic::AtomicBool,
+) -> Committed {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let e = match store.commit(items, gridpow_common::wall_ms()) {
+            Ok(r) => {
+                add(&shared.metrics.commits, 1);
+                add(
+                    &shared.metrics.commit_micros,
+                    started.elapsed().as_micros() as u64,
+                );
+                return Committed::Yes(r);
+            }
+            Err(e) => e,
+        };
+        add(&shared.metrics.commit_failures, 1);
+        if stopping.load(Ordering::SeqCst) {
+            tracing::error!(error = %e, blocks = items.len(), "Commit failed during shutdown; the broker will redeliver.");
+            return Committed::NotNow;
+        }
+        if e.remedy() != Remedy::Retry {
+            tracing::error!(error = %e, blocks = items.len(), "Commit failed and no retry can cure it; the writer stops. Fix the database, then restart the server.");
+            let mut halted = match shared.writer_halted.lock() {
+                Ok(h) => h,
+                Err(p) => p.into_inner(),
+            };
+            *halted = Some(e.to_string());
+            return Committed::Never;
+        }
+        tracing::warn!(error = %e, blocks = items.len(), retry_in_ms = delay.as_millis() as u64, "Commit failed; retrying.");
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Counts what a commit reports for the whole batch.
+fn record_commit(shared: &Shared, result: &CommitResult) {
+    shared.set_totals(result.totals);
+    add(
+        &shared.metrics.quarantine_dropped,
+        result.quarantine_dropped,
+    );
+    add(
+        &shared.metrics.quarantine_truncated,
+        result.quarantine_truncated,
+    );
+    for a in &result.alerts {
+        shared.count_alert(a.kind, a.count);
+    }
+}
+
+/// Counts (and for a refusal, logs) what the store did with one item.
+fn count_outcome(shared: &Shared, refusals: &mut RefusalLog, item: &Ingest, outcome: &Outcome) {
+    match outcome {
+        Outcome::Stored {
+            new_readings,
+            duplicate_readings,
+            ..
+        } => {
+            add(&shared.metrics.blocks_stored, 1);
+            add(&shared.metrics.readings_stored, *new_readings);
+            add(&shared.metrics.readings_duplicate, *duplicate_readings);
+        }
+        Outcome::AlreadyStored { .. } => add(&shared.metrics.blocks_duplicate, 1),
+        Outcome::Quarantined { kind, id } => {
+            shared.count_quarantine(*kind);
+            log_refusal(refusals, item, *kind, *id != 0);
+        }
+    }
+}
+
+/// The signed commit receipt for an item whose header parsed (§10), with
+/// its topic; `None` for garbage, which names no relay.
+fn signed_receipt(
+    item: &Ingest,
+    outcome: &Outcome,
+    settings: &WriterSettings,
+) -> Option<(String, Vec<u8>)> {
+    let h = item.header()?;
+    let repr = ReceiptRepr {
+        status: outcome.receipt_status(),
+        relay_id: h.relay_id,
+        height: h.height,
+        block_hash: match item {
+            Ingest::Block { block, .. } => block.hash,
+            Ingest::Quarantine(_) => h.hash(),
+        },
+        server_id: settings.server_id,
+        time_ms: gridpow_common::wall_ms(),
+    };
+    Some((
+        topics::receipts(h.relay_id),
+        repr.to_signed_bytes(&settings.signing_key).to_vec(),
+    ))
+}
+
+/// The writer's periodic chores between commits: prune the quarantine,
+/// sweep for silent meters, refresh the totals.
+#[derive(Default)]
+struct Housekeeping {
+    last: Option<Instant>,
+    last_prune: Option<Instant>,
+}
+
+impl Housekeeping {
+    /// Whether a second has passed since the last run.
+    fn due(&self) -> bool {
+        self.last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+    }
+
+    fn run(&mut self, store: &mut dyn Store, settings: &WriterSettings, shared: &Shared) {
+        self.last = Some(Instant::now());
         let now = gridpow_common::wall_ms();
-        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-            last_prune = Some(Instant::now());
+        if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            self.last_prune = Some(Instant::now());
             match store.prune_quarantine(now) {
                 Ok(0) => {}
                 Ok(n) => {
@@ -378,135 +572,7 @@ pub(crate) fn writer_thread(
             Ok(t) => shared.set_totals(t),
             Err(e) => tracing::warn!(error = %e, "Reading database totals failed."),
         }
-    };
-    loop {
-        let first = match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(v) => v,
-            Err(RecvTimeoutError::Timeout) => {
-                housekeeping(&mut store);
-                last_housekeeping = Instant::now();
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let mut readings = first.item.reading_count();
-        let mut tokens = vec![first.token];
-        let mut items = vec![first.item];
-        while items.len() < settings.max_batch_blocks && readings < settings.max_batch_readings {
-            match rx.try_recv() {
-                Ok(v) => {
-                    readings += v.item.reading_count();
-                    tokens.push(v.token);
-                    items.push(v.item);
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
-        let mut delay = Duration::from_millis(100);
-        let result = loop {
-            let started = Instant::now();
-            match store.commit(&items, gridpow_common::wall_ms()) {
-                Ok(r) => {
-                    add(&shared.metrics.commits, 1);
-                    add(
-                        &shared.metrics.commit_micros,
-                        started.elapsed().as_micros() as u64,
-                    );
-                    break Some(r);
-                }
-                Err(e) => {
-                    add(&shared.metrics.commit_failures, 1);
-                    if stopping.load(Ordering::SeqCst) {
-                        tracing::error!(error = %e, blocks = items.len(), "Commit failed during shutdown; the broker will redeliver.");
-                        break None;
-                    }
-                    if e.remedy() != Remedy::Retry {
-                        // Retrying cannot help (corrupt rows, an altered schema, a full
-                        // disk): stop loudly. Nothing of this batch was acknowledged, so
-                        // the broker keeps it for the server that restarts after the fix.
-                        tracing::error!(error = %e, blocks = items.len(), "Commit failed and no retry can cure it; the writer stops. Fix the database, then restart the server.");
-                        let mut halted = match shared.writer_halted.lock() {
-                            Ok(h) => h,
-                            Err(p) => p.into_inner(),
-                        };
-                        *halted = Some(e.to_string());
-                        return;
-                    }
-                    tracing::warn!(error = %e, blocks = items.len(), retry_in_ms = delay.as_millis() as u64, "Commit failed; retrying.");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
-        let Some(result) = result else { continue };
-        shared.set_totals(result.totals);
-        add(
-            &shared.metrics.quarantine_dropped,
-            result.quarantine_dropped,
-        );
-        add(
-            &shared.metrics.quarantine_truncated,
-            result.quarantine_truncated,
-        );
-        for a in &result.alerts {
-            shared.count_alert(a.kind, a.count);
-        }
-        let now = gridpow_common::wall_ms();
-        // Compared after the receipts are on their way: they do not wait on it.
-        let mut repeats = Vec::new();
-        for ((token, item), outcome) in tokens.into_iter().zip(&items).zip(&result.outcomes) {
-            match outcome {
-                Outcome::Stored {
-                    new_readings,
-                    duplicate_readings,
-                    repeated,
-                    ..
-                } => {
-                    add(&shared.metrics.blocks_stored, 1);
-                    add(&shared.metrics.readings_stored, *new_readings);
-                    add(&shared.metrics.readings_duplicate, *duplicate_readings);
-                    if let (false, Some(h)) = (repeated.is_empty(), item.header()) {
-                        repeats.push((*h, repeated));
-                    }
-                }
-                Outcome::AlreadyStored { .. } => add(&shared.metrics.blocks_duplicate, 1),
-                Outcome::Quarantined { kind, id } => {
-                    shared.count_quarantine(*kind);
-                    log_refusal(&mut refusals, item, *kind, *id != 0);
-                }
-            }
-            let status = outcome.receipt_status();
-            let receipt = item.header().map(|h| {
-                let repr = ReceiptRepr {
-                    status,
-                    relay_id: h.relay_id,
-                    height: h.height,
-                    block_hash: match item {
-                        Ingest::Block { block, .. } => block.hash,
-                        Ingest::Quarantine(_) => h.hash(),
-                    },
-                    server_id: settings.server_id,
-                    time_ms: now,
-                };
-                (
-                    topics::receipts(h.relay_id),
-                    repr.to_signed_bytes(&settings.signing_key).to_vec(),
-                )
-            });
-            if acks.send(AckJob { token, receipt }).is_err() {
-                tracing::warn!("Acknowledgement task gone; stopping the writer.");
-                return;
-            }
-        }
-        for (h, repeated) in repeats {
-            check_equivocation(&mut *store, &shared, &h, repeated);
-        }
-        if last_housekeeping.elapsed() >= Duration::from_secs(1) {
-            housekeeping(&mut store);
-            last_housekeeping = Instant::now();
-        }
     }
-    tracing::debug!("Writer ended.");
 }
 
 /// Compares the readings a just-committed block repeated with the stored

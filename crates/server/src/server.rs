@@ -91,154 +91,209 @@ impl Server {
     /// tokio runtime.
     pub async fn start(cfg: ServerConfig) -> Result<ServerHandle, ServerError> {
         cfg.validate(Path::new("server configuration"))?;
-        let keys = KeyDir::new(&cfg.keys_dir);
-        keys.check_role(gridpow_common::keys::Role::Server)?;
-        let keyring = Keyring::load(&keys)?;
-        let signing_key = keys.server_signing_key()?;
-        // A read-only database or directory is refused now, rather than
-        // after minutes of failed commits. No lock: several servers may share
-        // one database, SQLite or PostgreSQL (crates/cli/tests/crash.rs).
-        if let gridpow_store::DbUrl::Sqlite(path) = gridpow_store::DbUrl::parse(&cfg.db)? {
-            check_sqlite_writable(&path)?;
-        }
-        let mut writer_store = gridpow_store::open_store(
-            &cfg.db,
-            StoreOptions {
-                rules: Rules::new(cfg.plausibility.clone()),
-                limits: cfg.quarantine.store_limits(),
-            },
-        )?;
-        let shared = Arc::new(Shared {
-            started_ms: gridpow_common::wall_ms(),
-            ..Shared::default()
-        });
-        shared.set_totals(writer_store.totals()?);
-        // Fail now, not at the first request, if the readers cannot open the database.
-        drop(gridpow_store::open_reader(&cfg.db)?);
+        let opened = open(&cfg)?;
+        let http = bind_http(&cfg).await?;
+        spawn(cfg, opened, http)
+    }
+}
 
-        let http_tls = match (&cfg.http.tls_cert, &cfg.http.tls_key) {
-            (Some(cert), Some(key)) => {
-                Some(crate::http_serve::tls_acceptor(cert, key).map_err(ServerError::HttpTls)?)
-            }
-            _ => None,
-        };
-        raise_open_file_limit(cfg.http.max_connections);
-        let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-            .await
-            .map_err(|source| ServerError::Http {
-                addr: cfg.http.listen,
-                source,
-            })?;
-        let http_addr = listener.local_addr().map_err(|source| ServerError::Http {
+/// What the server opens before any thread runs: its keys and the database.
+struct Opened {
+    keys: KeyDir,
+    keyring: Keyring,
+    signing_key: ed25519_dalek::SigningKey,
+    writer_store: Box<dyn gridpow_store::Store>,
+    shared: Arc<Shared>,
+}
+
+/// Loads the keys and opens the database for the writer (applying
+/// migrations) and once for a reader, so a fault surfaces now, not at the
+/// first block or request.
+fn open(cfg: &ServerConfig) -> Result<Opened, ServerError> {
+    let keys = KeyDir::new(&cfg.keys_dir);
+    keys.check_role(gridpow_common::keys::Role::Server)?;
+    let keyring = Keyring::load(&keys)?;
+    let signing_key = keys.server_signing_key()?;
+    // A read-only database or directory is refused now, rather than
+    // after minutes of failed commits. No lock: several servers may share
+    // one database, SQLite or PostgreSQL (crates/cli/tests/crash.rs).
+    if let gridpow_store::DbUrl::Sqlite(path) = gridpow_store::DbUrl::parse(&cfg.db)? {
+        check_sqlite_writable(&path)?;
+    }
+    let mut writer_store = gridpow_store::open_store(
+        &cfg.db,
+        StoreOptions {
+            rules: Rules::new(cfg.plausibility.clone()),
+            limits: cfg.quarantine.store_limits(),
+        },
+    )?;
+    let shared = Arc::new(Shared {
+        started_ms: gridpow_common::wall_ms(),
+        ..Shared::default()
+    });
+    shared.set_totals(writer_store.totals()?);
+    // Fail now, not at the first request, if the readers cannot open the database.
+    drop(gridpow_store::open_reader(&cfg.db)?);
+    Ok(Opened {
+        keys,
+        keyring,
+        signing_key,
+        writer_store,
+        shared,
+    })
+}
+
+/// The HTTP listener, bound, with its TLS acceptor when configured.
+struct Http {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+async fn bind_http(cfg: &ServerConfig) -> Result<Http, ServerError> {
+    let tls = match (&cfg.http.tls_cert, &cfg.http.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(crate::http_serve::tls_acceptor(cert, key).map_err(ServerError::HttpTls)?)
+        }
+        _ => None,
+    };
+    raise_open_file_limit(cfg.http.max_connections);
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .map_err(|source| ServerError::Http {
             addr: cfg.http.listen,
             source,
         })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Http {
+        addr: cfg.http.listen,
+        source,
+    })?;
+    Ok(Http {
+        listener,
+        addr,
+        tls,
+    })
+}
 
-        let options = mqtt_options(&cfg)?;
-        let (client, eventloop) = AsyncClient::new(options, 1024);
-        let filter = if cfg.mqtt.shared_subscription {
-            topics::shared_blocks()
-        } else {
-            topics::ALL_BLOCKS.to_string()
-        };
+/// Starts the verifier and writer threads, the MQTT and acknowledgement
+/// tasks and the HTTP server on what [`open`] and [`bind_http`] prepared.
+fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, ServerError> {
+    let Opened {
+        keys,
+        keyring,
+        signing_key,
+        writer_store,
+        shared,
+    } = opened;
+    let Http {
+        listener,
+        addr: http_addr,
+        tls: http_tls,
+    } = http;
+    let options = mqtt_options(&cfg)?;
+    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let filter = if cfg.mqtt.shared_subscription {
+        topics::shared_blocks()
+    } else {
+        topics::ALL_BLOCKS.to_string()
+    };
 
-        let (inbound_tx, inbound_rx) = std::sync::mpsc::channel();
-        let (verified_tx, verified_rx) = std::sync::mpsc::sync_channel(256);
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-        let stopping = Arc::new(AtomicBool::new(false));
+    let (inbound_tx, inbound_rx) = std::sync::mpsc::channel();
+    let (verified_tx, verified_rx) = std::sync::mpsc::sync_channel(256);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let stopping = Arc::new(AtomicBool::new(false));
 
-        let mut threads = Vec::new();
-        {
-            let shared = shared.clone();
-            let min = cfg.min_difficulty;
-            threads.push(
-                std::thread::Builder::new()
-                    .name("gridpow-verify".into())
-                    .spawn(move || {
-                        ingest::verifier_thread(inbound_rx, verified_tx, keyring, min, shared)
-                    })
-                    .map_err(|source| ServerError::Spawn {
-                        what: "verifier",
-                        source,
-                    })?,
-            );
-        }
-        {
-            let shared = shared.clone();
-            let stopping = stopping.clone();
-            let settings = WriterSettings {
-                max_batch_readings: cfg.ingest.max_batch_readings,
-                max_batch_blocks: cfg.ingest.max_batch_blocks,
-                server_id: cfg.server_id,
-                signing_key,
-                silent_after_ms: cfg.plausibility.silent_after_ms(),
-            };
-            threads.push(
-                std::thread::Builder::new()
-                    .name("gridpow-writer".into())
-                    .spawn(move || {
-                        ingest::writer_thread(
-                            writer_store,
-                            verified_rx,
-                            ack_tx,
-                            settings,
-                            shared,
-                            stopping,
-                        )
-                    })
-                    .map_err(|source| ServerError::Spawn {
-                        what: "writer",
-                        source,
-                    })?,
-            );
-        }
-        let acker = tokio::spawn(ingest::acker_task(client.clone(), ack_rx, shared.clone()));
-        let mqtt = tokio::spawn(ingest::mqtt_task(
-            eventloop,
-            cfg.broker_target(),
-            client,
-            filter,
-            inbound_tx,
-            phase_rx,
-            shared.clone(),
-        ));
-
-        let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let app = crate::api::router(
-            crate::api::ApiState::new(cfg.db.clone(), keys, shared.clone(), &cfg.plausibility),
-            crate::auth::Gate::new(&cfg, http_addr, shared.clone()),
+    let mut threads = Vec::new();
+    {
+        let shared = shared.clone();
+        let min = cfg.min_difficulty;
+        threads.push(
+            std::thread::Builder::new()
+                .name("gridpow-verify".into())
+                .spawn(move || {
+                    ingest::verifier_thread(inbound_rx, verified_tx, keyring, min, shared)
+                })
+                .map_err(|source| ServerError::Spawn {
+                    what: "verifier",
+                    source,
+                })?,
         );
-        let http = tokio::spawn(crate::http_serve::serve(
-            listener,
-            http_tls.clone(),
-            app,
-            crate::http_serve::Limits::from_config(&cfg.http),
-            shared.clone(),
-            async {
-                let _ = http_stop_rx.await;
-            },
-        ));
-        tracing::info!(
-            http = %http_addr,
-            https = http_tls.is_some(),
-            broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port),
-            db = %cfg.db,
-            server_id = cfg.server_id,
-            "Grid server started."
-        );
-        Ok(ServerHandle {
-            http_addr,
-            shared,
-            phase: phase_tx,
-            stopping,
-            http_stop: Some(http_stop_tx),
-            mqtt,
-            acker,
-            http,
-            threads,
-        })
     }
+    {
+        let shared = shared.clone();
+        let stopping = stopping.clone();
+        let settings = WriterSettings {
+            max_batch_readings: cfg.ingest.max_batch_readings,
+            max_batch_blocks: cfg.ingest.max_batch_blocks,
+            server_id: cfg.server_id,
+            signing_key,
+            silent_after_ms: cfg.plausibility.silent_after_ms(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("gridpow-writer".into())
+                .spawn(move || {
+                    ingest::writer_thread(
+                        writer_store,
+                        verified_rx,
+                        ack_tx,
+                        settings,
+                        shared,
+                        stopping,
+                    )
+                })
+                .map_err(|source| ServerError::Spawn {
+                    what: "writer",
+                    source,
+                })?,
+        );
+    }
+    let acker = tokio::spawn(ingest::acker_task(client.clone(), ack_rx, shared.clone()));
+    let mqtt = tokio::spawn(ingest::mqtt_task(
+        eventloop,
+        cfg.broker_target(),
+        client,
+        filter,
+        inbound_tx,
+        phase_rx,
+        shared.clone(),
+    ));
+
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = crate::api::router(
+        crate::api::ApiState::new(cfg.db.clone(), keys, shared.clone(), &cfg.plausibility),
+        crate::auth::Gate::new(&cfg, http_addr, shared.clone()),
+    );
+    let http = tokio::spawn(crate::http_serve::serve(
+        listener,
+        http_tls.clone(),
+        app,
+        crate::http_serve::Limits::from_config(&cfg.http),
+        shared.clone(),
+        async {
+            let _ = http_stop_rx.await;
+        },
+    ));
+    tracing::info!(
+        http = %http_addr,
+        https = http_tls.is_some(),
+        broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port),
+        db = %cfg.db,
+        server_id = cfg.server_id,
+        "Grid server started."
+    );
+    Ok(ServerHandle {
+        http_addr,
+        shared,
+        phase: phase_tx,
+        stopping,
+        http_stop: Some(http_stop_tx),
+        mqtt,
+        acker,
+        http,
+        threads,
+    })
 }
 
 /// Raises the soft open-file limit towards the hard one so that
