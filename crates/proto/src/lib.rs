@@ -16,7 +16,8 @@
 //!   SHA-256 and the PoW midstate, Ed25519): RustCrypto on the host, the
 //!   ESP32's accelerators in `gridpow-firmware-logic`.
 //! - [`replay`]: the sliding anti-replay window.
-//! - [`sender`]: the meter-side state machine (backlog, frames, ACK, backoff).
+//! - [`sender`]: the meter-side state machine (backlog in caller-owned
+//!   storage, frames, ACK, backoff).
 //! - [`ingress`]: the relay-side state machine (filter, tag, replay, ACK).
 //! - [`merkle`], [`pow`], [`block`]: sealing and verifying blocks.
 //! - [`lifecycle`]: the relay's block lifecycle (batch, seal, outbox,
