@@ -53,9 +53,7 @@ fn feed<'d, S: core::borrow::BorrowMut<Sha<'d>>>(
     }
 }
 
-fn finish<'d, S: core::borrow::BorrowMut<Sha<'d>>>(
-    d: &mut ShaDigest<'d, Sha256, S>,
-) -> [u8; 32] {
+fn finish<'d, S: core::borrow::BorrowMut<Sha<'d>>>(d: &mut ShaDigest<'d, Sha256, S>) -> [u8; 32] {
     let mut out = [0u8; 32];
     let r: Result<(), Infallible> = nb::block!(d.finish(&mut out));
     if let Err(never) = r {
