@@ -1,13 +1,13 @@
 //! Hardware adapters shared by the meter and relay firmware (included with
 //! `#[path]`): the AES and SHA accelerators behind the traits of
-//! `gridpow_firmware_logic::crypto` and `::pow`, and a flash partition
+//! `gridpow_firmware_logic::crypto`, and a flash partition
 //! behind `gridpow_firmware_logic::state::Flash`.
 
 use core::convert::Infallible;
 
 use esp_hal::aes::Aes;
 use esp_hal::peripherals::{AES, SHA};
-use esp_hal::sha::{Sha, Sha256, ShaDigest};
+use esp_hal::sha::{Context, Sha, Sha256, ShaDigest};
 use esp_storage::{FlashStorage, FlashStorageError};
 use gridpow_firmware_logic::crypto::{BlockEncrypt, Sha256Engine};
 use gridpow_firmware_logic::state::Flash;
@@ -31,7 +31,7 @@ impl BlockEncrypt for EspAes {
 /// The SHA accelerator. Besides plain digests (HMAC for ACKs) it can save
 /// and restore its state, which the relay's proof of work uses as a midstate.
 pub struct EspSha {
-    pub(crate) sha: Sha<'static>,
+    sha: Sha<'static>,
 }
 
 impl EspSha {
@@ -41,7 +41,7 @@ impl EspSha {
     }
 }
 
-pub(crate) fn feed<'d, S: core::borrow::BorrowMut<Sha<'d>>>(
+fn feed<'d, S: core::borrow::BorrowMut<Sha<'d>>>(
     d: &mut ShaDigest<'d, Sha256, S>,
     mut data: &[u8],
 ) {
@@ -53,9 +53,7 @@ pub(crate) fn feed<'d, S: core::borrow::BorrowMut<Sha<'d>>>(
     }
 }
 
-pub(crate) fn finish<'d, S: core::borrow::BorrowMut<Sha<'d>>>(
-    d: &mut ShaDigest<'d, Sha256, S>,
-) -> [u8; 32] {
+fn finish<'d, S: core::borrow::BorrowMut<Sha<'d>>>(d: &mut ShaDigest<'d, Sha256, S>) -> [u8; 32] {
     let mut out = [0u8; 32];
     let r: Result<(), Infallible> = nb::block!(d.finish(&mut out));
     if let Err(never) = r {
@@ -65,12 +63,34 @@ pub(crate) fn finish<'d, S: core::borrow::BorrowMut<Sha<'d>>>(
 }
 
 impl Sha256Engine for EspSha {
+    /// The peripheral's saved state (hash registers and buffered bytes).
+    type Midstate = Context<Sha256>;
+
     fn sha256(&mut self, prefix: &[u8], parts: &[&[u8]]) -> [u8; 32] {
         let mut d = ShaDigest::<Sha256, _>::new(&mut self.sha);
         feed(&mut d, prefix);
         for p in parts {
             feed(&mut d, p);
         }
+        finish(&mut d)
+    }
+
+    fn midstate(&mut self, first: &[u8; 64]) -> Context<Sha256> {
+        let mut d = ShaDigest::<Sha256, _>::new(&mut self.sha);
+        feed(&mut d, first);
+        let mut ctx = Context::new();
+        let saved: Result<(), Infallible> = nb::block!(d.save(&mut ctx));
+        if let Err(never) = saved {
+            match never {}
+        }
+        ctx
+    }
+
+    fn resume(&mut self, midstate: &mut Context<Sha256>, rest: &[u8]) -> [u8; 32] {
+        // `restore` copies the saved state into the peripheral, so one
+        // midstate serves every try.
+        let mut d = ShaDigest::restore(&mut self.sha, midstate);
+        feed(&mut d, rest);
         finish(&mut d)
     }
 }

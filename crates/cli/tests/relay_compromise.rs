@@ -106,9 +106,9 @@ fn forge_block(bundle: &KeyDir, height: u64, prev: [u8; 32], frames: &[Vec<u8>])
         b.push_leaf(f).unwrap();
     }
     let mut h = b.header(1, height, prev, gridpow_common::wall_ms(), DIFFICULTY);
-    let mut solver = PowSolver::new(&h, 0, 1);
+    let mut solver = PowSolver::new(&RustCrypto, &h, 0, 1);
     h.nonce = loop {
-        if let Some(n) = solver.solve_for(1 << 16) {
+        if let Some(n) = solver.solve_for(&RustCrypto, 1 << 16) {
             break n;
         }
     };

@@ -12,9 +12,9 @@
 //!   checkpoints, the relay's chain tip).
 //! - [`provisioning`]: the binary configuration blobs flashed into the
 //!   `gp_config` partition, with their layouts.
-//! - [`crypto`]: AES-128-CCM and HMAC-SHA256 over the ESP32's AES block and
-//!   SHA accelerators, as a `gridpow_proto::crypto::CryptoProvider`.
-//! - [`pow`]: the proof-of-work search over a midstate-capable SHA engine.
+//! - [`crypto`]: the ESP32's `gridpow_proto::crypto::CryptoProvider`:
+//!   AES-128-CCM, HMAC-SHA256 and the proof of work's SHA-256 midstate over
+//!   the AES block and SHA accelerators, Ed25519 in software.
 //! - [`bridge`]: the relay's bridge mode (ESP-NOW ⇄ USB-serial framing).
 //! - [`standalone`]: the relay's standalone mode (ingress, blocks, PoW,
 //!   signing, outbox until receipt).
@@ -35,7 +35,6 @@ pub mod crypto;
 pub mod journal;
 pub mod layout;
 pub mod meter;
-pub mod pow;
 pub mod provisioning;
 pub mod standalone;
 pub mod state;

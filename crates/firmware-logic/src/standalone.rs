@@ -6,8 +6,9 @@
 //! never stops), signs, and keeps every sealed block in the outbox until a
 //! verified commit receipt with status *stored* names it.
 //!
-//! This module adds only what is the firmware's: the proof-of-work search on
-//! a [`PowHasher`], where frames, sealed blocks and the chain tip are kept
+//! This module adds only what is the firmware's: driving the core's
+//! proof-of-work search ([`PowSolver`]) on the ingress's crypto provider,
+//! where frames, sealed blocks and the chain tip are kept
 //! ([`RelayStore`]: the flash journal on the ESP32) and the wall clock gate. The network driver (MQTT over TLS, `gridpow-relay-net`) asks
 //! [`StandaloneRelay::poll_publish`] what to send, reads the bytes with
 //! [`StandaloneRelay::read_block`], and feeds receipts and connection
@@ -27,11 +28,11 @@ use gridpow_proto::lifecycle::{
     BlockLifecycle, ChainTip, LifecycleConfig, LifecycleStats, OutboxEntry, PublishOrder,
     ReceiptOutcome, SealedBlock,
 };
+use gridpow_proto::pow::PowSolver;
 use gridpow_proto::wire::block::{HEADER_LEN, SIGNATURE_LEN};
 use gridpow_proto::{Duration, Error as ProtoError, Hash, Instant, MacAddr, Rejected};
 
 use crate::journal::{Journal, JournalError};
-use crate::pow::{PowHasher, PowSearch};
 use crate::provisioning::{RelayConfig, RelayMeter};
 use crate::state::Flash;
 
@@ -268,7 +269,7 @@ where
     lifecycle: BlockLifecycle<&'a mut [u8], &'a mut [OutboxEntry]>,
     signing: SigningKey,
     server_key: Option<VerifyingKey>,
-    search: Option<PowSearch>,
+    search: Option<PowSolver<C>>,
     store: S,
     store_failed: bool,
     stats: StandaloneStats,
@@ -445,36 +446,41 @@ where
     pub fn poll_seal(&mut self, now: Instant, wall_ms: Option<u64>) {
         if let Some(wall) = wall_ms {
             if let Some(h) = self.lifecycle.poll_job(now, wall) {
-                self.search.get_or_insert_with(|| PowSearch::new(&h, 0));
+                let provider = self.ingress.provider();
+                self.search
+                    .get_or_insert_with(|| PowSolver::new(provider, &h, 0, 1));
             }
         }
     }
 
-    /// Advances the PoW by at most `max_tries` hashes. When solved, the
-    /// lifecycle checks and signs the block; it is then stored and the new
-    /// chain tip persisted, and its outbox entry returned.
-    pub fn poll_pow<H: PowHasher>(
-        &mut self,
-        hasher: &mut H,
-        max_tries: u32,
-    ) -> Option<OutboxEntry> {
+    /// Advances the PoW by at most `max_tries` hashes on the provider. When
+    /// solved, the lifecycle checks and signs the block; it is then stored
+    /// and the new chain tip persisted, and its outbox entry returned.
+    pub fn poll_pow(&mut self, max_tries: u32) -> Option<OutboxEntry> {
+        let provider = self.ingress.provider();
         if self.search.is_none() {
             // A job may also start when a full batch made room for a frame.
-            self.search = self.lifecycle.job().map(|h| PowSearch::new(h, 0));
+            self.search = self
+                .lifecycle
+                .job()
+                .map(|h| PowSolver::new(provider, h, 0, 1));
         }
         if let Some(s) = self.search.as_mut() {
             let before = s.tries();
-            let found = s.step(hasher, max_tries);
+            let found = s.solve_for(provider, u64::from(max_tries));
             self.stats.pow_tries += s.tries() - before;
             if let Some(nonce) = found {
                 self.search = None;
                 if self
                     .lifecycle
-                    .handle_solution(nonce, &self.signing)
+                    .handle_solution(provider, nonce, &self.signing)
                     .is_err()
                 {
-                    // A faulty hasher: search again from the header.
-                    self.search = self.lifecycle.job().map(|h| PowSearch::new(h, nonce + 1));
+                    // A faulty accelerator: search again from the header.
+                    self.search = self
+                        .lifecycle
+                        .job()
+                        .map(|h| PowSolver::new(provider, h, nonce + 1, 1));
                     return None;
                 }
             }

@@ -143,3 +143,48 @@ fn a_meter_on_accelerated_crypto_talks_to_a_rustcrypto_relay() {
     }
     assert_eq!(sender.stats().readings_acked, 20);
 }
+
+#[test]
+fn the_core_solver_on_accelerated_sha_finds_the_nonce_rustcrypto_finds() {
+    use gridpow_proto::pow::{leading_zero_bits, solve_blocking, PowSolver};
+    use gridpow_proto::wire::BlockHeaderRepr;
+    let mut h = BlockHeaderRepr {
+        difficulty: 10,
+        relay_id: 7,
+        height: 3,
+        prev_hash: [1; 32],
+        merkle_root: [2; 32],
+        leaf_count: 4,
+        time_ms: 99,
+        nonce: 0,
+    };
+    let hw = provider();
+    let mut s = PowSolver::new(&hw, &h, 0, 1);
+    let nonce = loop {
+        if let Some(n) = s.solve_for(&hw, 100) {
+            break n;
+        }
+    };
+    h.nonce = nonce;
+    assert!(leading_zero_bits(&h.hash()) >= 10);
+    // The same nonce as the protocol crate's solver finds with RustCrypto.
+    let mut reference = h;
+    reference.nonce = 0;
+    assert_eq!(solve_blocking(&mut reference), nonce);
+}
+
+#[test]
+fn accelerated_sha256_and_its_midstate_agree_with_rustcrypto() {
+    let hw = provider();
+    let msg: Vec<u8> = (0..200u8).collect();
+    let mut first = [0u8; 64];
+    first.copy_from_slice(&msg[..64]);
+    let mut mid = hw.sha256_midstate(&first);
+    let mut soft_mid = RustCrypto.sha256_midstate(&first);
+    for len in 64..=msg.len() {
+        let want = RustCrypto.sha256(&[&msg[..len]]);
+        assert_eq!(hw.sha256(&[&msg[..len]]), want, "len {len}");
+        assert_eq!(hw.sha256_resume(&mut mid, &msg[64..len]), want, "len {len}");
+        assert_eq!(RustCrypto.sha256_resume(&mut soft_mid, &msg[64..len]), want);
+    }
+}

@@ -8,7 +8,6 @@
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridpow_firmware_logic::journal::Journal;
-use gridpow_firmware_logic::pow::SoftPowHasher;
 use gridpow_firmware_logic::provisioning::RelayMeter;
 use gridpow_firmware_logic::standalone::{
     RamStore, RelayError, RelayStorage, RelayStore, StandaloneConfig, StandaloneRelay,
@@ -160,10 +159,9 @@ fn sealed_blocks_verify_and_a_receipt_frees_the_outbox() {
     assert_eq!(r.pending_frames(), 12);
     r.poll_seal(Instant::from_secs_for_test(11), Some(2_000_000));
     assert!(r.is_solving());
-    let mut hasher = SoftPowHasher::default();
     let sealed = loop {
         // Small chunks, as the firmware interleaves reception.
-        if let Some(b) = r.poll_pow(&mut hasher, 64) {
+        if let Some(b) = r.poll_pow(64) {
             break b;
         }
     };
@@ -223,9 +221,8 @@ fn sealed_blocks_verify_and_a_receipt_frees_the_outbox() {
 fn one_block_published(r: &mut Relay<'_>) -> OutboxEntry {
     feed(r, 1, 2, 0).unwrap();
     r.poll_seal(Instant::from_secs_for_test(11), Some(1));
-    let mut h = SoftPowHasher::default();
     let sealed = loop {
-        if let Some(b) = r.poll_pow(&mut h, 1000) {
+        if let Some(b) = r.poll_pow(1000) {
             break b;
         }
     };
@@ -316,9 +313,8 @@ fn acked_frames_blocks_and_the_chain_tip_survive_a_power_cut() {
         feed(&mut r, 2, 3, 0).unwrap();
         r.request_flush();
         r.poll_seal(Instant::from_secs_for_test(1), Some(1));
-        let mut h = SoftPowHasher::default();
         sealed = loop {
-            if let Some(b) = r.poll_pow(&mut h, 1000) {
+            if let Some(b) = r.poll_pow(1000) {
                 break b;
             }
         };
@@ -370,7 +366,6 @@ fn without_a_transport_blocks_stay_and_new_frames_are_refused_not_lost() {
     // Blocks of 1 KiB: 10 one-reading frames (86 bytes with prefix) fill one.
     let mut storage = Storage::new(1024);
     let mut r = relay(&mut storage);
-    let mut h = SoftPowHasher::default();
     let mut s =
         Sender::<_, 64>::new(RustCrypto, SenderConfig::new(1, 1), &secret(1), 1, 0).unwrap();
     let mut refused = None;
@@ -391,7 +386,7 @@ fn without_a_transport_blocks_stay_and_new_frames_are_refused_not_lost() {
                 break;
             }
         }
-        while r.poll_pow(&mut h, 10_000).is_some() {}
+        while r.poll_pow(10_000).is_some() {}
         assert_eq!(r.poll_publish(now), None, "never connected");
     }
     assert_eq!(refused, Some(RelayError::Full));

@@ -46,8 +46,8 @@ use serde::{Deserialize, Serialize};
 /// Environment prefix of fleet overrides.
 pub const ENV_PREFIX: &str = "GRIDPOW_METERS";
 
-/// Backlog capacities a virtual meter can have (the sender's capacity is a
-/// compile-time constant).
+/// Backlog capacities a virtual meter can have. The sender takes storage of
+/// any length; the fleet offers these few so configurations stay comparable.
 pub const BACKLOG_SIZES: [usize; 5] = [16, 64, 256, 1024, 4096];
 
 /// Which meters of the registry the fleet runs.

@@ -17,7 +17,8 @@ use std::time::Duration as StdDuration;
 use gridpow_common::keys::KeyDir;
 use gridpow_common::radio::{Confirmation, RadioError, RadioPort};
 use gridpow_common::MonoClock;
-use gridpow_proto::sender::PushOutcome;
+use gridpow_proto::crypto::RustCrypto;
+use gridpow_proto::sender::{MeterSender, PushOutcome};
 use gridpow_proto::wire::Reading;
 use gridpow_proto::{Duration, Instant, MacAddr};
 use rand::rngs::StdRng;
@@ -26,7 +27,6 @@ use serde::Serialize;
 
 use crate::config::FleetConfig;
 use crate::load::{mix_seed, Household};
-use crate::sender::AnySender;
 use crate::state::FleetState;
 use crate::truth::{TruthRecord, TruthWriter};
 use crate::FleetError;
@@ -132,7 +132,8 @@ struct VirtualMeter {
     id: u32,
     mac: MacAddr,
     epoch: u32,
-    sender: AnySender,
+    /// The core's sender over a backlog sized by the configuration.
+    sender: MeterSender<RustCrypto, Box<[Reading]>>,
     house: Household,
     last_end_ms: Option<u64>,
     /// The sender deadline currently in the timer heap.
@@ -200,12 +201,13 @@ impl Fleet {
                     meter_id: rec.id,
                     key_id: rec.key_id,
                 })?;
-            let sender = AnySender::new(
-                cfg.backlog,
+            let sender = MeterSender::with_backlog(
+                RustCrypto,
                 cfg.sender.sender_config(rec.id, rec.key_id, cfg.interval_s),
                 &secret,
                 epoch,
                 0,
+                vec![Reading::default(); cfg.backlog].into_boxed_slice(),
             )
             .map_err(|e| FleetError::Sender(e.to_string()))?;
             let energy = state.meters.get(&rec.id).and_then(|m| m.energy_mwh);

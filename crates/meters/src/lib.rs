@@ -27,7 +27,6 @@
 pub mod config;
 mod fleet;
 pub mod load;
-pub mod sender;
 pub mod silence;
 pub mod state;
 pub mod truth;

@@ -70,9 +70,9 @@ pub fn block(readings: usize, per_frame: usize, ring: &Keyring) -> Vec<u8> {
         b.push_leaf(&frame[..len]).expect("room");
     }
     let mut hd = b.header(1, 1, [0; 32], 0, 12);
-    let mut s = PowSolver::new(&hd, 0, 1);
+    let mut s = PowSolver::new(&RustCrypto, &hd, 0, 1);
     hd.nonce = loop {
-        if let Some(n) = s.solve_for(1 << 16) {
+        if let Some(n) = s.solve_for(&RustCrypto, 1 << 16) {
             break n;
         }
     };

@@ -39,8 +39,8 @@ fn hashing(c: &mut Criterion) {
         nonce: 0,
     };
     g.bench_function("pow_try", |b| {
-        let mut s = PowSolver::new(&header, 0, 1);
-        b.iter(|| black_box(s.solve_for(1)))
+        let mut s = PowSolver::new(&RustCrypto, &header, 0, 1);
+        b.iter(|| black_box(s.solve_for(&RustCrypto, 1)))
     });
     g.finish();
 }

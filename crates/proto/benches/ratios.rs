@@ -48,7 +48,7 @@ fn main() {
         time_ms: 0,
         nonce: 0,
     };
-    let mut solver = PowSolver::new(&header, 0, 1);
+    let mut solver = PowSolver::new(&RustCrypto, &header, 0, 1);
     // Interleave baseline and candidate twice to even out frequency scaling.
     let mut sha = 0.0;
     let mut pow = 0.0;
@@ -62,7 +62,7 @@ fn main() {
         // One call tries 10 000 nonces (difficulty 255 never succeeds), as a solver thread does.
         pow += 10_000.0
             * rate(budget / 2, 1, || {
-                black_box(solver.solve_for(10_000));
+                black_box(solver.solve_for(&RustCrypto, 10_000));
             });
     }
     let (sha, pow) = (sha / 2.0, pow / 2.0);

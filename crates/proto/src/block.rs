@@ -2,12 +2,13 @@
 //!
 //! A relay fills a [`BlockBuilder`] with frames exactly as received, asks it for
 //! the unsolved header, solves the PoW ([`crate::pow::PowSolver`]), and
-//! [`BlockBuilder::finish`]es with its Ed25519 key. A verifier runs
+//! [`BlockBuilder::seal`]s with its Ed25519 key. Solving, signing and
+//! verifying run on the caller's [`CryptoProvider`]. A verifier runs
 //! [`verify_block`]: framing, relay, difficulty, PoW, signature, Merkle root,
 //! then every leaf's meter tag and the caller's replay policy — each failure
 //! its own error — and [`check_link`] for chain continuity.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use crate::crypto::{CryptoProvider, MeterKeys};
 use crate::merkle::RootBuilder;
@@ -101,22 +102,40 @@ impl<'a> BlockBuilder<'a> {
         }
     }
 
-    /// Writes the solved `header` and its signature; returns the block length.
-    /// The header must be the one [`BlockBuilder::header`] gave, with its nonce set.
-    pub fn finish(self, header: &BlockHeaderRepr, key: &SigningKey) -> Result<usize, Error> {
+    /// Writes the solved `header` and its signature by `provider`; returns
+    /// the block length. The header must be the one [`BlockBuilder::header`]
+    /// gave, with its nonce set.
+    pub fn seal<C: CryptoProvider>(
+        self,
+        provider: &C,
+        header: &BlockHeaderRepr,
+        key: &SigningKey,
+    ) -> Result<usize, Error> {
         if header.leaf_count != self.leaves || header.merkle_root != self.merkle.root() {
             return Err(Misuse::InvalidArgument.into());
         }
-        let sig = sign_header(header, key);
+        let sig = sign_header(provider, header, key);
         self.buf[..HEADER_LEN].copy_from_slice(&header.to_bytes());
         self.buf[HEADER_LEN..HEADER_LEN + SIGNATURE_LEN].copy_from_slice(&sig);
         Ok(self.len)
     }
+
+    /// [`BlockBuilder::seal`] with [`RustCrypto`](crate::crypto::RustCrypto),
+    /// for host tools and tests.
+    #[cfg(feature = "rustcrypto")]
+    pub fn finish(self, header: &BlockHeaderRepr, key: &SigningKey) -> Result<usize, Error> {
+        self.seal(&crate::crypto::RustCrypto, header, key)
+    }
 }
 
 /// The relay's signature over a header: Ed25519 over `"gridpow-block-v2" ‖ SHA-256(header)`.
-pub fn sign_header(header: &BlockHeaderRepr, key: &SigningKey) -> [u8; SIGNATURE_LEN] {
-    key.sign(&signing_message(&header.hash())).to_bytes()
+pub fn sign_header<C: CryptoProvider>(
+    provider: &C,
+    header: &BlockHeaderRepr,
+    key: &SigningKey,
+) -> [u8; SIGNATURE_LEN] {
+    let hash = provider.sha256(&[&header.to_bytes()]);
+    provider.ed25519_sign(key, &signing_message(&hash))
 }
 
 /// What the verifier requires of a block.
@@ -184,12 +203,11 @@ where
         .into());
     }
     // PoW first: one hash, so forged blocks without work cost the verifier little.
-    let hash = crate::crypto::sha256(&[block.header_bytes()]);
+    let hash = provider.sha256(&[block.header_bytes()]);
     check_work(&hash, header.difficulty)?;
-    let sig = Signature::from_bytes(&block.signature());
-    relay_key
-        .verify_strict(&signing_message(&hash), &sig)
-        .map_err(|_| Rejected::BadSignature)?;
+    if !provider.ed25519_verify(relay_key, &signing_message(&hash), &block.signature()) {
+        return Err(Rejected::BadSignature.into());
+    }
     let mut merkle = RootBuilder::new();
     for leaf in block.leaves() {
         merkle.push_leaf(leaf);

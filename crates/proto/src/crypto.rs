@@ -14,9 +14,14 @@
 //! MACs are HMAC-SHA256 truncated to 16 bytes; uplink readings use AES-128-CCM
 //! (16-byte tag, 13-byte nonce), implemented in [`ccm`] over any AES block function.
 //!
-//! The primitives sit behind [`CryptoProvider`] so firmware can use the ESP32's
-//! AES and SHA accelerators; [`RustCrypto`] is the software provider.
+//! Every primitive the state machines run sits behind one [`CryptoProvider`]
+//! (AES-CCM, HMAC, SHA-256 with the proof of work's midstate, Ed25519), so
+//! firmware can use the ESP32's AES and SHA accelerators; [`RustCrypto`] is
+//! the software provider. An accelerator that takes a raw SHA-256 state can
+//! build the midstate from its compression function with [`midstate_with`]
+//! and [`resume_with`].
 
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 
@@ -160,12 +165,28 @@ impl HopSecret {
     }
 }
 
-/// The cryptographic primitives the protocol needs, so hardware can replace software.
+/// Every cryptographic primitive the protocol runs, so hardware can replace
+/// software (after rustls' `CryptoProvider`): AES-128-CCM, HMAC-SHA256,
+/// SHA-256 with the midstate the proof of work resumes from, and Ed25519.
 ///
-/// Implementations must be deterministic: the same inputs give the same outputs.
+/// The core never calls a primitive any other way: sealing and opening
+/// frames, ACK tags, the PoW search ([`crate::pow::PowSolver`]), sealing
+/// ([`crate::block::BlockBuilder::seal`], the lifecycle) and verifying
+/// blocks all take a provider. Two exist: [`RustCrypto`] on the host and the
+/// ESP32 accelerators in `gridpow-firmware-logic`. Key derivation (HKDF) and
+/// the wire layer's own digests ([`sha256`], Merkle roots, header hashes) are
+/// host-side or fixed software and stay outside.
+///
+/// Implementations must be deterministic: the same inputs give the same
+/// outputs. A primitive that cannot run (a busy peripheral) must fail closed:
+/// a tag or signature that does not verify, a digest of all `0xff` bytes
+/// (which meets no difficulty).
 pub trait CryptoProvider {
     /// A prepared AES-128-CCM key (for example an expanded key schedule).
     type AeadKey;
+    /// The SHA-256 state after a message's first 64-byte block, from which
+    /// [`Self::sha256_resume`] finishes many messages sharing that block.
+    type Sha256Midstate;
 
     /// Prepares an AES-128 key for sealing and opening.
     fn aead_key(&self, key: &[u8; 16]) -> Self::AeadKey;
@@ -192,12 +213,31 @@ pub trait CryptoProvider {
 
     /// HMAC-SHA256 over the concatenation of `parts`.
     fn hmac_sha256(&self, key: &[u8], parts: &[&[u8]]) -> [u8; 32];
+
+    /// SHA-256 of the concatenation of `parts`.
+    fn sha256(&self, parts: &[&[u8]]) -> Hash;
+
+    /// Compresses `first`, the first 64 bytes of a message, into a midstate.
+    fn sha256_midstate(&self, first: &[u8; 64]) -> Self::Sha256Midstate;
+
+    /// SHA-256 of `first ‖ rest`, resumed from `first`'s midstate (made by
+    /// this provider). Mutable because an accelerator restores its state from
+    /// it; the midstate still serves later calls.
+    fn sha256_resume(&self, midstate: &mut Self::Sha256Midstate, rest: &[u8]) -> Hash;
+
+    /// Ed25519 signature of `msg`.
+    fn ed25519_sign(&self, key: &SigningKey, msg: &[u8]) -> [u8; 64];
+
+    /// Strict Ed25519 verification (§9.2: canonical `R` and `s`, no
+    /// small-order `R`), as ed25519-dalek's `verify_strict`.
+    fn ed25519_verify(&self, key: &VerifyingKey, msg: &[u8], sig: &[u8; 64]) -> bool;
 }
 
 /// A shared reference to a provider is a provider, so one provider (for
 /// example one owning hardware peripherals) can serve several state machines.
 impl<P: CryptoProvider + ?Sized> CryptoProvider for &P {
     type AeadKey = P::AeadKey;
+    type Sha256Midstate = P::Sha256Midstate;
 
     fn aead_key(&self, key: &[u8; 16]) -> Self::AeadKey {
         (**self).aead_key(key)
@@ -227,6 +267,72 @@ impl<P: CryptoProvider + ?Sized> CryptoProvider for &P {
     fn hmac_sha256(&self, key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
         (**self).hmac_sha256(key, parts)
     }
+
+    fn sha256(&self, parts: &[&[u8]]) -> Hash {
+        (**self).sha256(parts)
+    }
+
+    fn sha256_midstate(&self, first: &[u8; 64]) -> Self::Sha256Midstate {
+        (**self).sha256_midstate(first)
+    }
+
+    fn sha256_resume(&self, midstate: &mut Self::Sha256Midstate, rest: &[u8]) -> Hash {
+        (**self).sha256_resume(midstate, rest)
+    }
+
+    fn ed25519_sign(&self, key: &SigningKey, msg: &[u8]) -> [u8; 64] {
+        (**self).ed25519_sign(key, msg)
+    }
+
+    fn ed25519_verify(&self, key: &VerifyingKey, msg: &[u8], sig: &[u8; 64]) -> bool {
+        (**self).ed25519_verify(key, msg, sig)
+    }
+}
+
+/// SHA-256's initial state (FIPS 180-4, 5.3.3), where a midstate starts.
+pub const SHA256_IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+
+/// SHA-256 with the compression function `compress` (software, SHA-NI, or an
+/// accelerator that takes a raw state): the midstate of `first`.
+pub fn midstate_with(compress: impl Fn(&mut [u32; 8], &[u8; 64]), first: &[u8; 64]) -> [u32; 8] {
+    let mut state = SHA256_IV;
+    compress(&mut state, first);
+    state
+}
+
+/// SHA-256 of `first ‖ rest` from `first`'s midstate with the compression
+/// function `compress`: the rest's whole blocks, then its padded tail.
+pub fn resume_with(
+    compress: impl Fn(&mut [u32; 8], &[u8; 64]),
+    midstate: &[u32; 8],
+    rest: &[u8],
+) -> Hash {
+    let mut state = *midstate;
+    let mut blocks = rest.chunks_exact(64);
+    for b in &mut blocks {
+        let mut block = [0u8; 64];
+        block.copy_from_slice(b);
+        compress(&mut state, &block);
+    }
+    let tail = blocks.remainder();
+    let mut last = [0u8; 128];
+    last[..tail.len()].copy_from_slice(tail);
+    last[tail.len()] = 0x80;
+    let end = if tail.len() < 56 { 64 } else { 128 };
+    let bits = (64 + rest.len() as u64) * 8;
+    last[end - 8..end].copy_from_slice(&bits.to_be_bytes());
+    for b in last[..end].chunks_exact(64) {
+        let mut block = [0u8; 64];
+        block.copy_from_slice(b);
+        compress(&mut state, &block);
+    }
+    let mut out = [0u8; 32];
+    for (c, w) in out.chunks_exact_mut(4).zip(state) {
+        c.copy_from_slice(&w.to_be_bytes());
+    }
+    out
 }
 
 /// The hop keys of a meter: all a relay holds for it.
@@ -315,17 +421,20 @@ pub use soft::RustCrypto;
 
 #[cfg(feature = "rustcrypto")]
 mod soft {
-    use super::{ccm, CryptoProvider, NONCE_LEN, TAG_LEN};
+    use super::{ccm, CryptoProvider, Hash, NONCE_LEN, TAG_LEN};
     use aes::cipher::{
         array::Array, consts::U16, BlockCipherEncBackend, BlockCipherEncClosure,
         BlockCipherEncrypt, BlockSizeUser, KeyInit,
     };
     use aes::Aes128;
+    use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
     use hmac::{Hmac, Mac};
+    use sha2::block_api::compress256;
     use sha2::Sha256;
 
     /// The software provider: RustCrypto's `aes` (AES-NI when the CPU has it)
-    /// under this crate's CCM, `hmac` and `sha2`.
+    /// under this crate's CCM, `hmac`, `sha2` (whose compression function uses
+    /// SHA-NI when the CPU has it) and `ed25519-dalek`.
     #[derive(Clone, Copy, Debug, Default)]
     pub struct RustCrypto;
 
@@ -357,8 +466,14 @@ mod soft {
         }
     }
 
+    /// One SHA-256 compression through `sha2` (SHA-NI when the CPU has it).
+    fn compress(state: &mut [u32; 8], block: &[u8; 64]) {
+        compress256(state, core::slice::from_ref(block));
+    }
+
     impl CryptoProvider for RustCrypto {
         type AeadKey = Aes128;
+        type Sha256Midstate = [u32; 8];
 
         fn aead_key(&self, key: &[u8; 16]) -> Aes128 {
             Aes128::new(key.into())
@@ -413,6 +528,26 @@ mod soft {
             }
             mac.finalize().into_bytes().into()
         }
+
+        fn sha256(&self, parts: &[&[u8]]) -> Hash {
+            super::sha256(parts)
+        }
+
+        fn sha256_midstate(&self, first: &[u8; 64]) -> [u32; 8] {
+            super::midstate_with(compress, first)
+        }
+
+        fn sha256_resume(&self, midstate: &mut [u32; 8], rest: &[u8]) -> Hash {
+            super::resume_with(compress, midstate, rest)
+        }
+
+        fn ed25519_sign(&self, key: &SigningKey, msg: &[u8]) -> [u8; 64] {
+            key.sign(msg).to_bytes()
+        }
+
+        fn ed25519_verify(&self, key: &VerifyingKey, msg: &[u8], sig: &[u8; 64]) -> bool {
+            key.verify_strict(msg, &Signature::from_bytes(sig)).is_ok()
+        }
     }
 }
 
@@ -456,6 +591,30 @@ mod tests {
         let mut wrong_aad = buf;
         assert!(!p.aead_open(&key, &nonce, b"aae", &mut wrong_aad, &tag));
         assert_eq!(wrong_aad, [0; 24], "failed opens leave no plaintext behind");
+    }
+
+    #[test]
+    fn a_resumed_midstate_hashes_like_the_whole_message() {
+        let msg: [u8; 200] = core::array::from_fn(|i| i as u8);
+        let mut first = [0u8; 64];
+        first.copy_from_slice(&msg[..64]);
+        let mut mid = RustCrypto.sha256_midstate(&first);
+        for len in 64..=msg.len() {
+            let whole = sha256(&[&msg[..len]]);
+            assert_eq!(RustCrypto.sha256_resume(&mut mid, &msg[64..len]), whole);
+            assert_eq!(RustCrypto.sha256(&[&msg[..len]]), whole);
+        }
+    }
+
+    #[test]
+    fn signatures_verify_strictly_and_a_flipped_bit_does_not() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let sig = RustCrypto.ed25519_sign(&key, b"block");
+        assert!(RustCrypto.ed25519_verify(&key.verifying_key(), b"block", &sig));
+        assert!(!RustCrypto.ed25519_verify(&key.verifying_key(), b"blocc", &sig));
+        let mut bad = sig;
+        bad[0] ^= 1;
+        assert!(!RustCrypto.ed25519_verify(&key.verifying_key(), b"block", &bad));
     }
 
     // Lengths 0..=250 and random inputs are cross-checked against the `ccm` crate

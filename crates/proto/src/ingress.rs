@@ -255,6 +255,10 @@ impl<C: CryptoProvider, T: MeterTable> Ingress<C, T> {
     pub fn config(&self) -> &IngressConfig {
         &self.cfg
     }
+    /// The crypto provider (a relay solves and signs its blocks with it too).
+    pub fn provider(&self) -> &C {
+        &self.provider
+    }
 
     /// The radio channel stated in ACKs from now on: a relay whose Wi-Fi
     /// station follows its access point learns the channel only after

@@ -11,10 +11,13 @@
 //!
 //! ## Layout
 //! - [`wire`]: checked views and `Repr`s for every message (uplink, ACK, block).
-//! - [`crypto`]: key derivation and the [`crypto::CryptoProvider`] trait
-//!   (RustCrypto on the host, hardware accelerators in firmware).
+//! - [`crypto`]: key derivation and the [`crypto::CryptoProvider`] trait,
+//!   which owns every primitive the state machines run (AES-CCM, HMAC,
+//!   SHA-256 and the PoW midstate, Ed25519): RustCrypto on the host, the
+//!   ESP32's accelerators in `gridpow-firmware-logic`.
 //! - [`replay`]: the sliding anti-replay window.
-//! - [`sender`]: the meter-side state machine (backlog, frames, ACK, backoff).
+//! - [`sender`]: the meter-side state machine (backlog in caller-owned
+//!   storage, frames, ACK, backoff).
 //! - [`ingress`]: the relay-side state machine (filter, tag, replay, ACK).
 //! - [`merkle`], [`pow`], [`block`]: sealing and verifying blocks.
 //! - [`lifecycle`]: the relay's block lifecycle (batch, seal, outbox,

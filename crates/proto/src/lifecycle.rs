@@ -42,6 +42,7 @@
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use crate::block::sign_header;
+use crate::crypto::CryptoProvider;
 use crate::merkle::RootBuilder;
 use crate::pow::check_work;
 use crate::wire::block::{
@@ -439,18 +440,23 @@ where
     /// Takes a nonce for the header being solved: checks that it meets the
     /// difficulty (a faulty worker cannot seal a bad block), signs, and
     /// leaves the sealed block for [`Self::sealed_block`].
-    pub fn handle_solution(&mut self, nonce: u64, key: &SigningKey) -> Result<Hash, Error> {
+    pub fn handle_solution<C: CryptoProvider>(
+        &mut self,
+        provider: &C,
+        nonce: u64,
+        key: &SigningKey,
+    ) -> Result<Hash, Error> {
         if self.stage != Stage::Solving {
             return Err(Misuse::InvalidArgument.into());
         }
         let mut header = self.header;
         header.nonce = nonce;
-        let hash = header.hash();
+        let hash = provider.sha256(&[&header.to_bytes()]);
         if let Err(e) = check_work(&hash, header.difficulty) {
             self.stats.bad_solutions += 1;
             return Err(e.into());
         }
-        let sig = sign_header(&header, key);
+        let sig = sign_header(provider, &header, key);
         let buf = self.sealing.as_mut();
         buf[..HEADER_LEN].copy_from_slice(&header.to_bytes());
         buf[HEADER_LEN..HEADER_LEN + SIGNATURE_LEN].copy_from_slice(&sig);
@@ -762,9 +768,10 @@ fn empty_header() -> BlockHeaderRepr {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "rustcrypto"))]
 mod tests {
     use super::*;
+    use crate::crypto::RustCrypto;
     use crate::pow::PowSolver;
     use crate::wire::block::signing_message;
     use crate::wire::BlockPacket;
@@ -810,13 +817,14 @@ mod tests {
     /// Solves, signs and saves the current job; returns its outbox entry.
     fn seal(m: &mut Machine) -> OutboxEntry {
         let header = *m.job().expect("a job");
-        let mut solver = PowSolver::new(&header, 0, 1);
+        let mut solver = PowSolver::new(&RustCrypto, &header, 0, 1);
         let nonce = loop {
-            if let Some(n) = solver.solve_for(1 << 12) {
+            if let Some(n) = solver.solve_for(&RustCrypto, 1 << 12) {
                 break n;
             }
         };
-        m.handle_solution(nonce, &key()).expect("valid solution");
+        m.handle_solution(&RustCrypto, nonce, &key())
+            .expect("valid solution");
         m.handle_saved().expect("outbox room")
     }
 
@@ -876,13 +884,14 @@ mod tests {
             }
             m.poll_job(t(0), 42).expect("full batch");
             let header = *m.job().expect("job");
-            let mut solver = PowSolver::new(&header, 0, 1);
+            let mut solver = PowSolver::new(&RustCrypto, &header, 0, 1);
             let nonce = loop {
-                if let Some(n) = solver.solve_for(1 << 12) {
+                if let Some(n) = solver.solve_for(&RustCrypto, 1 << 12) {
                     break n;
                 }
             };
-            m.handle_solution(nonce, &key()).expect("solution");
+            m.handle_solution(&RustCrypto, nonce, &key())
+                .expect("solution");
             let sealed = m.sealed_block().expect("sealed");
             assert_eq!(
                 (sealed.first_record, sealed.last_record),
@@ -921,7 +930,7 @@ mod tests {
             x.nonce = *n;
             check_work(&x.hash(), 20).is_err()
         });
-        let err = m.handle_solution(bad.expect("some nonce fails"), &key());
+        let err = m.handle_solution(&RustCrypto, bad.expect("some nonce fails"), &key());
         assert!(matches!(
             err,
             Err(Error::Rejected(Rejected::InsufficientWork { .. }))

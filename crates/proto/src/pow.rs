@@ -3,19 +3,17 @@
 //! significant bit of the first hash byte).
 //!
 //! The first 64 header bytes never change while solving, so [`PowSolver`]
-//! compresses them once (the midstate); each try then writes the nonce into
-//! the second block, which already holds SHA-256's padding, and costs exactly
-//! one compression. Verification is one hash.
+//! has the provider compress them once (the midstate,
+//! [`CryptoProvider::sha256_midstate`]); each try writes the nonce into the
+//! remaining 36 bytes and resumes from it ([`CryptoProvider::sha256_resume`]),
+//! which costs exactly one compression because the 36 bytes and SHA-256's
+//! padding fit one block. This is the only nonce search: the Linux relay's
+//! threads, the firmware (on the SHA accelerator) and the tests all run it
+//! with their provider. Verification is one hash.
 
-use sha2::block_api::compress256;
-
+use crate::crypto::CryptoProvider;
 use crate::wire::block::{BlockHeaderRepr, HEADER_LEN, NONCE_OFFSET};
 use crate::{Hash, Rejected};
-
-/// SHA-256 initial state (FIPS 180-4, 5.3.3).
-const SHA256_IV: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-];
 
 /// Number of leading zero bits of a hash.
 pub fn leading_zero_bits(h: &Hash) -> u8 {
@@ -40,50 +38,37 @@ pub fn check_work(hash: &Hash, required: u8) -> Result<(), Rejected> {
     Ok(())
 }
 
-/// Leading zero bits of a state word sequence, without serialising it.
-fn state_leading_zeros(state: &[u32; 8]) -> u32 {
-    let mut n = 0;
-    for &w in state {
-        if w == 0 {
-            n += 32;
-        } else {
-            return n + w.leading_zeros();
-        }
-    }
-    n
-}
+/// Header bytes after the first 64-byte block (the part each try rewrites).
+pub const TAIL_LEN: usize = HEADER_LEN - 64;
+
+/// Offset of the nonce within the header's tail.
+const TAIL_NONCE: usize = NONCE_OFFSET - 64;
 
 /// Searches nonces for a header, in bounded chunks so any driver (a thread,
-/// a firmware task, a simulator) can interleave it with other work.
-#[derive(Clone, Debug)]
-pub struct PowSolver {
-    midstate: [u32; 8],
-    tail: [u8; 64],
+/// a firmware task, a simulator) can interleave it with other work. Its
+/// midstate belongs to the provider that made it: pass the same provider to
+/// every [`PowSolver::solve_for`].
+pub struct PowSolver<C: CryptoProvider> {
+    midstate: C::Sha256Midstate,
+    tail: [u8; TAIL_LEN],
     difficulty: u8,
     next_nonce: u64,
     stride: u64,
     tries: u64,
 }
 
-/// Offset of the nonce within the header's second 64-byte block.
-const TAIL_NONCE: usize = NONCE_OFFSET - 64;
-
-impl PowSolver {
+impl<C: CryptoProvider> PowSolver<C> {
     /// A solver for `header` at `header.difficulty`, trying nonces `start`,
     /// `start + stride`, `start + 2·stride`, … (workers take distinct `start`s
     /// with a common `stride`). The header's own nonce is ignored.
-    pub fn new(header: &BlockHeaderRepr, start: u64, stride: u64) -> Self {
+    pub fn new(provider: &C, header: &BlockHeaderRepr, start: u64, stride: u64) -> Self {
         let bytes = header.to_bytes();
         let mut first = [0u8; 64];
         first.copy_from_slice(&bytes[..64]);
-        let mut midstate = SHA256_IV;
-        compress256(&mut midstate, &[first]);
-        let mut tail = [0u8; 64];
-        tail[..HEADER_LEN - 64].copy_from_slice(&bytes[64..]);
-        tail[HEADER_LEN - 64] = 0x80;
-        tail[56..].copy_from_slice(&((HEADER_LEN as u64) * 8).to_be_bytes());
+        let mut tail = [0u8; TAIL_LEN];
+        tail.copy_from_slice(&bytes[64..]);
         PowSolver {
-            midstate,
+            midstate: provider.sha256_midstate(&first),
             tail,
             difficulty: header.difficulty,
             next_nonce: start,
@@ -93,16 +78,14 @@ impl PowSolver {
     }
 
     /// Tries at most `max_tries` nonces; returns the first that meets the difficulty.
-    pub fn solve_for(&mut self, max_tries: u64) -> Option<u64> {
-        let want = u32::from(self.difficulty);
+    pub fn solve_for(&mut self, provider: &C, max_tries: u64) -> Option<u64> {
         for _ in 0..max_tries {
             let nonce = self.next_nonce;
             self.next_nonce = self.next_nonce.wrapping_add(self.stride);
             self.tries += 1;
             self.tail[TAIL_NONCE..TAIL_NONCE + 8].copy_from_slice(&nonce.to_le_bytes());
-            let mut state = self.midstate;
-            compress256(&mut state, core::slice::from_ref(&self.tail));
-            if state_leading_zeros(&state) >= want {
+            let hash = provider.sha256_resume(&mut self.midstate, &self.tail);
+            if leading_zero_bits(&hash) >= self.difficulty {
                 return Some(nonce);
             }
         }
@@ -115,20 +98,35 @@ impl PowSolver {
     }
 }
 
-/// Solves `header` on the calling thread (tests, tools); sets and returns the nonce.
+impl<C: CryptoProvider> core::fmt::Debug for PowSolver<C> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PowSolver")
+            .field("difficulty", &self.difficulty)
+            .field("next_nonce", &self.next_nonce)
+            .field("stride", &self.stride)
+            .field("tries", &self.tries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Solves `header` on the calling thread with [`RustCrypto`](crate::crypto::RustCrypto)
+/// (tests, tools); sets and returns the nonce.
+#[cfg(feature = "rustcrypto")]
 pub fn solve_blocking(header: &mut BlockHeaderRepr) -> u64 {
-    let mut s = PowSolver::new(header, 0, 1);
+    let p = crate::crypto::RustCrypto;
+    let mut s = PowSolver::new(&p, header, 0, 1);
     loop {
-        if let Some(n) = s.solve_for(1 << 16) {
+        if let Some(n) = s.solve_for(&p, 1 << 16) {
             header.nonce = n;
             return n;
         }
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "rustcrypto"))]
 mod tests {
     use super::*;
+    use crate::crypto::RustCrypto;
 
     fn header(difficulty: u8) -> BlockHeaderRepr {
         BlockHeaderRepr {
@@ -145,20 +143,16 @@ mod tests {
 
     #[test]
     fn midstate_try_equals_full_header_hash() {
+        let p = RustCrypto;
         let h = header(0);
-        let mut s = PowSolver::new(&h, 77, 1);
-        assert_eq!(s.solve_for(1), Some(77));
+        let mut s = PowSolver::new(&p, &h, 77, 1);
+        assert_eq!(s.solve_for(&p, 1), Some(77));
         let mut with_nonce = h;
         with_nonce.nonce = 77;
         // Recompute the same try by hand and compare with the plain hash.
-        let mut st = s.midstate;
         let mut tail = s.tail;
         tail[TAIL_NONCE..TAIL_NONCE + 8].copy_from_slice(&77u64.to_le_bytes());
-        compress256(&mut st, &[tail]);
-        let mut bytes = [0u8; 32];
-        for (c, w) in bytes.chunks_exact_mut(4).zip(st) {
-            c.copy_from_slice(&w.to_be_bytes());
-        }
+        let bytes = p.sha256_resume(&mut s.midstate, &tail);
         assert_eq!(bytes, with_nonce.hash());
     }
 

@@ -2,6 +2,10 @@
 //! flight at a time (stop-and-wait), retransmission with exponential backoff
 //! and random jitter, and authenticated ACKs that also synchronise the clock.
 //!
+//! The backlog lives in storage the caller owns ([`MeterSender::with_backlog`]:
+//! an array, a static slice, a boxed slice); [`Sender`] is the sender with an
+//! inline array of `N` readings.
+//!
 //! ## Driving it
 //! 1. `push_reading` whenever a measurement interval ends.
 //! 2. Loop `poll_transmit(now, entropy, buf)` until it returns `Ok(None)`,
@@ -195,37 +199,46 @@ struct InFlight {
     deadline: Instant,
 }
 
-/// A fixed-capacity ring of readings with consecutive sequence numbers.
-struct Backlog<const N: usize> {
-    items: [Reading; N],
+/// A ring of readings with consecutive sequence numbers, in storage the
+/// caller owns (never empty: checked at construction).
+struct Backlog<S> {
+    items: S,
     head: usize,
     len: usize,
 }
 
-impl<const N: usize> Backlog<N> {
+impl<S: AsRef<[Reading]> + AsMut<[Reading]>> Backlog<S> {
+    fn capacity(&self) -> usize {
+        self.items.as_ref().len()
+    }
+    fn is_full(&self) -> bool {
+        self.len == self.capacity()
+    }
     fn pop_front(&mut self) -> Option<Reading> {
         if self.len == 0 {
             return None;
         }
-        let r = self.items[self.head];
-        self.head = (self.head + 1) % N;
+        let r = self.items.as_ref()[self.head];
+        self.head = (self.head + 1) % self.capacity();
         self.len -= 1;
         Some(r)
     }
     fn push_back(&mut self, r: Reading) -> bool {
-        if self.len == N {
+        if self.is_full() {
             return false;
         }
-        self.items[(self.head + self.len) % N] = r;
+        let at = (self.head + self.len) % self.capacity();
+        self.items.as_mut()[at] = r;
         self.len += 1;
         true
     }
     fn push_front(&mut self, r: Reading) -> bool {
-        if self.len == N {
+        if self.is_full() {
             return false;
         }
-        self.head = (self.head + N - 1) % N;
-        self.items[self.head] = r;
+        self.head = (self.head + self.capacity() - 1) % self.capacity();
+        let at = self.head;
+        self.items.as_mut()[at] = r;
         self.len += 1;
         true
     }
@@ -237,14 +250,18 @@ fn uniform(entropy: u32, max: Duration) -> Duration {
     Duration::from_micros(u64::from(entropy) % (max.as_micros() + 1))
 }
 
-/// The meter-side state machine; `N` is the backlog capacity in readings.
-pub struct Sender<C: CryptoProvider, const N: usize> {
+/// The meter-side state machine over backlog storage `S` the caller owns
+/// (as smoltcp's sockets own no buffers): any mutable slice of readings,
+/// whose length is the backlog capacity — an inline array ([`Sender`]), a
+/// `&'static mut [Reading]` in firmware, or a `Box<[Reading]>` sized at run
+/// time on the host, so one type serves every capacity.
+pub struct MeterSender<C: CryptoProvider, S> {
     provider: C,
     keys: MeterKeys<C>,
     cfg: SenderConfig,
     epoch: u32,
     next_counter: u32,
-    backlog: Backlog<N>,
+    backlog: Backlog<S>,
     /// Sequence number of the backlog's front (or of the next reading when empty).
     backlog_seq: u32,
     in_flight: Option<InFlight>,
@@ -261,10 +278,12 @@ pub struct Sender<C: CryptoProvider, const N: usize> {
     stats: SenderStats,
 }
 
-impl<C: CryptoProvider, const N: usize> Sender<C, N> {
-    /// A sender for a freshly booted meter: `boot_epoch` must be larger than any
-    /// epoch used before with this key (persist it), counters start at 0, and
-    /// reading sequence numbers at `first_seq`.
+/// A [`MeterSender`] whose backlog of `N` readings is an array inside it.
+pub type Sender<C, const N: usize> = MeterSender<C, [Reading; N]>;
+
+impl<C: CryptoProvider, const N: usize> MeterSender<C, [Reading; N]> {
+    /// A sender with an inline backlog of `N` readings; see
+    /// [`MeterSender::with_backlog`].
     pub fn new(
         provider: C,
         cfg: SenderConfig,
@@ -272,18 +291,40 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
         boot_epoch: u32,
         first_seq: u32,
     ) -> Result<Self, Error> {
-        if N == 0 || cfg.max_readings_per_frame == 0 || cfg.max_readings_per_frame > MAX_READINGS {
+        let backlog = [Reading::default(); N];
+        Self::with_backlog(provider, cfg, secret, boot_epoch, first_seq, backlog)
+    }
+}
+
+impl<C: CryptoProvider, S: AsRef<[Reading]> + AsMut<[Reading]>> MeterSender<C, S> {
+    /// A sender for a freshly booted meter: `boot_epoch` must be larger than any
+    /// epoch used before with this key (persist it), counters start at 0, and
+    /// reading sequence numbers at `first_seq`. `backlog` holds the readings
+    /// waiting (its contents are overwritten); its length is the capacity and
+    /// must not be 0.
+    pub fn with_backlog(
+        provider: C,
+        cfg: SenderConfig,
+        secret: &MeterSecret,
+        boot_epoch: u32,
+        first_seq: u32,
+        backlog: S,
+    ) -> Result<Self, Error> {
+        if backlog.as_ref().is_empty()
+            || cfg.max_readings_per_frame == 0
+            || cfg.max_readings_per_frame > MAX_READINGS
+        {
             return Err(Misuse::InvalidArgument.into());
         }
         let keys = MeterKeys::new(&provider, cfg.key_id, secret);
-        Ok(Sender {
+        Ok(MeterSender {
             provider,
             keys,
             cfg,
             epoch: boot_epoch,
             next_counter: 0,
             backlog: Backlog {
-                items: [Reading::default(); N],
+                items: backlog,
                 head: 0,
                 len: 0,
             },
@@ -348,7 +389,7 @@ impl<C: CryptoProvider, const N: usize> Sender<C, N> {
             return PushOutcome::SeqExhausted;
         }
         let mut dropped = None;
-        if self.backlog.len == N {
+        if self.backlog.is_full() {
             self.backlog.pop_front();
             dropped = Some(self.backlog_seq);
             self.backlog_seq = self.backlog_seq.wrapping_add(1);

@@ -94,9 +94,9 @@ fn build_block(frames: &[Vec<u8>], difficulty: u8) -> Vec<u8> {
         b.push_leaf(f).expect("room");
     }
     let mut hd = b.header(9, 4, [3; 32], 1_700_000_000_000, difficulty);
-    let mut s = PowSolver::new(&hd, 0, 1);
+    let mut s = PowSolver::new(&RustCrypto, &hd, 0, 1);
     hd.nonce = loop {
-        if let Some(n) = s.solve_for(1 << 16) {
+        if let Some(n) = s.solve_for(&RustCrypto, 1 << 16) {
             break n;
         }
     };

@@ -367,9 +367,9 @@ fn header() -> BlockHeaderRepr {
 fn block_header_and_pow_vectors_match() {
     let mut hd = header();
     let unsolved = hd.to_bytes();
-    let mut solver = PowSolver::new(&hd, 0, 1);
+    let mut solver = PowSolver::new(&RustCrypto, &hd, 0, 1);
     let nonce = loop {
-        if let Some(n) = solver.solve_for(1 << 20) {
+        if let Some(n) = solver.solve_for(&RustCrypto, 1 << 20) {
             break n;
         }
     };
@@ -447,9 +447,9 @@ pub fn signed_block() -> (Vec<u8>, BlockHeaderRepr, Vec<Vec<u8>>) {
         b.push_leaf(f).expect("room");
     }
     let mut hd = b.header(3, 0, [0; 32], GENESIS_TIME_MS, 8);
-    let mut solver = PowSolver::new(&hd, 0, 1);
+    let mut solver = PowSolver::new(&RustCrypto, &hd, 0, 1);
     hd.nonce = loop {
-        if let Some(n) = solver.solve_for(1 << 16) {
+        if let Some(n) = solver.solve_for(&RustCrypto, 1 << 16) {
             break n;
         }
     };
@@ -668,7 +668,7 @@ fn assemble(mut hd: BlockHeaderRepr, key: &SigningKey, leaves: &[Vec<u8>], solve
         })
         .expect("a nonce");
     let mut out = hd.to_bytes().to_vec();
-    out.extend_from_slice(&gridpow_proto::block::sign_header(&hd, key));
+    out.extend_from_slice(&gridpow_proto::block::sign_header(&RustCrypto, &hd, key));
     for l in leaves {
         out.extend_from_slice(&(l.len() as u16).to_le_bytes());
         out.extend_from_slice(l);

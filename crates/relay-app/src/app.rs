@@ -8,7 +8,6 @@ use core::future::Future;
 use embassy_futures::join::join3;
 use embassy_futures::select::{select, Either};
 use embassy_futures::yield_now;
-use gridpow_firmware_logic::pow::PowHasher;
 use gridpow_firmware_logic::standalone::{RelayStore, StandaloneRelay};
 use gridpow_proto::crypto::CryptoProvider;
 use gridpow_proto::lifecycle::ReceiptOutcome;
@@ -99,15 +98,13 @@ pub struct AppStats {
 }
 
 /// What the application owns besides the relay: its drivers.
-pub struct Parts<R, T, K, H, G, L> {
+pub struct Parts<R, T, K, G, L> {
     /// The radio.
     pub radio: R,
     /// The clock.
     pub clock: T,
     /// Connects to the broker.
     pub connector: K,
-    /// The proof-of-work engine (the SHA accelerator on the ESP32).
-    pub hasher: H,
     /// A cryptographic RNG for TLS.
     pub rng: G,
     /// Where log lines go.
@@ -115,13 +112,13 @@ pub struct Parts<R, T, K, H, G, L> {
 }
 
 /// The standalone relay application. See the crate docs for how to drive it.
-pub struct App<'r, 'a, 'n, 'b, C, S, const M: usize, R, T, K, H, G, L>
+pub struct App<'r, 'a, 'n, 'b, C, S, const M: usize, R, T, K, G, L>
 where
     C: CryptoProvider,
     S: RelayStore,
 {
     relay: &'r RefCell<StandaloneRelay<'a, C, S, M>>,
-    parts: Parts<R, T, K, H, G, L>,
+    parts: Parts<R, T, K, G, L>,
     cfg: AppConfig,
     net: gridpow_relay_net::Config<'n>,
     bufs: NetBuffers<'b>,
@@ -208,15 +205,14 @@ where
     }
 }
 
-impl<'r, 'a, 'n, 'b, C, S, const M: usize, R, T, K, H, G, L>
-    App<'r, 'a, 'n, 'b, C, S, M, R, T, K, H, G, L>
+impl<'r, 'a, 'n, 'b, C, S, const M: usize, R, T, K, G, L>
+    App<'r, 'a, 'n, 'b, C, S, M, R, T, K, G, L>
 where
     C: CryptoProvider,
     S: RelayStore,
     R: Radio,
     T: Clock,
     K: Connector,
-    H: PowHasher,
     G: CryptoRngCore,
     L: Log,
 {
@@ -224,7 +220,7 @@ where
     /// publishing with the transport settings `net`.
     pub fn new(
         relay: &'r RefCell<StandaloneRelay<'a, C, S, M>>,
-        parts: Parts<R, T, K, H, G, L>,
+        parts: Parts<R, T, K, G, L>,
         cfg: AppConfig,
         net: gridpow_relay_net::Config<'n>,
         bufs: NetBuffers<'b>,
@@ -245,7 +241,7 @@ where
     }
 
     /// The drivers back (after [`App::run`] returned).
-    pub fn into_parts(self) -> Parts<R, T, K, H, G, L> {
+    pub fn into_parts(self) -> Parts<R, T, K, G, L> {
         self.parts
     }
 
@@ -261,7 +257,6 @@ where
             radio,
             clock,
             connector,
-            hasher,
             rng,
             log,
         } = &mut self.parts;
@@ -285,7 +280,7 @@ where
         };
         let work = join3(
             radio_until_stop,
-            seal_loop(sh, hasher),
+            seal_loop(sh),
             net_loop(sh, connector, rng, &self.net, &mut self.bufs),
         );
         select(work, status_loop(sh)).await;
@@ -347,15 +342,12 @@ async fn radio_loop<C, S, const M: usize, T, L, R>(
 }
 
 /// Seals due batches and solves their proof of work in chunks.
-async fn seal_loop<C, S, const M: usize, T, L, H>(
-    sh: &Shared<'_, '_, C, S, M, T, L>,
-    hasher: &mut H,
-) where
+async fn seal_loop<C, S, const M: usize, T, L>(sh: &Shared<'_, '_, C, S, M, T, L>)
+where
     C: CryptoProvider,
     S: RelayStore,
     T: Clock,
     L: Log,
-    H: PowHasher,
 {
     loop {
         let now = sh.clock.now();
@@ -365,7 +357,7 @@ async fn seal_loop<C, S, const M: usize, T, L, H>(
                 r.request_flush();
             }
             r.poll_seal(now, sh.clock.wall_ms());
-            let sealed = r.poll_pow(hasher, sh.cfg.pow_chunk);
+            let sealed = r.poll_pow(sh.cfg.pow_chunk);
             (sealed, r.is_solving(), r.poll_timeout(), r.pending_frames())
         };
         if let Some(b) = sealed {

@@ -20,8 +20,9 @@
 //! # How to drive it
 //!
 //! The firmware (or the host binary) implements [`Radio`], [`Clock`],
-//! [`Connector`] and [`Log`], picks a [`PowHasher`](gridpow_firmware_logic::pow::PowHasher)
-//! and a cryptographic RNG, builds the relay over its storage, and runs:
+//! [`Connector`] and [`Log`], picks a cryptographic RNG, builds the relay
+//! over its storage and crypto provider (which also solves the proof of
+//! work), and runs:
 //!
 //! ```text
 //! let journal = Journal::<_, OUTBOX>::open(flash, RelayState::default())?;
@@ -30,7 +31,7 @@
 //! let mut relay = StandaloneRelay::new(/* config, provider, meters, keys, */ tip, journal, storage)?;
 //! relay.recover(clock.now())?; // unconfirmed blocks and ACKed frames back from the journal
 //! let relay = RefCell::new(relay);
-//! let parts = Parts { radio, clock, connector, hasher, rng, log };
+//! let parts = Parts { radio, clock, connector, rng, log };
 //! let net = gridpow_relay_net::Config { relay_id, client_id, server_name, ca_der,
 //!     identity: Some(Identity { cert_der, key_der }), keep_alive_s: 30, session_expiry_s: 7 * 86_400 };
 //! let bufs = NetBuffers { tls_read: &mut rx, tls_write: &mut tx, arena: &mut arena, block: &mut block };

@@ -8,7 +8,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use embedded_io_adapters::tokio_1::FromTokio;
-use gridpow_firmware_logic::pow::SoftPowHasher;
 use gridpow_firmware_logic::provisioning::RelayMeter;
 use gridpow_firmware_logic::standalone::{
     RamStore, RelayStorage, StandaloneConfig, StandaloneRelay,
@@ -116,7 +115,6 @@ async fn frames_are_acked_and_sealed_while_offline_and_reconnects_back_off_to_30
             connector: Unreachable {
                 attempts: attempts.clone(),
             },
-            hasher: SoftPowHasher::default(),
             rng: rand::rngs::OsRng,
             log: NoLog,
         },

@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use ed25519_dalek::SigningKey;
+use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::Hash;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -145,7 +146,10 @@ impl ChainLoop {
                     return;
                 };
                 self.pool.finish(id);
-                let res = self.lifecycle.lock().handle_solution(nonce, &self.key);
+                let res = self
+                    .lifecycle
+                    .lock()
+                    .handle_solution(&RustCrypto, nonce, &self.key);
                 if let Err(e) = res {
                     tracing::error!(height = j.height, error = %e, "worker reported a bad nonce; solving again");
                     if let Some(h) = self.lifecycle.lock().job().copied() {

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::pow::PowSolver;
 use gridpow_proto::wire::BlockHeaderRepr;
 
@@ -149,7 +150,7 @@ impl Drop for PowPool {
 
 fn worker(index: u64, stride: u64, jobs: &Receiver<Job>, report: &Sender<PowReport>) {
     while let Ok(job) = jobs.recv() {
-        let mut solver = PowSolver::new(&job.header, index, stride);
+        let mut solver = PowSolver::new(&RustCrypto, &job.header, index, stride);
         let outcome = loop {
             if job.stop.load(Ordering::Relaxed) {
                 break PowReport::Stopped {
@@ -157,7 +158,7 @@ fn worker(index: u64, stride: u64, jobs: &Receiver<Job>, report: &Sender<PowRepo
                     tries: solver.tries(),
                 };
             }
-            if let Some(nonce) = solver.solve_for(CHUNK) {
+            if let Some(nonce) = solver.solve_for(&RustCrypto, CHUNK) {
                 job.stop.store(true, Ordering::Relaxed);
                 break PowReport::Solved {
                     job: job.id,
@@ -212,9 +213,9 @@ pub fn benchmark(threads: usize, duration: Duration) -> PowBenchmark {
         let hs: Vec<_> = (0..threads)
             .map(|i| {
                 s.spawn(move || {
-                    let mut solver = PowSolver::new(&header, i as u64, threads as u64);
+                    let mut solver = PowSolver::new(&RustCrypto, &header, i as u64, threads as u64);
                     while start.elapsed() < duration {
-                        let _ = solver.solve_for(CHUNK);
+                        let _ = solver.solve_for(&RustCrypto, CHUNK);
                     }
                     solver.tries()
                 })

@@ -7,7 +7,6 @@
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridpow_firmware_logic::journal::Journal;
-use gridpow_firmware_logic::pow::SoftPowHasher;
 use gridpow_firmware_logic::provisioning::RelayMeter;
 use gridpow_firmware_logic::standalone::{
     RelayError, RelayStorage, StandaloneConfig, StandaloneRelay,
@@ -173,7 +172,6 @@ fn run(cut: Option<usize>) -> Result<(u32, usize), &'static str> {
     let mut cuts = 0;
     let mut blocks = [0u8; 2 * 4096];
     let mut outbox = [OutboxEntry::FREE; 2];
-    let mut hasher = SoftPowHasher::default();
     let mut t_ms = 0u64;
     'boot: loop {
         if cuts == 1 {
@@ -215,7 +213,7 @@ fn run(cut: Option<usize>) -> Result<(u32, usize), &'static str> {
                 }
             }
             relay.poll_seal(now, wall);
-            while relay.poll_pow(&mut hasher, 4096).is_some() {}
+            while relay.poll_pow(4096).is_some() {}
             if relay.stats().store_errors > 0 {
                 cuts += 1;
                 continue 'boot;

@@ -5,7 +5,6 @@
 //! rules of docs/protocol.md §10 (stored frees the block, quarantined keeps it).
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use gridpow_firmware_logic::pow::SoftPowHasher;
 use gridpow_firmware_logic::provisioning::RelayMeter;
 use gridpow_firmware_logic::journal::Journal;
 use gridpow_firmware_logic::standalone::{RelayStorage, StandaloneConfig, StandaloneRelay};
@@ -97,9 +96,8 @@ fn frames_become_a_verified_block_and_only_a_stored_receipt_frees_it() -> Outcom
     }
     check_eq!(relay.pending_frames(), 10);
     relay.poll_seal(Instant::from_millis(10_000), Some(2_000));
-    let mut hasher = SoftPowHasher::default();
     let sealed = loop {
-        if let Some(b) = relay.poll_pow(&mut hasher, 64) {
+        if let Some(b) = relay.poll_pow(64) {
             break b;
         }
     };

@@ -301,10 +301,10 @@ fn block_header_hash_and_pow_match() -> Outcome {
 fn pow_nonce_is_the_smallest_solution() -> Outcome {
     // The whole search from nonce 0, as the vector was made: ~220 000
     // SHA-256 compressions on the 32-bit CPU.
-    let mut solver = PowSolver::new(&vector_header(0), 0, 1);
+    let mut solver = PowSolver::new(&RustCrypto, &vector_header(0), 0, 1);
     let mut found = None;
     for _ in 0..64 {
-        found = solver.solve_for(1 << 16);
+        found = solver.solve_for(&RustCrypto, 1 << 16);
         if found.is_some() {
             break;
         }

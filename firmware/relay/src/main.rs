@@ -51,7 +51,6 @@ use gridpow_firmware_logic::journal::Journal;
 use gridpow_firmware_logic::layout::{
     CONFIG_OFFSET, CONFIG_SIZE, JOURNAL_OFFSET, JOURNAL_SIZE, STATE_OFFSET, STATE_SIZE,
 };
-use gridpow_firmware_logic::pow::{PowHasher, TAIL_LEN};
 use gridpow_firmware_logic::provisioning::{RelayConfig, RelayMode, RelayTls, MAX_RELAY_METERS};
 use gridpow_firmware_logic::standalone::{RelayStorage, StandaloneConfig, StandaloneRelay};
 use gridpow_firmware_logic::state::{RelayState, StateLog, KIND_RELAY};
@@ -61,7 +60,7 @@ use gridpow_proto::{Instant, MacAddr};
 use gridpow_relay_app::{App, AppConfig, Level, Log, NetBuffers, Parts};
 use gridpow_relay_net::{Identity, ARENA_LEN, TLS_READ_BUF, TLS_WRITE_BUF};
 
-use crate::hw::{feed, finish, EspAes, EspSha, Partition};
+use crate::hw::{EspAes, EspSha, Partition};
 use crate::net::{BrokerConnector, ChannelHandoff, Controller, EspClock, WallClock};
 use crate::radio::EspNowRadio;
 
@@ -90,46 +89,6 @@ macro_rules! mk_static {
 }
 
 type Provider = &'static Accelerated<EspAes, EspSha>;
-
-/// The proof of work on the SHA accelerator: the first 64 header bytes are
-/// absorbed once and the peripheral's state saved as a midstate; each try
-/// restores it. The accelerator is shared with the ingress (ACK HMACs), so
-/// it is borrowed per call, and a try that finds it busy never solves.
-struct AccelPow {
-    provider: Provider,
-    midstate: Option<esp_hal::sha::Context<esp_hal::sha::Sha256>>,
-}
-
-impl PowHasher for AccelPow {
-    fn begin(&mut self, first: &[u8; 64]) {
-        self.midstate = self.provider.with_sha(|sha| {
-            let mut d = esp_hal::sha::ShaDigest::<esp_hal::sha::Sha256, _>::new(&mut sha.sha);
-            feed(&mut d, first);
-            let mut ctx = esp_hal::sha::Context::new();
-            let saved: Result<(), core::convert::Infallible> = nb::block!(d.save(&mut ctx));
-            if let Err(never) = saved {
-                match never {}
-            }
-            ctx
-        });
-    }
-
-    fn hash_tail(&mut self, tail: &[u8; TAIL_LEN]) -> [u8; 32] {
-        // No midstate: a hash without leading zeros never solves.
-        let Some(saved) = self.midstate.as_mut() else {
-            return [0xff; 32];
-        };
-        self.provider
-            .with_sha(|sha| {
-                // `restore` copies the saved state into the peripheral, so
-                // one midstate serves every try.
-                let mut d = esp_hal::sha::ShaDigest::restore(&mut sha.sha, saved);
-                feed(&mut d, tail);
-                finish(&mut d)
-            })
-            .unwrap_or([0xff; 32])
-    }
-}
 
 /// Stops here, logging why, when the relay cannot run.
 async fn halt(why: &dyn core::fmt::Display) -> ! {
@@ -515,10 +474,6 @@ async fn run_standalone(
         radio: EspNowRadio::new(ctrl, handoff, relay),
         clock: EspClock { wall },
         connector,
-        hasher: AccelPow {
-            provider,
-            midstate: None,
-        },
         rng,
         log: SerialLog,
     };

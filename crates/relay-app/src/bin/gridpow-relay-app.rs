@@ -24,7 +24,6 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Parser;
 use gridpow_firmware_logic::journal::Journal;
-use gridpow_firmware_logic::pow::SoftPowHasher;
 use gridpow_firmware_logic::provisioning::MAX_RELAY_METERS;
 use gridpow_firmware_logic::standalone::{RelayStorage, StandaloneConfig, StandaloneRelay};
 use gridpow_firmware_logic::state::{Flash, RelayState};
@@ -260,7 +259,6 @@ fn run(a: Args) -> anyhow::Result<()> {
                     host: host.clone(),
                     port,
                 },
-                hasher: SoftPowHasher::default(),
                 rng: rand::rngs::OsRng,
                 log: TracingLog,
             },
