@@ -66,7 +66,6 @@
 
 use std::time::{Duration, Instant};
 
-use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_common::keys::{InitOptions, KeyDir};
 use gridpow_common::topics;
 use gridpow_proto::block::BlockBuilder;
@@ -76,11 +75,12 @@ use gridpow_proto::wire::uplink::{seal, UplinkHeader};
 use gridpow_proto::wire::Reading;
 use gridpow_server::config::{HttpConfig, MqttConfig};
 use gridpow_server::keyring::Keyring;
-use gridpow_server::pg_harness::{PgOptions, PgServer};
 use gridpow_server::store::postgres::PgConn;
 use gridpow_server::store::{Arrival, Ingest, PgStore, SqliteStore, Store};
 use gridpow_server::verify::{verify_payload, VerifiedBlockData};
 use gridpow_server::{Server, ServerConfig};
+use gridpow_testkit::pg_harness::{PgOptions, PgServer};
+use gridpow_testkit::{Mosquitto, MosquittoOptions};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};

@@ -44,8 +44,6 @@ pub mod intervals;
 pub mod keyring;
 pub mod ledger;
 pub mod metrics;
-#[cfg(any(test, feature = "test-support"))]
-pub mod pg_harness;
 pub mod plausibility;
 pub mod relay_status;
 mod server;
@@ -57,10 +55,14 @@ pub use ledger::{verify_ledger, BlockFault, LedgerError, LedgerReport, RelayFork
 pub use metrics::ServerStats;
 pub use server::{Server, ServerError, ServerHandle};
 
+// The store's unit tests (`store/tests.rs`) name the private PostgreSQL of
+// the test harness `crate::pg_harness`.
+#[cfg(test)]
+use gridpow_testkit::pg_harness;
+
 /// The HTTP application exactly as [`Server`] serves it (host check, tokens,
 /// roles, page caps, handlers, database readers), without a listener or MQTT:
 /// for the HTTP fuzz target and tests that drive requests in-process.
-#[cfg(feature = "test-support")]
 pub fn http_app(cfg: &ServerConfig) -> Result<axum::Router, ServerError> {
     let keys = gridpow_common::keys::KeyDir::new(&cfg.keys_dir);
     let shared = std::sync::Arc::new(metrics::Shared::default());

@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use common::Site;
 use gridpow_server::keyring::Keyring;
-use gridpow_server::pg_harness::PgServer;
 use gridpow_server::store::{
     Arrival, Ingest, Outcome, PgStore, QuarantineItem, SqliteStore, Store,
 };
 use gridpow_server::verify::{verify_payload, RejectKind, MAX_BLOCK_BYTES};
 use gridpow_server::{verify_ledger, RelayForks};
+use gridpow_testkit::pg_harness::PgServer;
 
 /// A fresh database of one backend: the writer and the URL `verify_ledger` takes.
 struct Db {

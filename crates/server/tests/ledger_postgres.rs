@@ -10,10 +10,10 @@ mod common;
 use common::ledger::{self as cases, Tamper};
 use common::Site;
 use gridpow_proto::Hash;
-use gridpow_server::pg_harness::PgServer;
 use gridpow_server::store::postgres::PgConn;
 use gridpow_server::store::PgStore;
 use gridpow_server::{verify_ledger, BlockFault, LedgerError, LedgerReport};
+use gridpow_testkit::pg_harness::PgServer;
 
 struct Ledger {
     site: Site,

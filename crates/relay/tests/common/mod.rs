@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_common::keys::{InitOptions, KeyDir};
 use gridpow_common::radio::Medium;
 use gridpow_common::topics;
@@ -20,6 +19,7 @@ use gridpow_proto::ingress::{first_new_index, DeliveredMark};
 use gridpow_proto::wire::{BlockHeaderRepr, Reading, ReceiptRepr, ReceiptStatus};
 use gridpow_proto::Hash;
 use gridpow_relay::{Relay, RelayConfig, RelayHandle, RelayStats};
+use gridpow_testkit::{Mosquitto, MosquittoOptions};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
 /// The seed of a test: `GRIDPOW_TEST_SEED` or the clock; printed so a failure can be replayed.
