@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use gridpow_common::keys::KeyDir;
 use gridpow_common::net::wait_listening;
+use gridpow_keys::KeyDir;
 
 /// Why a broker could not start.
 #[derive(Debug, thiserror::Error)]

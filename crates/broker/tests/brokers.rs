@@ -1,7 +1,7 @@
 //! The embedded broker starts from a fresh key directory and listens with TLS.
 
 use gridpow_broker::{start_embedded, EmbeddedOptions};
-use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_keys::{InitOptions, KeyDir};
 
 #[test]
 fn embedded_broker_listens_with_tls_on_two_ports() {

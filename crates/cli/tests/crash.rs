@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::export_bundle;
-use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_testkit::{Mosquitto, MosquittoOptions};
 
 struct Proc {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{export_bundle, free_udp_port, start_stack, write_meters_config};
-use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_testkit::{Mosquitto, MosquittoOptions};
 
 type Key = (u32, u32, u32);

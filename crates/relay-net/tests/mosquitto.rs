@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use embedded_io_adapters::tokio_1::FromTokio;
-use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_relay_net::error::{Io, Tls};
 use gridpow_relay_net::{
     Arena, Config, Connection, Error, Identity, Link, Start, TlsBuffers, ARENA_LEN, TLS_READ_BUF,

@@ -124,10 +124,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use gridpow_common::keys::KeyDir;
-use gridpow_common::radio::{RadioPort, UdpAir};
+use gridpow_keys::KeyDir;
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::ingress::{Ingress, IngressConfig};
+use gridpow_radio::{RadioPort, UdpAir};
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::{
@@ -171,7 +171,7 @@ impl Relay {
     ) -> Result<RelayHandle, RelayError> {
         cfg.validate(Path::new("relay configuration"))?;
         let keys = KeyDir::new(&cfg.keys_dir);
-        keys.check_role(gridpow_common::keys::Role::Relay(cfg.relay_id))?;
+        keys.check_role(gridpow_keys::Role::Relay(cfg.relay_id))?;
         let signing_key = keys.relay_signing_key(cfg.relay_id)?;
         let server_key = keys.server_verifying_key()?;
         let mut table = table::HashMeterTable::from_key_dir(&keys)?;

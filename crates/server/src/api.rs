@@ -20,7 +20,7 @@ use axum::middleware::from_fn;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use gridpow_common::keys::KeyDir;
+use gridpow_keys::KeyDir;
 use gridpow_proto::merkle::{inclusion_proof, leaf_hash, verify_inclusion, MAX_PROOF_LEN};
 use gridpow_proto::wire::block::signing_message;
 use gridpow_proto::wire::BlockPacket;

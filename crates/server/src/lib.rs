@@ -64,7 +64,7 @@ use gridpow_testkit::pg_harness;
 /// roles, page caps, handlers, database readers), without a listener or MQTT:
 /// for the HTTP fuzz target and tests that drive requests in-process.
 pub fn http_app(cfg: &ServerConfig) -> Result<axum::Router, ServerError> {
-    let keys = gridpow_common::keys::KeyDir::new(&cfg.keys_dir);
+    let keys = gridpow_keys::KeyDir::new(&cfg.keys_dir);
     let shared = std::sync::Arc::new(metrics::Shared::default());
     // Applies the migrations, so the readers find a schema.
     drop(store::open_store(&cfg.db)?);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use gridpow_common::keys::KeyDir;
+use gridpow_keys::KeyDir;
 
 use crate::{free_port, wait_listening};
 

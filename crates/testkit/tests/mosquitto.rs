@@ -1,7 +1,7 @@
 //! A private Mosquitto starts from a fresh key directory and comes back on
 //! the same port after a restart.
 
-use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_testkit::{Mosquitto, MosquittoOptions};
 
 #[test]

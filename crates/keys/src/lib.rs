@@ -1,4 +1,6 @@
-//! The key directory that `gridpow keys init` creates and every service reads.
+//! The key directory that `gridpow keys init` creates and every service
+//! reads, the meter and relay [`registry`], the role bundles exported from it,
+//! and the provisioning material of meters and relays.
 //!
 //! ```text
 //! DIR/site.toml            0600  site secrets by key id (meter keys derive from these)
@@ -28,8 +30,14 @@ use gridpow_proto::crypto::{derive_meter_secret, HopSecret, MeterSecret, SiteSec
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{load_toml, ConfigError};
-use crate::durable::write_file;
+use gridpow_common::config::{load_toml, ConfigError};
+use gridpow_common::durable::write_file;
+use gridpow_common::format_mac;
+use gridpow_common::tls::{load_certs, load_key, TlsError};
+use gridpow_common::topics;
+
+pub mod registry;
+
 use crate::registry::{MeterRecord, MeterRegistry, RelayRecord, RelayRegistry};
 
 /// Why a key directory operation failed.
@@ -404,7 +412,7 @@ impl KeyDir {
         reg.upsert(MeterRecord {
             id,
             key_id,
-            mac: mac.map(|m| crate::format_mac(&m)),
+            mac: mac.map(|m| format_mac(&m)),
             label: None,
         });
         reg.save(&self.meters_path())?;
@@ -439,7 +447,7 @@ impl KeyDir {
             reg.upsert(MeterRecord {
                 id,
                 key_id: site.current_key_id,
-                mac: mac.map(|m| crate::format_mac(&m)),
+                mac: mac.map(|m| format_mac(&m)),
                 label: None,
             });
         }
@@ -477,12 +485,18 @@ impl KeyDir {
         for r in &relays.relays {
             let id = r.id;
             acl.push_str(&format!(
-                "\nuser relay-{id}\ntopic write gridpow/v1/relays/{id}/blocks\ntopic write gridpow/v1/relays/{id}/status\ntopic read gridpow/v1/relays/{id}/receipts\n"
+                "\nuser relay-{id}\ntopic write {}\ntopic write {}\ntopic read {}\n",
+                topics::blocks(id),
+                topics::status(id),
+                topics::receipts(id),
             ));
         }
         for name in self.server_clients() {
             acl.push_str(&format!(
-                "\nuser {name}\ntopic read gridpow/v1/relays/+/blocks\ntopic read gridpow/v1/relays/+/status\ntopic write gridpow/v1/relays/+/receipts\n"
+                "\nuser {name}\ntopic read {}\ntopic read {}\ntopic write {}\n",
+                topics::all_blocks(),
+                topics::all_status(),
+                topics::all_receipts(),
             ));
         }
         Ok(acl)
@@ -864,6 +878,27 @@ fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     Ok(SigningKey::from_bytes(&bytes))
 }
 
+/// Site CA certificate, client certificate, client key: DER.
+pub type RelayTlsDer = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// Relay `relay_id`'s TLS material as DER, read from its key directory or
+/// bundle (`ca.pem`, `tls/relay-<id>.pem` and `.key`): what the standalone
+/// relay carries in its blob and what the host application hands to
+/// `gridpow-relay-net`. Returns (site CA certificate, client certificate,
+/// client key).
+pub fn relay_tls_der(keys: &KeyDir, relay_id: u32) -> Result<RelayTlsDer, TlsError> {
+    let first = |path: &Path| load_certs(path).map(|c| c.into_iter().next().map(|c| c.to_vec()));
+    let files = keys.tls_files(&format!("relay-{relay_id}"));
+    let none = |path: &Path| TlsError::File {
+        path: path.to_path_buf(),
+        message: "no certificate in file".into(),
+    };
+    let ca = first(&keys.ca_cert_path())?.ok_or_else(|| none(&keys.ca_cert_path()))?;
+    let cert = first(&files.cert)?.ok_or_else(|| none(&files.cert))?;
+    let key = load_key(&files.key)?.secret_der().to_vec();
+    Ok((ca, cert, key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -985,5 +1020,25 @@ mod tests {
         let broker = KeyDir::new(dir.path().join("broker"));
         kd.export_broker_bundle(&broker).unwrap();
         assert!(broker.broker_tls().key.exists() && !broker.site_path().exists());
+    }
+
+    #[test]
+    fn the_acl_grants_each_relay_its_own_topics_and_servers_every_relays() {
+        let dir = tempfile::tempdir().unwrap();
+        let kd = KeyDir::new(dir.path().join("keys"));
+        kd.init(&InitOptions::default()).unwrap();
+        let acl = kd.mosquitto_acl().unwrap();
+        assert!(
+            acl.contains(
+                "\nuser relay-1\ntopic write gridpow/v1/relays/1/blocks\ntopic write gridpow/v1/relays/1/status\ntopic read gridpow/v1/relays/1/receipts\n"
+            ),
+            "{acl}"
+        );
+        assert!(
+            acl.contains(
+                "\nuser server-1\ntopic read gridpow/v1/relays/+/blocks\ntopic read gridpow/v1/relays/+/status\ntopic write gridpow/v1/relays/+/receipts\n"
+            ),
+            "{acl}"
+        );
     }
 }
