@@ -162,23 +162,31 @@ fn unprivileged_user() -> Result<Option<(u32, u32)>, PgHarnessError> {
 
 /// Runs `sql` (statements separated by semicolons) on the database at `url`
 /// over a connection of its own, returning the rows of the last statement.
+/// The client runs on a thread of its own, so callers inside an async test
+/// (a tokio runtime) may call it too.
 fn simple_query(url: &str, sql: &str) -> Result<Vec<SimpleQueryMessage>, PgHarnessError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(io("starting a runtime for the SQL client"))?;
-    rt.block_on(async {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(|e| PgHarnessError::Sql(e.to_string()))?;
-        let driver = tokio::spawn(connection);
-        let rows = client
-            .simple_query(sql)
-            .await
-            .map_err(|e| PgHarnessError::Sql(format!("{sql}: {e}")));
-        drop(client);
-        let _ = driver.await;
-        rows
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(io("starting a runtime for the SQL client"))?;
+            rt.block_on(async {
+                let (client, connection) = tokio_postgres::connect(url, NoTls)
+                    .await
+                    .map_err(|e| PgHarnessError::Sql(e.to_string()))?;
+                let driver = tokio::spawn(connection);
+                let rows = client
+                    .simple_query(sql)
+                    .await
+                    .map_err(|e| PgHarnessError::Sql(format!("{sql}: {e}")));
+                drop(client);
+                let _ = driver.await;
+                rows
+            })
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 
