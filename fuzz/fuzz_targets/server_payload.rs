@@ -6,7 +6,7 @@
 #![no_main]
 use std::sync::{Mutex, OnceLock};
 
-use gridpow_common::keys::KeyDir;
+use gridpow_keys::KeyDir;
 use gridpow_server::keyring::Keyring;
 use gridpow_server::verify::verify_payload;
 use libfuzzer_sys::fuzz_target;

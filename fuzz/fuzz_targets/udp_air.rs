@@ -1,7 +1,7 @@
 //! UDP air datagrams (protocol §14): any bytes are accepted or dropped with a
 //! reason, never a panic; an accepted datagram re-encodes to itself.
 #![no_main]
-use gridpow_common::radio::{decode_air, encode_air};
+use gridpow_radio::{decode_air, encode_air};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

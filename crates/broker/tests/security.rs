@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gridpow_broker::Mosquitto;
-use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_keys::{InitOptions, KeyDir};
+use gridpow_testkit::Mosquitto;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };

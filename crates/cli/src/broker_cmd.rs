@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use gridpow_broker::{start_embedded, BrokerError, EmbeddedOptions};
-use gridpow_common::keys::KeyDir;
+use gridpow_keys::KeyDir;
 
 #[derive(Args, Debug)]
 pub struct BrokerArgs {

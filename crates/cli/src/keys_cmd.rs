@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use gridpow_common::keys::{InitOptions, KeyDir};
 use gridpow_common::{format_mac, parse_mac};
+use gridpow_keys::{InitOptions, KeyDir};
 
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
@@ -178,7 +178,7 @@ pub enum ExportCommand {
     },
 }
 
-fn print_bundle(what: &str, b: &gridpow_common::keys::BundleSummary) {
+fn print_bundle(what: &str, b: &gridpow_keys::BundleSummary) {
     println!("wrote the {what} bundle to {}:", b.dir.display());
     for f in &b.files {
         println!("  {}", f.display());

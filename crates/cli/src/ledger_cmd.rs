@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use gridpow_common::keys::KeyDir;
+use gridpow_keys::KeyDir;
 
 #[derive(Args, Debug)]
 pub struct VerifyLedgerArgs {

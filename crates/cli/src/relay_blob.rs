@@ -9,13 +9,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use gridpow_common::keys::{KeyDir, Role};
 use gridpow_common::parse_mac;
 use gridpow_firmware_logic::layout::CONFIG_OFFSET;
 use gridpow_firmware_logic::provisioning::{
     encode_relay_provisioning, BlobError, RelayConfig, RelayMeter, RelayMode, RelayTls, ShortStr,
     MAX_RELAY_BLOB_LEN, MAX_RELAY_METERS,
 };
+use gridpow_keys::{KeyDir, Role};
 
 /// The flags of `gridpow keys relay-blob`, unchecked.
 #[derive(Clone, Debug)]
@@ -169,7 +169,7 @@ fn plan(a: &RelayBlobArgs) -> anyhow::Result<RelayBlobPlan> {
         bail!("--require-registered-mac: some of the bundle's meters have no MAC in meters.toml");
     }
 
-    let tls = gridpow_common::tls::relay_tls_der(&bundle, a.id)?;
+    let tls = gridpow_keys::relay_tls_der(&bundle, a.id)?;
     Ok(RelayBlobPlan {
         config,
         meters,

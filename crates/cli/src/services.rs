@@ -89,8 +89,7 @@ pub(crate) fn check_certificates(files: &[&Path]) -> anyhow::Result<()> {
 /// or not yet valid, warned about when ending within 30 days). Its UDP air
 /// address is checked when the radio opens, naming `[radio] udp_listen`.
 fn relay_preflight(cfg: &RelayConfig) -> anyhow::Result<()> {
-    gridpow_common::keys::KeyDir::new(&cfg.keys_dir)
-        .check_role(gridpow_common::keys::Role::Relay(cfg.relay_id))?;
+    gridpow_keys::KeyDir::new(&cfg.keys_dir).check_role(gridpow_keys::Role::Relay(cfg.relay_id))?;
     if cfg.mqtt.tls {
         let (ca, cert, _) = cfg.tls_paths();
         check_certificates(&[ca.as_path(), cert.as_path()])?;
@@ -179,8 +178,7 @@ fn db_for_log(db: &str) -> String {
 fn server_preflight(cfg: &ServerConfig, http_flag: bool) -> anyhow::Result<()> {
     // The keys first: a missing directory is the likelier mistake, and its
     // message names `keys_dir` and the commands that make it.
-    gridpow_common::keys::KeyDir::new(&cfg.keys_dir)
-        .check_role(gridpow_common::keys::Role::Server)?;
+    gridpow_keys::KeyDir::new(&cfg.keys_dir).check_role(gridpow_keys::Role::Server)?;
     let setting = if http_flag {
         "--http"
     } else {

@@ -224,7 +224,7 @@ fn demo_stores_every_reading_once_and_the_ledger_detects_one_altered_byte() {
 
 #[test]
 fn demo_runs_on_postgresql_and_its_ledger_verifies() {
-    let pg = gridpow_store::pg_harness::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let pg = gridpow_testkit::pg_harness::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
     let url = pg.create_database().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();

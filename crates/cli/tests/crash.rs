@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::export_bundle;
-use gridpow_broker::{Mosquitto, MosquittoOptions};
-use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_keys::{InitOptions, KeyDir};
+use gridpow_testkit::{Mosquitto, MosquittoOptions};
 
 struct Proc {
     name: String,
@@ -157,7 +157,7 @@ fn servers_broker_and_relay_killed_during_ingest_lose_and_duplicate_nothing_on_s
 
 #[test]
 fn servers_broker_and_relay_killed_during_ingest_lose_and_duplicate_nothing_on_postgresql() {
-    let pg = gridpow_store::pg_harness::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let pg = gridpow_testkit::pg_harness::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
     let db = pg.create_database().unwrap();
     crash_run(&db);
 }

@@ -4,25 +4,11 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use gridpow_testkit::{free_port, KillOnDrop};
 
 fn http_get(port: u16, token: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -77,7 +63,7 @@ fn number_in(dom: &str, id: &str) -> Option<u64> {
 #[test]
 fn dashboard_shows_live_readings_and_blocks_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = free_port().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_gridpow"))
         .args([
             "demo",

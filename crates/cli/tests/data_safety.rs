@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gridpow_testkit::KillOnDrop;
+
 /// `gridpow demo` with its default data directory under `xdg` and its
 /// working directory `cwd`, so that the test sees where the default lands.
 fn demo(xdg: &Path, cwd: &Path, extra: &[&str]) -> Command {
@@ -30,16 +32,6 @@ fn demo(xdg: &Path, cwd: &Path, extra: &[&str]) -> Command {
 mod common;
 
 use common::text;
-
-/// Kills the child when dropped, so a failed assertion leaves no demo running.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Waits until `log` contains `needle` (the first demo is up).
 fn wait_for(log: &Path, needle: &str, child: &mut Child) {
@@ -68,7 +60,7 @@ fn a_second_demo_on_the_same_data_dir_is_refused_naming_the_first_ones_pid() {
     std::fs::create_dir_all(&cwd).unwrap();
     let log = t.path().join("first.log");
     let f = std::fs::File::create(&log).unwrap();
-    let mut first = Killed(
+    let mut first = KillOnDrop(
         demo(&xdg, &cwd, &[])
             .stdout(f.try_clone().unwrap())
             .stderr(f)

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{export_bundle, free_udp_port, start_stack, write_meters_config};
-use gridpow_broker::{Mosquitto, MosquittoOptions};
-use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_keys::{InitOptions, KeyDir};
+use gridpow_testkit::{Mosquitto, MosquittoOptions};
 
 type Key = (u32, u32, u32);
 

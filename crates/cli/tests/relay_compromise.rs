@@ -21,13 +21,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{export_bundle, free_tcp_port, free_udp_port, start_stack, write_meters_config};
-use gridpow_broker::{Mosquitto, MosquittoOptions};
-use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_proto::block::BlockBuilder;
 use gridpow_proto::crypto::{HopKeys, RustCrypto};
 use gridpow_proto::pow::PowSolver;
 use gridpow_proto::wire::uplink::write_hop_tag;
 use gridpow_proto::wire::UplinkPacket;
+use gridpow_testkit::{Mosquitto, MosquittoOptions};
 
 const METERS: u32 = 6;
 const DIFFICULTY: u8 = 10;

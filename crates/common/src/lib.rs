@@ -1,16 +1,15 @@
-//! Shared plumbing of the gridpow services: the key directory written by
-//! `gridpow keys`, the meter and relay registries, configuration loading with
-//! environment overrides, MQTT topic names, TLS client settings and the radio
-//! adapters (in-process medium, UDP air) that stand in for ESP-NOW.
+//! Shared plumbing of the gridpow services: configuration loading with
+//! environment overrides, data-directory locks, durable file writes, listen
+//! addresses, MQTT topic names, TLS client settings, rate-limited logging,
+//! clocks and MAC addresses. The key directory and registries are in
+//! `gridpow-keys`, the radio adapters in `gridpow-radio`.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod datadir;
 pub mod durable;
-pub mod keys;
+pub mod mqtt;
 pub mod net;
-pub mod radio;
-pub mod registry;
 pub mod throttle;
 pub mod tls;
 pub mod topics;

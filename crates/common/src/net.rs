@@ -49,6 +49,21 @@ pub struct PortTaken {
     pub source: std::io::Error,
 }
 
+/// Whether something accepts TCP connections on `addr` within `timeout`
+/// (a broker or server just started on its own thread or process).
+pub fn wait_listening(addr: SocketAddr, timeout: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+            .is_ok()
+        {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
 /// Checks at start that TCP `addr` can be listened on (bound and released
 /// at once; port 0 always can), so a taken port fails in one line naming
 /// it and its `setting` before any other work.

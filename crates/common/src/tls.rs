@@ -68,27 +68,6 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-/// Site CA certificate, client certificate, client key: DER.
-pub type RelayTlsDer = (Vec<u8>, Vec<u8>, Vec<u8>);
-
-/// Relay `relay_id`'s TLS material as DER, read from its key directory or
-/// bundle (`ca.pem`, `tls/relay-<id>.pem` and `.key`): what the standalone
-/// relay carries in its blob and what the host application hands to
-/// `gridpow-relay-net`. Returns (site CA certificate, client certificate,
-/// client key).
-pub fn relay_tls_der(keys: &crate::keys::KeyDir, relay_id: u32) -> Result<RelayTlsDer, TlsError> {
-    let first = |path: &Path| load_certs(path).map(|c| c.into_iter().next().map(|c| c.to_vec()));
-    let files = keys.tls_files(&format!("relay-{relay_id}"));
-    let none = |path: &Path| TlsError::File {
-        path: path.to_path_buf(),
-        message: "no certificate in file".into(),
-    };
-    let ca = first(&keys.ca_cert_path())?.ok_or_else(|| none(&keys.ca_cert_path()))?;
-    let cert = first(&files.cert)?.ok_or_else(|| none(&files.cert))?;
-    let key = load_key(&files.key)?.secret_der().to_vec();
-    Ok((ca, cert, key))
-}
-
 /// A client configuration trusting only `ca` and, if given, presenting a client
 /// certificate (mutual TLS).
 pub fn client_config(
@@ -201,18 +180,6 @@ pub fn preflight_certificates(paths: &[&Path]) -> Result<Vec<String>, TlsError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{InitOptions, KeyDir};
-
-    #[test]
-    fn client_config_loads_from_a_fresh_key_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let kd = KeyDir::new(dir.path());
-        kd.init(&InitOptions::default()).unwrap();
-        let id = kd.tls_files("relay-1");
-        client_config(&kd.ca_cert_path(), Some((&id.cert, &id.key))).unwrap();
-        client_config(&kd.ca_cert_path(), None).unwrap();
-        assert!(client_config(&dir.path().join("missing.pem"), None).is_err());
-    }
 
     /// A self-signed certificate valid from `from` to `to` (years, 1 January), as PEM in `dir`.
     fn cert_valid(dir: &Path, from: i32, to: i32) -> std::path::PathBuf {
@@ -259,19 +226,5 @@ mod tests {
         assert!(!check_validity(&path, a_year_before)
             .unwrap()
             .expires_within(a_year_before, EXPIRY_WARNING_S));
-    }
-
-    #[test]
-    fn the_certificates_of_a_fresh_key_directory_pass_the_preflight_without_warnings() {
-        let dir = tempfile::tempdir().unwrap();
-        let kd = KeyDir::new(dir.path());
-        kd.init(&InitOptions::default()).unwrap();
-        let broker = kd.broker_tls();
-        let warnings = preflight_certificates(&[&kd.ca_cert_path(), &broker.cert]).unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
-        let e = preflight_certificates(&[&broker.key])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("broker.key"), "{e}");
     }
 }

@@ -1,39 +1,55 @@
-//! MQTT topic names (spec: docs/protocol.md, "MQTT").
+//! MQTT topic names (spec: docs/protocol.md, "MQTT") as the host services
+//! use them, built from the protocol's one definition in
+//! `gridpow_relay_net::topics` (the standalone relay's no_std transport
+//! builds the same names without allocation).
 
-/// Prefix of every gridpow topic.
-pub const PREFIX: &str = "gridpow/v1";
+pub use gridpow_relay_net::topics::{BLOCKS, RECEIPTS, RELAYS, STATUS};
+
+/// `gridpow/v1/relays/{relay}/{leaf}`; `relay` is an id or the wildcard `+`.
+fn relay_topic(relay: impl std::fmt::Display, leaf: &str) -> String {
+    format!("{RELAYS}/{relay}/{leaf}")
+}
 
 /// Where relay `id` publishes its blocks (QoS 1, binary block bytes).
 pub fn blocks(relay_id: u32) -> String {
-    format!("{PREFIX}/relays/{relay_id}/blocks")
+    relay_topic(relay_id, BLOCKS)
 }
 
 /// Retained status of relay `id` (JSON), also its last will.
 pub fn status(relay_id: u32) -> String {
-    format!("{PREFIX}/relays/{relay_id}/status")
+    relay_topic(relay_id, STATUS)
 }
 
 /// Where servers publish commit receipts for relay `id` (QoS 1, binary receipts).
 pub fn receipts(relay_id: u32) -> String {
-    format!("{PREFIX}/relays/{relay_id}/receipts")
+    relay_topic(relay_id, RECEIPTS)
 }
 
-/// Filter matching every relay's blocks.
-pub const ALL_BLOCKS: &str = "gridpow/v1/relays/+/blocks";
+/// Filter matching every relay's blocks: `gridpow/v1/relays/+/blocks`.
+pub fn all_blocks() -> String {
+    relay_topic('+', BLOCKS)
+}
+
+/// Filter matching every relay's status: `gridpow/v1/relays/+/status`.
+pub fn all_status() -> String {
+    relay_topic('+', STATUS)
+}
+
+/// Filter matching every relay's receipts: `gridpow/v1/relays/+/receipts`.
+pub fn all_receipts() -> String {
+    relay_topic('+', RECEIPTS)
+}
 
 /// Name of the shared-subscription group of grid servers.
 pub const SERVER_GROUP: &str = "gridpow-servers";
 
 /// The MQTT 5 shared subscription servers use: `$share/gridpow-servers/gridpow/v1/relays/+/blocks`.
 pub fn shared_blocks() -> String {
-    format!("$share/{SERVER_GROUP}/{ALL_BLOCKS}")
+    format!("$share/{SERVER_GROUP}/{}", all_blocks())
 }
 
-/// Filter matching every relay's status.
-pub const ALL_STATUS: &str = "gridpow/v1/relays/+/status";
-
 fn relay_of(topic: &str, leaf: &str) -> Option<u32> {
-    let rest = topic.strip_prefix(PREFIX)?.strip_prefix("/relays/")?;
+    let rest = topic.strip_prefix(RELAYS)?.strip_prefix('/')?;
     let (id, tail) = rest.split_once('/')?;
     (tail == leaf).then_some(())?;
     id.parse().ok()
@@ -41,12 +57,12 @@ fn relay_of(topic: &str, leaf: &str) -> Option<u32> {
 
 /// Relay id from a blocks topic, if it is one.
 pub fn relay_of_blocks_topic(topic: &str) -> Option<u32> {
-    relay_of(topic, "blocks")
+    relay_of(topic, BLOCKS)
 }
 
 /// Relay id from a status topic, if it is one.
 pub fn relay_of_status_topic(topic: &str) -> Option<u32> {
-    relay_of(topic, "status")
+    relay_of(topic, STATUS)
 }
 
 #[cfg(test)]
@@ -64,5 +80,14 @@ mod tests {
             shared_blocks(),
             "$share/gridpow-servers/gridpow/v1/relays/+/blocks"
         );
+    }
+
+    #[test]
+    fn host_topics_are_the_ones_the_no_std_transport_builds() {
+        assert_eq!(blocks(7), gridpow_relay_net::blocks_topic(7).as_str());
+        assert_eq!(status(7), gridpow_relay_net::status_topic(7).as_str());
+        assert_eq!(receipts(7), gridpow_relay_net::receipts_topic(7).as_str());
+        assert_eq!(all_status(), "gridpow/v1/relays/+/status");
+        assert_eq!(all_receipts(), "gridpow/v1/relays/+/receipts");
     }
 }

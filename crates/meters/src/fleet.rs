@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration as StdDuration;
 
-use gridpow_common::keys::KeyDir;
-use gridpow_common::radio::{Confirmation, RadioError, RadioPort};
 use gridpow_common::MonoClock;
+use gridpow_keys::KeyDir;
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::sender::{MeterSender, PushOutcome};
 use gridpow_proto::wire::Reading;
 use gridpow_proto::{Duration, Instant, MacAddr};
+use gridpow_radio::{Confirmation, RadioError, RadioPort};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;

@@ -36,9 +36,9 @@ use std::time::Duration;
 
 use gridpow_common::config::ConfigError;
 use gridpow_common::datadir::DataDirError;
-use gridpow_common::keys::KeyError;
-use gridpow_common::radio::{Confirmation, RadioError, RadioFrame, RadioPort, UdpAir};
+use gridpow_keys::KeyError;
 use gridpow_proto::MacAddr;
+use gridpow_radio::{Confirmation, RadioError, RadioFrame, RadioPort, UdpAir};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use gridpow_common::keys::{InitOptions, KeyDir};
-use gridpow_common::radio::{Confirmation, Medium, RadioPort, UdpAir};
+use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_meters::{open_udp_radio, read_truth, Fleet, FleetConfig, TruthRecord};
 use gridpow_proto::crypto::{HopKeys, MeterKeys, RustCrypto};
 use gridpow_proto::ingress::{FixedMeterTable, Ingress, IngressConfig, MeterEntry, Verdict};
 use gridpow_proto::wire::uplink::{UplinkPacket, MAX_BODY_LEN};
 use gridpow_proto::wire::Reading;
+use gridpow_radio::{Confirmation, Medium, RadioPort, UdpAir};
 
 type Delivered = HashMap<(u32, u32, u32), (u32, Reading)>;
 

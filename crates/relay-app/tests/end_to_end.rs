@@ -21,11 +21,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gridpow_broker::Mosquitto;
-use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_meters::{open_udp_radio, Fleet, FleetConfig, FleetHandle};
 use gridpow_server::config::MqttConfig;
 use gridpow_server::{verify_ledger, Server, ServerConfig, ServerHandle};
+use gridpow_testkit::Mosquitto;
 
 const METERS: u32 = 12;
 

@@ -133,6 +133,12 @@ pub use status::{
 };
 pub use tls::{Link, MAX_BROKER_CHAIN};
 
+/// The MQTT topic names of docs/protocol.md, "MQTT": their one definition,
+/// shared by this transport, the host services and the broker ACL.
+pub mod topics {
+    pub use crate::status::{BLOCKS, RECEIPTS, RELAYS, STATUS};
+}
+
 /// Negotiated TLS maximum fragment length (RFC 6066): 2^12 bytes.
 pub const MAX_FRAGMENT_LEN: usize = 4096;
 

@@ -14,26 +14,40 @@ pub const MAX_STATUS_LEN: usize = 240;
 /// A topic name held inline.
 pub type Topic = heapless::String<MAX_TOPIC_LEN>;
 
+/// The tree every relay's topics live under (docs/protocol.md, "MQTT"):
+/// `RELAYS/{relay id}/{leaf}`. The one definition of the topic names: the
+/// host services' `gridpow_common::topics` and the broker ACL build on these.
+pub const RELAYS: &str = "gridpow/v1/relays";
+
+/// Leaf of the topic a relay publishes its blocks to (QoS 1).
+pub const BLOCKS: &str = "blocks";
+
+/// Leaf of a relay's retained status message, also its last will.
+pub const STATUS: &str = "status";
+
+/// Leaf of the topic servers publish a relay's commit receipts to (QoS 1).
+pub const RECEIPTS: &str = "receipts";
+
 fn topic(relay_id: u32, leaf: &str) -> Topic {
     let mut t = Topic::new();
     // Cannot fail: MAX_TOPIC_LEN fits the longest id and leaf.
-    let _ = write!(t, "gridpow/v1/relays/{relay_id}/{leaf}");
+    let _ = write!(t, "{RELAYS}/{relay_id}/{leaf}");
     t
 }
 
-/// `gridpow/v1/relays/{id}/blocks` (crates/common/src/topics.rs `blocks`).
+/// `gridpow/v1/relays/{id}/blocks`.
 pub fn blocks_topic(relay_id: u32) -> Topic {
-    topic(relay_id, "blocks")
+    topic(relay_id, BLOCKS)
 }
 
-/// `gridpow/v1/relays/{id}/receipts` (crates/common/src/topics.rs `receipts`).
+/// `gridpow/v1/relays/{id}/receipts`.
 pub fn receipts_topic(relay_id: u32) -> Topic {
-    topic(relay_id, "receipts")
+    topic(relay_id, RECEIPTS)
 }
 
-/// `gridpow/v1/relays/{id}/status` (crates/common/src/topics.rs `status`).
+/// `gridpow/v1/relays/{id}/status`.
 pub fn status_topic(relay_id: u32) -> Topic {
-    topic(relay_id, "status")
+    topic(relay_id, STATUS)
 }
 
 /// The relay's radio counters since it started (docs/protocol.md §11).

@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use embedded_io_adapters::tokio_1::FromTokio;
-use gridpow_broker::Mosquitto;
-use gridpow_common::keys::{InitOptions, KeyDir};
+use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_relay_net::error::{Io, Tls};
 use gridpow_relay_net::{
     Arena, Config, Connection, Error, Identity, Link, Start, TlsBuffers, ARENA_LEN, TLS_READ_BUF,
     TLS_WRITE_BUF,
 };
+use gridpow_testkit::Mosquitto;
 use rand::rngs::OsRng;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;

@@ -330,7 +330,7 @@ impl RelayConfig {
 
     /// CA, client certificate and client key paths after defaults.
     pub fn tls_paths(&self) -> (PathBuf, PathBuf, PathBuf) {
-        let kd = gridpow_common::keys::KeyDir::new(&self.keys_dir);
+        let kd = gridpow_keys::KeyDir::new(&self.keys_dir);
         let id = kd.tls_files(&format!("relay-{}", self.relay_id));
         (
             self.mqtt.ca.clone().unwrap_or_else(|| kd.ca_cert_path()),

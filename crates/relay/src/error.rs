@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use gridpow_common::config::ConfigError;
 use gridpow_common::datadir::DataDirError;
-use gridpow_common::keys::KeyError;
-use gridpow_common::radio::RadioError;
 use gridpow_common::tls::TlsError;
+use gridpow_keys::KeyError;
+use gridpow_radio::RadioError;
 
 /// Why the relay could not start or stopped.
 #[derive(Debug, thiserror::Error)]

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use gridpow_common::keys::KeyDir;
-use gridpow_common::radio::{Confirmation, RadioError, RadioFrame, RadioPort};
+use gridpow_keys::KeyDir;
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::ingress::{Ingress, Verdict};
 use gridpow_proto::{Error as ProtoError, MacAddr, Rejected};
+use gridpow_radio::{Confirmation, RadioError, RadioFrame, RadioPort};
 
 use crate::journal::{FrameRecord, Journal};
 use crate::snapshot::IngressSnapshot;

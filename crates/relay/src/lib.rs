@@ -106,10 +106,10 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use gridpow_common::keys::{KeyDir, Role};
-use gridpow_common::radio::{RadioPort, UdpAir};
+use gridpow_keys::{KeyDir, Role};
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::ingress::{Ingress, IngressConfig};
+use gridpow_radio::{RadioPort, UdpAir};
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::{

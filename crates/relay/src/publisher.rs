@@ -27,7 +27,6 @@ use gridpow_proto::lifecycle::ReceiptOutcome;
 use gridpow_proto::wire::ReceiptRepr;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -80,9 +79,21 @@ pub(crate) fn mqtt_options(
     cfg: &RelayConfig,
     height: Option<u64>,
 ) -> Result<MqttOptions, RelayError> {
-    let mut o = MqttOptions::new(cfg.client_id(), cfg.mqtt.host.clone(), cfg.mqtt.port);
+    let (ca, cert, key) = cfg.tls_paths();
+    let settings = gridpow_common::mqtt::ClientSettings {
+        client_id: cfg.client_id(),
+        host: cfg.mqtt.host.clone(),
+        port: cfg.mqtt.port,
+        keep_alive_s: cfg.mqtt.keep_alive_s,
+        tls: cfg.mqtt.tls.then_some(gridpow_common::mqtt::ClientTls {
+            ca,
+            cert,
+            key,
+            identity_configured: false,
+        }),
+    };
+    let mut o = settings.v311()?;
     o.set_clean_session(false);
-    o.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s.max(5)));
     let max_block = gridpow_proto::wire::block::block_len(
         cfg.block.max_frames,
         cfg.block.max_frames * gridpow_proto::wire::uplink::MAX_LEN,
@@ -98,15 +109,6 @@ pub(crate) fn mqtt_options(
         QoS::AtLeastOnce,
         true,
     ));
-    if cfg.mqtt.tls {
-        let (ca, cert, key) = cfg.tls_paths();
-        let identity = (cert.exists() && key.exists()).then_some((cert.as_path(), key.as_path()));
-        if identity.is_none() {
-            tracing::warn!(cert = %cert.display(), "no client certificate; connecting without mutual TLS");
-        }
-        let tls = gridpow_common::tls::client_config(&ca, identity)?;
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-    }
     Ok(o)
 }
 

@@ -15,9 +15,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use gridpow_common::radio::{Confirmation, RadioError, RadioFrame, RadioPort};
 use gridpow_proto::wire::serial::{SerialDecoder, SerialKind, SerialRepr, MAX_ENCODED};
 use gridpow_proto::MacAddr;
+use gridpow_radio::{Confirmation, RadioError, RadioFrame, RadioPort};
 
 use crate::RelayError;
 

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use gridpow_common::keys::KeyDir;
+use gridpow_keys::KeyDir;
 use gridpow_proto::crypto::HopKeys;
 use gridpow_proto::ingress::{MeterEntry, MeterTable};
 use gridpow_proto::MacAddr;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use gridpow_common::radio::Medium;
+use gridpow_radio::Medium;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarts_during_publishing_cost_time_but_no_reading() {

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use gridpow_common::radio::Medium;
 use gridpow_meters::Fleet;
+use gridpow_radio::Medium;
 use gridpow_relay::Relay;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,9 +8,9 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gridpow_broker::free_port;
 use gridpow_meters::{open_udp_radio, Fleet};
 use gridpow_relay::{open_radio, Relay, RelayConfig};
+use gridpow_testkit::free_port;
 use rand::{Rng, SeedableRng};
 
 const CHILD_ENV: &str = "GRIDPOW_RELAY_CHILD_CONFIG";

@@ -11,7 +11,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use gridpow_common::radio::Medium;
+use gridpow_radio::Medium;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantined_block_is_kept_and_offered_again_until_stored() {

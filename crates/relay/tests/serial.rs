@@ -6,8 +6,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use gridpow_common::radio::RadioPort;
 use gridpow_proto::wire::serial::{SerialDecoder, SerialKind, SerialRepr, MAX_ENCODED};
+use gridpow_radio::RadioPort;
 use gridpow_relay::SerialRadio;
 
 /// One direction of an in-memory byte stream.

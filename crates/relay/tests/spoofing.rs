@@ -7,8 +7,8 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use gridpow_common::radio::UdpAir;
 use gridpow_meters::Fleet;
+use gridpow_radio::UdpAir;
 use gridpow_relay::Relay;
 
 /// `"GPA1" ‖ src ‖ dst ‖ payload`, the UDP air framing.

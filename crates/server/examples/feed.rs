@@ -10,9 +10,8 @@
 
 use std::time::Duration;
 
-use gridpow_broker::{Mosquitto, MosquittoOptions};
-use gridpow_common::keys::{InitOptions, KeyDir};
 use gridpow_common::topics;
+use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_proto::block::BlockBuilder;
 use gridpow_proto::crypto::{MeterKeys, RustCrypto};
 use gridpow_proto::pow::solve_blocking;
@@ -20,6 +19,7 @@ use gridpow_proto::wire::uplink::{seal, UplinkHeader};
 use gridpow_proto::wire::Reading;
 use gridpow_server::config::{HttpConfig, MqttConfig, PlausibilityConfig};
 use gridpow_server::{Server, ServerConfig};
+use gridpow_testkit::{Mosquitto, MosquittoOptions};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};

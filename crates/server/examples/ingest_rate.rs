@@ -66,9 +66,8 @@
 
 use std::time::{Duration, Instant};
 
-use gridpow_broker::{Mosquitto, MosquittoOptions};
-use gridpow_common::keys::{InitOptions, KeyDir};
 use gridpow_common::topics;
+use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_proto::block::BlockBuilder;
 use gridpow_proto::crypto::{MeterKeys, RustCrypto};
 use gridpow_proto::pow::solve_blocking;
@@ -78,10 +77,11 @@ use gridpow_server::config::{HttpConfig, MqttConfig};
 use gridpow_server::keyring::Keyring;
 use gridpow_server::verify::verify_payload;
 use gridpow_server::{Server, ServerConfig};
-use gridpow_store::pg_harness::{PgOptions, PgServer};
 use gridpow_store::postgres::PgConn;
 use gridpow_store::VerifiedBlockData;
 use gridpow_store::{Arrival, Ingest, IngestStore, PgStore, QueryStore, SqliteStore};
+use gridpow_testkit::pg_harness::{PgOptions, PgServer};
+use gridpow_testkit::{Mosquitto, MosquittoOptions};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};

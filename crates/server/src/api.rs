@@ -11,7 +11,6 @@
 //! Queries run on blocking threads against read-only database connections
 //! (SQLite in WAL mode lets them read while the writer commits).
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use axum::middleware::from_fn;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use gridpow_common::keys::KeyDir;
+use gridpow_keys::KeyDir;
 use gridpow_proto::merkle::{inclusion_proof, leaf_hash, verify_inclusion, MAX_PROOF_LEN};
 use gridpow_proto::wire::block::signing_message;
 use gridpow_proto::wire::BlockPacket;
@@ -299,7 +298,7 @@ async fn healthz(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     summary = "Prometheus metrics (open without a token when `http.metrics_open`)",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 200, description = "OpenMetrics text format", content_type = "application/openmetrics-text"),
         (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
         (status = 403, description = "A customer token (`wrong_role`)", body = ErrorBody)
     )
@@ -308,7 +307,7 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         s.shared.prometheus(),
     )
@@ -360,33 +359,51 @@ struct ReadingsQuery {
     limit: Option<usize>,
 }
 
-const CSV_HEADER: &str = "reading_id,meter_id,epoch,seq,timestamp_ms,voltage_v,current_a,active_power_w,power_factor,frequency_hz,energy_mwh,flags,block_id,leaf\n";
+const CSV_HEADER: [&str; 14] = [
+    "reading_id",
+    "meter_id",
+    "epoch",
+    "seq",
+    "timestamp_ms",
+    "voltage_v",
+    "current_a",
+    "active_power_w",
+    "power_factor",
+    "frequency_hz",
+    "energy_mwh",
+    "flags",
+    "block_id",
+    "leaf",
+];
 
-fn csv(rows: &[StoredReading]) -> String {
-    let mut out = String::with_capacity(CSV_HEADER.len() + rows.len() * 96);
-    out.push_str(CSV_HEADER);
+/// The readings as CSV (a header, then one row each; decimals fixed per column).
+fn csv(rows: &[StoredReading]) -> Result<String, csv::Error> {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::with_capacity(128 + rows.len() * 96));
+    w.write_record(CSV_HEADER)?;
     for r in rows {
         let g = &r.reading;
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{},{:.2},{:.3},{:.1},{:.4},{:.3},{},{},{},{}",
-            r.id,
-            r.meter_id,
-            r.epoch,
-            r.seq,
-            g.timestamp_ms,
-            g.voltage_v(),
-            g.current_a(),
-            g.active_power_w(),
-            g.power_factor(),
-            g.frequency_hz(),
-            g.energy_mwh,
-            g.flags,
-            r.block_id,
-            r.leaf
-        );
+        w.write_record([
+            r.id.to_string(),
+            r.meter_id.to_string(),
+            r.epoch.to_string(),
+            r.seq.to_string(),
+            g.timestamp_ms.to_string(),
+            format!("{:.2}", g.voltage_v()),
+            format!("{:.3}", g.current_a()),
+            format!("{:.1}", g.active_power_w()),
+            format!("{:.4}", g.power_factor()),
+            format!("{:.3}", g.frequency_hz()),
+            g.energy_mwh.to_string(),
+            g.flags.to_string(),
+            r.block_id.to_string(),
+            r.leaf.to_string(),
+        ])?;
     }
-    out
+    let bytes = w.into_inner().map_err(|e| e.into_error())?;
+    // Every field is ASCII: numbers and the header's names.
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[utoipa::path(
@@ -449,7 +466,8 @@ async fn meter_readings(
                 format!("attachment; filename=\"meter-{id}.csv\""),
             ),
         ];
-        return Ok((headers, csv(&rows)).into_response());
+        let body = csv(&rows).map_err(|e| ApiError::Internal(format!("writing CSV: {e}")))?;
+        return Ok((headers, body).into_response());
     }
     // The bounds as asked: `to` is null when open, not u64::MAX.
     Ok(Json(serde_json::json!({ "meter_id": id, "from": from, "to": q.to, "count": rows.len(), "readings": rows }))

@@ -129,7 +129,7 @@ pub(crate) async fn mqtt_task(
                     // relay's status (QoS 0: nothing to acknowledge), in one request.
                     let filters = [
                         Filter::new(filter.clone(), QoS::AtLeastOnce),
-                        Filter::new(topics::ALL_STATUS, QoS::AtMostOnce),
+                        Filter::new(topics::all_status(), QoS::AtMostOnce),
                     ];
                     if let Err(e) = client.try_subscribe_many(filters) {
                         tracing::error!(error = %e, "Subscribe request could not be queued.");
@@ -137,7 +137,8 @@ pub(crate) async fn mqtt_task(
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
                     for (i, code) in s.return_codes.iter().enumerate() {
-                        let what = if i == 0 { filter.as_str() } else { topics::ALL_STATUS };
+                        let status = topics::all_status();
+                        let what = if i == 0 { filter.as_str() } else { status.as_str() };
                         match code {
                             SubscribeReasonCode::Success(qos) => {
                                 if i == 0 {

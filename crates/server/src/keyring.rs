@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
-use gridpow_common::keys::{KeyDir, KeyError};
+use gridpow_keys::{KeyDir, KeyError};
 use gridpow_proto::block::KeyLookup;
 use gridpow_proto::crypto::{MeterKeys, RustCrypto};
 

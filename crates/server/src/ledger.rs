@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use gridpow_common::keys::{KeyDir, KeyError};
+use gridpow_keys::{KeyDir, KeyError};
 use gridpow_proto::block::check_link;
 use gridpow_proto::wire::block::{signing_message, HEADER_LEN, SIGNATURE_LEN};
 use gridpow_proto::wire::{BlockHeaderRepr, BlockPacket};

@@ -56,9 +56,8 @@ pub use server::{Server, ServerError, ServerHandle};
 /// The HTTP application exactly as [`Server`] serves it (host check, tokens,
 /// roles, page caps, handlers, database readers), without a listener or MQTT:
 /// for the HTTP fuzz target and tests that drive requests in-process.
-#[cfg(feature = "test-support")]
 pub fn http_app(cfg: &ServerConfig) -> Result<axum::Router, ServerError> {
-    let keys = gridpow_common::keys::KeyDir::new(&cfg.keys_dir);
+    let keys = gridpow_keys::KeyDir::new(&cfg.keys_dir);
     let shared = std::sync::Arc::new(metrics::Shared::default());
     // Applies the migrations, so the readers find a schema.
     drop(gridpow_store::open_store(

@@ -1,11 +1,16 @@
-//! Process counters and the Prometheus text exposition of them and of the
-//! database totals. Counters only (rates are derived by the scraper), except
+//! Process counters and their exposition, with the database totals, through
+//! `prometheus-client` (OpenMetrics text). Counters only (rates are derived by the scraper), except
 //! the ledger sizes, which are read from the database after each commit.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use crate::http_error::HttpRefusal;
@@ -177,293 +182,195 @@ impl Shared {
         }
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
+    /// The exposition `/metrics` serves (OpenMetrics text, written by
+    /// `prometheus-client` from a snapshot of the counters and totals).
     pub fn prometheus(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.snapshot()));
+        let mut out = String::with_capacity(8192);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    /// The counters and totals as of now, named and described for the exposition.
+    fn snapshot(&self) -> Snapshot {
         let t = self.totals();
         let m = &self.metrics;
-        let mut out = String::with_capacity(4096);
-        let o = &mut out;
-        let secs = |c: &AtomicU64| format!("{:.6}", get(c) as f64 / 1e6);
-        let s = "gridpow_server_";
-        metric(
-            o,
-            s,
-            "messages_received_total",
-            "MQTT messages received on the blocks subscription.",
-            get(&m.messages_received),
-        );
-        metric(
-            o,
-            s,
-            "received_bytes_total",
-            "Payload bytes received.",
-            get(&m.bytes_received),
-        );
-        metric(
-            o,
-            s,
-            "blocks_stored_total",
-            "Blocks stored by this process.",
-            get(&m.blocks_stored),
-        );
-        metric(
-            o,
-            s,
-            "blocks_duplicate_total",
-            "Redelivered blocks found already stored by this process.",
-            get(&m.blocks_duplicate),
-        );
-        metric(
-            o,
-            s,
-            "readings_stored_total",
-            "Readings stored by this process.",
-            get(&m.readings_stored),
-        );
-        metric(
-            o,
-            s,
-            "readings_duplicate_total",
-            "Readings not stored again (carried by an earlier frame).",
-            get(&m.readings_duplicate),
-        );
-        metric(
-            o,
-            s,
-            "topic_mismatch_total",
-            "Blocks whose signed relay id differs from the topic's.",
-            get(&m.topic_mismatch),
-        );
-        metric(
-            o,
-            s,
-            "quarantine_dropped_total",
-            "Refusals counted but not kept: the relay's quarantine allowance was used up.",
-            get(&m.quarantine_dropped),
-        );
-        metric(
-            o,
-            s,
-            "quarantine_truncated_total",
-            "Quarantined payloads cut to quarantine.max_payload_bytes.",
-            get(&m.quarantine_truncated),
-        );
-        metric(
-            o,
-            s,
-            "quarantine_pruned_total",
-            "Quarantine rows pruned after their retention.",
-            get(&m.quarantine_pruned),
-        );
-        metric(
-            o,
-            s,
-            "commits_total",
-            "Database transactions committed.",
-            get(&m.commits),
-        );
-        metric(
-            o,
-            s,
-            "commit_seconds_total",
-            "Seconds spent in committed transactions.",
-            secs(&m.commit_micros),
-        );
-        metric(
-            o,
-            s,
-            "commit_failures_total",
-            "Database transactions that failed and were retried.",
-            get(&m.commit_failures),
-        );
-        metric(
-            o,
-            s,
-            "verify_seconds_total",
-            "Seconds spent verifying payloads.",
-            secs(&m.verify_micros),
-        );
-        metric(
-            o,
-            s,
-            "receipts_published_total",
-            "Commit receipts published.",
-            get(&m.receipts_published),
-        );
-        metric(
-            o,
-            s,
-            "acks_sent_total",
-            "Broker acknowledgements sent after commit.",
-            get(&m.acks_sent),
-        );
-        metric(
-            o,
-            s,
-            "acks_stale_total",
-            "Acknowledgements skipped: the delivering connection is gone.",
-            get(&m.acks_stale),
-        );
-        metric(
-            o,
-            s,
-            "mqtt_connects_total",
-            "MQTT connections established.",
-            get(&m.mqtt_connects),
-        );
-        metric(
-            o,
-            s,
-            "mqtt_errors_total",
-            "MQTT connection errors.",
-            get(&m.mqtt_errors),
-        );
-        metric(
-            o,
-            s,
-            "relay_status_received_total",
-            "Relay status messages kept (newest per relay on the dashboard).",
-            get(&m.status_received),
-        );
-        metric(
-            o,
-            s,
-            "relay_status_refused_total",
-            "Relay status messages dropped: malformed, naming another relay, or too many relays.",
-            get(&m.status_refused),
-        );
-        for (name, help, c) in [
+        let secs = |c: &AtomicU64| get(c) as f64 / 1e6;
+        let counter = |name, help, c: &AtomicU64| (name, help, get(c));
+        let counters = vec![
+            counter("gridpow_server_messages_received", "MQTT messages received on the blocks subscription.", &m.messages_received),
+            counter("gridpow_server_received_bytes", "Payload bytes received.", &m.bytes_received),
+            counter("gridpow_server_blocks_stored", "Blocks stored by this process.", &m.blocks_stored),
+            counter("gridpow_server_blocks_duplicate", "Redelivered blocks found already stored by this process.", &m.blocks_duplicate),
+            counter("gridpow_server_readings_stored", "Readings stored by this process.", &m.readings_stored),
+            counter("gridpow_server_readings_duplicate", "Readings not stored again (carried by an earlier frame).", &m.readings_duplicate),
+            counter("gridpow_server_topic_mismatch", "Blocks whose signed relay id differs from the topic's.", &m.topic_mismatch),
+            counter("gridpow_server_quarantine_dropped", "Refusals counted but not kept: the relay's quarantine allowance was used up.", &m.quarantine_dropped),
+            counter("gridpow_server_quarantine_truncated", "Quarantined payloads cut to quarantine.max_payload_bytes.", &m.quarantine_truncated),
+            counter("gridpow_server_quarantine_pruned", "Quarantine rows pruned after their retention.", &m.quarantine_pruned),
+            counter("gridpow_server_commits", "Database transactions committed.", &m.commits),
+            counter("gridpow_server_commit_failures", "Database transactions that failed and were retried.", &m.commit_failures),
+            counter("gridpow_server_receipts_published", "Commit receipts published.", &m.receipts_published),
+            counter("gridpow_server_acks_sent", "Broker acknowledgements sent after commit.", &m.acks_sent),
+            counter("gridpow_server_acks_stale", "Acknowledgements skipped: the delivering connection is gone.", &m.acks_stale),
+            counter("gridpow_server_mqtt_connects", "MQTT connections established.", &m.mqtt_connects),
+            counter("gridpow_server_mqtt_errors", "MQTT connection errors.", &m.mqtt_errors),
+            counter("gridpow_server_relay_status_received", "Relay status messages kept (newest per relay on the dashboard).", &m.status_received),
+            counter("gridpow_server_relay_status_refused", "Relay status messages dropped: malformed, naming another relay, or too many relays.", &m.status_refused),
+            counter("gridpow_server_http_connections", "HTTP connections accepted and served.", &m.http_connections),
+            counter("gridpow_server_http_connections_refused", "HTTP connections closed at once: max_connections open.", &m.http_connections_refused),
+            counter("gridpow_server_http_accept_errors", "Failed accept() calls on the HTTP listener, retried.", &m.http_accept_errors),
+            counter("gridpow_server_http_header_timeouts", "HTTP connections closed: no request head or TLS handshake in time.", &m.http_header_timeouts),
+            counter("gridpow_server_http_idle_closed", "HTTP connections closed after idle_timeout_ms without a byte.", &m.http_idle_closed),
+            counter("gridpow_server_http_tls_failures", "Failed TLS handshakes on the HTTP listener.", &m.http_tls_failures),
+            counter("gridpow_server_http_rate_limited", "HTTP requests refused with 429 (per-client rate limit).", &m.http_rate_limited),
+            counter("gridpow_server_http_overloaded", "HTTP requests refused with 503 (max_concurrent_requests in flight).", &m.http_overloaded),
+            counter("gridpow_server_http_db_busy", "API requests refused with 503: no database reader free in time.", &m.http_db_busy),
+        ];
+        let seconds = vec![
             (
-                "http_connections_total",
-                "HTTP connections accepted and served.",
-                &m.http_connections,
+                "gridpow_server_commit_seconds",
+                "Seconds spent in committed transactions.",
+                secs(&m.commit_micros),
             ),
             (
-                "http_connections_refused_total",
-                "HTTP connections closed at once: max_connections open.",
-                &m.http_connections_refused,
+                "gridpow_server_verify_seconds",
+                "Seconds spent verifying payloads.",
+                secs(&m.verify_micros),
+            ),
+        ];
+        let by = |c: &[AtomicU64], labels: Vec<&'static str>| {
+            labels.into_iter().zip(c.iter().map(get)).collect()
+        };
+        let families = vec![
+            LabelledCounter {
+                name: "gridpow_server_quarantined",
+                help: "Payloads quarantined by this process, by reason.",
+                label: "reason",
+                values: by(&m.quarantined, RejectKind::ALL.iter().map(|k| k.as_str()).collect()),
+            },
+            LabelledCounter {
+                name: "gridpow_server_http_refused",
+                help: "HTTP requests refused: no or bad token, wrong role or meter, bad Host, page too large.",
+                label: "reason",
+                values: by(&m.http_refused, HttpRefusal::ALL.iter().map(|k| k.as_str()).collect()),
+            },
+            LabelledCounter {
+                name: "gridpow_server_alerts",
+                help: "Alerts raised by this process, by kind.",
+                label: "kind",
+                values: by(&m.alerts, AlertKind::ALL.iter().map(|k| k.as_str()).collect()),
+            },
+        ];
+        let ledger = vec![
+            (
+                "gridpow_ledger_readings",
+                "Readings in the database.",
+                t.readings_stored,
             ),
             (
-                "http_accept_errors_total",
-                "Failed accept() calls on the HTTP listener, retried.",
-                &m.http_accept_errors,
+                "gridpow_ledger_blocks",
+                "Verified blocks in the database.",
+                t.blocks_verified,
             ),
             (
-                "http_header_timeouts_total",
-                "HTTP connections closed: no request head or TLS handshake in time.",
-                &m.http_header_timeouts,
+                "gridpow_ledger_blocks_rejected",
+                "Payloads in quarantine.",
+                t.blocks_rejected,
             ),
             (
-                "http_idle_closed_total",
-                "HTTP connections closed after idle_timeout_ms without a byte.",
-                &m.http_idle_closed,
+                "gridpow_ledger_frames_rejected",
+                "Blocks refused because of one of their frames.",
+                t.frames_rejected,
             ),
             (
-                "http_tls_failures_total",
-                "Failed TLS handshakes on the HTTP listener.",
-                &m.http_tls_failures,
+                "gridpow_ledger_blocks_duplicate",
+                "Redelivered blocks found already stored.",
+                t.blocks_duplicate,
+            ),
+            ("gridpow_ledger_forks", "Forks quarantined.", t.forks),
+            (
+                "gridpow_ledger_meters",
+                "Meters with stored readings.",
+                t.meters,
             ),
             (
-                "http_rate_limited_total",
-                "HTTP requests refused with 429 (per-client rate limit).",
-                &m.http_rate_limited,
+                "gridpow_ledger_relays",
+                "Relays with stored blocks.",
+                t.relays,
+            ),
+        ];
+        let gauges = vec![
+            (
+                "gridpow_ledger_gaps_open",
+                "Blocks stored before their parent, still waiting.",
+                t.gaps_open,
             ),
             (
-                "http_overloaded_total",
-                "HTTP requests refused with 503 (max_concurrent_requests in flight).",
-                &m.http_overloaded,
+                "gridpow_server_mqtt_connected",
+                "Whether the MQTT connection is up.",
+                u64::from(self.mqtt_connected.load(Ordering::Relaxed)),
             ),
-            (
-                "http_db_busy_total",
-                "API requests refused with 503: no database reader free in time.",
-                &m.http_db_busy,
-            ),
-        ] {
-            metric(o, s, name, help, get(c));
+        ];
+        Snapshot {
+            counters,
+            seconds,
+            families,
+            ledger,
+            gauges,
         }
-        let _ = writeln!(o, "# HELP gridpow_server_quarantined_total Payloads quarantined by this process, by reason.\n# TYPE gridpow_server_quarantined_total counter");
-        for (k, c) in RejectKind::ALL.iter().zip(&m.quarantined) {
-            let _ = writeln!(
-                o,
-                "gridpow_server_quarantined_total{{reason=\"{}\"}} {}",
-                k.as_str(),
-                get(c)
-            );
-        }
-        let _ = writeln!(o, "# HELP gridpow_server_http_refused_total HTTP requests refused: no or bad token, wrong role or meter, bad Host, page too large.\n# TYPE gridpow_server_http_refused_total counter");
-        for (k, c) in HttpRefusal::ALL.iter().zip(&m.http_refused) {
-            let _ = writeln!(
-                o,
-                "gridpow_server_http_refused_total{{reason=\"{}\"}} {}",
-                k.as_str(),
-                get(c)
-            );
-        }
-        let _ = writeln!(o, "# HELP gridpow_server_alerts_total Alerts raised by this process, by kind.\n# TYPE gridpow_server_alerts_total counter");
-        for (k, c) in AlertKind::ALL.iter().zip(&m.alerts) {
-            let _ = writeln!(
-                o,
-                "gridpow_server_alerts_total{{kind=\"{}\"}} {}",
-                k.as_str(),
-                get(c)
-            );
-        }
-        let l = "gridpow_ledger_";
-        metric(
-            o,
-            l,
-            "readings_total",
-            "Readings in the database.",
-            t.readings_stored,
-        );
-        metric(
-            o,
-            l,
-            "blocks_total",
-            "Verified blocks in the database.",
-            t.blocks_verified,
-        );
-        metric(
-            o,
-            l,
-            "blocks_rejected_total",
-            "Payloads in quarantine.",
-            t.blocks_rejected,
-        );
-        metric(
-            o,
-            l,
-            "frames_rejected_total",
-            "Blocks refused because of one of their frames.",
-            t.frames_rejected,
-        );
-        metric(
-            o,
-            l,
-            "blocks_duplicate_total",
-            "Redelivered blocks found already stored.",
-            t.blocks_duplicate,
-        );
-        metric(o, l, "forks_total", "Forks quarantined.", t.forks);
-        metric(
-            o,
-            l,
-            "meters_total",
-            "Meters with stored readings.",
-            t.meters,
-        );
-        metric(o, l, "relays_total", "Relays with stored blocks.", t.relays);
-        let _ = writeln!(o, "# HELP gridpow_ledger_gaps_open Blocks stored before their parent, still waiting.\n# TYPE gridpow_ledger_gaps_open gauge\ngridpow_ledger_gaps_open {}", t.gaps_open);
-        let _ = writeln!(o, "# HELP gridpow_server_mqtt_connected Whether the MQTT connection is up.\n# TYPE gridpow_server_mqtt_connected gauge\ngridpow_server_mqtt_connected {}", u8::from(self.mqtt_connected.load(Ordering::Relaxed)));
-        out
     }
 }
 
-fn metric(out: &mut String, prefix: &str, name: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(
-        out,
-        "# HELP {prefix}{name} {help}\n# TYPE {prefix}{name} counter\n{prefix}{name} {value}"
-    );
+/// A counter split by one label, in the order of its kinds.
+#[derive(Debug)]
+struct LabelledCounter {
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    values: Vec<(&'static str, u64)>,
+}
+
+/// What one scrape reports, in exposition order. Counter names are given
+/// without the `_total` suffix, which the encoder appends to the samples.
+#[derive(Debug)]
+struct Snapshot {
+    counters: Vec<(&'static str, &'static str, u64)>,
+    seconds: Vec<(&'static str, &'static str, f64)>,
+    families: Vec<LabelledCounter>,
+    ledger: Vec<(&'static str, &'static str, u64)>,
+    gauges: Vec<(&'static str, &'static str, u64)>,
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, v) in &self.counters {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(*v).encode(m)?;
+        }
+        for (name, help, v) in &self.seconds {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(*v).encode(m)?;
+        }
+        for f in &self.families {
+            let mut m = encoder.encode_descriptor(f.name, f.help, None, MetricType::Counter)?;
+            for (label, v) in &f.values {
+                let labels = [(f.label, *label)];
+                ConstCounter::new(*v).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, v) in &self.ledger {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(*v).encode(m)?;
+        }
+        for (name, help, v) in &self.gauges {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(*v).encode(m)?;
+        }
+        Ok(())
+    }
 }
 
 /// What the server has done, for the CLI, the API (`/api/v1/stats`) and the dashboard.
@@ -505,4 +412,33 @@ pub struct ServerStats {
     pub mqtt_subscribed: bool,
     /// When this process started, Unix ms.
     pub started_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_keeps_names_types_help_and_labels() {
+        let shared = Shared::default();
+        add(&shared.metrics.messages_received, 3);
+        add(&shared.metrics.commit_micros, 1_500_000);
+        shared.count_quarantine(RejectKind::ALL[0]);
+        let text = shared.prometheus();
+        for line in [
+            "# HELP gridpow_server_messages_received MQTT messages received on the blocks subscription.",
+            "# TYPE gridpow_server_messages_received counter",
+            "gridpow_server_messages_received_total 3",
+            "gridpow_server_commit_seconds_total 1.5",
+            "# TYPE gridpow_server_quarantined counter",
+            &format!("gridpow_server_quarantined_total{{reason=\"{}\"}} 1", RejectKind::ALL[0].as_str()),
+            "gridpow_ledger_readings_total 0",
+            "# TYPE gridpow_ledger_gaps_open gauge",
+            "gridpow_ledger_gaps_open 0",
+            "gridpow_server_mqtt_connected 0",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
 }

@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gridpow_common::datadir::{check_sqlite_writable, DataDirError};
-use gridpow_common::keys::{KeyDir, KeyError};
 use gridpow_common::tls::TlsError;
 use gridpow_common::topics;
+use gridpow_keys::{KeyDir, KeyError};
 use rumqttc::v5::{AsyncClient, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -111,7 +110,7 @@ struct Opened {
 /// first block or request.
 fn open(cfg: &ServerConfig) -> Result<Opened, ServerError> {
     let keys = KeyDir::new(&cfg.keys_dir);
-    keys.check_role(gridpow_common::keys::Role::Server)?;
+    keys.check_role(gridpow_keys::Role::Server)?;
     let keyring = Keyring::load(&keys)?;
     let signing_key = keys.server_signing_key()?;
     // A read-only database or directory is refused now, rather than
@@ -195,7 +194,7 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
     let filter = if cfg.mqtt.shared_subscription {
         topics::shared_blocks()
     } else {
-        topics::ALL_BLOCKS.to_string()
+        topics::all_blocks()
     };
 
     let (inbound_tx, inbound_rx) = std::sync::mpsc::channel();
@@ -332,9 +331,21 @@ fn raise_open_file_limit(max_connections: usize) {
 }
 
 fn mqtt_options(cfg: &ServerConfig) -> Result<MqttOptions, ServerError> {
-    let mut o = MqttOptions::new(cfg.client_id(), cfg.mqtt.host.clone(), cfg.mqtt.port);
-    o.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s.max(5)))
-        .set_manual_acks(true)
+    let (cert, key) = cfg.client_identity();
+    let settings = gridpow_common::mqtt::ClientSettings {
+        client_id: cfg.client_id(),
+        host: cfg.mqtt.host.clone(),
+        port: cfg.mqtt.port,
+        keep_alive_s: cfg.mqtt.keep_alive_s,
+        tls: cfg.mqtt.tls.then(|| gridpow_common::mqtt::ClientTls {
+            ca: cfg.ca_path(),
+            cert,
+            key,
+            identity_configured: cfg.mqtt.cert.is_some() || cfg.mqtt.key.is_some(),
+        }),
+    };
+    let mut o = settings.v5()?;
+    o.set_manual_acks(true)
         .set_clean_start(cfg.mqtt.session_expiry_s == 0)
         .set_receive_maximum(Some(cfg.mqtt.receive_maximum))
         .set_max_packet_size(Some(cfg.mqtt.max_packet_bytes))
@@ -342,17 +353,6 @@ fn mqtt_options(cfg: &ServerConfig) -> Result<MqttOptions, ServerError> {
         .set_connection_timeout(10);
     if cfg.mqtt.session_expiry_s > 0 {
         o.set_session_expiry_interval(Some(cfg.mqtt.session_expiry_s));
-    }
-    if cfg.mqtt.tls {
-        let (cert, key) = cfg.client_identity();
-        let explicit = cfg.mqtt.cert.is_some() || cfg.mqtt.key.is_some();
-        let identity = (explicit || (cert.exists() && key.exists()))
-            .then_some((cert.as_path(), key.as_path()));
-        if identity.is_none() {
-            tracing::warn!(cert = %cert.display(), "No client certificate found; connecting without one.");
-        }
-        let tls = gridpow_common::tls::client_config(&cfg.ca_path(), identity)?;
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     }
     Ok(o)
 }

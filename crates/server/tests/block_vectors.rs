@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use gridpow_common::keys::KeyDir;
+use gridpow_keys::KeyDir;
 use gridpow_server::keyring::Keyring;
 use gridpow_server::verify::verify_payload;
 use serde_json::Value;

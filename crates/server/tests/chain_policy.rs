@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 
 use ed25519_dalek::SigningKey;
-use gridpow_common::keys::KeyDir;
+use gridpow_keys::KeyDir;
 use gridpow_proto::block::BlockBuilder;
 use gridpow_proto::crypto::{derive_meter_secret, MeterKeys, RustCrypto, SiteSecret};
 use gridpow_proto::pow::solve_blocking;

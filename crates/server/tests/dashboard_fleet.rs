@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Site;
@@ -25,28 +25,13 @@ use gridpow_server::keyring::Keyring;
 use gridpow_server::verify::verify_payload;
 use gridpow_server::Server;
 use gridpow_store::{open_store, Arrival, Ingest};
+use gridpow_testkit::{free_port, KillOnDrop};
 use serde_json::{json, Value};
 
 const METERS: u32 = 10_000;
 const RELAYS: u32 = 4;
 const LEAVES_PER_BLOCK: usize = 250;
 const READINGS_PER_FRAME: u32 = 3;
-
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Meter `m`'s reading `seq`: 230 V ± a few volts, every 97th meter at 262 V
 /// (above the band), a load that depends on the meter; consistent P = V·I·PF.
@@ -149,7 +134,7 @@ async fn browser() -> (KillOnDrop, tempfile::TempDir, Client) {
         .expect(
             "ChromeDriver is required: apt-get install chromium-driver (scripts/deps.sh does it)",
         );
-    let port = free_port();
+    let port = free_port().unwrap();
     let child = Command::new(driver)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
@@ -239,7 +224,7 @@ async fn dashboard_of_ten_thousand_meters_loads_sorts_searches_and_pages_in_head
         fill.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    let mut cfg = site.config(free_port());
+    let mut cfg = site.config(free_port().unwrap());
     cfg.mqtt.tls = false;
     cfg.plausibility.silent_after_intervals = 1_000_000;
     let server = Server::start(cfg).await.unwrap();

@@ -15,9 +15,9 @@ use common::Site;
 use gridpow_server::keyring::Keyring;
 use gridpow_server::verify::{verify_payload, MAX_BLOCK_BYTES};
 use gridpow_server::{verify_ledger, RelayForks};
-use gridpow_store::pg_harness::PgServer;
 use gridpow_store::RejectKind;
 use gridpow_store::{Arrival, Ingest, Outcome, PgStore, QuarantineItem, SqliteStore, Store};
+use gridpow_testkit::pg_harness::PgServer;
 
 /// A fresh database of one backend: the writer and the URL `verify_ledger` takes.
 struct Db {

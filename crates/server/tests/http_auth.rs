@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{http_get, http_request, json, publish, relay_client, wait_until, Heard, Site};
-use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_server::auth::{Role, TokenFile};
 use gridpow_server::Server;
+use gridpow_testkit::{Mosquitto, MosquittoOptions};
 
 fn metric(text: &str, line_start: &str) -> u64 {
     text.lines()

@@ -487,9 +487,9 @@ async fn the_api_is_served_over_tls_with_a_certificate_the_site_ca_issued() {
 
     // A client trusting another CA refuses the certificate.
     let other = tempfile::tempdir().unwrap();
-    let other_keys = gridpow_common::keys::KeyDir::new(other.path());
+    let other_keys = gridpow_keys::KeyDir::new(other.path());
     other_keys
-        .init(&gridpow_common::keys::InitOptions::default())
+        .init(&gridpow_keys::InitOptions::default())
         .unwrap();
     let tls = gridpow_common::tls::client_config(&other_keys.ca_cert_path(), None).unwrap();
     let refused = tokio_rustls::TlsConnector::from(tls)

@@ -11,9 +11,9 @@ use common::ledger::{self as cases, Tamper};
 use common::Site;
 use gridpow_proto::Hash;
 use gridpow_server::{verify_ledger, BlockFault, LedgerError, LedgerReport};
-use gridpow_store::pg_harness::PgServer;
 use gridpow_store::postgres::PgConn;
 use gridpow_store::PgStore;
+use gridpow_testkit::pg_harness::PgServer;
 
 struct Ledger {
     site: Site,

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{http_get, json, publish, relay_client, wait_until, Heard, Site};
-use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_common::topics;
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::pow::check_work;
@@ -17,6 +16,7 @@ use gridpow_proto::wire::uplink::write_hop_tag;
 use gridpow_proto::wire::{ReceiptRepr, ReceiptStatus};
 use gridpow_proto::Hash;
 use gridpow_server::{verify_ledger, BlockFault, LedgerError, Server, ServerHandle};
+use gridpow_testkit::{Mosquitto, MosquittoOptions};
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc::UnboundedReceiver;
 

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use gridpow_store::pg_harness::PgServer;
 use gridpow_store::postgres::PgConn;
+use gridpow_testkit::pg_harness::PgServer;
 
 /// A CA and a certificate it issued for `names`: (CA PEM, cert PEM, key PEM).
 fn issue(names: &[&str]) -> (String, String, String) {

@@ -10,11 +10,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{http_get, json, publish, relay_client, wait_until, Heard, Site};
-use gridpow_broker::{Mosquitto, MosquittoOptions};
 use gridpow_proto::wire::{ReceiptRepr, ReceiptStatus};
 use gridpow_server::{verify_ledger, LedgerError, Server, ServerConfig, ServerHandle};
-use gridpow_store::pg_harness::PgServer;
 use gridpow_store::postgres::PgConn;
+use gridpow_testkit::pg_harness::PgServer;
+use gridpow_testkit::{Mosquitto, MosquittoOptions};
 
 /// Server `id` of `site` on the broker's port and database `url`.
 fn config(site: &Site, port: u16, url: &str, id: u32) -> ServerConfig {

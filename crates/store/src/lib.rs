@@ -39,8 +39,6 @@
 pub mod equivocation;
 pub mod fleet;
 pub mod intervals;
-#[cfg(any(test, feature = "test-support"))]
-pub mod pg_harness;
 pub mod plausibility;
 pub mod postgres;
 mod shared;

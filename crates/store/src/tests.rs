@@ -97,7 +97,10 @@ enum Backend {
     Sqlite(tempfile::TempDir),
     // The server is kept alive while the test runs.
     #[allow(dead_code)]
-    Postgres(std::sync::Arc<crate::pg_harness::PgServer>, String),
+    Postgres(
+        std::sync::Arc<gridpow_testkit::pg_harness::PgServer>,
+        String,
+    ),
 }
 
 impl TestDb {
@@ -113,7 +116,7 @@ impl TestDb {
     }
 
     fn postgres() -> TestDb {
-        let pg = crate::pg_harness::PgServer::shared()
+        let pg = gridpow_testkit::pg_harness::PgServer::shared()
             .unwrap_or_else(|e| panic!("a private PostgreSQL is needed for this test: {e}"));
         let url = pg.create_database().unwrap();
         let store = Box::new(PgStore::open(&url, StoreOptions::default()).unwrap());
@@ -1183,7 +1186,7 @@ fn database_urls_name_sqlite_files_or_postgres_servers() {
 
 #[test]
 fn postgres_reader_refuses_a_database_without_the_schema() {
-    let pg = crate::pg_harness::PgServer::shared().unwrap();
+    let pg = gridpow_testkit::pg_harness::PgServer::shared().unwrap();
     let url = pg.create_database().unwrap();
     let err = PgStore::open_reader(&url).unwrap_err();
     assert!(err.to_string().contains("not a gridpow database"), "{err}");

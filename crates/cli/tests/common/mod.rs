@@ -2,7 +2,6 @@
 //! with their logs in files, free ports, and exporting key bundles with the CLI.
 #![allow(dead_code)] // each test file uses a subset
 
-use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -113,19 +112,11 @@ pub fn keys_with_meters(root: &Path, range: &str) -> String {
 }
 
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    gridpow_testkit::free_udp_port().unwrap()
 }
 
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    gridpow_testkit::free_port().unwrap()
 }
 
 /// Runs `gridpow keys export …` as an operator would; panics with its output on failure.

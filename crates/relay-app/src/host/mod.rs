@@ -1,7 +1,7 @@
 //! Host adapters (std, tokio): what stands in for the ESP32's drivers when
 //! the application runs on Linux, for tests and for a relay without a board.
 //!
-//! - [`UdpRadio`]: the project's UDP air (`gridpow_common::radio::UdpAir`,
+//! - [`UdpRadio`]: the project's UDP air (`gridpow_radio::UdpAir`,
 //!   the same one `gridpow relay` and `gridpow meters` use);
 //! - [`FileFlash`]: a file with NOR-flash semantics for the state log;
 //! - [`StdClock`]: monotonic and system time, tokio timers;

@@ -6,10 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use gridpow_common::keys::{KeyDir, KeyError, Role};
 use gridpow_firmware_logic::provisioning::{
     BlobError, RelayConfig, RelayMeter, RelayMode, MAX_RELAY_METERS,
 };
+use gridpow_keys::{KeyDir, KeyError, Role};
 
 /// Everything the relay application needs from provisioning.
 #[derive(Clone)]
@@ -108,7 +108,7 @@ pub fn from_bundle(
     config.signing_seed = kd.relay_signing_key(relay_id)?.to_bytes();
     config.server_public_key = kd.server_verifying_key()?.to_bytes();
     config.meter_count = meters.len();
-    let (ca_der, cert_der, key_der) = gridpow_common::tls::relay_tls_der(&kd, relay_id)?;
+    let (ca_der, cert_der, key_der) = gridpow_keys::relay_tls_der(&kd, relay_id)?;
     Ok(Provisioned {
         config,
         meters,
@@ -143,7 +143,7 @@ pub fn from_blob(blob_path: &Path, bundle: &Path) -> Result<Provisioned, Provisi
     // older blob takes it from the bundle.
     let (ca_der, cert_der, key_der) = match config.tls(&blob) {
         Some(t) => (t.ca_der.to_vec(), t.cert_der.to_vec(), t.key_der.to_vec()),
-        None => gridpow_common::tls::relay_tls_der(&kd, config.relay_id)?,
+        None => gridpow_keys::relay_tls_der(&kd, config.relay_id)?,
     };
     Ok(Provisioned {
         config,
@@ -157,8 +157,8 @@ pub fn from_blob(blob_path: &Path, bundle: &Path) -> Result<Provisioned, Provisi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gridpow_common::keys::InitOptions;
     use gridpow_firmware_logic::provisioning::MAX_RELAY_BLOB_LEN;
+    use gridpow_keys::InitOptions;
 
     fn bundle(dir: &Path) -> PathBuf {
         let keys = KeyDir::new(dir.join("keys"));

@@ -2,13 +2,13 @@ use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use gridpow_common::radio::{Confirmation, RadioError, RadioFrame, RadioPort, UdpAir};
 use gridpow_proto::MacAddr;
+use gridpow_radio::{Confirmation, RadioError, RadioFrame, RadioPort, UdpAir};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::traits::{Radio, Vouch};
 
-/// The UDP air (`gridpow_common::radio::UdpAir`, the radio of `gridpow
+/// The UDP air (`gridpow_radio::UdpAir`, the radio of `gridpow
 /// relay` and `gridpow meters`) as an async [`Radio`].
 ///
 /// `UdpAir` is blocking and learns a return route only from a frame it

@@ -9,17 +9,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gridpow_broker::{Mosquitto, MosquittoOptions};
-use gridpow_common::keys::{InitOptions, KeyDir};
-use gridpow_common::radio::Medium;
 use gridpow_common::topics;
+use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_meters::{read_truth, Fleet, FleetConfig, FleetHandle, FleetStats, TruthRecord};
 use gridpow_proto::block::{check_link, verify_block, KeyLookup, VerifyPolicy};
 use gridpow_proto::crypto::{MeterKeys, RustCrypto};
 use gridpow_proto::ingress::{first_new_index, DeliveredMark};
 use gridpow_proto::wire::{BlockHeaderRepr, Reading, ReceiptRepr, ReceiptStatus};
 use gridpow_proto::Hash;
+use gridpow_radio::Medium;
 use gridpow_relay::{Relay, RelayConfig, RelayHandle, RelayStats};
+use gridpow_testkit::{Mosquitto, MosquittoOptions};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
 /// The seed of a test: `GRIDPOW_TEST_SEED` or the clock; printed so a failure can be replayed.

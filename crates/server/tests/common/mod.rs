@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gridpow_common::keys::{InitOptions, KeyDir};
 use gridpow_common::topics;
+use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_proto::block::BlockBuilder;
 use gridpow_proto::crypto::{MeterKeys, RustCrypto};
 use gridpow_proto::pow::solve_blocking;

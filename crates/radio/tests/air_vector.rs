@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use gridpow_common::radio::{decode_air, encode_air, AirMalformed};
+use gridpow_radio::{decode_air, encode_air, AirMalformed};
 use serde_json::{json, Value};
 
 fn dir() -> PathBuf {

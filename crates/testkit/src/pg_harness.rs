@@ -11,8 +11,8 @@
 //! directory.
 //!
 //! ```no_run
-//! # fn main() -> Result<(), gridpow_store::pg_harness::PgHarnessError> {
-//! use gridpow_store::pg_harness::PgServer;
+//! # fn main() -> Result<(), gridpow_testkit::pg_harness::PgHarnessError> {
+//! use gridpow_testkit::pg_harness::PgServer;
 //! let pg = PgServer::shared()?;          // one instance per process while in use
 //! let url = pg.create_database()?;       // postgres://gridpow@127.0.0.1:PORT/gp_…
 //! pg.execute(&url, "SELECT 1")?;
@@ -21,7 +21,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -30,7 +29,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use crate::postgres::PgConn;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 /// Why a private instance could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -161,9 +160,34 @@ fn unprivileged_user() -> Result<Option<(u32, u32)>, PgHarnessError> {
     ))
 }
 
-fn free_port() -> Result<u16, PgHarnessError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(io("binding a free port"))?;
-    Ok(l.local_addr().map_err(io("reading the bound port"))?.port())
+/// Runs `sql` (statements separated by semicolons) on the database at `url`
+/// over a connection of its own, returning the rows of the last statement.
+/// The client runs on a thread of its own, so callers inside an async test
+/// (a tokio runtime) may call it too.
+fn simple_query(url: &str, sql: &str) -> Result<Vec<SimpleQueryMessage>, PgHarnessError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(io("starting a runtime for the SQL client"))?;
+            rt.block_on(async {
+                let (client, connection) = tokio_postgres::connect(url, NoTls)
+                    .await
+                    .map_err(|e| PgHarnessError::Sql(e.to_string()))?;
+                let driver = tokio::spawn(connection);
+                let rows = client
+                    .simple_query(sql)
+                    .await
+                    .map_err(|e| PgHarnessError::Sql(format!("{sql}: {e}")));
+                drop(client);
+                let _ = driver.await;
+                rows
+            })
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 fn shared_slot() -> &'static Mutex<Weak<PgServer>> {
@@ -233,7 +257,7 @@ impl PgServer {
             )));
         }
         let pg = PgServer {
-            port: free_port()?,
+            port: crate::free_port().map_err(io("binding a free port"))?,
             dir,
             data,
             bin,
@@ -320,10 +344,7 @@ impl PgServer {
     }
 
     fn ping(&self, db: &str) -> Result<(), PgHarnessError> {
-        let mut c =
-            PgConn::connect(&self.url(db)).map_err(|e| PgHarnessError::Sql(e.to_string()))?;
-        c.batch_execute("SELECT 1")
-            .map_err(|e| PgHarnessError::Sql(e.to_string()))
+        simple_query(&self.url(db), "SELECT 1").map(drop)
     }
 
     /// Its TCP port on 127.0.0.1.
@@ -351,9 +372,7 @@ impl PgServer {
 
     /// Runs `sql` (statements separated by semicolons) on the database at `url`.
     pub fn execute(&self, url: &str, sql: &str) -> Result<(), PgHarnessError> {
-        let mut c = PgConn::connect(url).map_err(|e| PgHarnessError::Sql(e.to_string()))?;
-        c.batch_execute(sql)
-            .map_err(|e| PgHarnessError::Sql(format!("{sql}: {e}")))
+        simple_query(url, sql).map(drop)
     }
 
     /// Turns TLS on (`ssl = on`, reloaded, no restart) with this PEM
@@ -378,13 +397,9 @@ impl PgServer {
         self.execute(&url, "SELECT pg_reload_conf()")?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut c = PgConn::connect(&url).map_err(|e| PgHarnessError::Sql(e.to_string()))?;
-            let on = c
-                .query("SHOW ssl", &[])
-                .map_err(|e| PgHarnessError::Sql(e.to_string()))?
-                .first()
-                .and_then(|r| r.try_get::<_, String>(0).ok())
-                == Some("on".to_string());
+            let on = simple_query(&url, "SHOW ssl")?
+                .iter()
+                .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("on")));
             if on {
                 return Ok(());
             }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{load_toml, ConfigError};
+use gridpow_common::config::{load_toml, ConfigError};
 
 /// One meter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,7 +27,7 @@ pub struct MeterRecord {
 impl MeterRecord {
     /// The MAC as bytes, if registered and valid.
     pub fn mac_bytes(&self) -> Option<gridpow_proto::MacAddr> {
-        self.mac.as_deref().and_then(crate::parse_mac)
+        self.mac.as_deref().and_then(gridpow_common::parse_mac)
     }
 }
 
@@ -58,7 +58,7 @@ impl MeterRegistry {
                 ));
             }
             if let Some(mac) = &m.mac {
-                if crate::parse_mac(mac).is_none() {
+                if gridpow_common::parse_mac(mac).is_none() {
                     return Err(ConfigError::invalid(
                         path,
                         &format!("meter[{i}].mac"),
@@ -74,7 +74,7 @@ impl MeterRegistry {
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
         let text = toml::to_string_pretty(self)
             .map_err(|e| ConfigError::invalid(path, "", e.to_string()))?;
-        crate::durable::write_file(path, text.as_bytes(), false)
+        gridpow_common::durable::write_file(path, text.as_bytes(), false)
             .map_err(|e| ConfigError::io(path, e))
     }
 
@@ -141,7 +141,7 @@ impl RelayRegistry {
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
         let text = toml::to_string_pretty(self)
             .map_err(|e| ConfigError::invalid(path, "", e.to_string()))?;
-        crate::durable::write_file(path, text.as_bytes(), false)
+        gridpow_common::durable::write_file(path, text.as_bytes(), false)
             .map_err(|e| ConfigError::io(path, e))
     }
 

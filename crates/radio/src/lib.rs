@@ -300,7 +300,7 @@ impl RadioPort for UdpAir {
             .get(&dst)
             .copied()
             .or(self.default_peer)
-            .ok_or_else(|| RadioError::NoRoute(crate::format_mac(&dst)))?;
+            .ok_or_else(|| RadioError::NoRoute(gridpow_common::format_mac(&dst)))?;
         if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
             return Ok(());
         }
