@@ -521,82 +521,9 @@ impl Checker {
         }
         let verified = reverify_stored(&self.keys, 0, &b.raw)
             .map_err(|e| fail(BlockFault::Verification(e)))?;
-        let expected = [
-            Cell::Int(i64::from(header.relay_id)),
-            Cell::Int(header.height as i64),
-            Cell::Bytes(hash.to_vec()),
-            Cell::Bytes(header.prev_hash.to_vec()),
-            Cell::Bytes(header.merkle_root.to_vec()),
-            Cell::Int(i64::from(header.difficulty)),
-            Cell::Int(i64::from(header.leaf_count)),
-            Cell::Int(header.time_ms as i64),
-            Cell::Int(header.nonce as i64),
-        ];
-        for ((column, stored), expected) in
-            BLOCK_HEADER_COLUMNS.iter().zip(&b.header).zip(&expected)
-        {
-            if stored != expected {
-                return Err(fail(BlockFault::HeaderColumn {
-                    column,
-                    stored: show(stored),
-                    expected: show(expected),
-                }));
-            }
-        }
-        if i64::from(header.relay_id) != relay {
-            return Err(fail(BlockFault::HeaderColumn {
-                column: "relay_id",
-                stored: relay.to_string(),
-                expected: header.relay_id.to_string(),
-            }));
-        }
-        // Chain.
-        let parent_stored = match (header.height, prev) {
-            (0, _) => {
-                check_link(&header, None).map_err(|reason| {
-                    fail(BlockFault::Link {
-                        parent_height: 0,
-                        reason,
-                    })
-                })?;
-                true
-            }
-            (h, Some(&(ph, ref phash))) if ph.checked_add(1) == Some(h) => {
-                check_link(&header, Some((ph, phash))).map_err(|reason| {
-                    fail(BlockFault::Link {
-                        parent_height: ph,
-                        reason,
-                    })
-                })?;
-                true
-            }
-            (h, p) => {
-                let from = p.map_or(0, |&(ph, _)| ph.saturating_add(1));
-                self.report.gaps.push((header.relay_id, from, h - 1));
-                false
-            }
-        };
-        if b.linked != Cell::Int(i64::from(parent_stored)) {
-            return Err(fail(BlockFault::LinkedFlag {
-                stored: show(&b.linked),
-                parent_stored,
-            }));
-        }
-        // Readings.
-        let first_id = b.first_reading_id.int().ok_or_else(|| {
-            fail(BlockFault::Bookkeeping {
-                column: "first_reading_id",
-                stored: show(&b.first_reading_id),
-                expected: "an integer".into(),
-            })
-        })?;
-        let count = b.reading_count.int().filter(|&c| c >= 0).ok_or_else(|| {
-            fail(BlockFault::Bookkeeping {
-                column: "reading_count",
-                stored: show(&b.reading_count),
-                expected: "a count".into(),
-            })
-        })? as u64;
+        header_columns(relay, b, &header).map_err(fail)?;
+        self.chain_link(b, &header, prev).map_err(fail)?;
+        let (first_id, count) = reading_range(b).map_err(fail)?;
         let rows = store.ledger_readings(first_id, count).map_err(|e| {
             fail(BlockFault::TimeIndex(format!(
                 "reading rows unreadable: {e}"
@@ -609,10 +536,72 @@ impl Checker {
                 found: rows.len() as u64,
             }));
         }
+        let dups_expected = self
+            .readings(store, b, &header, &verified.readings, &rows)
+            .map_err(fail)?;
+        time_index(store, b, &rows).map_err(fail)?;
+        self.rows_claimed += count;
+        self.directories_expected += u64::from(!rows.is_empty());
+        self.report.blocks += 1;
+        self.report.frames += u64::from(header.leaf_count);
+        self.report.readings += count;
+        self.report.duplicate_readings += dups_expected;
+        Ok((header.height, hash))
+    }
+
+    /// The chain link to the parent checked before (when it is stored) and
+    /// the `linked` flag; a missing parent is reported as a gap.
+    fn chain_link(
+        &mut self,
+        b: &LedgerBlock,
+        header: &BlockHeaderRepr,
+        prev: Option<&(u64, Hash)>,
+    ) -> Result<(), BlockFault> {
+        let parent_stored = match (header.height, prev) {
+            (0, _) => {
+                check_link(header, None).map_err(|reason| BlockFault::Link {
+                    parent_height: 0,
+                    reason,
+                })?;
+                true
+            }
+            (h, Some(&(ph, ref phash))) if ph.checked_add(1) == Some(h) => {
+                check_link(header, Some((ph, phash))).map_err(|reason| BlockFault::Link {
+                    parent_height: ph,
+                    reason,
+                })?;
+                true
+            }
+            (h, p) => {
+                let from = p.map_or(0, |&(ph, _)| ph.saturating_add(1));
+                self.report.gaps.push((header.relay_id, from, h - 1));
+                false
+            }
+        };
+        if b.linked != Cell::Int(i64::from(parent_stored)) {
+            return Err(BlockFault::LinkedFlag {
+                stored: show(&b.linked),
+                parent_stored,
+            });
+        }
+        Ok(())
+    }
+
+    /// Each stored reading row against the reading its block's frames carry,
+    /// each number stored once in the whole ledger, the block's repeats
+    /// checked for equivocation, and its duplicate count; returns that count.
+    fn readings(
+        &mut self,
+        store: &mut dyn ReadStore,
+        b: &LedgerBlock,
+        header: &BlockHeaderRepr,
+        frames: &[ReadingRow],
+        rows: &[LedgerReading],
+    ) -> Result<u64, BlockFault> {
         // Frame readings by (meter, epoch, seq), first leaf first (as stored).
         let mut carried: HashMap<(u32, u32, u32), &ReadingRow> =
-            HashMap::with_capacity(verified.readings.len());
-        for r in &verified.readings {
+            HashMap::with_capacity(frames.len());
+        for r in frames {
             carried.entry((r.meter_id, r.epoch, r.seq)).or_insert(r);
             self.carried
                 .entry((r.meter_id, r.epoch))
@@ -621,7 +610,7 @@ impl Checker {
         }
         // The numbers this block stored, to tell its repeats below.
         let mut stored_here = std::collections::HashSet::with_capacity(rows.len());
-        for row in &rows {
+        for row in rows {
             let key = match (&row.cells[2], &row.cells[3], &row.cells[4]) {
                 (Cell::Int(m), Cell::Int(e), Cell::Int(s)) => {
                     match (u32::try_from(*m), u32::try_from(*e), u32::try_from(*s)) {
@@ -631,46 +620,40 @@ impl Checker {
                 }
                 _ => None,
             };
-            let stray = || {
-                fail(BlockFault::StrayReading {
-                    id: row.id,
-                    meter: show(&row.cells[2]),
-                    epoch: show(&row.cells[3]),
-                    seq: show(&row.cells[4]),
-                })
+            let stray = || BlockFault::StrayReading {
+                id: row.id,
+                meter: show(&row.cells[2]),
+                epoch: show(&row.cells[3]),
+                seq: show(&row.cells[4]),
             };
             let key = key.ok_or_else(stray)?;
             stored_here.insert(key);
             let frame_row = carried.get(&key).ok_or_else(stray)?;
-            compare_reading(row, b.id, frame_row).map_err(fail)?;
+            compare_reading(row, b.id, frame_row)?;
             let added = self
                 .stored
                 .entry((key.0, key.1))
                 .or_default()
                 .insert_range(key.2, key.2);
             if added.is_empty() {
-                return Err(fail(BlockFault::DuplicateReading {
+                return Err(BlockFault::DuplicateReading {
                     id: row.id,
                     meter: key.0,
                     epoch: key.1,
                     seq: key.2,
-                }));
+                });
             }
         }
         // Repeats: carriers of a number this block did not store (stored
         // earlier, elsewhere, or by an earlier leaf of this block).
-        let repeated: Vec<ReadingRow> = verified
-            .readings
+        let repeated: Vec<ReadingRow> = frames
             .iter()
             .filter(|r| !stored_here.remove(&(r.meter_id, r.epoch, r.seq)))
             .copied()
             .collect();
         if !repeated.is_empty() {
-            let found = gridpow_store::equivocation::find(store, &repeated).map_err(|e| {
-                fail(BlockFault::TimeIndex(format!(
-                    "repeated readings unreadable: {e}"
-                )))
-            })?;
+            let found = gridpow_store::equivocation::find(store, &repeated)
+                .map_err(|e| BlockFault::TimeIndex(format!("repeated readings unreadable: {e}")))?;
             self.report
                 .equivocations
                 .extend(found.into_iter().map(|q| EquivocationFinding {
@@ -682,95 +665,17 @@ impl Checker {
                     seq: q.seq,
                 }));
         }
+        let count = rows.len() as u64;
         let distinct = carried.len() as u64;
-        let dups_expected =
-            verified.readings.len() as u64 - count.min(verified.readings.len() as u64);
+        let dups_expected = frames.len() as u64 - count.min(frames.len() as u64);
         if count > distinct || b.duplicate_count != Cell::Int(dups_expected as i64) {
-            return Err(fail(BlockFault::Bookkeeping {
+            return Err(BlockFault::Bookkeeping {
                 column: "duplicate_count",
                 stored: show(&b.duplicate_count),
                 expected: dups_expected.to_string(),
-            }));
+            });
         }
-        // Time index: one run per meter, in id order.
-        let mut runs: Vec<Run> = Vec::new();
-        for row in &rows {
-            let (meter, ts) = (
-                row.cells[2].int().unwrap_or(-1),
-                row.cells[5].int().unwrap_or(0),
-            );
-            match runs.last_mut() {
-                Some(r) if r.meter_id == meter => {
-                    r.last_id = row.id;
-                    r.min_ts = r.min_ts.min(ts);
-                    r.max_ts = r.max_ts.max(ts);
-                }
-                _ => runs.push(Run {
-                    block_id: b.id,
-                    meter_id: meter,
-                    first_id: row.id,
-                    last_id: row.id,
-                    min_ts: ts,
-                    max_ts: ts,
-                }),
-            }
-        }
-        let span = runs.iter().fold(None, |s: Option<(i64, i64)>, r| {
-            Some(s.map_or((r.min_ts, r.max_ts), |(a, z)| {
-                (a.min(r.min_ts), z.max(r.max_ts))
-            }))
-        });
-        let span_cells = span.map_or(
-            (Cell::Other("NULL".into()), Cell::Other("NULL".into())),
-            |(a, z)| (Cell::Int(a), Cell::Int(z)),
-        );
-        for (column, stored, expected) in [
-            ("min_ts", &b.min_ts, &span_cells.0),
-            ("max_ts", &b.max_ts, &span_cells.1),
-        ] {
-            if stored != expected {
-                return Err(fail(BlockFault::Bookkeeping {
-                    column,
-                    stored: show(stored),
-                    expected: show(expected),
-                }));
-            }
-        }
-        let stored = store
-            .ledger_directory(b.id)
-            .map_err(|e| fail(BlockFault::TimeIndex(e.to_string())))?;
-        let expected_dir = (!runs.is_empty()).then(|| encode_directory(&runs));
-        if stored != expected_dir {
-            let detail = match (&stored, &expected_dir) {
-                (None, _) => "its directory row is missing".to_string(),
-                (Some(_), None) => {
-                    "a directory row exists for a block without readings".to_string()
-                }
-                (Some(got), Some(want)) => match decode_directory(b.id, got) {
-                    None => format!("directory of {} bytes is not whole entries", got.len()),
-                    Some(got_runs) => got_runs
-                        .iter()
-                        .zip(&runs)
-                        .find(|(a, b)| a != b)
-                        .map(|(a, b)| format!("stored {a:?}, expected {b:?}"))
-                        .unwrap_or_else(|| {
-                            format!(
-                                "{} entries stored, {} expected",
-                                got.len() / 32,
-                                want.len() / 32
-                            )
-                        }),
-                },
-            };
-            return Err(fail(BlockFault::TimeIndex(detail)));
-        }
-        self.rows_claimed += count;
-        self.directories_expected += u64::from(!runs.is_empty());
-        self.report.blocks += 1;
-        self.report.frames += u64::from(header.leaf_count);
-        self.report.readings += count;
-        self.report.duplicate_readings += dups_expected;
-        Ok((header.height, hash))
+        Ok(dups_expected)
     }
 
     /// Finds the first block whose frames carry the missing reading.
@@ -835,6 +740,140 @@ fn compare_reading(
                 expected: show(expected),
             });
         }
+    }
+    Ok(())
+}
+/// The header columns exactly as the block's bytes imply, filed under the
+/// relay its header names.
+fn header_columns(relay: i64, b: &LedgerBlock, header: &BlockHeaderRepr) -> Result<(), BlockFault> {
+    let expected = [
+        Cell::Int(i64::from(header.relay_id)),
+        Cell::Int(header.height as i64),
+        Cell::Bytes(header.hash().to_vec()),
+        Cell::Bytes(header.prev_hash.to_vec()),
+        Cell::Bytes(header.merkle_root.to_vec()),
+        Cell::Int(i64::from(header.difficulty)),
+        Cell::Int(i64::from(header.leaf_count)),
+        Cell::Int(header.time_ms as i64),
+        Cell::Int(header.nonce as i64),
+    ];
+    for ((column, stored), expected) in BLOCK_HEADER_COLUMNS.iter().zip(&b.header).zip(&expected) {
+        if stored != expected {
+            return Err(BlockFault::HeaderColumn {
+                column,
+                stored: show(stored),
+                expected: show(expected),
+            });
+        }
+    }
+    if i64::from(header.relay_id) != relay {
+        return Err(BlockFault::HeaderColumn {
+            column: "relay_id",
+            stored: relay.to_string(),
+            expected: header.relay_id.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The block's claim on the readings table: first id and count.
+fn reading_range(b: &LedgerBlock) -> Result<(i64, u64), BlockFault> {
+    let first_id = b
+        .first_reading_id
+        .int()
+        .ok_or_else(|| BlockFault::Bookkeeping {
+            column: "first_reading_id",
+            stored: show(&b.first_reading_id),
+            expected: "an integer".into(),
+        })?;
+    let count =
+        b.reading_count
+            .int()
+            .filter(|&c| c >= 0)
+            .ok_or_else(|| BlockFault::Bookkeeping {
+                column: "reading_count",
+                stored: show(&b.reading_count),
+                expected: "a count".into(),
+            })? as u64;
+    Ok((first_id, count))
+}
+
+/// The block's time span columns and its directory row against the runs
+/// its reading rows form (one run per meter, in id order).
+fn time_index(
+    store: &mut dyn ReadStore,
+    b: &LedgerBlock,
+    rows: &[LedgerReading],
+) -> Result<(), BlockFault> {
+    // Time index: one run per meter, in id order.
+    let mut runs: Vec<Run> = Vec::new();
+    for row in rows {
+        let (meter, ts) = (
+            row.cells[2].int().unwrap_or(-1),
+            row.cells[5].int().unwrap_or(0),
+        );
+        match runs.last_mut() {
+            Some(r) if r.meter_id == meter => {
+                r.last_id = row.id;
+                r.min_ts = r.min_ts.min(ts);
+                r.max_ts = r.max_ts.max(ts);
+            }
+            _ => runs.push(Run {
+                block_id: b.id,
+                meter_id: meter,
+                first_id: row.id,
+                last_id: row.id,
+                min_ts: ts,
+                max_ts: ts,
+            }),
+        }
+    }
+    let span = runs.iter().fold(None, |s: Option<(i64, i64)>, r| {
+        Some(s.map_or((r.min_ts, r.max_ts), |(a, z)| {
+            (a.min(r.min_ts), z.max(r.max_ts))
+        }))
+    });
+    let span_cells = span.map_or(
+        (Cell::Other("NULL".into()), Cell::Other("NULL".into())),
+        |(a, z)| (Cell::Int(a), Cell::Int(z)),
+    );
+    for (column, stored, expected) in [
+        ("min_ts", &b.min_ts, &span_cells.0),
+        ("max_ts", &b.max_ts, &span_cells.1),
+    ] {
+        if stored != expected {
+            return Err(BlockFault::Bookkeeping {
+                column,
+                stored: show(stored),
+                expected: show(expected),
+            });
+        }
+    }
+    let stored = store
+        .ledger_directory(b.id)
+        .map_err(|e| BlockFault::TimeIndex(e.to_string()))?;
+    let expected_dir = (!runs.is_empty()).then(|| encode_directory(&runs));
+    if stored != expected_dir {
+        let detail = match (&stored, &expected_dir) {
+            (None, _) => "its directory row is missing".to_string(),
+            (Some(_), None) => "a directory row exists for a block without readings".to_string(),
+            (Some(got), Some(want)) => match decode_directory(b.id, got) {
+                None => format!("directory of {} bytes is not whole entries", got.len()),
+                Some(got_runs) => got_runs
+                    .iter()
+                    .zip(&runs)
+                    .find(|(a, b)| a != b)
+                    .map(|(a, b)| format!("stored {a:?}, expected {b:?}"))
+                    .unwrap_or_else(|| {
+                        format!(
+                            "{} entries stored, {} expected",
+                            got.len() / 32,
+                            want.len() / 32
+                        )
+                    }),
+            },
+        };
+        return Err(BlockFault::TimeIndex(detail));
     }
     Ok(())
 }
