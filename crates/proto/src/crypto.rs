@@ -225,6 +225,21 @@ pub trait CryptoProvider {
     /// it; the midstate still serves later calls.
     fn sha256_resume(&self, midstate: &mut Self::Sha256Midstate, rest: &[u8]) -> Hash;
 
+    /// [`Self::sha256_resume`] of a rest of `len` bytes (at most 55, so it
+    /// and SHA-256's padding fit one block) handed over already padded:
+    /// `padded[..len]` is the rest, the remainder its padding for a
+    /// `64 + len`-byte message. The PoW search calls this once per try. The
+    /// default resumes from `padded[..len]`; a provider with a raw compression
+    /// function compresses `padded` as it is.
+    fn sha256_resume_padded(
+        &self,
+        midstate: &mut Self::Sha256Midstate,
+        padded: &[u8; 64],
+        len: usize,
+    ) -> Hash {
+        self.sha256_resume(midstate, &padded[..len.min(55)])
+    }
+
     /// Ed25519 signature of `msg`.
     fn ed25519_sign(&self, key: &SigningKey, msg: &[u8]) -> [u8; 64];
 
@@ -280,6 +295,15 @@ impl<P: CryptoProvider + ?Sized> CryptoProvider for &P {
         (**self).sha256_resume(midstate, rest)
     }
 
+    fn sha256_resume_padded(
+        &self,
+        midstate: &mut Self::Sha256Midstate,
+        padded: &[u8; 64],
+        len: usize,
+    ) -> Hash {
+        (**self).sha256_resume_padded(midstate, padded, len)
+    }
+
     fn ed25519_sign(&self, key: &SigningKey, msg: &[u8]) -> [u8; 64] {
         (**self).ed25519_sign(key, msg)
     }
@@ -312,22 +336,23 @@ pub fn resume_with(
     let mut state = *midstate;
     let mut blocks = rest.chunks_exact(64);
     for b in &mut blocks {
-        let mut block = [0u8; 64];
-        block.copy_from_slice(b);
-        compress(&mut state, &block);
+        if let Ok(block) = <&[u8; 64]>::try_from(b) {
+            compress(&mut state, block);
+        }
     }
+    // The padded tail, built in one block: this runs once per PoW try, so
+    // it copies no more than it must.
     let tail = blocks.remainder();
-    let mut last = [0u8; 128];
-    last[..tail.len()].copy_from_slice(tail);
-    last[tail.len()] = 0x80;
-    let end = if tail.len() < 56 { 64 } else { 128 };
     let bits = (64 + rest.len() as u64) * 8;
-    last[end - 8..end].copy_from_slice(&bits.to_be_bytes());
-    for b in last[..end].chunks_exact(64) {
-        let mut block = [0u8; 64];
-        block.copy_from_slice(b);
+    let mut block = [0u8; 64];
+    block[..tail.len()].copy_from_slice(tail);
+    block[tail.len()] = 0x80;
+    if tail.len() >= 56 {
         compress(&mut state, &block);
+        block = [0u8; 64];
     }
+    block[56..].copy_from_slice(&bits.to_be_bytes());
+    compress(&mut state, &block);
     let mut out = [0u8; 32];
     for (c, w) in out.chunks_exact_mut(4).zip(state) {
         c.copy_from_slice(&w.to_be_bytes());
@@ -539,6 +564,21 @@ mod soft {
 
         fn sha256_resume(&self, midstate: &mut [u32; 8], rest: &[u8]) -> Hash {
             super::resume_with(compress, midstate, rest)
+        }
+
+        fn sha256_resume_padded(
+            &self,
+            midstate: &mut [u32; 8],
+            padded: &[u8; 64],
+            _len: usize,
+        ) -> Hash {
+            let mut state = *midstate;
+            compress(&mut state, padded);
+            let mut out = [0u8; 32];
+            for (c, w) in out.chunks_exact_mut(4).zip(state) {
+                c.copy_from_slice(&w.to_be_bytes());
+            }
+            out
         }
 
         fn ed25519_sign(&self, key: &SigningKey, msg: &[u8]) -> [u8; 64] {

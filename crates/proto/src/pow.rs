@@ -5,9 +5,9 @@
 //! The first 64 header bytes never change while solving, so [`PowSolver`]
 //! has the provider compress them once (the midstate,
 //! [`CryptoProvider::sha256_midstate`]); each try writes the nonce into the
-//! remaining 36 bytes and resumes from it ([`CryptoProvider::sha256_resume`]),
-//! which costs exactly one compression because the 36 bytes and SHA-256's
-//! padding fit one block. This is the only nonce search: the Linux relay's
+//! remaining 36 bytes, already padded, and resumes from it
+//! ([`CryptoProvider::sha256_resume_padded`]), which costs exactly one
+//! compression because the 36 bytes and SHA-256's padding fit one block. This is the only nonce search: the Linux relay's
 //! threads, the firmware (on the SHA accelerator) and the tests all run it
 //! with their provider. Verification is one hash.
 
@@ -50,7 +50,8 @@ const TAIL_NONCE: usize = NONCE_OFFSET - 64;
 /// every [`PowSolver::solve_for`].
 pub struct PowSolver<C: CryptoProvider> {
     midstate: C::Sha256Midstate,
-    tail: [u8; TAIL_LEN],
+    /// The header's last [`TAIL_LEN`] bytes with SHA-256's padding.
+    tail: [u8; 64],
     difficulty: u8,
     next_nonce: u64,
     stride: u64,
@@ -65,8 +66,10 @@ impl<C: CryptoProvider> PowSolver<C> {
         let bytes = header.to_bytes();
         let mut first = [0u8; 64];
         first.copy_from_slice(&bytes[..64]);
-        let mut tail = [0u8; TAIL_LEN];
-        tail.copy_from_slice(&bytes[64..]);
+        let mut tail = [0u8; 64];
+        tail[..TAIL_LEN].copy_from_slice(&bytes[64..]);
+        tail[TAIL_LEN] = 0x80;
+        tail[56..].copy_from_slice(&((HEADER_LEN as u64) * 8).to_be_bytes());
         PowSolver {
             midstate: provider.sha256_midstate(&first),
             tail,
@@ -84,7 +87,7 @@ impl<C: CryptoProvider> PowSolver<C> {
             self.next_nonce = self.next_nonce.wrapping_add(self.stride);
             self.tries += 1;
             self.tail[TAIL_NONCE..TAIL_NONCE + 8].copy_from_slice(&nonce.to_le_bytes());
-            let hash = provider.sha256_resume(&mut self.midstate, &self.tail);
+            let hash = provider.sha256_resume_padded(&mut self.midstate, &self.tail, TAIL_LEN);
             if leading_zero_bits(&hash) >= self.difficulty {
                 return Some(nonce);
             }
@@ -152,8 +155,11 @@ mod tests {
         // Recompute the same try by hand and compare with the plain hash.
         let mut tail = s.tail;
         tail[TAIL_NONCE..TAIL_NONCE + 8].copy_from_slice(&77u64.to_le_bytes());
-        let bytes = p.sha256_resume(&mut s.midstate, &tail);
+        let bytes = p.sha256_resume(&mut s.midstate, &tail[..TAIL_LEN]);
         assert_eq!(bytes, with_nonce.hash());
+        // The pre-padded path the search takes gives the same hash.
+        let padded = p.sha256_resume_padded(&mut s.midstate, &tail, TAIL_LEN);
+        assert_eq!(padded, with_nonce.hash());
     }
 
     #[test]
