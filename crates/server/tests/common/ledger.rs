@@ -10,23 +10,6 @@ use gridpow_store::{Arrival, Ingest, Store};
 
 use super::Site;
 
-/// The columns of a reading row, besides its id.
-pub const READING_COLS: [&str; 13] = [
-    "block_id",
-    "leaf",
-    "meter_id",
-    "epoch",
-    "seq",
-    "ts_ms",
-    "voltage_cv",
-    "current_ma",
-    "power_dw",
-    "pf_e4",
-    "freq_mhz",
-    "energy_mwh",
-    "flags",
-];
-
 /// The integer columns of a block row both backends store as integers.
 pub const BLOCK_INT_COLS: [&str; 11] = [
     "relay_id",
@@ -169,7 +152,7 @@ pub fn bumped_block_columns(l: &mut impl Tamper, block_id: i64, cols: &[&str]) {
 /// 1's block 1) in turn: the check must name the block and the row.
 pub fn bumped_reading_columns(l: &mut impl Tamper, first: i64, count: i64) {
     for id in first..first + count {
-        for col in READING_COLS {
+        for col in gridpow_store::READING_COLUMNS {
             let fault = expect_block(
                 l,
                 1,
