@@ -164,8 +164,11 @@ impl TestDb {
         open_reader(&self.url()).unwrap()
     }
 
-    /// The integer `sql` selects (on a connection of its own).
-    fn count(&self, sql: &str) -> i64 {
+    /// The one value `sql` selects, read on a connection of its own.
+    fn value<T>(&self, sql: &str) -> T
+    where
+        T: rusqlite::types::FromSql + for<'a> tokio_postgres::types::FromSql<'a>,
+    {
         match &self.backend {
             Backend::Sqlite(dir) => rusqlite::Connection::open(dir.path().join("ledger.db"))
                 .unwrap()
@@ -177,6 +180,11 @@ impl TestDb {
                 .unwrap()[0]
                 .get(0),
         }
+    }
+
+    /// The integer `sql` selects.
+    fn count(&self, sql: &str) -> i64 {
+        self.value(sql)
     }
 
     /// Runs `sql` on a connection of its own (to tamper with the database).
@@ -195,17 +203,7 @@ impl TestDb {
 
     /// The blob `sql` selects.
     fn bytes(&self, sql: &str) -> Vec<u8> {
-        match &self.backend {
-            Backend::Sqlite(dir) => rusqlite::Connection::open(dir.path().join("ledger.db"))
-                .unwrap()
-                .query_row(sql, [], |r| r.get(0))
-                .unwrap(),
-            Backend::Postgres(_, url) => postgres::PgConn::connect(url)
-                .unwrap()
-                .query(sql, &[])
-                .unwrap()[0]
-                .get(0),
-        }
+        self.value(sql)
     }
 }
 
