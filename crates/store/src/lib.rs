@@ -33,12 +33,18 @@
 //!   SQLite walks the blocks by time and keeps one directory row per block;
 //!   PostgreSQL keeps one row per run, indexed by meter and time (see
 //!   [`postgres`]).
+//! - **One planner, thin backends.** What a commit writes is decided once, in
+//!   the planner (`plan.rs`): given the batch and the stored rows it touches
+//!   (read through a `Snapshot`), it returns every row to insert or change.
+//!   A backend only loads (and locks) those rows, assigns ids and writes the
+//!   plan with its own SQL, so both backends decide alike by construction.
 //! - Each instance is one connection used from one thread (`&mut self`); the
 //!   HTTP API opens its own instances for reading.
 
 pub mod equivocation;
 pub mod fleet;
 pub mod intervals;
+mod plan;
 pub mod plausibility;
 pub mod postgres;
 mod shared;

@@ -2,7 +2,6 @@
 //! its receipt leaves), one writer at a time (`BEGIN IMMEDIATE`), migrations
 //! from `migrations/sqlite/` tracked in `PRAGMA user_version`.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,18 +10,19 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
 use super::shared::{
-    self, hash_of, meter_subject, typed_reading, u64_of, Admit, BlockCols, Book, Chain, ChainSlot,
-    Coverage, CoverageChange, MeterState, Quota, RelayCols, Silent, READING_COLS,
+    self, hash_of, meter_subject, typed_reading, u64_of, BlockCols, RelayCols, Silent, READING_COLS,
 };
 use super::{
     AlertRow, AuditStore, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbError,
     DbTotals, ForkEvidence, Ingest, IngestStore, LedgerBlock, LedgerReading, MeterSummary,
-    NewAlert, Outcome, QuarantineItem, QuarantineRow, QueryStore, RaisedAlert, RelaySummary,
-    StoreError, StoreLimits, StoreOptions, StoredReading,
+    NewAlert, QuarantineRow, QueryStore, RaisedAlert, RelaySummary, StoreError, StoreLimits,
+    StoreOptions, StoredReading,
+};
+use crate::plan::{
+    quota_bucket, CoverageChange, MeterRow, Plan, Planner, Snapshot, StoredSlot, Working,
 };
 use crate::plausibility::{AlertKind, Rules};
-use crate::verified::{ReadingRow, VerifiedBlockData};
-use crate::Arrival;
+use crate::verified::ReadingRow;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the last applied.
 const MIGRATIONS: &[(u32, &str)] = &[
@@ -335,48 +335,21 @@ fn reading_ints(row: &Row<'_>) -> rusqlite::Result<[i64; 14]> {
     Ok(c)
 }
 
-/// A stored block at a chain position: id, hash, prev_hash, linked.
-type SlotRow = (i64, Vec<u8>, Vec<u8>, bool);
-
-impl ChainSlot for SlotRow {
-    fn hash(&self) -> &[u8] {
-        &self.1
-    }
-    fn prev_hash(&self) -> &[u8] {
-        &self.2
-    }
-    fn linked(&self) -> bool {
-        self.3
-    }
-}
-
-/// What `Writer::readings` inserted: new readings, duplicates, the new ones' time span.
 /// Raises an alert once more (or first): kind, subject, meter, relay, now, message.
 const RAISE_ALERT: &str =
     "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, ?6, NULL) ON CONFLICT (kind, subject) DO UPDATE SET \
      last_ms = excluded.last_ms, count = count + 1, message = excluded.message, cleared_ms = NULL";
 
-type Inserted = (u64, u64, Option<(i64, i64)>, Vec<ReadingRow>);
-
-/// A meter's row as cached: loaded once, written back at the end of each
-/// transaction that changed it.
-#[derive(Clone, Debug)]
-struct CachedMeter {
-    first_seen_ms: u64,
-    state: MeterState,
-}
-
-/// Coverage and meter rows kept between transactions, so a batch does not
-/// re-read them. Valid only while no other connection wrote: every
-/// transaction compares `PRAGMA data_version` (which changes exactly when
-/// another connection commits) and starts from an empty cache if it moved,
-/// so the database stays the arbiter. Any failed transaction clears it too.
+/// Coverage and meter rows kept between transactions ([`Working`]), so a
+/// batch does not re-read them. Valid only while no other connection wrote:
+/// every transaction compares `PRAGMA data_version` (which changes exactly
+/// when another connection commits) and starts from an empty cache if it
+/// moved, so the database stays the arbiter. Any failed transaction clears it too.
 #[derive(Debug, Default)]
 struct Cache {
     data_version: Option<i64>,
-    coverage: HashMap<(u32, u32), Coverage>,
-    meters: BTreeMap<u32, CachedMeter>,
+    working: Working,
 }
 
 impl Cache {
@@ -388,93 +361,120 @@ impl Cache {
     }
 }
 
-/// The state of one write transaction.
-struct Writer<'t> {
+/// The stored state a plan reads, queried inside the write transaction.
+struct Snap<'t> {
     tx: &'t Connection,
-    rules: &'t Rules,
-    limits: &'t StoreLimits,
-    quota: Quota,
-    /// Refusals only counted (allowance used up) and kept cut short.
-    dropped: u64,
-    truncated: u64,
-    now_ms: u64,
-    next_block_id: i64,
-    next_reading_id: i64,
-    cache: &'t mut Cache,
-    book: Book,
-    /// Largest time span of a block's new readings in this transaction.
-    max_span: i64,
 }
 
-impl<'t> Writer<'t> {
-    fn begin(
-        tx: &'t Connection,
-        rules: &'t Rules,
-        limits: &'t StoreLimits,
-        now_ms: u64,
-        cache: &'t mut Cache,
-    ) -> Result<Self, StoreError> {
-        let next_block_id: i64 =
-            tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM blocks", [], |r| {
-                r.get(0)
-            })?;
-        let next_reading_id: i64 =
-            tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM readings", [], |r| {
-                r.get(0)
-            })?;
-        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        if cache.data_version != Some(version) || cache.coverage.len() > Cache::MAX_ENTRIES {
-            cache.clear();
-            cache.data_version = Some(version);
-        }
-        Ok(Writer {
-            tx,
-            rules,
-            limits,
-            quota: Quota::default(),
-            dropped: 0,
-            truncated: 0,
-            now_ms,
-            next_block_id,
-            next_reading_id,
-            cache,
-            book: Book::default(),
-            max_span: 0,
-        })
+fn seq_of(v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt {
+        table: "coverage",
+        detail: format!("seq {v}"),
+    })
+}
+
+impl Snapshot for Snap<'_> {
+    fn head(&mut self, relay: u32) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT MAX(height) FROM blocks WHERE relay_id = ?1")?
+            .query_row([relay], |r| r.get(0))?)
     }
 
-    fn item(&mut self, item: &Ingest) -> Result<Outcome, StoreError> {
-        match item {
-            Ingest::Quarantine(q) => self.quarantine(q),
-            Ingest::Block { arrival, block } => self.block(arrival, block),
-        }
+    fn slot(&mut self, relay: u32, height: i64) -> Result<Option<StoredSlot>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT id, hash, prev_hash, linked FROM blocks WHERE relay_id = ?1 AND height = ?2",
+            )?
+            .query_row(params![relay, height], |r| {
+                Ok(StoredSlot {
+                    id: r.get(0)?,
+                    hash: r.get(1)?,
+                    prev_hash: r.get(2)?,
+                    linked: r.get::<_, i64>(3)? != 0,
+                })
+            })
+            .optional()?)
     }
 
-    fn quarantine(&mut self, q: &QuarantineItem) -> Result<Outcome, StoreError> {
-        let tx = self.tx;
-        let admit = self.quota.admit(q, self.limits, |bucket| {
-            let (rows, bytes): (i64, i64) = tx
-                .prepare_cached(
-                    "SELECT COUNT(*), COALESCE(SUM(kept_len), 0) FROM quarantine WHERE bucket = ?1",
-                )?
-                .query_row([bucket], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok((u64_of(rows), u64_of(bytes)))
-        })?;
-        let Admit::Keep { kept } = admit else {
-            self.dropped += 1;
-            self.book.quarantined(q, false, false);
-            return Ok(Outcome::Quarantined {
-                kind: q.kind,
-                id: 0,
-            });
-        };
+    fn highest_below(&mut self, relay: u32, height: i64) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT MAX(height) FROM blocks WHERE relay_id = ?1 AND height < ?2")?
+            .query_row(params![relay, height], |r| r.get(0))?)
+    }
+
+    fn quarantine_usage(&mut self, bucket: i64) -> Result<(u64, u64), StoreError> {
+        let (rows, bytes): (i64, i64) = self
+            .tx
+            .prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(kept_len), 0) FROM quarantine WHERE bucket = ?1",
+            )?
+            .query_row([bucket], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok((u64_of(rows), u64_of(bytes)))
+    }
+
+    fn meter(&mut self, meter_id: u32) -> Result<Option<MeterRow>, StoreError> {
+        let row = self
+            .tx
+            .prepare_cached(
+                "SELECT first_seen_ms, readings, last_epoch, last_seq, last_ts_ms, last_voltage_cv, last_current_ma, \
+                 last_power_dw, last_pf_e4, last_freq_mhz, last_energy_mwh, last_flags, silent FROM meters WHERE meter_id = ?1",
+            )?
+            .query_row([meter_id], |r| {
+                let mut c = [0i64; 13];
+                for (i, v) in c.iter_mut().enumerate() {
+                    *v = r.get(i)?;
+                }
+                Ok(c)
+            })
+            .optional()?;
+        Ok(row.map(|c| MeterRow {
+            first_seen_ms: u64_of(c[0]),
+            readings: u64_of(c[1]),
+            last: Some((
+                c[2] as u32,
+                c[3] as u32,
+                Reading {
+                    timestamp_ms: c[4] as u64,
+                    voltage_cv: c[5] as u16,
+                    current_ma: c[6] as u32,
+                    active_power_dw: c[7] as i32,
+                    power_factor_e4: c[8] as i16,
+                    frequency_mhz: c[9] as u16,
+                    energy_mwh: c[10] as u64,
+                    flags: c[11] as u16,
+                },
+            )),
+            silent: c[12] != 0,
+        }))
+    }
+
+    fn coverage(&mut self, meter_id: u32, epoch: u32) -> Result<Vec<(u32, u32)>, StoreError> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT first_seq, last_seq FROM coverage WHERE meter_id = ?1 AND epoch = ?2 ORDER BY first_seq",
+        )?;
+        let mut rows = st.query(params![meter_id, epoch])?;
+        let mut stored = Vec::new();
+        while let Some(r) = rows.next()? {
+            stored.push((seq_of(r.get(0)?)?, seq_of(r.get(1)?)?));
+        }
+        Ok(stored)
+    }
+}
+
+/// Writes the refusals kept; returns their row ids.
+fn write_quarantine(tx: &Connection, plan: &Plan<'_>) -> Result<Vec<i64>, StoreError> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO quarantine (received_ms, topic, kind, detail, relay_id, height, hash, raw, original_len, kept_len, bucket) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let mut ids = Vec::with_capacity(plan.quarantine.len());
+    for k in &plan.quarantine {
+        let q = &k.item;
         let h = q.header.as_ref();
-        let raw = &q.raw[..kept];
-        tx.prepare_cached(
-            "INSERT INTO quarantine (received_ms, topic, kind, detail, relay_id, height, hash, raw, original_len, kept_len, bucket) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?
-        .execute(params![
+        st.execute(params![
             q.arrival.received_ms as i64,
             q.arrival.topic,
             q.kind.as_str(),
@@ -482,369 +482,196 @@ impl<'t> Writer<'t> {
             h.map(|h| h.relay_id),
             h.map(|h| h.height as i64),
             h.map(|h| h.hash().to_vec()),
-            raw,
+            k.raw(),
             q.raw.len() as i64,
-            kept as i64,
-            shared::quota_bucket(q),
+            k.kept as i64,
+            quota_bucket(q),
         ])?;
-        let id = tx.last_insert_rowid();
-        let truncated = kept < q.raw.len();
-        self.truncated += u64::from(truncated);
-        self.book.quarantined(q, true, truncated);
-        Ok(Outcome::Quarantined { kind: q.kind, id })
+        ids.push(tx.last_insert_rowid());
     }
+    Ok(ids)
+}
 
-    fn block(&mut self, arrival: &Arrival, b: &VerifiedBlockData) -> Result<Outcome, StoreError> {
-        let h = &b.header;
-        let (relay, height) = (h.relay_id, h.height);
-        let tx = self.tx;
-        let at = |height: i64| -> Result<Option<SlotRow>, StoreError> {
-            Ok(tx
-                .prepare_cached("SELECT id, hash, prev_hash, linked FROM blocks WHERE relay_id = ?1 AND height = ?2")?
-                .query_row(params![relay, height], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? != 0)))
-                .optional()?)
-        };
-        let head: Option<i64> = tx
-            .prepare_cached("SELECT MAX(height) FROM blocks WHERE relay_id = ?1")?
-            .query_row([relay], |r| r.get(0))?;
-        let (linked, child) = match shared::decide(b, head, self.limits, at)? {
-            Chain::Refuse(kind, detail) => {
-                return self.quarantine(&shared::refusal(arrival, b, kind, detail))
-            }
-            Chain::Same((id, ..)) => {
-                self.book.count("blocks_duplicate", 1);
-                return Ok(Outcome::AlreadyStored { block_id: id });
-            }
-            Chain::Store { linked, child } => (linked, child),
-        };
-        let h_i = height as i64;
-        let mut closed_gap = false;
-        if let Some((child_id, ..)) = child {
-            self.tx
-                .prepare_cached("UPDATE blocks SET linked = 1 WHERE id = ?1")?
-                .execute([child_id])?;
-            self.tx
-                .prepare_cached("UPDATE gaps SET closed_ms = ?1 WHERE relay_id = ?2 AND height = ?3 AND closed_ms IS NULL")?
-                .execute(params![self.now_ms as i64, relay, h_i + 1])?;
-            self.book.gap_closed(relay, height + 1);
-            closed_gap = true;
-        }
-        let block_id = self.next_block_id;
-        self.next_block_id += 1;
-        let first_reading_id = self.next_reading_id;
-        let (new_readings, duplicate_readings, span, repeated) = self.readings(block_id, b)?;
-        self.tx
-            .prepare_cached(
-                "INSERT INTO blocks (id, relay_id, height, hash, prev_hash, merkle_root, difficulty, leaf_count, time_ms, \
-                 nonce, raw, linked, received_ms, first_reading_id, reading_count, duplicate_count, min_ts, max_ts) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-            )?
-            .execute(params![
-                block_id,
-                relay,
-                h_i,
-                &b.hash[..],
-                &h.prev_hash[..],
-                &h.merkle_root[..],
-                h.difficulty,
-                h.leaf_count,
-                h.time_ms as i64,
-                h.nonce as i64,
-                b.raw,
-                linked,
-                arrival.received_ms as i64,
-                first_reading_id,
-                new_readings as i64,
-                duplicate_readings as i64,
-                span.map(|s| s.0),
-                span.map(|s| s.1),
-            ])?;
-        if !linked {
-            let below: Option<i64> = self
-                .tx
-                .prepare_cached(
-                    "SELECT MAX(height) FROM blocks WHERE relay_id = ?1 AND height < ?2",
-                )?
-                .query_row(params![relay, h_i], |r| r.get(0))?;
-            let from = below.map_or(0, |b| b + 1);
-            self.tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO gaps (relay_id, height, opened_ms) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![relay, h_i, self.now_ms as i64])?;
-            self.book.gap_opened(relay, height, from);
-        }
-        self.book.block_stored(relay, h.leaf_count);
-        self.book
-            .readings_stored(relay, new_readings, duplicate_readings);
-        Ok(Outcome::Stored {
-            block_id,
-            new_readings,
-            duplicate_readings,
-            repeated,
-            linked,
-            closed_gap,
-        })
+/// Writes the new blocks, their readings (ids contiguous per block, following
+/// the largest stored) and directories; returns the block ids and the largest
+/// time span of a block's new readings.
+fn write_blocks(tx: &Connection, plan: &Plan<'_>) -> Result<(Vec<i64>, i64), StoreError> {
+    let mut ids = Vec::with_capacity(plan.blocks.len());
+    if plan.blocks.is_empty() {
+        return Ok((ids, 0));
     }
-
-    fn coverage(&mut self, meter_id: u32, epoch: u32) -> Result<&mut Coverage, StoreError> {
-        use std::collections::hash_map::Entry;
-        match self.cache.coverage.entry((meter_id, epoch)) {
-            Entry::Occupied(e) => Ok(e.into_mut()),
-            Entry::Vacant(e) => {
-                let mut st = self
-                    .tx
-                    .prepare_cached("SELECT first_seq, last_seq FROM coverage WHERE meter_id = ?1 AND epoch = ?2 ORDER BY first_seq")?;
-                let mut rows = st.query(params![meter_id, epoch])?;
-                let mut stored = Vec::new();
-                while let Some(r) = rows.next()? {
-                    let (a, b): (i64, i64) = (r.get(0)?, r.get(1)?);
-                    let conv = |v: i64| {
-                        u32::try_from(v).map_err(|_| StoreError::Corrupt {
-                            table: "coverage",
-                            detail: format!("seq {v}"),
-                        })
-                    };
-                    stored.push((conv(a)?, conv(b)?));
-                }
-                Ok(e.insert(Coverage::loaded(stored)))
-            }
-        }
-    }
-
-    fn meter(&mut self, meter_id: u32) -> Result<&mut MeterState, StoreError> {
-        if !self.cache.meters.contains_key(&meter_id) {
-            let row = self
-                .tx
-                .prepare_cached(
-                    "SELECT first_seen_ms, readings, last_epoch, last_seq, last_ts_ms, last_voltage_cv, last_current_ma, \
-                     last_power_dw, last_pf_e4, last_freq_mhz, last_energy_mwh, last_flags, silent FROM meters WHERE meter_id = ?1",
-                )?
-                .query_row([meter_id], |r| {
-                    let mut c = [0i64; 13];
-                    for (i, v) in c.iter_mut().enumerate() {
-                        *v = r.get(i)?;
-                    }
-                    Ok(c)
-                })
-                .optional()?;
-            let cached = match row {
-                Some(c) => CachedMeter {
-                    first_seen_ms: u64_of(c[0]),
-                    state: MeterState {
-                        readings: u64_of(c[1]),
-                        last: Some((
-                            c[2] as u32,
-                            c[3] as u32,
-                            Reading {
-                                timestamp_ms: c[4] as u64,
-                                voltage_cv: c[5] as u16,
-                                current_ma: c[6] as u32,
-                                active_power_dw: c[7] as i32,
-                                power_factor_e4: c[8] as i16,
-                                frequency_mhz: c[9] as u16,
-                                energy_mwh: c[10] as u64,
-                                flags: c[11] as u16,
-                            },
-                        )),
-                        silent: c[12] != 0,
-                        dirty: false,
-                    },
-                },
-                None => {
-                    self.book.count("meters", 1);
-                    CachedMeter {
-                        first_seen_ms: self.now_ms,
-                        state: MeterState {
-                            readings: 0,
-                            last: None,
-                            silent: false,
-                            dirty: true,
-                        },
-                    }
-                }
-            };
-            self.cache.meters.insert(meter_id, cached);
-        }
-        self.cache
-            .meters
-            .get_mut(&meter_id)
-            .map(|c| &mut c.state)
-            .ok_or_else(|| StoreError::Corrupt {
-                table: "meters",
-                detail: format!("meter {meter_id} vanished"),
-            })
-    }
-
-    /// Inserts the readings of `b` not stored before; returns (new, duplicates,
-    /// time span of the new ones).
-    fn readings(&mut self, block_id: i64, b: &VerifiedBlockData) -> Result<Inserted, StoreError> {
-        let rows = &b.readings;
-        let (mut new, mut dup) = (0u64, 0u64);
-        let mut fresh: Vec<&ReadingRow> = Vec::with_capacity(rows.len());
-        let mut repeated = Vec::new();
-        for group in shared::by_meter_epoch(rows) {
-            dup += self.coverage(group[0].meter_id, group[0].epoch)?.add(
-                group,
-                &mut fresh,
-                &mut repeated,
-            );
-        }
-        let mut st = self.tx.prepare_cached(INSERT_READING)?;
-        let mut runs: Vec<super::Run> = Vec::new();
-        for row in &fresh {
-            let id = insert_reading(self.tx, &mut st, block_id, row)?;
-            if id != self.next_reading_id {
+    let first_block_id: i64 =
+        tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM blocks", [], |r| {
+            r.get(0)
+        })?;
+    let mut next_reading_id: i64 =
+        tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM readings", [], |r| {
+            r.get(0)
+        })?;
+    let mut max_span = 0;
+    let mut insert_reading_st = tx.prepare_cached(INSERT_READING)?;
+    let mut insert_block = tx.prepare_cached(
+        "INSERT INTO blocks (id, relay_id, height, hash, prev_hash, merkle_root, difficulty, leaf_count, time_ms, \
+         nonce, raw, linked, received_ms, first_reading_id, reading_count, duplicate_count, min_ts, max_ts) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+    )?;
+    let mut insert_directory =
+        tx.prepare_cached("INSERT INTO block_index (block_id, directory) VALUES (?1, ?2)")?;
+    for (block_id, nb) in (first_block_id..).zip(&plan.blocks) {
+        let first_reading_id = next_reading_id;
+        for row in &nb.fresh {
+            let id = insert_reading(tx, &mut insert_reading_st, block_id, row)?;
+            if id != next_reading_id {
                 // Another id than the block's contiguous range would break the ledger's bookkeeping.
                 return Err(StoreError::Corrupt {
                     table: "readings",
-                    detail: format!("new reading got id {id}, expected {}", self.next_reading_id),
+                    detail: format!("new reading got id {id}, expected {next_reading_id}"),
                 });
             }
-            self.next_reading_id += 1;
-            new += 1;
-            shared::add_to_runs(&mut runs, block_id, id, row);
+            next_reading_id += 1;
         }
-        drop(st);
-        let span = shared::span_of(&runs);
+        let runs = nb.runs(block_id, first_reading_id);
         if !runs.is_empty() {
-            self.tx
-                .prepare_cached("INSERT INTO block_index (block_id, directory) VALUES (?1, ?2)")?
-                .execute(params![block_id, super::encode_directory(&runs)])?;
+            insert_directory.execute(params![block_id, super::encode_directory(&runs)])?;
         }
-        if let Some((a, b)) = span {
-            self.max_span = self.max_span.max(b - a);
+        let span = nb.span();
+        if let Some((a, z)) = span {
+            max_span = max_span.max(z - a);
         }
-        self.judge(&fresh)?;
-        Ok((new, dup, span, repeated))
+        let (b, h) = (nb.block, &nb.block.header);
+        insert_block.execute(params![
+            block_id,
+            h.relay_id,
+            h.height as i64,
+            &b.hash[..],
+            &h.prev_hash[..],
+            &h.merkle_root[..],
+            h.difficulty,
+            h.leaf_count,
+            h.time_ms as i64,
+            h.nonce as i64,
+            b.raw,
+            nb.linked,
+            nb.arrival.received_ms as i64,
+            first_reading_id,
+            nb.fresh.len() as i64,
+            nb.duplicates as i64,
+            span.map(|s| s.0),
+            span.map(|s| s.1),
+        ])?;
+        ids.push(block_id);
     }
+    Ok((ids, max_span))
+}
 
-    /// Plausibility of new readings and the meters' newest state.
-    fn judge(&mut self, fresh: &[&ReadingRow]) -> Result<(), StoreError> {
-        let rules = self.rules;
-        for group in shared::by_meter(fresh) {
-            let m = group[0].meter_id;
-            let heard = self.meter(m)?.hear(rules, group);
-            self.book.meter_heard(m, heard);
-        }
-        Ok(())
+/// Writes links, gaps, coverage, meters, relays, the span, counters and alerts.
+fn write_rest(
+    tx: &Connection,
+    plan: &Plan<'_>,
+    now_ms: u64,
+    max_span: i64,
+) -> Result<(), StoreError> {
+    let now = now_ms as i64;
+    let mut link = tx.prepare_cached("UPDATE blocks SET linked = 1 WHERE id = ?1")?;
+    for id in &plan.link_children {
+        link.execute([id])?;
     }
-
-    /// Writes back coverage, meters, relays, counters and alerts; returns the alerts raised.
-    fn finish(mut self) -> Result<Vec<RaisedAlert>, StoreError> {
-        let tx = self.tx;
-        let now = self.now_ms as i64;
-        {
-            let mut del = tx.prepare_cached(
-                "DELETE FROM coverage WHERE meter_id = ?1 AND epoch = ?2 AND first_seq = ?3",
-            )?;
-            let mut upd =
-                tx.prepare_cached("UPDATE coverage SET last_seq = ?4 WHERE meter_id = ?1 AND epoch = ?2 AND first_seq = ?3")?;
-            let mut ins =
-                tx.prepare_cached("INSERT INTO coverage (meter_id, epoch, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4)")?;
-            for (&(m, e), c) in self.cache.coverage.iter_mut() {
-                if !c.dirty {
-                    continue;
-                }
-                for change in c.changes() {
-                    match change {
-                        CoverageChange::Delete(a) => del.execute(params![m, e, a])?,
-                        CoverageChange::Update(a, b) => upd.execute(params![m, e, a, b])?,
-                        CoverageChange::Insert(a, b) => ins.execute(params![m, e, a, b])?,
-                    };
-                }
-                c.written();
-            }
-        }
-        {
-            let mut up = tx.prepare_cached(
-                "INSERT OR REPLACE INTO meters (meter_id, first_seen_ms, last_received_ms, readings, last_epoch, last_seq, \
-                 last_ts_ms, last_voltage_cv, last_current_ma, last_power_dw, last_pf_e4, last_freq_mhz, last_energy_mwh, \
-                 last_flags, silent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            )?;
-            for (&m, c) in self.cache.meters.iter_mut() {
-                let s = &mut c.state;
-                if !s.dirty {
-                    continue;
-                }
-                s.dirty = false;
-                let (e, q, r) = s.last.unwrap_or((0, 0, Reading::default()));
-                up.execute(params![
-                    m,
-                    c.first_seen_ms as i64,
-                    now,
-                    s.readings as i64,
-                    e,
-                    q,
-                    r.timestamp_ms as i64,
-                    r.voltage_cv,
-                    r.current_ma,
-                    r.active_power_dw,
-                    r.power_factor_e4,
-                    r.frequency_mhz,
-                    r.energy_mwh as i64,
-                    r.flags,
-                    s.silent,
-                ])?;
-            }
-        }
-        {
-            let mut up = tx.prepare_cached(
-                "INSERT INTO relays (relay_id, blocks, readings, leaves, first_seen_ms, last_block_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
-                 ON CONFLICT (relay_id) DO UPDATE SET blocks = blocks + excluded.blocks, readings = readings + excluded.readings, \
-                 leaves = leaves + excluded.leaves, last_block_ms = excluded.last_block_ms",
-            )?;
-            for (&r, d) in &self.book.relays {
-                up.execute(params![r, d.blocks, d.readings, d.leaves, now])?;
-            }
-        }
-        tx.prepare_cached(
-            "INSERT INTO meta (name, value) VALUES ('max_block_span_ms', ?1) \
-             ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
-        )?
-        .execute([self.max_span])?;
-        {
-            let mut up = tx.prepare_cached(
-                "INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-            )?;
-            for (name, v) in &self.book.counters {
-                up.execute(params![name, v])?;
-            }
-        }
-        let mut raised = Vec::new();
-        {
-            let mut up = tx.prepare_cached(
-                "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8) ON CONFLICT (kind, subject) DO UPDATE SET \
-                 last_ms = excluded.last_ms, count = count + excluded.count, message = excluded.message, cleared_ms = excluded.cleared_ms",
-            )?;
-            for ((kind, subject), a) in std::mem::take(&mut self.book.alerts) {
-                up.execute(params![
-                    kind.as_str(),
-                    subject,
-                    a.meter_id,
-                    a.relay_id,
-                    now,
-                    a.count as i64,
-                    a.message,
-                    a.cleared.then_some(now),
-                ])?;
-                raised.push(RaisedAlert {
-                    kind,
-                    subject,
-                    count: a.count,
-                    message: a.message,
-                });
-            }
-            let mut clear = tx.prepare_cached(
-                "UPDATE alerts SET cleared_ms = ?1 WHERE kind = ?2 AND subject = ?3 AND cleared_ms IS NULL",
-            )?;
-            for (kind, subject) in &self.book.clears {
-                clear.execute(params![now, kind.as_str(), subject])?;
-            }
-        }
-        Ok(raised)
+    let mut open = tx.prepare_cached(
+        "INSERT OR IGNORE INTO gaps (relay_id, height, opened_ms, closed_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (&(relay, height), closed) in &plan.gaps_opened {
+        open.execute(params![relay, height, now, closed])?;
     }
+    let mut close = tx.prepare_cached(
+        "UPDATE gaps SET closed_ms = ?1 WHERE relay_id = ?2 AND height = ?3 AND closed_ms IS NULL",
+    )?;
+    for &(relay, height) in &plan.gaps_closed {
+        close.execute(params![now, relay, height])?;
+    }
+    let mut del = tx.prepare_cached(
+        "DELETE FROM coverage WHERE meter_id = ?1 AND epoch = ?2 AND first_seq = ?3",
+    )?;
+    let mut upd = tx.prepare_cached(
+        "UPDATE coverage SET last_seq = ?4 WHERE meter_id = ?1 AND epoch = ?2 AND first_seq = ?3",
+    )?;
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO coverage (meter_id, epoch, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for &((m, e), change) in &plan.coverage {
+        match change {
+            CoverageChange::Delete(a) => del.execute(params![m, e, a])?,
+            CoverageChange::Update(a, b) => upd.execute(params![m, e, a, b])?,
+            CoverageChange::Insert(a, b) => ins.execute(params![m, e, a, b])?,
+        };
+    }
+    let mut meter = tx.prepare_cached(
+        "INSERT OR REPLACE INTO meters (meter_id, first_seen_ms, last_received_ms, readings, last_epoch, last_seq, \
+         last_ts_ms, last_voltage_cv, last_current_ma, last_power_dw, last_pf_e4, last_freq_mhz, last_energy_mwh, \
+         last_flags, silent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?;
+    for (m, row) in &plan.meters {
+        let (e, q, r) = row.last.unwrap_or((0, 0, Reading::default()));
+        meter.execute(params![
+            m,
+            row.first_seen_ms as i64,
+            now,
+            row.readings as i64,
+            e,
+            q,
+            r.timestamp_ms as i64,
+            r.voltage_cv,
+            r.current_ma,
+            r.active_power_dw,
+            r.power_factor_e4,
+            r.frequency_mhz,
+            r.energy_mwh as i64,
+            r.flags,
+            row.silent,
+        ])?;
+    }
+    let mut relay = tx.prepare_cached(
+        "INSERT INTO relays (relay_id, blocks, readings, leaves, first_seen_ms, last_block_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
+         ON CONFLICT (relay_id) DO UPDATE SET blocks = blocks + excluded.blocks, readings = readings + excluded.readings, \
+         leaves = leaves + excluded.leaves, last_block_ms = excluded.last_block_ms",
+    )?;
+    for (&r, d) in &plan.book.relays {
+        relay.execute(params![r, d.blocks, d.readings, d.leaves, now])?;
+    }
+    tx.prepare_cached(
+        "INSERT INTO meta (name, value) VALUES ('max_block_span_ms', ?1) \
+         ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+    )?
+    .execute([max_span])?;
+    let mut counter = tx.prepare_cached(
+        "INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+    )?;
+    for (name, v) in &plan.book.counters {
+        counter.execute(params![name, v])?;
+    }
+    let mut alert = tx.prepare_cached(
+        "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8) ON CONFLICT (kind, subject) DO UPDATE SET \
+         last_ms = excluded.last_ms, count = count + excluded.count, message = excluded.message, cleared_ms = excluded.cleared_ms",
+    )?;
+    for ((kind, subject), a) in &plan.book.alerts {
+        alert.execute(params![
+            kind.as_str(),
+            subject,
+            a.meter_id,
+            a.relay_id,
+            now,
+            a.count as i64,
+            a.message,
+            a.cleared.then_some(now),
+        ])?;
+    }
+    let mut clear = tx.prepare_cached(
+        "UPDATE alerts SET cleared_ms = ?1 WHERE kind = ?2 AND subject = ?3 AND cleared_ms IS NULL",
+    )?;
+    for (kind, subject) in &plan.book.clears {
+        clear.execute(params![now, kind.as_str(), subject])?;
+    }
+    Ok(())
 }
 
 fn read_totals(conn: &Connection) -> Result<DbTotals, StoreError> {
@@ -885,23 +712,27 @@ fn commit_tx(
     now_ms: u64,
 ) -> Result<CommitResult, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (outcomes, alerts, dropped, truncated) = {
-        let mut w = Writer::begin(&tx, rules, limits, now_ms, cache)?;
-        let mut outcomes = Vec::with_capacity(items.len());
-        for item in items {
-            outcomes.push(w.item(item)?);
-        }
-        let (dropped, truncated) = (w.dropped, w.truncated);
-        (outcomes, w.finish()?, dropped, truncated)
-    };
+    let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+    if cache.data_version != Some(version) || cache.working.coverage.len() > Cache::MAX_ENTRIES {
+        cache.clear();
+        cache.data_version = Some(version);
+    }
+    let mut snap = Snap { tx: &tx };
+    let mut planner = Planner::new(rules, limits, now_ms);
+    planner.chains(items, &mut snap)?;
+    let mut plan = planner.readings(&mut snap, &mut cache.working)?;
+    let quarantine_ids = write_quarantine(&tx, &plan)?;
+    let (block_ids, max_span) = write_blocks(&tx, &plan)?;
+    write_rest(&tx, &plan, now_ms, max_span)?;
+    let outcomes = plan.outcomes(&block_ids, &quarantine_ids)?;
     let totals = read_totals(&tx)?;
     tx.commit()?;
     Ok(CommitResult {
         outcomes,
-        alerts,
+        alerts: plan.raised(),
         totals,
-        quarantine_dropped: dropped,
-        quarantine_truncated: truncated,
+        quarantine_dropped: plan.quarantine_dropped,
+        quarantine_truncated: plan.quarantine_truncated,
     })
 }
 
@@ -980,7 +811,7 @@ impl IngestStore for SqliteStore {
         };
         let mut raised = Vec::new();
         for (m, last) in quiet {
-            self.cache.meters.remove(&m);
+            self.cache.working.meters.remove(&m);
             tx.prepare_cached("UPDATE meters SET silent = 1 WHERE meter_id = ?1")?
                 .execute([m])?;
             let silent = Silent::new(m, now_ms as i64, last);

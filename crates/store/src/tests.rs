@@ -8,9 +8,9 @@ use super::*;
 use crate::plausibility::AlertKind;
 use crate::verified::{ReadingRow, RejectKind, VerifiedBlockData};
 
-const T0: u64 = 1_700_000_000_000;
+pub(crate) const T0: u64 = 1_700_000_000_000;
 
-fn reading(meter: u32, seq: u32) -> Reading {
+pub(crate) fn reading(meter: u32, seq: u32) -> Reading {
     // 230 V, 5 A, PF 0.9 → 1035 W; energy grows 1 Wh per reading.
     Reading {
         timestamp_ms: T0 + u64::from(seq) * 10_000 + u64::from(meter),
@@ -26,7 +26,7 @@ fn reading(meter: u32, seq: u32) -> Reading {
 
 /// A block of `relay` at `height` whose parent hash is `prev`, carrying the
 /// readings `(meter, epoch, seqs)`, one leaf per entry.
-fn block(
+pub(crate) fn block(
     relay: u32,
     height: u64,
     prev: Hash,
@@ -64,7 +64,12 @@ fn block(
 }
 
 /// A payload refused by the verifier for `kind`, naming `relay` (if any) in a header.
-fn refused(kind: RejectKind, relay: Option<u32>, raw: Vec<u8>, received_ms: u64) -> Ingest {
+pub(crate) fn refused(
+    kind: RejectKind,
+    relay: Option<u32>,
+    raw: Vec<u8>,
+    received_ms: u64,
+) -> Ingest {
     Ingest::Quarantine(QuarantineItem {
         arrival: Arrival {
             received_ms,
@@ -77,7 +82,7 @@ fn refused(kind: RejectKind, relay: Option<u32>, raw: Vec<u8>, received_ms: u64)
     })
 }
 
-fn ingest(b: &VerifiedBlockData) -> Ingest {
+pub(crate) fn ingest(b: &VerifiedBlockData) -> Ingest {
     Ingest::Block {
         arrival: Arrival {
             received_ms: T0,
