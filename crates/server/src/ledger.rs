@@ -362,6 +362,8 @@ fn show(c: &Cell) -> String {
     match c {
         Cell::Int(v) => v.to_string(),
         Cell::Bytes(b) => hex::encode(b),
+        Cell::Text(s) => format!("{s:?}"),
+        Cell::Null => "NULL".into(),
         Cell::Other(s) => s.clone(),
     }
 }
@@ -833,10 +835,9 @@ fn time_index(
             (a.min(r.min_ts), z.max(r.max_ts))
         }))
     });
-    let span_cells = span.map_or(
-        (Cell::Other("NULL".into()), Cell::Other("NULL".into())),
-        |(a, z)| (Cell::Int(a), Cell::Int(z)),
-    );
+    let span_cells = span.map_or((Cell::Null, Cell::Null), |(a, z)| {
+        (Cell::Int(a), Cell::Int(z))
+    });
     for (column, stored, expected) in [
         ("min_ts", &b.min_ts, &span_cells.0),
         ("max_ts", &b.max_ts, &span_cells.1),

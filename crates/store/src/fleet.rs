@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use super::shared::{typed_reading, u64_of, READING_COLS};
+use super::shared::{int, ints, opt_int, typed_reading, u64_of, READING_COLS};
 use super::{Cell, MeterSummary, QueryStore, StoreError, StoredReading};
 
 /// A query parameter of the shared SQL.
@@ -197,28 +197,6 @@ const METER_COLS: &str = "m.meter_id, m.readings, m.first_seen_ms, m.last_receiv
     CASE WHEN m.silent THEN 1 ELSE 0 END, m.last_epoch, m.last_seq, m.last_ts_ms, \
     m.last_voltage_cv, m.last_current_ma, m.last_power_dw, m.last_pf_e4, m.last_freq_mhz, \
     m.last_energy_mwh, m.last_flags";
-
-fn int(table: &'static str, row: &[Cell], i: usize) -> Result<i64, StoreError> {
-    row.get(i)
-        .and_then(Cell::int)
-        .ok_or_else(|| StoreError::Corrupt {
-            table,
-            detail: format!("column {i} is {:?}, not an integer", row.get(i)),
-        })
-}
-
-/// An aggregate that is NULL over no rows.
-fn opt_int(row: &[Cell], i: usize) -> Option<i64> {
-    row.get(i).and_then(Cell::int)
-}
-
-fn ints<const N: usize>(table: &'static str, row: &[Cell]) -> Result<[i64; N], StoreError> {
-    let mut out = [0i64; N];
-    for (i, v) in out.iter_mut().enumerate() {
-        *v = int(table, row, i)?;
-    }
-    Ok(out)
-}
 
 /// The WHERE clause of a meter page and its parameters (numbered from 1).
 fn meter_where(q: &MeterQuery) -> (String, Vec<SqlParam>) {

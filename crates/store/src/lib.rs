@@ -47,6 +47,7 @@ pub mod intervals;
 mod plan;
 pub mod plausibility;
 pub mod postgres;
+mod reads;
 mod shared;
 mod sqlite;
 #[cfg(test)]
@@ -588,11 +589,15 @@ pub struct BlockBytes {
 /// reports, not a read error that hides which block is bad.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cell {
-    /// An integer.
+    /// An integer (or a boolean as 0 or 1).
     Int(i64),
     /// A blob.
     Bytes(Vec<u8>),
-    /// Anything else (text, real, null), described.
+    /// Text.
+    Text(String),
+    /// SQL NULL.
+    Null,
+    /// Anything else (a real, another type), described.
     Other(String),
 }
 
@@ -966,8 +971,10 @@ pub trait QueryStore: Send {
     /// Database totals.
     fn totals(&mut self) -> Result<DbTotals, StoreError>;
 
-    /// Every meter.
-    fn meters(&mut self) -> Result<Vec<MeterSummary>, StoreError>;
+    /// Every meter with stored readings, ascending.
+    fn meters(&mut self) -> Result<Vec<MeterSummary>, StoreError> {
+        reads::meters(self)
+    }
 
     /// Readings of `meter_id` with `from_ms <= timestamp <= to_ms`, ascending by
     /// timestamp, at most `limit` (the newest ones if there are more).
@@ -987,19 +994,27 @@ pub trait QueryStore: Send {
         &mut self,
         relay_id: Option<u32>,
         limit: usize,
-    ) -> Result<Vec<BlockSummary>, StoreError>;
+    ) -> Result<Vec<BlockSummary>, StoreError> {
+        reads::blocks(self, relay_id, limit)
+    }
 
     /// A reading with the block that stored it.
     fn reading_with_block(
         &mut self,
         reading_id: i64,
-    ) -> Result<Option<(StoredReading, BlockBytes)>, StoreError>;
+    ) -> Result<Option<(StoredReading, BlockBytes)>, StoreError> {
+        reads::reading_with_block(self, reading_id)
+    }
 
     /// The newest alerts, at most `limit`.
-    fn alerts(&mut self, limit: usize) -> Result<Vec<AlertRow>, StoreError>;
+    fn alerts(&mut self, limit: usize) -> Result<Vec<AlertRow>, StoreError> {
+        reads::alerts(self, limit)
+    }
 
     /// The newest quarantine rows, at most `limit`.
-    fn quarantine(&mut self, limit: usize) -> Result<Vec<QuarantineRow>, StoreError>;
+    fn quarantine(&mut self, limit: usize) -> Result<Vec<QuarantineRow>, StoreError> {
+        reads::quarantine(self, limit)
+    }
 
     /// Runs one read-only query written in the SQL both backends speak
     /// (`$n` placeholders, see [`fleet`]) and returns its rows as cells.

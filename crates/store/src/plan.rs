@@ -20,7 +20,10 @@ use crate::intervals::IntervalSet;
 use crate::plausibility::{AlertKind, Finding, Rules};
 use crate::shared::{block_subject, hash_of, meter_subject, short_hex, u64_of};
 use crate::verified::{ReadingRow, RejectKind, VerifiedBlockData};
-use crate::{Arrival, Ingest, Outcome, QuarantineItem, RaisedAlert, Run, StoreError, StoreLimits};
+use crate::{
+    Arrival, CommitResult, DbTotals, Ingest, Outcome, QuarantineItem, RaisedAlert, Run, StoreError,
+    StoreLimits,
+};
 
 /// A stored block at a chain position.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -253,6 +256,23 @@ impl Plan<'_> {
                 message: a.message.clone(),
             })
             .collect()
+    }
+
+    /// The commit's result once written: [`Plan::outcomes`], the alerts, the
+    /// totals read after writing.
+    pub fn result(
+        &mut self,
+        block_ids: &[i64],
+        quarantine_ids: &[i64],
+        totals: DbTotals,
+    ) -> Result<CommitResult, StoreError> {
+        Ok(CommitResult {
+            outcomes: self.outcomes(block_ids, quarantine_ids)?,
+            alerts: self.raised(),
+            totals,
+            quarantine_dropped: self.quarantine_dropped,
+            quarantine_truncated: self.quarantine_truncated,
+        })
     }
 
     /// One outcome per batch item, given the ids the backend assigned to

@@ -12,6 +12,60 @@ use super::{
 };
 use crate::plausibility::AlertKind;
 
+/// Column `i` of a selected row as an integer.
+pub(crate) fn int(table: &'static str, row: &[Cell], i: usize) -> Result<i64, StoreError> {
+    row.get(i)
+        .and_then(Cell::int)
+        .ok_or_else(|| StoreError::Corrupt {
+            table,
+            detail: format!("column {i} is {:?}, not an integer", row.get(i)),
+        })
+}
+
+/// Column `i` as an integer, `None` if NULL (an aggregate over no rows, an optional column).
+pub(crate) fn opt_int(row: &[Cell], i: usize) -> Option<i64> {
+    row.get(i).and_then(Cell::int)
+}
+
+/// The first `N` columns as integers.
+pub(crate) fn ints<const N: usize>(
+    table: &'static str,
+    row: &[Cell],
+) -> Result<[i64; N], StoreError> {
+    let mut out = [0i64; N];
+    for (i, v) in out.iter_mut().enumerate() {
+        *v = int(table, row, i)?;
+    }
+    Ok(out)
+}
+
+/// Column `i` as bytes.
+pub(crate) fn bytes(table: &'static str, row: &[Cell], i: usize) -> Result<Vec<u8>, StoreError> {
+    opt_bytes(row, i).ok_or_else(|| StoreError::Corrupt {
+        table,
+        detail: format!("column {i} is {:?}, not bytes", row.get(i)),
+    })
+}
+
+/// Column `i` as bytes, `None` if NULL or not bytes.
+pub(crate) fn opt_bytes(row: &[Cell], i: usize) -> Option<Vec<u8>> {
+    match row.get(i) {
+        Some(Cell::Bytes(b)) => Some(b.clone()),
+        _ => None,
+    }
+}
+
+/// Column `i` as text.
+pub(crate) fn text(table: &'static str, row: &[Cell], i: usize) -> Result<String, StoreError> {
+    match row.get(i) {
+        Some(Cell::Text(t)) => Ok(t.clone()),
+        other => Err(StoreError::Corrupt {
+            table,
+            detail: format!("column {i} is {other:?}, not text"),
+        }),
+    }
+}
+
 pub(super) fn u64_of(v: i64) -> u64 {
     v.max(0) as u64
 }

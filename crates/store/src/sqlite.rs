@@ -9,14 +9,11 @@ use gridpow_proto::wire::Reading;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
-use super::shared::{
-    self, hash_of, meter_subject, typed_reading, u64_of, BlockCols, RelayCols, Silent, READING_COLS,
-};
+use super::shared::{self, meter_subject, typed_reading, u64_of, RelayCols, Silent, READING_COLS};
 use super::{
-    AlertRow, AuditStore, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbError,
-    DbTotals, ForkEvidence, Ingest, IngestStore, LedgerBlock, LedgerReading, MeterSummary,
-    NewAlert, QuarantineRow, QueryStore, RaisedAlert, RelaySummary, StoreError, StoreLimits,
-    StoreOptions, StoredReading,
+    AuditStore, Cell, CommitResult, CoverageRow, DbError, DbTotals, ForkEvidence, Ingest,
+    IngestStore, LedgerBlock, LedgerReading, NewAlert, QueryStore, RaisedAlert, RelaySummary,
+    StoreError, StoreLimits, StoreOptions, StoredReading,
 };
 use crate::plan::{
     quota_bucket, CoverageChange, MeterRow, Plan, Planner, Snapshot, StoredSlot, Working,
@@ -321,9 +318,9 @@ fn cell(row: &Row<'_>, idx: usize) -> rusqlite::Result<Cell> {
     Ok(match row.get_ref(idx)? {
         ValueRef::Integer(v) => Cell::Int(v),
         ValueRef::Blob(b) => Cell::Bytes(b.to_vec()),
-        ValueRef::Null => Cell::Other("NULL".into()),
+        ValueRef::Null => Cell::Null,
         ValueRef::Real(f) => Cell::Other(format!("real {f}")),
-        ValueRef::Text(t) => Cell::Other(format!("text {:?}", String::from_utf8_lossy(t))),
+        ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
     })
 }
 
@@ -724,16 +721,9 @@ fn commit_tx(
     let quarantine_ids = write_quarantine(&tx, &plan)?;
     let (block_ids, max_span) = write_blocks(&tx, &plan)?;
     write_rest(&tx, &plan, now_ms, max_span)?;
-    let outcomes = plan.outcomes(&block_ids, &quarantine_ids)?;
-    let totals = read_totals(&tx)?;
+    let result = plan.result(&block_ids, &quarantine_ids, read_totals(&tx)?)?;
     tx.commit()?;
-    Ok(CommitResult {
-        outcomes,
-        alerts: plan.raised(),
-        totals,
-        quarantine_dropped: plan.quarantine_dropped,
-        quarantine_truncated: plan.quarantine_truncated,
-    })
+    Ok(result)
 }
 
 impl IngestStore for SqliteStore {
@@ -833,27 +823,6 @@ impl IngestStore for SqliteStore {
 impl QueryStore for SqliteStore {
     fn totals(&mut self) -> Result<DbTotals, StoreError> {
         read_totals(&self.conn)
-    }
-
-    fn meters(&mut self) -> Result<Vec<MeterSummary>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT meter_id, readings, first_seen_ms, last_received_ms, silent, last_epoch, last_seq, last_ts_ms, \
-             last_voltage_cv, last_current_ma, last_power_dw, last_pf_e4, last_freq_mhz, last_energy_mwh, last_flags \
-             FROM meters ORDER BY meter_id",
-        )?;
-        let rows = st.query_map([], |r| {
-            let mut c = [0i64; 15];
-            for (i, v) in c.iter_mut().enumerate() {
-                *v = r.get(i)?;
-            }
-            Ok(c)
-        })?;
-        let mut out = Vec::new();
-        for c in rows {
-            let c = c?;
-            out.push(shared::meter_summary(&c, c[4] != 0)?);
-        }
-        Ok(out)
     }
 
     fn meter_readings(
@@ -965,136 +934,6 @@ impl QueryStore for SqliteStore {
             );
         }
         Ok(out)
-    }
-
-    fn blocks(
-        &mut self,
-        relay_id: Option<u32>,
-        limit: usize,
-    ) -> Result<Vec<BlockSummary>, StoreError> {
-        let cols = "id, relay_id, height, hash, prev_hash, difficulty, leaf_count, time_ms, received_ms, reading_count, \
-                    duplicate_count, linked, length(raw)";
-        let limit = limit.min(i64::MAX as usize) as i64;
-        let map = |r: &Row<'_>| -> rusqlite::Result<BlockCols> {
-            Ok(BlockCols {
-                id: r.get(0)?,
-                relay_id: r.get(1)?,
-                height: r.get(2)?,
-                hash: r.get(3)?,
-                prev_hash: r.get(4)?,
-                difficulty: r.get(5)?,
-                leaf_count: r.get(6)?,
-                time_ms: r.get(7)?,
-                received_ms: r.get(8)?,
-                readings: r.get(9)?,
-                duplicates: r.get(10)?,
-                linked: r.get::<_, i64>(11)? != 0,
-                bytes: r.get(12)?,
-            })
-        };
-        let rows: Vec<_> = match relay_id {
-            Some(relay) => {
-                let mut st = self.conn.prepare_cached(&format!(
-                    "SELECT {cols} FROM blocks WHERE relay_id = ?1 ORDER BY height DESC LIMIT ?2"
-                ))?;
-                let rows = st.query_map(params![relay, limit], map)?;
-                rows.collect::<Result<_, _>>()?
-            }
-            None => {
-                let mut st = self.conn.prepare_cached(&format!(
-                    "SELECT {cols} FROM blocks ORDER BY id DESC LIMIT ?1"
-                ))?;
-                let rows = st.query_map([limit], map)?;
-                rows.collect::<Result<_, _>>()?
-            }
-        };
-        rows.into_iter().map(BlockCols::summary).collect()
-    }
-
-    fn reading_with_block(
-        &mut self,
-        reading_id: i64,
-    ) -> Result<Option<(StoredReading, BlockBytes)>, StoreError> {
-        let ints = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {READING_COLS} FROM readings WHERE id = ?1"
-            ))?
-            .query_row([reading_id], reading_ints)
-            .optional()?;
-        let Some(ints) = ints else { return Ok(None) };
-        let reading = typed_reading("readings", &ints)?;
-        let block = self
-            .conn
-            .prepare_cached("SELECT id, relay_id, height, hash, raw FROM blocks WHERE id = ?1")?
-            .query_row([reading.block_id], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, Vec<u8>>(4)?,
-                ))
-            })
-            .optional()?;
-        let Some((id, relay_id, height, hash, raw)) = block else {
-            return Err(shared::missing_block(reading_id, reading.block_id));
-        };
-        Ok(Some((
-            reading,
-            BlockBytes {
-                id,
-                relay_id,
-                height: u64_of(height),
-                hash: hash_of("blocks", &hash)?,
-                raw,
-            },
-        )))
-    }
-
-    fn alerts(&mut self, limit: usize) -> Result<Vec<AlertRow>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT id, kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms FROM alerts \
-             ORDER BY last_ms DESC, id DESC LIMIT ?1",
-        )?;
-        let rows = st.query_map([limit.min(i64::MAX as usize) as i64], |r| {
-            Ok(shared::alert_row(
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-            ))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn quarantine(&mut self, limit: usize) -> Result<Vec<QuarantineRow>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT id, received_ms, topic, kind, detail, relay_id, height, hash, COALESCE(original_len, length(raw)), \
-             substr(raw, 1, 64), length(raw) FROM quarantine ORDER BY id DESC LIMIT ?1",
-        )?;
-        let rows = st.query_map([limit.min(i64::MAX as usize) as i64], |r| {
-            Ok(QuarantineRow {
-                id: r.get(0)?,
-                received_ms: u64_of(r.get(1)?),
-                topic: r.get(2)?,
-                kind: r.get(3)?,
-                detail: r.get(4)?,
-                relay_id: r.get(5)?,
-                height: r.get::<_, Option<i64>>(6)?.map(u64_of),
-                hash: r.get::<_, Option<Vec<u8>>>(7)?.map(hex::encode),
-                bytes: u64_of(r.get(8)?),
-                kept_bytes: u64_of(r.get(10)?),
-                head_hex: hex::encode(r.get::<_, Option<Vec<u8>>>(9)?.unwrap_or_default()),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn select(

@@ -85,14 +85,11 @@ use tokio_postgres::Row;
 
 pub use conn::{ConnectError, PgConn};
 
-use super::shared::{
-    self, hash_of, typed_reading, u64_of, BlockCols, RelayCols, Silent, READING_COLS,
-};
+use super::shared::{self, typed_reading, u64_of, RelayCols, Silent, READING_COLS};
 use super::{
-    AlertRow, AuditStore, BlockBytes, BlockSummary, Cell, CommitResult, CoverageRow, DbError,
-    DbTotals, ForkEvidence, Ingest, IngestStore, LedgerBlock, LedgerReading, MeterSummary,
-    NewAlert, QuarantineRow, QueryStore, RaisedAlert, RelaySummary, Remedy, Run, StoreError,
-    StoreLimits, StoreOptions, StoredReading,
+    AuditStore, Cell, CommitResult, CoverageRow, DbError, DbTotals, ForkEvidence, Ingest,
+    IngestStore, LedgerBlock, LedgerReading, NewAlert, QueryStore, RaisedAlert, RelaySummary,
+    Remedy, Run, StoreError, StoreLimits, StoreOptions, StoredReading,
 };
 use crate::plausibility::{AlertKind, Rules};
 use crate::verified::ReadingRow;
@@ -408,19 +405,22 @@ fn cell(row: &Row, idx: usize) -> Result<Cell, tokio_postgres::Error> {
     Ok(match ty {
         Some(Type::INT8) => row
             .try_get::<_, Option<i64>>(idx)?
-            .map_or(Cell::Other("NULL".into()), Cell::Int),
+            .map_or(Cell::Null, Cell::Int),
         Some(Type::INT4) => row
             .try_get::<_, Option<i32>>(idx)?
-            .map_or(Cell::Other("NULL".into()), |v| Cell::Int(i64::from(v))),
+            .map_or(Cell::Null, |v| Cell::Int(i64::from(v))),
         Some(Type::INT2) => row
             .try_get::<_, Option<i16>>(idx)?
-            .map_or(Cell::Other("NULL".into()), |v| Cell::Int(i64::from(v))),
+            .map_or(Cell::Null, |v| Cell::Int(i64::from(v))),
         Some(Type::BOOL) => row
             .try_get::<_, Option<bool>>(idx)?
-            .map_or(Cell::Other("NULL".into()), |v| Cell::Int(i64::from(v))),
+            .map_or(Cell::Null, |v| Cell::Int(i64::from(v))),
         Some(Type::BYTEA) => row
             .try_get::<_, Option<Vec<u8>>>(idx)?
-            .map_or(Cell::Other("NULL".into()), Cell::Bytes),
+            .map_or(Cell::Null, Cell::Bytes),
+        Some(Type::TEXT | Type::VARCHAR) => row
+            .try_get::<_, Option<String>>(idx)?
+            .map_or(Cell::Null, Cell::Text),
         other => Cell::Other(format!("{other:?}")),
     })
 }
@@ -602,27 +602,6 @@ impl QueryStore for PgStore {
         in_snapshot(self.conn()?, read_totals)
     }
 
-    fn meters(&mut self) -> Result<Vec<MeterSummary>, StoreError> {
-        let rows = self.conn()?.query(
-            "SELECT meter_id, readings, first_seen_ms, last_received_ms, silent, last_epoch, last_seq, last_ts_ms, \
-             last_voltage_cv, last_current_ma, last_power_dw, last_pf_e4, last_freq_mhz, last_energy_mwh, last_flags \
-             FROM meters WHERE readings > 0 ORDER BY meter_id",
-            &[],
-        )?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let silent: bool = r.try_get(4)?;
-            let mut c = [0i64; 15];
-            for (i, v) in c.iter_mut().enumerate() {
-                if i != 4 {
-                    *v = int(r, i)?;
-                }
-            }
-            out.push(shared::meter_summary(&c, silent)?);
-        }
-        Ok(out)
-    }
-
     fn meter_readings(
         &mut self,
         meter_id: u32,
@@ -766,133 +745,6 @@ impl QueryStore for PgStore {
             }
             Ok(out)
         })
-    }
-
-    fn blocks(
-        &mut self,
-        relay_id: Option<u32>,
-        limit: usize,
-    ) -> Result<Vec<BlockSummary>, StoreError> {
-        let cols = "id, relay_id, height, hash, prev_hash, difficulty, leaf_count, time_ms, received_ms, reading_count, \
-                    duplicate_count, linked, octet_length(raw)::int8";
-        let limit = to_i64(limit as u64);
-        let conn = self.conn()?;
-        let rows = match relay_id {
-            Some(relay) => conn.query(
-                &format!(
-                    "SELECT {cols} FROM blocks WHERE relay_id = $1 ORDER BY height DESC LIMIT $2"
-                ),
-                &[&i64::from(relay), &limit],
-            )?,
-            None => conn.query(
-                &format!("SELECT {cols} FROM blocks ORDER BY id DESC LIMIT $1"),
-                &[&limit],
-            )?,
-        };
-        rows.iter()
-            .map(|r| {
-                BlockCols {
-                    id: r.try_get(0)?,
-                    relay_id: int(r, 1)?.clamp(0, i64::from(u32::MAX)) as u32,
-                    height: r.try_get(2)?,
-                    hash: r.try_get(3)?,
-                    prev_hash: r.try_get(4)?,
-                    difficulty: int(r, 5)?,
-                    leaf_count: int(r, 6)?,
-                    time_ms: r.try_get(7)?,
-                    received_ms: r.try_get(8)?,
-                    readings: r.try_get(9)?,
-                    duplicates: r.try_get(10)?,
-                    linked: r.try_get(11)?,
-                    bytes: r.try_get(12)?,
-                }
-                .summary()
-            })
-            .collect()
-    }
-
-    fn reading_with_block(
-        &mut self,
-        reading_id: i64,
-    ) -> Result<Option<(StoredReading, BlockBytes)>, StoreError> {
-        in_snapshot(self.conn()?, |tx| {
-            let rows = q(
-                tx,
-                &format!("SELECT {READING_COLS} FROM readings WHERE id = $1"),
-                &[&reading_id],
-            )?;
-            let Some(row) = rows.first() else {
-                return Ok(None);
-            };
-            let reading = typed_reading("readings", &reading_ints(row)?)?;
-            let block = q(
-                tx,
-                "SELECT id, relay_id, height, hash, raw FROM blocks WHERE id = $1",
-                &[&reading.block_id],
-            )?;
-            let Some(b) = block.first() else {
-                return Err(shared::missing_block(reading_id, reading.block_id));
-            };
-            Ok(Some((
-                reading,
-                BlockBytes {
-                    id: b.try_get(0)?,
-                    relay_id: int(b, 1)?.clamp(0, i64::from(u32::MAX)) as u32,
-                    height: u64_of(b.try_get(2)?),
-                    hash: hash_of("blocks", b.try_get::<_, &[u8]>(3)?)?,
-                    raw: b.try_get(4)?,
-                },
-            )))
-        })
-    }
-
-    fn alerts(&mut self, limit: usize) -> Result<Vec<AlertRow>, StoreError> {
-        let rows = self.conn()?.query(
-            "SELECT id, kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms FROM alerts \
-             ORDER BY last_ms DESC, id DESC LIMIT $1",
-            &[&to_i64(limit as u64)],
-        )?;
-        rows.iter()
-            .map(|r| {
-                Ok(shared::alert_row(
-                    r.try_get(0)?,
-                    r.try_get(1)?,
-                    r.try_get(2)?,
-                    r.try_get::<_, Option<i64>>(3)?.map(|v| v as u32),
-                    r.try_get::<_, Option<i64>>(4)?.map(|v| v as u32),
-                    r.try_get(5)?,
-                    r.try_get(6)?,
-                    r.try_get(7)?,
-                    r.try_get(8)?,
-                    r.try_get(9)?,
-                ))
-            })
-            .collect()
-    }
-
-    fn quarantine(&mut self, limit: usize) -> Result<Vec<QuarantineRow>, StoreError> {
-        let rows = self.conn()?.query(
-            "SELECT id, received_ms, topic, kind, detail, relay_id, height, hash, COALESCE(original_len, octet_length(raw)::int8), \
-             substr(raw, 1, 64), octet_length(raw)::int8 FROM quarantine ORDER BY id DESC LIMIT $1",
-            &[&to_i64(limit as u64)],
-        )?;
-        rows.iter()
-            .map(|r| {
-                Ok(QuarantineRow {
-                    id: r.try_get(0)?,
-                    received_ms: u64_of(r.try_get(1)?),
-                    topic: r.try_get(2)?,
-                    kind: r.try_get(3)?,
-                    detail: r.try_get(4)?,
-                    relay_id: r.try_get::<_, Option<i64>>(5)?.map(|v| v as u32),
-                    height: r.try_get::<_, Option<i64>>(6)?.map(u64_of),
-                    hash: r.try_get::<_, Option<Vec<u8>>>(7)?.map(hex::encode),
-                    bytes: u64_of(r.try_get(8)?),
-                    kept_bytes: u64_of(r.try_get(10)?),
-                    head_hex: hex::encode(r.try_get::<_, Option<Vec<u8>>>(9)?.unwrap_or_default()),
-                })
-            })
-            .collect()
     }
 
     fn select(

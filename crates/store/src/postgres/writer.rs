@@ -376,16 +376,9 @@ pub(super) fn commit(
     let block_ids = w.allocate_ids(plan.blocks.len())?;
     w.blocks(&plan, &block_ids)?;
     w.rest(&plan, shard)?;
-    let outcomes = plan.outcomes(&block_ids, &quarantine_ids)?;
-    let totals = read_totals(&tx)?;
+    let result = plan.result(&block_ids, &quarantine_ids, read_totals(&tx)?)?;
     block_on(tx.commit())?;
-    Ok(CommitResult {
-        outcomes,
-        alerts: plan.raised(),
-        totals,
-        quarantine_dropped: plan.quarantine_dropped,
-        quarantine_truncated: plan.quarantine_truncated,
-    })
+    Ok(result)
 }
 
 /// Writes a [`Plan`] inside its transaction.
