@@ -294,6 +294,12 @@ impl RelayConfig {
         if self.mqtt.max_inflight_blocks == 0 {
             return bad("mqtt.max_inflight_blocks", "must be at least 1");
         }
+        if self.mqtt.republish_after_s == 0 {
+            return bad("mqtt.republish_after_s", "must be at least 1 (s)");
+        }
+        if self.mqtt.quarantine_retry_s == 0 {
+            return bad("mqtt.quarantine_retry_s", "must be at least 1 (s)");
+        }
         if self.journal.segment_bytes < 4096 {
             return bad("journal.segment_bytes", "must be at least 4096");
         }
@@ -386,6 +392,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("block.max_frames"));
+    }
+
+    #[test]
+    fn a_zero_retry_interval_is_refused_when_loaded_not_clamped_where_used() {
+        for field in ["republish_after_s", "quarantine_retry_s"] {
+            let mut bad = RelayConfig::default();
+            match field {
+                "republish_after_s" => bad.mqtt.republish_after_s = 0,
+                _ => bad.mqtt.quarantine_retry_s = 0,
+            }
+            let e = bad.validate(Path::new("r.toml")).unwrap_err().to_string();
+            assert!(e.contains(&format!("mqtt.{field}")), "{e}");
+        }
     }
 
     #[test]

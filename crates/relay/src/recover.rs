@@ -141,8 +141,8 @@ fn lifecycle_config(cfg: &RelayConfig) -> LifecycleConfig {
         difficulty: cfg.difficulty,
         max_frames: cfg.block.max_frames as u32,
         max_age: Duration::from_millis(cfg.block.max_age_ms),
-        republish_after: Duration::from_secs(cfg.mqtt.republish_after_s.max(1)),
-        quarantine_retry: Duration::from_secs(cfg.mqtt.quarantine_retry_s.max(1)),
+        republish_after: Duration::from_secs(cfg.mqtt.republish_after_s),
+        quarantine_retry: Duration::from_secs(cfg.mqtt.quarantine_retry_s),
         max_inflight: cfg.mqtt.max_inflight_blocks,
     }
 }

@@ -375,7 +375,7 @@ impl Gate {
                 tokens: Vec::new(),
             }),
             hosts,
-            max_page: cfg.http.max_page.max(1),
+            max_page: cfg.http.max_page,
             metrics_open: cfg.http.metrics_open,
             shared,
             log: Default::default(),
