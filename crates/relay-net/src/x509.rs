@@ -10,6 +10,8 @@
 //! name check, are all decoded once in [`CertInfo::parse`], so a later walk
 //! cannot fail.
 
+use core::net::Ipv4Addr;
+
 use der::asn1::{
     AnyRef, BitStringRef, GeneralizedTime, ObjectIdentifier, OctetStringRef, SequenceRef, UtcTime,
 };
@@ -255,17 +257,10 @@ fn first_cn(name: &SequenceRef) -> der::Result<Option<&[u8]>> {
     Ok(cn)
 }
 
+/// An IPv4 literal's octets (core's parser: four decimal octets, no leading
+/// zeros), `None` for a DNS name.
 fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
-    let mut out = [0u8; 4];
-    let mut parts = s.split('.');
-    for b in &mut out {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 3 || !p.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        *b = p.parse().ok()?;
-    }
-    parts.next().is_none().then_some(out)
+    s.parse::<Ipv4Addr>().ok().map(|ip| ip.octets())
 }
 
 #[cfg(test)]
