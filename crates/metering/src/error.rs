@@ -3,7 +3,7 @@
 //! calibration helper, and the energy register.
 //!
 //! Errors are small and `Copy` so firmware can store or log them without
-//! allocation. `Display` is written by hand because `thiserror` needs `std`.
+//! allocation. Messages come from `thiserror` (without `std`).
 
 use core::fmt;
 
@@ -16,6 +16,8 @@ pub enum Channel {
     Current,
 }
 
+// Written by hand: a channel is a name inside messages, not an error, so it
+// does not derive `thiserror::Error`.
 impl fmt::Display for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -26,14 +28,16 @@ impl fmt::Display for Channel {
 }
 
 /// Why a metering call refused its input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MeteringError {
     // --- The sample block ---------------------------------------------------
     /// The sample block holds no samples.
+    #[error("sample block is empty")]
     EmptyBlock,
     /// The voltage and current blocks differ in length; the samples must be
     /// simultaneous pairs.
+    #[error("voltage block has {voltage} samples but current block has {current}")]
     LengthMismatch {
         /// Number of voltage samples.
         voltage: usize,
@@ -42,6 +46,7 @@ pub enum MeteringError {
     },
     /// The block is too short to hold the phase-correction delay plus a few
     /// samples to measure.
+    #[error("sample block has {len} samples, at least {min} needed")]
     BlockTooShort {
         /// Samples given.
         len: usize,
@@ -50,6 +55,7 @@ pub enum MeteringError {
     },
     /// The block is longer than [`crate::MAX_BLOCK_LEN`], beyond which the
     /// 64-bit integer sums could overflow.
+    #[error("sample block has {len} samples, at most {max} accepted")]
     BlockTooLong {
         /// Samples given.
         len: usize,
@@ -58,6 +64,7 @@ pub enum MeteringError {
     },
     /// A sample is above the largest code of the configured ADC resolution,
     /// which a working ADC cannot produce (a driver or DMA framing bug).
+    #[error("{channel} sample {index} is {code}, above the ADC maximum {max}")]
     SampleOutOfRange {
         /// The channel holding the sample.
         channel: Channel,
@@ -71,24 +78,29 @@ pub enum MeteringError {
 
     // --- Configuration and calibration ----------------------------------------
     /// The sample rate is not a finite number above zero.
+    #[error("sample rate must be finite and above zero")]
     InvalidSampleRate,
     /// The ADC resolution is outside 1..=16 bits.
+    #[error("ADC resolution of {bits} bits is outside 1..=16")]
     InvalidAdcBits {
         /// The configured resolution.
         bits: u8,
     },
     /// The nominal line frequency is not finite, not above zero, or not below
     /// half the sample rate (Nyquist).
+    #[error("nominal frequency must be finite, above zero and below half the sample rate")]
     InvalidNominalFrequency,
     /// A calibration value is not finite or outside its range (gains must be
     /// finite with magnitude at most [`crate::MAX_GAIN`], offsets finite and
     /// non-negative).
+    #[error("calibration {field} is not finite or out of range")]
     InvalidCalibration {
         /// Which value: `"voltage gain"`, `"current offset"`, `"phase"`, ...
         field: &'static str,
     },
     /// The phase correction asks for a delay longer than
     /// [`crate::MAX_PHASE_DELAY_SAMPLES`] samples.
+    #[error("phase correction delay exceeds {max_samples} samples")]
     PhaseDelayTooLarge {
         /// The largest delay accepted, in whole samples.
         max_samples: u32,
@@ -97,9 +109,11 @@ pub enum MeteringError {
     // --- Calibration helpers -------------------------------------------------
     /// The reference values are not finite, or the true voltage or current is
     /// not above zero.
+    #[error("reference voltage and current must be finite and above zero, phase finite")]
     InvalidReference,
     /// A channel carried no signal above its noise offset during the
     /// reference measurement, so no gain can be derived from it.
+    #[error("{channel} channel has no signal above its offset; cannot derive a gain")]
     SignalTooSmall {
         /// The silent channel.
         channel: Channel,
@@ -107,57 +121,6 @@ pub enum MeteringError {
 
     // --- Energy register -----------------------------------------------------
     /// The power handed to the energy register is NaN or infinite.
+    #[error("power is NaN or infinite")]
     InvalidPower,
 }
-
-impl fmt::Display for MeteringError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            MeteringError::EmptyBlock => f.write_str("sample block is empty"),
-            MeteringError::LengthMismatch { voltage, current } => write!(
-                f,
-                "voltage block has {voltage} samples but current block has {current}"
-            ),
-            MeteringError::BlockTooShort { len, min } => {
-                write!(f, "sample block has {len} samples, at least {min} needed")
-            }
-            MeteringError::BlockTooLong { len, max } => {
-                write!(f, "sample block has {len} samples, at most {max} accepted")
-            }
-            MeteringError::SampleOutOfRange {
-                channel,
-                index,
-                code,
-                max,
-            } => write!(
-                f,
-                "{channel} sample {index} is {code}, above the ADC maximum {max}"
-            ),
-            MeteringError::InvalidSampleRate => {
-                f.write_str("sample rate must be finite and above zero")
-            }
-            MeteringError::InvalidAdcBits { bits } => {
-                write!(f, "ADC resolution of {bits} bits is outside 1..=16")
-            }
-            MeteringError::InvalidNominalFrequency => f.write_str(
-                "nominal frequency must be finite, above zero and below half the sample rate",
-            ),
-            MeteringError::InvalidCalibration { field } => {
-                write!(f, "calibration {field} is not finite or out of range")
-            }
-            MeteringError::PhaseDelayTooLarge { max_samples } => {
-                write!(f, "phase correction delay exceeds {max_samples} samples")
-            }
-            MeteringError::InvalidReference => f.write_str(
-                "reference voltage and current must be finite and above zero, phase finite",
-            ),
-            MeteringError::SignalTooSmall { channel } => write!(
-                f,
-                "{channel} channel has no signal above its offset; cannot derive a gain"
-            ),
-            MeteringError::InvalidPower => f.write_str("power is NaN or infinite"),
-        }
-    }
-}
-
-impl core::error::Error for MeteringError {}

@@ -3,60 +3,116 @@
 //! checks the chain's signatures; it reports every certificate problem as one
 //! `InvalidCertificate`, so dates and names are checked here to tell them apart.
 //!
-//! A minimal DER walker over the broker's certificate, which is untrusted input
-//! until the chain is verified: every access is bounds-checked, nothing panics.
+//! The broker's certificate is untrusted input until the chain is verified.
+//! It is decoded with the `der` crate (0.8, the version embedded-tls decodes
+//! certificates with), without allocation: the fields we do not read stay
+//! borrowed slices, and the subject alternative names, walked again for each
+//! name check, are all decoded once in [`CertInfo::parse`], so a later walk
+//! cannot fail.
 
-/// A DER tag-length-value: the tag byte, the contents and what follows.
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        // Long form: 1 to 4 length bytes (certificates are far below 4 GiB).
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let (bytes, rest) = rest.split_at(n);
-        let len = bytes
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        (len, rest)
-    };
-    if rest.len() < len {
-        return None;
-    }
-    let (content, rest) = rest.split_at(len);
-    Some((tag, content, rest))
-}
+use core::net::Ipv4Addr;
 
-/// The contents of a TLV with the expected tag, and what follows.
-fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (t, content, rest) = tlv(input)?;
-    (t == tag).then_some((content, rest))
-}
+use der::asn1::{
+    AnyRef, BitStringRef, GeneralizedTime, ObjectIdentifier, OctetStringRef, SequenceRef, UtcTime,
+};
+use der::{Choice, Decode, DecodeValue, Reader, Sequence, SliceReader, Tag, TagNumber, Tagged};
 
-const SEQUENCE: u8 = 0x30;
-const SET: u8 = 0x31;
-const OID: u8 = 0x06;
-const OCTET_STRING: u8 = 0x04;
-const UTC_TIME: u8 = 0x17;
-const GENERALIZED_TIME: u8 = 0x18;
-/// `[0]` EXPLICIT version.
-const VERSION: u8 = 0xa0;
-/// `[3]` EXPLICIT extensions.
-const EXTENSIONS: u8 = 0xa3;
-/// GeneralName `[2]` dNSName and `[7]` iPAddress (IMPLICIT).
-const SAN_DNS: u8 = 0x82;
-const SAN_IP: u8 = 0x87;
-/// 2.5.4.3 (commonName) and 2.5.29.17 (subjectAltName), contents only.
-const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
-const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
+/// 2.5.4.3 (commonName).
+const OID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+/// 2.5.29.17 (subjectAltName).
+const OID_SAN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
 /// 2.5.29.37 (extKeyUsage), 1.3.6.1.5.5.7.3.1 (serverAuth), 2.5.29.37.0 (any).
-const OID_EKU: &[u8] = &[0x55, 0x1d, 0x25];
-const OID_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
-const OID_ANY_EKU: &[u8] = &[0x55, 0x1d, 0x25, 0x00];
+const OID_EKU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
+const OID_SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
+const OID_ANY_EKU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37.0");
+/// GeneralName `[2]` dNSName and `[7]` iPAddress (IMPLICIT, so primitive).
+const SAN_DNS: Tag = Tag::ContextSpecific {
+    constructed: false,
+    number: TagNumber(2),
+};
+const SAN_IP: Tag = Tag::ContextSpecific {
+    constructed: false,
+    number: TagNumber(7),
+};
+
+// The structures derive only `DecodeValue` and mark themselves `Sequence`
+// (which gives them `Decode`): `derive(Sequence)` would add encoders too,
+// which we do not need and which `&SequenceRef` lacks in der 0.8.
+
+/// RFC 5280 `Certificate`.
+#[derive(DecodeValue)]
+struct Certificate<'a> {
+    tbs_certificate: TbsCertificate<'a>,
+    _signature_algorithm: &'a SequenceRef,
+    _signature: BitStringRef<'a>,
+}
+impl<'a> Sequence<'a> for Certificate<'a> {}
+
+/// RFC 5280 `TBSCertificate`. The fields we do not read (`_`) stay undecoded
+/// where their type allows.
+#[derive(DecodeValue)]
+struct TbsCertificate<'a> {
+    #[asn1(context_specific = "0", optional = "true")]
+    _version: Option<AnyRef<'a>>,
+    _serial_number: AnyRef<'a>,
+    _signature: &'a SequenceRef,
+    _issuer: &'a SequenceRef,
+    validity: Validity,
+    /// A Name: SEQUENCE OF RelativeDistinguishedName.
+    subject: &'a SequenceRef,
+    _subject_public_key_info: &'a SequenceRef,
+    #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+    _issuer_unique_id: Option<BitStringRef<'a>>,
+    #[asn1(context_specific = "2", tag_mode = "IMPLICIT", optional = "true")]
+    _subject_unique_id: Option<BitStringRef<'a>>,
+    /// Extensions: SEQUENCE OF Extension.
+    #[asn1(context_specific = "3", optional = "true")]
+    extensions: Option<&'a SequenceRef>,
+}
+impl<'a> Sequence<'a> for TbsCertificate<'a> {}
+
+#[derive(DecodeValue)]
+struct Validity {
+    not_before: Time,
+    not_after: Time,
+}
+impl Sequence<'_> for Validity {}
+
+/// RFC 5280 `Time`: UTCTime until 2049, GeneralizedTime after.
+#[derive(Choice)]
+enum Time {
+    #[asn1(type = "UTCTime")]
+    Utc(UtcTime),
+    #[asn1(type = "GeneralizedTime")]
+    General(GeneralizedTime),
+}
+
+impl Time {
+    fn unix_seconds(&self) -> u64 {
+        match self {
+            Time::Utc(t) => t.to_unix_duration().as_secs(),
+            Time::General(t) => t.to_unix_duration().as_secs(),
+        }
+    }
+}
+
+#[derive(DecodeValue)]
+struct Extension<'a> {
+    extn_id: ObjectIdentifier,
+    /// DEFAULT FALSE, which DER omits; `Option` also accepts an explicit
+    /// FALSE, as embedded-tls does.
+    #[asn1(optional = "true")]
+    _critical: Option<bool>,
+    extn_value: &'a OctetStringRef,
+}
+impl<'a> Sequence<'a> for Extension<'a> {}
+
+#[derive(DecodeValue)]
+struct AttributeTypeAndValue<'a> {
+    oid: ObjectIdentifier,
+    value: AnyRef<'a>,
+}
+impl<'a> Sequence<'a> for AttributeTypeAndValue<'a> {}
 
 /// What the verifier needs from one certificate.
 #[derive(Clone, Copy, Debug)]
@@ -64,10 +120,11 @@ pub(crate) struct CertInfo<'a> {
     /// Validity start and end, Unix seconds.
     pub not_before: u64,
     pub not_after: u64,
-    /// The subjectAltName extension's contents (a SEQUENCE OF GeneralName), if any.
+    /// The contents of the subjectAltName extension (GeneralNames, each
+    /// checked to decode), if there is one.
     san: Option<&'a [u8]>,
-    /// The extKeyUsage extension's contents (a SEQUENCE OF OID), if any.
-    eku: Option<&'a [u8]>,
+    /// No extendedKeyUsage, or one listing serverAuth or anyExtendedKeyUsage.
+    server_auth: bool,
     /// The subject's first common name, if any.
     pub common_name: Option<&'a [u8]>,
 }
@@ -75,39 +132,45 @@ pub(crate) struct CertInfo<'a> {
 impl<'a> CertInfo<'a> {
     /// Reads a DER certificate; `None` if it is not one.
     pub fn parse(der: &'a [u8]) -> Option<Self> {
-        let (cert, _) = expect(der, SEQUENCE)?;
-        let (tbs, _) = expect(cert, SEQUENCE)?;
-        let mut rest = tbs;
-        if rest.first() == Some(&VERSION) {
-            rest = tlv(rest)?.2;
-        }
-        let (_serial, _, rest) = tlv(rest)?;
-        let (_sig_alg, rest) = expect(rest, SEQUENCE)?;
-        let (_issuer, rest) = expect(rest, SEQUENCE)?;
-        let (validity, rest) = expect(rest, SEQUENCE)?;
-        let (subject, rest) = expect(rest, SEQUENCE)?;
-        let (_spki, mut rest) = expect(rest, SEQUENCE)?;
+        Self::read(der).ok()
+    }
 
-        let (t1, tc1, after) = tlv(validity)?;
-        let (t2, tc2, _) = tlv(after)?;
-        let not_before = parse_time(t1, tc1)?;
-        let not_after = parse_time(t2, tc2)?;
-
-        // Optional issuerUniqueID [1], subjectUniqueID [2], then extensions [3].
+    fn read(der: &'a [u8]) -> der::Result<Self> {
+        let tbs = Certificate::from_der(der)?.tbs_certificate;
         let (mut san, mut eku) = (None, None);
-        while let Some((tag, content, next)) = tlv(rest) {
-            if tag == EXTENSIONS {
-                san = find_ext(content, OID_SAN)?;
-                eku = find_ext(content, OID_EKU)?;
+        if let Some(extensions) = tbs.extensions {
+            for ext in elements::<Extension<'a>>(extensions.as_bytes()) {
+                let ext = ext?;
+                // The first of each counts (RFC 5280 allows one).
+                if ext.extn_id == OID_SAN && san.is_none() {
+                    san = Some(ext.extn_value.decode_into::<&SequenceRef>()?.as_bytes());
+                } else if ext.extn_id == OID_EKU && eku.is_none() {
+                    eku = Some(ext.extn_value.decode_into::<&SequenceRef>()?.as_bytes());
+                }
             }
-            rest = next;
         }
-        Some(CertInfo {
-            not_before,
-            not_after,
+        if let Some(names) = san {
+            for name in elements::<AnyRef<'a>>(names) {
+                name?;
+            }
+        }
+        let server_auth = match eku {
+            None => true,
+            Some(purposes) => {
+                let mut allowed = false;
+                for oid in elements::<ObjectIdentifier>(purposes) {
+                    let oid = oid?;
+                    allowed |= oid == OID_SERVER_AUTH || oid == OID_ANY_EKU;
+                }
+                allowed
+            }
+        };
+        Ok(CertInfo {
+            not_before: tbs.validity.not_before.unix_seconds(),
+            not_after: tbs.validity.not_after.unix_seconds(),
             san,
-            eku,
-            common_name: find_cn(subject),
+            server_auth,
+            common_name: first_cn(tbs.subject)?,
         })
     }
 
@@ -115,16 +178,15 @@ impl<'a> CertInfo<'a> {
     /// usage, or one that lists serverAuth (site client certificates list
     /// only clientAuth).
     pub fn allows_server_auth(&self) -> bool {
-        let Some(mut oids) = self.eku else {
-            return true;
-        };
-        while let Some((tag, oid, next)) = tlv(oids) {
-            if tag == OID && (oid == OID_SERVER_AUTH || oid == OID_ANY_EKU) {
-                return true;
-            }
-            oids = next;
-        }
-        false
+        self.server_auth
+    }
+
+    /// The subject alternative names: (tag, contents). `parse` decoded them
+    /// all, so none is dropped here.
+    fn alt_names(&self) -> impl Iterator<Item = (Tag, &'a [u8])> {
+        elements::<AnyRef<'a>>(self.san.unwrap_or_default())
+            .map_while(Result::ok)
+            .map(|name| (name.tag(), name.value()))
     }
 
     /// Whether the certificate names `host` (a DNS name or an IPv4 literal),
@@ -134,20 +196,10 @@ impl<'a> CertInfo<'a> {
     pub fn names(&self, host: &str) -> bool {
         let ip = parse_ipv4(host);
         match self.san {
-            Some(mut names) => {
-                while let Some((tag, value, next)) = tlv(names) {
-                    let hit = match (tag, ip) {
-                        (SAN_IP, Some(ip)) => value == ip,
-                        (SAN_DNS, None) => value.eq_ignore_ascii_case(host.as_bytes()),
-                        _ => false,
-                    };
-                    if hit {
-                        return true;
-                    }
-                    names = next;
-                }
-                false
-            }
+            Some(_) => self.alt_names().any(|(tag, value)| match ip {
+                Some(ip) => tag == SAN_IP && value == ip,
+                None => tag == SAN_DNS && value.eq_ignore_ascii_case(host.as_bytes()),
+            }),
             None => self
                 .common_name
                 .is_some_and(|cn| cn.eq_ignore_ascii_case(host.as_bytes())),
@@ -157,14 +209,8 @@ impl<'a> CertInfo<'a> {
     /// A DNS name the certificate carries (first dNSName, else the common
     /// name), to hand to embedded-tls's own name check.
     pub fn any_dns_name(&self) -> Option<&'a [u8]> {
-        let mut names = self.san?;
-        while let Some((tag, value, next)) = tlv(names) {
-            if tag == SAN_DNS {
-                return Some(value);
-            }
-            names = next;
-        }
-        None
+        self.alt_names()
+            .find_map(|(tag, value)| (tag == SAN_DNS).then_some(value))
     }
 
     /// Whether the certificate has a dNSName or a common name (embedded-tls
@@ -174,103 +220,62 @@ impl<'a> CertInfo<'a> {
     }
 }
 
-/// The contents of the SEQUENCE an extension's value holds (SAN: GeneralNames,
-/// EKU: KeyPurposeIds), in an `[3]` extensions block; `Some(None)` if absent.
-fn find_ext<'a>(ext_block: &'a [u8], wanted: &[u8]) -> Option<Option<&'a [u8]>> {
-    let (mut exts, _) = expect(ext_block, SEQUENCE)?;
-    while !exts.is_empty() {
-        let (ext, next) = expect(exts, SEQUENCE)?;
-        let (oid, mut body) = expect(ext, OID)?;
-        if oid == wanted {
-            // Skip the optional `critical` BOOLEAN.
-            if body.first() == Some(&0x01) {
-                body = tlv(body)?.2;
-            }
-            let (value, _) = expect(body, OCTET_STRING)?;
-            let (names, _) = expect(value, SEQUENCE)?;
-            return Some(Some(names));
+/// The elements of a SEQUENCE OF or SET OF, given its contents; nothing
+/// more after an error.
+fn elements<'a, T>(contents: &'a [u8]) -> impl Iterator<Item = der::Result<T>> + use<'a, T>
+where
+    T: Decode<'a, Error = der::Error>,
+{
+    let mut reader = Some(SliceReader::new(contents));
+    core::iter::from_fn(move || {
+        let item = match reader.as_mut()? {
+            Ok(r) if r.is_finished() => return None,
+            Ok(r) => T::decode(r),
+            Err(e) => Err(*e),
+        };
+        if item.is_err() {
+            reader = None;
         }
-        exts = next;
-    }
-    Some(None)
+        Some(item)
+    })
 }
 
-/// The first commonName value in a Name (SEQUENCE OF SET OF AttributeTypeAndValue).
-fn find_cn(mut name: &[u8]) -> Option<&[u8]> {
-    while let Some((SET, set, next)) = tlv(name) {
-        let mut atvs = set;
-        while let Some((SEQUENCE, atv, after)) = tlv(atvs) {
-            if let Some((oid, value)) = expect(atv, OID) {
-                if oid == OID_CN {
-                    return tlv(value).map(|(_, s, _)| s);
-                }
+/// The value of the first commonName in a Name (SEQUENCE OF SET OF
+/// AttributeTypeAndValue), whatever its string type.
+fn first_cn(name: &SequenceRef) -> der::Result<Option<&[u8]>> {
+    let mut cn = None;
+    for rdn in elements::<AnyRef<'_>>(name.as_bytes()) {
+        let rdn = rdn?;
+        rdn.tag().assert_eq(Tag::Set)?;
+        for atv in elements::<AttributeTypeAndValue<'_>>(rdn.value()) {
+            let atv = atv?;
+            if atv.oid == OID_CN && cn.is_none() {
+                cn = Some(atv.value.value());
             }
-            atvs = after;
         }
-        name = next;
     }
-    None
+    Ok(cn)
 }
 
+/// An IPv4 literal's octets (core's parser: four decimal octets, no leading
+/// zeros), `None` for a DNS name.
 fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
-    let mut out = [0u8; 4];
-    let mut parts = s.split('.');
-    for b in &mut out {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 3 || !p.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        *b = p.parse().ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
-/// UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ) to Unix seconds.
-fn parse_time(tag: u8, s: &[u8]) -> Option<u64> {
-    let digits = |r: &[u8]| -> Option<u64> {
-        r.iter().try_fold(0u64, |acc, &c| {
-            c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0'))
-        })
-    };
-    let (year, rest) = match (tag, s.len()) {
-        (UTC_TIME, 13) => {
-            let yy = digits(s.get(0..2)?)?;
-            // RFC 5280: 50..99 are 19xx, 00..49 are 20xx.
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, s.get(2..)?)
-        }
-        (GENERALIZED_TIME, 15) => (digits(s.get(0..4)?)?, s.get(4..)?),
-        _ => return None,
-    };
-    if rest.last() != Some(&b'Z') {
-        return None;
-    }
-    let month = digits(rest.get(0..2)?)?;
-    let day = digits(rest.get(2..4)?)?;
-    let hour = digits(rest.get(4..6)?)?;
-    let min = digits(rest.get(6..8)?)?;
-    let sec = digits(rest.get(8..10)?)?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day)?;
-    Some(days * 86_400 + hour * 3600 + min * 60 + sec)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm);
-/// `None` before 1970.
-fn days_from_civil(y: u64, m: u64, d: u64) -> Option<u64> {
-    let y = if m <= 2 { y.checked_sub(1)? } else { y };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    (era * 146_097 + doe).checked_sub(719_468)
+    s.parse::<Ipv4Addr>().ok().map(|ip| ip.octets())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const UTC_TIME: u8 = 0x17;
+    const GENERALIZED_TIME: u8 = 0x18;
+
+    /// A validity time given as its tag and contents, in Unix seconds.
+    fn parse_time(tag: u8, contents: &[u8]) -> Option<u64> {
+        let mut der = vec![tag, u8::try_from(contents.len()).expect("short")];
+        der.extend_from_slice(contents);
+        Time::from_der(&der).ok().map(|t| t.unix_seconds())
+    }
 
     #[test]
     fn times_convert_to_unix_seconds() {
