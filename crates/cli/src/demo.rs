@@ -177,7 +177,7 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
     let login = format!("http://{}/login?token={token}", server.http_addr());
     // The database may hold earlier runs: the summary counts this run only.
     let before = server.stats();
-    let stored_before = before.readings_stored;
+    let stored_before = before.ledger.readings_stored;
 
     let medium = Medium::new(a.loss, 0x6772_6964);
     let mut rcfg = RelayConfig::new(1, relay_keys.root(), data_dir.join("relay-1"));
@@ -236,7 +236,7 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
                 let (f, r, s) = (fleet.stats(), relay.stats(), server.stats());
                 progress(q, format_args!(
                     "[{:>4.0} s] generated {} · acknowledged {} · stored {} · blocks {} · retransmissions {} · outbox {}",
-                    started.elapsed().as_secs_f64(), f.generated, f.acknowledged, s.readings_stored - stored_before,
+                    started.elapsed().as_secs_f64(), f.generated, f.acknowledged, s.ledger.readings_stored - stored_before,
                     r.blocks_sealed, f.retransmissions, r.outbox_len,
                 ));
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -263,7 +263,9 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
     // wait a moment for its counters to catch up.
     let want = fstats.acknowledged;
     let wait_until = Instant::now() + Duration::from_secs(30);
-    while server.stats().readings_stored - stored_before < want && Instant::now() < wait_until {
+    while server.stats().ledger.readings_stored - stored_before < want
+        && Instant::now() < wait_until
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rstats = relay.stats();
@@ -271,10 +273,11 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
     relay.shutdown().await;
     server.shutdown().await;
 
-    let stored = sstats.readings_stored - stored_before;
+    let stored = sstats.ledger.readings_stored - stored_before;
     let rejected = sstats
+        .ledger
         .blocks_rejected
-        .saturating_sub(before.blocks_rejected);
+        .saturating_sub(before.ledger.blocks_rejected);
     let lost = fstats.generated.saturating_sub(stored);
     let ledger = gridpow_server::verify_ledger(&db_url, &keys);
     let mut failures = Vec::new();

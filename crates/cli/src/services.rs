@@ -214,8 +214,8 @@ pub fn run_server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
         let s = server.stats();
         eprintln!(
             "grid server running: database {db} ({} blocks, {} readings stored), broker {broker}, dashboard http://{}/ ; Ctrl-C stops it",
-            s.blocks_verified,
-            s.readings_stored,
+            s.ledger.blocks_verified,
+            s.ledger.readings_stored,
             server.http_addr()
         );
         wait_for_signal().await;

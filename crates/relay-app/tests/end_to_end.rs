@@ -357,7 +357,7 @@ async fn every_reading_reaches_the_ledger_once_across_a_graceful_relay_restart_a
         report.gaps.is_empty() && report.forks.is_empty(),
         "{report}"
     );
-    assert!(stats.blocks_rejected == 0, "{stats:?}");
+    assert!(stats.ledger.blocks_rejected == 0, "{stats:?}");
     assert!(handshakes.len() >= 3, "{handshakes:?}");
 }
 

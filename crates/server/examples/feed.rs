@@ -157,10 +157,10 @@ async fn main() {
             println!(
                 "t={:>3}s stored {} readings in {} blocks; rejected {}; gaps {}",
                 tick + 1,
-                s.readings_stored,
-                s.blocks_verified,
-                s.blocks_rejected,
-                s.gaps_open
+                s.ledger.readings_stored,
+                s.ledger.blocks_verified,
+                s.ledger.blocks_rejected,
+                s.ledger.gaps_open
             );
         }
     }

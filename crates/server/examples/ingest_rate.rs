@@ -370,11 +370,11 @@ fn main() {
         let mut stalled = Instant::now();
         loop {
             let s = server.stats();
-            if s.readings_stored >= total {
+            if s.ledger.readings_stored >= total {
                 break;
             }
-            if s.readings_stored != last {
-                last = s.readings_stored;
+            if s.ledger.readings_stored != last {
+                last = s.ledger.readings_stored;
                 stalled = Instant::now();
             }
             assert!(
@@ -591,13 +591,13 @@ async fn end_to_end(
         let s = handles
             .iter()
             .map(|h| h.stats())
-            .max_by_key(|s| s.readings_stored)
+            .max_by_key(|s| s.ledger.readings_stored)
             .unwrap();
-        if s.readings_stored >= total {
+        if s.ledger.readings_stored >= total {
             break;
         }
-        if s.readings_stored != last {
-            last = s.readings_stored;
+        if s.ledger.readings_stored != last {
+            last = s.ledger.readings_stored;
             stalled = Instant::now();
         }
         assert!(

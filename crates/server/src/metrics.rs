@@ -162,17 +162,7 @@ impl Shared {
         let t = self.totals();
         let m = &self.metrics;
         ServerStats {
-            readings_stored: t.readings_stored,
-            blocks_verified: t.blocks_verified,
-            blocks_rejected: t.blocks_rejected,
-            frames_rejected: t.frames_rejected,
-            blocks_duplicate: t.blocks_duplicate,
-            readings_duplicate: t.readings_duplicate,
-            meters: t.meters,
-            relays: t.relays,
-            gaps_open: t.gaps_open,
-            forks: t.forks,
-            alerts_active: t.alerts_active,
+            ledger: t,
             messages_received: get(&m.messages_received),
             receipts_published: get(&m.receipts_published),
             readings_stored_by_this_server: get(&m.readings_stored),
@@ -378,28 +368,9 @@ impl Collector for Snapshot {
 /// restarts); the others count this process only.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ServerStats {
-    /// Readings in the database (each stored once).
-    pub readings_stored: u64,
-    /// Blocks verified and stored.
-    pub blocks_verified: u64,
-    /// Payloads quarantined (refused blocks, forks, garbage).
-    pub blocks_rejected: u64,
-    /// Blocks refused because of one of their frames (unknown meter, bad tag, malformed frame).
-    pub frames_rejected: u64,
-    /// Redelivered blocks found already stored.
-    pub blocks_duplicate: u64,
-    /// Readings not stored again because an earlier frame carried them.
-    pub readings_duplicate: u64,
-    /// Meters with stored readings.
-    pub meters: u64,
-    /// Relays with stored blocks.
-    pub relays: u64,
-    /// Blocks stored before their parent, still waiting for it.
-    pub gaps_open: u64,
-    /// Forks quarantined.
-    pub forks: u64,
-    /// Alerts not cleared.
-    pub alerts_active: u64,
+    /// Database totals: all servers sharing the database, across restarts.
+    #[serde(flatten)]
+    pub ledger: DbTotals,
     /// MQTT messages this process received.
     pub messages_received: u64,
     /// Commit receipts this process published.

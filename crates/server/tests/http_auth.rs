@@ -81,7 +81,7 @@ async fn tokens_roles_customer_meters_login_revocation_hosts_and_page_caps_are_e
         &[site.frame(1, 1, 0, 0, 3), site.frame(2, 1, 0, 0, 3)],
     );
     publish(&client, 1, &b0).await;
-    assert!(wait_until(15, || server.stats().readings_stored == 6).await);
+    assert!(wait_until(15, || server.stats().ledger.readings_stored == 6).await);
     let addr = server.http_addr();
 
     // Without a token only /healthz answers; the dashboard says how to log in.

@@ -113,10 +113,17 @@ async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_ve
     assert!(has(&r, 1, &h1, ReceiptStatus::Stored), "{r:?}");
     assert!(has(&r, 1, &h1, ReceiptStatus::AlreadyStored), "{r:?}");
     let s = server.stats();
-    assert_eq!((s.blocks_verified, s.blocks_duplicate), (2, 1));
+    assert_eq!(
+        (s.ledger.blocks_verified, s.ledger.blocks_duplicate),
+        (2, 1)
+    );
     // Meter 1: 0..9, meter 2: 0..6, meter 3: 0..3; 3 readings carried twice.
     assert_eq!(
-        (s.readings_stored, s.readings_duplicate, s.meters),
+        (
+            s.ledger.readings_stored,
+            s.ledger.readings_duplicate,
+            s.ledger.meters
+        ),
         (18, 3, 3)
     );
 
@@ -159,7 +166,7 @@ async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_ve
     publish(&client, 1, &b3).await;
     let r = receipts(&site, &mut rx, 1).await;
     assert!(has(&r, 3, &h3, ReceiptStatus::Stored), "{r:?}");
-    assert_eq!(server.stats().gaps_open, 1);
+    assert_eq!(server.stats().ledger.gaps_open, 1);
     let (_, relays) = http_get(server.http_addr(), &site.admin, "/api/v1/relays").await;
     assert_eq!(json(&relays)[0]["gaps"], serde_json::json!([[2, 2]]));
     publish(&client, 1, &b2).await;
@@ -172,10 +179,15 @@ async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_ve
     );
     let s = server.stats();
     assert_eq!(
-        (s.blocks_verified, s.gaps_open, s.forks, s.blocks_rejected),
+        (
+            s.ledger.blocks_verified,
+            s.ledger.gaps_open,
+            s.ledger.forks,
+            s.ledger.blocks_rejected
+        ),
         (4, 0, 1, 1)
     );
-    assert_eq!(s.readings_stored, 18 + 4 + 2);
+    assert_eq!(s.ledger.readings_stored, 18 + 4 + 2);
 
     // The HTTP API.
     let addr = server.http_addr();
@@ -425,13 +437,13 @@ async fn refused_payloads_land_in_quarantine_with_their_reason_and_nothing_crash
     }
     let want = cases.len() as u64;
     assert!(
-        wait_until(15, || server.stats().blocks_rejected == want).await,
+        wait_until(15, || server.stats().ledger.blocks_rejected == want).await,
         "rejected {} of {want}",
-        server.stats().blocks_rejected
+        server.stats().ledger.blocks_rejected
     );
     // The genuine block still goes through afterwards.
     publish(&client, 1, &good).await;
-    assert!(wait_until(15, || server.stats().blocks_verified == 2).await);
+    assert!(wait_until(15, || server.stats().ledger.blocks_verified == 2).await);
     let r = receipts(&site, &mut rx, 8).await;
     assert!(has(&r, 1, &h1, ReceiptStatus::Stored), "{r:?}");
     assert!(has(&r, 1, &hu, ReceiptStatus::Quarantined), "{r:?}");
@@ -465,10 +477,10 @@ async fn refused_payloads_land_in_quarantine_with_their_reason_and_nothing_crash
     }
     let s = server.stats();
     assert_eq!(
-        s.frames_rejected, 3,
+        s.ledger.frames_rejected, 3,
         "unknown meter and bad tags are frame faults"
     );
-    assert_eq!((s.readings_stored, s.meters), (2 + 5, 2));
+    assert_eq!((s.ledger.readings_stored, s.ledger.meters), (2 + 5, 2));
     let metrics = http_get(server.http_addr(), &site.admin, "/metrics")
         .await
         .1;
@@ -523,7 +535,7 @@ async fn the_embedded_broker_of_the_demo_carries_blocks_and_receipts_too() {
     assert!(has(&r, 0, &h0, ReceiptStatus::Stored), "{r:?}");
     assert!(has(&r, 1, &h1, ReceiptStatus::Stored), "{r:?}");
     assert!(has(&r, 0, &h0, ReceiptStatus::AlreadyStored), "{r:?}");
-    assert_eq!(server.stats().readings_stored, 12 + 2);
+    assert_eq!(server.stats().ledger.readings_stored, 12 + 2);
     server.shutdown().await;
 }
 
@@ -572,6 +584,6 @@ async fn a_database_fault_no_retry_can_cure_halts_the_writer_loudly_and_acknowle
         "a receipt for an unstored block: {more:?}"
     );
     let s = server.stats();
-    assert_eq!((s.blocks_verified, s.readings_stored), (1, 6));
+    assert_eq!((s.ledger.blocks_verified, s.ledger.readings_stored), (1, 6));
     server.shutdown().await;
 }

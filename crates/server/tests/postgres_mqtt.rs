@@ -120,8 +120,8 @@ async fn two_servers_on_postgres_store_shuffled_and_redelivered_blocks_once_and_
     // The database totals, then each server's own counters (added after its commit).
     let done = wait_until(60, || {
         let (s, t) = (a.stats(), b.stats());
-        s.blocks_verified == 30
-            && s.readings_stored == total
+        s.ledger.blocks_verified == 30
+            && s.ledger.readings_stored == total
             && s.readings_stored_by_this_server + t.readings_stored_by_this_server == total
     })
     .await;
@@ -176,7 +176,7 @@ async fn two_servers_on_postgres_store_shuffled_and_redelivered_blocks_once_and_
     }
     let s = a.stats();
     assert_eq!(
-        (s.gaps_open, s.forks, s.blocks_rejected),
+        (s.ledger.gaps_open, s.ledger.forks, s.ledger.blocks_rejected),
         (0, 0, 0),
         "{s:?}"
     );

@@ -458,7 +458,7 @@ pub struct RaisedAlert {
 }
 
 /// Totals of the whole database, read at the end of each transaction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DbTotals {
     /// Readings stored.
     pub readings_stored: u64,
