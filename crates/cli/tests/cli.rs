@@ -502,7 +502,7 @@ fn the_server_refuses_a_taken_http_port_naming_it_and_its_setting() {
 
 #[test]
 fn relay_and_server_name_the_unreachable_broker_with_tls_and_settings_and_say_where_they_start() {
-    use common::{free_tcp_port, free_udp_port, Proc};
+    use common::{free_tcp_port, free_udp_port};
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -532,13 +532,13 @@ fn relay_and_server_name_the_unreachable_broker_with_tls_and_settings_and_say_wh
     )
     .unwrap();
     let cfg = |n: &str| root.join(n).to_string_lossy().into_owned();
-    let mut server = Proc::spawn_logging(
+    let mut server = common::spawn_logging(
         "server",
         &["server", "--config", &cfg("server.toml")],
         &root.join("server.log"),
         "warn",
     );
-    let mut relay = Proc::spawn_logging(
+    let mut relay = common::spawn_logging(
         "relay",
         &["relay", "--config", &cfg("relay.toml")],
         &root.join("relay.log"),
@@ -628,7 +628,7 @@ fn meters_with_no_relay_answering_warn_naming_the_relay_address_and_its_setting(
     )
     .unwrap();
     let log = root.join("meters.log");
-    let mut meters = common::Proc::spawn_logging(
+    let mut meters = common::spawn_logging(
         "meters",
         &[
             "meters",
@@ -654,7 +654,7 @@ fn meters_with_no_relay_answering_warn_naming_the_relay_address_and_its_setting(
     assert!(l.contains("`gridpow relay` runs"), "{l}");
     assert!(!l.contains('\u{1b}'), "{l}");
     // Stopping waits up to 30 s for ACKs that will not come; kill instead.
-    meters.interrupt_or_kill();
+    meters.interrupt_or_kill(Duration::from_secs(2));
 }
 
 #[test]

@@ -10,95 +10,14 @@
 
 use std::collections::BTreeSet;
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::export_bundle;
+use common::{export_bundle, spawn};
 use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_testkit::{Mosquitto, MosquittoOptions};
-
-struct Proc {
-    name: String,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-    starts: u32,
-}
-
-impl Proc {
-    fn new(name: &str, args: &[&str], dir: &Path) -> Proc {
-        let mut p = Proc {
-            name: name.into(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            log: dir.join(format!("{name}.log")),
-            child: None,
-            starts: 0,
-        };
-        p.start();
-        p
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.starts += 1;
-        let child = Command::new(env!("CARGO_BIN_EXE_gridpow"))
-            .args(&self.args)
-            .env("GRIDPOW_LOG", "info,rumqttd=off")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            assert!(
-                c.try_wait().unwrap().is_none(),
-                "{} had died on its own; see {}",
-                self.name,
-                self.log.display()
-            );
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn interrupt(&mut self, within: Duration) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-INT", &c.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if let Some(status) = c.try_wait().unwrap() {
-                assert!(status.success(), "{} exited with {status}", self.name);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = c.kill();
-        panic!("{} did not stop within {within:?}", self.name);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// SplitMix64 for the kill schedule.
 struct Rng(u64);
@@ -244,21 +163,30 @@ fn crash_run(db: &str) {
     )
     .unwrap();
     let cfg = |n: &str| root.join(n).to_string_lossy().into_owned();
+    let log = |n: &str| root.join(format!("{n}.log"));
     let mut servers = [
-        Proc::new(
+        spawn(
             "server1",
             &["server", "--config", &cfg("server1.toml")],
-            root,
+            &log("server1"),
         ),
-        Proc::new(
+        spawn(
             "server2",
             &["server", "--config", &cfg("server2.toml")],
-            root,
+            &log("server2"),
         ),
     ];
-    let mut relay = Proc::new("relay", &["relay", "--config", &cfg("relay.toml")], root);
+    let mut relay = spawn(
+        "relay",
+        &["relay", "--config", &cfg("relay.toml")],
+        &log("relay"),
+    );
     std::thread::sleep(Duration::from_millis(800));
-    let mut meters = Proc::new("meters", &["meters", "--config", &cfg("meters.toml")], root);
+    let mut meters = spawn(
+        "meters",
+        &["meters", "--config", &cfg("meters.toml")],
+        &log("meters"),
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     // Ten SIGKILLs of a grid server at random moments, alternating, with restarts.
@@ -267,7 +195,7 @@ fn crash_run(db: &str) {
         let s = &mut servers[i % 2];
         s.kill9();
         std::thread::sleep(Duration::from_millis(rng.below(800)));
-        s.start();
+        s.restart();
     }
     // The broker dies (SIGKILL) and comes back with its persistent store.
     std::thread::sleep(Duration::from_millis(500 + rng.below(1000)));
@@ -277,7 +205,7 @@ fn crash_run(db: &str) {
         std::thread::sleep(Duration::from_millis(700 + rng.below(1500)));
         relay.kill9();
         std::thread::sleep(Duration::from_millis(rng.below(500)));
-        relay.start();
+        relay.restart();
     }
     std::thread::sleep(Duration::from_secs(2));
     meters.interrupt(Duration::from_secs(60));
@@ -346,5 +274,5 @@ fn crash_run(db: &str) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    assert_eq!(relay.starts, 3);
+    assert_eq!(relay.starts(), 3);
 }

@@ -10,12 +10,13 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::{free_tcp_port, free_udp_port, text};
+use gridpow_testkit::Daemon;
 
 const LONG_RUNNING: [&str; 4] = ["broker", "server", "relay", "meters"];
 
@@ -46,74 +47,23 @@ fn subcommand(line: &str) -> Option<&str> {
         .flatten()
 }
 
-struct Background {
-    name: String,
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Background {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn interrupt(&mut self, within: Duration) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "{} exited with {status}:\n{}",
-                    self.name,
-                    self.log()
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "{} did not stop within {within:?}:\n{}",
-            self.name,
-            self.log()
-        );
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts a long-running line: its `VAR=value` prefixes as environment, the
 /// rest as `gridpow`'s arguments (these lines have no quotes or redirections).
-fn spawn(dir: &Path, line: &str, env: &[(String, String)]) -> Background {
+fn spawn(dir: &Path, line: &str, env: &[(String, String)]) -> Daemon {
     let words: Vec<&str> = line.split_whitespace().collect();
     let split = words.iter().position(|w| !w.contains('=')).unwrap();
     assert_eq!(words[split], "gridpow", "{line}");
-    let name = words[split + 1].to_string();
-    let log = dir.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log).unwrap();
+    let name = words[split + 1];
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gridpow"));
     cmd.current_dir(dir)
         .args(&words[split + 1..])
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file);
+        .stdin(Stdio::null());
     for w in &words[..split] {
         let (k, v) = w.split_once('=').unwrap();
         cmd.env(k, v);
     }
-    Background {
-        name,
-        child: cmd.spawn().unwrap(),
-        log,
-    }
+    Daemon::start(name, cmd, dir.join(format!("{name}.log")))
 }
 
 fn wait_for(
@@ -187,7 +137,7 @@ fn the_readme_commands_for_running_the_parts_separately_work_in_order() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let mut running: Vec<Background> = Vec::new();
+    let mut running: Vec<Daemon> = Vec::new();
     let mut verified = None;
     for line in &commands {
         let line = line
@@ -198,12 +148,7 @@ fn the_readme_commands_for_running_the_parts_separately_work_in_order() {
         if LONG_RUNNING.contains(&sub.as_str()) {
             let p = spawn(root, &line, &env);
             match sub.as_str() {
-                "broker" => wait_for(
-                    "the broker's listening line",
-                    Duration::from_secs(20),
-                    || p.log().contains("listening on"),
-                    || p.log(),
-                ),
+                "broker" => p.wait_log("listening on", Duration::from_secs(20)),
                 "relay" | "server" => std::thread::sleep(Duration::from_secs(1)),
                 _ => {}
             }
@@ -216,7 +161,7 @@ fn the_readme_commands_for_running_the_parts_separately_work_in_order() {
             let logs = || {
                 running
                     .iter()
-                    .map(|p| format!("--- {}\n{}", p.name, p.log()))
+                    .map(|p| format!("--- {}\n{}", p.name(), p.log()))
                     .collect::<String>()
             };
             wait_for(
@@ -230,7 +175,7 @@ fn the_readme_commands_for_running_the_parts_separately_work_in_order() {
             let mut stopped = Vec::new();
             while let Some(mut p) = running.pop() {
                 p.interrupt(Duration::from_secs(60));
-                stopped.push((p.name.clone(), p.log()));
+                stopped.push((p.name().to_string(), p.log()));
             }
             // Start and stop lines: which database, which broker, which chain head.
             let log = |name: &str| {

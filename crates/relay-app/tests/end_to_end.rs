@@ -13,19 +13,25 @@
 //! semantics, and ACKs a frame only once it is there: killed with SIGKILL
 //! mid-run it loses nothing it acknowledged, and a graceful stop (SIGINT)
 //! seals and publishes the rest before it exits.
+//!
+//! The relay process is a [`Daemon`], whose waits (for a log line, for the
+//! exit after SIGINT) block the calling thread. That stalls nothing here:
+//! the tests run on a multi-thread runtime, whose workers run the grid
+//! server and the meters, while the test body runs on the thread that
+//! `block_on`s it.
 #![allow(clippy::unwrap_used)] // test setup panics on failure by design
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_meters::{open_udp_radio, Fleet, FleetConfig, FleetHandle};
 use gridpow_server::config::MqttConfig;
 use gridpow_server::{verify_ledger, Server, ServerConfig, ServerHandle};
-use gridpow_testkit::Mosquitto;
+use gridpow_testkit::{Daemon, Mosquitto};
 
 const METERS: u32 = 12;
 
@@ -99,15 +105,13 @@ impl Site {
         server
     }
 
-    fn relay(&self, run: u32) -> RelayProc {
+    fn relay(&self, run: u32) -> Daemon {
         self.relay_with(run, &[])
     }
 
-    fn relay_with(&self, run: u32, extra: &[&str]) -> RelayProc {
-        let log = self.dir.path().join(format!("relay-{run}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gridpow-relay-app"))
-            .args(["--bundle", &self.bundle.display().to_string()])
+    fn relay_with(&self, run: u32, extra: &[&str]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gridpow-relay-app"));
+        cmd.args(["--bundle", &self.bundle.display().to_string()])
             .args(["--relay-id", "1"])
             .args(["--broker", &format!("127.0.0.1:{}", self.broker.port)])
             .args(["--server-name", "localhost"])
@@ -120,15 +124,9 @@ impl Site {
             .args(["--republish-after-s", "3", "--keep-alive-s", "5"])
             .args(["--status-every-s", "2", "--drain-timeout-s", "20"])
             .args(["--log", "info"])
-            .args(extra)
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .unwrap();
-        RelayProc {
-            child: Some(child),
-            log,
-        }
+            .args(extra);
+        let log = self.dir.path().join(format!("relay-{run}.log"));
+        Daemon::start("relay", cmd, log)
     }
 
     fn meters(&self, seed: u64) -> FleetHandle {
@@ -165,81 +163,14 @@ impl Site {
     }
 }
 
-struct RelayProc {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl RelayProc {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGINT, then waits for a clean exit.
-    async fn interrupt(&mut self, within: Duration) {
-        let mut c = self.child.take().unwrap();
-        let _ = Command::new("kill")
-            .args(["-INT", &c.id().to_string()])
-            .status();
-        let t0 = Instant::now();
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "relay exited with {status}:\n{}",
-                    self.log_text()
-                );
-                return;
-            }
-            if t0.elapsed() > within {
-                let _ = c.kill();
-                panic!("relay did not stop within {within:?}:\n{}", self.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill9(&mut self) {
-        let mut c = self.child.take().unwrap();
-        assert!(
-            c.try_wait().unwrap().is_none(),
-            "relay died:\n{}",
-            self.log_text()
-        );
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    /// Waits until the log holds `needle`.
-    async fn wait_log(&self, needle: &str, within: Duration) {
-        let t0 = Instant::now();
-        while !self.log_text().contains(needle) {
-            assert!(
-                t0.elapsed() < within,
-                "relay log never said {needle:?}:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Every `handshake_ms=` the log reports.
-    fn handshakes_ms(&self) -> Vec<u64> {
-        self.log_text()
-            .lines()
-            .filter_map(|l| l.split("handshake_ms=").nth(1))
-            .filter_map(|r| r.split_whitespace().next()?.parse().ok())
-            .collect()
-    }
-}
-
-impl Drop for RelayProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Every `handshake_ms=` the relay's log reports.
+fn handshakes_ms(relay: &Daemon) -> Vec<u64> {
+    relay
+        .log()
+        .lines()
+        .filter_map(|l| l.split("handshake_ms=").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect()
 }
 
 /// Compares the database with the meters' ground truth; returns
@@ -284,25 +215,21 @@ async fn every_reading_reaches_the_ledger_once_across_a_graceful_relay_restart_a
     let mut site = site();
     let server = site.server().await;
     let mut relay = site.relay(1);
-    relay
-        .wait_log("connected to the broker", Duration::from_secs(15))
-        .await;
+    relay.wait_log("connected to the broker", Duration::from_secs(15));
     let fleet = site.meters(7);
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     // Graceful restart: everything ACKed is sealed, published and confirmed
     // before the process exits; the next one continues the chain.
-    relay.interrupt(Duration::from_secs(30)).await;
-    let first = relay.log_text();
+    relay.interrupt(Duration::from_secs(30));
+    let first = relay.log();
     assert!(
         first.contains("unconfirmed_blocks=0 pending_frames=0"),
         "the relay left work behind:\n{first}"
     );
-    let handshakes = relay.handshakes_ms();
+    let handshakes = handshakes_ms(&relay);
     let mut relay = site.relay(2);
-    relay
-        .wait_log("connected to the broker", Duration::from_secs(15))
-        .await;
+    relay.wait_log("connected to the broker", Duration::from_secs(15));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The broker dies (SIGKILL) and comes back: the relay reconnects with
@@ -310,11 +237,11 @@ async fn every_reading_reaches_the_ledger_once_across_a_graceful_relay_restart_a
     // costs time, never data.
     site.broker.restart().unwrap();
     let t = Instant::now();
-    while relay.handshakes_ms().len() < 2 {
+    while handshakes_ms(&relay).len() < 2 {
         assert!(
             t.elapsed() < Duration::from_secs(15),
             "no reconnect after the broker restart:\n{}",
-            relay.log_text()
+            relay.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -329,10 +256,10 @@ async fn every_reading_reaches_the_ledger_once_across_a_graceful_relay_restart_a
     );
     let meter_stats = fleet.shutdown().unwrap();
     let (generated, stored, duplicated, lost) = wait_stored(&site, Duration::from_secs(20)).await;
-    relay.interrupt(Duration::from_secs(30)).await;
+    relay.interrupt(Duration::from_secs(30));
     let handshakes: Vec<u64> = handshakes
         .into_iter()
-        .chain(relay.handshakes_ms())
+        .chain(handshakes_ms(&relay))
         .collect();
     let stats = server.stats();
     server.shutdown().await;
@@ -346,7 +273,7 @@ async fn every_reading_reaches_the_ledger_once_across_a_graceful_relay_restart_a
         report.frames,
         elapsed.as_millis()
     );
-    assert_eq!(lost, 0, "readings lost:\n{}", relay.log_text());
+    assert_eq!(lost, 0, "readings lost:\n{}", relay.log());
     assert_eq!(duplicated, 0);
     assert!(
         generated >= (METERS * 20) as usize,
@@ -395,16 +322,14 @@ async fn a_relay_killed_with_sigkill_mid_run_loses_nothing_it_acknowledged() {
     let site = site();
     let server = site.server().await;
     let mut relay = site.relay_with(1, SMALL_ARENA);
-    relay
-        .wait_log("connected to the broker", Duration::from_secs(15))
-        .await;
+    relay.wait_log("connected to the broker", Duration::from_secs(15));
     let fleet = site.meters(seed);
     // What the journal gave back at each start: sealed blocks without
     // receipts, and acknowledged frames not yet in a block.
     let (mut blocks_back, mut unsealed_back) = (0, 0);
     let mut renewals = 0;
-    let mut restart = |relay: &mut RelayProc, run: u32| {
-        renewals += relay.log_text().matches("receive arena used up").count();
+    let mut restart = |relay: &mut Daemon, run: u32| {
+        renewals += relay.log().matches("receive arena used up").count();
         relay.kill9();
         site.relay_with(run, SMALL_ARENA)
     };
@@ -412,33 +337,27 @@ async fn a_relay_killed_with_sigkill_mid_run_loses_nothing_it_acknowledged() {
     let ms = 1500 + seed.wrapping_mul(2_654_435_761) % 2000;
     tokio::time::sleep(Duration::from_millis(ms)).await;
     relay = restart(&mut relay, 2);
-    relay
-        .wait_log("relay-app relay_id=", Duration::from_secs(10))
-        .await;
-    unsealed_back += start_field(&relay.log_text(), "recovered_unsealed");
-    relay
-        .wait_log("connected to the broker", Duration::from_secs(15))
-        .await;
+    relay.wait_log("relay-app relay_id=", Duration::from_secs(10));
+    unsealed_back += start_field(&relay.log(), "recovered_unsealed");
+    relay.wait_log("connected to the broker", Duration::from_secs(15));
     // Second kill while the server is down: blocks are sealed and published
     // but no receipt comes, so they must come back from the journal.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     server.shutdown().await;
-    let published = |r: &RelayProc| r.log_text().matches("block published").count();
+    let published = |r: &Daemon| r.log().matches("block published").count();
     let before = published(&relay);
     let t = Instant::now();
     while published(&relay) == before || t.elapsed() < Duration::from_millis(2500) {
         assert!(
             t.elapsed() < Duration::from_secs(15),
             "no block published while the server was down:\n{}",
-            relay.log_text()
+            relay.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     relay = restart(&mut relay, 3);
-    relay
-        .wait_log("relay-app relay_id=", Duration::from_secs(10))
-        .await;
-    let log = relay.log_text();
+    relay.wait_log("relay-app relay_id=", Duration::from_secs(10));
+    let log = relay.log();
     blocks_back += start_field(&log, "recovered_blocks");
     unsealed_back += start_field(&log, "recovered_unsealed");
     let server = site.server().await;
@@ -451,8 +370,8 @@ async fn a_relay_killed_with_sigkill_mid_run_loses_nothing_it_acknowledged() {
     );
     let meter_stats = fleet.shutdown().unwrap();
     let (generated, stored, duplicated, lost) = wait_stored(&site, Duration::from_secs(20)).await;
-    relay.interrupt(Duration::from_secs(30)).await;
-    renewals += relay.log_text().matches("receive arena used up").count();
+    relay.interrupt(Duration::from_secs(30));
+    renewals += relay.log().matches("receive arena used up").count();
     server.shutdown().await;
     let report = verify_ledger(&site.db, &site.keys).unwrap();
     eprintln!(
@@ -461,12 +380,7 @@ async fn a_relay_killed_with_sigkill_mid_run_loses_nothing_it_acknowledged() {
         report.blocks,
         t0.elapsed().as_millis()
     );
-    assert_eq!(
-        lost,
-        0,
-        "readings lost (seed {seed}):\n{}",
-        relay.log_text()
-    );
+    assert_eq!(lost, 0, "readings lost (seed {seed}):\n{}", relay.log());
     assert_eq!(duplicated, 0);
     assert!(
         blocks_back > 0,

@@ -1,15 +1,18 @@
 //! The gridpow test harness, a dev-dependency of every crate whose tests
 //! need more than the crate itself: private [`Mosquitto`] and
-//! [`PgServer`] instances in temporary directories on free ports, and
-//! the small helpers the test crates shared by copy ([`free_port`],
-//! [`KillOnDrop`]). Nothing here ships: the embedded broker of the demo
-//! lives in `gridpow-broker`.
+//! [`PgServer`] instances in temporary directories on free ports, the
+//! guard of a long-running child process with its log in a file
+//! ([`Daemon`]), and the small helpers the test crates shared by copy
+//! ([`free_port`], [`KillOnDrop`]). Nothing here ships: the embedded
+//! broker of the demo lives in `gridpow-broker`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod daemon;
 pub mod mosquitto;
 pub mod pg_harness;
 
+pub use daemon::Daemon;
 pub use mosquitto::{Mosquitto, MosquittoError, MosquittoOptions};
 pub use pg_harness::{PgHarnessError, PgOptions, PgServer};
 
@@ -29,7 +32,10 @@ pub fn free_udp_port() -> std::io::Result<u16> {
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped, so a failed
-/// assertion leaves nothing running.
+/// assertion leaves nothing running: the bare guard, for a child whose
+/// output the test reads itself (a pipe) or discards. A child that logs
+/// to a file and is stopped, killed or restarted by the test is a
+/// [`Daemon`].
 #[derive(Debug)]
 pub struct KillOnDrop(pub Child);
 

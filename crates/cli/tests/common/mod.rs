@@ -1,10 +1,12 @@
 //! Helpers shared by the multi-process tests: spawning `gridpow` subcommands
-//! with their logs in files, free ports, and exporting key bundles with the CLI.
+//! with their logs in files (as [`Daemon`]s), free ports, and exporting key bundles with the CLI.
 #![allow(dead_code)] // each test file uses a subset
 
 use std::path::Path;
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use gridpow_testkit::Daemon;
 
 /// Runs `gridpow args` to completion.
 pub fn gridpow(args: &[&str]) -> Output {
@@ -32,70 +34,17 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// A `gridpow` child process, killed when dropped.
-pub struct Proc {
-    name: &'static str,
-    child: Child,
+/// Starts `gridpow args` as `name` with the log filter `info,rumqttd=off`,
+/// its output appended to `log`.
+pub fn spawn(name: &str, args: &[&str], log: &Path) -> Daemon {
+    spawn_logging(name, args, log, "info,rumqttd=off")
 }
 
-impl Proc {
-    pub fn spawn(name: &'static str, args: &[&str], log: &Path) -> Proc {
-        Self::spawn_logging(name, args, log, "info,rumqttd=off")
-    }
-
-    /// As [`Proc::spawn`], with the log filter `filter`.
-    pub fn spawn_logging(name: &'static str, args: &[&str], log: &Path, filter: &str) -> Proc {
-        let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gridpow"))
-            .args(args)
-            .env("GRIDPOW_LOG", filter)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Proc { name, child }
-    }
-
-    /// SIGINT, the graceful stop, then wait for the exit status.
-    pub fn interrupt(&mut self, within: Duration) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "{} exited with {status}", self.name);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{} did not stop within {within:?}", self.name);
-    }
-}
-
-impl Proc {
-    /// SIGINT, and SIGKILL if it has not stopped within 2 s.
-    pub fn interrupt_or_kill(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(2) {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// As [`spawn`], with the log filter `filter` (`GRIDPOW_LOG`).
+pub fn spawn_logging(name: &str, args: &[&str], log: &Path, filter: &str) -> Daemon {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gridpow"));
+    cmd.args(args).env("GRIDPOW_LOG", filter);
+    Daemon::start(name, cmd, log)
 }
 
 /// `gridpow keys init` in `root/keys` with meters `range` (e.g. "1-3");
@@ -158,21 +107,21 @@ pub fn write_meters_config(
 /// Starts `gridpow server` and `gridpow relay` from `root/{server,relay}.toml`
 /// (relay log filter `relay_log`), then `gridpow meters` from `root/meters.toml`
 /// a second later; logs go to `root/<name>.log`.
-pub fn start_stack(root: &Path, relay_log: &str) -> (Proc, Proc, Proc) {
+pub fn start_stack(root: &Path, relay_log: &str) -> (Daemon, Daemon, Daemon) {
     let cfg = |n: &str| root.join(n).to_string_lossy().into_owned();
-    let server = Proc::spawn(
+    let server = spawn(
         "server",
         &["server", "--config", &cfg("server.toml")],
         &root.join("server.log"),
     );
-    let relay = Proc::spawn_logging(
+    let relay = spawn_logging(
         "relay",
         &["relay", "--config", &cfg("relay.toml")],
         &root.join("relay.log"),
         relay_log,
     );
     std::thread::sleep(Duration::from_secs(1));
-    let meters = Proc::spawn(
+    let meters = spawn(
         "meters",
         &["meters", "--config", &cfg("meters.toml")],
         &root.join("meters.log"),
