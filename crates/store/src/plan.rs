@@ -1370,4 +1370,106 @@ mod tests {
             }
         ));
     }
+
+    /// What a backend does with a plan, in memory: the rows it leaves.
+    fn apply(mem: &mut Mem, p: &mut Plan<'_>, next_id: &mut i64) -> Vec<Outcome> {
+        let ids: Vec<i64> = p
+            .blocks
+            .iter()
+            .map(|_| {
+                *next_id += 1;
+                *next_id
+            })
+            .collect();
+        for (nb, &id) in p.blocks.iter().zip(&ids) {
+            let h = &nb.block.header;
+            mem.slots.insert(
+                (h.relay_id, h.height as i64),
+                StoredSlot {
+                    id,
+                    hash: nb.block.hash.to_vec(),
+                    prev_hash: h.prev_hash.to_vec(),
+                    linked: nb.linked,
+                },
+            );
+        }
+        for id in &p.link_children {
+            for s in mem.slots.values_mut().filter(|s| s.id == *id) {
+                s.linked = true;
+            }
+        }
+        for &((m, e), change) in &p.coverage {
+            let rows = mem.coverage.entry((m, e)).or_default();
+            match change {
+                CoverageChange::Delete(a) => rows.retain(|r| r.0 != a),
+                CoverageChange::Update(a, z) => {
+                    for r in rows.iter_mut().filter(|r| r.0 == a) {
+                        r.1 = z;
+                    }
+                }
+                CoverageChange::Insert(a, z) => rows.push((a, z)),
+            }
+            rows.sort_unstable();
+        }
+        for (m, row) in &p.meters {
+            mem.meters.insert(*m, row.clone());
+        }
+        let quarantine_ids: Vec<i64> = (1..=p.quarantine.len() as i64).collect();
+        p.outcomes(&ids, &quarantine_ids).unwrap()
+    }
+
+    proptest::proptest! {
+        /// Random batches of one relay's chain blocks (repeated, out of order, their
+        /// readings overlapping) planned and applied one after another: every block is
+        /// stored once, every reading is new exactly once, the coverage rows the plans
+        /// write are the readings stored, and a block is linked exactly when its parent
+        /// is stored.
+        #[test]
+        fn batches_in_any_order_store_each_block_and_reading_once(
+            spans in proptest::collection::vec((1u32..4, 0u32..30, 1u32..8), 6),
+            batches in proptest::collection::vec(proptest::collection::vec(0usize..6, 1..5), 1..5),
+        ) {
+            let mut chain = Vec::new();
+            let mut prev = [0; 32];
+            for (h, &(meter, first, len)) in spans.iter().enumerate() {
+                let b = block(1, h as u64, prev, &[(meter, 1, first..first + len), (meter % 3 + 1, 1, first..first + 2)]);
+                prev = b.hash;
+                chain.push(b);
+            }
+            let limits = StoreLimits::default();
+            let mut mem = Mem::default();
+            let mut next_id = 0;
+            let mut fresh = BTreeSet::new();
+            let mut sent = BTreeSet::new();
+            for batch in &batches {
+                let items: Vec<Ingest> = batch.iter().map(|&i| ingest(&chain[i])).collect();
+                let mut p = plan(&items, &mut mem, &limits);
+                for nb in &p.blocks {
+                    for r in &nb.fresh {
+                        proptest::prop_assert!(fresh.insert((r.meter_id, r.epoch, r.seq)), "stored twice: {:?}", r);
+                    }
+                    proptest::prop_assert_eq!(nb.fresh.len() as u64 + nb.duplicates, nb.block.readings.len() as u64);
+                }
+                let out = apply(&mut mem, &mut p, &mut next_id);
+                for (i, o) in batch.iter().zip(&out) {
+                    proptest::prop_assert!(!matches!(o, Outcome::Quarantined { .. }), "block {} refused: {:?}", i, o);
+                    sent.insert(*i);
+                }
+            }
+            proptest::prop_assert_eq!(mem.slots.len(), sent.len());
+            let stored: BTreeSet<(u32, u32, u32)> = sent
+                .iter()
+                .flat_map(|&i| chain[i].readings.iter().map(|r| (r.meter_id, r.epoch, r.seq)))
+                .collect();
+            proptest::prop_assert_eq!(&fresh, &stored);
+            for (&(m, e), rows) in &mem.coverage {
+                let covered: usize = rows.iter().map(|&(a, z)| (z - a + 1) as usize).sum();
+                let want = stored.iter().filter(|k| k.0 == m && k.1 == e).count();
+                proptest::prop_assert_eq!(covered, want, "coverage of meter {} epoch {}: {:?}", m, e, rows);
+            }
+            for (&(_, h), s) in &mem.slots {
+                proptest::prop_assert_eq!(s.linked, h == 0 || mem.slots.contains_key(&(1, h - 1)), "height {}", h);
+            }
+        }
+    }
 }
