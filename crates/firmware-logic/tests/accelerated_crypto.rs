@@ -1,13 +1,15 @@
 //! The CCM and HMAC built on the AES block function and a SHA-256 engine (what
-//! the ESP32 accelerators offer) against RustCrypto and the protocol's
-//! known-answer vectors.
+//! the ESP32 accelerators offer), and the key derivation on them, against
+//! RustCrypto and the protocol's known-answer vectors.
 
 // Test helpers panic on broken fixtures; that is what a test should do.
 #![allow(clippy::unwrap_used)]
 
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
 use gridpow_firmware_logic::crypto::{Accelerated, BlockEncrypt, SoftSha256};
-use gridpow_proto::crypto::{CryptoProvider, HopKeys, MeterKeys, MeterSecret, RustCrypto};
+use gridpow_proto::crypto::{
+    derive_meter_secret, CryptoProvider, HopKeys, MeterKeys, MeterSecret, RustCrypto, SiteSecret,
+};
 use gridpow_proto::ingress::{FixedMeterTable, Ingress, IngressConfig, MeterEntry, Verdict};
 use gridpow_proto::sender::{Sender, SenderConfig};
 use gridpow_proto::wire::uplink::{seal, UplinkHeader, MAX_LEN};
@@ -187,4 +189,15 @@ fn accelerated_sha256_and_its_midstate_agree_with_rustcrypto() {
         assert_eq!(hw.sha256_resume(&mut mid, &msg[64..len]), want, "len {len}");
         assert_eq!(RustCrypto.sha256_resume(&mut soft_mid, &msg[64..len]), want);
     }
+}
+
+#[test]
+fn key_derivation_on_accelerated_hmac_matches_the_keys_vector() {
+    let v = vector("keys.json");
+    let mut site = [0u8; 32];
+    site.copy_from_slice(&hex_field(&v, "site_secret"));
+    let key_id = v["key_id"].as_u64().unwrap() as u8;
+    let meter_id = v["meter_id"].as_u64().unwrap() as u32;
+    let secret = derive_meter_secret(&provider(), &SiteSecret(site), key_id, meter_id);
+    assert_eq!(secret.to_bytes().to_vec(), hex_field(&v, "meter_secret"));
 }

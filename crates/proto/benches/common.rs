@@ -26,7 +26,13 @@ impl KeyLookup<RustCrypto> for Keyring {
 pub fn keyring(meters: u32) -> Keyring {
     Keyring(
         (1..=meters)
-            .map(|m| MeterKeys::new(&RustCrypto, 1, &derive_meter_secret(&SITE, 1, m)))
+            .map(|m| {
+                MeterKeys::new(
+                    &RustCrypto,
+                    1,
+                    &derive_meter_secret(&RustCrypto, &SITE, 1, m),
+                )
+            })
             .collect(),
     )
 }

@@ -145,7 +145,7 @@ const METER_ID: u32 = 4242;
 const KEY_ID: u8 = 1;
 
 fn meter_secret() -> MeterSecret {
-    derive_meter_secret(&site(), KEY_ID, METER_ID)
+    derive_meter_secret(&RustCrypto, &site(), KEY_ID, METER_ID)
 }
 
 /// Meter 4242's frame number `counter` of epoch 7, sealed by the reference
@@ -598,7 +598,7 @@ fn raw_header(
 /// breaks a §4 rule but whose tags verify, so that only the rule catches it.
 fn seal_raw(header: [u8; 20], plaintext: &[u8]) -> Vec<u8> {
     let meter_id = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    let secret = derive_meter_secret(&site(), header[2], meter_id);
+    let secret = derive_meter_secret(&RustCrypto, &site(), header[2], meter_id);
     let keys = MeterKeys::new(&RustCrypto, header[2], &secret);
     let mut nonce = [0u8; 13];
     nonce[0] = 0x01;
@@ -1186,7 +1186,7 @@ fn genuine_sealing(f: &[u8]) -> Option<(NonceId, Vec<u8>)> {
     let keys = MeterKeys::new(
         &RustCrypto,
         f[2],
-        &derive_meter_secret(&site(), f[2], meter_id),
+        &derive_meter_secret(&RustCrypto, &site(), f[2], meter_id),
     );
     let mut nonce = [0u8; 13];
     nonce[0] = 0x01;

@@ -66,7 +66,7 @@ fn frame(
     seqs: std::ops::Range<u32>,
     bumped: &[u32],
 ) -> Vec<u8> {
-    let secret = derive_meter_secret(&SiteSecret(SITE_SECRET), KEY_ID, meter);
+    let secret = derive_meter_secret(&RustCrypto, &SiteSecret(SITE_SECRET), KEY_ID, meter);
     let keys = MeterKeys::new(&RustCrypto, KEY_ID, &secret);
     let header = UplinkHeader {
         key_id: KEY_ID,

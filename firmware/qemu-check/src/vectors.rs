@@ -81,7 +81,8 @@ tests![
 ];
 
 fn meter_secret() -> MeterSecret {
-    derive_meter_secret(&SiteSecret(v::keys::SITE_SECRET), v::keys::KEY_ID, v::keys::METER_ID)
+    let site = SiteSecret(v::keys::SITE_SECRET);
+    derive_meter_secret(&RustCrypto, &site, v::keys::KEY_ID, v::keys::METER_ID)
 }
 
 fn meter_keys() -> MeterKeys<RustCrypto> {
