@@ -14,7 +14,7 @@
 //! MACs are HMAC-SHA256 truncated to 16 bytes; uplink readings use AES-128-CCM
 //! (16-byte tag, 13-byte nonce), implemented in [`ccm`] over any AES block function.
 //!
-//! Every primitive the state machines run sits behind one [`CryptoProvider`]
+//! Every primitive the protocol runs sits behind one [`CryptoProvider`]
 //! (AES-CCM, HMAC, SHA-256 with the proof of work's midstate, Ed25519), so
 //! firmware can use the ESP32's AES and SHA accelerators; [`RustCrypto`] is
 //! the software provider. Key derivation ([`hkdf_extract`], [`hkdf_expand`])
@@ -23,7 +23,6 @@
 //! [`midstate_with`] and [`resume_with`].
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use sha2::{Digest, Sha256};
 
 pub mod ccm;
 
@@ -227,14 +226,14 @@ impl HopSecret {
 /// SHA-256 with the midstate the proof of work resumes from, and Ed25519.
 ///
 /// The core never calls a primitive any other way: key derivation (HKDF
-/// on [`Self::hmac_sha256`]), sealing and opening frames, ACK tags, the PoW
-/// search ([`crate::pow::PowSolver`]), sealing
-/// ([`crate::block::BlockBuilder::seal`], the lifecycle) and verifying blocks
-/// all take a provider. Two exist: [`RustCrypto`] on the host and the ESP32
-/// accelerators in `gridpow-firmware-logic`. The wire layer's own digests
-/// ([`sha256`], Merkle roots, header hashes) are fixed software and stay
-/// outside, and commit receipts are signed and verified with ed25519-dalek
-/// directly.
+/// on [`Self::hmac_sha256`]), sealing and opening frames, ACK tags, Merkle
+/// leaves, nodes and roots ([`crate::merkle`]), header hashes
+/// ([`crate::wire::block::BlockHeaderRepr::hash`]), the PoW search
+/// ([`crate::pow::PowSolver`]), sealing ([`crate::block::BlockBuilder::seal`],
+/// the lifecycle) and verifying blocks all take a provider. Two exist:
+/// [`RustCrypto`] on the host and the ESP32 accelerators in
+/// `gridpow-firmware-logic`. Commit receipts are still signed and verified
+/// with ed25519-dalek directly.
 ///
 /// Implementations must be deterministic: the same inputs give the same
 /// outputs. A primitive that cannot run (a busy peripheral) must fail closed:
@@ -491,15 +490,6 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
-/// SHA-256 of the concatenation of `parts`.
-pub fn sha256(parts: &[&[u8]]) -> Hash {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p);
-    }
-    h.finalize().into()
-}
-
 #[cfg(feature = "rustcrypto")]
 pub use soft::RustCrypto;
 
@@ -514,7 +504,7 @@ mod soft {
     use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
     use hmac::{Hmac, Mac};
     use sha2::block_api::compress256;
-    use sha2::Sha256;
+    use sha2::{Digest, Sha256};
 
     /// The software provider: RustCrypto's `aes` (AES-NI when the CPU has it)
     /// under this crate's CCM, `hmac`, `sha2` (whose compression function uses
@@ -614,7 +604,11 @@ mod soft {
         }
 
         fn sha256(&self, parts: &[&[u8]]) -> Hash {
-            super::sha256(parts)
+            let mut h = Sha256::new();
+            for p in parts {
+                h.update(p);
+            }
+            h.finalize().into()
         }
 
         fn sha256_midstate(&self, first: &[u8; 64]) -> [u32; 8] {
@@ -800,7 +794,7 @@ mod tests {
         first.copy_from_slice(&msg[..64]);
         let mut mid = RustCrypto.sha256_midstate(&first);
         for len in 64..=msg.len() {
-            let whole = sha256(&[&msg[..len]]);
+            let whole: Hash = <sha2::Sha256 as sha2::Digest>::digest(&msg[..len]).into();
             assert_eq!(RustCrypto.sha256_resume(&mut mid, &msg[64..len]), whole);
             assert_eq!(RustCrypto.sha256(&[&msg[..len]]), whole);
         }

@@ -347,12 +347,18 @@ where
     /// because once the ingress accepts a frame its replay window remembers
     /// it and a retransmission is ACKed as a duplicate; a frame accepted and
     /// then dropped for lack of room would be lost. When the batch is full it
-    /// is sealed first if the sealing buffer is free (`wall_ms` stamps it).
-    pub fn admits(&mut self, frame_len: usize, wall_ms: u64) -> bool {
+    /// is sealed first if the sealing buffer is free (`wall_ms` stamps it,
+    /// `provider` computes its Merkle root).
+    pub fn admits<C: CryptoProvider>(
+        &mut self,
+        provider: &C,
+        frame_len: usize,
+        wall_ms: u64,
+    ) -> bool {
         if self.pending_fits(frame_len) {
             return true;
         }
-        self.start_job(wall_ms);
+        self.start_job(provider, wall_ms);
         self.pending_fits(frame_len)
     }
 
@@ -362,9 +368,16 @@ where
     }
 
     /// Takes a frame the ingress accepted (with new readings) into the
-    /// pending batch. `record` is the caller's record number (journal
-    /// sequence number), increasing from frame to frame.
-    pub fn handle_frame(&mut self, now: Instant, frame: &[u8], record: u64) -> Result<(), Error> {
+    /// pending batch, hashing it into the batch's Merkle root on `provider`.
+    /// `record` is the caller's record number (journal sequence number),
+    /// increasing from frame to frame.
+    pub fn handle_frame<C: CryptoProvider>(
+        &mut self,
+        provider: &C,
+        now: Instant,
+        frame: &[u8],
+        record: u64,
+    ) -> Result<(), Error> {
         if frame.is_empty() || frame.len() > ESPNOW_MAX_PAYLOAD {
             return Err(Misuse::InvalidArgument.into());
         }
@@ -377,7 +390,7 @@ where
         buf[at + LEAF_PREFIX_LEN..at + LEAF_PREFIX_LEN + frame.len()].copy_from_slice(frame);
         self.pending_len += LEAF_PREFIX_LEN + frame.len();
         self.pending_count += 1;
-        self.pending_root.push_leaf(frame);
+        self.pending_root.push_leaf(provider, frame);
         self.pending_since.get_or_insert(now);
         self.pending_records = Some(match self.pending_records {
             Some((first, _)) => (first, record),
@@ -395,20 +408,26 @@ where
 
     /// Starts solving the pending batch when it is due (full, old enough or
     /// flushed) and the sealing buffer and an outbox slot are free; returns
-    /// the header to solve. `wall_ms` is the relay's Unix time in ms.
-    pub fn poll_job(&mut self, now: Instant, wall_ms: u64) -> Option<BlockHeaderRepr> {
+    /// the header to solve. `wall_ms` is the relay's Unix time in ms;
+    /// `provider` computes the block's Merkle root.
+    pub fn poll_job<C: CryptoProvider>(
+        &mut self,
+        provider: &C,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Option<BlockHeaderRepr> {
         let due = self.flush
             || self.pending_count >= self.cfg.max_frames
             || self
                 .pending_since
                 .is_some_and(|t| now >= t + self.cfg.max_age);
         if due {
-            self.start_job(wall_ms);
+            self.start_job(provider, wall_ms);
         }
         self.job().copied()
     }
 
-    fn start_job(&mut self, wall_ms: u64) {
+    fn start_job<C: CryptoProvider>(&mut self, provider: &C, wall_ms: u64) {
         if self.stage != Stage::Idle
             || self.pending_count == 0
             || !self.outbox.as_ref().iter().any(|e| !e.used)
@@ -421,7 +440,7 @@ where
             relay_id: self.cfg.relay_id,
             height: self.tip.next_height,
             prev_hash: self.tip.prev_hash,
-            merkle_root: self.pending_root.root(),
+            merkle_root: self.pending_root.root(provider),
             leaf_count: self.pending_count,
             time_ms: wall_ms,
             nonce: 0,
@@ -451,7 +470,7 @@ where
         }
         let mut header = self.header;
         header.nonce = nonce;
-        let hash = provider.sha256(&[&header.to_bytes()]);
+        let hash = header.hash(provider);
         if let Err(e) = check_work(&hash, header.difficulty) {
             self.stats.bad_solutions += 1;
             return Err(e.into());
@@ -830,8 +849,9 @@ mod tests {
 
     /// With `max_frames: 1`: one frame in, its block sealed and saved.
     fn one_frame_block(m: &mut Machine, record: u64) -> OutboxEntry {
-        m.handle_frame(t(0), &[1; 40], record).expect("room");
-        m.poll_job(t(0), 1).expect("job");
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], record)
+            .expect("room");
+        m.poll_job(&RustCrypto, t(0), 1).expect("job");
         seal(m)
     }
 
@@ -850,27 +870,33 @@ mod tests {
     #[test]
     fn a_batch_is_sealed_by_count_by_age_or_by_flush() {
         let mut m = machine(cfg());
-        m.handle_frame(t(0), &[1; 40], 10).expect("room");
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], 10)
+            .expect("room");
         assert_eq!(
-            m.poll_job(t(999), 1),
+            m.poll_job(&RustCrypto, t(999), 1),
             None,
             "one frame, younger than max_age"
         );
         assert_eq!(m.poll_timeout(), Some(t(1000)));
-        let h = m.poll_job(t(1000), 1).expect("old enough");
+        let h = m.poll_job(&RustCrypto, t(1000), 1).expect("old enough");
         assert_eq!((h.height, h.leaf_count, h.relay_id), (0, 1, 7));
         seal(&mut m);
         for r in 11..14 {
-            m.handle_frame(t(2000), &[2; 40], r).expect("room");
+            m.handle_frame(&RustCrypto, t(2000), &[2; 40], r)
+                .expect("room");
         }
         assert!(
-            m.poll_job(t(2000), 2).is_some(),
+            m.poll_job(&RustCrypto, t(2000), 2).is_some(),
             "three frames fill a block"
         );
         seal(&mut m);
-        m.handle_frame(t(3000), &[3; 40], 14).expect("room");
+        m.handle_frame(&RustCrypto, t(3000), &[3; 40], 14)
+            .expect("room");
         m.request_flush();
-        assert!(m.poll_job(t(3000), 3).is_some(), "a flush seals at once");
+        assert!(
+            m.poll_job(&RustCrypto, t(3000), 3).is_some(),
+            "a flush seals at once"
+        );
     }
 
     #[test]
@@ -879,10 +905,10 @@ mod tests {
         let mut prev = [0u8; 32];
         for height in 0..3u64 {
             for i in 0..3 {
-                m.handle_frame(t(0), &[height as u8 + 1; 50], height * 3 + i)
+                m.handle_frame(&RustCrypto, t(0), &[height as u8 + 1; 50], height * 3 + i)
                     .expect("room");
             }
-            m.poll_job(t(0), 42).expect("full batch");
+            m.poll_job(&RustCrypto, t(0), 42).expect("full batch");
             let header = *m.job().expect("job");
             let mut solver = PowSolver::new(&RustCrypto, &header, 0, 1);
             let nonce = loop {
@@ -922,13 +948,14 @@ mod tests {
             difficulty: 20,
             ..cfg()
         });
-        m.handle_frame(t(0), &[1; 40], 1).expect("room");
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], 1)
+            .expect("room");
         m.request_flush();
-        let h = m.poll_job(t(0), 1).expect("job");
+        let h = m.poll_job(&RustCrypto, t(0), 1).expect("job");
         let bad = (0..).find(|n| {
             let mut x = h;
             x.nonce = *n;
-            check_work(&x.hash(), 20).is_err()
+            check_work(&x.hash(&RustCrypto), 20).is_err()
         });
         let err = m.handle_solution(&RustCrypto, bad.expect("some nonce fails"), &key());
         assert!(matches!(
@@ -943,23 +970,31 @@ mod tests {
     fn admission_seals_a_full_batch_first_and_refuses_only_when_nothing_can_move() {
         let mut m = machine(cfg());
         for r in 0..3 {
-            assert!(m.admits(40, 1));
-            m.handle_frame(t(0), &[1; 40], r).expect("room");
-        }
-        assert!(m.admits(40, 1), "the full batch moved to sealing");
-        assert!(m.is_solving());
-        for r in 3..6 {
-            m.handle_frame(t(0), &[1; 40], r).expect("room");
+            assert!(m.admits(&RustCrypto, 40, 1));
+            m.handle_frame(&RustCrypto, t(0), &[1; 40], r)
+                .expect("room");
         }
         assert!(
-            !m.admits(40, 1),
+            m.admits(&RustCrypto, 40, 1),
+            "the full batch moved to sealing"
+        );
+        assert!(m.is_solving());
+        for r in 3..6 {
+            m.handle_frame(&RustCrypto, t(0), &[1; 40], r)
+                .expect("room");
+        }
+        assert!(
+            !m.admits(&RustCrypto, 40, 1),
             "batch full, sealing busy: refuse before the ingress"
         );
         assert_eq!(
-            m.handle_frame(t(0), &[1; 40], 6),
+            m.handle_frame(&RustCrypto, t(0), &[1; 40], 6),
             Err(Capacity::BlockFull.into())
         );
-        assert!(!m.admits(4000, 1), "larger than a block never fits");
+        assert!(
+            !m.admits(&RustCrypto, 4000, 1),
+            "larger than a block never fits"
+        );
     }
 
     #[test]
@@ -972,13 +1007,14 @@ mod tests {
         for (r, e) in entries.iter_mut().enumerate() {
             *e = one_frame_block(&mut m, r as u64);
         }
-        m.handle_frame(t(0), &[1; 40], 9).expect("room");
-        assert_eq!(m.poll_job(t(0), 1), None, "no outbox slot");
-        assert!(!m.admits(40, 1));
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], 9)
+            .expect("room");
+        assert_eq!(m.poll_job(&RustCrypto, t(0), 1), None, "no outbox slot");
+        assert!(!m.admits(&RustCrypto, 40, 1));
         let r = receipt(ReceiptStatus::Stored, &entries[0], 7);
         m.handle_receipt(t(1), &r, &server().verifying_key())
             .expect("verified");
-        assert!(m.poll_job(t(1), 1).is_some());
+        assert!(m.poll_job(&RustCrypto, t(1), 1).is_some());
     }
 
     #[test]
@@ -1154,11 +1190,14 @@ mod tests {
             ..cfg()
         });
         assert_eq!(m.confirmed_through(), None);
-        m.handle_frame(t(0), &[1; 40], 10).expect("room");
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], 10)
+            .expect("room");
         let a = one_frame_block(&mut m, 11);
-        m.handle_frame(t(0), &[1; 40], 12).expect("room");
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], 12)
+            .expect("room");
         let b = one_frame_block(&mut m, 13);
-        m.handle_frame(t(0), &[1; 40], 14).expect("room");
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], 14)
+            .expect("room");
         assert_eq!(m.confirmed_through(), Some(9));
         let pk = server().verifying_key();
         m.handle_receipt(t(0), &receipt(ReceiptStatus::Stored, &b, 7), &pk)

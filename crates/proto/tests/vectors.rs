@@ -374,7 +374,7 @@ fn block_header_and_pow_vectors_match() {
         }
     };
     hd.nonce = nonce;
-    let hash = hd.hash();
+    let hash = hd.hash(&RustCrypto);
     assert!(leading_zero_bits(&hash) >= 16);
     check(
         "block_header.json",
@@ -383,7 +383,7 @@ fn block_header_and_pow_vectors_match() {
             "difficulty": hd.difficulty, "relay_id": hd.relay_id, "height": hd.height,
             "prev_hash": h(&hd.prev_hash), "merkle_root": h(&hd.merkle_root), "leaf_count": hd.leaf_count,
             "time_ms": hd.time_ms,
-            "unsolved_header": h(&unsolved), "unsolved_hash": h(&BlockHeaderRepr { nonce: 0, ..hd }.hash()),
+            "unsolved_header": h(&unsolved), "unsolved_hash": h(&BlockHeaderRepr { nonce: 0, ..hd }.hash(&RustCrypto)),
             "pow_nonce": nonce, "solved_header": h(&hd.to_bytes()), "solved_hash": h(&hash),
             "leading_zero_bits": leading_zero_bits(&hash), "tries": solver.tries(),
         }),
@@ -395,12 +395,13 @@ fn merkle_vectors_match_and_proofs_verify() {
     let mut cases = Vec::new();
     for n in [1usize, 2, 3, 7, 64] {
         let data: Vec<Vec<u8>> = (0..n).map(|i| format!("leaf-{i}").into_bytes()).collect();
-        let hashes: Vec<[u8; 32]> = data.iter().map(|d| leaf_hash(d)).collect();
-        let root = root_of_hashes(&hashes);
+        let hashes: Vec<[u8; 32]> = data.iter().map(|d| leaf_hash(&RustCrypto, d)).collect();
+        let root = root_of_hashes(&RustCrypto, &hashes);
         let index = n / 2;
         let mut path = [[0u8; 32]; MAX_PROOF_LEN];
-        let len = inclusion_proof(&hashes, index, &mut path).expect("proof");
+        let len = inclusion_proof(&RustCrypto, &hashes, index, &mut path).expect("proof");
         assert!(verify_inclusion(
+            &RustCrypto,
             &hashes[index],
             index as u64,
             n as u64,
@@ -444,9 +445,9 @@ pub fn signed_block() -> (Vec<u8>, BlockHeaderRepr, Vec<Vec<u8>>) {
     let mut buf = vec![0u8; 4096];
     let mut b = BlockBuilder::new(&mut buf).expect("buffer");
     for f in &frames {
-        b.push_leaf(f).expect("room");
+        b.push_leaf(&RustCrypto, f).expect("room");
     }
-    let mut hd = b.header(3, 0, [0; 32], GENESIS_TIME_MS, 8);
+    let mut hd = b.header(&RustCrypto, 3, 0, [0; 32], GENESIS_TIME_MS, 8);
     let mut solver = PowSolver::new(&RustCrypto, &hd, 0, 1);
     hd.nonce = loop {
         if let Some(n) = solver.solve_for(&RustCrypto, 1 << 16) {
@@ -663,7 +664,7 @@ impl Meter {
 fn assemble(mut hd: BlockHeaderRepr, key: &SigningKey, leaves: &[Vec<u8>], solve: bool) -> Vec<u8> {
     hd.nonce = (0u64..)
         .find(|&n| {
-            let work = leading_zero_bits(&BlockHeaderRepr { nonce: n, ..hd }.hash());
+            let work = leading_zero_bits(&BlockHeaderRepr { nonce: n, ..hd }.hash(&RustCrypto));
             (work >= hd.difficulty) == solve
         })
         .expect("a nonce");
@@ -687,13 +688,13 @@ fn block_of(
     leaves: &[Vec<u8>],
     solve: bool,
 ) -> Vec<u8> {
-    let hashes: Vec<[u8; 32]> = leaves.iter().map(|l| leaf_hash(l)).collect();
+    let hashes: Vec<[u8; 32]> = leaves.iter().map(|l| leaf_hash(&RustCrypto, l)).collect();
     let hd = BlockHeaderRepr {
         difficulty,
         relay_id,
         height: 1,
-        prev_hash: signed_block().1.hash(),
-        merkle_root: root_of_hashes(&hashes),
+        prev_hash: signed_block().1.hash(&RustCrypto),
+        merkle_root: root_of_hashes(&RustCrypto, &hashes),
         leaf_count: leaves.len() as u32,
         time_ms,
         nonce: 0,
@@ -871,7 +872,7 @@ fn block_cases() -> Vec<BlockCase> {
         Some(2),
     );
     let no_work = block_of(RELAY_ID, &key, 8, next_time(), &[m.frame(1)], false);
-    let actual = leading_zero_bits(&gridpow_proto::crypto::sha256(&[&no_work[..100]]));
+    let actual = leading_zero_bits(&RustCrypto.sha256(&[&no_work[..100]]));
     case(
         "claims difficulty 8, hash has fewer leading zero bits (signed)",
         no_work.clone(),

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
+use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::wire::Reading;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
@@ -481,7 +482,7 @@ impl<'t> Writer<'t> {
             q.detail,
             h.map(|h| h.relay_id),
             h.map(|h| h.height as i64),
-            h.map(|h| h.hash().to_vec()),
+            h.map(|h| h.hash(&RustCrypto).to_vec()),
             raw,
             q.raw.len() as i64,
             kept as i64,

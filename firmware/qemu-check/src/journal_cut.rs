@@ -115,7 +115,8 @@ impl Server {
 type Relay<'a> = StandaloneRelay<'a, RustCrypto, Journal<&'a mut Flash, 2>, 4>;
 
 fn open<'a>(flash: &'a mut Flash, blocks: &'a mut [u8], outbox: &'a mut [OutboxEntry]) -> Result<Relay<'a>, &'static str> {
-    let journal = Journal::<_, 2>::open(flash, RelayState::default()).map_err(|_| "journal open")?;
+    let journal = Journal::<_, 2>::open(&RustCrypto, flash, RelayState::default())
+        .map_err(|_| "journal open")?;
     let t = journal.tip();
     let meters = (1..=2).map(|id| RelayMeter {
         meter_id: id,

@@ -45,7 +45,7 @@ impl KeyLookup<RustCrypto> for Keys {
 fn frames_become_a_verified_block_and_only_a_stored_receipt_frees_it() -> Outcome {
     // The flash journal on a RAM flash of eight 4 KiB sectors.
     let mut flash = MemFlash::<{ 8 * 4096 }>::new();
-    let journal = check_ok!(Journal::<_, 2>::open(&mut flash, RelayState::default()));
+    let journal = check_ok!(Journal::<_, 2>::open(&RustCrypto, &mut flash, RelayState::default()));
     let mut blocks = [0u8; 2 * BLOCK];
     let mut outbox = [OutboxEntry::FREE; 2];
     let meters = (1..=2).map(|id| RelayMeter {

@@ -284,18 +284,18 @@ fn vector_header(nonce: u64) -> BlockHeaderRepr {
 fn block_header_hash_and_pow_match() -> Outcome {
     let unsolved = vector_header(0);
     check_eq!(unsolved.to_bytes(), v::block_header::UNSOLVED_HEADER);
-    check_eq!(unsolved.hash(), v::block_header::UNSOLVED_HASH);
+    check_eq!(unsolved.hash(&RustCrypto), v::block_header::UNSOLVED_HASH);
     let solved = vector_header(v::block_header::POW_NONCE);
     check_eq!(solved.to_bytes(), v::block_header::SOLVED_HEADER);
     check_eq!(
         BlockHeaderRepr::parse(&v::block_header::SOLVED_HEADER),
         Ok(solved)
     );
-    let hash = solved.hash();
+    let hash = solved.hash(&RustCrypto);
     check_eq!(hash, v::block_header::SOLVED_HASH);
     check_eq!(leading_zero_bits(&hash), v::block_header::LEADING_ZERO_BITS);
     check_eq!(check_work(&hash, v::block_header::DIFFICULTY), Ok(()));
-    check!(check_work(&unsolved.hash(), v::block_header::DIFFICULTY).is_err());
+    check!(check_work(&unsolved.hash(&RustCrypto), v::block_header::DIFFICULTY).is_err());
     Ok(())
 }
 
@@ -323,20 +323,20 @@ fn merkle_roots_and_proofs_match() -> Outcome {
         let mut builder = RootBuilder::new();
         for (i, h) in hashes.iter_mut().enumerate().take(c.leaves) {
             let data = Text::of(format_args!("leaf-{i}"));
-            *h = leaf_hash(data.as_str().as_bytes());
-            builder.push_leaf(data.as_str().as_bytes());
+            *h = leaf_hash(&RustCrypto, data.as_str().as_bytes());
+            builder.push_leaf(&RustCrypto, data.as_str().as_bytes());
         }
         let hashes = &hashes[..c.leaves];
-        check_eq!(root_of_hashes(hashes), c.root, "root of {} leaves", c.leaves);
-        check_eq!(builder.root(), c.root, "streamed root of {} leaves", c.leaves);
+        check_eq!(root_of_hashes(&RustCrypto, hashes), c.root, "root of {} leaves", c.leaves);
+        check_eq!(builder.root(&RustCrypto), c.root, "streamed root of {} leaves", c.leaves);
         let mut path = [[0u8; 32]; MAX_PROOF_LEN];
-        let len = inclusion_proof(hashes, c.proof_index, &mut path);
+        let len = inclusion_proof(&RustCrypto, hashes, c.proof_index, &mut path);
         check_eq!(len, Ok(c.proof.len()), "proof length, {} leaves", c.leaves);
         check_eq!(&path[..c.proof.len()], c.proof, "proof, {} leaves", c.leaves);
         let (i, n) = (c.proof_index as u64, c.leaves as u64);
-        check!(verify_inclusion(&hashes[c.proof_index], i, n, c.proof, &c.root));
-        let other = leaf_hash(b"not a leaf");
-        check!(!verify_inclusion(&other, i, n, c.proof, &c.root));
+        check!(verify_inclusion(&RustCrypto, &hashes[c.proof_index], i, n, c.proof, &c.root));
+        let other = leaf_hash(&RustCrypto, b"not a leaf");
+        check!(!verify_inclusion(&RustCrypto, &other, i, n, c.proof, &c.root));
     }
     Ok(())
 }
@@ -378,7 +378,7 @@ fn signed_block_verifies_and_rebuilds_byte_for_byte() -> Outcome {
     }));
     check_eq!(leaves, v::block::FRAMES.len());
     check_eq!(verified.hash, v::block::HEADER_HASH);
-    check_eq!(verified.header.hash(), v::block::HEADER_HASH);
+    check_eq!(verified.header.hash(&RustCrypto), v::block::HEADER_HASH);
     check_eq!(check_link(&verified.header, None), Ok(()), "a genesis block");
 
     // The same block from its frames: Merkle root, header and Ed25519 signature
@@ -386,10 +386,11 @@ fn signed_block_verifies_and_rebuilds_byte_for_byte() -> Outcome {
     let mut buf = [0u8; 2048];
     let mut b = check_ok!(BlockBuilder::new(&mut buf));
     for f in v::block::FRAMES {
-        check_eq!(b.push_leaf(f), Ok(()));
+        check_eq!(b.push_leaf(&RustCrypto, f), Ok(()));
     }
     let h = verified.header;
-    let mut header = b.header(h.relay_id, h.height, h.prev_hash, h.time_ms, h.difficulty);
+    let mut header =
+        b.header(&RustCrypto, h.relay_id, h.height, h.prev_hash, h.time_ms, h.difficulty);
     check_eq!(header.merkle_root, h.merkle_root);
     check_eq!(header.leaf_count, h.leaf_count);
     header.nonce = h.nonce;

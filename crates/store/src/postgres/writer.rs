@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use futures_util::SinkExt;
+use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::wire::Reading;
 use tokio_postgres::{Statement, Transaction};
 
@@ -400,7 +401,7 @@ impl<'t, 'a> Writer<'t, 'a> {
                 &q.detail,
                 &h.map(|h| i64::from(h.relay_id)),
                 &h.map(|h| h.height as i64),
-                &h.map(|h| h.hash().to_vec()),
+                &h.map(|h| h.hash(&RustCrypto).to_vec()),
                 &raw,
                 &(q.raw.len() as i64),
                 &(kept as i64),
