@@ -552,7 +552,9 @@ where
             .server_key
             .as_ref()
             .ok_or(RelayError::Proto(Rejected::BadSignature.into()))?;
-        let outcome = self.lifecycle.handle_receipt(now, bytes, key)?;
+        let outcome = self
+            .lifecycle
+            .handle_receipt(self.ingress.provider(), now, bytes, key)?;
         if let ReceiptOutcome::Confirmed { height, hash, .. }
         | ReceiptOutcome::Refused { height, hash, .. } = outcome
         {

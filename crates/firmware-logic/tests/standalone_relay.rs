@@ -203,10 +203,10 @@ fn sealed_blocks_verify_and_a_receipt_frees_the_outbox() {
         time_ms: 5,
     };
     let now = Instant::from_secs_for_test(44);
-    let forged = receipt.to_signed_bytes(&SigningKey::from_bytes(&[9; 32]));
+    let forged = receipt.to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&[9; 32]));
     assert!(r.handle_receipt(now, &forged).is_err());
     assert_eq!(r.outbox().count(), 1);
-    let real = receipt.to_signed_bytes(&SigningKey::from_bytes(&SERVER_SEED));
+    let real = receipt.to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&SERVER_SEED));
     r.handle_receipt(now, &real).unwrap();
     assert_eq!(r.outbox().count(), 0);
     assert_eq!(r.lifecycle_stats().blocks_confirmed, 1);
@@ -241,7 +241,7 @@ fn receipt(status: ReceiptStatus, sealed: &OutboxEntry) -> [u8; 124] {
         server_id: 1,
         time_ms: 5,
     }
-    .to_signed_bytes(&SigningKey::from_bytes(&SERVER_SEED))
+    .to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&SERVER_SEED))
 }
 
 /// docs/protocol.md §10: a quarantined receipt does not release the block

@@ -230,10 +230,9 @@ impl HopSecret {
 /// leaves, nodes and roots ([`crate::merkle`]), header hashes
 /// ([`crate::wire::block::BlockHeaderRepr::hash`]), the PoW search
 /// ([`crate::pow::PowSolver`]), sealing ([`crate::block::BlockBuilder::seal`],
-/// the lifecycle) and verifying blocks all take a provider. Two exist:
-/// [`RustCrypto`] on the host and the ESP32 accelerators in
-/// `gridpow-firmware-logic`. Commit receipts are still signed and verified
-/// with ed25519-dalek directly.
+/// the lifecycle), verifying blocks and signing and verifying commit
+/// receipts all take a provider. Two exist: [`RustCrypto`] on the host and
+/// the ESP32 accelerators in `gridpow-firmware-logic`.
 ///
 /// Implementations must be deterministic: the same inputs give the same
 /// outputs. A primitive that cannot run (a busy peripheral) must fail closed:

@@ -656,16 +656,17 @@ where
             .find(|e| e.used && e.height == height)
     }
 
-    /// Judges a commit receipt (§10): verifies the server's signature and the
-    /// relay id, then applies it to the outbox. A refused receipt changes
-    /// nothing and is counted.
-    pub fn handle_receipt(
+    /// Judges a commit receipt (§10): verifies the server's signature on
+    /// `provider` and the relay id, then applies it to the outbox. A refused
+    /// receipt changes nothing and is counted.
+    pub fn handle_receipt<C: CryptoProvider>(
         &mut self,
+        provider: &C,
         now: Instant,
         bytes: &[u8],
         server_key: &VerifyingKey,
     ) -> Result<ReceiptOutcome, Error> {
-        let r = match ReceiptRepr::parse_verified(bytes, server_key) {
+        let r = match ReceiptRepr::parse_verified(provider, bytes, server_key) {
             Ok(r) if r.relay_id == self.cfg.relay_id => r,
             Ok(_) => {
                 self.stats.receipts_rejected += 1;
@@ -794,7 +795,7 @@ mod tests {
     use crate::pow::PowSolver;
     use crate::wire::block::signing_message;
     use crate::wire::BlockPacket;
-    use ed25519_dalek::{Signature, SigningKey};
+    use ed25519_dalek::SigningKey;
 
     const SLOTS: usize = 4;
     type Machine = BlockLifecycle<[u8; 2048], [OutboxEntry; SLOTS]>;
@@ -864,7 +865,7 @@ mod tests {
             server_id: 1,
             time_ms: 5,
         }
-        .to_signed_bytes(&server())
+        .to_signed_bytes(&RustCrypto, &server())
     }
 
     #[test]
@@ -928,13 +929,14 @@ mod tests {
             assert_eq!(p.header().prev_hash, prev);
             assert_eq!(p.leaves().count(), 3);
             check_work(&sealed.hash, 4).expect("meets the difficulty");
-            key()
-                .verifying_key()
-                .verify_strict(
+            assert!(
+                RustCrypto.ed25519_verify(
+                    &key().verifying_key(),
                     &signing_message(&sealed.hash),
-                    &Signature::from_bytes(&p.signature()),
-                )
-                .expect("signed by the relay");
+                    &p.signature(),
+                ),
+                "signed by the relay"
+            );
             prev = sealed.hash;
             m.handle_saved().expect("room");
         }
@@ -1012,7 +1014,7 @@ mod tests {
         assert_eq!(m.poll_job(&RustCrypto, t(0), 1), None, "no outbox slot");
         assert!(!m.admits(&RustCrypto, 40, 1));
         let r = receipt(ReceiptStatus::Stored, &entries[0], 7);
-        m.handle_receipt(t(1), &r, &server().verifying_key())
+        m.handle_receipt(&RustCrypto, t(1), &r, &server().verifying_key())
             .expect("verified");
         assert!(m.poll_job(&RustCrypto, t(1), 1).is_some());
     }
@@ -1032,7 +1034,12 @@ mod tests {
         assert_eq!(m.poll_publish(t(1)), None, "one in flight");
         let pk = server().verifying_key();
         assert_eq!(
-            m.handle_receipt(t(1_000), &receipt(ReceiptStatus::Refused, &a, 7), &pk),
+            m.handle_receipt(
+                &RustCrypto,
+                t(1_000),
+                &receipt(ReceiptStatus::Refused, &a, 7),
+                &pk
+            ),
             Ok(ReceiptOutcome::Refused {
                 height: 0,
                 hash: a.hash,
@@ -1049,7 +1056,12 @@ mod tests {
         );
         m.handle_published(1, t(1_000));
         assert_eq!(
-            m.handle_receipt(t(2_000), &receipt(ReceiptStatus::Refused, &a, 7), &pk),
+            m.handle_receipt(
+                &RustCrypto,
+                t(2_000),
+                &receipt(ReceiptStatus::Refused, &a, 7),
+                &pk
+            ),
             Ok(ReceiptOutcome::NoSuchBlock),
             "a repeated refusal changes nothing"
         );
@@ -1070,7 +1082,7 @@ mod tests {
         let pk = server().verifying_key();
         let q = receipt(ReceiptStatus::Quarantined, &e, 7);
         assert_eq!(
-            m.handle_receipt(t(1_000), &q, &pk),
+            m.handle_receipt(&RustCrypto, t(1_000), &q, &pk),
             Ok(ReceiptOutcome::Quarantined {
                 height: 0,
                 retry_in: Duration::from_secs(60)
@@ -1082,7 +1094,7 @@ mod tests {
         assert!(m.poll_publish(t(61_000)).is_some_and(|o| o.republish));
         m.handle_published(0, t(61_000));
         assert_eq!(
-            m.handle_receipt(t(62_000), &q, &pk),
+            m.handle_receipt(&RustCrypto, t(62_000), &q, &pk),
             Ok(ReceiptOutcome::Quarantined {
                 height: 0,
                 retry_in: Duration::from_secs(120)
@@ -1096,7 +1108,7 @@ mod tests {
         );
         let ok = receipt(ReceiptStatus::AlreadyStored, &e, 7);
         assert!(matches!(
-            m.handle_receipt(t(63_000), &ok, &pk),
+            m.handle_receipt(&RustCrypto, t(63_000), &ok, &pk),
             Ok(ReceiptOutcome::Confirmed { height: 0, .. })
         ));
         assert_eq!(m.outbox_len(), 0);
@@ -1115,7 +1127,7 @@ mod tests {
         m.handle_connected();
         m.handle_published(0, t(0));
         let q = receipt(ReceiptStatus::Quarantined, &e, 7);
-        m.handle_receipt(t(100), &q, &server().verifying_key())
+        m.handle_receipt(&RustCrypto, t(100), &q, &server().verifying_key())
             .expect("verified");
         assert_eq!(m.poll_timeout(), Some(t(2_100)));
         assert_eq!(m.poll_publish(t(2_099)), None);
@@ -1132,10 +1144,10 @@ mod tests {
         let pk = server().verifying_key();
         let mut forged = receipt(ReceiptStatus::Stored, &e, 7);
         forged[100] ^= 1;
-        assert!(m.handle_receipt(t(1), &forged, &pk).is_err());
+        assert!(m.handle_receipt(&RustCrypto, t(1), &forged, &pk).is_err());
         let foreign = receipt(ReceiptStatus::Stored, &e, 8);
         assert_eq!(
-            m.handle_receipt(t(1), &foreign, &pk),
+            m.handle_receipt(&RustCrypto, t(1), &foreign, &pk),
             Err(Rejected::WrongRelay.into())
         );
         let other_hash = receipt(
@@ -1147,7 +1159,7 @@ mod tests {
             7,
         );
         assert_eq!(
-            m.handle_receipt(t(1), &other_hash, &pk),
+            m.handle_receipt(&RustCrypto, t(1), &other_hash, &pk),
             Ok(ReceiptOutcome::NoSuchBlock)
         );
         assert_eq!(m.outbox_len(), 1);
@@ -1200,11 +1212,21 @@ mod tests {
             .expect("room");
         assert_eq!(m.confirmed_through(), Some(9));
         let pk = server().verifying_key();
-        m.handle_receipt(t(0), &receipt(ReceiptStatus::Stored, &b, 7), &pk)
-            .expect("ok");
+        m.handle_receipt(
+            &RustCrypto,
+            t(0),
+            &receipt(ReceiptStatus::Stored, &b, 7),
+            &pk,
+        )
+        .expect("ok");
         assert_eq!(m.confirmed_through(), Some(9), "block a still waits");
-        m.handle_receipt(t(0), &receipt(ReceiptStatus::Stored, &a, 7), &pk)
-            .expect("ok");
+        m.handle_receipt(
+            &RustCrypto,
+            t(0),
+            &receipt(ReceiptStatus::Stored, &a, 7),
+            &pk,
+        )
+        .expect("ok");
         assert_eq!(
             m.confirmed_through(),
             Some(13),

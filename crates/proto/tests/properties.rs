@@ -203,7 +203,7 @@ proptest! {
         let _ = AckPacket::new_checked(&bytes[..]).map(|p| p.verify(&RustCrypto, &[0; 16]));
         let _ = BlockHeaderRepr::parse(&bytes);
         let _ = BlockPacket::new_checked(&bytes[..]).map(|p| p.leaves().count());
-        let _ = ReceiptRepr::parse_verified(&bytes, &SigningKey::from_bytes(&[1; 32]).verifying_key());
+        let _ = ReceiptRepr::parse_verified(&RustCrypto, &bytes, &SigningKey::from_bytes(&[1; 32]).verifying_key());
         let _ = SerialRepr::parse(&bytes);
         let mut d = SerialDecoder::new();
         for &b in &bytes {

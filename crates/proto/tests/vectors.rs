@@ -500,9 +500,9 @@ fn receipt_and_serial_vectors_match() {
         server_id: 1,
         time_ms: 1_767_225_650_000,
     };
-    let bytes = r.to_signed_bytes(&server);
+    let bytes = r.to_signed_bytes(&RustCrypto, &server);
     assert_eq!(
-        ReceiptRepr::parse_verified(&bytes, &server.verifying_key()),
+        ReceiptRepr::parse_verified(&RustCrypto, &bytes, &server.verifying_key()),
         Ok(r)
     );
     // The same block refused for good (§10, status 3).
@@ -510,9 +510,9 @@ fn receipt_and_serial_vectors_match() {
         status: ReceiptStatus::Refused,
         ..r
     };
-    let refused_bytes = refused.to_signed_bytes(&server);
+    let refused_bytes = refused.to_signed_bytes(&RustCrypto, &server);
     assert_eq!(
-        ReceiptRepr::parse_verified(&refused_bytes, &server.verifying_key()),
+        ReceiptRepr::parse_verified(&RustCrypto, &refused_bytes, &server.verifying_key()),
         Ok(refused)
     );
     let data = [0u8, 1, 2, 0, 250];

@@ -21,7 +21,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use gridpow_keys::KeyDir;
-use gridpow_proto::crypto::RustCrypto;
+use gridpow_proto::crypto::{CryptoProvider, RustCrypto};
 use gridpow_proto::merkle::{inclusion_proof, leaf_hash, verify_inclusion, MAX_PROOF_LEN};
 use gridpow_proto::wire::block::signing_message;
 use gridpow_proto::wire::BlockPacket;
@@ -910,11 +910,9 @@ async fn proof(
             .await
             .ok()
             .flatten();
-    let sig = ed25519_dalek::Signature::from_bytes(&packet.signature());
-    let signature_verified = relay_key.is_some_and(|k| {
-        k.verify_strict(&signing_message(&header.hash(&RustCrypto)), &sig)
-            .is_ok()
-    });
+    let message = signing_message(&header.hash(&RustCrypto));
+    let signature_verified =
+        relay_key.is_some_and(|k| RustCrypto.ed25519_verify(&k, &message, &packet.signature()));
     Ok(Json(Proof {
         reading,
         relay_id: block.relay_id,

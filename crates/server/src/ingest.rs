@@ -529,7 +529,8 @@ fn signed_receipt(
     };
     Some((
         topics::receipts(h.relay_id),
-        repr.to_signed_bytes(&settings.signing_key).to_vec(),
+        repr.to_signed_bytes(&RustCrypto, &settings.signing_key)
+            .to_vec(),
     ))
 }
 

@@ -31,7 +31,7 @@ use std::fmt;
 
 use gridpow_keys::{KeyDir, KeyError};
 use gridpow_proto::block::check_link;
-use gridpow_proto::crypto::RustCrypto;
+use gridpow_proto::crypto::{CryptoProvider, RustCrypto};
 use gridpow_proto::wire::block::{signing_message, HEADER_LEN, SIGNATURE_LEN};
 use gridpow_proto::wire::{BlockHeaderRepr, BlockPacket};
 use gridpow_proto::{Hash, Malformed, Rejected};
@@ -339,11 +339,8 @@ fn fork_evidence(store: &mut dyn ReadStore, keys: &Keyring) -> Result<Vec<RelayF
         let Some(key) = keys.relay_key(header.relay_id) else {
             continue;
         };
-        let sig = ed25519_dalek::Signature::from_bytes(&sig);
-        if key
-            .verify_strict(&signing_message(&header.hash(&RustCrypto)), &sig)
-            .is_ok()
-        {
+        let message = signing_message(&header.hash(&RustCrypto));
+        if RustCrypto.ed25519_verify(key, &message, &sig) {
             by_relay
                 .entry(header.relay_id)
                 .or_default()

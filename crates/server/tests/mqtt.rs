@@ -58,7 +58,7 @@ async fn receipts(site: &Site, rx: &mut UnboundedReceiver<Heard>, n: usize) -> V
             .unwrap_or_else(|_| panic!("only {} of {n} receipts arrived: {out:?}", out.len()));
         if let Some(Heard::Receipt(bytes)) = got {
             out.push(
-                ReceiptRepr::parse_verified(&bytes, &key)
+                ReceiptRepr::parse_verified(&RustCrypto, &bytes, &key)
                     .expect("receipt signed by the server key"),
             );
         }

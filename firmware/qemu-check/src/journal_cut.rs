@@ -223,7 +223,8 @@ fn run(cut: Option<usize>) -> Result<(u32, usize), &'static str> {
                 let mut bytes = [0u8; 4096];
                 let n = relay.read_block(order.height, &mut bytes).ok_or("published block unreadable")?;
                 relay.handle_published(order.height, now);
-                let receipt = server.take(&relay_key, &bytes[..n])?.to_signed_bytes(&server_key);
+                let receipt =
+                    server.take(&relay_key, &bytes[..n])?.to_signed_bytes(&RustCrypto, &server_key);
                 relay.handle_receipt(now, &receipt).map_err(|_| "receipt refused")?;
                 if relay.stats().store_errors > 0 {
                     cuts += 1;

@@ -7,7 +7,7 @@ use core::fmt::{self, Write as _};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridpow_proto::block::{check_link, verify_block, BlockBuilder, KeyLookup, VerifyPolicy};
 use gridpow_proto::crypto::{
-    derive_meter_secret, MeterKeys, MeterSecret, RustCrypto, SiteSecret,
+    derive_meter_secret, CryptoProvider, MeterKeys, MeterSecret, RustCrypto, SiteSecret,
 };
 use gridpow_proto::merkle::{
     inclusion_proof, leaf_hash, root_of_hashes, verify_inclusion, RootBuilder, MAX_PROOF_LEN,
@@ -481,12 +481,13 @@ fn receipt_matches_and_verifies() -> Outcome {
         server_id: v::receipt::SERVER_ID,
         time_ms: v::receipt::TIME_MS,
     };
-    check_eq!(r.to_signed_bytes(&server), v::receipt::BYTES);
+    check_eq!(r.to_signed_bytes(&RustCrypto, &server), v::receipt::BYTES);
     let pk = server.verifying_key();
-    check_eq!(ReceiptRepr::parse_verified(&v::receipt::BYTES, &pk), Ok(r));
+    check_eq!(ReceiptRepr::parse_verified(&RustCrypto, &v::receipt::BYTES, &pk), Ok(r));
     let mut bad = v::receipt::BYTES;
     bad[20] ^= 1;
-    check!(ReceiptRepr::parse_verified(&bad, &pk).is_err(), "altered receipt verifies");
+    let verdict = ReceiptRepr::parse_verified(&RustCrypto, &bad, &pk);
+    check!(verdict.is_err(), "altered receipt verifies");
     Ok(())
 }
 
@@ -525,17 +526,14 @@ fn serial_frame_matches_and_decodes() -> Outcome {
     Ok(())
 }
 
-/// Protocol §9.2 as the core applies it: `strict_public_key`, then
-/// `verify_strict`; only the genuine signature passes.
+/// Protocol §9.2 as the core applies it: `strict_public_key`, then the
+/// provider's (strict) `ed25519_verify`; only the genuine signature passes.
 fn strict_ed25519_gives_every_signature_its_verdict() -> Outcome {
     check_eq!(v::signature_negative::CASES.len(), 9, "the file's nine cases");
     for c in v::signature_negative::CASES {
         let ok = gridpow_proto::crypto::strict_public_key(&c.public_key)
             .ok()
-            .is_some_and(|k| {
-                k.verify_strict(c.message, &ed25519_dalek::Signature::from_bytes(&c.signature))
-                    .is_ok()
-            });
+            .is_some_and(|k| RustCrypto.ed25519_verify(&k, c.message, &c.signature));
         check_eq!(ok, c.verdict == "accept", "{}", c.case);
     }
     Ok(())
