@@ -103,9 +103,16 @@ fn forge_block(bundle: &KeyDir, height: u64, prev: [u8; 32], frames: &[Vec<u8>])
     let mut buf = vec![0u8; 64 << 10];
     let mut b = BlockBuilder::new(&mut buf).unwrap();
     for f in frames {
-        b.push_leaf(f).unwrap();
+        b.push_leaf(&RustCrypto, f).unwrap();
     }
-    let mut h = b.header(1, height, prev, gridpow_common::wall_ms(), DIFFICULTY);
+    let mut h = b.header(
+        &RustCrypto,
+        1,
+        height,
+        prev,
+        gridpow_common::wall_ms(),
+        DIFFICULTY,
+    );
     let mut solver = PowSolver::new(&RustCrypto, &h, 0, 1);
     h.nonce = loop {
         if let Some(n) = solver.solve_for(&RustCrypto, 1 << 16) {
@@ -253,7 +260,7 @@ fn an_attacker_with_everything_a_relay_holds_can_invent_alter_or_read_no_reading
     let head = *gridpow_proto::wire::BlockPacket::new_checked(&head_raw[..])
         .unwrap()
         .header();
-    let head_hash = head.hash();
+    let head_hash = head.hash(&RustCrypto);
     // The newest of the shortest frames, so another meter's ciphertext fits it.
     let shortest = frames.iter().map(Vec::len).min().unwrap();
     let genuine = frames

@@ -85,6 +85,7 @@
 //! (and CRCs every record), and a walk from the oldest record reads
 //! everything up to the head.
 
+use gridpow_proto::crypto::CryptoProvider;
 use gridpow_proto::wire::block::{
     BlockHeaderRepr, HEADER_LEN, LEAF_PREFIX_LEN, LEAVES_OFFSET, MAX_LEAVES, SIGNATURE_LEN,
 };
@@ -317,11 +318,12 @@ fn parse_header(h: &[u8]) -> Option<(u8, usize)> {
 /// ```
 /// use gridpow_firmware_logic::journal::Journal;
 /// use gridpow_firmware_logic::state::{MemFlash, RelayState};
+/// use gridpow_proto::crypto::RustCrypto;
 /// use gridpow_proto::merkle::RootBuilder;
 /// use gridpow_proto::wire::block::BlockHeaderRepr;
 ///
 /// let mut flash = MemFlash::<{ 4 * 4096 }>::new();
-/// let mut j = Journal::<_, 2>::open(&mut flash, RelayState::default())?;
+/// let mut j = Journal::<_, 2>::open(&RustCrypto, &mut flash, RelayState::default())?;
 /// // A frame arrives: journal it, then ACK it.
 /// assert!(j.has_room_for(84)?);
 /// let seq = j.append(&[2, 0, 0, 0, 0, 1], 1_700_000_000_000, &[0x42; 84])?;
@@ -329,15 +331,15 @@ fn parse_header(h: &[u8]) -> Option<(u8, usize)> {
 /// let mut root = RootBuilder::new();
 /// let mut count = 0;
 /// for r in j.records_after(j.unsealed_from() - 1) {
-///     root.push_leaf(r?.frame());
+///     root.push_leaf(&RustCrypto, r?.frame());
 ///     count += 1;
 /// }
 /// let tip = j.tip();
 /// let header = BlockHeaderRepr {
 ///     difficulty: 0, relay_id: 1, height: tip.next_height, prev_hash: tip.prev_hash,
-///     merkle_root: root.root(), leaf_count: count, time_ms: 1_700_000_010_000, nonce: 0,
+///     merkle_root: root.root(&RustCrypto), leaf_count: count, time_ms: 1_700_000_010_000, nonce: 0,
 /// };
-/// let block = j.add_block(&header, &[0; 64], seq)?; // durable: now publish it
+/// let block = j.add_block(&RustCrypto, &header, &[0; 64], seq)?; // durable: now publish it
 /// let mut out = [0u8; 512];
 /// let len = j.write_block(block.height, &mut out)?;
 /// assert_eq!(len, 164 + 2 + 84);
@@ -377,8 +379,13 @@ pub struct Journal<F: Flash, const O: usize> {
 impl<F: Flash, const O: usize> Journal<F, O> {
     /// Reads the journal in `flash`. A region with no journal starts empty
     /// with `initial_tip` (genesis, or the tip from `gp_state` on migration).
-    /// Only reads: a power cut during `open` changes nothing.
-    pub fn open(flash: F, initial_tip: RelayState) -> Result<Self, JournalError<F::Error>> {
+    /// Only reads: a power cut during `open` changes nothing. `provider`
+    /// hashes the headers of the blocks found.
+    pub fn open<C: CryptoProvider>(
+        provider: &C,
+        flash: F,
+        initial_tip: RelayState,
+    ) -> Result<Self, JournalError<F::Error>> {
         let s = F::SECTOR_SIZE;
         let size = flash.size();
         if s < MIN_SECTOR_SIZE || s % 4 != 0 || size % s != 0 {
@@ -419,7 +426,7 @@ impl<F: Flash, const O: usize> Journal<F, O> {
         }
         j.unsealed_at = j.oldest();
         if found {
-            j.replay(&mut buf)?;
+            j.replay(provider, &mut buf)?;
         }
         j.locate_unsealed(&mut buf)?;
         j.refresh_free(&mut buf)?;
@@ -557,8 +564,10 @@ impl<F: Flash, const O: usize> Journal<F, O> {
     /// Adds a sealed block (solved and signed) over the next
     /// `header.leaf_count` unsealed frames, starting at `first_seq`, to the
     /// outbox, durably, and advances the tip. Call it before publishing.
-    pub fn add_block(
+    /// `provider` hashes the header.
+    pub fn add_block<C: CryptoProvider>(
         &mut self,
+        provider: &C,
         header: &BlockHeaderRepr,
         signature: &[u8; SIGNATURE_LEN],
         first_seq: u64,
@@ -583,7 +592,7 @@ impl<F: Flash, const O: usize> Journal<F, O> {
             return Err(JournalError::BadLeafCount);
         };
         let len = LEAVES_OFFSET + got.bytes;
-        let hash = header.hash();
+        let hash = header.hash(provider);
         let block = OutboxBlock {
             height: header.height,
             hash,
@@ -780,7 +789,11 @@ impl<F: Flash, const O: usize> Journal<F, O> {
 
     /// Rebuilds the state from the log (oldest to newest) and finds the
     /// head's write position.
-    fn replay(&mut self, buf: &mut Buf) -> Result<(), JournalError<F::Error>> {
+    fn replay<C: CryptoProvider>(
+        &mut self,
+        provider: &C,
+        buf: &mut Buf,
+    ) -> Result<(), JournalError<F::Error>> {
         let mut cur = self.oldest();
         let mut head_end = 0;
         let mut last_sector_seq = None;
@@ -819,7 +832,7 @@ impl<F: Flash, const O: usize> Journal<F, O> {
                     {
                         return Err(JournalError::Corrupt);
                     }
-                    let hash = header.hash();
+                    let hash = header.hash(provider);
                     let block = OutboxBlock {
                         height: header.height,
                         hash,

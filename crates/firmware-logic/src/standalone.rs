@@ -56,8 +56,12 @@ pub trait RelayStore {
     ) -> Result<u64, Self::Error>;
     /// Stores a sealed block (its leaves are the records
     /// `first_record..=last_record`) and the chain tip after it, durably and
-    /// before it is published.
-    fn save_block(&mut self, block: &SealedBlock<'_>) -> Result<(), Self::Error>;
+    /// before it is published. `provider` hashes what the store must.
+    fn save_block<C: CryptoProvider>(
+        &mut self,
+        provider: &C,
+        block: &SealedBlock<'_>,
+    ) -> Result<(), Self::Error>;
     /// Writes the block at `height` into `out`; returns its length.
     fn read_block(&mut self, height: u64, out: &mut [u8]) -> Option<usize>;
     /// The block's receipt arrived: forget it and the frames only it held.
@@ -77,14 +81,18 @@ impl<F: Flash, const O: usize> RelayStore for Journal<F, O> {
     ) -> Result<u64, Self::Error> {
         self.append(src, wall_ms, frame)
     }
-    fn save_block(&mut self, block: &SealedBlock<'_>) -> Result<(), Self::Error> {
+    fn save_block<C: CryptoProvider>(
+        &mut self,
+        provider: &C,
+        block: &SealedBlock<'_>,
+    ) -> Result<(), Self::Error> {
         let mut sig = [0u8; SIGNATURE_LEN];
         let s = block
             .bytes
             .get(HEADER_LEN..HEADER_LEN + SIGNATURE_LEN)
             .ok_or(JournalError::BufferTooSmall)?;
         sig.copy_from_slice(s);
-        match self.add_block(&block.header, &sig, block.first_record) {
+        match self.add_block(provider, &block.header, &sig, block.first_record) {
             Ok(_) => Ok(()),
             // An earlier attempt failed after its record had landed whole:
             // the block is already the tip, so it is saved.
@@ -146,7 +154,11 @@ impl<const O: usize> RelayStore for RamStore<'_, O> {
         self.next_record += 1;
         Ok(self.next_record)
     }
-    fn save_block(&mut self, block: &SealedBlock<'_>) -> Result<(), RamStoreError> {
+    fn save_block<C: CryptoProvider>(
+        &mut self,
+        _provider: &C,
+        block: &SealedBlock<'_>,
+    ) -> Result<(), RamStoreError> {
         let cap = self.cap();
         if block.bytes.len() > cap {
             return Err(RamStoreError::TooLarge);
@@ -415,7 +427,10 @@ where
             self.stats.refused_journal += 1;
             return Err(RelayError::JournalFailed);
         }
-        if !self.lifecycle.admits(frame.len(), wall_ms) || !self.store.has_room(frame.len()) {
+        let admitted = self
+            .lifecycle
+            .admits(self.ingress.provider(), frame.len(), wall_ms);
+        if !admitted || !self.store.has_room(frame.len()) {
             self.stats.refused_full += 1;
             return Err(RelayError::Full);
         }
@@ -431,7 +446,8 @@ where
                         return Err(RelayError::JournalFailed);
                     }
                 };
-                self.lifecycle.handle_frame(now, frame, record)?;
+                self.lifecycle
+                    .handle_frame(self.ingress.provider(), now, frame, record)?;
             }
         }
         Ok(self.ingress.emit_ack(&verdict, wall_ms, ack_out)?)
@@ -445,8 +461,8 @@ where
     /// Starts solving the pending frames when the block is due.
     pub fn poll_seal(&mut self, now: Instant, wall_ms: Option<u64>) {
         if let Some(wall) = wall_ms {
-            if let Some(h) = self.lifecycle.poll_job(now, wall) {
-                let provider = self.ingress.provider();
+            let provider = self.ingress.provider();
+            if let Some(h) = self.lifecycle.poll_job(provider, now, wall) {
                 self.search
                     .get_or_insert_with(|| PowSolver::new(provider, &h, 0, 1));
             }
@@ -491,7 +507,11 @@ where
     /// Stores a sealed block with the chain tip after it; retried on failure.
     fn save_sealed(&mut self) -> Option<OutboxEntry> {
         let sealed = self.lifecycle.sealed_block()?;
-        if self.store.save_block(&sealed).is_err() {
+        if self
+            .store
+            .save_block(self.ingress.provider(), &sealed)
+            .is_err()
+        {
             self.stats.store_errors += 1;
             return None;
         }
@@ -532,7 +552,9 @@ where
             .server_key
             .as_ref()
             .ok_or(RelayError::Proto(Rejected::BadSignature.into()))?;
-        let outcome = self.lifecycle.handle_receipt(now, bytes, key)?;
+        let outcome = self
+            .lifecycle
+            .handle_receipt(self.ingress.provider(), now, bytes, key)?;
         if let ReceiptOutcome::Confirmed { height, hash, .. }
         | ReceiptOutcome::Refused { height, hash, .. } = outcome
         {
@@ -608,7 +630,8 @@ where
             let verdict = self.ingress.handle_frame(&rec.src, rec.frame())?;
             found.frames += 1;
             if unsealed && matches!(verdict, Verdict::Accepted(_)) {
-                self.lifecycle.handle_frame(now, rec.frame(), rec.seq)?;
+                self.lifecycle
+                    .handle_frame(self.ingress.provider(), now, rec.frame(), rec.seq)?;
                 found.unsealed += 1;
             }
         }

@@ -1,14 +1,19 @@
 //! The CCM and HMAC built on the AES block function and a SHA-256 engine (what
-//! the ESP32 accelerators offer) against RustCrypto and the protocol's
-//! known-answer vectors.
+//! the ESP32 accelerators offer), and the key derivation and Merkle trees on
+//! them, against RustCrypto and the protocol's known-answer vectors.
 
 // Test helpers panic on broken fixtures; that is what a test should do.
 #![allow(clippy::unwrap_used)]
 
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
 use gridpow_firmware_logic::crypto::{Accelerated, BlockEncrypt, SoftSha256};
-use gridpow_proto::crypto::{CryptoProvider, HopKeys, MeterKeys, MeterSecret, RustCrypto};
+use gridpow_proto::crypto::{
+    derive_meter_secret, CryptoProvider, HopKeys, MeterKeys, MeterSecret, RustCrypto, SiteSecret,
+};
 use gridpow_proto::ingress::{FixedMeterTable, Ingress, IngressConfig, MeterEntry, Verdict};
+use gridpow_proto::merkle::{
+    inclusion_proof, leaf_hash, root_of_hashes, verify_inclusion, MAX_PROOF_LEN,
+};
 use gridpow_proto::sender::{Sender, SenderConfig};
 use gridpow_proto::wire::uplink::{seal, UplinkHeader, MAX_LEN};
 use gridpow_proto::wire::Reading;
@@ -166,7 +171,7 @@ fn the_core_solver_on_accelerated_sha_finds_the_nonce_rustcrypto_finds() {
         }
     };
     h.nonce = nonce;
-    assert!(leading_zero_bits(&h.hash()) >= 10);
+    assert!(leading_zero_bits(&h.hash(&RustCrypto)) >= 10);
     // The same nonce as the protocol crate's solver finds with RustCrypto.
     let mut reference = h;
     reference.nonce = 0;
@@ -186,5 +191,49 @@ fn accelerated_sha256_and_its_midstate_agree_with_rustcrypto() {
         assert_eq!(hw.sha256(&[&msg[..len]]), want, "len {len}");
         assert_eq!(hw.sha256_resume(&mut mid, &msg[64..len]), want, "len {len}");
         assert_eq!(RustCrypto.sha256_resume(&mut soft_mid, &msg[64..len]), want);
+    }
+}
+
+#[test]
+fn key_derivation_on_accelerated_hmac_matches_the_keys_vector() {
+    let v = vector("keys.json");
+    let mut site = [0u8; 32];
+    site.copy_from_slice(&hex_field(&v, "site_secret"));
+    let key_id = v["key_id"].as_u64().unwrap() as u8;
+    let meter_id = v["meter_id"].as_u64().unwrap() as u32;
+    let secret = derive_meter_secret(&provider(), &SiteSecret(site), key_id, meter_id);
+    assert_eq!(secret.to_bytes().to_vec(), hex_field(&v, "meter_secret"));
+}
+
+#[test]
+fn merkle_roots_and_proofs_on_accelerated_sha_match_the_merkle_vector() {
+    let v = vector("merkle.json");
+    let hw = provider();
+    for c in v["cases"].as_array().unwrap() {
+        let n = c["leaves"].as_u64().unwrap() as usize;
+        let hashes: Vec<[u8; 32]> = (0..n)
+            .map(|i| leaf_hash(&hw, format!("leaf-{i}").as_bytes()))
+            .collect();
+        let root = root_of_hashes(&hw, &hashes);
+        assert_eq!(root.to_vec(), hex_field(c, "root"), "{n} leaves");
+        let index = c["proof_index"].as_u64().unwrap() as usize;
+        let mut path = [[0u8; 32]; MAX_PROOF_LEN];
+        let len = inclusion_proof(&hw, &hashes, index, &mut path).unwrap();
+        let want: Vec<String> = c["proof"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_owned())
+            .collect();
+        let got: Vec<String> = path[..len].iter().map(hex::encode).collect();
+        assert_eq!(got, want, "{n} leaves");
+        assert!(verify_inclusion(
+            &hw,
+            &hashes[index],
+            index as u64,
+            n as u64,
+            &path[..len],
+            &root
+        ));
     }
 }

@@ -12,6 +12,7 @@ use gridpow_firmware_logic::journal::{
     frame_record_len, Journal, JournalError, OutboxBlock, MAX_FRAME_LEN,
 };
 use gridpow_firmware_logic::state::{Flash, RelayState};
+use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::merkle::RootBuilder;
 use gridpow_proto::wire::block::{BlockHeaderRepr, LEAF_PREFIX_LEN};
 use gridpow_proto::wire::BlockPacket;
@@ -291,20 +292,20 @@ fn seal<F: Flash, const O: usize>(
     }
     let mut root = RootBuilder::new();
     for f in &pending {
-        root.push_leaf(&f.bytes);
+        root.push_leaf(&RustCrypto, &f.bytes);
     }
     let header = BlockHeaderRepr {
         difficulty: 1,
         relay_id: 7,
         height: m.tip.next_height,
         prev_hash: m.tip.prev_hash,
-        merkle_root: root.root(),
+        merkle_root: root.root(&RustCrypto),
         leaf_count: pending.len() as u32,
         time_ms: 1_700_000_000_000 + nonce,
         nonce,
     };
     let sig = [nonce as u8 ^ 0x5a; 64];
-    let b = j.add_block(&header, &sig, pending[0].seq)?;
+    let b = j.add_block(&RustCrypto, &header, &sig, pending[0].seq)?;
     let mut bytes = header.to_bytes().to_vec();
     bytes.extend_from_slice(&sig);
     for f in &pending {
@@ -316,7 +317,7 @@ fn seal<F: Flash, const O: usize>(
         b,
         OutboxBlock {
             height: header.height,
-            hash: header.hash(),
+            hash: header.hash(&RustCrypto),
             first_seq: pending[0].seq,
             last_seq: last,
             count: pending.len() as u32,
@@ -449,7 +450,8 @@ fn run_script<const S: u32, const O: usize>(
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut m = Model::new();
     let mut out = vec![(0, m.clone())];
-    let Ok(mut j) = Journal::<&mut FaultFlash<S>, O>::open(&mut *flash, RelayState::default())
+    let Ok(mut j) =
+        Journal::<&mut FaultFlash<S>, O>::open(&RustCrypto, &mut *flash, RelayState::default())
     else {
         return out;
     };
@@ -495,7 +497,7 @@ fn run_script<const S: u32, const O: usize>(
         if step % 5 == 4 {
             // A reboot now and then; `open` only reads.
             j.into_inner();
-            j = Journal::open(&mut *flash, RelayState::default()).expect("reopen");
+            j = Journal::open(&RustCrypto, &mut *flash, RelayState::default()).expect("reopen");
         }
     }
     out
@@ -512,8 +514,9 @@ fn recover_and_continue<const S: u32, const O: usize>(
     let mut flash = FaultFlash::<S>::from_image(img);
     let mut m = m.clone();
     {
-        let mut j = Journal::<&mut FaultFlash<S>, O>::open(&mut flash, RelayState::default())
-            .unwrap_or_else(|e| panic!("{ctx}: open: {e:?}"));
+        let mut j =
+            Journal::<&mut FaultFlash<S>, O>::open(&RustCrypto, &mut flash, RelayState::default())
+                .unwrap_or_else(|e| panic!("{ctx}: open: {e:?}"));
         check(&mut j, &m, ctx);
         let mut rng = Rng(99);
         for _ in 0..2 {
@@ -537,8 +540,9 @@ fn recover_and_continue<const S: u32, const O: usize>(
             Err(e) => panic!("{ctx}: seal after recovery: {e:?}"),
         }
     }
-    let mut j = Journal::<&mut FaultFlash<S>, O>::open(&mut flash, RelayState::default())
-        .unwrap_or_else(|e| panic!("{ctx}: reopen: {e:?}"));
+    let mut j =
+        Journal::<&mut FaultFlash<S>, O>::open(&RustCrypto, &mut flash, RelayState::default())
+            .unwrap_or_else(|e| panic!("{ctx}: reopen: {e:?}"));
     check(&mut j, &m, ctx);
     let state = (
         j.tip(),
@@ -547,7 +551,7 @@ fn recover_and_continue<const S: u32, const O: usize>(
         j.outbox().collect::<Vec<_>>(),
     );
     j.into_inner();
-    let j = Journal::<&mut FaultFlash<S>, O>::open(&mut flash, RelayState::default())
+    let j = Journal::<&mut FaultFlash<S>, O>::open(&RustCrypto, &mut flash, RelayState::default())
         .unwrap_or_else(|e| panic!("{ctx}: second reopen: {e:?}"));
     let again = (
         j.tip(),
@@ -676,7 +680,8 @@ fn a_real_write_budget_leaves_the_image_the_sweep_assumes() {
 #[test]
 fn full_journal_refuses_with_capacity_and_accepts_after_confirmation() {
     let mut flash = Small::new(SECTORS);
-    let mut j = Journal::<&mut Small, OUTBOX>::open(&mut flash, RelayState::default()).unwrap();
+    let mut j = Journal::<&mut Small, OUTBOX>::open(&RustCrypto, &mut flash, RelayState::default())
+        .unwrap();
     let mut m = Model::new();
     let mut rng = Rng(5);
     let mut accepted = 0;
@@ -710,7 +715,8 @@ fn full_journal_refuses_with_capacity_and_accepts_after_confirmation() {
     append(&mut j, &mut m, [1; 6], 2, frame_bytes(&mut rng, 244)).expect("room again");
     check(&mut j, &m, "after release");
     j.into_inner();
-    let mut j = Journal::<&mut Small, OUTBOX>::open(&mut flash, RelayState::default()).unwrap();
+    let mut j = Journal::<&mut Small, OUTBOX>::open(&RustCrypto, &mut flash, RelayState::default())
+        .unwrap();
     check(&mut j, &m, "reopened");
 }
 
@@ -720,7 +726,9 @@ fn sequence_numbers_and_tip_survive_when_everything_was_reclaimed() {
     let mut m = Model::new();
     let mut rng = Rng(11);
     {
-        let mut j = Journal::<&mut Small, OUTBOX>::open(&mut flash, RelayState::default()).unwrap();
+        let mut j =
+            Journal::<&mut Small, OUTBOX>::open(&RustCrypto, &mut flash, RelayState::default())
+                .unwrap();
         for round in 0..30 {
             for _ in 0..3 {
                 append(&mut j, &mut m, [3; 6], round, frame_bytes(&mut rng, 200)).unwrap();
@@ -731,7 +739,8 @@ fn sequence_numbers_and_tip_survive_when_everything_was_reclaimed() {
         assert!(m.outbox.is_empty());
     }
     // Every sector was reused; no seal record of the last block may remain.
-    let j = Journal::<&mut Small, OUTBOX>::open(&mut flash, RelayState::default()).unwrap();
+    let j = Journal::<&mut Small, OUTBOX>::open(&RustCrypto, &mut flash, RelayState::default())
+        .unwrap();
     assert_eq!(j.tip(), m.tip);
     assert_eq!(j.tip().next_height, 30);
     assert!(j.next_seq() > m.max_seq);
@@ -746,7 +755,7 @@ fn a_blank_journal_starts_from_the_migrated_tip() {
         next_height: 41,
         prev_hash: [4; 32],
     };
-    let mut j = Journal::<&mut Small, OUTBOX>::open(&mut flash, tip).unwrap();
+    let mut j = Journal::<&mut Small, OUTBOX>::open(&RustCrypto, &mut flash, tip).unwrap();
     assert_eq!(j.tip(), tip);
     let mut m = Model::new();
     m.tip = tip;
@@ -754,7 +763,8 @@ fn a_blank_journal_starts_from_the_migrated_tip() {
     seal(&mut j, &mut m, 1, 9).unwrap();
     j.into_inner();
     // Once the journal exists it is the authority, whatever tip is passed.
-    let mut j = Journal::<&mut Small, OUTBOX>::open(&mut flash, RelayState::default()).unwrap();
+    let mut j = Journal::<&mut Small, OUTBOX>::open(&RustCrypto, &mut flash, RelayState::default())
+        .unwrap();
     assert_eq!(j.tip().next_height, 42);
     check(&mut j, &m, "migrated");
 }
@@ -762,7 +772,8 @@ fn a_blank_journal_starts_from_the_migrated_tip() {
 #[test]
 fn misuse_is_refused_with_typed_errors() {
     let mut flash = Small::new(SECTORS);
-    let mut j = Journal::<&mut Small, OUTBOX>::open(&mut flash, RelayState::default()).unwrap();
+    let mut j = Journal::<&mut Small, OUTBOX>::open(&RustCrypto, &mut flash, RelayState::default())
+        .unwrap();
     assert_eq!(j.append(&[0; 6], 0, &[]), Err(JournalError::BadFrameLength));
     assert_eq!(
         j.append(&[0; 6], 0, &[0; MAX_FRAME_LEN + 1]),
@@ -780,21 +791,21 @@ fn misuse_is_refused_with_typed_errors() {
         nonce: 0,
     };
     assert_eq!(
-        j.add_block(&h, &[0; 64], seq),
+        j.add_block(&RustCrypto, &h, &[0; 64], seq),
         Err(JournalError::BadLeafCount)
     );
     h.leaf_count = 1;
     assert_eq!(
-        j.add_block(&h, &[0; 64], seq + 1),
+        j.add_block(&RustCrypto, &h, &[0; 64], seq + 1),
         Err(JournalError::NotNextBlock)
     );
     h.height = 1;
     assert_eq!(
-        j.add_block(&h, &[0; 64], seq),
+        j.add_block(&RustCrypto, &h, &[0; 64], seq),
         Err(JournalError::NotNextBlock)
     );
     h.height = 0;
-    let b = j.add_block(&h, &[0; 64], seq).unwrap();
+    let b = j.add_block(&RustCrypto, &h, &[0; 64], seq).unwrap();
     assert_eq!(
         j.confirm_block(b.height, &[1; 32]),
         Err(JournalError::UnknownBlock)
@@ -805,7 +816,12 @@ fn misuse_is_refused_with_typed_errors() {
         Err(JournalError::BufferTooSmall)
     );
     assert_eq!(
-        Journal::<_, OUTBOX>::open(FaultFlash::<SEC>::new(2), RelayState::default()).err(),
+        Journal::<_, OUTBOX>::open(
+            &RustCrypto,
+            FaultFlash::<SEC>::new(2),
+            RelayState::default()
+        )
+        .err(),
         Some(JournalError::BadRegion)
     );
 }
@@ -849,7 +865,7 @@ proptest! {
         const O: usize = 3;
         let mut flash = FaultFlash::<1024>::new(6);
         let mut m = Model::new();
-        let mut j = Journal::<&mut FaultFlash<1024>, O>::open(&mut flash, RelayState::default()).unwrap();
+        let mut j = Journal::<&mut FaultFlash<1024>, O>::open(&RustCrypto, &mut flash, RelayState::default()).unwrap();
         let mut wall = 0;
         for (i, a) in acts.iter().enumerate() {
             match a {
@@ -877,7 +893,7 @@ proptest! {
                 }
                 Act::Reopen => {
                     j.into_inner();
-                    j = Journal::open(&mut flash, RelayState::default()).unwrap();
+                    j = Journal::open(&RustCrypto, &mut flash, RelayState::default()).unwrap();
                 }
             }
             check(&mut j, &m, &format!("after {a:?}"));
@@ -895,7 +911,8 @@ proptest! {
 #[test]
 fn leaves_of_a_block_are_framed_as_the_protocol_says() {
     let mut flash = Small::new(SECTORS);
-    let mut j = Journal::<&mut Small, OUTBOX>::open(&mut flash, RelayState::default()).unwrap();
+    let mut j = Journal::<&mut Small, OUTBOX>::open(&RustCrypto, &mut flash, RelayState::default())
+        .unwrap();
     let a = j.append(&[1; 6], 1, &[0xaa; 84]).unwrap();
     j.append(&[1; 6], 2, &[0xbb; 3]).unwrap();
     let mut out = [0u8; 200];
@@ -918,7 +935,9 @@ fn a_write_that_does_not_read_back_is_refused_and_never_resurfaces() {
     let mut m = Model::new();
     let mut rng = Rng(21);
     {
-        let mut j = Journal::<&mut Small, OUTBOX>::open(&mut flash, RelayState::default()).unwrap();
+        let mut j =
+            Journal::<&mut Small, OUTBOX>::open(&RustCrypto, &mut flash, RelayState::default())
+                .unwrap();
         for _ in 0..3 {
             append(&mut j, &mut m, [1; 6], 1, frame_bytes(&mut rng, 84)).unwrap();
         }
@@ -940,7 +959,8 @@ fn a_write_that_does_not_read_back_is_refused_and_never_resurfaces() {
         check(&mut j, &m, "after a flaky read-back");
         assert!(j.stats().verify_failures == 2);
     }
-    let mut j = Journal::<&mut Small, OUTBOX>::open(&mut flash, RelayState::default()).unwrap();
+    let mut j = Journal::<&mut Small, OUTBOX>::open(&RustCrypto, &mut flash, RelayState::default())
+        .unwrap();
     check(&mut j, &m, "reopened");
     // The same block seals fine now.
     seal(&mut j, &mut m, 8, 1).unwrap();
@@ -961,7 +981,7 @@ proptest! {
         const O: usize = 3;
         let mut flash = FaultFlash::<1024>::new(6);
         let mut m = Model::new();
-        let mut j = Journal::<&mut FaultFlash<1024>, O>::open(&mut flash, RelayState::default()).unwrap();
+        let mut j = Journal::<&mut FaultFlash<1024>, O>::open(&RustCrypto, &mut flash, RelayState::default()).unwrap();
         for (i, (a, cut)) in acts.iter().enumerate() {
             // What the model would be had the call completed: a cut after the
             // last byte that differs from erased flash (0xFF) leaves a whole
@@ -971,7 +991,7 @@ proptest! {
                 let mut shadow = (**j.flash()).clone();
                 shadow.log = None;
                 let mut m2 = m.clone();
-                let mut j2 = Journal::<&mut FaultFlash<1024>, O>::open(&mut shadow, RelayState::default()).unwrap();
+                let mut j2 = Journal::<&mut FaultFlash<1024>, O>::open(&RustCrypto, &mut shadow, RelayState::default()).unwrap();
                 let _ = run_act(&mut j2, &mut m2, a, i);
                 landed = Some(m2);
                 let used = j.flash().used;
@@ -987,7 +1007,7 @@ proptest! {
             };
             if reboot {
                 j.into_inner();
-                j = Journal::open(&mut flash, RelayState::default()).unwrap();
+                j = Journal::open(&RustCrypto, &mut flash, RelayState::default()).unwrap();
                 if let (Err(_), Some(m2)) = (&res, landed) {
                     let beyond = j.records_after(m.max_seq).count();
                     let shows_m2 = j.tip() == m2.tip

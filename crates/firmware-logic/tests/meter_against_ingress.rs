@@ -101,7 +101,7 @@ impl Radio for AirOut {
 type Node<'f> = MeterNode<RustCrypto, &'f mut MemFlash<8192>, AirOut, 256>;
 
 fn config(channel: u8, interval_s: u32) -> MeterConfig {
-    let secret = derive_meter_secret(&SiteSecret([0x11; 32]), KEY_ID, METER_ID);
+    let secret = derive_meter_secret(&RustCrypto, &SiteSecret([0x11; 32]), KEY_ID, METER_ID);
     let mut cfg = MeterConfig::new(METER_ID, KEY_ID, secret, channel, interval_s);
     // Gains that make the synthetic waves 230 V and 5 A RMS.
     cfg.calibration.voltage_gain = (230.0 / (V_AMP / 2f64.sqrt())) as f32;
@@ -110,7 +110,7 @@ fn config(channel: u8, interval_s: u32) -> MeterConfig {
 }
 
 fn relay(channel: u8) -> Ingress<RustCrypto, FixedMeterTable<4>> {
-    let secret = derive_meter_secret(&SiteSecret([0x11; 32]), KEY_ID, METER_ID);
+    let secret = derive_meter_secret(&RustCrypto, &SiteSecret([0x11; 32]), KEY_ID, METER_ID);
     let mut table = FixedMeterTable::new();
     table
         .insert(MeterEntry::new(
@@ -250,7 +250,8 @@ impl Sim {
         };
         if let Verdict::Accepted(info) = verdict {
             // The relay cannot open readings; the test opens them as the server would.
-            let secret = derive_meter_secret(&SiteSecret([0x11; 32]), KEY_ID, METER_ID);
+            let secret =
+                derive_meter_secret(&RustCrypto, &SiteSecret([0x11; 32]), KEY_ID, METER_ID);
             let keys = MeterKeys::new(&RustCrypto, KEY_ID, &secret);
             let mut scratch = [0u8; MAX_BODY_LEN];
             let body = UplinkPacket::new_checked(frame)

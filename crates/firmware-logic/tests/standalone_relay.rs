@@ -203,10 +203,10 @@ fn sealed_blocks_verify_and_a_receipt_frees_the_outbox() {
         time_ms: 5,
     };
     let now = Instant::from_secs_for_test(44);
-    let forged = receipt.to_signed_bytes(&SigningKey::from_bytes(&[9; 32]));
+    let forged = receipt.to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&[9; 32]));
     assert!(r.handle_receipt(now, &forged).is_err());
     assert_eq!(r.outbox().count(), 1);
-    let real = receipt.to_signed_bytes(&SigningKey::from_bytes(&SERVER_SEED));
+    let real = receipt.to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&SERVER_SEED));
     r.handle_receipt(now, &real).unwrap();
     assert_eq!(r.outbox().count(), 0);
     assert_eq!(r.lifecycle_stats().blocks_confirmed, 1);
@@ -241,7 +241,7 @@ fn receipt(status: ReceiptStatus, sealed: &OutboxEntry) -> [u8; 124] {
         server_id: 1,
         time_ms: 5,
     }
-    .to_signed_bytes(&SigningKey::from_bytes(&SERVER_SEED))
+    .to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&SERVER_SEED))
 }
 
 /// docs/protocol.md §10: a quarantined receipt does not release the block
@@ -303,7 +303,8 @@ fn acked_frames_blocks_and_the_chain_tip_survive_a_power_cut() {
         Sender::<_, 8>::new(RustCrypto, SenderConfig::new(1, 1), &secret(1), 1, 0).unwrap();
     let mut last_frame = Vec::new();
     {
-        let journal = Journal::<_, 2>::open(&mut flash, RelayState::default()).unwrap();
+        let journal =
+            Journal::<_, 2>::open(&RustCrypto, &mut flash, RelayState::default()).unwrap();
         let mut r = relay_on(
             journal,
             ChainTip::default(),
@@ -336,7 +337,7 @@ fn acked_frames_blocks_and_the_chain_tip_survive_a_power_cut() {
             }
         }
     }
-    let journal = Journal::<_, 2>::open(&mut flash, RelayState::default()).unwrap();
+    let journal = Journal::<_, 2>::open(&RustCrypto, &mut flash, RelayState::default()).unwrap();
     let tip = journal.tip();
     assert_eq!((tip.next_height, tip.prev_hash), (1, sealed.hash));
     let tip = ChainTip::from(tip);
@@ -358,7 +359,11 @@ fn acked_frames_blocks_and_the_chain_tip_survive_a_power_cut() {
     let published = publish_due(&mut r, Instant::from_secs_for_test(2));
     assert_eq!(published.len(), 1, "the sealed block is offered again");
     let p = gridpow_proto::wire::BlockPacket::new_checked(&published[0][..]).unwrap();
-    assert_eq!(p.header().hash(), sealed.hash, "rebuilt byte for byte");
+    assert_eq!(
+        p.header().hash(&RustCrypto),
+        sealed.hash,
+        "rebuilt byte for byte"
+    );
 }
 
 #[test]

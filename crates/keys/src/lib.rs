@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use gridpow_proto::crypto::{derive_meter_secret, MeterSecret, SiteSecret};
+use gridpow_proto::crypto::{derive_meter_secret, MeterSecret, RustCrypto, SiteSecret};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -126,7 +126,7 @@ impl SiteKeyring {
     pub fn meter_secret(&self, meter_id: u32, key_id: u8) -> Option<MeterSecret> {
         self.secrets
             .get(&key_id)
-            .map(|s| derive_meter_secret(s, key_id, meter_id))
+            .map(|s| derive_meter_secret(&RustCrypto, s, key_id, meter_id))
     }
 
     /// Key ids present.

@@ -26,7 +26,13 @@ impl KeyLookup<RustCrypto> for Keyring {
 pub fn keyring(meters: u32) -> Keyring {
     Keyring(
         (1..=meters)
-            .map(|m| MeterKeys::new(&RustCrypto, 1, &derive_meter_secret(&SITE, 1, m)))
+            .map(|m| {
+                MeterKeys::new(
+                    &RustCrypto,
+                    1,
+                    &derive_meter_secret(&RustCrypto, &SITE, 1, m),
+                )
+            })
             .collect(),
     )
 }
@@ -67,9 +73,9 @@ pub fn block(readings: usize, per_frame: usize, ring: &Keyring) -> Vec<u8> {
             &mut frame,
         )
         .expect("seal");
-        b.push_leaf(&frame[..len]).expect("room");
+        b.push_leaf(&RustCrypto, &frame[..len]).expect("room");
     }
-    let mut hd = b.header(1, 1, [0; 32], 0, 12);
+    let mut hd = b.header(&RustCrypto, 1, 1, [0; 32], 0, 12);
     let mut s = PowSolver::new(&RustCrypto, &hd, 0, 1);
     hd.nonce = loop {
         if let Some(n) = s.solve_for(&RustCrypto, 1 << 16) {

@@ -46,7 +46,11 @@ fn hashing(c: &mut Criterion) {
 }
 
 fn sealing(c: &mut Criterion) {
-    let keys = MeterKeys::new(&RustCrypto, 1, &derive_meter_secret(&common::SITE, 1, 1));
+    let keys = MeterKeys::new(
+        &RustCrypto,
+        1,
+        &derive_meter_secret(&RustCrypto, &common::SITE, 1, 1),
+    );
     let mut g = c.benchmark_group("uplink");
     for n in [1usize, 6] {
         g.throughput(Throughput::Elements(n as u64));

@@ -93,7 +93,10 @@ fn main() {
     });
     let frame = [0x11u8; 84];
     let leaf_hash = rate(budget / 2, 1000, || {
-        black_box(gridpow_proto::merkle::leaf_hash(black_box(&frame)));
+        black_box(gridpow_proto::merkle::leaf_hash(
+            &RustCrypto,
+            black_box(&frame),
+        ));
     });
     let keys = &ring.0[0];
     let mut body = [0u8; 32];

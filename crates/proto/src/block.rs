@@ -2,8 +2,8 @@
 //!
 //! A relay fills a [`BlockBuilder`] with frames exactly as received, asks it for
 //! the unsolved header, solves the PoW ([`crate::pow::PowSolver`]), and
-//! [`BlockBuilder::seal`]s with its Ed25519 key. Solving, signing and
-//! verifying run on the caller's [`CryptoProvider`]. A verifier runs
+//! [`BlockBuilder::seal`]s with its Ed25519 key. The Merkle root, solving,
+//! signing and verifying run on the caller's [`CryptoProvider`]. A verifier runs
 //! [`verify_block`]: framing, relay, difficulty, PoW, signature, Merkle root,
 //! then every leaf's meter tag and the caller's replay policy — each failure
 //! its own error — and [`check_link`] for chain continuity.
@@ -63,9 +63,14 @@ impl<'a> BlockBuilder<'a> {
         self.leaves < MAX_LEAVES && self.len + LEAF_PREFIX_LEN + frame_len <= self.buf.len()
     }
 
-    /// Appends a frame as a leaf. The block does not judge it: the relay
-    /// passes only frames its ingress accepted.
-    pub fn push_leaf(&mut self, frame: &[u8]) -> Result<(), Error> {
+    /// Appends a frame as a leaf, hashing it into the Merkle root on
+    /// `provider`. The block does not judge it: the relay passes only frames
+    /// its ingress accepted.
+    pub fn push_leaf<C: CryptoProvider>(
+        &mut self,
+        provider: &C,
+        frame: &[u8],
+    ) -> Result<(), Error> {
         if frame.is_empty() || frame.len() > ESPNOW_MAX_PAYLOAD {
             return Err(Misuse::InvalidArgument.into());
         }
@@ -77,13 +82,15 @@ impl<'a> BlockBuilder<'a> {
         self.buf[at + LEAF_PREFIX_LEN..at + LEAF_PREFIX_LEN + frame.len()].copy_from_slice(frame);
         self.len += LEAF_PREFIX_LEN + frame.len();
         self.leaves += 1;
-        self.merkle.push_leaf(frame);
+        self.merkle.push_leaf(provider, frame);
         Ok(())
     }
 
-    /// The header to solve: everything but the nonce (which is 0).
-    pub fn header(
+    /// The header to solve: everything but the nonce (which is 0), its
+    /// Merkle root computed on `provider`.
+    pub fn header<C: CryptoProvider>(
         &self,
+        provider: &C,
         relay_id: u32,
         height: u64,
         prev_hash: Hash,
@@ -95,7 +102,7 @@ impl<'a> BlockBuilder<'a> {
             relay_id,
             height,
             prev_hash,
-            merkle_root: self.merkle.root(),
+            merkle_root: self.merkle.root(provider),
             leaf_count: self.leaves,
             time_ms,
             nonce: 0,
@@ -111,7 +118,7 @@ impl<'a> BlockBuilder<'a> {
         header: &BlockHeaderRepr,
         key: &SigningKey,
     ) -> Result<usize, Error> {
-        if header.leaf_count != self.leaves || header.merkle_root != self.merkle.root() {
+        if header.leaf_count != self.leaves || header.merkle_root != self.merkle.root(provider) {
             return Err(Misuse::InvalidArgument.into());
         }
         let sig = sign_header(provider, header, key);
@@ -134,8 +141,7 @@ pub fn sign_header<C: CryptoProvider>(
     header: &BlockHeaderRepr,
     key: &SigningKey,
 ) -> [u8; SIGNATURE_LEN] {
-    let hash = provider.sha256(&[&header.to_bytes()]);
-    provider.ed25519_sign(key, &signing_message(&hash))
+    provider.ed25519_sign(key, &signing_message(&header.hash(provider)))
 }
 
 /// What the verifier requires of a block.
@@ -210,9 +216,9 @@ where
     }
     let mut merkle = RootBuilder::new();
     for leaf in block.leaves() {
-        merkle.push_leaf(leaf);
+        merkle.push_leaf(provider, leaf);
     }
-    if !crate::crypto::ct_eq(&merkle.root(), &header.merkle_root) {
+    if !crate::crypto::ct_eq(&merkle.root(provider), &header.merkle_root) {
         return Err(Rejected::MerkleRootMismatch.into());
     }
     let mut scratch = [0u8; MAX_BODY_LEN];

@@ -14,20 +14,19 @@
 //! MACs are HMAC-SHA256 truncated to 16 bytes; uplink readings use AES-128-CCM
 //! (16-byte tag, 13-byte nonce), implemented in [`ccm`] over any AES block function.
 //!
-//! Every primitive the state machines run sits behind one [`CryptoProvider`]
+//! Every primitive the protocol runs sits behind one [`CryptoProvider`]
 //! (AES-CCM, HMAC, SHA-256 with the proof of work's midstate, Ed25519), so
 //! firmware can use the ESP32's AES and SHA accelerators; [`RustCrypto`] is
-//! the software provider. An accelerator that takes a raw SHA-256 state can
-//! build the midstate from its compression function with [`midstate_with`]
-//! and [`resume_with`].
+//! the software provider. Key derivation ([`hkdf_extract`], [`hkdf_expand`])
+//! is built on the provider's HMAC-SHA256. An accelerator that takes a raw
+//! SHA-256 state can build the midstate from its compression function with
+//! [`midstate_with`] and [`resume_with`].
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use hkdf::Hkdf;
-use sha2::{Digest, Sha256};
 
 pub mod ccm;
 
-use crate::Hash;
+use crate::{Hash, Misuse};
 
 /// Length of the AEAD nonce (AES-CCM with a 2-byte length field).
 pub const NONCE_LEN: usize = 13;
@@ -49,9 +48,11 @@ pub const METER_SECRET_LEN: usize = HOP_SECRET_LEN + E2E_KEY_LEN;
 /// HKDF salt: fixed, so every implementation derives the same keys.
 pub const HKDF_SALT: &[u8] = b"gridpow v2 key derivation";
 /// Prefix of the HKDF info string for hop secrets (followed by key id and meter id).
-pub const HKDF_INFO_HOP: &[u8] = b"gridpow v2 hop";
+pub const HKDF_INFO_HOP: &[u8; 14] = b"gridpow v2 hop";
 /// Prefix of the HKDF info string for end-to-end keys (followed by key id and meter id).
-pub const HKDF_INFO_E2E: &[u8] = b"gridpow v2 e2e";
+pub const HKDF_INFO_E2E: &[u8; 14] = b"gridpow v2 e2e";
+/// Longest HKDF-SHA256 output: 255 blocks of 32 bytes (RFC 5869 §2.3).
+pub const HKDF_MAX_OKM_LEN: usize = 255 * 32;
 
 /// The secret a site holds for one key id, from which every meter key derives.
 /// Only the operator's key tool and the grid server hold it.
@@ -117,35 +118,90 @@ macro_rules! redacted_debug {
 }
 redacted_debug!(SiteSecret, HopSecret, E2eKey, MeterSecret);
 
-fn derive<const L: usize>(site: &SiteSecret, prefix: &[u8], key_id: u8, meter_id: u32) -> [u8; L] {
-    let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), &site.0);
-    let id = meter_id.to_le_bytes();
-    let info: [&[u8]; 3] = [prefix, &[key_id], &id];
+/// HKDF-Extract (RFC 5869 §2.2) with SHA-256 on `provider`'s HMAC: the
+/// pseudorandom key `HMAC-SHA256(salt, ikm)`. An absent salt is the empty
+/// one (HMAC pads it to the same zero key as RFC 5869's 32 zero bytes).
+pub fn hkdf_extract<C: CryptoProvider>(provider: &C, salt: &[u8], ikm: &[u8]) -> [u8; 32] {
+    provider.hmac_sha256(salt, &[ikm])
+}
+
+/// HKDF-Expand (RFC 5869 §2.3) with SHA-256 on `provider`'s HMAC: fills
+/// `okm` with `T(1) ‖ T(2) ‖ …`, where `T(i) = HMAC-SHA256(prk, T(i-1) ‖ info
+/// ‖ i)` and `T(0)` is empty. `okm` may hold at most [`HKDF_MAX_OKM_LEN`] bytes.
+pub fn hkdf_expand<C: CryptoProvider>(
+    provider: &C,
+    prk: &[u8; 32],
+    info: &[u8],
+    okm: &mut [u8],
+) -> Result<(), Misuse> {
+    if okm.len() > HKDF_MAX_OKM_LEN {
+        return Err(Misuse::InvalidArgument);
+    }
+    let mut t = [0u8; 32];
+    let mut t_len = 0;
+    for (counter, chunk) in (1..=u8::MAX).zip(okm.chunks_mut(32)) {
+        t = provider.hmac_sha256(prk, &[&t[..t_len], info, &[counter]]);
+        t_len = t.len();
+        chunk.copy_from_slice(&t[..chunk.len()]);
+    }
+    Ok(())
+}
+
+fn derive<C: CryptoProvider, const L: usize>(
+    provider: &C,
+    site: &SiteSecret,
+    prefix: &[u8; 14],
+    key_id: u8,
+    meter_id: u32,
+) -> [u8; L] {
+    // info = prefix ‖ key_id ‖ meter_id (u32 LE).
+    let mut info = [0u8; 19];
+    info[..14].copy_from_slice(prefix);
+    info[14] = key_id;
+    info[15..].copy_from_slice(&meter_id.to_le_bytes());
+    let prk = hkdf_extract(provider, HKDF_SALT, &site.0);
     let mut okm = [0u8; L];
     // At most 32 bytes, far below HKDF's 255 * 32 limit, so expansion cannot fail.
-    if hk.expand_multi_info(&info, &mut okm).is_err() {
+    if hkdf_expand(provider, &prk, &info, &mut okm).is_err() {
         okm = [0; L];
     }
     okm
 }
 
 /// A meter's hop secret: `HKDF-SHA256(salt = HKDF_SALT, ikm = site secret,
-/// info = "gridpow v2 hop" ‖ key_id ‖ meter_id (u32 LE), L = 32)`.
-pub fn derive_hop_secret(site: &SiteSecret, key_id: u8, meter_id: u32) -> HopSecret {
-    HopSecret(derive(site, HKDF_INFO_HOP, key_id, meter_id))
+/// info = "gridpow v2 hop" ‖ key_id ‖ meter_id (u32 LE), L = 32)`, on
+/// `provider`'s HMAC-SHA256.
+pub fn derive_hop_secret<C: CryptoProvider>(
+    provider: &C,
+    site: &SiteSecret,
+    key_id: u8,
+    meter_id: u32,
+) -> HopSecret {
+    HopSecret(derive(provider, site, HKDF_INFO_HOP, key_id, meter_id))
 }
 
 /// A meter's end-to-end key: `HKDF-SHA256(salt = HKDF_SALT, ikm = site secret,
-/// info = "gridpow v2 e2e" ‖ key_id ‖ meter_id (u32 LE), L = 16)`.
-pub fn derive_e2e_key(site: &SiteSecret, key_id: u8, meter_id: u32) -> E2eKey {
-    E2eKey(derive(site, HKDF_INFO_E2E, key_id, meter_id))
+/// info = "gridpow v2 e2e" ‖ key_id ‖ meter_id (u32 LE), L = 16)`, on
+/// `provider`'s HMAC-SHA256.
+pub fn derive_e2e_key<C: CryptoProvider>(
+    provider: &C,
+    site: &SiteSecret,
+    key_id: u8,
+    meter_id: u32,
+) -> E2eKey {
+    E2eKey(derive(provider, site, HKDF_INFO_E2E, key_id, meter_id))
 }
 
 /// Both keys of a meter (what it is flashed with).
-pub fn derive_meter_secret(site: &SiteSecret, key_id: u8, meter_id: u32) -> MeterSecret {
+pub fn derive_meter_secret<C: CryptoProvider>(
+    provider: &C,
+    site: &SiteSecret,
+    key_id: u8,
+    meter_id: u32,
+) -> MeterSecret {
     MeterSecret {
-        hop: derive_hop_secret(site, key_id, meter_id),
-        e2e: derive_e2e_key(site, key_id, meter_id),
+        hop: derive_hop_secret(provider, site, key_id, meter_id),
+        e2e: derive_e2e_key(provider, site, key_id, meter_id),
     }
 }
 
@@ -169,13 +225,14 @@ impl HopSecret {
 /// software (after rustls' `CryptoProvider`): AES-128-CCM, HMAC-SHA256,
 /// SHA-256 with the midstate the proof of work resumes from, and Ed25519.
 ///
-/// The core never calls a primitive any other way: sealing and opening
-/// frames, ACK tags, the PoW search ([`crate::pow::PowSolver`]), sealing
-/// ([`crate::block::BlockBuilder::seal`], the lifecycle) and verifying
-/// blocks all take a provider. Two exist: [`RustCrypto`] on the host and the
-/// ESP32 accelerators in `gridpow-firmware-logic`. Key derivation (HKDF) and
-/// the wire layer's own digests ([`sha256`], Merkle roots, header hashes) are
-/// host-side or fixed software and stay outside.
+/// The core never calls a primitive any other way: key derivation (HKDF
+/// on [`Self::hmac_sha256`]), sealing and opening frames, ACK tags, Merkle
+/// leaves, nodes and roots ([`crate::merkle`]), header hashes
+/// ([`crate::wire::block::BlockHeaderRepr::hash`]), the PoW search
+/// ([`crate::pow::PowSolver`]), sealing ([`crate::block::BlockBuilder::seal`],
+/// the lifecycle), verifying blocks and signing and verifying commit
+/// receipts all take a provider. Two exist: [`RustCrypto`] on the host and
+/// the ESP32 accelerators in `gridpow-firmware-logic`.
 ///
 /// Implementations must be deterministic: the same inputs give the same
 /// outputs. A primitive that cannot run (a busy peripheral) must fail closed:
@@ -432,15 +489,6 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
-/// SHA-256 of the concatenation of `parts`.
-pub fn sha256(parts: &[&[u8]]) -> Hash {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p);
-    }
-    h.finalize().into()
-}
-
 #[cfg(feature = "rustcrypto")]
 pub use soft::RustCrypto;
 
@@ -455,7 +503,7 @@ mod soft {
     use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
     use hmac::{Hmac, Mac};
     use sha2::block_api::compress256;
-    use sha2::Sha256;
+    use sha2::{Digest, Sha256};
 
     /// The software provider: RustCrypto's `aes` (AES-NI when the CPU has it)
     /// under this crate's CCM, `hmac`, `sha2` (whose compression function uses
@@ -555,7 +603,11 @@ mod soft {
         }
 
         fn sha256(&self, parts: &[&[u8]]) -> Hash {
-            super::sha256(parts)
+            let mut h = Sha256::new();
+            for p in parts {
+                h.update(p);
+            }
+            h.finalize().into()
         }
 
         fn sha256_midstate(&self, first: &[u8; 64]) -> [u32; 8] {
@@ -598,20 +650,121 @@ mod tests {
     #[test]
     fn different_meters_and_key_ids_get_different_secrets() {
         let site = SiteSecret([7; 32]);
-        let a = derive_meter_secret(&site, 1, 1);
-        let b = derive_meter_secret(&site, 1, 2);
-        let c = derive_meter_secret(&site, 2, 1);
+        let a = derive_meter_secret(&RustCrypto, &site, 1, 1);
+        let b = derive_meter_secret(&RustCrypto, &site, 1, 2);
+        let c = derive_meter_secret(&RustCrypto, &site, 2, 1);
         assert!(a != b);
         assert!(a != c);
-        assert!(a == derive_meter_secret(&site, 1, 1));
+        assert!(a == derive_meter_secret(&RustCrypto, &site, 1, 1));
     }
 
     #[test]
     fn hop_secret_reveals_nothing_of_the_end_to_end_key() {
         // Independent HKDF outputs: the end-to-end key is not a part of the hop secret.
-        let s = derive_meter_secret(&SiteSecret([7; 32]), 1, 1);
+        let s = derive_meter_secret(&RustCrypto, &SiteSecret([7; 32]), 1, 1);
         assert!(!s.hop.0.windows(E2E_KEY_LEN).any(|w| w == s.e2e.0));
         assert!(MeterSecret::from_bytes(&s.to_bytes()) == s);
+    }
+
+    /// An RFC 5869 test case, in hex.
+    struct Rfc5869 {
+        ikm: &'static str,
+        salt: &'static str,
+        info: &'static str,
+        prk: &'static str,
+        okm: &'static str,
+    }
+
+    /// RFC 5869 appendix A, test cases 1 to 3 (HKDF-SHA256).
+    const RFC_5869: [Rfc5869; 3] = [
+        Rfc5869 {
+            ikm: "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b",
+            salt: "000102030405060708090a0b0c",
+            info: "f0f1f2f3f4f5f6f7f8f9",
+            prk: "077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5",
+            okm: "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf\
+                34007208d5b887185865",
+        },
+        Rfc5869 {
+            ikm: "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\
+                202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f\
+                404142434445464748494a4b4c4d4e4f",
+            salt: "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f\
+                808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f\
+                a0a1a2a3a4a5a6a7a8a9aaabacadaeaf",
+            info: "b0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecf\
+                d0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeef\
+                f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff",
+            prk: "06a6b88c5853361a06104c9ceb35b45cef760014904671014a193f40c15fc244",
+            okm: "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c\
+                59045a99cac7827271cb41c65e590e09da3275600c2f09b8367793a9aca3db71\
+                cc30c58179ec3e87c14c01d5c1f3434f1d87",
+        },
+        Rfc5869 {
+            ikm: "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b",
+            salt: "",
+            info: "",
+            prk: "19ef24a32c717b167f33a91d6f648bdf96596776afdb6377ac434c1c293ccb04",
+            okm: "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d\
+                9d201395faa4b61a96c8",
+        },
+    ];
+
+    #[test]
+    fn hkdf_on_the_provider_matches_rfc_5869() {
+        for (i, c) in RFC_5869.iter().enumerate() {
+            let (ikm, salt, info) = (
+                hex::decode(c.ikm).unwrap(),
+                hex::decode(c.salt).unwrap(),
+                hex::decode(c.info).unwrap(),
+            );
+            let prk = hkdf_extract(&RustCrypto, &salt, &ikm);
+            assert_eq!(hex::encode(prk), c.prk, "case {}", i + 1);
+            let mut okm = [0u8; 82];
+            let okm = &mut okm[..c.okm.len() / 2];
+            assert_eq!(hkdf_expand(&RustCrypto, &prk, &info, okm), Ok(()));
+            assert_eq!(hex::encode(okm), c.okm, "case {}", i + 1);
+        }
+    }
+
+    #[test]
+    fn hkdf_on_the_provider_agrees_with_the_hkdf_crate() {
+        let bytes: [u8; 300] = core::array::from_fn(|i| (i * 7 + 3) as u8);
+        for (salt, ikm, info, len) in [
+            (0, 32, 19, 32),
+            (25, 32, 19, 16),
+            (64, 22, 0, 1),
+            (65, 80, 80, 64),
+            (100, 0, 33, 65),
+            (0, 0, 0, 200),
+        ] {
+            let (salt, ikm, info) = (
+                &bytes[..salt],
+                &bytes[100..100 + ikm],
+                &bytes[200..200 + info],
+            );
+            let mut want = [0u8; 200];
+            hkdf::Hkdf::<sha2::Sha256>::new(Some(salt), ikm)
+                .expand(info, &mut want[..len])
+                .unwrap();
+            let mut got = [0u8; 200];
+            let prk = hkdf_extract(&RustCrypto, salt, ikm);
+            hkdf_expand(&RustCrypto, &prk, info, &mut got[..len]).unwrap();
+            assert_eq!(got[..len], want[..len], "salt {salt:?} len {len}");
+        }
+    }
+
+    #[test]
+    fn hkdf_refuses_more_than_255_blocks() {
+        let mut okm = [0u8; HKDF_MAX_OKM_LEN + 1];
+        assert_eq!(
+            hkdf_expand(&RustCrypto, &[1; 32], b"", &mut okm),
+            Err(Misuse::InvalidArgument)
+        );
+        assert_eq!(
+            hkdf_expand(&RustCrypto, &[1; 32], b"", &mut okm[..HKDF_MAX_OKM_LEN]),
+            Ok(())
+        );
     }
 
     #[test]
@@ -640,7 +793,7 @@ mod tests {
         first.copy_from_slice(&msg[..64]);
         let mut mid = RustCrypto.sha256_midstate(&first);
         for len in 64..=msg.len() {
-            let whole = sha256(&[&msg[..len]]);
+            let whole: Hash = <sha2::Sha256 as sha2::Digest>::digest(&msg[..len]).into();
             assert_eq!(RustCrypto.sha256_resume(&mut mid, &msg[64..len]), whole);
             assert_eq!(RustCrypto.sha256(&[&msg[..len]]), whole);
         }

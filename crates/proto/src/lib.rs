@@ -12,8 +12,9 @@
 //! ## Layout
 //! - [`wire`]: checked views and `Repr`s for every message (uplink, ACK, block).
 //! - [`crypto`]: key derivation and the [`crypto::CryptoProvider`] trait,
-//!   which owns every primitive the state machines run (AES-CCM, HMAC,
-//!   SHA-256 and the PoW midstate, Ed25519): RustCrypto on the host, the
+//!   which owns every primitive the protocol runs (AES-CCM, HMAC and the
+//!   HKDF on it, SHA-256 for Merkle trees, header hashes and the PoW
+//!   midstate, Ed25519 for blocks and receipts): RustCrypto on the host, the
 //!   ESP32's accelerators in `gridpow-firmware-logic`.
 //! - [`replay`]: the sliding anti-replay window.
 //! - [`sender`]: the meter-side state machine (backlog in caller-owned

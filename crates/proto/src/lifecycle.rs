@@ -347,12 +347,18 @@ where
     /// because once the ingress accepts a frame its replay window remembers
     /// it and a retransmission is ACKed as a duplicate; a frame accepted and
     /// then dropped for lack of room would be lost. When the batch is full it
-    /// is sealed first if the sealing buffer is free (`wall_ms` stamps it).
-    pub fn admits(&mut self, frame_len: usize, wall_ms: u64) -> bool {
+    /// is sealed first if the sealing buffer is free (`wall_ms` stamps it,
+    /// `provider` computes its Merkle root).
+    pub fn admits<C: CryptoProvider>(
+        &mut self,
+        provider: &C,
+        frame_len: usize,
+        wall_ms: u64,
+    ) -> bool {
         if self.pending_fits(frame_len) {
             return true;
         }
-        self.start_job(wall_ms);
+        self.start_job(provider, wall_ms);
         self.pending_fits(frame_len)
     }
 
@@ -362,9 +368,16 @@ where
     }
 
     /// Takes a frame the ingress accepted (with new readings) into the
-    /// pending batch. `record` is the caller's record number (journal
-    /// sequence number), increasing from frame to frame.
-    pub fn handle_frame(&mut self, now: Instant, frame: &[u8], record: u64) -> Result<(), Error> {
+    /// pending batch, hashing it into the batch's Merkle root on `provider`.
+    /// `record` is the caller's record number (journal sequence number),
+    /// increasing from frame to frame.
+    pub fn handle_frame<C: CryptoProvider>(
+        &mut self,
+        provider: &C,
+        now: Instant,
+        frame: &[u8],
+        record: u64,
+    ) -> Result<(), Error> {
         if frame.is_empty() || frame.len() > ESPNOW_MAX_PAYLOAD {
             return Err(Misuse::InvalidArgument.into());
         }
@@ -377,7 +390,7 @@ where
         buf[at + LEAF_PREFIX_LEN..at + LEAF_PREFIX_LEN + frame.len()].copy_from_slice(frame);
         self.pending_len += LEAF_PREFIX_LEN + frame.len();
         self.pending_count += 1;
-        self.pending_root.push_leaf(frame);
+        self.pending_root.push_leaf(provider, frame);
         self.pending_since.get_or_insert(now);
         self.pending_records = Some(match self.pending_records {
             Some((first, _)) => (first, record),
@@ -395,20 +408,26 @@ where
 
     /// Starts solving the pending batch when it is due (full, old enough or
     /// flushed) and the sealing buffer and an outbox slot are free; returns
-    /// the header to solve. `wall_ms` is the relay's Unix time in ms.
-    pub fn poll_job(&mut self, now: Instant, wall_ms: u64) -> Option<BlockHeaderRepr> {
+    /// the header to solve. `wall_ms` is the relay's Unix time in ms;
+    /// `provider` computes the block's Merkle root.
+    pub fn poll_job<C: CryptoProvider>(
+        &mut self,
+        provider: &C,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Option<BlockHeaderRepr> {
         let due = self.flush
             || self.pending_count >= self.cfg.max_frames
             || self
                 .pending_since
                 .is_some_and(|t| now >= t + self.cfg.max_age);
         if due {
-            self.start_job(wall_ms);
+            self.start_job(provider, wall_ms);
         }
         self.job().copied()
     }
 
-    fn start_job(&mut self, wall_ms: u64) {
+    fn start_job<C: CryptoProvider>(&mut self, provider: &C, wall_ms: u64) {
         if self.stage != Stage::Idle
             || self.pending_count == 0
             || !self.outbox.as_ref().iter().any(|e| !e.used)
@@ -421,7 +440,7 @@ where
             relay_id: self.cfg.relay_id,
             height: self.tip.next_height,
             prev_hash: self.tip.prev_hash,
-            merkle_root: self.pending_root.root(),
+            merkle_root: self.pending_root.root(provider),
             leaf_count: self.pending_count,
             time_ms: wall_ms,
             nonce: 0,
@@ -451,7 +470,7 @@ where
         }
         let mut header = self.header;
         header.nonce = nonce;
-        let hash = provider.sha256(&[&header.to_bytes()]);
+        let hash = header.hash(provider);
         if let Err(e) = check_work(&hash, header.difficulty) {
             self.stats.bad_solutions += 1;
             return Err(e.into());
@@ -637,16 +656,17 @@ where
             .find(|e| e.used && e.height == height)
     }
 
-    /// Judges a commit receipt (§10): verifies the server's signature and the
-    /// relay id, then applies it to the outbox. A refused receipt changes
-    /// nothing and is counted.
-    pub fn handle_receipt(
+    /// Judges a commit receipt (§10): verifies the server's signature on
+    /// `provider` and the relay id, then applies it to the outbox. A refused
+    /// receipt changes nothing and is counted.
+    pub fn handle_receipt<C: CryptoProvider>(
         &mut self,
+        provider: &C,
         now: Instant,
         bytes: &[u8],
         server_key: &VerifyingKey,
     ) -> Result<ReceiptOutcome, Error> {
-        let r = match ReceiptRepr::parse_verified(bytes, server_key) {
+        let r = match ReceiptRepr::parse_verified(provider, bytes, server_key) {
             Ok(r) if r.relay_id == self.cfg.relay_id => r,
             Ok(_) => {
                 self.stats.receipts_rejected += 1;
@@ -775,7 +795,7 @@ mod tests {
     use crate::pow::PowSolver;
     use crate::wire::block::signing_message;
     use crate::wire::BlockPacket;
-    use ed25519_dalek::{Signature, SigningKey};
+    use ed25519_dalek::SigningKey;
 
     const SLOTS: usize = 4;
     type Machine = BlockLifecycle<[u8; 2048], [OutboxEntry; SLOTS]>;
@@ -830,8 +850,9 @@ mod tests {
 
     /// With `max_frames: 1`: one frame in, its block sealed and saved.
     fn one_frame_block(m: &mut Machine, record: u64) -> OutboxEntry {
-        m.handle_frame(t(0), &[1; 40], record).expect("room");
-        m.poll_job(t(0), 1).expect("job");
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], record)
+            .expect("room");
+        m.poll_job(&RustCrypto, t(0), 1).expect("job");
         seal(m)
     }
 
@@ -844,33 +865,39 @@ mod tests {
             server_id: 1,
             time_ms: 5,
         }
-        .to_signed_bytes(&server())
+        .to_signed_bytes(&RustCrypto, &server())
     }
 
     #[test]
     fn a_batch_is_sealed_by_count_by_age_or_by_flush() {
         let mut m = machine(cfg());
-        m.handle_frame(t(0), &[1; 40], 10).expect("room");
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], 10)
+            .expect("room");
         assert_eq!(
-            m.poll_job(t(999), 1),
+            m.poll_job(&RustCrypto, t(999), 1),
             None,
             "one frame, younger than max_age"
         );
         assert_eq!(m.poll_timeout(), Some(t(1000)));
-        let h = m.poll_job(t(1000), 1).expect("old enough");
+        let h = m.poll_job(&RustCrypto, t(1000), 1).expect("old enough");
         assert_eq!((h.height, h.leaf_count, h.relay_id), (0, 1, 7));
         seal(&mut m);
         for r in 11..14 {
-            m.handle_frame(t(2000), &[2; 40], r).expect("room");
+            m.handle_frame(&RustCrypto, t(2000), &[2; 40], r)
+                .expect("room");
         }
         assert!(
-            m.poll_job(t(2000), 2).is_some(),
+            m.poll_job(&RustCrypto, t(2000), 2).is_some(),
             "three frames fill a block"
         );
         seal(&mut m);
-        m.handle_frame(t(3000), &[3; 40], 14).expect("room");
+        m.handle_frame(&RustCrypto, t(3000), &[3; 40], 14)
+            .expect("room");
         m.request_flush();
-        assert!(m.poll_job(t(3000), 3).is_some(), "a flush seals at once");
+        assert!(
+            m.poll_job(&RustCrypto, t(3000), 3).is_some(),
+            "a flush seals at once"
+        );
     }
 
     #[test]
@@ -879,10 +906,10 @@ mod tests {
         let mut prev = [0u8; 32];
         for height in 0..3u64 {
             for i in 0..3 {
-                m.handle_frame(t(0), &[height as u8 + 1; 50], height * 3 + i)
+                m.handle_frame(&RustCrypto, t(0), &[height as u8 + 1; 50], height * 3 + i)
                     .expect("room");
             }
-            m.poll_job(t(0), 42).expect("full batch");
+            m.poll_job(&RustCrypto, t(0), 42).expect("full batch");
             let header = *m.job().expect("job");
             let mut solver = PowSolver::new(&RustCrypto, &header, 0, 1);
             let nonce = loop {
@@ -902,13 +929,14 @@ mod tests {
             assert_eq!(p.header().prev_hash, prev);
             assert_eq!(p.leaves().count(), 3);
             check_work(&sealed.hash, 4).expect("meets the difficulty");
-            key()
-                .verifying_key()
-                .verify_strict(
+            assert!(
+                RustCrypto.ed25519_verify(
+                    &key().verifying_key(),
                     &signing_message(&sealed.hash),
-                    &Signature::from_bytes(&p.signature()),
-                )
-                .expect("signed by the relay");
+                    &p.signature(),
+                ),
+                "signed by the relay"
+            );
             prev = sealed.hash;
             m.handle_saved().expect("room");
         }
@@ -922,13 +950,14 @@ mod tests {
             difficulty: 20,
             ..cfg()
         });
-        m.handle_frame(t(0), &[1; 40], 1).expect("room");
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], 1)
+            .expect("room");
         m.request_flush();
-        let h = m.poll_job(t(0), 1).expect("job");
+        let h = m.poll_job(&RustCrypto, t(0), 1).expect("job");
         let bad = (0..).find(|n| {
             let mut x = h;
             x.nonce = *n;
-            check_work(&x.hash(), 20).is_err()
+            check_work(&x.hash(&RustCrypto), 20).is_err()
         });
         let err = m.handle_solution(&RustCrypto, bad.expect("some nonce fails"), &key());
         assert!(matches!(
@@ -943,23 +972,31 @@ mod tests {
     fn admission_seals_a_full_batch_first_and_refuses_only_when_nothing_can_move() {
         let mut m = machine(cfg());
         for r in 0..3 {
-            assert!(m.admits(40, 1));
-            m.handle_frame(t(0), &[1; 40], r).expect("room");
-        }
-        assert!(m.admits(40, 1), "the full batch moved to sealing");
-        assert!(m.is_solving());
-        for r in 3..6 {
-            m.handle_frame(t(0), &[1; 40], r).expect("room");
+            assert!(m.admits(&RustCrypto, 40, 1));
+            m.handle_frame(&RustCrypto, t(0), &[1; 40], r)
+                .expect("room");
         }
         assert!(
-            !m.admits(40, 1),
+            m.admits(&RustCrypto, 40, 1),
+            "the full batch moved to sealing"
+        );
+        assert!(m.is_solving());
+        for r in 3..6 {
+            m.handle_frame(&RustCrypto, t(0), &[1; 40], r)
+                .expect("room");
+        }
+        assert!(
+            !m.admits(&RustCrypto, 40, 1),
             "batch full, sealing busy: refuse before the ingress"
         );
         assert_eq!(
-            m.handle_frame(t(0), &[1; 40], 6),
+            m.handle_frame(&RustCrypto, t(0), &[1; 40], 6),
             Err(Capacity::BlockFull.into())
         );
-        assert!(!m.admits(4000, 1), "larger than a block never fits");
+        assert!(
+            !m.admits(&RustCrypto, 4000, 1),
+            "larger than a block never fits"
+        );
     }
 
     #[test]
@@ -972,13 +1009,14 @@ mod tests {
         for (r, e) in entries.iter_mut().enumerate() {
             *e = one_frame_block(&mut m, r as u64);
         }
-        m.handle_frame(t(0), &[1; 40], 9).expect("room");
-        assert_eq!(m.poll_job(t(0), 1), None, "no outbox slot");
-        assert!(!m.admits(40, 1));
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], 9)
+            .expect("room");
+        assert_eq!(m.poll_job(&RustCrypto, t(0), 1), None, "no outbox slot");
+        assert!(!m.admits(&RustCrypto, 40, 1));
         let r = receipt(ReceiptStatus::Stored, &entries[0], 7);
-        m.handle_receipt(t(1), &r, &server().verifying_key())
+        m.handle_receipt(&RustCrypto, t(1), &r, &server().verifying_key())
             .expect("verified");
-        assert!(m.poll_job(t(1), 1).is_some());
+        assert!(m.poll_job(&RustCrypto, t(1), 1).is_some());
     }
 
     #[test]
@@ -996,7 +1034,12 @@ mod tests {
         assert_eq!(m.poll_publish(t(1)), None, "one in flight");
         let pk = server().verifying_key();
         assert_eq!(
-            m.handle_receipt(t(1_000), &receipt(ReceiptStatus::Refused, &a, 7), &pk),
+            m.handle_receipt(
+                &RustCrypto,
+                t(1_000),
+                &receipt(ReceiptStatus::Refused, &a, 7),
+                &pk
+            ),
             Ok(ReceiptOutcome::Refused {
                 height: 0,
                 hash: a.hash,
@@ -1013,7 +1056,12 @@ mod tests {
         );
         m.handle_published(1, t(1_000));
         assert_eq!(
-            m.handle_receipt(t(2_000), &receipt(ReceiptStatus::Refused, &a, 7), &pk),
+            m.handle_receipt(
+                &RustCrypto,
+                t(2_000),
+                &receipt(ReceiptStatus::Refused, &a, 7),
+                &pk
+            ),
             Ok(ReceiptOutcome::NoSuchBlock),
             "a repeated refusal changes nothing"
         );
@@ -1034,7 +1082,7 @@ mod tests {
         let pk = server().verifying_key();
         let q = receipt(ReceiptStatus::Quarantined, &e, 7);
         assert_eq!(
-            m.handle_receipt(t(1_000), &q, &pk),
+            m.handle_receipt(&RustCrypto, t(1_000), &q, &pk),
             Ok(ReceiptOutcome::Quarantined {
                 height: 0,
                 retry_in: Duration::from_secs(60)
@@ -1046,7 +1094,7 @@ mod tests {
         assert!(m.poll_publish(t(61_000)).is_some_and(|o| o.republish));
         m.handle_published(0, t(61_000));
         assert_eq!(
-            m.handle_receipt(t(62_000), &q, &pk),
+            m.handle_receipt(&RustCrypto, t(62_000), &q, &pk),
             Ok(ReceiptOutcome::Quarantined {
                 height: 0,
                 retry_in: Duration::from_secs(120)
@@ -1060,7 +1108,7 @@ mod tests {
         );
         let ok = receipt(ReceiptStatus::AlreadyStored, &e, 7);
         assert!(matches!(
-            m.handle_receipt(t(63_000), &ok, &pk),
+            m.handle_receipt(&RustCrypto, t(63_000), &ok, &pk),
             Ok(ReceiptOutcome::Confirmed { height: 0, .. })
         ));
         assert_eq!(m.outbox_len(), 0);
@@ -1079,7 +1127,7 @@ mod tests {
         m.handle_connected();
         m.handle_published(0, t(0));
         let q = receipt(ReceiptStatus::Quarantined, &e, 7);
-        m.handle_receipt(t(100), &q, &server().verifying_key())
+        m.handle_receipt(&RustCrypto, t(100), &q, &server().verifying_key())
             .expect("verified");
         assert_eq!(m.poll_timeout(), Some(t(2_100)));
         assert_eq!(m.poll_publish(t(2_099)), None);
@@ -1096,10 +1144,10 @@ mod tests {
         let pk = server().verifying_key();
         let mut forged = receipt(ReceiptStatus::Stored, &e, 7);
         forged[100] ^= 1;
-        assert!(m.handle_receipt(t(1), &forged, &pk).is_err());
+        assert!(m.handle_receipt(&RustCrypto, t(1), &forged, &pk).is_err());
         let foreign = receipt(ReceiptStatus::Stored, &e, 8);
         assert_eq!(
-            m.handle_receipt(t(1), &foreign, &pk),
+            m.handle_receipt(&RustCrypto, t(1), &foreign, &pk),
             Err(Rejected::WrongRelay.into())
         );
         let other_hash = receipt(
@@ -1111,7 +1159,7 @@ mod tests {
             7,
         );
         assert_eq!(
-            m.handle_receipt(t(1), &other_hash, &pk),
+            m.handle_receipt(&RustCrypto, t(1), &other_hash, &pk),
             Ok(ReceiptOutcome::NoSuchBlock)
         );
         assert_eq!(m.outbox_len(), 1);
@@ -1154,18 +1202,31 @@ mod tests {
             ..cfg()
         });
         assert_eq!(m.confirmed_through(), None);
-        m.handle_frame(t(0), &[1; 40], 10).expect("room");
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], 10)
+            .expect("room");
         let a = one_frame_block(&mut m, 11);
-        m.handle_frame(t(0), &[1; 40], 12).expect("room");
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], 12)
+            .expect("room");
         let b = one_frame_block(&mut m, 13);
-        m.handle_frame(t(0), &[1; 40], 14).expect("room");
+        m.handle_frame(&RustCrypto, t(0), &[1; 40], 14)
+            .expect("room");
         assert_eq!(m.confirmed_through(), Some(9));
         let pk = server().verifying_key();
-        m.handle_receipt(t(0), &receipt(ReceiptStatus::Stored, &b, 7), &pk)
-            .expect("ok");
+        m.handle_receipt(
+            &RustCrypto,
+            t(0),
+            &receipt(ReceiptStatus::Stored, &b, 7),
+            &pk,
+        )
+        .expect("ok");
         assert_eq!(m.confirmed_through(), Some(9), "block a still waits");
-        m.handle_receipt(t(0), &receipt(ReceiptStatus::Stored, &a, 7), &pk)
-            .expect("ok");
+        m.handle_receipt(
+            &RustCrypto,
+            t(0),
+            &receipt(ReceiptStatus::Stored, &a, 7),
+            &pk,
+        )
+        .expect("ok");
         assert_eq!(
             m.confirmed_through(),
             Some(13),

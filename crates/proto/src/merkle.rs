@@ -5,27 +5,28 @@
 //!
 //! [`RootBuilder`] computes a root in one pass without allocation (a stack of
 //! at most 64 perfect subtrees); [`inclusion_proof`] and [`verify_inclusion`]
-//! produce and check audit paths.
+//! produce and check audit paths. Every hash runs on the caller's
+//! [`CryptoProvider`].
 
-use crate::crypto::sha256;
+use crate::crypto::CryptoProvider;
 use crate::{Error, Hash, Misuse};
 
 /// Longest audit path: trees have fewer than 2^64 leaves.
 pub const MAX_PROOF_LEN: usize = 64;
 
 /// `SHA-256(0x00 ‖ data)`.
-pub fn leaf_hash(data: &[u8]) -> Hash {
-    sha256(&[&[0x00], data])
+pub fn leaf_hash<C: CryptoProvider>(provider: &C, data: &[u8]) -> Hash {
+    provider.sha256(&[&[0x00], data])
 }
 
 /// `SHA-256(0x01 ‖ left ‖ right)`.
-pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    sha256(&[&[0x01], left, right])
+pub fn node_hash<C: CryptoProvider>(provider: &C, left: &Hash, right: &Hash) -> Hash {
+    provider.sha256(&[&[0x01], left, right])
 }
 
 /// Root of the empty tree, `SHA-256("")`.
-pub fn empty_root() -> Hash {
-    sha256(&[])
+pub fn empty_root<C: CryptoProvider>(provider: &C) -> Hash {
+    provider.sha256(&[])
 }
 
 /// Computes a Merkle root from leaves pushed one at a time, without allocation.
@@ -66,17 +67,17 @@ impl RootBuilder {
     }
 
     /// Adds a leaf's data.
-    pub fn push_leaf(&mut self, data: &[u8]) {
-        self.push_leaf_hash(leaf_hash(data));
+    pub fn push_leaf<C: CryptoProvider>(&mut self, provider: &C, data: &[u8]) {
+        self.push_leaf_hash(provider, leaf_hash(provider, data));
     }
 
     /// Adds an already hashed leaf.
-    pub fn push_leaf_hash(&mut self, mut h: Hash) {
+    pub fn push_leaf_hash<C: CryptoProvider>(&mut self, provider: &C, mut h: Hash) {
         let mut level = 0u8;
         // Merge equal-height subtrees, as binary addition carries.
         while self.depth > 0 && self.levels[self.depth - 1] == level {
             self.depth -= 1;
-            h = node_hash(&self.stack[self.depth], &h);
+            h = node_hash(provider, &self.stack[self.depth], &h);
             level += 1;
         }
         // 2^64 leaves cannot be pushed, so the stack never overflows.
@@ -92,27 +93,27 @@ impl RootBuilder {
     }
 
     /// The root over the leaves pushed so far.
-    pub fn root(&self) -> Hash {
+    pub fn root<C: CryptoProvider>(&self, provider: &C) -> Hash {
         if self.depth == 0 {
-            return empty_root();
+            return empty_root(provider);
         }
         // RFC 9162 splits at the largest power of two: fold the smaller subtrees
         // from the right into the larger ones on their left.
         let mut acc = self.stack[self.depth - 1];
         for i in (0..self.depth - 1).rev() {
-            acc = node_hash(&self.stack[i], &acc);
+            acc = node_hash(provider, &self.stack[i], &acc);
         }
         acc
     }
 }
 
 /// Root over already hashed leaves.
-pub fn root_of_hashes(leaves: &[Hash]) -> Hash {
+pub fn root_of_hashes<C: CryptoProvider>(provider: &C, leaves: &[Hash]) -> Hash {
     let mut b = RootBuilder::new();
     for l in leaves {
-        b.push_leaf_hash(*l);
+        b.push_leaf_hash(provider, *l);
     }
-    b.root()
+    b.root(provider)
 }
 
 /// Largest power of two strictly smaller than `n` (`n ≥ 2`).
@@ -127,7 +128,12 @@ fn split_point(n: usize) -> usize {
 
 /// Writes the audit path of leaf `index` among `leaves` into `out` (deepest
 /// sibling first, as RFC 9162 orders it) and returns its length.
-pub fn inclusion_proof(leaves: &[Hash], index: usize, out: &mut [Hash]) -> Result<usize, Error> {
+pub fn inclusion_proof<C: CryptoProvider>(
+    provider: &C,
+    leaves: &[Hash],
+    index: usize,
+    out: &mut [Hash],
+) -> Result<usize, Error> {
     if index >= leaves.len() {
         return Err(Misuse::InvalidArgument.into());
     }
@@ -150,10 +156,10 @@ pub fn inclusion_proof(leaves: &[Hash], index: usize, out: &mut [Hash]) -> Resul
         let k = split_point(hi - lo);
         pos -= 1;
         if m < k {
-            out[pos] = root_of_hashes(&leaves[lo + k..hi]);
+            out[pos] = root_of_hashes(provider, &leaves[lo + k..hi]);
             hi = lo + k;
         } else {
-            out[pos] = root_of_hashes(&leaves[lo..lo + k]);
+            out[pos] = root_of_hashes(provider, &leaves[lo..lo + k]);
             lo += k;
             m -= k;
         }
@@ -163,7 +169,8 @@ pub fn inclusion_proof(leaves: &[Hash], index: usize, out: &mut [Hash]) -> Resul
 
 /// Checks that `leaf` sits at `index` of a tree of `tree_size` leaves with `root`
 /// (RFC 9162 section 2.1.3.2).
-pub fn verify_inclusion(
+pub fn verify_inclusion<C: CryptoProvider>(
+    provider: &C,
     leaf: &Hash,
     index: u64,
     tree_size: u64,
@@ -180,13 +187,13 @@ pub fn verify_inclusion(
             return false;
         }
         if fnode & 1 == 1 || fnode == snode {
-            r = node_hash(p, &r);
+            r = node_hash(provider, p, &r);
             while fnode & 1 == 0 && fnode != 0 {
                 fnode >>= 1;
                 snode >>= 1;
             }
         } else {
-            r = node_hash(&r, p);
+            r = node_hash(provider, &r, p);
         }
         fnode >>= 1;
         snode >>= 1;
@@ -194,18 +201,25 @@ pub fn verify_inclusion(
     snode == 0 && crate::crypto::ct_eq(&r, root)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "rustcrypto"))]
 mod tests {
     use super::*;
+    use crate::crypto::RustCrypto;
+
+    const P: RustCrypto = RustCrypto;
 
     /// The RFC's recursive definition, as the reference.
     fn reference_root(leaves: &[Hash]) -> Hash {
         match leaves.len() {
-            0 => empty_root(),
+            0 => empty_root(&P),
             1 => leaves[0],
             n => {
                 let k = split_point(n);
-                node_hash(&reference_root(&leaves[..k]), &reference_root(&leaves[k..]))
+                node_hash(
+                    &P,
+                    &reference_root(&leaves[..k]),
+                    &reference_root(&leaves[k..]),
+                )
             }
         }
     }
@@ -213,7 +227,7 @@ mod tests {
     fn leaves(n: usize) -> [Hash; 70] {
         let mut out = [[0u8; 32]; 70];
         for (i, l) in out.iter_mut().enumerate().take(n) {
-            *l = leaf_hash(&[i as u8]);
+            *l = leaf_hash(&P, &[i as u8]);
         }
         out
     }
@@ -222,7 +236,11 @@ mod tests {
     fn streaming_root_matches_the_recursive_definition_for_every_size() {
         for n in 0..70 {
             let l = leaves(n);
-            assert_eq!(root_of_hashes(&l[..n]), reference_root(&l[..n]), "n = {n}");
+            assert_eq!(
+                root_of_hashes(&P, &l[..n]),
+                reference_root(&l[..n]),
+                "n = {n}"
+            );
         }
     }
 
@@ -230,17 +248,18 @@ mod tests {
     fn every_inclusion_proof_verifies_and_a_wrong_index_does_not() {
         for n in 1..40 {
             let l = leaves(n);
-            let root = root_of_hashes(&l[..n]);
+            let root = root_of_hashes(&P, &l[..n]);
             for i in 0..n {
                 let mut path = [[0u8; 32]; MAX_PROOF_LEN];
-                let len = inclusion_proof(&l[..n], i, &mut path).unwrap();
+                let len = inclusion_proof(&P, &l[..n], i, &mut path).unwrap();
                 assert!(
-                    verify_inclusion(&l[i], i as u64, n as u64, &path[..len], &root),
+                    verify_inclusion(&P, &l[i], i as u64, n as u64, &path[..len], &root),
                     "n={n} i={i}"
                 );
                 if n > 1 {
                     let j = (i + 1) % n;
                     assert!(!verify_inclusion(
+                        &P,
                         &l[i],
                         j as u64,
                         n as u64,
@@ -248,8 +267,9 @@ mod tests {
                         &root
                     ));
                 }
-                let other_root = node_hash(&root, &root);
+                let other_root = node_hash(&P, &root, &root);
                 assert!(!verify_inclusion(
+                    &P,
                     &l[i],
                     i as u64,
                     n as u64,
@@ -264,7 +284,7 @@ mod tests {
     fn proof_for_out_of_range_index_is_misuse() {
         let l = leaves(3);
         let mut path = [[0u8; 32]; 4];
-        assert!(inclusion_proof(&l[..3], 3, &mut path).is_err());
-        assert!(!verify_inclusion(&l[0], 3, 3, &[], &l[0]));
+        assert!(inclusion_proof(&P, &l[..3], 3, &mut path).is_err());
+        assert!(!verify_inclusion(&P, &l[0], 3, 3, &[], &l[0]));
     }
 }

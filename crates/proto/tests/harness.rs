@@ -70,7 +70,7 @@ fn run(
             Sender::new(
                 RustCrypto,
                 cfg,
-                &derive_meter_secret(&SITE, 1, m as u32 + 1),
+                &derive_meter_secret(&RustCrypto, &SITE, 1, m as u32 + 1),
                 1,
                 0,
             )
@@ -84,7 +84,7 @@ fn run(
             .insert(MeterEntry::new(
                 id,
                 None,
-                HopKeys::new(1, &derive_meter_secret(&SITE, 1, id).hop),
+                HopKeys::new(1, &derive_meter_secret(&RustCrypto, &SITE, 1, id).hop),
             ))
             .expect("room");
     }
@@ -155,7 +155,7 @@ fn run(
                         let keys = MeterKeys::new(
                             &RustCrypto,
                             1,
-                            &derive_meter_secret(&SITE, 1, info.meter_id),
+                            &derive_meter_secret(&RustCrypto, &SITE, 1, info.meter_id),
                         );
                         let packet = UplinkPacket::new_checked(&frame[..]).expect("accepted");
                         let mut scratch = [0u8; MAX_BODY_LEN];

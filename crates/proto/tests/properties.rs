@@ -91,9 +91,9 @@ fn build_block(frames: &[Vec<u8>], difficulty: u8) -> Vec<u8> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut b = BlockBuilder::new(&mut buf).expect("buffer");
     for f in frames {
-        b.push_leaf(f).expect("room");
+        b.push_leaf(&RustCrypto, f).expect("room");
     }
-    let mut hd = b.header(9, 4, [3; 32], 1_700_000_000_000, difficulty);
+    let mut hd = b.header(&RustCrypto, 9, 4, [3; 32], 1_700_000_000_000, difficulty);
     let mut s = PowSolver::new(&RustCrypto, &hd, 0, 1);
     hd.nonce = loop {
         if let Some(n) = s.solve_for(&RustCrypto, 1 << 16) {
@@ -203,7 +203,7 @@ proptest! {
         let _ = AckPacket::new_checked(&bytes[..]).map(|p| p.verify(&RustCrypto, &[0; 16]));
         let _ = BlockHeaderRepr::parse(&bytes);
         let _ = BlockPacket::new_checked(&bytes[..]).map(|p| p.leaves().count());
-        let _ = ReceiptRepr::parse_verified(&bytes, &SigningKey::from_bytes(&[1; 32]).verifying_key());
+        let _ = ReceiptRepr::parse_verified(&RustCrypto, &bytes, &SigningKey::from_bytes(&[1; 32]).verifying_key());
         let _ = SerialRepr::parse(&bytes);
         let mut d = SerialDecoder::new();
         for &b in &bytes {
@@ -253,14 +253,14 @@ proptest! {
 
     #[test]
     fn inclusion_proofs_verify_for_any_tree(n in 1usize..200, pick: prop::sample::Index) {
-        let leaves: Vec<[u8; 32]> = (0..n).map(|i| leaf_hash(&(i as u32).to_le_bytes())).collect();
-        let root = root_of_hashes(&leaves);
+        let leaves: Vec<[u8; 32]> = (0..n).map(|i| leaf_hash(&RustCrypto, &(i as u32).to_le_bytes())).collect();
+        let root = root_of_hashes(&RustCrypto, &leaves);
         let i = pick.index(n);
         let mut path = [[0u8; 32]; MAX_PROOF_LEN];
-        let len = inclusion_proof(&leaves, i, &mut path).expect("proof");
-        prop_assert!(verify_inclusion(&leaves[i], i as u64, n as u64, &path[..len], &root));
-        let wrong = leaf_hash(b"not in the tree");
-        prop_assert!(!verify_inclusion(&wrong, i as u64, n as u64, &path[..len], &root));
+        let len = inclusion_proof(&RustCrypto, &leaves, i, &mut path).expect("proof");
+        prop_assert!(verify_inclusion(&RustCrypto, &leaves[i], i as u64, n as u64, &path[..len], &root));
+        let wrong = leaf_hash(&RustCrypto, b"not in the tree");
+        prop_assert!(!verify_inclusion(&RustCrypto, &wrong, i as u64, n as u64, &path[..len], &root));
     }
 }
 
@@ -448,12 +448,15 @@ fn chain_links_check_height_and_previous_hash() {
     assert_eq!(check_link(&genesis, None), Ok(()));
     let next = BlockHeaderRepr {
         height: 1,
-        prev_hash: genesis.hash(),
+        prev_hash: genesis.hash(&RustCrypto),
         ..genesis
     };
-    assert_eq!(check_link(&next, Some((0, &genesis.hash()))), Ok(()));
     assert_eq!(
-        check_link(&next, Some((1, &genesis.hash()))),
+        check_link(&next, Some((0, &genesis.hash(&RustCrypto)))),
+        Ok(())
+    );
+    assert_eq!(
+        check_link(&next, Some((1, &genesis.hash(&RustCrypto)))),
         Err(Rejected::HeightMismatch)
     );
     assert_eq!(

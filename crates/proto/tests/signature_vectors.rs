@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use gridpow_proto::crypto::{CryptoProvider, RustCrypto};
 use gridpow_proto::wire::block::signing_message;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha512};
@@ -67,11 +68,10 @@ fn add_le(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
     out
 }
 
-/// gridpow's verdict: what the core's verifiers (blocks, receipts) do.
+/// gridpow's verdict: what the core's verifiers (blocks, receipts) do, on
+/// the crypto provider.
 fn strict(a: &[u8; 32], sig: &[u8; 64], msg: &[u8]) -> bool {
-    VerifyingKey::from_bytes(a)
-        .and_then(|k| k.verify_strict(msg, &Signature::from_bytes(sig)))
-        .is_ok()
+    VerifyingKey::from_bytes(a).is_ok_and(|k| RustCrypto.ed25519_verify(&k, msg, sig))
 }
 
 /// A permissive verifier (RFC 8032 cofactorless equation, no small-order or

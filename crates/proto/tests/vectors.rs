@@ -145,7 +145,7 @@ const METER_ID: u32 = 4242;
 const KEY_ID: u8 = 1;
 
 fn meter_secret() -> MeterSecret {
-    derive_meter_secret(&site(), KEY_ID, METER_ID)
+    derive_meter_secret(&RustCrypto, &site(), KEY_ID, METER_ID)
 }
 
 /// Meter 4242's frame number `counter` of epoch 7, sealed by the reference
@@ -374,7 +374,7 @@ fn block_header_and_pow_vectors_match() {
         }
     };
     hd.nonce = nonce;
-    let hash = hd.hash();
+    let hash = hd.hash(&RustCrypto);
     assert!(leading_zero_bits(&hash) >= 16);
     check(
         "block_header.json",
@@ -383,7 +383,7 @@ fn block_header_and_pow_vectors_match() {
             "difficulty": hd.difficulty, "relay_id": hd.relay_id, "height": hd.height,
             "prev_hash": h(&hd.prev_hash), "merkle_root": h(&hd.merkle_root), "leaf_count": hd.leaf_count,
             "time_ms": hd.time_ms,
-            "unsolved_header": h(&unsolved), "unsolved_hash": h(&BlockHeaderRepr { nonce: 0, ..hd }.hash()),
+            "unsolved_header": h(&unsolved), "unsolved_hash": h(&BlockHeaderRepr { nonce: 0, ..hd }.hash(&RustCrypto)),
             "pow_nonce": nonce, "solved_header": h(&hd.to_bytes()), "solved_hash": h(&hash),
             "leading_zero_bits": leading_zero_bits(&hash), "tries": solver.tries(),
         }),
@@ -395,12 +395,13 @@ fn merkle_vectors_match_and_proofs_verify() {
     let mut cases = Vec::new();
     for n in [1usize, 2, 3, 7, 64] {
         let data: Vec<Vec<u8>> = (0..n).map(|i| format!("leaf-{i}").into_bytes()).collect();
-        let hashes: Vec<[u8; 32]> = data.iter().map(|d| leaf_hash(d)).collect();
-        let root = root_of_hashes(&hashes);
+        let hashes: Vec<[u8; 32]> = data.iter().map(|d| leaf_hash(&RustCrypto, d)).collect();
+        let root = root_of_hashes(&RustCrypto, &hashes);
         let index = n / 2;
         let mut path = [[0u8; 32]; MAX_PROOF_LEN];
-        let len = inclusion_proof(&hashes, index, &mut path).expect("proof");
+        let len = inclusion_proof(&RustCrypto, &hashes, index, &mut path).expect("proof");
         assert!(verify_inclusion(
+            &RustCrypto,
             &hashes[index],
             index as u64,
             n as u64,
@@ -444,9 +445,9 @@ pub fn signed_block() -> (Vec<u8>, BlockHeaderRepr, Vec<Vec<u8>>) {
     let mut buf = vec![0u8; 4096];
     let mut b = BlockBuilder::new(&mut buf).expect("buffer");
     for f in &frames {
-        b.push_leaf(f).expect("room");
+        b.push_leaf(&RustCrypto, f).expect("room");
     }
-    let mut hd = b.header(3, 0, [0; 32], GENESIS_TIME_MS, 8);
+    let mut hd = b.header(&RustCrypto, 3, 0, [0; 32], GENESIS_TIME_MS, 8);
     let mut solver = PowSolver::new(&RustCrypto, &hd, 0, 1);
     hd.nonce = loop {
         if let Some(n) = solver.solve_for(&RustCrypto, 1 << 16) {
@@ -499,9 +500,9 @@ fn receipt_and_serial_vectors_match() {
         server_id: 1,
         time_ms: 1_767_225_650_000,
     };
-    let bytes = r.to_signed_bytes(&server);
+    let bytes = r.to_signed_bytes(&RustCrypto, &server);
     assert_eq!(
-        ReceiptRepr::parse_verified(&bytes, &server.verifying_key()),
+        ReceiptRepr::parse_verified(&RustCrypto, &bytes, &server.verifying_key()),
         Ok(r)
     );
     // The same block refused for good (§10, status 3).
@@ -509,9 +510,9 @@ fn receipt_and_serial_vectors_match() {
         status: ReceiptStatus::Refused,
         ..r
     };
-    let refused_bytes = refused.to_signed_bytes(&server);
+    let refused_bytes = refused.to_signed_bytes(&RustCrypto, &server);
     assert_eq!(
-        ReceiptRepr::parse_verified(&refused_bytes, &server.verifying_key()),
+        ReceiptRepr::parse_verified(&RustCrypto, &refused_bytes, &server.verifying_key()),
         Ok(refused)
     );
     let data = [0u8, 1, 2, 0, 250];
@@ -598,7 +599,7 @@ fn raw_header(
 /// breaks a §4 rule but whose tags verify, so that only the rule catches it.
 fn seal_raw(header: [u8; 20], plaintext: &[u8]) -> Vec<u8> {
     let meter_id = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    let secret = derive_meter_secret(&site(), header[2], meter_id);
+    let secret = derive_meter_secret(&RustCrypto, &site(), header[2], meter_id);
     let keys = MeterKeys::new(&RustCrypto, header[2], &secret);
     let mut nonce = [0u8; 13];
     nonce[0] = 0x01;
@@ -663,7 +664,7 @@ impl Meter {
 fn assemble(mut hd: BlockHeaderRepr, key: &SigningKey, leaves: &[Vec<u8>], solve: bool) -> Vec<u8> {
     hd.nonce = (0u64..)
         .find(|&n| {
-            let work = leading_zero_bits(&BlockHeaderRepr { nonce: n, ..hd }.hash());
+            let work = leading_zero_bits(&BlockHeaderRepr { nonce: n, ..hd }.hash(&RustCrypto));
             (work >= hd.difficulty) == solve
         })
         .expect("a nonce");
@@ -687,13 +688,13 @@ fn block_of(
     leaves: &[Vec<u8>],
     solve: bool,
 ) -> Vec<u8> {
-    let hashes: Vec<[u8; 32]> = leaves.iter().map(|l| leaf_hash(l)).collect();
+    let hashes: Vec<[u8; 32]> = leaves.iter().map(|l| leaf_hash(&RustCrypto, l)).collect();
     let hd = BlockHeaderRepr {
         difficulty,
         relay_id,
         height: 1,
-        prev_hash: signed_block().1.hash(),
-        merkle_root: root_of_hashes(&hashes),
+        prev_hash: signed_block().1.hash(&RustCrypto),
+        merkle_root: root_of_hashes(&RustCrypto, &hashes),
         leaf_count: leaves.len() as u32,
         time_ms,
         nonce: 0,
@@ -871,7 +872,7 @@ fn block_cases() -> Vec<BlockCase> {
         Some(2),
     );
     let no_work = block_of(RELAY_ID, &key, 8, next_time(), &[m.frame(1)], false);
-    let actual = leading_zero_bits(&gridpow_proto::crypto::sha256(&[&no_work[..100]]));
+    let actual = leading_zero_bits(&RustCrypto.sha256(&[&no_work[..100]]));
     case(
         "claims difficulty 8, hash has fewer leading zero bits (signed)",
         no_work.clone(),
@@ -1186,7 +1187,7 @@ fn genuine_sealing(f: &[u8]) -> Option<(NonceId, Vec<u8>)> {
     let keys = MeterKeys::new(
         &RustCrypto,
         f[2],
-        &derive_meter_secret(&site(), f[2], meter_id),
+        &derive_meter_secret(&RustCrypto, &site(), f[2], meter_id),
     );
     let mut nonce = [0u8; 13];
     nonce[0] = 0x01;

@@ -25,7 +25,7 @@
 //! work), and runs:
 //!
 //! ```text
-//! let journal = Journal::<_, OUTBOX>::open(flash, RelayState::default())?;
+//! let journal = Journal::<_, OUTBOX>::open(&provider, flash, RelayState::default())?;
 //! let t = journal.tip(); // the chain tip, as the journal last wrote it
 //! let tip = ChainTip::from(t);
 //! let mut relay = StandaloneRelay::new(/* config, provider, meters, keys, */ tip, journal, storage)?;

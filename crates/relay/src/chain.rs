@@ -83,10 +83,11 @@ impl ChainLoop {
             self.save_sealed();
             self.feed(&mut flush);
             if job.is_none() {
-                let header = self
-                    .lifecycle
-                    .lock()
-                    .poll_job(proto_now(), gridpow_common::wall_ms());
+                let header = self.lifecycle.lock().poll_job(
+                    &RustCrypto,
+                    proto_now(),
+                    gridpow_common::wall_ms(),
+                );
                 if let Some(h) = header {
                     tracing::debug!(height = h.height, leaves = h.leaf_count, "solving block");
                     job = Some(Job {
@@ -114,10 +115,10 @@ impl ChainLoop {
         let mut lc = self.lifecycle.lock();
         let now = proto_now();
         while let Some(f) = self.backlog.front() {
-            if !lc.admits(f.frame.len(), gridpow_common::wall_ms()) {
+            if !lc.admits(&RustCrypto, f.frame.len(), gridpow_common::wall_ms()) {
                 break;
             }
-            if let Err(e) = lc.handle_frame(now, &f.frame, f.jsn) {
+            if let Err(e) = lc.handle_frame(&RustCrypto, now, &f.frame, f.jsn) {
                 // Admitted frames fit; a refusal here is a frame the core
                 // cannot carry at all (never produced by the ingress).
                 tracing::error!(error = %e, jsn = f.jsn, "frame not batched; skipped");

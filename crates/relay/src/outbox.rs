@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::wire::BlockPacket;
 use gridpow_proto::Hash;
 
@@ -129,7 +130,7 @@ fn decode_block_file(data: &[u8]) -> Option<(u64, u64, u64, Hash, &[u8])> {
         return None;
     }
     let packet = BlockPacket::new_checked(block).ok()?;
-    (packet.header().hash() == hash && packet.header().height == height)
+    (packet.header().hash(&RustCrypto) == hash && packet.header().height == height)
         .then_some((height, first, last, hash, block))
 }
 
@@ -243,7 +244,7 @@ impl Outbox {
         if header.height != head.next_height || header.prev_hash != head.head_hash {
             return Err(corrupt(&self.dir, "block does not extend the chain head"));
         }
-        let hash = header.hash();
+        let hash = header.hash(&RustCrypto);
         let path = self.dir.join(format!("{:020}.blk", header.height));
         fsutil::write_atomic(
             &path,
@@ -339,8 +340,9 @@ mod tests {
     fn block(height: u64, prev: Hash) -> Vec<u8> {
         let mut buf = vec![0u8; 1024];
         let mut b = BlockBuilder::new(&mut buf).unwrap();
-        b.push_leaf(&[1, 1, 0, 0, height as u8]).unwrap();
-        let mut h = b.header(1, height, prev, 1_700_000_000_000, 4);
+        b.push_leaf(&RustCrypto, &[1, 1, 0, 0, height as u8])
+            .unwrap();
+        let mut h = b.header(&RustCrypto, 1, height, prev, 1_700_000_000_000, 4);
         solve_blocking(&mut h);
         let n = b.finish(&h, &SigningKey::from_bytes(&[3; 32])).unwrap();
         buf.truncate(n);

@@ -273,7 +273,7 @@ mod tests {
         };
         pool.finish(job);
         header.nonce = nonce;
-        assert!(leading_zero_bits(&header.hash()) >= 14);
+        assert!(leading_zero_bits(&header.hash(&RustCrypto)) >= 14);
         assert!(tries > 0);
         pool.shutdown();
     }

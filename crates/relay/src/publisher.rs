@@ -23,6 +23,7 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use ed25519_dalek::VerifyingKey;
 use gridpow_common::topics;
+use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::lifecycle::ReceiptOutcome;
 use gridpow_proto::wire::ReceiptRepr;
 use rumqttc::{
@@ -182,7 +183,7 @@ async fn network_task(
                 if p.topic != receipts_topic {
                     continue;
                 }
-                match ReceiptRepr::parse_verified(&p.payload, &server_key) {
+                match ReceiptRepr::parse_verified(&RustCrypto, &p.payload, &server_key) {
                     Ok(r) if r.relay_id == relay_id => {
                         let _ = net_tx.send(NetEvent::Receipt(r));
                     }

@@ -130,13 +130,13 @@ async fn main() {
             };
             let mut out = [0u8; 250];
             let n = seal(&RustCrypto, &mkeys[m as usize], &h, tick, &[r], &mut out).unwrap();
-            b.push_leaf(&out[..n]).unwrap();
+            b.push_leaf(&RustCrypto, &out[..n]).unwrap();
         }
-        let mut header = b.header(1, u64::from(tick), prev, now, 12);
+        let mut header = b.header(&RustCrypto, 1, u64::from(tick), prev, now, 12);
         solve_blocking(&mut header);
         let len = b.finish(&header, &relay_key).unwrap();
         buf.truncate(len);
-        prev = header.hash();
+        prev = header.hash(&RustCrypto);
         let publish =
             |bytes: Vec<u8>| client.publish(topics::blocks(1), QoS::AtLeastOnce, false, bytes);
         match tick {

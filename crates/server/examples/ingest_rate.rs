@@ -198,15 +198,15 @@ fn main() {
             };
             let mut out = [0u8; 250];
             let n = seal(&RustCrypto, &meter_keys[m], &h, first, &rs, &mut out).unwrap();
-            b.push_leaf(&out[..n]).unwrap();
+            b.push_leaf(&RustCrypto, &out[..n]).unwrap();
             next_seq[m] += per_frame;
             counter[m] += 1;
         }
-        let mut header = b.header(1, height, prev, t0 + height * 1000, 8);
+        let mut header = b.header(&RustCrypto, 1, height, prev, t0 + height * 1000, 8);
         solve_blocking(&mut header);
         let len = b.finish(&header, &relay_key).unwrap();
         buf.truncate(len);
-        prev = header.hash();
+        prev = header.hash(&RustCrypto);
         payloads.push(buf);
     }
     let total = (blocks * frames_per_block) as u64 * u64::from(per_frame);

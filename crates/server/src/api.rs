@@ -21,6 +21,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use gridpow_keys::KeyDir;
+use gridpow_proto::crypto::{CryptoProvider, RustCrypto};
 use gridpow_proto::merkle::{inclusion_proof, leaf_hash, verify_inclusion, MAX_PROOF_LEN};
 use gridpow_proto::wire::block::signing_message;
 use gridpow_proto::wire::BlockPacket;
@@ -883,7 +884,7 @@ async fn proof(
         ApiError::Internal(format!("stored block {} does not parse: {e}", block.id))
     })?;
     let header = *packet.header();
-    let hashes: Vec<_> = packet.leaves().map(leaf_hash).collect();
+    let hashes: Vec<_> = packet.leaves().map(|l| leaf_hash(&RustCrypto, l)).collect();
     let index = reading.leaf as usize;
     let frame = packet.leaves().nth(index).ok_or_else(|| {
         ApiError::Internal(format!(
@@ -892,15 +893,16 @@ async fn proof(
         ))
     })?;
     let mut path = [[0u8; 32]; MAX_PROOF_LEN];
-    let len = inclusion_proof(&hashes, index, &mut path)
+    let len = inclusion_proof(&RustCrypto, &hashes, index, &mut path)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let verified = verify_inclusion(
+        &RustCrypto,
         &hashes[index],
         index as u64,
         hashes.len() as u64,
         &path[..len],
         &header.merkle_root,
-    ) && header.hash() == block.hash;
+    ) && header.hash(&RustCrypto) == block.hash;
     let keys = s.keys.clone();
     let relay_id = header.relay_id;
     let relay_key =
@@ -908,11 +910,9 @@ async fn proof(
             .await
             .ok()
             .flatten();
-    let sig = ed25519_dalek::Signature::from_bytes(&packet.signature());
-    let signature_verified = relay_key.is_some_and(|k| {
-        k.verify_strict(&signing_message(&header.hash()), &sig)
-            .is_ok()
-    });
+    let message = signing_message(&header.hash(&RustCrypto));
+    let signature_verified =
+        relay_key.is_some_and(|k| RustCrypto.ed25519_verify(&k, &message, &packet.signature()));
     Ok(Json(Proof {
         reading,
         relay_id: block.relay_id,

@@ -30,7 +30,7 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Extension;
 use gridpow_common::config::{parse_toml, ConfigError};
-use gridpow_proto::crypto::{ct_eq, sha256};
+use gridpow_proto::crypto::{ct_eq, CryptoProvider, RustCrypto};
 use serde::{Deserialize, Serialize};
 
 use crate::hosts::HostPattern;
@@ -156,7 +156,7 @@ pub fn new_token() -> String {
 
 /// The SHA-256 a token is stored as.
 pub fn token_hash(token: &str) -> [u8; 32] {
-    sha256(&[token.as_bytes()])
+    RustCrypto.sha256(&[token.as_bytes()])
 }
 
 impl TokenFile {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use gridpow_common::topics;
+use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::wire::ReceiptRepr;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
@@ -521,14 +522,15 @@ fn signed_receipt(
         height: h.height,
         block_hash: match item {
             Ingest::Block { block, .. } => block.hash,
-            Ingest::Quarantine(_) => h.hash(),
+            Ingest::Quarantine(_) => h.hash(&RustCrypto),
         },
         server_id: settings.server_id,
         time_ms: gridpow_common::wall_ms(),
     };
     Some((
         topics::receipts(h.relay_id),
-        repr.to_signed_bytes(&settings.signing_key).to_vec(),
+        repr.to_signed_bytes(&RustCrypto, &settings.signing_key)
+            .to_vec(),
     ))
 }
 

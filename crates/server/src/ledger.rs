@@ -31,6 +31,7 @@ use std::fmt;
 
 use gridpow_keys::{KeyDir, KeyError};
 use gridpow_proto::block::check_link;
+use gridpow_proto::crypto::{CryptoProvider, RustCrypto};
 use gridpow_proto::wire::block::{signing_message, HEADER_LEN, SIGNATURE_LEN};
 use gridpow_proto::wire::{BlockHeaderRepr, BlockPacket};
 use gridpow_proto::{Hash, Malformed, Rejected};
@@ -338,11 +339,8 @@ fn fork_evidence(store: &mut dyn ReadStore, keys: &Keyring) -> Result<Vec<RelayF
         let Some(key) = keys.relay_key(header.relay_id) else {
             continue;
         };
-        let sig = ed25519_dalek::Signature::from_bytes(&sig);
-        if key
-            .verify_strict(&signing_message(&header.hash()), &sig)
-            .is_ok()
-        {
+        let message = signing_message(&header.hash(&RustCrypto));
+        if RustCrypto.ed25519_verify(key, &message, &sig) {
             by_relay
                 .entry(header.relay_id)
                 .or_default()
@@ -515,7 +513,7 @@ impl Checker {
             )
         })?;
         let header = *packet.header();
-        let hash = header.hash();
+        let hash = header.hash(&RustCrypto);
         let named = named.unwrap_or(header.relay_id);
         let fail = |f: BlockFault| Box::new((f, named, header.height, hash));
         if self.keys.relay_key(header.relay_id).is_none() {
@@ -751,7 +749,7 @@ fn header_columns(relay: i64, b: &LedgerBlock, header: &BlockHeaderRepr) -> Resu
     let expected = [
         Cell::Int(i64::from(header.relay_id)),
         Cell::Int(header.height as i64),
-        Cell::Bytes(header.hash().to_vec()),
+        Cell::Bytes(header.hash(&RustCrypto).to_vec()),
         Cell::Bytes(header.prev_hash.to_vec()),
         Cell::Bytes(header.merkle_root.to_vec()),
         Cell::Int(i64::from(header.difficulty)),

@@ -66,7 +66,7 @@ fn frame(
     seqs: std::ops::Range<u32>,
     bumped: &[u32],
 ) -> Vec<u8> {
-    let secret = derive_meter_secret(&SiteSecret(SITE_SECRET), KEY_ID, meter);
+    let secret = derive_meter_secret(&RustCrypto, &SiteSecret(SITE_SECRET), KEY_ID, meter);
     let keys = MeterKeys::new(&RustCrypto, KEY_ID, &secret);
     let header = UplinkHeader {
         key_id: KEY_ID,
@@ -88,9 +88,10 @@ fn block(relay: u32, height: u64, prev: Hash, frames: &[Vec<u8>]) -> (Vec<u8>, H
     let mut buf = vec![0u8; 1 << 14];
     let mut b = BlockBuilder::new(&mut buf).unwrap();
     for f in frames {
-        b.push_leaf(f).unwrap();
+        b.push_leaf(&RustCrypto, f).unwrap();
     }
     let mut header: BlockHeaderRepr = b.header(
+        &RustCrypto,
         relay,
         height,
         prev,
@@ -100,7 +101,7 @@ fn block(relay: u32, height: u64, prev: Hash, frames: &[Vec<u8>]) -> (Vec<u8>, H
     solve_blocking(&mut header);
     let len = b.finish(&header, &relay_key(relay)).unwrap();
     buf.truncate(len);
-    (buf, header.hash())
+    (buf, header.hash(&RustCrypto))
 }
 
 /// One step: a name, the block, and the verdict.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{http_get, json, publish, relay_client, wait_until, Heard, Site};
 use gridpow_common::topics;
-use gridpow_proto::crypto::RustCrypto;
+use gridpow_proto::crypto::{CryptoProvider, RustCrypto};
 use gridpow_proto::pow::check_work;
 use gridpow_proto::wire::uplink::write_hop_tag;
 use gridpow_proto::wire::{ReceiptRepr, ReceiptStatus};
@@ -58,7 +58,7 @@ async fn receipts(site: &Site, rx: &mut UnboundedReceiver<Heard>, n: usize) -> V
             .unwrap_or_else(|_| panic!("only {} of {n} receipts arrived: {out:?}", out.len()));
         if let Some(Heard::Receipt(bytes)) = got {
             out.push(
-                ReceiptRepr::parse_verified(&bytes, &key)
+                ReceiptRepr::parse_verified(&RustCrypto, &bytes, &key)
                     .expect("receipt signed by the server key"),
             );
         }
@@ -391,7 +391,7 @@ async fn refused_payloads_land_in_quarantine_with_their_reason_and_nothing_crash
     loop {
         let n = u64::from_le_bytes(unsolved[92..100].try_into().unwrap()) + 1;
         unsolved[92..100].copy_from_slice(&n.to_le_bytes());
-        if check_work(&gridpow_proto::crypto::sha256(&[&unsolved[..100]]), 8).is_err() {
+        if check_work(&RustCrypto.sha256(&[&unsolved[..100]]), 8).is_err() {
             break;
         }
     }

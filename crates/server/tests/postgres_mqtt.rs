@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{http_get, json, publish, relay_client, wait_until, Heard, Site};
+use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::wire::{ReceiptRepr, ReceiptStatus};
 use gridpow_server::{verify_ledger, LedgerError, Server, ServerConfig, ServerHandle};
 use gridpow_store::postgres::PgConn;
@@ -151,7 +152,7 @@ async fn two_servers_on_postgres_store_shuffled_and_redelivered_blocks_once_and_
         while got.len() < want[r] {
             match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
                 Ok(Some(Heard::Receipt(bytes))) => {
-                    got.push(ReceiptRepr::parse_verified(&bytes, &key).unwrap())
+                    got.push(ReceiptRepr::parse_verified(&RustCrypto, &bytes, &key).unwrap())
                 }
                 Ok(Some(Heard::SubAck)) => {}
                 other => panic!(

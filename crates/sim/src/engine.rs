@@ -310,7 +310,7 @@ impl Simulation {
         let mut queue = EventQueue::with_capacity(n as usize + 64);
         let interval = cfg.interval_us as f64;
         for m in 0..n {
-            let secret = derive_meter_secret(&site, KEY_ID, m);
+            let secret = derive_meter_secret(&RustCrypto, &site, KEY_ID, m);
             let mut sc = SenderConfig::new(m, KEY_ID);
             sc.max_readings_per_frame = cfg.readings_per_frame();
             if cfg.scheme == Scheme::Seed {

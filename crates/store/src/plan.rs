@@ -1246,7 +1246,7 @@ mod tests {
         let g = block(1, 0, [0; 32], &[]);
         let mut other = block(1, 0, [0; 32], &[(7, 1, 0..1)]);
         other.header.nonce = 99;
-        other.hash = other.header.hash();
+        other.hash = other.header.hash(&gridpow_proto::crypto::RustCrypto);
         other.raw = vec![0xAB; 200];
         let mut mem = Mem::default().stored(&g, 1, true);
         let items = [ingest(&other)];

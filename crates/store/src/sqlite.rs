@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::wire::Reading;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
@@ -478,7 +479,7 @@ fn write_quarantine(tx: &Connection, plan: &Plan<'_>) -> Result<Vec<i64>, StoreE
             q.detail,
             h.map(|h| h.relay_id),
             h.map(|h| h.height as i64),
-            h.map(|h| h.hash().to_vec()),
+            h.map(|h| h.hash(&RustCrypto).to_vec()),
             k.raw(),
             q.raw.len() as i64,
             k.kept as i64,

@@ -1,6 +1,7 @@
 //! Store behaviour on synthetic verified blocks (the store trusts its input:
 //! verification is tested in `verify` and end to end in `tests/`).
 
+use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::wire::{BlockHeaderRepr, Reading};
 use gridpow_proto::Hash;
 
@@ -56,7 +57,7 @@ pub(crate) fn block(
         nonce: height,
     };
     VerifiedBlockData {
-        hash: header.hash(),
+        hash: header.hash(&RustCrypto),
         header,
         raw: header.to_bytes().to_vec(),
         readings,
@@ -474,7 +475,7 @@ fn second_block_at_the_same_height_is_quarantined_as_a_fork(s) {
     let b1 = block(2, 1, b0.hash, &[(1, 1, 2..4)]);
     let mut other = block(2, 1, b0.hash, &[(1, 1, 2..5)]);
     other.header.time_ms += 1;
-    other.hash = other.header.hash();
+    other.hash = other.header.hash(&RustCrypto);
     // A block naming a parent that is not the stored one is a fork too.
     let stranger = block(2, 2, [9; 32], &[(1, 1, 9..10)]);
     s.commit(&[ingest(&b0), ingest(&b1)], T0).unwrap();
@@ -915,7 +916,7 @@ fn fork_raises_a_critical_alert_naming_relay_and_height(s) {
     let b0 = block(6, 0, [0; 32], &[(1, 1, 0..2)]);
     let mut other = b0.clone();
     other.header.time_ms += 1;
-    other.hash = other.header.hash();
+    other.hash = other.header.hash(&RustCrypto);
     other.raw = other.header.to_bytes().to_vec();
     s.commit(&[ingest(&b0)], T0).unwrap();
     let r = s.commit(&[ingest(&other)], T0).unwrap();
@@ -1007,7 +1008,7 @@ fn quarantine_rows_past_retention_are_pruned_except_fork_evidence(s) {
     let b0 = block(8, 0, [0; 32], &[(1, 1, 0..2)]);
     let mut fork = b0.clone();
     fork.header.nonce += 1;
-    fork.hash = fork.header.hash();
+    fork.hash = fork.header.hash(&RustCrypto);
     s.commit(&[ingest(&b0)], T0).unwrap();
     let items = [
         refused(RejectKind::BadSignature, Some(1), vec![1; 10], T0),

@@ -115,7 +115,8 @@ impl Server {
 type Relay<'a> = StandaloneRelay<'a, RustCrypto, Journal<&'a mut Flash, 2>, 4>;
 
 fn open<'a>(flash: &'a mut Flash, blocks: &'a mut [u8], outbox: &'a mut [OutboxEntry]) -> Result<Relay<'a>, &'static str> {
-    let journal = Journal::<_, 2>::open(flash, RelayState::default()).map_err(|_| "journal open")?;
+    let journal = Journal::<_, 2>::open(&RustCrypto, flash, RelayState::default())
+        .map_err(|_| "journal open")?;
     let t = journal.tip();
     let meters = (1..=2).map(|id| RelayMeter {
         meter_id: id,
@@ -222,7 +223,8 @@ fn run(cut: Option<usize>) -> Result<(u32, usize), &'static str> {
                 let mut bytes = [0u8; 4096];
                 let n = relay.read_block(order.height, &mut bytes).ok_or("published block unreadable")?;
                 relay.handle_published(order.height, now);
-                let receipt = server.take(&relay_key, &bytes[..n])?.to_signed_bytes(&server_key);
+                let receipt =
+                    server.take(&relay_key, &bytes[..n])?.to_signed_bytes(&RustCrypto, &server_key);
                 relay.handle_receipt(now, &receipt).map_err(|_| "receipt refused")?;
                 if relay.stats().store_errors > 0 {
                     cuts += 1;

@@ -45,7 +45,7 @@ impl KeyLookup<RustCrypto> for Keys {
 fn frames_become_a_verified_block_and_only_a_stored_receipt_frees_it() -> Outcome {
     // The flash journal on a RAM flash of eight 4 KiB sectors.
     let mut flash = MemFlash::<{ 8 * 4096 }>::new();
-    let journal = check_ok!(Journal::<_, 2>::open(&mut flash, RelayState::default()));
+    let journal = check_ok!(Journal::<_, 2>::open(&RustCrypto, &mut flash, RelayState::default()));
     let mut blocks = [0u8; 2 * BLOCK];
     let mut outbox = [OutboxEntry::FREE; 2];
     let meters = (1..=2).map(|id| RelayMeter {
@@ -129,7 +129,7 @@ fn frames_become_a_verified_block_and_only_a_stored_receipt_frees_it() -> Outcom
             server_id: 1,
             time_ms: 5,
         }
-        .to_signed_bytes(&server)
+        .to_signed_bytes(&RustCrypto, &server)
     };
     let q = check_ok!(relay.handle_receipt(Instant::from_millis(10_002), &receipt(ReceiptStatus::Quarantined)));
     check!(matches!(q, ReceiptOutcome::Quarantined { height: 0, .. }), "{q:?}");
@@ -142,7 +142,7 @@ fn frames_become_a_verified_block_and_only_a_stored_receipt_frees_it() -> Outcom
         server_id: 1,
         time_ms: 5,
     }
-    .to_signed_bytes(&SigningKey::from_bytes(&[9; 32]));
+    .to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&[9; 32]));
     check!(relay.handle_receipt(Instant::from_millis(10_003), &forged).is_err(), "forged receipt taken");
     check_eq!(relay.outbox().count(), 1);
     let ok = check_ok!(relay.handle_receipt(Instant::from_millis(10_004), &receipt(ReceiptStatus::Stored)));

@@ -7,7 +7,7 @@ use core::fmt::{self, Write as _};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridpow_proto::block::{check_link, verify_block, BlockBuilder, KeyLookup, VerifyPolicy};
 use gridpow_proto::crypto::{
-    derive_meter_secret, MeterKeys, MeterSecret, RustCrypto, SiteSecret,
+    derive_meter_secret, CryptoProvider, MeterKeys, MeterSecret, RustCrypto, SiteSecret,
 };
 use gridpow_proto::merkle::{
     inclusion_proof, leaf_hash, root_of_hashes, verify_inclusion, RootBuilder, MAX_PROOF_LEN,
@@ -81,7 +81,8 @@ tests![
 ];
 
 fn meter_secret() -> MeterSecret {
-    derive_meter_secret(&SiteSecret(v::keys::SITE_SECRET), v::keys::KEY_ID, v::keys::METER_ID)
+    let site = SiteSecret(v::keys::SITE_SECRET);
+    derive_meter_secret(&RustCrypto, &site, v::keys::KEY_ID, v::keys::METER_ID)
 }
 
 fn meter_keys() -> MeterKeys<RustCrypto> {
@@ -283,18 +284,18 @@ fn vector_header(nonce: u64) -> BlockHeaderRepr {
 fn block_header_hash_and_pow_match() -> Outcome {
     let unsolved = vector_header(0);
     check_eq!(unsolved.to_bytes(), v::block_header::UNSOLVED_HEADER);
-    check_eq!(unsolved.hash(), v::block_header::UNSOLVED_HASH);
+    check_eq!(unsolved.hash(&RustCrypto), v::block_header::UNSOLVED_HASH);
     let solved = vector_header(v::block_header::POW_NONCE);
     check_eq!(solved.to_bytes(), v::block_header::SOLVED_HEADER);
     check_eq!(
         BlockHeaderRepr::parse(&v::block_header::SOLVED_HEADER),
         Ok(solved)
     );
-    let hash = solved.hash();
+    let hash = solved.hash(&RustCrypto);
     check_eq!(hash, v::block_header::SOLVED_HASH);
     check_eq!(leading_zero_bits(&hash), v::block_header::LEADING_ZERO_BITS);
     check_eq!(check_work(&hash, v::block_header::DIFFICULTY), Ok(()));
-    check!(check_work(&unsolved.hash(), v::block_header::DIFFICULTY).is_err());
+    check!(check_work(&unsolved.hash(&RustCrypto), v::block_header::DIFFICULTY).is_err());
     Ok(())
 }
 
@@ -322,20 +323,20 @@ fn merkle_roots_and_proofs_match() -> Outcome {
         let mut builder = RootBuilder::new();
         for (i, h) in hashes.iter_mut().enumerate().take(c.leaves) {
             let data = Text::of(format_args!("leaf-{i}"));
-            *h = leaf_hash(data.as_str().as_bytes());
-            builder.push_leaf(data.as_str().as_bytes());
+            *h = leaf_hash(&RustCrypto, data.as_str().as_bytes());
+            builder.push_leaf(&RustCrypto, data.as_str().as_bytes());
         }
         let hashes = &hashes[..c.leaves];
-        check_eq!(root_of_hashes(hashes), c.root, "root of {} leaves", c.leaves);
-        check_eq!(builder.root(), c.root, "streamed root of {} leaves", c.leaves);
+        check_eq!(root_of_hashes(&RustCrypto, hashes), c.root, "root of {} leaves", c.leaves);
+        check_eq!(builder.root(&RustCrypto), c.root, "streamed root of {} leaves", c.leaves);
         let mut path = [[0u8; 32]; MAX_PROOF_LEN];
-        let len = inclusion_proof(hashes, c.proof_index, &mut path);
+        let len = inclusion_proof(&RustCrypto, hashes, c.proof_index, &mut path);
         check_eq!(len, Ok(c.proof.len()), "proof length, {} leaves", c.leaves);
         check_eq!(&path[..c.proof.len()], c.proof, "proof, {} leaves", c.leaves);
         let (i, n) = (c.proof_index as u64, c.leaves as u64);
-        check!(verify_inclusion(&hashes[c.proof_index], i, n, c.proof, &c.root));
-        let other = leaf_hash(b"not a leaf");
-        check!(!verify_inclusion(&other, i, n, c.proof, &c.root));
+        check!(verify_inclusion(&RustCrypto, &hashes[c.proof_index], i, n, c.proof, &c.root));
+        let other = leaf_hash(&RustCrypto, b"not a leaf");
+        check!(!verify_inclusion(&RustCrypto, &other, i, n, c.proof, &c.root));
     }
     Ok(())
 }
@@ -377,7 +378,7 @@ fn signed_block_verifies_and_rebuilds_byte_for_byte() -> Outcome {
     }));
     check_eq!(leaves, v::block::FRAMES.len());
     check_eq!(verified.hash, v::block::HEADER_HASH);
-    check_eq!(verified.header.hash(), v::block::HEADER_HASH);
+    check_eq!(verified.header.hash(&RustCrypto), v::block::HEADER_HASH);
     check_eq!(check_link(&verified.header, None), Ok(()), "a genesis block");
 
     // The same block from its frames: Merkle root, header and Ed25519 signature
@@ -385,10 +386,11 @@ fn signed_block_verifies_and_rebuilds_byte_for_byte() -> Outcome {
     let mut buf = [0u8; 2048];
     let mut b = check_ok!(BlockBuilder::new(&mut buf));
     for f in v::block::FRAMES {
-        check_eq!(b.push_leaf(f), Ok(()));
+        check_eq!(b.push_leaf(&RustCrypto, f), Ok(()));
     }
     let h = verified.header;
-    let mut header = b.header(h.relay_id, h.height, h.prev_hash, h.time_ms, h.difficulty);
+    let mut header =
+        b.header(&RustCrypto, h.relay_id, h.height, h.prev_hash, h.time_ms, h.difficulty);
     check_eq!(header.merkle_root, h.merkle_root);
     check_eq!(header.leaf_count, h.leaf_count);
     header.nonce = h.nonce;
@@ -479,12 +481,13 @@ fn receipt_matches_and_verifies() -> Outcome {
         server_id: v::receipt::SERVER_ID,
         time_ms: v::receipt::TIME_MS,
     };
-    check_eq!(r.to_signed_bytes(&server), v::receipt::BYTES);
+    check_eq!(r.to_signed_bytes(&RustCrypto, &server), v::receipt::BYTES);
     let pk = server.verifying_key();
-    check_eq!(ReceiptRepr::parse_verified(&v::receipt::BYTES, &pk), Ok(r));
+    check_eq!(ReceiptRepr::parse_verified(&RustCrypto, &v::receipt::BYTES, &pk), Ok(r));
     let mut bad = v::receipt::BYTES;
     bad[20] ^= 1;
-    check!(ReceiptRepr::parse_verified(&bad, &pk).is_err(), "altered receipt verifies");
+    let verdict = ReceiptRepr::parse_verified(&RustCrypto, &bad, &pk);
+    check!(verdict.is_err(), "altered receipt verifies");
     Ok(())
 }
 
@@ -523,17 +526,14 @@ fn serial_frame_matches_and_decodes() -> Outcome {
     Ok(())
 }
 
-/// Protocol §9.2 as the core applies it: `strict_public_key`, then
-/// `verify_strict`; only the genuine signature passes.
+/// Protocol §9.2 as the core applies it: `strict_public_key`, then the
+/// provider's (strict) `ed25519_verify`; only the genuine signature passes.
 fn strict_ed25519_gives_every_signature_its_verdict() -> Outcome {
     check_eq!(v::signature_negative::CASES.len(), 9, "the file's nine cases");
     for c in v::signature_negative::CASES {
         let ok = gridpow_proto::crypto::strict_public_key(&c.public_key)
             .ok()
-            .is_some_and(|k| {
-                k.verify_strict(c.message, &ed25519_dalek::Signature::from_bytes(&c.signature))
-                    .is_ok()
-            });
+            .is_some_and(|k| RustCrypto.ed25519_verify(&k, c.message, &c.signature));
         check_eq!(ok, c.verdict == "accept", "{}", c.case);
     }
     Ok(())

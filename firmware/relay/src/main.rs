@@ -203,6 +203,7 @@ async fn main(spawner: Spawner) -> ! {
                     Err(e) => halt(&format_args!("state partition: {e:?}")).await,
                 };
             let journal = match Journal::<Partition, OUTBOX>::open(
+                provider,
                 Partition::new(flash, JOURNAL_OFFSET, JOURNAL_SIZE),
                 old_tip,
             ) {

@@ -18,6 +18,7 @@
 //! padding fit one 64-byte block: a PoW try costs one compression.
 
 use super::{check_version_type, get_u16, get_u32, get_u64, Field, ESPNOW_MAX_PAYLOAD, TYPE_BLOCK};
+use crate::crypto::CryptoProvider;
 use crate::{Hash, Malformed, Misuse};
 
 pub(crate) mod field {
@@ -136,9 +137,10 @@ impl BlockHeaderRepr {
         Ok(HEADER_LEN)
     }
 
-    /// SHA-256 of the encoded header: the block's identity and PoW input.
-    pub fn hash(&self) -> Hash {
-        crate::crypto::sha256(&[&self.to_bytes()])
+    /// SHA-256 of the encoded header on `provider`: the block's identity
+    /// and PoW input.
+    pub fn hash<C: CryptoProvider>(&self, provider: &C) -> Hash {
+        provider.sha256(&[&self.to_bytes()])
     }
 }
 

@@ -12,9 +12,10 @@
 //! 60..124   signature: Ed25519 over "gridpow-rcpt-v2\0" ‖ bytes 0..60
 //! ```
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use super::{check_version_type, get_u32, get_u64, Field, TYPE_RECEIPT};
+use crate::crypto::CryptoProvider;
 use crate::{Hash, Malformed, Rejected};
 
 mod field {
@@ -100,30 +101,33 @@ impl ReceiptRepr {
         b
     }
 
-    /// Encodes and signs the receipt.
-    pub fn to_signed_bytes(&self, key: &SigningKey) -> [u8; RECEIPT_LEN] {
+    /// Encodes the receipt and signs it with `key` on `provider`.
+    pub fn to_signed_bytes<C: CryptoProvider>(
+        &self,
+        provider: &C,
+        key: &SigningKey,
+    ) -> [u8; RECEIPT_LEN] {
         let signed = self.signed_bytes();
-        let sig = key.sign(&signing_message(&signed)).to_bytes();
+        let sig = provider.ed25519_sign(key, &signing_message(&signed));
         let mut out = [0u8; RECEIPT_LEN];
         out[field::SIGNED].copy_from_slice(&signed);
         out[field::SIGNATURE].copy_from_slice(&sig);
         out
     }
 
-    /// Parses a receipt and checks its signature against `server_key`.
-    pub fn parse_verified(
+    /// Parses a receipt and checks its signature against `server_key` on
+    /// `provider` (strict Ed25519, §9.2).
+    pub fn parse_verified<C: CryptoProvider>(
+        provider: &C,
         bytes: &[u8],
         server_key: &VerifyingKey,
     ) -> Result<ReceiptRepr, crate::Error> {
         let repr = Self::parse_unverified(bytes)?;
         let mut sig = [0u8; 64];
         sig.copy_from_slice(&bytes[field::SIGNATURE]);
-        server_key
-            .verify_strict(
-                &signing_message(&repr.signed_bytes()),
-                &Signature::from_bytes(&sig),
-            )
-            .map_err(|_| Rejected::BadSignature)?;
+        if !provider.ed25519_verify(server_key, &signing_message(&repr.signed_bytes()), &sig) {
+            return Err(Rejected::BadSignature.into());
+        }
         Ok(repr)
     }
 
@@ -160,9 +164,10 @@ fn signing_message(signed: &[u8; 60]) -> [u8; 76] {
     m
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "rustcrypto"))]
 mod tests {
     use super::*;
+    use crate::crypto::RustCrypto;
 
     #[test]
     fn receipt_round_trips_and_verifies_only_under_the_server_key() {
@@ -176,14 +181,17 @@ mod tests {
             server_id: 1,
             time_ms: 1_700_000_000_000,
         };
-        let b = r.to_signed_bytes(&key);
-        assert_eq!(ReceiptRepr::parse_verified(&b, &key.verifying_key()), Ok(r));
-        assert!(ReceiptRepr::parse_verified(&b, &other.verifying_key()).is_err());
+        let b = r.to_signed_bytes(&RustCrypto, &key);
+        assert_eq!(
+            ReceiptRepr::parse_verified(&RustCrypto, &b, &key.verifying_key()),
+            Ok(r)
+        );
+        assert!(ReceiptRepr::parse_verified(&RustCrypto, &b, &other.verifying_key()).is_err());
         for i in 0..RECEIPT_LEN {
             let mut t = b;
             t[i] ^= 0x01;
             assert!(
-                ReceiptRepr::parse_verified(&t, &key.verifying_key()).is_err(),
+                ReceiptRepr::parse_verified(&RustCrypto, &t, &key.verifying_key()).is_err(),
                 "byte {i}"
             );
         }

@@ -176,7 +176,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         .context("--journal-kib must be a multiple of 4")?;
     let flash = FileFlash::open(&a.data_dir.join("journal.bin"), journal_bytes)
         .context("opening the journal's flash file")?;
-    let journal = Journal::<_, OUTBOX>::open(flash, RelayState::default())
+    let journal = Journal::<_, OUTBOX>::open(&RustCrypto, flash, RelayState::default())
         .map_err(|e| anyhow::anyhow!("opening the flash journal: {e:?}"))?;
     let tip = journal.tip();
 

@@ -270,7 +270,7 @@ impl TestServer {
                             server_id: 1,
                             time_ms: gridpow_common::wall_ms(),
                         };
-                        let bytes = receipt.to_signed_bytes(&server_key);
+                        let bytes = receipt.to_signed_bytes(&RustCrypto, &server_key);
                         if client
                             .try_publish(
                                 topics::receipts(1),

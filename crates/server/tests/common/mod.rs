@@ -188,13 +188,14 @@ pub fn build_block(
     let mut buf = vec![0u8; 1 << 16];
     let mut b = BlockBuilder::new(&mut buf).unwrap();
     for f in frames {
-        b.push_leaf(f).unwrap();
+        b.push_leaf(&RustCrypto, f).unwrap();
     }
-    let mut header: BlockHeaderRepr = b.header(relay, height, prev, time_ms, difficulty);
+    let mut header: BlockHeaderRepr =
+        b.header(&RustCrypto, relay, height, prev, time_ms, difficulty);
     solve_blocking(&mut header);
     let len = b.finish(&header, key).unwrap();
     buf.truncate(len);
-    (buf, header.hash())
+    (buf, header.hash(&RustCrypto))
 }
 
 /// What the relay-side client hears.

@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
 use futures_util::SinkExt;
+use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::wire::Reading;
 use tokio_postgres::{Statement, Transaction};
 
@@ -404,7 +405,7 @@ impl Write<'_> {
                     &q.detail,
                     &h.map(|h| i64::from(h.relay_id)),
                     &h.map(|h| h.height as i64),
-                    &h.map(|h| h.hash().to_vec()),
+                    &h.map(|h| h.hash(&RustCrypto).to_vec()),
                     &k.raw(),
                     &(q.raw.len() as i64),
                     &(k.kept as i64),
