@@ -5,8 +5,9 @@
 //!
 //! [`RootBuilder`] computes a root in one pass without allocation (a stack of
 //! at most 64 perfect subtrees); [`inclusion_proof`] and [`verify_inclusion`]
-//! produce and check audit paths. Every hash runs on the caller's
-//! [`CryptoProvider`].
+//! produce and check audit paths, [`consistency_proof`] and
+//! [`verify_consistency`] prove that a tree extends an earlier one (sections
+//! 2.1.4.1 and 2.1.4.2). Every hash runs on the caller's [`CryptoProvider`].
 
 use crate::crypto::CryptoProvider;
 use crate::{Error, Hash, Misuse};
@@ -201,6 +202,124 @@ pub fn verify_inclusion<C: CryptoProvider>(
     snode == 0 && crate::crypto::ct_eq(&r, root)
 }
 
+/// Writes the consistency proof from the first `old_size` of `leaves` to all
+/// of them into `out` (RFC 9162 section 2.1.4.1, deepest node first) and
+/// returns its length; empty when `old_size` is 0 or the whole tree.
+pub fn consistency_proof<C: CryptoProvider>(
+    provider: &C,
+    leaves: &[Hash],
+    old_size: usize,
+    out: &mut [Hash],
+) -> Result<usize, Error> {
+    if old_size > leaves.len() {
+        return Err(Misuse::InvalidArgument.into());
+    }
+    if old_size == 0 || old_size == leaves.len() {
+        return Ok(0);
+    }
+    // SUBPROOF(m, D[lo..hi], whole) walked from the top: each split adds one
+    // node above the deeper ones; the walk ends at a subtree of exactly m
+    // leaves, whose root is part of the proof unless it is the old tree itself.
+    let walk = |emit: &mut dyn FnMut(Option<(usize, usize)>)| {
+        let (mut lo, mut hi, mut m, mut whole) = (0usize, leaves.len(), old_size, true);
+        loop {
+            if m == hi - lo {
+                if !whole {
+                    emit(Some((lo, hi)));
+                }
+                emit(None);
+                return;
+            }
+            let k = split_point(hi - lo);
+            if m <= k {
+                emit(Some((lo + k, hi)));
+                hi = lo + k;
+            } else {
+                emit(Some((lo, lo + k)));
+                lo += k;
+                m -= k;
+                whole = false;
+            }
+        }
+    };
+    let mut len = 0;
+    walk(&mut |r| len += usize::from(r.is_some()));
+    let out = out.get_mut(..len).ok_or(Misuse::BufferTooSmall)?;
+    // The splits come top-down and the proof lists them bottom-up; the final
+    // subtree's root (if any) comes first.
+    let mut top = len;
+    let mut last: Option<(usize, usize)> = None;
+    walk(&mut |r| {
+        if let Some(range) = r {
+            if let Some(prev) = last.replace(range) {
+                top -= 1;
+                out[top] = root_of_hashes(provider, &leaves[prev.0..prev.1]);
+            }
+        } else if let Some(prev) = last.take() {
+            top -= 1;
+            out[top] = root_of_hashes(provider, &leaves[prev.0..prev.1]);
+        }
+    });
+    Ok(len)
+}
+
+/// Checks that a tree of `new_size` leaves with `new_root` extends the tree
+/// of its first `old_size` leaves with `old_root` (RFC 9162 section 2.1.4.2).
+/// Equal sizes need equal roots and an empty proof; from the empty tree only
+/// its root and an empty proof are accepted.
+pub fn verify_consistency<C: CryptoProvider>(
+    provider: &C,
+    old_size: u64,
+    new_size: u64,
+    old_root: &Hash,
+    new_root: &Hash,
+    proof: &[Hash],
+) -> bool {
+    use crate::crypto::ct_eq;
+    if old_size > new_size {
+        return false;
+    }
+    if old_size == new_size {
+        return proof.is_empty() && ct_eq(old_root, new_root);
+    }
+    if old_size == 0 {
+        return proof.is_empty() && ct_eq(old_root, &empty_root(provider));
+    }
+    if proof.is_empty() || proof.len() > MAX_PROOF_LEN {
+        return false;
+    }
+    // An old tree that is a perfect subtree is itself the first node of the path.
+    let prepend = old_size.is_power_of_two().then_some(old_root);
+    let mut path = prepend.into_iter().chain(proof);
+    let (mut fnode, mut snode) = (old_size - 1, new_size - 1);
+    while fnode & 1 == 1 {
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    let Some(first) = path.next() else {
+        return false;
+    };
+    let (mut fr, mut sr) = (*first, *first);
+    for c in path {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            fr = node_hash(provider, c, &fr);
+            sr = node_hash(provider, c, &sr);
+            while fnode & 1 == 0 && fnode != 0 {
+                fnode >>= 1;
+                snode >>= 1;
+            }
+        } else {
+            sr = node_hash(provider, &sr, c);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    snode == 0 && ct_eq(&fr, old_root) && ct_eq(&sr, new_root)
+}
+
 #[cfg(all(test, feature = "rustcrypto"))]
 mod tests {
     use super::*;
@@ -286,5 +405,96 @@ mod tests {
         let mut path = [[0u8; 32]; 4];
         assert!(inclusion_proof(&P, &l[..3], 3, &mut path).is_err());
         assert!(!verify_inclusion(&P, &l[0], 3, 3, &[], &l[0]));
+    }
+    /// RFC 9162's recursive SUBPROOF, as the reference for the proof's nodes.
+    fn reference_subproof(
+        m: usize,
+        d: &[Hash],
+        whole: bool,
+        out: &mut [Hash; 70],
+        len: &mut usize,
+    ) {
+        let n = d.len();
+        if m == n {
+            if !whole {
+                out[*len] = reference_root(d);
+                *len += 1;
+            }
+            return;
+        }
+        let k = split_point(n);
+        if m <= k {
+            reference_subproof(m, &d[..k], whole, out, len);
+            out[*len] = reference_root(&d[k..]);
+        } else {
+            reference_subproof(m - k, &d[k..], false, out, len);
+            out[*len] = reference_root(&d[..k]);
+        }
+        *len += 1;
+    }
+
+    #[test]
+    fn every_consistency_proof_is_rfc_9162s_and_verifies_and_any_change_is_refused() {
+        for n in 1..34 {
+            let l = leaves(n);
+            let new_root = root_of_hashes(&P, &l[..n]);
+            for m in 0..=n {
+                let old_root = root_of_hashes(&P, &l[..m]);
+                let mut proof = [[0u8; 32]; MAX_PROOF_LEN];
+                let len = consistency_proof(&P, &l[..n], m, &mut proof).unwrap();
+                if 0 < m && m < n {
+                    let (mut want, mut want_len) = ([[0u8; 32]; 70], 0);
+                    reference_subproof(m, &l[..n], true, &mut want, &mut want_len);
+                    assert_eq!(&proof[..len], &want[..want_len], "m={m} n={n}");
+                }
+                let p = &proof[..len];
+                let ok = |old: &Hash, new: &Hash, p: &[Hash]| {
+                    verify_consistency(&P, m as u64, n as u64, old, new, p)
+                };
+                assert!(ok(&old_root, &new_root, p), "m={m} n={n}");
+                let other = leaf_hash(&P, b"other");
+                assert!(!ok(&other, &new_root, p), "wrong old root, m={m} n={n}");
+                // Every tree extends the empty one.
+                assert_eq!(
+                    ok(&old_root, &other, p),
+                    m == 0,
+                    "other new root, m={m} n={n}"
+                );
+                for i in 0..len {
+                    let mut bad = proof;
+                    bad[i][0] ^= 1;
+                    assert!(
+                        !ok(&old_root, &new_root, &bad[..len]),
+                        "node {i}, m={m} n={n}"
+                    );
+                }
+                if len > 0 {
+                    assert!(
+                        !ok(&old_root, &new_root, &p[..len - 1]),
+                        "short, m={m} n={n}"
+                    );
+                }
+                let mut long = proof;
+                long[len] = other;
+                assert!(
+                    !ok(&old_root, &new_root, &long[..len + 1]),
+                    "long, m={m} n={n}"
+                );
+                if m < n {
+                    assert!(
+                        !verify_consistency(&P, n as u64, m as u64, &new_root, &old_root, p),
+                        "shrinking, m={m} n={n}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_consistency_proof_from_beyond_the_tree_is_misuse() {
+        let l = leaves(3);
+        let mut proof = [[0u8; 32]; 4];
+        assert!(consistency_proof(&P, &l[..3], 4, &mut proof).is_err());
+        assert!(consistency_proof(&P, &l[..3], 1, &mut proof[..0]).is_err());
     }
 }
