@@ -229,6 +229,33 @@ def verify_inclusion(leaf, index, size, proof, root):
     return sn == 0 and r == root
 
 
+def verify_consistency(old_size, new_size, old_root, new_root, proof):
+    """RFC 9162 section 2.1.4.2, for 0 < old_size < new_size."""
+    if not proof:
+        return False
+    if old_size & (old_size - 1) == 0:
+        proof = [old_root] + proof
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while not (fn & 1) and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == old_root and sr == new_root
+
+
 def lzb(h):
     n = 0
     for b in h:
@@ -360,6 +387,15 @@ def main():
         check(root.hex() == c["root"], f"Merkle root of {c['leaves']} leaves")
         proof = [X(p) for p in c["proof"]]
         check(verify_inclusion(hs[c["proof_index"]], c["proof_index"], c["leaves"], proof, root), f"inclusion proof, {c['leaves']} leaves")
+    for c in m["consistency"]:
+        hs = [leaf_hash(f"leaf-{i}".encode()) for i in range(c["new_size"])]
+        old_root, new_root = mth(hs[: c["old_size"]]), mth(hs)
+        what = f"consistency {c['old_size']} -> {c['new_size']}"
+        check(old_root.hex() == c["old_root"] and new_root.hex() == c["new_root"], f"{what}: roots")
+        proof = [X(p) for p in c["proof"]]
+        check(verify_consistency(c["old_size"], c["new_size"], old_root, new_root, proof), f"{what}: proof verifies")
+        bad = [bytes([proof[0][0] ^ 1]) + proof[0][1:]] + proof[1:]
+        check(not verify_consistency(c["old_size"], c["new_size"], old_root, new_root, bad), f"{what}: a changed node is refused")
 
     bv = load("block.json")
     blk = X(bv["block"])

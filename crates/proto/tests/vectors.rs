@@ -11,7 +11,8 @@ use gridpow_proto::crypto::{
     derive_meter_secret, CryptoProvider, MeterKeys, MeterSecret, RustCrypto, SiteSecret,
 };
 use gridpow_proto::merkle::{
-    inclusion_proof, leaf_hash, root_of_hashes, verify_inclusion, MAX_PROOF_LEN,
+    consistency_proof, inclusion_proof, leaf_hash, root_of_hashes, verify_consistency,
+    verify_inclusion, MAX_PROOF_LEN,
 };
 use gridpow_proto::pow::{leading_zero_bits, PowSolver};
 use gridpow_proto::wire::ack::{AckPacket, AckRepr, FLAG_DUPLICATE};
@@ -414,9 +415,38 @@ fn merkle_vectors_match_and_proofs_verify() {
             "proof_index": index, "proof": path[..len].iter().map(|p| h(p)).collect::<Vec<_>>(),
         }));
     }
+    let mut consistency = Vec::new();
+    for (old, new) in [(1usize, 2usize), (3, 7), (4, 7), (6, 8), (7, 64), (32, 64)] {
+        let hashes: Vec<[u8; 32]> = (0..new)
+            .map(|i| leaf_hash(&RustCrypto, format!("leaf-{i}").as_bytes()))
+            .collect();
+        let (old_root, new_root) = (
+            root_of_hashes(&RustCrypto, &hashes[..old]),
+            root_of_hashes(&RustCrypto, &hashes),
+        );
+        let mut proof = [[0u8; 32]; MAX_PROOF_LEN];
+        let len = consistency_proof(&RustCrypto, &hashes, old, &mut proof).expect("proof");
+        assert!(verify_consistency(
+            &RustCrypto,
+            old as u64,
+            new as u64,
+            &old_root,
+            &new_root,
+            &proof[..len]
+        ));
+        consistency.push(json!({
+            "old_size": old, "new_size": new, "old_root": h(&old_root), "new_root": h(&new_root),
+            "proof": proof[..len].iter().map(|p| h(p)).collect::<Vec<_>>(),
+        }));
+    }
     check(
         "merkle.json",
-        &json!({ "description": "RFC 9162: leaf = SHA-256(0x00 || data), node = SHA-256(0x01 || l || r)", "cases": cases }),
+        &json!({
+            "description": "RFC 9162: leaf = SHA-256(0x00 || data), node = SHA-256(0x01 || l || r); \
+                consistency: proofs that the tree of new_size leaves extends its first old_size (section 2.1.4)",
+            "cases": cases,
+            "consistency": consistency,
+        }),
     );
 }
 
