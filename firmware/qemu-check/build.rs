@@ -243,6 +243,26 @@ fn merkle(g: &mut Gen, v: &Value) {
             ));
         }
         g.line("];");
+        g.line("pub const CONSISTENCY: &[ConsistencyCase] = &[");
+        for c in arr_of(v, "consistency") {
+            let proof: Vec<String> = arr_of(c, "proof")
+                .iter()
+                .map(|p| {
+                    let b = hex::decode(p.as_str().expect("proof entries are strings"))
+                        .expect("proof entries are hex");
+                    bytes_expr(&b)
+                })
+                .collect();
+            g.line(&format!(
+                "ConsistencyCase {{ old_size: {}, new_size: {}, old_root: {}, new_root: {}, proof: &[{}] }},",
+                int_of(c, "old_size"),
+                int_of(c, "new_size"),
+                bytes_expr(&hex_of(c, "old_root")),
+                bytes_expr(&hex_of(c, "new_root")),
+                proof.join(", "),
+            ));
+        }
+        g.line("];");
     });
 }
 

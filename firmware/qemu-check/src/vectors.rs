@@ -10,7 +10,8 @@ use gridpow_proto::crypto::{
     derive_meter_secret, CryptoProvider, MeterKeys, MeterSecret, RustCrypto, SiteSecret,
 };
 use gridpow_proto::merkle::{
-    inclusion_proof, leaf_hash, root_of_hashes, verify_inclusion, RootBuilder, MAX_PROOF_LEN,
+    consistency_proof, inclusion_proof, leaf_hash, root_of_hashes, verify_consistency,
+    verify_inclusion, RootBuilder, MAX_PROOF_LEN,
 };
 use gridpow_proto::pow::{check_work, leading_zero_bits, PowSolver};
 use gridpow_proto::wire::ack::{AckPacket, AckRepr};
@@ -59,8 +60,17 @@ pub struct MerkleCase {
     pub proof: &'static [Hash],
 }
 
+/// One consistency case of `merkle.json`.
+pub struct ConsistencyCase {
+    pub old_size: usize,
+    pub new_size: usize,
+    pub old_root: Hash,
+    pub new_root: Hash,
+    pub proof: &'static [Hash],
+}
+
 mod v {
-    use super::{BlockCase, MerkleCase, NegativeCase, Reading, SignatureCase};
+    use super::{BlockCase, ConsistencyCase, MerkleCase, NegativeCase, Reading, SignatureCase};
     include!(concat!(env!("OUT_DIR"), "/vectors.rs"));
 }
 
@@ -72,6 +82,7 @@ tests![
     block_header_hash_and_pow_match,
     pow_nonce_is_the_smallest_solution,
     merkle_roots_and_proofs_match,
+    consistency_proofs_match_and_verify,
     signed_block_verifies_and_rebuilds_byte_for_byte,
     tampered_block_is_rejected,
     negative_blocks_get_the_specified_verdicts,
@@ -337,6 +348,29 @@ fn merkle_roots_and_proofs_match() -> Outcome {
         check!(verify_inclusion(&RustCrypto, &hashes[c.proof_index], i, n, c.proof, &c.root));
         let other = leaf_hash(&RustCrypto, b"not a leaf");
         check!(!verify_inclusion(&RustCrypto, &other, i, n, c.proof, &c.root));
+    }
+    Ok(())
+}
+
+fn consistency_proofs_match_and_verify() -> Outcome {
+    check_eq!(v::merkle::CONSISTENCY.len(), 6);
+    for c in v::merkle::CONSISTENCY {
+        let mut hashes = [[0u8; 32]; 64];
+        check!(c.new_size <= hashes.len(), "{} leaves fit", c.new_size);
+        for (i, h) in hashes.iter_mut().enumerate().take(c.new_size) {
+            let data = Text::of(format_args!("leaf-{i}"));
+            *h = leaf_hash(&RustCrypto, data.as_str().as_bytes());
+        }
+        let hashes = &hashes[..c.new_size];
+        check_eq!(root_of_hashes(&RustCrypto, &hashes[..c.old_size]), c.old_root);
+        check_eq!(root_of_hashes(&RustCrypto, hashes), c.new_root);
+        let mut path = [[0u8; 32]; MAX_PROOF_LEN];
+        let len = consistency_proof(&RustCrypto, hashes, c.old_size, &mut path);
+        check_eq!(len, Ok(c.proof.len()), "proof length {} -> {}", c.old_size, c.new_size);
+        check_eq!(&path[..c.proof.len()], c.proof, "proof {} -> {}", c.old_size, c.new_size);
+        let (m, n) = (c.old_size as u64, c.new_size as u64);
+        check!(verify_consistency(&RustCrypto, m, n, &c.old_root, &c.new_root, c.proof));
+        check!(!verify_consistency(&RustCrypto, m, n, &c.new_root, &c.new_root, c.proof));
     }
     Ok(())
 }
