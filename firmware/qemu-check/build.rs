@@ -222,44 +222,43 @@ fn block_header(g: &mut Gen, v: &Value) {
     });
 }
 
+/// The hex hashes of `c["proof"]` as the elements of a Rust array expression.
+fn proof_expr(c: &Value) -> String {
+    arr_of(c, "proof")
+        .iter()
+        .map(|p| {
+            let b = hex::decode(p.as_str().expect("proof entries are strings"))
+                .expect("proof entries are hex");
+            bytes_expr(&b)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn merkle(g: &mut Gen, v: &Value) {
     g.module("merkle", |g| {
         g.line("pub const CASES: &[MerkleCase] = &[");
         for c in arr_of(v, "cases") {
-            let proof: Vec<String> = arr_of(c, "proof")
-                .iter()
-                .map(|p| {
-                    let b = hex::decode(p.as_str().expect("proof entries are strings"))
-                        .expect("proof entries are hex");
-                    bytes_expr(&b)
-                })
-                .collect();
+            let proof = proof_expr(c);
             g.line(&format!(
                 "MerkleCase {{ leaves: {}, root: {}, proof_index: {}, proof: &[{}] }},",
                 int_of(c, "leaves"),
                 bytes_expr(&hex_of(c, "root")),
                 int_of(c, "proof_index"),
-                proof.join(", "),
+                proof,
             ));
         }
         g.line("];");
         g.line("pub const CONSISTENCY: &[ConsistencyCase] = &[");
         for c in arr_of(v, "consistency") {
-            let proof: Vec<String> = arr_of(c, "proof")
-                .iter()
-                .map(|p| {
-                    let b = hex::decode(p.as_str().expect("proof entries are strings"))
-                        .expect("proof entries are hex");
-                    bytes_expr(&b)
-                })
-                .collect();
+            let proof = proof_expr(c);
             g.line(&format!(
                 "ConsistencyCase {{ old_size: {}, new_size: {}, old_root: {}, new_root: {}, proof: &[{}] }},",
                 int_of(c, "old_size"),
                 int_of(c, "new_size"),
                 bytes_expr(&hex_of(c, "old_root")),
                 bytes_expr(&hex_of(c, "new_root")),
-                proof.join(", "),
+                proof,
             ));
         }
         g.line("];");
