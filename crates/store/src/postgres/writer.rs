@@ -375,8 +375,8 @@ pub(super) fn commit(
     };
     let quarantine_ids = w.quarantine(&plan)?;
     let block_ids = w.allocate_ids(plan.blocks.len())?;
-    w.blocks(&plan, &block_ids)?;
-    w.rest(&plan, shard)?;
+    let max_span = w.blocks(&plan, &block_ids)?;
+    w.rest(&plan, shard, max_span)?;
     let result = plan.result(&block_ids, &quarantine_ids, read_totals(&tx)?)?;
     block_on(tx.commit())?;
     Ok(result)
@@ -443,10 +443,11 @@ impl Write<'_> {
         Ok(ids)
     }
 
-    /// COPY of the new blocks, their readings (ids from `block_id << READING_ID_SHIFT`) and runs.
-    fn blocks(&self, plan: &Plan<'_>, ids: &[i64]) -> Result<(), StoreError> {
+    /// COPY of the new blocks, their readings (ids from `block_id << READING_ID_SHIFT`) and runs;
+    /// returns the largest time span of a run.
+    fn blocks(&self, plan: &Plan<'_>, ids: &[i64]) -> Result<i64, StoreError> {
         if plan.blocks.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let size: usize = plan.blocks.iter().map(|b| b.block.raw.len() + 300).sum();
         let mut blocks = CopyBuf::with_capacity(size);
@@ -506,14 +507,12 @@ impl Write<'_> {
         if runs.rows() > 0 {
             block_on(copy_in(self.tx, st(self.st, COPY_RUNS)?, runs.finish()))?;
         }
-        if max_span > 0 {
-            block_on(self.tx.execute(st(self.st, GROW_SPAN)?, &[&max_span]))?;
-        }
-        Ok(())
+        Ok(max_span)
     }
 
-    /// Writes links, gaps, coverage, meters, relays, alerts and counters.
-    fn rest(&self, plan: &Plan<'_>, shard: i16) -> Result<(), StoreError> {
+    /// Writes links, gaps, coverage, meters, relays, then the rows every server
+    /// shares in the module docs' lock order: alerts, the `meta` span, counters.
+    fn rest(&self, plan: &Plan<'_>, shard: i16, max_span: i64) -> Result<(), StoreError> {
         let (tx, now) = (self.tx, self.now);
         if !plan.link_children.is_empty() {
             block_on(tx.execute(st(self.st, LINK_CHILDREN)?, &[&plan.link_children]))?;
@@ -582,6 +581,9 @@ impl Write<'_> {
                 .map(|(k, s)| (k.as_str(), s.as_str()))
                 .unzip();
             block_on(tx.execute(st(self.st, CLEAR_ALERTS)?, &[&k, &s, &now]))?;
+        }
+        if max_span > 0 {
+            block_on(tx.execute(st(self.st, GROW_SPAN)?, &[&max_span]))?;
         }
         if !book.counters.is_empty() {
             let (names, values): (Vec<&str>, Vec<i64>) =
