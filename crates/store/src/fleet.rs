@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use super::shared::{int, ints, opt_int, typed_reading, u64_of, READING_COLS};
+use super::shared::{int, ints, opt_int, typed_reading, u32_id, u64_of, READING_COLS};
 use super::{Cell, MeterSummary, QueryStore, StoreError, StoredReading};
 
 /// A query parameter of the shared SQL.
@@ -369,7 +369,7 @@ pub fn relay_traffic<S: QueryStore + ?Sized>(
     for row in &stored {
         let [relay, blocks, frames, readings, duplicates] = ints::<5>("blocks", row)?;
         out.push(RelayTraffic {
-            relay_id: relay_id(relay)?,
+            relay_id: u32_id("blocks", relay)?,
             blocks: u64_of(blocks),
             frames: u64_of(frames),
             readings: u64_of(readings),
@@ -379,7 +379,7 @@ pub fn relay_traffic<S: QueryStore + ?Sized>(
     }
     for row in &refused {
         let [relay, count] = ints::<2>("quarantine", row)?;
-        let relay = relay_id(relay)?;
+        let relay = u32_id("quarantine", relay)?;
         match out.iter_mut().find(|t| t.relay_id == relay) {
             Some(t) => t.rejected = u64_of(count),
             None => out.push(RelayTraffic {
@@ -391,13 +391,6 @@ pub fn relay_traffic<S: QueryStore + ?Sized>(
     }
     out.sort_by_key(|t| t.relay_id);
     Ok(out)
-}
-
-fn relay_id(v: i64) -> Result<u32, StoreError> {
-    u32::try_from(v).map_err(|_| StoreError::Corrupt {
-        table: "blocks",
-        detail: format!("relay id {v} out of range"),
-    })
 }
 
 /// Block `block_id` with up to `limit` of the readings it stored (`None`: no such block).
@@ -437,7 +430,7 @@ pub fn block_readings<S: QueryStore + ?Sized>(
     }
     Ok(Some(BlockReadings {
         block_id,
-        relay_id: relay_id(relay)?,
+        relay_id: u32_id("blocks", relay)?,
         height: u64_of(height),
         hash,
         leaf_count: u64_of(leaves),

@@ -8,7 +8,7 @@
 
 use crate::shared::{
     alert_row, bytes, hash_of, int, meter_summary, missing_block, opt_bytes, opt_int, text,
-    typed_reading, u64_of, BlockCols, READING_COLS,
+    typed_reading, u32_id, u64_of, BlockCols, READING_COLS,
 };
 use crate::{
     AlertRow, BlockBytes, BlockSummary, MeterSummary, QuarantineRow, QueryStore, SqlParam,
@@ -18,13 +18,6 @@ use crate::{
 /// A row count or id limit as a parameter.
 fn limit(n: usize) -> SqlParam {
     SqlParam::Int(i64::try_from(n).unwrap_or(i64::MAX))
-}
-
-fn u32_of(table: &'static str, v: i64) -> Result<u32, StoreError> {
-    u32::try_from(v).map_err(|_| StoreError::Corrupt {
-        table,
-        detail: format!("{v} is not a 32-bit id"),
-    })
 }
 
 /// Every meter with stored readings, ascending.
@@ -69,7 +62,7 @@ pub(crate) fn blocks<S: QueryStore + ?Sized>(
             let i = |k| int("blocks", r, k);
             BlockCols {
                 id: i(0)?,
-                relay_id: u32_of("blocks", i(1)?)?,
+                relay_id: u32_id("blocks", i(1)?)?,
                 height: i(2)?,
                 hash: bytes("blocks", r, 3)?,
                 prev_hash: bytes("blocks", r, 4)?,
@@ -119,7 +112,7 @@ pub(crate) fn reading_with_block<S: QueryStore + ?Sized>(
         reading,
         BlockBytes {
             id,
-            relay_id: u32_of("blocks", int("blocks", r, 15)?)?,
+            relay_id: u32_id("blocks", int("blocks", r, 15)?)?,
             height: u64_of(int("blocks", r, 16)?),
             hash: hash_of("blocks", &bytes("blocks", r, 17)?)?,
             raw: bytes("blocks", r, 18)?,
@@ -139,7 +132,7 @@ pub(crate) fn alerts<S: QueryStore + ?Sized>(
     )?;
     rows.iter()
         .map(|r| {
-            let id = |k| opt_int(r, k).map(|v| u32_of("alerts", v)).transpose();
+            let id = |k| opt_int(r, k).map(|v| u32_id("alerts", v)).transpose();
             Ok(alert_row(
                 int("alerts", r, 0)?,
                 text("alerts", r, 1)?,
@@ -176,7 +169,7 @@ pub(crate) fn quarantine<S: QueryStore + ?Sized>(
                 topic: t(2)?,
                 kind: t(3)?,
                 detail: t(4)?,
-                relay_id: opt_int(r, 5).map(|v| u32_of("quarantine", v)).transpose()?,
+                relay_id: opt_int(r, 5).map(|v| u32_id("quarantine", v)).transpose()?,
                 height: opt_int(r, 6).map(u64_of),
                 hash: opt_bytes(r, 7).map(hex::encode),
                 bytes: u64_of(int("quarantine", r, 8)?),

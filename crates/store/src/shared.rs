@@ -66,6 +66,14 @@ pub(crate) fn text(table: &'static str, row: &[Cell], i: usize) -> Result<String
     }
 }
 
+/// A 32-bit id (relay, meter) stored in `table` as a wider integer.
+pub(crate) fn u32_id(table: &'static str, v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt {
+        table,
+        detail: format!("{v} is not a 32-bit id"),
+    })
+}
+
 pub(super) fn u64_of(v: i64) -> u64 {
     v.max(0) as u64
 }
