@@ -237,13 +237,23 @@ pub(crate) struct Plan<'a> {
     pub meters: Vec<(u32, MeterRow)>,
     /// Relay totals, counters and alerts.
     pub book: Book,
-    /// Refusals only counted: their allowance was used up.
-    pub quarantine_dropped: u64,
-    /// Kept refusals whose payload was cut short.
-    pub quarantine_truncated: u64,
 }
 
 impl Plan<'_> {
+    fn counter(&self, name: &str) -> u64 {
+        self.book.counters.get(name).map_or(0, |&v| u64_of(v))
+    }
+
+    /// Refusals only counted, not kept: their allowance was used up.
+    pub fn quarantine_dropped(&self) -> u64 {
+        self.book
+            .counters
+            .iter()
+            .filter(|(name, _)| name.starts_with("quarantine_dropped:"))
+            .map(|(_, &v)| u64_of(v))
+            .sum()
+    }
+
     /// The alerts this commit raises or clears (once written).
     pub fn raised(&self) -> Vec<RaisedAlert> {
         self.book
@@ -270,8 +280,8 @@ impl Plan<'_> {
             outcomes: self.outcomes(block_ids, quarantine_ids)?,
             alerts: self.raised(),
             totals,
-            quarantine_dropped: self.quarantine_dropped,
-            quarantine_truncated: self.quarantine_truncated,
+            quarantine_dropped: self.quarantine_dropped(),
+            quarantine_truncated: self.counter("quarantine_truncated"),
         })
     }
 
@@ -444,12 +454,10 @@ impl<'a> Planner<'a> {
             .quota
             .admit(&q, self.limits, |bucket| snap.quarantine_usage(bucket))?
         else {
-            plan.quarantine_dropped += 1;
             plan.book.quarantined(&q, false, false);
             return Ok(Planned::Quarantined { kind, row: None });
         };
         let truncated = kept < q.raw.len();
-        plan.quarantine_truncated += u64::from(truncated);
         plan.book.quarantined(&q, true, truncated);
         plan.quarantine.push(Kept { item: q, kept });
         Ok(Planned::Quarantined {
@@ -1339,7 +1347,7 @@ mod tests {
         ];
         let mut p = plan(&items, &mut mem, &limits);
         assert_eq!(p.quarantine.len(), 1);
-        assert_eq!(p.quarantine_dropped, 1);
+        assert_eq!(p.quarantine_dropped(), 1);
         assert_eq!(
             mem.asked["usage"], 1,
             "an allowance is read once per commit"
