@@ -6,6 +6,7 @@
 
 pub mod ack;
 pub mod block;
+pub mod log_leaf;
 pub mod reading;
 pub mod receipt;
 pub mod serial;
@@ -13,6 +14,7 @@ pub mod uplink;
 
 pub use ack::{AckPacket, AckRepr};
 pub use block::{BlockHeaderRepr, BlockPacket, LeafIter};
+pub use log_leaf::{LogLeafRepr, LOG_LEAF_LEN};
 pub use reading::Reading;
 pub use receipt::{ReceiptRepr, ReceiptStatus};
 pub use uplink::{UplinkHeader, UplinkPacket};
@@ -29,6 +31,9 @@ pub const TYPE_BLOCK: u8 = 0x03;
 
 /// Message type byte of a commit receipt.
 pub const TYPE_RECEIPT: u8 = 0x04;
+
+/// Message type byte of a transparency-log entry.
+pub const TYPE_LOG_LEAF: u8 = 0x05;
 
 /// Largest ESP-NOW payload (v1.0 frames); every uplink and ACK fits.
 pub const ESPNOW_MAX_PAYLOAD: usize = 250;
