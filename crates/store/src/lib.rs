@@ -44,6 +44,7 @@
 pub mod equivocation;
 pub mod fleet;
 pub mod intervals;
+mod log;
 mod plan;
 pub mod plausibility;
 pub mod postgres;
@@ -62,6 +63,7 @@ pub use fleet::{
     BlockReadings, FleetSnapshot, IngestWindow, MeterFilter, MeterPage, MeterQuery, MeterRow,
     MeterSort, RelayTraffic, SqlParam, VoltageBand,
 };
+pub use log::StoreHashReader;
 pub use postgres::PgStore;
 pub(crate) use shared::meter_subject;
 pub use sqlite::SqliteStore;
@@ -398,6 +400,8 @@ pub enum Outcome {
         linked: bool,
         /// Whether it linked a previously stored child (closing a gap).
         closed_gap: bool,
+        /// Its entry's index in the transparency log.
+        log_index: u64,
     },
     /// The same block (same hash) was stored before; nothing changed.
     AlreadyStored {
@@ -497,6 +501,8 @@ pub struct CommitResult {
     pub quarantine_dropped: u64,
     /// Kept refusals whose payload was cut to `quarantine_max_payload_bytes`.
     pub quarantine_truncated: u64,
+    /// The transparency log's size after the commit, if it appended to it.
+    pub log_size: Option<u64>,
 }
 
 /// A stored reading.
@@ -1014,6 +1020,25 @@ pub trait QueryStore: Send {
     /// The newest quarantine rows, at most `limit`.
     fn quarantine(&mut self, limit: usize) -> Result<Vec<QuarantineRow>, StoreError> {
         reads::quarantine(self, limit)
+    }
+
+    /// The transparency log's size: the entries appended so far.
+    fn log_size(&mut self) -> Result<u64, StoreError> {
+        log::size(self)
+    }
+
+    /// The log's stored hashes at `indexes` (the tlog layout), in that order.
+    fn log_hashes(&mut self, indexes: &[u64]) -> Result<Vec<Hash>, StoreError> {
+        log::hashes(self, indexes)
+    }
+
+    /// The log's entries `from..to`, in order.
+    fn log_entries(
+        &mut self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<gridpow_proto::wire::LogLeafRepr>, StoreError> {
+        log::entries(self, from, to)
     }
 
     /// Runs one read-only query written in the SQL both backends speak

@@ -13,10 +13,11 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gridpow_proto::block::check_link;
-use gridpow_proto::wire::Reading;
+use gridpow_proto::wire::{LogLeafRepr, Reading};
 use gridpow_proto::Hash;
 
 use crate::intervals::IntervalSet;
+use crate::log::{LogAppend, LogSnapshot};
 use crate::plausibility::{AlertKind, Finding, Rules};
 use crate::shared::{block_subject, hash_of, meter_subject, short_hex, u64_of};
 use crate::verified::{ReadingRow, RejectKind, VerifiedBlockData};
@@ -46,8 +47,9 @@ pub(crate) struct MeterRow {
 
 /// The stored state a commit reads, as of its transaction. Each call is asked
 /// at most once per key and transaction; a backend may answer from rows it
-/// loaded (and locked) before planning or query on demand.
-pub(crate) trait Snapshot {
+/// loaded (and locked) before planning or query on demand. The log's state
+/// ([`LogSnapshot`]) is read last, once the blocks to store are known.
+pub(crate) trait Snapshot: LogSnapshot {
     /// The highest stored height of `relay`.
     fn head(&mut self, relay: u32) -> Result<Option<i64>, StoreError>;
     /// The stored block of `relay` at `height`.
@@ -235,6 +237,9 @@ pub(crate) struct Plan<'a> {
     pub coverage: Vec<((u32, u32), CoverageChange)>,
     /// Meter rows to write back (new or changed), ascending.
     pub meters: Vec<(u32, MeterRow)>,
+    /// The log entries of [`Plan::blocks`], in their order: block `i` is entry
+    /// `log.index_of(i)`.
+    pub log: LogAppend,
     /// Relay totals, counters and alerts.
     pub book: Book,
 }
@@ -282,6 +287,7 @@ impl Plan<'_> {
             totals,
             quarantine_dropped: self.quarantine_dropped(),
             quarantine_truncated: self.counter("quarantine_truncated"),
+            log_size: (!self.blocks.is_empty()).then(|| self.log.first + self.blocks.len() as u64),
         })
     }
 
@@ -315,6 +321,7 @@ impl Plan<'_> {
                         repeated: std::mem::take(&mut b.repeated),
                         linked,
                         closed_gap,
+                        log_index: self.log.first + block as u64,
                     }
                 }
                 Planned::Again { block } => Outcome::AlreadyStored {
@@ -439,6 +446,17 @@ impl<'a> Planner<'a> {
             s.dirty = false;
             plan.meters.push((m, s.row.clone()));
         }
+        let entries: Vec<LogLeafRepr> = plan
+            .blocks
+            .iter()
+            .map(|b| LogLeafRepr {
+                relay_id: b.block.header.relay_id,
+                height: b.block.header.height,
+                block_hash: b.block.hash,
+                merkle_root: b.block.header.merkle_root,
+            })
+            .collect();
+        plan.log = crate::log::append(snap, &entries)?;
         Ok(plan)
     }
 
@@ -1080,6 +1098,7 @@ mod tests {
 
     use super::*;
     use crate::tests::{block, ingest, refused, T0};
+    use gridpow_proto::crypto::RustCrypto;
 
     /// Stored state in memory; counts how often each kind of row is asked for.
     #[derive(Default)]
@@ -1088,7 +1107,30 @@ mod tests {
         usage: HashMap<i64, (u64, u64)>,
         meters: HashMap<u32, MeterRow>,
         coverage: HashMap<(u32, u32), Vec<(u32, u32)>>,
+        /// The log: its size and stored hashes.
+        log_size: u64,
+        log: HashMap<u64, Hash>,
         asked: BTreeMap<&'static str, u32>,
+    }
+
+    impl LogSnapshot for Mem {
+        fn log_size(&mut self) -> Result<u64, StoreError> {
+            self.ask("log_size");
+            Ok(self.log_size)
+        }
+
+        fn log_hashes(&mut self, indexes: &[u64]) -> Result<Vec<Hash>, StoreError> {
+            self.ask("log_hashes");
+            indexes
+                .iter()
+                .map(|i| {
+                    self.log.get(i).copied().ok_or(StoreError::Corrupt {
+                        table: "log_hashes",
+                        detail: format!("{i} missing"),
+                    })
+                })
+                .collect()
+        }
     }
 
     impl Mem {
@@ -1379,6 +1421,23 @@ mod tests {
         ));
     }
 
+    /// Stored log hashes in memory, as `tlog_tiles` reads them.
+    struct MemHashes<'a>(&'a HashMap<u64, Hash>);
+
+    impl tlog_tiles::HashReader for MemHashes<'_> {
+        fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<tlog_tiles::Hash>, tlog_tiles::Error> {
+            indexes
+                .iter()
+                .map(|i| {
+                    self.0
+                        .get(i)
+                        .map(|h| tlog_tiles::Hash(*h))
+                        .ok_or(tlog_tiles::Error::IndexesNotInTree)
+                })
+                .collect()
+        }
+    }
+
     /// What a backend does with a plan, in memory: the rows it leaves.
     fn apply(mem: &mut Mem, p: &mut Plan<'_>, next_id: &mut i64) -> Vec<Outcome> {
         let ids: Vec<i64> = p
@@ -1422,6 +1481,19 @@ mod tests {
         for (m, row) in &p.meters {
             mem.meters.insert(*m, row.clone());
         }
+        if !p.blocks.is_empty() {
+            assert_eq!(
+                p.log.first, mem.log_size,
+                "entries are appended at the log's end"
+            );
+        }
+        for (i, h) in &p.log.hashes {
+            assert!(
+                mem.log.insert(*i, *h).is_none(),
+                "stored hash {i} written twice"
+            );
+        }
+        mem.log_size += p.blocks.len() as u64;
         let quarantine_ids: Vec<i64> = (1..=p.quarantine.len() as i64).collect();
         p.outcomes(&ids, &quarantine_ids).unwrap()
     }
@@ -1449,6 +1521,7 @@ mod tests {
             let mut next_id = 0;
             let mut fresh = BTreeSet::new();
             let mut sent = BTreeSet::new();
+            let mut logged = Vec::new();
             for batch in &batches {
                 let items: Vec<Ingest> = batch.iter().map(|&i| ingest(&chain[i])).collect();
                 let mut p = plan(&items, &mut mem, &limits);
@@ -1458,6 +1531,7 @@ mod tests {
                     }
                     proptest::prop_assert_eq!(nb.fresh.len() as u64 + nb.duplicates, nb.block.readings.len() as u64);
                 }
+                logged.extend(p.blocks.iter().map(|nb| nb.block.hash));
                 let out = apply(&mut mem, &mut p, &mut next_id);
                 for (i, o) in batch.iter().zip(&out) {
                     proptest::prop_assert!(!matches!(o, Outcome::Quarantined { .. }), "block {} refused: {:?}", i, o);
@@ -1478,6 +1552,25 @@ mod tests {
             for (&(_, h), s) in &mem.slots {
                 proptest::prop_assert_eq!(s.linked, h == 0 || mem.slots.contains_key(&(1, h - 1)), "height {}", h);
             }
+            // The log holds every stored block once, in commit order, and its
+            // stored hashes give the RFC 9162 root of those entries.
+            proptest::prop_assert_eq!(logged.len(), sent.len());
+            let leaves: Vec<Hash> = logged
+                .iter()
+                .map(|hash| {
+                    let b = chain.iter().find(|b| &b.hash == hash).unwrap();
+                    LogLeafRepr {
+                        relay_id: b.header.relay_id,
+                        height: b.header.height,
+                        block_hash: b.hash,
+                        merkle_root: b.header.merkle_root,
+                    }
+                    .leaf_hash(&RustCrypto)
+                })
+                .collect();
+            let stored = MemHashes(&mem.log);
+            let root = tlog_tiles::tree_hash(mem.log_size, &stored).unwrap();
+            proptest::prop_assert_eq!(root.0, gridpow_proto::merkle::root_of_hashes(&RustCrypto, &leaves));
         }
     }
 }

@@ -6,16 +6,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use gridpow_proto::crypto::RustCrypto;
-use gridpow_proto::wire::Reading;
+use gridpow_proto::wire::{LogLeafRepr, Reading};
+use gridpow_proto::Hash;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
-use super::shared::{self, meter_subject, typed_reading, u64_of, RelayCols, Silent, READING_COLS};
+use super::shared::{
+    self, hash_of, meter_subject, typed_reading, u64_of, RelayCols, Silent, READING_COLS,
+};
 use super::{
     AuditStore, Cell, CommitResult, CoverageRow, DbError, DbTotals, ForkEvidence, Ingest,
     IngestStore, LedgerBlock, LedgerReading, NewAlert, QueryStore, RaisedAlert, RelaySummary,
     StoreError, StoreLimits, StoreOptions, StoredReading,
 };
+use crate::log::{LogAppend, LogSnapshot};
 use crate::plan::{
     quota_bucket, CoverageChange, MeterRow, Plan, Planner, Snapshot, StoredSlot, Working,
 };
@@ -30,6 +34,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         include_str!("../migrations/sqlite/0002_bounded_quarantine.sql"),
     ),
     (3, include_str!("../migrations/sqlite/0003_fleet_views.sql")),
+    (
+        4,
+        include_str!("../migrations/sqlite/0004_transparency_log.sql"),
+    ),
 ];
 
 /// The id is left to SQLite: a new rowid past the largest is an append, while
@@ -148,6 +156,10 @@ impl SqliteStore {
         .map_err(open_err(path))?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn, path)?;
+        let appended = backfill_log(&mut conn)?;
+        if appended > 0 {
+            tracing::info!(blocks = appended, db = %path.display(), "Blocks stored before the transparency log appended to it.");
+        }
         let checkpointer = Checkpointer::start(path)?;
         Ok(SqliteStore {
             conn,
@@ -371,6 +383,102 @@ fn seq_of(v: i64) -> Result<u32, StoreError> {
     })
 }
 
+impl LogSnapshot for Snap<'_> {
+    fn log_size(&mut self) -> Result<u64, StoreError> {
+        log_size_in(self.tx)
+    }
+
+    fn log_hashes(&mut self, indexes: &[u64]) -> Result<Vec<Hash>, StoreError> {
+        log_hashes_in(self.tx, indexes)
+    }
+}
+
+/// The log's size as `conn` sees it.
+fn log_size_in(conn: &Connection) -> Result<u64, StoreError> {
+    let size: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(log_index) + 1, 0) FROM blocks")?
+        .query_row([], |r| r.get(0))?;
+    Ok(u64_of(size))
+}
+
+/// The stored log hashes at `indexes`, as `conn` sees them.
+fn log_hashes_in(conn: &Connection, indexes: &[u64]) -> Result<Vec<Hash>, StoreError> {
+    let mut st = conn.prepare_cached("SELECT hash FROM log_hashes WHERE idx = ?1")?;
+    indexes
+        .iter()
+        .map(|&i| {
+            let h: Option<Vec<u8>> = st.query_row([i as i64], |r| r.get(0)).optional()?;
+            match h {
+                Some(h) => hash_of("log_hashes", &h),
+                None => Err(StoreError::Corrupt {
+                    table: "log_hashes",
+                    detail: format!("stored hash {i} is missing"),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Writes a commit's stored log hashes.
+fn write_log_hashes(conn: &Connection, log: &LogAppend) -> Result<(), StoreError> {
+    let mut st = conn.prepare_cached("INSERT INTO log_hashes (idx, hash) VALUES (?1, ?2)")?;
+    for (i, h) in &log.hashes {
+        st.execute(params![*i as i64, &h[..]])?;
+    }
+    Ok(())
+}
+
+/// Appends the blocks stored before schema version 4 to the log, in the
+/// order they were stored (by id), a slice per transaction; a no-op once done.
+fn backfill_log(conn: &mut Connection) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let rows: Vec<(i64, LogLeafRepr)> = {
+            let mut st = tx.prepare_cached(
+                "SELECT id, relay_id, height, hash, merkle_root FROM blocks WHERE log_index IS NULL ORDER BY id LIMIT 10000",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, relay, height, hash, root) = row?;
+                out.push((
+                    id,
+                    LogLeafRepr {
+                        relay_id: shared::u32_id("blocks", relay)?,
+                        height: u64_of(height),
+                        block_hash: hash_of("blocks", &hash)?,
+                        merkle_root: hash_of("blocks", &root)?,
+                    },
+                ));
+            }
+            out
+        };
+        if rows.is_empty() {
+            return Ok(total);
+        }
+        let entries: Vec<LogLeafRepr> = rows.iter().map(|(_, e)| *e).collect();
+        let log = crate::log::append(&mut Snap { tx: &tx }, &entries)?;
+        write_log_hashes(&tx, &log)?;
+        {
+            let mut st = tx.prepare_cached("UPDATE blocks SET log_index = ?1 WHERE id = ?2")?;
+            for (n, (id, _)) in rows.iter().enumerate() {
+                st.execute(params![log.index_of(n), id])?;
+            }
+        }
+        tx.commit()?;
+        total += rows.len() as u64;
+    }
+}
+
 impl Snapshot for Snap<'_> {
     fn head(&mut self, relay: u32) -> Result<Option<i64>, StoreError> {
         Ok(self
@@ -510,12 +618,12 @@ fn write_blocks(tx: &Connection, plan: &Plan<'_>) -> Result<(Vec<i64>, i64), Sto
     let mut insert_reading_st = tx.prepare_cached(INSERT_READING)?;
     let mut insert_block = tx.prepare_cached(
         "INSERT INTO blocks (id, relay_id, height, hash, prev_hash, merkle_root, difficulty, leaf_count, time_ms, \
-         nonce, raw, linked, received_ms, first_reading_id, reading_count, duplicate_count, min_ts, max_ts) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+         nonce, raw, linked, received_ms, first_reading_id, reading_count, duplicate_count, min_ts, max_ts, log_index) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )?;
     let mut insert_directory =
         tx.prepare_cached("INSERT INTO block_index (block_id, directory) VALUES (?1, ?2)")?;
-    for (block_id, nb) in (first_block_id..).zip(&plan.blocks) {
+    for (n, (block_id, nb)) in (first_block_id..).zip(&plan.blocks).enumerate() {
         let first_reading_id = next_reading_id;
         for row in &nb.fresh {
             let id = insert_reading(tx, &mut insert_reading_st, block_id, row)?;
@@ -556,9 +664,11 @@ fn write_blocks(tx: &Connection, plan: &Plan<'_>) -> Result<(Vec<i64>, i64), Sto
             nb.duplicates as i64,
             span.map(|s| s.0),
             span.map(|s| s.1),
+            plan.log.index_of(n),
         ])?;
         ids.push(block_id);
     }
+    write_log_hashes(tx, &plan.log)?;
     Ok((ids, max_span))
 }
 

@@ -226,6 +226,57 @@ impl std::ops::DerefMut for TestDb {
     }
 }
 
+/// Checks the transparency log against the blocks table: one entry per
+/// stored block, indexes without gaps in id (commit) order, and the stored
+/// hashes give the RFC 9162 tree of those entries: its root, and inclusion
+/// and consistency proofs the no_std core verifies. Returns the entries.
+fn check_log<S: QueryStore + ?Sized>(
+    s: &mut S,
+    db: &TestDb,
+) -> Vec<gridpow_proto::wire::LogLeafRepr> {
+    use gridpow_proto::merkle::{root_of_hashes, verify_consistency, verify_inclusion};
+    let size = s.log_size().unwrap();
+    assert_eq!(size as i64, db.count("SELECT COUNT(*) FROM blocks"));
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM blocks WHERE log_index IS NULL"),
+        0
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM blocks a JOIN blocks b ON a.id < b.id AND a.log_index > b.log_index"),
+        0,
+        "entries follow the order blocks were stored in"
+    );
+    let entries = s.log_entries(0, size).unwrap();
+    for (i, e) in entries.iter().enumerate() {
+        let hash = db.bytes(&format!("SELECT hash FROM blocks WHERE log_index = {i}"));
+        assert_eq!(&e.block_hash[..], &hash[..], "entry {i}");
+    }
+    let leaves: Vec<Hash> = entries.iter().map(|e| e.leaf_hash(&RustCrypto)).collect();
+    let reader = StoreHashReader::new(s);
+    let root = |n: u64| tlog_tiles::tree_hash(n, &reader).unwrap().0;
+    assert_eq!(root(size), root_of_hashes(&RustCrypto, &leaves));
+    for n in 1..=size {
+        let proof = tlog_tiles::prove_record(size, n - 1, &reader).unwrap();
+        let proof: Vec<Hash> = proof.iter().map(|h| h.0).collect();
+        assert!(verify_inclusion(
+            &RustCrypto,
+            &leaves[n as usize - 1],
+            n - 1,
+            size,
+            &proof,
+            &root(size)
+        ));
+        let proof = tlog_tiles::prove_tree(size, n, &reader).unwrap();
+        let proof: Vec<Hash> = proof.iter().map(|h| h.0).collect();
+        assert!(
+            verify_consistency(&RustCrypto, n, size, &root(n), &root(size), &proof),
+            "{n} → {size}"
+        );
+    }
+    assert!(reader.take_error().is_none());
+    entries
+}
+
 /// A reader of the test database (the API's view).
 struct TestDbReader(Box<dyn ReadStore>);
 
@@ -786,6 +837,57 @@ fn time_range_query_returns_one_meters_readings_in_time_order(s) {
     assert_eq!(find_in_directory(1, &dir, 3), None);
 }
 
+fn every_stored_block_is_appended_to_the_log_once_in_commit_order(s) {
+    let b0 = block(1, 0, [0; 32], &[(1, 1, 0..3)]);
+    let b1 = block(1, 1, b0.hash, &[(1, 1, 3..6)]);
+    let b2 = block(1, 2, b1.hash, &[(1, 1, 6..9)]);
+    let c0 = block(2, 0, [0; 32], &[(2, 1, 0..3)]);
+    let fork = block(2, 0, [7; 32], &[(2, 1, 5..7)]);
+    assert_eq!(s.reader().log_size().unwrap(), 0);
+    // A child before its parent, a redelivery, a fork and a refusal: only
+    // the blocks stored get entries, in the order they were stored.
+    let r = s.commit(&[ingest(&b1), ingest(&c0)], T0).unwrap();
+    assert_eq!(r.log_size, Some(2));
+    assert!(matches!(r.outcomes[1], Outcome::Stored { log_index: 1, .. }));
+    let r = s.commit(&[ingest(&b0), ingest(&b1), ingest(&fork), refused(RejectKind::BadSignature, Some(1), vec![1, 2, 3], T0)], T0).unwrap();
+    assert!(matches!(r.outcomes[0], Outcome::Stored { log_index: 2, .. }));
+    assert!(matches!(r.outcomes[1], Outcome::AlreadyStored { .. }));
+    assert!(matches!(r.outcomes[2], Outcome::Quarantined { .. }), "{:?}", r.outcomes);
+    assert_eq!(r.log_size, Some(3));
+    let r = s.commit(&[ingest(&b1)], T0).unwrap();
+    assert_eq!(r.log_size, None, "nothing appended");
+    s.store = s.reopen();
+    s.commit(&[ingest(&b2)], T0).unwrap();
+    let mut reader = s.reader();
+    let entries = check_log(&mut *reader, &s);
+    let order: Vec<(u32, u64)> = entries.iter().map(|e| (e.relay_id, e.height)).collect();
+    assert_eq!(order, [(1, 1), (2, 0), (1, 0), (1, 2)]);
+    assert_eq!(entries[2].merkle_root, b0.header.merkle_root);
+}
+
+fn a_ledger_stored_before_the_log_existed_is_appended_to_it_when_the_writer_opens(s) {
+    let mut prev = [0; 32];
+    let mut blocks = Vec::new();
+    for h in 0..7 {
+        let b = block(1 + h as u32 % 2, h / 2, if h < 2 { [0; 32] } else { prev }, &[(1, 1, h as u32 * 3..h as u32 * 3 + 3)]);
+        prev = b.hash;
+        blocks.push(b);
+    }
+    for b in &blocks {
+        s.commit(&[ingest(b)], T0).unwrap();
+    }
+    let before = check_log(&mut *s.reader(), &s);
+    // As a version 3 database had it: no entries, no stored hashes.
+    s.execute("UPDATE blocks SET log_index = NULL; DELETE FROM log_hashes;");
+    assert_eq!(s.reader().log_size().unwrap(), 0);
+    s.store = s.reopen();
+    let after = check_log(&mut *s.reader(), &s);
+    assert_eq!(before, after);
+    // Opening again appends nothing more.
+    s.store = s.reopen();
+    assert_eq!(check_log(&mut *s.reader(), &s), before);
+}
+
 fn totals_and_chain_survive_reopening_the_database(s) {
     let b0 = block(1, 0, [0; 32], &[(1, 1, 0..3)]);
     let b1 = block(1, 1, b0.hash, &[(1, 1, 3..6)]);
@@ -1149,6 +1251,8 @@ fn concurrent_writers_storing_blocks_in_any_order_keep_one_chain_and_each_readin
         .unwrap()
         .iter()
         .all(|m| m.readings == 186 && m.last.is_some_and(|l| l.seq == 185)));
+    // Three writers appended to one log: 60 entries, no gap, one tree.
+    assert_eq!(check_log(&mut *s, &db).len(), 60);
 }
 
 #[test]

@@ -25,7 +25,12 @@
 //!    The coverage intervals of those meters are read after the lock, so a
 //!    reading carried by two frames (two relays, or a meter's retry) is stored
 //!    once whichever server sees it first.
-//! 3. Writes, then rows shared by everybody in a fixed order: alerts (by kind
+//! 3. **The transparency log**, when the batch stores a block: one advisory
+//!    lock for the log's tail, then its size is read. Every block-storing
+//!    commit holds it to its end, so entries are appended in commit order
+//!    without gaps; it is the last lock before the shared rows, so a commit
+//!    waiting for it holds nothing another commit that has it still needs.
+//! 4. Writes, then rows shared by everybody in a fixed order: alerts (by kind
 //!    and subject), the `meta` row (only when it grows), the counters (each
 //!    connection adds to its own shard, summed on read).
 //!
@@ -107,11 +112,17 @@ const MIGRATIONS: &[(i32, &str)] = &[
         3,
         include_str!("../../migrations/postgres/0003_fleet_views.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_transparency_log.sql"),
+    ),
 ];
 
 /// Advisory lock classes (the first key of the two-key form): "gpw" and a number.
 const LOCK_MIGRATE: i32 = 0x6770_7701;
 pub(crate) const LOCK_RELAY: i32 = 0x6770_7702;
+/// The transparency log's tail (one lock, second key 0).
+pub(crate) const LOCK_LOG_CLASS: i32 = 0x6770_7703;
 
 /// Bits of a reading id below the block id.
 pub const READING_ID_SHIFT: u32 = 19;
@@ -260,6 +271,13 @@ impl PgStore {
     pub fn open(url: &str, options: StoreOptions) -> Result<PgStore, StoreError> {
         let mut conn = connect(url)?;
         migrate(&mut conn)?;
+        let appended = writer::backfill_log(&mut conn)?;
+        if appended > 0 {
+            tracing::info!(
+                blocks = appended,
+                "Blocks stored before the transparency log appended to it."
+            );
+        }
         Ok(PgStore {
             url: url.to_string(),
             reader: false,

@@ -10,21 +10,24 @@ use std::collections::{BTreeSet, HashMap};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use gridpow_proto::crypto::RustCrypto;
-use gridpow_proto::wire::Reading;
+use gridpow_proto::wire::{LogLeafRepr, Reading};
 use tokio_postgres::{Statement, Transaction};
 
 use super::conn::{block_on, PgConn};
 use super::copy::{CopyBuf, COPY_READINGS};
-use super::{read_totals, LOCK_RELAY, READING_ID_SHIFT};
+use super::{read_totals, LOCK_LOG_CLASS, LOCK_RELAY, READING_ID_SHIFT};
+use crate::log::{LogAppend, LogSnapshot};
 use crate::plan::{
     quota_bucket, CoverageChange, MeterRow, Plan, Planner, Snapshot, StoredSlot, Working,
 };
 use crate::plausibility::Rules;
+use crate::shared::hash_of;
 use crate::shared::u64_of;
 use crate::{CommitResult, Ingest, StoreError, StoreLimits};
+use gridpow_proto::Hash;
 
 const COPY_BLOCKS: &str = "COPY blocks (id, relay_id, height, hash, prev_hash, merkle_root, difficulty, leaf_count, time_ms, \
-     nonce, raw, linked, received_ms, first_reading_id, reading_count, duplicate_count, min_ts, max_ts) FROM STDIN (FORMAT binary)";
+     nonce, raw, linked, received_ms, first_reading_id, reading_count, duplicate_count, min_ts, max_ts, log_index) FROM STDIN (FORMAT binary)";
 const COPY_RUNS: &str =
     "COPY runs (block_id, meter_id, first_id, count, min_ts, max_ts) FROM STDIN (FORMAT binary)";
 
@@ -52,6 +55,12 @@ const LOCK_METERS: &str = "SELECT meter_id, readings, last_epoch, last_seq, last
 const LOAD_COVERAGE: &str = "SELECT c.meter_id, c.epoch, c.first_seq, c.last_seq FROM coverage c \
              JOIN unnest($1::int8[], $2::int8[]) AS k(m, e) ON c.meter_id = k.m AND c.epoch = k.e \
              ORDER BY 1, 2, 3";
+pub(super) const LOCK_LOG: &str = "SELECT pg_advisory_xact_lock($1, 0)";
+pub(super) const LOG_SIZE: &str = "SELECT COALESCE(MAX(log_index) + 1, 0)::int8 FROM blocks";
+pub(super) const LOG_HASHES: &str =
+    "SELECT h.hash FROM unnest($1::int8[]) WITH ORDINALITY AS u(i, o) LEFT JOIN log_hashes h ON h.idx = u.i ORDER BY u.o";
+pub(super) const INSERT_LOG_HASHES: &str =
+    "INSERT INTO log_hashes (idx, hash) SELECT * FROM unnest($1::int8[], $2::bytea[])";
 const LINK_CHILDREN: &str = "UPDATE blocks SET linked = true WHERE id = ANY($1)";
 const OPEN_GAPS: &str = "INSERT INTO gaps (relay_id, height, opened_ms, closed_ms) \
                  SELECT r, h, $3, c FROM unnest($1::int8[], $2::int8[], $4::int8[]) AS u(r, h, c) ON CONFLICT DO NOTHING";
@@ -100,6 +109,10 @@ pub(super) const WRITER_SQL: &[&str] = &[
     INSERT_METERS,
     LOCK_METERS,
     LOAD_COVERAGE,
+    LOCK_LOG,
+    LOG_SIZE,
+    LOG_HASHES,
+    INSERT_LOG_HASHES,
     LINK_CHILDREN,
     OPEN_GAPS,
     CLOSE_GAPS,
@@ -158,6 +171,65 @@ struct Snap<'t> {
     /// Locked meter rows; `None`: inserted by this transaction.
     meters: HashMap<u32, Option<MeterRow>>,
     coverage: HashMap<(u32, u32), Vec<(u32, u32)>>,
+}
+
+impl LogSnapshot for Snap<'_> {
+    fn log_size(&mut self) -> Result<u64, StoreError> {
+        log_size_locked(self.tx, self.st)
+    }
+
+    fn log_hashes(&mut self, indexes: &[u64]) -> Result<Vec<Hash>, StoreError> {
+        log_hashes_in(self.tx, self.st, indexes)
+    }
+}
+
+/// Takes the log's lock (to the end of the transaction: the module docs'
+/// lock order puts it after the relays and meters) and reads the log's size.
+pub(super) fn log_size_locked(
+    tx: &Transaction<'_>,
+    stmts: &HashMap<&'static str, Statement>,
+) -> Result<u64, StoreError> {
+    block_on(tx.execute(st(stmts, LOCK_LOG)?, &[&LOCK_LOG_CLASS]))?;
+    let r = block_on(tx.query_one(st(stmts, LOG_SIZE)?, &[]))?;
+    Ok(u64_of(r.try_get(0)?))
+}
+
+/// The stored log hashes at `indexes`, in that order.
+pub(super) fn log_hashes_in(
+    tx: &Transaction<'_>,
+    stmts: &HashMap<&'static str, Statement>,
+    indexes: &[u64],
+) -> Result<Vec<Hash>, StoreError> {
+    let idx: Vec<i64> = indexes.iter().map(|&i| i as i64).collect();
+    let rows = block_on(tx.query(st(stmts, LOG_HASHES)?, &[&idx]))?;
+    rows.iter()
+        .zip(indexes)
+        .map(|(r, i)| match r.try_get::<_, Option<Vec<u8>>>(0)? {
+            Some(h) => hash_of("log_hashes", &h),
+            None => Err(StoreError::Corrupt {
+                table: "log_hashes",
+                detail: format!("stored hash {i} is missing"),
+            }),
+        })
+        .collect()
+}
+
+/// Writes a commit's stored log hashes.
+pub(super) fn write_log_hashes(
+    tx: &Transaction<'_>,
+    stmts: &HashMap<&'static str, Statement>,
+    log: &LogAppend,
+) -> Result<(), StoreError> {
+    if log.hashes.is_empty() {
+        return Ok(());
+    }
+    let (idx, hashes): (Vec<i64>, Vec<Vec<u8>>) = log
+        .hashes
+        .iter()
+        .map(|(i, h)| (*i as i64, h.to_vec()))
+        .unzip();
+    block_on(tx.execute(st(stmts, INSERT_LOG_HASHES)?, &[&idx, &hashes]))?;
+    Ok(())
 }
 
 impl Snapshot for Snap<'_> {
@@ -459,7 +531,7 @@ impl Write<'_> {
             table: "blocks",
             detail: "block larger than 2 GiB".into(),
         };
-        for (nb, &id) in plan.blocks.iter().zip(ids) {
+        for (n, (nb, &id)) in plan.blocks.iter().zip(ids).enumerate() {
             let first_id = id << READING_ID_SHIFT;
             for (n, row) in nb.fresh.iter().enumerate() {
                 readings.reading(first_id + n as i64, id, row);
@@ -476,7 +548,7 @@ impl Write<'_> {
             }
             let span = nb.span();
             let (b, h) = (nb.block, &nb.block.header);
-            blocks.row(18);
+            blocks.row(19);
             blocks.i64(id);
             blocks.i64(i64::from(h.relay_id));
             blocks.i64(h.height as i64);
@@ -495,8 +567,10 @@ impl Write<'_> {
             blocks.i64(nb.duplicates as i64);
             blocks.opt_i64(span.map(|s| s.0));
             blocks.opt_i64(span.map(|s| s.1));
+            blocks.i64(plan.log.index_of(n));
         }
         block_on(copy_in(self.tx, st(self.st, COPY_BLOCKS)?, blocks.finish()))?;
+        write_log_hashes(self.tx, self.st, &plan.log)?;
         if readings.rows() > 0 {
             block_on(copy_in(
                 self.tx,
@@ -694,4 +768,74 @@ fn narrow32(v: &[i64]) -> Vec<i32> {
 
 fn narrow16(v: &[i64]) -> Vec<i16> {
     v.iter().map(|&x| x as i16).collect()
+}
+
+/// The log's tail alone, for the backfill.
+struct LogTail<'t> {
+    tx: &'t Transaction<'t>,
+    st: &'t HashMap<&'static str, Statement>,
+}
+
+impl LogSnapshot for LogTail<'_> {
+    fn log_size(&mut self) -> Result<u64, StoreError> {
+        log_size_locked(self.tx, self.st)
+    }
+
+    fn log_hashes(&mut self, indexes: &[u64]) -> Result<Vec<Hash>, StoreError> {
+        log_hashes_in(self.tx, self.st, indexes)
+    }
+}
+
+const UNLOGGED_BLOCKS: &str = "SELECT id, relay_id, height, hash, merkle_root FROM blocks \
+     WHERE log_index IS NULL ORDER BY id LIMIT 10000";
+const SET_LOG_INDEX: &str =
+    "UPDATE blocks b SET log_index = u.l FROM unnest($1::int8[], $2::int8[]) AS u(i, l) WHERE b.id = u.i";
+
+/// Appends the blocks stored before schema version 4 to the log, in the
+/// order they were stored (by id), a slice per transaction under the log's
+/// lock (servers starting together take turns); a no-op once done.
+pub(super) fn backfill_log(conn: &mut PgConn) -> Result<u64, StoreError> {
+    let mut stmts = HashMap::new();
+    for sql in [
+        LOCK_LOG,
+        LOG_SIZE,
+        LOG_HASHES,
+        INSERT_LOG_HASHES,
+        UNLOGGED_BLOCKS,
+        SET_LOG_INDEX,
+    ] {
+        stmts.insert(sql, conn.prepare(sql)?);
+    }
+    let mut total = 0;
+    loop {
+        let tx = block_on(conn.client().transaction())?;
+        let mut tail = LogTail {
+            tx: &tx,
+            st: &stmts,
+        };
+        // The lock first: another server may be appending the same blocks.
+        let size = tail.log_size()?;
+        let rows = block_on(tx.query(st(&stmts, UNLOGGED_BLOCKS)?, &[]))?;
+        if rows.is_empty() {
+            return Ok(total);
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut entries = Vec::with_capacity(rows.len());
+        for r in &rows {
+            ids.push(r.try_get::<_, i64>(0)?);
+            entries.push(LogLeafRepr {
+                relay_id: crate::shared::u32_id("blocks", r.try_get(1)?)?,
+                height: u64_of(r.try_get(2)?),
+                block_hash: hash_of("blocks", &r.try_get::<_, Vec<u8>>(3)?)?,
+                merkle_root: hash_of("blocks", &r.try_get::<_, Vec<u8>>(4)?)?,
+            });
+        }
+        let log = crate::log::append(&mut tail, &entries)?;
+        debug_assert_eq!(log.first, size);
+        write_log_hashes(&tx, &stmts, &log)?;
+        let indexes: Vec<i64> = (0..ids.len()).map(|n| log.index_of(n)).collect();
+        block_on(tx.execute(st(&stmts, SET_LOG_INDEX)?, &[&ids, &indexes]))?;
+        block_on(tx.commit())?;
+        total += ids.len() as u64;
+    }
 }
