@@ -166,7 +166,9 @@ impl TilePath {
 
     /// Whether a tree of `size` leaves holds this tile (or partial tile).
     pub fn within(&self, size: u64) -> bool {
-        u128::from(self.index) * 256 + u128::from(self.width) <= self.available(size)
+        // The fields are public: a width outside 1..=256 names no tile.
+        (1..=TILE_WIDTH).contains(&self.width)
+            && u128::from(self.index) * 256 + u128::from(self.width) <= self.available(size)
     }
 
     /// For an entry bundle: the entries it holds (refused beyond the tree).
@@ -582,6 +584,17 @@ mod tests {
             );
         }
         assert!(serve_tile(&log, 600, "tile/entries/000").is_err());
+        for width in [0, 257] {
+            let t = TilePath {
+                kind: TileKind::Hashes(0),
+                index: 0,
+                width,
+            };
+            assert!(matches!(
+                read_tile(&log, 600, &t),
+                Err(Error::Rejected(Rejected::BeyondTree))
+            ));
+        }
         assert_eq!(
             TilePath::parse("tile/entries/002.p/88")
                 .unwrap()
