@@ -1017,10 +1017,12 @@ def audit(url, vkey, witness_vkeys, origin=None):
         raise C2SPError(f"GET {url}checkpoint: HTTP {status}")
     note = body.decode("utf-8", errors="strict") if isinstance(body, bytes) else body
     cp, text, _ = verify_checkpoint(note, [log_v], origin)
-    cos = cosignatures(note, wits) if wits else {}
+    cos = {}
     for w in wits:
-        if w.name not in cos:
-            raise C2SPError(f"checkpoint has no valid cosignature by {w.name}")
+        try:
+            cos.update(cosignatures(note, [w]))
+        except C2SPError as e:
+            raise C2SPError(f"cosignature by {w.vkey()}: {e}") from None
         if cos[w.name] == 0:
             raise C2SPError(f"cosignature by {w.name} has timestamp 0")
 
