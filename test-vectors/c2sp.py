@@ -297,6 +297,18 @@ def verify_checkpoint(note, log_verifiers, origin=None):
     return cp, text, good
 
 
+def verify_log_note(note, log_v, witness_verifiers=(), origin=None):
+    """Checkpoint of a note that must carry a valid log signature; signatures by
+    the known witnesses are checked too (one that fails refuses the note)."""
+    text, good = verify_note(note, [log_v] + list(witness_verifiers))
+    if log_v not in [g[0] for g in good]:
+        raise C2SPError(f"no valid signature by the log key {log_v.name}")
+    cp = parse_checkpoint(text)
+    if origin is not None and cp.origin != origin:
+        raise C2SPError(f"checkpoint origin {cp.origin!r} is not {origin!r}")
+    return cp
+
+
 def cosignatures(note, witness_verifiers):
     """{witness name: timestamp} of the valid cosignature/v1 signatures on a note."""
     text, good = verify_note(note, witness_verifiers)
@@ -650,16 +662,19 @@ def witness_status(body, log_verifiers, witness_size, witness_root):
     of the latest checkpoint it cosigned for that origin (0 and the empty root if none)."""
     try:
         req = parse_add_checkpoint(body)
-        text, sigs = parse_note(req.note)
+    except C2SPError as e:
+        return 400, str(e)
+    origin = req.note.split("\n", 1)[0]
+    if origin not in {v.name for v in log_verifiers}:
+        return 404, f"unknown origin {origin!r}"
+    try:
+        text, _ = verify_note(req.note, [v for v in log_verifiers if v.name == origin])
+    except C2SPError as e:
+        return 403, str(e)
+    try:
         cp = parse_checkpoint(text)
     except C2SPError as e:
         return 400, str(e)
-    if cp.origin not in {v.name for v in log_verifiers}:
-        return 404, f"unknown origin {cp.origin!r}"
-    try:
-        verify_note(req.note, [v for v in log_verifiers if v.name == cp.origin])
-    except C2SPError as e:
-        return 403, str(e)
     if req.old > cp.size:
         return 400, f"old size {req.old} above checkpoint size {cp.size}"
     if req.old != witness_size:
@@ -733,7 +748,7 @@ def check_log(v, label="log.json"):
         ctext, cgood = verify_note(c["cosigned_note"], [log_v])
         cos = cosignatures(c["cosigned_note"], [wit_v])
         check(ctext == text and cos == {wit_v.name: c["cosignature_time"]}
-              and c["cosigned_note"].startswith(c["note"]),
+              and set(parse_note(c["note"])[1]) <= set(parse_note(c["cosigned_note"])[1]),
               f"{label}: checkpoint {cp.size} cosigned by {wit_v.name} (cosignature/v1, time {c['cosignature_time']}), log signature kept")
         check(refused(cosignatures, c["cosigned_note"].replace(f"\n{cp.size}\n", f"\n{cp.size + 1}\n", 1), [wit_v]) is not None
               and refused(verify_note, c["note"].replace(origin, origin + "x", 1), [log_v]) is not None,
@@ -764,7 +779,7 @@ def check_log(v, label="log.json"):
                   f"{label}: {path} recomputed from the entries ({width} hashes of {TILE_WIDTH}^{level}-leaf subtrees)")
     for size in sorted(roots):
         if 0 < size <= n:
-            if all(tile_path(*p) in served for p in tiles_for_size(size)):
+            if size == n or all(tile_path(*p) in served for p in tiles_for_size(size)):
                 got = root_from_tiles(size, lambda l, i, w: served[tile_path(l, i, w)])
                 check(got == root_of(size), f"{label}: root of size {size} recomputed from the served tiles alone")
 
@@ -814,7 +829,7 @@ def check_log(v, label="log.json"):
 
     # Negative notes.
     for neg in v["negative_notes"]:
-        why = refused(verify_checkpoint, neg["note"], [log_v], origin)
+        why = refused(verify_log_note, neg["note"], log_v, [wit_v], origin)
         check(why is not None, f"{label}: refused: {neg['what']} ({why})")
 
 
@@ -870,6 +885,11 @@ def build_log(n=600, sizes=(1, 2, 3, 7, 255, 256, 257, 511, 512, 600), cp_sizes=
          "request": request(0, 1, [], sign_note(Checkpoint("other.example/log", 1, leaves[0]).text(), [(stranger_sk, stranger_v, None)])),
          "status": 404, "response": ""},
         {"what": "bad log signature", "witness_size": 0, "request": request(0, 257).replace("\n257\n", "\n258\n"), "status": 403, "response": ""},
+        {"what": "no signature", "witness_size": 0, "request": request(0, 257).split("\n\u2014")[0], "status": 403, "response": ""},
+        {"what": "old size above the checkpoint's", "witness_size": 0, "request": request(7, 3, []), "status": 400, "response": ""},
+        {"what": "proof from size 0", "witness_size": 0, "request": request(0, 3, [leaves[0]]), "status": 422, "response": ""},
+        {"what": "same size, other root", "witness_size": 7, "request": request(7, 7, [], sign_note(Checkpoint(origin, 7, leaves[0]).text(), [(log_sk, log_v, None)])),
+         "status": 422, "response": ""},
     ]
     good = note(7)
     neg = [
@@ -883,6 +903,8 @@ def build_log(n=600, sizes=(1, 2, 3, 7, 255, 256, 257, 511, 512, 600), cp_sizes=
         {"what": "no final newline", "note": good[:-1]},
         {"what": "truncated root", "note": sign_note(f"{origin}\n7\n{b64(mth(leaves[:7])[:31])}\n", [(log_sk, log_v, None)])},
         {"what": "empty extension line", "note": sign_note(f"{origin}\n7\n{b64(mth(leaves[:7]))}\n\n", [(log_sk, log_v, None)])},
+        {"what": "cosigned, the cosignature does not verify", "note": cps[0]["cosigned_note"].replace(cps[0]["note"], note(600))},
+        {"what": "signed by the witness only", "note": sign_note(Checkpoint(origin, 7, mth(leaves[:7])).text(), [(wit_sk, wit_v, 1)])},
         {"what": "other origin", "note": sign_note(f"{origin}x\n7\n{b64(mth(leaves[:7]))}\n", [(log_sk, log_v, None)])},
     ]
     return {"origin": origin,
