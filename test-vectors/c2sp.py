@@ -53,6 +53,14 @@ def refused(fn, *args):
     return None
 
 
+def must(what, fn, *args):
+    """fn(*args), or a FAIL line naming what was being checked when the input is refused."""
+    try:
+        return fn(*args)
+    except C2SPError as e:
+        check(False, f"{what}: {e}")
+
+
 def sha256(b):
     return hashlib.sha256(b).digest()
 
@@ -741,12 +749,12 @@ def check_log(v, label="log.json"):
 
     # Checkpoints and cosignatures.
     for c in v["checkpoints"]:
-        cp, text, good = verify_checkpoint(c["note"], [log_v], origin)
+        cp, text, good = must(f"{label}: checkpoint {c['size']}", verify_checkpoint, c["note"], [log_v], origin)
         check(cp.size == c["size"] and cp.root == root_of(cp.size) and not cp.extensions
               and [g[0] for g in good] == [log_v] and len(parse_note(c["note"])[1]) == 1,
               f"{label}: checkpoint {cp.size} is signed by the log key, origin, size and root match the tree")
-        ctext, cgood = verify_note(c["cosigned_note"], [log_v])
-        cos = cosignatures(c["cosigned_note"], [wit_v])
+        ctext, cgood = must(f"{label}: cosigned checkpoint {cp.size}", verify_note, c["cosigned_note"], [log_v])
+        cos = must(f"{label}: cosigned checkpoint {cp.size}", cosignatures, c["cosigned_note"], [wit_v])
         check(ctext == text and cos == {wit_v.name: c["cosignature_time"]}
               and set(parse_note(c["note"])[1]) <= set(parse_note(c["cosigned_note"])[1]),
               f"{label}: checkpoint {cp.size} cosigned by {wit_v.name} (cosignature/v1, time {c['cosignature_time']}), log signature kept")
@@ -769,10 +777,10 @@ def check_log(v, label="log.json"):
     check(set(needed) <= set(served),
           f"{label}: every tile and bundle of a size-{n} tree is served ({', '.join(needed)})")
     for path, data in served.items():
-        level, index, width = parse_tile_path(path)
+        level, index, width = must(f"{label}: tile path", parse_tile_path, path)
         if level == "entries":
             lo = index * TILE_WIDTH
-            check(lo + width <= n and parse_bundle(data) == entries[lo:lo + width] and make_bundle(entries[lo:lo + width]) == data,
+            check(lo + width <= n and must(f"{label}: {path}", parse_bundle, data) == entries[lo:lo + width] and make_bundle(entries[lo:lo + width]) == data,
                   f"{label}: {path} is entries {lo}..{lo + width - 1}, uint16 BE length-prefixed")
         else:
             check(data == tile_bytes(leaves, level, index, width),
@@ -787,7 +795,7 @@ def check_log(v, label="log.json"):
     for p in v["inclusion"]:
         proof = [X(h) for h in p["proof"]]
         i, size = p["index"], p["size"]
-        verify_inclusion(leaves[i], i, size, proof, root_of(size))
+        must(f"{label}: inclusion of leaf {i} in tree {size}", verify_inclusion, leaves[i], i, size, proof, root_of(size))
         for j in range(len(proof)):
             bad = list(proof)
             bad[j] = bytes([bad[j][0] ^ 1]) + bad[j][1:]
@@ -800,7 +808,7 @@ def check_log(v, label="log.json"):
     for p in v["consistency"]:
         proof = [X(h) for h in p["proof"]]
         old, new = p["old"], p["new"]
-        verify_consistency(old, new, root_of(old), root_of(new), proof)
+        must(f"{label}: consistency {old}→{new}", verify_consistency, old, new, root_of(old), root_of(new), proof)
         for j in range(len(proof)):
             bad = list(proof)
             bad[j] = bytes([bad[j][0] ^ 1]) + bad[j][1:]
@@ -814,13 +822,14 @@ def check_log(v, label="log.json"):
         status, why = witness_status(w["request"], [log_v], ws, root_of(ws))
         check(status == w["status"], f"{label}: witness, {w['what']}: status {w['status']} ({why})")
         if status == 200:
-            req = parse_add_checkpoint(w["request"])
-            cp, _, _ = verify_checkpoint(req.note, [log_v], origin)
-            verify_consistency(req.old, cp.size, root_of(req.old), cp.root, req.proof)
+            what = f"{label}: witness, {w['what']}"
+            req = must(what, parse_add_checkpoint, w["request"])
+            cp, _, _ = must(what, verify_checkpoint, req.note, [log_v], origin)
+            must(what, verify_consistency, req.old, cp.size, root_of(req.old), cp.root, req.proof)
             resp = w["response"]
             lines = resp.split("\n")
             ok = resp.endswith("\n") and all(line.startswith("\u2014 ") for line in lines[:-1])
-            cos = cosignatures(req.note + resp, [wit_v])
+            cos = must(f"{what}: response", cosignatures, req.note + resp, [wit_v])
             check(ok and set(cos) == {wit_v.name} and cos[wit_v.name] > 0 and cp.root == root_of(cp.size),
                   f"{label}: witness, {w['what']}: old {req.old}, proof of {len(req.proof)} hashes verifies; "
                   f"response is a cosignature/v1 by {wit_v.name} on size {cp.size} at time {cos.get(wit_v.name)}")
@@ -830,7 +839,7 @@ def check_log(v, label="log.json"):
     # Negative notes.
     for neg in v["negative_notes"]:
         why = refused(verify_log_note, neg["note"], log_v, [wit_v], origin)
-        check(why is not None, f"{label}: refused: {neg['what']} ({why})")
+        check(why is not None, f"{label}: refused: {neg['what']} ({why or 'accepted'})")
 
 
 # ---------------------------------------------------------------- self-test
