@@ -982,6 +982,19 @@ def self_test():
             if 0 < m < n and refused(verify_consistency, m, n, mth(leaves[:m]), leaves[0], consistency_proof(m, leaves[:n])) is None:
                 check(False, f"consistency {m}->{n} with a wrong new root is refused")
     check(True, "RFC 9162: every inclusion and consistency proof of trees up to 39 leaves verifies")
+    mj = json.loads((HERE / "merkle.json").read_text())
+    for c in mj["cases"]:
+        ls = [leaf_hash(f"leaf-{i}".encode()) for i in range(c["leaves"])]
+        proof = [X(h) for h in c["proof"]]
+        verify_inclusion(ls[c["proof_index"]], c["proof_index"], c["leaves"], proof, X(c["root"]))
+        check(mth(ls).hex() == c["root"] and inclusion_path(c["proof_index"], ls) == proof,
+              f"merkle.json: root of {c['leaves']} leaves and the inclusion proof of leaf {c['proof_index']}")
+    for c in mj["consistency"]:
+        ls = [leaf_hash(f"leaf-{i}".encode()) for i in range(c["new_size"])]
+        proof = [X(h) for h in c["proof"]]
+        verify_consistency(c["old_size"], c["new_size"], X(c["old_root"]), X(c["new_root"]), proof)
+        check(consistency_proof(c["old_size"], ls) == proof,
+              f"merkle.json: consistency proof {c['old_size']}→{c['new_size']}")
     check(refused(verify_inclusion, leaves[0], 0, 1, [], leaves[1]) and refused(verify_inclusion, leaves[1], 1, 1, [], leaves[1])
           and refused(verify_consistency, 1, 1, leaves[0], leaves[1], []) and refused(verify_consistency, 0, 5, EMPTY_ROOT, mth(leaves[:5]), [leaves[0]])
           and refused(verify_consistency, 3, 2, mth(leaves[:3]), mth(leaves[:2]), []),
