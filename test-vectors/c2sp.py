@@ -1153,8 +1153,8 @@ def main(argv):
         return 1
     try:
         check_log(json.loads(path.read_text()))
-    except (C2SPError, KeyError, ValueError) as e:
-        print(f"FAIL: log.json: {type(e).__name__}: {e}")
+    except (C2SPError, KeyError, ValueError, TypeError, IndexError) as e:
+        print(f"FAIL: log.json does not follow the expected schema or format: {type(e).__name__}: {e}")
         return 1
     print("all log.json checks passed (independent C2SP implementation)")
     return 0
