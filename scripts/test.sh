@@ -32,3 +32,7 @@ scripts/qemu-check.sh
 
 echo "== test vectors, independent Python implementation" >&2
 python3 test-vectors/verify.py | tail -1
+# The transparency log's checkpoints, cosignatures, tiles and proofs
+# (log.json), by an implementation written from the C2SP texts alone.
+python3 test-vectors/c2sp.py --self-test | tail -1
+python3 test-vectors/c2sp.py | tail -1
