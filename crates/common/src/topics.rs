@@ -3,7 +3,7 @@
 //! `gridpow_relay_net::topics` (the standalone relay's no_std transport
 //! builds the same names without allocation).
 
-pub use gridpow_relay_net::topics::{BLOCKS, RECEIPTS, RELAYS, STATUS};
+pub use gridpow_relay_net::topics::{BLOCKS, LOG_CHECKPOINT, RECEIPTS, RELAYS, STATUS};
 
 /// `gridpow/v1/relays/{relay}/{leaf}`; `relay` is an id or the wildcard `+`.
 fn relay_topic(relay: impl std::fmt::Display, leaf: &str) -> String {

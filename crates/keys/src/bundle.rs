@@ -263,11 +263,13 @@ impl KeyDir {
         out: &KeyDir,
     ) -> Result<BundleSummary, KeyError> {
         let tls = self.tls_files(client);
+        self.log_note_seed()?;
         let files = self.copy_bundle(
             out,
             &[
                 (self.site_path(), true),
                 (self.server_key_path(), true),
+                (self.log_key_path(), true),
                 (self.server_pub_path(), false),
                 (self.relays_path(), false),
                 (self.meters_path(), false),

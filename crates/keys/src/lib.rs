@@ -9,6 +9,7 @@
 //! DIR/relays/<id>.key      0600  relay Ed25519 signing key (hex seed)
 //! DIR/server.key           0600  grid server Ed25519 key that signs commit receipts
 //! DIR/server.pub                 its public key (relays verify receipts with it)
+//! DIR/log-note.key         0600  the transparency log's Ed25519 note key (hex seed): signs checkpoints
 //! DIR/meters/<id>.toml     0600  what a meter is flashed with (written by add-meter)
 //! DIR/tls/ca.pem, ca.key   CA for MQTT TLS (ca.key 0600)
 //! DIR/tls/broker.pem/.key  broker certificate (localhost, 127.0.0.1 and given names)
@@ -239,6 +240,11 @@ impl KeyDir {
     pub fn server_pub_path(&self) -> PathBuf {
         self.root.join("server.pub")
     }
+    /// Path of the transparency log's note key (every server sharing one
+    /// database signs that one log's checkpoints with it).
+    pub fn log_key_path(&self) -> PathBuf {
+        self.root.join("log-note.key")
+    }
     /// Path of the CA certificate.
     pub fn ca_cert_path(&self) -> PathBuf {
         self.root.join("tls").join("ca.pem")
@@ -295,6 +301,7 @@ impl KeyDir {
             false,
         )
         .map_err(|e| io_err(&self.server_pub_path(), e))?;
+        self.log_note_seed()?;
         self.create_ca(&opts.broker_names)?;
         for &id in &opts.relay_ids {
             self.add_relay(id)?;
@@ -523,6 +530,17 @@ impl KeyDir {
     /// The server's receipt signing key.
     pub fn server_signing_key(&self) -> Result<SigningKey, KeyError> {
         read_signing_key(&self.server_key_path())
+    }
+
+    /// The transparency log's note-key seed; a key directory made before the
+    /// log existed gets one now (0600).
+    pub fn log_note_seed(&self) -> Result<[u8; 32], KeyError> {
+        let path = self.log_key_path();
+        if !path.exists() {
+            write_file(&path, hex::encode(random_bytes::<32>()).as_bytes(), true)
+                .map_err(|e| io_err(&path, e))?;
+        }
+        Ok(read_signing_key(&path)?.to_bytes())
     }
 
     /// The server's receipt verifying key.

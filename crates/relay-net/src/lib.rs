@@ -136,7 +136,7 @@ pub use tls::{Link, MAX_BROKER_CHAIN};
 /// The MQTT topic names of docs/protocol.md, "MQTT": their one definition,
 /// shared by this transport, the host services and the broker ACL.
 pub mod topics {
-    pub use crate::status::{BLOCKS, RECEIPTS, RELAYS, STATUS};
+    pub use crate::status::{BLOCKS, LOG_CHECKPOINT, RECEIPTS, RELAYS, STATUS};
 }
 
 /// Negotiated TLS maximum fragment length (RFC 6066): 2^12 bytes.

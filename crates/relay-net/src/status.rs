@@ -28,6 +28,10 @@ pub const STATUS: &str = "status";
 /// Leaf of the topic servers publish a relay's commit receipts to (QoS 1).
 pub const RECEIPTS: &str = "receipts";
 
+/// Where grid servers publish the transparency log's newest signed
+/// checkpoint (retained, QoS 1, the C2SP note text; docs/ledger.md).
+pub const LOG_CHECKPOINT: &str = "gridpow/v1/log/checkpoint";
+
 fn topic(relay_id: u32, leaf: &str) -> Topic {
     let mut t = Topic::new();
     // Cannot fail: MAX_TOPIC_LEN fits the longest id and leaf.

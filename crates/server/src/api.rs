@@ -56,6 +56,11 @@ pub(crate) struct ApiState {
 }
 
 impl ApiState {
+    /// The server's shared state.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// The state, and the task that samples the fleet history (it ends
     /// when the state is dropped).
     pub(crate) fn new(
@@ -165,6 +170,11 @@ pub(crate) enum ApiError {
     Refused(Refusal),
     /// 503 with `Retry-After`: no database reader free in time.
     Busy(String),
+    /// 503 with `Retry-After` and a code naming what is not ready yet.
+    Unavailable {
+        code: &'static str,
+        message: String,
+    },
 }
 
 impl From<Refusal> for ApiError {
@@ -191,6 +201,12 @@ impl IntoResponse for ApiError {
                 json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
             }
             ApiError::Refused(r) => r.into_response(),
+            ApiError::Unavailable { code, message } => {
+                let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, code, message);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                r
+            }
             ApiError::Busy(m) => {
                 let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, "database_busy", m);
                 r.headers_mut()
@@ -214,7 +230,8 @@ pub(crate) fn router(state: Arc<ApiState>, gate: Arc<Gate>) -> Router {
         .route("/api/v1/fleet", get(fleet))
         .route("/api/v1/fleet/meters", get(fleet_meters))
         .route("/api/v1/fleet/relays", get(fleet_relays))
-        .route("/api/v1/blocks/{block_id}/readings", get(block_readings));
+        .route("/api/v1/blocks/{block_id}/readings", get(block_readings))
+        .route("/log/blocks/{index}", get(crate::log_api::block));
     if !gate.metrics_open {
         staff = staff.route("/metrics", get(metrics));
     }
@@ -229,7 +246,12 @@ pub(crate) fn router(state: Arc<ApiState>, gate: Arc<Gate>) -> Router {
     // The description is documentation, not data: no token, only the host check.
     let mut open = Router::new()
         .route("/login", get(auth::login))
-        .route("/api/v1/openapi.json", get(openapi_json));
+        .route("/api/v1/openapi.json", get(openapi_json))
+        // The transparency log is public: auditors, witnesses and customers need no account.
+        .route("/log/checkpoint", get(crate::log_api::checkpoint))
+        .route("/log/tile/{*rest}", get(crate::log_api::tile))
+        .route("/log/proof/inclusion", get(crate::log_api::inclusion))
+        .route("/log/proof/consistency", get(crate::log_api::consistency));
     if gate.metrics_open {
         open = open.route("/metrics", get(metrics));
     }
@@ -956,10 +978,17 @@ async fn proof(
         block_readings,
         proof,
         openapi_json,
-        crate::auth::login
+        crate::auth::login,
+        crate::log_api::checkpoint,
+        crate::log_api::tile,
+        crate::log_api::inclusion,
+        crate::log_api::consistency,
+        crate::log_api::block
     ),
     components(schemas(
         ErrorBody,
+        crate::log_api::InclusionProof,
+        crate::log_api::ConsistencyProof,
         crate::http_error::ErrorDetail,
         Proof,
         Fleet,

@@ -86,6 +86,8 @@ pub struct ServerConfig {
     pub ingest: IngestConfig,
     /// Bounds on what hostile input can make the ledger keep.
     pub quarantine: QuarantineConfig,
+    /// The transparency log's checkpoints and witnesses (docs/ledger.md).
+    pub log: LogConfig,
 }
 
 impl Default for ServerConfig {
@@ -100,8 +102,52 @@ impl Default for ServerConfig {
             plausibility: PlausibilityConfig::default(),
             ingest: IngestConfig::default(),
             quarantine: QuarantineConfig::default(),
+            log: LogConfig::default(),
         }
     }
+}
+
+/// The transparency log (docs/ledger.md): checkpoints signed with the note
+/// key `keys_dir/log-note.key`, and the witnesses asked to cosign them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// The log's name (C2SP origin line, also its note key's name): a
+    /// schema-less URL naming this ledger, the same on every server sharing
+    /// its database. Default `gridpow.local/ledger`.
+    pub origin: String,
+    /// A checkpoint is signed at most this often after new blocks, in ms.
+    pub checkpoint_min_gap_ms: u64,
+    /// And at least this often (re-signed when nothing was appended, so
+    /// witnesses and monitors see the log is alive), in seconds.
+    pub checkpoint_interval_s: u64,
+    /// Witnesses asked to cosign each checkpoint.
+    pub witnesses: Vec<WitnessConfig>,
+    /// Cosignatures a checkpoint should carry; fewer is flagged on the
+    /// dashboard, in `/metrics` and the log (the checkpoint is still served).
+    pub min_cosignatures: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            origin: "gridpow.local/ledger".into(),
+            checkpoint_min_gap_ms: 500,
+            checkpoint_interval_s: 60,
+            witnesses: Vec::new(),
+            min_cosignatures: 0,
+        }
+    }
+}
+
+/// A witness (C2SP tlog-witness) the server asks to cosign.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// Its base URL: the server POSTs to `<url>/add-checkpoint`.
+    pub url: String,
+    /// Its verifier key (C2SP vkey, `name+hash+key`): cosignatures are checked with it.
+    pub vkey: String,
 }
 
 /// The MQTT connection (MQTT 5).
@@ -357,6 +403,42 @@ impl ServerConfig {
         }
         if !(1..=1_000_000).contains(&h.max_page) {
             return bad("http.max_page", "must be in 1..=1000000");
+        }
+        let log = &self.log;
+        if gridpow_tlog::Checkpoint::new(&log.origin, 0, [0; 32])
+            .body()
+            .is_err()
+            || log.origin.contains(char::is_whitespace)
+            || log.origin.contains('+')
+        {
+            return bad(
+                "log.origin",
+                "must be a non-empty name without spaces or '+' (a schema-less URL such as grid.example/ledger)",
+            );
+        }
+        if !(10..=3_600_000).contains(&log.checkpoint_min_gap_ms) {
+            return bad("log.checkpoint_min_gap_ms", "must be in 10..=3600000 (ms)");
+        }
+        if !(1..=86_400).contains(&log.checkpoint_interval_s) {
+            return bad("log.checkpoint_interval_s", "must be in 1..=86400 (s)");
+        }
+        for (i, w) in log.witnesses.iter().enumerate() {
+            if let Err(e) = gridpow_tlog::CosignatureVerifier::from_vkey(&w.vkey) {
+                return Err(ConfigError::invalid(
+                    path,
+                    &format!("log.witnesses[{i}].vkey"),
+                    e.to_string(),
+                ));
+            }
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return bad("log.witnesses.url", "must be an http:// or https:// URL");
+            }
+        }
+        if log.min_cosignatures > log.witnesses.len() {
+            return bad(
+                "log.min_cosignatures",
+                "more than the witnesses configured: no checkpoint could ever carry them",
+            );
         }
         if let Some(bad_host) = h
             .allowed_hosts

@@ -475,6 +475,9 @@ fn commit_until_done(
 /// Counts what a commit reports for the whole batch.
 fn record_commit(shared: &Shared, result: &CommitResult) {
     shared.set_totals(result.totals);
+    if let Some(size) = result.log_size {
+        crate::transparency::appended(&shared.log, size);
+    }
     add(
         &shared.metrics.quarantine_dropped,
         result.quarantine_dropped,

@@ -42,9 +42,11 @@ mod http_serve;
 mod ingest;
 pub mod keyring;
 pub mod ledger;
+mod log_api;
 pub mod metrics;
 pub mod relay_status;
 mod server;
+pub mod transparency;
 pub mod verify;
 
 pub use config::{ConfigError, ServerConfig};

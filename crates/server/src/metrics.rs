@@ -109,6 +109,8 @@ pub struct Shared {
     pub started_ms: u64,
     /// Each relay's newest status message.
     pub relay_status: crate::relay_status::RelayStatuses,
+    /// The transparency log: its newest checkpoint and counters.
+    pub log: crate::transparency::LogStatus,
 }
 
 pub(crate) fn add(c: &AtomicU64, v: u64) {
@@ -169,6 +171,7 @@ impl Shared {
             mqtt_connected: self.mqtt_connected.load(Ordering::Relaxed),
             mqtt_subscribed: self.mqtt_subscribed.load(Ordering::Relaxed),
             started_ms: self.started_ms,
+            log: self.log.stats(),
         }
     }
 
@@ -186,6 +189,7 @@ impl Shared {
     /// The counters and totals as of now, named and described for the exposition.
     fn snapshot(&self) -> Snapshot {
         let t = self.totals();
+        let log = self.log.stats();
         let m = &self.metrics;
         let secs = |c: &AtomicU64| get(c) as f64 / 1e6;
         let counter = |name, help, c: &AtomicU64| (name, help, get(c));
@@ -218,6 +222,8 @@ impl Shared {
             counter("gridpow_server_http_rate_limited", "HTTP requests refused with 429 (per-client rate limit).", &m.http_rate_limited),
             counter("gridpow_server_http_overloaded", "HTTP requests refused with 503 (max_concurrent_requests in flight).", &m.http_overloaded),
             counter("gridpow_server_http_db_busy", "API requests refused with 503: no database reader free in time.", &m.http_db_busy),
+            counter("gridpow_log_checkpoints_signed", "Transparency-log checkpoints signed by this process.", &self.log.checkpoints_signed),
+            counter("gridpow_log_witness_failures", "Witness requests that brought no cosignature.", &self.log.witness_failures),
         ];
         let seconds = vec![
             (
@@ -303,6 +309,21 @@ impl Shared {
                 "Whether the MQTT connection is up.",
                 u64::from(self.mqtt_connected.load(Ordering::Relaxed)),
             ),
+            (
+                "gridpow_log_size",
+                "Entries in the transparency log's newest signed checkpoint.",
+                log.as_ref().map_or(0, |l| l.size),
+            ),
+            (
+                "gridpow_log_cosignatures",
+                "Valid witness cosignatures on the newest checkpoint.",
+                log.as_ref().map_or(0, |l| l.cosignatures as u64),
+            ),
+            (
+                "gridpow_log_under_witnessed",
+                "1 when the newest checkpoint carries fewer cosignatures than log.min_cosignatures.",
+                u64::from(log.as_ref().is_some_and(|l| l.under_witnessed)),
+            ),
         ];
         Snapshot {
             counters,
@@ -366,7 +387,7 @@ impl Collector for Snapshot {
 /// What the server has done, for the CLI, the API (`/api/v1/stats`) and the dashboard.
 /// Ledger fields are database totals (all servers sharing the database, across
 /// restarts); the others count this process only.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ServerStats {
     /// Database totals: all servers sharing the database, across restarts.
     #[serde(flatten)]
@@ -383,6 +404,8 @@ pub struct ServerStats {
     pub mqtt_subscribed: bool,
     /// When this process started, Unix ms.
     pub started_ms: u64,
+    /// The transparency log's newest checkpoint (none signed yet: null).
+    pub log: Option<crate::transparency::LogStats>,
 }
 
 #[cfg(test)]

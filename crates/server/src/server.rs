@@ -20,6 +20,7 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::ingest::{self, Phase, WriterSettings};
 use crate::keyring::Keyring;
 use crate::metrics::{ServerStats, Shared};
+use crate::transparency::LogService;
 use gridpow_store::{self, StoreError};
 use gridpow_store::{Rules, StoreOptions};
 
@@ -54,6 +55,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The transparency log's note key or a witness key is unusable.
+    #[error(transparent)]
+    Log(#[from] crate::transparency::LogServiceError),
     /// A thread could not be started.
     #[error("starting the {what} thread: {source}")]
     Spawn {
@@ -81,6 +85,8 @@ pub struct ServerHandle {
     mqtt: JoinHandle<()>,
     acker: JoinHandle<()>,
     http: JoinHandle<()>,
+    checkpoints: JoinHandle<()>,
+    checkpoints_stop: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -101,6 +107,7 @@ struct Opened {
     keys: KeyDir,
     keyring: Keyring,
     signing_key: ed25519_dalek::SigningKey,
+    log: LogService,
     writer_store: Box<dyn gridpow_store::Store>,
     shared: Arc<Shared>,
 }
@@ -113,6 +120,12 @@ fn open(cfg: &ServerConfig) -> Result<Opened, ServerError> {
     keys.check_role(gridpow_keys::Role::Server)?;
     let keyring = Keyring::load(&keys)?;
     let signing_key = keys.server_signing_key()?;
+    let log = LogService::new(&cfg.log, keys.log_note_seed()?)?;
+    tracing::info!(
+        origin = %cfg.log.origin,
+        vkey = %log.vkey(),
+        "Transparency log: checkpoints are signed with this note key."
+    );
     // A read-only database or directory is refused now, rather than
     // after minutes of failed commits. No lock: several servers may share
     // one database, SQLite or PostgreSQL (crates/cli/tests/crash.rs).
@@ -131,12 +144,17 @@ fn open(cfg: &ServerConfig) -> Result<Opened, ServerError> {
         ..Shared::default()
     });
     shared.set_totals(writer_store.totals()?);
+    shared
+        .log
+        .min_cosignatures
+        .store(cfg.log.min_cosignatures as u64, Ordering::Relaxed);
     // Fail now, not at the first request, if the readers cannot open the database.
     drop(gridpow_store::open_reader(&cfg.db)?);
     Ok(Opened {
         keys,
         keyring,
         signing_key,
+        log,
         writer_store,
         shared,
     })
@@ -181,6 +199,7 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
         keys,
         keyring,
         signing_key,
+        log,
         writer_store,
         shared,
     } = opened;
@@ -249,6 +268,14 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
         );
     }
     let acker = tokio::spawn(ingest::acker_task(client.clone(), ack_rx, shared.clone()));
+    let (checkpoints_stop, stop_rx) = watch::channel(false);
+    let checkpoints = tokio::spawn(crate::transparency::checkpoint_task(
+        log,
+        cfg.db.clone(),
+        shared.clone(),
+        client.clone(),
+        stop_rx,
+    ));
     let mqtt = tokio::spawn(ingest::mqtt_task(
         eventloop,
         cfg.broker_target(),
@@ -291,6 +318,8 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
         mqtt,
         acker,
         http,
+        checkpoints,
+        checkpoints_stop,
         threads,
     })
 }
@@ -397,6 +426,14 @@ impl ServerHandle {
             stopping.store(true, Ordering::SeqCst);
             tracing::warn!("Pipeline did not drain in 20 s; stopping anyway.");
             self.acker.abort();
+        }
+        // A last checkpoint is not needed: the next start signs one.
+        let _ = self.checkpoints_stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(15), &mut self.checkpoints)
+            .await
+            .is_err()
+        {
+            self.checkpoints.abort();
         }
         let _ = self.phase.send(Phase::Disconnect);
         if tokio::time::timeout(Duration::from_secs(5), &mut self.mqtt)

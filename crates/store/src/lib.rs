@@ -588,6 +588,8 @@ pub struct BlockBytes {
     pub hash: Hash,
     /// The raw block.
     pub raw: Vec<u8>,
+    /// Its entry's index in the transparency log.
+    pub log_index: Option<u64>,
 }
 
 /// A column value exactly as stored. The ledger check compares cells with
@@ -1030,6 +1032,11 @@ pub trait QueryStore: Send {
     /// The log's stored hashes at `indexes` (the tlog layout), in that order.
     fn log_hashes(&mut self, indexes: &[u64]) -> Result<Vec<Hash>, StoreError> {
         log::hashes(self, indexes)
+    }
+
+    /// The raw block of log entry `index`, if the log has one.
+    fn log_block(&mut self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        log::block(self, index)
     }
 
     /// The log's entries `from..to`, in order.

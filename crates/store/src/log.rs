@@ -252,3 +252,18 @@ impl<S: QueryStore + ?Sized> HashReader for StoreHashReader<'_, S> {
         }
     }
 }
+
+/// The raw block of log entry `index`.
+pub(crate) fn block<S: QueryStore + ?Sized>(
+    s: &mut S,
+    index: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let Ok(i) = i64::try_from(index) else {
+        return Ok(None);
+    };
+    let rows = s.select(
+        "SELECT raw FROM blocks WHERE log_index = $1",
+        &[SqlParam::Int(i)],
+    )?;
+    rows.first().map(|r| bytes("blocks", r, 0)).transpose()
+}

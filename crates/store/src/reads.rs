@@ -92,7 +92,7 @@ pub(crate) fn reading_with_block<S: QueryStore + ?Sized>(
         .join(", ");
     let rows = s.select(
         &format!(
-            "SELECT {cols}, b.id, b.relay_id, b.height, b.hash, b.raw FROM readings r \
+            "SELECT {cols}, b.id, b.relay_id, b.height, b.hash, b.raw, b.log_index FROM readings r \
              LEFT JOIN blocks b ON b.id = r.block_id WHERE r.id = $1"
         ),
         &[SqlParam::Int(reading_id)],
@@ -116,6 +116,7 @@ pub(crate) fn reading_with_block<S: QueryStore + ?Sized>(
             height: u64_of(int("blocks", r, 16)?),
             hash: hash_of("blocks", &bytes("blocks", r, 17)?)?,
             raw: bytes("blocks", r, 18)?,
+            log_index: opt_int(r, 19).map(u64_of),
         },
     )))
 }
