@@ -101,29 +101,28 @@ fn a_real_proof_checks_out_and_says_what_it_proves() {
     assert_eq!(v["min_cosignatures"], 0);
 }
 
+/// One change to a proof document.
+type Tamper = fn(&mut ReadingProof);
+
 #[test]
 fn a_tampered_proof_fails_naming_the_check() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture();
-    let cases: Vec<(&str, Box<dyn Fn(&mut ReadingProof)>)> = vec![
-        ("reading", Box::new(|p| p.reading.seq = 99)),
-        ("reading", Box::new(|p| p.reading.meter_id = 8)),
-        ("block path", Box::new(|p| p.frame[40] ^= 1)),
-        ("block path", Box::new(|p| p.block_path[0][0] ^= 1)),
-        ("block path", Box::new(|p| p.leaf_index = 2)),
-        ("block header", Box::new(|p| p.header[0] = 9)),
-        ("log entry", Box::new(|p| p.header[8] ^= 1)),
-        ("log entry", Box::new(|p| p.entry[50] ^= 1)),
-        ("log path", Box::new(|p| p.log_index = 5)),
-        ("log path", Box::new(|p| p.log_path[1][7] ^= 1)),
-        (
-            "checkpoint",
-            Box::new(|p| p.checkpoint = p.checkpoint.replacen("\n7\n", "\n8\n", 1)),
-        ),
-        (
-            "format",
-            Box::new(|p| p.format = "gridpow-reading-proof/v0".into()),
-        ),
+    let cases: Vec<(&str, Tamper)> = vec![
+        ("reading", |p| p.reading.seq = 99),
+        ("reading", |p| p.reading.meter_id = 8),
+        ("block path", |p| p.frame[40] ^= 1),
+        ("block path", |p| p.block_path[0][0] ^= 1),
+        ("block path", |p| p.leaf_index = 2),
+        ("block header", |p| p.header[0] = 9),
+        ("log entry", |p| p.header[8] ^= 1),
+        ("log entry", |p| p.entry[50] ^= 1),
+        ("log path", |p| p.log_index = 5),
+        ("log path", |p| p.log_path[1][7] ^= 1),
+        ("checkpoint", |p| {
+            p.checkpoint = p.checkpoint.replacen("\n7\n", "\n8\n", 1)
+        }),
+        ("format", |p| p.format = "gridpow-reading-proof/v0".into()),
     ];
     for (i, (want, tamper)) in cases.iter().enumerate() {
         let mut p = f.proof.clone();
