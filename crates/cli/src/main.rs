@@ -12,6 +12,7 @@ mod broker_cmd;
 mod demo;
 mod keys_cmd;
 mod ledger_cmd;
+mod proof_cmd;
 mod relay_blob;
 mod services;
 mod sim_cmd;
@@ -53,6 +54,10 @@ enum Command {
     Meters(services::ConfigArg),
     /// Re-verify the whole stored ledger offline (signatures, PoW, Merkle roots, chain, meter tags).
     VerifyLedger(ledger_cmd::VerifyLedgerArgs),
+    /// Check a reading's proof document offline: frame, block, log entry, signed and cosigned checkpoint.
+    CheckProof(proof_cmd::CheckProofArgs),
+    /// Fetch a reading's proof document from a grid server into a file.
+    ProveReading(proof_cmd::ProveReadingArgs),
     /// Simulate the radio channel with thousands of meters (scalability study).
     Sim(sim_cmd::SimArgs),
     /// Print a commented example configuration with every default.
@@ -107,6 +112,8 @@ fn main() -> ExitCode {
         Command::Server(a) => services::run_server(&a),
         Command::Meters(a) => services::run_meters(&a.config),
         Command::VerifyLedger(a) => ledger_cmd::run(a),
+        Command::CheckProof(a) => proof_cmd::check(a),
+        Command::ProveReading(a) => proof_cmd::prove(a),
         Command::Sim(a) => sim_cmd::run(a),
         Command::ExampleConfig { kind } => services::example_config(kind),
     };

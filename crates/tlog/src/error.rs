@@ -53,6 +53,15 @@ pub enum Malformed {
     /// A proof has more hashes than any tree of 2^64 leaves needs.
     #[error("proof longer than 64 hashes")]
     ProofTooLong,
+    /// A reading proof's uplink frame is not a valid frame (docs/protocol.md §4).
+    #[error("uplink frame: {0}")]
+    Frame(gridpow_proto::Malformed),
+    /// A reading proof's block header is not a valid header (docs/protocol.md §9.1).
+    #[error("block header: {0}")]
+    BlockHeader(gridpow_proto::Malformed),
+    /// A reading proof's log entry is not a valid entry (docs/protocol.md §15).
+    #[error("log entry: {0}")]
+    LogEntry(gridpow_proto::Malformed),
 }
 
 /// The input is well formed but refused.
@@ -106,6 +115,72 @@ pub enum Rejected {
     /// An entry does not hash to its leaf hash.
     #[error("entry {0} does not match its leaf hash")]
     EntryMismatch(u64),
+    /// A reading proof has another format tag than `gridpow-reading-proof/v1`.
+    #[error("proof format {0:?} is not gridpow-reading-proof/v1")]
+    UnsupportedFormat(String),
+    /// A reading proof's frame hash and block path do not lead to the
+    /// header's Merkle root at the frame's leaf index.
+    #[error("block path: the frame is not leaf {leaf_index} of the block's {leaf_count} leaves (its audit path does not lead to the header's Merkle root)")]
+    FrameNotInBlock {
+        /// The leaf index the proof claims.
+        leaf_index: u32,
+        /// The header's leaf count.
+        leaf_count: u32,
+    },
+    /// A reading proof's frame is another meter's than its reading's.
+    #[error("reading: the frame is meter {frame}'s, the reading names meter {reading}")]
+    WrongMeter {
+        /// The meter id in the frame's clear header.
+        frame: u32,
+        /// The meter id the reading names.
+        reading: u32,
+    },
+    /// A reading proof's frame is of another boot epoch than its reading's.
+    #[error("reading: the frame is of boot epoch {frame}, the reading names epoch {reading}")]
+    WrongEpoch {
+        /// The boot epoch in the frame's clear header.
+        frame: u32,
+        /// The boot epoch the reading names.
+        reading: u32,
+    },
+    /// A reading proof's frame does not carry the reading's sequence number.
+    #[error("reading: seq {seq} is not among the frame's readings {first}..={last}")]
+    SeqNotInFrame {
+        /// The sequence number the reading names.
+        seq: u32,
+        /// The frame's first sequence number.
+        first: u32,
+        /// The frame's last sequence number.
+        last: u32,
+    },
+    /// A reading proof's log entry names another block than its header: the
+    /// field named differs.
+    #[error("log entry: its {0} is not the block header's")]
+    EntryNotForBlock(&'static str),
+    /// A reading proof's log entry hash and log path do not lead to the
+    /// checkpoint's root at the entry's log index.
+    #[error("log path: the entry is not leaf {log_index} of the checkpoint's tree of {tree_size} (its audit path does not lead to the checkpoint's root)")]
+    EntryNotInLog {
+        /// The log index the proof claims.
+        log_index: u64,
+        /// The checkpoint's tree size.
+        tree_size: u64,
+    },
+    /// Fewer distinct witnesses than required validly cosigned the checkpoint.
+    #[error("cosignatures: {got} valid from distinct witnesses, {needed} required")]
+    TooFewCosignatures {
+        /// Cosignatures required.
+        needed: usize,
+        /// Valid cosignatures by distinct witness keys found.
+        got: usize,
+    },
+    /// A frame does not open under the end-to-end key given (a wrong key, or
+    /// a frame the meter did not seal).
+    #[error("the frame does not open under this end-to-end key")]
+    FrameDoesNotOpen,
+    /// The reading decrypted from the frame differs from the one the proof states.
+    #[error("the reading sealed in the frame differs from the one the proof states")]
+    ValuesDiffer,
 }
 
 /// The caller misused the API.

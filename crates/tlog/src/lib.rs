@@ -7,7 +7,8 @@
 //! * [`cosignature`]: c2sp.org/tlog-cosignature `cosignature/v1`;
 //! * [`witness`]: c2sp.org/tlog-witness `add-checkpoint`, sans-IO;
 //! * [`tiles`]: c2sp.org/tlog-tiles, serving and auditing tiles and entry bundles;
-//! * [`proofs`]: RFC 9162 inclusion and consistency proofs over stored hashes.
+//! * [`proofs`]: RFC 9162 inclusion and consistency proofs over stored hashes;
+//! * [`reading_proof`]: one reading's self-contained proof, frame to witnessed checkpoint.
 //!
 //! Tile math, checkpoint bodies, stored hashes and proofs are tlog_tiles';
 //! note syntax is signed_note's. Keys are plain 32-byte Ed25519 seeds and
@@ -21,6 +22,7 @@ pub mod cosignature;
 pub mod error;
 pub mod note;
 pub mod proofs;
+pub mod reading_proof;
 pub mod tiles;
 pub mod witness;
 
@@ -32,6 +34,7 @@ pub use cosignature::{
 };
 pub use error::{Error, Malformed, Misuse, Rejected};
 pub use note::{verify_note, NoteSigner, NoteVerifier, VerifiedNote};
+pub use reading_proof::{ProvenReading, ReadingProof, VerifiedReading};
 pub use tiles::{TileKind, TilePath};
 pub use witness::{Witness, WitnessState};
 
