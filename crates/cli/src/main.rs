@@ -16,6 +16,8 @@ mod relay_blob;
 mod services;
 mod sim_cmd;
 mod tokens_cmd;
+mod witness_cmd;
+mod audit_cmd;
 
 /// gridpow: smart-meter readings from ESP32 meters to a verified database, sealed end to end.
 #[derive(Parser, Debug)]
@@ -55,6 +57,10 @@ enum Command {
     VerifyLedger(ledger_cmd::VerifyLedgerArgs),
     /// Simulate the radio channel with thousands of meters (scalability study).
     Sim(sim_cmd::SimArgs),
+    /// Run a transparency-log witness (c2sp.org/tlog-witness): cosign checkpoints that are consistent with what it saw.
+    Witness(witness_cmd::WitnessArgs),
+    /// Audit the grid server's transparency log: signatures, cosignatures, every tile and entry, consistency over time.
+    Audit(audit_cmd::AuditArgs),
     /// Print a commented example configuration with every default.
     ExampleConfig {
         /// Which one: relay, server or meters.
@@ -108,6 +114,8 @@ fn main() -> ExitCode {
         Command::Meters(a) => services::run_meters(&a.config),
         Command::VerifyLedger(a) => ledger_cmd::run(a),
         Command::Sim(a) => sim_cmd::run(a),
+        Command::Witness(a) => witness_cmd::run(a),
+        Command::Audit(a) => audit_cmd::run(a),
         Command::ExampleConfig { kind } => services::example_config(kind),
     };
     match result {
