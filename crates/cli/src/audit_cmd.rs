@@ -240,9 +240,9 @@ impl Fetcher<'_> {
             ""
         };
         match e {
-            gridpow_tlog::Error::Rejected(Rejected::MissingTile(p)) => {
-                verdict(format!("{what}: tile {p} missing: the log does not serve it"))
-            }
+            gridpow_tlog::Error::Rejected(Rejected::MissingTile(p)) => verdict(format!(
+                "{what}: tile {p} missing: the log does not serve it"
+            )),
             gridpow_tlog::Error::Rejected(Rejected::InconsistentTile) => verdict(format!(
                 "{what}: hash tiles inconsistent with the checkpoint's root{hint}"
             )),
@@ -568,7 +568,10 @@ fn check_block(
     i: u64,
     leaf: &LogLeafRepr,
 ) -> Result<(), Fail> {
-    let what = format!("block of entry {i} (relay {} height {})", leaf.relay_id, leaf.height);
+    let what = format!(
+        "block of entry {i} (relay {} height {})",
+        leaf.relay_id, leaf.height
+    );
     let raw = source
         .get(
             &format!("blocks/{i}"),
@@ -576,8 +579,8 @@ fn check_block(
             true,
         )?
         .ok_or_else(|| verdict(format!("{what}: the server does not have it")))?;
-    let packet =
-        BlockPacket::new_checked(&raw[..]).map_err(|m| verdict(format!("{what}: not a block: {m}")))?;
+    let packet = BlockPacket::new_checked(&raw[..])
+        .map_err(|m| verdict(format!("{what}: not a block: {m}")))?;
     let header = *packet.header();
     if (header.relay_id, header.height) != (leaf.relay_id, leaf.height) {
         return Err(verdict(format!(
@@ -605,11 +608,7 @@ fn check_block(
 /// Saves newly verified tiles and bundles in the mirror: full ones once
 /// (they never change), a partial one replacing the older partial ones of
 /// its place; then the checkpoint, so the mirror is a log `--dir` can audit.
-fn save_mirror(
-    dir: &Path,
-    fresh: &BTreeMap<TilePath, Vec<u8>>,
-    note: &str,
-) -> anyhow::Result<()> {
+fn save_mirror(dir: &Path, fresh: &BTreeMap<TilePath, Vec<u8>>, note: &str) -> anyhow::Result<()> {
     for (t, data) in fresh {
         let path = dir.join(t.to_path());
         let partials = dir.join(

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod audit_cmd;
 mod broker_cmd;
 mod demo;
 mod keys_cmd;
@@ -17,7 +18,6 @@ mod services;
 mod sim_cmd;
 mod tokens_cmd;
 mod witness_cmd;
-mod audit_cmd;
 
 /// gridpow: smart-meter readings from ESP32 meters to a verified database, sealed end to end.
 #[derive(Parser, Debug)]

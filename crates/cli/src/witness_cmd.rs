@@ -146,7 +146,10 @@ fn config(a: RunArgs) -> anyhow::Result<Config> {
         None => {
             let p = vkey_path(&key_path);
             let text = std::fs::read_to_string(&p).with_context(|| {
-                format!("no --name, and its key's vkey file {} is unreadable", p.display())
+                format!(
+                    "no --name, and its key's vkey file {} is unreadable",
+                    p.display()
+                )
             })?;
             let v = CosignatureVerifier::from_vkey(text.trim())
                 .with_context(|| format!("{}", p.display()))?;
@@ -172,7 +175,8 @@ fn config(a: RunArgs) -> anyhow::Result<Config> {
         let (origin, vkey) = l
             .split_once('=')
             .with_context(|| format!("--log-key {l:?} is not ORIGIN=VKEY"))?;
-        let v = NoteVerifier::from_vkey(vkey).with_context(|| format!("--log-key {origin}: vkey"))?;
+        let v =
+            NoteVerifier::from_vkey(vkey).with_context(|| format!("--log-key {origin}: vkey"))?;
         if origin.is_empty() {
             bail!("--log-key {l:?}: empty origin");
         }
@@ -217,7 +221,12 @@ struct Core {
 }
 
 impl Core {
-    fn new(key: WitnessKey, logs: Vec<(String, NoteVerifier)>, state: WitnessState, state_path: PathBuf) -> Core {
+    fn new(
+        key: WitnessKey,
+        logs: Vec<(String, NoteVerifier)>,
+        state: WitnessState,
+        state_path: PathBuf,
+    ) -> Core {
         let witness = Core::witness(&key, &logs, state);
         Core {
             witness,
@@ -268,7 +277,10 @@ impl Core {
                     l.size,
                     BASE64_STANDARD.encode(l.root)
                 )),
-                None => s.push_str(&format!("log {origin} key {} nothing cosigned yet\n", v.vkey())),
+                None => s.push_str(&format!(
+                    "log {origin} key {} nothing cosigned yet\n",
+                    v.vkey()
+                )),
             }
         }
         s
@@ -289,31 +301,31 @@ fn text(status: u16, content_type: &'static str, body: String) -> Response {
 }
 
 async fn add_checkpoint(State(core): State<Shared>, body: Body) -> Response {
-    let body = match tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        axum::body::to_bytes(body, MAX_REQUEST_LEN),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
-            return text(
-                413,
-                gridpow_tlog::witness::CONTENT_TYPE_TEXT,
-                format!("request body above {MAX_REQUEST_LEN} bytes, or cut off\n"),
-            )
-        }
-        Err(_) => {
-            return text(
-                408,
-                gridpow_tlog::witness::CONTENT_TYPE_TEXT,
-                "request body too slow\n".into(),
-            )
-        }
-    };
+    let body =
+        match tokio::time::timeout(REQUEST_TIMEOUT, axum::body::to_bytes(body, MAX_REQUEST_LEN))
+            .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                return text(
+                    413,
+                    gridpow_tlog::witness::CONTENT_TYPE_TEXT,
+                    format!("request body above {MAX_REQUEST_LEN} bytes, or cut off\n"),
+                )
+            }
+            Err(_) => {
+                return text(
+                    408,
+                    gridpow_tlog::witness::CONTENT_TYPE_TEXT,
+                    "request body too slow\n".into(),
+                )
+            }
+        };
     // The state file is written under the lock: a blocking thread.
     let answer = tokio::task::spawn_blocking(move || {
-        let mut core = core.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut core = core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         core.add_checkpoint(&body, now_unix())
     })
     .await;

@@ -14,7 +14,9 @@ use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::wire::{BlockHeaderRepr, LogLeafRepr};
 use gridpow_tlog::proofs::{tree_root, MemoryHashes};
 use gridpow_tlog::tiles::{encode_entry_bundle, read_tile};
-use gridpow_tlog::{add_cosignature, sign_checkpoint, Checkpoint, NoteSigner, TilePath, WitnessKey};
+use gridpow_tlog::{
+    add_cosignature, sign_checkpoint, Checkpoint, NoteSigner, TilePath, WitnessKey,
+};
 
 mod common;
 
@@ -170,7 +172,9 @@ fn serve(dir: PathBuf) -> (String, Arc<Mutex<Vec<String>>>) {
                 if r.read_line(&mut h).is_err() || h.trim().is_empty() {
                     break;
                 }
-                if h.to_ascii_lowercase().trim() == format!("authorization: bearer {TOKEN}").to_ascii_lowercase() {
+                if h.to_ascii_lowercase().trim()
+                    == format!("authorization: bearer {TOKEN}").to_ascii_lowercase()
+                {
                     authorised = true;
                 }
             }
@@ -209,7 +213,11 @@ fn audit_passes_an_honest_growing_log_from_a_directory_and_over_http_with_a_mirr
     let flags = ["--mirror", &mirror, "--state", &state];
     let got = audit(&["--url", &url], &flags);
     assert_passes(&got, 600);
-    assert!(got.1.contains("1 cosignatures, 0 checkpoints consistent"), "{}", got.1);
+    assert!(
+        got.1.contains("1 cosignatures, 0 checkpoints consistent"),
+        "{}",
+        got.1
+    );
     // The mirror is a log of its own.
     assert_passes(&audit_dir(Path::new(&mirror), &[]), 600);
 
@@ -220,10 +228,21 @@ fn audit_passes_an_honest_growing_log_from_a_directory_and_over_http_with_a_mirr
     assert_passes(&got, 700);
     assert!(got.1.contains("1 checkpoints consistent"), "{}", got.1);
     let fetched = seen.lock().unwrap().clone();
-    for full in ["tile/0/000", "tile/0/001", "tile/entries/000", "tile/entries/001"] {
-        assert!(!fetched.iter().any(|p| p == full), "{full} fetched again: {fetched:?}");
+    for full in [
+        "tile/0/000",
+        "tile/0/001",
+        "tile/entries/000",
+        "tile/entries/001",
+    ] {
+        assert!(
+            !fetched.iter().any(|p| p == full),
+            "{full} fetched again: {fetched:?}"
+        );
     }
-    assert!(fetched.iter().any(|p| p == "tile/entries/002.p/188"), "{fetched:?}");
+    assert!(
+        fetched.iter().any(|p| p == "tile/entries/002.p/188"),
+        "{fetched:?}"
+    );
     // The older partial tiles were replaced in the mirror.
     assert!(!Path::new(&mirror).join("tile/entries/002.p/88").exists());
     assert_passes(&audit_dir(Path::new(&mirror), &[]), 700);
@@ -231,11 +250,19 @@ fn audit_passes_an_honest_growing_log_from_a_directory_and_over_http_with_a_mirr
     // The blocks, with the staff token: each header is the one its entry names.
     let got = audit(&["--url", &url], &["--blocks", "--token", TOKEN]);
     assert_passes(&got, 700);
-    assert!(got.1.contains("700 blocks re-verified (headers only"), "{}", got.1);
+    assert!(
+        got.1.contains("700 blocks re-verified (headers only"),
+        "{}",
+        got.1
+    );
     // A wrong token is no verdict on the log.
     let got = audit(&["--url", &url], &["--blocks", "--token", "wrong"]);
     assert_eq!(got.0, 2, "{}", got.1);
-    assert!(got.1.contains("HTTP 401") && got.1.contains("NOT a verdict"), "{}", got.1);
+    assert!(
+        got.1.contains("HTTP 401") && got.1.contains("NOT a verdict"),
+        "{}",
+        got.1
+    );
 }
 
 #[test]
@@ -256,14 +283,20 @@ fn audit_fails_on_a_changed_entry_a_changed_or_missing_tile_and_a_wrong_block() 
     let mut b = std::fs::read(&p).unwrap();
     b[40] ^= 1;
     std::fs::write(&p, b).unwrap();
-    assert_fails(audit_dir(&dir, &[]), "hash tiles inconsistent with the checkpoint's root");
+    assert_fails(
+        audit_dir(&dir, &[]),
+        "hash tiles inconsistent with the checkpoint's root",
+    );
 
     write();
     let p = dir.join("tile/1/000.p/2");
     let mut b = std::fs::read(&p).unwrap();
     b[0] ^= 1;
     std::fs::write(&p, b).unwrap();
-    assert_fails(audit_dir(&dir, &[]), "hash tiles inconsistent with the checkpoint's root");
+    assert_fails(
+        audit_dir(&dir, &[]),
+        "hash tiles inconsistent with the checkpoint's root",
+    );
 
     write();
     std::fs::remove_file(dir.join("tile/0/000")).unwrap();
@@ -271,7 +304,10 @@ fn audit_fails_on_a_changed_entry_a_changed_or_missing_tile_and_a_wrong_block() 
 
     write();
     std::fs::remove_file(dir.join("tile/entries/002.p/88")).unwrap();
-    assert_fails(audit_dir(&dir, &[]), "entry bundle tile/entries/002.p/88 missing");
+    assert_fails(
+        audit_dir(&dir, &[]),
+        "entry bundle tile/entries/002.p/88 missing",
+    );
 
     // The server hands out another block than the entry names.
     write();
@@ -284,12 +320,18 @@ fn audit_fails_on_a_changed_entry_a_changed_or_missing_tile_and_a_wrong_block() 
     let mut b = block(7);
     b[40] ^= 1; // the prev hash: same relay and height, another header
     std::fs::write(dir.join("blocks/7"), b).unwrap();
-    assert_fails(audit_dir(&dir, &["--blocks"]), "its header hash is not the entry's");
+    assert_fails(
+        audit_dir(&dir, &["--blocks"]),
+        "its header hash is not the entry's",
+    );
     // With the key directory, a block no registered relay signed is refused.
     write();
     let keys = t.path().join("keys").to_string_lossy().into_owned();
     assert!(gridpow(&["keys", "init", "--dir", &keys]).status.success());
-    assert_fails(audit_dir(&dir, &["--blocks", "--keys", &keys]), "block of entry 0");
+    assert_fails(
+        audit_dir(&dir, &["--blocks", "--keys", &keys]),
+        "block of entry 0",
+    );
 }
 
 #[test]
@@ -298,7 +340,10 @@ fn audit_fails_on_a_wrong_log_key_and_too_few_cosignatures() {
     let dir = t.path().join("log");
     let other = NoteSigner::from_seed(ORIGIN, [0x99; 32]).unwrap();
     write_log(&dir, &other, &entries(300), &[witness(1)]);
-    assert_fails(audit_dir(&dir, &[]), "checkpoint: rejected: not signed by grid.test/log");
+    assert_fails(
+        audit_dir(&dir, &[]),
+        "checkpoint: rejected: not signed by grid.test/log",
+    );
 
     write_log(&dir, &log_key(), &entries(300), &[witness(1)]);
     let w2 = witness(2).vkey();
@@ -316,7 +361,11 @@ fn audit_fails_on_a_wrong_log_key_and_too_few_cosignatures() {
     let note = std::fs::read_to_string(dir.join("checkpoint")).unwrap();
     let body = Checkpoint::new(ORIGIN, 301, [0; 32]).body().unwrap();
     let bad = witness(2).cosign(&body, 1_700_000_000).unwrap();
-    std::fs::write(dir.join("checkpoint"), add_cosignature(&note, &bad).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("checkpoint"),
+        add_cosignature(&note, &bad).unwrap(),
+    )
+    .unwrap();
     assert_fails(
         audit_dir(&dir, &["--witness-key", &w2]),
         "invalid signature by witness.test/w2",
@@ -335,14 +384,21 @@ fn after_history(rewritten: &[Vec<u8>]) -> (i32, String) {
     assert_eq!(audit_dir(&dir, &[]).0, 0);
     let got = audit_dir(&dir, &["--state", &state]);
     let saved = std::fs::read_to_string(&state).unwrap();
-    assert_eq!(saved.matches("\"size\"").count(), 1, "a failed audit does not add its checkpoint");
+    assert_eq!(
+        saved.matches("\"size\"").count(),
+        1,
+        "a failed audit does not add its checkpoint"
+    );
     got
 }
 
 #[test]
 fn audit_with_history_catches_a_rollback_a_rewrite_a_reorder_and_a_deleted_entry() {
     let honest = entries(700);
-    assert_fails(after_history(&honest[..200]), "rollback: the log's checkpoint has size 200, but a checkpoint of size 300 was seen before");
+    assert_fails(
+        after_history(&honest[..200]),
+        "rollback: the log's checkpoint has size 200, but a checkpoint of size 300 was seen before",
+    );
 
     let mut changed = honest.clone();
     changed[100] = entry_of(&{
@@ -350,9 +406,15 @@ fn audit_with_history_catches_a_rollback_a_rewrite_a_reorder_and_a_deleted_entry
         b[40] ^= 1;
         b
     });
-    assert_fails(after_history(&changed), "fork: the log was rewritten: its first 300 entries now have root");
+    assert_fails(
+        after_history(&changed),
+        "fork: the log was rewritten: its first 300 entries now have root",
+    );
     // The same size, another root.
-    assert_fails(after_history(&changed[..300]), "fork: two checkpoints of size 300");
+    assert_fails(
+        after_history(&changed[..300]),
+        "fork: two checkpoints of size 300",
+    );
 
     let mut reordered = honest.clone();
     reordered.swap(10, 11);
@@ -388,7 +450,10 @@ fn audit_fails_on_a_relay_height_with_two_blocks_and_on_a_block_logged_twice() {
     let mut log = entries(300);
     log[290] = log[5].clone();
     write_log(&dir, &log_key(), &log, &[witness(1)]);
-    assert_fails(audit_dir(&dir, &[]), "is in the log twice, entries 5 and 290");
+    assert_fails(
+        audit_dir(&dir, &[]),
+        "is in the log twice, entries 5 and 290",
+    );
 
     let mut log = entries(300);
     log[290] = entry_of(&{
@@ -397,7 +462,10 @@ fn audit_fails_on_a_relay_height_with_two_blocks_and_on_a_block_logged_twice() {
         b
     });
     write_log(&dir, &log_key(), &log, &[witness(1)]);
-    assert_fails(audit_dir(&dir, &[]), "fork: relay 1 height 1 has two blocks in the log (entries 5 and 290");
+    assert_fails(
+        audit_dir(&dir, &[]),
+        "fork: relay 1 height 1 has two blocks in the log (entries 5 and 290",
+    );
 
     let mut log = entries(300);
     log[17][1] = 0x04; // another message type

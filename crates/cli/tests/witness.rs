@@ -136,10 +136,7 @@ impl Site {
             .post(&format!("http://127.0.0.1:{}/add-checkpoint", self.port))
             .send(body)
             .unwrap();
-        (
-            r.status().as_u16(),
-            r.body_mut().read_to_string().unwrap(),
-        )
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
     }
 
     fn get(&self, path: &str) -> String {
@@ -281,7 +278,11 @@ fn witness_never_cosigns_two_checkpoints_of_the_same_size() {
 fn witness_refuses_to_start_on_a_damaged_state_file_and_init_never_overwrites_a_key() {
     let site = Site::new();
     let log = Log::new(1, 1);
-    std::fs::write(site.path("state.json"), b"{\"logs\": {\"grid.test/log\": {\"size\": 5").unwrap();
+    std::fs::write(
+        site.path("state.json"),
+        b"{\"logs\": {\"grid.test/log\": {\"size\": 5",
+    )
+    .unwrap();
     let args = site.args(&log);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = gridpow(&args);
@@ -302,7 +303,14 @@ fn witness_refuses_to_start_on_a_damaged_state_file_and_init_never_overwrites_a_
         let mode = std::fs::metadata(&key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let o = gridpow(&["witness", "init", "--key", &key, "--name", "witness.test/w2"]);
+    let o = gridpow(&[
+        "witness",
+        "init",
+        "--key",
+        &key,
+        "--name",
+        "witness.test/w2",
+    ]);
     assert!(!o.status.success());
     assert!(text(&o).contains("never overwritten"), "{}", text(&o));
     assert_eq!(std::fs::read(&key).unwrap(), before);

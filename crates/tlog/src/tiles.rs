@@ -717,7 +717,10 @@ mod tests {
     #[test]
     fn the_root_of_an_older_tree_is_recomputed_from_the_checked_tiles() {
         for (size, olds) in [
-            (600u64, &[0u64, 1, 2, 255, 256, 257, 300, 511, 512, 599, 600][..]),
+            (
+                600u64,
+                &[0u64, 1, 2, 255, 256, 257, 300, 511, 512, 599, 600][..],
+            ),
             (65_836, &[1, 255, 256, 65_535, 65_536, 65_537, 65_835][..]),
         ] {
             let mut log = MemoryHashes::new();
