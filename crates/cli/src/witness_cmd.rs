@@ -378,6 +378,7 @@ fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
         tracing::info!(origin, size = l.size, "Log state loaded.");
     }
     let vkey = cfg.key.vkey();
+    let name = cfg.key.name().to_owned();
     let core = Arc::new(Mutex::new(Core::new(
         cfg.key,
         cfg.logs,
@@ -390,13 +391,13 @@ fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("--listen {}", cfg.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%vkey, "Witness key.");
-        tracing::info!("witness listening on http://{addr}/ (vkey {vkey})");
+        // Printed whatever the log filter: the operator hands the vkey to the log.
+        eprintln!("witness {name} listening on http://{addr}/ (vkey {vkey}); Ctrl-C stops it");
         let app = router(core);
         tokio::select! {
             r = accept_loop(listener, app) => r,
             _ = crate::services::wait_for_signal() => {
-                tracing::info!("Witness stopped.");
+                eprintln!("witness stopped");
                 Ok(())
             }
         }

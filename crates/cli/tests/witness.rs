@@ -60,7 +60,7 @@ impl Log {
 /// Waits until the witness's latest start is listening.
 fn listening(d: &Daemon) {
     let start = std::time::Instant::now();
-    while d.log().matches("witness listening").count() < d.starts() as usize {
+    while d.log().matches(" listening on http://").count() < d.starts() as usize {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "witness not listening:\n{}",
