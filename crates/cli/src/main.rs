@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod audit_cmd;
 mod broker_cmd;
 mod demo;
 mod keys_cmd;
@@ -17,6 +18,7 @@ mod relay_blob;
 mod services;
 mod sim_cmd;
 mod tokens_cmd;
+mod witness_cmd;
 
 /// gridpow: smart-meter readings from ESP32 meters to a verified database, sealed end to end.
 #[derive(Parser, Debug)]
@@ -60,6 +62,10 @@ enum Command {
     ProveReading(proof_cmd::ProveReadingArgs),
     /// Simulate the radio channel with thousands of meters (scalability study).
     Sim(sim_cmd::SimArgs),
+    /// Run a transparency-log witness (c2sp.org/tlog-witness): cosign checkpoints that are consistent with what it saw.
+    Witness(witness_cmd::WitnessArgs),
+    /// Audit the grid server's transparency log: signatures, cosignatures, every tile and entry, consistency over time.
+    Audit(audit_cmd::AuditArgs),
     /// Print a commented example configuration with every default.
     ExampleConfig {
         /// Which one: relay, server or meters.
@@ -115,6 +121,8 @@ fn main() -> ExitCode {
         Command::CheckProof(a) => proof_cmd::check(a),
         Command::ProveReading(a) => proof_cmd::prove(a),
         Command::Sim(a) => sim_cmd::run(a),
+        Command::Witness(a) => witness_cmd::run(a),
+        Command::Audit(a) => audit_cmd::run(a),
         Command::ExampleConfig { kind } => services::example_config(kind),
     };
     match result {

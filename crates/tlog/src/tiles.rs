@@ -341,33 +341,49 @@ impl<F: Fn(&TilePath) -> Option<Vec<u8>>> FnTileReader<F> {
             .filter(TilePath::is_partial)
             .rev()
             .collect();
-        let mut subtrees: Vec<Hash> = Vec::new();
         let mut fetched = Vec::with_capacity(edge.len());
         for t in &edge {
             let data = self.get(t)?;
-            let hashes = as_hashes(&data);
-            let mut at = 0usize;
-            for bit in (0..8).rev() {
-                let run = 1usize << bit;
-                if usize::from(t.width) & run != 0 {
-                    subtrees.push(merkle::root_of_hashes(&RustCrypto, &hashes[at..at + run]));
-                    at += run;
-                }
-            }
             fetched.push((*t, data));
         }
-        let Some((&last, rest)) = subtrees.split_last() else {
-            return Err(Rejected::InconsistentTile.into());
-        };
-        let got = rest
-            .iter()
-            .rev()
-            .fold(last, |acc, h| merkle::node_hash(&RustCrypto, h, &acc));
+        let got = edge_root(fetched.iter().map(|(_, d)| d.as_slice()))?;
         if got != *root {
             return Err(Rejected::InconsistentTile.into());
         }
         self.cache.borrow_mut().extend(fetched);
         Ok(())
+    }
+
+    /// The root hash of the tree's first `old_size` leaves, computed from the
+    /// tiles of the tree of `size` leaves with root `root`, each checked up
+    /// to that root: the check that an older checkpoint of `old_size` is
+    /// consistent with this tree is that its root equals this one.
+    pub fn root_at(&self, size: u64, root: &Hash, old_size: u64) -> Result<Hash, Error> {
+        if old_size > size {
+            return Err(Rejected::BeyondTree.into());
+        }
+        self.verify_tree(size, root)?;
+        if old_size == 0 {
+            return Ok(tlog_tiles::EMPTY_HASH.0);
+        }
+        // The old tree's right-edge (partial) tiles are prefixes of this
+        // tree's tiles at the same place.
+        let mut edge = Vec::new();
+        for t in TilePath::hash_tiles(old_size)
+            .into_iter()
+            .filter(TilePath::is_partial)
+            .rev()
+        {
+            let TileKind::Hashes(level) = t.kind else {
+                continue;
+            };
+            let data = self.authenticated(size, level, t.index)?;
+            let prefix = data
+                .get(..usize::from(t.width) * 32)
+                .ok_or(Rejected::InconsistentTile)?;
+            edge.push(prefix.to_vec());
+        }
+        edge_root(edge.iter().map(Vec::as_slice))
     }
 
     /// The authenticated data of the tile at `level`, `index` in a tree of
@@ -455,6 +471,31 @@ impl<F: Fn(&TilePath) -> Option<Vec<u8>>> FnTileReader<F> {
         }
         Ok(entries)
     }
+}
+
+/// The root of a tree from its right-edge (partial) tiles, top level
+/// first: each tile's hashes split in runs of 128, 64, … 1 are the root's
+/// perfect subtrees, largest (leftmost) first.
+fn edge_root<'a>(tiles: impl Iterator<Item = &'a [u8]>) -> Result<Hash, Error> {
+    let mut subtrees: Vec<Hash> = Vec::new();
+    for data in tiles {
+        let hashes = as_hashes(data);
+        let mut at = 0usize;
+        for bit in (0..8).rev() {
+            let run = 1usize << bit;
+            if hashes.len() & run != 0 {
+                subtrees.push(merkle::root_of_hashes(&RustCrypto, &hashes[at..at + run]));
+                at += run;
+            }
+        }
+    }
+    let Some((&last, rest)) = subtrees.split_last() else {
+        return Err(Rejected::InconsistentTile.into());
+    };
+    Ok(rest
+        .iter()
+        .rev()
+        .fold(last, |acc, h| merkle::node_hash(&RustCrypto, h, &acc)))
 }
 
 fn as_hashes(data: &[u8]) -> Vec<Hash> {
@@ -671,6 +712,46 @@ mod tests {
         FnTileReader::new(|_: &TilePath| None)
             .verify_tree(0, &tlog_tiles::EMPTY_HASH.0)
             .unwrap();
+    }
+
+    #[test]
+    fn the_root_of_an_older_tree_is_recomputed_from_the_checked_tiles() {
+        for (size, olds) in [
+            (
+                600u64,
+                &[0u64, 1, 2, 255, 256, 257, 300, 511, 512, 599, 600][..],
+            ),
+            (65_836, &[1, 255, 256, 65_535, 65_536, 65_537, 65_835][..]),
+        ] {
+            let mut log = MemoryHashes::new();
+            for i in 0..size {
+                log.push_entry(&i.to_le_bytes());
+            }
+            let root = tree_root(&log, size).unwrap();
+            let mut served = BTreeMap::new();
+            for t in TilePath::hash_tiles(size) {
+                served.insert(t, read_tile(&log, size, &t).unwrap());
+            }
+            let reader = FnTileReader::new(|p: &TilePath| served.get(p).cloned());
+            for &old in olds {
+                assert_eq!(
+                    reader.root_at(size, &root, old).unwrap(),
+                    tree_root(&log, old).unwrap(),
+                    "{size} {old}"
+                );
+            }
+            assert!(matches!(
+                reader.root_at(size, &root, size + 1),
+                Err(Error::Rejected(Rejected::BeyondTree))
+            ));
+            // A tampered full tile under the older tree's edge is caught.
+            let mut tampered = served.clone();
+            tampered
+                .get_mut(&TilePath::parse("tile/0/000").unwrap())
+                .unwrap()[0] ^= 1;
+            let reader = FnTileReader::new(|p: &TilePath| tampered.get(p).cloned());
+            assert!(reader.root_at(size, &root, 100).is_err());
+        }
     }
 
     #[test]
