@@ -239,7 +239,8 @@ pub(crate) fn router(state: Arc<ApiState>, gate: Arc<Gate>) -> Router {
     // Also customers, for their own meter (checked by the handlers).
     let household = Router::new()
         .route("/api/v1/meters/{id}/readings", get(meter_readings))
-        .route("/api/v1/readings/{reading_id}/proof", get(proof));
+        .route("/api/v1/readings/{reading_id}/proof", get(proof))
+        .route("/api/v1/readings/{reading_id}/log-proof", get(log_proof));
     let signed_in = staff
         .merge(household)
         .route_layer(from_fn(auth::authenticate));
@@ -953,6 +954,110 @@ async fn proof(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/readings/{reading_id}/log-proof",
+    tag = "transparency log",
+    summary = "A self-contained proof file for a reading: frame → block → transparency log → signed checkpoint",
+    description = "The `gridpow-reading-proof/v1` document (docs/ledger.md) that `gridpow check-proof` checks trusting only the log's note key and witness keys. Its schema is that of `gridpow_tlog::reading_proof::ReadingProof`.",
+    params(("reading_id" = i64, Path, description = "Reading id (`id` of a reading)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The proof document (JSON)", content_type = "application/json"),
+        (status = 400, description = "Malformed id (`bad_request`)", body = ErrorBody),
+        (status = 401, description = "No valid token (`missing_token`, `invalid_token`)", body = ErrorBody),
+        (status = 403, description = "A customer token asking for another meter (`wrong_meter`)", body = ErrorBody),
+        (status = 404, description = "No such reading (`unknown_reading`)", body = ErrorBody),
+        (status = 503, description = "Its block is not under a signed checkpoint yet (`not_yet_checkpointed`, `no_checkpoint`); retry in a moment", body = ErrorBody)
+    )
+)]
+async fn log_proof(
+    State(s): State<Arc<ApiState>>,
+    Extension(gate): Extension<Arc<Gate>>,
+    Extension(who): Extension<Principal>,
+    ApiPath(reading_id): ApiPath<i64>,
+) -> Result<Json<gridpow_tlog::reading_proof::ReadingProof>, ApiError> {
+    use gridpow_tlog::reading_proof::{ProvenReading, ReadingProof, FORMAT};
+    let checkpoint = s.shared.log.newest().ok_or_else(|| ApiError::Unavailable {
+        code: "no_checkpoint",
+        message: "no checkpoint signed yet; retry in a moment".into(),
+    })?;
+    let found = s.query(move |st| st.reading_with_block(reading_id)).await?;
+    let Some((reading, block)) = found else {
+        return Err(ApiError::NotFound {
+            code: "unknown_reading",
+            message: format!("no reading {reading_id}"),
+        });
+    };
+    if !who.may_read_meter(reading.meter_id) {
+        let path = "/api/v1/readings/{reading_id}/log-proof";
+        return Err(forbidden_meter(&gate, &who, reading.meter_id, path).into());
+    }
+    let size = checkpoint.size;
+    let log_index = match block.log_index {
+        Some(i) if i < size => i,
+        _ => {
+            return Err(ApiError::Unavailable {
+                code: "not_yet_checkpointed",
+                message: format!(
+                    "block {} is not under the newest checkpoint ({size} entries) yet; retry in a moment",
+                    block.id
+                ),
+            })
+        }
+    };
+    let packet = BlockPacket::new_checked(&block.raw[..]).map_err(|e| {
+        ApiError::Internal(format!("stored block {} does not parse: {e}", block.id))
+    })?;
+    let hashes: Vec<_> = packet.leaves().map(|l| leaf_hash(&RustCrypto, l)).collect();
+    let index = reading.leaf as usize;
+    let frame = packet.leaves().nth(index).ok_or_else(|| {
+        ApiError::Internal(format!(
+            "reading {reading_id} names leaf {index} of a {}-leaf block",
+            hashes.len()
+        ))
+    })?;
+    let mut path = [[0u8; 32]; MAX_PROOF_LEN];
+    let len = inclusion_proof(&RustCrypto, &hashes, index, &mut path)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (entry, log_path) = s
+        .query(move |st| {
+            let entry = st
+                .log_entries(log_index, log_index + 1)?
+                .first()
+                .map(|e| e.to_bytes().to_vec());
+            let reader = gridpow_store::StoreHashReader::new(st);
+            let proof =
+                gridpow_tlog::proofs::inclusion_proof(&reader, size, log_index).map_err(|e| {
+                    reader.take_error().unwrap_or(StoreError::Corrupt {
+                        table: "log_hashes",
+                        detail: e.to_string(),
+                    })
+                })?;
+            Ok((entry, proof))
+        })
+        .await?;
+    let entry =
+        entry.ok_or_else(|| ApiError::Internal(format!("log entry {log_index} is missing")))?;
+    Ok(Json(ReadingProof {
+        format: FORMAT.into(),
+        reading: ProvenReading::new(
+            reading.meter_id,
+            reading.epoch,
+            reading.seq,
+            &reading.reading,
+        ),
+        frame: frame.to_vec(),
+        leaf_index: reading.leaf,
+        block_path: path[..len].to_vec(),
+        header: packet.header_bytes().to_vec(),
+        log_index,
+        entry,
+        log_path,
+        checkpoint: checkpoint.note.clone(),
+    }))
+}
+
 /// The OpenAPI 3.1 description of this API, generated from the handlers'
 /// annotations so it cannot drift from their parameters and answers.
 #[derive(utoipa::OpenApi)]
@@ -977,6 +1082,7 @@ async fn proof(
         fleet_relays,
         block_readings,
         proof,
+        log_proof,
         openapi_json,
         crate::auth::login,
         crate::log_api::checkpoint,

@@ -14,8 +14,10 @@ use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::merkle::{root_of_hashes, verify_consistency, verify_inclusion};
 use gridpow_proto::wire::LogLeafRepr;
 use gridpow_proto::Hash;
+use gridpow_server::auth::Role;
 use gridpow_server::{Server, ServerHandle};
 use gridpow_testkit::{Mosquitto, MosquittoOptions};
+use gridpow_tlog::reading_proof::ReadingProof;
 use gridpow_tlog::{open_checkpoint, NoteSigner, NoteVerifier};
 
 const ORIGIN: &str = "grid.example/ledger";
@@ -69,6 +71,8 @@ async fn stored_blocks_are_logged_signed_served_as_tiles_and_proven_to_any_check
         },
     )
     .unwrap();
+    let viewer = site.token("grafana", Role::Viewer, None);
+    let customer = site.token("household-3", Role::Customer, Some(3));
     let server = start(&site, &broker).await;
     let (c1, mut rx1) = relay_client(&site.keys, broker.port, 1).await;
     let (c2, mut rx2) = relay_client(&site.keys, broker.port, 2).await;
@@ -184,8 +188,25 @@ async fn stored_blocks_are_logged_signed_served_as_tiles_and_proven_to_any_check
         "a tree nobody signed is never proven"
     );
 
+    // A reading's proof file: frame → block → log → checkpoint, checked
+    // trusting only the log's note key; a customer gets their own meter's only.
+    let (status, body) = http_get(addr, &viewer, "/api/v1/readings/1/log-proof").await;
+    assert_eq!(status, 200, "{body}");
+    let doc: ReadingProof = serde_json::from_str(&body).unwrap();
+    let v = doc.verify(&key, &[], 0).unwrap();
+    assert_eq!((v.tree_size, v.origin.as_str()), (12, ORIGIN));
+    let (status, _) = http_get(addr, &customer, "/api/v1/readings/1/log-proof").await;
+    assert_eq!(status, 403, "another meter's reading");
+    let other = NoteSigner::from_seed(ORIGIN, [7; 32]).unwrap().verifier();
+    assert!(
+        doc.verify(&other, &[], 0).is_err(),
+        "only the log's key vouches"
+    );
+
     // The raw block of an entry is staff-only.
     assert_eq!(raw_get(addr, "/log/blocks/0").await.0, 401);
+    let (status, _) = http_get(addr, &viewer, "/log/blocks/0").await;
+    assert_eq!(status, 200);
     let metrics = server.metrics_text();
     assert!(metrics.contains("gridpow_log_size 12"), "{metrics}");
     server.shutdown().await;
