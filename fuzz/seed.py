@@ -39,6 +39,11 @@ status = [
     '{"height":null,"relay_id":7,"state":"offline","time_ms":0}',
 ]
 seeds["relay_status"] = [t.encode().hex() for t in status]
+# The transparency log's texts and bytes (fuzz_targets/tlog.rs), from log.json.
+log = json.loads((vec / "log.json").read_text())
+tlog = [c["cosigned_note"] for c in log["checkpoints"]] + [w["request"] for w in log["witness"]]
+tlog += [n["note"] for n in log["negative_notes"]] + [t["path"] for t in log["tiles"][:4]]
+seeds["tlog"] = [t.encode().hex() for t in tlog] + [log["entries"][0]["entry"]]
 for target, items in seeds.items():
     d = corpus / target
     d.mkdir(parents=True, exist_ok=True)
