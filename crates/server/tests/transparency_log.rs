@@ -197,6 +197,7 @@ async fn stored_blocks_are_logged_signed_served_as_tiles_and_proven_to_any_check
     assert_eq!((v.tree_size, v.origin.as_str()), (12, ORIGIN));
     let (status, _) = http_get(addr, &customer, "/api/v1/readings/1/log-proof").await;
     assert_eq!(status, 403, "another meter's reading");
+    python_check_proof(&body, &key.vkey());
     let other = NoteSigner::from_seed(ORIGIN, [7; 32]).unwrap().verifier();
     assert!(
         doc.verify(&other, &[], 0).is_err(),
@@ -253,4 +254,36 @@ fn python_audit(addr: std::net::SocketAddr, vkey: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs docs/ledger.md's Python proof check (its only `python` block) on `doc`.
+fn python_check_proof(doc: &str, vkey: &str) {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let docs = std::fs::read_to_string(format!("{root}/docs/ledger.md")).unwrap();
+    let code = docs
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/ledger.md has a python block");
+    let dir = tempfile::tempdir().unwrap();
+    let (script, proof) = (
+        dir.path().join("check_proof.py"),
+        dir.path().join("proof.json"),
+    );
+    std::fs::write(&script, code).unwrap();
+    std::fs::write(&proof, doc).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&proof)
+        .arg(vkey)
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docs/ledger.md's proof check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("log entry"));
 }
