@@ -892,38 +892,17 @@ async fn proof(
     Extension(who): Extension<Principal>,
     ApiPath(reading_id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let found = s.query(move |st| st.reading_with_block(reading_id)).await?;
-    let Some((reading, block)) = found else {
-        return Err(ApiError::NotFound {
-            code: "unknown_reading",
-            message: format!("no reading {reading_id}"),
-        });
-    };
-    if !who.may_read_meter(reading.meter_id) {
-        let path = "/api/v1/readings/{reading_id}/proof";
-        return Err(forbidden_meter(&gate, &who, reading.meter_id, path).into());
-    }
-    let packet = BlockPacket::new_checked(&block.raw[..]).map_err(|e| {
-        ApiError::Internal(format!("stored block {} does not parse: {e}", block.id))
-    })?;
+    let path = "/api/v1/readings/{reading_id}/proof";
+    let (reading, block) = readable_reading(&s, &gate, &who, reading_id, path).await?;
+    let f = FrameInBlock::find(&reading, &block)?;
+    let (packet, hashes, frame, index) = (&f.packet, &f.hashes, &f.frame, f.index);
     let header = *packet.header();
-    let hashes: Vec<_> = packet.leaves().map(|l| leaf_hash(&RustCrypto, l)).collect();
-    let index = reading.leaf as usize;
-    let frame = packet.leaves().nth(index).ok_or_else(|| {
-        ApiError::Internal(format!(
-            "reading {reading_id} names leaf {index} of a {}-leaf block",
-            hashes.len()
-        ))
-    })?;
-    let mut path = [[0u8; 32]; MAX_PROOF_LEN];
-    let len = inclusion_proof(&RustCrypto, &hashes, index, &mut path)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let verified = verify_inclusion(
         &RustCrypto,
         &hashes[index],
         index as u64,
         hashes.len() as u64,
-        &path[..len],
+        &f.path,
         &header.merkle_root,
     ) && header.hash(&RustCrypto) == block.hash;
     let keys = s.keys.clone();
@@ -947,11 +926,76 @@ async fn proof(
         leaf_hash: hex::encode(hashes[index]),
         leaf_index: reading.leaf,
         tree_size: hashes.len() as u32,
-        audit_path: path[..len].iter().map(hex::encode).collect(),
+        audit_path: f.path.iter().map(hex::encode).collect(),
         merkle_root: hex::encode(header.merkle_root),
         verified,
         signature_verified,
     }))
+}
+
+/// A reading and its block, if the reading exists and `who` may read its meter.
+async fn readable_reading(
+    s: &Arc<ApiState>,
+    gate: &Gate,
+    who: &Principal,
+    reading_id: i64,
+    path: &str,
+) -> Result<(StoredReading, gridpow_store::BlockBytes), ApiError> {
+    let found = s.query(move |st| st.reading_with_block(reading_id)).await?;
+    let Some((reading, block)) = found else {
+        return Err(ApiError::NotFound {
+            code: "unknown_reading",
+            message: format!("no reading {reading_id}"),
+        });
+    };
+    if !who.may_read_meter(reading.meter_id) {
+        return Err(forbidden_meter(gate, who, reading.meter_id, path).into());
+    }
+    Ok((reading, block))
+}
+
+/// The frame that carried a reading, in its stored block, with the RFC 9162
+/// audit path of its leaf hash to the header's Merkle root.
+struct FrameInBlock<'a> {
+    packet: BlockPacket<&'a [u8]>,
+    hashes: Vec<gridpow_proto::Hash>,
+    frame: Vec<u8>,
+    index: usize,
+    path: Vec<gridpow_proto::Hash>,
+}
+
+impl<'a> FrameInBlock<'a> {
+    fn find(
+        reading: &StoredReading,
+        block: &'a gridpow_store::BlockBytes,
+    ) -> Result<FrameInBlock<'a>, ApiError> {
+        let packet = BlockPacket::new_checked(&block.raw[..]).map_err(|e| {
+            ApiError::Internal(format!("stored block {} does not parse: {e}", block.id))
+        })?;
+        let hashes: Vec<_> = packet.leaves().map(|l| leaf_hash(&RustCrypto, l)).collect();
+        let index = reading.leaf as usize;
+        let frame = packet
+            .leaves()
+            .nth(index)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| {
+                ApiError::Internal(format!(
+                    "reading {} names leaf {index} of a {}-leaf block",
+                    reading.id,
+                    hashes.len()
+                ))
+            })?;
+        let mut path = [[0u8; 32]; MAX_PROOF_LEN];
+        let len = inclusion_proof(&RustCrypto, &hashes, index, &mut path)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(FrameInBlock {
+            packet,
+            hashes,
+            frame,
+            index,
+            path: path[..len].to_vec(),
+        })
+    }
 }
 
 #[utoipa::path(
@@ -982,17 +1026,8 @@ async fn log_proof(
         code: "no_checkpoint",
         message: "no checkpoint signed yet; retry in a moment".into(),
     })?;
-    let found = s.query(move |st| st.reading_with_block(reading_id)).await?;
-    let Some((reading, block)) = found else {
-        return Err(ApiError::NotFound {
-            code: "unknown_reading",
-            message: format!("no reading {reading_id}"),
-        });
-    };
-    if !who.may_read_meter(reading.meter_id) {
-        let path = "/api/v1/readings/{reading_id}/log-proof";
-        return Err(forbidden_meter(&gate, &who, reading.meter_id, path).into());
-    }
+    let path = "/api/v1/readings/{reading_id}/log-proof";
+    let (reading, block) = readable_reading(&s, &gate, &who, reading_id, path).await?;
     let size = checkpoint.size;
     let log_index = match block.log_index {
         Some(i) if i < size => i,
@@ -1006,20 +1041,7 @@ async fn log_proof(
             })
         }
     };
-    let packet = BlockPacket::new_checked(&block.raw[..]).map_err(|e| {
-        ApiError::Internal(format!("stored block {} does not parse: {e}", block.id))
-    })?;
-    let hashes: Vec<_> = packet.leaves().map(|l| leaf_hash(&RustCrypto, l)).collect();
-    let index = reading.leaf as usize;
-    let frame = packet.leaves().nth(index).ok_or_else(|| {
-        ApiError::Internal(format!(
-            "reading {reading_id} names leaf {index} of a {}-leaf block",
-            hashes.len()
-        ))
-    })?;
-    let mut path = [[0u8; 32]; MAX_PROOF_LEN];
-    let len = inclusion_proof(&RustCrypto, &hashes, index, &mut path)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let f = FrameInBlock::find(&reading, &block)?;
     let (entry, log_path) = s
         .query(move |st| {
             let entry = st
@@ -1047,10 +1069,10 @@ async fn log_proof(
             reading.seq,
             &reading.reading,
         ),
-        frame: frame.to_vec(),
+        frame: f.frame,
         leaf_index: reading.leaf,
-        block_path: path[..len].to_vec(),
-        header: packet.header_bytes().to_vec(),
+        block_path: f.path,
+        header: f.packet.header_bytes().to_vec(),
         log_index,
         entry,
         log_path,
