@@ -331,6 +331,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("PlausibilityConfig", "plausibility"),
     ("IngestConfig", "ingest"),
     ("QuarantineConfig", "quarantine"),
+    ("LogConfig", "log"),
 ];
 
 impl ServerConfig {
