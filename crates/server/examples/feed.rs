@@ -70,8 +70,11 @@ async fn main() {
         },
     )
     .unwrap();
+    // The server runs from its least-privilege bundle (it refuses the CA key).
+    let bundle = gridpow_keys::KeyDir::new(keys.root().with_file_name("server-bundle"));
+    keys.export_server_bundle("server-1", &bundle).unwrap();
     let cfg = ServerConfig {
-        keys_dir: keys.root().to_path_buf(),
+        keys_dir: bundle.root().to_path_buf(),
         db: dir.path().join("ledger.db").display().to_string(),
         min_difficulty: 12,
         mqtt: MqttConfig {

@@ -329,8 +329,11 @@ fn main() {
             },
         )
         .unwrap();
+        // The server runs from its least-privilege bundle (it refuses the CA key).
+        let bundle = gridpow_keys::KeyDir::new(dir.path().join("server-bundle"));
+        keys.export_server_bundle("server-1", &bundle).unwrap();
         let cfg = ServerConfig {
-            keys_dir: keys.root().to_path_buf(),
+            keys_dir: bundle.root().to_path_buf(),
             db: dir.path().join("e2e.db").display().to_string(),
             min_difficulty: 8,
             mqtt: MqttConfig {
@@ -542,9 +545,12 @@ async fn end_to_end(
     .unwrap();
     let tls = keys.root().join("tls");
     let mut handles = Vec::new();
+    // Each server runs from its least-privilege bundle (it refuses the CA key).
+    let bundle = gridpow_keys::KeyDir::new(keys.root().with_file_name("server-bundle"));
+    keys.export_server_bundle("server-1", &bundle).unwrap();
     for id in 1..=servers {
         let cfg = ServerConfig {
-            keys_dir: keys.root().to_path_buf(),
+            keys_dir: bundle.root().to_path_buf(),
             db: db.to_string(),
             server_id: id,
             min_difficulty: 8,
