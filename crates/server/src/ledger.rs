@@ -117,7 +117,8 @@ impl fmt::Display for LedgerReport {
         }
         write!(
             f,
-            "{} blocks from {} relays, {} frames, {} readings from {} meters ({} carried twice, stored once)",
+            "{} blocks from {} relays, {} frames, {} readings from {} meters ({} carried twice, stored once), \
+             each block once in the transparency log",
             self.blocks, self.relays, self.frames, self.readings, self.meters, self.duplicate_readings
         )?;
         for (relay, from, to) in &self.gaps {
@@ -457,7 +458,104 @@ pub fn verify_ledger(db: &str, keys: &KeyDir) -> Result<LedgerReport, LedgerErro
         .collect::<std::collections::BTreeSet<_>>()
         .len() as u64;
     c.report.forks = fork_evidence(&mut *store, &c.keys)?;
+    check_log(&mut *store, c.report.blocks)?;
     Ok(c.report)
+}
+
+/// The transparency log agrees with the blocks (docs/ledger.md): one entry
+/// per stored block, and every stored hash (the leaf hashes and complete
+/// subtrees that tiles, proofs and checkpoints are read from) is what the
+/// entries give, recomputed here from the block rows (whose columns the block
+/// checks matched to the raw bytes), with no stored hash besides.
+fn check_log(store: &mut dyn ReadStore, blocks: u64) -> Result<(), LedgerError> {
+    use tlog_tiles::{stored_hash_count, stored_hash_index, stored_hashes_for_record_hash};
+    const CHUNK: u64 = 4096;
+    let size = store.log_size()?;
+    if size != blocks {
+        return Err(LedgerError::Table(format!(
+            "the transparency log has {size} entries, the ledger {blocks} blocks: \
+             blocks were added or removed outside the log"
+        )));
+    }
+    let stored_rows = store.log_hash_rows()?;
+    if stored_rows != stored_hash_count(size) {
+        return Err(LedgerError::Table(format!(
+            "the transparency log has {stored_rows} stored hashes, its {size} entries need {}",
+            stored_hash_count(size)
+        )));
+    }
+    let mut from = 0;
+    while from < size {
+        let to = (from + CHUNK).min(size);
+        let entries = store.log_entries(from, to)?;
+        let (lo, hi) = (stored_hash_index(0, from), stored_hash_index(0, to));
+        let idx: Vec<u64> = (lo..hi).collect();
+        let chunk: HashMap<u64, [u8; 32]> =
+            idx.iter().copied().zip(store.log_hashes(&idx)?).collect();
+        let reader = gridpow_store::StoreHashReader::new(&mut *store);
+        let known = Known {
+            chunk: &chunk,
+            store: &reader,
+        };
+        for (n, e) in (from..).zip(&entries) {
+            let leaf = tlog_tiles::Hash(e.leaf_hash(&RustCrypto));
+            let want =
+                stored_hashes_for_record_hash(n, leaf, &known).map_err(|err| {
+                    match reader.take_error() {
+                        Some(s) => LedgerError::Store(s),
+                        None => LedgerError::Table(format!(
+                            "the transparency log's stored hashes: {err}"
+                        )),
+                    }
+                })?;
+            let at = stored_hash_index(0, n);
+            for (k, h) in (at..).zip(&want) {
+                if chunk.get(&k) != Some(&h.0) {
+                    return Err(LedgerError::Table(format!(
+                        "the transparency log's stored hash {k} is not what entry {n} (relay {} height {}) gives: \
+                         a block or the log was altered (checkpoints signed over it no longer match)",
+                        e.relay_id, e.height
+                    )));
+                }
+            }
+        }
+        from = to;
+    }
+    Ok(())
+}
+
+/// Stored hashes already read (this chunk's), else from the store.
+struct Known<'a, R> {
+    chunk: &'a HashMap<u64, [u8; 32]>,
+    store: &'a R,
+}
+
+impl<R: tlog_tiles::HashReader> tlog_tiles::HashReader for Known<'_, R> {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<tlog_tiles::Hash>, tlog_tiles::Error> {
+        let missing: Vec<u64> = indexes
+            .iter()
+            .copied()
+            .filter(|i| !self.chunk.contains_key(i))
+            .collect();
+        let more: HashMap<u64, tlog_tiles::Hash> = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            missing
+                .iter()
+                .copied()
+                .zip(self.store.read_hashes(&missing)?)
+                .collect()
+        };
+        Ok(indexes
+            .iter()
+            .map(|i| {
+                self.chunk.get(i).map_or_else(
+                    || more.get(i).copied().unwrap_or_default(),
+                    |h| tlog_tiles::Hash(*h),
+                )
+            })
+            .collect())
+    }
 }
 
 impl Checker {

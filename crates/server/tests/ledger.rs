@@ -236,8 +236,29 @@ fn altered_index_tables_and_extra_rows_fail_the_check() {
             "INSERT INTO block_index VALUES (5000, x'00');",
             "DELETE FROM block_index WHERE block_id = 5000;",
         ),
+        // The transparency log: a stored hash gone, an entry gone, two
+        // entries reordered, a stored hash replaced.
+        (
+            "UPDATE log_hashes SET idx = idx + 1000000 WHERE idx = 0;",
+            "UPDATE log_hashes SET idx = idx - 1000000 WHERE idx = 1000000;",
+        ),
+        (
+            "UPDATE blocks SET log_index = NULL WHERE log_index = 0;",
+            "UPDATE blocks SET log_index = 0 WHERE log_index IS NULL;",
+        ),
+        ("UPDATE blocks SET log_index = -1 WHERE log_index = 0; UPDATE blocks SET log_index = 0 WHERE log_index = 1; UPDATE blocks SET log_index = 1 WHERE log_index = -1;", "UPDATE blocks SET log_index = -1 WHERE log_index = 0; UPDATE blocks SET log_index = 0 WHERE log_index = 1; UPDATE blocks SET log_index = 1 WHERE log_index = -1;"),
+        (
+            "INSERT INTO log_hashes SELECT idx + 1000000, hash FROM log_hashes WHERE idx = 1; \
+             UPDATE log_hashes SET hash = (SELECT hash FROM log_hashes WHERE idx = 0) WHERE idx = 1;",
+            "UPDATE log_hashes SET hash = (SELECT hash FROM log_hashes WHERE idx = 1000001) WHERE idx = 1; \
+             DELETE FROM log_hashes WHERE idx = 1000001;",
+        ),
     ];
     cases::each_fails(&mut l, &changes);
+    assert!(
+        l.verify().unwrap().to_string().contains("transparency log"),
+        "the report names the log it checked"
+    );
     // Every byte of a time-index directory.
     let dir: Vec<u8> = l
         .conn

@@ -1034,6 +1034,12 @@ pub trait QueryStore: Send {
         log::hashes(self, indexes)
     }
 
+    /// Rows of the log's stored hashes (the ledger check compares it with
+    /// what the log's size needs).
+    fn log_hash_rows(&mut self) -> Result<u64, StoreError> {
+        log::hash_rows(self)
+    }
+
     /// The raw block of log entry `index`, if the log has one.
     fn log_block(&mut self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         log::block(self, index)

@@ -267,3 +267,12 @@ pub(crate) fn block<S: QueryStore + ?Sized>(
     )?;
     rows.first().map(|r| bytes("blocks", r, 0)).transpose()
 }
+
+/// Rows of the log's stored hashes.
+pub(crate) fn hash_rows<S: QueryStore + ?Sized>(s: &mut S) -> Result<u64, StoreError> {
+    let rows = s.select("SELECT COUNT(*) FROM log_hashes", &[])?;
+    match rows.first() {
+        Some(r) => Ok(u64_of(int("log_hashes", r, 0)?)),
+        None => Ok(0),
+    }
+}
