@@ -81,7 +81,7 @@ pub fn run(a: BrokerArgs) -> anyhow::Result<ExitCode> {
         v4 = broker.v4_addr,
         v4p = broker.v4_addr.port(),
     );
-    rt.block_on(crate::services::wait_for_signal());
+    rt.block_on(async { crate::services::stop_signal().await });
     eprintln!("MQTT broker stopped");
     Ok(ExitCode::SUCCESS)
 }

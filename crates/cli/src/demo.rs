@@ -229,9 +229,11 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
     let deadline = a.duration.map(|d| started + Duration::from_secs(d));
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.tick().await;
+    let stop = crate::services::stop_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut stop => break,
             _ = tick.tick() => {
                 let (f, r, s) = (fleet.stats(), relay.stats(), server.stats());
                 progress(q, format_args!(

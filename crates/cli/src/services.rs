@@ -51,19 +51,34 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-pub(crate) async fn wait_for_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called (inside the runtime), not when the future is first polled, and a
+/// long-running loop must keep one pinned future: a future made afresh each
+/// iteration misses a signal that lands between two iterations.
+pub(crate) fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            return;
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// The chain head as a start or stop line says it: height and the hash's first 8 bytes.
@@ -123,12 +138,15 @@ pub fn run_relay(path: &Path) -> anyhow::Result<ExitCode> {
         );
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         tick.tick().await;
+        let stop = stop_signal();
+        tokio::pin!(stop);
         loop {
             tokio::select! {
-                _ = wait_for_signal() => break,
+                _ = &mut stop => break,
                 _ = tick.tick() => {
                     let s = relay.stats();
-                    eprintln!("relay {id}: {} frames accepted, {} blocks sealed, {} confirmed, outbox {}", s.frames_accepted, s.blocks_sealed, s.blocks_confirmed, s.outbox_len);
+                    let log = s.log.as_ref().map_or_else(String::new, |l| format!(", log alarms {}", l.alarms));
+                    eprintln!("relay {id}: {} frames accepted, {} blocks sealed, {} confirmed, outbox {}{log}", s.frames_accepted, s.blocks_sealed, s.blocks_confirmed, s.outbox_len);
                 }
             }
         }
@@ -143,6 +161,16 @@ pub fn run_relay(path: &Path) -> anyhow::Result<ExitCode> {
             s.outbox_len,
             data_dir.display()
         );
+        if let Some(l) = &s.log {
+            eprintln!(
+                "relay {id} transparency log: trusted tree size {}, {} receipts proven in the log, {} pending, {} alarms{}",
+                l.trusted_size.map_or_else(|| "none yet".to_string(), |n| n.to_string()),
+                l.receipts_proven,
+                l.receipts_pending,
+                l.alarms,
+                l.last_alarm.as_deref().map_or_else(String::new, |a| format!(" (last: {a})")),
+            );
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -218,7 +246,7 @@ pub fn run_server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
             s.ledger.readings_stored,
             server.http_addr()
         );
-        wait_for_signal().await;
+        stop_signal().await;
         eprintln!("grid server stopping: finishing what is in flight");
         server.shutdown().await;
         // The totals as the database holds them now, after the last commit.
@@ -251,9 +279,11 @@ pub fn run_meters(path: &Path) -> anyhow::Result<ExitCode> {
         let mut check = tokio::time::interval(Duration::from_secs(1));
         let mut watch = AckWatch::new(warn_cfg.no_ack_warn_s);
         report.tick().await;
+        let stop = stop_signal();
+        tokio::pin!(stop);
         loop {
             tokio::select! {
-                _ = wait_for_signal() => break,
+                _ = &mut stop => break,
                 _ = report.tick() => {
                     let s = fleet.stats();
                     eprintln!("meters: {} running, {} readings generated, {} acknowledged, {} dropped, {} waiting", s.meters, s.generated, s.acknowledged, s.dropped, s.unconfirmed);

@@ -396,7 +396,7 @@ fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
         let app = router(core);
         tokio::select! {
             r = accept_loop(listener, app) => r,
-            _ = crate::services::wait_for_signal() => {
+            _ = crate::services::stop_signal() => {
                 eprintln!("witness stopped");
                 Ok(())
             }

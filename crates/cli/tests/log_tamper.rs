@@ -6,8 +6,9 @@
 //! altered behind the server's back — one block rewritten, one deleted, two
 //! reordered, each time with the log rebuilt to match and re-signed with the
 //! genuine note key — and the server restarted. The witness must refuse to
-//! cosign each altered history, and `gridpow audit`, holding the checkpoints
-//! it saw before, must reject it. Finally a second server serves a forked
+//! cosign each altered history, `gridpow audit`, holding the checkpoints it
+//! saw before, must reject it, and the relay, which watched the genuine log
+//! (its receipts proven in it), must raise an alarm. Finally a second server serves a forked
 //! copy (a split view): a fresh witness cosigns it, and comparing the two
 //! cosigned checkpoints (and auditing both) exposes the fork. A reading's
 //! proof file is checked with `gridpow check-proof` on the genuine log.
@@ -229,7 +230,7 @@ fn rewritten_deleted_reordered_and_forked_histories_are_caught_by_the_witness_an
     std::fs::write(
         root.join("relay.toml"),
         format!(
-            "relay_id = 1\nkeys_dir = \"{relay_bundle}\"\ndata_dir = \"{}\"\ndifficulty = {DIFFICULTY}\n[block]\nmax_age_ms = 300\n[radio]\nkind = \"udp\"\nudp_listen = \"127.0.0.1:{udp}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
+            "relay_id = 1\nkeys_dir = \"{relay_bundle}\"\ndata_dir = \"{}\"\ndifficulty = {DIFFICULTY}\n[block]\nmax_age_ms = 300\n[radio]\nkind = \"udp\"\nudp_listen = \"127.0.0.1:{udp}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n[log]\nvkey = \"{log_vkey}\"\n",
             root.join("relay").display(),
             broker.port
         ),
@@ -246,7 +247,24 @@ fn rewritten_deleted_reordered_and_forked_histories_are_caught_by_the_witness_an
         assert!(Instant::now() < until, "readings not all stored");
         std::thread::sleep(Duration::from_millis(250));
     }
+    // The relay proves its receipts in the log before it stops.
+    let until = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(root.join("relay").join("log-head.json"))
+        .is_ok_and(|h| h.contains(&format!("\"size\":{}", count(&db, "SELECT COUNT(*) FROM blocks"))))
+    {
+        assert!(Instant::now() < until, "the relay never trusted the full log:\n{}", relay.log());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(1));
     relay.interrupt(Duration::from_secs(30));
+    let relay_log = relay.log();
+    let watch_line = relay_log
+        .lines()
+        .find(|l| l.contains("transparency log: trusted tree size"))
+        .unwrap_or_else(|| panic!("no log watch line:\n{relay_log}"));
+    assert!(watch_line.contains(", 0 alarms"), "{watch_line}");
+    assert!(!watch_line.contains(" 0 receipts proven"), "{watch_line}");
+    assert!(!relay_log.contains("TRANSPARENCY LOG ALARM"), "{relay_log}");
     let size = count(&db, "SELECT COUNT(*) FROM blocks") as u64;
     assert!(size >= 6, "{size} blocks");
 
@@ -352,6 +370,25 @@ fn rewritten_deleted_reordered_and_forked_histories_are_caught_by_the_witness_an
         let (code, out) = audit.run(&["--min-cosignatures", "0"]);
         assert_eq!(code, 1, "{what}: {out}");
         assert!(out.contains(verdict), "{what}: expected {verdict}: {out}");
+        // The relay, still trusting the genuine tree, raises an alarm: at
+        // once for another root at its size, or once the log grows past it
+        // (new readings) and the consistency proof fails.
+        let alarms = relay.log().matches("TRANSPARENCY LOG ALARM").count();
+        relay.restart();
+        meters.restart();
+        let until = Instant::now() + Duration::from_secs(40);
+        while relay.log().matches("TRANSPARENCY LOG ALARM").count() == alarms {
+            assert!(Instant::now() < until, "{what}: the relay raised no alarm:\n{}", relay.log());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        meters.interrupt_or_kill(Duration::from_secs(10));
+        relay.interrupt(Duration::from_secs(30));
+        assert!(
+            relay.log().lines().rev().find(|l| l.contains("transparency log: trusted tree size"))
+                .is_some_and(|l| !l.contains(", 0 alarms")),
+            "{what}: {}",
+            relay.log()
+        );
         server.interrupt(Duration::from_secs(30));
     }
 

@@ -3,7 +3,9 @@
 //! `gridpow_relay_net::topics` (the standalone relay's no_std transport
 //! builds the same names without allocation).
 
-pub use gridpow_relay_net::topics::{BLOCKS, LOG_CHECKPOINT, RECEIPTS, RELAYS, STATUS};
+pub use gridpow_relay_net::topics::{
+    BLOCKS, LOG_CHECKPOINT, LOG_PROOFS, LOG_REQUESTS, RECEIPTS, RELAYS, STATUS,
+};
 
 /// `gridpow/v1/relays/{relay}/{leaf}`; `relay` is an id or the wildcard `+`.
 fn relay_topic(relay: impl std::fmt::Display, leaf: &str) -> String {
@@ -33,6 +35,31 @@ pub fn all_blocks() -> String {
 /// Filter matching every relay's status: `gridpow/v1/relays/+/status`.
 pub fn all_status() -> String {
     relay_topic('+', STATUS)
+}
+
+/// Where relay `id` asks for log proofs (QoS 0, binary requests, §16).
+pub fn log_requests(relay_id: u32) -> String {
+    relay_topic(relay_id, LOG_REQUESTS)
+}
+
+/// Where servers answer relay `id`'s log proof requests (QoS 0, binary proofs).
+pub fn log_proofs(relay_id: u32) -> String {
+    relay_topic(relay_id, LOG_PROOFS)
+}
+
+/// Filter matching every relay's log proof requests.
+pub fn all_log_requests() -> String {
+    relay_topic('+', LOG_REQUESTS)
+}
+
+/// Filter matching every relay's log proofs.
+pub fn all_log_proofs() -> String {
+    relay_topic('+', LOG_PROOFS)
+}
+
+/// Relay id from a log request topic, if it is one.
+pub fn relay_of_log_requests_topic(topic: &str) -> Option<u32> {
+    relay_of(topic, LOG_REQUESTS)
 }
 
 /// Filter matching every relay's receipts: `gridpow/v1/relays/+/receipts`.

@@ -17,9 +17,9 @@ use gridpow_proto::block::{verify_block, KeyLookup, VerifyPolicy};
 use gridpow_proto::crypto::{MeterKeys, MeterSecret, RustCrypto};
 use gridpow_proto::lifecycle::{ChainTip, OutboxEntry, ReceiptOutcome};
 use gridpow_proto::sender::{Sender, SenderConfig};
-use gridpow_proto::wire::receipt::ReceiptStatus;
+use gridpow_proto::wire::receipt::{ReceiptStatus, RECEIPT_LEN};
 use gridpow_proto::wire::uplink::MAX_LEN;
-use gridpow_proto::wire::{Reading, ReceiptRepr};
+use gridpow_proto::wire::{LogPosition, Reading, ReceiptRepr};
 use gridpow_proto::{Duration, Instant};
 
 const SEED: [u8; 32] = [5; 32];
@@ -201,12 +201,20 @@ fn sealed_blocks_verify_and_a_receipt_frees_the_outbox() {
         block_hash: sealed.hash,
         server_id: 1,
         time_ms: 5,
+        log: Some(LogPosition {
+            index: 0,
+            tree_size: 1,
+        }),
     };
     let now = Instant::from_secs_for_test(44);
-    let forged = receipt.to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&[9; 32]));
+    let forged = receipt
+        .to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&[9; 32]))
+        .unwrap();
     assert!(r.handle_receipt(now, &forged).is_err());
     assert_eq!(r.outbox().count(), 1);
-    let real = receipt.to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&SERVER_SEED));
+    let real = receipt
+        .to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&SERVER_SEED))
+        .unwrap();
     r.handle_receipt(now, &real).unwrap();
     assert_eq!(r.outbox().count(), 0);
     assert_eq!(r.lifecycle_stats().blocks_confirmed, 1);
@@ -232,7 +240,13 @@ fn one_block_published(r: &mut Relay<'_>) -> OutboxEntry {
 }
 
 /// The server's signed receipt with `status` for `sealed`.
-fn receipt(status: ReceiptStatus, sealed: &OutboxEntry) -> [u8; 124] {
+fn receipt(status: ReceiptStatus, sealed: &OutboxEntry) -> [u8; RECEIPT_LEN] {
+    let log = matches!(status, ReceiptStatus::Stored | ReceiptStatus::AlreadyStored).then_some(
+        LogPosition {
+            index: sealed.height,
+            tree_size: sealed.height + 1,
+        },
+    );
     ReceiptRepr {
         status,
         relay_id: 3,
@@ -240,8 +254,10 @@ fn receipt(status: ReceiptStatus, sealed: &OutboxEntry) -> [u8; 124] {
         block_hash: sealed.hash,
         server_id: 1,
         time_ms: 5,
+        log,
     }
     .to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&SERVER_SEED))
+    .unwrap()
 }
 
 /// docs/protocol.md §10: a quarantined receipt does not release the block

@@ -8,9 +8,10 @@ use crate::{KeyDir, KeyError};
 impl KeyDir {
     /// A Mosquitto ACL file for brokers that use the client certificate's common
     /// name as username (`use_identity_as_username true`): relay X may publish
-    /// only its own blocks and status and read only its own receipts and the
-    /// log's checkpoints; grid servers may read blocks and status and publish
-    /// receipts and checkpoints; nobody else may do anything.
+    /// only its own blocks, status and log proof requests and read only its
+    /// own receipts and log proofs and the log's checkpoints; grid servers may
+    /// read blocks, status and proof requests and publish receipts, proofs
+    /// and checkpoints; nobody else may do anything.
     pub fn mosquitto_acl(&self) -> Result<String, KeyError> {
         let relays = self.relays()?;
         let mut acl = String::from(
@@ -21,20 +22,24 @@ impl KeyDir {
         for r in &relays.relays {
             let id = r.id;
             acl.push_str(&format!(
-                "\nuser relay-{id}\ntopic write {}\ntopic write {}\ntopic read {}\ntopic read {}\n",
+                "\nuser relay-{id}\ntopic write {}\ntopic write {}\ntopic read {}\ntopic read {}\ntopic write {}\ntopic read {}\n",
                 topics::blocks(id),
                 topics::status(id),
                 topics::receipts(id),
                 topics::LOG_CHECKPOINT,
+                topics::log_requests(id),
+                topics::log_proofs(id),
             ));
         }
         for name in self.server_clients() {
             acl.push_str(&format!(
-                "\nuser {name}\ntopic read {}\ntopic read {}\ntopic write {}\ntopic readwrite {}\n",
+                "\nuser {name}\ntopic read {}\ntopic read {}\ntopic write {}\ntopic readwrite {}\ntopic read {}\ntopic write {}\n",
                 topics::all_blocks(),
                 topics::all_status(),
                 topics::all_receipts(),
                 topics::LOG_CHECKPOINT,
+                topics::all_log_requests(),
+                topics::all_log_proofs(),
             ));
         }
         Ok(acl)
@@ -53,13 +58,13 @@ mod tests {
         let acl = kd.mosquitto_acl().unwrap();
         assert!(
             acl.contains(
-                "\nuser relay-1\ntopic write gridpow/v1/relays/1/blocks\ntopic write gridpow/v1/relays/1/status\ntopic read gridpow/v1/relays/1/receipts\ntopic read gridpow/v1/log/checkpoint\n"
+                "\nuser relay-1\ntopic write gridpow/v1/relays/1/blocks\ntopic write gridpow/v1/relays/1/status\ntopic read gridpow/v1/relays/1/receipts\ntopic read gridpow/v1/log/checkpoint\ntopic write gridpow/v1/relays/1/log-requests\ntopic read gridpow/v1/relays/1/log-proofs\n"
             ),
             "{acl}"
         );
         assert!(
             acl.contains(
-                "\nuser server-1\ntopic read gridpow/v1/relays/+/blocks\ntopic read gridpow/v1/relays/+/status\ntopic write gridpow/v1/relays/+/receipts\ntopic readwrite gridpow/v1/log/checkpoint\n"
+                "\nuser server-1\ntopic read gridpow/v1/relays/+/blocks\ntopic read gridpow/v1/relays/+/status\ntopic write gridpow/v1/relays/+/receipts\ntopic readwrite gridpow/v1/log/checkpoint\ntopic read gridpow/v1/relays/+/log-requests\ntopic write gridpow/v1/relays/+/log-proofs\n"
             ),
             "{acl}"
         );

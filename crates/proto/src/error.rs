@@ -68,6 +68,10 @@ pub enum Malformed {
     /// An uplink's sequence numbers would run past 2^32−1 (they never wrap).
     #[error("sequence numbers run past 2^32-1 (a meter starts a new epoch first)")]
     SeqOverflow,
+    /// A signed note, checkpoint or verifier key does not follow its C2SP
+    /// text format (docs/ledger.md).
+    #[error("not a well-formed signed note, checkpoint or verifier key")]
+    BadNote,
 }
 
 /// Why a leaf (a sealed uplink frame inside a block) was refused.
@@ -126,6 +130,10 @@ pub enum Rejected {
     /// The relay's signature over the block header does not verify.
     #[error("relay signature does not verify")]
     BadSignature,
+    /// A checkpoint names another log (origin) than the one watched, or no
+    /// signature line of it is by the log's note key.
+    #[error("checkpoint is not signed by the watched log's note key")]
+    NotSignedByLog,
     /// An Ed25519 public key is not a canonical encoding of a point, or is
     /// of small order (§9.2): it would verify forged signatures.
     #[error("Ed25519 public key is not canonical or is of small order (protocol §9.2)")]

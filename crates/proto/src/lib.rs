@@ -23,6 +23,8 @@
 //! - [`merkle`], [`pow`], [`block`]: sealing and verifying blocks.
 //! - [`lifecycle`]: the relay's block lifecycle (batch, seal, outbox,
 //!   publish, receipts), driven by every relay.
+//! - [`checkpoint`], [`logwatch`]: the relay's watch over the server's
+//!   transparency log (signed checkpoints, consistency and inclusion proofs).
 //!
 //! ## Driving the state machines
 //! Inputs are `handle_*` methods, outputs `poll_*` methods. After every input
@@ -34,10 +36,12 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod block;
+pub mod checkpoint;
 pub mod crypto;
 pub mod error;
 pub mod ingress;
 pub mod lifecycle;
+pub mod logwatch;
 pub mod merkle;
 pub mod pow;
 pub mod replay;

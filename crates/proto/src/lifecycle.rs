@@ -793,6 +793,7 @@ mod tests {
     use super::*;
     use crate::crypto::RustCrypto;
     use crate::pow::PowSolver;
+    use crate::wire::receipt::RECEIPT_LEN;
     use crate::wire::block::signing_message;
     use crate::wire::BlockPacket;
     use ed25519_dalek::SigningKey;
@@ -856,7 +857,12 @@ mod tests {
         seal(m)
     }
 
-    fn receipt(status: ReceiptStatus, e: &OutboxEntry, relay_id: u32) -> [u8; 124] {
+    fn receipt(status: ReceiptStatus, e: &OutboxEntry, relay_id: u32) -> [u8; RECEIPT_LEN] {
+        let log = matches!(status, ReceiptStatus::Stored | ReceiptStatus::AlreadyStored)
+            .then_some(crate::wire::LogPosition {
+                index: e.height,
+                tree_size: e.height + 1,
+            });
         ReceiptRepr {
             status,
             relay_id,
@@ -864,8 +870,10 @@ mod tests {
             block_hash: e.hash,
             server_id: 1,
             time_ms: 5,
+            log,
         }
         .to_signed_bytes(&RustCrypto, &server())
+        .expect("a consistent receipt")
     }
 
     #[test]

@@ -17,7 +17,7 @@ use gridpow_proto::merkle::{
 use gridpow_proto::pow::{leading_zero_bits, PowSolver};
 use gridpow_proto::wire::ack::{AckPacket, AckRepr, FLAG_DUPLICATE};
 use gridpow_proto::wire::block::BlockHeaderRepr;
-use gridpow_proto::wire::receipt::{ReceiptRepr, ReceiptStatus};
+use gridpow_proto::wire::receipt::{LogPosition, ReceiptRepr, ReceiptStatus};
 use gridpow_proto::wire::serial::{SerialDecoder, SerialKind, SerialRepr, MAX_ENCODED};
 use gridpow_proto::wire::uplink::{self, UplinkHeader, UplinkPacket, MAX_BODY_LEN};
 use gridpow_proto::wire::Reading;
@@ -529,8 +529,12 @@ fn receipt_and_serial_vectors_match() {
         block_hash: [0x44; 32],
         server_id: 1,
         time_ms: 1_767_225_650_000,
+        log: Some(LogPosition {
+            index: 5,
+            tree_size: 9,
+        }),
     };
-    let bytes = r.to_signed_bytes(&RustCrypto, &server);
+    let bytes = r.to_signed_bytes(&RustCrypto, &server).unwrap();
     assert_eq!(
         ReceiptRepr::parse_verified(&RustCrypto, &bytes, &server.verifying_key()),
         Ok(r)
@@ -538,9 +542,10 @@ fn receipt_and_serial_vectors_match() {
     // The same block refused for good (§10, status 3).
     let refused = ReceiptRepr {
         status: ReceiptStatus::Refused,
+        log: None,
         ..r
     };
-    let refused_bytes = refused.to_signed_bytes(&RustCrypto, &server);
+    let refused_bytes = refused.to_signed_bytes(&RustCrypto, &server).unwrap();
     assert_eq!(
         ReceiptRepr::parse_verified(&RustCrypto, &refused_bytes, &server.verifying_key()),
         Ok(refused)
@@ -563,9 +568,10 @@ fn receipt_and_serial_vectors_match() {
     check(
         "receipt.json",
         &json!({
-            "description": "receipt = bytes 0..60 || Ed25519 over \"gridpow-rcpt-v2\\0\" || bytes 0..60",
+            "description": "receipt (type 0x06) = bytes 0..76 || Ed25519 over \"gridpow-rcpt-v3\\0\" || bytes 0..76; refused_bytes: status 3, log index and tree size 0",
             "server_signing_seed": h(&server.to_bytes()), "server_public_key": h(&server.verifying_key().to_bytes()),
             "status": 0, "relay_id": 3, "height": 0, "block_hash": h(&r.block_hash), "server_id": 1, "time_ms": r.time_ms,
+            "log_index": 5, "tree_size": 9,
             "bytes": h(&bytes),
             "refused_bytes": h(&refused_bytes),
         }),
@@ -1305,4 +1311,104 @@ fn vector_readings_are_plausible() {
         }
         prev = Some((id, *r));
     }
+}
+
+// ---------------------------------------------------------------------------
+// log.json (written by gridpow-tlog from the C2SP formats) read by the no_std
+// core, and log_proof.json: the MQTT proof messages (§16) over its proofs.
+
+fn hex32(v: &Value) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&hex::decode(v.as_str().expect("hex")).expect("hex"));
+    out
+}
+
+#[test]
+fn the_core_opens_the_log_vectors_checkpoints_and_refuses_their_negative_notes() {
+    use gridpow_proto::checkpoint::{NoteKey, TreeHead};
+    let log: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("log.json")).expect("log.json"))
+            .expect("JSON");
+    let key = NoteKey::from_vkey(&RustCrypto, log["log_key"]["vkey"].as_str().expect("vkey"))
+        .expect("the log's vkey");
+    assert_eq!(key.name(), log["origin"].as_str().expect("origin").as_bytes());
+    let root_of = |size: u64| {
+        log["trees"]
+            .as_array()
+            .expect("trees")
+            .iter()
+            .find(|t| t["size"] == size)
+            .map(|t| hex32(&t["root"]))
+            .expect("tree of that size")
+    };
+    let checkpoints = log["checkpoints"].as_array().expect("checkpoints");
+    assert!(!checkpoints.is_empty());
+    for c in checkpoints {
+        let size = c["size"].as_u64().expect("size");
+        for note in [&c["note"], &c["cosigned_note"]] {
+            assert_eq!(
+                key.open_checkpoint(&RustCrypto, note.as_str().expect("note").as_bytes()),
+                Ok(TreeHead {
+                    size,
+                    root: root_of(size)
+                })
+            );
+        }
+    }
+    // A witness's cosignature key (algorithm 0x04) is no note key.
+    assert!(
+        NoteKey::from_vkey(&RustCrypto, log["witness_key"]["vkey"].as_str().expect("vkey")).is_err()
+    );
+    for n in log["negative_notes"].as_array().expect("negative notes") {
+        assert!(
+            key.open_checkpoint(&RustCrypto, n["note"].as_str().expect("note").as_bytes())
+                .is_err(),
+            "accepted: {}",
+            n["what"]
+        );
+    }
+}
+
+#[test]
+fn log_proof_messages_match_their_vectors() {
+    use gridpow_proto::wire::{LogProof, LogProofKind, LogProofRequest, MAX_LOG_PROOF_LEN};
+    let log: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("log.json")).expect("log.json"))
+            .expect("JSON");
+    let c = &log["consistency"][0];
+    let i = log["inclusion"]
+        .as_array()
+        .expect("inclusion")
+        .iter()
+        .find(|i| i["proof"].as_array().is_some_and(|p| p.len() > 3))
+        .expect("an inclusion proof with a path");
+    let mut cases = Vec::new();
+    for (kind, first, second, path) in [
+        (LogProofKind::Consistency, &c["old"], &c["new"], &c["proof"]),
+        (LogProofKind::Inclusion, &i["index"], &i["size"], &i["proof"]),
+    ] {
+        let req = LogProofRequest {
+            kind,
+            relay_id: 3,
+            first: first.as_u64().expect("u64"),
+            second: second.as_u64().expect("u64"),
+        };
+        let path: Vec<[u8; 32]> = path.as_array().expect("path").iter().map(hex32).collect();
+        let mut buf = [0u8; MAX_LOG_PROOF_LEN];
+        let n = req.emit_proof(&path, &mut buf).expect("emit");
+        let parsed = LogProof::parse(&buf[..n]).expect("parse");
+        assert_eq!(parsed.request, req);
+        assert_eq!(LogProofRequest::parse(&req.to_bytes()), Ok(req));
+        cases.push(json!({
+            "kind": kind as u8, "relay_id": 3, "first": req.first, "second": req.second,
+            "request": h(&req.to_bytes()), "proof": h(&buf[..n]),
+        }));
+    }
+    check(
+        "log_proof.json",
+        &json!({
+            "description": "protocol §16: log proof request (type 0x07, 24 bytes) and proof (type 0x08, 24 + 32 n bytes) over log.json's first consistency proof and an inclusion proof; kind 1 inclusion (first = index), 2 consistency (first = old size); second = tree size",
+            "cases": cases,
+        }),
+    );
 }

@@ -128,7 +128,7 @@ pub use conn::{Arena, ArenaFull, Config, Connection, Identity, Start, TlsBuffers
 pub use embedded_tls::CryptoRngCore;
 pub use error::Error;
 pub use status::{
-    blocks_topic, receipts_topic, status_topic, RadioCounts, Status, Topic, MAX_STATUS_LEN,
+    blocks_topic, log_proofs_topic, log_requests_topic, receipts_topic, status_topic, RadioCounts, Status, Topic, MAX_STATUS_LEN,
     MAX_TOPIC_LEN,
 };
 pub use tls::{Link, MAX_BROKER_CHAIN};
@@ -136,7 +136,9 @@ pub use tls::{Link, MAX_BROKER_CHAIN};
 /// The MQTT topic names of docs/protocol.md, "MQTT": their one definition,
 /// shared by this transport, the host services and the broker ACL.
 pub mod topics {
-    pub use crate::status::{BLOCKS, LOG_CHECKPOINT, RECEIPTS, RELAYS, STATUS};
+    pub use crate::status::{
+        BLOCKS, LOG_CHECKPOINT, LOG_PROOFS, LOG_REQUESTS, RECEIPTS, RELAYS, STATUS,
+    };
 }
 
 /// Negotiated TLS maximum fragment length (RFC 6066): 2^12 bytes.
@@ -166,5 +168,5 @@ pub const TLS_WRITE_BUF: usize = TLS_WRITE_BUF_MAX;
 pub const ARENA_LEN: usize = 8192;
 
 /// Largest packet we accept from the broker (CONNECT's maximum packet size):
-/// receipts are 124 bytes; the broker drops anything larger for us.
+/// receipts are 140 bytes; the broker drops anything larger for us.
 pub const MAX_INCOMING_PACKET: u32 = 1024;

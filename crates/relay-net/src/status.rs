@@ -5,8 +5,8 @@ use core::fmt::Write as _;
 
 use crate::error::{Capacity, Error};
 
-/// Longest topic this crate builds: `gridpow/v1/relays/4294967295/receipts`.
-pub const MAX_TOPIC_LEN: usize = 40;
+/// Longest topic this crate builds: `gridpow/v1/relays/4294967295/log-requests`.
+pub const MAX_TOPIC_LEN: usize = 41;
 
 /// Longest status message: every number at its maximum, `"offline"`, with radio counters.
 pub const MAX_STATUS_LEN: usize = 240;
@@ -28,6 +28,12 @@ pub const STATUS: &str = "status";
 /// Leaf of the topic servers publish a relay's commit receipts to (QoS 1).
 pub const RECEIPTS: &str = "receipts";
 
+/// Leaf of the topic a relay asks for log proofs on (QoS 0, §16).
+pub const LOG_REQUESTS: &str = "log-requests";
+
+/// Leaf of the topic servers answer a relay's log proof requests on (QoS 0).
+pub const LOG_PROOFS: &str = "log-proofs";
+
 /// Where grid servers publish the transparency log's newest signed
 /// checkpoint (retained, QoS 1, the C2SP note text; docs/ledger.md).
 pub const LOG_CHECKPOINT: &str = "gridpow/v1/log/checkpoint";
@@ -47,6 +53,16 @@ pub fn blocks_topic(relay_id: u32) -> Topic {
 /// `gridpow/v1/relays/{id}/receipts`.
 pub fn receipts_topic(relay_id: u32) -> Topic {
     topic(relay_id, RECEIPTS)
+}
+
+/// `gridpow/v1/relays/{id}/log-requests`.
+pub fn log_requests_topic(relay_id: u32) -> Topic {
+    topic(relay_id, LOG_REQUESTS)
+}
+
+/// `gridpow/v1/relays/{id}/log-proofs`.
+pub fn log_proofs_topic(relay_id: u32) -> Topic {
+    topic(relay_id, LOG_PROOFS)
 }
 
 /// `gridpow/v1/relays/{id}/status`.
@@ -160,6 +176,11 @@ mod tests {
             "gridpow/v1/relays/4294967295/receipts"
         );
         assert_eq!(status_topic(7).as_str(), "gridpow/v1/relays/7/status");
+        assert_eq!(
+            log_requests_topic(u32::MAX).as_str(),
+            "gridpow/v1/relays/4294967295/log-requests"
+        );
+        assert_eq!(log_proofs_topic(7).as_str(), "gridpow/v1/relays/7/log-proofs");
     }
 
     #[test]

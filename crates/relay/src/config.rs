@@ -67,6 +67,19 @@ pub struct RelayConfig {
     pub mqtt: MqttConfig,
     /// The write-ahead journal.
     pub journal: JournalConfig,
+    /// Watching the grid server's transparency log.
+    pub log: LogConfig,
+}
+
+/// Watching the grid server's transparency log (docs/ledger.md): the relay
+/// checks every checkpoint against the ones before and that each stored
+/// block of its own is in the log, and raises an alarm when not.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// The log's note verifier key (`name+keyid+key`, what the grid server logs
+    /// at start). Unset: the relay does not watch the log.
+    pub vkey: Option<String>,
 }
 
 /// When to seal a block: by count or by age, whichever comes first.
@@ -171,6 +184,7 @@ impl Default for RelayConfig {
             radio: RadioConfig::default(),
             mqtt: MqttConfig::default(),
             journal: JournalConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -242,6 +256,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("RadioConfig", "radio"),
     ("MqttConfig", "mqtt"),
     ("JournalConfig", "journal"),
+    ("LogConfig", "log"),
 ];
 
 impl RelayConfig {
@@ -289,6 +304,13 @@ impl RelayConfig {
         if let Some(m) = &self.radio.mac {
             if gridpow_common::parse_mac(m).is_none() {
                 return bad("radio.mac", "not a MAC address like AA:BB:CC:DD:EE:FF");
+            }
+        }
+        if let Some(v) = &self.log.vkey {
+            if let Err(e) =
+                gridpow_proto::checkpoint::NoteKey::from_vkey(&gridpow_proto::crypto::RustCrypto, v)
+            {
+                return bad("log.vkey", &format!("{e}: expected name+keyid+base64key (Ed25519)"));
             }
         }
         if self.mqtt.max_inflight_blocks == 0 {

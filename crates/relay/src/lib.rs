@@ -87,6 +87,7 @@ pub mod config;
 mod error;
 mod fsutil;
 mod ingest;
+mod logwatch;
 pub mod journal;
 pub mod outbox;
 pub mod pow;
@@ -112,8 +113,9 @@ use gridpow_proto::ingress::{Ingress, IngressConfig};
 use gridpow_radio::{RadioPort, UdpAir};
 use tokio::sync::{mpsc, oneshot};
 
+pub use logwatch::LogReport;
 pub use config::{
-    BlockConfig, JournalConfig, MqttConfig, PowConfig, RadioConfig, RadioKind, RelayConfig,
+    BlockConfig, JournalConfig, LogConfig, MqttConfig, PowConfig, RadioConfig, RadioKind, RelayConfig,
 };
 pub use error::RelayError;
 pub use publisher::{status_json, RadioCounts};
@@ -205,6 +207,20 @@ fn spawn(
     let options = publisher::mqtt_options(cfg, outbox.head().next_height.checked_sub(1))?;
     let pool = pow::PowPool::new(cfg.pow.threads)?;
     let lifecycle = SharedLifecycle::new(recover::lifecycle(cfg, &outbox)?);
+    let watcher = match &cfg.log.vkey {
+        Some(v) => Some(
+            logwatch::LogWatcher::open(v, cfg.relay_id, &cfg.data_dir).map_err(|message| {
+                RelayError::Corrupt {
+                    path: cfg.data_dir.join("log-head.json"),
+                    message,
+                }
+            })?,
+        ),
+        None => {
+            tracing::info!("log.vkey is not set: this relay does not watch the server's transparency log");
+            None
+        }
+    };
     let signals = Arc::new(Signals::default());
     let committed = Arc::new(AtomicU64::new(last_jsn));
     let (journal_tx, journal_rx) = crossbeam_channel::unbounded();
@@ -220,6 +236,7 @@ fn spawn(
         lifecycle.clone(),
         chain_tx.clone(),
         pub_rx,
+        watcher,
         shared.clone(),
     );
     let chain = ChainLoop {

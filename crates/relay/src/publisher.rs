@@ -34,6 +34,7 @@ use tokio::time::Instant;
 
 use crate::config::RelayConfig;
 use crate::stats::{add, Shared};
+use crate::logwatch::LogWatcher;
 use crate::threads::{proto_now, ChainEvent, NetEvent, PubCmd, SharedLifecycle};
 use crate::RelayError;
 
@@ -121,6 +122,7 @@ pub(crate) fn spawn(
     lifecycle: SharedLifecycle,
     chain_tx: Sender<ChainEvent>,
     cmds: mpsc::UnboundedReceiver<PubCmd>,
+    log: Option<LogWatcher>,
     shared: Arc<Shared>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let cap = options.request_channel_capacity();
@@ -148,6 +150,9 @@ pub(crate) fn spawn(
         shared,
         status_height: None,
         status_sent: None,
+        log,
+        log_requests_topic: topics::log_requests(cfg.relay_id),
+        log_proofs_topic: topics::log_proofs(cfg.relay_id),
     };
     let out = tokio::spawn(outbox.run(cmds, net_rx));
     vec![net, out]
@@ -162,6 +167,7 @@ async fn network_task(
     shared: Arc<Shared>,
 ) {
     let receipts_topic = topics::receipts(relay_id);
+    let proofs_topic = topics::log_proofs(relay_id);
     let mut backoff = Duration::from_millis(100);
     let mut logged_down = false;
     loop {
@@ -180,6 +186,14 @@ async fn network_task(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.topic == topics::LOG_CHECKPOINT {
+                    let _ = net_tx.send(NetEvent::Checkpoint(p.payload));
+                    continue;
+                }
+                if p.topic == proofs_topic {
+                    let _ = net_tx.send(NetEvent::LogProof(p.payload));
+                    continue;
+                }
                 if p.topic != receipts_topic {
                     continue;
                 }
@@ -240,6 +254,10 @@ struct OutboxTask {
     shared: Arc<Shared>,
     status_height: Option<u64>,
     status_sent: Option<Instant>,
+    /// The watch over the server's log, when `log.vkey` is set.
+    log: Option<LogWatcher>,
+    log_requests_topic: String,
+    log_proofs_topic: String,
 }
 
 struct Cached {
@@ -277,6 +295,13 @@ impl OutboxTask {
                         if let Err(e) = self.client.try_subscribe(self.receipts_topic.clone(), QoS::AtLeastOnce) {
                             tracing::warn!(error = %e, "receipt subscription not queued");
                         }
+                        if self.log.is_some() {
+                            for (t, q) in [(topics::LOG_CHECKPOINT.to_string(), QoS::AtLeastOnce), (self.log_proofs_topic.clone(), QoS::AtMostOnce)] {
+                                if let Err(e) = self.client.try_subscribe(t, q) {
+                                    tracing::warn!(error = %e, "log subscription not queued");
+                                }
+                            }
+                        }
                         self.publish_status(true);
                         // A new connection may have lost whatever was in flight.
                         self.lifecycle.lock().handle_connected();
@@ -290,10 +315,23 @@ impl OutboxTask {
                         self.on_receipt(&r);
                         self.pump();
                     }
+                    Some(NetEvent::Checkpoint(note)) => {
+                        if let Some(w) = &mut self.log {
+                            w.on_checkpoint(&note, &self.shared);
+                        }
+                        self.ask_log();
+                    }
+                    Some(NetEvent::LogProof(p)) => {
+                        if let Some(w) = &mut self.log {
+                            w.on_proof(&p, &self.shared);
+                        }
+                        self.ask_log();
+                    }
                     None => return,
                 },
                 _ = tick.tick() => {
                     self.pump();
+                    self.ask_log();
                     let head = self.shared.head().map(|(h, _)| h);
                     let stale = self.status_sent.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
                     if self.connected && head != self.status_height && stale {
@@ -330,10 +368,48 @@ impl OutboxTask {
         }
     }
 
+    /// Publishes the log proof request the watch wants now, if any.
+    fn ask_log(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let Some(req) = self.log.as_mut().and_then(LogWatcher::poll_request) else {
+            return;
+        };
+        let bytes = req.to_bytes().to_vec();
+        if let Err(e) = self.client.try_publish(self.log_requests_topic.clone(), QoS::AtMostOnce, false, bytes) {
+            // Asked again after the core's retry delay.
+            tracing::debug!(error = %e, "log proof request not queued");
+        }
+    }
+
+    /// Hands a stored block's log position to the watch, with the block's
+    /// header read from the cache or the outbox file.
+    fn watch_receipt(&mut self, height: u64, r: &ReceiptRepr) {
+        let (Some(w), Some(at)) = (&mut self.log, r.log) else {
+            return;
+        };
+        let Some(c) = self.blocks.get(&height) else {
+            return;
+        };
+        let bytes = match &c.bytes {
+            Some(b) => b.to_vec(),
+            None => match crate::outbox::read_block_file(&c.path) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, height, "outbox block not readable; its log position goes unchecked");
+                    return;
+                }
+            },
+        };
+        w.on_receipt(&bytes, at, &self.shared);
+    }
+
     fn on_receipt(&mut self, r: &ReceiptRepr) {
         let outcome = self.lifecycle.lock().apply_receipt(proto_now(), r);
         match outcome {
             ReceiptOutcome::Confirmed { height, hash, .. } => {
+                self.watch_receipt(height, r);
                 if let Some(c) = self.blocks.remove(&height) {
                     self.cached -= c.bytes.as_ref().map_or(0, |b| b.len());
                 }

@@ -135,6 +135,8 @@ pub struct RelayStats {
     pub mqtt_connected: bool,
     /// Connections established since start.
     pub mqtt_connects: u64,
+    /// The watch over the server's transparency log (`None`: no `log.vkey`).
+    pub log: Option<crate::logwatch::LogReport>,
 }
 
 /// Live counters shared by the threads.
@@ -172,6 +174,8 @@ pub(crate) struct Shared {
     pub mqtt_connects: AtomicU64,
     /// Newest block: (height, hash).
     pub head: Mutex<Option<(u64, Hash)>>,
+    /// The log watch's report.
+    pub log: Mutex<Option<crate::logwatch::LogReport>>,
 }
 
 pub(crate) fn add(c: &AtomicU64, n: u64) {
@@ -193,6 +197,12 @@ impl Shared {
 
     pub(crate) fn set_head(&self, height: u64, hash: Hash) {
         *self.head.lock().unwrap_or_else(|p| p.into_inner()) = Some((height, hash));
+    }
+
+    pub(crate) fn set_log(&self, report: crate::logwatch::LogReport) {
+        if let Ok(mut g) = self.log.lock() {
+            *g = Some(report);
+        }
     }
 
     pub(crate) fn snapshot(&self) -> RelayStats {
@@ -246,6 +256,7 @@ impl Shared {
             chain_head: head.map(|(_, h)| hex::encode(h)).unwrap_or_default(),
             mqtt_connected: self.mqtt_connected.load(Ordering::Relaxed),
             mqtt_connects: get(&self.mqtt_connects),
+            log: self.log.lock().map_or(None, |g| g.clone()),
         }
     }
 }

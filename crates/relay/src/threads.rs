@@ -91,6 +91,10 @@ pub(crate) enum NetEvent {
     Disconnected,
     /// A receipt whose server signature and relay id verified.
     Receipt(ReceiptRepr),
+    /// The log's retained checkpoint note (unverified: the watch checks it).
+    Checkpoint(bytes::Bytes),
+    /// A log proof on this relay's proof topic (unverified).
+    LogProof(bytes::Bytes),
 }
 
 /// The lifecycle over heap storage, shared by the chain thread and the outbox task.

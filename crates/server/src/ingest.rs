@@ -82,13 +82,24 @@ pub(crate) enum Phase {
     Disconnect,
 }
 
+/// What the MQTT task subscribes to besides every relay's status.
+pub(crate) struct Filters {
+    /// Blocks (QoS 1, acknowledged after the commit); a shared subscription
+    /// when servers share the load.
+    pub blocks: String,
+    /// Relays' log proof requests (QoS 0, §16), shared the same way.
+    pub log_requests: String,
+}
+
 /// Polls the MQTT event loop: (re)subscribes on every connection, forwards
 /// publishes, counts errors and backs off while the broker is unreachable.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn mqtt_task(
     mut eventloop: EventLoop,
     broker: gridpow_common::net::BrokerTarget,
     client: AsyncClient,
-    filter: String,
+    filters: Filters,
+    proofs: tokio::sync::mpsc::Sender<crate::transparency::ProofRequestMsg>,
     inbound: std::sync::mpsc::Sender<Inbound>,
     mut phase: watch::Receiver<Phase>,
     shared: Arc<Shared>,
@@ -98,6 +109,8 @@ pub(crate) async fn mqtt_task(
     // The long explanation once per outage; later retries in one short line.
     let mut explained = false;
     let mut disconnect_deadline: Option<tokio::time::Instant> = None;
+    let filter = filters.blocks;
+    let names = [filter.clone(), topics::all_status(), filters.log_requests.clone()];
     loop {
         if let Some(deadline) = disconnect_deadline {
             if tokio::time::Instant::now() >= deadline {
@@ -128,18 +141,18 @@ pub(crate) async fn mqtt_task(
                     // try_subscribe: awaiting here could wait on the request channel this task drains.
                     // Blocks (QoS 1, acknowledged after the commit) and every
                     // relay's status (QoS 0: nothing to acknowledge), in one request.
-                    let filters = [
+                    let subscriptions = [
                         Filter::new(filter.clone(), QoS::AtLeastOnce),
                         Filter::new(topics::all_status(), QoS::AtMostOnce),
+                        Filter::new(filters.log_requests.clone(), QoS::AtMostOnce),
                     ];
-                    if let Err(e) = client.try_subscribe_many(filters) {
+                    if let Err(e) = client.try_subscribe_many(subscriptions) {
                         tracing::error!(error = %e, "Subscribe request could not be queued.");
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
                     for (i, code) in s.return_codes.iter().enumerate() {
-                        let status = topics::all_status();
-                        let what = if i == 0 { filter.as_str() } else { status.as_str() };
+                        let what = names.get(i).map_or("?", String::as_str);
                         match code {
                             SubscribeReasonCode::Success(qos) => {
                                 if i == 0 {
@@ -154,6 +167,16 @@ pub(crate) async fn mqtt_task(
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let Some(relay) = topics::relay_of_status_topic(&String::from_utf8_lossy(&p.topic)) {
                         record_status(&shared, relay, &p.payload);
+                        if p.qos != QoS::AtMostOnce {
+                            let _ = client.try_ack(&p);
+                        }
+                        continue;
+                    }
+                    if let Some(relay) = topics::relay_of_log_requests_topic(&String::from_utf8_lossy(&p.topic)) {
+                        let msg = crate::transparency::ProofRequestMsg { relay, payload: p.payload.to_vec() };
+                        if proofs.try_send(msg).is_err() {
+                            add(&shared.log.relay_proof_requests_refused, 1);
+                        }
                         if p.qos != QoS::AtMostOnce {
                             let _ = client.try_ack(&p);
                         }
@@ -379,7 +402,7 @@ pub(crate) fn writer_thread(
                     repeats.push((*h, repeated));
                 }
             }
-            let receipt = signed_receipt(item, outcome, &settings);
+            let receipt = signed_receipt(item, outcome, result.log_size, &settings);
             if acks.send(AckJob { token, receipt }).is_err() {
                 tracing::warn!("Acknowledgement task gone; stopping the writer.");
                 return;
@@ -516,6 +539,7 @@ fn count_outcome(shared: &Shared, refusals: &mut RefusalLog, item: &Ingest, outc
 fn signed_receipt(
     item: &Ingest,
     outcome: &Outcome,
+    log_size: Option<u64>,
     settings: &WriterSettings,
 ) -> Option<(String, Vec<u8>)> {
     let h = item.header()?;
@@ -529,12 +553,17 @@ fn signed_receipt(
         },
         server_id: settings.server_id,
         time_ms: gridpow_common::wall_ms(),
+        log: outcome.log_position(log_size),
     };
-    Some((
-        topics::receipts(h.relay_id),
-        repr.to_signed_bytes(&RustCrypto, &settings.signing_key)
-            .to_vec(),
-    ))
+    match repr.to_signed_bytes(&RustCrypto, &settings.signing_key) {
+        Ok(bytes) => Some((topics::receipts(h.relay_id), bytes.to_vec())),
+        Err(e) => {
+            // The store's outcomes always fit; a receipt that cannot be
+            // signed is logged, and the relay offers the block again.
+            tracing::error!(error = %e, ?repr, "no receipt: the outcome has no consistent log position");
+            None
+        }
+    }
 }
 
 /// The writer's periodic chores between commits: prune the quarantine,

@@ -224,6 +224,8 @@ impl Shared {
             counter("gridpow_server_http_db_busy", "API requests refused with 503: no database reader free in time.", &m.http_db_busy),
             counter("gridpow_log_checkpoints_signed", "Transparency-log checkpoints signed by this process.", &self.log.checkpoints_signed),
             counter("gridpow_log_witness_failures", "Witness requests that brought no cosignature.", &self.log.witness_failures),
+            counter("gridpow_log_relay_proofs_sent", "Log proofs sent to relays over MQTT.", &self.log.relay_proofs_sent),
+            counter("gridpow_log_relay_proof_requests_refused", "Relay log proof requests refused (malformed, another relay's id, beyond the log) or dropped (queue full).", &self.log.relay_proof_requests_refused),
         ];
         let seconds = vec![
             (

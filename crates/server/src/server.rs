@@ -210,10 +210,13 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
     } = http;
     let options = mqtt_options(&cfg)?;
     let (client, eventloop) = AsyncClient::new(options, 1024);
-    let filter = if cfg.mqtt.shared_subscription {
-        topics::shared_blocks()
+    let (filter, proof_filter) = if cfg.mqtt.shared_subscription {
+        (
+            topics::shared_blocks(),
+            format!("$share/{}/{}", topics::SERVER_GROUP, topics::all_log_requests()),
+        )
     } else {
-        topics::all_blocks()
+        (topics::all_blocks(), topics::all_log_requests())
     };
 
     let (inbound_tx, inbound_rx) = std::sync::mpsc::channel();
@@ -276,11 +279,23 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
         client.clone(),
         stop_rx,
     ));
+    let (proof_tx, proof_rx) = mpsc::channel(crate::transparency::PROOF_QUEUE);
+    // Ends when the MQTT task drops its sender.
+    tokio::spawn(crate::transparency::relay_proof_task(
+        cfg.db.clone(),
+        shared.clone(),
+        client.clone(),
+        proof_rx,
+    ));
     let mqtt = tokio::spawn(ingest::mqtt_task(
         eventloop,
         cfg.broker_target(),
         client,
-        filter,
+        ingest::Filters {
+            blocks: filter,
+            log_requests: proof_filter,
+        },
+        proof_tx,
         inbound_tx,
         phase_rx,
         shared.clone(),

@@ -21,7 +21,6 @@ use tokio::sync::watch;
 use crate::config::LogConfig;
 use crate::metrics::{add, get, Shared};
 
-pub use gridpow_common::topics::LOG_CHECKPOINT as CHECKPOINT_TOPIC;
 
 /// A signed checkpoint as served.
 #[derive(Clone, Debug)]
@@ -50,6 +49,11 @@ pub struct LogStatus {
     pub witness_failures: AtomicU64,
     /// Cosignatures the configuration asks for.
     pub min_cosignatures: AtomicU64,
+    /// Log proofs sent to relays over MQTT (§16).
+    pub relay_proofs_sent: AtomicU64,
+    /// Relay proof requests refused (malformed, another relay's id, a size
+    /// beyond the log) or dropped (queue full).
+    pub relay_proof_requests_refused: AtomicU64,
 }
 
 /// The log as the dashboard and `/api/v1/stats` show it.
@@ -346,7 +350,7 @@ pub(crate) async fn checkpoint_task(
 async fn publish(mqtt: &AsyncClient, c: &SignedCheckpoint) {
     if let Err(e) = mqtt
         .publish(
-            CHECKPOINT_TOPIC,
+            gridpow_common::topics::LOG_CHECKPOINT,
             QoS::AtLeastOnce,
             true,
             c.note.clone().into_bytes(),
@@ -360,4 +364,110 @@ async fn publish(mqtt: &AsyncClient, c: &SignedCheckpoint) {
 /// Marks the log as appended to `size` by a commit of this server.
 pub(crate) fn appended(status: &LogStatus, size: u64) {
     status.appended.fetch_max(size, Ordering::Relaxed);
+}
+
+/// A relay's log proof request as it came off MQTT (§16).
+#[derive(Debug)]
+pub(crate) struct ProofRequestMsg {
+    /// The relay its topic names.
+    pub relay: u32,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// Room for proof requests waiting for the prover; more are dropped and
+/// counted (a relay asks one at a time, so this only fills under abuse).
+pub(crate) const PROOF_QUEUE: usize = 256;
+
+/// Answers relays' log proof requests (§16) from the stored log, one at a
+/// time on a reader of its own, and publishes each proof on the relay's
+/// proof topic. Requests that name another relay than their topic, parse
+/// badly or reach beyond the stored log are refused, counted and logged.
+pub(crate) async fn relay_proof_task(
+    db: String,
+    shared: Arc<Shared>,
+    mqtt: AsyncClient,
+    mut requests: tokio::sync::mpsc::Receiver<ProofRequestMsg>,
+) {
+    let mut store: Option<Box<dyn ReadStore>> = None;
+    while let Some(msg) = requests.recv().await {
+        let req = match gridpow_proto::wire::LogProofRequest::parse(&msg.payload) {
+            Ok(r) if r.relay_id == msg.relay => r,
+            Ok(r) => {
+                refuse_request(&shared, msg.relay, &format!("names relay {}", r.relay_id));
+                continue;
+            }
+            Err(e) => {
+                refuse_request(&shared, msg.relay, &e.to_string());
+                continue;
+            }
+        };
+        let db2 = db.clone();
+        let taken = store.take();
+        let answered = tokio::task::spawn_blocking(move || {
+            let mut s = match taken {
+                Some(s) => s,
+                None => gridpow_store::open_reader(&db2).map_err(|e| e.to_string())?,
+            };
+            let r = prove(&mut *s, req);
+            Ok::<_, String>((s, r))
+        })
+        .await;
+        let proof = match answered {
+            Ok(Ok((s, r))) => {
+                store = Some(s);
+                r
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the prover panicked".to_string()),
+        };
+        match proof {
+            Ok(bytes) => {
+                let topic = gridpow_common::topics::log_proofs(msg.relay);
+                match mqtt.publish(topic, QoS::AtMostOnce, false, bytes).await {
+                    Ok(()) => {
+                        add(&shared.log.relay_proofs_sent, 1);
+                    }
+                    Err(e) => tracing::warn!(error = %e, relay = msg.relay, "Could not queue a log proof for MQTT."),
+                }
+            }
+            Err(e) => refuse_request(&shared, msg.relay, &e),
+        }
+    }
+}
+
+fn refuse_request(shared: &Shared, relay: u32, why: &str) {
+    add(&shared.log.relay_proof_requests_refused, 1);
+    tracing::warn!(relay, reason = why, "Log proof request refused.");
+}
+
+/// The proof message answering `req` from the stored log.
+fn prove(
+    store: &mut dyn ReadStore,
+    req: gridpow_proto::wire::LogProofRequest,
+) -> Result<Vec<u8>, String> {
+    use gridpow_proto::wire::{LogProofKind, MAX_LOG_PROOF_LEN};
+    let size = store.log_size().map_err(|e| e.to_string())?;
+    if req.second > size {
+        return Err(format!(
+            "tree size {} is beyond the stored log ({size} entries)",
+            req.second
+        ));
+    }
+    let reader = gridpow_store::StoreHashReader::new(store);
+    let path = match req.kind {
+        LogProofKind::Inclusion => {
+            gridpow_tlog::proofs::inclusion_proof(&reader, req.second, req.first)
+        }
+        LogProofKind::Consistency => {
+            gridpow_tlog::proofs::consistency_proof(&reader, req.first, req.second)
+        }
+    }
+    .map_err(|e| reader.take_error().map_or_else(|| e.to_string(), |e| e.to_string()))?;
+    let mut out = vec![0u8; MAX_LOG_PROOF_LEN];
+    let n = req
+        .emit_proof(&path, &mut out)
+        .map_err(|e| e.to_string())?;
+    out.truncate(n);
+    Ok(out)
 }

@@ -407,6 +407,8 @@ pub enum Outcome {
     AlreadyStored {
         /// The stored block's row id.
         block_id: i64,
+        /// Its entry's index in the transparency log.
+        log_index: u64,
     },
     /// The item went to quarantine.
     Quarantined {
@@ -419,6 +421,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Where a stored block sits in the transparency log, for its receipt
+    /// (§10): its index, under the log's size after this commit
+    /// (`log_size`, when it appended), or else the smallest tree that holds
+    /// it (a redelivery in a commit that appended nothing).
+    pub fn log_position(&self, log_size: Option<u64>) -> Option<gridpow_proto::wire::LogPosition> {
+        match *self {
+            Outcome::Stored { log_index, .. } | Outcome::AlreadyStored { log_index, .. } => {
+                Some(gridpow_proto::wire::LogPosition {
+                    index: log_index,
+                    tree_size: log_size.map_or(log_index + 1, |s| s.max(log_index + 1)),
+                })
+            }
+            Outcome::Quarantined { .. } => None,
+        }
+    }
+
     /// The commit receipt's status for this outcome (docs/protocol.md §10):
     /// a refusal is final (3) when [`RejectKind::is_final`], else it may be
     /// cured (2).

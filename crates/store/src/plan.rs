@@ -33,6 +33,22 @@ pub(crate) struct StoredSlot {
     pub hash: Vec<u8>,
     pub prev_hash: Vec<u8>,
     pub linked: bool,
+    /// Its transparency-log entry (for a slot planned in this batch, not
+    /// yet known: the outcome takes it from the append).
+    pub log_index: u64,
+}
+
+impl StoredSlot {
+    /// A stored row's `log_index`, which every stored block has once the
+    /// writer's backfill ran (schema 4).
+    pub fn log_index_of(id: i64, log_index: Option<i64>) -> Result<u64, StoreError> {
+        log_index
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or_else(|| StoreError::Corrupt {
+                table: "blocks",
+                detail: format!("block {id} has no transparency-log index"),
+            })
+    }
 }
 
 /// A meter's row: as stored, and as a commit writes it back.
@@ -328,6 +344,7 @@ impl Plan<'_> {
                     block_id: *block_ids
                         .get(block)
                         .ok_or_else(|| missing("blocks", block))?,
+                    log_index: self.log.first + block as u64,
                 },
                 Planned::Quarantined { kind, row } => Outcome::Quarantined {
                     kind,
@@ -602,6 +619,7 @@ impl<'a> Planner<'a> {
                     Some(block) => Planned::Again { block },
                     None => Planned::Done(Outcome::AlreadyStored {
                         block_id: slot.stored.id,
+                        log_index: slot.stored.log_index,
                     }),
                 });
             }
@@ -648,6 +666,7 @@ impl<'a> Planner<'a> {
                     hash: b.hash.to_vec(),
                     prev_hash: h.prev_hash.to_vec(),
                     linked,
+                    log_index: 0,
                 },
                 pending: Some(index),
             }),
@@ -1148,6 +1167,7 @@ mod tests {
                     hash: b.hash.to_vec(),
                     prev_hash: h.prev_hash.to_vec(),
                     linked,
+                    log_index: id as u64,
                 },
             );
             self
@@ -1279,7 +1299,7 @@ mod tests {
         assert_eq!(p.blocks.len(), 1);
         assert_eq!(counter(&p, "blocks_duplicate"), 2);
         let out = p.outcomes(&[4], &[]).unwrap();
-        assert!(matches!(out[0], Outcome::AlreadyStored { block_id: 3 }));
+        assert!(matches!(out[0], Outcome::AlreadyStored { block_id: 3, .. }));
         assert!(matches!(
             out[1],
             Outcome::Stored {
@@ -1288,7 +1308,7 @@ mod tests {
                 ..
             }
         ));
-        assert!(matches!(out[2], Outcome::AlreadyStored { block_id: 4 }));
+        assert!(matches!(out[2], Outcome::AlreadyStored { block_id: 4, .. }));
     }
 
     #[test]
@@ -1457,6 +1477,7 @@ mod tests {
                     hash: nb.block.hash.to_vec(),
                     prev_hash: h.prev_hash.to_vec(),
                     linked: nb.linked,
+                    log_index: mem.log_size + (id - ids[0]) as u64,
                 },
             );
         }

@@ -491,17 +491,26 @@ impl Snapshot for Snap<'_> {
         Ok(self
             .tx
             .prepare_cached(
-                "SELECT id, hash, prev_hash, linked FROM blocks WHERE relay_id = ?1 AND height = ?2",
+                "SELECT id, hash, prev_hash, linked, log_index FROM blocks WHERE relay_id = ?1 AND height = ?2",
             )?
             .query_row(params![relay, height], |r| {
-                Ok(StoredSlot {
-                    id: r.get(0)?,
-                    hash: r.get(1)?,
-                    prev_hash: r.get(2)?,
-                    linked: r.get::<_, i64>(3)? != 0,
-                })
+                Ok((
+                    StoredSlot {
+                        id: r.get(0)?,
+                        hash: r.get(1)?,
+                        prev_hash: r.get(2)?,
+                        linked: r.get::<_, i64>(3)? != 0,
+                        log_index: 0,
+                    },
+                    r.get::<_, Option<i64>>(4)?,
+                ))
             })
-            .optional()?)
+            .optional()?
+            .map(|(mut s, log_index)| {
+                s.log_index = StoredSlot::log_index_of(s.id, log_index)?;
+                Ok::<_, StoreError>(s)
+            })
+            .transpose()?)
     }
 
     fn highest_below(&mut self, relay: u32, height: i64) -> Result<Option<i64>, StoreError> {

@@ -345,8 +345,14 @@ fn block_delivered_twice_is_stored_once_and_reported_already_stored(s) {
     assert_eq!(
         r.outcomes,
         vec![
-            Outcome::AlreadyStored { block_id },
-            Outcome::AlreadyStored { block_id }
+            Outcome::AlreadyStored {
+                block_id,
+                log_index: 0
+            },
+            Outcome::AlreadyStored {
+                block_id,
+                log_index: 0
+            }
         ]
     );
     assert_eq!(s.count("SELECT COUNT(*) FROM blocks"), 1);

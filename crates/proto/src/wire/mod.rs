@@ -7,6 +7,7 @@
 pub mod ack;
 pub mod block;
 pub mod log_leaf;
+pub mod log_proof;
 pub mod reading;
 pub mod receipt;
 pub mod serial;
@@ -15,8 +16,9 @@ pub mod uplink;
 pub use ack::{AckPacket, AckRepr};
 pub use block::{BlockHeaderRepr, BlockPacket, LeafIter};
 pub use log_leaf::{LogLeafRepr, LOG_LEAF_LEN};
+pub use log_proof::{LogProof, LogProofKind, LogProofRequest, MAX_LOG_PROOF_LEN};
 pub use reading::Reading;
-pub use receipt::{ReceiptRepr, ReceiptStatus};
+pub use receipt::{LogPosition, ReceiptRepr, ReceiptStatus};
 pub use uplink::{UplinkHeader, UplinkPacket};
 
 /// A byte range inside a message.
@@ -29,11 +31,18 @@ pub const TYPE_ACK: u8 = 0x02;
 /// Message type byte of a block header.
 pub const TYPE_BLOCK: u8 = 0x03;
 
-/// Message type byte of a commit receipt.
-pub const TYPE_RECEIPT: u8 = 0x04;
+/// Message type byte of a commit receipt. 0x04 was the receipt without a
+/// log position; it is retired and refused.
+pub const TYPE_RECEIPT: u8 = 0x06;
 
 /// Message type byte of a transparency-log entry.
 pub const TYPE_LOG_LEAF: u8 = 0x05;
+
+/// Message type byte of a log proof request (relay → server).
+pub const TYPE_LOG_PROOF_REQUEST: u8 = 0x07;
+
+/// Message type byte of a log proof (server → relay).
+pub const TYPE_LOG_PROOF: u8 = 0x08;
 
 /// Largest ESP-NOW payload (v1.0 frames); every uplink and ACK fits.
 pub const ESPNOW_MAX_PAYLOAD: usize = 250;

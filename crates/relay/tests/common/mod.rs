@@ -15,7 +15,7 @@ use gridpow_meters::{read_truth, Fleet, FleetConfig, FleetHandle, FleetStats, Tr
 use gridpow_proto::block::{check_link, verify_block, KeyLookup, VerifyPolicy};
 use gridpow_proto::crypto::{MeterKeys, RustCrypto};
 use gridpow_proto::ingress::{first_new_index, DeliveredMark};
-use gridpow_proto::wire::{BlockHeaderRepr, Reading, ReceiptRepr, ReceiptStatus};
+use gridpow_proto::wire::{BlockHeaderRepr, LogPosition, Reading, ReceiptRepr, ReceiptStatus};
 use gridpow_proto::Hash;
 use gridpow_radio::Medium;
 use gridpow_relay::{Relay, RelayConfig, RelayHandle, RelayStats};
@@ -269,8 +269,17 @@ impl TestServer {
                             block_hash: vb.hash,
                             server_id: 1,
                             time_ms: gridpow_common::wall_ms(),
+                            // This stand-in server keeps no log: each stored
+                            // block is entry `height` of a log of its own.
+                            log: matches!(status, ReceiptStatus::Stored | ReceiptStatus::AlreadyStored)
+                                .then_some(LogPosition {
+                                    index: vb.header.height,
+                                    tree_size: vb.header.height + 1,
+                                }),
                         };
-                        let bytes = receipt.to_signed_bytes(&RustCrypto, &server_key);
+                        let Ok(bytes) = receipt.to_signed_bytes(&RustCrypto, &server_key) else {
+                            continue;
+                        };
                         if client
                             .try_publish(
                                 topics::receipts(1),

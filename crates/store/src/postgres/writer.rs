@@ -34,7 +34,7 @@ const COPY_RUNS: &str =
 const LOCK_RELAYS: &str =
     "SELECT count(pg_advisory_xact_lock($1, r)) FROM unnest($2::int4[]) WITH ORDINALITY AS u(r, o)";
 const LOAD_SLOTS: &str =
-    "SELECT b.relay_id, b.height, b.id, b.hash, b.prev_hash, b.linked FROM blocks b \
+    "SELECT b.relay_id, b.height, b.id, b.hash, b.prev_hash, b.linked, b.log_index FROM blocks b \
              JOIN unnest($1::int8[], $2::int8[]) AS k(r, h) ON b.relay_id = k.r AND b.height = k.h";
 const LOAD_HEADS: &str =
     "SELECT relay_id, MAX(height) FROM blocks WHERE relay_id = ANY($1) GROUP BY relay_id";
@@ -322,13 +322,15 @@ impl<'t> Snap<'t> {
         let (rs, hs): (Vec<i64>, Vec<i64>) = keys.iter().map(|&(r, h)| (i64::from(r), h)).unzip();
         for r in block_on(tx.query(st(stmts, LOAD_SLOTS)?, &[&rs, &hs]))? {
             let relay: i64 = r.try_get(0)?;
+            let id: i64 = r.try_get(2)?;
             snap.slots.insert(
                 (relay as u32, r.try_get(1)?),
                 StoredSlot {
-                    id: r.try_get(2)?,
+                    id,
                     hash: r.try_get(3)?,
                     prev_hash: r.try_get(4)?,
                     linked: r.try_get(5)?,
+                    log_index: StoredSlot::log_index_of(id, r.try_get(6)?)?,
                 },
             );
         }
