@@ -326,6 +326,207 @@ def judge_block(blk, relays, min_difficulty, meters):
     return "accept", None, None, None, 0
 
 
+# §10: the commit receipt, type 0x06, 140 bytes: 76 signed bytes (the log index and
+# tree size at 60..76) and a strict Ed25519 signature over the context and those bytes.
+TYPE_RECEIPT = 0x06
+RECEIPT_LEN, RECEIPT_SIGNED = 140, 76
+RECEIPT_CONTEXT = b"gridpow-rcpt-v3\x00"
+
+
+def receipt_body(status, relay_id, height, block_hash, server_id, time_ms, log_index, tree_size, rtype=TYPE_RECEIPT):
+    return struct.pack("<BBBBIQ32sIQQQ", VERSION, rtype, status, 0, relay_id, height, block_hash, server_id, time_ms,
+                       log_index, tree_size)
+
+
+def judge_receipt(b, server_public_key):
+    """A relay's verdict on a receipt (§10), in the order of the rules: version,
+    type, length, reserved byte, status, log fields, then the signature. Returns
+    ("accept", status, (log index, tree size) or None) or a refusal string."""
+    if len(b) < 2:
+        return "malformed: too short"
+    if b[0] != VERSION:
+        return "malformed: unsupported version"
+    if b[1] != TYPE_RECEIPT:
+        return "malformed: wrong type"
+    if len(b) != RECEIPT_LEN:
+        return "malformed: " + ("too short" if len(b) < RECEIPT_LEN else "too long")
+    if b[3] != 0:
+        return "malformed: reserved byte"
+    status = b[2]
+    if status > 3:
+        return "malformed: unknown status"
+    index, size = struct.unpack_from("<QQ", b, 60)
+    if status in (0, 1):
+        if not index < size:
+            return "malformed: log index not inside its tree"
+        log = (index, size)
+    else:
+        if (index, size) != (0, 0):
+            return "malformed: a refusal with a log position"
+        log = None
+    if not ed25519_strict(server_public_key, b[RECEIPT_SIGNED:], RECEIPT_CONTEXT + b[:RECEIPT_SIGNED]) == "accept":
+        return "rejected: bad signature"
+    return "accept", status, log
+
+
+def check_receipts():
+    r = load("receipt.json")
+    seed, pk = X(r["server_signing_seed"]), X(r["server_public_key"])
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    check(key.public_key().public_bytes_raw() == pk, "server key pair")
+    fields = (r["relay_id"], r["height"], X(r["block_hash"]), r["server_id"], r["time_ms"])
+
+    def sign(body):
+        return body + key.sign(RECEIPT_CONTEXT + body)
+
+    rb, rr = X(r["bytes"]), X(r["refused_bytes"])
+    signed = receipt_body(r["status"], *fields, r["log_index"], r["tree_size"])
+    check(len(signed) == RECEIPT_SIGNED and len(rb) == RECEIPT_LEN and rb[:RECEIPT_SIGNED] == signed,
+          f"receipt layout: type 0x06, status {r['status']}, log index {r['log_index']} at 60..68, tree size {r['tree_size']} at 68..76")
+    check(ed25519_ok(Ed25519PublicKey.from_public_bytes(pk), rb[RECEIPT_SIGNED:], RECEIPT_CONTEXT + signed) and sign(signed) == rb,
+          "receipt signature over \"gridpow-rcpt-v3\\0\" || bytes 0..76 (and Ed25519 re-signs it byte for byte)")
+    check(judge_receipt(rb, pk) == ("accept", 0, (r["log_index"], r["tree_size"])), "receipt accepted: stored, with its log position")
+    check(rr == sign(receipt_body(3, *fields, 0, 0)) and judge_receipt(rr, pk) == ("accept", 3, None),
+          "receipt refused for good: status 3, log index and tree size zero, same signature rule")
+    for i in range(RECEIPT_LEN):
+        t = bytearray(rb)
+        t[i] ^= 0x01
+        if judge_receipt(bytes(t), pk)[0] == "accept":
+            check(False, f"receipt with byte {i} altered is refused")
+    check(True, "receipt with any one byte altered is refused")
+    # The log-field rules hold even under a valid signature: these are re-signed with the server's key.
+    for what, body, want in [
+        ("status 0 with index = tree size", receipt_body(0, *fields, 9, 9), "malformed: log index not inside its tree"),
+        ("status 1 with no log position", receipt_body(1, *fields, 0, 0), "malformed: log index not inside its tree"),
+        ("status 2 with a log position", receipt_body(2, *fields, 0, 1), "malformed: a refusal with a log position"),
+        ("status 3 with tree size 1", receipt_body(3, *fields, 0, 1), "malformed: a refusal with a log position"),
+        ("type 0x04 (retired)", receipt_body(0, *fields, 5, 9, rtype=0x04), "malformed: wrong type"),
+    ]:
+        check(judge_receipt(sign(body), pk) == want, f"receipt {what}, validly signed: {want}")
+    check(judge_receipt(sign(receipt_body(1, *fields, 0, 1)), pk) == ("accept", 1, (0, 1)), "receipt status 1 at index 0 of a tree of 1: accepted")
+    old = receipt_body(0, *fields, 0, 0, rtype=0x04)[:60]
+    old += key.sign(b"gridpow-rcpt-v2\x00" + old)
+    check(len(old) == 124 and judge_receipt(old, pk) == "malformed: wrong type", "a version-2 receipt of the old layout (type 0x04, 124 bytes) is refused as a wrong type")
+    body = receipt_body(0, *fields, 5, 9)
+    check(judge_receipt(body + key.sign(b"gridpow-rcpt-v2\x00" + body), pk) == "rejected: bad signature",
+          "a receipt signed under the old context gridpow-rcpt-v2 is refused")
+
+
+# §16: log proof request (type 0x07, 24 bytes) and log proof (type 0x08, 24 + 32 n bytes, n <= 64).
+TYPE_LOG_PROOF_REQUEST, TYPE_LOG_PROOF = 0x07, 0x08
+LOG_PROOF_HEAD, LOG_PROOF_MAX_HASHES = 24, 64
+INCLUSION, CONSISTENCY = 1, 2
+
+
+def log_proof_head(rtype, kind, count, relay_id, first, second):
+    return struct.pack("<BBBBIQQ", VERSION, rtype, kind, count, relay_id, first, second)
+
+
+def judge_log_proof_numbers(b):
+    kind = b[2]
+    if kind not in (INCLUSION, CONSISTENCY):
+        return "malformed: unknown kind"
+    relay_id, first, second = struct.unpack_from("<IQQ", b, 4)
+    if not (first < second if kind == INCLUSION else 0 < first < second):
+        return "malformed: names no proof"
+    return kind, relay_id, first, second
+
+
+def judge_log_proof_request(b):
+    """The server's parse of a request (§16): ("accept", kind, relay id, first, second) or a refusal."""
+    if len(b) < 2 or b[0] != VERSION or b[1] != TYPE_LOG_PROOF_REQUEST:
+        return "malformed: version or type"
+    if len(b) != LOG_PROOF_HEAD:
+        return "malformed: " + ("too short" if len(b) < LOG_PROOF_HEAD else "too long")
+    if b[3] != 0:
+        return "malformed: reserved byte"
+    r = judge_log_proof_numbers(b)
+    return r if isinstance(r, str) else ("accept",) + r
+
+
+def judge_log_proof(b):
+    """The relay's parse of a proof (§16): ("accept", kind, relay id, first, second, hashes) or a refusal."""
+    if len(b) < 2 or b[0] != VERSION or b[1] != TYPE_LOG_PROOF:
+        return "malformed: version or type"
+    if len(b) < LOG_PROOF_HEAD:
+        return "malformed: too short"
+    n = b[3]
+    if n > LOG_PROOF_MAX_HASHES:
+        return "malformed: more than 64 hashes"
+    if len(b) != LOG_PROOF_HEAD + 32 * n:
+        return "malformed: " + ("too short" if len(b) < LOG_PROOF_HEAD + 32 * n else "too long")
+    r = judge_log_proof_numbers(b)
+    if isinstance(r, str):
+        return r
+    return ("accept",) + r + ([b[LOG_PROOF_HEAD + 32 * i:LOG_PROOF_HEAD + 32 * (i + 1)] for i in range(n)],)
+
+
+def check_log_proofs():
+    lp, log = load("log_proof.json"), load("log.json")
+    # The tree from log.json's entries, hashed here (§15: leaf SHA-256(0x00 || entry)).
+    leaves = [leaf_hash(X(e["entry"])) for e in log["entries"]]
+    check([h.hex() for h in leaves] == [e["leaf_hash"] for e in log["entries"]], f"log.json: {len(leaves)} entries and their leaf hashes")
+    roots = {t["size"]: X(t["root"]) for t in log["trees"]}
+    check(all(mth(leaves[:n]) == root for n, root in roots.items()), f"log.json: roots of sizes {sorted(roots)}")
+
+    def proven(kind, first, second, path):
+        if kind == INCLUSION:
+            return verify_inclusion(leaves[first], first, second, path, mth(leaves[:second]))
+        return verify_consistency(first, second, mth(leaves[:first]), mth(leaves[:second]), path)
+
+    kinds = set()
+    for c in lp["cases"]:
+        kind, relay_id, first, second = c["kind"], c["relay_id"], c["first"], c["second"]
+        kinds.add(kind)
+        what = f"log proof {'inclusion of entry' if kind == INCLUSION else 'consistency of size'} {first} in {second}"
+        req, proof = X(c["request"]), X(c["proof"])
+        check(req == log_proof_head(TYPE_LOG_PROOF_REQUEST, kind, 0, relay_id, first, second), f"{what}: request bytes (type 0x07, 24 bytes)")
+        check(judge_log_proof_request(req) == ("accept", kind, relay_id, first, second), f"{what}: request accepted")
+        got = judge_log_proof(proof)
+        check(got != "accept" and got[0] == "accept" and got[1:5] == (kind, relay_id, first, second), f"{what}: proof parses and repeats the request")
+        path = got[5]
+        check(proof == log_proof_head(TYPE_LOG_PROOF, kind, len(path), relay_id, first, second) + b"".join(path),
+              f"{what}: proof bytes (type 0x08, 24 + 32 x {len(path)} bytes)")
+        if kind == INCLUSION:
+            same = [p for p in log["inclusion"] if (p["index"], p["size"]) == (first, second)]
+        else:
+            same = [p for p in log["consistency"] if (p["old"], p["new"]) == (first, second)]
+        check(same and [h.hex() for h in path] == same[0]["proof"], f"{what}: the path is log.json's")
+        check(proven(kind, first, second, path), f"{what}: the path verifies against log.json's tree (RFC 9162)")
+        for i in range(len(path)):
+            bad = list(path)
+            bad[i] = bytes([bad[i][0] ^ 1]) + bad[i][1:]
+            if proven(kind, first, second, bad):
+                check(False, f"{what}: hash {i} altered is refused")
+        check(not proven(kind, first, second, path[:-1]) and not proven(kind, first, second, path + [path[0]]),
+              f"{what}: any hash altered, one missing or one more is refused")
+        if kind == INCLUSION:
+            check(not proven(kind, first + 1, second, path), f"{what}: the same path does not prove entry {first + 1}")
+        # What a receiver refuses (§16).
+        for bad_what, b, want in [
+            ("request with a non-zero reserved byte", req[:3] + b"\x01" + req[4:], "malformed: reserved byte"),
+            ("request of 25 bytes", req + b"\x00", "malformed: too long"),
+            ("request of kind 3", req[:2] + b"\x03" + req[3:], "malformed: unknown kind"),
+        ]:
+            check(judge_log_proof_request(b) == want, f"{what}: {bad_what}: {want}")
+        for bad_what, b, want in [
+            ("proof one byte short", proof[:-1], "malformed: too short"),
+            ("proof one byte long", proof + b"\x00", "malformed: too long"),
+            ("proof claiming 65 hashes", proof[:3] + bytes([65]) + proof[4:] + bytes(32 * (65 - len(path))), "malformed: more than 64 hashes"),
+            ("proof with a request's type", proof[:1] + bytes([TYPE_LOG_PROOF_REQUEST]) + proof[2:], "malformed: version or type"),
+        ]:
+            check(judge_log_proof(b) == want, f"{what}: {bad_what}: {want}")
+    check(kinds == {INCLUSION, CONSISTENCY}, "log_proof.json holds an inclusion and a consistency proof")
+    for what, kind, first, second in [("inclusion of entry 5 in a tree of 5", INCLUSION, 5, 5),
+                                      ("consistency from size 0", CONSISTENCY, 0, 5),
+                                      ("consistency from size 5 to 5", CONSISTENCY, 5, 5),
+                                      ("consistency from size 6 to 5", CONSISTENCY, 6, 5)]:
+        check(judge_log_proof_request(log_proof_head(TYPE_LOG_PROOF_REQUEST, kind, 0, 3, first, second)) == "malformed: names no proof",
+              f"log proof request for {what}: refused, names no proof")
+    check(judge_log_proof_request(log_proof_head(TYPE_LOG_PROOF_REQUEST, INCLUSION, 0, 3, 0, 1))[0] == "accept",
+          "log proof request for entry 0 of a tree of 1: accepted")
+
+
 def main():
     k = load("keys.json")
     site = X(k["site_secret"])
@@ -431,16 +632,8 @@ def main():
         check(got == want, f"block '{c['name']}': {c['verdict']}, {c['reason']}, leaf {c['leaf']}, receipt status {c['status']}"
               + ("" if got == want else f" (got {got})"))
 
-    r = load("receipt.json")
-    rb = X(r["bytes"])
-    signed = struct.pack("<BBBBIQ32sIQ", VERSION, 4, r["status"], 0, r["relay_id"], r["height"], X(r["block_hash"]), r["server_id"], r["time_ms"])
-    check(Ed25519PrivateKey.from_private_bytes(X(r["server_signing_seed"])).public_key().public_bytes_raw() == X(r["server_public_key"]), "server key pair")
-    check(rb[:60] == signed and len(rb) == 124 and ed25519_ok(Ed25519PublicKey.from_public_bytes(X(r["server_public_key"])), rb[60:],
-                                                                 b"gridpow-rcpt-v2\x00" + signed), "receipt layout and signature")
-    rr = X(r["refused_bytes"])
-    check(rr[:60] == signed[:2] + b"\x03" + signed[3:] and ed25519_ok(Ed25519PublicKey.from_public_bytes(X(r["server_public_key"])),
-                                                                      rr[60:], b"gridpow-rcpt-v2\x00" + rr[:60]),
-          "receipt refused for good: status 3, same layout and signature rule")
+    check_receipts()
+    check_log_proofs()
 
     st = load("status.json")
     for m in st["messages"]:

@@ -30,6 +30,7 @@ fn main() {
     merkle(&mut g, &load(&dir, "merkle.json"));
     block(&mut g, &load(&dir, "block.json"));
     receipt(&mut g, &load(&dir, "receipt.json"));
+    log(&mut g, &load(&dir, "log.json"), &load(&dir, "log_proof.json"));
     serial(&mut g, &load(&dir, "serial.json"));
     signature_negative(&mut g, &load(&dir, "signature_negative.json"));
     block_negative(&mut g, &load(&dir, "block_negative.json"));
@@ -300,7 +301,43 @@ fn receipt(g: &mut Gen, v: &Value) {
         g.hex("BLOCK_HASH", v, "block_hash");
         g.int("SERVER_ID", "u32", v, "server_id");
         g.int("TIME_MS", "u64", v, "time_ms");
+        g.int("LOG_INDEX", "u64", v, "log_index");
+        g.int("TREE_SIZE", "u64", v, "tree_size");
         g.hex("BYTES", v, "bytes");
+        g.hex("REFUSED_BYTES", v, "refused_bytes");
+    });
+}
+
+/// The log's key and the two checkpoints of log.json, its notes that must
+/// be refused, and log_proof.json's consistency proof between the two.
+fn log(g: &mut Gen, log: &Value, proofs: &Value) {
+    g.module("log", |g| {
+        g.line(&format!("pub const VKEY: &str = {:?};", str_of(field(log, "log_key"), "vkey")));
+        let cps = arr_of(log, "checkpoints");
+        assert!(cps.len() >= 2, "log.json: two checkpoints");
+        for (name, c) in [("OLD", &cps[0]), ("NEW", &cps[cps.len() - 1])] {
+            g.int(&format!("{name}_SIZE"), "u64", c, "size");
+            g.line(&format!("pub const {name}_NOTE: &str = {:?};", str_of(c, "note")));
+            g.line(&format!("pub const {name}_COSIGNED_NOTE: &str = {:?};", str_of(c, "cosigned_note")));
+            let size = field(c, "size").as_u64().expect("size");
+            let tree = arr_of(log, "trees")
+                .iter()
+                .find(|t| field(t, "size").as_u64() == Some(size))
+                .expect("the checkpoint's tree");
+            g.hex(&format!("{name}_ROOT"), tree, "root");
+        }
+        let negatives: Vec<String> = arr_of(log, "negative_notes")
+            .iter()
+            .map(|n| format!("{:?}", str_of(n, "note")))
+            .collect();
+        g.line(&format!("pub const NEGATIVE_NOTES: &[&str] = &[{}];", negatives.join(", ")));
+        let case = arr_of(proofs, "cases")
+            .iter()
+            .find(|c| field(c, "kind").as_u64() == Some(2))
+            .expect("a consistency case");
+        g.int("PROOF_RELAY_ID", "u32", case, "relay_id");
+        g.hex("CONSISTENCY_REQUEST", case, "request");
+        g.hex("CONSISTENCY_PROOF", case, "proof");
     });
 }
 

@@ -18,7 +18,7 @@ use gridpow_proto::lifecycle::{ChainTip, OutboxEntry};
 use gridpow_proto::sender::{Sender, SenderConfig};
 use gridpow_proto::wire::receipt::ReceiptStatus;
 use gridpow_proto::wire::uplink::MAX_LEN;
-use gridpow_proto::wire::{Reading, ReceiptRepr};
+use gridpow_proto::wire::{LogPosition, Reading, ReceiptRepr};
 use gridpow_proto::{Duration, Hash, Instant};
 
 use crate::harness::Outcome;
@@ -108,6 +108,7 @@ impl Server {
             block_hash: v.hash,
             server_id: 1,
             time_ms: 1,
+            log: Some(LogPosition { index: v.header.height, tree_size: v.header.height + 1 }),
         })
     }
 }
@@ -223,8 +224,10 @@ fn run(cut: Option<usize>) -> Result<(u32, usize), &'static str> {
                 let mut bytes = [0u8; 4096];
                 let n = relay.read_block(order.height, &mut bytes).ok_or("published block unreadable")?;
                 relay.handle_published(order.height, now);
-                let receipt =
-                    server.take(&relay_key, &bytes[..n])?.to_signed_bytes(&RustCrypto, &server_key);
+                let receipt = server
+                    .take(&relay_key, &bytes[..n])?
+                    .to_signed_bytes(&RustCrypto, &server_key)
+                    .map_err(|_| "receipt not signable")?;
                 relay.handle_receipt(now, &receipt).map_err(|_| "receipt refused")?;
                 if relay.stats().store_errors > 0 {
                     cuts += 1;

@@ -13,9 +13,9 @@ use gridpow_proto::block::{verify_block, KeyLookup, VerifyPolicy};
 use gridpow_proto::crypto::{MeterKeys, MeterSecret, RustCrypto};
 use gridpow_proto::lifecycle::{ChainTip, OutboxEntry, ReceiptOutcome};
 use gridpow_proto::sender::{Sender, SenderConfig};
-use gridpow_proto::wire::receipt::ReceiptStatus;
+use gridpow_proto::wire::receipt::{ReceiptStatus, RECEIPT_LEN};
 use gridpow_proto::wire::uplink::MAX_LEN;
-use gridpow_proto::wire::{Reading, ReceiptRepr};
+use gridpow_proto::wire::{LogPosition, Reading, ReceiptRepr};
 use gridpow_proto::{Duration, Instant};
 
 use crate::harness::Outcome;
@@ -121,6 +121,8 @@ fn frames_become_a_verified_block_and_only_a_stored_receipt_frees_it() -> Outcom
     check_eq!(v.hash, sealed.hash);
 
     let receipt = |status| {
+        let log = matches!(status, ReceiptStatus::Stored | ReceiptStatus::AlreadyStored)
+            .then_some(LogPosition { index: 0, tree_size: 1 });
         ReceiptRepr {
             status,
             relay_id: 3,
@@ -128,8 +130,10 @@ fn frames_become_a_verified_block_and_only_a_stored_receipt_frees_it() -> Outcom
             block_hash: sealed.hash,
             server_id: 1,
             time_ms: 5,
+            log,
         }
         .to_signed_bytes(&RustCrypto, &server)
+        .unwrap_or([0; RECEIPT_LEN])
     };
     let q = check_ok!(relay.handle_receipt(Instant::from_millis(10_002), &receipt(ReceiptStatus::Quarantined)));
     check!(matches!(q, ReceiptOutcome::Quarantined { height: 0, .. }), "{q:?}");
@@ -141,8 +145,10 @@ fn frames_become_a_verified_block_and_only_a_stored_receipt_frees_it() -> Outcom
         block_hash: sealed.hash,
         server_id: 1,
         time_ms: 5,
+        log: Some(LogPosition { index: 0, tree_size: 1 }),
     }
-    .to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&[9; 32]));
+    .to_signed_bytes(&RustCrypto, &SigningKey::from_bytes(&[9; 32]))
+    .unwrap_or([0; RECEIPT_LEN]);
     check!(relay.handle_receipt(Instant::from_millis(10_003), &forged).is_err(), "forged receipt taken");
     check_eq!(relay.outbox().count(), 1);
     let ok = check_ok!(relay.handle_receipt(Instant::from_millis(10_004), &receipt(ReceiptStatus::Stored)));

@@ -16,7 +16,7 @@ use gridpow_proto::merkle::{
 use gridpow_proto::pow::{check_work, leading_zero_bits, PowSolver};
 use gridpow_proto::wire::ack::{AckPacket, AckRepr};
 use gridpow_proto::wire::block::BlockHeaderRepr;
-use gridpow_proto::wire::receipt::{ReceiptRepr, ReceiptStatus};
+use gridpow_proto::wire::receipt::{LogPosition, ReceiptRepr, ReceiptStatus};
 use gridpow_proto::wire::serial::{SerialDecoder, SerialKind, SerialRepr, MAX_ENCODED};
 use gridpow_proto::wire::uplink::{self, UplinkHeader, UplinkPacket, MAX_BODY_LEN};
 use gridpow_proto::wire::Reading;
@@ -87,6 +87,7 @@ tests![
     tampered_block_is_rejected,
     negative_blocks_get_the_specified_verdicts,
     receipt_matches_and_verifies,
+    log_watch_opens_checkpoints_and_adopts_a_consistent_one,
     serial_frame_matches_and_decodes,
     strict_ed25519_gives_every_signature_its_verdict,
 ];
@@ -514,8 +515,18 @@ fn receipt_matches_and_verifies() -> Outcome {
         block_hash: v::receipt::BLOCK_HASH,
         server_id: v::receipt::SERVER_ID,
         time_ms: v::receipt::TIME_MS,
+        log: Some(LogPosition {
+            index: v::receipt::LOG_INDEX,
+            tree_size: v::receipt::TREE_SIZE,
+        }),
     };
-    check_eq!(r.to_signed_bytes(&RustCrypto, &server), v::receipt::BYTES);
+    check_eq!(r.to_signed_bytes(&RustCrypto, &server), Ok(v::receipt::BYTES));
+    let refused = ReceiptRepr {
+        status: ReceiptStatus::Refused,
+        log: None,
+        ..r
+    };
+    check_eq!(refused.to_signed_bytes(&RustCrypto, &server), Ok(v::receipt::REFUSED_BYTES));
     let pk = server.verifying_key();
     check_eq!(ReceiptRepr::parse_verified(&RustCrypto, &v::receipt::BYTES, &pk), Ok(r));
     let mut bad = v::receipt::BYTES;
@@ -570,5 +581,48 @@ fn strict_ed25519_gives_every_signature_its_verdict() -> Outcome {
             .is_some_and(|k| RustCrypto.ed25519_verify(&k, c.message, &c.signature));
         check_eq!(ok, c.verdict == "accept", "{}", c.case);
     }
+    Ok(())
+}
+
+/// log.json's checkpoints open under the log's key, its negative notes do
+/// not, and the relay's watch adopts the newer checkpoint on
+/// log_proof.json's consistency proof (and alarms on an altered one).
+fn log_watch_opens_checkpoints_and_adopts_a_consistent_one() -> Outcome {
+    use gridpow_proto::checkpoint::{NoteKey, TreeHead};
+    use gridpow_proto::logwatch::{LogAlarm, LogWatch};
+    let key = check_ok!(NoteKey::from_vkey(&RustCrypto, v::log::VKEY));
+    let old = TreeHead { size: v::log::OLD_SIZE, root: v::log::OLD_ROOT };
+    let new = TreeHead { size: v::log::NEW_SIZE, root: v::log::NEW_ROOT };
+    for (note, head) in [
+        (v::log::OLD_NOTE, old),
+        (v::log::OLD_COSIGNED_NOTE, old),
+        (v::log::NEW_NOTE, new),
+        (v::log::NEW_COSIGNED_NOTE, new),
+    ] {
+        check_eq!(key.open_checkpoint(&RustCrypto, note.as_bytes()), Ok(head));
+    }
+    for note in v::log::NEGATIVE_NOTES {
+        check!(key.open_checkpoint(&RustCrypto, note.as_bytes()).is_err(), "accepted {note:?}");
+    }
+    let watch = |proof: &[u8]| -> Result<LogWatch<4>, fmt::Error> {
+        let mut w = LogWatch::<4>::new(key.clone(), v::log::PROOF_RELAY_ID, None);
+        w.handle_checkpoint(&RustCrypto, v::log::OLD_COSIGNED_NOTE.as_bytes()).map_err(|_| fmt::Error)?;
+        w.handle_checkpoint(&RustCrypto, v::log::NEW_NOTE.as_bytes()).map_err(|_| fmt::Error)?;
+        let req = w.poll_request(gridpow_proto::Instant::from_millis(0)).ok_or(fmt::Error)?;
+        if req.to_bytes() != v::log::CONSISTENCY_REQUEST {
+            return Err(fmt::Error);
+        }
+        w.handle_proof(&RustCrypto, proof).map_err(|_| fmt::Error)?;
+        Ok(w)
+    };
+    let w = check_ok!(watch(&v::log::CONSISTENCY_PROOF));
+    check_eq!(w.trusted(), Some(new));
+    check_eq!(w.stats().alarms, 0);
+    let mut altered = v::log::CONSISTENCY_PROOF;
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    let w = check_ok!(watch(&altered));
+    check_eq!(w.trusted(), Some(old));
+    check_eq!(w.last_alarm(), Some(LogAlarm::Inconsistent { old: old.size, new: new.size }));
     Ok(())
 }
