@@ -527,6 +527,177 @@ def check_log_proofs():
           "log proof request for entry 0 of a tree of 1: accepted")
 
 
+
+class LogWatch:
+    """The relay's watch over the server's log (protocol §16.5), modelled from the
+    text: checkpoints opened with the log's note key (c2sp.py), a trusted head on
+    first use, newer checkpoints adopted after a consistency proof, older ones
+    proven prefixes, receipts proven by inclusion once the trusted head covers
+    them, one request at a time (asked again after 5 s), alarms."""
+    RETRY_MS = 5000
+
+    def __init__(self, c2sp, log_key, relay_id, trusted=None):
+        self.c2sp, self.key, self.relay_id, self.trusted = c2sp, log_key, relay_id, trusted
+        self.ahead = self.behind = self.asked = None
+        self.checks, self.alarms = [], []
+        self.stats = dict(refused=0, adopted=0, older_proven=0, proven=0, proofs_refused=0)
+
+    def alarm(self, a):
+        if not self.alarms or self.alarms[-1] != a:
+            self.alarms.append(a)
+
+    def checkpoint(self, note):
+        try:
+            cp = self.c2sp.verify_log_note(note, self.key, origin=self.key.name)
+        except self.c2sp.C2SPError:
+            self.stats["refused"] += 1
+            return
+        head = (cp.size, cp.root)
+        if self.trusted is None:
+            self.trusted = head
+            return
+        t = self.trusted
+        if head[0] == t[0]:
+            if head[1] != t[1]:
+                self.alarm(("split view", head[0]))
+            return
+        if head[0] == 0:
+            return
+        slot = "ahead" if head[0] > t[0] else "behind"
+        c = getattr(self, slot)
+        if c is not None and c[0] == head[0] and c[1] != head[1]:
+            self.alarm(("split view", head[0]))
+        elif c is None or (slot == "ahead" and head[0] > c[0]):
+            setattr(self, slot, head)
+
+    def receipt(self, entry, index, tree_size):
+        self.checks.append((entry, index, tree_size))
+
+    def request(self, now_ms):
+        if self.asked is not None and now_ms < self.asked[1] + self.RETRY_MS:
+            return None
+        if self.trusted is None:
+            return None
+        t = self.trusted[0]
+        if t == 0:
+            if self.ahead is not None:
+                self.trusted, self.ahead = self.ahead, None
+            return None
+        if self.ahead is not None:
+            req = (CONSISTENCY, self.relay_id, t, self.ahead[0])
+        elif self.behind is not None:
+            req = (CONSISTENCY, self.relay_id, self.behind[0], t)
+        else:
+            covered = [c for c in self.checks if c[2] <= t]
+            if not covered:
+                return None
+            req = (INCLUSION, self.relay_id, covered[0][1], t)
+        self.asked = (req, now_ms)
+        return log_proof_head(TYPE_LOG_PROOF_REQUEST, req[0], 0, *req[1:])
+
+    def proof(self, b):
+        got = judge_log_proof(b)
+        if got[0] != "accept" or self.asked is None or tuple(got[1:5]) != self.asked[0]:
+            self.stats["proofs_refused"] += 1
+            return
+        (kind, _, first, second), path = self.asked[0], got[5]
+        self.asked = None
+        t = self.trusted
+        if kind == CONSISTENCY and first == t[0]:
+            a = self.ahead
+            if a is None or a[0] != second:
+                return
+            self.ahead = None
+            if verify_consistency(t[0], a[0], t[1], a[1], path):
+                self.trusted = a
+                self.stats["adopted"] += 1
+            else:
+                self.alarm(("inconsistent", t[0], a[0]))
+        elif kind == CONSISTENCY:
+            b_ = self.behind
+            if b_ is None or b_[0] != first or second != t[0]:
+                return
+            self.behind = None
+            if verify_consistency(b_[0], t[0], b_[1], t[1], path):
+                self.stats["older_proven"] += 1
+            else:
+                self.alarm(("inconsistent", b_[0], t[0]))
+        elif second == t[0]:
+            c = next((c for c in self.checks if c[1] == first and c[2] <= t[0]), None)
+            if c is None:
+                return
+            self.checks.remove(c)
+            if verify_inclusion(leaf_hash(c[0]), first, t[0], path, t[1]):
+                self.stats["proven"] += 1
+            else:
+                self.alarm(("not in log", first, t[0]))
+
+
+def check_log_watch():
+    """§16.5 over log.json's signed checkpoints and log_proof.json's messages."""
+    sys.path.insert(0, str(HERE))
+    import c2sp
+    lp, log = load("log_proof.json"), load("log.json")
+    key = c2sp.parse_vkey(log["log_key"]["vkey"])
+    check(key.name == log["origin"], "log.json: the note key's name is the log's origin")
+    roots = {t["size"]: X(t["root"]) for t in log["trees"]}
+    notes = {c["size"]: c for c in log["checkpoints"]}
+    for size, c in notes.items():
+        for n in (c["note"], c["cosigned_note"]):
+            cp = c2sp.verify_log_note(n, key, origin=key.name)
+            check((cp.size, cp.root) == (size, roots[size]), f"checkpoint {size} opens under the log's key with log.json's root")
+    cons = next(c for c in lp["cases"] if c["kind"] == CONSISTENCY)
+    incl = next(c for c in lp["cases"] if c["kind"] == INCLUSION)
+    old, new = cons["first"], cons["second"]
+    check({old, new} <= set(notes), f"log_proof.json's consistency proof runs between log.json's checkpoints ({old} -> {new})")
+    entry = X(log["entries"][incl["first"]]["entry"])
+
+    def watched(proof):
+        w = LogWatch(c2sp, key, cons["relay_id"])
+        w.checkpoint(notes[old]["cosigned_note"])
+        w.checkpoint(notes[new]["note"])
+        req = w.request(0)
+        check(req == X(cons["request"]), f"watch trusting {old} on first use, shown {new}: asks log_proof.json's consistency request")
+        check(w.request(4999) is None and w.request(5000) == req, "one request at a time, asked again after 5 s")
+        w.proof(proof)
+        return w
+
+    w = watched(X(cons["proof"]))
+    check(w.trusted == (new, roots[new]) and not w.alarms, f"the consistency proof verifies: checkpoint {new} adopted, no alarm")
+    w.receipt(entry, incl["first"], old)
+    req = w.request(0)
+    check(req == X(incl["request"]), f"a receipt at index {incl['first']} under tree size {old}: asks log_proof.json's inclusion request under {new}")
+    w.proof(X(cons["proof"]))
+    check(w.stats["proofs_refused"] == 1 and w.asked is not None, "a proof answering another request is refused; the request stays outstanding")
+    w.proof(X(incl["proof"]))
+    check(w.stats["proven"] == 1 and not w.checks and not w.alarms, "the inclusion proof proves the receipt's entry")
+    w.receipt(entry[:8] + bytes([entry[8] ^ 1]) + entry[9:], incl["first"], old)
+    w.request(0)
+    w.proof(X(incl["proof"]))
+    check(w.alarms == [("not in log", incl["first"], new)], "a receipt for a block the log does not hold there: not-in-log alarm")
+    w.checkpoint(notes[old]["note"])
+    w.request(0)
+    w.proof(X(cons["proof"]))
+    check(w.stats["older_proven"] == 1, f"an older checkpoint ({old}) arriving late is proven a prefix of the trusted {new}")
+    bad = bytearray(X(cons["proof"]))
+    bad[-1] ^= 1
+    w = watched(bytes(bad))
+    check(w.trusted == (old, roots[old]) and w.alarms == [("inconsistent", old, new)],
+          f"an altered consistency proof: {new} not adopted, inconsistent alarm")
+    sk, _ = c2sp.signer(X(log["log_key"]["seed"]), key.name, c2sp.SIG_ED25519)
+    forged = c2sp.sign_note(c2sp.Checkpoint(log["origin"], old, roots[old][::-1]).text(), [(sk, key, None)])
+    w = LogWatch(c2sp, key, 3)
+    w.checkpoint(notes[old]["note"])
+    w.checkpoint(forged)
+    w.checkpoint(forged)
+    check(w.alarms == [("split view", old)], f"another root at the trusted size {old}, signed by the log's key: one split-view alarm")
+    w = LogWatch(c2sp, key, 3)
+    for n in log["negative_notes"]:
+        w.checkpoint(n["note"])
+    check(w.trusted is None and w.stats["refused"] == len(log["negative_notes"]),
+          f"the {len(log['negative_notes'])} negative notes are refused and trusted by nobody")
+
+
 def main():
     k = load("keys.json")
     site = X(k["site_secret"])
@@ -634,6 +805,7 @@ def main():
 
     check_receipts()
     check_log_proofs()
+    check_log_watch()
 
     st = load("status.json")
     for m in st["messages"]:
