@@ -44,6 +44,15 @@ log = json.loads((vec / "log.json").read_text())
 tlog = [c["cosigned_note"] for c in log["checkpoints"]] + [w["request"] for w in log["witness"]]
 tlog += [n["note"] for n in log["negative_notes"]] + [t["path"] for t in log["tiles"][:4]]
 seeds["tlog"] = [t.encode().hex() for t in tlog] + [log["entries"][0]["entry"]]
+# The relay's log watch (fuzz_targets/logwatch.rs): records op ‖ len ‖ bytes.
+def record(op, b):
+    return bytes([op]) + len(b).to_bytes(2, "little") + b
+proofs = json.loads((vec / "log_proof.json").read_text())["cases"]
+old, new = log["checkpoints"][0], log["checkpoints"][-1]
+watch = record(0, old["note"].encode()) + record(0, new["cosigned_note"].encode()) + record(3, bytes(8))
+for c in proofs:
+    watch += record(1, bytes.fromhex(c["proof"]))
+seeds["logwatch"] = [watch.hex()] + [c["request"] for c in proofs] + [c["proof"] for c in proofs]
 for target, items in seeds.items():
     d = corpus / target
     d.mkdir(parents=True, exist_ok=True)

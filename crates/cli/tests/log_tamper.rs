@@ -249,10 +249,17 @@ fn rewritten_deleted_reordered_and_forked_histories_are_caught_by_the_witness_an
     }
     // The relay proves its receipts in the log before it stops.
     let until = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(root.join("relay").join("log-head.json"))
-        .is_ok_and(|h| h.contains(&format!("\"size\":{}", count(&db, "SELECT COUNT(*) FROM blocks"))))
-    {
-        assert!(Instant::now() < until, "the relay never trusted the full log:\n{}", relay.log());
+    while !std::fs::read_to_string(root.join("relay").join("log-head.json")).is_ok_and(|h| {
+        h.contains(&format!(
+            "\"size\":{}",
+            count(&db, "SELECT COUNT(*) FROM blocks")
+        ))
+    }) {
+        assert!(
+            Instant::now() < until,
+            "the relay never trusted the full log:\n{}",
+            relay.log()
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     std::thread::sleep(Duration::from_secs(1));
@@ -378,13 +385,21 @@ fn rewritten_deleted_reordered_and_forked_histories_are_caught_by_the_witness_an
         meters.restart();
         let until = Instant::now() + Duration::from_secs(40);
         while relay.log().matches("TRANSPARENCY LOG ALARM").count() == alarms {
-            assert!(Instant::now() < until, "{what}: the relay raised no alarm:\n{}", relay.log());
+            assert!(
+                Instant::now() < until,
+                "{what}: the relay raised no alarm:\n{}",
+                relay.log()
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
         meters.interrupt_or_kill(Duration::from_secs(10));
         relay.interrupt(Duration::from_secs(30));
         assert!(
-            relay.log().lines().rev().find(|l| l.contains("transparency log: trusted tree size"))
+            relay
+                .log()
+                .lines()
+                .rev()
+                .find(|l| l.contains("transparency log: trusted tree size"))
                 .is_some_and(|l| !l.contains(", 0 alarms")),
             "{what}: {}",
             relay.log()

@@ -201,6 +201,7 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 /// Notes signed the way the server's signer signs them, from the C2SP
 /// text, for this crate's tests.
 #[cfg(all(test, feature = "rustcrypto"))]
+#[allow(clippy::unwrap_used)] // test helpers
 pub(crate) mod test_notes {
     extern crate std;
     use super::*;
@@ -237,7 +238,12 @@ pub(crate) mod test_notes {
 
     /// A checkpoint of `size` and `root` for origin `name`.
     pub fn checkpoint(key: &SigningKey, name: &str, size: u64, root: &Hash) -> Vec<u8> {
-        note(key, name, &std::format!("{name}\n{size}\n{}\n", b64(root)), "")
+        note(
+            key,
+            name,
+            &std::format!("{name}\n{size}\n{}\n", b64(root)),
+            "",
+        )
     }
 }
 
@@ -271,7 +277,9 @@ mod tests {
         let other = SigningKey::from_bytes(&[4; 32]);
         let w = note(&other, "witness.example/w", &body, "");
         let cosig = core::str::from_utf8(&w[body.len() + 1..]).unwrap();
-        assert!(k.open_checkpoint(&RustCrypto, &note(&key, name, &body, cosig)).is_ok());
+        assert!(k
+            .open_checkpoint(&RustCrypto, &note(&key, name, &body, cosig))
+            .is_ok());
         // Only the witness's signature: not signed by the log.
         assert_eq!(
             k.open_checkpoint(&RustCrypto, &w),

@@ -793,8 +793,8 @@ mod tests {
     use super::*;
     use crate::crypto::RustCrypto;
     use crate::pow::PowSolver;
-    use crate::wire::receipt::RECEIPT_LEN;
     use crate::wire::block::signing_message;
+    use crate::wire::receipt::RECEIPT_LEN;
     use crate::wire::BlockPacket;
     use ed25519_dalek::SigningKey;
 
@@ -858,11 +858,12 @@ mod tests {
     }
 
     fn receipt(status: ReceiptStatus, e: &OutboxEntry, relay_id: u32) -> [u8; RECEIPT_LEN] {
-        let log = matches!(status, ReceiptStatus::Stored | ReceiptStatus::AlreadyStored)
-            .then_some(crate::wire::LogPosition {
+        let log = matches!(status, ReceiptStatus::Stored | ReceiptStatus::AlreadyStored).then_some(
+            crate::wire::LogPosition {
                 index: e.height,
                 tree_size: e.height + 1,
-            });
+            },
+        );
         ReceiptRepr {
             status,
             relay_id,

@@ -207,12 +207,17 @@ impl<const N: usize> LogWatch<N> {
 
     /// A verified receipt for one of this relay's blocks named its log
     /// position: `entry` is the log entry the relay builds from its own block.
+    /// A position outside its tree (which a parsed receipt never holds) is
+    /// refused.
     pub fn handle_receipt<C: CryptoProvider>(
         &mut self,
         provider: &C,
         entry: &LogLeafRepr,
         at: LogPosition,
-    ) {
+    ) -> Result<(), crate::Misuse> {
+        if at.index >= at.tree_size {
+            return Err(crate::Misuse::InvalidArgument);
+        }
         let check = Check {
             height: entry.height,
             leaf: leaf_hash(provider, &entry.to_bytes()),
@@ -222,6 +227,7 @@ impl<const N: usize> LogWatch<N> {
             Some(slot) => *slot = Some(check),
             None => self.stats.checks_dropped += 1,
         }
+        Ok(())
     }
 
     /// The proof to ask the server for now, if any: a consistency proof for
@@ -298,7 +304,8 @@ impl<const N: usize> LogWatch<N> {
                     return Ok(());
                 };
                 self.ahead = None;
-                if verify_consistency(provider, trusted.size, a.size, &trusted.root, &a.root, path) {
+                if verify_consistency(provider, trusted.size, a.size, &trusted.root, &a.root, path)
+                {
                     self.trusted = Some(a);
                     self.stats.heads_adopted += 1;
                 } else {
@@ -317,7 +324,8 @@ impl<const N: usize> LogWatch<N> {
                     return Ok(());
                 };
                 self.behind = None;
-                if verify_consistency(provider, b.size, trusted.size, &b.root, &trusted.root, path) {
+                if verify_consistency(provider, b.size, trusted.size, &b.root, &trusted.root, path)
+                {
                     self.stats.older_heads_proven += 1;
                 } else {
                     self.alarm(LogAlarm::Inconsistent {
@@ -339,7 +347,14 @@ impl<const N: usize> LogWatch<N> {
                 let Some(check) = slot.take() else {
                     return Ok(());
                 };
-                if verify_inclusion(provider, &check.leaf, check.at.index, trusted.size, path, &trusted.root) {
+                if verify_inclusion(
+                    provider,
+                    &check.leaf,
+                    check.at.index,
+                    trusted.size,
+                    path,
+                    &trusted.root,
+                ) {
                     self.stats.receipts_proven += 1;
                 } else {
                     self.alarm(LogAlarm::NotInLog {
@@ -362,6 +377,7 @@ impl<const N: usize> LogWatch<N> {
 }
 
 #[cfg(all(test, feature = "rustcrypto"))]
+#[allow(clippy::unwrap_used)] // test helpers
 mod tests {
     extern crate std;
     use super::*;
@@ -455,26 +471,46 @@ mod tests {
     fn an_honest_log_grows_under_the_watch_and_proves_every_receipt() {
         let mut log = Log::new(5);
         let mut w = watch(&log);
-        w.handle_checkpoint(&RustCrypto, &log.checkpoint(3)).unwrap();
+        w.handle_checkpoint(&RustCrypto, &log.checkpoint(3))
+            .unwrap();
         assert_eq!(w.trusted().map(|h| h.size), Some(3));
         // The relay's block 7 is entry 5, committed under size 6.
         log.push(entry(1, 7));
-        w.handle_receipt(&RustCrypto, &entry(1, 7), LogPosition { index: 5, tree_size: 6 });
+        w.handle_receipt(
+            &RustCrypto,
+            &entry(1, 7),
+            LogPosition {
+                index: 5,
+                tree_size: 6,
+            },
+        )
+        .unwrap();
         // Not covered yet: nothing to ask.
         assert_eq!(w.poll_request(t(0)), None);
         log.push(entry(2, 8));
-        w.handle_checkpoint(&RustCrypto, &log.checkpoint(7)).unwrap();
+        w.handle_checkpoint(&RustCrypto, &log.checkpoint(7))
+            .unwrap();
         assert_eq!(serve(&mut w, &log, t(1)), 2);
         // An older checkpoint arriving late (another server's) is proven a prefix.
-        w.handle_checkpoint(&RustCrypto, &log.checkpoint(4)).unwrap();
+        w.handle_checkpoint(&RustCrypto, &log.checkpoint(4))
+            .unwrap();
         assert_eq!(serve(&mut w, &log, t(1)), 1);
         let s = w.stats();
         assert_eq!(w.trusted().map(|h| h.size), Some(7));
-        assert_eq!((s.heads_adopted, s.older_heads_proven, s.receipts_proven, s.alarms), (1, 1, 1, 0));
+        assert_eq!(
+            (
+                s.heads_adopted,
+                s.older_heads_proven,
+                s.receipts_proven,
+                s.alarms
+            ),
+            (1, 1, 1, 0)
+        );
         assert_eq!(w.pending_checks(), 0);
         assert_eq!(w.poll_alarm(), None);
         // The same checkpoint again changes nothing.
-        w.handle_checkpoint(&RustCrypto, &log.checkpoint(7)).unwrap();
+        w.handle_checkpoint(&RustCrypto, &log.checkpoint(7))
+            .unwrap();
         assert_eq!(w.poll_request(t(2)), None);
     }
 
@@ -484,14 +520,27 @@ mod tests {
         // Rewritten: block 2 altered, the log re-signed with the genuine key.
         let mut rewritten = Log::new(0);
         for h in 0..10 {
-            rewritten.push(if h == 2 { entry(9, 2) } else { entry(1 + (h % 3) as u32, h) });
+            rewritten.push(if h == 2 {
+                entry(9, 2)
+            } else {
+                entry(1 + (h % 3) as u32, h)
+            });
         }
         let mut w = watch(&log);
-        w.handle_checkpoint(&RustCrypto, &log.checkpoint(8)).unwrap();
-        w.handle_checkpoint(&RustCrypto, &rewritten.checkpoint(10)).unwrap();
+        w.handle_checkpoint(&RustCrypto, &log.checkpoint(8))
+            .unwrap();
+        w.handle_checkpoint(&RustCrypto, &rewritten.checkpoint(10))
+            .unwrap();
         serve(&mut w, &rewritten, t(0));
-        assert_eq!(w.poll_alarm(), Some(LogAlarm::Inconsistent { old: 8, new: 10 }));
-        assert_eq!(w.trusted().map(|h| h.size), Some(8), "the rewritten head is not adopted");
+        assert_eq!(
+            w.poll_alarm(),
+            Some(LogAlarm::Inconsistent { old: 8, new: 10 })
+        );
+        assert_eq!(
+            w.trusted().map(|h| h.size),
+            Some(8),
+            "the rewritten head is not adopted"
+        );
 
         // Shortened: one block deleted, older sizes re-signed.
         let mut shortened = Log::new(0);
@@ -499,24 +548,35 @@ mod tests {
             shortened.push(entry(1 + (h % 3) as u32, h));
         }
         let mut w = watch(&log);
-        w.handle_checkpoint(&RustCrypto, &log.checkpoint(8)).unwrap();
-        w.handle_checkpoint(&RustCrypto, &shortened.checkpoint(7)).unwrap();
+        w.handle_checkpoint(&RustCrypto, &log.checkpoint(8))
+            .unwrap();
+        w.handle_checkpoint(&RustCrypto, &shortened.checkpoint(7))
+            .unwrap();
         // The honest log would prove 7 a prefix of 8; this one cannot: its
         // best answer is a proof over its own leaves, which fails.
         let req = w.poll_request(t(0)).unwrap();
-        assert_eq!((req.kind, req.first, req.second), (LogProofKind::Consistency, 7, 8));
+        assert_eq!(
+            (req.kind, req.first, req.second),
+            (LogProofKind::Consistency, 7, 8)
+        );
         let mut path = [[0u8; 32]; MAX_PROOF_LEN];
         let n = consistency_proof(&RustCrypto, &shortened.leaves, 6, &mut path).unwrap();
         let mut out = [0u8; MAX_LOG_PROOF_LEN];
         let len = req.emit_proof(&path[..n], &mut out).unwrap();
         w.handle_proof(&RustCrypto, &out[..len]).unwrap();
-        assert_eq!(w.poll_alarm(), Some(LogAlarm::Inconsistent { old: 7, new: 8 }));
+        assert_eq!(
+            w.poll_alarm(),
+            Some(LogAlarm::Inconsistent { old: 7, new: 8 })
+        );
 
         // Forked: another root at the trusted size.
         let mut w = watch(&log);
-        w.handle_checkpoint(&RustCrypto, &log.checkpoint(8)).unwrap();
-        w.handle_checkpoint(&RustCrypto, &shortened.checkpoint(7)).unwrap();
-        w.handle_checkpoint(&RustCrypto, &rewritten.checkpoint(8)).unwrap();
+        w.handle_checkpoint(&RustCrypto, &log.checkpoint(8))
+            .unwrap();
+        w.handle_checkpoint(&RustCrypto, &shortened.checkpoint(7))
+            .unwrap();
+        w.handle_checkpoint(&RustCrypto, &rewritten.checkpoint(8))
+            .unwrap();
         assert_eq!(w.poll_alarm(), Some(LogAlarm::SplitView { size: 8 }));
         assert_eq!(w.last_alarm(), Some(LogAlarm::SplitView { size: 8 }));
         assert_eq!(w.stats().alarms, 1);
@@ -526,9 +586,18 @@ mod tests {
     fn a_receipt_for_a_block_the_log_does_not_hold_raises_an_alarm() {
         let log = Log::new(6);
         let mut w = watch(&log);
-        w.handle_checkpoint(&RustCrypto, &log.checkpoint(6)).unwrap();
+        w.handle_checkpoint(&RustCrypto, &log.checkpoint(6))
+            .unwrap();
         // The receipt says entry 4 is the relay's block 40; entry 4 is another.
-        w.handle_receipt(&RustCrypto, &entry(1, 40), LogPosition { index: 4, tree_size: 5 });
+        w.handle_receipt(
+            &RustCrypto,
+            &entry(1, 40),
+            LogPosition {
+                index: 4,
+                tree_size: 5,
+            },
+        )
+        .unwrap();
         serve(&mut w, &log, t(0));
         assert_eq!(
             w.poll_alarm(),
@@ -553,11 +622,17 @@ mod tests {
         assert!(w.handle_checkpoint(&RustCrypto, b"garbage").is_err());
         assert_eq!(w.stats().checkpoints_refused, 2);
         assert_eq!(w.trusted(), None);
-        w.handle_checkpoint(&RustCrypto, &log.checkpoint(3)).unwrap();
-        w.handle_checkpoint(&RustCrypto, &log.checkpoint(6)).unwrap();
+        w.handle_checkpoint(&RustCrypto, &log.checkpoint(3))
+            .unwrap();
+        w.handle_checkpoint(&RustCrypto, &log.checkpoint(6))
+            .unwrap();
         let req = w.poll_request(t(0)).unwrap();
         assert_eq!(w.poll_request(t(1)), None, "one request at a time");
-        assert_eq!(w.poll_request(t(5)), Some(req), "asked again after the retry delay");
+        assert_eq!(
+            w.poll_request(t(5)),
+            Some(req),
+            "asked again after the retry delay"
+        );
         let other = LogProofRequest { first: 2, ..req };
         assert!(w.handle_proof(&RustCrypto, &log.answer(other)).is_err());
         assert!(w.handle_proof(&RustCrypto, &[2, 8, 1]).is_err());
@@ -567,7 +642,15 @@ mod tests {
         // A full check queue drops and counts.
         for i in 0..5 {
             let e = entry(1 + (i % 3) as u32, i);
-            w.handle_receipt(&RustCrypto, &e, LogPosition { index: i, tree_size: 6 });
+            w.handle_receipt(
+                &RustCrypto,
+                &e,
+                LogPosition {
+                    index: i,
+                    tree_size: 6,
+                },
+            )
+            .unwrap();
         }
         assert_eq!(w.stats().checks_dropped, 1);
         assert_eq!(serve(&mut w, &log, t(10)), 4);

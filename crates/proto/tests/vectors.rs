@@ -1331,7 +1331,10 @@ fn the_core_opens_the_log_vectors_checkpoints_and_refuses_their_negative_notes()
             .expect("JSON");
     let key = NoteKey::from_vkey(&RustCrypto, log["log_key"]["vkey"].as_str().expect("vkey"))
         .expect("the log's vkey");
-    assert_eq!(key.name(), log["origin"].as_str().expect("origin").as_bytes());
+    assert_eq!(
+        key.name(),
+        log["origin"].as_str().expect("origin").as_bytes()
+    );
     let root_of = |size: u64| {
         log["trees"]
             .as_array()
@@ -1356,9 +1359,11 @@ fn the_core_opens_the_log_vectors_checkpoints_and_refuses_their_negative_notes()
         }
     }
     // A witness's cosignature key (algorithm 0x04) is no note key.
-    assert!(
-        NoteKey::from_vkey(&RustCrypto, log["witness_key"]["vkey"].as_str().expect("vkey")).is_err()
-    );
+    assert!(NoteKey::from_vkey(
+        &RustCrypto,
+        log["witness_key"]["vkey"].as_str().expect("vkey")
+    )
+    .is_err());
     for n in log["negative_notes"].as_array().expect("negative notes") {
         assert!(
             key.open_checkpoint(&RustCrypto, n["note"].as_str().expect("note").as_bytes())
@@ -1385,7 +1390,12 @@ fn log_proof_messages_match_their_vectors() {
     let mut cases = Vec::new();
     for (kind, first, second, path) in [
         (LogProofKind::Consistency, &c["old"], &c["new"], &c["proof"]),
-        (LogProofKind::Inclusion, &i["index"], &i["size"], &i["proof"]),
+        (
+            LogProofKind::Inclusion,
+            &i["index"],
+            &i["size"],
+            &i["proof"],
+        ),
     ] {
         let req = LogProofRequest {
             kind,

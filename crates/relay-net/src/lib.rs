@@ -128,8 +128,8 @@ pub use conn::{Arena, ArenaFull, Config, Connection, Identity, Start, TlsBuffers
 pub use embedded_tls::CryptoRngCore;
 pub use error::Error;
 pub use status::{
-    blocks_topic, log_proofs_topic, log_requests_topic, receipts_topic, status_topic, RadioCounts, Status, Topic, MAX_STATUS_LEN,
-    MAX_TOPIC_LEN,
+    blocks_topic, log_proofs_topic, log_requests_topic, receipts_topic, status_topic, RadioCounts,
+    Status, Topic, MAX_STATUS_LEN, MAX_TOPIC_LEN,
 };
 pub use tls::{Link, MAX_BROKER_CHAIN};
 

@@ -180,7 +180,10 @@ mod tests {
             log_requests_topic(u32::MAX).as_str(),
             "gridpow/v1/relays/4294967295/log-requests"
         );
-        assert_eq!(log_proofs_topic(7).as_str(), "gridpow/v1/relays/7/log-proofs");
+        assert_eq!(
+            log_proofs_topic(7).as_str(),
+            "gridpow/v1/relays/7/log-proofs"
+        );
     }
 
     #[test]

@@ -310,7 +310,10 @@ impl RelayConfig {
             if let Err(e) =
                 gridpow_proto::checkpoint::NoteKey::from_vkey(&gridpow_proto::crypto::RustCrypto, v)
             {
-                return bad("log.vkey", &format!("{e}: expected name+keyid+base64key (Ed25519)"));
+                return bad(
+                    "log.vkey",
+                    &format!("{e}: expected name+keyid+base64key (Ed25519)"),
+                );
             }
         }
         if self.mqtt.max_inflight_blocks == 0 {

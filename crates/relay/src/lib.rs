@@ -87,8 +87,8 @@ pub mod config;
 mod error;
 mod fsutil;
 mod ingest;
-mod logwatch;
 pub mod journal;
+mod logwatch;
 pub mod outbox;
 pub mod pow;
 mod publisher;
@@ -113,11 +113,12 @@ use gridpow_proto::ingress::{Ingress, IngressConfig};
 use gridpow_radio::{RadioPort, UdpAir};
 use tokio::sync::{mpsc, oneshot};
 
-pub use logwatch::LogReport;
 pub use config::{
-    BlockConfig, JournalConfig, LogConfig, MqttConfig, PowConfig, RadioConfig, RadioKind, RelayConfig,
+    BlockConfig, JournalConfig, LogConfig, MqttConfig, PowConfig, RadioConfig, RadioKind,
+    RelayConfig,
 };
 pub use error::RelayError;
+pub use logwatch::LogReport;
 pub use publisher::{status_json, RadioCounts};
 pub use serial::SerialRadio;
 pub use stats::{RejectStats, RelayStats};
@@ -217,7 +218,9 @@ fn spawn(
             })?,
         ),
         None => {
-            tracing::info!("log.vkey is not set: this relay does not watch the server's transparency log");
+            tracing::info!(
+                "log.vkey is not set: this relay does not watch the server's transparency log"
+            );
             None
         }
     };
@@ -232,11 +235,13 @@ fn spawn(
     let tasks = publisher::spawn(
         cfg,
         options,
-        keys.server,
+        publisher::ServerTrust {
+            server_key: keys.server,
+            log: watcher,
+        },
         lifecycle.clone(),
         chain_tx.clone(),
         pub_rx,
-        watcher,
         shared.clone(),
     );
     let chain = ChainLoop {

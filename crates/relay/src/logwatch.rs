@@ -71,9 +71,14 @@ impl LogWatcher {
             Err(e) => return Err(format!("{}: {e}", head_path.display())),
         };
         if let Some(h) = saved {
-            tracing::info!(size = h.size, "watching the server's transparency log from the saved head");
+            tracing::info!(
+                size = h.size,
+                "watching the server's transparency log from the saved head"
+            );
         } else {
-            tracing::info!("watching the server's transparency log; the first checkpoint is trusted");
+            tracing::info!(
+                "watching the server's transparency log; the first checkpoint is trusted"
+            );
         }
         Ok(LogWatcher {
             watch: LogWatch::new(key, relay_id, saved),
@@ -97,7 +102,7 @@ impl LogWatcher {
         self.after(shared);
     }
 
-    /// A stored block's receipt: `header` is the block's own 100 header bytes.
+    /// A stored block's receipt: `block` is the block as the relay sealed it.
     pub(crate) fn on_receipt(&mut self, block: &[u8], at: LogPosition, shared: &Shared) {
         match gridpow_proto::wire::BlockPacket::new_checked(block) {
             Ok(p) => {
@@ -108,9 +113,13 @@ impl LogWatcher {
                     block_hash: h.hash(&RustCrypto),
                     merkle_root: h.merkle_root,
                 };
-                self.watch.handle_receipt(&RustCrypto, &entry, at);
+                if let Err(e) = self.watch.handle_receipt(&RustCrypto, &entry, at) {
+                    tracing::warn!(error = %e, ?at, "receipt's log position outside its tree; unchecked");
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "own block unreadable; its log position goes unchecked"),
+            Err(e) => {
+                tracing::warn!(error = %e, "own block unreadable; its log position goes unchecked")
+            }
         }
         self.after(shared);
     }
@@ -132,9 +141,9 @@ impl LogWatcher {
                     size: h.size,
                     root: hex::encode(h.root),
                 };
-                match serde_json::to_vec(&doc).map(|b| {
-                    gridpow_common::durable::write_file(&self.head_path, &b, false)
-                }) {
+                match serde_json::to_vec(&doc)
+                    .map(|b| gridpow_common::durable::write_file(&self.head_path, &b, false))
+                {
                     Ok(Ok(())) => self.saved = trusted,
                     Ok(Err(e)) => tracing::warn!(error = %e, "could not save the trusted log head"),
                     Err(e) => tracing::warn!(error = %e, "could not encode the trusted log head"),

@@ -33,8 +33,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::RelayConfig;
-use crate::stats::{add, Shared};
 use crate::logwatch::LogWatcher;
+use crate::stats::{add, Shared};
 use crate::threads::{proto_now, ChainEvent, NetEvent, PubCmd, SharedLifecycle};
 use crate::RelayError;
 
@@ -114,17 +114,24 @@ pub(crate) fn mqtt_options(
     Ok(o)
 }
 
+/// How the relay holds the server to its word: the key its receipts must
+/// verify under, and the watch over its transparency log (`log.vkey`).
+pub(crate) struct ServerTrust {
+    pub server_key: VerifyingKey,
+    pub log: Option<LogWatcher>,
+}
+
 /// Spawns the network and outbox tasks on the current tokio runtime.
 pub(crate) fn spawn(
     cfg: &RelayConfig,
     options: MqttOptions,
-    server_key: VerifyingKey,
+    trust: ServerTrust,
     lifecycle: SharedLifecycle,
     chain_tx: Sender<ChainEvent>,
     cmds: mpsc::UnboundedReceiver<PubCmd>,
-    log: Option<LogWatcher>,
     shared: Arc<Shared>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let ServerTrust { server_key, log } = trust;
     let cap = options.request_channel_capacity();
     let (client, eventloop) = AsyncClient::new(options, cap);
     let (net_tx, net_rx) = mpsc::unbounded_channel();
@@ -377,7 +384,12 @@ impl OutboxTask {
             return;
         };
         let bytes = req.to_bytes().to_vec();
-        if let Err(e) = self.client.try_publish(self.log_requests_topic.clone(), QoS::AtMostOnce, false, bytes) {
+        if let Err(e) = self.client.try_publish(
+            self.log_requests_topic.clone(),
+            QoS::AtMostOnce,
+            false,
+            bytes,
+        ) {
             // Asked again after the core's retry delay.
             tracing::debug!(error = %e, "log proof request not queued");
         }

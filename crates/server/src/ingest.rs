@@ -110,7 +110,11 @@ pub(crate) async fn mqtt_task(
     let mut explained = false;
     let mut disconnect_deadline: Option<tokio::time::Instant> = None;
     let filter = filters.blocks;
-    let names = [filter.clone(), topics::all_status(), filters.log_requests.clone()];
+    let names = [
+        filter.clone(),
+        topics::all_status(),
+        filters.log_requests.clone(),
+    ];
     loop {
         if let Some(deadline) = disconnect_deadline {
             if tokio::time::Instant::now() >= deadline {

@@ -213,7 +213,11 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
     let (filter, proof_filter) = if cfg.mqtt.shared_subscription {
         (
             topics::shared_blocks(),
-            format!("$share/{}/{}", topics::SERVER_GROUP, topics::all_log_requests()),
+            format!(
+                "$share/{}/{}",
+                topics::SERVER_GROUP,
+                topics::all_log_requests()
+            ),
         )
     } else {
         (topics::all_blocks(), topics::all_log_requests())

@@ -21,7 +21,6 @@ use tokio::sync::watch;
 use crate::config::LogConfig;
 use crate::metrics::{add, get, Shared};
 
-
 /// A signed checkpoint as served.
 #[derive(Clone, Debug)]
 pub struct SignedCheckpoint {
@@ -428,7 +427,9 @@ pub(crate) async fn relay_proof_task(
                     Ok(()) => {
                         add(&shared.log.relay_proofs_sent, 1);
                     }
-                    Err(e) => tracing::warn!(error = %e, relay = msg.relay, "Could not queue a log proof for MQTT."),
+                    Err(e) => {
+                        tracing::warn!(error = %e, relay = msg.relay, "Could not queue a log proof for MQTT.")
+                    }
                 }
             }
             Err(e) => refuse_request(&shared, msg.relay, &e),
@@ -463,11 +464,13 @@ fn prove(
             gridpow_tlog::proofs::consistency_proof(&reader, req.first, req.second)
         }
     }
-    .map_err(|e| reader.take_error().map_or_else(|| e.to_string(), |e| e.to_string()))?;
+    .map_err(|e| {
+        reader
+            .take_error()
+            .map_or_else(|| e.to_string(), |e| e.to_string())
+    })?;
     let mut out = vec![0u8; MAX_LOG_PROOF_LEN];
-    let n = req
-        .emit_proof(&path, &mut out)
-        .map_err(|e| e.to_string())?;
+    let n = req.emit_proof(&path, &mut out).map_err(|e| e.to_string())?;
     out.truncate(n);
     Ok(out)
 }

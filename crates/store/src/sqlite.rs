@@ -488,7 +488,7 @@ impl Snapshot for Snap<'_> {
     }
 
     fn slot(&mut self, relay: u32, height: i64) -> Result<Option<StoredSlot>, StoreError> {
-        Ok(self
+        self
             .tx
             .prepare_cached(
                 "SELECT id, hash, prev_hash, linked, log_index FROM blocks WHERE relay_id = ?1 AND height = ?2",
@@ -510,7 +510,7 @@ impl Snapshot for Snap<'_> {
                 s.log_index = StoredSlot::log_index_of(s.id, log_index)?;
                 Ok::<_, StoreError>(s)
             })
-            .transpose()?)
+            .transpose()
     }
 
     fn highest_below(&mut self, relay: u32, height: i64) -> Result<Option<i64>, StoreError> {

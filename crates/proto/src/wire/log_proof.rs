@@ -220,10 +220,7 @@ mod tests {
                 LogProofRequest::parse(&bad.to_bytes()),
                 Err(Malformed::UnknownValue)
             );
-            assert_eq!(
-                bad.emit_proof(&[], &mut buf),
-                Err(Misuse::InvalidArgument)
-            );
+            assert_eq!(bad.emit_proof(&[], &mut buf), Err(Misuse::InvalidArgument));
         }
         let mut b = r.to_bytes();
         b[2] = 3;

@@ -279,7 +279,11 @@ mod tests {
             (ReceiptStatus::Quarantined, at(0, 1), false),
             (ReceiptStatus::Refused, None, true),
         ] {
-            let r = ReceiptRepr { status, log, ..base };
+            let r = ReceiptRepr {
+                status,
+                log,
+                ..base
+            };
             assert_eq!(r.to_signed_bytes(&RustCrypto, &key).is_ok(), ok, "{r:?}");
         }
         // The parser holds signed bytes to the same rule.

@@ -271,11 +271,14 @@ impl TestServer {
                             time_ms: gridpow_common::wall_ms(),
                             // This stand-in server keeps no log: each stored
                             // block is entry `height` of a log of its own.
-                            log: matches!(status, ReceiptStatus::Stored | ReceiptStatus::AlreadyStored)
-                                .then_some(LogPosition {
-                                    index: vb.header.height,
-                                    tree_size: vb.header.height + 1,
-                                }),
+                            log: matches!(
+                                status,
+                                ReceiptStatus::Stored | ReceiptStatus::AlreadyStored
+                            )
+                            .then_some(LogPosition {
+                                index: vb.header.height,
+                                tree_size: vb.header.height + 1,
+                            }),
                         };
                         let Ok(bytes) = receipt.to_signed_bytes(&RustCrypto, &server_key) else {
                             continue;
