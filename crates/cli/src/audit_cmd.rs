@@ -22,7 +22,7 @@
 //! not be checked (unreachable, a bad flag): never a verdict.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -453,8 +453,7 @@ fn audit(a: &AuditArgs) -> Result<String, Fail> {
 
     // 5. Every entry.
     let bundles = TilePath::entry_bundles(size);
-    let mut by_height: HashMap<(u32, u64), (u64, Hash)> = HashMap::new();
-    let mut by_hash: HashMap<Hash, u64> = HashMap::new();
+    let mut entry_index = gridpow_tlog::EntryIndex::default();
     let mut entries_seen: Vec<LogLeafRepr> = Vec::new();
     for (n, path) in bundles.iter().enumerate() {
         let bundle = fetcher
@@ -468,27 +467,9 @@ fn audit(a: &AuditArgs) -> Result<String, Fail> {
             let i = first + j as u64;
             let leaf = LogLeafRepr::parse(e)
                 .map_err(|m| verdict(format!("entry {i} is not a log entry: {m}")))?;
-            if let Some(&(k, h)) = by_height.get(&(leaf.relay_id, leaf.height)) {
-                if h != leaf.block_hash {
-                    return Err(verdict(format!(
-                        "fork: relay {} height {} has two blocks in the log (entries {k} and {i}: {} and {})",
-                        leaf.relay_id,
-                        leaf.height,
-                        hex(&h),
-                        hex(&leaf.block_hash)
-                    )));
-                }
-            }
-            if let Some(&k) = by_hash.get(&leaf.block_hash) {
-                return Err(verdict(format!(
-                    "duplicate: block {} (relay {} height {}) is in the log twice, entries {k} and {i}",
-                    hex(&leaf.block_hash),
-                    leaf.relay_id,
-                    leaf.height
-                )));
-            }
-            by_height.insert((leaf.relay_id, leaf.height), (i, leaf.block_hash));
-            by_hash.insert(leaf.block_hash, i);
+            entry_index
+                .add(i, &leaf)
+                .map_err(|c| verdict(c.to_string()))?;
             if a.blocks {
                 entries_seen.push(leaf);
             }
@@ -555,10 +536,6 @@ fn audit(a: &AuditArgs) -> Result<String, Fail> {
         ));
     }
     Ok(summary)
-}
-
-fn hex(h: &Hash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Fetches block `i` and checks it is the one its entry names.

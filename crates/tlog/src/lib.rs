@@ -19,6 +19,7 @@
 
 pub mod checkpoint;
 pub mod cosignature;
+pub mod entries;
 pub mod error;
 pub mod note;
 pub mod proofs;
@@ -32,6 +33,7 @@ pub use checkpoint::{
 pub use cosignature::{
     add_cosignature, count_cosignatures, Cosignature, CosignatureVerifier, WitnessKey,
 };
+pub use entries::{EntryConflict, EntryIndex};
 pub use error::{Error, Malformed, Misuse, Rejected};
 pub use note::{verify_note, NoteSigner, NoteVerifier, VerifiedNote};
 pub use reading_proof::{ProvenReading, ReadingProof, VerifiedReading};

@@ -274,28 +274,15 @@ impl ReadingProof {
     pub fn verify_values(&self, e2e_key: [u8; 16]) -> Result<Reading, Error> {
         let frame = self.frame()?;
         self.check_reading_in_frame(&frame)?;
-        let ct = frame.ciphertext();
-        let mut body = [0u8; MAX_BODY_LEN];
-        let body = body
-            .get_mut(..ct.len())
-            .ok_or(Malformed::Frame(gridpow_proto::Malformed::TooLong))?;
-        body.copy_from_slice(ct);
-        // The end-to-end seal only (docs/protocol.md §4): the hop tag is the
-        // relay's business, and its key is not the reader's.
-        let opened = RustCrypto.aead_open(
-            &RustCrypto.aead_key(&e2e_key),
-            &frame.header().nonce(),
-            frame.header_bytes(),
-            body,
-            &frame.e2e_tag(),
-        );
-        if !opened {
-            return Err(Rejected::FrameDoesNotOpen.into());
-        }
-        let at = (self.reading.seq - frame.first_seq()) as usize * Reading::LEN;
-        let sealed = body
-            .get(at..at + Reading::LEN)
-            .and_then(Reading::parse)
+        let mut scratch = [0u8; MAX_BODY_LEN];
+        let opened = frame
+            .open_e2e(&RustCrypto, &RustCrypto.aead_key(&e2e_key), &mut scratch)
+            .map_err(|_| Rejected::FrameDoesNotOpen)?;
+        let sealed = self
+            .reading
+            .seq
+            .checked_sub(opened.first_seq())
+            .and_then(|i| opened.reading(i as usize))
             .ok_or(Malformed::Frame(gridpow_proto::Malformed::BadReadingCount))?;
         if sealed != self.reading.values() {
             return Err(Rejected::ValuesDiffer.into());

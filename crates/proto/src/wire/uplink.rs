@@ -232,17 +232,24 @@ impl<T: AsRef<[u8]>> UplinkPacket<T> {
         scratch: &'s mut [u8; MAX_BODY_LEN],
     ) -> Result<OpenedBody<'s>, Rejected> {
         self.verify_hop(provider, &keys.hop)?;
+        self.open_e2e(provider, &keys.e2e, scratch)
+    }
+
+    /// Checks the end-to-end tag only and decrypts the readings into
+    /// `scratch`: what a holder of the meter's end-to-end key alone (a
+    /// customer checking a proof file) can do; the hop tag is the relay's
+    /// business and its key is not theirs.
+    pub fn open_e2e<'s, C: CryptoProvider>(
+        &self,
+        provider: &C,
+        e2e: &C::AeadKey,
+        scratch: &'s mut [u8; MAX_BODY_LEN],
+    ) -> Result<OpenedBody<'s>, Rejected> {
         let ct = self.ciphertext();
         let body = &mut scratch[..ct.len()];
         body.copy_from_slice(ct);
         let nonce = nonce_from_header(self.header_bytes());
-        if !provider.aead_open(
-            &keys.e2e,
-            &nonce,
-            self.header_bytes(),
-            body,
-            &self.e2e_tag(),
-        ) {
+        if !provider.aead_open(e2e, &nonce, self.header_bytes(), body, &self.e2e_tag()) {
             return Err(Rejected::BadEndToEndTag);
         }
         Ok(OpenedBody {
