@@ -177,9 +177,10 @@ impl LogService {
         let body = gridpow_tlog::Checkpoint::new(&self.origin, size, root)
             .body()
             .map_err(|e| e.to_string())?;
+        let answers = ask_witnesses(&mut self.witnesses, &reader, &note, &body, size);
         let mut cosignatures = 0;
-        for w in &mut self.witnesses {
-            match ask_witness(w, &reader, &note, &body, size) {
+        for (w, answer) in self.witnesses.iter().zip(answers) {
+            match answer {
                 Ok(line) => match gridpow_tlog::add_cosignature(&note, &line) {
                     Ok(n) => {
                         note = n;
@@ -206,65 +207,115 @@ impl LogService {
     }
 }
 
-/// Asks witness `w` to cosign `note` (tree `size`): the cosignature line(s)
-/// it returned, checked. A witness that holds another size than we thought
-/// answers 409 with its size; we ask once more with a proof from there.
-fn ask_witness(
-    w: &mut WitnessPeer,
+/// Asks every witness to cosign `note` (tree `size`), all at once so a slow
+/// one delays the checkpoint by its own time only: per witness, the
+/// cosignature line(s) it returned, checked. A witness that holds another
+/// size than we thought answers 409 with its size; we ask once more with a
+/// proof from there. Requests are built here (the store is not shared
+/// between threads); only the HTTP exchanges run in parallel.
+fn ask_witnesses(
+    witnesses: &mut [WitnessPeer],
     reader: &dyn tlog_tiles::HashReader,
     note: &str,
     body: &str,
     size: u64,
-) -> Result<String, String> {
+) -> Vec<Result<String, String>> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
         .build()
         .into();
+    let mut answers: Vec<Result<String, String>> =
+        vec![Err("it kept answering 409".into()); witnesses.len()];
+    let mut pending: Vec<usize> = (0..witnesses.len()).collect();
     for _attempt in 0..2 {
-        let old = w.known_size.min(size);
-        let request = gridpow_tlog::witness::add_checkpoint_request(reader, old, note)
-            .map_err(|e| format!("building the request from size {old}: {e}"))?;
-        let mut response = agent
-            .post(format!("{}/add-checkpoint", w.url))
-            .send(request.as_bytes())
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024)
-            .read_to_string()
-            .map_err(|e| e.to_string())?;
-        match status {
-            200 => {
-                let mut good = Vec::new();
-                for line in text.lines().filter(|l| !l.is_empty()) {
-                    let line = format!("{line}\n");
-                    if w.verifier.verify_line(body, &line).is_ok() {
-                        good.push(line);
+        let mut requests = Vec::new();
+        for &i in &pending {
+            let old = witnesses[i].known_size.min(size);
+            match gridpow_tlog::witness::add_checkpoint_request(reader, old, note) {
+                Ok(r) => requests.push((i, r)),
+                Err(e) => answers[i] = Err(format!("building the request from size {old}: {e}")),
+            }
+        }
+        let replies: Vec<(usize, HttpReply)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = requests
+                .iter()
+                .map(|(i, request)| {
+                    let (agent, url) = (agent.clone(), &witnesses[*i].url);
+                    (
+                        *i,
+                        scope.spawn(move || post_checkpoint(&agent, url, request)),
+                    )
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(i, h)| {
+                    (
+                        i,
+                        h.join()
+                            .unwrap_or_else(|_| Err("the request thread panicked".into())),
+                    )
+                })
+                .collect()
+        });
+        pending.clear();
+        for (i, reply) in replies {
+            let w = &mut witnesses[i];
+            answers[i] = match reply {
+                Err(e) => Err(e),
+                Ok((200, text)) => {
+                    let good: Vec<String> = text
+                        .lines()
+                        .filter(|l| !l.is_empty())
+                        .map(|l| format!("{l}\n"))
+                        .filter(|l| w.verifier.verify_line(body, l).is_ok())
+                        .collect();
+                    if good.is_empty() {
+                        Err("answered 200 without a valid cosignature from its key".into())
+                    } else {
+                        w.known_size = size;
+                        Ok(good.concat())
                     }
                 }
-                if good.is_empty() {
-                    return Err("answered 200 without a valid cosignature from its key".into());
-                }
-                w.known_size = size;
-                return Ok(good.concat());
-            }
-            409 => {
-                let theirs = gridpow_tlog::witness::parse_conflict_size(&text)
-                    .map_err(|e| format!("409 with a bad body: {e}"))?;
-                if theirs > size {
-                    return Err(format!(
+                Ok((409, text)) => match gridpow_tlog::witness::parse_conflict_size(&text) {
+                    Err(e) => Err(format!("409 with a bad body: {e}")),
+                    Ok(theirs) if theirs > size => Err(format!(
                         "it holds a larger tree ({theirs}) than this log's {size}: was the log rolled back?"
-                    ));
-                }
-                w.known_size = theirs;
-            }
-            s => return Err(format!("HTTP {s}: {}", text.trim())),
+                    )),
+                    Ok(theirs) => {
+                        w.known_size = theirs;
+                        pending.push(i);
+                        Err("it kept answering 409".into())
+                    }
+                },
+                Ok((s, text)) => Err(format!("HTTP {s}: {}", text.trim())),
+            };
+        }
+        if pending.is_empty() {
+            break;
         }
     }
-    Err("it kept answering 409".into())
+    answers
+}
+
+/// A witness's HTTP status and body, or why there is none.
+type HttpReply = Result<(u16, String), String>;
+
+/// One tlog-witness `add-checkpoint` exchange: the status and body.
+fn post_checkpoint(agent: &ureq::Agent, url: &str, request: &str) -> HttpReply {
+    let mut response = agent
+        .post(format!("{url}/add-checkpoint"))
+        .send(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    Ok((status, text))
 }
 
 /// Signs checkpoints until `stop` turns true: after new blocks (no sooner
