@@ -88,6 +88,62 @@ pub struct ServerConfig {
     pub quarantine: QuarantineConfig,
     /// The transparency log's checkpoints and witnesses (docs/ledger.md).
     pub log: LogConfig,
+    /// Verified readings as plain MQTT, with Home Assistant discovery.
+    pub home_assistant: HomeAssistantConfig,
+}
+
+/// An opt-in export of verified readings (docs/integrations.md): after a
+/// block's readings are committed, each meter's newest state as JSON on
+/// `gridpow/v1/meters/<id>/state`, its availability (the silent-meter
+/// sweep) on `gridpow/v1/meters/<id>/availability`, and Home Assistant MQTT
+/// discovery documents, all retained, on this broker. Its failure never
+/// slows ingestion: a bounded queue, drops counted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    /// Export at all.
+    pub enabled: bool,
+    /// The broker (a household's or a co-op's Home Assistant broker); default the `[mqtt]` one.
+    pub host: Option<String>,
+    /// Its port; default the `[mqtt]` one.
+    pub port: Option<u16>,
+    /// TLS to it; without it the connection is plaintext (a broker on the same host only).
+    pub tls: bool,
+    /// CA certificate of that broker; default `keys_dir/tls/ca.pem`.
+    pub ca: Option<PathBuf>,
+    /// Client certificate for it, if it asks for one.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key.
+    pub key: Option<PathBuf>,
+    /// MQTT user name (brokers with password authentication).
+    pub username: Option<String>,
+    /// File holding the MQTT password (first line), mode 0600 advised.
+    pub password_file: Option<PathBuf>,
+    /// MQTT client id; default `gridpow-export-<server_id>`.
+    pub client_id: Option<String>,
+    /// Home Assistant's discovery prefix.
+    pub discovery_prefix: String,
+    /// States waiting for the broker; more are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        HomeAssistantConfig {
+            enabled: false,
+            host: None,
+            port: None,
+            tls: true,
+            ca: None,
+            cert: None,
+            key: None,
+            username: None,
+            password_file: None,
+            client_id: None,
+            discovery_prefix: "homeassistant".into(),
+            queue: 10_000,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -103,6 +159,7 @@ impl Default for ServerConfig {
             ingest: IngestConfig::default(),
             quarantine: QuarantineConfig::default(),
             log: LogConfig::default(),
+            home_assistant: HomeAssistantConfig::default(),
         }
     }
 }
@@ -332,6 +389,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("IngestConfig", "ingest"),
     ("QuarantineConfig", "quarantine"),
     ("LogConfig", "log"),
+    ("HomeAssistantConfig", "home_assistant"),
 ];
 
 impl ServerConfig {
@@ -434,6 +492,29 @@ impl ServerConfig {
             if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
                 return bad("log.witnesses.url", "must be an http:// or https:// URL");
             }
+        }
+        let ha = &self.home_assistant;
+        if ha.queue == 0 || ha.queue > 10_000_000 {
+            return bad("home_assistant.queue", "must be in 1..=10000000");
+        }
+        if ha.discovery_prefix.is_empty()
+            || ha.discovery_prefix.contains(['+', '#', ' '])
+            || ha.discovery_prefix.starts_with('/')
+            || ha.discovery_prefix.ends_with('/')
+        {
+            return bad(
+                "home_assistant.discovery_prefix",
+                "must be a topic prefix without wildcards, spaces or leading/trailing '/'",
+            );
+        }
+        if ha.cert.is_some() != ha.key.is_some() {
+            return bad("home_assistant.cert", "cert and key go together");
+        }
+        if ha.password_file.is_some() && ha.username.is_none() {
+            return bad(
+                "home_assistant.password_file",
+                "needs home_assistant.username",
+            );
         }
         if log.min_cosignatures > log.witnesses.len() {
             return bad(

@@ -363,6 +363,8 @@ pub(crate) struct WriterSettings {
     pub server_id: u32,
     pub signing_key: SigningKey,
     pub silent_after_ms: u64,
+    /// The `[home_assistant]` export's queue, when enabled.
+    pub export: Option<crate::export::ExportQueue>,
 }
 
 /// How often the writer prunes quarantine rows past their retention.
@@ -401,6 +403,11 @@ pub(crate) fn writer_thread(
         let mut repeats = Vec::new();
         for ((token, item), outcome) in tokens.into_iter().zip(&items).zip(&result.outcomes) {
             count_outcome(&shared, &mut refusals, item, outcome);
+            if let (Some(export), Outcome::Stored { .. }, Ingest::Block { block, .. }) =
+                (&settings.export, outcome, item)
+            {
+                export.committed(block);
+            }
             if let (Outcome::Stored { repeated, .. }, Some(h)) = (outcome, item.header()) {
                 if !repeated.is_empty() {
                     repeats.push((*h, repeated));
@@ -603,6 +610,11 @@ impl Housekeeping {
             Ok(raised) => {
                 for a in raised {
                     shared.count_alert(a.kind, a.count);
+                    if let (Some(export), gridpow_store::AlertKind::Silent) =
+                        (&settings.export, a.kind)
+                    {
+                        export.silent(&a.subject);
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "Silent-meter sweep failed."),

@@ -35,6 +35,7 @@
 mod api;
 pub mod auth;
 pub mod config;
+mod export;
 pub mod history;
 mod hosts;
 mod http_error;

@@ -45,6 +45,12 @@ pub struct Metrics {
     pub quarantine_truncated: AtomicU64,
     /// Quarantine rows pruned after `quarantine.retention_days`.
     pub quarantine_pruned: AtomicU64,
+    /// Meter states published by the `[home_assistant]` export.
+    pub export_states: AtomicU64,
+    /// Discovery documents it published.
+    pub export_discovery: AtomicU64,
+    /// States and silent-meter events dropped because its queue was full.
+    pub export_dropped: AtomicU64,
     /// Database transactions committed.
     pub commits: AtomicU64,
     /// Time spent in committed transactions, µs.
@@ -204,6 +210,9 @@ impl Shared {
             counter("gridpow_server_quarantine_dropped", "Refusals counted but not kept: the relay's quarantine allowance was used up.", &m.quarantine_dropped),
             counter("gridpow_server_quarantine_truncated", "Quarantined payloads cut to quarantine.max_payload_bytes.", &m.quarantine_truncated),
             counter("gridpow_server_quarantine_pruned", "Quarantine rows pruned after their retention.", &m.quarantine_pruned),
+            counter("gridpow_export_states", "Meter states published by the [home_assistant] export.", &m.export_states),
+            counter("gridpow_export_discovery", "Home Assistant discovery documents published.", &m.export_discovery),
+            counter("gridpow_export_dropped", "Export events dropped because its queue was full (ingestion never waits for the export).", &m.export_dropped),
             counter("gridpow_server_commits", "Database transactions committed.", &m.commits),
             counter("gridpow_server_commit_failures", "Database transactions that failed and were retried.", &m.commit_failures),
             counter("gridpow_server_receipts_published", "Commit receipts published.", &m.receipts_published),

@@ -58,6 +58,9 @@ pub enum ServerError {
     /// The transparency log's note key or a witness key is unusable.
     #[error(transparent)]
     Log(#[from] crate::transparency::LogServiceError),
+    /// The `[home_assistant]` export could not start.
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
     /// A thread could not be started.
     #[error("starting the {what} thread: {source}")]
     Spawn {
@@ -87,6 +90,8 @@ pub struct ServerHandle {
     http: JoinHandle<()>,
     checkpoints: JoinHandle<()>,
     checkpoints_stop: watch::Sender<bool>,
+    /// The `[home_assistant]` export: ends once the writer dropped its queue.
+    export: Option<JoinHandle<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -228,6 +233,10 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let stopping = Arc::new(AtomicBool::new(false));
+    let (export_queue, export) = match crate::export::start(&cfg, shared.clone())? {
+        Some((q, task)) => (Some(q), Some(task)),
+        None => (None, None),
+    };
 
     let mut threads = Vec::new();
     {
@@ -254,6 +263,7 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
             server_id: cfg.server_id,
             signing_key,
             silent_after_ms: cfg.plausibility.silent_after_ms(),
+            export: export_queue,
         };
         threads.push(
             std::thread::Builder::new()
@@ -339,6 +349,7 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
         http,
         checkpoints,
         checkpoints_stop,
+        export,
         threads,
     })
 }
@@ -445,6 +456,18 @@ impl ServerHandle {
             stopping.store(true, Ordering::SeqCst);
             tracing::warn!("Pipeline did not drain in 20 s; stopping anyway.");
             self.acker.abort();
+        }
+        // The writer is gone: the export publishes what it was handed, then ends.
+        if let Some(mut export) = self.export.take() {
+            if tokio::time::timeout(Duration::from_secs(5), &mut export)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "The export did not finish in 5 s (its broker is slow or down); stopping it."
+                );
+                export.abort();
+            }
         }
         // A last checkpoint is not needed: the next start signs one.
         let _ = self.checkpoints_stop.send(true);
