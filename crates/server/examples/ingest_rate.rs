@@ -405,6 +405,14 @@ fn main() {
             100.0 * metric("gridpow_server_verify_seconds_total") / e2e_s,
             metric("gridpow_server_commits_total")
         );
+        // The transparency log's share, measured inside the same commits.
+        println!(
+            "  transparency log: {:.1} % of the writer's commit time ({:.3} s of {:.3} s)",
+            100.0 * metric("gridpow_server_log_append_seconds_total")
+                / metric("gridpow_server_commit_seconds_total").max(1e-9),
+            metric("gridpow_server_log_append_seconds_total"),
+            metric("gridpow_server_commit_seconds_total")
+        );
         server.shutdown().await;
     });
 }

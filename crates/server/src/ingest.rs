@@ -509,6 +509,7 @@ fn commit_until_done(
 /// Counts what a commit reports for the whole batch.
 fn record_commit(shared: &Shared, result: &CommitResult) {
     shared.set_totals(result.totals);
+    add(&shared.metrics.log_append_micros, result.log_micros);
     if let Some(size) = result.log_size {
         crate::transparency::appended(&shared.log, size);
     }

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub export_dropped: AtomicU64,
     /// Database transactions committed.
     pub commits: AtomicU64,
+    /// Time those transactions spent on the transparency log, µs.
+    pub log_append_micros: AtomicU64,
     /// Time spent in committed transactions, µs.
     pub commit_micros: AtomicU64,
     /// Transactions that failed (retried).
@@ -241,6 +243,11 @@ impl Shared {
                 "gridpow_server_commit_seconds",
                 "Seconds spent in committed transactions.",
                 secs(&m.commit_micros),
+            ),
+            (
+                "gridpow_server_log_append_seconds",
+                "Seconds of those committed transactions spent appending to the transparency log.",
+                secs(&m.log_append_micros),
             ),
             (
                 "gridpow_server_verify_seconds",

@@ -521,6 +521,9 @@ pub struct CommitResult {
     pub quarantine_truncated: u64,
     /// The transparency log's size after the commit, if it appended to it.
     pub log_size: Option<u64>,
+    /// Time this commit spent on the transparency log, µs (planning the
+    /// append and writing its hashes), within the commit's own time.
+    pub log_micros: u64,
 }
 
 /// A stored reading.

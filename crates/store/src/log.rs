@@ -37,9 +37,19 @@ pub(crate) struct LogAppend {
     pub first: u64,
     /// Stored hashes to insert, `(stored hash index, hash)`, ascending.
     pub hashes: Vec<(u64, Hash)>,
+    /// Time spent on the log in this commit, µs: planning the append (its
+    /// reads) here, writing the hashes added by the backend. What the log
+    /// costs ingestion, measured in the commit itself.
+    pub micros: std::cell::Cell<u64>,
 }
 
 impl LogAppend {
+    /// Adds `since`'s elapsed time to [`LogAppend::micros`].
+    pub fn spent(&self, since: std::time::Instant) {
+        self.micros
+            .set(self.micros.get() + since.elapsed().as_micros() as u64);
+    }
+
     /// The log index of the `entry`th entry appended.
     pub fn index_of(&self, entry: usize) -> i64 {
         (self.first + entry as u64) as i64
@@ -106,6 +116,7 @@ pub(crate) fn append<S: LogSnapshot + ?Sized>(
     if entries.is_empty() {
         return Ok(LogAppend::default());
     }
+    let started = std::time::Instant::now();
     let first = snap.log_size()?;
     let snap = RefCell::new(snap);
     let failed = RefCell::new(None);
@@ -130,7 +141,11 @@ pub(crate) fn append<S: LogSnapshot + ?Sized>(
             hashes.push((i, h.0));
         }
     }
-    Ok(LogAppend { first, hashes })
+    Ok(LogAppend {
+        first,
+        hashes,
+        micros: std::cell::Cell::new(started.elapsed().as_micros() as u64),
+    })
 }
 
 /// The log's size as stored: one past the highest entry index.

@@ -304,6 +304,7 @@ impl Plan<'_> {
             quarantine_dropped: self.quarantine_dropped(),
             quarantine_truncated: self.counter("quarantine_truncated"),
             log_size: (!self.blocks.is_empty()).then(|| self.log.first + self.blocks.len() as u64),
+            log_micros: self.log.micros.get(),
         })
     }
 

@@ -421,10 +421,12 @@ fn log_hashes_in(conn: &Connection, indexes: &[u64]) -> Result<Vec<Hash>, StoreE
 
 /// Writes a commit's stored log hashes.
 fn write_log_hashes(conn: &Connection, log: &LogAppend) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
     let mut st = conn.prepare_cached("INSERT INTO log_hashes (idx, hash) VALUES (?1, ?2)")?;
     for (i, h) in &log.hashes {
         st.execute(params![*i as i64, &h[..]])?;
     }
+    log.spent(started);
     Ok(())
 }
 

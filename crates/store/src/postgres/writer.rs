@@ -223,12 +223,14 @@ pub(super) fn write_log_hashes(
     if log.hashes.is_empty() {
         return Ok(());
     }
+    let started = std::time::Instant::now();
     let (idx, hashes): (Vec<i64>, Vec<Vec<u8>>) = log
         .hashes
         .iter()
         .map(|(i, h)| (*i as i64, h.to_vec()))
         .unzip();
     block_on(tx.execute(st(stmts, INSERT_LOG_HASHES)?, &[&idx, &hashes]))?;
+    log.spent(started);
     Ok(())
 }
 
