@@ -30,7 +30,11 @@ fn main() {
     merkle(&mut g, &load(&dir, "merkle.json"));
     block(&mut g, &load(&dir, "block.json"));
     receipt(&mut g, &load(&dir, "receipt.json"));
-    log(&mut g, &load(&dir, "log.json"), &load(&dir, "log_proof.json"));
+    log(
+        &mut g,
+        &load(&dir, "log.json"),
+        &load(&dir, "log_proof.json"),
+    );
     serial(&mut g, &load(&dir, "serial.json"));
     signature_negative(&mut g, &load(&dir, "signature_negative.json"));
     block_negative(&mut g, &load(&dir, "block_negative.json"));
@@ -312,13 +316,22 @@ fn receipt(g: &mut Gen, v: &Value) {
 /// be refused, and log_proof.json's consistency proof between the two.
 fn log(g: &mut Gen, log: &Value, proofs: &Value) {
     g.module("log", |g| {
-        g.line(&format!("pub const VKEY: &str = {:?};", str_of(field(log, "log_key"), "vkey")));
+        g.line(&format!(
+            "pub const VKEY: &str = {:?};",
+            str_of(field(log, "log_key"), "vkey")
+        ));
         let cps = arr_of(log, "checkpoints");
         assert!(cps.len() >= 2, "log.json: two checkpoints");
         for (name, c) in [("OLD", &cps[0]), ("NEW", &cps[cps.len() - 1])] {
             g.int(&format!("{name}_SIZE"), "u64", c, "size");
-            g.line(&format!("pub const {name}_NOTE: &str = {:?};", str_of(c, "note")));
-            g.line(&format!("pub const {name}_COSIGNED_NOTE: &str = {:?};", str_of(c, "cosigned_note")));
+            g.line(&format!(
+                "pub const {name}_NOTE: &str = {:?};",
+                str_of(c, "note")
+            ));
+            g.line(&format!(
+                "pub const {name}_COSIGNED_NOTE: &str = {:?};",
+                str_of(c, "cosigned_note")
+            ));
             let size = field(c, "size").as_u64().expect("size");
             let tree = arr_of(log, "trees")
                 .iter()
@@ -330,7 +343,10 @@ fn log(g: &mut Gen, log: &Value, proofs: &Value) {
             .iter()
             .map(|n| format!("{:?}", str_of(n, "note")))
             .collect();
-        g.line(&format!("pub const NEGATIVE_NOTES: &[&str] = &[{}];", negatives.join(", ")));
+        g.line(&format!(
+            "pub const NEGATIVE_NOTES: &[&str] = &[{}];",
+            negatives.join(", ")
+        ));
         let case = arr_of(proofs, "cases")
             .iter()
             .find(|c| field(c, "kind").as_u64() == Some(2))

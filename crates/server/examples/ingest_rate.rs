@@ -14,6 +14,8 @@
 //! ```
 //! Defaults: 200 blocks × 1000 frames × 6 readings = 1.2 M readings from 500 meters.
 //! `INGEST_RATE_NO_E2E=1` skips the end-to-end part (for profiling the store).
+//! `INGEST_RATE_EXPORT=1` turns the `[home_assistant]` export on (to the same
+//! broker) for the end-to-end part: its cost on ingestion.
 //!
 //! `--db` picks the backend: `sqlite` (the default, files in a temporary
 //! directory), `pg` (a private PostgreSQL started for the run, `fsync` on, see
@@ -332,7 +334,7 @@ fn main() {
         // The server runs from its least-privilege bundle (it refuses the CA key).
         let bundle = gridpow_keys::KeyDir::new(dir.path().join("server-bundle"));
         keys.export_server_bundle("server-1", &bundle).unwrap();
-        let cfg = ServerConfig {
+        let mut cfg = ServerConfig {
             keys_dir: bundle.root().to_path_buf(),
             db: dir.path().join("e2e.db").display().to_string(),
             min_difficulty: 8,
@@ -348,6 +350,13 @@ fn main() {
             },
             ..ServerConfig::default()
         };
+        if std::env::var_os("INGEST_RATE_EXPORT").is_some() {
+            let (cert, key) = cfg.client_identity();
+            cfg.home_assistant.enabled = true;
+            cfg.home_assistant.cert = Some(cert);
+            cfg.home_assistant.key = Some(key);
+            println!("(with the [home_assistant] export to the same broker)");
+        }
         let server = Server::start(cfg).await.unwrap();
         while !server.stats().mqtt_subscribed {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -405,6 +414,14 @@ fn main() {
             100.0 * metric("gridpow_server_verify_seconds_total") / e2e_s,
             metric("gridpow_server_commits_total")
         );
+        if m.contains("gridpow_export_states") {
+            println!(
+                "  export: {} states, {} discovery documents published, {} dropped",
+                metric("gridpow_export_states_total"),
+                metric("gridpow_export_discovery_total"),
+                metric("gridpow_export_dropped_total")
+            );
+        }
         // The transparency log's share, measured inside the same commits.
         println!(
             "  transparency log: {:.1} % of the writer's commit time ({:.3} s of {:.3} s)",
