@@ -1,10 +1,9 @@
 //! Verified readings as plain MQTT, with Home Assistant discovery
 //! (docs/integrations.md; config `[home_assistant]`).
 //!
-//! The writer hands each committed block's newest reading per meter to a
-//! bounded queue ([`ExportQueue::committed`], never blocking: a full queue
-//! drops and counts); the export task publishes, on its own broker
-//! connection:
+//! The writer hands each commit's newest reading per meter to a bounded
+//! queue ([`ExportQueue::committed`], never blocking: a full queue drops and
+//! counts); the export task publishes, on its own broker connection:
 //!
 //! - `gridpow/v1/meters/<id>/state`: the meter's newest state as JSON
 //!   (retained), only ever newer (epoch, sequence) than the one before, so
@@ -63,18 +62,24 @@ impl ExportQueue {
         }
     }
 
-    /// A block's readings were committed: its newest reading per meter.
-    pub(crate) fn committed(&self, block: &VerifiedBlockData) {
-        // Sorted by (meter, epoch, seq): the last of each meter's run.
-        let mut newest: Option<&ReadingRow> = None;
-        for r in &block.readings {
-            if let Some(n) = newest.filter(|n| n.meter_id != r.meter_id) {
-                self.offer(ExportEvent::State(state_of(block, n)));
+    /// A commit stored `blocks`: the newest reading of each meter among
+    /// them, one event per meter however many blocks the commit held (only
+    /// the newest state is ever published, so older ones need no queue room).
+    pub(crate) fn committed<'b>(&self, blocks: impl IntoIterator<Item = &'b VerifiedBlockData>) {
+        let mut newest: HashMap<u32, (&VerifiedBlockData, &ReadingRow)> = HashMap::new();
+        for block in blocks {
+            for r in &block.readings {
+                let e = newest.entry(r.meter_id).or_insert((block, r));
+                if (r.epoch, r.seq) > (e.1.epoch, e.1.seq) {
+                    *e = (block, r);
+                }
             }
-            newest = Some(r);
         }
-        if let Some(n) = newest {
-            self.offer(ExportEvent::State(state_of(block, n)));
+        let mut states: Vec<MeterState> =
+            newest.into_values().map(|(b, r)| state_of(b, r)).collect();
+        states.sort_by_key(|s| s.meter_id);
+        for s in states {
+            self.offer(ExportEvent::State(s));
         }
     }
 

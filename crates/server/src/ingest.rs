@@ -400,14 +400,17 @@ pub(crate) fn writer_thread(
             Committed::Never => return,
         };
         record_commit(&shared, &result);
+        if let Some(export) = &settings.export {
+            export.committed(items.iter().zip(&result.outcomes).filter_map(|(item, o)| {
+                match (o, item) {
+                    (Outcome::Stored { .. }, Ingest::Block { block, .. }) => Some(block),
+                    _ => None,
+                }
+            }));
+        }
         let mut repeats = Vec::new();
         for ((token, item), outcome) in tokens.into_iter().zip(&items).zip(&result.outcomes) {
             count_outcome(&shared, &mut refusals, item, outcome);
-            if let (Some(export), Outcome::Stored { .. }, Ingest::Block { block, .. }) =
-                (&settings.export, outcome, item)
-            {
-                export.committed(block);
-            }
             if let (Outcome::Stored { repeated, .. }, Some(h)) = (outcome, item.header()) {
                 if !repeated.is_empty() {
                     repeats.push((*h, repeated));
