@@ -440,15 +440,23 @@ pub(crate) async fn relay_proof_task(
     mut requests: tokio::sync::mpsc::Receiver<ProofRequestMsg>,
 ) {
     let mut store: Option<Box<dyn ReadStore>> = None;
+    // A relay flooding bad requests is counted, and logged once a minute.
+    let refusals = gridpow_common::throttle::LogThrottle::<u32>::new(Duration::from_secs(60));
+    let refuse_request = |relay: u32, why: &str| {
+        add(&shared.log.relay_proof_requests_refused, 1);
+        if let Some(left_out) = refusals.admit(relay, Instant::now()) {
+            tracing::warn!(relay, reason = why, left_out, "Log proof request refused.");
+        }
+    };
     while let Some(msg) = requests.recv().await {
         let req = match gridpow_proto::wire::LogProofRequest::parse(&msg.payload) {
             Ok(r) if r.relay_id == msg.relay => r,
             Ok(r) => {
-                refuse_request(&shared, msg.relay, &format!("names relay {}", r.relay_id));
+                refuse_request(msg.relay, &format!("names relay {}", r.relay_id));
                 continue;
             }
             Err(e) => {
-                refuse_request(&shared, msg.relay, &e.to_string());
+                refuse_request(msg.relay, &e.to_string());
                 continue;
             }
         };
@@ -483,14 +491,9 @@ pub(crate) async fn relay_proof_task(
                     }
                 }
             }
-            Err(e) => refuse_request(&shared, msg.relay, &e),
+            Err(e) => refuse_request(msg.relay, &e),
         }
     }
-}
-
-fn refuse_request(shared: &Shared, relay: u32, why: &str) {
-    add(&shared.log.relay_proof_requests_refused, 1);
-    tracing::warn!(relay, reason = why, "Log proof request refused.");
 }
 
 /// The proof message answering `req` from the stored log.

@@ -123,6 +123,96 @@ async fn stored_blocks_are_logged_signed_served_as_tiles_and_proven_to_any_check
     let leaves: Vec<Hash> = entries.iter().map(|e| e.leaf_hash(&RustCrypto)).collect();
     let root = root_of_hashes(&RustCrypto, &leaves);
     assert_eq!(opened.checkpoint.root, root);
+    // Relays ask for proofs over MQTT (protocol §16): the server answers its
+    // own relay's well-formed requests from the log, and counts and refuses
+    // the rest (garbage, another relay's id, a size beyond the log).
+    {
+        use gridpow_common::topics;
+        use gridpow_proto::merkle::MAX_PROOF_LEN;
+        use gridpow_proto::wire::{LogProof, LogProofKind, LogProofRequest};
+        use rumqttc::v5::mqttbytes::QoS;
+        c1.subscribe(topics::log_proofs(1), QoS::AtMostOnce)
+            .await
+            .unwrap();
+        loop {
+            let got = tokio::time::timeout(Duration::from_secs(10), rx1.recv()).await;
+            if matches!(got, Ok(Some(Heard::SubAck))) {
+                break;
+            }
+            assert!(got.is_ok(), "no SUBACK for the proof topic");
+        }
+        let ask = |r: Vec<u8>| c1.publish(topics::log_requests(1), QoS::AtMostOnce, false, r);
+        let inclusion = LogProofRequest {
+            kind: LogProofKind::Inclusion,
+            relay_id: 1,
+            first: 4,
+            second: 11,
+        };
+        let consistency = LogProofRequest {
+            kind: LogProofKind::Consistency,
+            first: 3,
+            ..inclusion
+        };
+        ask(b"\x02\x07garbage".to_vec()).await.unwrap();
+        ask(LogProofRequest {
+            relay_id: 2,
+            ..inclusion
+        }
+        .to_bytes()
+        .to_vec())
+        .await
+        .unwrap();
+        ask(LogProofRequest {
+            second: 50,
+            ..inclusion
+        }
+        .to_bytes()
+        .to_vec())
+        .await
+        .unwrap();
+        for req in [inclusion, consistency] {
+            ask(req.to_bytes().to_vec()).await.unwrap();
+            let bytes = loop {
+                let got = tokio::time::timeout(Duration::from_secs(10), rx1.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("no proof for {req:?}: {}", server.metrics_text()));
+                if let Some(Heard::Receipt(b)) = got {
+                    if b.get(1) == Some(&gridpow_proto::wire::TYPE_LOG_PROOF) {
+                        break b;
+                    }
+                }
+            };
+            let proof = LogProof::parse(&bytes).unwrap();
+            assert_eq!(proof.request, req);
+            let mut buf = [[0u8; 32]; MAX_PROOF_LEN];
+            let path = proof.path(&mut buf);
+            let ok = match req.kind {
+                LogProofKind::Inclusion => {
+                    verify_inclusion(&RustCrypto, &leaves[4], 4, 11, path, &root)
+                }
+                LogProofKind::Consistency => verify_consistency(
+                    &RustCrypto,
+                    3,
+                    11,
+                    &root_of_hashes(&RustCrypto, &leaves[..3]),
+                    &root,
+                    path,
+                ),
+            };
+            assert!(ok, "{req:?}: the proof verifies against the signed root");
+        }
+        assert!(
+            wait_until(10, || {
+                let m = server.metrics_text();
+                m.contains("gridpow_log_relay_proof_requests_refused_total 3")
+                    && m.contains("gridpow_log_relay_proofs_sent_total 2")
+            })
+            .await,
+            "{}",
+            server.metrics_text()
+        );
+    }
+
     let (status, tile) = raw_get(addr, "/log/tile/0/000.p/11").await;
     assert_eq!(status, 200);
     assert_eq!(
