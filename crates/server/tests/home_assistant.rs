@@ -148,14 +148,7 @@ fn check_discovery(topic: &str, doc: &Value, states: &HashMap<u32, Value>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verified_readings_reach_home_assistant_with_valid_discovery_and_never_go_back() {
     let site = Site::new(&[1], &[1, 2]);
-    let broker = Mosquitto::start(
-        &site.keys,
-        &MosquittoOptions {
-            require_certificate: true,
-            ..MosquittoOptions::default()
-        },
-    )
-    .unwrap();
+    let broker = site.broker();
     let ha_broker = Mosquitto::start(&site.keys, &MosquittoOptions::default()).unwrap();
     let heard = listener(&site, ha_broker.port).await;
     let mut cfg = site.config(broker.port);

@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::{http_get, http_request, json, publish, relay_client, wait_until, Heard, Site};
 use gridpow_server::auth::{Role, TokenFile};
 use gridpow_server::Server;
-use gridpow_testkit::{Mosquitto, MosquittoOptions};
 
 fn metric(text: &str, line_start: &str) -> u64 {
     text.lines()
@@ -56,14 +55,7 @@ fn set_cookie(head: &str) -> (String, String) {
 async fn tokens_roles_customer_meters_login_revocation_hosts_and_page_caps_are_enforced_and_counted(
 ) {
     let site = Site::new(&[1], &[1, 2]);
-    let broker = Mosquitto::start(
-        &site.keys,
-        &MosquittoOptions {
-            require_certificate: true,
-            ..MosquittoOptions::default()
-        },
-    )
-    .unwrap();
+    let broker = site.broker();
     let viewer = site.token("grafana", Role::Viewer, None);
     let customer = site.token("household-1", Role::Customer, Some(1));
     let server = Server::start(site.config(broker.port)).await.unwrap();

@@ -16,20 +16,9 @@ use gridpow_proto::wire::uplink::write_hop_tag;
 use gridpow_proto::wire::{ReceiptRepr, ReceiptStatus};
 use gridpow_proto::Hash;
 use gridpow_server::{verify_ledger, BlockFault, LedgerError, Server, ServerHandle};
-use gridpow_testkit::{Mosquitto, MosquittoOptions};
+use gridpow_testkit::Mosquitto;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc::UnboundedReceiver;
-
-fn mosquitto(site: &Site) -> Mosquitto {
-    Mosquitto::start(
-        &site.keys,
-        &MosquittoOptions {
-            require_certificate: true,
-            ..MosquittoOptions::default()
-        },
-    )
-    .unwrap()
-}
 
 async fn start(site: &Site, broker: &Mosquitto) -> ServerHandle {
     let server = Server::start(site.config(broker.port)).await.unwrap();
@@ -79,7 +68,7 @@ fn has(receipts: &[ReceiptRepr], height: u64, hash: &Hash, status: ReceiptStatus
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_verifies() {
     let site = Site::new(&[1], &[1, 2, 3]);
-    let broker = mosquitto(&site);
+    let broker = site.broker();
     let server = start(&site, &broker).await;
     let (client, mut rx) = relay_client(&site.keys, broker.port, 1).await;
     wait_subscribed(&mut rx).await;
@@ -359,7 +348,7 @@ async fn blocks_over_mqtt_tls_are_stored_once_receipted_served_and_the_ledger_ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_payloads_land_in_quarantine_with_their_reason_and_nothing_crashes() {
     let site = Site::new(&[1], &[1, 2]);
-    let broker = mosquitto(&site);
+    let broker = site.broker();
     let server = start(&site, &broker).await;
     let (client, mut rx) = relay_client(&site.keys, broker.port, 1).await;
     wait_subscribed(&mut rx).await;
@@ -543,7 +532,7 @@ async fn the_embedded_broker_of_the_demo_carries_blocks_and_receipts_too() {
 async fn a_database_fault_no_retry_can_cure_halts_the_writer_loudly_and_acknowledges_nothing_unstored(
 ) {
     let site = Site::new(&[1], &[1]);
-    let broker = mosquitto(&site);
+    let broker = site.broker();
     let server = start(&site, &broker).await;
     let (client, mut rx) = relay_client(&site.keys, broker.port, 1).await;
     wait_subscribed(&mut rx).await;

@@ -15,7 +15,7 @@ use gridpow_proto::wire::{ReceiptRepr, ReceiptStatus};
 use gridpow_server::{verify_ledger, LedgerError, Server, ServerConfig, ServerHandle};
 use gridpow_store::postgres::PgConn;
 use gridpow_testkit::pg_harness::PgServer;
-use gridpow_testkit::{Mosquitto, MosquittoOptions};
+use gridpow_testkit::Mosquitto;
 
 /// Server `id` of `site` on the broker's port and database `url`.
 fn config(site: &Site, port: u16, url: &str, id: u32) -> ServerConfig {
@@ -59,14 +59,7 @@ async fn two_servers_on_postgres_store_shuffled_and_redelivered_blocks_once_and_
     let relays = [1u32, 2, 3];
     let meters: Vec<u32> = (1..=6).collect();
     let site = Site::new(&relays, &meters);
-    let broker = Mosquitto::start(
-        &site.keys,
-        &MosquittoOptions {
-            require_certificate: true,
-            ..MosquittoOptions::default()
-        },
-    )
-    .unwrap();
+    let broker = site.broker();
 
     // Relay r hears meters r, r+1, r+3 (so meters 2, 3, 4 are heard by two relays and
     // their frames arrive twice); every meter re-sends its last 2 readings in its next

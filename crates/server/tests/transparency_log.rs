@@ -16,7 +16,7 @@ use gridpow_proto::wire::LogLeafRepr;
 use gridpow_proto::Hash;
 use gridpow_server::auth::Role;
 use gridpow_server::{Server, ServerHandle};
-use gridpow_testkit::{Mosquitto, MosquittoOptions};
+use gridpow_testkit::Mosquitto;
 use gridpow_tlog::reading_proof::ReadingProof;
 use gridpow_tlog::{open_checkpoint, NoteSigner, NoteVerifier};
 
@@ -63,14 +63,7 @@ async fn checkpoint_of_size(server: &ServerHandle, size: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_blocks_are_logged_signed_served_as_tiles_and_proven_to_any_checker() {
     let site = Site::new(&[1, 2], &[1, 2, 3]);
-    let broker = Mosquitto::start(
-        &site.keys,
-        &MosquittoOptions {
-            require_certificate: true,
-            ..MosquittoOptions::default()
-        },
-    )
-    .unwrap();
+    let broker = site.broker();
     let viewer = site.token("grafana", Role::Viewer, None);
     let customer = site.token("household-3", Role::Customer, Some(3));
     let server = start(&site, &broker).await;

@@ -147,6 +147,19 @@ impl Site {
         )
     }
 
+    /// The site's broker: a private Mosquitto with mutual TLS (client
+    /// certificates from the site CA required).
+    pub fn broker(&self) -> gridpow_testkit::Mosquitto {
+        gridpow_testkit::Mosquitto::start(
+            &self.keys,
+            &gridpow_testkit::MosquittoOptions {
+                require_certificate: true,
+                ..gridpow_testkit::MosquittoOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
     /// The grid server's least-privilege bundle (no relay private keys), exported afresh.
     pub fn server_bundle(&self) -> KeyDir {
         let bundle = KeyDir::new(self.dir.path().join("server-bundle"));
