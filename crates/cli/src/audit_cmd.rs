@@ -33,9 +33,7 @@ use clap::Args;
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::wire::{BlockPacket, LogLeafRepr};
 use gridpow_tlog::tiles::{decode_entry_bundle, encode_entry_bundle, FnTileReader};
-use gridpow_tlog::{
-    open_checkpoint_for, CosignatureVerifier, Hash, NoteVerifier, Rejected, TileKind, TilePath,
-};
+use gridpow_tlog::{open_checkpoint_for, Hash, Rejected, TileKind, TilePath};
 use serde::{Deserialize, Serialize};
 
 #[derive(Args, Debug)]
@@ -46,15 +44,8 @@ pub struct AuditArgs {
     /// A directory holding the log in the tlog-tiles layout (`checkpoint`, `tile/…`), e.g. a mirror.
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// The log's note verifier key (C2SP vkey, type 0x01); its name is the log's origin.
-    #[arg(long, value_name = "VKEY")]
-    log_key: String,
-    /// A witness's cosignature verifier key (C2SP vkey, type 0x04). Repeatable.
-    #[arg(long = "witness-key", value_name = "VKEY")]
-    witness_keys: Vec<String>,
-    /// Valid cosignatures required (default: one per --witness-key).
-    #[arg(long, value_name = "N")]
-    min_cosignatures: Option<usize>,
+    #[command(flatten)]
+    trust: crate::log_trust::LogTrustArgs,
     /// A JSON file of every checkpoint seen; each run checks the log only
     /// grew since (no rollback, no rewrite) and appends the new one.
     #[arg(long)]
@@ -323,21 +314,12 @@ fn b64(h: &Hash) -> String {
 }
 
 fn audit(a: &AuditArgs) -> Result<String, Fail> {
-    let log = NoteVerifier::from_vkey(&a.log_key).context("--log-key")?;
+    let crate::log_trust::LogTrust {
+        log,
+        witnesses,
+        min_cosignatures: min,
+    } = a.trust.verifiers()?;
     let origin = log.name().to_owned();
-    let witnesses = a
-        .witness_keys
-        .iter()
-        .map(|w| CosignatureVerifier::from_vkey(w).with_context(|| format!("--witness-key {w}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let min = a.min_cosignatures.unwrap_or(witnesses.len());
-    if min > witnesses.len() {
-        return Err(anyhow!(
-            "--min-cosignatures {min} but only {} --witness-key",
-            witnesses.len()
-        )
-        .into());
-    }
     let source = match (&a.url, &a.dir) {
         (Some(u), _) => {
             let base = if u.ends_with('/') {

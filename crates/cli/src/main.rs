@@ -13,6 +13,7 @@ mod broker_cmd;
 mod demo;
 mod keys_cmd;
 mod ledger_cmd;
+mod log_trust;
 mod proof_cmd;
 mod relay_blob;
 mod services;

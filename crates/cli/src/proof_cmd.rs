@@ -10,24 +10,17 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use gridpow_tlog::reading_proof::{ReadingProof, VerifiedReading, FORMAT};
-use gridpow_tlog::{CosignatureVerifier, Error, Malformed, NoteVerifier, Rejected};
+use gridpow_tlog::{Error, Malformed, Rejected};
+
+use crate::log_trust::{LogTrust, LogTrustArgs};
 use serde_json::json;
 
 #[derive(Args, Debug)]
 pub struct CheckProofArgs {
     /// The proof document (JSON, gridpow-reading-proof/v1), as `prove-reading` writes it.
     file: PathBuf,
-    /// The log's verifier key, `name+hex8+base64` (the name is the log's
-    /// origin), or `@FILE` holding one.
-    #[arg(long, value_name = "VKEY")]
-    log_key: String,
-    /// A witness's cosignature verifier key, `name+hex8+base64`, or `@FILE`. Repeatable.
-    #[arg(long = "witness-key", value_name = "VKEY")]
-    witness_keys: Vec<String>,
-    /// How many of the witnesses given must have cosigned the checkpoint
-    /// (each key counted once). Default: all of them.
-    #[arg(long, value_name = "N")]
-    min_cosignatures: Option<usize>,
+    #[command(flatten)]
+    trust: LogTrustArgs,
     /// The meter's end-to-end key (32 hex digits), or its 48-byte provisioned
     /// secret (96 hex digits): also open the frame and check that the values
     /// stated are the ones the meter sealed.
@@ -40,52 +33,17 @@ pub struct CheckProofArgs {
 
 /// What `check-proof` checks with, validated from its flags.
 struct CheckConfig {
-    log: NoteVerifier,
-    witnesses: Vec<CosignatureVerifier>,
-    min_cosignatures: usize,
+    trust: LogTrust,
     e2e_key: Option<[u8; 16]>,
 }
 
 impl CheckConfig {
     fn new(a: &CheckProofArgs) -> anyhow::Result<CheckConfig> {
-        let log = NoteVerifier::from_vkey(&vkey_arg(&a.log_key)?)
-            .with_context(|| format!("--log-key {}", a.log_key))?;
-        let witnesses = a
-            .witness_keys
-            .iter()
-            .map(|w| {
-                CosignatureVerifier::from_vkey(&vkey_arg(w)?)
-                    .with_context(|| format!("--witness-key {w}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let min_cosignatures = a.min_cosignatures.unwrap_or(witnesses.len());
-        if min_cosignatures > witnesses.len() {
-            bail!(
-                "--min-cosignatures {min_cosignatures} needs at least as many --witness-key (given: {})",
-                witnesses.len()
-            );
-        }
-        let e2e_key = a.meter_key.as_deref().map(meter_key_arg).transpose()?;
         Ok(CheckConfig {
-            log,
-            witnesses,
-            min_cosignatures,
-            e2e_key,
+            trust: a.trust.verifiers()?,
+            e2e_key: a.meter_key.as_deref().map(meter_key_arg).transpose()?,
         })
     }
-}
-
-/// A verifier key given inline or as `@FILE` (its first non-empty line).
-fn vkey_arg(arg: &str) -> anyhow::Result<String> {
-    let Some(path) = arg.strip_prefix('@') else {
-        return Ok(arg.trim().to_owned());
-    };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading key file {path}"))?;
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .map(str::to_owned)
-        .with_context(|| format!("key file {path} is empty"))
 }
 
 /// `--meter-key`: the 16-byte end-to-end key, or the 48 provisioned bytes
@@ -144,7 +102,11 @@ pub fn check(a: CheckProofArgs) -> anyhow::Result<ExitCode> {
             ))
         }
     };
-    let verified = match proof.verify(&cfg.log, &cfg.witnesses, cfg.min_cosignatures) {
+    let verified = match proof.verify(
+        &cfg.trust.log,
+        &cfg.trust.witnesses,
+        cfg.trust.min_cosignatures,
+    ) {
         Ok(v) => v,
         Err(e) => return Ok(invalid(&a, failed_check(&proof, &e), &e.to_string())),
     };
@@ -202,10 +164,10 @@ fn report_text(p: &ReadingProof, v: &VerifiedReading, cfg: &CheckConfig) -> Stri
         index = v.log_index,
         size = v.tree_size,
         origin = v.origin,
-        log_key = cfg.log.vkey(),
+        log_key = cfg.trust.log.vkey(),
         n = v.cosignatures.len(),
-        given = cfg.witnesses.len(),
-        min = cfg.min_cosignatures,
+        given = cfg.trust.witnesses.len(),
+        min = cfg.trust.min_cosignatures,
         sep = if witnesses.is_empty() { "" } else { ": " },
         list = witnesses.join(", "),
     )
@@ -223,12 +185,12 @@ fn report_json(p: &ReadingProof, v: &VerifiedReading, cfg: &CheckConfig) -> serd
         "leaf_index": v.leaf_index,
         "log": {
             "origin": v.origin,
-            "key": cfg.log.vkey(),
+            "key": cfg.trust.log.vkey(),
             "index": v.log_index,
             "tree_size": v.tree_size,
             "root": hex::encode(v.root),
         },
-        "min_cosignatures": cfg.min_cosignatures,
+        "min_cosignatures": cfg.trust.min_cosignatures,
         "cosignatures": v.cosignatures.iter().map(|c| json!({
             "witness": c.name,
             "key_id": format!("{:08x}", c.key_id),
