@@ -47,7 +47,6 @@ struct SavedHead {
 /// The watch, its head file and the counters it feeds.
 pub(crate) struct LogWatcher {
     watch: LogWatch<PENDING_CHECKS>,
-    relay_id: u32,
     head_path: PathBuf,
     saved: Option<TreeHead>,
 }
@@ -82,7 +81,6 @@ impl LogWatcher {
         }
         Ok(LogWatcher {
             watch: LogWatch::new(key, relay_id, saved),
-            relay_id,
             head_path,
             saved,
         })
@@ -107,12 +105,7 @@ impl LogWatcher {
         match gridpow_proto::wire::BlockPacket::new_checked(block) {
             Ok(p) => {
                 let h = p.header();
-                let entry = LogLeafRepr {
-                    relay_id: self.relay_id,
-                    height: h.height,
-                    block_hash: h.hash(&RustCrypto),
-                    merkle_root: h.merkle_root,
-                };
+                let entry = LogLeafRepr::of_block(h, h.hash(&RustCrypto));
                 if let Err(e) = self.watch.handle_receipt(&RustCrypto, &entry, at) {
                     tracing::warn!(error = %e, ?at, "receipt's log position outside its tree; unchecked");
                 }

@@ -103,7 +103,11 @@ fn state_of(block: &VerifiedBlockData, r: &ReadingRow) -> MeterState {
     }
 }
 
-/// The topics of meter `id`.
+/// `online` while the export is connected, `offline` after it stopped or
+/// lost its connection (its last will).
+pub const EXPORT_STATUS: &str = "gridpow/v1/export/status";
+
+/// Where meter `id`'s newest state is published.
 pub fn state_topic(id: u32) -> String {
     format!("gridpow/v1/meters/{id}/state")
 }
@@ -117,17 +121,19 @@ pub fn availability_topic(id: u32) -> String {
 /// values under their OBIS codes for utility tools.
 pub fn state_json(s: &MeterState) -> Value {
     let r = &s.reading;
-    let voltage = f64::from(r.voltage_cv) / 100.0;
-    let current = f64::from(r.current_ma) / 1000.0;
-    let power = f64::from(r.active_power_dw) / 10.0;
-    let energy = r.energy_mwh as f64 / 1_000_000.0;
+    let (voltage, current, power, energy) = (
+        r.voltage_v(),
+        r.current_a(),
+        r.active_power_w(),
+        r.energy_kwh(),
+    );
     json!({
         "meter_id": s.meter_id,
         "voltage_v": voltage,
         "current_a": current,
         "active_power_w": power,
-        "power_factor": f64::from(r.power_factor_e4) / 10_000.0,
-        "frequency_hz": f64::from(r.frequency_mhz) / 1000.0,
+        "power_factor": r.power_factor(),
+        "frequency_hz": r.frequency_hz(),
         "energy_kwh": energy,
         "timestamp_ms": r.timestamp_ms,
         "flags": r.flags,
@@ -311,7 +317,7 @@ fn options(cfg: &ServerConfig) -> Result<MqttOptions, ExportError> {
         o.set_credentials(user, password);
     }
     o.set_last_will(LastWill::new(
-        "gridpow/v1/export/status",
+        EXPORT_STATUS,
         "offline",
         QoS::AtLeastOnce,
         true,
@@ -383,7 +389,7 @@ async fn export_task(
                 if c.is_none() {
                     break;
                 }
-                let _ = client.publish("gridpow/v1/export/status", QoS::AtLeastOnce, true, "online").await;
+                let _ = client.publish(EXPORT_STATUS, QoS::AtLeastOnce, true, "online").await;
                 // Discovery again after every (re)connection: retained, idempotent.
                 for (&id, k) in &meters {
                     announce(&client, &prefix, id, &shared).await;
@@ -421,6 +427,10 @@ async fn export_task(
             }
         }
     }
+    // A clean disconnect sends no last will: say it ourselves.
+    let _ = client
+        .publish(EXPORT_STATUS, QoS::AtLeastOnce, true, "offline")
+        .await;
     let _ = client.disconnect().await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     poller.abort();

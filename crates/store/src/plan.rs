@@ -467,12 +467,7 @@ impl<'a> Planner<'a> {
         let entries: Vec<LogLeafRepr> = plan
             .blocks
             .iter()
-            .map(|b| LogLeafRepr {
-                relay_id: b.block.header.relay_id,
-                height: b.block.header.height,
-                block_hash: b.block.hash,
-                merkle_root: b.block.header.merkle_root,
-            })
+            .map(|b| LogLeafRepr::of_block(&b.block.header, b.block.hash))
             .collect();
         plan.log = crate::log::append(snap, &entries)?;
         Ok(plan)
@@ -1581,13 +1576,7 @@ mod tests {
                 .iter()
                 .map(|hash| {
                     let b = chain.iter().find(|b| &b.hash == hash).unwrap();
-                    LogLeafRepr {
-                        relay_id: b.header.relay_id,
-                        height: b.header.height,
-                        block_hash: b.hash,
-                        merkle_root: b.header.merkle_root,
-                    }
-                    .leaf_hash(&RustCrypto)
+                    LogLeafRepr::of_block(&b.header, b.hash).leaf_hash(&RustCrypto)
                 })
                 .collect();
             let stored = MemHashes(&mem.log);

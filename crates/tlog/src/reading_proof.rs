@@ -548,12 +548,7 @@ pub mod fixture {
             time_ms: 1_750_000_060_000,
             nonce: 77,
         };
-        let entry = LogLeafRepr {
-            relay_id: header.relay_id,
-            height: header.height,
-            block_hash: header.hash(&RustCrypto),
-            merkle_root: header.merkle_root,
-        };
+        let entry = LogLeafRepr::of_block(&header, header.hash(&RustCrypto));
         let mut log = MemoryHashes::new();
         for i in 0..7u64 {
             if i == 4 {

@@ -45,6 +45,18 @@ pub struct LogLeafRepr {
 }
 
 impl LogLeafRepr {
+    /// The entry of the block whose header is `header` and whose header hash
+    /// is `block_hash` (§15): what the server appends and what a relay
+    /// expects to find for its own block.
+    pub fn of_block(header: &super::BlockHeaderRepr, block_hash: Hash) -> LogLeafRepr {
+        LogLeafRepr {
+            relay_id: header.relay_id,
+            height: header.height,
+            block_hash,
+            merkle_root: header.merkle_root,
+        }
+    }
+
     /// The entry's bytes.
     pub fn to_bytes(&self) -> [u8; LOG_LEAF_LEN] {
         let mut b = [0u8; LOG_LEAF_LEN];

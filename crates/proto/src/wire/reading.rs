@@ -102,6 +102,10 @@ impl Reading {
     pub fn frequency_hz(&self) -> f64 {
         f64::from(self.frequency_mhz) / 1000.0
     }
+    /// Energy register in kilowatt-hours.
+    pub fn energy_kwh(&self) -> f64 {
+        self.energy_mwh as f64 / 1_000_000.0
+    }
     /// Apparent power in volt-amperes, derived as V·I (its definition).
     pub fn apparent_power_va(&self) -> f64 {
         self.voltage_v() * self.current_a()
