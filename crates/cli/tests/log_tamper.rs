@@ -20,21 +20,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    export_bundle, free_tcp_port, free_udp_port, spawn, start_stack, write_meters_config,
+    create_token, export_bundle, free_tcp_port, free_udp_port, gridpow, site_broker, spawn,
+    start_stack, write_meters_config,
 };
 use gridpow_keys::{InitOptions, KeyDir};
-use gridpow_testkit::{Daemon, Mosquitto, MosquittoOptions};
+use gridpow_testkit::Daemon;
 use gridpow_tlog::{open_checkpoint, CosignatureVerifier, NoteSigner, NoteVerifier};
 
 const ORIGIN: &str = "grid.test/ledger";
 const DIFFICULTY: u8 = 10;
-
-fn gridpow(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_gridpow"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn http(url: &str) -> (u16, String) {
     match ureq::get(url).call() {
@@ -162,11 +156,7 @@ fn rewritten_deleted_reordered_and_forked_histories_are_caught_by_the_witness_an
 
     // A staff token (proof files, blocks) in the server's tokens file.
     let tokens = format!("{server_bundle}/tokens.toml");
-    let o = gridpow(&[
-        "tokens", "create", "--file", &tokens, "--name", "ops", "--role", "viewer",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let token = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let token = create_token(&tokens, "ops", "viewer");
 
     // The witness.
     let wkey = root.join("witness.key").display().to_string();
@@ -202,14 +192,7 @@ fn rewritten_deleted_reordered_and_forked_histories_are_caught_by_the_witness_an
     );
     witness.wait_log(" listening on http://", Duration::from_secs(20));
 
-    let broker = Mosquitto::start(
-        &keys,
-        &MosquittoOptions {
-            require_certificate: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let broker = site_broker(&keys);
     let udp = free_udp_port();
     let port = free_tcp_port();
     let db = root.join("server.db");

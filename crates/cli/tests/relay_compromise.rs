@@ -20,14 +20,16 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{export_bundle, free_tcp_port, free_udp_port, start_stack, write_meters_config};
+use common::{
+    create_token, export_bundle, free_tcp_port, free_udp_port, site_broker, start_stack,
+    write_meters_config,
+};
 use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_proto::block::BlockBuilder;
 use gridpow_proto::crypto::{HopKeys, RustCrypto};
 use gridpow_proto::pow::PowSolver;
 use gridpow_proto::wire::uplink::write_hop_tag;
 use gridpow_proto::wire::UplinkPacket;
-use gridpow_testkit::{Mosquitto, MosquittoOptions};
 
 const METERS: u32 = 6;
 const DIFFICULTY: u8 = 10;
@@ -139,22 +141,8 @@ fn an_attacker_with_everything_a_relay_holds_can_invent_alter_or_read_no_reading
     export_bundle(&["server", "--dir", &k, "--out", &server_bundle]);
     // A viewer token for /metrics, in the server's default tokens file.
     let tokens = format!("{server_bundle}/tokens.toml");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_gridpow"))
-        .args([
-            "tokens", "create", "--file", &tokens, "--name", "scraper", "--role", "viewer",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let token = String::from_utf8(o.stdout).unwrap().trim().to_string();
-    let broker = Mosquitto::start(
-        &keys,
-        &MosquittoOptions {
-            require_certificate: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let token = create_token(&tokens, "scraper", "viewer");
+    let broker = site_broker(&keys);
     let udp = free_udp_port();
     let http = free_tcp_port();
     let db = root.join("server.db");

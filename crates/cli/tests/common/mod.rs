@@ -16,6 +16,32 @@ pub fn gridpow(args: &[&str]) -> Output {
         .expect("gridpow runs")
 }
 
+/// Creates an API token with `role` named `name` in the tokens file `file`
+/// (`gridpow tokens create`) and returns it.
+pub fn create_token(file: &str, name: &str, role: &str) -> String {
+    let o = gridpow(&[
+        "tokens", "create", "--file", file, "--name", name, "--role", role,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8(o.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_string()
+}
+
+/// The site's broker: a private Mosquitto requiring client certificates
+/// from the site CA (mutual TLS), as deployed.
+pub fn site_broker(keys: &gridpow_keys::KeyDir) -> gridpow_testkit::Mosquitto {
+    gridpow_testkit::Mosquitto::start(
+        keys,
+        &gridpow_testkit::MosquittoOptions {
+            require_certificate: true,
+            ..Default::default()
+        },
+    )
+    .expect("mosquitto starts")
+}
+
 /// Runs `gridpow args` to completion in the working directory `dir`.
 pub fn gridpow_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gridpow"))
