@@ -132,7 +132,7 @@ fn a_tampered_proof_fails_naming_the_check() {
     }
     // A stated value that is not the sealed one passes the structure but not --meter-key.
     let mut p = f.proof.clone();
-    p.reading.energy_mwh += 1;
+    p.reading.values.energy_mwh += 1;
     let file = write_proof(dir.path(), "values.json", &p);
     assert_eq!(check(&f, &file, &[]).status.code(), Some(0));
     let e2e = hex::encode(f.e2e_key);

@@ -113,22 +113,10 @@ pub struct ProvenReading {
     pub epoch: u32,
     /// The reading's sequence number.
     pub seq: u32,
-    /// When the meter measured, Unix ms (meter clock).
-    pub timestamp_ms: u64,
-    /// RMS voltage, 0.01 V.
-    pub voltage_cv: u16,
-    /// RMS current, mA.
-    pub current_ma: u32,
-    /// Active power, 0.1 W (negative: export).
-    pub active_power_dw: i32,
-    /// Power factor, 1/10000.
-    pub power_factor_e4: i16,
-    /// Line frequency, mHz.
-    pub frequency_mhz: u16,
-    /// Energy register, mWh.
-    pub energy_mwh: u64,
-    /// Status bits.
-    pub flags: u16,
+    /// Its values, as the frame carries them (their fields at this level
+    /// of the JSON document).
+    #[serde(flatten)]
+    pub values: Reading,
 }
 
 impl ProvenReading {
@@ -138,29 +126,13 @@ impl ProvenReading {
             meter_id,
             epoch,
             seq,
-            timestamp_ms: values.timestamp_ms,
-            voltage_cv: values.voltage_cv,
-            current_ma: values.current_ma,
-            active_power_dw: values.active_power_dw,
-            power_factor_e4: values.power_factor_e4,
-            frequency_mhz: values.frequency_mhz,
-            energy_mwh: values.energy_mwh,
-            flags: values.flags,
+            values: *values,
         }
     }
 
     /// The values, as the frame carries them.
     pub fn values(&self) -> Reading {
-        Reading {
-            timestamp_ms: self.timestamp_ms,
-            voltage_cv: self.voltage_cv,
-            current_ma: self.current_ma,
-            active_power_dw: self.active_power_dw,
-            power_factor_e4: self.power_factor_e4,
-            frequency_mhz: self.frequency_mhz,
-            energy_mwh: self.energy_mwh,
-            flags: self.flags,
-        }
+        self.values
     }
 }
 
@@ -993,7 +965,7 @@ mod tests {
             Err(Error::Rejected(Rejected::FrameDoesNotOpen))
         ));
         let mut p = f.proof.clone();
-        p.reading.voltage_cv += 1;
+        p.reading.values.voltage_cv += 1;
         assert!(matches!(
             p.verify_values(f.e2e_key),
             Err(Error::Rejected(Rejected::ValuesDiffer))

@@ -16,6 +16,7 @@ mod field {
 
 /// A reading as it travels inside a sealed uplink body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Reading {
     /// When the measurement interval ended: Unix time in milliseconds (meter clock,
     /// synchronised from ACKs; see [`Reading::FLAG_CLOCK_UNSYNCED`]).
