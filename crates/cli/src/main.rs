@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod audit_cmd;
+mod bench_cmd;
 mod broker_cmd;
 mod demo;
 mod keys_cmd;
@@ -65,6 +66,8 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// Run a transparency-log witness (c2sp.org/tlog-witness): cosign checkpoints that are consistent with what it saw.
     Witness(witness_cmd::WitnessArgs),
+    /// Measure every ratio gridpow promises against its baseline in the same run (PoW, verification, ingest, simulator, journal).
+    Bench(bench_cmd::BenchArgs),
     /// Audit the grid server's transparency log: signatures, cosignatures, every tile and entry, consistency over time.
     Audit(audit_cmd::AuditArgs),
     /// Print a commented example configuration with every default.
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
         Command::Sim(a) => sim_cmd::run(a),
         Command::Witness(a) => witness_cmd::run(a),
         Command::Audit(a) => audit_cmd::run(a),
+        Command::Bench(a) => bench_cmd::run(a),
         Command::ExampleConfig { kind } => services::example_config(kind),
     };
     match result {

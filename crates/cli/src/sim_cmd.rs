@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use gridpow_bench::sys::{peak_memory_kib, process_cpu_seconds};
 use gridpow_sim::config::{secs_to_us, Arrivals, GilbertElliott, SimConfig};
 use gridpow_sim::rng::{DEFAULT_SEED, SEED_ENV};
 use gridpow_sim::run::run_with_progress;
@@ -542,44 +543,14 @@ fn print_table(r: &Report) {
     }
 }
 
-/// Peak resident memory of this process in KiB (`VmHWM`), where Linux tells it.
-fn peak_memory_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// CPU time this process has used (user + system), in seconds, where Linux tells it.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Some(ticks / 100.0)
-}
-
-/// The benchmark configuration: 100,000 meters at a 10 s interval for one
-/// simulated hour, 100 isolated cells of 1,000 meters on 3 channels, CSMA.
-fn bench_config(seed: u64) -> SimConfig {
-    let mut cfg = SimConfig::new(100_000, 10.0, 3600.0);
-    cfg.seed = seed;
-    cfg.relays = 100;
-    cfg.channels = 3;
-    cfg.isolated_cells = true;
-    cfg.drain_us = 30_000_000;
-    cfg
-}
-
 fn bench(args: &SimArgs) -> anyhow::Result<()> {
-    let cfg = bench_config(args.seed());
+    let cfg = SimConfig::benchmark(args.seed(), 3600.0);
     let setup = std::time::Instant::now();
     let mut sim = Simulation::new(cfg).context("setting up the benchmark")?;
     let setup_s = setup.elapsed().as_secs_f64();
-    let cpu_before = cpu_seconds();
+    let cpu_before = process_cpu_seconds();
     let report = sim.run(&mut |_| true);
-    let run_cpu_s = cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
+    let run_cpu_s = process_cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
     let peak = peak_memory_kib();
     if args.json {
         let mut v = serde_json::to_value(&report)?;

@@ -70,9 +70,8 @@
 //! ## Difficulty
 //! Each block costs 2^d SHA-256 compressions on average (the header's first
 //! 64 bytes are a midstate, so one try is one compression), solved by
-//! `pow.threads` workers; `cargo run --release -p gridpow-relay --example
-//! relay_bench` measures the rate ([`pow::benchmark`]) and the journal's fsync
-//! rate on the machine at hand. What d costs here and on an ESP32, and what
+//! `pow.threads` workers; `gridpow bench --only pow,journal` measures the
+//! rate and the journal's fsync rate on the machine at hand. What d costs here and on an ESP32, and what
 //! group commit buys, is in `docs/scalability.md` ("The relay's own limits").
 //! A forger must redo the work for every altered block and every block after
 //! it. PoW is rate limiting and tamper cost, never authentication (the

@@ -27,7 +27,8 @@
 //! de-duplicated against per-(meter, boot epoch) coverage intervals read and
 //! rewritten in the same transaction, and time-range queries walk the blocks
 //! by time and read one appended directory row per block. The measured rates
-//! and how to reproduce them: `examples/ingest_rate.rs`.
+//! and how to reproduce them: `gridpow bench --only ingest` and
+//! `gridpow-bench`'s `examples/ingest_rate.rs`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]

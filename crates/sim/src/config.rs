@@ -186,6 +186,19 @@ impl SimConfig {
         }
     }
 
+    /// The speed benchmark (`gridpow sim bench`, `gridpow bench`): 100 000
+    /// meters at a 10 s interval for `duration_s` seconds, 100 isolated cells
+    /// of 1 000 meters on 3 channels, CSMA, 30 s to drain.
+    pub fn benchmark(seed: u64, duration_s: f64) -> Self {
+        let mut cfg = SimConfig::new(100_000, 10.0, duration_s);
+        cfg.seed = seed;
+        cfg.relays = 100;
+        cfg.channels = 3;
+        cfg.isolated_cells = true;
+        cfg.drain_us = 30_000_000;
+        cfg
+    }
+
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), SimError> {
         let prob = |field: &'static str, p: f64| {

@@ -1,8 +1,8 @@
 //! Criterion benchmarks of the protocol core: SHA-256 compression (baseline),
 //! PoW tries, sealing, ingress and full block verification.
 //!
-//! `cargo bench -p gridpow-proto --bench core`; ratios in the same process:
-//! `cargo bench -p gridpow-proto --bench ratios`.
+//! `cargo bench -p gridpow-bench --bench core` (criterion, for development);
+//! the ratios against their baselines are `gridpow bench`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use gridpow_proto::block::{verify_block, VerifyPolicy};
@@ -13,7 +13,7 @@ use gridpow_proto::wire::uplink::{self, UplinkHeader};
 use gridpow_proto::wire::Reading;
 use std::hint::black_box;
 
-mod common;
+use gridpow_bench::fixtures::{test_relay_key, BlockShape, ChainBuilder, MeterRing, TEST_SITE};
 
 fn hashing(c: &mut Criterion) {
     let mut g = c.benchmark_group("sha256");
@@ -49,7 +49,7 @@ fn sealing(c: &mut Criterion) {
     let keys = MeterKeys::new(
         &RustCrypto,
         1,
-        &derive_meter_secret(&RustCrypto, &common::SITE, 1, 1),
+        &derive_meter_secret(&RustCrypto, &TEST_SITE, 1, 1),
     );
     let mut g = c.benchmark_group("uplink");
     for n in [1usize, 6] {
@@ -81,15 +81,21 @@ fn sealing(c: &mut Criterion) {
 }
 
 fn verification(c: &mut Criterion) {
-    let ring = common::keyring(64);
-    let vk = common::relay_key().verifying_key();
+    let ring = MeterRing::test(64);
+    let vk = test_relay_key().verifying_key();
     let policy = VerifyPolicy {
         relay_id: 1,
         min_difficulty: 12,
     };
     let mut g = c.benchmark_group("verify_block");
     for (readings, per_frame) in [(64usize, 1usize), (64, 6), (256, 1), (256, 6)] {
-        let block = common::block(readings, per_frame, &ring);
+        let block = ChainBuilder::new(&ring, 1, test_relay_key(), 1_767_225_600_000)
+            .next_block(BlockShape {
+                readings,
+                per_frame,
+                difficulty: 12,
+            })
+            .expect("block");
         g.throughput(Throughput::Elements(readings as u64));
         g.bench_function(format!("{readings}_readings_{per_frame}_per_frame"), |b| {
             b.iter_batched(
