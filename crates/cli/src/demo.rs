@@ -42,6 +42,10 @@ pub struct DemoArgs {
     /// Proof-of-work difficulty in leading zero bits.
     #[arg(long, default_value_t = 16)]
     difficulty: u8,
+    /// The relay seals a block once its oldest frame has waited this long (ms),
+    /// or sooner when it is full; the relay's own default.
+    #[arg(long, default_value_t = gridpow_relay::config::BlockConfig::default().max_age_ms)]
+    block_age_ms: u64,
     /// The database: SQLite in the data directory by default, or `postgres://user@host/db`.
     #[arg(long)]
     db: Option<String>,
@@ -67,6 +71,12 @@ struct Summary {
     latency_p50_ms: Option<i64>,
     latency_p99_ms: Option<i64>,
     latency_max_ms: Option<i64>,
+    /// What the block age costs: blocks sealed per hour at this run's rate,
+    /// block bytes per stored reading (the whole database), and the share of
+    /// the run the relay spent solving proofs of work.
+    blocks_per_hour: f64,
+    ledger_bytes_per_reading: Option<f64>,
+    pow_busy: f64,
     /// The stored ledger verified and the run itself succeeded: never true
     /// after a failed run, whatever the ledger check said.
     ledger_verified: bool,
@@ -182,6 +192,7 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
     let medium = Medium::new(a.loss, 0x6772_6964);
     let mut rcfg = RelayConfig::new(1, relay_keys.root(), data_dir.join("relay-1"));
     rcfg.difficulty = a.difficulty;
+    rcfg.block.max_age_ms = a.block_age_ms;
     rcfg.mqtt.host = broker.v4_addr.ip().to_string();
     rcfg.mqtt.port = broker.v4_addr.port();
     let relay_port = medium.port(&[rcfg.mac()]);
@@ -299,6 +310,11 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
         eprintln!("warning: could not read latencies: {e}");
         Vec::new()
     });
+    let ledger_size = gridpow_store::open_reader(&db_url)
+        .and_then(|mut r| r.ledger_size())
+        .map_err(|e| eprintln!("warning: could not read the ledger's size: {e}"))
+        .ok();
+    let seconds = started.elapsed().as_secs_f64();
     let pct =
         |q: f64| (!lat.is_empty()).then(|| lat[((lat.len() - 1) as f64 * q).round() as usize]);
     let summary = Summary {
@@ -311,10 +327,13 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
         retransmissions: fstats.retransmissions,
         frames_duplicate: rstats.frames_duplicate,
         blocks_rejected: rejected,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
         latency_p50_ms: pct(0.5),
         latency_p99_ms: pct(0.99),
         latency_max_ms: lat.last().copied(),
+        blocks_per_hour: rstats.blocks_sealed as f64 * 3600.0 / seconds.max(1e-9),
+        ledger_bytes_per_reading: ledger_size.map(|s| s.bytes_per_reading()),
+        pow_busy: rstats.pow_time_ms_total as f64 / (seconds * 1000.0).max(1e-9),
         ledger_verified: ledger.is_ok() && failures.is_empty(),
         failures,
         dashboard,
@@ -331,6 +350,14 @@ async fn demo(mut a: DemoArgs) -> anyhow::Result<ExitCode> {
         if let (Some(p50), Some(p99)) = (summary.latency_p50_ms, summary.latency_p99_ms) {
             println!("meter → database       p50 {p50} ms, p99 {p99} ms");
         }
+        println!(
+            "block cost             {:.0} blocks/h, {} ledger bytes/reading, PoW busy {:.1} % of the time",
+            summary.blocks_per_hour,
+            summary
+                .ledger_bytes_per_reading
+                .map_or("?".into(), |b| format!("{b:.0}")),
+            100.0 * summary.pow_busy
+        );
         if summary.blocks_rejected > 0 {
             println!("blocks refused         {}", summary.blocks_rejected);
         }

@@ -212,7 +212,26 @@ fn demo_stores_every_reading_once_and_the_ledger_detects_one_altered_byte() {
             .unwrap();
         assert_eq!(rows as u64, n("stored"));
         assert_eq!(rows, distinct);
+        // What the block age costs, as the summary reports it, from the database itself.
+        let bytes: i64 = c
+            .query_row("SELECT SUM(LENGTH(raw)) FROM blocks", [], |r| r.get(0))
+            .unwrap();
+        let per_reading = s["ledger_bytes_per_reading"].as_f64().unwrap();
+        assert!(
+            (per_reading - bytes as f64 / rows as f64).abs() < 1e-6,
+            "{s}"
+        );
     }
+    let f = |k: &str| {
+        s[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {s}"))
+    };
+    let per_hour = n("blocks") as f64 * 3600.0 / f("seconds");
+    assert!(
+        (f("blocks_per_hour") - per_hour).abs() < 1e-6 * per_hour,
+        "{s}"
+    );
+    assert!((0.0..=1.0).contains(&f("pow_busy")), "{s}");
     let o = gridpow(&["verify-ledger", "--data-dir", d]);
     assert!(o.status.success(), "{}", text(&o));
     alter_one_byte_of_a_stored_reading(&db);

@@ -440,6 +440,45 @@ pub fn block_readings<S: QueryStore + ?Sized>(
     }))
 }
 
+/// The ledger's size: blocks, their bytes as received, and the readings they stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerSize {
+    /// Blocks stored.
+    pub blocks: u64,
+    /// Their raw bytes (header, signature, length-prefixed frames).
+    pub block_bytes: u64,
+    /// Readings stored.
+    pub readings: u64,
+}
+
+impl LedgerSize {
+    /// Block bytes per stored reading (0 before the first reading).
+    pub fn bytes_per_reading(&self) -> f64 {
+        if self.readings == 0 {
+            0.0
+        } else {
+            self.block_bytes as f64 / self.readings as f64
+        }
+    }
+}
+
+/// Counts the ledger's blocks, their bytes and the readings they stored.
+pub fn ledger_size<S: QueryStore + ?Sized>(s: &mut S) -> Result<LedgerSize, StoreError> {
+    let rows = s.select(
+        // Cast: PostgreSQL sums BIGINT columns as NUMERIC.
+        "SELECT COUNT(*), CAST(COALESCE(SUM(LENGTH(raw)), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(reading_count), 0) AS BIGINT) FROM blocks",
+        &[],
+    )?;
+    let row = rows.first().map(Vec::as_slice).unwrap_or_default();
+    let [blocks, bytes, readings] = crate::shared::ints("blocks", row)?;
+    Ok(LedgerSize {
+        blocks: u64_of(blocks),
+        block_bytes: u64_of(bytes),
+        readings: u64_of(readings),
+    })
+}
+
 /// How long each stored reading took from its making (the meter's timestamp)
 /// to its block's arrival at the server, ms, ascending.
 pub fn delivery_latencies<S: QueryStore + ?Sized>(s: &mut S) -> Result<Vec<i64>, StoreError> {

@@ -60,8 +60,8 @@ use gridpow_proto::Hash;
 use serde::Serialize;
 
 pub use fleet::{
-    BlockReadings, FleetSnapshot, IngestWindow, MeterFilter, MeterPage, MeterQuery, MeterRow,
-    MeterSort, RelayTraffic, SqlParam, VoltageBand,
+    BlockReadings, FleetSnapshot, IngestWindow, LedgerSize, MeterFilter, MeterPage, MeterQuery,
+    MeterRow, MeterSort, RelayTraffic, SqlParam, VoltageBand,
 };
 pub use log::StoreHashReader;
 pub use postgres::PgStore;
@@ -1101,6 +1101,11 @@ pub trait QueryStore: Send {
     /// Per relay, what arrived since `since_ms` ([`fleet::relay_traffic`]).
     fn relay_traffic(&mut self, since_ms: u64) -> Result<Vec<RelayTraffic>, StoreError> {
         fleet::relay_traffic(self, since_ms)
+    }
+
+    /// Blocks, their bytes and the readings they stored ([`fleet::ledger_size`]).
+    fn ledger_size(&mut self) -> Result<fleet::LedgerSize, StoreError> {
+        fleet::ledger_size(self)
     }
 
     /// Each stored reading's delay from meter to server, ascending ([`fleet::delivery_latencies`]).

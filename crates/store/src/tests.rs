@@ -359,6 +359,10 @@ fn block_delivered_twice_is_stored_once_and_reported_already_stored(s) {
     assert_eq!(s.count("SELECT COUNT(*) FROM readings"), 6);
     assert_eq!(r.totals.blocks_duplicate, 2);
     assert_eq!(r.totals.readings_stored, 6);
+    // The ledger's size counts the block and its bytes once.
+    let size = s.ledger_size().unwrap();
+    assert_eq!((size.blocks, size.block_bytes, size.readings), (1, b0.raw.len() as u64, 6));
+    assert!((size.bytes_per_reading() - b0.raw.len() as f64 / 6.0).abs() < 1e-9);
 }
 
 fn readings_carried_by_two_frames_are_stored_once_even_out_of_order(s) {
