@@ -38,6 +38,12 @@ pub struct VerifyFigures {
     pub ccm_open_per_s: f64,
     /// Baseline: Merkle leaf hashes of a one-reading frame per second (one per frame).
     pub leaf_hash_per_s: f64,
+    /// Signatures per second verified by ed25519-dalek's batch equation, 64 at a time.
+    pub ed25519_batch64_per_s: f64,
+    /// Prime-order subgroup checks of a signature's R per second: what a
+    /// batch path must add per signature to keep the strict verdicts
+    /// (docs/performance.md, "Why not batch verification").
+    pub r_subgroup_check_per_s: f64,
 }
 
 /// The shapes measured: 64 and 256 readings per block, 1 and 6 per frame.
@@ -94,10 +100,45 @@ pub fn measure(budget: Duration) -> Result<VerifyFigures, BenchError> {
         let mut b = body;
         black_box(RustCrypto.aead_open(&keys.e2e, &[1; 13], &[2; 20], &mut b, &tag));
     });
+    let (ed25519_batch64_per_s, r_subgroup_check_per_s) = batch_costs(budget / 2);
     Ok(VerifyFigures {
         shapes,
         ed25519_verify_per_s,
         ccm_open_per_s,
         leaf_hash_per_s,
+        ed25519_batch64_per_s,
+        r_subgroup_check_per_s,
     })
+}
+
+/// Batch verification of 64 signatures, per signature, and the R subgroup check.
+fn batch_costs(budget: Duration) -> (f64, f64) {
+    let key = test_relay_key();
+    let messages: Vec<[u8; 48]> = (0..64u8).map(|i| [i; 48]).collect();
+    let sigs: Vec<ed25519_dalek::Signature> = messages
+        .iter()
+        .map(|m| ed25519_dalek::Signer::sign(&key, m))
+        .collect();
+    let refs: Vec<&[u8]> = messages.iter().map(|m| &m[..]).collect();
+    let keys = vec![key.verifying_key(); 64];
+    let batch = 64.0
+        * rate(budget, 1, || {
+            black_box(ed25519_dalek::verify_batch(black_box(&refs), &sigs, &keys).is_ok());
+        });
+    let r = curve25519_dalek::edwards::CompressedEdwardsY(sigs[0].r_bytes().to_owned())
+        .decompress()
+        .unwrap_or_default();
+    // Variable time (R is public): [ℓ]R = [ℓ − 1]R + R, the identity iff R has no torsion part.
+    let minus_one = -curve25519_dalek::Scalar::ONE;
+    let subgroup = rate(budget, 10, || {
+        let r = black_box(r);
+        let l_r = curve25519_dalek::EdwardsPoint::vartime_double_scalar_mul_basepoint(
+            &minus_one,
+            &r,
+            &curve25519_dalek::Scalar::ZERO,
+        ) + r;
+        black_box(curve25519_dalek::traits::IsIdentity::is_identity(&l_r));
+    });
+    debug_assert!(r.is_torsion_free());
+    (batch, subgroup)
 }

@@ -93,6 +93,14 @@ fn print_table(r: &Report) {
                 mega(v.leaf_hash_per_s)
             ),
         );
+        row(
+            "  Ed25519 batch of 64 per signature/s, R subgroup check/s",
+            format!(
+                "{:.0} k, {:.0} k",
+                v.ed25519_batch64_per_s / 1e3,
+                v.r_subgroup_check_per_s / 1e3
+            ),
+        );
     }
     if let Some(i) = &r.ingest {
         row(

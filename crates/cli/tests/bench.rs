@@ -64,6 +64,8 @@ fn quick_run_reports_every_figure_with_its_baseline_and_the_goals() {
     }
     positive(&r, "/verify/ccm_open_per_s");
     positive(&r, "/verify/leaf_hash_per_s");
+    positive(&r, "/verify/ed25519_batch64_per_s");
+    positive(&r, "/verify/r_subgroup_check_per_s");
 
     // Ingest: raw, store and end to end on the same readings (Mosquitto is installed here).
     assert_eq!(r["ingest"]["backend"], "sqlite");

@@ -162,3 +162,73 @@ fn strict_ed25519_refuses_every_negative_vector_that_permissive_libraries_may_ac
         "signature_negative.json differs from what the code produces"
     );
 }
+
+/// Why the server verifies each block's signature on its own instead of in
+/// batches (docs/performance.md, "Why not batch verification"): the batch
+/// equation (ed25519-dalek's `verify_batch`, cofactorless, with coefficients
+/// drawn from a transcript of its inputs) accepts signatures that the strict
+/// rule refuses, so a batch path would need per-signature pre-checks to keep
+/// the verdicts, and the one that closes the gap below costs about as much as
+/// the verification it would save.
+#[test]
+fn batch_verification_accepts_what_strict_refuses_so_the_server_does_not_batch() {
+    use curve25519_dalek::constants::EIGHT_TORSION;
+    use curve25519_dalek::edwards::EdwardsPoint;
+    let relay = SigningKey::from_bytes(&[0x5a; 32]);
+    let key = relay.verifying_key();
+    let a = key.to_bytes();
+    let a_scalar = relay.to_scalar();
+    let batch = |sig: &[u8; 64], msg: &[u8]| {
+        ed25519_dalek::verify_batch(&[msg], &[Signature::from_bytes(sig)], &[key]).is_ok()
+    };
+
+    // 1. R of small order with S = k·a: strict refuses (§9.2), the batch takes it.
+    let msg = signing_message(&[0x11; 32]).to_vec();
+    let mut small_r = [0u8; 64];
+    small_r[..32].copy_from_slice(&IDENTITY);
+    small_r[32..].copy_from_slice((k(&IDENTITY, &a, &msg) * a_scalar).as_bytes());
+    assert!(!strict(&a, &small_r, &msg));
+    assert!(
+        batch(&small_r, &msg),
+        "small-order R passes the batch equation"
+    );
+
+    // 2. R with a torsion component: R' = [r]B + T (T of order 8), S = r + k'·a.
+    // [S]B − [k']A = R' − T ≠ R': strict refuses every such signature. The
+    // batch's equation sees z·T, zero whenever 8 divides its coefficient z,
+    // which the signer cannot choose but can grind for by varying the message.
+    let r = Scalar::from_bytes_mod_order([0x77; 32]);
+    let r_point = EdwardsPoint::mul_base(&r) + EIGHT_TORSION[1];
+    assert!(!r_point.is_small_order(), "R' passes the small-order check");
+    let r_bytes = r_point.compress().to_bytes();
+    let mut accepted = None;
+    for n in 0u32..512 {
+        let msg = signing_message(&RustCrypto.sha256(&[&n.to_le_bytes()])).to_vec();
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&r_bytes);
+        sig[32..].copy_from_slice((r + k(&r_bytes, &a, &msg) * a_scalar).as_bytes());
+        assert!(
+            !strict(&a, &sig, &msg),
+            "strict refuses a torsion component in R"
+        );
+        if batch(&sig, &msg) {
+            accepted = Some(n);
+            break;
+        }
+    }
+    assert!(
+        accepted.is_some(),
+        "one message in a few tries makes the batch accept a signature strict refuses"
+    );
+
+    // 3. Where the two agree: canonicity of S, of R and of A, and the equation.
+    let genuine = relay.sign(&msg).to_bytes();
+    assert!(batch(&genuine, &msg));
+    let mut s_plus_l = genuine;
+    let s: [u8; 32] = genuine[32..].try_into().unwrap();
+    s_plus_l[32..].copy_from_slice(&add_le(&s, &L));
+    assert!(!batch(&s_plus_l, &msg), "S + L");
+    let mut flipped = genuine;
+    flipped[32] ^= 1;
+    assert!(!batch(&flipped, &msg), "equation");
+}
