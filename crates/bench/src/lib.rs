@@ -301,9 +301,9 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report
             Part::Sim => {
                 let simulated = if q { 60.0 } else { 600.0 };
                 progress(&format!(
-                    "sim: 100 000 meters, 10 s interval, {simulated} simulated seconds"
+                    "sim: 100 000 meters, 10 s interval, {simulated} simulated seconds, {cores} thread(s)"
                 ));
-                report.sim = Some(sim::measure(simulated)?);
+                report.sim = Some(sim::measure(simulated, cores as u32)?);
             }
             Part::Journal => {
                 progress(&format!(

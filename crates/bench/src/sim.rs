@@ -13,6 +13,8 @@ use crate::{setup, BenchError};
 pub struct SimFigures {
     /// Meters simulated.
     pub meters: u32,
+    /// Threads the collision domains were spread over.
+    pub threads: u32,
     /// Simulated seconds of traffic (the drain after it not included).
     pub duration_s: f64,
     /// Simulated seconds in all, with the drain.
@@ -23,7 +25,8 @@ pub struct SimFigures {
     pub events: u64,
     /// Wall seconds of the run (setup excluded).
     pub wall_s: f64,
-    /// CPU seconds of the process during the run, where Linux tells it.
+    /// CPU seconds of the process during the run, setup (each thread derives
+    /// its meters' keys) included, where Linux tells it.
     pub cpu_s: Option<f64>,
     /// Uplinks per wall second.
     pub uplinks_per_wall_s: f64,
@@ -38,18 +41,20 @@ pub struct SimFigures {
     pub trace_hash: String,
 }
 
-/// Runs the benchmark configuration for `simulated_s` simulated seconds.
-pub fn measure(simulated_s: f64) -> Result<SimFigures, BenchError> {
-    let cfg = SimConfig::benchmark(gridpow_sim::rng::DEFAULT_SEED, simulated_s);
+/// Runs the benchmark configuration for `simulated_s` simulated seconds on
+/// `threads` threads.
+pub fn measure(simulated_s: f64, threads: u32) -> Result<SimFigures, BenchError> {
+    let mut cfg = SimConfig::benchmark(gridpow_sim::rng::DEFAULT_SEED, simulated_s);
+    cfg.threads = threads;
     let meters = cfg.meters;
     let duration_s = cfg.duration_us as f64 / 1e6;
-    let mut sim = Simulation::new(cfg).map_err(setup("the simulator"))?;
     let cpu0 = process_cpu_seconds();
-    let report = sim.run(&mut |_| true);
+    let report = Simulation::run_threads(cfg, &mut |_| true).map_err(setup("the simulator"))?;
     let cpu_s = process_cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
     let wall_s = report.wall_s.max(1e-9);
     Ok(SimFigures {
         meters,
+        threads,
         duration_s,
         simulated_s: report.simulated_s,
         uplinks: report.uplinks_simulated,

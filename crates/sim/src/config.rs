@@ -141,6 +141,11 @@ pub struct SimConfig {
     pub ack_delay_random: bool,
     /// Keep every delivered `(meter, seq)` (for tests; costs memory).
     pub record_deliveries: bool,
+    /// Threads to run on: collision domains (isolated cells, or channels)
+    /// cannot hear each other, so they are simulated in parallel and merged;
+    /// every result, the trace hash included, is the same for any count.
+    #[serde(skip)]
+    pub threads: u32,
 }
 
 /// Largest supported number of meters (ids must fit a 4-byte MAC suffix).
@@ -183,6 +188,7 @@ impl SimConfig {
             ack_delay_us: 0,
             ack_delay_random: false,
             record_deliveries: false,
+            threads: 1,
         }
     }
 
@@ -290,6 +296,16 @@ impl SimConfig {
             (Some(n), _) => n,
             (None, Scheme::Seed) => 1,
             (None, Scheme::Gridpow) => gridpow_proto::wire::uplink::MAX_READINGS,
+        }
+    }
+
+    /// The collision domain of relay `relay`'s cell: its own when cells are
+    /// isolated, else its channel's.
+    pub fn relay_domain(&self, relay: u32) -> u32 {
+        if self.isolated_cells {
+            relay
+        } else {
+            relay % self.channels
         }
     }
 

@@ -28,6 +28,7 @@
 //! `poll_timeout` scheduled; relays call `handle_frame` and `emit_ack`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use gridpow_proto::crypto::{derive_meter_secret, HopKeys, RustCrypto, SiteSecret};
 use gridpow_proto::ingress::{FrameInfo, Ingress, IngressConfig, MeterEntry, Verdict};
@@ -220,6 +221,28 @@ struct Counters {
     proto_errors: u64,
 }
 
+impl Counters {
+    /// Adds another shard's counts.
+    fn add(&mut self, o: &Counters) {
+        self.events += o.events;
+        self.readings_made += o.readings_made;
+        self.uplinks_tx += o.uplinks_tx;
+        self.uplinks_rx += o.uplinks_rx;
+        self.uplinks_collided += o.uplinks_collided;
+        self.uplinks_faded += o.uplinks_faded;
+        self.mac_retx_uplink += o.mac_retx_uplink;
+        self.acks_sent += o.acks_sent;
+        self.offered_air_us += o.offered_air_us;
+        self.received_air_us += o.received_air_us;
+        self.air_total_us += o.air_total_us;
+        self.delivered += o.delivered;
+        self.delivered_in_budget += o.delivered_in_budget;
+        self.duplicates += o.duplicates;
+        self.latency_unknown += o.latency_unknown;
+        self.proto_errors += o.proto_errors;
+    }
+}
+
 /// Where a run stands, for progress display and early stopping.
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {
@@ -256,8 +279,12 @@ pub struct Simulation {
     frame_free: Vec<u32>,
     counters: Counters,
     latency: Histogram,
-    trace: TraceHash,
+    /// One trace per collision domain, folded in domain order by the report:
+    /// the trace does not depend on how domains were split over threads.
+    traces: Vec<TraceHash>,
     deliveries: Vec<(u32, u32)>,
+    /// This simulation runs the domains `d` with `d % shard.1 == shard.0`.
+    shard: (u32, u32),
     n_meters: u32,
     slot_us: u64,
     measure_from: u64,
@@ -275,6 +302,13 @@ fn hears(cfg: &SimConfig, n_meters: u32, a: u32, b: u32) -> bool {
 impl Simulation {
     /// Sets up meters (keys derived from [`TEST_SITE_SECRET`]), relays and the first events.
     pub fn new(cfg: SimConfig) -> Result<Self, SimError> {
+        Self::new_shard(cfg, 0, 1)
+    }
+
+    /// Like [`Simulation::new`], but only the meters of domains `d` with
+    /// `d % shards == shard` make readings; the rest stay silent. Shards of
+    /// one configuration run independently and [`Simulation::absorb`] merges them.
+    fn new_shard(cfg: SimConfig, shard: u32, shards: u32) -> Result<Self, SimError> {
         cfg.validate()?;
         let site = SiteSecret(TEST_SITE_SECRET);
         let n = cfg.meters;
@@ -298,13 +332,7 @@ impl Simulation {
                 rng_mac: rng::stream(cfg.seed, (1 << 40) | u64::from(i)),
             });
         }
-        let relay_domain = |i: u32| {
-            if cfg.isolated_cells {
-                i
-            } else {
-                i % cfg.channels
-            }
-        };
+        let relay_domain = |i: u32| cfg.relay_domain(i);
         let mut senders = Vec::with_capacity(n as usize);
         let mut meters = Vec::with_capacity(n as usize);
         let mut queue = EventQueue::with_capacity(n as usize + 64);
@@ -368,7 +396,7 @@ impl Simulation {
                 (Arrivals::Poisson, None) => rng_arrival.exp(interval) as u64,
                 (Arrivals::Periodic { .. }, None) => rng_arrival.below(cfg.interval_us),
             };
-            if first < cfg.duration_us {
+            if first < cfg.duration_us && relay_domain(relay) % shards == shard {
                 queue.push(first, Kind::Reading, m, 0);
             }
             meters.push(MeterState {
@@ -390,6 +418,7 @@ impl Simulation {
             });
         }
         let domains = (0..cfg.domains()).map(|_| Domain::default()).collect();
+        let traces = vec![TraceHash::default(); cfg.domains() as usize];
         let slot_us = phy::espnow_airtime_us(uplink::frame_len(cfg.readings_per_frame()));
         Ok(Simulation {
             now: 0,
@@ -406,8 +435,9 @@ impl Simulation {
             frame_free: Vec::new(),
             counters: Counters::default(),
             latency: Histogram::default(),
-            trace: TraceHash::default(),
+            traces,
             deliveries: Vec::new(),
+            shard: (shard, shards),
             n_meters: n,
             slot_us,
             measure_from: cfg.warmup_us,
@@ -431,6 +461,139 @@ impl Simulation {
     /// has `stopped_early` set and counts only what happened so far).
     pub fn run(&mut self, progress: &mut dyn FnMut(&Progress) -> bool) -> Report {
         let wall = std::time::Instant::now();
+        let (finished, stopped_early) = self.run_events(progress);
+        let mut report = self.report(finished, wall.elapsed().as_secs_f64());
+        report.stopped_early = stopped_early;
+        report
+    }
+
+    /// Runs the configuration on up to `cfg.threads` threads, one shard of
+    /// the collision domains each, and merges the shards: the report is the
+    /// one [`Simulation::run`] gives (wall time apart). `progress` is called
+    /// on this thread with the shards' sums (their earliest clock).
+    pub fn run_threads(
+        cfg: SimConfig,
+        progress: &mut dyn FnMut(&Progress) -> bool,
+    ) -> Result<Report, SimError> {
+        let shards = cfg.threads.clamp(1, cfg.domains().max(1));
+        if shards == 1 {
+            return Ok(Simulation::new(cfg)?.run(progress));
+        }
+        let end_us = cfg.duration_us.saturating_add(cfg.drain_us);
+        let stop = AtomicBool::new(false);
+        // Every shard sets up (keys, senders) before the clock starts, as
+        // `run` times only the events.
+        let ready = std::sync::Barrier::new(shards as usize + 1);
+        let seen: Vec<[AtomicU64; 5]> = (0..shards).map(|_| Default::default()).collect();
+        let runs = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..shards)
+                .map(|k| {
+                    let (cfg, stop, seen, ready) = (cfg.clone(), &stop, &seen[k as usize], &ready);
+                    s.spawn(move || {
+                        let sim = Simulation::new_shard(cfg, k, shards);
+                        ready.wait();
+                        let mut sim = sim?;
+                        let (finished, stopped) = sim.run_events(&mut |p| {
+                            for (a, v) in seen.iter().zip([
+                                p.now_us,
+                                p.readings_made,
+                                p.readings_delivered_in_budget,
+                                p.uplinks,
+                                p.events,
+                            ]) {
+                                a.store(v, Ordering::Relaxed);
+                            }
+                            !stop.load(Ordering::Relaxed)
+                        });
+                        Ok::<_, SimError>((sim, finished, stopped))
+                    })
+                })
+                .collect();
+            ready.wait();
+            let wall = std::time::Instant::now();
+            while !handles.iter().all(|h| h.is_finished()) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let sum = |i: usize| seen.iter().map(|a| a[i].load(Ordering::Relaxed)).sum();
+                let p = Progress {
+                    now_us: seen
+                        .iter()
+                        .map(|a| a[0].load(Ordering::Relaxed))
+                        .min()
+                        .unwrap_or(0),
+                    end_us,
+                    readings_made: sum(1),
+                    readings_delivered_in_budget: sum(2),
+                    uplinks: sum(3),
+                    events: sum(4),
+                };
+                if !progress(&p) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            let runs = handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect::<Result<Vec<_>, SimError>>();
+            runs.map(|r| (r, wall.elapsed().as_secs_f64()))
+        })?;
+        let (mut runs, wall_s) = runs;
+        let stopped_early = runs.iter().any(|r| r.2);
+        let finished = if stopped_early {
+            runs.iter().map(|r| r.1).min()
+        } else {
+            runs.iter().map(|r| r.1).max()
+        }
+        .unwrap_or(0);
+        let mut rest = runs.split_off(1);
+        let Some((mut sim, _, _)) = runs.pop() else {
+            return Err(SimError::config("threads", "no shard ran (internal)"));
+        };
+        for (other, _, _) in rest.drain(..) {
+            sim.absorb(other);
+        }
+        if !stopped_early {
+            progress(&sim.progress(end_us, end_us));
+        }
+        let mut report = sim.report(finished, wall_s);
+        report.stopped_early = stopped_early;
+        Ok(report)
+    }
+
+    /// Takes over the state of `other`'s shard: its meters, relays and
+    /// domains, and adds its counters, latencies and deliveries.
+    fn absorb(&mut self, mut other: Simulation) {
+        let (k, t) = other.shard;
+        let mine = |d: u32| d % t == k;
+        for m in 0..self.meters.len() {
+            if mine(self.meters[m].domain) {
+                std::mem::swap(&mut self.senders[m], &mut other.senders[m]);
+                std::mem::swap(&mut self.meters[m], &mut other.meters[m]);
+                self.wake_at[m] = other.wake_at[m];
+                std::mem::swap(&mut self.macs[m], &mut other.macs[m]);
+            }
+        }
+        for i in 0..self.relays.len() {
+            if mine(self.cfg.relay_domain(i as u32)) {
+                std::mem::swap(&mut self.relays[i], &mut other.relays[i]);
+                let node = self.relays[i].node as usize;
+                std::mem::swap(&mut self.macs[node], &mut other.macs[node]);
+            }
+        }
+        for d in 0..self.domains.len() {
+            if mine(d as u32) {
+                std::mem::swap(&mut self.domains[d], &mut other.domains[d]);
+                self.traces[d] = other.traces[d];
+            }
+        }
+        self.counters.add(&other.counters);
+        self.latency.merge(&other.latency);
+        self.deliveries.append(&mut other.deliveries);
+        self.now = self.now.max(other.now);
+    }
+
+    /// Processes events to the end of the drain, or until `progress` says
+    /// stop; returns the time the run reached and whether it stopped early.
+    fn run_events(&mut self, progress: &mut dyn FnMut(&Progress) -> bool) -> (u64, bool) {
         let end = self.cfg.duration_us.saturating_add(self.cfg.drain_us);
         let step = (end / 200).max(1);
         let mut next_progress = step;
@@ -442,10 +605,26 @@ impl Simulation {
             }
             self.now = t;
             self.counters.events += 1;
-            self.trace.add(t);
-            self.trace.add(
-                u64::from(ev.kind() as u8) | (u64::from(ev.node) << 8) | (u64::from(ev.aux) << 40),
-            );
+            // What the event is about, named by stable ids (not pool slots),
+            // in the trace of its collision domain.
+            let (domain, node, aux) = match ev.kind() {
+                Kind::Reading | Kind::Wake => {
+                    (self.meters[ev.node as usize].domain, ev.node, ev.aux)
+                }
+                Kind::Access | Kind::MacAckTimeout => (self.node_domain(ev.node), ev.node, ev.aux),
+                Kind::TxEnd => {
+                    let tx = &self.txs[ev.node as usize];
+                    (tx.domain, tx.src, tx.dst)
+                }
+                Kind::AckReady => (
+                    self.cfg.relay_domain(ev.node),
+                    ev.node,
+                    self.frames[ev.aux as usize].dst,
+                ),
+            };
+            let trace = &mut self.traces[domain as usize];
+            trace.add(t);
+            trace.add(u64::from(ev.kind() as u8) | (u64::from(node) << 8) | (u64::from(aux) << 40));
             if t >= next_progress {
                 next_progress = t - t % step + step;
                 if !progress(&self.progress(t, end)) {
@@ -478,9 +657,7 @@ impl Simulation {
             progress(&self.progress(end, end));
             self.now.max(self.cfg.duration_us)
         };
-        let mut report = self.report(finished, wall.elapsed().as_secs_f64());
-        report.stopped_early = stopped_early;
-        report
+        (finished, stopped_early)
     }
 
     fn progress(&self, now_us: u64, end_us: u64) -> Progress {
@@ -724,16 +901,11 @@ impl Simulation {
 
     // ---- medium access ------------------------------------------------------
 
+    /// The collision domain of node `n` (a meter, or relay `n - meters`).
     fn node_domain(&self, n: u32) -> u32 {
-        if n < self.n_meters {
-            self.meters[n as usize].domain
-        } else {
-            let r = n - self.n_meters;
-            if self.cfg.isolated_cells {
-                r
-            } else {
-                r % self.cfg.channels
-            }
+        match n.checked_sub(self.n_meters) {
+            Some(relay) => self.cfg.relay_domain(relay),
+            None => self.meters[n as usize].domain,
         }
     }
 
@@ -1295,7 +1467,13 @@ impl Simulation {
             } else {
                 0.0
             },
-            trace_hash: format!("{:016x}", self.trace.value()),
+            trace_hash: format!("{:016x}", {
+                let mut all = TraceHash::default();
+                for t in &self.traces {
+                    all.add(t.value());
+                }
+                all.value()
+            }),
             stopped_early: false,
         }
     }

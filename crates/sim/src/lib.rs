@@ -35,6 +35,5 @@ pub use stats::Report;
 
 /// Runs one configuration without progress output.
 pub fn simulate(cfg: SimConfig) -> Result<Report, SimError> {
-    let mut sim = Simulation::new(cfg)?;
-    Ok(sim.run(&mut |_| true))
+    Simulation::run_threads(cfg, &mut |_| true)
 }

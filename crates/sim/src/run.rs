@@ -20,7 +20,6 @@ pub fn run_until(
     cfg: SimConfig,
     mut keep_going: impl FnMut(&Progress) -> bool,
 ) -> Result<Report, SimError> {
-    let mut sim = Simulation::new(cfg)?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
@@ -32,11 +31,11 @@ pub fn run_until(
     } else {
         ProgressBar::hidden()
     };
-    let report = sim.run(&mut |p| {
+    let report = Simulation::run_threads(cfg, &mut |p| {
         bar.set_position(p.now_us.saturating_mul(1000) / p.end_us.max(1));
         bar.set_message(format!("{:.0} s", p.now_us as f64 / 1e6));
         keep_going(p)
     });
     bar.finish_and_clear();
-    Ok(report)
+    report
 }

@@ -55,6 +55,16 @@ impl Histogram {
         self.sum += u128::from(v);
     }
 
+    /// Adds every value `other` recorded.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.total += other.total;
+        self.max = self.max.max(other.max);
+        self.sum += other.sum;
+    }
+
     /// Values recorded.
     pub fn count(&self) -> u64 {
         self.total
