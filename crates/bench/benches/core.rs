@@ -8,12 +8,13 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use gridpow_proto::block::{verify_block, VerifyPolicy};
 use gridpow_proto::crypto::{derive_meter_secret, MeterKeys, RustCrypto};
 use gridpow_proto::pow::PowSolver;
-use gridpow_proto::wire::block::BlockHeaderRepr;
 use gridpow_proto::wire::uplink::{self, UplinkHeader};
 use gridpow_proto::wire::Reading;
 use std::hint::black_box;
 
-use gridpow_bench::fixtures::{test_relay_key, BlockShape, ChainBuilder, MeterRing, TEST_SITE};
+use gridpow_bench::fixtures::{
+    test_relay_key, unsolvable_header, BlockShape, ChainBuilder, MeterRing, TEST_SITE,
+};
 
 fn hashing(c: &mut Criterion) {
     let mut g = c.benchmark_group("sha256");
@@ -28,16 +29,7 @@ fn hashing(c: &mut Criterion) {
             )
         })
     });
-    let header = BlockHeaderRepr {
-        difficulty: 255,
-        relay_id: 1,
-        height: 1,
-        prev_hash: [1; 32],
-        merkle_root: [2; 32],
-        leaf_count: 1,
-        time_ms: 0,
-        nonce: 0,
-    };
+    let header = unsolvable_header();
     g.bench_function("pow_try", |b| {
         let mut s = PowSolver::new(&RustCrypto, &header, 0, 1);
         b.iter(|| black_box(s.solve_for(&RustCrypto, 1)))

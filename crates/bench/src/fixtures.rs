@@ -16,6 +16,21 @@ pub fn test_relay_key() -> SigningKey {
     SigningKey::from_bytes(&[0x42; 32])
 }
 
+/// A header no nonce solves (difficulty 255): every solver call tries all
+/// the nonces it is given, as a relay's solver thread does.
+pub fn unsolvable_header() -> gridpow_proto::wire::block::BlockHeaderRepr {
+    gridpow_proto::wire::block::BlockHeaderRepr {
+        difficulty: 255,
+        relay_id: 1,
+        height: 1,
+        prev_hash: [1; 32],
+        merkle_root: [2; 32],
+        leaf_count: 1,
+        time_ms: 0,
+        nonce: 0,
+    }
+}
+
 /// Meter keys looked up by meter id (meter `m` at index `m - 1`).
 pub struct MeterRing(pub Vec<MeterKeys<RustCrypto>>);
 

@@ -280,6 +280,26 @@ pub fn raw_batches(
         .collect()
 }
 
+/// Commits `items` as the writer does, `per_tx` blocks per transaction,
+/// and checks that `total` readings were stored: the rate and CPU seconds.
+fn commit_all<S: IngestStore + QueryStore>(
+    store: &mut S,
+    items: Vec<Ingest>,
+    per_tx: usize,
+    total: u64,
+) -> Result<(f64, Option<f64>), BenchError> {
+    let timing = timed(total, || {
+        for chunk in items.chunks(per_tx) {
+            store
+                .commit(chunk, gridpow_common::wall_ms())
+                .map_err(setup("the store's commit"))?;
+        }
+        Ok(())
+    })?;
+    expect_stored(store, total)?;
+    Ok(timing)
+}
+
 /// Checks that a store holds exactly `total` readings.
 fn expect_stored(store: &mut dyn QueryStore, total: u64) -> Result<(), BenchError> {
     let stored = store
@@ -394,19 +414,10 @@ pub fn run(
                     Ok(())
                 })?
             };
-            let items = as_items(verified);
             let mut store =
                 SqliteStore::open(&site.dir.path().join("store.db"), StoreOptions::default())
                     .map_err(setup("a SQLite database"))?;
-            let (rate, cpu) = timed(total, || {
-                for chunk in items.chunks(per_tx) {
-                    store
-                        .commit(chunk, gridpow_common::wall_ms())
-                        .map_err(setup("the store's commit"))?;
-                }
-                Ok(())
-            })?;
-            expect_stored(&mut store, total)?;
+            let (rate, cpu) = commit_all(&mut store, as_items(verified), per_tx, total)?;
             (
                 raw,
                 raw_cpu,
@@ -426,18 +437,9 @@ pub fn run(
                 Ok(())
             })?;
             drop(batches);
-            let items = as_items(verified);
             let mut store = PgStore::open(&pg.fresh("store")?, StoreOptions::default())
                 .map_err(setup("a PostgreSQL store"))?;
-            let (rate, cpu) = timed(total, || {
-                for chunk in items.chunks(per_tx) {
-                    store
-                        .commit(chunk, gridpow_common::wall_ms())
-                        .map_err(setup("the store's commit"))?;
-                }
-                Ok(())
-            })?;
-            expect_stored(&mut store, total)?;
+            let (rate, cpu) = commit_all(&mut store, as_items(verified), per_tx, total)?;
             (raw_rate, raw_cpu, rate, cpu, pg.fresh("e2e")?)
         }
     };

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::pow::PowSolver;
-use gridpow_proto::wire::block::BlockHeaderRepr;
 use serde::Serialize;
 
 /// One thread count's figures.
@@ -48,17 +47,7 @@ fn compress_rate(budget: Duration) -> f64 {
 }
 
 fn tries_rate(budget: Duration, thread: usize) -> f64 {
-    let header = BlockHeaderRepr {
-        // 255 never succeeds: every call tries all its nonces, as a solver thread does.
-        difficulty: 255,
-        relay_id: 1,
-        height: 1,
-        prev_hash: [1; 32],
-        merkle_root: [2; 32],
-        leaf_count: 1,
-        time_ms: 0,
-        nonce: 0,
-    };
+    let header = crate::fixtures::unsolvable_header();
     let mut solver = PowSolver::new(&RustCrypto, &header, thread as u64, 64);
     10_000.0
         * rate(budget, 1, || {

@@ -7,7 +7,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use gridpow_proto::crypto::RustCrypto;
@@ -173,65 +172,6 @@ fn worker(index: u64, stride: u64, jobs: &Receiver<Job>, report: &Sender<PowRepo
     }
 }
 
-/// A PoW throughput measurement.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
-pub struct PowBenchmark {
-    /// Worker threads.
-    pub threads: usize,
-    /// Nonces tried.
-    pub tries: u64,
-    /// Wall time.
-    pub elapsed_ms: f64,
-    /// Tries per second, all threads together.
-    pub tries_per_sec: f64,
-}
-
-impl PowBenchmark {
-    /// Expected time to solve a block at `difficulty` (2^d tries) at this rate.
-    pub fn expected_block_time(&self, difficulty: u8) -> Duration {
-        let tries = 2f64.powi(i32::from(difficulty));
-        Duration::from_secs_f64(tries / self.tries_per_sec.max(1.0))
-    }
-}
-
-/// Measures the midstate solver here: `threads` threads trying nonces of an
-/// unsolvable header for about `duration`.
-pub fn benchmark(threads: usize, duration: Duration) -> PowBenchmark {
-    let threads = threads.max(1);
-    let header = BlockHeaderRepr {
-        difficulty: 255,
-        relay_id: 1,
-        height: 0,
-        prev_hash: [0; 32],
-        merkle_root: [7; 32],
-        leaf_count: 1,
-        time_ms: 0,
-        nonce: 0,
-    };
-    let start = Instant::now();
-    let tries: u64 = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads)
-            .map(|i| {
-                s.spawn(move || {
-                    let mut solver = PowSolver::new(&RustCrypto, &header, i as u64, threads as u64);
-                    while start.elapsed() < duration {
-                        let _ = solver.solve_for(&RustCrypto, CHUNK);
-                    }
-                    solver.tries()
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap_or(0)).sum()
-    });
-    let elapsed = start.elapsed().as_secs_f64();
-    PowBenchmark {
-        threads,
-        tries,
-        elapsed_ms: elapsed * 1000.0,
-        tries_per_sec: tries as f64 / elapsed.max(1e-9),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +195,7 @@ mod tests {
         let nonce = loop {
             match pool
                 .reports()
-                .recv_timeout(Duration::from_secs(30))
+                .recv_timeout(std::time::Duration::from_secs(30))
                 .unwrap()
             {
                 PowReport::Solved {
