@@ -61,7 +61,10 @@ fn on_threads(threads: usize, budget: Duration, f: fn(Duration, usize) -> f64) -
         let handles: Vec<_> = (0..threads)
             .map(|t| s.spawn(move || f(budget, t)))
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .sum()
     })
 }
 

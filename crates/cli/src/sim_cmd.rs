@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use gridpow_bench::sys::{peak_memory_kib, process_cpu_seconds};
+use gridpow_bench::sys::peak_memory_kib;
 use gridpow_sim::config::{secs_to_us, Arrivals, GilbertElliott, SimConfig};
 use gridpow_sim::rng::{DEFAULT_SEED, SEED_ENV};
 use gridpow_sim::run::run_with_progress;
 use gridpow_sim::study::{self, StudyConfig};
-use gridpow_sim::{plot, AckAir, MacModel, Report, Scheme, SimError, Simulation};
+use gridpow_sim::{plot, AckAir, MacModel, Report, Scheme, SimError};
 
 /// Medium access model (`--mac`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -211,7 +211,8 @@ pub struct SimArgs {
     #[arg(long)]
     pub bench: bool,
     /// Threads: collision domains (isolated cells, or channels) run in
-    /// parallel; the results are the same for any count. Default: every core.
+    /// parallel; the results are the same for any count. Each thread holds
+    /// every meter's state. The study runs on one. Default: every core, at most 8.
     #[arg(long)]
     pub threads: Option<u32>,
     /// Run a part of the scalability study, print its tables (Markdown) and
@@ -229,7 +230,7 @@ impl SimArgs {
     /// `--threads`, else every core.
     pub fn threads(&self) -> u32 {
         self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+            .unwrap_or_else(gridpow_bench::sim::default_threads)
     }
 
     /// Validates the flags into a configuration for `meters` meters.
@@ -557,12 +558,8 @@ fn print_table(r: &Report) {
 fn bench(args: &SimArgs) -> anyhow::Result<()> {
     let mut cfg = SimConfig::benchmark(args.seed(), 3600.0);
     cfg.threads = args.threads();
-    let started = std::time::Instant::now();
-    let cpu_before = process_cpu_seconds();
-    let report = Simulation::run_threads(cfg, &mut |_| true).context("the benchmark")?;
-    // The setup (every shard derives its meters' keys) is what the run's own clock leaves out.
-    let setup_s = (started.elapsed().as_secs_f64() - report.wall_s).max(0.0);
-    let run_cpu_s = process_cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
+    let run = gridpow_bench::sim::run_timed(cfg).context("the benchmark")?;
+    let (report, setup_s, run_cpu_s) = (run.report, run.setup_s, run.run_cpu_s);
     let peak = peak_memory_kib();
     if args.json {
         let mut v = serde_json::to_value(&report)?;

@@ -192,7 +192,7 @@ impl SimConfig {
         }
     }
 
-    /// The speed benchmark (`gridpow sim bench`, `gridpow bench`): 100 000
+    /// The speed benchmark (`gridpow sim --bench`, `gridpow bench`): 100 000
     /// meters at a 10 s interval for `duration_s` seconds, 100 isolated cells
     /// of 1 000 meters on 3 channels, CSMA, 30 s to drain.
     pub fn benchmark(seed: u64, duration_s: f64) -> Self {

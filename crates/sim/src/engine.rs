@@ -470,7 +470,11 @@ impl Simulation {
     /// Runs the configuration on up to `cfg.threads` threads, one shard of
     /// the collision domains each, and merges the shards: the report is the
     /// one [`Simulation::run`] gives (wall time apart). `progress` is called
-    /// on this thread with the shards' sums (their earliest clock).
+    /// on this thread with the shards' sums (their earliest clock), first
+    /// once every shard is set up. Stopping early (`progress` returning
+    /// `false`) stops each shard where it is then, so an early-stopped run
+    /// depends on the thread count and timing: the study, which stops runs
+    /// early, uses one thread. Each thread holds every meter's state.
     pub fn run_threads(
         cfg: SimConfig,
         progress: &mut dyn FnMut(&Progress) -> bool,
@@ -481,18 +485,20 @@ impl Simulation {
         }
         let end_us = cfg.duration_us.saturating_add(cfg.drain_us);
         let stop = AtomicBool::new(false);
-        // Every shard sets up (keys, senders) before the clock starts, as
-        // `run` times only the events.
-        let ready = std::sync::Barrier::new(shards as usize + 1);
+        // Per shard: set up (keys, senders), then clock, readings made,
+        // delivered in budget, uplinks, events.
+        let ready: Vec<AtomicBool> = (0..shards).map(|_| AtomicBool::new(false)).collect();
         let seen: Vec<[AtomicU64; 5]> = (0..shards).map(|_| Default::default()).collect();
         let runs = std::thread::scope(|s| {
             let handles: Vec<_> = (0..shards)
                 .map(|k| {
-                    let (cfg, stop, seen, ready) = (cfg.clone(), &stop, &seen[k as usize], &ready);
+                    let (cfg, stop) = (cfg.clone(), &stop);
+                    let (seen, ready) = (&seen[k as usize], &ready[k as usize]);
                     s.spawn(move || {
-                        let sim = Simulation::new_shard(cfg, k, shards);
-                        ready.wait();
-                        let mut sim = sim?;
+                        let mut sim = Simulation::new_shard(cfg, k, shards)?;
+                        // As `run` does, the clock starts after the set-up.
+                        let started = std::time::Instant::now();
+                        ready.store(true, Ordering::Release);
                         let (finished, stopped) = sim.run_events(&mut |p| {
                             for (a, v) in seen.iter().zip([
                                 p.now_us,
@@ -505,38 +511,61 @@ impl Simulation {
                             }
                             !stop.load(Ordering::Relaxed)
                         });
-                        Ok::<_, SimError>((sim, finished, stopped))
+                        Ok::<_, SimError>((
+                            sim,
+                            finished,
+                            stopped,
+                            started,
+                            std::time::Instant::now(),
+                        ))
                     })
                 })
                 .collect();
-            ready.wait();
-            let wall = std::time::Instant::now();
-            while !handles.iter().all(|h| h.is_finished()) {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                let sum = |i: usize| seen.iter().map(|a| a[i].load(Ordering::Relaxed)).sum();
-                let p = Progress {
-                    now_us: seen
-                        .iter()
-                        .map(|a| a[0].load(Ordering::Relaxed))
-                        .min()
-                        .unwrap_or(0),
-                    end_us,
-                    readings_made: sum(1),
-                    readings_delivered_in_budget: sum(2),
-                    uplinks: sum(3),
-                    events: sum(4),
-                };
-                if !progress(&p) {
-                    stop.store(true, Ordering::Relaxed);
+            // Progress (first called once every shard is set up) until all
+            // have ended; a shard that fails or panics ends too, so this
+            // never waits on one that cannot finish.
+            loop {
+                let done = handles.iter().all(|h| h.is_finished());
+                if ready.iter().all(|r| r.load(Ordering::Acquire)) {
+                    let sum = |i: usize| seen.iter().map(|a| a[i].load(Ordering::Relaxed)).sum();
+                    let p = Progress {
+                        now_us: seen
+                            .iter()
+                            .map(|a| a[0].load(Ordering::Relaxed))
+                            .min()
+                            .unwrap_or(0),
+                        end_us,
+                        readings_made: sum(1),
+                        readings_delivered_in_budget: sum(2),
+                        uplinks: sum(3),
+                        events: sum(4),
+                    };
+                    if !done && !progress(&p) {
+                        stop.store(true, Ordering::Relaxed);
+                    }
                 }
+                if done {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            let runs = handles
+            handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect::<Result<Vec<_>, SimError>>();
-            runs.map(|r| (r, wall.elapsed().as_secs_f64()))
+                .collect::<Result<Vec<_>, SimError>>()
         })?;
-        let (mut runs, wall_s) = runs;
+        // From the first shard's start to the last shard's end.
+        let wall_s = match (
+            runs.iter().map(|r| r.3).min(),
+            runs.iter().map(|r| r.4).max(),
+        ) {
+            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let mut runs: Vec<_> = runs
+            .into_iter()
+            .map(|(sim, f, st, _, _)| (sim, f, st))
+            .collect();
         let stopped_early = runs.iter().any(|r| r.2);
         let finished = if stopped_early {
             runs.iter().map(|r| r.1).min()
