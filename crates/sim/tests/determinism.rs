@@ -41,11 +41,12 @@ fn a_different_seed_gives_a_different_trace() {
 
 /// Collision domains run on separate threads give the very same run: the
 /// report (wall time apart) and the trace hash agree for 1, 2 and 3 threads,
-/// with isolated cells and with cells sharing channels.
+/// with isolated cells and with cells sharing channels, under CSMA with
+/// in-band ACKs and under ALOHA with delayed, ideal ACKs.
 #[test]
 fn any_number_of_threads_gives_the_identical_run() {
     let seed = common::seed();
-    for isolated in [true, false] {
+    for (isolated, aloha) in [(true, false), (false, false), (true, true)] {
         let mut cfg = SimConfig::new(600, 1.0, 15.0);
         cfg.seed = seed;
         cfg.relays = 6;
@@ -55,6 +56,12 @@ fn any_number_of_threads_gives_the_identical_run() {
         cfg.loss = 0.05;
         cfg.capture_db = Some(6.0);
         cfg.drain_us = 5_000_000;
+        if aloha {
+            cfg.mac = MacModel::Aloha;
+            cfg.ack_air = gridpow_sim::AckAir::Ideal;
+            cfg.ack_delay_us = 2_000;
+            cfg.ack_delay_random = true;
+        }
         let run = |threads: u32| {
             let mut c = cfg.clone();
             c.threads = threads;
@@ -74,7 +81,7 @@ fn any_number_of_threads_gives_the_identical_run() {
             assert_eq!(
                 run(threads),
                 one,
-                "seed {seed}, isolated {isolated}, {threads} threads"
+                "seed {seed}, isolated {isolated}, aloha {aloha}, {threads} threads"
             );
         }
     }
