@@ -69,10 +69,9 @@
 #![allow(clippy::unwrap_used)]
 
 use gridpow_bench::ingest::{
-    as_items, blocks_per_tx, end_to_end, raw_batches, run, Backend, IngestOptions, Pg, Site,
+    as_items, blocks_per_tx, end_to_end, raw_batches, run, timed, Backend, IngestOptions, Pg, Site,
 };
 use gridpow_store::{IngestStore, PgStore, QueryStore, StoreOptions};
-use std::time::Instant;
 
 fn main() {
     let all: Vec<String> = std::env::args().skip(1).collect();
@@ -204,18 +203,22 @@ fn two_writers(opts: &IngestOptions, raw1: f64) {
         .unwrap();
     let url = pg.fresh("e2e2").unwrap();
     let e = rt
-        .block_on(end_to_end(&site.keys, &url, 2, &payloads, total, false))
+        .block_on(end_to_end(
+            &site.keys, &url, 2, &payloads, total, raw1, false,
+        ))
         .unwrap();
     println!(
         "end to end, 2 servers: {:>9.0} readings/s  ({:.2} × raw COPY)",
-        e.readings_per_s,
-        e.readings_per_s / raw1
+        e.readings_per_s, e.over_raw
     );
 }
 
 /// Readings per second of `f`, which stores `total` readings.
 fn rate(total: u64, f: impl FnOnce()) -> f64 {
-    let started = Instant::now();
-    f();
-    total as f64 / started.elapsed().as_secs_f64()
+    timed(total, || {
+        f();
+        Ok(())
+    })
+    .unwrap()
+    .0
 }
