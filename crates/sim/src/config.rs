@@ -78,6 +78,12 @@ pub struct SimConfig {
     pub meters: u32,
     /// Number of relays; meter `m` reports to relay `m % relays`.
     pub relays: u32,
+    /// Fraction of each cell's meters that sit at its edge and are also heard
+    /// by a second relay, the next relay of the same collision domain
+    /// ([`SimConfig::second_relay`]). Needs at least two relays per channel.
+    /// With isolated cells, overlapping cells are neighbours that hear each
+    /// other: the cells of a channel pair up into one collision domain each.
+    pub overlap: f64,
     /// Radio channels in use; relay `r` is on channel `r % channels`.
     pub channels: u32,
     /// Each relay's cell is out of range of every other cell (spatial reuse);
@@ -159,6 +165,7 @@ impl SimConfig {
             seed: crate::rng::DEFAULT_SEED,
             meters,
             relays: 1,
+            overlap: 0.0,
             channels: 1,
             isolated_cells: false,
             interval_us: secs_to_us(interval_s),
@@ -250,6 +257,19 @@ impl SimConfig {
             }
         }
         prob("hidden", self.hidden_fraction)?;
+        prob("overlap", self.overlap)?;
+        if self.overlap > 0.0 && self.relays < 2 * self.channels {
+            return Err(SimError::config(
+                "overlap",
+                format!(
+                    "needs a second relay on each meter's channel: at least 2 relays per \
+                     channel, so at least {} relays for {} channels, got {}",
+                    2 * self.channels,
+                    self.channels,
+                    self.relays
+                ),
+            ));
+        }
         prob("loss", self.loss)?;
         if let Some(b) = self.burst {
             prob("burst-loss good-state loss", b.loss_good)?;
@@ -300,22 +320,79 @@ impl SimConfig {
     }
 
     /// The collision domain of relay `relay`'s cell: its own when cells are
-    /// isolated, else its channel's.
+    /// isolated (with its neighbour's when cells overlap), else its channel's.
     pub fn relay_domain(&self, relay: u32) -> u32 {
-        if self.isolated_cells {
-            relay
-        } else {
-            relay % self.channels
+        if !self.isolated_cells {
+            return relay % self.channels;
         }
+        if !self.overlaps() {
+            return relay;
+        }
+        let c = self.channels;
+        let ch = relay % c;
+        // Pairs on the channels before this one, then this cell's pair.
+        let before: u32 = (0..ch).map(|k| self.relays_on_channel(k) / 2).sum();
+        let pairs = self.relays_on_channel(ch) / 2;
+        before + (relay / c / 2).min(pairs - 1)
     }
 
     /// Number of separate collision domains.
     pub fn domains(&self) -> u32 {
-        if self.isolated_cells {
-            self.relays
-        } else {
+        if !self.isolated_cells {
             self.channels.min(self.relays)
+        } else if self.overlaps() {
+            (0..self.channels)
+                .map(|k| self.relays_on_channel(k) / 2)
+                .sum()
+        } else {
+            self.relays
         }
+    }
+
+    /// Whether edge meters are heard by two relays (a valid configuration
+    /// with `overlap > 0`).
+    pub fn overlaps(&self) -> bool {
+        self.overlap > 0.0 && self.relays >= 2 * self.channels
+    }
+
+    /// Relays on channel `ch`: `ch, ch + channels, ch + 2·channels, …`.
+    fn relays_on_channel(&self, ch: u32) -> u32 {
+        self.relays.saturating_sub(ch).div_ceil(self.channels)
+    }
+
+    /// The relay that also hears the edge meters of `relay`'s cell: the next
+    /// relay of its collision domain (cyclically), so that it is on the same
+    /// channel and the domain, and with it the sharding by domain, stays whole.
+    /// Its edge meters are the neighbour's edge meters too only when the domain
+    /// has two relays; with more, each cell overlaps the next one round a ring.
+    pub fn neighbour_relay(&self, relay: u32) -> u32 {
+        let c = self.channels;
+        let (ch, i) = (relay % c, relay / c);
+        let n = self.relays_on_channel(ch);
+        // The domain's relays are positions start..end on the channel.
+        let (start, end) = if self.isolated_cells {
+            let pairs = (n / 2).max(1);
+            let p = (i / 2).min(pairs - 1);
+            (2 * p, if p + 1 == pairs { n } else { 2 * p + 2 })
+        } else {
+            (0, n)
+        };
+        let next = if i + 1 < end { i + 1 } else { start };
+        ch + next * c
+    }
+
+    /// The second relay that hears meter `meter`, if it is an edge meter. Of
+    /// each cell's meters (its `k`-th being meter `k·relays + relay`), the
+    /// `k`-th is at the edge when `⌊(k+1)·overlap⌋ > ⌊k·overlap⌋`: exactly
+    /// the fraction `overlap` of every cell (rounded down), spread evenly, and
+    /// the same for any seed (0.2: every fifth meter; 1: every meter).
+    pub fn second_relay(&self, meter: u32) -> Option<u32> {
+        if !self.overlaps() {
+            return None;
+        }
+        let k = f64::from(meter / self.relays);
+        let edge = ((k + 1.0) * self.overlap).floor() > (k * self.overlap).floor();
+        edge.then(|| self.neighbour_relay(meter % self.relays))
     }
 }
 
@@ -325,5 +402,90 @@ pub fn secs_to_us(s: f64) -> u64 {
         0
     } else {
         (s * 1e6).round().min(u64::MAX as f64) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlapping(relays: u32, channels: u32, isolated: bool) -> SimConfig {
+        let mut cfg = SimConfig::new(1000, 10.0, 60.0);
+        cfg.relays = relays;
+        cfg.channels = channels;
+        cfg.isolated_cells = isolated;
+        cfg.overlap = 0.2;
+        cfg
+    }
+
+    #[test]
+    fn a_neighbour_relay_shares_the_channel_and_the_collision_domain() {
+        for isolated in [false, true] {
+            for channels in 1..=4 {
+                for relays in 2 * channels..=5 * channels + 1 {
+                    let cfg = overlapping(relays, channels, isolated);
+                    assert!(cfg.validate().is_ok());
+                    let mut used = vec![false; cfg.domains() as usize];
+                    for r in 0..relays {
+                        let n = cfg.neighbour_relay(r);
+                        let what = format!("relay {r} of {relays}, {channels} ch, {isolated}");
+                        assert_ne!(n, r, "{what}");
+                        assert!(n < relays, "{what}");
+                        assert_eq!(n % channels, r % channels, "{what}");
+                        assert_eq!(cfg.relay_domain(n), cfg.relay_domain(r), "{what}");
+                        used[cfg.relay_domain(r) as usize] = true;
+                    }
+                    assert!(used.iter().all(|&u| u), "domains are numbered densely");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn isolated_overlapping_cells_pair_up_and_an_odd_one_joins_the_last_pair() {
+        let cfg = overlapping(7, 3, true);
+        // Channel 0 holds relays 0, 3, 6 (one domain of three), 1 has 1, 4, 2 has 2, 5.
+        assert_eq!(cfg.domains(), 3);
+        let doms: Vec<u32> = (0..7).map(|r| cfg.relay_domain(r)).collect();
+        assert_eq!(doms, [0, 1, 2, 0, 1, 2, 0]);
+        let next: Vec<u32> = (0..7).map(|r| cfg.neighbour_relay(r)).collect();
+        assert_eq!(next, [3, 4, 5, 6, 1, 2, 0]);
+        let cfg = overlapping(8, 2, true);
+        assert_eq!(cfg.domains(), 4);
+        assert_eq!(cfg.neighbour_relay(4), 6);
+        assert_eq!(cfg.neighbour_relay(6), 4);
+    }
+
+    #[test]
+    fn the_edge_meters_are_the_requested_fraction_of_every_cell() {
+        let mut cfg = overlapping(4, 1, false);
+        for (f, want) in [(0.0, 0), (0.2, 50), (0.5, 125), (1.0, 250)] {
+            cfg.overlap = f;
+            for r in 0..4 {
+                let edge = (0..1000)
+                    .filter(|m| m % 4 == r && cfg.second_relay(*m).is_some())
+                    .count();
+                assert_eq!(edge, want, "overlap {f}, relay {r}");
+            }
+        }
+        cfg.overlap = 0.2;
+        assert_eq!(cfg.second_relay(16), Some(1), "the fifth meter of cell 0");
+        assert_eq!(cfg.second_relay(0), None);
+    }
+
+    #[test]
+    fn overlap_without_a_second_relay_on_the_channel_is_refused() {
+        for (relays, channels) in [(1, 1), (3, 2), (5, 3)] {
+            let err = overlapping(relays, channels, false)
+                .validate()
+                .map(|()| "accepted".to_string())
+                .unwrap_or_else(|e| e.to_string());
+            assert!(err.contains("overlap"), "{relays} relays: {err}");
+        }
+        let mut cfg = overlapping(2, 1, false);
+        cfg.overlap = 1.5;
+        assert!(cfg.validate().is_err());
+        cfg.overlap = f64::NAN;
+        assert!(cfg.validate().is_err());
     }
 }

@@ -11,6 +11,19 @@
 //! least the threshold stronger than the strongest interferer. Independent and
 //! bursty losses are drawn per frame and receiver on the meter's link.
 //!
+//! ## Overlapping cells
+//! With `overlap > 0`, a meter at the edge of its cell is heard by a second
+//! relay of its collision domain ([`SimConfig::second_relay`]). Its uplinks
+//! stay addressed to its own relay (only that one sends the MAC ACK); the
+//! second relay overhears them, each copy judged at that relay on its own:
+//! overlap with what *it* hears, its own half-duplex state, and an
+//! independent loss draw on a link of its own (same received power, the
+//! meter sits between the two). Both relays run the real ingress, deliver
+//! what they accept and send in-band ACKs that contend for the same air; the
+//! meter's sender takes the first authentic ACK and refuses (counts) the
+//! other. A reading delivered by both counts once, as the grid server stores
+//! it once; the second delivery is counted apart (`readings_heard_by_both`).
+//!
 //! ## Medium access
 //! ALOHA transmits at once, slotted ALOHA at the next slot boundary, both
 //! without MAC ACK (the textbook models). CSMA follows 802.11 DCF: each
@@ -162,6 +175,88 @@ struct Tx {
     /// Strongest audible interferer at the receiver, dBm.
     interference_dbm: f32,
     domain: u32,
+    /// A second relay overhearing this uplink (an edge meter's), or `NONE`,
+    /// and the damage there, judged as at `dst`.
+    dst2: u32,
+    corrupt2: bool,
+    interference2_dbm: f32,
+}
+
+impl Tx {
+    /// A transmission with one receiver, so far undamaged.
+    fn new(src: u32, dst: u32, start: u64, end: u64, frame: u32, kind: TxKind, domain: u32) -> Tx {
+        Tx {
+            src,
+            dst,
+            start,
+            end,
+            frame,
+            kind,
+            corrupt: false,
+            interference_dbm: f32::NEG_INFINITY,
+            domain,
+            dst2: NONE,
+            corrupt2: false,
+            interference2_dbm: f32::NEG_INFINITY,
+        }
+    }
+}
+
+/// A meter's radio link to one relay: its bursty-loss state and loss draws.
+struct Link {
+    ge_bad: bool,
+    ge_next_flip: u64,
+    rng_loss: Pcg64Mcg,
+}
+
+impl Link {
+    /// A link whose Gilbert-Elliott state starts in its stationary distribution,
+    /// drawn from `setup`.
+    fn new(cfg: &SimConfig, setup: &mut Pcg64Mcg, rng_loss: Pcg64Mcg) -> Link {
+        let (ge_bad, ge_next_flip) = match cfg.burst {
+            Some(b) => {
+                let (g, bd) = (b.mean_good_us as f64, b.mean_bad_us as f64);
+                let bad = setup.chance(bd / (g + bd));
+                (bad, setup.exp(if bad { bd } else { g }) as u64 + 1)
+            }
+            None => (false, u64::MAX),
+        };
+        Link {
+            ge_bad,
+            ge_next_flip,
+            rng_loss,
+        }
+    }
+
+    /// Draws whether a frame on this link at `now` is lost to the channel.
+    fn lost(&mut self, cfg: &SimConfig, now: u64) -> bool {
+        if let Some(b) = cfg.burst {
+            while now >= self.ge_next_flip {
+                self.ge_bad = !self.ge_bad;
+                let mean = if self.ge_bad {
+                    b.mean_bad_us
+                } else {
+                    b.mean_good_us
+                };
+                self.ge_next_flip += (self.rng_loss.exp(mean as f64) as u64).max(1);
+            }
+            let p = if self.ge_bad { b.loss_bad } else { b.loss_good };
+            if self.rng_loss.chance(p) {
+                return true;
+            }
+        }
+        self.rng_loss.chance(cfg.loss)
+    }
+}
+
+/// An edge meter's second relay.
+struct SecondRelay {
+    node: u32,
+    link: Link,
+    /// First sequence number that relay has not delivered.
+    delivered_upto: u32,
+    /// The ACK for this meter waiting in that relay's queue, if any.
+    ack_queued: u32,
 }
 
 /// A meter's driver state besides its `Sender`.
@@ -170,20 +265,22 @@ struct MeterState {
     relay_node: u32,
     listen_since: u64,
     radio_on_us: u64,
-    /// First sequence number not yet delivered.
+    /// First sequence number not yet delivered by any relay.
     delivered_upto: u32,
+    /// First sequence number its own relay has not delivered.
+    own_delivered_upto: u32,
     /// Readings below this were in a frame the sender gave up.
     budget_mark: u32,
     /// The ACK for this meter waiting in its relay's queue, if any.
     ack_queued: u32,
     rssi_dbm: f32,
-    ge_bad: bool,
-    ge_next_flip: u64,
+    link: Link,
+    /// The second relay of an edge meter (boxed: most meters have none).
+    second: Option<Box<SecondRelay>>,
     made_us: [u64; RING],
     rng_arrival: Pcg64Mcg,
     rng_entropy: Pcg64Mcg,
     rng_mac: Pcg64Mcg,
-    rng_loss: Pcg64Mcg,
 }
 
 struct RelayState {
@@ -217,6 +314,8 @@ struct Counters {
     delivered: u64,
     delivered_in_budget: u64,
     duplicates: u64,
+    heard_by_both: u64,
+    uplinks_overheard: u64,
     latency_unknown: u64,
     proto_errors: u64,
 }
@@ -238,6 +337,8 @@ impl Counters {
         self.delivered += o.delivered;
         self.delivered_in_budget += o.delivered_in_budget;
         self.duplicates += o.duplicates;
+        self.heard_by_both += o.heard_by_both;
+        self.uplinks_overheard += o.uplinks_overheard;
         self.latency_unknown += o.latency_unknown;
         self.proto_errors += o.proto_errors;
     }
@@ -283,6 +384,8 @@ pub struct Simulation {
     /// the trace does not depend on how domains were split over threads.
     traces: Vec<TraceHash>,
     deliveries: Vec<(u32, u32)>,
+    /// Every `(relay, meter, seq)` each relay delivered, when recording.
+    relay_deliveries: Vec<(u32, u32, u32)>,
     /// This simulation runs the domains `d` with `d % shard.1 == shard.0`.
     shard: (u32, u32),
     n_meters: u32,
@@ -383,13 +486,32 @@ impl Simulation {
             let mut setup = rng::stream(cfg.seed, base | 4);
             let mut rng_arrival = rng::stream(cfg.seed, base);
             let rssi = (cfg.rssi_mean_dbm + cfg.rssi_sd_db * setup.normal()) as f32;
-            let (ge_bad, ge_next_flip) = match cfg.burst {
-                Some(b) => {
-                    let (g, bd) = (b.mean_good_us as f64, b.mean_bad_us as f64);
-                    let bad = setup.chance(bd / (g + bd));
-                    (bad, setup.exp(if bad { bd } else { g }) as u64 + 1)
+            let link = Link::new(&cfg, &mut setup, rng::stream(cfg.seed, base | 3));
+            let second = match cfg.second_relay(m) {
+                Some(r2) => {
+                    let entry =
+                        MeterEntry::new(m, Some(meter_mac(m)), HopKeys::new(KEY_ID, &secret.hop));
+                    if !relays[r2 as usize]
+                        .ingress
+                        .table_mut()
+                        .push_neighbour(entry)
+                    {
+                        return Err(SimError::config(
+                            "overlap",
+                            "neighbour meter ids out of order (internal)",
+                        ));
+                    }
+                    // Its own streams, so edge meters leave every other draw as it was.
+                    let mut setup2 = rng::stream(cfg.seed, base | 5);
+                    let rng_loss = rng::stream(cfg.seed, base | 6);
+                    Some(Box::new(SecondRelay {
+                        node: n + r2,
+                        link: Link::new(&cfg, &mut setup2, rng_loss),
+                        delivered_upto: 0,
+                        ack_queued: NONE,
+                    }))
                 }
-                None => (false, u64::MAX),
+                None => None,
             };
             let first = match (cfg.arrivals, cfg.boot_spread_us) {
                 (_, Some(spread)) => rng_arrival.below(spread.max(1)),
@@ -405,16 +527,16 @@ impl Simulation {
                 listen_since: u64::MAX,
                 radio_on_us: 0,
                 delivered_upto: 0,
+                own_delivered_upto: 0,
                 budget_mark: 0,
                 ack_queued: NONE,
                 rssi_dbm: rssi,
-                ge_bad,
-                ge_next_flip,
+                link,
+                second,
                 made_us: [0; RING],
                 rng_arrival,
                 rng_entropy: rng::stream(cfg.seed, base | 1),
                 rng_mac: rng::stream(cfg.seed, base | 2),
-                rng_loss: rng::stream(cfg.seed, base | 3),
             });
         }
         let domains = (0..cfg.domains()).map(|_| Domain::default()).collect();
@@ -437,6 +559,7 @@ impl Simulation {
             latency: Histogram::default(),
             traces,
             deliveries: Vec::new(),
+            relay_deliveries: Vec::new(),
             shard: (shard, shards),
             n_meters: n,
             slot_us,
@@ -451,9 +574,17 @@ impl Simulation {
         &self.cfg
     }
 
-    /// Every `(meter, seq)` delivered, in order, when `record_deliveries` is set.
+    /// Every `(meter, seq)` delivered, in order, when `record_deliveries` is
+    /// set: each once, however many relays delivered it.
     pub fn deliveries(&self) -> &[(u32, u32)] {
         &self.deliveries
+    }
+
+    /// Every `(relay, meter, seq)` a relay delivered, in order, when
+    /// `record_deliveries` is set: a reading of an edge meter may appear
+    /// once for each of its two relays.
+    pub fn relay_deliveries(&self) -> &[(u32, u32, u32)] {
+        &self.relay_deliveries
     }
 
     /// Runs to the end of the drain. `progress` is called about 200 times along
@@ -617,6 +748,7 @@ impl Simulation {
         self.counters.add(&other.counters);
         self.latency.merge(&other.latency);
         self.deliveries.append(&mut other.deliveries);
+        self.relay_deliveries.append(&mut other.relay_deliveries);
         self.now = self.now.max(other.now);
     }
 
@@ -812,25 +944,15 @@ impl Simulation {
         self.poll_meter(m);
     }
 
-    fn link_lost(&mut self, m: usize) -> bool {
-        let now = self.now;
+    /// Draws whether a frame between meter `m` and relay node `relay` is
+    /// lost to the channel, on that relay's link.
+    fn link_lost(&mut self, m: usize, relay: u32) -> bool {
         let ms = &mut self.meters[m];
-        if let Some(b) = self.cfg.burst {
-            while now >= ms.ge_next_flip {
-                ms.ge_bad = !ms.ge_bad;
-                let mean = if ms.ge_bad {
-                    b.mean_bad_us
-                } else {
-                    b.mean_good_us
-                };
-                ms.ge_next_flip += (ms.rng_loss.exp(mean as f64) as u64).max(1);
-            }
-            let p = if ms.ge_bad { b.loss_bad } else { b.loss_good };
-            if ms.rng_loss.chance(p) {
-                return true;
-            }
-        }
-        ms.rng_loss.chance(self.cfg.loss)
+        let link = match &mut ms.second {
+            Some(s) if s.node == relay => &mut s.link,
+            _ => &mut ms.link,
+        };
+        link.lost(&self.cfg, self.now)
     }
 
     // ---- relays -------------------------------------------------------------
@@ -855,7 +977,7 @@ impl Simulation {
             }
         };
         if let Verdict::Accepted(info) = verdict {
-            self.on_delivered(m as usize, &info);
+            self.on_delivered(m as usize, r as u32, &info);
         }
         let f = self.alloc_frame(&ack[..len], m, FrameKind::Ack);
         let delay = if self.cfg.ack_delay_random {
@@ -884,33 +1006,60 @@ impl Simulation {
                 if self.macs[node as usize].state == MacState::Idle {
                     self.macs[node as usize].frame = f;
                     self.mac_begin(node);
-                } else if self.meters[m].ack_queued != NONE {
+                } else if *self.ack_queued(m, node) != NONE {
                     // A stop-and-wait meter needs only the newest ACK: replace
                     // the queued one rather than queue a second.
-                    let queued = self.meters[m].ack_queued;
+                    let queued = *self.ack_queued(m, node);
                     let fb = &self.frames[f as usize];
                     let (len, bytes) = (fb.len as usize, fb.bytes);
                     self.fill_frame(queued, &bytes[..len]);
                     self.free_frame(f);
                 } else {
-                    self.meters[m].ack_queued = f;
+                    *self.ack_queued(m, node) = f;
                     self.relays[r as usize].queue.push_back(f);
                 }
             }
         }
     }
 
-    fn on_delivered(&mut self, m: usize, info: &FrameInfo) {
+    /// The slot of the ACK for meter `m` waiting in relay node `relay`'s queue.
+    fn ack_queued(&mut self, m: usize, relay: u32) -> &mut u32 {
+        let ms = &mut self.meters[m];
+        match &mut ms.second {
+            Some(s) if s.node == relay => &mut s.ack_queued,
+            _ => &mut ms.ack_queued,
+        }
+    }
+
+    /// Relay `r` delivered the new readings of a frame of meter `m`. Counts
+    /// each reading once, as the grid server stores it once: a reading
+    /// another relay delivered before is counted as heard by both instead.
+    fn on_delivered(&mut self, m: usize, r: u32, info: &FrameInfo) {
         let now = self.now;
         let first = info.first_seq.wrapping_add(u32::from(info.first_new));
         let end = info.first_seq.wrapping_add(u32::from(info.reading_count));
         let next_seq = self.senders[m].next_seq();
+        let node = self.n_meters + r;
         let ms = &mut self.meters[m];
-        if first < ms.delivered_upto {
+        let own = match &mut ms.second {
+            Some(s) if s.node == node => &mut s.delivered_upto,
+            _ => &mut ms.own_delivered_upto,
+        };
+        if first < *own {
             // The ingress must never hand out a reading twice; counted, not hidden.
-            self.counters.duplicates += u64::from(ms.delivered_upto.min(end) - first);
+            self.counters.duplicates += u64::from((*own).min(end) - first);
         }
-        for seq in first..end {
+        let first = first.max(*own);
+        *own = (*own).max(end);
+        if self.cfg.record_deliveries {
+            self.relay_deliveries
+                .extend((first..end).map(|seq| (r, m as u32, seq)));
+        }
+        // Below the mark of all relays, a reading is one the other relay
+        // delivered: the sender re-sends nothing below a delivered frame's start.
+        let fresh = first.max(ms.delivered_upto);
+        self.counters.heard_by_both += u64::from(fresh.min(end) - first);
+        for seq in fresh..end {
             if seq.wrapping_add(RING as u32) > next_seq {
                 self.latency
                     .record(now.saturating_sub(ms.made_us[seq as usize % RING]));
@@ -924,7 +1073,7 @@ impl Simulation {
                 self.deliveries.push((m as u32, seq));
             }
         }
-        self.counters.delivered += u64::from(end - first);
+        self.counters.delivered += u64::from(end.saturating_sub(fresh));
         ms.delivered_upto = ms.delivered_upto.max(end);
     }
 
@@ -1063,17 +1212,13 @@ impl Simulation {
             FrameKind::Ack => TxKind::Ack,
         };
         let domain = self.node_domain(n);
-        let id = self.alloc_tx(Tx {
-            src: n,
-            dst,
-            start: now,
-            end: now + air,
-            frame: f,
-            kind: tx_kind,
-            corrupt: false,
-            interference_dbm: f32::NEG_INFINITY,
-            domain,
-        });
+        let mut tx = Tx::new(n, dst, now, now + air, f, tx_kind, domain);
+        if tx_kind == TxKind::Uplink {
+            if let Some(second) = &self.meters[n as usize].second {
+                tx.dst2 = second.node;
+            }
+        }
+        let id = self.alloc_tx(tx);
         self.register(id);
         self.queue.push(now + air, Kind::TxEnd, id, 0);
         self.counters.air_total_us += air;
@@ -1111,6 +1256,16 @@ impl Simulation {
             let p = self.power(b.src, v.dst);
             let t = &mut self.txs[victim as usize];
             t.interference_dbm = t.interference_dbm.max(p);
+        }
+        // The overhearing relay suffers what it hears, apart from `dst`.
+        if v.dst2 != NONE {
+            if b.src == v.dst2 {
+                self.txs[victim as usize].corrupt2 = true;
+            } else if hears(&self.cfg, self.n_meters, b.src, v.dst2) {
+                let p = self.power(b.src, v.dst2);
+                let t = &mut self.txs[victim as usize];
+                t.interference2_dbm = t.interference2_dbm.max(p);
+            }
         }
     }
 
@@ -1187,22 +1342,33 @@ impl Simulation {
 
     /// Whether `tx` arrived intact at its receiver.
     fn received(&mut self, tx: &Tx) -> Result<(), Lost> {
-        if tx.corrupt {
+        self.received_at(tx, tx.dst, tx.corrupt, tx.interference_dbm)
+    }
+
+    /// Whether `tx` arrived intact at `dst`, given the damage judged there.
+    fn received_at(
+        &mut self,
+        tx: &Tx,
+        dst: u32,
+        corrupt: bool,
+        interference_dbm: f32,
+    ) -> Result<(), Lost> {
+        if corrupt {
             return Err(Lost::Collision);
         }
-        if tx.interference_dbm > f32::NEG_INFINITY {
-            let margin = f64::from(self.power(tx.src, tx.dst) - tx.interference_dbm);
+        if interference_dbm > f32::NEG_INFINITY {
+            let margin = f64::from(self.power(tx.src, dst) - interference_dbm);
             match self.cfg.capture_db {
                 Some(th) if margin >= th => {}
                 _ => return Err(Lost::Collision),
             }
         }
-        let link = if tx.src < self.n_meters {
-            tx.src
+        let (meter, relay) = if tx.src < self.n_meters {
+            (tx.src, dst)
         } else {
-            tx.dst
+            (dst, tx.src)
         };
-        if link < self.n_meters && self.link_lost(link as usize) {
+        if meter < self.n_meters && self.link_lost(meter as usize, relay) {
             return Err(Lost::Fading);
         }
         Ok(())
@@ -1224,17 +1390,16 @@ impl Simulation {
             if ok {
                 // Registered before the data frame leaves, so contenders stay
                 // deferred through SIFS (the NAV of the data frame does that).
-                let ack = self.alloc_tx(Tx {
-                    src: tx.dst,
-                    dst: tx.src,
-                    start: self.now + phy::SIFS_US,
-                    end: self.now + phy::SIFS_US + phy::MAC_ACK_AIRTIME_US,
-                    frame: NONE,
-                    kind: TxKind::MacAck,
-                    corrupt: false,
-                    interference_dbm: f32::NEG_INFINITY,
-                    domain: tx.domain,
-                });
+                let start = self.now + phy::SIFS_US;
+                let ack = self.alloc_tx(Tx::new(
+                    tx.dst,
+                    tx.src,
+                    start,
+                    start + phy::MAC_ACK_AIRTIME_US,
+                    NONE,
+                    TxKind::MacAck,
+                    tx.domain,
+                ));
                 self.register(ack);
                 let end = self.txs[ack as usize].end;
                 self.counters.air_total_us += phy::MAC_ACK_AIRTIME_US;
@@ -1280,6 +1445,17 @@ impl Simulation {
                 TxKind::MacAck => {}
             }
         }
+        if tx.dst2 != NONE
+            && self
+                .received_at(&tx, tx.dst2, tx.corrupt2, tx.interference2_dbm)
+                .is_ok()
+        {
+            // The overheard copy, after the addressed relay had its turn.
+            self.counters.uplinks_overheard += 1;
+            let fb = &self.frames[tx.frame as usize];
+            let (len, bytes) = (fb.len as usize, fb.bytes);
+            self.relay_receive((tx.dst2 - self.n_meters) as usize, tx.src, &bytes[..len]);
+        }
         if !csma {
             // ALOHA has no MAC feedback: the frame is done once sent.
             self.mac_done(tx.src);
@@ -1323,7 +1499,7 @@ impl Simulation {
                 .unwrap_or(NONE);
             if f != NONE {
                 let m = self.frames[f as usize].dst as usize;
-                self.meters[m].ack_queued = NONE;
+                *self.ack_queued(m, n) = NONE;
             }
             f
         };
@@ -1397,6 +1573,8 @@ impl Simulation {
         let mut retx = 0u64;
         let mut abandoned = 0u64;
         let mut acks_accepted = 0u64;
+        let mut acks_ignored = 0u64;
+        let mut overlap_meters = 0u32;
         let mut pending = 0u64;
         let mut radio_on = 0u64;
         for (s, ms) in self.senders.iter().zip(self.meters.iter_mut()) {
@@ -1408,6 +1586,8 @@ impl Simulation {
             retx += st.retransmissions;
             abandoned += st.frames_abandoned;
             acks_accepted += st.acks_accepted;
+            acks_ignored += st.acks_rejected;
+            overlap_meters += u32::from(ms.second.is_some());
             let oldest = s.next_seq().wrapping_sub(s.unconfirmed() as u32);
             pending += u64::from(s.next_seq().saturating_sub(oldest.max(ms.delivered_upto)));
             if ms.listen_since != u64::MAX {
@@ -1442,6 +1622,8 @@ impl Simulation {
             duration_s,
             simulated_s: finished as f64 / 1e6,
             hidden_fraction: cfg.hidden_fraction,
+            overlap: cfg.overlap,
+            overlap_meters,
             readings_made: made,
             readings_delivered: c.delivered,
             readings_delivered_in_budget: c.delivered_in_budget,
@@ -1450,6 +1632,7 @@ impl Simulation {
             readings_pending: pending,
             backlog_drops: drops,
             duplicates_delivered: c.duplicates,
+            readings_heard_by_both: c.heard_by_both,
             delivery_ratio: ratio(c.delivered),
             delivery_ratio_in_budget: ratio(c.delivered_in_budget),
             acked_ratio: ratio(acked),
@@ -1462,8 +1645,10 @@ impl Simulation {
             uplinks_received: c.uplinks_rx,
             uplinks_collided: c.uplinks_collided,
             uplinks_faded: c.uplinks_faded,
+            uplinks_overheard: c.uplinks_overheard,
             acks_sent: c.acks_sent,
             acks_accepted,
+            acks_ignored,
             offered_load: c.offered_air_us as f64 / window,
             throughput: c.received_air_us as f64 / window,
             channel_utilisation: busy as f64 / window,

@@ -147,10 +147,15 @@ pub struct Report {
     pub simulated_s: f64,
     /// Fraction of meter pairs hidden from each other.
     pub hidden_fraction: f64,
+    /// Fraction of each cell's meters also heard by a second relay.
+    pub overlap: f64,
+    /// Meters heard by two relays.
+    pub overlap_meters: u32,
 
     /// Readings made by the meters.
     pub readings_made: u64,
-    /// Readings delivered to the relay's application, each exactly once.
+    /// Readings delivered to the relays' application, each exactly once
+    /// however many relays delivered it (as the grid server stores it once).
     pub readings_delivered: u64,
     /// Delivered by a frame that was not given up (within the sender's retry budget).
     pub readings_delivered_in_budget: u64,
@@ -162,8 +167,11 @@ pub struct Report {
     pub readings_pending: u64,
     /// Readings the backlogs dropped (oldest first).
     pub backlog_drops: u64,
-    /// Readings the relay would have delivered twice (must be 0).
+    /// Readings one relay would have delivered twice (must be 0).
     pub duplicates_delivered: u64,
+    /// Readings delivered by a second relay after another had delivered them:
+    /// what the grid server counts as duplicate carriers (overlap only).
+    pub readings_heard_by_both: u64,
     /// `readings_delivered / readings_made`.
     pub delivery_ratio: f64,
     /// `readings_delivered_in_budget / readings_made`.
@@ -189,10 +197,15 @@ pub struct Report {
     pub uplinks_collided: u64,
     /// Uplinks lost to the channel (Bernoulli or bursty).
     pub uplinks_faded: u64,
+    /// Uplinks that also arrived intact at an edge meter's second relay.
+    pub uplinks_overheard: u64,
     /// gridpow ACK frames sent by relays (including MAC retries).
     pub acks_sent: u64,
     /// ACKs a meter received and verified.
     pub acks_accepted: u64,
+    /// ACKs a meter received intact but refused: late, repeated, or the
+    /// second relay's after the first relay's confirmed the frame.
+    pub acks_ignored: u64,
 
     /// G: uplink airtime offered per unit time per collision domain (frames per frame time).
     pub offered_load: f64,

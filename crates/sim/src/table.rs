@@ -17,11 +17,13 @@ pub fn mac_meter(mac: &MacAddr) -> Option<u32> {
 }
 
 /// The meters of one relay: ids `offset, offset + stride, offset + 2·stride, …`
-/// (meter `m` belongs to relay `m % relays`), stored densely.
+/// (meter `m` belongs to relay `m % relays`), stored densely, and the edge
+/// meters of a neighbour cell that it hears too, sorted by id.
 pub struct StridedMeterTable {
     stride: u32,
     offset: u32,
     entries: Vec<MeterEntry>,
+    neighbours: Vec<MeterEntry>,
 }
 
 impl StridedMeterTable {
@@ -31,6 +33,7 @@ impl StridedMeterTable {
             stride: stride.max(1),
             offset,
             entries: Vec::with_capacity(capacity),
+            neighbours: Vec::new(),
         }
     }
 
@@ -45,19 +48,37 @@ impl StridedMeterTable {
         true
     }
 
-    /// Number of meters.
+    /// Appends a meter of another cell that this relay hears too; returns
+    /// `false` unless its id is above every one appended before and not of
+    /// this table's own sequence.
+    pub fn push_neighbour(&mut self, entry: MeterEntry) -> bool {
+        let id = entry.meter_id;
+        if self.index(id).is_some() || self.neighbours.last().is_some_and(|e| e.meter_id >= id) {
+            return false;
+        }
+        self.neighbours.push(entry);
+        true
+    }
+
+    /// Number of meters, own and neighbours'.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.neighbours.len()
     }
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     fn index(&self, meter_id: u32) -> Option<usize> {
         let rel = meter_id.checked_sub(self.offset)?;
         (rel % self.stride == 0).then_some((rel / self.stride) as usize)
+    }
+
+    fn neighbour(&self, meter_id: u32) -> Option<usize> {
+        self.neighbours
+            .binary_search_by_key(&meter_id, |e| e.meter_id)
+            .ok()
     }
 }
 
@@ -66,11 +87,19 @@ impl MeterTable for StridedMeterTable {
         mac_meter(mac).is_some_and(|id| self.get(id).is_some_and(|e| e.mac.as_ref() == Some(mac)))
     }
     fn get(&self, meter_id: u32) -> Option<&MeterEntry> {
-        self.entries.get(self.index(meter_id)?)
+        match self.index(meter_id) {
+            Some(i) => self.entries.get(i),
+            None => self.neighbours.get(self.neighbour(meter_id)?),
+        }
     }
     fn get_mut(&mut self, meter_id: u32) -> Option<&mut MeterEntry> {
-        let i = self.index(meter_id)?;
-        self.entries.get_mut(i)
+        match self.index(meter_id) {
+            Some(i) => self.entries.get_mut(i),
+            None => {
+                let i = self.neighbour(meter_id)?;
+                self.neighbours.get_mut(i)
+            }
+        }
     }
 }
 
@@ -100,5 +129,21 @@ mod tests {
         assert!(t.mac_allowed(&meter_mac(1)));
         assert!(!t.mac_allowed(&meter_mac(2)));
         assert_eq!(mac_meter(&meter_mac(0xdead_beef)), Some(0xdead_beef));
+    }
+
+    #[test]
+    fn a_neighbour_meter_is_found_beside_the_own_ones() {
+        let mut t = StridedMeterTable::new(3, 1, 4);
+        assert!(t.push(entry(1)));
+        assert!(t.push_neighbour(entry(2)));
+        assert!(t.push_neighbour(entry(9)));
+        assert!(!t.push_neighbour(entry(5)), "ids must ascend");
+        assert!(!t.push_neighbour(entry(10)), "10 is one of its own");
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.get(9).map(|e| e.meter_id), Some(9));
+        assert_eq!(t.get_mut(2).map(|e| e.meter_id), Some(2));
+        assert!(t.get(3).is_none());
+        assert!(t.mac_allowed(&meter_mac(9)));
+        assert!(!t.mac_allowed(&meter_mac(8)));
     }
 }
