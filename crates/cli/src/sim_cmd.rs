@@ -118,6 +118,13 @@ pub struct SimArgs {
     /// Relays; meter m reports to relay m % R.
     #[arg(long, default_value_t = 1)]
     pub relays: u32,
+    /// Fraction of each cell's meters at its edge, heard by a second relay too
+    /// (the next relay on their channel; evenly spread, 0.2 = every fifth).
+    /// Both relays ingest, ACK and deliver; a reading counts once. Needs at
+    /// least 2 relays per channel; with --isolated, the cells of a channel
+    /// pair up into overlapping neighbours that share their air.
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    pub overlap: f64,
     /// Radio channels; relay r uses channel r % C.
     #[arg(long, default_value_t = 1)]
     pub channels: u32,
@@ -259,6 +266,7 @@ impl SimArgs {
         cfg.seed = self.seed();
         cfg.threads = self.threads();
         cfg.relays = self.relays;
+        cfg.overlap = self.overlap;
         cfg.channels = self.channels;
         cfg.isolated_cells = self.isolated;
         cfg.interval_us = pos_secs("interval", self.interval)?;
@@ -436,13 +444,16 @@ fn print_table(r: &Report) {
         (
             "network",
             format!(
-                "{} meters, {} relays, {} channels, {:?} MAC, {:?} scheme, hidden {:.0} %",
+                "{} meters, {} relays, {} channels, {:?} MAC, {:?} scheme, hidden {:.0} %, \
+                 overlap {:.0} % ({} edge meters)",
                 r.meters,
                 r.relays,
                 r.channels,
                 r.mac,
                 r.scheme,
-                100.0 * r.hidden_fraction
+                100.0 * r.hidden_fraction,
+                100.0 * r.overlap,
+                r.overlap_meters
             ),
         ),
         (
@@ -477,6 +488,10 @@ fn print_table(r: &Report) {
         ("backlog drops", r.backlog_drops.to_string()),
         ("duplicates delivered", r.duplicates_delivered.to_string()),
         (
+            "also delivered by a second relay",
+            r.readings_heard_by_both.to_string(),
+        ),
+        (
             "uplinks on air",
             format!(
                 "{} ({} frames built, {} abandoned)",
@@ -491,6 +506,10 @@ fn print_table(r: &Report) {
             ),
         ),
         (
+            "uplinks overheard by a second relay",
+            r.uplinks_overheard.to_string(),
+        ),
+        (
             "retransmissions per reading",
             format!(
                 "{:.4} sender, {:.4} MAC",
@@ -498,8 +517,8 @@ fn print_table(r: &Report) {
             ),
         ),
         (
-            "ACKs sent / accepted",
-            format!("{} / {}", r.acks_sent, r.acks_accepted),
+            "ACKs sent / accepted / ignored",
+            format!("{} / {} / {}", r.acks_sent, r.acks_accepted, r.acks_ignored),
         ),
         (
             "offered load G",

@@ -262,8 +262,8 @@ impl SimConfig {
             return Err(SimError::config(
                 "overlap",
                 format!(
-                    "needs a second relay on each meter's channel: at least 2 relays per \
-                     channel, so at least {} relays for {} channels, got {}",
+                    "needs a second relay on each meter's channel, so at least 2 relays per \
+                     channel: {} relays for {} channel(s), got {}",
                     2 * self.channels,
                     self.channels,
                     self.relays
