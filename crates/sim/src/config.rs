@@ -76,7 +76,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// Number of meters.
     pub meters: u32,
-    /// Number of relays; meter `m` reports to relay `m % relays`.
+    /// Number of relays; meter `m` reports to relay `m % relays` (an edge
+    /// meter also to a second one, see `overlap`).
     pub relays: u32,
     /// Fraction of each cell's meters that sit at its edge and are also heard
     /// by a second relay, the next relay of the same collision domain

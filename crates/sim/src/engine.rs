@@ -1049,7 +1049,8 @@ impl Simulation {
             // The ingress must never hand out a reading twice; counted, not hidden.
             self.counters.duplicates += u64::from((*own).min(end) - first);
         }
-        let first = first.max(*own);
+        // Only what lies above this relay's mark is new from it (kept <= end).
+        let first = first.max((*own).min(end));
         *own = (*own).max(end);
         if self.cfg.record_deliveries {
             self.relay_deliveries
