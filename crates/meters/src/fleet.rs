@@ -52,6 +52,9 @@ pub struct FleetStats {
     pub frames_abandoned: u64,
     /// ACKs refused (bad tag, unexpected, malformed).
     pub acks_rejected: u64,
+    /// Authentic ACKs of a frame already confirmed, ignored: a second relay
+    /// in range answered too (spec §5).
+    pub acks_late: u64,
     /// Radio send or receive errors.
     pub radio_errors: u64,
     /// Whether the fleet still generates readings (as seen by its thread).
@@ -488,6 +491,7 @@ impl Driver {
             s.retransmissions += st.retransmissions;
             s.frames_abandoned += st.frames_abandoned;
             s.acks_rejected += st.acks_rejected;
+            s.acks_late += st.acks_late;
             s.unconfirmed += m.sender.unconfirmed() as u64;
         }
         *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = s;

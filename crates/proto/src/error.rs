@@ -127,6 +127,10 @@ pub enum Rejected {
     /// An ACK that does not match the frame in flight (late, replayed or foreign).
     #[error("ACK does not match the frame in flight")]
     UnexpectedAck,
+    /// An authentic ACK of the frame the meter confirmed last: a second relay
+    /// in range answered too, or a relay repeated its ACK. Ignored (§5).
+    #[error("ACK of a frame already confirmed (a second relay in range)")]
+    AlreadyConfirmed,
     /// The relay's signature over the block header does not verify.
     #[error("relay signature does not verify")]
     BadSignature,

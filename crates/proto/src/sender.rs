@@ -135,6 +135,9 @@ pub struct SenderStats {
     pub acks_accepted: u64,
     /// ACKs refused (malformed, bad tag, unexpected).
     pub acks_rejected: u64,
+    /// Authentic ACKs of the frame confirmed last, ignored: a second relay in
+    /// range answered too, or a relay repeated its ACK (§5).
+    pub acks_late: u64,
 }
 
 /// What a push did to the backlog.
@@ -265,6 +268,8 @@ pub struct MeterSender<C: CryptoProvider, S> {
     /// Sequence number of the backlog's front (or of the next reading when empty).
     backlog_seq: u32,
     in_flight: Option<InFlight>,
+    /// Counter of the frame confirmed last in this boot epoch.
+    last_confirmed: Option<u32>,
     next_frame_at: Instant,
     /// When the next new frame may start, drawn once it could start.
     release_at: Option<Instant>,
@@ -330,6 +335,7 @@ impl<C: CryptoProvider, S: AsRef<[Reading]> + AsMut<[Reading]>> MeterSender<C, S
             },
             backlog_seq: first_seq,
             in_flight: None,
+            last_confirmed: None,
             next_frame_at: Instant::ZERO,
             release_at: None,
             phase: Duration::ZERO,
@@ -560,6 +566,10 @@ impl<C: CryptoProvider, S: AsRef<[Reading]> + AsMut<[Reading]>> MeterSender<C, S
         let res = self.check_ack(bytes);
         let ack = match res {
             Ok(a) => a,
+            Err(e @ Error::Rejected(Rejected::AlreadyConfirmed)) => {
+                self.stats.acks_late += 1;
+                return Err(e);
+            }
             Err(e) => {
                 self.stats.acks_rejected += 1;
                 return Err(e);
@@ -571,6 +581,7 @@ impl<C: CryptoProvider, S: AsRef<[Reading]> + AsMut<[Reading]>> MeterSender<C, S
         };
         self.stats.acks_accepted += 1;
         self.stats.readings_acked += f.count as u64;
+        self.last_confirmed = Some(f.counter);
         if f.transmissions > 1 {
             self.redraw_phase = true;
         }
@@ -604,7 +615,15 @@ impl<C: CryptoProvider, S: AsRef<[Reading]> + AsMut<[Reading]>> MeterSender<C, S
                 && ack.counter == f.counter
         });
         if !matches {
-            return Err(Rejected::UnexpectedAck.into());
+            let confirmed = ack.key_id == self.cfg.key_id
+                && ack.boot_epoch == self.epoch
+                && Some(ack.counter) == self.last_confirmed;
+            return Err(if confirmed {
+                Rejected::AlreadyConfirmed
+            } else {
+                Rejected::UnexpectedAck
+            }
+            .into());
         }
         Ok(ack)
     }

@@ -21,18 +21,7 @@ fn sender() -> Sender<RustCrypto, 4> {
 }
 
 fn ingress() -> Ingress<RustCrypto, FixedMeterTable<4>> {
-    let mut t = FixedMeterTable::new();
-    t.insert(MeterEntry::new(7, None, HopKeys::new(1, &SECRET.hop)))
-        .expect("room");
-    Ingress::new(
-        RustCrypto,
-        IngressConfig {
-            relay_id: 3,
-            channel: 6,
-            require_registered_mac: false,
-        },
-        t,
-    )
+    ingress_of_relay(3)
 }
 
 fn r(i: u64) -> Reading {
@@ -140,11 +129,81 @@ fn an_authentic_ack_confirms_the_frame_and_sets_the_clock() {
         Some(1_700_000_001_000)
     );
     assert_eq!(s.unconfirmed(), 0);
-    // The same ACK again confirms nothing: no frame is in flight.
+    // The same ACK again confirms nothing: it is late, not refused.
     assert_eq!(
         s.handle_ack(Instant::from_millis(31), &ack[..an]),
+        Err(Error::Rejected(Rejected::AlreadyConfirmed))
+    );
+    assert_eq!((s.stats().acks_late, s.stats().acks_rejected), (1, 0));
+}
+
+fn ingress_of_relay(relay_id: u32) -> Ingress<RustCrypto, FixedMeterTable<4>> {
+    let mut t = FixedMeterTable::new();
+    t.insert(MeterEntry::new(7, None, HopKeys::new(1, &SECRET.hop)))
+        .expect("room");
+    Ingress::new(
+        RustCrypto,
+        IngressConfig {
+            relay_id,
+            channel: 6,
+            require_registered_mac: false,
+        },
+        t,
+    )
+}
+
+#[test]
+fn a_meter_heard_by_two_relays_takes_the_first_ack_and_counts_the_other_as_late() {
+    let mut s = sender();
+    let (mut a, mut b) = (ingress_of_relay(1), ingress_of_relay(2));
+    let mut buf = [0u8; 250];
+    let mut acks = |s: &mut Sender<RustCrypto, 4>, n: u64| {
+        s.push_reading(r(n));
+        let len = s
+            .poll_transmit(Instant::from_millis(n * 1000), 0, &mut buf)
+            .expect("ok")
+            .expect("frame");
+        // Both relays hear the frame, accept it as new and ACK it.
+        [&mut a, &mut b].map(|relay| {
+            let v = relay.handle_frame(&[0; 6], &buf[..len]).expect("accepted");
+            assert!(matches!(v, Verdict::Accepted(_)), "{v:?}");
+            let mut ack = [0u8; 64];
+            let an = relay.emit_ack(&v, 5, &mut ack).expect("ack");
+            ack[..an].to_vec()
+        })
+    };
+    let [from_a, from_b] = acks(&mut s, 1);
+    let t = Instant::from_millis(1010);
+    assert_eq!(s.handle_ack(t, &from_b).expect("first ACK").relay_id, 2);
+    assert_eq!(
+        s.handle_ack(t, &from_a),
+        Err(Error::Rejected(Rejected::AlreadyConfirmed))
+    );
+    // The next frame is in flight when relay 1's ACK of the last one comes
+    // again: still late, and it confirms nothing.
+    let [next_a, _] = acks(&mut s, 2);
+    assert_eq!(
+        s.handle_ack(Instant::from_millis(2005), &from_a),
+        Err(Error::Rejected(Rejected::AlreadyConfirmed))
+    );
+    assert_eq!(s.unconfirmed(), 1);
+    assert_eq!(
+        s.handle_ack(Instant::from_millis(2010), &next_a)
+            .expect("ACK")
+            .relay_id,
+        1
+    );
+    // Two frames back it is merely unexpected.
+    assert_eq!(
+        s.handle_ack(Instant::from_millis(2020), &from_b),
         Err(Error::Rejected(Rejected::UnexpectedAck))
     );
+    let st = s.stats();
+    assert_eq!(
+        (st.acks_accepted, st.acks_late, st.acks_rejected),
+        (2, 2, 1)
+    );
+    assert_eq!(st.readings_acked, 2);
 }
 
 #[test]

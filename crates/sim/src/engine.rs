@@ -1587,7 +1587,7 @@ impl Simulation {
             retx += st.retransmissions;
             abandoned += st.frames_abandoned;
             acks_accepted += st.acks_accepted;
-            acks_ignored += st.acks_rejected;
+            acks_ignored += st.acks_rejected + st.acks_late;
             overlap_meters += u32::from(ms.second.is_some());
             let oldest = s.next_seq().wrapping_sub(s.unconfirmed() as u32);
             pending += u64::from(s.next_seq().saturating_sub(oldest.max(ms.delivered_upto)));

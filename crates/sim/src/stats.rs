@@ -203,8 +203,9 @@ pub struct Report {
     pub acks_sent: u64,
     /// ACKs a meter received and verified.
     pub acks_accepted: u64,
-    /// ACKs a meter received intact but refused: late, repeated, or the
-    /// second relay's after the first relay's confirmed the frame.
+    /// ACKs a meter received intact but did not accept: late ones (the
+    /// second relay's after the first relay's confirmed the frame, or a
+    /// repeated ACK; the sender's `acks_late`) and refused ones.
     pub acks_ignored: u64,
 
     /// G: uplink airtime offered per unit time per collision domain (frames per frame time).
