@@ -29,6 +29,7 @@
 //!
 //! [radio]
 //! udp_relay = "127.0.0.1:47800"
+//! udp_also_heard_by = []         # further relays in range, e.g. ["127.0.0.1:47801"]
 //! udp_listen = "0.0.0.0:0"
 //! loss = 0.0                     # UDP air: probability of losing a frame, each direction
 //! ```
@@ -157,6 +158,10 @@ pub const NO_ACK_WARN_AFTER_S: u64 = 15;
 pub struct FleetRadioConfig {
     /// The relay's UDP air address.
     pub udp_relay: SocketAddr,
+    /// Further relays in radio range (UDP air addresses): every frame also
+    /// reaches each of them, as a frame on the air reaches every relay in
+    /// range; an authentic ACK from any of them confirms it (docs/protocol.md §14).
+    pub udp_also_heard_by: Vec<SocketAddr>,
     /// Local address to bind.
     pub udp_listen: SocketAddr,
     /// Probability of losing a frame on the UDP air, in each direction (uplinks
@@ -168,6 +173,7 @@ impl Default for FleetRadioConfig {
     fn default() -> Self {
         FleetRadioConfig {
             udp_relay: SocketAddr::from(([127, 0, 0, 1], 47800)),
+            udp_also_heard_by: Vec::new(),
             udp_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             loss: 0.0,
         }

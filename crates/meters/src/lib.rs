@@ -131,15 +131,17 @@ impl<P: RadioPort> RadioPort for LossyPort<P> {
     }
 }
 
-/// The fleet's UDP air: binds `radio.udp_listen`, sends to `radio.udp_relay`,
-/// and loses `radio.loss` of the frames in each direction (seeded).
+/// The fleet's UDP air: binds `radio.udp_listen`, sends to `radio.udp_relay`
+/// and every address of `radio.udp_also_heard_by`, and loses `radio.loss` of
+/// the frames in each direction (seeded, each copy on its own).
 pub fn open_udp_radio(cfg: &FleetConfig) -> Result<Box<dyn RadioPort>, FleetError> {
     let air = UdpAir::bind(
         cfg.radio.udp_listen,
         Some(cfg.radio.udp_relay),
         cfg.radio.loss,
         cfg.seed,
-    )?;
+    )?
+    .also_heard_by(cfg.radio.udp_also_heard_by.clone());
     Ok(Box::new(LossyPort {
         inner: air,
         loss: cfg.radio.loss,

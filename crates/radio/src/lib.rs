@@ -254,6 +254,8 @@ pub struct UdpAir {
     /// Source of the frame `recv` returned last, until the caller confirms it.
     last_from: Option<(MacAddr, SocketAddr)>,
     default_peer: Option<SocketAddr>,
+    /// Further receivers in range: each sent frame also goes to each of them.
+    also_heard_by: Vec<SocketAddr>,
     loss: f64,
     rng: rand::rngs::StdRng,
     /// Datagrams dropped because they were not gridpow air frames.
@@ -277,6 +279,7 @@ impl UdpAir {
             peers: HashMap::new(),
             last_from: None,
             default_peer,
+            also_heard_by: Vec::new(),
             loss: loss.clamp(0.0, 1.0),
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             malformed: 0,
@@ -287,6 +290,29 @@ impl UdpAir {
     /// The bound address.
     pub fn local_addr(&self) -> Result<SocketAddr, RadioError> {
         Ok(self.socket.local_addr()?)
+    }
+
+    /// Every frame sent also reaches `receivers` (besides its route), each
+    /// copy lost on its own: a meter at the edge of two cells is heard by
+    /// both relays. Each receiver gets one copy, the route's included.
+    pub fn also_heard_by(mut self, mut receivers: Vec<SocketAddr>) -> Self {
+        receivers.sort_unstable();
+        receivers.dedup();
+        self.also_heard_by = receivers;
+        self
+    }
+
+    /// Sends one datagram to `to`, unless the air loses it.
+    fn send_one(&mut self, datagram: &[u8], to: SocketAddr) -> Result<(), RadioError> {
+        if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
+            return Ok(());
+        }
+        match self.socket.send_to(datagram, to) {
+            Ok(_) => Ok(()),
+            // The peer's port is closed (ICMP refused): like a radio nobody listens to.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -301,16 +327,15 @@ impl RadioPort for UdpAir {
             .copied()
             .or(self.default_peer)
             .ok_or_else(|| RadioError::NoRoute(gridpow_common::format_mac(&dst)))?;
-        if self.loss > 0.0 && self.rng.gen_bool(self.loss) {
-            return Ok(());
-        }
         let d = encode_air(&src, &dst, data);
-        match self.socket.send_to(&d, to) {
-            Ok(_) => Ok(()),
-            // The peer's port is closed (ICMP refused): like a radio nobody listens to.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
-            Err(e) => Err(e.into()),
+        self.send_one(&d, to)?;
+        for k in 0..self.also_heard_by.len() {
+            let other = self.also_heard_by[k];
+            if other != to {
+                self.send_one(&d, other)?;
+            }
         }
+        Ok(())
     }
 
     fn recv(&mut self, timeout: Duration) -> Result<Option<RadioFrame>, RadioError> {
@@ -463,5 +488,35 @@ mod tests {
             relay.send([9; 6], [5; 6], &[0u8; 251]),
             Err(RadioError::TooLong(251))
         ));
+    }
+
+    #[test]
+    fn a_frame_is_heard_by_every_relay_in_range_and_both_answers_come_back() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut a = UdpAir::bind(any, None, 0.0, 1).unwrap();
+        let mut b = UdpAir::bind(any, None, 0.0, 2).unwrap();
+        let (a_at, b_at) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        // The route is relay a; relay b is also in range (listed twice, and a
+        // listed again, to show each receiver gets one copy).
+        let mut meter = UdpAir::bind(any, Some(a_at), 0.0, 3)
+            .unwrap()
+            .also_heard_by(vec![b_at, a_at, b_at]);
+        let wait = Duration::from_secs(2);
+        meter.send([5; 6], [1; 6], b"uplink").unwrap();
+        for relay in [&mut a, &mut b] {
+            let f = relay.recv(wait).unwrap().unwrap();
+            assert_eq!((f.src, f.data.as_slice()), ([5; 6], &b"uplink"[..]));
+            relay.confirm_peer([5; 6], Confirmation::Fresh);
+        }
+        for relay in [&mut a, &mut b] {
+            assert_eq!(relay.recv(Duration::from_millis(100)).unwrap(), None);
+        }
+        a.send([1; 6], [5; 6], b"ack a").unwrap();
+        b.send([2; 6], [5; 6], b"ack b").unwrap();
+        let mut got: Vec<_> = (0..2)
+            .map(|_| meter.recv(wait).unwrap().unwrap().data)
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![b"ack a".to_vec(), b"ack b".to_vec()]);
     }
 }
