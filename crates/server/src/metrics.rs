@@ -304,6 +304,11 @@ impl Shared {
                 "Redelivered blocks found already stored.",
                 t.blocks_duplicate,
             ),
+            (
+                "gridpow_ledger_readings_duplicate",
+                "Readings carried again and stored once: a second relay in range, or a meter's re-sent frame.",
+                t.readings_duplicate,
+            ),
             ("gridpow_ledger_forks", "Forks quarantined.", t.forks),
             (
                 "gridpow_ledger_meters",

@@ -910,6 +910,14 @@ pub struct RelaySummary {
     pub gaps: Vec<(u64, u64)>,
     /// Forks quarantined.
     pub forks: u64,
+    /// Meters whose readings its blocks carried.
+    pub meters_heard: u64,
+    /// Of those, meters another relay's blocks carried too (cells overlap).
+    pub meters_shared: u64,
+    /// Readings its blocks carried that were stored already, from another
+    /// relay's block or an earlier frame of the meter (spec §9.5), so not
+    /// stored again.
+    pub readings_duplicate: u64,
 }
 
 /// An alert row.

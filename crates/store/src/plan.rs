@@ -444,7 +444,7 @@ impl<'a> Planner<'a> {
                 plan.book.meter_heard(m, heard);
             }
             plan.book
-                .readings_stored(b.block.header.relay_id, b.fresh.len() as u64, dup);
+                .readings_stored(b.block.header.relay_id, &b.fresh, &b.repeated);
         }
         let mut keys: Vec<(u32, u32)> = working
             .coverage
@@ -748,6 +748,17 @@ pub(crate) struct RelayDelta {
     pub leaves: i64,
 }
 
+/// What one transaction's blocks of a relay carried of one meter (spec §9.5:
+/// a meter at the edge of two cells is carried by both relays).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct CarriedDelta {
+    /// Readings these blocks stored first.
+    pub first: i64,
+    /// Readings they carried that were stored already (by another relay's
+    /// block, or by an earlier frame of the meter).
+    pub duplicate: i64,
+}
+
 /// An alert raised or cleared in one transaction.
 #[derive(Debug, Default)]
 pub(crate) struct PendingAlert {
@@ -762,6 +773,8 @@ pub(crate) struct PendingAlert {
 #[derive(Debug, Default)]
 pub(crate) struct Book {
     pub relays: BTreeMap<u32, RelayDelta>,
+    /// Per (relay, meter): what the relay's blocks carried of the meter.
+    pub carried: BTreeMap<(u32, u32), CarriedDelta>,
     pub counters: BTreeMap<String, i64>,
     pub alerts: BTreeMap<(AlertKind, String), PendingAlert>,
     /// Alerts raised before this transaction that it clears.
@@ -837,10 +850,20 @@ impl Book {
         d.leaves += i64::from(leaf_count);
     }
 
-    /// New and duplicate readings of a block of `relay`.
-    pub fn readings_stored(&mut self, relay: u32, new: u64, duplicates: u64) {
-        self.relays.entry(relay).or_default().readings += new as i64;
-        self.count("readings_duplicate", duplicates as i64);
+    /// New and duplicate readings of a block of `relay`: `fresh` it stores
+    /// first, `repeated` were stored before.
+    pub fn readings_stored(&mut self, relay: u32, fresh: &[&ReadingRow], repeated: &[ReadingRow]) {
+        self.relays.entry(relay).or_default().readings += fresh.len() as i64;
+        self.count("readings_duplicate", repeated.len() as i64);
+        for r in fresh {
+            self.carried.entry((relay, r.meter_id)).or_default().first += 1;
+        }
+        for r in repeated {
+            self.carried
+                .entry((relay, r.meter_id))
+                .or_default()
+                .duplicate += 1;
+        }
     }
 
     /// The block at `height` of `relay` got its parent.

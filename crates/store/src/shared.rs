@@ -268,6 +268,23 @@ pub(super) fn gap_range(height: i64, below: Option<i64>) -> (u64, u64) {
     (below.map_or(0, |b| u64_of(b + 1)), u64_of(height - 1))
 }
 
+/// Per relay: meters its blocks carried, of those the meters another relay
+/// carried too, and readings its blocks carried that were stored already
+/// (`relay_meters`, schema version 5).
+pub(super) const RELAY_COVERAGE: &str = "SELECT c.relay_id, CAST(COUNT(*) AS BIGINT), \
+     CAST(COALESCE(SUM(CASE WHEN o.n > 1 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(c.readings_duplicate), 0) AS BIGINT) \
+     FROM relay_meters c JOIN (SELECT meter_id, COUNT(*) AS n FROM relay_meters GROUP BY meter_id) o \
+     ON o.meter_id = c.meter_id GROUP BY c.relay_id";
+
+/// One relay's row of [`RELAY_COVERAGE`]: meters heard, shared, readings duplicate.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct RelayCoverage {
+    pub meters: i64,
+    pub shared: i64,
+    pub duplicates: i64,
+}
+
 /// A relay's `relays` row and what the summary adds to it.
 pub(super) struct RelayCols {
     pub relay_id: u32,
@@ -280,6 +297,8 @@ pub(super) struct RelayCols {
     pub gaps: Vec<(u64, u64)>,
     /// Forks quarantined.
     pub forks: i64,
+    /// The meters it carried.
+    pub coverage: RelayCoverage,
 }
 
 impl RelayCols {
@@ -317,6 +336,9 @@ impl RelayCols {
             last_block_ms: Some(u64_of(self.last_block_ms)),
             gaps: self.gaps,
             forks: u64_of(self.forks),
+            meters_heard: u64_of(self.coverage.meters),
+            meters_shared: u64_of(self.coverage.shared),
+            readings_duplicate: u64_of(self.coverage.duplicates),
         }
     }
 }

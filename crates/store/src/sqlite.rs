@@ -2,6 +2,7 @@
 //! its receipt leaves), one writer at a time (`BEGIN IMMEDIATE`), migrations
 //! from `migrations/sqlite/` tracked in `PRAGMA user_version`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,7 +13,8 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
 use super::shared::{
-    self, hash_of, meter_subject, typed_reading, u64_of, RelayCols, Silent, READING_COLS,
+    self, hash_of, meter_subject, typed_reading, u64_of, RelayCols, RelayCoverage, Silent,
+    READING_COLS,
 };
 use super::{
     AuditStore, Cell, CommitResult, CoverageRow, DbError, DbTotals, ForkEvidence, Ingest,
@@ -37,6 +39,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (
         4,
         include_str!("../migrations/sqlite/0004_transparency_log.sql"),
+    ),
+    (
+        5,
+        include_str!("../migrations/sqlite/0005_relay_coverage.sql"),
     ),
 ];
 
@@ -756,6 +762,15 @@ fn write_rest(
     for (&r, d) in &plan.book.relays {
         relay.execute(params![r, d.blocks, d.readings, d.leaves, now])?;
     }
+    let mut carried = tx.prepare_cached(
+        "INSERT INTO relay_meters (relay_id, meter_id, readings_first, readings_duplicate, last_heard_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (relay_id, meter_id) DO UPDATE SET \
+         readings_first = readings_first + excluded.readings_first, \
+         readings_duplicate = readings_duplicate + excluded.readings_duplicate, last_heard_ms = excluded.last_heard_ms",
+    )?;
+    for (&(r, m), d) in &plan.book.carried {
+        carried.execute(params![r, m, d.first, d.duplicate, now])?;
+    }
     tx.prepare_cached(
         "INSERT INTO meta (name, value) VALUES ('max_block_span_ms', ?1) \
          ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
@@ -1008,6 +1023,20 @@ impl QueryStore for SqliteStore {
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
             rows.collect::<Result<_, _>>()?
         };
+        let coverage: HashMap<u32, RelayCoverage> = {
+            let mut st = self.conn.prepare_cached(shared::RELAY_COVERAGE)?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    RelayCoverage {
+                        meters: r.get(1)?,
+                        shared: r.get(2)?,
+                        duplicates: r.get(3)?,
+                    },
+                ))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
         let mut out = Vec::new();
         for (relay, blocks, readings, last_block_ms) in base {
             let recent: Vec<(i64, Vec<u8>, i64, i64)> = {
@@ -1051,6 +1080,7 @@ impl QueryStore for SqliteStore {
                     recent,
                     gaps,
                     forks,
+                    coverage: coverage.get(&relay).copied().unwrap_or_default(),
                 }
                 .summary(),
             );

@@ -448,6 +448,36 @@ fn readings_carried_by_two_frames_are_stored_once_even_out_of_order(s) {
     assert_eq!(r.totals.readings_duplicate, 6);
 }
 
+fn two_relays_hearing_one_meter_store_it_once_and_each_shows_what_it_carried(s) {
+    // Meter 5 sits in both cells: relays 1 and 2 carry its frames. Meter 4 is
+    // heard by relay 1 only, meter 6 by relay 2 only.
+    let a0 = block(1, 0, [0; 32], &[(4, 1, 0..6), (5, 1, 0..6)]);
+    let b0 = block(2, 0, [0; 32], &[(5, 1, 0..6), (6, 1, 0..3)]);
+    // Relay 2 heard a frame of meter 5 that relay 1 missed, and relay 1 one
+    // that relay 2 missed.
+    let a1 = block(1, 1, a0.hash, &[(5, 1, 6..12), (5, 1, 18..24)]);
+    let b1 = block(2, 1, b0.hash, &[(5, 1, 6..18)]);
+    let r = s.commit(&[ingest(&a0), ingest(&b0)], T0).unwrap();
+    assert_eq!(r.totals.readings_duplicate, 6, "{:?}", r.outcomes);
+    let r = s.commit(&[ingest(&b1), ingest(&a1)], T0 + 5).unwrap();
+    assert_eq!(r.totals.readings_stored, 6 + 6 + 3 + 12 + 6);
+    assert_eq!(r.totals.readings_duplicate, 6 + 6);
+    assert_eq!(s.count("SELECT COUNT(*) FROM readings WHERE meter_id = 5"), 24);
+    let relays = s.relays().unwrap();
+    let cov: Vec<_> = relays
+        .iter()
+        .map(|r| (r.relay_id, r.meters_heard, r.meters_shared, r.readings, r.readings_duplicate))
+        .collect();
+    // Relay 1: meters 4 and 5 (5 shared); stored 4's 6, 5's 0..6 and 18..24;
+    // its 6..12 had come in relay 2's block of the same commit first.
+    // Relay 2: meters 5 and 6; stored 5's 6..18 and 6's 3; its 0..6 was relay 1's.
+    assert_eq!(cov, vec![(1, 2, 1, 18, 6), (2, 2, 1, 15, 6)]);
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM relay_meters WHERE meter_id = 5 AND last_heard_ms = 1700000000005"),
+        2
+    );
+}
+
 fn a_meter_that_equivocates_is_found_and_identical_repeats_are_not(s) {
     let repeated = |o: &Outcome| match o {
         Outcome::Stored { repeated, .. } => repeated.clone(),

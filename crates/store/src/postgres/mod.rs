@@ -90,7 +90,7 @@ use tokio_postgres::Row;
 
 pub use conn::{ConnectError, PgConn};
 
-use super::shared::{self, typed_reading, u64_of, RelayCols, Silent, READING_COLS};
+use super::shared::{self, typed_reading, u64_of, RelayCols, RelayCoverage, Silent, READING_COLS};
 use super::{
     AuditStore, Cell, CommitResult, CoverageRow, DbError, DbTotals, ForkEvidence, Ingest,
     IngestStore, LedgerBlock, LedgerReading, NewAlert, QueryStore, RaisedAlert, RelaySummary,
@@ -115,6 +115,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (
         4,
         include_str!("../../migrations/postgres/0004_transparency_log.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_relay_coverage.sql"),
     ),
 ];
 
@@ -720,6 +724,20 @@ impl QueryStore for PgStore {
                 "SELECT relay_id, blocks, readings, last_block_ms FROM relays ORDER BY relay_id",
                 &[],
             )?;
+            let coverage: std::collections::HashMap<i64, RelayCoverage> =
+                q(tx, shared::RELAY_COVERAGE, &[])?
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.get(0),
+                            RelayCoverage {
+                                meters: r.get(1),
+                                shared: r.get(2),
+                                duplicates: r.get(3),
+                            },
+                        )
+                    })
+                    .collect();
             let mut out = Vec::new();
             for b in &base {
                 let (relay, blocks, readings, last_block_ms): (i64, i64, i64, i64) =
@@ -757,6 +775,7 @@ impl QueryStore for PgStore {
                         recent,
                         gaps,
                         forks,
+                        coverage: coverage.get(&relay).copied().unwrap_or_default(),
                     }
                     .summary(),
                 );
