@@ -309,8 +309,8 @@ pub fn run_meters(path: &Path) -> anyhow::Result<ExitCode> {
     fleet.wait_drained(Duration::from_secs(30));
     let s = fleet.shutdown()?;
     eprintln!(
-        "meters: {} generated, {} acknowledged, {} dropped, {} unconfirmed",
-        s.generated, s.acknowledged, s.dropped, s.unconfirmed
+        "meters: {} generated, {} acknowledged, {} dropped, {} unconfirmed; {} late ACKs (a second relay in range), {} ACKs refused",
+        s.generated, s.acknowledged, s.dropped, s.unconfirmed, s.acks_late, s.acks_rejected
     );
     Ok(ExitCode::SUCCESS)
 }

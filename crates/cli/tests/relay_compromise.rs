@@ -15,13 +15,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    create_token, export_bundle, free_tcp_port, free_udp_port, site_broker, start_stack,
+    create_token, export_bundle, free_tcp_port, free_udp_port, http_get, site_broker, start_stack,
     write_meters_config,
 };
 use gridpow_keys::{InitOptions, KeyDir};
@@ -60,18 +58,6 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn http_get(port: u16, token: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 fn metric(port: u16, token: &str, name: &str) -> u64 {

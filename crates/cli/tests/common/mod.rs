@@ -42,6 +42,23 @@ pub fn site_broker(keys: &gridpow_keys::KeyDir) -> gridpow_testkit::Mosquitto {
     .expect("mosquitto starts")
 }
 
+/// The whole response (status line, headers, body) to `GET path` on a local
+/// HTTP port, with a bearer token.
+pub fn http_get(port: u16, token: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout set");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request sent");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response read");
+    out
+}
+
 /// Runs `gridpow args` to completion in the working directory `dir`.
 pub fn gridpow_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gridpow"))
