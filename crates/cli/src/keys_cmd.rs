@@ -70,6 +70,22 @@ pub enum KeysCommand {
         #[arg(long)]
         id: u32,
     },
+    /// Replace a relay's signing key from a block height on (a routine change,
+    /// or a key in hostile hands): the new key signs heights from
+    /// `--from-height`, the old one stays registered for the blocks below it.
+    /// Stop the relay first and pick its next height (its stop line says
+    /// `chain at height H`: use H + 1).
+    RotateRelay {
+        /// The key directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Relay id.
+        #[arg(long)]
+        id: u32,
+        /// Lowest block height the new key signs.
+        #[arg(long)]
+        from_height: u64,
+    },
     /// Write a Mosquitto ACL file: each relay may publish only its own topics, servers read blocks and publish receipts.
     Acl {
         /// The key directory.
@@ -339,6 +355,24 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 "relay {id}: key {} (public {})",
                 kd.relay_key_path(id).display(),
                 hex_string(&pk.to_bytes())
+            );
+        }
+        KeysCommand::RotateRelay {
+            dir,
+            id,
+            from_height,
+        } => {
+            let kd = KeyDir::new(&dir);
+            let pk = kd.rotate_relay_key(id, from_height)?;
+            println!(
+                "relay {id}: new key {} (public {}) signs heights from {from_height}; the old key stays registered for the blocks below",
+                kd.relay_key_path(id).display(),
+                hex_string(&pk.to_bytes())
+            );
+            println!(
+                "next: export the relay's bundle again (`gridpow keys export relay --id {id}`) and give each grid server the new {} \
+                 (or its bundle); a server re-reads it by itself when a block's signature needs it",
+                kd.relays_path().display()
             );
         }
         KeysCommand::Acl { dir, out } => {

@@ -151,8 +151,7 @@ pub fn run_relay(path: &Path) -> anyhow::Result<ExitCode> {
             }
         }
         eprintln!("relay {id} stopping: committing the journal, then disconnecting");
-        let s = relay.stats();
-        relay.shutdown().await;
+        let s = relay.shutdown().await;
         eprintln!(
             "relay {id} stopped: {} blocks sealed and {} confirmed this run, chain {}, outbox {} (published again at the next start); data in {}",
             s.blocks_sealed,

@@ -19,8 +19,7 @@ impl KeyDir {
              # Usernames are client-certificate common names (use_identity_as_username true).\n\
              # Anything not granted here is denied.\n",
         );
-        for r in &relays.relays {
-            let id = r.id;
+        for id in relays.ids() {
             acl.push_str(&format!(
                 "\nuser relay-{id}\ntopic write {}\ntopic write {}\ntopic read {}\ntopic read {}\ntopic write {}\ntopic read {}\n",
                 topics::blocks(id),

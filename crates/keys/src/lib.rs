@@ -398,13 +398,43 @@ impl KeyDir {
         } else {
             RelayRegistry::default()
         };
-        reg.upsert(RelayRecord {
+        // A relay added again keeps its registered keys (and their heights).
+        if reg.get(id).is_none() {
+            reg.upsert(RelayRecord {
+                id,
+                public_key: hex::encode(key.verifying_key().to_bytes()),
+                from_height: 0,
+                label: None,
+            });
+            reg.save(&self.relays_path())?;
+        }
+        self.issue_client_cert(&format!("relay-{id}"))?;
+        Ok(key.verifying_key())
+    }
+
+    /// Replaces relay `id`'s signing key from block height `from_height` on:
+    /// a new key is registered for heights from `from_height` (the old one
+    /// keeps verifying the blocks below) and written over the relay's key
+    /// file, so the old private key is gone from this directory.
+    pub fn rotate_relay_key(&self, id: u32, from_height: u64) -> Result<VerifyingKey, KeyError> {
+        let mut reg = self.relays()?;
+        let key = SigningKey::from_bytes(&random_bytes::<32>());
+        reg.rotate(RelayRecord {
             id,
             public_key: hex::encode(key.verifying_key().to_bytes()),
+            from_height,
             label: None,
-        });
+        })
+        .map_err(KeyError::Invalid)?;
+        // The new key is on disk before the registry names it, and the
+        // registry before the key takes the relay's file: a crash in
+        // between leaves either the old state or a key the registry knows.
+        let path = self.relay_key_path(id);
+        let staged = path.with_extension("key.new");
+        write_file(&staged, hex::encode(key.to_bytes()).as_bytes(), true)
+            .map_err(|e| io_err(&staged, e))?;
         reg.save(&self.relays_path())?;
-        self.issue_client_cert(&format!("relay-{id}"))?;
+        std::fs::rename(&staged, &path).map_err(|e| io_err(&path, e))?;
         Ok(key.verifying_key())
     }
 

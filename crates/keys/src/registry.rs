@@ -92,16 +92,26 @@ impl MeterRegistry {
     }
 }
 
-/// One relay: its id and the public key that verifies its blocks.
+/// One relay signing key: the relay's id, the public key that verifies its
+/// blocks, and the lowest height it signs. A relay whose key was replaced
+/// (`gridpow keys rotate-relay`) has one record per key; each key signs from
+/// its `from_height` up to the next record's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayRecord {
     /// Relay id.
     pub id: u32,
     /// Ed25519 public key, hex.
     pub public_key: String,
+    /// Lowest block height this key signs (0: from genesis).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub from_height: u64,
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl RelayRecord {
@@ -122,9 +132,11 @@ pub struct RelayRegistry {
 }
 
 impl RelayRegistry {
-    /// Reads `path`.
+    /// Reads `path`: every key valid, no two records of one relay from the
+    /// same height; records are kept sorted by relay and height.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let reg: RelayRegistry = load_toml(path, None)?;
+        let mut reg: RelayRegistry = load_toml(path, None)?;
+        let mut seen = BTreeMap::new();
         for (i, r) in reg.relays.iter().enumerate() {
             if r.verifying_key().is_none() {
                 return Err(ConfigError::invalid(
@@ -133,7 +145,18 @@ impl RelayRegistry {
                     "not a 64-hex-digit Ed25519 public key".into(),
                 ));
             }
+            if let Some(j) = seen.insert((r.id, r.from_height), i) {
+                return Err(ConfigError::invalid(
+                    path,
+                    &format!("relay[{i}].from_height"),
+                    format!(
+                        "relay {} has two keys from height {} (relay[{j}] too)",
+                        r.id, r.from_height
+                    ),
+                ));
+            }
         }
+        reg.relays.sort_by_key(|r| (r.id, r.from_height));
         Ok(reg)
     }
 
@@ -145,17 +168,53 @@ impl RelayRegistry {
             .map_err(|e| ConfigError::io(path, e))
     }
 
-    /// The relay with `id`.
+    /// The current key of relay `id`: the record from the highest height.
     pub fn get(&self, id: u32) -> Option<&RelayRecord> {
-        self.relays.iter().find(|r| r.id == id)
+        self.relays.iter().rev().find(|r| r.id == id)
     }
 
-    /// Adds or replaces a relay.
+    /// The key of relay `id` that signs `height`: the record from the
+    /// highest height not above it. `None` for an unknown relay or a height
+    /// below its first key's.
+    pub fn key_for(&self, id: u32, height: u64) -> Option<&RelayRecord> {
+        self.relays
+            .iter()
+            .rev()
+            .find(|r| r.id == id && r.from_height <= height)
+    }
+
+    /// Relay ids, ascending, each once.
+    pub fn ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.relays.iter().map(|r| r.id).collect();
+        ids.dedup();
+        ids
+    }
+
+    /// Adds a relay, or replaces every record of it (its whole key history)
+    /// with `rec`.
     pub fn upsert(&mut self, rec: RelayRecord) {
-        match self.relays.binary_search_by_key(&rec.id, |r| r.id) {
-            Ok(i) => self.relays[i] = rec,
-            Err(i) => self.relays.insert(i, rec),
+        self.relays.retain(|r| r.id != rec.id);
+        let at = self.relays.partition_point(|r| r.id < rec.id);
+        self.relays.insert(at, rec);
+    }
+
+    /// Adds `rec` as relay `rec.id`'s key from `rec.from_height` on; the
+    /// relay must exist and the height lie above its current key's.
+    pub fn rotate(&mut self, rec: RelayRecord) -> Result<(), String> {
+        let Some(current) = self.get(rec.id) else {
+            return Err(format!("relay {} is not registered", rec.id));
+        };
+        if rec.from_height <= current.from_height {
+            return Err(format!(
+                "relay {}'s current key signs from height {}; a new key must start above it",
+                rec.id, current.from_height
+            ));
         }
+        let at = self
+            .relays
+            .partition_point(|r| (r.id, r.from_height) < (rec.id, rec.from_height));
+        self.relays.insert(at, rec);
+        Ok(())
     }
 }
 
@@ -200,5 +259,55 @@ mod tests {
         let back = MeterRegistry::load(&p).unwrap();
         assert_eq!(back, r);
         assert_eq!(back.meters[0].id, 2);
+    }
+
+    #[test]
+    fn a_rotated_relay_key_signs_from_its_height_and_the_old_one_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("relays.toml");
+        let key = |b: u8| {
+            hex::encode(
+                ed25519_dalek::SigningKey::from_bytes(&[b; 32])
+                    .verifying_key()
+                    .to_bytes(),
+            )
+        };
+        let rec = |id, b, from_height| RelayRecord {
+            id,
+            public_key: key(b),
+            from_height,
+            label: None,
+        };
+        let mut r = RelayRegistry::default();
+        r.upsert(rec(2, 5, 0));
+        r.upsert(rec(1, 1, 0));
+        r.rotate(rec(1, 2, 100)).unwrap();
+        r.rotate(rec(1, 3, 250)).unwrap();
+        assert!(r.rotate(rec(1, 4, 250)).unwrap_err().contains("above"));
+        assert!(r
+            .rotate(rec(9, 4, 1))
+            .unwrap_err()
+            .contains("not registered"));
+        r.save(&p).unwrap();
+        let back = RelayRegistry::load(&p).unwrap();
+        assert_eq!(back, r);
+        let signer = |h| back.key_for(1, h).map(|k| k.public_key.clone());
+        assert_eq!(signer(0), Some(key(1)));
+        assert_eq!(signer(99), Some(key(1)));
+        assert_eq!(signer(100), Some(key(2)));
+        assert_eq!(signer(249), Some(key(2)));
+        assert_eq!(signer(u64::MAX), Some(key(3)));
+        assert_eq!(back.get(1).unwrap().public_key, key(3));
+        assert_eq!(back.key_for(2, 7).unwrap().public_key, key(5));
+        assert_eq!(back.ids(), vec![1, 2]);
+        // A history that names one height twice is refused, naming the field.
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace("from_height = 250", "from_height = 100")).unwrap();
+        let e = RelayRegistry::load(&p).unwrap_err().to_string();
+        assert!(e.contains("from_height") && e.contains("two keys"), "{e}");
+        // Re-adding the relay replaces its history with one key.
+        r.upsert(rec(1, 9, 0));
+        assert_eq!(r.key_for(1, 300).unwrap().public_key, key(9));
+        assert_eq!(r.relays.len(), 2);
     }
 }

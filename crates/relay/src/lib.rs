@@ -395,8 +395,9 @@ impl RelayHandle {
     /// journal commits what it holds, the chain stops (frames not yet sealed
     /// stay in the journal and are sealed at the next start; call
     /// [`RelayHandle::drain`] first to seal and confirm everything), and the
-    /// relay publishes its offline status and disconnects.
-    pub async fn shutdown(mut self) {
+    /// relay publishes its offline status and disconnects. Returns the final
+    /// counters and chain head.
+    pub async fn shutdown(mut self) -> RelayStats {
         self.signals.stop.store(true, Ordering::Relaxed);
         // Spawned as [chain, journal, ingress]: join the ingress first (it ACKs
         // what is committed), then the journal (it ends when the ingress drops
@@ -419,6 +420,8 @@ impl RelayHandle {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+        // After the chain stopped: the head a key rotation starts above.
+        self.shared.snapshot()
     }
 
     /// Stops at once as if the process had been killed: no further journal

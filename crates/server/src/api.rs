@@ -908,7 +908,12 @@ async fn proof(
     let keys = s.keys.clone();
     let relay_id = header.relay_id;
     let relay_key =
-        tokio::task::spawn_blocking(move || keys.relays().ok()?.get(relay_id)?.verifying_key())
+        tokio::task::spawn_blocking(move || {
+            keys.relays()
+                .ok()?
+                .key_for(relay_id, header.height)?
+                .verifying_key()
+        })
             .await
             .ok()
             .flatten();

@@ -1,4 +1,6 @@
-//! The keys the verifier needs: relay public keys from `relays.toml` and
+//! The keys the verifier needs: relay public keys from `relays.toml` (each
+//! with the heights it signs: a relay key replaced at height H verifies the
+//! blocks below H, the new one those from H) and
 //! prepared meter keys derived from the site secrets for every meter in
 //! `meters.toml`. Unknown ids trigger a reload of the registry (at most once
 //! per [`Keyring::RELOAD_INTERVAL`]) before a block is refused, so meters and
@@ -15,7 +17,8 @@ use gridpow_proto::crypto::{MeterKeys, RustCrypto};
 /// Relay and meter keys, with rate-limited reloading from the key directory.
 pub struct Keyring {
     dir: KeyDir,
-    relays: HashMap<u32, VerifyingKey>,
+    /// Per relay, its keys with the lowest height each signs, ascending.
+    relays: HashMap<u32, Vec<(u64, VerifyingKey)>>,
     meters: HashMap<(u32, u8), MeterKeys<RustCrypto>>,
     last_meter_reload: Instant,
     last_relay_reload: Instant,
@@ -47,9 +50,21 @@ impl Keyring {
         })
     }
 
-    /// The key of relay `id`, if registered.
-    pub fn relay_key(&self, id: u32) -> Option<&VerifyingKey> {
-        self.relays.get(&id)
+    /// Whether relay `id` is registered.
+    pub fn knows_relay(&self, id: u32) -> bool {
+        self.relays.contains_key(&id)
+    }
+
+    /// The key of relay `id` that signs blocks at `height`: the registered
+    /// key from the highest height not above it. `None` if the relay is not
+    /// registered or `height` lies below its first key's.
+    pub fn relay_key(&self, id: u32, height: u64) -> Option<&VerifyingKey> {
+        self.relays
+            .get(&id)?
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= height)
+            .map(|(_, k)| k)
     }
 
     /// Number of registered meters with keys.
@@ -103,17 +118,20 @@ impl KeyLookup<RustCrypto> for Keyring {
     }
 }
 
-fn load_relays(dir: &KeyDir) -> Result<HashMap<u32, VerifyingKey>, KeyError> {
+fn load_relays(dir: &KeyDir) -> Result<HashMap<u32, Vec<(u64, VerifyingKey)>>, KeyError> {
     if !dir.relays_path().exists() {
         return Ok(HashMap::new());
     }
     let reg = dir.relays()?;
-    // `RelayRegistry::load` already refused entries without a valid key.
-    Ok(reg
-        .relays
-        .iter()
-        .filter_map(|r| Some((r.id, r.verifying_key()?)))
-        .collect())
+    // `RelayRegistry::load` already refused entries without a valid key, and
+    // sorted them by relay and height.
+    let mut out: HashMap<u32, Vec<(u64, VerifyingKey)>> = HashMap::new();
+    for r in &reg.relays {
+        if let Some(k) = r.verifying_key() {
+            out.entry(r.id).or_default().push((r.from_height, k));
+        }
+    }
+    Ok(out)
 }
 
 fn load_meters(dir: &KeyDir) -> Result<HashMap<(u32, u8), MeterKeys<RustCrypto>>, KeyError> {
@@ -140,4 +158,35 @@ fn load_meters(dir: &KeyDir) -> Result<HashMap<(u32, u8), MeterKeys<RustCrypto>>
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_replaced_relay_key_verifies_the_heights_below_the_rotation_and_the_new_one_those_above() {
+        let dir = tempfile::tempdir().unwrap();
+        let kd = KeyDir::new(dir.path().join("keys"));
+        kd.init(&gridpow_keys::InitOptions::default()).unwrap();
+        let old = kd.relay_signing_key(1).unwrap().verifying_key();
+        let keys = Keyring::load(&kd).unwrap();
+        let new = kd.rotate_relay_key(1, 40).unwrap();
+        assert_ne!(old, new);
+        assert_eq!(kd.relay_signing_key(1).unwrap().verifying_key(), new);
+        // Loaded before the rotation: the old key for every height.
+        assert_eq!(keys.relay_key(1, 40), Some(&old));
+        let keys = Keyring::load(&kd).unwrap();
+        assert_eq!(keys.relay_key(1, 0), Some(&old));
+        assert_eq!(keys.relay_key(1, 39), Some(&old));
+        assert_eq!(keys.relay_key(1, 40), Some(&new));
+        assert_eq!(keys.relay_key(1, u64::MAX), Some(&new));
+        assert!(keys.knows_relay(1) && !keys.knows_relay(2));
+        assert_eq!(keys.relay_key(2, 0), None);
+        // Not at or below the current key's height.
+        let e = kd.rotate_relay_key(1, 40).unwrap_err().to_string();
+        assert!(e.contains("above"), "{e}");
+        assert_eq!(kd.relay_signing_key(1).unwrap().verifying_key(), new);
+    }
 }

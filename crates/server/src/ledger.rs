@@ -337,7 +337,7 @@ fn fork_evidence(store: &mut dyn ReadStore, keys: &Keyring) -> Result<Vec<RelayF
         else {
             continue;
         };
-        let Some(key) = keys.relay_key(header.relay_id) else {
+        let Some(key) = keys.relay_key(header.relay_id, header.height) else {
             continue;
         };
         let message = signing_message(&header.hash(&RustCrypto));
@@ -614,7 +614,7 @@ impl Checker {
         let hash = header.hash(&RustCrypto);
         let named = named.unwrap_or(header.relay_id);
         let fail = |f: BlockFault| Box::new((f, named, header.height, hash));
-        if self.keys.relay_key(header.relay_id).is_none() {
+        if !self.keys.knows_relay(header.relay_id) {
             return Err(fail(BlockFault::UnknownRelay(header.relay_id)));
         }
         let verified = reverify_stored(&self.keys, 0, &b.raw)

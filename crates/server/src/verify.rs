@@ -104,15 +104,19 @@ pub fn verify_payload(
             ));
         }
     };
-    if keys.relay_key(header.relay_id).is_none() {
+    if keys.relay_key(header.relay_id, header.height).is_none() {
         keys.reload_relays();
     }
-    let Some(&relay_key) = keys.relay_key(header.relay_id) else {
-        return Err(Rejection::new(
-            RejectKind::UnknownRelay,
-            format!("relay {} is not in relays.toml", header.relay_id),
-            Some(header),
-        ));
+    let Some(&(mut relay_key)) = keys.relay_key(header.relay_id, header.height) else {
+        let why = if keys.knows_relay(header.relay_id) {
+            format!(
+                "no key of relay {} in relays.toml signs height {}",
+                header.relay_id, header.height
+            )
+        } else {
+            format!("relay {} is not in relays.toml", header.relay_id)
+        };
+        return Err(Rejection::new(RejectKind::UnknownRelay, why, Some(header)));
     };
     let policy = VerifyPolicy {
         relay_id: header.relay_id,
@@ -137,6 +141,27 @@ pub fn verify_payload(
         });
         match result {
             Ok(v) => break v,
+            // A relay key replaced while this server runs: relays.toml names
+            // the new key from some height on (at most one reload per
+            // interval, so forged signatures cannot make it reread the file).
+            Err(ProtoError::Rejected(Rejected::BadSignature))
+                if attempt == 0 && keys.reload_relays() =>
+            {
+                attempt += 1;
+                match keys.relay_key(header.relay_id, header.height) {
+                    Some(&k) => relay_key = k,
+                    None => {
+                        return Err(Rejection::new(
+                            RejectKind::UnknownRelay,
+                            format!(
+                                "no key of relay {} in relays.toml signs height {}",
+                                header.relay_id, header.height
+                            ),
+                            Some(header),
+                        ))
+                    }
+                }
+            }
             Err(ProtoError::Rejected(Rejected::Leaf {
                 fault: LeafFault::UnknownMeter,
                 ..
@@ -165,7 +190,7 @@ pub fn reverify_stored(
 ) -> Result<VerifiedBlockData, ProtoError> {
     let header = *BlockPacket::new_checked(raw)?.header();
     let relay_key = keys
-        .relay_key(header.relay_id)
+        .relay_key(header.relay_id, header.height)
         .ok_or(ProtoError::Rejected(Rejected::WrongRelay))?;
     let policy = VerifyPolicy {
         relay_id: header.relay_id,
