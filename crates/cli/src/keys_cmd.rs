@@ -149,6 +149,20 @@ pub enum KeysCommand {
         #[arg(long)]
         name: String,
     },
+    /// Issue TLS certificates again from the site CA with a fresh validity
+    /// (same names and purpose, same private keys; the CA is kept). Running
+    /// relays and servers load the new files within 15 s or on SIGHUP.
+    Renew {
+        /// The key directory (the master one, holding tls/ca.key).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Certificates to renew, e.g. relay-1, server-1, broker (repeatable); default: all but the CA.
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Days the new certificates are valid.
+        #[arg(long, default_value_t = gridpow_keys::DEFAULT_RENEW_DAYS)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -422,6 +436,19 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 files.cert.display(),
                 files.key.display()
             );
+        }
+        KeysCommand::Renew { dir, names, days } => {
+            let kd = KeyDir::new(&dir);
+            for r in kd.renew(&names, days)? {
+                println!(
+                    "{}: certificate {} valid until {} (key {} kept)",
+                    r.name,
+                    r.cert.display(),
+                    r.not_after_text,
+                    r.key.display()
+                );
+            }
+            println!("copy each renewed .pem to the machines using it (bundles hold copies); relays and servers reload within 15 s or on SIGHUP, restart Mosquitto for broker.pem (its clients reconnect, nothing is lost)");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -81,6 +81,33 @@ pub(crate) fn stop_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// Yields at every SIGHUP: the operator asks a service to load its TLS
+/// files again (`gridpow keys renew`). Installed when called, like
+/// [`stop_signal`]; without the handler (not Unix) it never yields.
+pub(crate) struct Hangup(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+impl Hangup {
+    pub(crate) fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Hangup(signal(SignalKind::hangup()).ok())
+        }
+        #[cfg(not(unix))]
+        Hangup()
+    }
+
+    pub(crate) async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.0 {
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
+}
+
 /// The chain head as a start or stop line says it: height and the hash's first 8 bytes.
 fn chain_head(height: Option<u64>, head_hex: &str) -> String {
     match height {
@@ -140,9 +167,14 @@ pub fn run_relay(path: &Path) -> anyhow::Result<ExitCode> {
         tick.tick().await;
         let stop = stop_signal();
         tokio::pin!(stop);
+        let mut hangup = Hangup::new();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                () = hangup.recv() => {
+                    eprintln!("relay {id}: SIGHUP: loading the TLS files again");
+                    relay.reload_tls();
+                }
                 _ = tick.tick() => {
                     let s = relay.stats();
                     let log = s.log.as_ref().map_or_else(String::new, |l| format!(", log alarms {}", l.alarms));
@@ -245,7 +277,18 @@ pub fn run_server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
             s.ledger.readings_stored,
             server.http_addr()
         );
-        stop_signal().await;
+        let stop = stop_signal();
+        tokio::pin!(stop);
+        let mut hangup = Hangup::new();
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                () = hangup.recv() => {
+                    eprintln!("grid server: SIGHUP: loading the TLS files again");
+                    server.reload_tls();
+                }
+            }
+        }
         eprintln!("grid server stopping: finishing what is in flight");
         server.shutdown().await;
         // The totals as the database holds them now, after the last commit.

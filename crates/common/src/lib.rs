@@ -12,6 +12,7 @@ pub mod mqtt;
 pub mod net;
 pub mod throttle;
 pub mod tls;
+pub mod tls_reload;
 pub mod topics;
 
 use std::time::{SystemTime, UNIX_EPOCH};

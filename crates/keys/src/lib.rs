@@ -39,8 +39,10 @@ use gridpow_common::tls::{load_certs, load_key, TlsError};
 mod acl;
 mod bundle;
 pub mod registry;
+mod renew;
 
 pub use bundle::{BundleSummary, Role};
+pub use renew::{Renewed, DEFAULT_RENEW_DAYS};
 
 use crate::registry::{MeterRecord, MeterRegistry, RelayRecord, RelayRegistry};
 

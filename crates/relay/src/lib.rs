@@ -231,6 +231,8 @@ fn spawn(
     let (pub_tx, pub_rx) = mpsc::unbounded_channel();
 
     offer_unconfirmed(&outbox, &pub_tx);
+    let tls_trigger = Arc::new(tokio::sync::Notify::new());
+    let tls = publisher::tls_reload(cfg, tls_trigger.clone(), &shared);
     let tasks = publisher::spawn(
         cfg,
         options,
@@ -242,6 +244,7 @@ fn spawn(
         chain_tx.clone(),
         pub_rx,
         shared.clone(),
+        tls,
     );
     let chain = ChainLoop {
         key: keys.signing,
@@ -286,6 +289,7 @@ fn spawn(
     ];
     Ok(RelayHandle {
         shared,
+        tls_trigger,
         signals,
         chain_tx,
         pub_tx,
@@ -345,6 +349,8 @@ fn spawn_thread(
 /// A running relay.
 pub struct RelayHandle {
     shared: Arc<Shared>,
+    /// Pulled by [`RelayHandle::reload_tls`].
+    tls_trigger: Arc<tokio::sync::Notify>,
     signals: Arc<Signals>,
     chain_tx: Sender<ChainEvent>,
     pub_tx: mpsc::UnboundedSender<PubCmd>,
@@ -360,6 +366,16 @@ impl RelayHandle {
     /// The counters now.
     pub fn stats(&self) -> RelayStats {
         self.shared.snapshot()
+    }
+
+    /// Loads the TLS files again (CA, client certificate and key) and
+    /// reconnects to the broker with them, as a change of the files does
+    /// within [`gridpow_common::tls_reload::RELOAD_CHECK_INTERVAL`]; material
+    /// that is unusable (unreadable, expired) is refused and the one in use
+    /// kept. Returns at once; the outcome is logged and counted in the stats
+    /// (`tls_reloads`, `tls_reload_failures`). `gridpow relay` calls it on SIGHUP.
+    pub fn reload_tls(&self) {
+        self.tls_trigger.notify_one();
     }
 
     /// Seals every committed frame that waits for a block now, regardless of

@@ -32,6 +32,8 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use gridpow_common::tls_reload::{self, CertInUse, TlsWatch, WatchedCert};
+
 use crate::config::RelayConfig;
 use crate::logwatch::LogWatcher;
 use crate::stats::{add, Shared};
@@ -63,6 +65,19 @@ pub fn status_json(
     time_ms: u64,
     radio: Option<RadioCounts>,
 ) -> String {
+    status_json_with_tls(relay_id, online, height, time_ms, radio, None)
+}
+
+/// [`status_json`] with `tls_expiry_days`, the whole days until the first of
+/// the relay's TLS certificates (its client certificate, the CA) ends, when known.
+pub fn status_json_with_tls(
+    relay_id: u32,
+    online: bool,
+    height: Option<u64>,
+    time_ms: u64,
+    radio: Option<RadioCounts>,
+    tls_expiry_days: Option<i64>,
+) -> String {
     let mut v = serde_json::json!({
         "relay_id": relay_id,
         "state": if online { "online" } else { "offline" },
@@ -72,17 +87,16 @@ pub fn status_json(
     if let Some(r) = radio {
         v["radio"] = serde_json::json!(r);
     }
+    if let Some(d) = tls_expiry_days {
+        v["tls_expiry_days"] = serde_json::json!(d);
+    }
     v.to_string()
 }
 
-/// MQTT options from the configuration: TLS with the site CA (and the relay's
-/// client certificate when present), persistent session, last will.
-pub(crate) fn mqtt_options(
-    cfg: &RelayConfig,
-    height: Option<u64>,
-) -> Result<MqttOptions, RelayError> {
+/// The broker connection's settings from the configuration.
+fn client_settings(cfg: &RelayConfig) -> gridpow_common::mqtt::ClientSettings {
     let (ca, cert, key) = cfg.tls_paths();
-    let settings = gridpow_common::mqtt::ClientSettings {
+    gridpow_common::mqtt::ClientSettings {
         client_id: cfg.client_id(),
         host: cfg.mqtt.host.clone(),
         port: cfg.mqtt.port,
@@ -93,8 +107,16 @@ pub(crate) fn mqtt_options(
             key,
             identity_configured: false,
         }),
-    };
-    let mut o = settings.v311()?;
+    }
+}
+
+/// MQTT options from the configuration: TLS with the site CA (and the relay's
+/// client certificate when present), persistent session, last will.
+pub(crate) fn mqtt_options(
+    cfg: &RelayConfig,
+    height: Option<u64>,
+) -> Result<MqttOptions, RelayError> {
+    let mut o = client_settings(cfg).v311()?;
     o.set_clean_session(false);
     let max_block = gridpow_proto::wire::block::block_len(
         cfg.block.max_frames,
@@ -114,6 +136,71 @@ pub(crate) fn mqtt_options(
     Ok(o)
 }
 
+/// Reloading the TLS material while running: what to rebuild the transport
+/// from, the files to watch, and the trigger [`crate::RelayHandle::reload_tls`] pulls.
+pub(crate) struct TlsReload {
+    settings: gridpow_common::mqtt::ClientSettings,
+    watch: TlsWatch,
+    trigger: Arc<tokio::sync::Notify>,
+}
+
+/// The files to watch (`None` without TLS), and what is in use now, recorded
+/// in the stats. The client certificate is watched only if present at start
+/// (otherwise the relay connects without one, as [`client_settings`] does).
+pub(crate) fn tls_reload(
+    cfg: &RelayConfig,
+    trigger: Arc<tokio::sync::Notify>,
+    shared: &Shared,
+) -> Option<TlsReload> {
+    if !cfg.mqtt.tls {
+        return None;
+    }
+    let (ca, cert, key) = cfg.tls_paths();
+    let mut certs = vec![WatchedCert {
+        role: "mqtt_ca",
+        cert: ca,
+        key: None,
+    }];
+    if cert.exists() && key.exists() {
+        certs.push(WatchedCert {
+            role: "mqtt_client",
+            cert,
+            key: Some(key),
+        });
+    }
+    let watch = TlsWatch::new(certs);
+    // The start checked these already; a failure here only leaves the gauge empty.
+    if let Ok(c) = watch.check(tls_reload::now_s()) {
+        shared.certs.set(c);
+    }
+    Some(TlsReload {
+        settings: client_settings(cfg),
+        watch,
+        trigger,
+    })
+}
+
+impl TlsReload {
+    /// Builds a transport from the files as they are now, or says why not
+    /// (the error names the file).
+    fn load(&self) -> Result<(rumqttc::Transport, Vec<CertInUse>), gridpow_common::tls::TlsError> {
+        let certs = self.watch.check(tls_reload::now_s())?;
+        let transport =
+            self.settings
+                .transport()?
+                .ok_or_else(|| gridpow_common::tls::TlsError::File {
+                    path: self
+                        .settings
+                        .tls
+                        .as_ref()
+                        .map(|t| t.ca.clone())
+                        .unwrap_or_default(),
+                    message: "TLS is off".into(),
+                })?;
+        Ok((transport, certs))
+    }
+}
+
 /// How the relay holds the server to its word: the key its receipts must
 /// verify under, and the watch over its transparency log (`log.vkey`).
 pub(crate) struct ServerTrust {
@@ -122,6 +209,7 @@ pub(crate) struct ServerTrust {
 }
 
 /// Spawns the network and outbox tasks on the current tokio runtime.
+#[allow(clippy::too_many_arguments)] // each is one of the tasks' distinct inputs
 pub(crate) fn spawn(
     cfg: &RelayConfig,
     options: MqttOptions,
@@ -130,6 +218,7 @@ pub(crate) fn spawn(
     chain_tx: Sender<ChainEvent>,
     cmds: mpsc::UnboundedReceiver<PubCmd>,
     shared: Arc<Shared>,
+    tls: Option<TlsReload>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let ServerTrust { server_key, log } = trust;
     let cap = options.request_channel_capacity();
@@ -142,6 +231,7 @@ pub(crate) fn spawn(
         server_key,
         net_tx,
         shared.clone(),
+        tls,
     ));
     let outbox = OutboxTask {
         relay_id: cfg.relay_id,
@@ -172,13 +262,55 @@ async fn network_task(
     server_key: VerifyingKey,
     net_tx: mpsc::UnboundedSender<NetEvent>,
     shared: Arc<Shared>,
+    mut tls: Option<TlsReload>,
 ) {
     let receipts_topic = topics::receipts(relay_id);
     let proofs_topic = topics::log_proofs(relay_id);
     let mut backoff = Duration::from_millis(100);
     let mut logged_down = false;
+    let mut check = tokio::time::interval(tls_reload::RELOAD_CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let trigger = tls.as_ref().map(|t| t.trigger.clone());
     loop {
-        match eventloop.poll().await {
+        let asked = async {
+            match &trigger {
+                Some(t) => t.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        // The poll's future borrows the event loop: the select only says
+        // what woke us, the reload happens after it.
+        let wake = tokio::select! {
+            ev = eventloop.poll() => Wake::Net(ev),
+            () = asked => Wake::Asked,
+            _ = check.tick(), if tls.is_some() => Wake::Check,
+        };
+        let ev = match wake {
+            Wake::Net(ev) => ev,
+            Wake::Asked => {
+                reload_tls(
+                    &mut eventloop,
+                    tls.as_mut(),
+                    "asked (SIGHUP)",
+                    &net_tx,
+                    &shared,
+                );
+                continue;
+            }
+            Wake::Check => {
+                if tls.as_mut().is_some_and(|t| t.watch.changed()) {
+                    reload_tls(
+                        &mut eventloop,
+                        tls.as_mut(),
+                        "the files changed",
+                        &net_tx,
+                        &shared,
+                    );
+                }
+                continue;
+            }
+        };
+        match ev {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 if ack.code == ConnectReturnCode::Success {
                     backoff = Duration::from_millis(100);
@@ -241,6 +373,50 @@ async fn network_task(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+}
+
+/// What woke the network task.
+enum Wake {
+    Net(Result<Event, rumqttc::ConnectionError>),
+    Asked,
+    Check,
+}
+
+/// Loads the TLS material again and, if it is usable, reconnects with it:
+/// the event loop drops its connection, keeps what was in flight for
+/// retransmission, and connects with the new transport at its next poll; the
+/// outbox task sees a disconnection and republishes every block without a
+/// receipt once connected (the journal and outbox are untouched). A failure
+/// keeps the connection and the material in use, and is logged naming the file.
+fn reload_tls(
+    eventloop: &mut EventLoop,
+    tls: Option<&mut TlsReload>,
+    why: &str,
+    net_tx: &mpsc::UnboundedSender<NetEvent>,
+    shared: &Shared,
+) {
+    let Some(tls) = tls else { return };
+    // A reload asked for by signal also takes in changes the poll has not seen yet.
+    tls.watch.changed();
+    match tls.load() {
+        Ok((transport, certs)) => {
+            tls_reload::log_loaded("relay", &certs, tls_reload::now_s());
+            tracing::info!(
+                reason = why,
+                "TLS material reloaded; reconnecting to the broker with it."
+            );
+            shared.certs.set(certs);
+            add(&shared.tls_reloads, 1);
+            eventloop.mqtt_options.set_transport(transport);
+            eventloop.clean();
+            shared.mqtt_connected.store(false, Ordering::Relaxed);
+            let _ = net_tx.send(NetEvent::Disconnected);
+        }
+        Err(e) => {
+            add(&shared.tls_reload_failures, 1);
+            tracing::error!(reason = why, error = %e, "TLS reload refused; keeping the certificates in use.");
         }
     }
 }
@@ -358,12 +534,13 @@ impl OutboxTask {
             duplicates: stats.frames_duplicate,
             rejected: stats.frames_rejected.total(),
         };
-        let msg = status_json(
+        let msg = status_json_with_tls(
             self.relay_id,
             online,
             height,
             gridpow_common::wall_ms(),
             Some(radio),
+            self.shared.certs.min_days_left(tls_reload::now_s()),
         );
         if self
             .client

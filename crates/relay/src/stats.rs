@@ -137,6 +137,13 @@ pub struct RelayStats {
     pub mqtt_connects: u64,
     /// The watch over the server's transparency log (`None`: no `log.vkey`).
     pub log: Option<crate::logwatch::LogReport>,
+    /// The TLS certificates in use (CA, client certificate) and their ends,
+    /// as of the start or the last reload.
+    pub tls_certs: Vec<gridpow_common::tls_reload::CertInUse>,
+    /// TLS reloads done since start (new material, a new connection).
+    pub tls_reloads: u64,
+    /// TLS reloads refused (the material in use was kept).
+    pub tls_reload_failures: u64,
 }
 
 /// Live counters shared by the threads.
@@ -176,6 +183,10 @@ pub(crate) struct Shared {
     pub head: Mutex<Option<(u64, Hash)>>,
     /// The log watch's report.
     pub log: Mutex<Option<crate::logwatch::LogReport>>,
+    /// The TLS certificates in use.
+    pub certs: gridpow_common::tls_reload::CertsInUse,
+    pub tls_reloads: AtomicU64,
+    pub tls_reload_failures: AtomicU64,
 }
 
 pub(crate) fn add(c: &AtomicU64, n: u64) {
@@ -257,6 +268,9 @@ impl Shared {
             mqtt_connected: self.mqtt_connected.load(Ordering::Relaxed),
             mqtt_connects: get(&self.mqtt_connects),
             log: self.log.lock().map_or(None, |g| g.clone()),
+            tls_certs: self.certs.get(),
+            tls_reloads: get(&self.tls_reloads),
+            tls_reload_failures: get(&self.tls_reload_failures),
         }
     }
 }

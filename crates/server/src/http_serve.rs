@@ -21,7 +21,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +30,6 @@ use std::time::{Duration, Instant};
 use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::response::Response;
 use axum::Router;
-use gridpow_common::tls::{load_certs, load_key, provider, TlsError};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -70,25 +68,6 @@ impl Limits {
             rate_limit_burst: c.rate_limit_burst,
         }
     }
-}
-
-/// A TLS acceptor for `cert` (PEM chain) and `key` (PEM), HTTP/1.1 only.
-pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    let mut cfg = rustls_server_config(cert, key)?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
-}
-
-fn rustls_server_config(
-    cert: &Path,
-    key: &Path,
-) -> Result<tokio_rustls::rustls::ServerConfig, TlsError> {
-    Ok(
-        tokio_rustls::rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(load_certs(cert)?, load_key(key)?)?,
-    )
 }
 
 /// A token bucket per client address. Time is an input (`now`), so the

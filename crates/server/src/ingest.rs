@@ -91,8 +91,16 @@ pub(crate) struct Filters {
     pub log_requests: String,
 }
 
+/// What makes the MQTT task load its TLS material again: a moved counter
+/// ([`crate::ServerHandle::reload_tls`]) or changed files.
+pub(crate) struct Reload {
+    pub tls: Option<crate::certs::MqttTls>,
+    pub asks: watch::Receiver<u64>,
+}
+
 /// Polls the MQTT event loop: (re)subscribes on every connection, forwards
-/// publishes, counts errors and backs off while the broker is unreachable.
+/// publishes, counts errors and backs off while the broker is unreachable,
+/// and reconnects with new TLS material when asked or when its files change.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn mqtt_task(
     mut eventloop: EventLoop,
@@ -103,7 +111,12 @@ pub(crate) async fn mqtt_task(
     inbound: std::sync::mpsc::Sender<Inbound>,
     mut phase: watch::Receiver<Phase>,
     shared: Arc<Shared>,
+    reload: Reload,
 ) {
+    let Reload { mut tls, mut asks } = reload;
+    let mut asks_open = true;
+    let mut check = tokio::time::interval(gridpow_common::tls_reload::RELOAD_CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut inbound = Some(inbound);
     let mut backoff = Duration::from_millis(200);
     // The long explanation once per outage; later retries in one short line.
@@ -121,7 +134,21 @@ pub(crate) async fn mqtt_task(
                 break;
             }
         }
+        // Set by a branch, done after the select: the poll's future borrows the event loop.
+        let mut reload_why = None;
         tokio::select! {
+            asked = asks.changed(), if asks_open && tls.is_some() => {
+                if asked.is_ok() {
+                    reload_why = Some("asked (SIGHUP)");
+                } else {
+                    asks_open = false;
+                }
+            }
+            _ = check.tick(), if tls.is_some() => {
+                if tls.as_mut().is_some_and(|t| t.watch.changed()) {
+                    reload_why = Some("the files changed");
+                }
+            }
             changed = phase.changed() => {
                 let p = if changed.is_ok() { *phase.borrow() } else { Phase::Disconnect };
                 if p != Phase::Running {
@@ -229,6 +256,14 @@ pub(crate) async fn mqtt_task(
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+            }
+        }
+        if let (Some(why), Some(t)) = (reload_why, tls.as_mut()) {
+            // Not while stopping: the disconnect in progress must finish.
+            if disconnect_deadline.is_none() {
+                crate::certs::reload_mqtt(&mut eventloop, t, why, &shared);
+                shared.mqtt_connected.store(false, Ordering::Relaxed);
+                shared.mqtt_subscribed.store(false, Ordering::Relaxed);
             }
         }
     }

@@ -34,6 +34,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod api;
+pub mod certs;
 pub mod auth;
 pub mod config;
 mod export;

@@ -95,6 +95,10 @@ pub struct Metrics {
     pub http_db_busy: AtomicU64,
     /// HTTP requests refused by the access rules, by [`HttpRefusal`] (index in `HttpRefusal::ALL`).
     pub http_refused: [AtomicU64; HttpRefusal::ALL.len()],
+    /// TLS material reloaded (MQTT identity and CA, HTTPS certificate).
+    pub tls_reloads: AtomicU64,
+    /// TLS reloads refused: the material in use was kept.
+    pub tls_reload_failures: AtomicU64,
 }
 
 /// State shared by the pipeline threads, the HTTP API and the handle.
@@ -119,6 +123,8 @@ pub struct Shared {
     pub relay_status: crate::relay_status::RelayStatuses,
     /// The transparency log: its newest checkpoint and counters.
     pub log: crate::transparency::LogStatus,
+    /// The TLS certificates in use and their ends.
+    pub certs: crate::certs::ServerCerts,
 }
 
 pub(crate) fn add(c: &AtomicU64, v: u64) {
@@ -180,6 +186,7 @@ impl Shared {
             mqtt_subscribed: self.mqtt_subscribed.load(Ordering::Relaxed),
             started_ms: self.started_ms,
             log: self.log.stats(),
+            tls_certs: self.certs.report(gridpow_common::tls_reload::now_s()),
         }
     }
 
@@ -222,6 +229,8 @@ impl Shared {
             counter("gridpow_server_acks_stale", "Acknowledgements skipped: the delivering connection is gone.", &m.acks_stale),
             counter("gridpow_server_mqtt_connects", "MQTT connections established.", &m.mqtt_connects),
             counter("gridpow_server_mqtt_errors", "MQTT connection errors.", &m.mqtt_errors),
+            counter("gridpow_server_tls_reloads", "TLS material reloaded (SIGHUP or changed files): MQTT identity and CA, HTTPS certificate.", &m.tls_reloads),
+            counter("gridpow_server_tls_reload_failures", "TLS reloads refused (unreadable, mismatched or expired files); the material in use was kept.", &m.tls_reload_failures),
             counter("gridpow_server_relay_status_received", "Relay status messages kept (newest per relay on the dashboard).", &m.status_received),
             counter("gridpow_server_relay_status_refused", "Relay status messages dropped: malformed, naming another relay, or too many relays.", &m.status_refused),
             counter("gridpow_server_http_connections", "HTTP connections accepted and served.", &m.http_connections),
@@ -321,7 +330,7 @@ impl Shared {
                 t.relays,
             ),
         ];
-        let gauges = vec![
+        let mut gauges = vec![
             (
                 "gridpow_ledger_gaps_open",
                 "Blocks stored before their parent, still waiting.",
@@ -348,12 +357,35 @@ impl Shared {
                 u64::from(log.as_ref().is_some_and(|l| l.under_witnessed)),
             ),
         ];
+        let now_s = gridpow_common::tls_reload::now_s();
+        let mut certs: Vec<(String, String, i64)> = self
+            .certs
+            .report(now_s)
+            .into_iter()
+            .map(|c| (c.role, c.file, c.days_left))
+            .collect();
+        let relay_certs: Vec<(String, i64)> = self
+            .relay_status
+            .all()
+            .into_iter()
+            .filter_map(|r| Some((r.relay_id.to_string(), r.tls_expiry_days?)))
+            .collect();
+        let soon = certs.iter().filter(|c| c.2 < 30).count()
+            + relay_certs.iter().filter(|c| c.1 < 30).count();
+        gauges.push((
+            "gridpow_tls_certs_expiring_soon",
+            "Certificates of this server, and relays' (from their status), ending within 30 days.",
+            soon as u64,
+        ));
+        certs.sort();
         Snapshot {
             counters,
             seconds,
             families,
             ledger,
             gauges,
+            certs,
+            relay_certs,
         }
     }
 }
@@ -376,6 +408,10 @@ struct Snapshot {
     families: Vec<LabelledCounter>,
     ledger: Vec<(&'static str, &'static str, u64)>,
     gauges: Vec<(&'static str, &'static str, u64)>,
+    /// (role, file, whole days left) of each certificate this server uses.
+    certs: Vec<(String, String, i64)>,
+    /// (relay, whole days left) as each relay's status says.
+    relay_certs: Vec<(String, i64)>,
 }
 
 impl Collector for Snapshot {
@@ -403,6 +439,30 @@ impl Collector for Snapshot {
             let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             ConstGauge::new(*v).encode(m)?;
         }
+        if !self.certs.is_empty() {
+            let mut m = encoder.encode_descriptor(
+                "gridpow_tls_cert_expiry_days",
+                "Whole days until a TLS certificate this server uses ends (negative: ended), by role and file.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (role, file, days) in &self.certs {
+                let labels = [("role", role.as_str()), ("file", file.as_str())];
+                ConstGauge::new(*days).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        if !self.relay_certs.is_empty() {
+            let mut m = encoder.encode_descriptor(
+                "gridpow_relay_tls_cert_expiry_days",
+                "Whole days until the first of a relay's TLS certificates ends, as its status message says.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (relay, days) in &self.relay_certs {
+                let labels = [("relay", relay.as_str())];
+                ConstGauge::new(*days).encode(m.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -429,6 +489,9 @@ pub struct ServerStats {
     pub started_ms: u64,
     /// The transparency log's newest checkpoint (none signed yet: null).
     pub log: Option<crate::transparency::LogStats>,
+    /// The TLS certificates this server uses and their ends (30 days or
+    /// fewer left: `ends_soon`).
+    pub tls_certs: Vec<crate::certs::CertReport>,
 }
 
 #[cfg(test)]

@@ -45,6 +45,10 @@ pub struct ReportedStatus {
     pub time_ms: u64,
     /// Its radio counters, if it keeps them (the ESP32 relay does not yet).
     pub radio: Option<RadioReport>,
+    /// Whole days until the first of its TLS certificates (client
+    /// certificate, CA) ends, if it says (`gridpow relay` does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_expiry_days: Option<i64>,
     /// When this server received it, Unix ms.
     #[serde(default)]
     pub received_ms: u64,
@@ -168,12 +172,16 @@ mod tests {
                     duplicates: 2,
                     rejected: 1
                 }),
+                tls_expiry_days: None,
                 received_ms: 99,
             }
         );
         let bare = br#"{"height":null,"relay_id":7,"state":"offline","time_ms":1}"#;
         let s = parse(7, bare, 0).unwrap();
         assert!(!s.online && s.height.is_none() && s.radio.is_none());
+        let tls =
+            br#"{"height":null,"relay_id":7,"state":"online","time_ms":1,"tls_expiry_days":12}"#;
+        assert_eq!(parse(7, tls, 0).unwrap().tls_expiry_days, Some(12));
     }
 
     /// The first message of test-vectors/status.json (relay 7 here).
@@ -245,6 +253,7 @@ mod tests {
             height: None,
             time_ms,
             radio: None,
+            tls_expiry_days: None,
             received_ms: 0,
         };
         assert!(statuses.record(at(2, 10)));

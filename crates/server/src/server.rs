@@ -90,6 +90,8 @@ pub struct ServerHandle {
     http: JoinHandle<()>,
     checkpoints: JoinHandle<()>,
     checkpoints_stop: watch::Sender<bool>,
+    /// Moved by [`ServerHandle::reload_tls`]; the MQTT and HTTPS reloaders watch it.
+    tls_reload: watch::Sender<u64>,
     /// The `[home_assistant]` export: ends once the writer dropped its queue.
     export: Option<JoinHandle<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -170,14 +172,22 @@ struct Http {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The HTTPS certificate, reloadable.
+    https: Option<crate::certs::HttpsTls>,
 }
 
 async fn bind_http(cfg: &ServerConfig) -> Result<Http, ServerError> {
-    let tls = match (&cfg.http.tls_cert, &cfg.http.tls_key) {
+    let https = match (&cfg.http.tls_cert, &cfg.http.tls_key) {
         (Some(cert), Some(key)) => {
-            Some(crate::http_serve::tls_acceptor(cert, key).map_err(ServerError::HttpTls)?)
+            Some(crate::certs::HttpsTls::load(cert, key).map_err(ServerError::HttpTls)?)
         }
         _ => None,
+    };
+    let tls = match &https {
+        Some(h) => {
+            Some(crate::certs::https_acceptor(h.resolver.clone()).map_err(ServerError::HttpTls)?)
+        }
+        None => None,
     };
     raise_open_file_limit(cfg.http.max_connections);
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
@@ -194,6 +204,7 @@ async fn bind_http(cfg: &ServerConfig) -> Result<Http, ServerError> {
         listener,
         addr,
         tls,
+        https,
     })
 }
 
@@ -212,8 +223,19 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
         listener,
         addr: http_addr,
         tls: http_tls,
+        https,
     } = http;
-    let options = mqtt_options(&cfg)?;
+    let settings = client_settings(&cfg);
+    let options = mqtt_options(&cfg, &settings)?;
+    let mqtt_tls = crate::certs::MqttTls::new(settings, &shared);
+    let (tls_reload, tls_asks) = watch::channel(0u64);
+    if let Some(h) = https {
+        tokio::spawn(crate::certs::https_reload_task(
+            h,
+            tls_asks.clone(),
+            shared.clone(),
+        ));
+    }
     let (client, eventloop) = AsyncClient::new(options, 1024);
     let (filter, proof_filter) = if cfg.mqtt.shared_subscription {
         (
@@ -313,6 +335,10 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
         inbound_tx,
         phase_rx,
         shared.clone(),
+        ingest::Reload {
+            tls: mqtt_tls,
+            asks: tls_asks,
+        },
     ));
 
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -349,6 +375,7 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
         http,
         checkpoints,
         checkpoints_stop,
+        tls_reload,
         export,
         threads,
     })
@@ -389,9 +416,10 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
-fn mqtt_options(cfg: &ServerConfig) -> Result<MqttOptions, ServerError> {
+/// The broker connection's settings from the configuration.
+fn client_settings(cfg: &ServerConfig) -> gridpow_common::mqtt::ClientSettings {
     let (cert, key) = cfg.client_identity();
-    let settings = gridpow_common::mqtt::ClientSettings {
+    gridpow_common::mqtt::ClientSettings {
         client_id: cfg.client_id(),
         host: cfg.mqtt.host.clone(),
         port: cfg.mqtt.port,
@@ -402,7 +430,13 @@ fn mqtt_options(cfg: &ServerConfig) -> Result<MqttOptions, ServerError> {
             key,
             identity_configured: cfg.mqtt.cert.is_some() || cfg.mqtt.key.is_some(),
         }),
-    };
+    }
+}
+
+fn mqtt_options(
+    cfg: &ServerConfig,
+    settings: &gridpow_common::mqtt::ClientSettings,
+) -> Result<MqttOptions, ServerError> {
     let mut o = settings.v5()?;
     o.set_manual_acks(true)
         .set_clean_start(cfg.mqtt.session_expiry_s == 0)
@@ -425,6 +459,17 @@ impl ServerHandle {
     /// Totals and counters now.
     pub fn stats(&self) -> ServerStats {
         self.shared.stats()
+    }
+
+    /// Loads the TLS files again (MQTT CA, client certificate and key; the
+    /// HTTPS certificate and key) as a change of the files does within
+    /// [`gridpow_common::tls_reload::RELOAD_CHECK_INTERVAL`]: the MQTT
+    /// connection is made again with the new identity, HTTPS serves new
+    /// connections with the new certificate. Unusable material is refused
+    /// (logged, counted in `gridpow_server_tls_reload_failures_total`) and
+    /// the material in use kept. Returns at once. `gridpow server` calls it on SIGHUP.
+    pub fn reload_tls(&self) {
+        self.tls_reload.send_modify(|n| *n += 1);
     }
 
     /// The Prometheus exposition (as `/metrics` serves it).
