@@ -86,6 +86,35 @@ pub enum KeysCommand {
         #[arg(long)]
         from_height: u64,
     },
+    /// Add a site secret under a new key id and make it the one new and
+    /// re-provisioned meters get (`add-meter`, `add-meters`); older key ids
+    /// stay valid until retired.
+    RotateSite {
+        /// The key directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Remove an old site key id. Refused while a registered meter is
+    /// provisioned with it, or (with `--db`) while any meter sent with it in
+    /// the last `--days` days, unless `--force`.
+    RetireSite {
+        /// The key directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The key id to retire.
+        #[arg(long)]
+        key_id: u8,
+        /// The grid server's database (SQLite path or postgres:// URL), to
+        /// ask which meters still send with the key id.
+        #[arg(long)]
+        db: Option<String>,
+        /// How far back the database is asked, in days.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+        /// Retire it anyway: frames of meters still using it are refused from then on.
+        #[arg(long)]
+        force: bool,
+    },
     /// Write a Mosquitto ACL file: each relay may publish only its own topics, servers read blocks and publish receipts.
     Acl {
         /// The key directory.
@@ -389,6 +418,71 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 kd.relays_path().display()
             );
         }
+        KeysCommand::RotateSite { dir } => {
+            let kd = KeyDir::new(&dir);
+            let id = kd.rotate_site()?;
+            let old = kd.meters()?.meters.len();
+            println!(
+                "site key id {id} added and made current in {}",
+                kd.site_path().display()
+            );
+            println!(
+                "next: export the server bundles again (they hold the site secrets); re-provision meters with \
+                 `gridpow keys add-meter --id N` (they get key id {id}; {old} registered meters keep theirs until then), \
+                 then export their relays' bundles again once those meters are flashed"
+            );
+        }
+        KeysCommand::RetireSite {
+            dir,
+            key_id,
+            db,
+            days,
+            force,
+        } => {
+            let kd = KeyDir::new(&dir);
+            kd.check_retirable(key_id)?;
+            let mut users = Vec::new();
+            let provisioned = kd.meters_with_key(key_id)?;
+            if !provisioned.is_empty() {
+                users.push(format!(
+                    "{} registered meters are provisioned with key id {key_id} (e.g. {}); re-provision them with `gridpow keys add-meter --id N`",
+                    provisioned.len(),
+                    sample(&provisioned)
+                ));
+            }
+            if let Some(db) = &db {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let since_ms = now_ms.saturating_sub(days.saturating_mul(86_400_000));
+                let sending =
+                    gridpow_store::open_reader(db)?.meters_sending_with_key(key_id, since_ms)?;
+                if !sending.is_empty() {
+                    users.push(format!(
+                        "{} meters sent frames under key id {key_id} in the last {days} days (e.g. {}), says {db}",
+                        sending.len(),
+                        sample(&sending)
+                    ));
+                }
+            }
+            if !users.is_empty() && !force {
+                anyhow::bail!(
+                    "key id {key_id} is still in use, not retired:\n  {}\n(--force retires it anyway; those meters' frames are then refused)",
+                    users.join("\n  ")
+                );
+            }
+            for u in &users {
+                eprintln!("warning: retiring anyway (--force): {u}");
+            }
+            if db.is_none() {
+                eprintln!("note: no --db given, so whether meters still send with key id {key_id} was not asked");
+            }
+            kd.retire_site_key(key_id)?;
+            println!(
+                "site key id {key_id} retired from {}; export the server and relay bundles again",
+                kd.site_path().display()
+            );
+        }
         KeysCommand::Acl { dir, out } => {
             let acl = KeyDir::new(&dir).mosquitto_acl()?;
             match out {
@@ -503,4 +597,11 @@ fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<(u32, Option<gridpow_p
         out.push((id, mac));
     }
     Ok(out)
+}
+
+/// The first few ids of `ids`, for messages.
+fn sample(ids: &[u32]) -> String {
+    let shown: Vec<String> = ids.iter().take(5).map(u32::to_string).collect();
+    let more = if ids.len() > 5 { ", …" } else { "" };
+    format!("{}{more}", shown.join(", "))
 }

@@ -275,18 +275,13 @@ impl KeyDir {
             return Err(KeyError::AlreadyInitialised(self.root.clone()));
         }
         std::fs::create_dir_all(&self.root).map_err(|e| io_err(&self.root, e))?;
-        let site = SiteFile {
+        self.save_site_file(&SiteFile {
             current_key_id: 1,
             keys: vec![SiteKeyEntry {
                 id: 1,
                 secret: hex::encode(random_bytes::<32>()),
             }],
-        };
-        let text = toml::to_string_pretty(&site).map_err(|e| KeyError::Invalid(e.to_string()))?;
-        let text =
-            format!("# gridpow site secrets. SECRET: every meter key derives from these.\n{text}");
-        write_file(&self.site_path(), text.as_bytes(), true)
-            .map_err(|e| io_err(&self.site_path(), e))?;
+        })?;
         if !self.meters_path().exists() {
             MeterRegistry::default().save(&self.meters_path())?;
         }
@@ -510,6 +505,83 @@ impl KeyDir {
             .unwrap_or_default();
         names.sort();
         names
+    }
+
+    fn save_site_file(&self, site: &SiteFile) -> Result<(), KeyError> {
+        let text = toml::to_string_pretty(site).map_err(|e| KeyError::Invalid(e.to_string()))?;
+        let text =
+            format!("# gridpow site secrets. SECRET: every meter key derives from these.\n{text}");
+        write_file(&self.site_path(), text.as_bytes(), true)
+            .map_err(|e| io_err(&self.site_path(), e))
+    }
+
+    /// Adds a site secret under the next key id and makes it the one new and
+    /// re-provisioned meters get (`gridpow keys rotate-site`). The older key
+    /// ids stay valid until retired. Returns the new key id.
+    pub fn rotate_site(&self) -> Result<u8, KeyError> {
+        self.site()?; // refuses a malformed file before it is rewritten
+        let mut f: SiteFile = load_toml(&self.site_path(), None)?;
+        let next = f
+            .keys
+            .iter()
+            .map(|k| k.id)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| {
+                KeyError::Invalid("key id 255 is in use: retire old key ids first".into())
+            })?;
+        f.keys.push(SiteKeyEntry {
+            id: next,
+            secret: hex::encode(random_bytes::<32>()),
+        });
+        f.current_key_id = next;
+        self.save_site_file(&f)?;
+        Ok(next)
+    }
+
+    /// Registered meters provisioned with site key id `key_id`, ascending.
+    pub fn meters_with_key(&self, key_id: u8) -> Result<Vec<u32>, KeyError> {
+        if !self.meters_path().exists() {
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<u32> = self
+            .meters()?
+            .meters
+            .iter()
+            .filter(|m| m.key_id == key_id)
+            .map(|m| m.id)
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Removes site key id `key_id` (`gridpow keys retire-site`): frames
+    /// sealed under it are then refused. The current key id cannot be
+    /// retired; whether meters still use it is the caller's check.
+    pub fn retire_site_key(&self, key_id: u8) -> Result<(), KeyError> {
+        self.check_retirable(key_id)?;
+        let mut f: SiteFile = load_toml(&self.site_path(), None)?;
+        f.keys.retain(|k| k.id != key_id);
+        self.save_site_file(&f)
+    }
+
+    /// Whether site key id `key_id` exists and is not the current one (which
+    /// is never retired, not even by force).
+    pub fn check_retirable(&self, key_id: u8) -> Result<(), KeyError> {
+        let site = self.site()?;
+        if key_id == site.current_key_id {
+            return Err(KeyError::Invalid(format!(
+                "key id {key_id} is the current one: add another with `gridpow keys rotate-site` first"
+            )));
+        }
+        if !site.key_ids().any(|k| k == key_id) {
+            return Err(KeyError::Invalid(format!(
+                "{} has no key id {key_id}",
+                self.site_path().display()
+            )));
+        }
+        Ok(())
     }
 
     /// The site keyring.

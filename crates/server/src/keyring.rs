@@ -67,7 +67,7 @@ impl Keyring {
             .map(|(_, k)| k)
     }
 
-    /// Number of registered meters with keys.
+    /// Number of meter keys: one per registered meter and site key id.
     pub fn meter_count(&self) -> usize {
         self.meters.len()
     }
@@ -141,15 +141,19 @@ fn load_meters(dir: &KeyDir) -> Result<HashMap<(u32, u8), MeterKeys<RustCrypto>>
     } else {
         Default::default()
     };
-    let mut out = HashMap::with_capacity(reg.meters.len());
+    // Every key id still in site.toml, not only the one each meter is
+    // registered with: a meter re-provisioned with a newer key id sends under
+    // the old one until it is flashed (key rotation, `gridpow keys rotate-site`).
+    let key_ids: Vec<u8> = site.key_ids().collect();
+    let mut out = HashMap::with_capacity(reg.meters.len() * key_ids.len());
     for m in &reg.meters {
-        match site.meter_secret(m.id, m.key_id) {
-            Some(secret) => {
-                out.insert(
-                    (m.id, m.key_id),
-                    MeterKeys::new(&RustCrypto, m.key_id, &secret),
-                );
+        for &k in &key_ids {
+            if let Some(secret) = site.meter_secret(m.id, k) {
+                out.insert((m.id, k), MeterKeys::new(&RustCrypto, k, &secret));
             }
+        }
+        match site.meter_secret(m.id, m.key_id) {
+            Some(_) => {}
             None => tracing::warn!(
                 meter = m.id,
                 key_id = m.key_id,

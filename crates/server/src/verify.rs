@@ -133,6 +133,7 @@ pub fn verify_payload(
                     meter_id,
                     epoch,
                     seq,
+                    key_id: leaf.frame.key_id(),
                     leaf: leaf.index,
                     reading,
                 });
@@ -204,6 +205,7 @@ pub fn reverify_stored(
                 meter_id,
                 epoch,
                 seq,
+                key_id: leaf.frame.key_id(),
                 leaf: leaf.index,
                 reading,
             });

@@ -1111,6 +1111,31 @@ pub trait QueryStore: Send {
         fleet::relay_traffic(self, since_ms)
     }
 
+    /// Meters whose frames under site key id `key_id` a relay carried at or
+    /// after `since_ms` (Unix ms), ascending: who still sends with a key id
+    /// an operator wants to retire (`gridpow keys retire-site`).
+    fn meters_sending_with_key(
+        &mut self,
+        key_id: u8,
+        since_ms: u64,
+    ) -> Result<Vec<u32>, StoreError> {
+        let rows = self.select(
+            "SELECT DISTINCT meter_id FROM relay_meters WHERE last_key_id = CAST($1 AS BIGINT) \
+             AND last_heard_ms >= CAST($2 AS BIGINT) ORDER BY meter_id",
+            &[
+                SqlParam::Int(i64::from(key_id)),
+                SqlParam::Int(since_ms as i64),
+            ],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| match r.first() {
+                Some(Cell::Int(m)) => u32::try_from(*m).ok(),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Blocks, their bytes and the readings they stored ([`fleet::ledger_size`]).
     fn ledger_size(&mut self) -> Result<fleet::LedgerSize, StoreError> {
         fleet::ledger_size(self)

@@ -757,6 +757,8 @@ pub(crate) struct CarriedDelta {
     /// Readings they carried that were stored already (by another relay's
     /// block, or by an earlier frame of the meter).
     pub duplicate: i64,
+    /// The site key id of the meter's last frame they carried.
+    pub key_id: u8,
 }
 
 /// An alert raised or cleared in one transaction.
@@ -856,13 +858,14 @@ impl Book {
         self.relays.entry(relay).or_default().readings += fresh.len() as i64;
         self.count("readings_duplicate", repeated.len() as i64);
         for r in fresh {
-            self.carried.entry((relay, r.meter_id)).or_default().first += 1;
+            let c = self.carried.entry((relay, r.meter_id)).or_default();
+            c.first += 1;
+            c.key_id = r.key_id;
         }
         for r in repeated {
-            self.carried
-                .entry((relay, r.meter_id))
-                .or_default()
-                .duplicate += 1;
+            let c = self.carried.entry((relay, r.meter_id)).or_default();
+            c.duplicate += 1;
+            c.key_id = r.key_id;
         }
     }
 

@@ -763,13 +763,14 @@ fn write_rest(
         relay.execute(params![r, d.blocks, d.readings, d.leaves, now])?;
     }
     let mut carried = tx.prepare_cached(
-        "INSERT INTO relay_meters (relay_id, meter_id, readings_first, readings_duplicate, last_heard_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (relay_id, meter_id) DO UPDATE SET \
+        "INSERT INTO relay_meters (relay_id, meter_id, readings_first, readings_duplicate, last_heard_ms, last_key_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (relay_id, meter_id) DO UPDATE SET \
          readings_first = readings_first + excluded.readings_first, \
-         readings_duplicate = readings_duplicate + excluded.readings_duplicate, last_heard_ms = excluded.last_heard_ms",
+         readings_duplicate = readings_duplicate + excluded.readings_duplicate, last_heard_ms = excluded.last_heard_ms, \
+         last_key_id = excluded.last_key_id",
     )?;
     for (&(r, m), d) in &plan.book.carried {
-        carried.execute(params![r, m, d.first, d.duplicate, now])?;
+        carried.execute(params![r, m, d.first, d.duplicate, now, d.key_id])?;
     }
     tx.prepare_cached(
         "INSERT INTO meta (name, value) VALUES ('max_block_span_ms', ?1) \

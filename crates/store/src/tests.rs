@@ -40,6 +40,7 @@ pub(crate) fn block(
                 meter_id: *meter,
                 epoch: *epoch,
                 seq,
+                key_id: 1,
                 leaf: leaf as u32,
                 reading: reading(*meter, seq),
             });
@@ -472,6 +473,10 @@ fn two_relays_hearing_one_meter_store_it_once_and_each_shows_what_it_carried(s) 
     // its 6..12 had come in relay 2's block of the same commit first.
     // Relay 2: meters 5 and 6; stored 5's 6..18 and 6's 3; its 0..6 was relay 1's.
     assert_eq!(cov, vec![(1, 2, 1, 18, 6), (2, 2, 1, 15, 6)]);
+    // Who still sends with key id 1, and since when.
+    assert_eq!(s.meters_sending_with_key(1, T0).unwrap(), vec![4, 5, 6]);
+    assert_eq!(s.meters_sending_with_key(1, T0 + 5).unwrap(), vec![5]);
+    assert!(s.meters_sending_with_key(2, 0).unwrap().is_empty());
     assert_eq!(
         s.count("SELECT COUNT(*) FROM relay_meters WHERE meter_id = 5 AND last_heard_ms = 1700000000005"),
         2

@@ -16,6 +16,8 @@ pub struct ReadingRow {
     pub epoch: u32,
     /// Sequence number within the epoch.
     pub seq: u32,
+    /// The site key id its frame was sealed under.
+    pub key_id: u8,
     /// Zero-based index of the leaf (frame) in its block.
     pub leaf: u32,
     /// The values.

@@ -72,12 +72,12 @@ const UPSERT_RELAYS: &str = "INSERT INTO relays (relay_id, blocks, readings, lea
                  ON CONFLICT (relay_id) DO UPDATE SET blocks = relays.blocks + excluded.blocks, \
                  readings = relays.readings + excluded.readings, leaves = relays.leaves + excluded.leaves, \
                  last_block_ms = excluded.last_block_ms";
-const UPSERT_CARRIED: &str = "INSERT INTO relay_meters (relay_id, meter_id, readings_first, readings_duplicate, last_heard_ms) \
-                 SELECT r, m, f, d, $5 FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[]) AS u(r, m, f, d) \
+const UPSERT_CARRIED: &str = "INSERT INTO relay_meters (relay_id, meter_id, readings_first, readings_duplicate, last_heard_ms, last_key_id) \
+                 SELECT r, m, f, d, $5, k FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[], $6::int8[]) AS u(r, m, f, d, k) \
                  ON CONFLICT (relay_id, meter_id) DO UPDATE SET \
                  readings_first = relay_meters.readings_first + excluded.readings_first, \
                  readings_duplicate = relay_meters.readings_duplicate + excluded.readings_duplicate, \
-                 last_heard_ms = excluded.last_heard_ms";
+                 last_heard_ms = excluded.last_heard_ms, last_key_id = excluded.last_key_id";
 const UPSERT_ALERTS: &str = "INSERT INTO alerts (kind, subject, meter_id, relay_id, first_ms, last_ms, count, message, cleared_ms) \
                  SELECT k, s, m, r, $8, $8, c, msg, cl FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], \
                  $5::int8[], $6::text[], $7::int8[]) AS u(k, s, m, r, c, msg, cl) \
@@ -640,16 +640,17 @@ impl Write<'_> {
         }
         if !book.carried.is_empty() {
             let (mut relays, mut meters) = (Vec::new(), Vec::new());
-            let (mut first, mut duplicate) = (Vec::new(), Vec::new());
+            let (mut first, mut duplicate, mut key_ids) = (Vec::new(), Vec::new(), Vec::new());
             for (&(r, m), d) in &book.carried {
                 relays.push(i64::from(r));
                 meters.push(i64::from(m));
                 first.push(d.first);
                 duplicate.push(d.duplicate);
+                key_ids.push(i64::from(d.key_id));
             }
             block_on(tx.execute(
                 st(self.st, UPSERT_CARRIED)?,
-                &[&relays, &meters, &first, &duplicate, &now],
+                &[&relays, &meters, &first, &duplicate, &now, &key_ids],
             ))?;
         }
         if !book.alerts.is_empty() {

@@ -1,0 +1,236 @@
+//! Rotating the site secret under load (issue 16, rotation): the whole stack
+//! runs on key id 1; `gridpow keys rotate-site` adds key id 2, one meter is
+//! re-provisioned with it and a new meter added. The grid server, restarted
+//! with the new registry while the re-provisioned meter still sends under
+//! key id 1 (it is not flashed yet), keeps accepting it; then the relay gets
+//! its new bundle and the meters their new keys. Every generated reading is
+//! stored exactly once, the database knows which key id each meter last
+//! sent with, and `gridpow keys retire-site` refuses to retire a key id still
+//! in use unless forced.
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{export_bundle, free_udp_port, gridpow, spawn, text, write_meters_config};
+use gridpow_keys::{InitOptions, KeyDir};
+use gridpow_testkit::Daemon;
+
+type Key = (u32, u32, u32);
+
+fn stored(db: &Path) -> Vec<Key> {
+    let Ok(c) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return Vec::new();
+    };
+    c.prepare("SELECT meter_id, epoch, seq FROM readings")
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_default()
+}
+
+/// The key id each meter's frames last came under, as the server recorded it.
+fn last_key_ids(db: &Path) -> BTreeMap<u32, u8> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let mut st = c
+        .prepare("SELECT meter_id, last_key_id FROM relay_meters")
+        .unwrap();
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+fn relay_config(root: &Path, bundle: &str, udp: u16, broker: u16) {
+    std::fs::write(
+        root.join("relay.toml"),
+        format!(
+            "relay_id = 1\nkeys_dir = \"{bundle}\"\ndata_dir = \"{}\"\ndifficulty = 8\n[block]\nmax_age_ms = 200\n\
+             [radio]\nkind = \"udp\"\nudp_listen = \"127.0.0.1:{udp}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker}\n",
+            root.join("relay").display(),
+        ),
+    )
+    .unwrap();
+}
+
+fn start(root: &Path, name: &str, log: &str) -> Daemon {
+    let config = root
+        .join(format!("{name}.toml"))
+        .to_string_lossy()
+        .into_owned();
+    spawn(name, &[name, "--config", &config], &root.join(log))
+}
+
+#[test]
+fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_retired_only_when_unused(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let keys = KeyDir::new(root.join("keys"));
+    keys.init(&InitOptions::default()).unwrap();
+    keys.add_meters(&(1..=4).map(|id| (id, None)).collect::<Vec<_>>())
+        .unwrap();
+    let k = keys.root().display().to_string();
+    let broker = common::site_broker(&keys);
+    let server_bundle = root.join("server-bundle");
+    let sb = server_bundle.display().to_string();
+    export_bundle(&["server", "--dir", &k, "--out", &sb]);
+    let db = root.join("server.db");
+    std::fs::write(
+        root.join("server.toml"),
+        format!(
+            "keys_dir = \"{sb}\"\ndb = \"{}\"\nmin_difficulty = 8\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n",
+            db.display(),
+            broker.port
+        ),
+    )
+    .unwrap();
+    let relay_bundle = |n: u32| {
+        let out = root.join(format!("relay-bundle-{n}")).display().to_string();
+        export_bundle(&["relay", "--dir", &k, "--id", "1", "--out", &out]);
+        out
+    };
+    let udp = free_udp_port();
+    relay_config(root, &relay_bundle(1), udp, broker.port);
+    let truth = root.join("truth.jsonl");
+    write_meters_config(root, &k, udp, 0.25, 0.05, &truth);
+    let mut server = start(root, "server", "server-1.log");
+    let mut relay = start(root, "relay", "relay-1.log");
+    std::thread::sleep(Duration::from_secs(1));
+    let mut meters = start(root, "meters", "meters-1.log");
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Key id 2; meter 3 re-provisioned with it, meter 5 new.
+    let o = gridpow(&["keys", "rotate-site", "--dir", &k]);
+    assert!(
+        o.status.success() && text(&o).contains("site key id 2 added"),
+        "{}",
+        text(&o)
+    );
+    for id in ["3", "5"] {
+        let o = gridpow(&["keys", "add-meter", "--dir", &k, "--id", id]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    assert_eq!(keys.meters_with_key(1).unwrap(), vec![1, 2, 4]);
+    assert_eq!(keys.meters_with_key(2).unwrap(), vec![3, 5]);
+    // The server gets the new secrets and registry (a fresh bundle's files)
+    // and restarts while meter 3, not flashed yet, still sends under key id 1.
+    for f in ["site.toml", "meters.toml"] {
+        std::fs::copy(keys.root().join(f), server_bundle.join(f)).unwrap();
+    }
+    server.interrupt(Duration::from_secs(30));
+    let mut server = start(root, "server", "server-2.log");
+    std::thread::sleep(Duration::from_secs(3));
+    // Now the meters are flashed (the fleet restarts with the registry's
+    // keys) and the relay gets its new bundle.
+    meters.interrupt(Duration::from_secs(40));
+    relay.interrupt(Duration::from_secs(30));
+    relay_config(root, &relay_bundle(2), udp, broker.port);
+    let mut relay = start(root, "relay", "relay-2.log");
+    std::thread::sleep(Duration::from_secs(1));
+    let mut meters = start(root, "meters", "meters-2.log");
+    std::thread::sleep(Duration::from_secs(3));
+    meters.interrupt(Duration::from_secs(40));
+
+    let records = gridpow_meters::read_truth(&truth).unwrap();
+    let want: BTreeSet<Key> = records
+        .iter()
+        .map(|t| (t.meter_id, t.boot_epoch, t.seq))
+        .collect();
+    assert_eq!(
+        want.len(),
+        records.len(),
+        "the truth file repeats a reading"
+    );
+    assert!(want.iter().any(|k| k.0 == 5), "meter 5 made no reading");
+    let start_wait = Instant::now();
+    let mut got = stored(&db);
+    while got.len() < want.len() && start_wait.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(250));
+        got = stored(&db);
+    }
+    let logs = || {
+        [
+            "server-1.log",
+            "server-2.log",
+            "relay-1.log",
+            "relay-2.log",
+            "meters-1.log",
+            "meters-2.log",
+        ]
+        .iter()
+        .map(|f| {
+            format!(
+                "--- {f}\n{}",
+                std::fs::read_to_string(root.join(f)).unwrap_or_default()
+            )
+        })
+        .collect::<String>()
+    };
+    let distinct: BTreeSet<Key> = got.iter().copied().collect();
+    assert_eq!(distinct.len(), got.len(), "a reading was stored twice");
+    assert!(
+        distinct == want,
+        "{} of {} readings missing, e.g. {:?}\n{}",
+        want.difference(&distinct).count(),
+        want.len(),
+        want.difference(&distinct).take(5).collect::<Vec<_>>(),
+        logs()
+    );
+    let server_2 = std::fs::read_to_string(root.join("server-2.log")).unwrap();
+    assert!(
+        !server_2.contains("unknown_key") && !server_2.contains("quarantine"),
+        "the restarted server refused frames:\n{server_2}"
+    );
+    assert_eq!(
+        last_key_ids(&db),
+        BTreeMap::from([(1, 1), (2, 1), (3, 2), (4, 1), (5, 2)]),
+        "key ids the meters last sent with"
+    );
+    relay.interrupt(Duration::from_secs(30));
+    server.interrupt(Duration::from_secs(30));
+    let db_s = db.to_string_lossy().into_owned();
+    let o = gridpow(&["verify-ledger", "--db", &db_s, "--keys", &k]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Retiring: never the current key id; not key id 1 while in use.
+    let retire = |args: &[&str]| {
+        let mut a = vec!["keys", "retire-site", "--dir", &k];
+        a.extend_from_slice(args);
+        gridpow(&a)
+    };
+    let o = retire(&["--key-id", "2"]);
+    assert!(
+        !o.status.success() && text(&o).contains("current"),
+        "{}",
+        text(&o)
+    );
+    let o = retire(&["--key-id", "1", "--db", &db_s]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("3 registered meters are provisioned with key id 1 (e.g. 1, 2, 4)")
+            && t.contains("3 meters sent frames under key id 1 in the last 30 days (e.g. 1, 2, 4)"),
+        "{t}"
+    );
+    let site_before = std::fs::read_to_string(keys.site_path()).unwrap();
+    assert_eq!(site_before.matches("[[key]]").count(), 2, "nothing retired");
+    let o = retire(&["--key-id", "1", "--db", &db_s, "--force"]);
+    assert!(
+        o.status.success() && text(&o).contains("warning: retiring anyway"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(keys.site().unwrap().key_ids().collect::<Vec<_>>(), vec![2]);
+    println!(
+        "site key rotated under load: {} readings generated, {} stored once; key id 1 retired only with --force",
+        want.len(),
+        got.len()
+    );
+}
