@@ -907,16 +907,15 @@ async fn proof(
     ) && header.hash(&RustCrypto) == block.hash;
     let keys = s.keys.clone();
     let relay_id = header.relay_id;
-    let relay_key =
-        tokio::task::spawn_blocking(move || {
-            keys.relays()
-                .ok()?
-                .key_for(relay_id, header.height)?
-                .verifying_key()
-        })
-            .await
-            .ok()
-            .flatten();
+    let relay_key = tokio::task::spawn_blocking(move || {
+        keys.relays()
+            .ok()?
+            .key_for(relay_id, header.height)?
+            .verifying_key()
+    })
+    .await
+    .ok()
+    .flatten();
     let message = signing_message(&header.hash(&RustCrypto));
     let signature_verified =
         relay_key.is_some_and(|k| RustCrypto.ed25519_verify(&k, &message, &packet.signature()));

@@ -34,8 +34,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod api;
-pub mod certs;
 pub mod auth;
+pub mod certs;
 pub mod config;
 mod export;
 pub mod history;
