@@ -23,27 +23,6 @@ use gridpow_keys::{InitOptions, KeyDir};
 
 type Key = (u32, u32, u32);
 
-/// Every stored reading's key; a key stored twice fails the test.
-fn stored(db: &Path) -> BTreeSet<Key> {
-    let Ok(c) =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return BTreeSet::new();
-    };
-    let Ok(mut st) = c.prepare("SELECT meter_id, epoch, seq FROM readings") else {
-        return BTreeSet::new();
-    };
-    let mut out = BTreeSet::new();
-    for r in st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-    {
-        let k = r.unwrap();
-        assert!(out.insert(k), "reading {k:?} stored twice");
-    }
-    out
-}
-
 /// The value of the `/metrics` sample whose line starts with `prefix`.
 fn sample(metrics: &str, prefix: &str) -> Option<i64> {
     metrics
@@ -101,33 +80,21 @@ fn renewed_certificates_are_loaded_on_sighup_without_losing_a_reading() {
     let udp = free_udp_port();
     let db = root.join("server.db");
     let truth = root.join("truth.jsonl");
-    std::fs::write(
-        root.join("server.toml"),
-        format!("keys_dir = \"{sb}\"\ndb = \"{}\"\nmin_difficulty = 10\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n[http]\nlisten = \"127.0.0.1:{http}\"\n", db.display(), broker.port),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("relay.toml"),
-        format!(
-            "relay_id = 1\nkeys_dir = \"{rb}\"\ndata_dir = \"{}\"\ndifficulty = 10\n[block]\nmax_age_ms = 300\n[radio]\nkind = \"udp\"\nudp_listen = \"127.0.0.1:{udp}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
-            root.join("relay").display(),
-            broker.port
-        ),
-    )
-    .unwrap();
+    common::write_server_config(root, &sb, &db, 10, broker.port, http);
+    let data = root.join("relay");
+    let setup = common::RelaySetup {
+        id: 1,
+        bundle: &rb,
+        data: &data,
+        udp,
+        broker_port: broker.port,
+        difficulty: 10,
+        max_age_ms: 300,
+    };
+    common::write_relay_config(&root.join("relay.toml"), &setup);
     write_meters_config(root, &k, udp, 0.5, 0.1, &truth);
     let (mut server, mut relay, mut meters) = start_stack(root, "info,rumqttd=off");
-    let logs = || {
-        ["server.log", "relay.log", "meters.log"]
-            .iter()
-            .map(|f| {
-                format!(
-                    "--- {f}\n{}",
-                    std::fs::read_to_string(root.join(f)).unwrap_or_default()
-                )
-            })
-            .collect::<String>()
-    };
+    let logs = || common::logs(root, &["server.log", "relay.log", "meters.log"]);
     relay.wait_log("connected to the broker", Duration::from_secs(30));
     server.wait_log("Subscribed.", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3));
@@ -194,10 +161,10 @@ fn renewed_certificates_are_loaded_on_sighup_without_losing_a_reading() {
         want.len()
     );
     let start = Instant::now();
-    let mut got = stored(&db);
+    let mut got = common::stored_keys(&db);
     while got.len() < want.len() && start.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(250));
-        got = stored(&db);
+        got = common::stored_keys(&db);
     }
     let lost = want.difference(&got).count();
     eprintln!(

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{create_token, export_bundle, free_udp_port, gridpow, spawn, text};
+use common::{
+    create_token, export_bundle, free_udp_port, gridpow, logs, spawn, text, write_relay_config,
+    write_server_config, RelaySetup,
+};
 use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_testkit::{Daemon, Mosquitto, MosquittoOptions};
 
@@ -94,16 +97,17 @@ fn start_relay(root: &Path, keys: &str, id: u32, meters: &str, broker: &Mosquitt
     ]);
     let udp = free_udp_port();
     let config = root.join(format!("relay{id}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "relay_id = {id}\nkeys_dir = \"{bundle}\"\ndata_dir = \"{}\"\ndifficulty = 8\n[block]\nmax_age_ms = 300\n\
-             [radio]\nkind = \"udp\"\nudp_listen = \"127.0.0.1:{udp}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
-            root.join(format!("relay{id}")).display(),
-            broker.port
-        ),
-    )
-    .unwrap();
+    let data = root.join(format!("relay{id}"));
+    let setup = RelaySetup {
+        id,
+        bundle: &bundle,
+        data: &data,
+        udp,
+        broker_port: broker.port,
+        difficulty: 8,
+        max_age_ms: 300,
+    };
+    write_relay_config(&config, &setup);
     let relay = spawn(
         &format!("relay {id}"),
         &["relay", "--config", &config.to_string_lossy()],
@@ -162,16 +166,7 @@ fn meters_heard_by_two_relays_are_stored_once_and_each_relay_shows_its_coverage(
     let token = create_token(&format!("{server_bundle}/tokens.toml"), "ops", "viewer");
     let db = root.join("server.db");
     let http = common::free_tcp_port();
-    std::fs::write(
-        root.join("server.toml"),
-        format!(
-            "keys_dir = \"{server_bundle}\"\ndb = \"{}\"\nmin_difficulty = 8\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n\
-             [http]\nlisten = \"127.0.0.1:{http}\"\n",
-            db.display(),
-            broker.port
-        ),
-    )
-    .unwrap();
+    write_server_config(root, &server_bundle, &db, 8, broker.port, http);
     let mut server = spawn(
         "server",
         &[
@@ -220,22 +215,17 @@ fn meters_heard_by_two_relays_are_stored_once_and_each_relay_shows_its_coverage(
         want.len()
     );
     let logs = || {
-        [
-            "server.log",
-            "relay1.log",
-            "relay2.log",
-            "only-one.log",
-            "edge.log",
-            "only-two.log",
-        ]
-        .iter()
-        .map(|f| {
-            format!(
-                "--- {f}\n{}",
-                std::fs::read_to_string(root.join(f)).unwrap_or_default()
-            )
-        })
-        .collect::<String>()
+        logs(
+            root,
+            &[
+                "server.log",
+                "relay1.log",
+                "relay2.log",
+                "only-one.log",
+                "edge.log",
+                "only-two.log",
+            ],
+        )
     };
     // Both relays' last blocks are in once every reading is and both
     // relays' counts of the edge meters add up (below).

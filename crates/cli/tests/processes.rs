@@ -131,17 +131,7 @@ fn separate_processes_over_udp_air_and_mosquitto_store_every_reading_exactly_onc
         std::thread::sleep(Duration::from_millis(250));
         got = stored(&db);
     }
-    let logs = || {
-        ["server.log", "relay.log", "meters.log"]
-            .iter()
-            .map(|f| {
-                format!(
-                    "--- {f}\n{}",
-                    std::fs::read_to_string(root.join(f)).unwrap_or_default()
-                )
-            })
-            .collect::<String>()
-    };
+    let logs = || common::logs(root, &["server.log", "relay.log", "meters.log"]);
     let missing: Vec<_> = want
         .keys()
         .filter(|k| !got.contains_key(k))

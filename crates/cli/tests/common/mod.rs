@@ -171,3 +171,97 @@ pub fn start_stack(root: &Path, relay_log: &str) -> (Daemon, Daemon, Daemon) {
     );
     (server, relay, meters)
 }
+
+/// The logs `files` in `root`, each after a `--- name` line, for assertion messages.
+pub fn logs(root: &Path, files: &[&str]) -> String {
+    files
+        .iter()
+        .map(|f| {
+            format!(
+                "--- {f}\n{}",
+                std::fs::read_to_string(root.join(f)).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Writes `root/server.toml`: a grid server from the key bundle `bundle`
+/// storing in the SQLite database `db`, refusing blocks below `difficulty`,
+/// with the broker on 127.0.0.1:`broker_port` and HTTP on `http` (0: any).
+pub fn write_server_config(
+    root: &Path,
+    bundle: &str,
+    db: &Path,
+    difficulty: u8,
+    broker_port: u16,
+    http: u16,
+) {
+    std::fs::write(
+        root.join("server.toml"),
+        format!(
+            "keys_dir = \"{bundle}\"\ndb = \"{}\"\nmin_difficulty = {difficulty}\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n",
+            db.display()
+        ),
+    )
+    .expect("server.toml written");
+}
+
+/// How a test relay runs (`write_relay_config`).
+pub struct RelaySetup<'a> {
+    /// Relay id.
+    pub id: u32,
+    /// Its key bundle.
+    pub bundle: &'a str,
+    /// Its data directory.
+    pub data: &'a Path,
+    /// UDP air port it listens on.
+    pub udp: u16,
+    /// The broker's port on 127.0.0.1.
+    pub broker_port: u16,
+    /// PoW difficulty.
+    pub difficulty: u8,
+    /// Seal a block once its oldest frame waited this long.
+    pub max_age_ms: u64,
+}
+
+/// Writes the relay configuration `path` for `r`: UDP air, MQTT over TLS.
+pub fn write_relay_config(path: &Path, r: &RelaySetup) {
+    std::fs::write(
+        path,
+        format!(
+            "relay_id = {}\nkeys_dir = \"{}\"\ndata_dir = \"{}\"\ndifficulty = {}\n[block]\nmax_age_ms = {}\n\
+             [radio]\nkind = \"udp\"\nudp_listen = \"127.0.0.1:{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n",
+            r.id,
+            r.bundle,
+            r.data.display(),
+            r.difficulty,
+            r.max_age_ms,
+            r.udp,
+            r.broker_port
+        ),
+    )
+    .expect("relay configuration written");
+}
+
+/// The (meter, epoch, seq) of every reading stored in the SQLite database
+/// `db` (none while it does not exist yet); panics if one is stored twice.
+pub fn stored_keys(db: &Path) -> std::collections::BTreeSet<(u32, u32, u32)> {
+    let Ok(c) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return Default::default();
+    };
+    let Ok(mut st) = c.prepare("SELECT meter_id, epoch, seq FROM readings") else {
+        return Default::default();
+    };
+    let rows = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("readings query");
+    let mut out = std::collections::BTreeSet::new();
+    for r in rows {
+        let k = r.expect("reading row");
+        assert!(out.insert(k), "reading {k:?} stored twice");
+    }
+    out
+}
