@@ -17,7 +17,7 @@ mod common;
 
 use common::{
     export_bundle, free_udp_port, gridpow, logs, spawn, stored_keys, text, write_meters_config,
-    write_relay_config, write_server_config, RelaySetup,
+    write_server_config,
 };
 use gridpow_keys::{InitOptions, KeyDir};
 
@@ -30,20 +30,6 @@ fn heights(db: &Path) -> BTreeSet<u64> {
         .query_map([], |r| r.get::<_, i64>(0).map(|h| h as u64))
         .unwrap();
     rows.map(|r| r.unwrap()).collect()
-}
-
-fn relay_config(root: &Path, bundle: &str, udp: u16, broker_port: u16) {
-    let data = root.join("relay");
-    let setup = RelaySetup {
-        id: 1,
-        bundle,
-        data: &data,
-        udp,
-        broker_port,
-        difficulty: 8,
-        max_age_ms: 200,
-    };
-    write_relay_config(&root.join("relay.toml"), &setup);
 }
 
 #[test]
@@ -66,7 +52,7 @@ fn a_relay_key_replaced_at_its_next_height_loses_no_reading_and_the_ledger_verif
     let db = root.join("server.db");
     write_server_config(root, &server_bundle, &db, 8, broker.port, 0);
     let udp = free_udp_port();
-    relay_config(root, &bundle(1), udp, broker.port);
+    common::write_relay_1_config(root, &bundle(1), udp, broker.port);
     let truth = root.join("truth.jsonl");
     write_meters_config(root, &k, udp, 0.25, 0.1, &truth);
     let cfg = |n: &str| root.join(n).to_string_lossy().into_owned();
@@ -121,7 +107,7 @@ fn a_relay_key_replaced_at_its_next_height_loses_no_reading_and_the_ledger_verif
         Path::new(&server_bundle).join("relays.toml"),
     )
     .unwrap();
-    relay_config(root, &bundle(2), udp, broker.port);
+    common::write_relay_1_config(root, &bundle(2), udp, broker.port);
     let mut relay = spawn(
         "relay",
         &["relay", "--config", &cfg("relay.toml")],

@@ -17,7 +17,7 @@ mod common;
 
 use common::{
     export_bundle, free_udp_port, gridpow, logs, spawn, stored_keys, text, write_meters_config,
-    write_relay_config, write_server_config, RelaySetup,
+    write_server_config,
 };
 use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_testkit::Daemon;
@@ -33,20 +33,6 @@ fn last_key_ids(db: &Path) -> BTreeMap<u32, u8> {
         .unwrap();
     let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     rows.map(|r| r.unwrap()).collect()
-}
-
-fn relay_config(root: &Path, bundle: &str, udp: u16, broker_port: u16) {
-    let data = root.join("relay");
-    let setup = RelaySetup {
-        id: 1,
-        bundle,
-        data: &data,
-        udp,
-        broker_port,
-        difficulty: 8,
-        max_age_ms: 200,
-    };
-    write_relay_config(&root.join("relay.toml"), &setup);
 }
 
 fn start(root: &Path, name: &str, log: &str) -> Daemon {
@@ -79,7 +65,7 @@ fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_ret
         out
     };
     let udp = free_udp_port();
-    relay_config(root, &relay_bundle(1), udp, broker.port);
+    common::write_relay_1_config(root, &relay_bundle(1), udp, broker.port);
     let truth = root.join("truth.jsonl");
     write_meters_config(root, &k, udp, 0.25, 0.05, &truth);
     let mut server = start(root, "server", "server-1.log");
@@ -113,7 +99,7 @@ fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_ret
     // keys) and the relay gets its new bundle.
     meters.interrupt(Duration::from_secs(40));
     relay.interrupt(Duration::from_secs(30));
-    relay_config(root, &relay_bundle(2), udp, broker.port);
+    common::write_relay_1_config(root, &relay_bundle(2), udp, broker.port);
     let mut relay = start(root, "relay", "relay-2.log");
     std::thread::sleep(Duration::from_secs(1));
     let mut meters = start(root, "meters", "meters-2.log");

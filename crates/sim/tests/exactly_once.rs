@@ -8,23 +8,6 @@ use std::collections::HashSet;
 
 use gridpow_sim::{GilbertElliott, MacModel, Report, SimConfig};
 
-fn harsh(mac: MacModel, seed: u64) -> SimConfig {
-    let mut cfg = SimConfig::new(40, 2.0, 40.0);
-    cfg.seed = seed;
-    cfg.mac = mac;
-    cfg.hidden_fraction = 0.3;
-    cfg.loss = 0.15;
-    cfg.burst = Some(GilbertElliott {
-        mean_good_us: 8_000_000,
-        mean_bad_us: 1_000_000,
-        loss_good: 0.0,
-        loss_bad: 0.9,
-    });
-    cfg.drain_us = 300_000_000;
-    cfg.record_deliveries = true;
-    cfg
-}
-
 fn run(cfg: SimConfig) -> (Report, Vec<(u32, u32)>) {
     let seed = cfg.seed;
     let mut sim = match gridpow_sim::Simulation::new(cfg) {
@@ -37,7 +20,7 @@ fn run(cfg: SimConfig) -> (Report, Vec<(u32, u32)>) {
 
 fn assert_exactly_once(mac: MacModel) {
     let seed = common::seed();
-    let (r, deliveries) = run(harsh(mac, seed));
+    let (r, deliveries) = run(common::harsh(mac, seed));
     let mut seen = HashSet::new();
     for d in &deliveries {
         assert!(
@@ -90,7 +73,7 @@ fn every_reading_is_delivered_exactly_once_under_csma() {
 #[test]
 fn only_backlog_overflow_loses_readings_and_never_duplicates() {
     let seed = common::seed();
-    let mut cfg = harsh(MacModel::Csma, seed);
+    let mut cfg = common::harsh(MacModel::Csma, seed);
     // One-second readings and 60-second outages overflow the 32-reading backlog.
     cfg.interval_us = 1_000_000;
     cfg.duration_us = 240_000_000;

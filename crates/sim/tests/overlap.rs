@@ -9,25 +9,13 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
-use gridpow_sim::{simulate, GilbertElliott, MacModel, Report, SimConfig, Simulation};
+use gridpow_sim::{simulate, MacModel, Report, SimConfig, Simulation};
 
 /// Two relays on one channel, every other meter at the edge, a harsh air.
 fn harsh(mac: MacModel, seed: u64) -> SimConfig {
-    let mut cfg = SimConfig::new(40, 2.0, 40.0);
-    cfg.seed = seed;
-    cfg.mac = mac;
+    let mut cfg = common::harsh(mac, seed);
     cfg.relays = 2;
     cfg.overlap = 0.5;
-    cfg.hidden_fraction = 0.3;
-    cfg.loss = 0.15;
-    cfg.burst = Some(GilbertElliott {
-        mean_good_us: 8_000_000,
-        mean_bad_us: 1_000_000,
-        loss_good: 0.0,
-        loss_bad: 0.9,
-    });
-    cfg.drain_us = 300_000_000;
-    cfg.record_deliveries = true;
     cfg
 }
 

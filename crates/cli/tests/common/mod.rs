@@ -265,3 +265,19 @@ pub fn stored_keys(db: &Path) -> std::collections::BTreeSet<(u32, u32, u32)> {
     }
     out
 }
+
+/// Writes `root/relay.toml` for relay 1 from `bundle`, data in `root/relay`,
+/// difficulty 8, blocks sealed after 200 ms: the rotation tests' relay.
+pub fn write_relay_1_config(root: &Path, bundle: &str, udp: u16, broker_port: u16) {
+    let data = root.join("relay");
+    let setup = RelaySetup {
+        id: 1,
+        bundle,
+        data: &data,
+        udp,
+        broker_port,
+        difficulty: 8,
+        max_age_ms: 200,
+    };
+    write_relay_config(&root.join("relay.toml"), &setup);
+}
