@@ -74,7 +74,9 @@ pub enum KeysCommand {
     /// or a key in hostile hands): the new key signs heights from
     /// `--from-height`, the old one stays registered for the blocks below it.
     /// Stop the relay first and pick its next height (its stop line says
-    /// `chain at height H`: use H + 1).
+    /// `chain at height H`: use H + 1); a height the old key already signed
+    /// makes those blocks fail verification for good. The height must lie
+    /// above the current key's first height.
     RotateRelay {
         /// The key directory.
         #[arg(long)]
@@ -95,8 +97,11 @@ pub enum KeysCommand {
         dir: PathBuf,
     },
     /// Remove an old site key id. Refused while a registered meter is
-    /// provisioned with it, or (with `--db`) while any meter sent with it in
-    /// the last `--days` days, unless `--force`.
+    /// provisioned with it or any meter sent with it in the last `--days`
+    /// days (asked of the server's database, `--db`), unless `--force`. A block
+    /// with one frame under a retired key id is refused whole, so let the
+    /// relays' outboxes drain first; restart the grid servers with the new
+    /// site.toml afterwards (a running server keeps the key ids it loaded).
     RetireSite {
         /// The key directory.
         #[arg(long)]
@@ -441,6 +446,11 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
         } => {
             let kd = KeyDir::new(&dir);
             kd.check_retirable(key_id)?;
+            if db.is_none() && !force {
+                anyhow::bail!(
+                    "give the server's database (--db PATH or postgres://…) so that meters still sending with key id {key_id} are found, or --force"
+                );
+            }
             let mut users = Vec::new();
             let provisioned = kd.meters_with_key(key_id)?;
             if !provisioned.is_empty() {
@@ -475,7 +485,7 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: retiring anyway (--force): {u}");
             }
             if db.is_none() {
-                eprintln!("note: no --db given, so whether meters still send with key id {key_id} was not asked");
+                eprintln!("warning: no --db given, so whether meters still send with key id {key_id} was not asked");
             }
             kd.retire_site_key(key_id)?;
             println!(

@@ -152,7 +152,10 @@ impl KeyDir {
         let mut out = Vec::new();
         for e in rd {
             let e = e.map_err(|e| io_err(&dir, e))?;
-            if e.path().extension().is_some_and(|x| x == "key") {
+            // `R.key`, or `R.key.new` staged by an interrupted rotation.
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".key") || name.ends_with(".key.new") {
                 out.push(e.path());
             }
         }

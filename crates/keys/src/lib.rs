@@ -89,6 +89,26 @@ pub enum KeyError {
     },
 }
 
+/// Meter `id`'s registry record under `key_id`: a meter registered before
+/// keeps its MAC binding (unless `mac` gives a new one) and its label, so
+/// re-provisioning it with a new site key id loses neither.
+fn reprovisioned(
+    reg: &MeterRegistry,
+    id: u32,
+    key_id: u8,
+    mac: Option<gridpow_proto::MacAddr>,
+) -> MeterRecord {
+    let old = reg.get(id);
+    MeterRecord {
+        id,
+        key_id,
+        mac: mac
+            .map(|m| format_mac(&m))
+            .or_else(|| old.and_then(|o| o.mac.clone())),
+        label: old.and_then(|o| o.label.clone()),
+    }
+}
+
 fn io_err(path: &Path, e: std::io::Error) -> KeyError {
     KeyError::Config(ConfigError::io(path, e))
 }
@@ -382,20 +402,37 @@ impl KeyDir {
     /// Creates relay `id`: signing key, registry entry, client certificate.
     pub fn add_relay(&self, id: u32) -> Result<VerifyingKey, KeyError> {
         let path = self.relay_key_path(id);
+        let mut reg = if self.relays_path().exists() {
+            RelayRegistry::load(&self.relays_path())?
+        } else {
+            RelayRegistry::default()
+        };
         let key = if path.exists() {
             self.relay_signing_key(id)?
+        } else if reg.get(id).is_some() {
+            return Err(KeyError::Invalid(format!(
+                "relay {id} is registered but {} is missing: replace a relay's key with \
+                 `gridpow keys rotate-relay` (the registry keeps the old one for its blocks)",
+                path.display()
+            )));
         } else {
             let k = SigningKey::from_bytes(&random_bytes::<32>());
             write_file(&path, hex::encode(k.to_bytes()).as_bytes(), true)
                 .map_err(|e| io_err(&path, e))?;
             k
         };
-        let mut reg = if self.relays_path().exists() {
-            RelayRegistry::load(&self.relays_path())?
-        } else {
-            RelayRegistry::default()
-        };
-        // A relay added again keeps its registered keys (and their heights).
+        // A relay added again keeps its registered keys (and their heights);
+        // its key file must be the one registered for its newest heights.
+        if let Some(current) = reg.get(id) {
+            if current.verifying_key() != Some(key.verifying_key()) {
+                return Err(KeyError::Invalid(format!(
+                    "relay {id} is registered with another key than {} (from height {}): \
+                     replace a relay's key with `gridpow keys rotate-relay`",
+                    path.display(),
+                    current.from_height
+                )));
+            }
+        }
         if reg.get(id).is_none() {
             reg.upsert(RelayRecord {
                 id,
@@ -423,15 +460,18 @@ impl KeyDir {
             label: None,
         })
         .map_err(KeyError::Invalid)?;
-        // The new key is on disk before the registry names it, and the
-        // registry before the key takes the relay's file: a crash in
-        // between leaves either the old state or a key the registry knows.
+        // The new key is on disk (staged) before the registry names it, and
+        // the registry before the key takes the relay's file. A crash before
+        // the registry is saved leaves the old state; one after it leaves the
+        // new key staged in `R.key.new`, which the registry names from
+        // `from_height`: rename it over `R.key` by hand (the bundle checks
+        // treat a staged key as a relay key).
         let path = self.relay_key_path(id);
         let staged = path.with_extension("key.new");
         write_file(&staged, hex::encode(key.to_bytes()).as_bytes(), true)
             .map_err(|e| io_err(&staged, e))?;
         reg.save(&self.relays_path())?;
-        std::fs::rename(&staged, &path).map_err(|e| io_err(&path, e))?;
+        gridpow_common::durable::rename(&staged, &path).map_err(|e| io_err(&path, e))?;
         Ok(key.verifying_key())
     }
 
@@ -446,12 +486,7 @@ impl KeyDir {
         let site = self.site()?;
         let mut reg = self.meters()?;
         let key_id = site.current_key_id;
-        reg.upsert(MeterRecord {
-            id,
-            key_id,
-            mac: mac.map(|m| format_mac(&m)),
-            label: None,
-        });
+        reg.upsert(reprovisioned(&reg, id, key_id, mac));
         reg.save(&self.meters_path())?;
         let secret = site
             .meter_secret(id, key_id)
@@ -481,12 +516,8 @@ impl KeyDir {
         let site = self.site()?;
         let mut reg = self.meters()?;
         for &(id, mac) in meters {
-            reg.upsert(MeterRecord {
-                id,
-                key_id: site.current_key_id,
-                mac: mac.map(|m| format_mac(&m)),
-                label: None,
-            });
+            let rec = reprovisioned(&reg, id, site.current_key_id, mac);
+            reg.upsert(rec);
         }
         reg.save(&self.meters_path())?;
         Ok(meters.len())
@@ -701,6 +732,66 @@ pub fn relay_tls_der(keys: &KeyDir, relay_id: u32) -> Result<RelayTlsDer, TlsErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn site_rotation_reprovisions_with_the_new_key_id_keeping_mac_and_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let kd = KeyDir::new(dir.path().join("keys"));
+        kd.init(&InitOptions::default()).unwrap();
+        let mac = [2, 0, 0, 0, 0, 7];
+        kd.add_meter(7, Some(mac), 1, 10).unwrap();
+        kd.add_meters(&[(8, None)]).unwrap();
+        let mut reg = kd.meters().unwrap();
+        let mut rec = reg.get(8).unwrap().clone();
+        rec.label = Some("flat 8".into());
+        reg.upsert(rec);
+        reg.save(&kd.meters_path()).unwrap();
+        assert_eq!(kd.rotate_site().unwrap(), 2);
+        assert_eq!(kd.site().unwrap().key_ids().collect::<Vec<_>>(), vec![1, 2]);
+        let prov = kd.add_meter(7, None, 1, 10).unwrap();
+        kd.add_meters(&[(8, None)]).unwrap();
+        assert_eq!(prov.key_id, 2);
+        let reg = kd.meters().unwrap();
+        assert_eq!(
+            reg.get(7).unwrap().mac_bytes(),
+            Some(mac),
+            "the MAC binding stays"
+        );
+        assert_eq!(reg.get(8).unwrap().label.as_deref(), Some("flat 8"));
+        assert_eq!(kd.meters_with_key(1).unwrap(), Vec::<u32>::new());
+        assert_eq!(kd.meters_with_key(2).unwrap(), vec![7, 8]);
+        assert!(kd
+            .check_retirable(2)
+            .unwrap_err()
+            .to_string()
+            .contains("current"));
+        assert!(kd
+            .check_retirable(9)
+            .unwrap_err()
+            .to_string()
+            .contains("no key id 9"));
+        kd.retire_site_key(1).unwrap();
+        assert_eq!(kd.site().unwrap().key_ids().collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn a_registered_relay_is_never_given_a_key_the_registry_does_not_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let kd = KeyDir::new(dir.path().join("keys"));
+        kd.init(&InitOptions::default()).unwrap();
+        let key = kd.relay_signing_key(1).unwrap().verifying_key();
+        // Adding it again keeps its key.
+        assert_eq!(kd.add_relay(1).unwrap(), key);
+        // Its key file gone: refused, nothing written.
+        std::fs::remove_file(kd.relay_key_path(1)).unwrap();
+        let e = kd.add_relay(1).unwrap_err().to_string();
+        assert!(e.contains("rotate-relay"), "{e}");
+        assert!(!kd.relay_key_path(1).exists());
+        // Another key in its file: refused too.
+        write_file(&kd.relay_key_path(1), &[b'1'; 64], true).unwrap();
+        let e = kd.add_relay(1).unwrap_err().to_string();
+        assert!(e.contains("another key"), "{e}");
+    }
 
     #[test]
     fn init_creates_keys_certificates_and_refuses_to_run_twice() {

@@ -207,6 +207,12 @@ impl KeyDir {
             }];
             params.not_before = start;
             params.not_after = end;
+            // rcgen derives the serial from the public key, which renewal
+            // keeps: a random one keeps issuer and serial unique (RFC 5280
+            // §4.1.2.2; NSS refuses a reused pair). Positive: top bit clear.
+            let mut serial = crate::random_bytes::<16>();
+            serial[0] &= 0x7f;
+            params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
             let cert = params.signed_by(&key, &issuer)?;
             write_file(&files.cert, cert.pem().as_bytes(), false)
                 .map_err(|e| io_err(&files.cert, e))?;
@@ -297,10 +303,20 @@ mod tests {
     }
 
     #[test]
-    fn a_renewed_certificate_still_matches_its_key_and_chains_to_the_ca() {
+    fn a_renewed_certificate_still_matches_its_key_and_has_a_serial_of_its_own() {
         let (_d, kd) = keys();
-        kd.renew_at(&["server-1".to_string()], 400, NOW).unwrap();
+        let serial = |path: &std::path::Path| {
+            let pem = std::fs::read(path).unwrap();
+            let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+            pem.parse_x509().unwrap().raw_serial().to_vec()
+        };
         let f = kd.tls_files("server-1");
+        let before = serial(&f.cert);
+        kd.renew_at(&["server-1".to_string()], 400, NOW).unwrap();
+        let first = serial(&f.cert);
+        kd.renew_at(&["server-1".to_string()], 400, NOW).unwrap();
+        // Same key, so a serial derived from it would repeat (RFC 5280 §4.1.2.2).
+        assert!(first != before && serial(&f.cert) != first);
         // rustls checks the chain of a client config's identity lazily; the
         // key must at least load and pair with the certificate.
         gridpow_common::tls::client_config(&kd.ca_cert_path(), Some((&f.cert, &f.key))).unwrap();

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-/// Largest status payload read (the longest valid one is 240 bytes).
+/// Largest status payload read (the longest valid one is 279 bytes, spec §11).
 pub const MAX_STATUS_BYTES: usize = 1024;
 /// Most relays whose status is kept; others are counted and dropped.
 pub const MAX_RELAYS: usize = 65_536;

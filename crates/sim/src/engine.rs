@@ -20,8 +20,8 @@
 //! independent loss draw on a link of its own (same received power, the
 //! meter sits between the two). Both relays run the real ingress, deliver
 //! what they accept and send in-band ACKs that contend for the same air; the
-//! meter's sender takes the first authentic ACK and refuses (counts) the
-//! other. A reading delivered by both counts once, as the grid server stores
+//! meter's sender takes the first authentic ACK and counts the other as
+//! late (spec §5). A reading delivered by both counts once, as the grid server stores
 //! it once; the second delivery is counted apart (`readings_heard_by_both`).
 //!
 //! ## Medium access

@@ -857,14 +857,15 @@ impl Book {
     pub fn readings_stored(&mut self, relay: u32, fresh: &[&ReadingRow], repeated: &[ReadingRow]) {
         self.relays.entry(relay).or_default().readings += fresh.len() as i64;
         self.count("readings_duplicate", repeated.len() as i64);
-        for r in fresh {
-            let c = self.carried.entry((relay, r.meter_id)).or_default();
-            c.first += 1;
-            c.key_id = r.key_id;
-        }
+        // Repeated readings first: a fresh reading's key id is the newer.
         for r in repeated {
             let c = self.carried.entry((relay, r.meter_id)).or_default();
             c.duplicate += 1;
+            c.key_id = r.key_id;
+        }
+        for r in fresh {
+            let c = self.carried.entry((relay, r.meter_id)).or_default();
+            c.first += 1;
             c.key_id = r.key_id;
         }
     }
