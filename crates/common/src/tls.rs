@@ -89,7 +89,11 @@ pub fn client_config(
 }
 
 /// How long before its end a certificate's coming expiry is warned about at start.
-pub const EXPIRY_WARNING_S: i64 = 30 * 24 * 3600;
+pub const EXPIRY_WARNING_S: i64 = EXPIRY_WARNING_DAYS * 24 * 3600;
+
+/// [`EXPIRY_WARNING_S`] in whole days, for figures counted in days (a
+/// relay's `tls_expiry_days`, the metrics, the dashboard's warning).
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
 
 /// A certificate usable now (see [`check_validity`]).
 #[derive(Clone, Debug, PartialEq, Eq)]

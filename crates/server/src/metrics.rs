@@ -370,8 +370,9 @@ impl Shared {
             .into_iter()
             .filter_map(|r| Some((r.relay_id.to_string(), r.tls_expiry_days?)))
             .collect();
-        let soon = certs.iter().filter(|c| c.2 < 30).count()
-            + relay_certs.iter().filter(|c| c.1 < 30).count();
+        let warn_days = gridpow_common::tls::EXPIRY_WARNING_DAYS;
+        let soon = certs.iter().filter(|c| c.2 < warn_days).count()
+            + relay_certs.iter().filter(|c| c.1 < warn_days).count();
         gauges.push((
             "gridpow_tls_certs_expiring_soon",
             "Certificates of this server, and relays' (from their status), ending within 30 days.",

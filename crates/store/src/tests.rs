@@ -933,6 +933,30 @@ fn a_ledger_stored_before_the_log_existed_is_appended_to_it_when_the_writer_open
     assert_eq!(check_log(&mut *s.reader(), &s), before);
 }
 
+fn a_version_4_database_gets_its_relay_coverage_from_the_stored_readings(s) {
+    let a0 = block(1, 0, [0; 32], &[(4, 1, 0..6), (5, 1, 0..6)]);
+    let b0 = block(2, 0, [0; 32], &[(5, 1, 3..9), (6, 1, 0..3)]);
+    s.commit(&[ingest(&a0)], T0).unwrap();
+    s.commit(&[ingest(&b0)], T0 + 7).unwrap();
+    // As version 4 had it: no relay_meters table.
+    s.execute(match &s.backend {
+        Backend::Sqlite(_) => "DROP TABLE relay_meters; PRAGMA user_version = 4;",
+        Backend::Postgres(..) => "DROP TABLE relay_meters; DELETE FROM gridpow_schema WHERE version = 5;",
+    });
+    s.store = s.reopen();
+    // Readings stored first, per relay and meter; the duplicates they
+    // carried were not kept before version 5, nor the key ids.
+    let rows = "SELECT COUNT(*) FROM relay_meters WHERE readings_duplicate = 0 AND last_key_id = 0 AND (";
+    let want = "(relay_id = 1 AND meter_id = 4 AND readings_first = 6 AND last_heard_ms = 1700000000000) \
+        OR (relay_id = 1 AND meter_id = 5 AND readings_first = 6) \
+        OR (relay_id = 2 AND meter_id = 5 AND readings_first = 3 AND last_heard_ms = 1700000000000) \
+        OR (relay_id = 2 AND meter_id = 6 AND readings_first = 3))";
+    assert_eq!(s.count(&format!("{rows}{want}")), 4);
+    assert_eq!(s.count("SELECT COUNT(*) FROM relay_meters"), 4);
+    let shared: Vec<_> = s.relays().unwrap().iter().map(|r| (r.relay_id, r.meters_heard, r.meters_shared)).collect();
+    assert_eq!(shared, vec![(1, 2, 1), (2, 2, 1)]);
+}
+
 fn totals_and_chain_survive_reopening_the_database(s) {
     let b0 = block(1, 0, [0; 32], &[(1, 1, 0..3)]);
     let b1 = block(1, 1, b0.hash, &[(1, 1, 3..6)]);
