@@ -130,6 +130,12 @@ pub(crate) fn reload_mqtt(
             add(&shared.metrics.tls_reloads, 1);
             eventloop.options.set_transport(transport);
             eventloop.clean();
+            // Acks of messages from the dropped connection must not go out
+            // on the new one (its packet ids mean other messages): they are
+            // skipped from here on, and the broker redelivers.
+            shared
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         Err(e) => {
             add(&shared.metrics.tls_reload_failures, 1);
