@@ -63,13 +63,15 @@ async fn listener(site: &Site, port: u16) -> Heard {
     let h = heard.clone();
     tokio::spawn(async move {
         let _client = client.clone();
-        let mut subscribed = false;
         loop {
             match eventloop.poll().await {
-                Ok(Event::Incoming(Incoming::ConnAck(_))) if !subscribed => {
-                    subscribed = true;
+                // Every connection (a clean session), not only the first:
+                // after a reconnect the retained documents come again.
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                     for f in ["homeassistant/#", "gridpow/v1/meters/#"] {
-                        client.subscribe(f, QoS::AtLeastOnce).await.unwrap();
+                        if let Err(e) = client.subscribe(f, QoS::AtLeastOnce).await {
+                            eprintln!("listener: subscribing to {f} failed: {e}");
+                        }
                     }
                 }
                 Ok(Event::Incoming(Incoming::Publish(p))) => {
@@ -192,7 +194,8 @@ async fn verified_readings_reach_home_assistant_with_valid_discovery_and_never_g
             .filter(|(_, v)| v["seq"] == 11)
             .count();
         let docs = h.iter().filter(|(t, _)| t.ends_with("/config")).count();
-        states == 2 && docs >= 12
+        // At least: a reconnected listener gets the retained ones again.
+        states >= 2 && docs >= 12
     };
     assert!(
         wait_until(20, || done(&heard)).await,
@@ -227,7 +230,8 @@ async fn verified_readings_reach_home_assistant_with_valid_discovery_and_never_g
     }
     for (id, e) in &energy {
         assert!(
-            e.windows(2).all(|w| w[0] < w[1]),
+            // Equal only when a reconnect brought a retained state again.
+            e.windows(2).all(|w| w[0] <= w[1]),
             "meter {id}: energy went back: {e:?}"
         );
     }
