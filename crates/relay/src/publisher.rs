@@ -268,14 +268,23 @@ async fn network_task(
     let proofs_topic = topics::log_proofs(relay_id);
     let mut backoff = Duration::from_millis(100);
     let mut logged_down = false;
-    let mut check = tokio::time::interval(tls_reload::RELOAD_CHECK_INTERVAL);
+    // The first check one interval after the start, not at once.
+    let mut check = tokio::time::interval_at(
+        tokio::time::Instant::now() + tls_reload::RELOAD_CHECK_INTERVAL,
+        tls_reload::RELOAD_CHECK_INTERVAL,
+    );
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let trigger = tls.as_ref().map(|t| t.trigger.clone());
     loop {
+        // A reload may interrupt the poll only while connected: a poll
+        // dropped between CONNECT and CONNACK leaves the broker a half-made
+        // session (rumqttd 0.20 then panics on the reconnection, its issue
+        // #1062), so a reload asked for meanwhile waits for the connection.
+        let connected = shared.mqtt_connected.load(Ordering::Relaxed);
         let asked = async {
             match &trigger {
-                Some(t) => t.notified().await,
-                None => std::future::pending().await,
+                Some(t) if connected => t.notified().await,
+                _ => std::future::pending().await,
             }
         };
         // The poll's future borrows the event loop: the select only says
@@ -283,7 +292,7 @@ async fn network_task(
         let wake = tokio::select! {
             ev = eventloop.poll() => Wake::Net(ev),
             () = asked => Wake::Asked,
-            _ = check.tick(), if tls.is_some() => Wake::Check,
+            _ = check.tick(), if tls.is_some() && connected => Wake::Check,
         };
         let ev = match wake {
             Wake::Net(ev) => ev,
@@ -372,6 +381,21 @@ async fn network_task(
                 let _ = net_tx.send(NetEvent::Disconnected);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+                // Not connected, so no poll to interrupt: a reload asked for,
+                // or files changed (renewed after they expired), act now.
+                if let Some(t) = tls.as_mut() {
+                    let asked = tokio::time::timeout(Duration::ZERO, t.trigger.notified())
+                        .await
+                        .is_ok();
+                    if asked || t.watch.changed() {
+                        let why = if asked {
+                            "asked (SIGHUP)"
+                        } else {
+                            "the files changed"
+                        };
+                        reload_tls(&mut eventloop, Some(t), why, &net_tx, &shared);
+                    }
+                }
             }
         }
     }

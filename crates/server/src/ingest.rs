@@ -115,7 +115,11 @@ pub(crate) async fn mqtt_task(
 ) {
     let Reload { mut tls, mut asks } = reload;
     let mut asks_open = true;
-    let mut check = tokio::time::interval(gridpow_common::tls_reload::RELOAD_CHECK_INTERVAL);
+    // The first check one interval after the start, not at once.
+    let mut check = tokio::time::interval_at(
+        tokio::time::Instant::now() + gridpow_common::tls_reload::RELOAD_CHECK_INTERVAL,
+        gridpow_common::tls_reload::RELOAD_CHECK_INTERVAL,
+    );
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut inbound = Some(inbound);
     let mut backoff = Duration::from_millis(200);
