@@ -14,6 +14,7 @@ use gridpow_proto::{Error as ProtoError, LeafFault, Rejected};
 use gridpow_store::{ReadingRow, RejectKind, VerifiedBlockData};
 
 use crate::keyring::Keyring;
+use ed25519_dalek::VerifyingKey;
 
 /// The largest block message the protocol allows: header and signature plus
 /// 65 535 leaves of a length prefix and a 244-byte frame (16 121 774 bytes).
@@ -107,17 +108,7 @@ pub fn verify_payload(
     if keys.relay_key(header.relay_id, header.height).is_none() {
         keys.reload_relays();
     }
-    let Some(&(mut relay_key)) = keys.relay_key(header.relay_id, header.height) else {
-        let why = if keys.knows_relay(header.relay_id) {
-            format!(
-                "no key of relay {} in relays.toml signs height {}",
-                header.relay_id, header.height
-            )
-        } else {
-            format!("relay {} is not in relays.toml", header.relay_id)
-        };
-        return Err(Rejection::new(RejectKind::UnknownRelay, why, Some(header)));
-    };
+    let mut relay_key = key_at(keys, &header)?;
     let policy = VerifyPolicy {
         relay_id: header.relay_id,
         min_difficulty,
@@ -149,19 +140,7 @@ pub fn verify_payload(
                 if attempt == 0 && keys.reload_relays() =>
             {
                 attempt += 1;
-                match keys.relay_key(header.relay_id, header.height) {
-                    Some(&k) => relay_key = k,
-                    None => {
-                        return Err(Rejection::new(
-                            RejectKind::UnknownRelay,
-                            format!(
-                                "no key of relay {} in relays.toml signs height {}",
-                                header.relay_id, header.height
-                            ),
-                            Some(header),
-                        ))
-                    }
-                }
+                relay_key = key_at(keys, &header)?;
             }
             Err(ProtoError::Rejected(Rejected::Leaf {
                 fault: LeafFault::UnknownMeter,
@@ -180,6 +159,24 @@ pub fn verify_payload(
         raw: payload.to_vec(),
         readings,
     })
+}
+
+/// The key of the block's relay that signs its height, or the refusal
+/// naming why there is none (an unknown relay, or a height below its keys').
+#[allow(clippy::result_large_err)] // as verify_payload, whose refusal it is
+fn key_at(keys: &Keyring, header: &BlockHeaderRepr) -> Result<VerifyingKey, Rejection> {
+    if let Some(&k) = keys.relay_key(header.relay_id, header.height) {
+        return Ok(k);
+    }
+    let why = if keys.knows_relay(header.relay_id) {
+        format!(
+            "no key of relay {} in relays.toml signs height {}",
+            header.relay_id, header.height
+        )
+    } else {
+        format!("relay {} is not in relays.toml", header.relay_id)
+    };
+    Err(Rejection::new(RejectKind::UnknownRelay, why, Some(*header)))
 }
 
 /// Decrypts every leaf of an already stored block (for the ledger check and
