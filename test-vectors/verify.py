@@ -812,15 +812,28 @@ def main():
         body = {"height": m["height"], "relay_id": m["relay_id"], "state": "online" if m["online"] else "offline", "time_ms": m["time_ms"]}
         if m["radio"] is not None:
             body["radio"] = m["radio"]
-        check(m["json"] == json.dumps(body, sort_keys=True, separators=(",", ":")) and len(m["json"]) <= 240,
-              f"status of relay {m['relay_id']}: keys sorted, no spaces, at most 240 bytes")
+        days = m["tls_expiry_days"]
+        if days is not None:
+            body["tls_expiry_days"] = days
+        limit = 240 if days is None else 279
+        check(m["json"] == json.dumps(body, sort_keys=True, separators=(",", ":")) and len(m["json"]) <= limit,
+              f"status of relay {m['relay_id']}" + ("" if days is None else f" (tls_expiry_days {days})")
+              + f": keys sorted, no spaces, at most {limit} bytes")
+    check(any(m["tls_expiry_days"] is not None and m["tls_expiry_days"] < 0 for m in st["messages"])
+          and any(m["tls_expiry_days"] is not None and m["tls_expiry_days"] > 0 for m in st["messages"]),
+          "status messages with tls_expiry_days both positive and negative (expired)")
+    check(max(len(m["json"]) for m in st["messages"] if m["tls_expiry_days"] is None) == 240
+          and max(len(m["json"]) for m in st["messages"]) == 279,
+          "the longest status messages: 240 bytes without tls_expiry_days, 279 with it")
 
     def judge_status(topic_relay, text):
         try:
             v = json.loads(text)
             ok = isinstance(v, dict) and v.get("state") in ("online", "offline") and all(
                 isinstance(v.get(k), int) and v[k] >= 0 for k in ("relay_id", "time_ms")) and (
-                v.get("height") is None or (isinstance(v["height"], int) and v["height"] >= 0)) and "height" in v
+                v.get("height") is None or (isinstance(v["height"], int) and v["height"] >= 0)) and "height" in v and (
+                v.get("tls_expiry_days") is None or (isinstance(v["tls_expiry_days"], int)
+                                                     and not isinstance(v["tls_expiry_days"], bool)))
         except ValueError:
             ok = False
         if not ok:

@@ -220,6 +220,7 @@ impl<'l, 't, 'c, S: Read + Write> Connection<'l, 't, 'c, S> {
             height: start.height,
             time_ms: start.unix_ms,
             radio: None,
+            tls_expiry_days: None,
         }
         .write_json(&mut will_buf)?;
 
@@ -320,6 +321,7 @@ impl<'l, 't, 'c, S: Read + Write> Connection<'l, 't, 'c, S> {
                 height: start.height,
                 time_ms: start.unix_ms,
                 radio: None,
+                tls_expiry_days: None,
             },
             start.now_ms,
             on_receipt,

@@ -8,8 +8,10 @@ use crate::error::{Capacity, Error};
 /// Longest topic this crate builds: `gridpow/v1/relays/4294967295/log-requests`.
 pub const MAX_TOPIC_LEN: usize = 41;
 
-/// Longest status message: every number at its maximum, `"offline"`, with radio counters.
-pub const MAX_STATUS_LEN: usize = 240;
+/// Longest status message: every number at its extreme, `"offline"`, with
+/// radio counters and `tls_expiry_days` at `i64::MIN` (docs/protocol.md §11:
+/// 240 bytes without `tls_expiry_days`, 279 with it).
+pub const MAX_STATUS_LEN: usize = 279;
 
 /// A topic name held inline.
 pub type Topic = heapless::String<MAX_TOPIC_LEN>;
@@ -96,6 +98,9 @@ pub struct Status {
     pub time_ms: u64,
     /// Radio counters, if the relay keeps them.
     pub radio: Option<RadioCounts>,
+    /// Whole days until the first of the relay's TLS certificates in use
+    /// (client certificate, CA) ends, negative once expired, if known.
+    pub tls_expiry_days: Option<i64>,
 }
 
 struct Cursor<'b> {
@@ -114,53 +119,64 @@ impl core::fmt::Write for Cursor<'_> {
 }
 
 impl Status {
-    /// Writes the status JSON into `buf` and returns it: byte for byte what the
-    /// Linux relay's `status_json` (serde_json, keys sorted) produces, e.g.
-    /// `{"height":7,"relay_id":1,"state":"online","time_ms":1700000000000}`.
-    /// [`MAX_STATUS_LEN`] bytes always suffice.
+    /// Writes the status JSON into `buf` and returns it, e.g.
+    /// `{"height":7,"relay_id":1,"state":"online","time_ms":1700000000000}`:
+    /// keys sorted, no spaces, `radio` and `tls_expiry_days` only when present
+    /// (test-vectors/status.json). The one writer of this format: the ESP32
+    /// relay and the Linux relay both call it. [`MAX_STATUS_LEN`] bytes always
+    /// suffice.
     ///
     /// # Errors
     /// [`Capacity::BufferTooSmall`] if `buf` cannot hold it.
     pub fn write_json<'b>(&self, buf: &'b mut [u8]) -> Result<&'b str, Error> {
         let capacity = buf.len();
+        let too_small = Error::Capacity(Capacity::BufferTooSmall {
+            what: "status message",
+            needed: MAX_STATUS_LEN,
+            capacity,
+        });
         let mut c = Cursor { buf, len: 0 };
-        let state = if self.online { "online" } else { "offline" };
-        // Keys in serde_json's (sorted) order.
-        let r = (|| -> core::fmt::Result {
-            match self.height {
-                Some(h) => write!(c, "{{\"height\":{h},")?,
-                None => write!(c, "{{\"height\":null,")?,
-            }
-            if let Some(r) = self.radio {
-                write!(
-                    c,
-                    "\"radio\":{{\"accepted\":{},\"duplicates\":{},\"frames\":{},\"rejected\":{}}},",
-                    r.accepted, r.duplicates, r.frames, r.rejected
-                )?;
-            }
-            write!(
-                c,
-                "\"relay_id\":{},\"state\":\"{state}\",\"time_ms\":{}}}",
-                self.relay_id, self.time_ms
-            )
-        })();
-        if r.is_err() {
-            return Err(Error::Capacity(Capacity::BufferTooSmall {
-                what: "status message",
-                needed: MAX_STATUS_LEN,
-                capacity,
-            }));
+        if self.write_to(&mut c).is_err() {
+            return Err(too_small);
         }
         let Cursor { buf, len } = c;
         let out = buf.get(..len).unwrap_or_default();
         // Only ASCII was written.
-        core::str::from_utf8(out).map_err(|_| {
-            Error::Capacity(Capacity::BufferTooSmall {
-                what: "status message",
-                needed: MAX_STATUS_LEN,
-                capacity,
-            })
-        })
+        core::str::from_utf8(out).map_err(|_| too_small)
+    }
+
+    /// [`write_json`](Self::write_json) into a string of [`MAX_STATUS_LEN`]
+    /// bytes, which always suffice.
+    pub fn to_json(&self) -> heapless::String<MAX_STATUS_LEN> {
+        let mut s = heapless::String::new();
+        // Cannot fail: MAX_STATUS_LEN fits the longest message (tested below).
+        let _ = self.write_to(&mut s);
+        s
+    }
+
+    /// The message's text, keys in sorted order (docs/protocol.md §11).
+    fn write_to(&self, w: &mut impl core::fmt::Write) -> core::fmt::Result {
+        let state = if self.online { "online" } else { "offline" };
+        match self.height {
+            Some(h) => write!(w, "{{\"height\":{h},")?,
+            None => write!(w, "{{\"height\":null,")?,
+        }
+        if let Some(r) = self.radio {
+            write!(
+                w,
+                "\"radio\":{{\"accepted\":{},\"duplicates\":{},\"frames\":{},\"rejected\":{}}},",
+                r.accepted, r.duplicates, r.frames, r.rejected
+            )?;
+        }
+        write!(
+            w,
+            "\"relay_id\":{},\"state\":\"{state}\",\"time_ms\":{}",
+            self.relay_id, self.time_ms
+        )?;
+        if let Some(d) = self.tls_expiry_days {
+            write!(w, ",\"tls_expiry_days\":{d}")?;
+        }
+        w.write_char('}')
     }
 }
 
@@ -188,15 +204,17 @@ mod tests {
 
     #[test]
     fn status_json_is_the_vectors_text_byte_for_byte() {
-        // test-vectors/status.json: what the Linux relay's `status_json`
-        // (serde_json, keys sorted) writes too.
+        // test-vectors/status.json, which verify.py rebuilds independently.
         let doc: serde_json::Value =
             serde_json::from_str(include_str!("../../../test-vectors/status.json")).unwrap();
         let messages = doc["messages"].as_array().unwrap();
-        assert!(messages.len() >= 4);
+        assert!(messages.len() >= 7);
+        assert!(messages.iter().any(|m| m["tls_expiry_days"].is_i64()));
         for m in messages {
             let r = &m["radio"];
             let n = |k: &str| r[k].as_u64().unwrap();
+            let days = &m["tls_expiry_days"];
+            assert!(days.is_null() || days.is_i64(), "{m}");
             let s = Status {
                 relay_id: m["relay_id"].as_u64().unwrap() as u32,
                 online: m["online"].as_bool().unwrap(),
@@ -208,26 +226,34 @@ mod tests {
                     duplicates: n("duplicates"),
                     rejected: n("rejected"),
                 }),
+                tls_expiry_days: days.as_i64(),
             };
             let mut buf = [0u8; MAX_STATUS_LEN];
             assert_eq!(s.write_json(&mut buf).ok(), m["json"].as_str());
+            assert_eq!(Some(s.to_json().as_str()), m["json"].as_str());
         }
     }
 
     #[test]
-    fn status_json_matches_the_linux_relay_serde_json_output() {
+    fn status_json_is_serde_json_with_sorted_keys() {
+        // A differential check against a general JSON writer.
         let radio = RadioCounts {
             frames: 10,
             accepted: 7,
             duplicates: 2,
             rejected: 1,
         };
-        for (online, height, time_ms, radio) in [
-            (true, Some(41), 1_700_000_000_123, None),
-            (false, None, 0, None),
-            (false, Some(u64::MAX), u64::MAX, None),
-            (true, Some(3), 5, Some(radio)),
-            (true, None, 5, Some(radio)),
+        for (online, height, time_ms, radio, tls_expiry_days) in [
+            (true, Some(41), 1_700_000_000_123, None, None),
+            (false, None, 0, None, None),
+            (false, Some(u64::MAX), u64::MAX, None, None),
+            (true, Some(3), 5, Some(radio), None),
+            (true, None, 5, Some(radio), None),
+            (true, Some(3), 5, Some(radio), Some(12)),
+            (false, None, 5, None, Some(-3)),
+            (true, Some(3), 5, None, Some(0)),
+            (false, Some(u64::MAX), u64::MAX, Some(radio), Some(i64::MIN)),
+            (true, None, 1, None, Some(i64::MAX)),
         ] {
             let s = Status {
                 relay_id: 7,
@@ -235,8 +261,9 @@ mod tests {
                 height,
                 time_ms,
                 radio,
+                tls_expiry_days,
             };
-            // crates/relay/src/publisher.rs `status_json`.
+            // serde_json's map is a BTreeMap: keys come out sorted.
             let mut expected = serde_json::json!({
                 "relay_id": 7,
                 "state": if online { "online" } else { "offline" },
@@ -249,15 +276,19 @@ mod tests {
                     "duplicates": r.duplicates, "rejected": r.rejected,
                 });
             }
+            if let Some(d) = tls_expiry_days {
+                expected["tls_expiry_days"] = serde_json::json!(d);
+            }
             let expected = expected.to_string();
             let mut buf = [0u8; MAX_STATUS_LEN];
             assert_eq!(s.write_json(&mut buf).ok(), Some(expected.as_str()));
+            assert_eq!(s.to_json().as_str(), expected);
         }
     }
 
     #[test]
     fn longest_status_fits_max_status_len_exactly() {
-        let s = Status {
+        let mut s = Status {
             relay_id: u32::MAX,
             online: false,
             height: Some(u64::MAX),
@@ -268,11 +299,20 @@ mod tests {
                 duplicates: u64::MAX,
                 rejected: u64::MAX,
             }),
+            tls_expiry_days: Some(i64::MIN),
         };
+        // docs/protocol.md §11: at most 279 bytes.
+        assert_eq!(MAX_STATUS_LEN, 279);
         let mut buf = [0u8; MAX_STATUS_LEN];
         let json = s.write_json(&mut buf).map(str::len);
         assert_eq!(json.ok(), Some(MAX_STATUS_LEN));
+        assert_eq!(s.to_json().len(), MAX_STATUS_LEN);
         let mut small = [0u8; MAX_STATUS_LEN - 1];
         assert!(s.write_json(&mut small).is_err());
+        // i64::MIN is the longest number of days; without them, 240 bytes.
+        s.tls_expiry_days = Some(i64::MAX);
+        assert_eq!(s.to_json().len(), MAX_STATUS_LEN - 1);
+        s.tls_expiry_days = None;
+        assert_eq!(s.to_json().len(), 240);
     }
 }

@@ -117,8 +117,9 @@ pub use config::{
     RelayConfig,
 };
 pub use error::RelayError;
+pub use gridpow_relay_net::{RadioCounts, Status};
 pub use logwatch::LogReport;
-pub use publisher::{status_json, RadioCounts};
+pub use publisher::status_json;
 pub use serial::SerialRadio;
 pub use stats::{RejectStats, RelayStats};
 

@@ -26,6 +26,7 @@ use gridpow_common::topics;
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::lifecycle::ReceiptOutcome;
 use gridpow_proto::wire::ReceiptRepr;
+use gridpow_relay_net::{RadioCounts, Status};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
 };
@@ -44,53 +45,11 @@ use crate::RelayError;
 /// back from the outbox file when needed.
 const CACHE_BYTES: usize = 64 << 20;
 
-/// The relay's radio counters in its status message (docs/protocol.md §11).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RadioCounts {
-    /// Frames heard on the air.
-    pub frames: u64,
-    /// Frames accepted: new, journaled, acknowledged.
-    pub accepted: u64,
-    /// Frames already accepted, acknowledged again (the meter missed the ACK).
-    pub duplicates: u64,
-    /// Frames refused at ingress.
-    pub rejected: u64,
-}
-
-/// The relay's status message (retained; also the last will, with "offline").
-pub fn status_json(
-    relay_id: u32,
-    online: bool,
-    height: Option<u64>,
-    time_ms: u64,
-    radio: Option<RadioCounts>,
-) -> String {
-    status_json_with_tls(relay_id, online, height, time_ms, radio, None)
-}
-
-/// [`status_json`] with `tls_expiry_days`, the whole days until the first of
-/// the relay's TLS certificates (its client certificate, the CA) ends, when known.
-pub fn status_json_with_tls(
-    relay_id: u32,
-    online: bool,
-    height: Option<u64>,
-    time_ms: u64,
-    radio: Option<RadioCounts>,
-    tls_expiry_days: Option<i64>,
-) -> String {
-    let mut v = serde_json::json!({
-        "relay_id": relay_id,
-        "state": if online { "online" } else { "offline" },
-        "height": height,
-        "time_ms": time_ms,
-    });
-    if let Some(r) = radio {
-        v["radio"] = serde_json::json!(r);
-    }
-    if let Some(d) = tls_expiry_days {
-        v["tls_expiry_days"] = serde_json::json!(d);
-    }
-    v.to_string()
+/// The relay's status message (docs/protocol.md §11; retained, and with
+/// `online` false also the last will), written by the one writer of the
+/// format the ESP32 relay uses too.
+pub fn status_json(status: &Status) -> String {
+    status.to_json().as_str().to_owned()
 }
 
 /// The broker connection's settings from the configuration.
@@ -129,7 +88,14 @@ pub(crate) fn mqtt_options(
     o.set_request_channel_capacity(cfg.mqtt.max_inflight_blocks * 2 + 16);
     o.set_last_will(LastWill::new(
         topics::status(cfg.relay_id),
-        status_json(cfg.relay_id, false, height, gridpow_common::wall_ms(), None),
+        status_json(&Status {
+            relay_id: cfg.relay_id,
+            online: false,
+            height,
+            time_ms: gridpow_common::wall_ms(),
+            radio: None,
+            tls_expiry_days: None,
+        }),
         QoS::AtLeastOnce,
         true,
     ));
@@ -552,20 +518,19 @@ impl OutboxTask {
     fn publish_status(&mut self, online: bool) {
         let height = self.shared.head().map(|(h, _)| h);
         let stats = self.shared.snapshot();
-        let radio = RadioCounts {
-            frames: stats.frames_received,
-            accepted: stats.frames_accepted,
-            duplicates: stats.frames_duplicate,
-            rejected: stats.frames_rejected.total(),
-        };
-        let msg = status_json_with_tls(
-            self.relay_id,
+        let msg = status_json(&Status {
+            relay_id: self.relay_id,
             online,
             height,
-            gridpow_common::wall_ms(),
-            Some(radio),
-            self.shared.certs.min_days_left(tls_reload::now_s()),
-        );
+            time_ms: gridpow_common::wall_ms(),
+            radio: Some(RadioCounts {
+                frames: stats.frames_received,
+                accepted: stats.frames_accepted,
+                duplicates: stats.frames_duplicate,
+                rejected: stats.frames_rejected.total(),
+            }),
+            tls_expiry_days: self.shared.certs.min_days_left(tls_reload::now_s()),
+        });
         if self
             .client
             .try_publish(self.status_topic.clone(), QoS::AtLeastOnce, true, msg)
@@ -736,17 +701,24 @@ mod tests {
                 .unwrap_or_default();
         let messages = doc["messages"].as_array().cloned().unwrap_or_default();
         assert!(
-            messages.len() >= 4,
+            messages.len() >= 7,
             "test-vectors/status.json has no messages"
         );
+        assert!(
+            messages.iter().any(|m| m["tls_expiry_days"].is_i64()),
+            "test-vectors/status.json has no tls_expiry_days"
+        );
         for m in &messages {
-            let got = status_json(
-                m["relay_id"].as_u64().unwrap_or_default() as u32,
-                m["online"].as_bool().unwrap_or_default(),
-                m["height"].as_u64(),
-                m["time_ms"].as_u64().unwrap_or_default(),
-                radio(&m["radio"]),
-            );
+            let days = &m["tls_expiry_days"];
+            assert!(days.is_null() || days.is_i64(), "{m}");
+            let got = status_json(&Status {
+                relay_id: m["relay_id"].as_u64().unwrap_or_default() as u32,
+                online: m["online"].as_bool().unwrap_or_default(),
+                height: m["height"].as_u64(),
+                time_ms: m["time_ms"].as_u64().unwrap_or_default(),
+                radio: radio(&m["radio"]),
+                tls_expiry_days: days.as_i64(),
+            });
             assert_eq!(Some(got.as_str()), m["json"].as_str());
         }
     }

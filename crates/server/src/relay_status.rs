@@ -230,7 +230,18 @@ mod tests {
                 s.radio.map(|r| r.duplicates),
                 m["radio"]["duplicates"].as_u64()
             );
+            let days = &m["tls_expiry_days"];
+            assert!(days.is_null() || days.is_i64(), "{m}");
+            assert_eq!(s.tls_expiry_days, days.as_i64(), "{m}");
         }
+        assert!(
+            doc["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["tls_expiry_days"].is_i64()),
+            "test-vectors/status.json has no tls_expiry_days"
+        );
         for r in doc["refused"].as_array().unwrap() {
             let relay = r["topic_relay"].as_u64().unwrap() as u32;
             let got = parse(relay, r["json"].as_str().unwrap().as_bytes(), 1);
