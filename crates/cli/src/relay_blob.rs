@@ -9,11 +9,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use gridpow_common::parse_mac;
 use gridpow_firmware_logic::layout::CONFIG_OFFSET;
 use gridpow_firmware_logic::provisioning::{
-    encode_relay_provisioning, BlobError, RelayConfig, RelayMeter, RelayMode, RelayTls, ShortStr,
-    MAX_RELAY_BLOB_LEN, MAX_RELAY_METERS,
+    encode_relay_provisioning, relay_blob_meter_room, BlobError, RelayConfig, RelayMeter,
+    RelayMode, RelayTls, ShortStr, MAX_RELAY_BLOB_LEN,
 };
 use gridpow_keys::{KeyDir, Role};
 
@@ -142,40 +141,47 @@ fn plan(a: &RelayBlobArgs) -> anyhow::Result<RelayBlobPlan> {
     config.signing_seed = bundle.relay_signing_key(a.id)?.to_bytes();
     config.server_public_key = bundle.server_verifying_key()?.to_bytes();
 
-    let registry = bundle.meters()?;
-    let mut meters = Vec::new();
-    for ((meter_id, key_id), secret) in bundle.hop_secrets()? {
-        let mac = match registry.get(meter_id).and_then(|r| r.mac.as_deref()) {
-            Some(m) => Some(parse_mac(m).with_context(|| {
-                format!("meters.toml: meter {meter_id}'s MAC {m:?} is not a MAC address")
-            })?),
-            None => None,
-        };
-        meters.push(RelayMeter {
-            meter_id,
-            key_id,
-            mac,
-            secret,
-        });
-    }
-    if meters.len() > MAX_RELAY_METERS {
+    let tls = gridpow_keys::relay_tls_der(&bundle, a.id)?;
+    let room = relay_blob_meter_room(tls.0.len() + tls.1.len() + tls.2.len());
+    let (entries, left_out) = bundle.relay_hop_entries(room)?;
+    let meter_count = distinct_meters(entries.iter().map(|e| e.meter_id));
+    if entries.len() > room {
         bail!(
-            "the bundle holds {} meters' hop keys; an ESP32 relay takes at most {MAX_RELAY_METERS} \
-             (export the bundle with --meters A-B)",
-            meters.len()
+            "the bundle holds {meter_count} meters' hop keys; beside its TLS material an ESP32 \
+             relay's blob takes at most {room} (export the bundle with --meters A-B)"
         );
     }
+    if left_out > 0 {
+        eprintln!(
+            "warning: a site-secret rotation is under way, and {left_out} meters' hop keys under \
+             their other key id do not fit the blob: this relay refuses their frames under that \
+             key id (the meters keep them and re-send) until they are flashed with the key id \
+             they are registered with"
+        );
+    }
+    let meters: Vec<RelayMeter> = entries
+        .into_iter()
+        .map(|e| RelayMeter {
+            meter_id: e.meter_id,
+            key_id: e.key_id,
+            mac: e.mac,
+            secret: e.secret,
+        })
+        .collect();
     if a.require_registered_mac && meters.iter().any(|m| m.mac.is_none()) {
         bail!("--require-registered-mac: some of the bundle's meters have no MAC in meters.toml");
     }
-
-    let tls = gridpow_keys::relay_tls_der(&bundle, a.id)?;
     Ok(RelayBlobPlan {
         config,
         meters,
         tls: Some(tls),
         out,
     })
+}
+
+/// Meters among blob entries (a meter is listed once per key id).
+fn distinct_meters(ids: impl Iterator<Item = u32>) -> usize {
+    ids.collect::<std::collections::BTreeSet<u32>>().len()
 }
 
 /// Runs `gridpow keys relay-blob`.
@@ -211,7 +217,8 @@ pub fn run(a: &RelayBlobArgs) -> anyhow::Result<()> {
     );
     if let Some(t) = &tls {
         println!(
-            "  {} meters, Wi-Fi {:?}, broker {}:{}, CA {} B, certificate {} B, key {} B (DER)",
+            "  {} meters ({} hop keys), Wi-Fi {:?}, broker {}:{}, CA {} B, certificate {} B, key {} B (DER)",
+            distinct_meters(p.meters.iter().map(|m| m.meter_id)),
             p.meters.len(),
             p.config.wifi_ssid.as_str(),
             p.config.broker_host.as_str(),

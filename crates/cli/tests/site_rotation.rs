@@ -1,12 +1,13 @@
 //! Rotating the site secret under load (issue 16, rotation): the whole stack
 //! runs on key id 1; `gridpow keys rotate-site` adds key id 2, one meter is
-//! re-provisioned with it and a new meter added. The grid server, restarted
-//! with the new registry while the re-provisioned meter still sends under
-//! key id 1 (it is not flashed yet), keeps accepting it; then the relay gets
-//! its new bundle and the meters their new keys. Every generated reading is
-//! stored exactly once, the database knows which key id each meter last
-//! sent with, and `gridpow keys retire-site` refuses to retire a key id still
-//! in use unless forced.
+//! re-provisioned with it and a new meter added. The relay, restarted with a
+//! new bundle (every meter's hop keys under both key ids), and then the grid
+//! server, restarted with the new registry, both keep taking the
+//! re-provisioned meter's frames under key id 1 (it is not flashed yet): the
+//! relay refuses no frame. Then the meters get their new keys. Every
+//! generated reading is stored exactly once, the database knows which key id
+//! each meter last sent with, and `gridpow keys retire-site` refuses to
+//! retire a key id still in use unless forced.
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,21 +88,28 @@ fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_ret
     }
     assert_eq!(keys.meters_with_key(1).unwrap(), vec![1, 2, 4]);
     assert_eq!(keys.meters_with_key(2).unwrap(), vec![3, 5]);
+    // The relay gets its new bundle and restarts while meter 3, not flashed
+    // yet, still sends under key id 1; it logs every frame it refuses.
+    relay.interrupt(Duration::from_secs(30));
+    common::write_relay_1_config(root, &relay_bundle(2), udp, broker.port);
+    let relay_config = root.join("relay.toml").to_string_lossy().into_owned();
+    let mut relay = common::spawn_logging(
+        "relay",
+        &["relay", "--config", &relay_config],
+        &root.join("relay-2.log"),
+        "info,rumqttd=off,gridpow_relay::ingest=debug",
+    );
+    std::thread::sleep(Duration::from_secs(3));
     // The server gets the new secrets and registry (a fresh bundle's files)
-    // and restarts while meter 3, not flashed yet, still sends under key id 1.
+    // and restarts; meter 3 still sends under key id 1.
     for f in ["site.toml", "meters.toml"] {
         std::fs::copy(keys.root().join(f), server_bundle.join(f)).unwrap();
     }
     server.interrupt(Duration::from_secs(30));
     let mut server = start(root, "server", "server-2.log");
     std::thread::sleep(Duration::from_secs(3));
-    // Now the meters are flashed (the fleet restarts with the registry's
-    // keys) and the relay gets its new bundle.
+    // Now the meters are flashed (the fleet restarts with the registry's keys).
     meters.interrupt(Duration::from_secs(40));
-    relay.interrupt(Duration::from_secs(30));
-    common::write_relay_1_config(root, &relay_bundle(2), udp, broker.port);
-    let mut relay = start(root, "relay", "relay-2.log");
-    std::thread::sleep(Duration::from_secs(1));
     let mut meters = start(root, "meters", "meters-2.log");
     std::thread::sleep(Duration::from_secs(3));
     meters.interrupt(Duration::from_secs(40));
@@ -140,6 +148,11 @@ fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_ret
                 "meters-2.log",
             ]
         )
+    );
+    let relay_2 = std::fs::read_to_string(root.join("relay-2.log")).unwrap();
+    assert!(
+        relay_2.contains("relay 1") && !relay_2.contains("frame refused"),
+        "the relay with both key ids refused a frame:\n{relay_2}"
     );
     let server_2 = std::fs::read_to_string(root.join("server-2.log")).unwrap();
     assert!(

@@ -67,7 +67,9 @@
 //! 251    5    reserved = 0
 //! 256    44·n meter entries: meter_id u32 ‖ key_id u8 ‖ flags u8 (bit 0 MAC
 //!             present) ‖ MAC (6) ‖ the meter's hop secret (32); never its
-//!             end-to-end key: the relay checks frames but cannot open or make readings
+//!             end-to-end key: the relay checks frames but cannot open or make readings.
+//!             A meter is listed once per key id: twice during a site-secret
+//!             rotation (protocol §3), and the relay takes its frames under both
 //! t=256+44·n  TLS section (version 3 only):
 //! t      2    a: site CA certificate length (u16; 0 = no TLS material)
 //! t+2    2    c: the relay's client certificate length (u16)
@@ -154,6 +156,20 @@ pub const MAX_RELAY_METERS: usize = 64;
 pub const RELAY_TLS_HEADER_LEN: usize = 8;
 /// Largest relay blob: the `gp_config` partition.
 pub const MAX_RELAY_BLOB_LEN: usize = crate::layout::CONFIG_SIZE as usize;
+
+/// How many meter entries a layout version 3 relay blob has room for beside
+/// `tls_len` bytes of TLS material (CA, certificate and key, DER). A meter is
+/// listed once per key id its hop keys are given under: twice while a site
+/// secret is rotated (protocol §8), and the relay then takes its frames under both.
+pub const fn relay_blob_meter_room(tls_len: usize) -> usize {
+    let fixed = RELAY_HEADER_LEN + RELAY_TLS_HEADER_LEN + 4;
+    let room = MAX_RELAY_BLOB_LEN.saturating_sub(fixed + tls_len) / RELAY_METER_ENTRY_LEN;
+    if room < MAX_RELAY_METERS {
+        room
+    } else {
+        MAX_RELAY_METERS
+    }
+}
 
 /// Default sample rate per channel.
 pub const DEFAULT_SAMPLE_RATE_HZ: u32 = 4000;
@@ -1060,6 +1076,15 @@ mod tests {
         );
         // Without the TLS material the same meters fit.
         assert!(encode_blob(&c, &meters, None).is_ok());
+        // The room left beside the TLS material is exactly what encodes.
+        let room = relay_blob_meter_room(1138);
+        assert!(room < MAX_RELAY_METERS);
+        assert!(encode_blob(&c, &meters[..room], Some(&tls)).is_ok());
+        assert_eq!(
+            encode_blob(&c, &meters[..room + 1], Some(&tls)),
+            Err(BlobError::TooLarge)
+        );
+        assert_eq!(relay_blob_meter_room(0), MAX_RELAY_METERS);
     }
 
     #[test]

@@ -21,9 +21,7 @@
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use gridpow_proto::crypto::{CryptoProvider, HopKeys};
-use gridpow_proto::ingress::{
-    FixedMeterTable, Ingress, IngressConfig, IngressStats, MeterEntry, Verdict,
-};
+use gridpow_proto::ingress::{FixedMeterTable, Ingress, IngressConfig, IngressStats, Verdict};
 use gridpow_proto::lifecycle::{
     BlockLifecycle, ChainTip, LifecycleConfig, LifecycleStats, OutboxEntry, PublishOrder,
     ReceiptOutcome, SealedBlock,
@@ -317,8 +315,9 @@ where
     ) -> Result<Self, ProtoError> {
         let mut table = FixedMeterTable::<M>::new();
         for m in meters {
-            let keys = HopKeys::new(m.key_id, &m.secret);
-            let _ = table.insert(MeterEntry::new(m.meter_id, m.mac, keys));
+            // A meter listed twice holds its hop keys under both key ids
+            // (a site-secret rotation, protocol §8).
+            let _ = table.insert_keys(m.meter_id, m.mac, HopKeys::new(m.key_id, &m.secret));
         }
         let ingress = Ingress::new(
             provider,

@@ -37,6 +37,19 @@ pub struct BundleSummary {
     pub meters: usize,
 }
 
+/// One meter's hop secret under one key id, with its registered MAC.
+#[derive(Clone)]
+pub struct MeterHopKey {
+    /// The meter.
+    pub meter_id: u32,
+    /// The site key id the secret derives from.
+    pub key_id: u8,
+    /// The MAC registered for the meter, if any.
+    pub mac: Option<gridpow_proto::MacAddr>,
+    /// The hop secret.
+    pub secret: HopSecret,
+}
+
 /// The role a service plays, for [`KeyDir::check_role`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -71,6 +84,50 @@ impl KeyDir {
             out.insert((m.id, m.key_id), HopSecret(bytes));
         }
         Ok(out)
+    }
+
+    /// The (meter, key id) hop keys for a relay that lists at most
+    /// `max_entries` of them (an ESP32 relay's blob): every meter under the
+    /// key id it is registered with, then under its other key id (a site
+    /// rotation) while they fit. Returns them by meter and key id, and how
+    /// many other-key-id entries did not fit: those meters' frames are
+    /// refused under their old key id until they are flashed with the new.
+    pub fn relay_hop_entries(
+        &self,
+        max_entries: usize,
+    ) -> Result<(Vec<MeterHopKey>, usize), KeyError> {
+        let registry = self.meters()?;
+        let mut registered = Vec::new();
+        let mut other = Vec::new();
+        for ((meter_id, key_id), secret) in self.hop_secrets()? {
+            let rec = registry.get(meter_id);
+            let mac = match rec.and_then(|r| r.mac.as_deref()) {
+                Some(m) => Some(gridpow_common::parse_mac(m).ok_or_else(|| {
+                    KeyError::Invalid(format!(
+                        "{}: meter {meter_id}'s MAC {m:?} is not a MAC address",
+                        self.meters_path().display()
+                    ))
+                })?),
+                None => None,
+            };
+            let entry = MeterHopKey {
+                meter_id,
+                key_id,
+                mac,
+                secret,
+            };
+            if rec.is_none_or(|r| r.key_id == key_id) {
+                registered.push(entry);
+            } else {
+                other.push(entry);
+            }
+        }
+        let room = max_entries.saturating_sub(registered.len());
+        let left_out = other.len().saturating_sub(room);
+        other.truncate(room);
+        registered.append(&mut other);
+        registered.sort_by_key(|e| (e.meter_id, e.key_id));
+        Ok((registered, left_out))
     }
 
     /// Refuses to serve `role` from this directory if it holds a secret the
@@ -197,6 +254,11 @@ impl KeyDir {
     /// identity, the CA certificate, the server's public key, the registry of
     /// its meters and their hop secrets (`meters`; all registered meters when
     /// `None`). Never the site secret, end-to-end keys or other relays' keys.
+    ///
+    /// Each meter's hop secrets are there under every site key id still
+    /// listed (two at most, during a rotation), so the relay takes the
+    /// meter's frames before and after it is flashed with the new key id,
+    /// as the grid server does.
     pub fn export_relay_bundle(
         &self,
         id: u32,
@@ -216,17 +278,21 @@ impl KeyDir {
         }
         let mut hop = HopKeyFile::default();
         for rec in &registry.meters {
-            let secret = site.meter_secret(rec.id, rec.key_id).ok_or_else(|| {
-                KeyError::Invalid(format!(
+            if site.meter_secret(rec.id, rec.key_id).is_none() {
+                return Err(KeyError::Invalid(format!(
                     "meter {} names key id {} which site.toml does not have",
                     rec.id, rec.key_id
-                ))
-            })?;
-            hop.meters.push(HopKeyEntry {
-                id: rec.id,
-                key_id: rec.key_id,
-                hop_secret: hex::encode(secret.hop.0),
-            });
+                )));
+            }
+            for key_id in site.key_ids() {
+                if let Some(secret) = site.meter_secret(rec.id, key_id) {
+                    hop.meters.push(HopKeyEntry {
+                        id: rec.id,
+                        key_id,
+                        hop_secret: hex::encode(secret.hop.0),
+                    });
+                }
+            }
         }
         let tls = self.tls_files(&format!("relay-{id}"));
         let mut files = self.copy_bundle(
@@ -252,7 +318,7 @@ impl KeyDir {
         Ok(BundleSummary {
             dir: out.root.clone(),
             files,
-            meters: hop.meters.len(),
+            meters: registry.meters.len(),
         })
     }
 
@@ -348,11 +414,32 @@ mod tests {
             assert!(hop[&(m, 1)] == full.hop);
         }
         assert!(!hop.contains_key(&(2, 1)));
-        // No end-to-end key and no site secret in any file of the bundle.
-        for f in &sum.files {
-            let text = std::fs::read(relay.root().join(f)).unwrap();
-            for m in [1, 2, 3] {
-                let e2e = hex::encode(site.meter_secret(m, 1).unwrap().e2e.0);
+        // During a site rotation the bundle holds both key ids' hop secrets,
+        // the meter registered under the new one.
+        assert_eq!(kd.rotate_site().unwrap(), 2);
+        kd.add_meters(&[(3, None)]).unwrap();
+        let rotated = KeyDir::new(dir.path().join("relay-1-rotated"));
+        let sum = kd.export_relay_bundle(1, Some(&[1, 3]), &rotated).unwrap();
+        assert_eq!(sum.meters, 2, "meters, not hop entries");
+        let hop = rotated.hop_secrets().unwrap();
+        let site = kd.site().unwrap();
+        let keys: Vec<(u32, u8)> = hop.keys().copied().collect();
+        assert_eq!(keys, vec![(1, 1), (1, 2), (3, 1), (3, 2)]);
+        assert!(hop[&(3, 2)] == site.meter_secret(3, 2).unwrap().hop);
+        assert_eq!(rotated.meters().unwrap().get(3).unwrap().key_id, 2);
+        // A relay with room for three entries gets every registered key id
+        // and the other key id of meter 1 only.
+        let (entries, left_out) = rotated.relay_hop_entries(3).unwrap();
+        let got: Vec<(u32, u8)> = entries.iter().map(|e| (e.meter_id, e.key_id)).collect();
+        assert_eq!((got, left_out), (vec![(1, 1), (1, 2), (3, 2)], 1));
+        // No end-to-end key in any file of either bundle.
+        for (dir, f) in [&relay, &rotated]
+            .iter()
+            .flat_map(|d| sum.files.iter().map(move |f| (d, f)))
+        {
+            let text = std::fs::read(dir.root().join(f)).unwrap();
+            for (m, key_id) in [1, 2, 3].into_iter().flat_map(|m| [(m, 1), (m, 2)]) {
+                let e2e = hex::encode(site.meter_secret(m, key_id).unwrap().e2e.0);
                 assert!(
                     !text.windows(e2e.len()).any(|w| w == e2e.as_bytes()),
                     "{}",

@@ -41,7 +41,7 @@ mod bundle;
 pub mod registry;
 mod renew;
 
-pub use bundle::{BundleSummary, Role};
+pub use bundle::{BundleSummary, MeterHopKey, Role};
 pub use renew::{Renewed, DEFAULT_RENEW_DAYS};
 
 use crate::registry::{MeterRecord, MeterRegistry, RelayRecord, RelayRegistry};
@@ -548,9 +548,27 @@ impl KeyDir {
 
     /// Adds a site secret under the next key id and makes it the one new and
     /// re-provisioned meters get (`gridpow keys rotate-site`). The older key
-    /// ids stay valid until retired. Returns the new key id.
+    /// id stays valid until retired. Returns the new key id.
+    ///
+    /// Refused while two key ids are listed: a relay holds each meter's hop
+    /// keys under two key ids at most (protocol §8), so the older rotation
+    /// is finished (its key id retired) before the next starts.
     pub fn rotate_site(&self) -> Result<u8, KeyError> {
-        self.site()?; // refuses a malformed file before it is rewritten
+        let site = self.site()?; // refuses a malformed file before it is rewritten
+        let listed: Vec<u8> = site.key_ids().collect();
+        if listed.len() >= gridpow_proto::ingress::MAX_KEY_IDS_PER_METER {
+            let old = listed
+                .iter()
+                .find(|k| **k != site.current_key_id)
+                .copied()
+                .unwrap_or(listed[0]);
+            return Err(KeyError::Invalid(format!(
+                "{} lists key ids {listed:?}: finish that rotation first \
+                 (`gridpow keys retire-site --key-id {old} --db URL`); relays hold a meter's \
+                 hop keys under two key ids at most",
+                self.site_path().display()
+            )));
+        }
         let mut f: SiteFile = load_toml(&self.site_path(), None)?;
         let next = f
             .keys
@@ -770,8 +788,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no key id 9"));
+        // A third key id waits until the second rotation's old one is retired.
+        let e = kd.rotate_site().unwrap_err().to_string();
+        assert!(e.contains("retire-site --key-id 1"), "{e}");
+        assert_eq!(kd.site().unwrap().key_ids().count(), 2, "nothing written");
         kd.retire_site_key(1).unwrap();
         assert_eq!(kd.site().unwrap().key_ids().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(kd.rotate_site().unwrap(), 3);
     }
 
     #[test]

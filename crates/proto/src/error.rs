@@ -205,6 +205,9 @@ pub enum Capacity {
     /// The meter registry is full.
     #[error("meter registry full")]
     RegistryFull,
+    /// A meter entry already holds hop keys under two other key ids.
+    #[error("a meter's hop keys under a third key id")]
+    TooManyKeyIds,
     /// The block buffer cannot take another leaf.
     #[error("block full")]
     BlockFull,

@@ -34,8 +34,13 @@ pub struct MeterEntry {
     pub meter_id: u32,
     /// The MAC address registered for the meter, if any.
     pub mac: Option<MacAddr>,
-    /// The meter's hop keys (never its end-to-end key).
+    /// The meter's hop keys (never its end-to-end key) under the key id it
+    /// is registered with.
     pub keys: HopKeys,
+    /// Its hop keys under the site's other listed key id while a site secret
+    /// is rotated (protocol §8): a frame under either key id is judged, and
+    /// its ACK made, with the keys of the frame's own key id.
+    pub other_keys: Option<HopKeys>,
     /// Anti-replay window over frame counters.
     pub window: ReplayWindow,
     /// Reading de-duplication mark.
@@ -49,11 +54,36 @@ impl MeterEntry {
             meter_id,
             mac,
             keys,
+            other_keys: None,
             window: ReplayWindow::new(),
             delivered: None,
         }
     }
+
+    /// The hop keys for frames under `key_id`, if the entry holds them.
+    pub fn keys_for(&self, key_id: u8) -> Option<&HopKeys> {
+        core::iter::once(&self.keys)
+            .chain(self.other_keys.as_ref())
+            .find(|k| k.key_id == key_id)
+    }
+
+    /// Adds (or replaces) the meter's hop keys under `keys.key_id`. An entry
+    /// holds at most [`MAX_KEY_IDS_PER_METER`] key ids: a third is refused.
+    pub fn add_keys(&mut self, keys: HopKeys) -> Result<(), Capacity> {
+        if self.keys.key_id == keys.key_id {
+            self.keys = keys;
+        } else if self.other_keys.is_none_or(|k| k.key_id == keys.key_id) {
+            self.other_keys = Some(keys);
+        } else {
+            return Err(Capacity::TooManyKeyIds);
+        }
+        Ok(())
+    }
 }
+
+/// Key ids a relay holds per meter: the one it is registered with and,
+/// during a site-secret rotation, the other one still listed (protocol §8).
+pub const MAX_KEY_IDS_PER_METER: usize = 2;
 
 /// Storage of meter entries, so a microcontroller can use a fixed array and a
 /// Linux relay a hash map.
@@ -118,6 +148,21 @@ impl<const N: usize> FixedMeterTable<N> {
                 self.len += 1;
                 Ok(())
             }
+        }
+    }
+
+    /// Adds a meter with `keys`, or adds `keys` to a meter already in the
+    /// table (its hop keys under another key id, during a site-secret
+    /// rotation; see [`MeterEntry::add_keys`]), keeping its replay state.
+    pub fn insert_keys(
+        &mut self,
+        meter_id: u32,
+        mac: Option<MacAddr>,
+        keys: HopKeys,
+    ) -> Result<(), Error> {
+        match self.get_mut(meter_id) {
+            Some(e) => Ok(e.add_keys(keys)?),
+            None => self.insert(MeterEntry::new(meter_id, mac, keys)),
         }
     }
 }
@@ -300,9 +345,9 @@ impl<C: CryptoProvider, T: MeterTable> Ingress<C, T> {
         if entry.mac.is_some_and(|m| &m != src) {
             return Err(Rejected::MacMismatch.into());
         }
-        if entry.keys.key_id != packet.key_id() {
-            return Err(Rejected::UnknownKeyId.into());
-        }
+        let keys = *entry
+            .keys_for(packet.key_id())
+            .ok_or(Rejected::UnknownKeyId)?;
         let (epoch, counter) = (packet.boot_epoch(), packet.counter());
         let check = entry.window.check(epoch, counter);
         match check {
@@ -310,7 +355,7 @@ impl<C: CryptoProvider, T: MeterTable> Ingress<C, T> {
             ReplayCheck::TooOld => return Err(Rejected::Replay.into()),
             ReplayCheck::New | ReplayCheck::Duplicate => {}
         }
-        packet.verify_hop(&self.provider, &entry.keys)?;
+        packet.verify_hop(&self.provider, &keys)?;
         let first_seq = packet.first_seq();
         let count = packet.reading_count() as u8;
         let mut info = FrameInfo {
@@ -367,7 +412,8 @@ impl<C: CryptoProvider, T: MeterTable> Ingress<C, T> {
             relay_id: self.cfg.relay_id,
             channel: self.cfg.channel,
         };
-        ack.emit(&self.provider, &entry.keys.ack, out)
+        let keys = entry.keys_for(info.key_id).ok_or(Rejected::UnknownKeyId)?;
+        ack.emit(&self.provider, &keys.ack, out)
     }
 }
 

@@ -281,3 +281,68 @@ fn retransmitted_frame_is_acked_again_but_delivered_once_and_resent_readings_are
     assert_eq!(relay.stats().readings_delivered, 3);
     assert_eq!(relay.stats().readings_redundant, 2);
 }
+
+/// A sender for meter 7 under `key_id`, with its own secret (a re-provisioned
+/// meter gets the secret of the new site key id).
+fn sender_under(key_id: u8, secret: &MeterSecret) -> Sender<RustCrypto, 4> {
+    let mut cfg = SenderConfig::new(7, key_id);
+    cfg.start_spread = Duration::ZERO;
+    cfg.phase_spread = Duration::ZERO;
+    Sender::new(RustCrypto, cfg, secret, 2, 0).expect("config")
+}
+
+#[test]
+fn during_a_site_rotation_a_relay_takes_frames_under_both_key_ids_and_acks_each_with_its_own() {
+    const NEW: MeterSecret = MeterSecret::from_bytes(&[4; 48]);
+    let mut t = FixedMeterTable::<4>::new();
+    let mut entry = MeterEntry::new(7, None, HopKeys::new(2, &NEW.hop));
+    entry
+        .add_keys(HopKeys::new(1, &SECRET.hop))
+        .expect("second key id");
+    // Re-adding a key id replaces it; a third key id does not fit.
+    entry
+        .add_keys(HopKeys::new(1, &SECRET.hop))
+        .expect("same key id");
+    assert_eq!(
+        entry.add_keys(HopKeys::new(3, &NEW.hop)),
+        Err(gridpow_proto::Capacity::TooManyKeyIds)
+    );
+    t.insert(entry).expect("room");
+    let mut relay = Ingress::new(
+        RustCrypto,
+        IngressConfig {
+            relay_id: 3,
+            channel: 6,
+            require_registered_mac: false,
+        },
+        t,
+    );
+    let mut buf = [0u8; 250];
+    let mut ack = [0u8; 64];
+    // The meter before and after it is flashed with key id 2: each frame is
+    // accepted and each ACK verifies at the sender that sent it.
+    for (n, (key_id, secret)) in [(1u8, &SECRET), (2, &NEW)].into_iter().enumerate() {
+        let mut s = sender_under(key_id, secret);
+        s.push_reading(r(n as u64));
+        let len = s
+            .poll_transmit(Instant::ZERO, 0, &mut buf)
+            .expect("ok")
+            .expect("frame");
+        let v = relay.handle_frame(&[0; 6], &buf[..len]).expect("accepted");
+        assert_eq!(v.info().key_id, key_id);
+        let an = relay.emit_ack(&v, 5, &mut ack).expect("ack");
+        s.handle_ack(Instant::from_millis(10), &ack[..an])
+            .expect("the ACK is made with the frame's key id");
+    }
+    // A key id the relay does not hold is refused before any tag is checked.
+    let mut s = sender_under(3, &NEW);
+    s.push_reading(r(9));
+    let len = s
+        .poll_transmit(Instant::ZERO, 0, &mut buf)
+        .expect("ok")
+        .expect("frame");
+    assert_eq!(
+        relay.handle_frame(&[0; 6], &buf[..len]).err(),
+        Some(Error::Rejected(Rejected::UnknownKeyId))
+    );
+}

@@ -161,7 +161,9 @@ impl IngressLoop {
                 });
                 true
             }
-            Err(ProtoError::Rejected(Rejected::UnknownMeter))
+            // A meter or key id the bundle did not hold at start may be in
+            // it now (a new meter, a site-secret rotation): read it again.
+            Err(ProtoError::Rejected(Rejected::UnknownMeter | Rejected::UnknownKeyId))
                 if last_reload.elapsed() >= RELOAD_INTERVAL =>
             {
                 *last_reload = Instant::now();

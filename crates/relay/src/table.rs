@@ -34,6 +34,10 @@ impl HashMeterTable {
 
     /// Adds meters of the registry not yet in the table (and refreshes MAC
     /// bindings and keys of known ones, keeping their replay state). Returns how many are new.
+    ///
+    /// A meter's hop keys are those of the key id it is registered with and,
+    /// while a site secret is rotated, of the other key id the bundle holds
+    /// for it (protocol §8): its frames are taken under either.
     pub fn load_from(&mut self, keys: &KeyDir) -> Result<usize, RelayError> {
         let hop = keys.hop_secrets()?;
         let registry = keys.meters()?;
@@ -47,16 +51,29 @@ impl HashMeterTable {
                 );
                 continue;
             };
-            let keys = HopKeys::new(rec.key_id, secret);
             let mac = rec.mac_bytes();
+            let mut fresh = MeterEntry::new(rec.id, mac, HopKeys::new(rec.key_id, secret));
+            let others = hop
+                .range((rec.id, 0)..=(rec.id, u8::MAX))
+                .filter(|((_, k), _)| *k != rec.key_id);
+            for ((_, key_id), secret) in others {
+                if let Err(e) = fresh.add_keys(HopKeys::new(*key_id, secret)) {
+                    tracing::warn!(
+                        meter = rec.id,
+                        key_id,
+                        "{e}: the bundle holds this meter's hop keys under more key ids than a \
+                         relay takes; frames under this one are refused"
+                    );
+                }
+            }
             match self.entries.get_mut(&rec.id) {
                 Some(e) => {
-                    e.keys = keys;
+                    e.keys = fresh.keys;
+                    e.other_keys = fresh.other_keys;
                     e.mac = mac;
                 }
                 None => {
-                    self.entries
-                        .insert(rec.id, MeterEntry::new(rec.id, mac, keys));
+                    self.entries.insert(rec.id, fresh);
                     added += 1;
                 }
             }

@@ -88,19 +88,27 @@ pub fn from_bundle(
 ) -> Result<Provisioned, ProvisionError> {
     let kd = KeyDir::new(bundle);
     kd.check_role(Role::Relay(relay_id))?;
-    let registry = kd.meters()?;
-    let mut meters = Vec::new();
-    for ((meter_id, key_id), secret) in kd.hop_secrets()? {
-        meters.push(RelayMeter {
-            meter_id,
-            key_id,
-            mac: registry.get(meter_id).and_then(|m| m.mac_bytes()),
-            secret,
-        });
+    let (entries, left_out) = kd.relay_hop_entries(MAX_RELAY_METERS)?;
+    if entries.len() > MAX_RELAY_METERS {
+        return Err(ProvisionError::TooManyMeters(entries.len()));
     }
-    if meters.len() > MAX_RELAY_METERS {
-        return Err(ProvisionError::TooManyMeters(meters.len()));
+    if left_out > 0 {
+        tracing::warn!(
+            left_out,
+            "a site-secret rotation is under way and these meters' hop keys under their other \
+             key id do not fit: their frames under that key id are refused until they are \
+             flashed with the new one"
+        );
     }
+    let meters: Vec<RelayMeter> = entries
+        .into_iter()
+        .map(|e| RelayMeter {
+            meter_id: e.meter_id,
+            key_id: e.key_id,
+            mac: e.mac,
+            secret: e.secret,
+        })
+        .collect();
     let mut config = RelayConfig::bridge(relay_id, s.channel);
     config.mode = RelayMode::Standalone;
     config.difficulty = s.difficulty;
