@@ -143,9 +143,9 @@ fn plan(a: &RelayBlobArgs) -> anyhow::Result<RelayBlobPlan> {
 
     let tls = gridpow_keys::relay_tls_der(&bundle, a.id)?;
     let room = relay_blob_meter_room(tls.0.len() + tls.1.len() + tls.2.len());
-    let (entries, left_out) = bundle.relay_hop_entries(room)?;
-    let meter_count = distinct_meters(entries.iter().map(|e| e.meter_id));
-    if entries.len() > room {
+    let (meters, left_out) = bundle.relay_hop_entries(room)?;
+    let meter_count = distinct_meters(meters.iter().map(|e| e.meter_id));
+    if meters.len() > room {
         bail!(
             "the bundle holds {meter_count} meters' hop keys; beside its TLS material an ESP32 \
              relay's blob takes at most {room} (export the bundle with --meters A-B)"
@@ -159,15 +159,6 @@ fn plan(a: &RelayBlobArgs) -> anyhow::Result<RelayBlobPlan> {
              they are registered with"
         );
     }
-    let meters: Vec<RelayMeter> = entries
-        .into_iter()
-        .map(|e| RelayMeter {
-            meter_id: e.meter_id,
-            key_id: e.key_id,
-            mac: e.mac,
-            secret: e.secret,
-        })
-        .collect();
     if a.require_registered_mac && meters.iter().any(|m| m.mac.is_none()) {
         bail!("--require-registered-mac: some of the bundle's meters have no MAC in meters.toml");
     }

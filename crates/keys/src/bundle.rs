@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use gridpow_common::config::{load_toml, ConfigError};
 use gridpow_common::durable::write_file;
+use gridpow_firmware_logic::provisioning::RelayMeter;
 use gridpow_proto::crypto::HopSecret;
 use serde::{Deserialize, Serialize};
 
@@ -35,19 +36,6 @@ pub struct BundleSummary {
     pub files: Vec<PathBuf>,
     /// Meters whose hop keys a relay bundle carries.
     pub meters: usize,
-}
-
-/// One meter's hop secret under one key id, with its registered MAC.
-#[derive(Clone)]
-pub struct MeterHopKey {
-    /// The meter.
-    pub meter_id: u32,
-    /// The site key id the secret derives from.
-    pub key_id: u8,
-    /// The MAC registered for the meter, if any.
-    pub mac: Option<gridpow_proto::MacAddr>,
-    /// The hop secret.
-    pub secret: HopSecret,
 }
 
 /// The role a service plays, for [`KeyDir::check_role`].
@@ -95,7 +83,7 @@ impl KeyDir {
     pub fn relay_hop_entries(
         &self,
         max_entries: usize,
-    ) -> Result<(Vec<MeterHopKey>, usize), KeyError> {
+    ) -> Result<(Vec<RelayMeter>, usize), KeyError> {
         let registry = self.meters()?;
         let mut registered = Vec::new();
         let mut other = Vec::new();
@@ -110,7 +98,7 @@ impl KeyDir {
                 })?),
                 None => None,
             };
-            let entry = MeterHopKey {
+            let entry = RelayMeter {
                 meter_id,
                 key_id,
                 mac,

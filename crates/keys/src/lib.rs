@@ -41,7 +41,7 @@ mod bundle;
 pub mod registry;
 mod renew;
 
-pub use bundle::{BundleSummary, MeterHopKey, Role};
+pub use bundle::{BundleSummary, Role};
 pub use renew::{Renewed, DEFAULT_RENEW_DAYS};
 
 use crate::registry::{MeterRecord, MeterRegistry, RelayRecord, RelayRegistry};

@@ -88,9 +88,9 @@ pub fn from_bundle(
 ) -> Result<Provisioned, ProvisionError> {
     let kd = KeyDir::new(bundle);
     kd.check_role(Role::Relay(relay_id))?;
-    let (entries, left_out) = kd.relay_hop_entries(MAX_RELAY_METERS)?;
-    if entries.len() > MAX_RELAY_METERS {
-        return Err(ProvisionError::TooManyMeters(entries.len()));
+    let (meters, left_out) = kd.relay_hop_entries(MAX_RELAY_METERS)?;
+    if meters.len() > MAX_RELAY_METERS {
+        return Err(ProvisionError::TooManyMeters(meters.len()));
     }
     if left_out > 0 {
         tracing::warn!(
@@ -100,15 +100,7 @@ pub fn from_bundle(
              flashed with the new one"
         );
     }
-    let meters: Vec<RelayMeter> = entries
-        .into_iter()
-        .map(|e| RelayMeter {
-            meter_id: e.meter_id,
-            key_id: e.key_id,
-            mac: e.mac,
-            secret: e.secret,
-        })
-        .collect();
+
     let mut config = RelayConfig::bridge(relay_id, s.channel);
     config.mode = RelayMode::Standalone;
     config.difficulty = s.difficulty;
