@@ -474,3 +474,86 @@ fn acks_state_the_access_points_channel_once_the_relay_learns_it() {
     assert_eq!(r.channel(), 11);
     assert_eq!(send(&mut r, &mut s, 1), 11);
 }
+
+#[test]
+fn a_meter_listed_under_two_key_ids_is_taken_under_both_during_a_site_rotation() {
+    let mut storage = Storage::new(4096);
+    let new_secret = MeterSecret::from_bytes(&[0x42; 48]);
+    // The blob lists meter 1 twice (key ids 1 and 2), and meter 2 once.
+    let meters = [
+        (1, 1, secret(1)),
+        (1, 2, new_secret.clone()),
+        (2, 1, secret(2)),
+    ]
+    .map(|(meter_id, key_id, s)| RelayMeter {
+        meter_id,
+        key_id,
+        mac: None,
+        secret: s.hop,
+    });
+    let server = SigningKey::from_bytes(&SERVER_SEED)
+        .verifying_key()
+        .to_bytes();
+    let mut r: Relay<'_> = StandaloneRelay::new(
+        cfg(),
+        RustCrypto,
+        meters,
+        &SEED,
+        &server,
+        ChainTip::default(),
+        RamStore::new(&mut storage.slots),
+        RelayStorage {
+            blocks: &mut storage.blocks,
+            outbox: &mut storage.outbox,
+        },
+    )
+    .unwrap();
+    for (n, (key_id, s)) in [(1u8, secret(1)), (2, new_secret)].into_iter().enumerate() {
+        let mut sender = Sender::<_, 8>::new(
+            RustCrypto,
+            SenderConfig::new(1, key_id),
+            &s,
+            1 + n as u32,
+            0,
+        )
+        .unwrap();
+        let now = Instant::from_millis(n as u64);
+        sender.push_reading(Reading::default());
+        let mut buf = [0u8; MAX_LEN];
+        let len = sender.poll_transmit(now, 0, &mut buf).unwrap().unwrap();
+        let mut ack = [0u8; 48];
+        let a = r
+            .handle_frame(now, Some(1_000_000), &[1; 6], &buf[..len], &mut ack)
+            .unwrap();
+        sender
+            .handle_ack(now, &ack[..a])
+            .expect("the ACK is made with the frame's key id");
+    }
+    assert_eq!(r.pending_frames(), 2);
+    // Meter 2 under a key id the blob does not list is refused.
+    assert!(feed_under(&mut r, 2, 2).is_err());
+}
+
+/// One frame of meter `id` under `key_id` (with the key-id-1 secret).
+fn feed_under<S: RelayStore>(
+    r: &mut Relay<'_, S>,
+    id: u32,
+    key_id: u8,
+) -> Result<usize, RelayError> {
+    let mut s =
+        Sender::<_, 8>::new(RustCrypto, SenderConfig::new(id, key_id), &secret(id), 1, 0).unwrap();
+    s.push_reading(Reading::default());
+    let mut buf = [0u8; MAX_LEN];
+    let len = s
+        .poll_transmit(Instant::ZERO, 0, &mut buf)
+        .unwrap()
+        .unwrap();
+    let mut ack = [0u8; 48];
+    r.handle_frame(
+        Instant::ZERO,
+        Some(1_000_000),
+        &[id as u8; 6],
+        &buf[..len],
+        &mut ack,
+    )
+}
