@@ -108,6 +108,31 @@ impl Hangup {
     }
 }
 
+/// Runs a service until Ctrl-C or SIGTERM: at each SIGHUP says so, naming
+/// the service as `who`, and calls `reload` (which loads its TLS files
+/// again); every 10 s calls `report`, if any, the first time 10 s from now.
+async fn until_stopped(who: &str, reload: impl Fn(), mut report: Option<impl FnMut()>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let mut hangup = Hangup::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            () = hangup.recv() => {
+                eprintln!("{who}: SIGHUP: loading the TLS files again");
+                reload();
+            }
+            _ = tick.tick(), if report.is_some() => {
+                if let Some(report) = &mut report {
+                    report();
+                }
+            }
+        }
+    }
+}
+
 /// The chain head as a start or stop line says it: height and the hash's first 8 bytes.
 fn chain_head(height: Option<u64>, head_hex: &str) -> String {
     match height {
@@ -163,25 +188,12 @@ pub fn run_relay(path: &Path) -> anyhow::Result<ExitCode> {
             data_dir.display(),
             s.outbox_len
         );
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
-        tick.tick().await;
-        let stop = stop_signal();
-        tokio::pin!(stop);
-        let mut hangup = Hangup::new();
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                () = hangup.recv() => {
-                    eprintln!("relay {id}: SIGHUP: loading the TLS files again");
-                    relay.reload_tls();
-                }
-                _ = tick.tick() => {
-                    let s = relay.stats();
-                    let log = s.log.as_ref().map_or_else(String::new, |l| format!(", log alarms {}", l.alarms));
-                    eprintln!("relay {id}: {} frames accepted, {} blocks sealed, {} confirmed, outbox {}{log}", s.frames_accepted, s.blocks_sealed, s.blocks_confirmed, s.outbox_len);
-                }
-            }
-        }
+        let report = || {
+            let s = relay.stats();
+            let log = s.log.as_ref().map_or_else(String::new, |l| format!(", log alarms {}", l.alarms));
+            eprintln!("relay {id}: {} frames accepted, {} blocks sealed, {} confirmed, outbox {}{log}", s.frames_accepted, s.blocks_sealed, s.blocks_confirmed, s.outbox_len);
+        };
+        until_stopped(&format!("relay {id}"), || relay.reload_tls(), Some(report)).await;
         eprintln!("relay {id} stopping: committing the journal, then disconnecting");
         let s = relay.shutdown().await;
         eprintln!(
@@ -277,18 +289,7 @@ pub fn run_server(args: &ServerArgs) -> anyhow::Result<ExitCode> {
             s.ledger.readings_stored,
             server.http_addr()
         );
-        let stop = stop_signal();
-        tokio::pin!(stop);
-        let mut hangup = Hangup::new();
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                () = hangup.recv() => {
-                    eprintln!("grid server: SIGHUP: loading the TLS files again");
-                    server.reload_tls();
-                }
-            }
-        }
+        until_stopped("grid server", || server.reload_tls(), None::<fn()>).await;
         eprintln!("grid server stopping: finishing what is in flight");
         server.shutdown().await;
         // The totals as the database holds them now, after the last commit.

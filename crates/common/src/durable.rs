@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// Fsyncs directory `dir`, making the entries created, renamed or removed in it durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -87,9 +88,51 @@ pub fn rename(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What tells a reader cheaply that a file changed, for services that take
+/// up a file again when it does (TLS material, the tokens file): its
+/// modification time, length and inode. A file replaced by a rename, as
+/// [`write_file`] does it, gets a new inode even within one modification-time
+/// tick and with the same length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// How `path` looks now.
+    pub fn of(path: &Path) -> std::io::Result<FileStamp> {
+        let m = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Ok(FileStamp {
+            modified: m.modified().ok(),
+            len: m.len(),
+            inode,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_replaced_file_has_a_new_stamp_even_with_the_same_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        write_file(&path, b"same", false).unwrap();
+        let first = FileStamp::of(&path).unwrap();
+        assert_eq!(FileStamp::of(&path).unwrap(), first);
+        write_file(&path, b"same", false).unwrap();
+        assert_ne!(FileStamp::of(&path).unwrap(), first);
+        std::fs::remove_file(&path).unwrap();
+        assert!(FileStamp::of(&path).is_err());
+    }
 
     #[test]
     fn a_file_is_replaced_whole_with_its_mode_and_no_temporary_left() {

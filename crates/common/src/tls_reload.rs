@@ -2,23 +2,90 @@
 //! which certificate files a service uses, whether they changed on disk, and
 //! whether the new ones are usable, so the relay and the server can reload
 //! them on SIGHUP or within [`RELOAD_CHECK_INTERVAL`] of a change without
-//! a restart. A reload that fails keeps the material in use (the caller logs
-//! the error, which names the file); an expired or not yet valid certificate
-//! is refused as at start.
+//! a restart. A reload that fails keeps the material in use (the error it
+//! logs names the file); an expired or not yet valid certificate is refused
+//! as at start.
 //!
 //! The certificates in use, with their ends, are also what the expiry gauges
 //! report ([`CertsInUse`]).
+//!
+//! The rule of a reload is here once ([`TlsWatch::reload`]): when one is due
+//! ([`TlsWatch::reload_due`], [`reload_checks`]), how the files are taken
+//! in, checked and refused, what is logged and counted. Each service only
+//! says what it builds from the files and how it puts that in place; the
+//! MQTT connection of relay and server is one such use ([`MqttTls`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::durable::FileStamp;
+use crate::mqtt::ClientSettings;
 use crate::tls::{check_validity, load_certs, load_key, TlsError, EXPIRY_WARNING_S};
 
 /// How often a service looks at the modification times of its TLS files.
 pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The timer of the file checks: every [`RELOAD_CHECK_INTERVAL`], the first
+/// one interval after the start, not at once (the start has just loaded the
+/// files; and the relay must not interrupt its first connection attempt,
+/// see its network task). A late tick is delayed, not made up for.
+pub fn reload_checks() -> tokio::time::Interval {
+    let mut check = tokio::time::interval_at(
+        tokio::time::Instant::now() + RELOAD_CHECK_INTERVAL,
+        RELOAD_CHECK_INTERVAL,
+    );
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check
+}
+
+/// Why TLS material is loaded again; its text is the `reason` field of the
+/// reload's log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadReason {
+    /// The operator asked (SIGHUP, or the handle's `reload_tls`).
+    Asked,
+    /// A periodic check saw the files change.
+    FilesChanged,
+}
+
+impl ReloadReason {
+    /// As the logs say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadReason::Asked => "asked (SIGHUP)",
+            ReloadReason::FilesChanged => "the files changed",
+        }
+    }
+}
+
+/// How one piece of reloadable material speaks of itself in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReloadLines {
+    /// What the per-certificate lines start with ([`log_loaded`]): `relay`,
+    /// `server MQTT`, `server HTTPS`.
+    pub what: &'static str,
+    /// The info line once the new material is in place.
+    pub reloaded: &'static str,
+    /// The error line when the files are refused.
+    pub refused: &'static str,
+}
+
+/// Where a reload's outcome is kept: the certificates in use (which the
+/// expiry gauges and the relay's status report) and the service's two
+/// counters.
+#[derive(Clone, Copy, Debug)]
+pub struct ReloadRecord<'a> {
+    /// Replaced by the new certificates on success.
+    pub in_use: &'a CertsInUse,
+    /// Counts reloads done.
+    pub reloads: &'a AtomicU64,
+    /// Counts reloads refused (the material in use kept).
+    pub failures: &'a AtomicU64,
+}
 
 /// A certificate a service uses, for logs, `/metrics` and the dashboard.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -57,34 +124,13 @@ pub struct WatchedCert {
     pub key: Option<PathBuf>,
 }
 
-/// What identifies a file's content cheaply: replaced files (a rename, as
-/// `gridpow keys renew` writes them) get a new inode even within one
-/// modification-time tick.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let m = std::fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&m);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Some(Stamp {
-        modified: m.modified().ok(),
-        len: m.len(),
-        inode,
-    })
-}
-
 /// The TLS files of one service and how they looked when last seen.
 #[derive(Debug)]
 pub struct TlsWatch {
     certs: Vec<WatchedCert>,
-    seen: Vec<Option<Stamp>>,
+    /// Each file's stamp (`gridpow keys renew` replaces them by a rename,
+    /// which [`FileStamp`] tells), `None` while missing or unreadable.
+    seen: Vec<Option<FileStamp>>,
 }
 
 impl TlsWatch {
@@ -104,8 +150,8 @@ impl TlsWatch {
             .flat_map(|c| std::iter::once(c.cert.as_path()).chain(c.key.as_deref()))
     }
 
-    fn stamps(&self) -> Vec<Option<Stamp>> {
-        self.paths().map(stamp).collect()
+    fn stamps(&self) -> Vec<Option<FileStamp>> {
+        self.paths().map(|p| FileStamp::of(p).ok()).collect()
     }
 
     /// Whether any file changed (or appeared, or vanished) since the last
@@ -121,6 +167,68 @@ impl TlsWatch {
     /// The certificates watched.
     pub fn certs(&self) -> &[WatchedCert] {
         &self.certs
+    }
+
+    /// Whether to reload now, and why: when `asked`, or else when the files
+    /// changed since last seen ([`TlsWatch::changed`]).
+    pub fn reload_due(&mut self, asked: bool) -> Option<ReloadReason> {
+        if asked {
+            Some(ReloadReason::Asked)
+        } else if self.changed() {
+            Some(ReloadReason::FilesChanged)
+        } else {
+            None
+        }
+    }
+
+    /// Records the certificates as they are now in `in_use`, as at start. A
+    /// failure only leaves it as it was: the start has checked these files
+    /// already, and refuses to run without them.
+    pub fn record_in_use(&self, in_use: &CertsInUse) {
+        if let Ok(c) = self.check(now_s()) {
+            in_use.set(c);
+        }
+    }
+
+    /// Loads the material again: checks every file ([`TlsWatch::check`]),
+    /// builds what the service uses from them with `build`, and if both
+    /// succeed logs the certificates and `lines.reloaded`, hands the result
+    /// to `put` (which puts it in place and cannot fail), then records the
+    /// new certificates as in use and counts a reload. Otherwise it counts a
+    /// failure, logs `lines.refused` with the error (which names the file)
+    /// and leaves everything as it was. Whether `put` ran is returned.
+    ///
+    /// The files are taken as seen now, so that a reload asked for also
+    /// takes in changes the periodic check has not seen yet, and that check
+    /// does not report them again.
+    pub fn reload<T>(
+        &mut self,
+        why: ReloadReason,
+        lines: &ReloadLines,
+        record: ReloadRecord<'_>,
+        build: impl FnOnce(&[WatchedCert]) -> Result<T, TlsError>,
+        put: impl FnOnce(T),
+    ) -> bool {
+        self.changed();
+        let now = now_s();
+        match self
+            .check(now)
+            .and_then(|certs| Ok((build(&self.certs)?, certs)))
+        {
+            Ok((built, certs)) => {
+                log_loaded(lines.what, &certs, now);
+                tracing::info!(reason = why.as_str(), "{}", lines.reloaded);
+                put(built);
+                record.in_use.set(certs);
+                record.reloads.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                record.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(reason = why.as_str(), error = %e, "{}", lines.refused);
+                false
+            }
+        }
     }
 
     /// Checks every file at `now_s` as the start does: each certificate
@@ -171,6 +279,72 @@ impl CertsInUse {
     }
 }
 
+/// A broker connection's TLS material, reloadable: the settings its
+/// transport is built from and the files they name (relay and server alike).
+#[derive(Debug)]
+pub struct MqttTls {
+    settings: ClientSettings,
+    watch: TlsWatch,
+}
+
+impl MqttTls {
+    /// The material of `settings`, `None` without TLS. The CA is watched,
+    /// and the client certificate and key if configured or present now (as
+    /// the connection itself presents them, [`ClientSettings::transport`]);
+    /// what is in use now is recorded in `in_use`.
+    pub fn new(settings: ClientSettings, in_use: &CertsInUse) -> Option<Self> {
+        let tls = settings.tls.clone()?;
+        let mut certs = vec![WatchedCert {
+            role: "mqtt_ca",
+            cert: tls.ca,
+            key: None,
+        }];
+        if tls.identity_configured || (tls.cert.exists() && tls.key.exists()) {
+            certs.push(WatchedCert {
+                role: "mqtt_client",
+                cert: tls.cert,
+                key: Some(tls.key),
+            });
+        }
+        let watch = TlsWatch::new(certs);
+        watch.record_in_use(in_use);
+        Some(MqttTls { settings, watch })
+    }
+
+    /// See [`TlsWatch::reload_due`].
+    pub fn reload_due(&mut self, asked: bool) -> Option<ReloadReason> {
+        self.watch.reload_due(asked)
+    }
+
+    /// Reloads ([`TlsWatch::reload`]) into a new transport, handed to `put`,
+    /// which makes the client connect with it.
+    pub fn reload(
+        &mut self,
+        why: ReloadReason,
+        lines: &ReloadLines,
+        record: ReloadRecord<'_>,
+        put: impl FnOnce(rumqttc::Transport),
+    ) -> bool {
+        let settings = &self.settings;
+        self.watch.reload(
+            why,
+            lines,
+            record,
+            |_| {
+                settings.transport()?.ok_or_else(|| TlsError::File {
+                    path: settings
+                        .tls
+                        .as_ref()
+                        .map(|t| t.ca.clone())
+                        .unwrap_or_default(),
+                    message: "TLS is off".into(),
+                })
+            },
+            put,
+        )
+    }
+}
+
 /// Logs what a reload loaded: one line per certificate with its end, a
 /// warning for one ending within 30 days.
 pub fn log_loaded(what: &str, certs: &[CertInUse], now_s: i64) {
@@ -211,16 +385,23 @@ mod tests {
 
     const Y2030: i64 = 1_893_456_000;
 
-    #[test]
-    fn a_replaced_file_is_seen_once_and_its_new_end_is_reported() {
+    /// A client certificate `c.pem` valid from `from` to `to` (1 January),
+    /// with its key, in a new directory, and a watch over both.
+    fn watched_client(from: i32, to: i32) -> (tempfile::TempDir, PathBuf, TlsWatch) {
         let dir = tempfile::tempdir().unwrap();
         let pem = dir.path().join("c.pem");
-        cert(&pem, 2020, 2031);
-        let mut w = TlsWatch::new(vec![WatchedCert {
+        cert(&pem, from, to);
+        let w = TlsWatch::new(vec![WatchedCert {
             role: "mqtt_client",
             cert: pem.clone(),
             key: Some(pem.with_extension("key")),
         }]);
+        (dir, pem, w)
+    }
+
+    #[test]
+    fn a_replaced_file_is_seen_once_and_its_new_end_is_reported() {
+        let (_dir, pem, mut w) = watched_client(2020, 2031);
         assert!(!w.changed());
         cert(&pem, 2020, 2040);
         assert!(w.changed());
@@ -233,14 +414,7 @@ mod tests {
 
     #[test]
     fn an_expired_or_broken_replacement_is_an_error_naming_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let pem = dir.path().join("c.pem");
-        cert(&pem, 2020, 2025);
-        let w = TlsWatch::new(vec![WatchedCert {
-            role: "mqtt_client",
-            cert: pem.clone(),
-            key: Some(pem.with_extension("key")),
-        }]);
+        let (_dir, pem, w) = watched_client(2020, 2025);
         let e = w.check(Y2030).unwrap_err().to_string();
         assert!(e.contains("c.pem") && e.contains("expired"), "{e}");
         std::fs::write(pem.with_extension("key"), "junk").unwrap();
@@ -248,6 +422,166 @@ mod tests {
         std::fs::write(pem.with_extension("key"), "junk").unwrap();
         let e = w.check(Y2030).unwrap_err().to_string();
         assert!(e.contains("c.key"), "{e}");
+    }
+
+    #[derive(Default)]
+    struct Record {
+        in_use: CertsInUse,
+        reloads: AtomicU64,
+        failures: AtomicU64,
+    }
+
+    impl Record {
+        fn get(&self) -> ReloadRecord<'_> {
+            ReloadRecord {
+                in_use: &self.in_use,
+                reloads: &self.reloads,
+                failures: &self.failures,
+            }
+        }
+
+        fn counts(&self) -> (u64, u64) {
+            (
+                self.reloads.load(Ordering::Relaxed),
+                self.failures.load(Ordering::Relaxed),
+            )
+        }
+    }
+
+    const LINES: ReloadLines = ReloadLines {
+        what: "test",
+        reloaded: "reloaded",
+        refused: "refused",
+    };
+
+    #[test]
+    fn a_reload_is_due_when_asked_or_once_per_change_of_the_files() {
+        let (_dir, pem, mut w) = watched_client(2020, 2031);
+        assert_eq!(w.reload_due(false), None);
+        assert_eq!(w.reload_due(true), Some(ReloadReason::Asked));
+        cert(&pem, 2020, 2040);
+        assert_eq!(w.reload_due(false), Some(ReloadReason::FilesChanged));
+        assert_eq!(w.reload_due(false), None);
+        assert_eq!(ReloadReason::Asked.as_str(), "asked (SIGHUP)");
+        assert_eq!(ReloadReason::FilesChanged.as_str(), "the files changed");
+    }
+
+    #[test]
+    fn a_reload_puts_what_it_built_in_place_then_records_and_counts_it() {
+        let (_dir, pem, mut w) = watched_client(2020, 2040);
+        let r = Record::default();
+        let mut put = None;
+        let done = w.reload(
+            ReloadReason::Asked,
+            &LINES,
+            r.get(),
+            |certs| Ok(certs[0].role),
+            |built| {
+                // In place before the counter moves: whoever waits for it sees the new material.
+                assert_eq!(r.counts(), (0, 0));
+                put = Some(built);
+            },
+        );
+        assert!(done);
+        assert_eq!(put, Some("mqtt_client"));
+        assert_eq!(r.counts(), (1, 0));
+        assert_eq!(r.in_use.get()[0].file, pem);
+    }
+
+    #[test]
+    fn an_unusable_reload_keeps_everything_counts_a_failure_and_is_not_due_again() {
+        let (_dir, pem, mut w) = watched_client(2020, 2040);
+        let r = Record::default();
+        w.record_in_use(&r.in_use);
+        let before = r.in_use.get();
+        assert_eq!(before.len(), 1);
+        // An expired replacement: refused by the check.
+        cert(&pem, 2020, 2021);
+        let put = |_: ()| panic!("refused material put in place");
+        assert!(!w.reload(ReloadReason::Asked, &LINES, r.get(), |_| Ok(()), put));
+        assert_eq!(r.counts(), (0, 1));
+        assert_eq!(r.in_use.get(), before);
+        assert_eq!(w.reload_due(false), None, "the reload took the change in");
+        // Usable files that the service cannot build from: refused too.
+        cert(&pem, 2020, 2040);
+        let build = |_: &[WatchedCert]| {
+            Err::<(), _>(TlsError::File {
+                path: pem.clone(),
+                message: "does not fit".into(),
+            })
+        };
+        assert!(!w.reload(ReloadReason::FilesChanged, &LINES, r.get(), build, put));
+        assert_eq!(r.counts(), (0, 2));
+        assert_eq!(r.in_use.get(), before);
+    }
+
+    fn settings(dir: &Path) -> ClientSettings {
+        ClientSettings {
+            client_id: "t".into(),
+            host: "localhost".into(),
+            port: 8883,
+            keep_alive_s: 30,
+            tls: Some(crate::mqtt::ClientTls {
+                ca: dir.join("ca.pem"),
+                cert: dir.join("client.pem"),
+                key: dir.join("client.key"),
+                identity_configured: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn mqtt_material_watches_the_client_certificate_only_if_present_or_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        cert(&dir.path().join("ca.pem"), 2020, 2040);
+        let in_use = CertsInUse::default();
+        let roles = |m: &MqttTls| m.watch.certs().iter().map(|c| c.role).collect::<Vec<_>>();
+        let m = MqttTls::new(settings(dir.path()), &in_use).unwrap();
+        assert_eq!(roles(&m), ["mqtt_ca"]);
+        let mut configured = settings(dir.path());
+        if let Some(t) = &mut configured.tls {
+            t.identity_configured = true;
+        }
+        let m = MqttTls::new(configured, &in_use).unwrap();
+        assert_eq!(roles(&m), ["mqtt_ca", "mqtt_client"]);
+        cert(&dir.path().join("client.pem"), 2020, 2040);
+        let m = MqttTls::new(settings(dir.path()), &in_use).unwrap();
+        assert_eq!(roles(&m), ["mqtt_ca", "mqtt_client"]);
+        assert_eq!(in_use.get().len(), 2, "what is in use is recorded at once");
+        let mut plain = settings(dir.path());
+        plain.tls = None;
+        assert!(MqttTls::new(plain, &in_use).is_none());
+    }
+
+    #[test]
+    fn mqtt_material_reloads_into_a_new_transport() {
+        let dir = tempfile::tempdir().unwrap();
+        cert(&dir.path().join("ca.pem"), 2020, 2040);
+        cert(&dir.path().join("client.pem"), 2020, 2040);
+        let r = Record::default();
+        let mut m = MqttTls::new(settings(dir.path()), &r.in_use).unwrap();
+        let mut transport = None;
+        let reason = m.reload_due(true).unwrap();
+        assert!(m.reload(reason, &LINES, r.get(), |t| transport = Some(t)));
+        assert!(matches!(transport, Some(rumqttc::Transport::Tls(_))));
+        assert_eq!(r.counts(), (1, 0));
+        std::fs::write(dir.path().join("ca.pem"), "junk").unwrap();
+        let reason = m.reload_due(false).unwrap();
+        assert!(!m.reload(reason, &LINES, r.get(), |_| panic!("refused CA used")));
+        assert_eq!(r.counts(), (1, 1));
+        assert_eq!(r.in_use.get().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_check_comes_one_interval_after_the_start() {
+        let start = tokio::time::Instant::now();
+        let mut check = reload_checks();
+        let early = RELOAD_CHECK_INTERVAL - Duration::from_millis(1);
+        assert!(tokio::time::timeout(early, check.tick()).await.is_err());
+        check.tick().await;
+        assert_eq!(start.elapsed(), RELOAD_CHECK_INTERVAL);
+        check.tick().await;
+        assert_eq!(start.elapsed(), 2 * RELOAD_CHECK_INTERVAL);
     }
 
     #[test]

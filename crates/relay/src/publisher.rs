@@ -33,7 +33,7 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use gridpow_common::tls_reload::{self, CertInUse, TlsWatch, WatchedCert};
+use gridpow_common::tls_reload::{self, MqttTls, ReloadLines, ReloadReason, ReloadRecord};
 
 use crate::config::RelayConfig;
 use crate::logwatch::LogWatcher;
@@ -102,13 +102,19 @@ pub(crate) fn mqtt_options(
     Ok(o)
 }
 
-/// Reloading the TLS material while running: what to rebuild the transport
-/// from, the files to watch, and the trigger [`crate::RelayHandle::reload_tls`] pulls.
+/// Reloading the TLS material while running: the material and its files,
+/// and the trigger [`crate::RelayHandle::reload_tls`] pulls.
 pub(crate) struct TlsReload {
-    settings: gridpow_common::mqtt::ClientSettings,
-    watch: TlsWatch,
+    mqtt: MqttTls,
     trigger: Arc<tokio::sync::Notify>,
 }
+
+/// What the relay's reloads log.
+const RELOAD_LINES: ReloadLines = ReloadLines {
+    what: "relay",
+    reloaded: "TLS material reloaded; reconnecting to the broker with it.",
+    refused: "TLS reload refused; keeping the certificates in use.",
+};
 
 /// The files to watch (`None` without TLS), and what is in use now, recorded
 /// in the stats. The client certificate is watched only if present at start
@@ -118,53 +124,9 @@ pub(crate) fn tls_reload(
     trigger: Arc<tokio::sync::Notify>,
     shared: &Shared,
 ) -> Option<TlsReload> {
-    if !cfg.mqtt.tls {
-        return None;
-    }
-    let (ca, cert, key) = cfg.tls_paths();
-    let mut certs = vec![WatchedCert {
-        role: "mqtt_ca",
-        cert: ca,
-        key: None,
-    }];
-    if cert.exists() && key.exists() {
-        certs.push(WatchedCert {
-            role: "mqtt_client",
-            cert,
-            key: Some(key),
-        });
-    }
-    let watch = TlsWatch::new(certs);
     // The start checked these already; a failure here only leaves the gauge empty.
-    if let Ok(c) = watch.check(tls_reload::now_s()) {
-        shared.certs.set(c);
-    }
-    Some(TlsReload {
-        settings: client_settings(cfg),
-        watch,
-        trigger,
-    })
-}
-
-impl TlsReload {
-    /// Builds a transport from the files as they are now, or says why not
-    /// (the error names the file).
-    fn load(&self) -> Result<(rumqttc::Transport, Vec<CertInUse>), gridpow_common::tls::TlsError> {
-        let certs = self.watch.check(tls_reload::now_s())?;
-        let transport =
-            self.settings
-                .transport()?
-                .ok_or_else(|| gridpow_common::tls::TlsError::File {
-                    path: self
-                        .settings
-                        .tls
-                        .as_ref()
-                        .map(|t| t.ca.clone())
-                        .unwrap_or_default(),
-                    message: "TLS is off".into(),
-                })?;
-        Ok((transport, certs))
-    }
+    let mqtt = MqttTls::new(client_settings(cfg), &shared.certs)?;
+    Some(TlsReload { mqtt, trigger })
 }
 
 /// How the relay holds the server to its word: the key its receipts must
@@ -235,11 +197,7 @@ async fn network_task(
     let mut backoff = Duration::from_millis(100);
     let mut logged_down = false;
     // The first check one interval after the start, not at once.
-    let mut check = tokio::time::interval_at(
-        tokio::time::Instant::now() + tls_reload::RELOAD_CHECK_INTERVAL,
-        tls_reload::RELOAD_CHECK_INTERVAL,
-    );
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tls_reload::reload_checks();
     let trigger = tls.as_ref().map(|t| t.trigger.clone());
     loop {
         // A reload may interrupt the poll only while connected: a poll
@@ -262,25 +220,12 @@ async fn network_task(
         };
         let ev = match wake {
             Wake::Net(ev) => ev,
-            Wake::Asked => {
-                reload_tls(
-                    &mut eventloop,
-                    tls.as_mut(),
-                    "asked (SIGHUP)",
-                    &net_tx,
-                    &shared,
-                );
-                continue;
-            }
-            Wake::Check => {
-                if tls.as_mut().is_some_and(|t| t.watch.changed()) {
-                    reload_tls(
-                        &mut eventloop,
-                        tls.as_mut(),
-                        "the files changed",
-                        &net_tx,
-                        &shared,
-                    );
+            Wake::Asked | Wake::Check => {
+                let asked = matches!(wake, Wake::Asked);
+                if let Some(t) = tls.as_mut() {
+                    if let Some(why) = t.mqtt.reload_due(asked) {
+                        reload_tls(&mut eventloop, t, why, &net_tx, &shared);
+                    }
                 }
                 continue;
             }
@@ -353,13 +298,8 @@ async fn network_task(
                     let asked = tokio::time::timeout(Duration::ZERO, t.trigger.notified())
                         .await
                         .is_ok();
-                    if asked || t.watch.changed() {
-                        let why = if asked {
-                            "asked (SIGHUP)"
-                        } else {
-                            "the files changed"
-                        };
-                        reload_tls(&mut eventloop, Some(t), why, &net_tx, &shared);
+                    if let Some(why) = t.mqtt.reload_due(asked) {
+                        reload_tls(&mut eventloop, t, why, &net_tx, &shared);
                     }
                 }
             }
@@ -382,33 +322,22 @@ enum Wake {
 /// keeps the connection and the material in use, and is logged naming the file.
 fn reload_tls(
     eventloop: &mut EventLoop,
-    tls: Option<&mut TlsReload>,
-    why: &str,
+    tls: &mut TlsReload,
+    why: ReloadReason,
     net_tx: &mpsc::UnboundedSender<NetEvent>,
     shared: &Shared,
 ) {
-    let Some(tls) = tls else { return };
-    // A reload asked for by signal also takes in changes the poll has not seen yet.
-    tls.watch.changed();
-    match tls.load() {
-        Ok((transport, certs)) => {
-            tls_reload::log_loaded("relay", &certs, tls_reload::now_s());
-            tracing::info!(
-                reason = why,
-                "TLS material reloaded; reconnecting to the broker with it."
-            );
-            shared.certs.set(certs);
-            add(&shared.tls_reloads, 1);
-            eventloop.mqtt_options.set_transport(transport);
-            eventloop.clean();
-            shared.mqtt_connected.store(false, Ordering::Relaxed);
-            let _ = net_tx.send(NetEvent::Disconnected);
-        }
-        Err(e) => {
-            add(&shared.tls_reload_failures, 1);
-            tracing::error!(reason = why, error = %e, "TLS reload refused; keeping the certificates in use.");
-        }
-    }
+    let record = ReloadRecord {
+        in_use: &shared.certs,
+        reloads: &shared.tls_reloads,
+        failures: &shared.tls_reload_failures,
+    };
+    tls.mqtt.reload(why, &RELOAD_LINES, record, |transport| {
+        eventloop.mqtt_options.set_transport(transport);
+        eventloop.clean();
+        shared.mqtt_connected.store(false, Ordering::Relaxed);
+        let _ = net_tx.send(NetEvent::Disconnected);
+    });
 }
 
 struct OutboxTask {

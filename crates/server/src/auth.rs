@@ -22,7 +22,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -30,6 +30,7 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Extension;
 use gridpow_common::config::{parse_toml, ConfigError};
+use gridpow_common::durable::FileStamp;
 use gridpow_proto::crypto::{ct_eq, CryptoProvider, RustCrypto};
 use serde::{Deserialize, Serialize};
 
@@ -302,26 +303,6 @@ impl IntoResponse for Refusal {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> std::io::Result<FileStamp> {
-    let m = std::fs::metadata(path)?;
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&m);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Ok(FileStamp {
-        modified: m.modified().ok(),
-        len: m.len(),
-        inode,
-    })
-}
-
 struct Known {
     hash: [u8; 32],
     principal: Principal,
@@ -397,7 +378,7 @@ impl Gate {
         }
         c.checked = Some(now);
         let path = &self.tokens_path;
-        let st = match stamp(path) {
+        let st = match FileStamp::of(path) {
             Ok(s) => s,
             Err(e) => {
                 if c.stamp.is_some() || force {

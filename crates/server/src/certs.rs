@@ -11,14 +11,16 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use gridpow_common::tls::{load_certs, load_key, provider, TlsError};
-use gridpow_common::tls_reload::{self, CertInUse, CertsInUse, TlsWatch, WatchedCert};
+use gridpow_common::tls_reload::{
+    self, CertsInUse, MqttTls, ReloadLines, ReloadReason, ReloadRecord, TlsWatch, WatchedCert,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 
-use crate::metrics::{add, Shared};
+use crate::metrics::Shared;
 
 /// A certificate the server uses, as `/api/v1/stats` and the dashboard show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -62,49 +64,22 @@ impl ServerCerts {
     }
 }
 
-/// What the MQTT task rebuilds its transport from.
-pub(crate) struct MqttTls {
-    pub settings: gridpow_common::mqtt::ClientSettings,
-    pub watch: TlsWatch,
-}
-
-impl MqttTls {
-    /// The files of `settings` (the client certificate only if configured or
-    /// present, as the connection itself does); records what is in use.
-    pub(crate) fn new(
-        settings: gridpow_common::mqtt::ClientSettings,
-        shared: &Shared,
-    ) -> Option<Self> {
-        let tls = settings.tls.clone()?;
-        let mut certs = vec![WatchedCert {
-            role: "mqtt_ca",
-            cert: tls.ca,
-            key: None,
-        }];
-        if tls.identity_configured || (tls.cert.exists() && tls.key.exists()) {
-            certs.push(WatchedCert {
-                role: "mqtt_client",
-                cert: tls.cert,
-                key: Some(tls.key),
-            });
-        }
-        let watch = TlsWatch::new(certs);
-        if let Ok(c) = watch.check(tls_reload::now_s()) {
-            shared.certs.mqtt.set(c);
-        }
-        Some(MqttTls { settings, watch })
-    }
-
-    /// A transport from the files as they are now, or why not (naming the file).
-    pub(crate) fn load(&self) -> Result<(rumqttc::Transport, Vec<CertInUse>), TlsError> {
-        let certs = self.watch.check(tls_reload::now_s())?;
-        let transport = self.settings.transport()?.ok_or_else(|| TlsError::File {
-            path: self.watch.certs()[0].cert.clone(),
-            message: "TLS is off".into(),
-        })?;
-        Ok((transport, certs))
+/// Where a reload of `in_use` (the MQTT or the HTTPS certificates) is kept:
+/// both count in the server's one pair of reload counters.
+fn record<'a>(shared: &'a Shared, in_use: &'a CertsInUse) -> ReloadRecord<'a> {
+    ReloadRecord {
+        in_use,
+        reloads: &shared.metrics.tls_reloads,
+        failures: &shared.metrics.tls_reload_failures,
     }
 }
+
+/// What the MQTT reloads log.
+const MQTT_LINES: ReloadLines = ReloadLines {
+    what: "server MQTT",
+    reloaded: "MQTT TLS material reloaded; reconnecting to the broker with it.",
+    refused: "MQTT TLS reload refused; keeping the certificates in use.",
+};
 
 /// Reloads the MQTT material into `eventloop` if usable: it drops its
 /// connection and connects with the new transport at its next poll. Messages
@@ -114,20 +89,14 @@ impl MqttTls {
 pub(crate) fn reload_mqtt(
     eventloop: &mut rumqttc::v5::EventLoop,
     tls: &mut MqttTls,
-    why: &str,
+    why: ReloadReason,
     shared: &Shared,
 ) {
-    // A reload asked for by signal also takes in changes the poll has not seen yet.
-    tls.watch.changed();
-    match tls.load() {
-        Ok((transport, certs)) => {
-            tls_reload::log_loaded("server MQTT", &certs, tls_reload::now_s());
-            tracing::info!(
-                reason = why,
-                "MQTT TLS material reloaded; reconnecting to the broker with it."
-            );
-            shared.certs.mqtt.set(certs);
-            add(&shared.metrics.tls_reloads, 1);
+    tls.reload(
+        why,
+        &MQTT_LINES,
+        record(shared, &shared.certs.mqtt),
+        |transport| {
             eventloop.options.set_transport(transport);
             eventloop.clean();
             // Acks of messages from the dropped connection must not go out
@@ -136,12 +105,8 @@ pub(crate) fn reload_mqtt(
             shared
                 .generation
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        Err(e) => {
-            add(&shared.metrics.tls_reload_failures, 1);
-            tracing::error!(reason = why, error = %e, "MQTT TLS reload refused; keeping the certificates in use.");
-        }
-    }
+        },
+    );
 }
 
 /// The HTTPS certificate, swapped whole on reload; each handshake takes the
@@ -184,6 +149,13 @@ fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError>
     Ok(Arc::new(ck))
 }
 
+/// What the HTTPS reloads log.
+const HTTPS_LINES: ReloadLines = ReloadLines {
+    what: "server HTTPS",
+    reloaded: "HTTPS certificate reloaded; new connections get it.",
+    refused: "HTTPS certificate reload refused; keeping the one in use.",
+};
+
 /// The HTTPS certificate and its files.
 pub(crate) struct HttpsTls {
     pub resolver: Arc<SwappableCert>,
@@ -202,29 +174,19 @@ impl HttpsTls {
         Ok(HttpsTls { resolver, watch })
     }
 
-    fn reload(&mut self, why: &str, shared: &Shared) {
-        self.watch.changed();
-        let loaded = self.watch.check(tls_reload::now_s()).and_then(|certs| {
-            let c = &self.watch.certs()[0];
-            let key = c.key.as_deref().unwrap_or(&c.cert);
-            Ok((certified_key(&c.cert, key)?, certs))
-        });
-        match loaded {
-            Ok((ck, certs)) => {
-                tls_reload::log_loaded("server HTTPS", &certs, tls_reload::now_s());
-                tracing::info!(
-                    reason = why,
-                    "HTTPS certificate reloaded; new connections get it."
-                );
-                self.resolver.set(ck);
-                shared.certs.https.set(certs);
-                add(&shared.metrics.tls_reloads, 1);
-            }
-            Err(e) => {
-                add(&shared.metrics.tls_reload_failures, 1);
-                tracing::error!(reason = why, error = %e, "HTTPS certificate reload refused; keeping the one in use.");
-            }
-        }
+    fn reload(&mut self, why: ReloadReason, shared: &Shared) {
+        let resolver = &self.resolver;
+        self.watch.reload(
+            why,
+            &HTTPS_LINES,
+            record(shared, &shared.certs.https),
+            |certs| {
+                let c = &certs[0];
+                let key = c.key.as_deref().unwrap_or(&c.cert);
+                certified_key(&c.cert, key)
+            },
+            |ck| resolver.set(ck),
+        );
     }
 }
 
@@ -247,24 +209,20 @@ pub(crate) async fn https_reload_task(
     mut asks: watch::Receiver<u64>,
     shared: Arc<Shared>,
 ) {
-    if let Ok(c) = https.watch.check(tls_reload::now_s()) {
-        shared.certs.https.set(c);
-    }
-    let mut check = tokio::time::interval(tls_reload::RELOAD_CHECK_INTERVAL);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    https.watch.record_in_use(&shared.certs.https);
+    let mut check = tls_reload::reload_checks();
     loop {
-        tokio::select! {
+        let asked = tokio::select! {
             changed = asks.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                https.reload("asked (SIGHUP)", &shared);
+                true
             }
-            _ = check.tick() => {
-                if https.watch.changed() {
-                    https.reload("the files changed", &shared);
-                }
-            }
+            _ = check.tick() => false,
+        };
+        if let Some(why) = https.watch.reload_due(asked) {
+            https.reload(why, &shared);
         }
     }
 }
@@ -273,6 +231,7 @@ pub(crate) async fn https_reload_task(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use gridpow_common::tls_reload::CertInUse;
 
     #[test]
     fn the_expiry_gauge_names_file_and_role_and_flags_30_days() {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+use gridpow_common::tls_reload::{MqttTls, ReloadReason};
 use gridpow_common::topics;
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::wire::ReceiptRepr;
@@ -94,7 +95,7 @@ pub(crate) struct Filters {
 /// What makes the MQTT task load its TLS material again: a moved counter
 /// ([`crate::ServerHandle::reload_tls`]) or changed files.
 pub(crate) struct Reload {
-    pub tls: Option<crate::certs::MqttTls>,
+    pub tls: Option<MqttTls>,
     pub asks: watch::Receiver<u64>,
 }
 
@@ -116,11 +117,7 @@ pub(crate) async fn mqtt_task(
     let Reload { mut tls, mut asks } = reload;
     let mut asks_open = true;
     // The first check one interval after the start, not at once.
-    let mut check = tokio::time::interval_at(
-        tokio::time::Instant::now() + gridpow_common::tls_reload::RELOAD_CHECK_INTERVAL,
-        gridpow_common::tls_reload::RELOAD_CHECK_INTERVAL,
-    );
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = gridpow_common::tls_reload::reload_checks();
     let mut inbound = Some(inbound);
     let mut backoff = Duration::from_millis(200);
     // The long explanation once per outage; later retries in one short line.
@@ -143,15 +140,13 @@ pub(crate) async fn mqtt_task(
         tokio::select! {
             asked = asks.changed(), if asks_open && tls.is_some() => {
                 if asked.is_ok() {
-                    reload_why = Some("asked (SIGHUP)");
+                    reload_why = Some(ReloadReason::Asked);
                 } else {
                     asks_open = false;
                 }
             }
             _ = check.tick(), if tls.is_some() => {
-                if tls.as_mut().is_some_and(|t| t.watch.changed()) {
-                    reload_why = Some("the files changed");
-                }
+                reload_why = tls.as_mut().and_then(|t| t.reload_due(false));
             }
             changed = phase.changed() => {
                 let p = if changed.is_ok() { *phase.borrow() } else { Phase::Disconnect };

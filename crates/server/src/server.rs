@@ -227,7 +227,7 @@ fn spawn(cfg: ServerConfig, opened: Opened, http: Http) -> Result<ServerHandle, 
     } = http;
     let settings = client_settings(&cfg);
     let options = mqtt_options(&cfg, &settings)?;
-    let mqtt_tls = crate::certs::MqttTls::new(settings, &shared);
+    let mqtt_tls = gridpow_common::tls_reload::MqttTls::new(settings, &shared.certs.mqtt);
     let (tls_reload, tls_asks) = watch::channel(0u64);
     if let Some(h) = https {
         tokio::spawn(crate::certs::https_reload_task(
