@@ -81,8 +81,9 @@ const MQTT_LINES: ReloadLines = ReloadLines {
     refused: "MQTT TLS reload refused; keeping the certificates in use.",
 };
 
-/// Reloads the MQTT material into `eventloop` if usable: it drops its
-/// connection and connects with the new transport at its next poll. Messages
+/// Reloads the MQTT material into `eventloop` if usable (returns whether it
+/// did): it drops its connection and connects with the new transport at its
+/// next poll. Messages
 /// received but not yet acknowledged stay unacknowledged (their
 /// acknowledgements belong to the old connection's generation and are
 /// skipped); the broker redelivers them and the store keeps each reading once.
@@ -91,7 +92,7 @@ pub(crate) fn reload_mqtt(
     tls: &mut MqttTls,
     why: ReloadReason,
     shared: &Shared,
-) {
+) -> bool {
     tls.reload(
         why,
         &MQTT_LINES,
@@ -106,7 +107,7 @@ pub(crate) fn reload_mqtt(
                 .generation
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         },
-    );
+    )
 }
 
 /// The HTTPS certificate, swapped whole on reload; each handshake takes the

@@ -260,9 +260,11 @@ pub(crate) async fn mqtt_task(
         if let (Some(why), Some(t)) = (reload_why, tls.as_mut()) {
             // Not while stopping: the disconnect in progress must finish.
             if disconnect_deadline.is_none() {
-                crate::certs::reload_mqtt(&mut eventloop, t, why, &shared);
-                shared.mqtt_connected.store(false, Ordering::Relaxed);
-                shared.mqtt_subscribed.store(false, Ordering::Relaxed);
+                // A refused reload keeps the connection, and says so.
+                if crate::certs::reload_mqtt(&mut eventloop, t, why, &shared) {
+                    shared.mqtt_connected.store(false, Ordering::Relaxed);
+                    shared.mqtt_subscribed.store(false, Ordering::Relaxed);
+                }
             }
         }
     }
