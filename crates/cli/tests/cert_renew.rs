@@ -160,12 +160,7 @@ fn renewed_certificates_are_loaded_on_sighup_without_losing_a_reading() {
         "only {} readings generated",
         want.len()
     );
-    let start = Instant::now();
-    let mut got = common::stored_keys(&db);
-    while got.len() < want.len() && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(250));
-        got = common::stored_keys(&db);
-    }
+    let got = common::stored_keys_when(&db, want.len(), Duration::from_secs(60));
     let lost = want.difference(&got).count();
     eprintln!(
         "cert_renew: {} readings generated, {} stored, {lost} lost; reloaded {:?} before the meters stopped",

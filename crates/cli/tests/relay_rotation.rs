@@ -11,12 +11,12 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
 use common::{
-    export_bundle, free_udp_port, gridpow, logs, spawn, stored_keys, text, write_meters_config,
+    export_bundle, free_udp_port, gridpow, logs, spawn, text, write_meters_config,
     write_server_config,
 };
 use gridpow_keys::{InitOptions, KeyDir};
@@ -126,12 +126,7 @@ fn a_relay_key_replaced_at_its_next_height_loses_no_reading_and_the_ledger_verif
         "only {} readings generated",
         want.len()
     );
-    let start = Instant::now();
-    let mut got = stored_keys(&db);
-    while got.len() < want.len() && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(250));
-        got = stored_keys(&db);
-    }
+    let got = common::stored_keys_when(&db, want.len(), Duration::from_secs(60));
     let logs = || {
         logs(
             root,

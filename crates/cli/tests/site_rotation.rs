@@ -12,12 +12,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
 use common::{
-    export_bundle, free_udp_port, gridpow, logs, spawn, stored_keys, text, write_meters_config,
+    export_bundle, free_udp_port, gridpow, logs, spawn, text, write_meters_config,
     write_server_config,
 };
 use gridpow_keys::{InitOptions, KeyDir};
@@ -125,12 +125,7 @@ fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_ret
         "the truth file repeats a reading"
     );
     assert!(want.iter().any(|k| k.0 == 5), "meter 5 made no reading");
-    let start_wait = Instant::now();
-    let mut got = stored_keys(&db);
-    while got.len() < want.len() && start_wait.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(250));
-        got = stored_keys(&db);
-    }
+    let got = common::stored_keys_when(&db, want.len(), Duration::from_secs(60));
     assert!(
         got == want,
         "{} of {} readings missing, e.g. {:?}\n{}",

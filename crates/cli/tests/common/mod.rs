@@ -246,6 +246,22 @@ pub fn write_relay_config(path: &Path, r: &RelaySetup) {
 
 /// The (meter, epoch, seq) of every reading stored in the SQLite database
 /// `db` (none while it does not exist yet); panics if one is stored twice.
+/// The stored readings once at least `n` are stored, or what is stored when
+/// `timeout` has passed (the caller's comparison then says what is missing).
+pub fn stored_keys_when(
+    db: &Path,
+    n: usize,
+    timeout: std::time::Duration,
+) -> std::collections::BTreeSet<(u32, u32, u32)> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut got = stored_keys(db);
+    while got.len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        got = stored_keys(db);
+    }
+    got
+}
+
 pub fn stored_keys(db: &Path) -> std::collections::BTreeSet<(u32, u32, u32)> {
     let Ok(c) =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
