@@ -123,6 +123,14 @@ impl RelayRecord {
     }
 }
 
+/// Of one relay's keys, sorted by the height each signs from, the key that
+/// signs `height`: the one from the highest height not above it. `None`
+/// below the first. The one rule for the registry, the grid server's keyring
+/// and every verifier that picks a relay key by height.
+pub fn key_signing<T>(keys: &[T], height: u64, from_height: impl Fn(&T) -> u64) -> Option<&T> {
+    keys.iter().rev().find(|k| from_height(k) <= height)
+}
+
 /// `relays.toml`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayRegistry {
@@ -177,10 +185,9 @@ impl RelayRegistry {
     /// highest height not above it. `None` for an unknown relay or a height
     /// below its first key's.
     pub fn key_for(&self, id: u32, height: u64) -> Option<&RelayRecord> {
-        self.relays
-            .iter()
-            .rev()
-            .find(|r| r.id == id && r.from_height <= height)
+        let start = self.relays.partition_point(|r| r.id < id);
+        let end = self.relays.partition_point(|r| r.id <= id);
+        key_signing(&self.relays[start..end], height, |r| r.from_height)
     }
 
     /// Relay ids, ascending, each once.

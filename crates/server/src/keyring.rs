@@ -59,11 +59,7 @@ impl Keyring {
     /// key from the highest height not above it. `None` if the relay is not
     /// registered or `height` lies below its first key's.
     pub fn relay_key(&self, id: u32, height: u64) -> Option<&VerifyingKey> {
-        self.relays
-            .get(&id)?
-            .iter()
-            .rev()
-            .find(|(from, _)| *from <= height)
+        gridpow_keys::registry::key_signing(self.relays.get(&id)?, height, |(from, _)| *from)
             .map(|(_, k)| k)
     }
 
