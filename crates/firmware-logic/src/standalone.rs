@@ -593,6 +593,10 @@ pub struct Recovered {
     pub frames: u32,
     /// Of those, frames not yet sealed, back in the pending batch.
     pub unsealed: u32,
+    /// Journaled frames the ingress refuses now (the blob flashed since no
+    /// longer holds their meter or key id, e.g. a retired site key id).
+    /// They were ACKed, so the unsealed ones are still sealed, never dropped.
+    pub refused_now: u32,
 }
 
 impl<'a, C, F, const M: usize, const O: usize> StandaloneRelay<'a, C, Journal<F, O>, M>
@@ -626,9 +630,18 @@ where
                 return Err(RelayError::JournalFailed);
             };
             let unsealed = rec.seq >= unsealed_from;
-            let verdict = self.ingress.handle_frame(&rec.src, rec.frame())?;
+            let new = match self.ingress.handle_frame(&rec.src, rec.frame()) {
+                Ok(verdict) => matches!(verdict, Verdict::Accepted(_)),
+                // Accepted and ACKed before this boot: judged by the grid
+                // server in its block, never dropped here.
+                Err(ProtoError::Rejected(_)) => {
+                    found.refused_now += 1;
+                    true
+                }
+                Err(e) => return Err(e.into()),
+            };
             found.frames += 1;
-            if unsealed && matches!(verdict, Verdict::Accepted(_)) {
+            if unsealed && new {
                 self.lifecycle
                     .handle_frame(self.ingress.provider(), now, rec.frame(), rec.seq)?;
                 found.unsealed += 1;

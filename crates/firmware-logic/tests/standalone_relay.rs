@@ -557,3 +557,54 @@ fn feed_under<S: RelayStore>(
         &mut ack,
     )
 }
+
+#[test]
+fn acked_frames_are_still_sealed_after_a_reboot_into_a_blob_without_their_key() {
+    let mut flash = MemFlash::<{ 16 * 4096 }>::new();
+    let mut storage = Storage::new(4096);
+    {
+        let journal =
+            Journal::<_, 2>::open(&RustCrypto, &mut flash, RelayState::default()).unwrap();
+        let mut r = relay_on(
+            journal,
+            ChainTip::default(),
+            &mut storage.blocks,
+            &mut storage.outbox,
+        );
+        feed(&mut r, 2, 3, 0).unwrap();
+    }
+    // The relay is flashed with a blob listing meter 2 under key id 2 only
+    // (key id 1 retired) and boots: meter 2's three ACKed frames stay.
+    let journal = Journal::<_, 2>::open(&RustCrypto, &mut flash, RelayState::default()).unwrap();
+    let tip = ChainTip::from(journal.tip());
+    let meters = [RelayMeter {
+        meter_id: 2,
+        key_id: 2,
+        mac: None,
+        secret: MeterSecret::from_bytes(&[0x42; 48]).hop,
+    }];
+    let server = SigningKey::from_bytes(&SERVER_SEED)
+        .verifying_key()
+        .to_bytes();
+    let mut r: Relay<'_, _> = StandaloneRelay::new(
+        cfg(),
+        RustCrypto,
+        meters,
+        &SEED,
+        &server,
+        tip,
+        journal,
+        RelayStorage {
+            blocks: &mut storage.blocks,
+            outbox: &mut storage.outbox,
+        },
+    )
+    .unwrap();
+    let found = r.recover(Instant::ZERO).unwrap();
+    assert_eq!(
+        (found.frames, found.unsealed, found.refused_now),
+        (3, 3, 3),
+        "recovered, still to be sealed, refused by today's blob"
+    );
+    assert_eq!(r.pending_frames(), 3);
+}

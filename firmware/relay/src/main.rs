@@ -402,8 +402,8 @@ async fn run_standalone(
     let now = Instant::from_micros(embassy_time::Instant::now().as_micros());
     match relay.recover(now) {
         Ok(f) => println!(
-            "relay: journal recovered blocks={} frames={} unsealed={}",
-            f.blocks, f.frames, f.unsealed
+            "relay: journal recovered blocks={} frames={} unsealed={} refused_now={}",
+            f.blocks, f.frames, f.unsealed, f.refused_now
         ),
         Err(e) => halt(&format_args!("journal recovery: {e:?}")).await,
     }

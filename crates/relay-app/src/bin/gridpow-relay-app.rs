@@ -215,7 +215,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         {
             let r = relay.borrow();
             println!(
-                "relay-app relay_id={} udp={} mac={} meters={} next_height={} broker={host}:{port} recovered_blocks={} recovered_frames={} recovered_unsealed={}",
+                "relay-app relay_id={} udp={} mac={} meters={} next_height={} broker={host}:{port} recovered_blocks={} recovered_frames={} recovered_unsealed={} recovered_refused_now={}",
                 r.relay_id(),
                 radio.local_addr(),
                 gridpow_common::format_mac(&mac),
@@ -224,6 +224,7 @@ fn run(a: Args) -> anyhow::Result<()> {
                 recovered.blocks,
                 recovered.frames,
                 recovered.unsealed,
+                recovered.refused_now,
             );
         }
         let net = gridpow_relay_net::Config {
