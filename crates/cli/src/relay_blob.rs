@@ -154,9 +154,10 @@ fn plan(a: &RelayBlobArgs) -> anyhow::Result<RelayBlobPlan> {
     if left_out > 0 {
         eprintln!(
             "warning: a site-secret rotation is under way, and {left_out} meters' hop keys under \
-             their other key id do not fit the blob: this relay refuses their frames under that \
-             key id (the meters keep them and re-send) until they are flashed with the key id \
-             they are registered with"
+             their other key id do not fit the blob: with it, this relay refuses their frames \
+             under that key id. Flash those meters with their new keys first (a flashed meter \
+             loses its unsent readings), then this blob within their backlog's reach \
+             (docs/deploy/README.md, \"Rotating the site secret\")"
         );
     }
     if a.require_registered_mac && meters.iter().any(|m| m.mac.is_none()) {

@@ -160,7 +160,7 @@ pub const MAX_RELAY_BLOB_LEN: usize = crate::layout::CONFIG_SIZE as usize;
 /// How many meter entries a layout version 3 relay blob has room for beside
 /// `tls_len` bytes of TLS material (CA, certificate and key, DER). A meter is
 /// listed once per key id its hop keys are given under: twice while a site
-/// secret is rotated (protocol §8), and the relay then takes its frames under both.
+/// secret is rotated (protocol §3), and the relay then takes its frames under both.
 pub const fn relay_blob_meter_room(tls_len: usize) -> usize {
     let fixed = RELAY_HEADER_LEN + RELAY_TLS_HEADER_LEN + 4;
     let room = MAX_RELAY_BLOB_LEN.saturating_sub(fixed + tls_len) / RELAY_METER_ENTRY_LEN;

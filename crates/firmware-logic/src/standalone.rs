@@ -316,7 +316,7 @@ where
         let mut table = FixedMeterTable::<M>::new();
         for m in meters {
             // A meter listed twice holds its hop keys under both key ids
-            // (a site-secret rotation, protocol §8).
+            // (a site-secret rotation, protocol §3).
             let _ = table.insert_keys(m.meter_id, m.mac, HopKeys::new(m.key_id, &m.secret));
         }
         let ingress = Ingress::new(

@@ -551,7 +551,7 @@ impl KeyDir {
     /// id stays valid until retired. Returns the new key id.
     ///
     /// Refused while two key ids are listed: a relay holds each meter's hop
-    /// keys under two key ids at most (protocol §8), so the older rotation
+    /// keys under two key ids at most (protocol §3), so the older rotation
     /// is finished (its key id retired) before the next starts.
     pub fn rotate_site(&self) -> Result<u8, KeyError> {
         let site = self.site()?; // refuses a malformed file before it is rewritten

@@ -38,7 +38,7 @@ pub struct MeterEntry {
     /// is registered with.
     pub keys: HopKeys,
     /// Its hop keys under the site's other listed key id while a site secret
-    /// is rotated (protocol §8): a frame under either key id is judged, and
+    /// is rotated (protocol §3): a frame under either key id is judged, and
     /// its ACK made, with the keys of the frame's own key id.
     pub other_keys: Option<HopKeys>,
     /// Anti-replay window over frame counters.
@@ -82,7 +82,7 @@ impl MeterEntry {
 }
 
 /// Key ids a relay holds per meter: the one it is registered with and,
-/// during a site-secret rotation, the other one still listed (protocol §8).
+/// during a site-secret rotation, the other one still listed (protocol §3).
 pub const MAX_KEY_IDS_PER_METER: usize = 2;
 
 /// Storage of meter entries, so a microcontroller can use a fixed array and a

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use gridpow_common::durable::FileStamp;
 use gridpow_keys::KeyDir;
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::ingress::{Ingress, Verdict};
@@ -41,6 +42,40 @@ struct PendingAck {
     verdict: Verdict,
 }
 
+/// The relay bundle's meter registry and hop keys, as last seen: a bundle
+/// replaced in place (a new meter, a key id added or retired) is taken up
+/// within [`RELOAD_INTERVAL`], without a restart (protocol §7).
+struct BundleWatch {
+    stamps: [Option<FileStamp>; 2],
+    last_check: Instant,
+}
+
+impl BundleWatch {
+    fn new(keys: &KeyDir) -> Self {
+        BundleWatch {
+            stamps: Self::stamps(keys),
+            last_check: Instant::now(),
+        }
+    }
+
+    fn stamps(keys: &KeyDir) -> [Option<FileStamp>; 2] {
+        [keys.hop_keys_path(), keys.meters_path()].map(|p| FileStamp::of(&p).ok())
+    }
+
+    /// Whether the files changed since the last look (looking at most once
+    /// per [`RELOAD_INTERVAL`]).
+    fn changed(&mut self, keys: &KeyDir) -> bool {
+        if self.last_check.elapsed() < RELOAD_INTERVAL {
+            return false;
+        }
+        self.last_check = Instant::now();
+        let now = Self::stamps(keys);
+        let changed = now != self.stamps;
+        self.stamps = now;
+        changed
+    }
+}
+
 pub(crate) struct IngressLoop {
     pub radio: Box<dyn RadioPort>,
     pub ingress: Ingress<RustCrypto, HashMeterTable>,
@@ -54,13 +89,36 @@ pub(crate) struct IngressLoop {
 }
 
 impl IngressLoop {
+    /// Reads the bundle's meter registry and hop keys again; the meters'
+    /// replay state stays. A bundle that does not load leaves the table as it was.
+    /// Said at info when the files changed or meters were added, else at
+    /// debug (a neighbour's meter heard every few seconds is no news).
+    fn reload_bundle(&mut self, files_changed: bool) {
+        let why = if files_changed {
+            "the bundle's files changed"
+        } else {
+            "an unknown meter or key id was heard"
+        };
+        match self.ingress.table_mut().load_from(&self.keys) {
+            Ok(added) if files_changed || added > 0 => {
+                tracing::info!(why, added, "meter registry and hop keys reloaded")
+            }
+            Ok(_) => tracing::debug!(why, "meter registry and hop keys reloaded"),
+            Err(e) => tracing::warn!(why, error = %e, "meter registry reload failed"),
+        }
+    }
+
     pub(crate) fn run(mut self) {
         let mut pending: VecDeque<PendingAck> = VecDeque::new();
         let mut last_reload = Instant::now();
         let mut refusals = RefusalLog::new(REFUSAL_LOG_INTERVAL);
+        let mut bundle = BundleWatch::new(&self.keys);
         loop {
             if self.signals.stopping() {
                 break;
+            }
+            if bundle.changed(&self.keys) {
+                self.reload_bundle(true);
             }
             let timeout = if pending.is_empty() {
                 Duration::from_millis(20)
@@ -167,11 +225,7 @@ impl IngressLoop {
                 if last_reload.elapsed() >= RELOAD_INTERVAL =>
             {
                 *last_reload = Instant::now();
-                match self.ingress.table_mut().load_from(&self.keys) {
-                    Ok(n) if n > 0 => tracing::info!(added = n, "meter registry reloaded"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "meter registry reload failed"),
-                }
+                self.reload_bundle(false);
                 true
             }
             // Counted by the core, logged above.
@@ -322,5 +376,41 @@ impl JournalLoop {
             Ok(n) => add(&self.shared.journal_segments_compacted, n as u64),
             Err(e) => tracing::warn!(error = %e, "journal compaction failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As if the last look was one interval ago.
+    fn due(w: &mut BundleWatch) {
+        w.last_check = Instant::now()
+            .checked_sub(RELOAD_INTERVAL)
+            .unwrap_or_else(Instant::now);
+    }
+
+    #[test]
+    fn a_bundle_replaced_in_place_is_seen_once_per_change_and_not_between_looks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let keys = KeyDir::new(dir.path());
+        let write = |path: PathBuf, text: &str| {
+            gridpow_common::durable::write_file(&path, text.as_bytes(), false).expect("write")
+        };
+        write(keys.hop_keys_path(), "hop 1");
+        write(keys.meters_path(), "meters 1");
+        let mut w = BundleWatch::new(&keys);
+        due(&mut w);
+        assert!(!w.changed(&keys), "nothing changed");
+        // Replaced by a rename with the same length: a new inode.
+        write(keys.hop_keys_path(), "hop 2");
+        assert!(!w.changed(&keys), "not looked at before the interval");
+        due(&mut w);
+        assert!(w.changed(&keys));
+        due(&mut w);
+        assert!(!w.changed(&keys), "each change is seen once");
+        std::fs::remove_file(keys.meters_path()).expect("remove");
+        due(&mut w);
+        assert!(w.changed(&keys), "a file gone is a change too");
     }
 }

@@ -37,7 +37,7 @@ impl HashMeterTable {
     ///
     /// A meter's hop keys are those of the key id it is registered with and,
     /// while a site secret is rotated, of the other key id the bundle holds
-    /// for it (protocol §8): its frames are taken under either.
+    /// for it (protocol §3): its frames are taken under either.
     pub fn load_from(&mut self, keys: &KeyDir) -> Result<usize, RelayError> {
         let hop = keys.hop_secrets()?;
         let registry = keys.meters()?;

@@ -96,8 +96,8 @@ pub fn from_bundle(
         tracing::warn!(
             left_out,
             "a site-secret rotation is under way and these meters' hop keys under their other \
-             key id do not fit: their frames under that key id are refused until they are \
-             flashed with the new one"
+             key id do not fit: their frames under that key id are refused (flash them with \
+             their new keys before giving this relay its new bundle)"
         );
     }
 
