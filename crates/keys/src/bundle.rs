@@ -264,6 +264,14 @@ impl KeyDir {
             }
             registry.meters.retain(|m| wanted.contains(&m.id));
         }
+        let listed: Vec<u8> = site.key_ids().collect();
+        if listed.len() > gridpow_proto::ingress::MAX_KEY_IDS_PER_METER {
+            return Err(KeyError::Invalid(format!(
+                "{} lists key ids {listed:?}; a relay holds a meter's hop keys under two at most: \
+                 retire the old ones first (`gridpow keys retire-site`)",
+                self.site_path().display()
+            )));
+        }
         let mut hop = HopKeyFile::default();
         for rec in &registry.meters {
             if site.meter_secret(rec.id, rec.key_id).is_none() {
@@ -452,5 +460,19 @@ mod tests {
         let broker = KeyDir::new(dir.path().join("broker"));
         kd.export_broker_bundle(&broker).unwrap();
         assert!(broker.broker_tls().key.exists() && !broker.site_path().exists());
+        // A site.toml listing a third key id (written by hand: rotate-site
+        // refuses it) gives relays no bundle.
+        let mut site_text = std::fs::read_to_string(kd.site_path()).unwrap();
+        site_text.push_str(&format!(
+            "\n[[key]]\nid = 9\nsecret = \"{}\"\n",
+            "ab".repeat(32)
+        ));
+        write_file(&kd.site_path(), site_text.as_bytes(), true).unwrap();
+        assert_eq!(kd.site().unwrap().key_ids().count(), 3);
+        let e = kd
+            .export_relay_bundle(1, None, &KeyDir::new(dir.path().join("relay-1-three")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retire-site"), "{e}");
     }
 }

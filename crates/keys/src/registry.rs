@@ -185,9 +185,10 @@ impl RelayRegistry {
     /// highest height not above it. `None` for an unknown relay or a height
     /// below its first key's.
     pub fn key_for(&self, id: u32, height: u64) -> Option<&RelayRecord> {
+        // `relays` is kept sorted by relay and height (load, upsert, rotate).
         let start = self.relays.partition_point(|r| r.id < id);
         let end = self.relays.partition_point(|r| r.id <= id);
-        key_signing(&self.relays[start..end], height, |r| r.from_height)
+        key_signing(self.relays.get(start..end)?, height, |r| r.from_height)
     }
 
     /// Relay ids, ascending, each once.

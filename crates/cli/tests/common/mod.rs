@@ -244,8 +244,6 @@ pub fn write_relay_config(path: &Path, r: &RelaySetup) {
     .expect("relay configuration written");
 }
 
-/// The (meter, epoch, seq) of every reading stored in the SQLite database
-/// `db` (none while it does not exist yet); panics if one is stored twice.
 /// The stored readings once at least `n` are stored, or what is stored when
 /// `timeout` has passed (the caller's comparison then says what is missing).
 pub fn stored_keys_when(
@@ -262,6 +260,8 @@ pub fn stored_keys_when(
     got
 }
 
+/// The (meter, epoch, seq) of every reading stored in the SQLite database
+/// `db` (none while it does not exist yet); panics if one is stored twice.
 pub fn stored_keys(db: &Path) -> std::collections::BTreeSet<(u32, u32, u32)> {
     let Ok(c) =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
