@@ -83,6 +83,17 @@ fn relay_on<'a, S: RelayStore>(
         mac: None,
         secret: secret(id).hop,
     });
+    relay_with(meters, store, tip, blocks, outbox)
+}
+
+/// A relay over `meters` (as its blob lists them).
+fn relay_with<'a, S: RelayStore>(
+    meters: impl IntoIterator<Item = RelayMeter>,
+    store: S,
+    tip: ChainTip,
+    blocks: &'a mut [u8],
+    outbox: &'a mut [OutboxEntry],
+) -> Relay<'a, S> {
     let server = SigningKey::from_bytes(&SERVER_SEED)
         .verifying_key()
         .to_bytes();
@@ -491,23 +502,13 @@ fn a_meter_listed_under_two_key_ids_is_taken_under_both_during_a_site_rotation()
         mac: None,
         secret: s.hop,
     });
-    let server = SigningKey::from_bytes(&SERVER_SEED)
-        .verifying_key()
-        .to_bytes();
-    let mut r: Relay<'_> = StandaloneRelay::new(
-        cfg(),
-        RustCrypto,
+    let mut r: Relay<'_> = relay_with(
         meters,
-        &SEED,
-        &server,
-        ChainTip::default(),
         RamStore::new(&mut storage.slots),
-        RelayStorage {
-            blocks: &mut storage.blocks,
-            outbox: &mut storage.outbox,
-        },
-    )
-    .unwrap();
+        ChainTip::default(),
+        &mut storage.blocks,
+        &mut storage.outbox,
+    );
     for (n, (key_id, s)) in [(1u8, secret(1)), (2, new_secret)].into_iter().enumerate() {
         let mut sender = Sender::<_, 8>::new(
             RustCrypto,
@@ -583,23 +584,13 @@ fn acked_frames_are_still_sealed_after_a_reboot_into_a_blob_without_their_key() 
         mac: None,
         secret: MeterSecret::from_bytes(&[0x42; 48]).hop,
     }];
-    let server = SigningKey::from_bytes(&SERVER_SEED)
-        .verifying_key()
-        .to_bytes();
-    let mut r: Relay<'_, _> = StandaloneRelay::new(
-        cfg(),
-        RustCrypto,
+    let mut r = relay_with(
         meters,
-        &SEED,
-        &server,
-        tip,
         journal,
-        RelayStorage {
-            blocks: &mut storage.blocks,
-            outbox: &mut storage.outbox,
-        },
-    )
-    .unwrap();
+        tip,
+        &mut storage.blocks,
+        &mut storage.outbox,
+    );
     let found = r.recover(Instant::ZERO).unwrap();
     assert_eq!(
         (found.frames, found.unsealed, found.refused_now),
