@@ -7,7 +7,10 @@
 //! relay refuses no frame. Then the meters get their new keys. Every
 //! generated reading is stored exactly once, the database knows which key id
 //! each meter last sent with, and `gridpow keys retire-site` refuses to
-//! retire a key id still in use unless forced.
+//! retire a key id still in use unless forced. Forced while three meters
+//! still send under it, and the relay's bundle exported again in place: the
+//! running relay drops the key id within seconds and refuses their frames,
+//! and stores the others' as before.
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,7 +94,8 @@ fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_ret
     // The relay gets its new bundle and restarts while meter 3, not flashed
     // yet, still sends under key id 1; it logs every frame it refuses.
     relay.interrupt(Duration::from_secs(30));
-    common::write_relay_1_config(root, &relay_bundle(2), udp, broker.port);
+    let bundle_2 = relay_bundle(2);
+    common::write_relay_1_config(root, &bundle_2, udp, broker.port);
     let relay_config = root.join("relay.toml").to_string_lossy().into_owned();
     let mut relay = common::spawn_logging(
         "relay",
@@ -159,8 +163,7 @@ fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_ret
         BTreeMap::from([(1, 1), (2, 1), (3, 2), (4, 1), (5, 2)]),
         "key ids the meters last sent with"
     );
-    relay.interrupt(Duration::from_secs(30));
-    server.interrupt(Duration::from_secs(30));
+    // Checked while key id 1 is listed (its frames' tags need it).
     let db_s = db.to_string_lossy().into_owned();
     let o = gridpow(&["verify-ledger", "--db", &db_s, "--keys", &k]);
     assert!(o.status.success(), "{}", text(&o));
@@ -193,6 +196,10 @@ fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_ret
     );
     let site_before = std::fs::read_to_string(keys.site_path()).unwrap();
     assert_eq!(site_before.matches("[[key]]").count(), 2, "nothing retired");
+    // The fleet runs again, meters 1, 2 and 4 still on key id 1, when key id
+    // 1 is retired by force.
+    let mut meters = start(root, "meters", "meters-3.log");
+    std::thread::sleep(Duration::from_secs(2));
     let o = retire(&["--key-id", "1", "--db", &db_s, "--force"]);
     assert!(
         o.status.success() && text(&o).contains("warning: retiring anyway"),
@@ -200,9 +207,55 @@ fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_ret
         text(&o)
     );
     assert_eq!(keys.site().unwrap().key_ids().collect::<Vec<_>>(), vec![2]);
+
+    // Meters 1, 2 and 4 re-provisioned in the registry (not flashed yet),
+    // and the relay's bundle exported again, in place, while it runs: within
+    // seconds it drops key id 1 and refuses their frames; meters 3 and 5
+    // are stored as before.
+    let o = gridpow(&["keys", "add-meters", "--dir", &k, "--range", "1-2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = gridpow(&["keys", "add-meter", "--dir", &k, "--id", "4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    export_bundle(&["relay", "--dir", &k, "--id", "1", "--out", &bundle_2]);
+    std::thread::sleep(Duration::from_secs(10));
+    // Meters 1, 2 and 4 wait up to 30 s for ACKs that do not come.
+    meters.interrupt(Duration::from_secs(60));
+    let after: BTreeSet<Key> = gridpow_meters::read_truth(&truth)
+        .unwrap()
+        .iter()
+        .map(|t| (t.meter_id, t.boot_epoch, t.seq))
+        .filter(|k| !want.contains(k))
+        .collect();
+    let (kept, refused): (BTreeSet<Key>, BTreeSet<Key>) =
+        after.iter().partition(|k| k.0 == 3 || k.0 == 5);
+    assert!(
+        !kept.is_empty() && !refused.is_empty(),
+        "no new readings: {after:?}"
+    );
+    let expected: BTreeSet<Key> = want.union(&kept).copied().collect();
+    let got_3 =
+        common::stored_keys_until(&db, Duration::from_secs(60), |got| expected.is_subset(got));
+    let relay_2 = std::fs::read_to_string(root.join("relay-2.log")).unwrap();
+    let lost_after_drop = refused.difference(&got_3).count();
+    assert!(
+        expected.is_subset(&got_3) && lost_after_drop > 0,
+        "after key id 1 was dropped: {} of meters 3 and 5's readings missing, {lost_after_drop} \
+         of meters 1, 2 and 4's refused\n{relay_2}",
+        expected.difference(&got_3).count(),
+    );
+    assert!(
+        relay_2.contains("the bundle's files changed") && relay_2.contains("unknown key id"),
+        "the relay did not take up its new bundle, or refused nothing:\n{relay_2}"
+    );
+    relay.interrupt(Duration::from_secs(30));
+    server.interrupt(Duration::from_secs(30));
     println!(
-        "site key rotated under load: {} readings generated, {} stored once; key id 1 retired only with --force",
+        "site key rotated under load: {} readings generated, {} stored once; key id 1 retired only \
+         with --force; after the relay's bundle was replaced in place, {lost_after_drop} of {} \
+         readings under the retired key id refused and all {} under the current one stored",
         want.len(),
-        got.len()
+        got.len(),
+        refused.len(),
+        kept.len()
     );
 }

@@ -251,9 +251,19 @@ pub fn stored_keys_when(
     n: usize,
     timeout: std::time::Duration,
 ) -> std::collections::BTreeSet<(u32, u32, u32)> {
+    stored_keys_until(db, timeout, |got| got.len() >= n)
+}
+
+/// The stored readings once `done` says so of them, or what is stored when
+/// `timeout` has passed.
+pub fn stored_keys_until(
+    db: &Path,
+    timeout: std::time::Duration,
+    done: impl Fn(&std::collections::BTreeSet<(u32, u32, u32)>) -> bool,
+) -> std::collections::BTreeSet<(u32, u32, u32)> {
     let deadline = std::time::Instant::now() + timeout;
     let mut got = stored_keys(db);
-    while got.len() < n && std::time::Instant::now() < deadline {
+    while !done(&got) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(250));
         got = stored_keys(db);
     }
