@@ -32,8 +32,9 @@ impl HashMeterTable {
         Ok(t)
     }
 
-    /// Adds meters of the registry not yet in the table (and refreshes MAC
-    /// bindings and keys of known ones, keeping their replay state). Returns how many are new.
+    /// Adds meters of the registry not yet in the table, refreshes MAC
+    /// bindings and keys of known ones (keeping their replay state), and
+    /// drops meters the bundle no longer holds. Returns how many are new.
     ///
     /// A meter's hop keys are those of the key id it is registered with and,
     /// while a site secret is rotated, of the other key id the bundle holds
@@ -42,6 +43,7 @@ impl HashMeterTable {
         let hop = keys.hop_secrets()?;
         let registry = keys.meters()?;
         let mut added = 0;
+        let mut held = HashSet::new();
         for rec in &registry.meters {
             let Some(secret) = hop.get(&(rec.id, rec.key_id)) else {
                 tracing::warn!(
@@ -51,6 +53,7 @@ impl HashMeterTable {
                 );
                 continue;
             };
+            held.insert(rec.id);
             let mac = rec.mac_bytes();
             let mut fresh = MeterEntry::new(rec.id, mac, HopKeys::new(rec.key_id, secret));
             let others = hop
@@ -77,6 +80,14 @@ impl HashMeterTable {
                     added += 1;
                 }
             }
+        }
+        let before = self.entries.len();
+        self.entries.retain(|id, _| held.contains(id));
+        if self.entries.len() < before {
+            tracing::info!(
+                removed = before - self.entries.len(),
+                "meters no longer in the bundle are refused from now on"
+            );
         }
         self.macs = self.entries.values().filter_map(|e| e.mac).collect();
         Ok(added)
@@ -120,5 +131,49 @@ impl MeterTable for HashMeterTable {
     }
     fn get_mut(&mut self, meter_id: u32) -> Option<&mut MeterEntry> {
         self.entries.get_mut(&meter_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridpow_keys::InitOptions;
+
+    fn key_ids(t: &HashMeterTable, id: u32) -> Vec<u8> {
+        let e = t.get(id).expect("meter in the table");
+        (0..=u8::MAX).filter(|k| e.keys_for(*k).is_some()).collect()
+    }
+
+    #[test]
+    fn a_reloaded_bundle_adds_and_drops_key_ids_and_meters() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let master = KeyDir::new(dir.path().join("keys"));
+        master.init(&InitOptions::default()).expect("init");
+        master
+            .add_meters(&[(1, None), (2, None), (3, None)])
+            .expect("meters");
+        let bundle = KeyDir::new(dir.path().join("relay-1"));
+        let export = |meters: &[u32]| {
+            master
+                .export_relay_bundle(1, Some(meters), &bundle)
+                .expect("export")
+        };
+        export(&[1, 2, 3]);
+        let mut t = HashMeterTable::from_key_dir(&bundle).expect("table");
+        assert_eq!((t.len(), key_ids(&t, 3)), (3, vec![1]));
+        // A rotation: meter 3 re-provisioned; meter 2 leaves this relay.
+        assert_eq!(master.rotate_site().expect("rotate"), 2);
+        master.add_meters(&[(3, None)]).expect("re-provision");
+        export(&[1, 3]);
+        assert_eq!(t.load_from(&bundle).expect("reload"), 0);
+        assert_eq!(t.len(), 2, "meter 2 dropped");
+        assert!(t.get(2).is_none());
+        assert_eq!((key_ids(&t, 1), key_ids(&t, 3)), (vec![1, 2], vec![1, 2]));
+        // Key id 1 retired (meter 1 re-provisioned first): both take key id 2 only.
+        master.add_meters(&[(1, None)]).expect("re-provision");
+        master.retire_site_key(1).expect("retire");
+        export(&[1, 3]);
+        t.load_from(&bundle).expect("reload");
+        assert_eq!((key_ids(&t, 1), key_ids(&t, 3)), (vec![2], vec![2]));
     }
 }
