@@ -116,6 +116,37 @@ impl FileStamp {
     }
 }
 
+/// A set of files and how they looked when last seen, for a service that
+/// takes them up again when they change (TLS material, a relay's bundle).
+#[derive(Debug)]
+pub struct FileWatch {
+    paths: Vec<PathBuf>,
+    /// Each file's stamp, `None` while missing or unreadable.
+    seen: Vec<Option<FileStamp>>,
+}
+
+impl FileWatch {
+    /// Watches `paths` from how they look now.
+    pub fn new(paths: Vec<PathBuf>) -> Self {
+        let seen = Self::stamps(&paths);
+        FileWatch { paths, seen }
+    }
+
+    fn stamps(paths: &[PathBuf]) -> Vec<Option<FileStamp>> {
+        paths.iter().map(|p| FileStamp::of(p).ok()).collect()
+    }
+
+    /// Whether any file changed (or appeared, or vanished) since the last
+    /// call or [`FileWatch::new`]; remembers how they look now, so one
+    /// change is reported once.
+    pub fn changed(&mut self) -> bool {
+        let now = Self::stamps(&self.paths);
+        let changed = now != self.seen;
+        self.seen = now;
+        changed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,14 +15,14 @@
 //! says what it builds from the files and how it puts that in place; the
 //! MQTT connection of relay and server is one such use ([`MqttTls`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::durable::FileStamp;
+use crate::durable::FileWatch;
 use crate::mqtt::ClientSettings;
 use crate::tls::{check_validity, load_certs, load_key, TlsError, EXPIRY_WARNING_S};
 
@@ -128,40 +128,28 @@ pub struct WatchedCert {
 #[derive(Debug)]
 pub struct TlsWatch {
     certs: Vec<WatchedCert>,
-    /// Each file's stamp (`gridpow keys renew` replaces them by a rename,
-    /// which [`FileStamp`] tells), `None` while missing or unreadable.
-    seen: Vec<Option<FileStamp>>,
+    /// Certificates and keys (`gridpow keys renew` replaces them by a
+    /// rename, which [`FileWatch`] tells).
+    files: FileWatch,
 }
 
 impl TlsWatch {
     /// Watches `certs` from how they look now.
     pub fn new(certs: Vec<WatchedCert>) -> Self {
-        let mut w = TlsWatch {
-            certs,
-            seen: Vec::new(),
-        };
-        w.seen = w.stamps();
-        w
-    }
-
-    fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.certs
+        let paths = certs
             .iter()
-            .flat_map(|c| std::iter::once(c.cert.as_path()).chain(c.key.as_deref()))
-    }
-
-    fn stamps(&self) -> Vec<Option<FileStamp>> {
-        self.paths().map(|p| FileStamp::of(p).ok()).collect()
+            .flat_map(|c| std::iter::once(c.cert.clone()).chain(c.key.clone()))
+            .collect();
+        TlsWatch {
+            certs,
+            files: FileWatch::new(paths),
+        }
     }
 
     /// Whether any file changed (or appeared, or vanished) since the last
-    /// call or [`TlsWatch::new`]; remembers how they look now, so one change
-    /// is reported once.
+    /// call or [`TlsWatch::new`]; one change is reported once.
     pub fn changed(&mut self) -> bool {
-        let now = self.stamps();
-        let changed = now != self.seen;
-        self.seen = now;
-        changed
+        self.files.changed()
     }
 
     /// The certificates watched.
@@ -367,6 +355,7 @@ pub fn now_s() -> i64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::path::Path;
 
     fn cert(path: &Path, from: i32, to: i32) {
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();

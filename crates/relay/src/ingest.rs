@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use gridpow_common::durable::FileStamp;
+use gridpow_common::durable::FileWatch;
 use gridpow_keys::KeyDir;
 use gridpow_proto::crypto::RustCrypto;
 use gridpow_proto::ingress::{Ingress, Verdict};
@@ -46,33 +46,26 @@ struct PendingAck {
 /// replaced in place (a new meter, a key id added or retired) is taken up
 /// within [`RELOAD_INTERVAL`], without a restart (protocol §7).
 struct BundleWatch {
-    stamps: [Option<FileStamp>; 2],
+    files: FileWatch,
     last_check: Instant,
 }
 
 impl BundleWatch {
     fn new(keys: &KeyDir) -> Self {
         BundleWatch {
-            stamps: Self::stamps(keys),
+            files: FileWatch::new(vec![keys.hop_keys_path(), keys.meters_path()]),
             last_check: Instant::now(),
         }
     }
 
-    fn stamps(keys: &KeyDir) -> [Option<FileStamp>; 2] {
-        [keys.hop_keys_path(), keys.meters_path()].map(|p| FileStamp::of(&p).ok())
-    }
-
     /// Whether the files changed since the last look (looking at most once
     /// per [`RELOAD_INTERVAL`]).
-    fn changed(&mut self, keys: &KeyDir) -> bool {
+    fn changed(&mut self) -> bool {
         if self.last_check.elapsed() < RELOAD_INTERVAL {
             return false;
         }
         self.last_check = Instant::now();
-        let now = Self::stamps(keys);
-        let changed = now != self.stamps;
-        self.stamps = now;
-        changed
+        self.files.changed()
     }
 }
 
@@ -117,7 +110,7 @@ impl IngressLoop {
             if self.signals.stopping() {
                 break;
             }
-            if bundle.changed(&self.keys) {
+            if bundle.changed() {
                 self.reload_bundle(true);
             }
             let timeout = if pending.is_empty() {
@@ -401,16 +394,16 @@ mod tests {
         write(keys.meters_path(), "meters 1");
         let mut w = BundleWatch::new(&keys);
         due(&mut w);
-        assert!(!w.changed(&keys), "nothing changed");
+        assert!(!w.changed(), "nothing changed");
         // Replaced by a rename with the same length: a new inode.
         write(keys.hop_keys_path(), "hop 2");
-        assert!(!w.changed(&keys), "not looked at before the interval");
+        assert!(!w.changed(), "not looked at before the interval");
         due(&mut w);
-        assert!(w.changed(&keys));
+        assert!(w.changed());
         due(&mut w);
-        assert!(!w.changed(&keys), "each change is seen once");
+        assert!(!w.changed(), "each change is seen once");
         std::fs::remove_file(keys.meters_path()).expect("remove");
         due(&mut w);
-        assert!(w.changed(&keys), "a file gone is a change too");
+        assert!(w.changed(), "a file gone is a change too");
     }
 }
