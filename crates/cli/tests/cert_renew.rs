@@ -19,7 +19,6 @@ use common::{
     create_token, export_bundle, free_tcp_port, free_udp_port, gridpow, http_get, start_stack,
     text, write_meters_config,
 };
-use gridpow_keys::{InitOptions, KeyDir};
 
 type Key = (u32, u32, u32);
 
@@ -52,11 +51,7 @@ fn hangup(pid: u32) {
 fn renewed_certificates_are_loaded_on_sighup_without_losing_a_reading() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let keys = KeyDir::new(root.join("keys"));
-    keys.init(&InitOptions::default()).unwrap();
-    keys.add_meters(&(1..=10).map(|id| (id, None)).collect::<Vec<_>>())
-        .unwrap();
-    let k = keys.root().display().to_string();
+    let (keys, k) = common::key_dir(root, 10);
     // Certificates 20 days from their end: inside the 30-day warning.
     let o = gridpow(&["keys", "renew", "--dir", &k, "--days", "20"]);
     assert!(o.status.success(), "{}", text(&o));

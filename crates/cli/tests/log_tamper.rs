@@ -23,7 +23,6 @@ use common::{
     create_token, export_bundle, free_tcp_port, free_udp_port, gridpow, site_broker, spawn,
     start_stack, write_meters_config,
 };
-use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_testkit::Daemon;
 use gridpow_tlog::{open_checkpoint, CosignatureVerifier, NoteSigner, NoteVerifier};
 
@@ -140,11 +139,7 @@ impl Audit<'_> {
 fn rewritten_deleted_reordered_and_forked_histories_are_caught_by_the_witness_and_the_auditor() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let keys = KeyDir::new(root.join("keys"));
-    keys.init(&InitOptions::default()).unwrap();
-    keys.add_meters(&(1..=4).map(|id| (id, None)).collect::<Vec<_>>())
-        .unwrap();
-    let k = keys.root().display().to_string();
+    let (keys, k) = common::key_dir(root, 4);
     let relay_bundle = root.join("relay-bundle").display().to_string();
     let server_bundle = root.join("server-bundle").display().to_string();
     export_bundle(&["relay", "--dir", &k, "--id", "1", "--out", &relay_bundle]);

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{export_bundle, free_udp_port, start_stack, write_meters_config};
-use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_testkit::{Mosquitto, MosquittoOptions};
 
 type Key = (u32, u32, u32);
@@ -58,10 +57,7 @@ fn stored(db: &Path) -> BTreeMap<Key, (u64, i64, i64)> {
 fn separate_processes_over_udp_air_and_mosquitto_store_every_reading_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let keys = KeyDir::new(root.join("keys"));
-    keys.init(&InitOptions::default()).unwrap();
-    keys.add_meters(&(1..=15).map(|id| (id, None)).collect::<Vec<_>>())
-        .unwrap();
+    let (keys, _) = common::key_dir(root, 15);
     let broker = Mosquitto::start(
         &keys,
         &MosquittoOptions {

@@ -19,7 +19,6 @@ use common::{
     export_bundle, free_udp_port, gridpow, logs, spawn, text, write_meters_config,
     write_server_config,
 };
-use gridpow_keys::{InitOptions, KeyDir};
 
 /// The stored block heights.
 fn heights(db: &Path) -> BTreeSet<u64> {
@@ -36,11 +35,7 @@ fn heights(db: &Path) -> BTreeSet<u64> {
 fn a_relay_key_replaced_at_its_next_height_loses_no_reading_and_the_ledger_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let keys = KeyDir::new(root.join("keys"));
-    keys.init(&InitOptions::default()).unwrap();
-    keys.add_meters(&(1..=6).map(|id| (id, None)).collect::<Vec<_>>())
-        .unwrap();
-    let k = keys.root().display().to_string();
+    let (keys, k) = common::key_dir(root, 6);
     let broker = common::site_broker(&keys);
     let server_bundle = root.join("server-bundle").display().to_string();
     export_bundle(&["server", "--dir", &k, "--out", &server_bundle]);

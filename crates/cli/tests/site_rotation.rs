@@ -23,7 +23,6 @@ use common::{
     export_bundle, free_udp_port, gridpow, logs, spawn, text, write_meters_config,
     write_server_config,
 };
-use gridpow_keys::{InitOptions, KeyDir};
 use gridpow_testkit::Daemon;
 
 type Key = (u32, u32, u32);
@@ -52,11 +51,7 @@ fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_ret
 ) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let keys = KeyDir::new(root.join("keys"));
-    keys.init(&InitOptions::default()).unwrap();
-    keys.add_meters(&(1..=4).map(|id| (id, None)).collect::<Vec<_>>())
-        .unwrap();
-    let k = keys.root().display().to_string();
+    let (keys, k) = common::key_dir(root, 4);
     let broker = common::site_broker(&keys);
     let server_bundle = root.join("server-bundle");
     let sb = server_bundle.display().to_string();

@@ -90,6 +90,17 @@ pub fn spawn_logging(name: &str, args: &[&str], log: &Path, filter: &str) -> Dae
     Daemon::start(name, cmd, log)
 }
 
+/// A key directory made in process in `root/keys` with meters 1 to
+/// `meters`, and its path for command lines.
+pub fn key_dir(root: &Path, meters: u32) -> (gridpow_keys::KeyDir, String) {
+    let keys = gridpow_keys::KeyDir::new(root.join("keys"));
+    keys.init(&gridpow_keys::InitOptions::default()).unwrap();
+    keys.add_meters(&(1..=meters).map(|id| (id, None)).collect::<Vec<_>>())
+        .unwrap();
+    let k = keys.root().display().to_string();
+    (keys, k)
+}
+
 /// `gridpow keys init` in `root/keys` with meters `range` (e.g. "1-3");
 /// returns the keys directory as a string for command lines.
 pub fn keys_with_meters(root: &Path, range: &str) -> String {
