@@ -120,6 +120,25 @@ impl KeyLookup<RustCrypto> for Keys {
     }
 }
 
+type Flash = MemFlash<{ 16 * 4096 }>;
+
+/// A relay journaling to `flash` from its chain's start, with meter 2's
+/// first three frames ACKed (and journaled).
+fn journaled_relay_fed<'a>(
+    flash: &'a mut Flash,
+    storage: &'a mut Storage,
+) -> Relay<'a, Journal<&'a mut Flash, 2>> {
+    let journal = Journal::<_, 2>::open(&RustCrypto, flash, RelayState::default()).unwrap();
+    let mut r = relay_on(
+        journal,
+        ChainTip::default(),
+        &mut storage.blocks,
+        &mut storage.outbox,
+    );
+    feed(&mut r, 2, 3, 0).unwrap();
+    r
+}
+
 /// Publishes every due block as a transport would; returns their bytes.
 fn publish_due<S: RelayStore>(r: &mut Relay<'_, S>, now: Instant) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -323,22 +342,14 @@ fn a_block_refused_for_good_is_freed_and_never_offered_again() {
 /// and a retransmission after the reboot is a duplicate, not a second copy.
 #[test]
 fn acked_frames_blocks_and_the_chain_tip_survive_a_power_cut() {
-    let mut flash = MemFlash::<{ 16 * 4096 }>::new();
+    let mut flash = Flash::new();
     let mut storage = Storage::new(4096);
     let sealed;
     let mut sender =
         Sender::<_, 8>::new(RustCrypto, SenderConfig::new(1, 1), &secret(1), 1, 0).unwrap();
     let mut last_frame = Vec::new();
     {
-        let journal =
-            Journal::<_, 2>::open(&RustCrypto, &mut flash, RelayState::default()).unwrap();
-        let mut r = relay_on(
-            journal,
-            ChainTip::default(),
-            &mut storage.blocks,
-            &mut storage.outbox,
-        );
-        feed(&mut r, 2, 3, 0).unwrap();
+        let mut r = journaled_relay_fed(&mut flash, &mut storage);
         r.request_flush();
         r.poll_seal(Instant::from_secs_for_test(1), Some(1));
         sealed = loop {
@@ -561,18 +572,10 @@ fn feed_under<S: RelayStore>(
 
 #[test]
 fn acked_frames_are_still_sealed_after_a_reboot_into_a_blob_without_their_key() {
-    let mut flash = MemFlash::<{ 16 * 4096 }>::new();
+    let mut flash = Flash::new();
     let mut storage = Storage::new(4096);
     {
-        let journal =
-            Journal::<_, 2>::open(&RustCrypto, &mut flash, RelayState::default()).unwrap();
-        let mut r = relay_on(
-            journal,
-            ChainTip::default(),
-            &mut storage.blocks,
-            &mut storage.outbox,
-        );
-        feed(&mut r, 2, 3, 0).unwrap();
+        let mut r = journaled_relay_fed(&mut flash, &mut storage);
     }
     // The relay is flashed with a blob listing meter 2 under key id 2 only
     // (key id 1 retired) and boots: meter 2's three ACKed frames stay.
