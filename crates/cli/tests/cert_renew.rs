@@ -8,7 +8,6 @@
 //! the new material, and `/metrics` must show the new end.
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,8 +18,6 @@ use common::{
     create_token, export_bundle, free_tcp_port, free_udp_port, gridpow, http_get, start_stack,
     text, write_meters_config,
 };
-
-type Key = (u32, u32, u32);
 
 /// The value of the `/metrics` sample whose line starts with `prefix`.
 fn sample(metrics: &str, prefix: &str) -> Option<i64> {
@@ -145,11 +142,7 @@ fn renewed_certificates_are_loaded_on_sighup_without_losing_a_reading() {
     std::thread::sleep(Duration::from_secs(4));
     meters.interrupt(Duration::from_secs(40));
 
-    let want: BTreeSet<Key> = gridpow_meters::read_truth(&truth)
-        .unwrap()
-        .iter()
-        .map(|t| (t.meter_id, t.boot_epoch, t.seq))
-        .collect();
+    let want = common::truth_keys(&truth);
     assert!(
         want.len() >= 10 * 10,
         "only {} readings generated",

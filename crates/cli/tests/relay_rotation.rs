@@ -111,11 +111,7 @@ fn a_relay_key_replaced_at_its_next_height_loses_no_reading_and_the_ledger_verif
     std::thread::sleep(Duration::from_secs(4));
     meters.interrupt(Duration::from_secs(40));
 
-    let want: BTreeSet<(u32, u32, u32)> = gridpow_meters::read_truth(&truth)
-        .unwrap()
-        .iter()
-        .map(|t| (t.meter_id, t.boot_epoch, t.seq))
-        .collect();
+    let want = common::truth_keys(&truth);
     assert!(
         want.len() >= 6 * 20,
         "only {} readings generated",
@@ -133,14 +129,7 @@ fn a_relay_key_replaced_at_its_next_height_loses_no_reading_and_the_ledger_verif
             ],
         )
     };
-    assert!(
-        got == want,
-        "{} of {} readings missing, e.g. {:?}\n{}",
-        want.difference(&got).count(),
-        want.len(),
-        want.difference(&got).take(5).collect::<Vec<_>>(),
-        logs()
-    );
+    common::assert_stored_exactly(&want, &got, logs);
     let heights = heights(&db);
     let below = heights.range(..from).count() as u64;
     let above = heights.range(from..).count();

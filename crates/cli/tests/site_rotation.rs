@@ -113,24 +113,10 @@ fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_ret
     std::thread::sleep(Duration::from_secs(3));
     meters.interrupt(Duration::from_secs(40));
 
-    let records = gridpow_meters::read_truth(&truth).unwrap();
-    let want: BTreeSet<Key> = records
-        .iter()
-        .map(|t| (t.meter_id, t.boot_epoch, t.seq))
-        .collect();
-    assert_eq!(
-        want.len(),
-        records.len(),
-        "the truth file repeats a reading"
-    );
+    let want = common::truth_keys(&truth);
     assert!(want.iter().any(|k| k.0 == 5), "meter 5 made no reading");
     let got = common::stored_keys_when(&db, want.len(), Duration::from_secs(60));
-    assert!(
-        got == want,
-        "{} of {} readings missing, e.g. {:?}\n{}",
-        want.difference(&got).count(),
-        want.len(),
-        want.difference(&got).take(5).collect::<Vec<_>>(),
+    common::assert_stored_exactly(&want, &got, || {
         logs(
             root,
             &[
@@ -140,9 +126,9 @@ fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_ret
                 "relay-2.log",
                 "meters-1.log",
                 "meters-2.log",
-            ]
+            ],
         )
-    );
+    });
     let relay_2 = std::fs::read_to_string(root.join("relay-2.log")).unwrap();
     assert!(
         relay_2.contains("relay 1") && !relay_2.contains("frame refused"),
@@ -215,11 +201,9 @@ fn a_new_site_key_id_is_taken_up_without_losing_a_reading_and_the_old_one_is_ret
     std::thread::sleep(Duration::from_secs(10));
     // Meters 1, 2 and 4 wait up to 30 s for ACKs that do not come.
     meters.interrupt(Duration::from_secs(60));
-    let after: BTreeSet<Key> = gridpow_meters::read_truth(&truth)
-        .unwrap()
-        .iter()
-        .map(|t| (t.meter_id, t.boot_epoch, t.seq))
-        .filter(|k| !want.contains(k))
+    let after: BTreeSet<Key> = common::truth_keys(&truth)
+        .difference(&want)
+        .copied()
         .collect();
     let (kept, refused): (BTreeSet<Key>, BTreeSet<Key>) =
         after.iter().partition(|k| k.0 == 3 || k.0 == 5);

@@ -255,6 +255,40 @@ pub fn write_relay_config(path: &Path, r: &RelaySetup) {
     .expect("relay configuration written");
 }
 
+/// The (meter, epoch, seq) of every reading the virtual meters generated,
+/// from their truth file; panics if the file repeats one.
+pub fn truth_keys(truth: &Path) -> std::collections::BTreeSet<(u32, u32, u32)> {
+    let records = gridpow_meters::read_truth(truth).unwrap();
+    let keys: std::collections::BTreeSet<_> = records
+        .iter()
+        .map(|t| (t.meter_id, t.boot_epoch, t.seq))
+        .collect();
+    assert_eq!(
+        keys.len(),
+        records.len(),
+        "the truth file repeats a reading"
+    );
+    keys
+}
+
+/// Asserts that `got` (stored) is exactly `want` (generated), naming what
+/// is missing and showing `logs` if not.
+pub fn assert_stored_exactly(
+    want: &std::collections::BTreeSet<(u32, u32, u32)>,
+    got: &std::collections::BTreeSet<(u32, u32, u32)>,
+    logs: impl FnOnce() -> String,
+) {
+    assert!(
+        got == want,
+        "{} of {} readings missing, e.g. {:?}; {} stored that were not generated\n{}",
+        want.difference(got).count(),
+        want.len(),
+        want.difference(got).take(5).collect::<Vec<_>>(),
+        got.difference(want).count(),
+        logs()
+    );
+}
+
 /// The stored readings once at least `n` are stored, or what is stored when
 /// `timeout` has passed (the caller's comparison then says what is missing).
 pub fn stored_keys_when(
