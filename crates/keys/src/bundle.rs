@@ -89,19 +89,11 @@ impl KeyDir {
         let mut other = Vec::new();
         for ((meter_id, key_id), secret) in self.hop_secrets()? {
             let rec = registry.get(meter_id);
-            let mac = match rec.and_then(|r| r.mac.as_deref()) {
-                Some(m) => Some(gridpow_common::parse_mac(m).ok_or_else(|| {
-                    KeyError::Invalid(format!(
-                        "{}: meter {meter_id}'s MAC {m:?} is not a MAC address",
-                        self.meters_path().display()
-                    ))
-                })?),
-                None => None,
-            };
+            // meters.toml's MACs were checked when it was read.
             let entry = RelayMeter {
                 meter_id,
                 key_id,
-                mac,
+                mac: rec.and_then(|r| r.mac_bytes()),
                 secret,
             };
             if rec.is_none_or(|r| r.key_id == key_id) {

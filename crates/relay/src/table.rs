@@ -93,14 +93,6 @@ impl HashMeterTable {
         Ok(added)
     }
 
-    /// Adds one meter (tests, tools).
-    pub fn insert(&mut self, entry: MeterEntry) {
-        if let Some(m) = entry.mac {
-            self.macs.insert(m);
-        }
-        self.entries.insert(entry.meter_id, entry);
-    }
-
     /// Restores replay windows and delivered marks from a recovered state.
     pub fn restore(&mut self, state: &IngressSnapshot) {
         for (id, s) in &state.meters {
