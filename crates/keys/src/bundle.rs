@@ -256,14 +256,7 @@ impl KeyDir {
             }
             registry.meters.retain(|m| wanted.contains(&m.id));
         }
-        let listed: Vec<u8> = site.key_ids().collect();
-        if listed.len() > gridpow_proto::ingress::MAX_KEY_IDS_PER_METER {
-            return Err(KeyError::Invalid(format!(
-                "{} lists key ids {listed:?}; a relay holds a meter's hop keys under two at most: \
-                 retire the old ones first (`gridpow keys retire-site`)",
-                self.site_path().display()
-            )));
-        }
+        self.check_key_id_room(&site, 0)?;
         let mut hop = HopKeyFile::default();
         for rec in &registry.meters {
             if site.meter_secret(rec.id, rec.key_id).is_none() {

@@ -555,20 +555,7 @@ impl KeyDir {
     /// is finished (its key id retired) before the next starts.
     pub fn rotate_site(&self) -> Result<u8, KeyError> {
         let site = self.site()?; // refuses a malformed file before it is rewritten
-        let listed: Vec<u8> = site.key_ids().collect();
-        if listed.len() >= gridpow_proto::ingress::MAX_KEY_IDS_PER_METER {
-            let old = listed
-                .iter()
-                .find(|k| **k != site.current_key_id)
-                .copied()
-                .unwrap_or(listed[0]);
-            return Err(KeyError::Invalid(format!(
-                "{} lists key ids {listed:?}: finish that rotation first \
-                 (`gridpow keys retire-site --key-id {old} --db URL`); relays hold a meter's \
-                 hop keys under two key ids at most",
-                self.site_path().display()
-            )));
-        }
+        self.check_key_id_room(&site, 1)?;
         let mut f: SiteFile = load_toml(&self.site_path(), None)?;
         let next = f
             .keys
@@ -587,6 +574,31 @@ impl KeyDir {
         f.current_key_id = next;
         self.save_site_file(&f)?;
         Ok(next)
+    }
+
+    /// Refuses `adding` more site key ids if the site would then list more
+    /// than a relay holds per meter (two, protocol §3), naming the key id to
+    /// retire first.
+    pub(crate) fn check_key_id_room(
+        &self,
+        site: &SiteKeyring,
+        adding: usize,
+    ) -> Result<(), KeyError> {
+        let listed: Vec<u8> = site.key_ids().collect();
+        if listed.len() + adding <= gridpow_proto::ingress::MAX_KEY_IDS_PER_METER {
+            return Ok(());
+        }
+        let old = listed
+            .iter()
+            .find(|k| **k != site.current_key_id)
+            .copied()
+            .unwrap_or(site.current_key_id);
+        Err(KeyError::Invalid(format!(
+            "{} lists key ids {listed:?}: finish that rotation first \
+             (`gridpow keys retire-site --key-id {old} --db URL`); relays hold a meter's \
+             hop keys under two key ids at most",
+            self.site_path().display()
+        )))
     }
 
     /// Registered meters provisioned with site key id `key_id`, ascending.
